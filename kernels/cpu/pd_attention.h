@@ -1,0 +1,75 @@
+/*
+ * pd_attention.h -- paged KV storage and attention over it (CPU reference).
+ *
+ * The KV cache is a pool of fixed-size blocks. Block b starts at (char *)pool + b * block_bytes.
+ * One block holds B consecutive tokens' K and V for every layer, contiguous, in this layout:
+ *
+ *     [layer][K|V][kv_head][token_in_block][head_dim]     elements of L->dtype
+ *
+ * so a block moves between tiers as one extent. A sequence reaches its tokens through a block
+ * table: token at position p lives in block block_table[p / B], row p % B.
+ *
+ * Attention is causal: query row i of a sequence sits at position n_past + i and attends to
+ * positions 0 .. n_past + i. The caller stores the new tokens' K and V (pd_kv_store) before it
+ * asks for attention, so a prefill chunk attends to the cached prefix and to itself.
+ *
+ * Determinism contract (the cache depends on it): each query row's result is computed in the
+ * same order whatever the batch holds, so a row whose prefix came from the cache equals, bit for
+ * bit, the row computed with the prefix in the same batch. Parallelism is over (row, head) only,
+ * never over the key positions of one row.
+ *
+ * These functions are the reference for the CUDA kernels (kernels/cuda/), which are tested
+ * against them on random inputs.
+ */
+#ifndef PD_ATTENTION_H
+#define PD_ATTENTION_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pd_dtype.h"
+
+typedef struct pd_kv_layout {
+  int32_t n_layers;
+  int32_t n_kv_heads;
+  int32_t head_dim;
+  int32_t block_tokens; /* B, a power of two */
+  enum pd_dtype dtype;  /* element type of K and V in the pool */
+} pd_kv_layout;
+
+/* Bytes of one block: 2 * n_layers * n_kv_heads * B * head_dim * sizeof(dtype). */
+size_t pd_kv_block_bytes(const pd_kv_layout *L);
+
+/* Element offset, within one block, of K (kv = 0) or V (kv = 1) of (layer, kv_head, row). */
+size_t pd_kv_elem_offset(const pd_kv_layout *L, int layer, int kv, int kv_head, int row);
+
+/* One sequence's part of a batch. */
+typedef struct pd_attn_seq {
+  const int32_t *block_table; /* (n_blocks) block ids in the pool; borrowed for the call */
+  int32_t n_blocks;           /* covers at least n_past + n_new tokens */
+  int32_t n_past;             /* tokens already in the cache before this batch */
+  int32_t n_new;              /* query rows of this sequence in the batch */
+  int32_t row;                /* index of its first row in q / out / k / v */
+} pd_attn_seq;
+
+/*
+ * Stores the new rows' K and V of one layer into the sequence's blocks, converting f32 to the
+ * pool's dtype (round to nearest even).
+ *   k, v: (n_rows_total, n_kv_heads, head_dim) f32; rows s->row .. s->row + s->n_new - 1 are used.
+ * Returns 0, or PD_EINVAL if the block table is too short.
+ */
+int pd_kv_store(const pd_kv_layout *L, void *pool, const pd_attn_seq *s, int layer, const float *k,
+                const float *v);
+
+/*
+ * Causal attention of every row of every sequence over its paged KV, one layer.
+ *   q:   (n_rows_total, n_heads, head_dim) f32
+ *   out: (n_rows_total, n_heads, head_dim) f32, written for every row the seqs cover
+ * n_heads must be a multiple of L->n_kv_heads (GQA: head h reads kv_head h / (n_heads / n_kv)).
+ * scale is usually 1 / sqrt(head_dim). Softmax in f32 with the running-max trick.
+ * Returns 0, or PD_EINVAL on inconsistent arguments.
+ */
+int pd_attn_paged(const pd_kv_layout *L, const void *pool, int layer, int n_heads, const float *q,
+                  float *out, const pd_attn_seq *seqs, int n_seqs, float scale);
+
+#endif /* PD_ATTENTION_H */
