@@ -17,6 +17,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "pd_ggml.h"
+
 /* Value types of GGUF metadata. */
 enum pd_gguf_vtype {
   PD_GGUF_U8 = 0,
@@ -32,20 +34,6 @@ enum pd_gguf_vtype {
   PD_GGUF_U64 = 10,
   PD_GGUF_I64 = 11,
   PD_GGUF_F64 = 12
-};
-
-/* Tensor element types (ggml numbering). Only the ones listed are accepted. */
-enum pd_ggml_type {
-  PD_GGML_F32 = 0,
-  PD_GGML_F16 = 1,
-  PD_GGML_Q4_0 = 2,
-  PD_GGML_Q4_1 = 3,
-  PD_GGML_Q5_0 = 6,
-  PD_GGML_Q5_1 = 7,
-  PD_GGML_Q8_0 = 8,
-  PD_GGML_Q4_K = 12,
-  PD_GGML_Q6_K = 14,
-  PD_GGML_BF16 = 30
 };
 
 typedef struct pd_str {
