@@ -1,0 +1,357 @@
+/*
+ * test_kvstore.c -- the LMDB disk tier: round trips, persistence, checksums, foreign
+ * fingerprints, a real MDB_MAP_FULL, injected faults (ENOSPC, EIO, MAP_FULL) looped over the N-th
+ * failure, and a kill -9 crash loop in which every committed block must survive and verify.
+ */
+#include <check.h>
+#include <lmdb.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "pd_err.h"
+#include "pd_fault.h"
+#include "pd_kvstore.h"
+
+#define BT      16
+#define PAYLOAD 4096
+
+static char dir[256];
+
+static void make_dir(void) {
+  snprintf(dir, sizeof dir, "/tmp/pd_kvstore_test.XXXXXX");
+  ck_assert_ptr_nonnull(mkdtemp(dir));
+}
+
+static void remove_dir(void) {
+  char cmd[300];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  ck_assert_int_eq(system(cmd), 0);
+}
+
+static pd_kvstore *open_store(uint8_t fp_byte, uint64_t map_bytes,
+                              enum pd_kvstore_foreign foreign) {
+  pd_kvstore_config cfg = {.dir = dir, .map_bytes = map_bytes, .foreign = foreign};
+  memset(cfg.fingerprint, fp_byte, 16);
+  pd_kvstore *s = NULL;
+  char err[200] = "";
+  int rc = pd_kvstore_open(&cfg, &s, err, sizeof err);
+  ck_assert_msg(rc == 0, "open: %s (%s)", pd_strerror(rc), err);
+  return s;
+}
+
+/* Block i: key (i, i * 7), tokens i*16.., payload bytes derived from i. */
+static void fill_block(uint64_t i, pd_kvstore_block *b, int32_t *tokens, uint8_t *payload) {
+  for (int t = 0; t < BT; t++) tokens[t] = (int32_t)(i * BT + (uint64_t)t);
+  for (int p = 0; p < PAYLOAD; p++) payload[p] = (uint8_t)(i * 31 + (uint64_t)p * 7);
+  *b = (pd_kvstore_block){.key = {i + 1, (i + 1) * 7},
+                          .parent = {i, i * 7},
+                          .namespace_id = 3,
+                          .block_tokens = BT,
+                          .dtype = 1,
+                          .tokens = tokens,
+                          .n_tokens = BT,
+                          .payload = payload,
+                          .payload_bytes = PAYLOAD};
+}
+
+static int put_range(pd_kvstore *s, uint64_t first, uint64_t n) {
+  pd_kvstore_block *b = calloc(n, sizeof *b);
+  int32_t *tok = calloc(n * BT, sizeof *tok);
+  uint8_t *pay = calloc(n, PAYLOAD);
+  for (uint64_t i = 0; i < n; i++) fill_block(first + i, &b[i], tok + i * BT, pay + i * PAYLOAD);
+  int rc = pd_kvstore_put_batch(s, b, n);
+  free(b), free(tok), free(pay);
+  return rc;
+}
+
+/* Returns 0 if block i is present and exact, PD_ENOTFOUND if absent, else the error. */
+static int check_block(pd_kvstore *s, uint64_t i) {
+  int32_t want_tok[BT], got_tok[BT];
+  uint8_t want_pay[PAYLOAD], got_pay[PAYLOAD];
+  pd_kvstore_block b;
+  fill_block(i, &b, want_tok, want_pay);
+  pd_kvstore_hdr h;
+  int rc = pd_kvstore_get(s, b.key, &h, got_tok, BT, got_pay, PAYLOAD);
+  if (rc) return rc;
+  ck_assert_int_eq(h.n_tokens, BT);
+  ck_assert_int_eq(h.payload_bytes, PAYLOAD);
+  ck_assert_int_eq(h.namespace_id, 3);
+  ck_assert(h.parent.lo == i && h.parent.hi == i * 7);
+  ck_assert_mem_eq(got_tok, want_tok, sizeof want_tok);
+  ck_assert_mem_eq(got_pay, want_pay, sizeof want_pay);
+  return 0;
+}
+
+START_TEST(roundtrip_and_restart) {
+  make_dir();
+  pd_kvstore *s = open_store(0xab, 64 << 20, PD_KVSTORE_FOREIGN_KEEP);
+  ck_assert_int_eq(put_range(s, 0, 100), 0);
+  for (uint64_t i = 0; i < 100; i++) ck_assert_int_eq(check_block(s, i), 0);
+  ck_assert_int_eq(check_block(s, 100), PD_ENOTFOUND);
+  ck_assert_int_eq(pd_kvstore_meta_put(s, "tenant/a", "hello", 5), 0);
+  pd_kvstore_close(s);
+
+  s = open_store(0xab, 64 << 20, PD_KVSTORE_FOREIGN_KEEP);
+  for (uint64_t i = 0; i < 100; i++) ck_assert_int_eq(check_block(s, i), 0);
+  char buf[16];
+  size_t len = 0;
+  ck_assert_int_eq(pd_kvstore_meta_get(s, "tenant/a", buf, sizeof buf, &len), 0);
+  ck_assert_uint_eq(len, 5);
+  ck_assert_mem_eq(buf, "hello", 5);
+  uint64_t n = 0, used = 0, map = 0;
+  ck_assert_int_eq(pd_kvstore_usage(s, &n, &used, &map), 0);
+  ck_assert_uint_eq(n, 100);
+  ck_assert_uint_ge(used, 100 * PAYLOAD);
+  pd_key128 del[3] = {{1, 7}, {2, 14}, {999, 999}};
+  size_t n_del = 0;
+  ck_assert_int_eq(pd_kvstore_delete_batch(s, del, 3, &n_del), 0);
+  ck_assert_uint_eq(n_del, 2);
+  ck_assert_int_eq(check_block(s, 0), PD_ENOTFOUND);
+  ck_assert_int_eq(check_block(s, 2), 0);
+  pd_kvstore_close(s);
+  remove_dir();
+}
+END_TEST
+
+static int count_cb(void *arg, pd_key128 key, const pd_kvstore_hdr *h, const int32_t *tokens) {
+  uint64_t i = key.lo - 1;
+  ck_assert(h->parent.lo == i);
+  ck_assert_int_eq(tokens[0], (int32_t)(i * BT));
+  (*(uint64_t *)arg)++;
+  return 0;
+}
+
+START_TEST(scan_and_foreign_fingerprints) {
+  make_dir();
+  pd_kvstore *s = open_store(0x01, 64 << 20, PD_KVSTORE_FOREIGN_KEEP);
+  ck_assert_int_eq(put_range(s, 0, 50), 0);
+  pd_kvstore_close(s);
+
+  /* Another model: the blocks are invisible, kept aside, then purged on request. */
+  s = open_store(0x02, 64 << 20, PD_KVSTORE_FOREIGN_KEEP);
+  ck_assert_int_eq(check_block(s, 0), PD_ENOTFOUND);
+  uint64_t n = 0;
+  ck_assert_int_eq(pd_kvstore_scan(s, count_cb, &n, NULL, NULL), 0);
+  ck_assert_uint_eq(n, 0);
+  pd_kvstore_counters c;
+  pd_kvstore_get_counters(s, &c);
+  ck_assert_uint_eq(c.foreign_skipped, 50);
+  pd_kvstore_close(s);
+
+  s = open_store(0x01, 64 << 20, PD_KVSTORE_FOREIGN_KEEP);
+  n = 0;
+  ck_assert_int_eq(pd_kvstore_scan(s, count_cb, &n, NULL, NULL), 0);
+  ck_assert_uint_eq(n, 50);
+  pd_kvstore_close(s);
+
+  s = open_store(0x02, 64 << 20, PD_KVSTORE_FOREIGN_PURGE);
+  pd_kvstore_get_counters(s, &c);
+  ck_assert_uint_eq(c.foreign_purged, 50);
+  pd_kvstore_close(s);
+  s = open_store(0x01, 64 << 20, PD_KVSTORE_FOREIGN_KEEP);
+  ck_assert_int_eq(check_block(s, 0), PD_ENOTFOUND);
+  pd_kvstore_close(s);
+  remove_dir();
+}
+END_TEST
+
+START_TEST(corrupt_payload_is_never_served) {
+  make_dir();
+  pd_kvstore *s = open_store(0x05, 64 << 20, PD_KVSTORE_FOREIGN_KEEP);
+  ck_assert_int_eq(put_range(s, 0, 4), 0);
+  pd_kvstore_close(s);
+
+  /* Flip one payload byte of block 2 behind the store's back, with LMDB directly. */
+  MDB_env *env;
+  MDB_txn *txn;
+  MDB_dbi dbi;
+  ck_assert_int_eq(mdb_env_create(&env), 0);
+  ck_assert_int_eq(mdb_env_set_maxdbs(env, 4), 0);
+  ck_assert_int_eq(mdb_env_set_mapsize(env, 64 << 20), 0);
+  ck_assert_int_eq(mdb_env_open(env, dir, 0, 0600), 0);
+  ck_assert_int_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
+  ck_assert_int_eq(mdb_dbi_open(txn, "blocks", 0, &dbi), 0);
+  uint8_t kbuf[16] = {0};
+  kbuf[0] = 3, kbuf[8] = 21; /* block 2: key (3, 21) little-endian */
+  MDB_val k = {16, kbuf}, v;
+  ck_assert_int_eq(mdb_get(txn, dbi, &k, &v), 0);
+  uint8_t *copy = malloc(v.mv_size);
+  memcpy(copy, v.mv_data, v.mv_size);
+  copy[v.mv_size - 100] ^= 0x40;
+  MDB_val nv = {v.mv_size, copy};
+  ck_assert_int_eq(mdb_put(txn, dbi, &k, &nv, 0), 0);
+  ck_assert_int_eq(mdb_txn_commit(txn), 0);
+  mdb_env_close(env);
+  free(copy);
+
+  s = open_store(0x05, 64 << 20, PD_KVSTORE_FOREIGN_KEEP);
+  ck_assert_int_eq(check_block(s, 1), 0);
+  ck_assert_int_eq(check_block(s, 2), PD_ECORRUPT);
+  ck_assert_int_eq(check_block(s, 2), PD_ENOTFOUND); /* deleted on detection */
+  pd_kvstore_counters c;
+  pd_kvstore_get_counters(s, &c);
+  ck_assert_uint_eq(c.checksum_failures, 1);
+  ck_assert_int_eq(check_block(s, 3), 0);
+  pd_kvstore_close(s);
+  remove_dir();
+}
+END_TEST
+
+START_TEST(real_map_full_then_evict_and_retry) {
+  make_dir();
+  pd_kvstore *s = open_store(0x07, 1 << 20, PD_KVSTORE_FOREIGN_KEEP); /* 1 MiB map */
+  uint64_t written = 0;
+  int rc;
+  while ((rc = put_range(s, written, 8)) == 0) written += 8;
+  ck_assert_int_eq(rc, PD_EFULL);
+  ck_assert_uint_gt(written, 0);
+  for (uint64_t i = 0; i < written; i++) ck_assert_int_eq(check_block(s, i), 0);
+  /* The caller's answer to PD_EFULL: evict its disk LRU, then retry. */
+  pd_key128 old[64];
+  for (int i = 0; i < 64; i++) old[i] = (pd_key128){(uint64_t)i + 1, ((uint64_t)i + 1) * 7};
+  ck_assert_int_eq(pd_kvstore_delete_batch(s, old, 64, NULL), 0);
+  ck_assert_int_eq(put_range(s, written, 8), 0);
+  ck_assert_int_eq(check_block(s, written + 7), 0);
+  pd_kvstore_counters c;
+  pd_kvstore_get_counters(s, &c);
+  ck_assert_uint_ge(c.map_full, 1);
+  pd_kvstore_close(s);
+  remove_dir();
+}
+END_TEST
+
+START_TEST(injected_faults_lose_nothing) {
+  const enum pd_fault_site sites[] = {PD_FAULT_DISK_FULL, PD_FAULT_DISK_IO, PD_FAULT_MAP_FULL};
+  const int codes[] = {PD_ENOSPC, PD_EIO, PD_EFULL};
+  for (int si = 0; si < 3; si++) {
+    make_dir();
+    pd_kvstore *s = open_store(0x09, 64 << 20, PD_KVSTORE_FOREIGN_KEEP);
+    ck_assert_int_eq(put_range(s, 0, 10), 0);
+    /* Fail the N-th write for N = 1..4: each failed batch leaves no trace, earlier ones stay. */
+    uint64_t next = 10;
+    for (long nth = 1; nth <= 4; nth++) {
+      pd_fault_arm(sites[si], nth, 0);
+      for (long attempt = 1; attempt <= nth; attempt++) {
+        int rc = put_range(s, next, 5);
+        if (attempt == nth) {
+          ck_assert_int_eq(rc, codes[si]);
+          for (uint64_t i = next; i < next + 5; i++)
+            ck_assert_int_eq(check_block(s, i), PD_ENOTFOUND);
+        } else {
+          ck_assert_int_eq(rc, 0);
+          next += 5;
+        }
+      }
+      pd_fault_disarm_all();
+    }
+    for (uint64_t i = 0; i < next; i++) ck_assert_int_eq(check_block(s, i), 0);
+    pd_kvstore_close(s);
+    remove_dir();
+  }
+}
+END_TEST
+
+/* The child writes batches of 4 blocks forever, reporting each committed batch's first index
+ * on a pipe; the parent kills it with SIGKILL at a random moment. */
+static void crash_child(int wfd, uint8_t durability) {
+  pd_kvstore_config cfg = {.dir = dir, .map_bytes = 256 << 20, .durability = durability};
+  memset(cfg.fingerprint, 0x0c, 16);
+  pd_kvstore *s;
+  if (pd_kvstore_open(&cfg, &s, NULL, 0)) _exit(2);
+  for (uint64_t i = 0;; i += 4) {
+    if (put_range(s, i % 20000, 4) != 0) _exit(3);
+    uint64_t done = i;
+    if (write(wfd, &done, sizeof done) != sizeof done) _exit(4);
+    if (i % 20000 == 19996) { /* wrap: delete the oldest, as eviction would */
+      pd_key128 keys[4];
+      for (int j = 0; j < 4; j++) keys[j] = (pd_key128){(uint64_t)j + 1, ((uint64_t)j + 1) * 7};
+      pd_kvstore_delete_batch(s, keys, 4, NULL);
+    }
+  }
+}
+
+static int verify_cb(void *arg, pd_key128 key, const pd_kvstore_hdr *h, const int32_t *tokens) {
+  (void)h, (void)tokens;
+  pd_kvstore *s = arg;
+  ck_assert_int_eq(check_block(s, key.lo - 1), 0); /* every stored block verifies */
+  return 0;
+}
+
+START_TEST(kill9_loses_nothing_committed) {
+  int rounds = getenv("PD_CRASH_ROUNDS") ? atoi(getenv("PD_CRASH_ROUNDS")) : 25;
+  srand(1234);
+  make_dir();
+  for (int r = 0; r < rounds; r++) {
+    int fds[2];
+    ck_assert_int_eq(pipe(fds), 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+      close(fds[0]);
+      crash_child(fds[1], (uint8_t)(r % 3));
+    }
+    close(fds[1]);
+    usleep(2000 + (useconds_t)(rand() % 40000));
+    kill(pid, SIGKILL);
+    int status;
+    waitpid(pid, &status, 0);
+    ck_assert(WIFSIGNALED(status));
+    uint64_t last = 0, v;
+    int any = 0;
+    while (read(fds[0], &v, sizeof v) == sizeof v) last = v, any = 1;
+    close(fds[0]);
+    /* A process crash (not a power loss) keeps every commit in every durability mode. */
+    pd_kvstore *s = open_store(0x0c, 256 << 20, PD_KVSTORE_FOREIGN_KEEP);
+    if (any && last < 19996)
+      for (uint64_t i = last; i < last + 4; i++) ck_assert_int_eq(check_block(s, i), 0);
+    ck_assert_int_eq(pd_kvstore_scan(s, verify_cb, s, NULL, NULL), 0);
+    pd_kvstore_counters c;
+    pd_kvstore_get_counters(s, &c);
+    ck_assert_uint_eq(c.checksum_failures, 0);
+    pd_kvstore_close(s);
+  }
+  remove_dir();
+}
+END_TEST
+
+START_TEST(header_decode_rejects_garbage) {
+  uint8_t buf[PD_KVSTORE_HDR_BYTES + 64 + 8];
+  pd_kvstore_hdr h = {.block_tokens = 16, .n_tokens = 16, .payload_bytes = 8};
+  pd_kvstore_hdr_encode(&h, buf);
+  pd_kvstore_hdr out;
+  ck_assert_int_eq(pd_kvstore_hdr_decode(buf, sizeof buf, &out), 0);
+  ck_assert_int_eq(pd_kvstore_hdr_decode(buf, sizeof buf - 1, &out), PD_ECORRUPT);
+  ck_assert_int_eq(pd_kvstore_hdr_decode(buf, 10, &out), PD_ECORRUPT);
+  buf[0] ^= 1;
+  ck_assert_int_eq(pd_kvstore_hdr_decode(buf, sizeof buf, &out), PD_ECORRUPT);
+  buf[0] ^= 1;
+  buf[4] = 9; /* a future format */
+  ck_assert_int_eq(pd_kvstore_hdr_decode(buf, sizeof buf, &out), PD_EUNSUPPORTED);
+  buf[4] = 1;
+  buf[10] = 17; /* more tokens than the block holds */
+  ck_assert_int_eq(pd_kvstore_hdr_decode(buf, sizeof buf, &out), PD_ECORRUPT);
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("kvstore");
+  TCase *tc = tcase_create("core");
+  tcase_set_timeout(tc, 120);
+  tcase_add_test(tc, roundtrip_and_restart);
+  tcase_add_test(tc, scan_and_foreign_fingerprints);
+  tcase_add_test(tc, corrupt_payload_is_never_served);
+  tcase_add_test(tc, real_map_full_then_evict_and_retry);
+  tcase_add_test(tc, injected_faults_lose_nothing);
+  tcase_add_test(tc, kill9_loses_nothing_committed);
+  tcase_add_test(tc, header_decode_rejects_garbage);
+  suite_add_tcase(s, tc);
+  SRunner *sr = srunner_create(s);
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
