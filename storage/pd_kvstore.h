@@ -41,6 +41,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "pd_key.h"
+
 #define PD_KVSTORE_MAGIC     0x564b4450u /* "PDKV" little-endian */
 #define PD_KVSTORE_FORMAT    1
 #define PD_KVSTORE_HDR_BYTES 64
@@ -49,10 +51,6 @@ enum pd_kvstore_durability { PD_KVSTORE_DURABLE = 0, PD_KVSTORE_FAST = 1, PD_KVS
 
 /* What to do with blocks written under another model fingerprint or format version. */
 enum pd_kvstore_foreign { PD_KVSTORE_FOREIGN_KEEP = 0, PD_KVSTORE_FOREIGN_PURGE = 1 };
-
-typedef struct pd_key128 {
-  uint64_t lo, hi;
-} pd_key128;
 
 /* The decoded header of one stored block. */
 typedef struct pd_kvstore_hdr {
