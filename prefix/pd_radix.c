@@ -463,17 +463,31 @@ static int has_child_at_or_above(const pd_radix *t, uint32_t id, int tier) {
   return 0;
 }
 
+/* Removes every pin in id's subtree (all of them expired with id: a node's pin_until is the
+ * latest of the pins covering it). */
+static void clear_subtree_pins(pd_radix *t, uint32_t id) {
+  t->nodes[id].pin_count = t->nodes[id].own_pins = 0;
+  lru_update(t, id);
+  for (uint32_t c = t->nodes[id].first_child; c != NIL; c = t->nodes[c].next_sibling)
+    if (t->nodes[c].pin_count) clear_subtree_pins(t, c);
+}
+
 uint32_t pd_radix_expire_pins(pd_radix *t, uint64_t now) {
   uint32_t n = 0;
   for (uint32_t id = t->pinned_head; id != NIL;) {
     pd_node *nd = &t->nodes[id];
-    uint32_t next = nd->lru_next;
-    if (nd->pin_until != PD_PIN_FOREVER && nd->pin_until <= now) {
-      nd->pin_count = 0;
-      lru_update(t, id);
-      n++;
+    if (nd->pin_until == PD_PIN_FOREVER || nd->pin_until > now) {
+      id = nd->lru_next;
+      continue;
     }
-    id = next;
+    /* The pins covering this node also cover its ancestors: take them back there. */
+    for (uint32_t a = nd->parent; t->nodes[a].tier != PD_TIER_ROOT; a = t->nodes[a].parent) {
+      t->nodes[a].pin_count -= nd->pin_count;
+      if (t->nodes[a].pin_count == 0) lru_update(t, a);
+    }
+    clear_subtree_pins(t, id);
+    n++;
+    id = t->pinned_head; /* the list changed under us */
   }
   return n;
 }
@@ -510,8 +524,12 @@ int pd_radix_place(pd_radix *t, uint32_t node, int tier, uint32_t slot) {
   if (node >= t->cap_nodes || tier < 0 || tier >= PD_TIERS) return PD_EINVAL;
   pd_node *nd = &t->nodes[node];
   if (!(nd->flags & PD_NODE_USED) || nd->tier == PD_TIER_ROOT) return PD_EINVAL;
+  /* A detached parent is in transit to a colder tier (or will be dropped with this subtree):
+   * only moving colder is allowed beneath it. */
   const pd_node *p = &t->nodes[nd->parent];
-  if (p->tier == PD_TIER_NONE || node_tier_for_order(p) > tier) return PD_EINVAL;
+  if (p->tier == PD_TIER_NONE ? (is_real_tier(nd->tier) && tier <= nd->tier)
+                              : node_tier_for_order(p) > tier)
+    return PD_EINVAL;
   for (uint32_t c = nd->first_child; c != NIL; c = t->nodes[c].next_sibling)
     if (is_real_tier(t->nodes[c].tier) && t->nodes[c].tier < tier) return PD_EINVAL;
   if (is_real_tier(nd->tier) && tier > nd->tier && (nd->refcount || nd->pin_count)) return PD_EBUSY;
@@ -571,11 +589,14 @@ int pd_radix_drop(pd_radix *t, uint32_t node, pd_evicted *out, uint32_t cap, uin
 /* ---- pins ------------------------------------------------------------------------------------ */
 
 int pd_radix_pin(pd_radix *t, uint32_t node, uint64_t until) {
-  if (node >= t->cap_nodes || !(t->nodes[node].flags & PD_NODE_USED)) return PD_EINVAL;
-  for (uint32_t id = node; id != NIL && t->nodes[id].tier != PD_TIER_ROOT;
-       id = t->nodes[id].parent) {
+  if (node >= t->cap_nodes || !(t->nodes[node].flags & PD_NODE_USED) ||
+      t->nodes[node].tier == PD_TIER_ROOT)
+    return PD_EINVAL;
+  for (uint32_t id = node; t->nodes[id].tier != PD_TIER_ROOT; id = t->nodes[id].parent)
+    if (t->nodes[id].pin_count == UINT16_MAX) return PD_ELIMIT;
+  t->nodes[node].own_pins++;
+  for (uint32_t id = node; t->nodes[id].tier != PD_TIER_ROOT; id = t->nodes[id].parent) {
     pd_node *nd = &t->nodes[id];
-    if (nd->pin_count == UINT16_MAX) return PD_ELIMIT;
     if (nd->pin_count == 0 || until > nd->pin_until) nd->pin_until = until;
     nd->pin_count++;
     lru_update(t, id);
@@ -585,7 +606,8 @@ int pd_radix_pin(pd_radix *t, uint32_t node, uint64_t until) {
 
 int pd_radix_unpin(pd_radix *t, uint32_t node) {
   if (node >= t->cap_nodes || !(t->nodes[node].flags & PD_NODE_USED)) return PD_EINVAL;
-  if (t->nodes[node].pin_count == 0) return PD_EINVAL;
+  if (t->nodes[node].own_pins == 0) return PD_EINVAL;
+  t->nodes[node].own_pins--;
   for (uint32_t id = node; id != NIL && t->nodes[id].tier != PD_TIER_ROOT;
        id = t->nodes[id].parent) {
     pd_node *nd = &t->nodes[id];
@@ -623,15 +645,9 @@ int pd_radix_prefix_info(const pd_radix *t, uint32_t node, pd_prefix_info *info)
   return PD_OK;
 }
 
-/* A node is a prefix of its own if it is a leaf, or if a pin ends on it (no child carries as
- * many pins as it does). */
+/* A node is a prefix of its own if it is a leaf or holds a pin of its own. */
 static int is_prefix_end(const pd_radix *t, uint32_t id) {
-  const pd_node *nd = &t->nodes[id];
-  if (nd->first_child == NIL) return 1;
-  if (nd->pin_count == 0) return 0;
-  for (uint32_t c = nd->first_child; c != NIL; c = t->nodes[c].next_sibling)
-    if (t->nodes[c].pin_count >= nd->pin_count) return 0;
-  return 1;
+  return t->nodes[id].first_child == NIL || t->nodes[id].own_pins > 0;
 }
 
 int pd_radix_next_prefix(const pd_radix *t, uint32_t *cursor, int32_t tenant,
@@ -713,7 +729,7 @@ int pd_radix_check(const pd_radix *t, char *err, size_t errlen) {
       per_tenant[(size_t)nd->tenant * PD_TIERS + nd->tier]++;
       if (!pd_blockpool_is_allocated(&t->pool[nd->tier], nd->slot))
         rc = fail(err, errlen, "node %u: slot %u of tier %u not allocated", id, nd->slot, nd->tier);
-      if (p->tier != PD_TIER_ROOT && (!is_real_tier(p->tier) || p->tier > nd->tier))
+      if (p->tier != PD_TIER_ROOT && p->tier != PD_TIER_NONE && p->tier > nd->tier)
         rc = fail(err, errlen, "node %u in tier %u under parent %u in tier %u", id, nd->tier,
                   nd->parent, p->tier);
     }
@@ -727,8 +743,9 @@ int pd_radix_check(const pd_radix *t, char *err, size_t errlen) {
     for (uint32_t c = p->first_child; c != NIL; c = t->nodes[c].next_sibling)
       if (c == id) found = 1;
     if (!found) rc = fail(err, errlen, "node %u not among its parent's children", id);
-    if (nd->pin_count && p->tier != PD_TIER_ROOT && p->pin_count < nd->pin_count)
-      rc = fail(err, errlen, "node %u pinned more than its parent", id);
+    if (nd->pin_count && p->tier != PD_TIER_ROOT && p->pin_count == 0)
+      rc = fail(err, errlen, "node %u pinned but its parent is not", id);
+    if (nd->own_pins > nd->pin_count) rc = fail(err, errlen, "node %u: own pins exceed pins", id);
     if (nd->refcount && p->tier != PD_TIER_ROOT && p->refcount == 0)
       rc = fail(err, errlen, "node %u referenced but its parent is not", id);
   }

@@ -78,7 +78,8 @@ typedef struct pd_node {
   uint32_t ns;        /* namespace id */
   uint16_t tenant;    /* the tenant charged for this block */
   uint16_t n_tokens;  /* 0 for a root, B for a full block, fewer for a partial tail */
-  uint16_t pin_count; /* pins held on this node (a pinned prefix pins its ancestors) */
+  uint16_t pin_count; /* pins covering this node: its own and its descendants' */
+  uint16_t own_pins;  /* pins taken on this node itself (what unpin may give back) */
   uint8_t tier;       /* 0..2, PD_TIER_NONE, or PD_TIER_ROOT */
   uint8_t flags;      /* PD_NODE_* below */
 } pd_node;
@@ -198,14 +199,16 @@ typedef struct pd_evicted {
  * Evicts up to want least recently used frontier nodes from tier (only those charged to
  * tenant when tenant >= 0), detaching them. Expired pins are released first.
  * Writes the victims to out and their count to *n_out (less than want if no more may go).
+ * Children come before their parents in out: place victims in a colder tier in reverse order.
  */
 int pd_radix_evict(pd_radix *t, int tier, int32_t tenant, uint32_t want, uint64_t now,
                    pd_evicted *out, uint32_t *n_out);
 
 /* Puts node (detached, or in another tier) into tier with slot (allocated by the caller;
  * ownership passes to the tree). The old slot, if any, is given back. Keeps the frontier rule:
- * PD_EINVAL if the parent is colder than tier or a child hotter. PD_EBUSY if referenced while
- * moving colder. */
+ * PD_EINVAL if the parent is colder than tier or a child hotter. Beneath a detached parent (in
+ * transit itself) only a detached node or a move colder is allowed. PD_EBUSY if referenced or
+ * pinned while moving colder. */
 int pd_radix_place(pd_radix *t, uint32_t node, int tier, uint32_t slot);
 
 /* Removes node and its whole subtree (none may be referenced or pinned: PD_EBUSY). Writes every
@@ -216,7 +219,8 @@ int pd_radix_drop(pd_radix *t, uint32_t node, pd_evicted *out, uint32_t cap, uin
 
 /* Pins node and all its ancestors until `until` (PD_PIN_FOREVER: no expiry). */
 int pd_radix_pin(pd_radix *t, uint32_t node, uint64_t until);
-/* Takes back one pin from node and its ancestors. PD_EINVAL if node is not pinned. */
+/* Takes back one pin taken on node (and so from its ancestors). PD_EINVAL if node holds no pin
+ * of its own. */
 int pd_radix_unpin(pd_radix *t, uint32_t node);
 /* Releases the pins that expired at now. Returns how many nodes were unpinned. */
 uint32_t pd_radix_expire_pins(pd_radix *t, uint64_t now);
