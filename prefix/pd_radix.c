@@ -153,6 +153,7 @@ static uint32_t find_child(const pd_radix *t, uint32_t parent, pd_key128 key, co
       (*collisions)++;
     }
   }
+  if (t->nodes[parent].n_unmapped == 0) return NIL;
   for (uint32_t c = t->nodes[parent].first_child; c != NIL; c = t->nodes[c].next_sibling)
     if (!(t->nodes[c].flags & PD_NODE_IN_MAP) && matchable(&t->nodes[c]) &&
         same_tokens(t, c, tokens, n))
@@ -240,29 +241,71 @@ int pd_radix_free_slot(pd_radix *t, int tier, uint32_t slot) {
 
 /* ---- match ----------------------------------------------------------------------------------- */
 
-/* The walk shared by match and peek: fills path (capacity cap) and returns the token count
- * and whether the last node is only partially used or a partial tail (cow). */
+/* The partial-tail scan looks at this many children at most (the most recently inserted come
+ * first): a node may have thousands of children, and a token-granular tail is an optimisation
+ * (a shorter match is a miss of a few tokens, never a wrong one). */
+#define PARTIAL_SCAN_LIMIT 32
+/* Full blocks are looked up this many at a time: all keys first (hashing needs no memory), then
+ * every map slot and node is prefetched, then the chain is verified. The lookups' cache misses
+ * overlap instead of queueing one behind the other. */
+#define WALK_BATCH 16
+
+/* The map's first candidate for key, or NIL (collisions are handled by find_child). */
+static uint32_t first_candidate(const pd_radix *t, pd_key128 key) {
+  uint64_t cur = 0;
+  uint32_t id;
+  return pd_keymap_next(&t->map, key.lo, &cur, &id) ? id : NIL;
+}
+
+/* The walk shared by match and peek: fills path (capacity cap) and returns the token count;
+ * *cow says whether the last node is shared only partially (or is a partial tail). */
 static uint32_t walk(const pd_radix *t, uint32_t root, const int32_t *tokens, uint32_t n,
                      uint32_t *path, uint32_t cap, uint32_t *n_path, int *cow,
                      uint64_t *collisions) {
   uint32_t cur = root, pos = 0, np = 0;
   *cow = 0;
-  while (np < cap) {
-    uint32_t rem = n - pos < B(t) ? n - pos : B(t);
-    if (rem == 0) break;
-    if (rem == B(t)) {
-      pd_key128 k = child_key(t, t->nodes[cur].key, tokens + pos, rem);
-      uint32_t c = find_child(t, cur, k, tokens + pos, rem, collisions);
-      if (c != NIL) {
-        path[np++] = c;
-        cur = c;
-        pos += rem;
-        continue;
+  int full_done = 0;
+  while (!full_done) {
+    uint32_t n_full = (n - pos) / B(t);
+    if (n_full > WALK_BATCH) n_full = WALK_BATCH;
+    if (n_full > cap - np) n_full = cap - np;
+    if (n_full == 0) break;
+    pd_key128 keys[WALK_BATCH];
+    uint32_t cand[WALK_BATCH];
+    pd_key128 k = t->nodes[cur].key;
+    for (uint32_t i = 0; i < n_full; i++) {
+      k = child_key(t, k, tokens + pos + i * B(t), B(t));
+      keys[i] = k;
+      __builtin_prefetch(&t->map.slots[k.lo & t->map.mask]);
+    }
+    for (uint32_t i = 0; i < n_full; i++) {
+      cand[i] = first_candidate(t, keys[i]);
+      if (cand[i] != NIL) {
+        __builtin_prefetch(&t->nodes[cand[i]]);
+        __builtin_prefetch(toks(t, cand[i]));
       }
     }
-    /* Token-granular tail: the child sharing the longest common prefix with the rest. */
-    uint32_t best = NIL, best_len = 0;
-    for (uint32_t c = t->nodes[cur].first_child; c != NIL; c = t->nodes[c].next_sibling) {
+    for (uint32_t i = 0; i < n_full; i++) {
+      const int32_t *bt = tokens + pos;
+      uint32_t c = cand[i];
+      if (c == NIL || !pd_key_eq(t->nodes[c].key, keys[i]) || t->nodes[c].parent != cur ||
+          !same_tokens(t, c, bt, B(t)) || !matchable(&t->nodes[c]))
+        c = find_child(t, cur, keys[i], bt, B(t), collisions);
+      if (c == NIL) {
+        full_done = 1;
+        break;
+      }
+      path[np++] = c;
+      cur = c;
+      pos += B(t);
+    }
+  }
+  /* Token-granular tail: the child sharing the longest common prefix with the rest. */
+  uint32_t rem = n - pos < B(t) ? n - pos : B(t);
+  if (rem > 0 && np < cap) {
+    uint32_t best = NIL, best_len = 0, seen = 0;
+    for (uint32_t c = t->nodes[cur].first_child; c != NIL && seen < PARTIAL_SCAN_LIMIT;
+         c = t->nodes[c].next_sibling, seen++) {
       if (!matchable(&t->nodes[c])) continue;
       uint32_t l = lcp(toks(t, c), t->nodes[c].n_tokens, tokens + pos, rem);
       if (l > best_len) best = c, best_len = l;
@@ -272,7 +315,6 @@ static uint32_t walk(const pd_radix *t, uint32_t root, const int32_t *tokens, ui
       pos += best_len;
       *cow = 1; /* shared and not ours to append into */
     }
-    break;
   }
   *n_path = np;
   return pos;
@@ -443,6 +485,7 @@ int pd_radix_insert(pd_radix *t, uint32_t tenant, uint32_t ns, const int32_t *to
       nd->flags |= PD_NODE_IN_MAP;
     }
     link_child(t, cur, id);
+    if (!(nd->flags & PD_NODE_IN_MAP)) t->nodes[cur].n_unmapped++;
     charge(t, tenant, tier, +1);
     t->stats.blocks_inserted++;
     results[i] = (pd_insert_result){id, 1};
@@ -568,7 +611,10 @@ static void drop_subtree(pd_radix *t, uint32_t id, pd_evicted *out, uint32_t *n_
     charge(t, nd->tenant, nd->tier, -1);
     out[(*n_out)++] = (pd_evicted){id, nd->key, nd->slot, nd->tier, nd->tenant};
   }
-  if (nd->flags & PD_NODE_IN_MAP) pd_keymap_remove(&t->map, nd->key.lo, id);
+  if (nd->flags & PD_NODE_IN_MAP)
+    pd_keymap_remove(&t->map, nd->key.lo, id);
+  else
+    t->nodes[nd->parent].n_unmapped--;
   t->stats.drops++;
   free_node(t, id);
 }
@@ -740,8 +786,14 @@ int pd_radix_check(const pd_radix *t, char *err, size_t errlen) {
       rc = fail(err, errlen, "node %u: list membership wrong (flags %x ref %u pins %u tier %u)", id,
                 nd->flags, nd->refcount, nd->pin_count, nd->tier);
     int found = 0;
-    for (uint32_t c = p->first_child; c != NIL; c = t->nodes[c].next_sibling)
+    uint32_t unmapped = 0;
+    for (uint32_t c = p->first_child; c != NIL; c = t->nodes[c].next_sibling) {
       if (c == id) found = 1;
+      if (!(t->nodes[c].flags & PD_NODE_IN_MAP)) unmapped++;
+    }
+    if (unmapped != p->n_unmapped)
+      rc = fail(err, errlen, "node %u: %u unmapped children, counted %u", nd->parent, p->n_unmapped,
+                unmapped);
     if (!found) rc = fail(err, errlen, "node %u not among its parent's children", id);
     if (nd->pin_count && p->tier != PD_TIER_ROOT && p->pin_count == 0)
       rc = fail(err, errlen, "node %u pinned but its parent is not", id);

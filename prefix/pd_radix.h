@@ -72,16 +72,17 @@ typedef struct pd_node {
   uint32_t next_sibling; /* also links the free list */
   uint32_t lru_prev;     /* in the tier's LRU or the pinned list, else both PD_NODE_NIL */
   uint32_t lru_next;
-  uint32_t slot;      /* in the pool of `tier` */
-  uint32_t refcount;  /* references held by running sequences */
-  uint32_t hits;      /* matches that used this block */
-  uint32_t ns;        /* namespace id */
-  uint16_t tenant;    /* the tenant charged for this block */
-  uint16_t n_tokens;  /* 0 for a root, B for a full block, fewer for a partial tail */
-  uint16_t pin_count; /* pins covering this node: its own and its descendants' */
-  uint16_t own_pins;  /* pins taken on this node itself (what unpin may give back) */
-  uint8_t tier;       /* 0..2, PD_TIER_NONE, or PD_TIER_ROOT */
-  uint8_t flags;      /* PD_NODE_* below */
+  uint32_t slot;       /* in the pool of `tier` */
+  uint32_t refcount;   /* references held by running sequences */
+  uint32_t hits;       /* matches that used this block */
+  uint32_t ns;         /* namespace id */
+  uint16_t tenant;     /* the tenant charged for this block */
+  uint16_t n_tokens;   /* 0 for a root, B for a full block, fewer for a partial tail */
+  uint16_t pin_count;  /* pins covering this node: its own and its descendants' */
+  uint16_t own_pins;   /* pins taken on this node itself (what unpin may give back) */
+  uint16_t n_unmapped; /* children left out of the map (key collisions): scanned by lookups */
+  uint8_t tier;        /* 0..2, PD_TIER_NONE, or PD_TIER_ROOT */
+  uint8_t flags;       /* PD_NODE_* below */
 } pd_node;
 
 #define PD_NODE_USED      0x01 /* not on the free list */
