@@ -1,0 +1,34 @@
+/*
+ * pd_matmul.h -- y = x . W^T on quantized weights, the CPU backend's one matmul.
+ *
+ * W has out_dim rows of in_dim elements of type wt, exactly as a 2-D GGUF weight is stored
+ * (ne[0] = in_dim, ne[1] = out_dim). Two modes:
+ *
+ *   PD_MATMUL_EXACT  f32 activations times the exactly dequantized weights, f32 accumulation:
+ *                    the reference, matched by tests/reference/ within float rounding.
+ *   PD_MATMUL_FAST   activations quantized per block of 32 to int8 with an f32 scale (as ggml's
+ *                    q8 formats do), integer dot products with AVX2 for Q4_0, Q4_1 and Q8_0
+ *                    weights (other weight types run the exact path).
+ *
+ * Determinism (the prefix cache relies on it): each y element is one dot product whose order of
+ * operations depends only on in_dim, never on n_rows, the thread count or the other rows, so a
+ * row computes the same bits alone or in any batch. Threads (OpenMP) split the output columns.
+ */
+#ifndef PD_MATMUL_H
+#define PD_MATMUL_H
+
+#include <stdint.h>
+
+#include "pd_ggml.h"
+
+enum pd_matmul_mode { PD_MATMUL_EXACT = 0, PD_MATMUL_FAST = 1 };
+
+/* y (n_rows, out_dim) = x (n_rows, in_dim) . W^T. Returns 0, PD_EINVAL (bad type or in_dim not
+ * a multiple of the block), PD_ENOMEM. */
+int pd_matmul(const void *w, enum pd_ggml_type wt, int64_t in_dim, int64_t out_dim, const float *x,
+              float *y, int64_t n_rows, enum pd_matmul_mode mode);
+
+/* The dot product both modes use for f32 vectors, exposed for the attention kernels. */
+float pd_dot_f32(const float *a, const float *b, int64_t n);
+
+#endif /* PD_MATMUL_H */

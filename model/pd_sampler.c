@@ -1,0 +1,140 @@
+/* pd_sampler.c -- see pd_sampler.h. */
+#include "pd_sampler.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pd_err.h"
+
+typedef struct cand {
+  float logit;
+  int32_t id;
+} cand;
+
+struct pd_sampler {
+  pd_sampling_params p;
+  int32_t n_vocab;
+  int32_t *recent; /* ring of the last repeat_last_n tokens */
+  int32_t n_recent, head;
+  uint64_t rng[4];
+  cand *c;     /* (n_vocab) scratch */
+  float *work; /* (n_vocab) scratch */
+};
+
+static uint64_t splitmix(uint64_t *x) {
+  uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+static uint64_t rotl(uint64_t x, int k) {
+  return (x << k) | (x >> (64 - k));
+}
+
+static uint64_t next_u64(uint64_t *s) { /* xoshiro256** */
+  uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+  s[2] ^= s[0], s[3] ^= s[1], s[1] ^= s[2], s[0] ^= s[3], s[2] ^= t, s[3] = rotl(s[3], 45);
+  return r;
+}
+
+int pd_sampler_create(const pd_sampling_params *p, int32_t n_vocab, pd_sampler **out) {
+  *out = NULL;
+  if (n_vocab <= 0 || !(p->temperature >= 0) || p->top_k < 0 || !(p->top_p > 0 && p->top_p <= 1) ||
+      !(p->min_p >= 0 && p->min_p <= 1) || !(p->repeat_penalty > 0) || p->repeat_last_n < 0)
+    return PD_EINVAL;
+  pd_sampler *s = calloc(1, sizeof *s);
+  if (!s) return PD_ENOMEM;
+  s->p = *p;
+  s->n_vocab = n_vocab;
+  s->recent = malloc((size_t)(p->repeat_last_n ? p->repeat_last_n : 1) * sizeof *s->recent);
+  s->c = malloc((size_t)n_vocab * sizeof *s->c);
+  s->work = malloc((size_t)n_vocab * sizeof *s->work);
+  if (!s->recent || !s->c || !s->work) {
+    pd_sampler_free(s);
+    return PD_ENOMEM;
+  }
+  uint64_t x = p->seed;
+  for (int i = 0; i < 4; i++) s->rng[i] = splitmix(&x);
+  *out = s;
+  return PD_OK;
+}
+
+void pd_sampler_free(pd_sampler *s) {
+  if (!s) return;
+  free(s->recent);
+  free(s->c);
+  free(s->work);
+  free(s);
+}
+
+void pd_sampler_accept(pd_sampler *s, int32_t tok) {
+  if (!s->p.repeat_last_n) return;
+  s->recent[s->head] = tok;
+  s->head = (s->head + 1) % s->p.repeat_last_n;
+  if (s->n_recent < s->p.repeat_last_n) s->n_recent++;
+}
+
+static int cmp_cand(const void *a, const void *b) {
+  const cand *x = a, *y = b;
+  if (x->logit != y->logit) return x->logit > y->logit ? -1 : 1;
+  return x->id - y->id;
+}
+
+int32_t pd_sampler_sample(pd_sampler *s, const float *logits) {
+  float *l = s->work;
+  memcpy(l, logits, (size_t)s->n_vocab * sizeof *l);
+  if (s->p.repeat_penalty != 1.0f)
+    for (int32_t i = 0; i < s->n_recent; i++) {
+      int32_t t = s->recent[i];
+      if (t < 0 || t >= s->n_vocab) continue;
+      /* each distinct token once: skip if it appeared earlier in the ring */
+      int seen = 0;
+      for (int32_t j = 0; j < i; j++) seen |= s->recent[j] == t;
+      if (!seen) l[t] = l[t] > 0 ? l[t] / s->p.repeat_penalty : l[t] * s->p.repeat_penalty;
+    }
+  int32_t pick = 0;
+  if (s->p.temperature <= 0) {
+    for (int32_t i = 1; i < s->n_vocab; i++)
+      if (l[i] > l[pick]) pick = i;
+  } else {
+    int32_t n = s->n_vocab;
+    for (int32_t i = 0; i < n; i++) s->c[i] = (cand){l[i] / s->p.temperature, i};
+    qsort(s->c, (size_t)n, sizeof *s->c, cmp_cand);
+    if (s->p.top_k > 0 && s->p.top_k < n) n = s->p.top_k;
+    float mx = s->c[0].logit, sum = 0;
+    for (int32_t i = 0; i < n; i++) sum += (s->c[i].logit = expf(s->c[i].logit - mx));
+    for (int32_t i = 0; i < n; i++) s->c[i].logit /= sum; /* now probabilities, descending */
+    if (s->p.top_p < 1.0f) {
+      float cum = 0;
+      for (int32_t i = 0; i < n; i++) {
+        cum += s->c[i].logit;
+        if (cum >= s->p.top_p) {
+          n = i + 1;
+          break;
+        }
+      }
+    }
+    if (s->p.min_p > 0) {
+      float floor_p = s->p.min_p * s->c[0].logit;
+      int32_t k = 1;
+      while (k < n && s->c[k].logit >= floor_p) k++;
+      n = k;
+    }
+    float total = 0;
+    for (int32_t i = 0; i < n; i++) total += s->c[i].logit;
+    double r = (double)(next_u64(s->rng) >> 11) * (1.0 / 9007199254740992.0) * total;
+    pick = s->c[n - 1].id;
+    double acc = 0;
+    for (int32_t i = 0; i < n; i++) {
+      acc += s->c[i].logit;
+      if (r < acc) {
+        pick = s->c[i].id;
+        break;
+      }
+    }
+  }
+  pd_sampler_accept(s, pick);
+  return pick;
+}

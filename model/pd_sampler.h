@@ -1,0 +1,35 @@
+/*
+ * pd_sampler.h -- choosing the next token from logits.
+ *
+ * Order of operations: repetition penalty (over the last repeat_last_n accepted tokens: a
+ * positive logit is divided by the penalty, a negative one multiplied), then temperature 0 means
+ * greedy (argmax, lowest id on ties); otherwise temperature, top-k, softmax, top-p (smallest set
+ * with cumulative probability >= top_p), min-p (drop tokens below min_p times the best
+ * probability), and a draw from a seeded xoshiro256** generator, so a seed reproduces a run.
+ */
+#ifndef PD_SAMPLER_H
+#define PD_SAMPLER_H
+
+#include <stdint.h>
+
+typedef struct pd_sampling_params {
+  float temperature;    /* 0 = greedy */
+  int32_t top_k;        /* 0 = off */
+  float top_p;          /* 1 = off */
+  float min_p;          /* 0 = off */
+  float repeat_penalty; /* 1 = off */
+  int32_t repeat_last_n;
+  uint64_t seed;
+} pd_sampling_params;
+
+typedef struct pd_sampler pd_sampler;
+
+/* PD_EINVAL for out-of-range parameters (negative temperature, top_p outside (0, 1], ...). */
+int pd_sampler_create(const pd_sampling_params *p, int32_t n_vocab, pd_sampler **out);
+void pd_sampler_free(pd_sampler *s);
+/* Records a token seen (prompt or generated) for the repetition penalty. */
+void pd_sampler_accept(pd_sampler *s, int32_t tok);
+/* Picks a token from logits (n_vocab, not modified) and accepts it. */
+int32_t pd_sampler_sample(pd_sampler *s, const float *logits);
+
+#endif /* PD_SAMPLER_H */

@@ -1,0 +1,44 @@
+/*
+ * pd_tokenizer.h -- byte-level BPE (GGUF tokenizer.ggml.model = "gpt2"), built from the GGUF's
+ * token list, merges and token types.
+ *
+ * Encoding: special tokens (control and user-defined types) are cut out of the text first when
+ * parse_special is set; each remaining stretch is split by the pre-tokenizer named in
+ * tokenizer.ggml.pre ("smollm": every digit alone, then the GPT-2 pattern; "gpt2"/"default":
+ * the GPT-2 pattern), each piece's bytes are mapped to GPT-2's byte-level alphabet, and merges
+ * are applied lowest rank first. Decoding maps a token's characters back to bytes.
+ *
+ * The tokenizer copies what it needs from the GGUF: it does not depend on the pd_gguf after
+ * pd_tokenizer_from_gguf returns. It is immutable afterwards, so threads may share it.
+ */
+#ifndef PD_TOKENIZER_H
+#define PD_TOKENIZER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pd_gguf.h"
+
+typedef struct pd_tokenizer pd_tokenizer;
+
+int pd_tokenizer_from_gguf(const pd_gguf *g, pd_tokenizer **out, char *err, size_t errlen);
+void pd_tokenizer_free(pd_tokenizer *t);
+
+int32_t pd_tokenizer_n_vocab(const pd_tokenizer *t);
+int32_t pd_tokenizer_bos(const pd_tokenizer *t); /* -1 if none */
+int32_t pd_tokenizer_eos(const pd_tokenizer *t); /* -1 if none */
+/* End of generation: eos, eot, <|im_end|>, <|endoftext|>. */
+int pd_tokenizer_is_eog(const pd_tokenizer *t, int32_t tok);
+/* Control or user-defined token (rendered as nothing by the detokenizer). */
+int pd_tokenizer_is_special(const pd_tokenizer *t, int32_t tok);
+/* Finds a token by its exact text; -1 if absent. */
+int32_t pd_tokenizer_find(const pd_tokenizer *t, const char *text);
+
+/* Writes up to cap ids into out and the full count into *n_out. PD_EFULL if cap was too small. */
+int pd_tokenize(const pd_tokenizer *t, const char *text, size_t len, int parse_special,
+                int32_t *out, size_t cap, size_t *n_out);
+
+/* The bytes of one token (special tokens: their text). Borrowed from t. PD_ERANGE for a bad id. */
+int pd_token_piece(const pd_tokenizer *t, int32_t tok, const char **bytes, size_t *len);
+
+#endif /* PD_TOKENIZER_H */
