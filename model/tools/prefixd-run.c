@@ -48,6 +48,7 @@ static void usage(FILE *f) {
           "      --ctx N             context length (default 4096)\n"
           "      --dump-logits FILE  write the logits of every prompt position (f32, n x vocab)\n"
           "      --dump-tokens       print the prompt's token ids and exit\n"
+          "      --ids               print generated token ids (comma-separated) instead of text\n"
           "      --chunk N           prefill in chunks of N tokens (default 256)\n"
           "      --describe          print the model's description and exit\n"
           "  -h, --help\n");
@@ -87,6 +88,8 @@ static int feed(run *r, const int32_t *toks, int n, float *logits, FILE *dump) {
 }
 
 /* Samples until max_tokens, an end-of-generation token or a full context; streams text. */
+static int print_ids; /* --ids */
+
 static int generate(run *r, pd_sampler *smp, float *logits, int max_tokens, int *n_gen,
                     double *secs) {
   pd_detok *dt;
@@ -101,7 +104,10 @@ static int generate(run *r, pd_sampler *smp, float *logits, int max_tokens, int 
     size_t n_out = 0;
     int stop = 0;
     pd_detok_push(dt, t, out, sizeof out, &n_out, &stop);
-    fwrite(out, 1, n_out, stdout);
+    if (print_ids)
+      printf("%s%d", *n_gen ? "," : "", t);
+    else
+      fwrite(out, 1, n_out, stdout);
     fflush(stdout);
     (*n_gen)++;
     if ((rc = feed(r, &t, 1, logits, NULL))) break;
@@ -109,7 +115,7 @@ static int generate(run *r, pd_sampler *smp, float *logits, int max_tokens, int 
   char out[64];
   size_t n_out = 0;
   pd_detok_flush(dt, out, sizeof out, &n_out);
-  fwrite(out, 1, n_out, stdout);
+  if (!print_ids) fwrite(out, 1, n_out, stdout);
   pd_detok_free(dt);
   *secs = now_s() - t0;
   return rc == PD_ERANGE ? PD_OK : rc;
@@ -150,6 +156,7 @@ int main(int argc, char **argv) {
                                        {"dump-tokens", no_argument, 0, 11},
                                        {"chunk", required_argument, 0, 12},
                                        {"describe", no_argument, 0, 13},
+                                       {"ids", no_argument, 0, 14},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   int o;
@@ -190,6 +197,7 @@ int main(int argc, char **argv) {
     case 11: dump_tokens = 1; break;
     case 12: chunk = atoi(optarg); break;
     case 13: describe = 1; break;
+    case 14: print_ids = 1; break;
     case 'h': usage(stdout); return 0;
     default: usage(stderr); return 2;
     }
