@@ -1,11 +1,14 @@
 /*
  * pd_attention.c -- paged KV store and causal attention over it, CPU; see pd_attention.h.
  *
- * One (row, head) task computes the scores of its query against every visible key into a
- * private buffer (shape (n_ctx)), takes their maximum, exponentiates and sums in position order,
- * then accumulates the values in position order. Nothing in that sequence depends on the batch,
- * so the result is bit-identical whether the prefix's keys were written in this call or came
- * from the cache. Tasks run in parallel (OpenMP) over (row, head).
+ * A task is (sequence, chunk of up to 32 query rows, head). It walks the visible positions in
+ * order, converting each key row once and dotting it with every row of the chunk that sees it;
+ * then each row's scores are exponentiated and summed in position order; then the value rows
+ * are walked in order and accumulated into each row. For every query row the sequence of
+ * floating-point operations is therefore the same whatever the chunk, the batch or the thread:
+ * the result is bit-identical whether the prefix's keys were written in this call or came from
+ * the cache, and whether the row is decoded alone or prefilled with others. Tasks run in
+ * parallel (OpenMP).
  */
 #include "pd_attention.h"
 
@@ -15,6 +18,9 @@
 
 #include "pd_err.h"
 #include "pd_matmul.h"
+#ifdef __F16C__
+#include <immintrin.h>
+#endif
 
 size_t pd_kv_block_bytes(const pd_kv_layout *L) {
   return 2u * (size_t)L->n_layers * (size_t)L->n_kv_heads * (size_t)L->block_tokens *
@@ -67,9 +73,19 @@ static const float *load_row(const pd_kv_layout *L, const uint8_t *block, int la
   size_t off = pd_kv_elem_offset(L, layer, kv, kv_head, r);
   if (L->dtype == PD_DTYPE_F32) return (const float *)block + off;
   const uint8_t *src = block + off * pd_dtype_size(L->dtype);
-  for (int d = 0; d < L->head_dim; d++) tmp[d] = pd_dtype_load(L->dtype, src, (size_t)d);
+  int d = 0;
+#ifdef __F16C__
+  if (L->dtype == PD_DTYPE_F16)
+    for (; d + 8 <= L->head_dim; d += 8)
+      _mm256_storeu_ps(tmp + d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + 2 * d))));
+#endif
+  for (; d < L->head_dim; d++) tmp[d] = pd_dtype_load(L->dtype, src, (size_t)d);
   return tmp;
 }
+
+/* Rows of one sequence are processed in chunks of this many, so that each key and value row is
+ * converted once per chunk rather than once per query row. */
+#define ROW_CHUNK 32
 
 int pd_attn_paged(const pd_kv_layout *L, const void *pool, int layer, int n_heads, const float *q,
                   float *out, const pd_attn_seq *seqs, int n_seqs, float scale) {
@@ -79,7 +95,7 @@ int pd_attn_paged(const pd_kv_layout *L, const void *pool, int layer, int n_head
   int64_t n_tasks = 0, max_ctx = 0;
   for (int s = 0; s < n_seqs; s++) {
     if (!seq_ok(L, &seqs[s])) return PD_EINVAL;
-    n_tasks += (int64_t)seqs[s].n_new * n_heads;
+    n_tasks += (int64_t)((seqs[s].n_new + ROW_CHUNK - 1) / ROW_CHUNK) * n_heads;
     if (seqs[s].n_past + seqs[s].n_new > max_ctx) max_ctx = seqs[s].n_past + seqs[s].n_new;
   }
   int hd = L->head_dim, group = n_heads / L->n_kv_heads;
@@ -87,49 +103,77 @@ int pd_attn_paged(const pd_kv_layout *L, const void *pool, int layer, int n_head
   int failed = 0;
 #pragma omp parallel
   {
-    float *scores = malloc((size_t)(max_ctx ? max_ctx : 1) * sizeof *scores); // (n_ctx)
-    float *tmp = malloc((size_t)hd * sizeof *tmp);                            // (head_dim)
-    float *acc = malloc((size_t)hd * sizeof *acc);                            // (head_dim)
+    float *scores = malloc((size_t)ROW_CHUNK * (size_t)(max_ctx ? max_ctx : 1) * sizeof *scores);
+    /* scores: (ROW_CHUNK, n_ctx); tmp: (head_dim); acc: (ROW_CHUNK, head_dim) */
+    float *tmp = malloc((size_t)hd * sizeof *tmp);
+    float *acc = malloc((size_t)ROW_CHUNK * (size_t)hd * sizeof *acc);
     if (!scores || !tmp || !acc) {
 #pragma omp atomic write
       failed = 1;
     }
-#pragma omp for schedule(dynamic, 4)
+#pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < n_tasks; task++) {
       if (failed) continue;
-      /* task -> (sequence, row, head) */
+      /* task -> (sequence, row chunk, head) */
       int s = 0;
       int64_t t = task;
-      while (t >= (int64_t)seqs[s].n_new * n_heads) t -= (int64_t)seqs[s++].n_new * n_heads;
+      for (;;) {
+        int64_t here = (int64_t)((seqs[s].n_new + ROW_CHUNK - 1) / ROW_CHUNK) * n_heads;
+        if (t < here) break;
+        t -= here;
+        s++;
+      }
       const pd_attn_seq *sq = &seqs[s];
-      int i = (int)(t / n_heads), h = (int)(t % n_heads), kvh = h / group;
-      int n_ctx = sq->n_past + i + 1;
-      size_t row = (size_t)sq->row + (size_t)i;
-      const float *qr = q + (row * (size_t)n_heads + (size_t)h) * (size_t)hd;
-      float mx = -INFINITY;
-      for (int p = 0; p < n_ctx; p++) {
+      int i0 = (int)(t / n_heads) * ROW_CHUNK, h = (int)(t % n_heads), kvh = h / group;
+      int nr = sq->n_new - i0 < ROW_CHUNK ? sq->n_new - i0 : ROW_CHUNK;
+      int ctx_end = sq->n_past + i0 + nr; /* keys visible to the chunk's last row */
+      const float *qr[ROW_CHUNK];
+      float mx[ROW_CHUNK];
+      for (int i = 0; i < nr; i++) {
+        qr[i] =
+            q + (((size_t)sq->row + (size_t)(i0 + i)) * (size_t)n_heads + (size_t)h) * (size_t)hd;
+        mx[i] = -INFINITY;
+      }
+      /* scores, position by position; row i sees positions 0 .. n_past + i0 + i */
+      for (int p = 0; p < ctx_end; p++) {
         const uint8_t *blk =
             (const uint8_t *)pool + (size_t)sq->block_table[p / L->block_tokens] * bb;
         const float *kr = load_row(L, blk, layer, 0, kvh, p % L->block_tokens, tmp);
-        scores[p] = pd_dot_f32(qr, kr, hd) * scale;
-        if (scores[p] > mx) mx = scores[p];
+        int first = p - sq->n_past - i0; /* the first row that sees p */
+        for (int i = first > 0 ? first : 0; i < nr; i++) {
+          float sc = pd_dot_f32(qr[i], kr, hd) * scale;
+          scores[(size_t)i * (size_t)max_ctx + (size_t)p] = sc;
+          if (sc > mx[i]) mx[i] = sc;
+        }
       }
-      float sum = 0;
-      for (int p = 0; p < n_ctx; p++) {
-        scores[p] = expf(scores[p] - mx);
-        sum += scores[p];
+      float sum[ROW_CHUNK];
+      for (int i = 0; i < nr; i++) {
+        float *sr = scores + (size_t)i * (size_t)max_ctx;
+        int n_ctx = sq->n_past + i0 + i + 1;
+        sum[i] = 0;
+        for (int p = 0; p < n_ctx; p++) {
+          sr[p] = expf(sr[p] - mx[i]);
+          sum[i] += sr[p];
+        }
       }
-      memset(acc, 0, (size_t)hd * sizeof *acc);
-      for (int p = 0; p < n_ctx; p++) {
+      memset(acc, 0, (size_t)nr * (size_t)hd * sizeof *acc);
+      for (int p = 0; p < ctx_end; p++) {
         const uint8_t *blk =
             (const uint8_t *)pool + (size_t)sq->block_table[p / L->block_tokens] * bb;
         const float *vr = load_row(L, blk, layer, 1, kvh, p % L->block_tokens, tmp);
-        float wgt = scores[p];
-        for (int d = 0; d < hd; d++) acc[d] += wgt * vr[d];
+        int first = p - sq->n_past - i0;
+        for (int i = first > 0 ? first : 0; i < nr; i++) {
+          float wgt = scores[(size_t)i * (size_t)max_ctx + (size_t)p];
+          float *a = acc + (size_t)i * (size_t)hd;
+          for (int d = 0; d < hd; d++) a[d] += wgt * vr[d];
+        }
       }
-      float inv = 1.0f / sum;
-      float *o = out + (row * (size_t)n_heads + (size_t)h) * (size_t)hd;
-      for (int d = 0; d < hd; d++) o[d] = acc[d] * inv;
+      for (int i = 0; i < nr; i++) {
+        float inv = 1.0f / sum[i];
+        float *o =
+            out + (((size_t)sq->row + (size_t)(i0 + i)) * (size_t)n_heads + (size_t)h) * (size_t)hd;
+        for (int d = 0; d < hd; d++) o[d] = acc[(size_t)i * (size_t)hd + (size_t)d] * inv;
+      }
     }
     free(scores);
     free(tmp);
