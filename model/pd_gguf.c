@@ -245,7 +245,7 @@ int pd_gguf_open(const char *path, pd_gguf **out, char *err, size_t errlen) {
       failf(&c, PD_ECORRUPT, "gguf: general.alignment has the wrong type");
     }
   }
-  uint64_t *offsets = calloc(n_tensors ? n_tensors : 1, sizeof *offsets);
+  uint64_t *offsets = c.rc ? NULL : calloc(n_tensors ? n_tensors : 1, sizeof *offsets);
   if (!offsets && !c.rc) failf(&c, PD_ENOMEM, "gguf: out of memory");
   for (uint64_t i = 0; i < n_tensors && !c.rc; i++) {
     pd_gguf_tensor *t = &g->tensors[i];

@@ -29,6 +29,10 @@
 
 #include "pd_dtype.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct pd_kv_layout {
   int32_t n_layers;
   int32_t n_kv_heads;
@@ -71,5 +75,9 @@ int pd_kv_store(const pd_kv_layout *L, void *pool, const pd_attn_seq *s, int lay
  */
 int pd_attn_paged(const pd_kv_layout *L, const void *pool, int layer, int n_heads, const float *q,
                   float *out, const pd_attn_seq *seqs, int n_seqs, float scale);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* PD_ATTENTION_H */

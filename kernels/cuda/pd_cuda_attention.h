@@ -1,0 +1,51 @@
+/*
+ * pd_cuda_attention.h -- paged decode attention on the GPU, callable from C.
+ *
+ * The KV pool lives in device memory in the same block layout as on the CPU
+ * ([layer][K|V][kv_head][token_in_block][head_dim], see kernels/cpu/pd_attention.h); this file
+ * supports f16 caches and head_dim 64 or 128. Each sequence contributes one query row (a decode
+ * step) that attends to its first ctx_len tokens.
+ *
+ * All pointers are device pointers; stream is a cudaStream_t (NULL: the default stream). The call
+ * only enqueues work: results are ready when the stream is. CUDA errors are translated to
+ * PD_EDEVICE (or PD_ENOMEM) with the CUDA message in err.
+ *
+ * The kernel is checked against pd_attn_paged (the CPU reference) by tests/cuda/.
+ */
+#ifndef PD_CUDA_ATTENTION_H
+#define PD_CUDA_ATTENTION_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pd_attention.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Number of usable CUDA devices (0 when there is no driver or no device). Never fails. */
+int pd_cuda_device_count(void);
+
+/* Workspace bytes pd_cuda_attn_decode needs for this shape. */
+size_t pd_cuda_attn_workspace_bytes(int n_seqs, int n_heads, int head_dim, int max_ctx);
+
+/*
+ * out (n_seqs, n_heads, head_dim) f32 = softmax(q k^T * scale) v for each sequence's one query
+ *   q:            (n_seqs, n_heads, head_dim) f32
+ *   block_tables: (n_seqs, max_blocks) int32 block ids into pool
+ *   ctx_lens:     (n_seqs) int32, 1 .. max_blocks * block_tokens
+ *   workspace:    pd_cuda_attn_workspace_bytes(...) bytes
+ * max_ctx bounds every ctx_len (it sizes the split of long contexts across thread blocks).
+ * Returns 0, PD_EINVAL (unsupported dtype or head_dim, bad sizes), PD_EDEVICE.
+ */
+int pd_cuda_attn_decode(const pd_kv_layout *L, const void *pool, int layer, int n_heads,
+                        const float *q, float *out, const int32_t *block_tables, int max_blocks,
+                        const int32_t *ctx_lens, int n_seqs, int max_ctx, float scale,
+                        void *workspace, void *stream, char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PD_CUDA_ATTENTION_H */
