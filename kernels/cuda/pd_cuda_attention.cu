@@ -7,7 +7,8 @@
  * It walks its split in tiles of TILE tokens:
  *   1. the tile's K and V rows are copied to shared memory with 16-byte loads (a block of 16
  *      tokens holds each head's K rows contiguously, so the loads are coalesced);
- *   2. scores (group heads x TILE tokens) are computed from shared memory;
+ *   2. scores (group heads x TILE tokens) are computed from shared memory, one warp per token
+ *      with its lanes across head_dim, so shared-memory reads are free of bank conflicts;
  *   3. one warp per head updates the running max and sum (online softmax) and turns scores
  *      into weights;
  *   4. each thread accumulates its (head, dim) outputs from the weights and the V tile.
@@ -86,33 +87,45 @@ __global__ void __launch_bounds__(THREADS)
       *(uint4 *)((which ? &v_s[t][0] : &k_s[t][0]) + d8 * 8) = val;
     }
     __syncthreads();
-    /* 2. scores */
-    for (int e = tid; e < group * TILE; e += THREADS) {
-      int g = e / TILE, t = e % TILE;
-      float s = -INFINITY;
-      if (t0 + t < end) {
-        float dot = 0.0f;
-#pragma unroll 16
-        for (int d = 0; d < HD; d += 2) {
-          float2 kv = __half22float2(*(const __half2 *)&k_s[t][d]);
-          dot += q_s[g][d] * kv.x + q_s[g][d + 1] * kv.y;
+    /* 2. scores: one warp per token, lanes across head_dim (conflict-free shared reads),
+     *    a shuffle reduction per (head, token) */
+    {
+      const int warp = tid / 32, lane = tid % 32;
+      for (int t = warp; t < TILE; t += THREADS / 32) {
+        const bool valid = t0 + t < end;
+        float2 kv[HD / 64];
+#pragma unroll
+        for (int j = 0; j < HD / 64; j++)
+          kv[j] = __half22float2(*(const __half2 *)&k_s[t][2 * lane + 64 * j]);
+        for (int g = 0; g < group; g++) {
+          float dot = 0.0f;
+#pragma unroll
+          for (int j = 0; j < HD / 64; j++)
+            dot += q_s[g][2 * lane + 64 * j] * kv[j].x + q_s[g][2 * lane + 64 * j + 1] * kv[j].y;
+          for (int o = 16; o; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+          if (lane == 0) p_s[g][t] = valid ? dot * scale : -INFINITY;
         }
-        s = dot * scale;
       }
-      p_s[g][t] = s;
     }
     __syncthreads();
-    /* 3. online softmax, one warp per head */
+    /* 3. online softmax, one warp per head, TILE / 32 tokens per lane */
     const int warp = tid / 32, lane = tid % 32;
     for (int g = warp; g < group; g += THREADS / 32) {
-      float s = p_s[g][lane];
-      float mx = s;
+      float sv[TILE / 32], mx = -INFINITY;
+#pragma unroll
+      for (int j = 0; j < TILE / 32; j++) {
+        sv[j] = p_s[g][lane + 32 * j];
+        mx = fmaxf(mx, sv[j]);
+      }
       for (int o = 16; o; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-      float m_old = m_s[g], m_new = fmaxf(m_old, mx);
-      float p = s == -INFINITY ? 0.0f : __expf(s - m_new);
-      float sum = p;
+      float m_old = m_s[g], m_new = fmaxf(m_old, mx), sum = 0.0f;
+#pragma unroll
+      for (int j = 0; j < TILE / 32; j++) {
+        float p = sv[j] == -INFINITY ? 0.0f : __expf(sv[j] - m_new);
+        p_s[g][lane + 32 * j] = p;
+        sum += p;
+      }
       for (int o = 16; o; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-      p_s[g][lane] = p;
       __syncwarp();
       if (lane == 0) {
         float alpha = m_old == -INFINITY ? 0.0f : __expf(m_old - m_new);
