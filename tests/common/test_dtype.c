@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "pd_check.h"
 #include "pd_dtype.h"
 #include "pd_err.h"
 
@@ -56,9 +57,6 @@ int main(void) {
   tcase_add_test(tc, bf16_and_fp8);
   tcase_add_test(tc, error_strings);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  int rc = pd_check_run(s, 1);
+  return rc;
 }

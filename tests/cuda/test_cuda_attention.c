@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pd_check.h"
 #include "pd_attention.h"
 #include "pd_cuda_attention.h"
 #include "pd_err.h"
@@ -130,10 +131,6 @@ int main(void) {
   tcase_add_test(tc, decode_matches_cpu_reference);
   tcase_add_test(tc, bad_shapes_are_refused);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_set_fork_status(sr, CK_NOFORK); /* CUDA contexts do not survive fork */
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  int rc = pd_check_run(s, 0);
+  return rc;
 }

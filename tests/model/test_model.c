@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "pd_check.h"
 #include "pd_err.h"
 #include "pd_gguf.h"
 #include "pd_llama.h"
@@ -258,9 +259,6 @@ int main(void) {
     tcase_add_loop_test(f, cached_prefix_gives_identical_logits, 0, 2);
     suite_add_tcase(s, f);
   }
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  int rc = pd_check_run(s, 1);
+  return rc;
 }

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pd_check.h"
 #include "pd_blockkey.h"
 #include "pd_blockpool.h"
 #include "pd_err.h"
@@ -410,9 +411,6 @@ int main(void) {
   tcase_add_test(tc, tenants_are_isolated_and_limited);
   tcase_add_test(tc, introspection_lists_prefixes);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  int rc = pd_check_run(s, 1);
+  return rc;
 }

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pd_check.h"
 #include "pd_err.h"
 #include "pd_radix.h"
 
@@ -399,12 +400,9 @@ int main(void) {
   tcase_set_timeout(tc, 600);
   tcase_add_loop_test(tc, random_operations_against_reference, 0, 2);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
+  int rc = pd_check_run(s, 1);
   free(ref);
   free(ref_of_node);
   free(free_entries);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  return rc;
 }

@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "pd_check.h"
 #include "pd_err.h"
 #include "pd_fault.h"
 #include "pd_kvstore.h"
@@ -349,9 +350,6 @@ int main(void) {
   tcase_add_test(tc, kill9_loses_nothing_committed);
   tcase_add_test(tc, header_decode_rejects_garbage);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  int rc = pd_check_run(s, 1);
+  return rc;
 }
