@@ -1,0 +1,226 @@
+/*
+ * prefixd-mkgguf -- writes a synthetic Llama-architecture GGUF: any shape, seeded random weights
+ * in any supported block format, and a byte-level BPE vocabulary that the tokenizer accepts
+ * (256 byte tokens, <|endoftext|> <|im_start|> <|im_end|> as control tokens, merged tokens built
+ * from pairs and triples of printable ASCII, a ChatML chat template). Tests use small ones; GPU
+ * speed runs use `--like smollm2-135m`, the default model's shape, where the real file cannot
+ * travel.
+ *
+ * usage: prefixd-mkgguf -o OUT.gguf [--like smollm2-135m] [--layers N] [--d N] [--heads N]
+ *                       [--kv-heads N] [--ffn N] [--vocab N] [--ctx N] [--type T] [--embd-type T]
+ *                       [--seed N]
+ */
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pd_err.h"
+#include "pd_gguf_writer.h"
+#include "pd_quant.h"
+
+static uint64_t rng;
+static float frand(void) { /* uniform in [-1, 1) */
+  rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+  return (float)((rng >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
+}
+
+static int parse_type(const char *s, enum pd_ggml_type *t) {
+  static const enum pd_ggml_type all[] = {PD_GGML_F32,  PD_GGML_F16,  PD_GGML_BF16, PD_GGML_Q8_0,
+                                          PD_GGML_Q4_0, PD_GGML_Q4_1, PD_GGML_Q5_0, PD_GGML_Q5_1,
+                                          PD_GGML_Q4_K, PD_GGML_Q6_K};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+    if (!strcmp(s, pd_ggml_type_name(all[i]))) return *t = all[i], 0;
+  return -1;
+}
+
+/* A (rows, cols) weight of random values of magnitude `scale`, quantized to t. */
+static int add_weight(pd_gguf_writer *w, const char *name, int64_t cols, int64_t rows,
+                      enum pd_ggml_type t, float scale, float offset) {
+  size_t row_bytes = pd_ggml_row_bytes(t, cols);
+  if (!row_bytes) {
+    fprintf(stderr, "prefixd-mkgguf: %s: %lld columns are not a multiple of the %s block\n", name,
+            (long long)cols, pd_ggml_type_name(t));
+    return PD_EINVAL;
+  }
+  uint8_t *data = malloc(row_bytes * (size_t)rows);
+  float *row = malloc(sizeof(float) * (size_t)cols);
+  if (!data || !row) return PD_ENOMEM;
+  for (int64_t r = 0; r < rows; r++) {
+    for (int64_t c = 0; c < cols; c++) row[c] = offset + scale * frand();
+    pd_quantize_row(t, row, data + (size_t)r * row_bytes, cols);
+  }
+  uint64_t ne[2] = {(uint64_t)cols, (uint64_t)rows};
+  int rc = pd_gguf_add_tensor(w, name, rows > 1 ? 2 : 1, ne, t, data, row_bytes * (size_t)rows);
+  free(data);
+  free(row);
+  return rc;
+}
+
+/* GPT-2's byte-level alphabet: printable bytes stand for themselves, others for 256 + n. */
+static void byte_char(int b, char out[8]) {
+  static int map[256], init;
+  if (!init) {
+    int n = 0;
+    for (int i = 0; i < 256; i++) {
+      int printable = (i >= 33 && i <= 126) || (i >= 161 && i <= 172) || (i >= 174 && i <= 255);
+      map[i] = printable ? i : 256 + n++;
+    }
+    init = 1;
+  }
+  unsigned cp = (unsigned)map[b];
+  if (cp < 0x80)
+    out[0] = (char)cp, out[1] = 0;
+  else
+    out[0] = (char)(0xC0 | (cp >> 6)), out[1] = (char)(0x80 | (cp & 0x3F)), out[2] = 0;
+}
+
+int main(int argc, char **argv) {
+  const char *out = NULL;
+  int layers = 2, d = 64, heads = 4, kv_heads = 2, ffn = 128, vocab = 512, ctx = 2048;
+  enum pd_ggml_type type = PD_GGML_Q8_0, embd_type = PD_GGML_Q8_0;
+  uint64_t seed = 1;
+  static const struct option opts[] = {
+      {"out", required_argument, 0, 'o'},      {"like", required_argument, 0, 1},
+      {"layers", required_argument, 0, 2},     {"d", required_argument, 0, 3},
+      {"heads", required_argument, 0, 4},      {"kv-heads", required_argument, 0, 5},
+      {"ffn", required_argument, 0, 6},        {"vocab", required_argument, 0, 7},
+      {"ctx", required_argument, 0, 8},        {"type", required_argument, 0, 9},
+      {"embd-type", required_argument, 0, 10}, {"seed", required_argument, 0, 11},
+      {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
+  int o;
+  while ((o = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
+    switch (o) {
+    case 'o': out = optarg; break;
+    case 1:
+      if (strcmp(optarg, "smollm2-135m")) {
+        fprintf(stderr, "prefixd-mkgguf: --like knows only smollm2-135m\n");
+        return 2;
+      }
+      layers = 30, d = 576, heads = 9, kv_heads = 3, ffn = 1536, vocab = 49152, ctx = 8192;
+      type = PD_GGML_Q4_1, embd_type = PD_GGML_Q8_0;
+      break;
+    case 2: layers = atoi(optarg); break;
+    case 3: d = atoi(optarg); break;
+    case 4: heads = atoi(optarg); break;
+    case 5: kv_heads = atoi(optarg); break;
+    case 6: ffn = atoi(optarg); break;
+    case 7: vocab = atoi(optarg); break;
+    case 8: ctx = atoi(optarg); break;
+    case 9:
+    case 10:
+      if (parse_type(optarg, o == 9 ? &type : &embd_type)) {
+        fprintf(stderr, "prefixd-mkgguf: unknown type %s\n", optarg);
+        return 2;
+      }
+      break;
+    case 11: seed = strtoull(optarg, NULL, 10); break;
+    case 'h':
+      printf("usage: prefixd-mkgguf -o OUT.gguf [--like smollm2-135m] [--layers N] [--d N] "
+             "[--heads N] [--kv-heads N] [--ffn N] [--vocab N] [--ctx N] [--type T] "
+             "[--embd-type T] [--seed N]\n");
+      return 0;
+    default: return 2;
+    }
+  }
+  if (!out || layers < 1 || d < 32 || heads < 1 || kv_heads < 1 || d % heads || heads % kv_heads ||
+      ffn < 32 || vocab < 260 || vocab > 300000 || ctx < 16) {
+    fprintf(stderr, "prefixd-mkgguf: need -o OUT and a consistent shape (see --help)\n");
+    return 2;
+  }
+  rng = seed * 0x9e3779b97f4a7c15ull + 1;
+  int hd = d / heads;
+  pd_gguf_writer *w;
+  if (pd_gguf_writer_create(&w)) return 1;
+  /* vocabulary: 3 control tokens, 256 bytes, then merged ASCII pairs and triples */
+  char **toks = calloc((size_t)vocab, sizeof *toks);
+  int32_t *types = calloc((size_t)vocab, sizeof *types);
+  char **merges = calloc((size_t)vocab, sizeof *merges);
+  if (!toks || !types || !merges) return 1;
+  const char *specials[3] = {"<|endoftext|>", "<|im_start|>", "<|im_end|>"};
+  int n = 0, n_merges = 0;
+  for (int i = 0; i < 3; i++) toks[n] = strdup(specials[i]), types[n++] = 3;
+  char ch[8], ch2[8];
+  for (int b = 0; b < 256; b++) byte_char(b, ch), toks[n] = strdup(ch), types[n++] = 1;
+  /* pairs of printable ASCII (' ' is written as its byte-level character) */
+  for (int a = 32; a < 127 && n < vocab; a++)
+    for (int b = 32; b < 127 && n < vocab; b++) {
+      byte_char(a, ch), byte_char(b, ch2);
+      char tok[32], mg[32];
+      snprintf(tok, sizeof tok, "%s%s", ch, ch2);
+      snprintf(mg, sizeof mg, "%s %s", ch, ch2);
+      toks[n] = strdup(tok), types[n++] = 1;
+      merges[n_merges++] = strdup(mg);
+    }
+  /* triples: a pair followed by one more letter */
+  for (int p = 259; n < vocab; p++)
+    for (int c = 'a'; c <= 'z' && n < vocab; c++) {
+      char tok[32], mg[40];
+      snprintf(tok, sizeof tok, "%s%c", toks[p], c);
+      snprintf(mg, sizeof mg, "%s %c", toks[p], c);
+      toks[n] = strdup(tok), types[n++] = 1;
+      merges[n_merges++] = strdup(mg);
+    }
+  int rc = 0;
+  rc |= pd_gguf_add_str(w, "general.architecture", "llama");
+  rc |= pd_gguf_add_str(w, "general.name", "prefixd synthetic model");
+  rc |= pd_gguf_add_u32(w, "general.alignment", 32);
+  rc |= pd_gguf_add_u32(w, "llama.block_count", (uint32_t)layers);
+  rc |= pd_gguf_add_u32(w, "llama.context_length", (uint32_t)ctx);
+  rc |= pd_gguf_add_u32(w, "llama.embedding_length", (uint32_t)d);
+  rc |= pd_gguf_add_u32(w, "llama.feed_forward_length", (uint32_t)ffn);
+  rc |= pd_gguf_add_u32(w, "llama.attention.head_count", (uint32_t)heads);
+  rc |= pd_gguf_add_u32(w, "llama.attention.head_count_kv", (uint32_t)kv_heads);
+  rc |= pd_gguf_add_f32(w, "llama.rope.freq_base", 100000.0f);
+  rc |= pd_gguf_add_f32(w, "llama.attention.layer_norm_rms_epsilon", 1e-5f);
+  rc |= pd_gguf_add_u32(w, "llama.rope.dimension_count", (uint32_t)hd);
+  rc |= pd_gguf_add_u32(w, "llama.vocab_size", (uint32_t)vocab);
+  rc |= pd_gguf_add_str(w, "tokenizer.ggml.model", "gpt2");
+  rc |= pd_gguf_add_str(w, "tokenizer.ggml.pre", "smollm");
+  rc |= pd_gguf_add_str_arr(w, "tokenizer.ggml.tokens", (const char *const *)toks, (size_t)vocab);
+  rc |= pd_gguf_add_i32_arr(w, "tokenizer.ggml.token_type", types, (size_t)vocab);
+  rc |= pd_gguf_add_str_arr(w, "tokenizer.ggml.merges", (const char *const *)merges,
+                            (size_t)n_merges);
+  rc |= pd_gguf_add_u32(w, "tokenizer.ggml.bos_token_id", 1);
+  rc |= pd_gguf_add_u32(w, "tokenizer.ggml.eos_token_id", 2);
+  rc |=
+      pd_gguf_add_str(w, "tokenizer.chat_template",
+                      "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
+                      "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
+                      "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}");
+  if (rc) {
+    fprintf(stderr, "prefixd-mkgguf: out of memory\n");
+    return 1;
+  }
+  /* weights: scaled so activations stay O(1) through the layers */
+  float s_in = 1.0f / sqrtf((float)d), s_ffn = 1.0f / sqrtf((float)ffn);
+  rc = add_weight(w, "token_embd.weight", d, vocab, embd_type, 1.0f, 0.0f);
+  if (!rc) rc = add_weight(w, "output_norm.weight", d, 1, PD_GGML_F32, 0.1f, 1.0f);
+  for (int l = 0; l < layers && !rc; l++) {
+    char name[64];
+#define W(suffix, cols, rows, t, scale, off)                                                       \
+  snprintf(name, sizeof name, "blk.%d." suffix, l);                                                \
+  if (!rc) rc = add_weight(w, name, cols, rows, t, scale, off);
+    W("attn_norm.weight", d, 1, PD_GGML_F32, 0.1f, 1.0f)
+    W("attn_q.weight", d, heads * hd, type, s_in, 0.0f)
+    W("attn_k.weight", d, kv_heads * hd, type, s_in, 0.0f)
+    W("attn_v.weight", d, kv_heads * hd, type, s_in, 0.0f)
+    W("attn_output.weight", heads * hd, d, type, s_in, 0.0f)
+    W("ffn_norm.weight", d, 1, PD_GGML_F32, 0.1f, 1.0f)
+    W("ffn_gate.weight", d, ffn, type, s_in, 0.0f)
+    W("ffn_up.weight", d, ffn, type, s_in, 0.0f)
+    W("ffn_down.weight", ffn, d, type, s_ffn, 0.0f)
+#undef W
+  }
+  char err[256];
+  if (!rc)
+    rc = pd_gguf_writer_write(w, out, err, sizeof err);
+  else
+    snprintf(err, sizeof err, "%s", pd_strerror(rc));
+  if (rc) fprintf(stderr, "prefixd-mkgguf: %s\n", err);
+  for (int i = 0; i < vocab; i++) free(toks[i]), free(merges[i]);
+  free(toks), free(types), free(merges);
+  pd_gguf_writer_free(w);
+  return rc ? 1 : 0;
+}

@@ -1,0 +1,242 @@
+/*
+ * test_text.c -- tokenizer specials, ChatML rendering, the streaming detokenizer and the
+ * sampler, on a synthetic model made by prefixd-mkgguf (PD_TINY_MODEL).
+ */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pd_chat.h"
+#include "pd_check.h"
+#include "pd_detok.h"
+#include "pd_err.h"
+#include "pd_gguf.h"
+#include "pd_sampler.h"
+#include "pd_tokenizer.h"
+
+static pd_gguf *g;
+static pd_tokenizer *tok;
+
+static void setup(void) {
+  char err[256];
+  const char *path = getenv("PD_TINY_MODEL");
+  ck_assert_ptr_nonnull(path);
+  ck_assert_msg(pd_gguf_open(path, &g, err, sizeof err) == 0, "%s", err);
+  ck_assert_msg(pd_tokenizer_from_gguf(g, &tok, err, sizeof err) == 0, "%s", err);
+}
+
+static void teardown(void) {
+  pd_tokenizer_free(tok);
+  pd_gguf_close(g);
+}
+
+static size_t encode(const char *text, int special, int32_t *ids, size_t cap) {
+  size_t n;
+  ck_assert_int_eq(pd_tokenize(tok, text, strlen(text), special, ids, cap, &n), 0);
+  return n;
+}
+
+/* Feeds ids through a detokenizer; returns the text (static buffer) and whether it stopped. */
+static const char *detok_all(const int32_t *ids, size_t n, const char *const *stops, size_t n_stops,
+                             int *stopped) {
+  static char text[4096];
+  size_t len = 0;
+  pd_detok *d;
+  ck_assert_int_eq(pd_detok_create(tok, stops, n_stops, &d), 0);
+  *stopped = 0;
+  for (size_t i = 0; i < n; i++) {
+    char out[256];
+    size_t n_out;
+    ck_assert_int_eq(pd_detok_push(d, ids[i], out, sizeof out, &n_out, stopped), 0);
+    memcpy(text + len, out, n_out);
+    len += n_out;
+  }
+  char out[256];
+  size_t n_out;
+  ck_assert_int_eq(pd_detok_flush(d, out, sizeof out, &n_out), 0);
+  memcpy(text + len, out, n_out);
+  text[len + n_out] = 0;
+  pd_detok_free(d);
+  return text;
+}
+
+START_TEST(special_tokens_only_when_asked) {
+  int32_t ids[64];
+  size_t n = encode("<|im_start|>hi<|im_end|>", 1, ids, 64);
+  ck_assert_int_eq(ids[0], pd_tokenizer_find(tok, "<|im_start|>"));
+  ck_assert_int_eq(ids[n - 1], pd_tokenizer_find(tok, "<|im_end|>"));
+  ck_assert(pd_tokenizer_is_eog(tok, ids[n - 1]));
+  n = encode("<|im_start|>hi", 0, ids, 64);
+  for (size_t i = 0; i < n; i++) ck_assert(!pd_tokenizer_is_special(tok, ids[i]));
+  size_t full;
+  ck_assert_int_eq(pd_tokenize(tok, "abcdefgh", 8, 0, ids, 1, &full), PD_EFULL);
+  ck_assert_uint_gt(full, 1);
+  const char *p;
+  size_t pl;
+  ck_assert_int_eq(pd_token_piece(tok, -1, &p, &pl), PD_ERANGE);
+  ck_assert_int_eq(pd_token_piece(tok, pd_tokenizer_n_vocab(tok), &p, &pl), PD_ERANGE);
+}
+END_TEST
+
+START_TEST(chatml_rendering) {
+  pd_chat_template tpl;
+  char err[256];
+  ck_assert_int_eq(pd_chat_template_from_gguf(g, &tpl, err, sizeof err), 0);
+  pd_chat_msg msgs[2] = {{"system", "Be brief."}, {"user", "Hi"}};
+  char *text;
+  ck_assert_int_eq(pd_chat_render(&tpl, msgs, 2, 1, &text, err, sizeof err), 0);
+  ck_assert_str_eq(text, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+                         "<|im_start|>assistant\n");
+  free(text);
+  pd_chat_msg bad = {"wizard", "x"};
+  ck_assert_int_eq(pd_chat_render(&tpl, &bad, 1, 1, &text, err, sizeof err), PD_EINVAL);
+  ck_assert(strstr(err, "role") != NULL);
+}
+END_TEST
+
+START_TEST(detok_never_breaks_utf8) {
+  /* The tiny vocabulary has no merges beyond ASCII: the emoji is four byte tokens. */
+  const char *text = "h\xc3\xa9llo \xf0\x9f\x98\x80 ok";
+  int32_t ids[64];
+  size_t n = encode(text, 0, ids, 64);
+  pd_detok *d;
+  ck_assert_int_eq(pd_detok_create(tok, NULL, 0, &d), 0);
+  char all[256] = "";
+  size_t len = 0;
+  for (size_t i = 0; i < n; i++) {
+    char out[64];
+    size_t n_out;
+    int stopped;
+    ck_assert_int_eq(pd_detok_push(d, ids[i], out, sizeof out, &n_out, &stopped), 0);
+    /* every piece released is whole UTF-8: it never ends inside a character */
+    if (n_out) {
+      unsigned char last = (unsigned char)out[n_out - 1];
+      ck_assert_msg(last < 0x80 || (last & 0xC0) == 0x80, "piece ends on a lead byte");
+      size_t k = n_out;
+      while (k > 0 && ((unsigned char)out[k - 1] & 0xC0) == 0x80) k--;
+      if (k > 0 && (unsigned char)out[k - 1] >= 0xC0) {
+        unsigned char lead = (unsigned char)out[k - 1];
+        size_t want = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : 2;
+        ck_assert_uint_eq(n_out - (k - 1), want);
+      }
+    }
+    memcpy(all + len, out, n_out);
+    len += n_out;
+  }
+  char out[64];
+  size_t n_out;
+  ck_assert_int_eq(pd_detok_flush(d, out, sizeof out, &n_out), 0);
+  memcpy(all + len, out, n_out);
+  all[len + n_out] = 0;
+  ck_assert_str_eq(all, text);
+  pd_detok_free(d);
+  /* A lone lead byte that never completes becomes U+FFFD at the end. */
+  int32_t lone = -1;
+  for (int32_t t = 0; t < pd_tokenizer_n_vocab(tok); t++) {
+    const char *p;
+    size_t pl;
+    pd_token_piece(tok, t, &p, &pl);
+    if (pl == 1 && (unsigned char)p[0] == 0xF0) lone = t;
+  }
+  ck_assert_int_ge(lone, 0);
+  int32_t seq[2] = {lone, encode("a", 0, ids, 64) ? ids[0] : 0};
+  int stopped;
+  ck_assert_str_eq(detok_all(seq, 2, NULL, 0, &stopped), "\xef\xbf\xbd"
+                                                         "a");
+}
+END_TEST
+
+START_TEST(detok_stop_strings_across_tokens) {
+  int32_t ids[128];
+  size_t n = encode("the answer is STOP and more", 0, ids, 128);
+  const char *stops[2] = {"STOP", "never"};
+  int stopped;
+  ck_assert_str_eq(detok_all(ids, n, stops, 2, &stopped), "the answer is ");
+  ck_assert(stopped);
+  /* a partial stop string at the end is released by the flush */
+  n = encode("ends with STO", 0, ids, 128);
+  ck_assert_str_eq(detok_all(ids, n, stops, 2, &stopped), "ends with STO");
+  ck_assert(!stopped);
+  /* special tokens render as nothing */
+  n = encode("<|im_start|>x", 1, ids, 128);
+  ck_assert_str_eq(detok_all(ids, n, NULL, 0, &stopped), "x");
+}
+END_TEST
+
+START_TEST(sampler_rules) {
+  enum { V = 6 };
+  float logits[V] = {1.0f, 3.0f, 2.0f, 3.0f, -1.0f, 0.5f};
+  pd_sampling_params greedy = {.temperature = 0, .top_p = 1, .repeat_penalty = 1};
+  pd_sampler *s;
+  ck_assert_int_eq(pd_sampler_create(&greedy, V, &s), 0);
+  ck_assert_int_eq(pd_sampler_sample(s, logits), 1); /* ties go to the lowest id */
+  pd_sampler_free(s);
+  /* repetition penalty: token 1 was just seen, so token 3 wins */
+  pd_sampling_params rep = greedy;
+  rep.repeat_penalty = 1.5f, rep.repeat_last_n = 4;
+  ck_assert_int_eq(pd_sampler_create(&rep, V, &s), 0);
+  pd_sampler_accept(s, 1);
+  ck_assert_int_eq(pd_sampler_sample(s, logits), 3);
+  pd_sampler_free(s);
+  /* top_k = 1 and min_p = 1 are greedy whatever the temperature */
+  pd_sampling_params k1 = {
+      .temperature = 5, .top_k = 1, .top_p = 1, .repeat_penalty = 1, .seed = 9};
+  pd_sampling_params mp = {
+      .temperature = 5, .top_p = 1, .min_p = 1, .repeat_penalty = 1, .seed = 9};
+  for (int i = 0; i < 2; i++) {
+    ck_assert_int_eq(pd_sampler_create(i ? &mp : &k1, V, &s), 0);
+    for (int j = 0; j < 50; j++) {
+      int32_t t = pd_sampler_sample(s, logits);
+      ck_assert(t == 1 || (i == 1 && t == 3)); /* min_p keeps both tied best */
+    }
+    pd_sampler_free(s);
+  }
+  /* the same seed gives the same draws; frequencies follow softmax(logits / T) */
+  pd_sampling_params t1 = {.temperature = 1, .top_p = 1, .repeat_penalty = 1, .seed = 42};
+  pd_sampler *a, *b;
+  ck_assert_int_eq(pd_sampler_create(&t1, V, &a), 0);
+  ck_assert_int_eq(pd_sampler_create(&t1, V, &b), 0);
+  int counts[V] = {0};
+  const int N = 20000;
+  for (int j = 0; j < N; j++) {
+    int32_t x = pd_sampler_sample(a, logits);
+    ck_assert_int_eq(x, pd_sampler_sample(b, logits));
+    counts[x]++;
+  }
+  double z = 0;
+  for (int v = 0; v < V; v++) z += exp(logits[v]);
+  for (int v = 0; v < V; v++) {
+    double p = exp(logits[v]) / z, sd = sqrt(N * p * (1 - p));
+    ck_assert_msg(fabs(counts[v] - N * p) < 5 * sd + 1, "token %d: %d draws, expected %.0f", v,
+                  counts[v], N * p);
+  }
+  pd_sampler_free(a), pd_sampler_free(b);
+  /* top_p = 0.5 keeps only the smallest set reaching half the mass: the two 3.0 logits */
+  pd_sampling_params tp = {.temperature = 1, .top_p = 0.5f, .repeat_penalty = 1, .seed = 3};
+  ck_assert_int_eq(pd_sampler_create(&tp, V, &s), 0);
+  for (int j = 0; j < 200; j++) {
+    int32_t x = pd_sampler_sample(s, logits);
+    ck_assert(x == 1 || x == 3);
+  }
+  pd_sampler_free(s);
+  pd_sampling_params bad = {.temperature = -1, .top_p = 1, .repeat_penalty = 1};
+  ck_assert_int_eq(pd_sampler_create(&bad, V, &s), PD_EINVAL);
+  bad = (pd_sampling_params){.temperature = 1, .top_p = 0, .repeat_penalty = 1};
+  ck_assert_int_eq(pd_sampler_create(&bad, V, &s), PD_EINVAL);
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("text");
+  TCase *tc = tcase_create("text");
+  tcase_add_unchecked_fixture(tc, setup, teardown);
+  tcase_add_test(tc, special_tokens_only_when_asked);
+  tcase_add_test(tc, chatml_rendering);
+  tcase_add_test(tc, detok_never_breaks_utf8);
+  tcase_add_test(tc, detok_stop_strings_across_tokens);
+  tcase_add_test(tc, sampler_rules);
+  suite_add_tcase(s, tc);
+  return pd_check_run(s, 1);
+}
