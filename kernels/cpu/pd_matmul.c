@@ -91,6 +91,37 @@ typedef struct q8_block {
 
 static void quantize_x(const float *x, q8_block *out, int64_t n_blocks) {
   for (int64_t b = 0; b < n_blocks; b++, x += 32) {
+#ifdef __AVX2__
+    /* the same arithmetic as the scalar loop below: |x| max, d = amax / 127, round to nearest
+     * even (cvtps uses the current rounding mode, as lrintf does) */
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 v[4], m = _mm256_setzero_ps();
+    for (int j = 0; j < 4; j++) {
+      v[j] = _mm256_loadu_ps(x + 8 * j);
+      m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[j]));
+    }
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+    float amax = _mm_cvtss_f32(h);
+    float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
+    __m256 vid = _mm256_set1_ps(id);
+    __m256i q[4], total = _mm256_setzero_si256();
+    for (int j = 0; j < 4; j++) {
+      q[j] = _mm256_cvtps_epi32(_mm256_mul_ps(v[j], vid));
+      total = _mm256_add_epi32(total, q[j]);
+    }
+    /* pack 32 int32 to 32 int8 in order */
+    __m256i p01 = _mm256_packs_epi32(q[0], q[1]), p23 = _mm256_packs_epi32(q[2], q[3]);
+    __m256i p = _mm256_packs_epi16(p01, p23);
+    p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i *)out[b].q, p);
+    __m128i t = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
+    out[b].d = d;
+    out[b].s = d * (float)_mm_cvtsi128_si32(t);
+#else
     float amax = 0;
     for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[j]));
     float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
@@ -102,6 +133,7 @@ static void quantize_x(const float *x, q8_block *out, int64_t n_blocks) {
     }
     out[b].d = d;
     out[b].s = d * (float)sum;
+#endif
   }
 }
 
@@ -194,16 +226,20 @@ static int matmul_fast(const void *w, enum pd_ggml_type wt, int64_t in_dim, int6
   int64_t nb = in_dim / 32;
   q8_block *xq = malloc((size_t)(n_rows * nb) * sizeof *xq); /* (n_rows, nb) */
   if (!xq) return PD_ENOMEM;
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < n_rows; r++) quantize_x(x + r * in_dim, xq + r * nb, nb);
   size_t row_bytes = pd_ggml_row_bytes(wt, in_dim);
-#pragma omp parallel for schedule(static)
-  for (int64_t o0 = 0; o0 < out_dim; o0 += W_TILE) {
-    int64_t n_o = out_dim - o0 < W_TILE ? out_dim - o0 : W_TILE;
-    for (int64_t r = 0; r < n_rows; r++)
-      for (int64_t j = 0; j < n_o; j++)
-        y[r * out_dim + o0 + j] =
-            dot_q(wt, (const uint8_t *)w + (size_t)(o0 + j) * row_bytes, xq + r * nb, nb);
+  /* one parallel region for both passes: a single fork/join per matmul */
+#pragma omp parallel
+  {
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < n_rows; r++) quantize_x(x + r * in_dim, xq + r * nb, nb);
+#pragma omp for schedule(static)
+    for (int64_t o0 = 0; o0 < out_dim; o0 += W_TILE) {
+      int64_t n_o = out_dim - o0 < W_TILE ? out_dim - o0 : W_TILE;
+      for (int64_t r = 0; r < n_rows; r++)
+        for (int64_t j = 0; j < n_o; j++)
+          y[r * out_dim + o0 + j] =
+              dot_q(wt, (const uint8_t *)w + (size_t)(o0 + j) * row_bytes, xq + r * nb, nb);
+    }
   }
   free(xq);
   return PD_OK;
