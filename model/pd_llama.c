@@ -17,8 +17,6 @@
 #include <string.h>
 
 #include "pd_err.h"
-#include "pd_ops.h"
-#include "pd_quant.h"
 
 void pd_llama_free(pd_llama *c) {
   free(c->x), free(c->xn), free(c->q), free(c->k), free(c->v), free(c->att);

@@ -17,8 +17,7 @@
 
 #include <stdint.h>
 
-#include "pd_attention.h"
-#include "pd_matmul.h"
+#include "kernels.h"
 #include "pd_model.h"
 
 typedef struct pd_llama_seq {

@@ -2,7 +2,8 @@
  * prefixd-mkgguf -- writes a synthetic Llama-architecture GGUF: any shape, seeded random weights
  * in any supported block format, and a byte-level BPE vocabulary that the tokenizer accepts
  * (256 byte tokens, <|endoftext|> <|im_start|> <|im_end|> as control tokens, merged tokens built
- * from pairs and triples of printable ASCII, a ChatML chat template). Tests use small ones; GPU
+ * from pairs and triples of printable ASCII, a ChatML chat template). --arch qwen2 adds q/k/v
+ * biases (and so NEOX rope in the runtime); --untied writes a separate output matrix. Tests use small ones; GPU
  * speed runs use `--like smollm2-135m`, the default model's shape, where the real file cannot
  * travel.
  *
@@ -58,6 +59,18 @@ static int add_weight(pd_gguf_writer *w, const char *name, int64_t cols, int64_t
   return rc;
 }
 
+static int add_hp(pd_gguf_writer *w, const char *arch, const char *name, uint32_t v) {
+  char key[128];
+  snprintf(key, sizeof key, "%s.%s", arch, name);
+  return pd_gguf_add_u32(w, key, v);
+}
+
+static int add_hpf(pd_gguf_writer *w, const char *arch, const char *name, float v) {
+  char key[128];
+  snprintf(key, sizeof key, "%s.%s", arch, name);
+  return pd_gguf_add_f32(w, key, v);
+}
+
 /* GPT-2's byte-level alphabet: printable bytes stand for themselves, others for 256 + n. */
 static void byte_char(int b, char out[8]) {
   static int map[256], init;
@@ -81,7 +94,10 @@ int main(int argc, char **argv) {
   int layers = 2, d = 64, heads = 4, kv_heads = 2, ffn = 128, vocab = 512, ctx = 2048;
   enum pd_ggml_type type = PD_GGML_Q8_0, embd_type = PD_GGML_Q8_0;
   uint64_t seed = 1;
+  const char *arch = "llama";
+  int untied = 0;
   static const struct option opts[] = {
+      {"arch", required_argument, 0, 12},      {"untied", no_argument, 0, 13},
       {"out", required_argument, 0, 'o'},      {"like", required_argument, 0, 1},
       {"layers", required_argument, 0, 2},     {"d", required_argument, 0, 3},
       {"heads", required_argument, 0, 4},      {"kv-heads", required_argument, 0, 5},
@@ -116,10 +132,18 @@ int main(int argc, char **argv) {
       }
       break;
     case 11: seed = strtoull(optarg, NULL, 10); break;
+    case 12:
+      if (strcmp(optarg, "llama") && strcmp(optarg, "qwen2")) {
+        fprintf(stderr, "prefixd-mkgguf: --arch must be llama or qwen2\n");
+        return 2;
+      }
+      arch = optarg;
+      break;
+    case 13: untied = 1; break;
     case 'h':
       printf("usage: prefixd-mkgguf -o OUT.gguf [--like smollm2-135m] [--layers N] [--d N] "
              "[--heads N] [--kv-heads N] [--ffn N] [--vocab N] [--ctx N] [--type T] "
-             "[--embd-type T] [--seed N]\n");
+             "[--embd-type T] [--seed N] [--arch llama|qwen2] [--untied]\n");
       return 0;
     default: return 2;
     }
@@ -163,19 +187,19 @@ int main(int argc, char **argv) {
       merges[n_merges++] = strdup(mg);
     }
   int rc = 0;
-  rc |= pd_gguf_add_str(w, "general.architecture", "llama");
+  rc |= pd_gguf_add_str(w, "general.architecture", arch);
   rc |= pd_gguf_add_str(w, "general.name", "prefixd synthetic model");
   rc |= pd_gguf_add_u32(w, "general.alignment", 32);
-  rc |= pd_gguf_add_u32(w, "llama.block_count", (uint32_t)layers);
-  rc |= pd_gguf_add_u32(w, "llama.context_length", (uint32_t)ctx);
-  rc |= pd_gguf_add_u32(w, "llama.embedding_length", (uint32_t)d);
-  rc |= pd_gguf_add_u32(w, "llama.feed_forward_length", (uint32_t)ffn);
-  rc |= pd_gguf_add_u32(w, "llama.attention.head_count", (uint32_t)heads);
-  rc |= pd_gguf_add_u32(w, "llama.attention.head_count_kv", (uint32_t)kv_heads);
-  rc |= pd_gguf_add_f32(w, "llama.rope.freq_base", 100000.0f);
-  rc |= pd_gguf_add_f32(w, "llama.attention.layer_norm_rms_epsilon", 1e-5f);
-  rc |= pd_gguf_add_u32(w, "llama.rope.dimension_count", (uint32_t)hd);
-  rc |= pd_gguf_add_u32(w, "llama.vocab_size", (uint32_t)vocab);
+  rc |= add_hp(w, arch, "block_count", (uint32_t)layers);
+  rc |= add_hp(w, arch, "context_length", (uint32_t)ctx);
+  rc |= add_hp(w, arch, "embedding_length", (uint32_t)d);
+  rc |= add_hp(w, arch, "feed_forward_length", (uint32_t)ffn);
+  rc |= add_hp(w, arch, "attention.head_count", (uint32_t)heads);
+  rc |= add_hp(w, arch, "attention.head_count_kv", (uint32_t)kv_heads);
+  rc |= add_hpf(w, arch, "rope.freq_base", 100000.0f);
+  rc |= add_hpf(w, arch, "attention.layer_norm_rms_epsilon", 1e-5f);
+  rc |= add_hp(w, arch, "rope.dimension_count", (uint32_t)hd);
+  rc |= add_hp(w, arch, "vocab_size", (uint32_t)vocab);
   rc |= pd_gguf_add_str(w, "tokenizer.ggml.model", "gpt2");
   rc |= pd_gguf_add_str(w, "tokenizer.ggml.pre", "smollm");
   rc |= pd_gguf_add_str_arr(w, "tokenizer.ggml.tokens", (const char *const *)toks, (size_t)vocab);
@@ -197,6 +221,7 @@ int main(int argc, char **argv) {
   float s_in = 1.0f / sqrtf((float)d), s_ffn = 1.0f / sqrtf((float)ffn);
   rc = add_weight(w, "token_embd.weight", d, vocab, embd_type, 1.0f, 0.0f);
   if (!rc) rc = add_weight(w, "output_norm.weight", d, 1, PD_GGML_F32, 0.1f, 1.0f);
+  if (!rc && untied) rc = add_weight(w, "output.weight", d, vocab, embd_type, s_in, 0.0f);
   for (int l = 0; l < layers && !rc; l++) {
     char name[64];
 #define W(suffix, cols, rows, t, scale, off)                                                       \
@@ -211,6 +236,11 @@ int main(int argc, char **argv) {
     W("ffn_gate.weight", d, ffn, type, s_in, 0.0f)
     W("ffn_up.weight", d, ffn, type, s_in, 0.0f)
     W("ffn_down.weight", ffn, d, type, s_ffn, 0.0f)
+    if (!strcmp(arch, "qwen2")) { /* qwen2: biases on q, k, v */
+      W("attn_q.bias", heads * hd, 1, PD_GGML_F32, 0.1f, 0.0f)
+      W("attn_k.bias", kv_heads * hd, 1, PD_GGML_F32, 0.1f, 0.0f)
+      W("attn_v.bias", kv_heads * hd, 1, PD_GGML_F32, 0.1f, 0.0f)
+    }
 #undef W
   }
   char err[256];

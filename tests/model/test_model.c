@@ -191,9 +191,12 @@ static void tokens(int32_t *t, int n, int salt) {
 
 START_TEST(cached_prefix_gives_identical_logits) {
   load_model();
-  enum pd_matmul_mode mode = _i ? PD_MATMUL_FAST : PD_MATMUL_EXACT;
+  /* (matmul mode, cache dtype) for each loop iteration */
+  static const enum pd_matmul_mode modes[4] = {PD_MATMUL_EXACT, PD_MATMUL_FAST, PD_MATMUL_EXACT,
+                                               PD_MATMUL_FAST};
+  static const enum pd_dtype dtypes[4] = {PD_DTYPE_F16, PD_DTYPE_F16, PD_DTYPE_BF16, PD_DTYPE_F32};
   pd_llama ctx;
-  ck_assert_int_eq(pd_llama_init(&ctx, model, 16, PD_DTYPE_F16, mode, 128, 4), 0);
+  ck_assert_int_eq(pd_llama_init(&ctx, model, 16, dtypes[_i], modes[_i], 128, 4), 0);
   size_t bb = pd_kv_block_bytes(&ctx.kv);
   uint8_t *pool = calloc(32, bb);
   int V = model->n_vocab;
@@ -256,7 +259,7 @@ int main(void) {
     TCase *f = tcase_create("forward");
     tcase_set_timeout(f, 300);
     tcase_add_test(f, default_model_is_what_we_expect);
-    tcase_add_loop_test(f, cached_prefix_gives_identical_logits, 0, 2);
+    tcase_add_loop_test(f, cached_prefix_gives_identical_logits, 0, 4);
     suite_add_tcase(s, f);
   }
   int rc = pd_check_run(s, 1);
