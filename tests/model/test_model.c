@@ -98,7 +98,26 @@ START_TEST(gguf_reads_a_good_file) {
   ck_assert_uint_eq(t->ne[1], 2);
   ck_assert_uint_eq(t->nbytes, 32);
   ck_assert(((const float *)t->data)[7] == 7.0f);
+  ck_assert_uint_eq(pd_gguf_version(g), 3);
   pd_gguf_close(g);
+  /* version 2 has the same layout */
+  buf[4] = 2;
+  ck_assert_int_eq(pd_gguf_open(write_tmp(buf, n), &g, err, sizeof err), 0);
+  ck_assert_uint_eq(pd_gguf_version(g), 2);
+  pd_gguf_close(g);
+}
+END_TEST
+
+START_TEST(unsupported_architecture_is_refused_by_name) {
+  uint8_t buf[512];
+  size_t n = tiny_gguf(buf);
+  uint8_t *arch = memmem(buf, n, "llama", 5);
+  ck_assert_ptr_nonnull(arch);
+  memcpy(arch, "bloom", 5);
+  pd_model *m;
+  char err[256] = "";
+  ck_assert_int_eq(pd_model_load(write_tmp(buf, n), &m, err, sizeof err), PD_EUNSUPPORTED);
+  ck_assert_msg(strstr(err, "bloom") && strstr(err, "not supported"), "message: %s", err);
 }
 END_TEST
 
@@ -253,6 +272,7 @@ int main(void) {
   tcase_add_test(g, gguf_reads_a_good_file);
   tcase_add_test(g, gguf_refuses_every_truncation);
   tcase_add_test(g, gguf_refuses_corruptions_with_a_reason);
+  tcase_add_test(g, unsupported_architecture_is_refused_by_name);
   suite_add_tcase(s, g);
   if (getenv("PREFIXD_MODEL") && !access(getenv("PREFIXD_MODEL"), R_OK) &&
       !getenv("PD_GGUF_ONLY")) {
