@@ -258,7 +258,8 @@ int main(int argc, char **argv) {
     return 1;
   }
   pd_chat_msg history[256];
-  int n_hist = 0;
+  char *owned[256]; /* history strings this program allocated (interactive turns) */
+  int n_hist = 0, n_owned = 0;
   if (system_msg) history[n_hist++] = (pd_chat_msg){"system", system_msg};
   char line[8192];
   int exit_code = 0;
@@ -287,7 +288,9 @@ int main(int argc, char **argv) {
           fprintf(stderr, "prefixd-run: conversation too long\n");
           break;
         }
-        history[n_hist++] = (pd_chat_msg){"user", strdup(line)};
+        owned[n_owned] = strdup(line);
+        if (!owned[n_owned]) break;
+        history[n_hist++] = (pd_chat_msg){"user", owned[n_owned++]};
       } else if (chat) {
         history[n_hist++] = (pd_chat_msg){"user", chat};
       }
@@ -361,6 +364,7 @@ int main(int argc, char **argv) {
         }
         if (ans) {
           ans[len] = 0;
+          owned[n_owned++] = ans;
           history[n_hist++] = (pd_chat_msg){"assistant", ans};
         }
       }
@@ -374,6 +378,7 @@ int main(int argc, char **argv) {
     t_load = 0;
     if (!interactive) break;
   }
+  for (int i = 0; i < n_owned; i++) free(owned[i]);
   pd_sampler_free(smp);
   free(logits);
   free(toks);
