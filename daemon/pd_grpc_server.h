@@ -1,0 +1,70 @@
+/*
+ * pd_grpc_server.h -- gRPC over HTTP/2 on a libuv loop: the transport of the daemon.
+ *
+ * One loop thread owns everything here. Each accepted TCP connection gets an nghttp2 server
+ * session; a request stream collects its headers (:path, content-type, grpc-timeout,
+ * authorization) and its body, and when the client half-closes, the body's gRPC frame (1-byte
+ * compressed flag, 4-byte big-endian length, message) is unpacked with the protoc-c descriptor of
+ * the routed method and handed to the method's handler. The handler answers with
+ * pd_grpc_call_reply (zero or more messages) and then pd_grpc_call_finish (status + message),
+ * now or later from the loop thread. Errors found before a handler runs are answered
+ * trailers-only: an unknown path gets UNIMPLEMENTED, an unparsable message INVALID_ARGUMENT, a
+ * message over 4 MiB RESOURCE_EXHAUSTED, a compressed one UNIMPLEMENTED. A malformed HTTP/2
+ * frame makes nghttp2 send GOAWAY; the server never crashes on input.
+ *
+ * Ownership: the server owns connections, streams and calls; a pd_grpc_call stays valid until
+ * the handler finishes it, or until its cancel callback ran (client reset or disconnect).
+ */
+#ifndef PD_GRPC_SERVER_H
+#define PD_GRPC_SERVER_H
+
+#include <protobuf-c/protobuf-c.h>
+#include <stddef.h>
+#include <uv.h>
+
+#define PD_GRPC_MAX_MESSAGE (4u << 20)
+
+enum pd_grpc_status {
+  PD_GRPC_OK = 0,
+  PD_GRPC_CANCELLED = 1,
+  PD_GRPC_UNKNOWN = 2,
+  PD_GRPC_INVALID_ARGUMENT = 3,
+  PD_GRPC_DEADLINE_EXCEEDED = 4,
+  PD_GRPC_NOT_FOUND = 5,
+  PD_GRPC_ALREADY_EXISTS = 6,
+  PD_GRPC_PERMISSION_DENIED = 7,
+  PD_GRPC_RESOURCE_EXHAUSTED = 8,
+  PD_GRPC_FAILED_PRECONDITION = 9,
+  PD_GRPC_ABORTED = 10,
+  PD_GRPC_OUT_OF_RANGE = 11,
+  PD_GRPC_UNIMPLEMENTED = 12,
+  PD_GRPC_INTERNAL = 13,
+  PD_GRPC_UNAVAILABLE = 14,
+  PD_GRPC_DATA_LOSS = 15,
+  PD_GRPC_UNAUTHENTICATED = 16
+};
+
+typedef struct pd_grpc_server pd_grpc_server;
+typedef struct pd_grpc_call pd_grpc_call;
+
+/* req: the unpacked request, owned by the call (freed when the call ends). */
+typedef void (*pd_grpc_handler)(pd_grpc_call *call, const ProtobufCMessage *req, void *user);
+
+int pd_grpc_server_create(uv_loop_t *loop, pd_grpc_server **out);
+/* Routes "/<service>/<method>" to handler. PD_ENOTFOUND if the service has no such method. */
+int pd_grpc_server_route(pd_grpc_server *s, const ProtobufCServiceDescriptor *svc,
+                         const char *method, pd_grpc_handler handler, void *user);
+/* Listens on host:port (port 0 picks one; *bound_port gets it). */
+int pd_grpc_server_listen_tcp(pd_grpc_server *s, const char *host, int port, int *bound_port);
+/* Closes the listener and every connection; the server is freed once the loop has run their
+ * close callbacks. */
+void pd_grpc_server_close(pd_grpc_server *s);
+
+/* The request's authorization metadata ("Bearer ..."), or NULL. Valid for the call's life. */
+const char *pd_grpc_call_authorization(const pd_grpc_call *c);
+/* Queues one response message (packed now). Returns 0 or PD_EINVAL after finish. */
+int pd_grpc_call_reply(pd_grpc_call *c, const ProtobufCMessage *msg);
+/* Ends the call with a status and message (may be NULL); the call is gone afterwards. */
+void pd_grpc_call_finish(pd_grpc_call *c, int status, const char *message);
+
+#endif /* PD_GRPC_SERVER_H */
