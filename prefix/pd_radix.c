@@ -436,7 +436,9 @@ int pd_radix_insert(pd_radix *t, uint32_t tenant, uint32_t ns, const int32_t *to
     uint32_t c = find_child(t, cur, k, bt, len, &t->stats.collisions);
     if (c != NIL) {
       pd_node *nd = &t->nodes[c];
-      if (nd->tier > tier) { /* a colder copy: the caller's fresh slot makes it hot */
+      /* A colder copy nobody is using: the caller's fresh slot makes it hot. (One in use may be
+       * on its way back through a restore; it keeps its own slot.) */
+      if (nd->tier > tier && nd->refcount == 0) {
         list_unlink(t, c);
         pd_blockpool_release(&t->pool[nd->tier], nd->slot);
         charge(t, nd->tenant, nd->tier, -1);

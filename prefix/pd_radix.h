@@ -176,7 +176,8 @@ typedef struct pd_insert_result {
  * Inserts the blocks of tokens (n, cut into ceil(n / B) blocks, the last possibly partial) for
  * tenant in ns. slots[i] (allocated with pd_radix_alloc_slot in tier) holds block i's KV; the
  * tree takes ownership of every slot passed (adopting or freeing it). Identical blocks are
- * deduplicated. A block that exists in a colder tier is promoted into the caller's slot.
+ * deduplicated. A block that exists in a colder tier, unreferenced, is promoted into the
+ * caller's slot.
  * Stops at the tenant's limit in tier: PD_ELIMIT, with *n_done blocks inserted (their results
  * valid and referenced) and the remaining slots freed. The parent of the first new block must
  * not be colder than tier (restore it first): PD_EINVAL. PD_EPERM for a namespace the tenant may
