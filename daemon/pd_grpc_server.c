@@ -1,8 +1,8 @@
 /*
  * pd_grpc_server.c -- see pd_grpc_server.h.
  *
- * Structures: the server embeds its uv_tcp_t listener; each connection embeds its uv_tcp_t
- * client handle and owns an nghttp2 session; each request stream is a pd_grpc_call attached to
+ * Structures: the server embeds its TCP and Unix listeners; each connection embeds its libuv
+ * stream handle (TCP or pipe) and owns an nghttp2 session; each request stream is a pd_grpc_call attached to
  * its nghttp2 stream as user data. Memory is freed only in close callbacks (libuv's rule) and in
  * nghttp2's stream-close callback. Output: nghttp2_session_mem_send fills a buffer that goes out
  * in one uv_write per flush; a response body is served by a data provider reading the call's
@@ -14,11 +14,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "pd_err.h"
 
-#define MAX_ROUTES  64
-#define MAX_STREAMS 100
+#define MAX_ROUTES 64
 
 typedef struct route {
   char path[160];
@@ -28,24 +28,35 @@ typedef struct route {
 } route;
 
 struct pd_grpc_server {
-  uv_tcp_t listener; /* first: the handle's data points back here */
+  uv_tcp_t tcp_listener; /* handle data of both listeners points back here */
+  uv_pipe_t unix_listener;
+  int has_tcp, has_unix;
   uv_loop_t *loop;
   route routes[MAX_ROUTES];
   int n_routes;
   int closing, open_handles;
+  size_t open_calls;
   struct conn *conns;
 };
 
 typedef struct conn {
-  uv_tcp_t tcp;
+  union {
+    uv_handle_t handle;
+    uv_stream_t stream;
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+  } h; /* first: the handle's address is the connection's */
   pd_grpc_server *server;
   nghttp2_session *h2;
   struct conn *next;
+  struct pd_grpc_call *calls; /* every call of this connection not yet freed */
   int closing;
 } conn;
 
 struct pd_grpc_call {
-  conn *c;
+  conn *c;                          /* NULL once the connection is gone */
+  struct pd_grpc_call *prev, *next; /* in c->calls */
+  pd_grpc_server *server;
   int32_t stream_id;
   char path[160];
   char authorization[512];
@@ -56,6 +67,9 @@ struct pd_grpc_call {
   uint8_t *out; /* framed response messages */
   size_t n_out, cap_out, out_pos;
   int finished, responded, closed;
+  int64_t deadline_ms; /* monotonic ms from grpc-timeout, 0 = none */
+  pd_grpc_cancel_fn on_cancel;
+  void *cancel_user;
   int status;
   char message[256];
   ProtobufCMessage *req;
@@ -67,7 +81,19 @@ static void conn_close(conn *c);
 
 /* ---- calls --------------------------------------------------------------------------------- */
 
+static void call_unlink(pd_grpc_call *call) {
+  if (!call->c) return;
+  if (call->prev)
+    call->prev->next = call->next;
+  else
+    call->c->calls = call->next;
+  if (call->next) call->next->prev = call->prev;
+  call->prev = call->next = NULL;
+}
+
 static void call_free(pd_grpc_call *call) {
+  call_unlink(call);
+  call->server->open_calls--;
   if (call->req) protobuf_c_message_free_unpacked(call->req, NULL);
   free(call->in);
   free(call->out);
@@ -76,6 +102,55 @@ static void call_free(pd_grpc_call *call) {
 
 const char *pd_grpc_call_authorization(const pd_grpc_call *c) {
   return c->authorization[0] ? c->authorization : NULL;
+}
+
+int64_t pd_grpc_call_deadline_ms(const pd_grpc_call *c) {
+  return c->deadline_ms;
+}
+
+int pd_grpc_call_is_closed(const pd_grpc_call *c) {
+  return c->closed;
+}
+
+void pd_grpc_call_on_cancel(pd_grpc_call *c, pd_grpc_cancel_fn fn, void *user) {
+  c->on_cancel = fn;
+  c->cancel_user = user;
+}
+
+int64_t pd_grpc_now_ms(void) {
+  return (int64_t)(uv_hrtime() / 1000000u);
+}
+
+/* The client is gone (stream reset or connection lost) before the handler finished: the call
+ * stays allocated until the handler's finish, which only frees it. */
+static void call_abandon(pd_grpc_call *call) {
+  call->closed = 1;
+  if (call->on_cancel) {
+    pd_grpc_cancel_fn fn = call->on_cancel;
+    call->on_cancel = NULL;
+    fn(call, call->cancel_user);
+  }
+}
+
+/* grpc-timeout: 1 to 8 ASCII digits and a unit (H M S m u n). Returns ms (at least 1), or -1. */
+static int64_t parse_timeout(const uint8_t *v, size_t n) {
+  if (n < 2 || n > 9) return -1;
+  int64_t x = 0;
+  for (size_t i = 0; i + 1 < n; i++) {
+    if (v[i] < '0' || v[i] > '9') return -1;
+    x = x * 10 + (v[i] - '0');
+  }
+  int64_t ms;
+  switch (v[n - 1]) {
+  case 'H': ms = x * 3600000; break;
+  case 'M': ms = x * 60000; break;
+  case 'S': ms = x * 1000; break;
+  case 'm': ms = x; break;
+  case 'u': ms = x / 1000; break;
+  case 'n': ms = x / 1000000; break;
+  default: return -1;
+  }
+  return ms < 1 ? 1 : ms;
 }
 
 static int grow(uint8_t **p, size_t *cap, size_t need) {
@@ -96,6 +171,7 @@ static ssize_t read_body(nghttp2_session *session, int32_t stream_id, uint8_t *b
   memcpy(buf, call->out + call->out_pos, n);
   call->out_pos += n;
   if (call->out_pos == call->n_out) {
+    call->out_pos = call->n_out = 0; /* all sent: reuse the buffer from its start */
     if (!call->finished) return n ? (ssize_t)n : NGHTTP2_ERR_DEFERRED;
     *data_flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
     char status[16];
@@ -201,6 +277,10 @@ static void dispatch(pd_grpc_call *call) {
     pd_grpc_call_finish(call, PD_GRPC_INVALID_ARGUMENT, "content-type must be application/grpc");
     return;
   }
+  if (call->deadline_ms < 0) {
+    pd_grpc_call_finish(call, PD_GRPC_INVALID_ARGUMENT, "malformed grpc-timeout");
+    return;
+  }
   if (call->n_in < 5) {
     pd_grpc_call_finish(call, PD_GRPC_INVALID_ARGUMENT, "request has no gRPC message");
     return;
@@ -236,7 +316,13 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
   if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
   pd_grpc_call *call = calloc(1, sizeof *call);
   if (!call) return NGHTTP2_ERR_CALLBACK_FAILURE;
-  call->c = user;
+  conn *c = user;
+  call->c = c;
+  call->server = c->server;
+  c->server->open_calls++;
+  call->next = c->calls;
+  if (c->calls) c->calls->prev = call;
+  c->calls = call;
   call->stream_id = frame->hd.stream_id;
   nghttp2_session_set_stream_user_data(session, frame->hd.stream_id, call);
   return 0;
@@ -252,6 +338,9 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
     call->path[valuelen] = 0;
   } else if (namelen == 12 && !memcmp(name, "content-type", 12)) {
     call->content_type_ok = valuelen >= 16 && !memcmp(value, "application/grpc", 16);
+  } else if (namelen == 12 && !memcmp(name, "grpc-timeout", 12)) {
+    int64_t ms = parse_timeout(value, valuelen);
+    call->deadline_ms = ms < 0 ? -1 : pd_grpc_now_ms() + ms; /* -1: malformed, refused later */
   } else if (namelen == 13 && !memcmp(name, "authorization", 13) &&
              valuelen < sizeof call->authorization) {
     memcpy(call->authorization, value, valuelen);
@@ -294,7 +383,7 @@ static int on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t
   if (call->finished)
     call_free(call);
   else
-    call->closed = 1; /* the handler still holds it; it is freed by its finish */
+    call_abandon(call); /* the handler still holds it; it is freed by its finish */
   return 0;
 }
 
@@ -336,7 +425,7 @@ static void flush(conn *c) {
       return;
     }
     w->buf = uv_buf_init((char *)out, (unsigned)n);
-    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &w->buf, 1, on_write)) {
+    if (uv_write(&w->req, &c->h.stream, &w->buf, 1, on_write)) {
       free(out);
       free(w);
       conn_close(c);
@@ -349,7 +438,17 @@ static void flush(conn *c) {
 static void on_conn_closed(uv_handle_t *h) {
   conn *c = (conn *)h;
   pd_grpc_server *s = c->server;
-  nghttp2_session_del(c->h2); /* runs on_stream_close for open streams */
+  /* nghttp2_session_del does not report open streams: abandon their calls here */
+  while (c->calls) {
+    pd_grpc_call *call = c->calls;
+    call_unlink(call);
+    call->c = NULL;
+    if (call->finished)
+      call_free(call);
+    else
+      call_abandon(call);
+  }
+  if (c->h2) nghttp2_session_del(c->h2);
   for (conn **p = &s->conns; *p; p = &(*p)->next)
     if (*p == c) {
       *p = c->next;
@@ -362,7 +461,7 @@ static void on_conn_closed(uv_handle_t *h) {
 static void conn_close(conn *c) {
   if (c->closing) return;
   c->closing = 1;
-  uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+  uv_close(&c->h.handle, on_conn_closed);
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
@@ -391,16 +490,20 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
 }
 
 static void on_connection(uv_stream_t *listener, int status) {
-  pd_grpc_server *s = (pd_grpc_server *)listener;
-  if (status < 0) return;
+  pd_grpc_server *s = listener->data;
+  if (status < 0 || s->closing) return;
   conn *c = calloc(1, sizeof *c);
   if (!c) return;
   c->server = s;
-  uv_tcp_init(s->loop, &c->tcp);
+  int is_tcp = listener->type == UV_TCP;
+  if (is_tcp)
+    uv_tcp_init(s->loop, &c->h.tcp);
+  else
+    uv_pipe_init(s->loop, &c->h.pipe, 0);
   s->open_handles++;
   c->next = s->conns;
   s->conns = c;
-  if (uv_accept(listener, (uv_stream_t *)&c->tcp)) {
+  if (uv_accept(listener, &c->h.stream)) {
     conn_close(c);
     return;
   }
@@ -411,16 +514,26 @@ static void on_connection(uv_stream_t *listener, int status) {
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
   nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
   nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
-  int rv = nghttp2_session_server_new(&c->h2, cbs, c);
+  /* Abuse limits: a client may not make the server queue unbounded PING/SETTINGS acks, nor
+   * open and reset streams faster than 1000 at once and 100/s after (HTTP/2 Rapid Reset,
+   * CVE-2023-44487); past a limit nghttp2 ends the session with GOAWAY. */
+  nghttp2_option *opt;
+  nghttp2_option_new(&opt);
+  nghttp2_option_set_max_outbound_ack(opt, 1000);
+  nghttp2_option_set_max_settings(opt, 32);
+  nghttp2_option_set_stream_reset_rate_limit(opt, 1000, 100);
+  int rv = nghttp2_session_server_new2(&c->h2, cbs, c, opt);
+  nghttp2_option_del(opt);
   nghttp2_session_callbacks_del(cbs);
   if (rv) {
+    c->h2 = NULL;
     conn_close(c);
     return;
   }
-  nghttp2_settings_entry iv[1] = {{NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, MAX_STREAMS}};
+  nghttp2_settings_entry iv[1] = {{NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, PD_GRPC_MAX_STREAMS}};
   nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv, 1);
-  uv_tcp_nodelay(&c->tcp, 1);
-  uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+  if (is_tcp) uv_tcp_nodelay(&c->h.tcp, 1);
+  uv_read_start(&c->h.stream, on_alloc, on_read);
   flush(c);
 }
 
@@ -451,36 +564,65 @@ int pd_grpc_server_route(pd_grpc_server *s, const ProtobufCServiceDescriptor *sv
 
 int pd_grpc_server_listen_tcp(pd_grpc_server *s, const char *host, int port, int *bound_port) {
   struct sockaddr_storage addr;
+  if (s->has_tcp) return PD_EEXIST;
   if (uv_ip4_addr(host, port, (struct sockaddr_in *)&addr) &&
       uv_ip6_addr(host, port, (struct sockaddr_in6 *)&addr))
     return PD_EINVAL;
-  uv_tcp_init(s->loop, &s->listener);
+  uv_tcp_init(s->loop, &s->tcp_listener);
+  s->tcp_listener.data = s;
+  s->has_tcp = 1;
   s->open_handles++;
-  int rc = uv_tcp_bind(&s->listener, (const struct sockaddr *)&addr, 0);
-  if (!rc) rc = uv_listen((uv_stream_t *)&s->listener, 128, on_connection);
-  if (rc) return rc == UV_EADDRINUSE ? PD_EEXIST : PD_ESYS;
+  int rc = uv_tcp_bind(&s->tcp_listener, (const struct sockaddr *)&addr, 0);
+  if (!rc) rc = uv_listen((uv_stream_t *)&s->tcp_listener, 511, on_connection);
+  if (rc) return rc == UV_EADDRINUSE ? PD_EEXIST : rc == UV_EACCES ? PD_EPERM : PD_ESYS;
   if (bound_port) {
     struct sockaddr_storage name;
     int len = sizeof name;
-    uv_tcp_getsockname(&s->listener, (struct sockaddr *)&name, &len);
+    uv_tcp_getsockname(&s->tcp_listener, (struct sockaddr *)&name, &len);
     *bound_port = name.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&name)->sin6_port)
                                              : ntohs(((struct sockaddr_in *)&name)->sin_port);
   }
   return PD_OK;
 }
 
+int pd_grpc_server_listen_unix(pd_grpc_server *s, const char *path) {
+  if (s->has_unix) return PD_EEXIST;
+  if (strlen(path) >= 100) return PD_EINVAL; /* sun_path */
+  uv_pipe_init(s->loop, &s->unix_listener, 0);
+  s->unix_listener.data = s;
+  s->has_unix = 1;
+  s->open_handles++;
+  unlink(path); /* a stale socket from an earlier run */
+  int rc = uv_pipe_bind(&s->unix_listener, path);
+  if (!rc) rc = uv_listen((uv_stream_t *)&s->unix_listener, 511, on_connection);
+  if (rc) return rc == UV_EADDRINUSE ? PD_EEXIST : rc == UV_EACCES ? PD_EPERM : PD_ESYS;
+  return PD_OK;
+}
+
 static void on_listener_closed(uv_handle_t *h) {
-  pd_grpc_server *s = (pd_grpc_server *)h;
-  if (--s->open_handles == 0) free(s);
+  pd_grpc_server *s = h->data;
+  if (--s->open_handles == 0 && s->closing) free(s);
+}
+
+void pd_grpc_server_stop_listening(pd_grpc_server *s) {
+  if (s->has_tcp && !uv_is_closing((uv_handle_t *)&s->tcp_listener))
+    uv_close((uv_handle_t *)&s->tcp_listener, on_listener_closed);
+  if (s->has_unix && !uv_is_closing((uv_handle_t *)&s->unix_listener))
+    uv_close((uv_handle_t *)&s->unix_listener, on_listener_closed);
+  for (conn *c = s->conns; c; c = c->next)
+    if (!c->closing && c->h2) { /* tell clients to go elsewhere; open streams still finish */
+      nghttp2_submit_shutdown_notice(c->h2);
+      flush(c);
+    }
+}
+
+size_t pd_grpc_server_open_calls(const pd_grpc_server *s) {
+  return s->open_calls;
 }
 
 void pd_grpc_server_close(pd_grpc_server *s) {
   s->closing = 1;
+  pd_grpc_server_stop_listening(s);
   for (conn *c = s->conns; c; c = c->next) conn_close(c);
-  if (s->open_handles == 0) {
-    free(s);
-    return;
-  }
-  if (uv_is_active((uv_handle_t *)&s->listener) || s->listener.loop)
-    uv_close((uv_handle_t *)&s->listener, on_listener_closed);
+  if (s->open_handles == 0) free(s);
 }

@@ -20,9 +20,11 @@
 
 #include <protobuf-c/protobuf-c.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <uv.h>
 
 #define PD_GRPC_MAX_MESSAGE (4u << 20)
+#define PD_GRPC_MAX_STREAMS 100 /* concurrent streams per connection (SETTINGS) */
 
 enum pd_grpc_status {
   PD_GRPC_OK = 0,
@@ -47,6 +49,10 @@ enum pd_grpc_status {
 typedef struct pd_grpc_server pd_grpc_server;
 typedef struct pd_grpc_call pd_grpc_call;
 
+/* Called on the loop thread when the client resets the stream or disconnects before the handler
+ * finished. The call stays valid: the handler must still finish it (nothing is sent then). */
+typedef void (*pd_grpc_cancel_fn)(pd_grpc_call *call, void *user);
+
 /* req: the unpacked request, owned by the call (freed when the call ends). */
 typedef void (*pd_grpc_handler)(pd_grpc_call *call, const ProtobufCMessage *req, void *user);
 
@@ -56,12 +62,27 @@ int pd_grpc_server_route(pd_grpc_server *s, const ProtobufCServiceDescriptor *sv
                          const char *method, pd_grpc_handler handler, void *user);
 /* Listens on host:port (port 0 picks one; *bound_port gets it). */
 int pd_grpc_server_listen_tcp(pd_grpc_server *s, const char *host, int port, int *bound_port);
-/* Closes the listener and every connection; the server is freed once the loop has run their
- * close callbacks. */
+/* Listens on a Unix-domain socket at path (a stale socket file there is replaced). */
+int pd_grpc_server_listen_unix(pd_grpc_server *s, const char *path);
+/* Draining: closes the listeners and sends GOAWAY (shutdown notice); open calls go on. */
+void pd_grpc_server_stop_listening(pd_grpc_server *s);
+/* Calls accepted and not yet freed. */
+size_t pd_grpc_server_open_calls(const pd_grpc_server *s);
+/* Closes the listeners and every connection (open calls are abandoned: their cancel callbacks
+ * run); the server is freed once the loop has run the close callbacks. */
 void pd_grpc_server_close(pd_grpc_server *s);
+
+/* Monotonic milliseconds, the clock of deadlines. */
+int64_t pd_grpc_now_ms(void);
 
 /* The request's authorization metadata ("Bearer ..."), or NULL. Valid for the call's life. */
 const char *pd_grpc_call_authorization(const pd_grpc_call *c);
+/* The deadline from grpc-timeout, in pd_grpc_now_ms() time; 0 if the client set none. */
+int64_t pd_grpc_call_deadline_ms(const pd_grpc_call *c);
+/* 1 once the client is gone (reset or disconnect). */
+int pd_grpc_call_is_closed(const pd_grpc_call *c);
+/* Sets the cancel callback (see pd_grpc_cancel_fn); fn NULL removes it. */
+void pd_grpc_call_on_cancel(pd_grpc_call *c, pd_grpc_cancel_fn fn, void *user);
 /* Queues one response message (packed now). Returns 0 or PD_EINVAL after finish. */
 int pd_grpc_call_reply(pd_grpc_call *c, const ProtobufCMessage *msg);
 /* Ends the call with a status and message (may be NULL); the call is gone afterwards. */

@@ -411,25 +411,21 @@ static uint8_t node_tier_for_order(const pd_node *n) {
   return n->tier == PD_TIER_ROOT ? 0 : n->tier; /* a root is hotter than everything */
 }
 
-int pd_radix_insert(pd_radix *t, uint32_t tenant, uint32_t ns, const int32_t *tokens, uint32_t n,
-                    const uint32_t *slots, int tier, uint64_t now, pd_insert_result *results,
-                    uint32_t *n_done) {
-  *n_done = 0;
+/* Inserts blocks below cur; stops at the first failure. *n_done gets the blocks inserted; the
+ * slots from *n_done on remain the caller's. */
+static int insert_below(pd_radix *t, uint32_t tenant, uint32_t ns, uint32_t cur,
+                        const int32_t *tokens, uint32_t n, const uint32_t *slots, int tier,
+                        uint64_t now, pd_insert_result *results, uint32_t *n_done) {
   uint32_t n_blocks = (n + B(t) - 1) / B(t), i = 0;
   int rc = PD_OK;
-  if (tier < 0 || tier >= PD_TIERS || (n > 0 && (!tokens || !slots))) {
-    rc = PD_EINVAL;
-    goto free_rest;
-  }
-  uint32_t cur;
-  if ((rc = ensure_root(t, tenant, ns, &cur))) goto free_rest;
   t->stats.inserts++;
   for (; i < n_blocks; i++) {
     const int32_t *bt = tokens + (size_t)i * B(t);
     uint32_t len = n - i * B(t) < B(t) ? n - i * B(t) : B(t);
     pd_node *parent = &t->nodes[cur];
-    if (parent->tier == PD_TIER_NONE || node_tier_for_order(parent) > tier) {
-      rc = PD_EINVAL; /* the parent must be restored first */
+    if (parent->tier == PD_TIER_NONE || node_tier_for_order(parent) > tier ||
+        (parent->tier != PD_TIER_ROOT && parent->n_tokens != B(t))) {
+      rc = PD_EINVAL; /* the parent must be restored first, and full */
       break;
     }
     pd_key128 k = child_key(t, parent->key, bt, len);
@@ -494,10 +490,38 @@ int pd_radix_insert(pd_radix *t, uint32_t tenant, uint32_t ns, const int32_t *to
     cur = id;
   }
   *n_done = i;
-free_rest:
-  for (uint32_t j = i; j < n_blocks && slots && tier >= 0 && tier < PD_TIERS; j++)
+  return rc;
+}
+
+int pd_radix_insert(pd_radix *t, uint32_t tenant, uint32_t ns, const int32_t *tokens, uint32_t n,
+                    const uint32_t *slots, int tier, uint64_t now, pd_insert_result *results,
+                    uint32_t *n_done) {
+  *n_done = 0;
+  uint32_t n_blocks = (n + B(t) - 1) / B(t);
+  int rc = PD_EINVAL;
+  uint32_t root;
+  if (tier >= 0 && tier < PD_TIERS && (n == 0 || (tokens && slots)) &&
+      !(rc = ensure_root(t, tenant, ns, &root)))
+    rc = insert_below(t, tenant, ns, root, tokens, n, slots, tier, now, results, n_done);
+  for (uint32_t j = *n_done; j < n_blocks && slots && tier >= 0 && tier < PD_TIERS; j++)
     pd_blockpool_release(&t->pool[tier], slots[j]);
   return rc;
+}
+
+int pd_radix_root(pd_radix *t, uint32_t tenant, uint32_t ns, uint32_t *root) {
+  return ensure_root(t, tenant, ns, root);
+}
+
+int pd_radix_extend(pd_radix *t, uint32_t tenant, uint32_t parent, const int32_t *tokens,
+                    uint32_t n, const uint32_t *slots, int tier, uint64_t now,
+                    pd_insert_result *results, uint32_t *n_done) {
+  *n_done = 0;
+  if (tier < 0 || tier >= PD_TIERS || parent >= t->cap_nodes ||
+      !(t->nodes[parent].flags & PD_NODE_USED) || (n > 0 && (!tokens || !slots)))
+    return PD_EINVAL;
+  uint32_t ns = t->nodes[parent].ns;
+  if (!pd_tenants_may_use(&t->tenants, tenant, ns)) return PD_EPERM;
+  return insert_below(t, tenant, ns, parent, tokens, n, slots, tier, now, results, n_done);
 }
 
 /* ---- eviction and moves ---------------------------------------------------------------------- */

@@ -187,6 +187,20 @@ int pd_radix_insert(pd_radix *t, uint32_t tenant, uint32_t ns, const int32_t *to
                     const uint32_t *slots, int tier, uint64_t now, pd_insert_result *results,
                     uint32_t *n_done);
 
+/* The root node of namespace ns (created on first use), for pd_radix_extend. PD_EPERM if the
+ * tenant may not use ns. Roots are never evicted: no reference is needed. */
+int pd_radix_root(pd_radix *t, uint32_t tenant, uint32_t ns, uint32_t *root);
+
+/*
+ * Like pd_radix_insert, but below parent (a namespace root, or a full block the caller holds a
+ * reference on), in parent's namespace: for a sequence that matched a prefix and now adds the
+ * blocks it computed after it. The difference in ownership: on failure, the slots from *n_done
+ * on stay the caller's (a running sequence keeps reading them). Same return codes.
+ */
+int pd_radix_extend(pd_radix *t, uint32_t tenant, uint32_t parent, const int32_t *tokens,
+                    uint32_t n, const uint32_t *slots, int tier, uint64_t now,
+                    pd_insert_result *results, uint32_t *n_done);
+
 /* ---- eviction and tier moves ----------------------------------------------------------------- */
 
 typedef struct pd_evicted {

@@ -1,0 +1,1158 @@
+/*
+ * pd_engine.c -- see pd_engine.h for the design. This file holds the thread, the job queues,
+ * the sequences and the scheduler; the RPC bodies that run on the engine thread live in
+ * pd_service.c.
+ *
+ * A sequence's block table: entries [0, n_held) are blocks of the tree it holds references on
+ * (matched, or inserted by itself), entries [n_held, n_table) are private slots it allocated
+ * from the device tier's pool and still owns. Block i covers tokens [i * B, (i + 1) * B).
+ */
+#include "pd_engine.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "pd_err.h"
+#include "pd_log.h"
+#include "pd_sha256.h"
+#include "prefixd/v1/prefixd.pb-c.h"
+
+enum { PHASE_QUEUED, PHASE_PREFILL, PHASE_DECODE };
+
+typedef struct pd_seq {
+  pd_job *job;
+  int warm;
+  uint32_t tenant, ns;
+  int no_cache;
+  uint32_t pin_ttl_s;
+  int32_t *tokens; /* (cap_tokens) prompt, then generated */
+  uint32_t n_prompt, n_tokens, cap_tokens;
+  uint32_t n_past; /* tokens whose K and V are in the blocks */
+  uint32_t max_new, n_generated;
+  uint32_t *table; /* (cap_table) slots of the device tier */
+  uint32_t n_table, cap_table;
+  uint32_t *held; /* (cap_table) tree nodes referenced, path order: table[i] is held[i]'s slot */
+  uint32_t n_held;
+  uint32_t anchor; /* the deepest held node, or the namespace root */
+  uint32_t n_cached;
+  uint64_t reserve; /* blocks reserved at admission */
+  pd_sampler *smp;
+  pd_detok *dt;
+  int32_t *stop_tokens; /* (n_stop_tokens) borrowed from the request */
+  size_t n_stop_tokens;
+  int phase;
+  int64_t admit_ms, prefill_start_ms, first_token_ms, end_ms;
+  double prefill_ms;
+  int rows; /* rows in the current batch */
+  struct pd_seq *next;
+} pd_seq;
+
+uint64_t pd_engine_now_ms(void) {
+  return (uint64_t)pd_grpc_now_ms();
+}
+
+static uint32_t B(const pd_engine *e) {
+  return e->tree.cfg.block_tokens;
+}
+
+/* ---- outbox (engine -> loop) ----------------------------------------------------------------- */
+
+/* Caller holds e->mu. */
+static void outbox_push_locked(pd_engine *e, pd_job *job) {
+  if (job->in_outbox) return;
+  job->in_outbox = 1;
+  job->next = NULL;
+  if (e->outbox_tail)
+    e->outbox_tail->next = job;
+  else
+    e->outbox_head = job;
+  e->outbox_tail = job;
+}
+
+static void job_done(pd_engine *e, pd_job *job, int status, const char *message) {
+  pthread_mutex_lock(&e->mu);
+  job->status = status;
+  if (message != job->message)
+    snprintf(job->message, sizeof job->message, "%s", message ? message : "");
+  job->done = 1;
+  outbox_push_locked(e, job);
+  pthread_mutex_unlock(&e->mu);
+  uv_async_send(&e->async);
+}
+
+static int grow(void **p, uint32_t *cap, uint32_t need, size_t elem) {
+  if (need <= *cap) return PD_OK;
+  uint32_t ncap = *cap ? *cap : 16;
+  while (ncap < need) ncap *= 2;
+  void *q = realloc(*p, (size_t)ncap * elem);
+  if (!q) return PD_ENOMEM;
+  *p = q;
+  *cap = ncap;
+  return PD_OK;
+}
+
+/* Appends a streamed token and its text to the job's pending output. */
+static int job_stream(pd_engine *e, pd_job *job, int32_t tok, const char *text, size_t n_text) {
+  pthread_mutex_lock(&e->mu);
+  int rc = grow((void **)&job->out_ids, &job->cap_out_ids, job->n_out_ids + 1, sizeof(int32_t));
+  if (!rc && tok >= 0) job->out_ids[job->n_out_ids++] = tok;
+  if (!rc && n_text) {
+    uint32_t cap = (uint32_t)job->cap_out_text;
+    rc = grow((void **)&job->out_text, &cap, (uint32_t)(job->n_out_text + n_text + 1), 1);
+    job->cap_out_text = cap;
+    if (!rc) {
+      memcpy(job->out_text + job->n_out_text, text, n_text);
+      job->n_out_text += n_text;
+    }
+  }
+  outbox_push_locked(e, job);
+  pthread_mutex_unlock(&e->mu);
+  uv_async_send(&e->async);
+  return rc;
+}
+
+pd_job *pd_engine_take_output(pd_engine *e) {
+  pthread_mutex_lock(&e->mu);
+  pd_job *list = e->outbox_head;
+  e->outbox_head = e->outbox_tail = NULL;
+  for (pd_job *j = list; j; j = j->next) j->in_outbox = 0;
+  pthread_mutex_unlock(&e->mu);
+  return list;
+}
+
+void pd_engine_take_stream(pd_engine *e, pd_job *job, int32_t **ids, uint32_t *n_ids, char **text,
+                           size_t *n_text, int *done) {
+  pthread_mutex_lock(&e->mu);
+  *ids = job->out_ids;
+  *n_ids = job->n_out_ids;
+  *text = job->out_text;
+  *n_text = job->n_out_text;
+  if (*text) (*text)[*n_text] = 0;
+  job->out_ids = NULL;
+  job->out_text = NULL;
+  job->n_out_ids = job->cap_out_ids = 0;
+  job->n_out_text = job->cap_out_text = 0;
+  *done = job->done;
+  pthread_mutex_unlock(&e->mu);
+}
+
+/* ---- tenants --------------------------------------------------------------------------------- */
+
+int32_t pd_engine_tenant_id(const pd_engine *e, const char *name) {
+  uint32_t id;
+  if (pd_tenants_find(&e->tree.tenants, name, &id)) return -1;
+  return (int32_t)id;
+}
+
+static pd_tenant_counters *counters(pd_engine *e, uint32_t tenant) {
+  if (grow((void **)&e->counters, &e->cap_counters, tenant + 1, sizeof *e->counters)) return NULL;
+  return &e->counters[tenant];
+}
+
+int pd_engine_add_tenant(pd_engine *e, const pd_tenant_rec *r, char *err, size_t errlen) {
+  uint32_t id;
+  int rc = pd_tenants_add(&e->tree.tenants, r->name, r->salt, &id);
+  if (rc) {
+    snprintf(err, errlen, "tenant %s: %s", r->name, pd_strerror(rc));
+    return rc;
+  }
+  uint32_t old_cap = e->cap_counters;
+  if (!counters(e, id)) return PD_ENOMEM;
+  if (e->cap_counters > old_cap)
+    memset(e->counters + old_cap, 0, (e->cap_counters - old_cap) * sizeof *e->counters);
+  memset(&e->counters[id], 0, sizeof e->counters[id]);
+  for (int t = 0; t < PD_TIERS; t++)
+    pd_tenants_set_limit(&e->tree.tenants, id, t, r->limits.max_blocks[t]);
+  for (uint32_t g = 0; g < r->n_grants; g++) {
+    uint32_t ns;
+    if (pd_tenants_find_ns(&e->tree.tenants, r->grants[g], &ns)) {
+      const pd_shared_ns *s = pd_tenantdb_find_shared(&e->db, r->grants[g]);
+      if (!s || (rc = pd_tenants_add_shared(&e->tree.tenants, s->name, s->salt, &ns))) {
+        snprintf(err, errlen, "namespace %s: %s", r->grants[g],
+                 pd_strerror(rc ? rc : PD_ENOTFOUND));
+        return rc ? rc : PD_ENOTFOUND;
+      }
+    }
+    if ((rc = pd_tenants_grant(&e->tree.tenants, id, ns))) return rc;
+  }
+  return PD_OK;
+}
+
+int pd_engine_resolve_ns(const pd_engine *e, int32_t tenant, const char *name, uint32_t *ns) {
+  const pd_tenant *t = pd_tenants_get(&e->tree.tenants, (uint32_t)tenant);
+  if (!t) return PD_ENOTFOUND;
+  if (!name || !name[0]) {
+    *ns = t->private_ns;
+    return PD_OK;
+  }
+  if (pd_tenants_find_ns(&e->tree.tenants, name, ns)) return PD_ENOTFOUND;
+  return pd_tenants_may_use(&e->tree.tenants, (uint32_t)tenant, *ns) ? PD_OK : PD_EPERM;
+}
+
+/* Sets the job's identity from its key. Returns 0, or the gRPC status to refuse it with. */
+static int authenticate(pd_engine *e, pd_job *job) {
+  const char *key = job->authorization;
+  if (!key[0]) {
+    if (e->single_tenant) {
+      job->tenant = (int32_t)e->default_tenant;
+      return 0;
+    }
+    snprintf(job->message, sizeof job->message,
+             "missing API key: send metadata 'authorization: Bearer <key>'");
+    return PD_GRPC_UNAUTHENTICATED;
+  }
+  if (e->has_admin) {
+    uint8_t d[32], diff = 0;
+    pd_sha256_digest(key, strlen(key), d);
+    for (int i = 0; i < 32; i++) diff |= (uint8_t)(d[i] ^ e->admin_sha256[i]);
+    if (!diff) {
+      job->is_admin = 1;
+      job->tenant = -1;
+      return 0;
+    }
+  }
+  const pd_tenant_rec *r = pd_tenantdb_authenticate(&e->db, key);
+  if (r) {
+    job->tenant = pd_engine_tenant_id(e, r->name);
+    if (job->tenant >= 0) return 0;
+  }
+  snprintf(job->message, sizeof job->message, "invalid API key");
+  return PD_GRPC_UNAUTHENTICATED;
+}
+
+/* ---- prompts --------------------------------------------------------------------------------- */
+
+int pd_engine_prompt_tokens(const pd_engine *e, const ProtobufCMessage *msg, int for_generate,
+                            int32_t **ids, uint32_t *n, char *err, size_t errlen) {
+  const Prefixd__V1__Prompt *p = (const Prefixd__V1__Prompt *)msg;
+  *ids = NULL;
+  *n = 0;
+  if (!p || p->kind_case == PREFIXD__V1__PROMPT__KIND__NOT_SET) {
+    snprintf(err, errlen, "prompt is empty: set text, tokens or chat");
+    return PD_EINVAL;
+  }
+  if (p->kind_case == PREFIXD__V1__PROMPT__KIND_TOKENS) {
+    size_t k = p->tokens ? p->tokens->n_ids : 0;
+    int32_t *out = malloc((k ? k : 1) * sizeof *out);
+    if (!out) return PD_ENOMEM;
+    for (size_t i = 0; i < k; i++) {
+      if (p->tokens->ids[i] < 0 || p->tokens->ids[i] >= e->model->n_vocab) {
+        snprintf(err, errlen, "token id %d at position %zu is outside the vocabulary (0..%d)",
+                 p->tokens->ids[i], i, e->model->n_vocab - 1);
+        free(out);
+        return PD_EINVAL;
+      }
+      out[i] = p->tokens->ids[i];
+    }
+    *ids = out;
+    *n = (uint32_t)k;
+    return PD_OK;
+  }
+  char *text = NULL;
+  const char *src;
+  if (p->kind_case == PREFIXD__V1__PROMPT__KIND_CHAT) {
+    if (!e->have_chat) {
+      snprintf(err, errlen, "the model has no chat template prefixd can render");
+      return PD_EUNSUPPORTED;
+    }
+    size_t k = p->chat ? p->chat->n_messages : 0;
+    if (k == 0) {
+      snprintf(err, errlen, "chat prompt has no messages");
+      return PD_EINVAL;
+    }
+    pd_chat_msg *msgs = calloc(k, sizeof *msgs);
+    if (!msgs) return PD_ENOMEM;
+    for (size_t i = 0; i < k; i++) {
+      msgs[i].role = p->chat->messages[i]->role;
+      msgs[i].content = p->chat->messages[i]->content;
+    }
+    /* Generate always opens the assistant's turn; Warm and Lookup take the flag as given. */
+    int gen_prompt = for_generate || p->chat->add_generation_prompt;
+    int rc = pd_chat_render(&e->chat, msgs, k, gen_prompt, &text, err, errlen);
+    free(msgs);
+    if (rc) return rc;
+    src = text;
+  } else {
+    src = p->text;
+  }
+  size_t len = strlen(src), cap = len + 16, got = 0;
+  int32_t *out = malloc(cap * sizeof *out);
+  int rc = out ? pd_tokenize(e->tok, src, len, 1, out, cap, &got) : PD_ENOMEM;
+  free(text);
+  if (rc) {
+    free(out);
+    snprintf(err, errlen, "cannot tokenize the prompt: %s", pd_strerror(rc));
+    return rc;
+  }
+  *ids = out;
+  *n = (uint32_t)got;
+  return PD_OK;
+}
+
+/* ---- blocks ---------------------------------------------------------------------------------- */
+
+/* Drops evicted (detached) nodes: the CPU backend has no colder tier yet to demote them to. */
+static void drop_evicted(pd_engine *e, const pd_evicted *ev, uint32_t n,
+                         uint64_t counts[PD_TIERS]) {
+  for (uint32_t i = 0; i < n; i++) {
+    pd_evicted gone[64];
+    uint32_t n_gone = 0;
+    pd_radix_drop(&e->tree, ev[i].node, gone, 64, &n_gone);
+    if (counts && ev[i].tier < PD_TIERS) counts[ev[i].tier]++;
+  }
+}
+
+/* One slot of the device tier for a sequence, evicting cold blocks if needed. */
+static int alloc_block(pd_engine *e, uint32_t *slot) {
+  for (;;) {
+    if (pd_radix_alloc_slot(&e->tree, 0, slot) == PD_OK) return PD_OK;
+    pd_evicted ev[32];
+    uint32_t n = 0;
+    pd_radix_evict(&e->tree, 0, -1, 32, pd_engine_now_ms(), ev, &n);
+    if (n == 0) return PD_EFULL;
+    drop_evicted(e, ev, n, NULL);
+  }
+}
+
+/* Makes the table cover n tokens. */
+static int ensure_blocks(pd_engine *e, pd_seq *s, uint32_t n) {
+  uint32_t need = (n + B(e) - 1) / B(e);
+  if (grow((void **)&s->table, &s->cap_table, need, sizeof *s->table)) return PD_ENOMEM;
+  while (s->n_table < need) {
+    int rc = alloc_block(e, &s->table[s->n_table]);
+    if (rc) return rc;
+    s->n_table++;
+  }
+  return PD_OK;
+}
+
+/* ---- sequences ------------------------------------------------------------------------------- */
+
+static void seq_free(pd_seq *s) {
+  pd_sampler_free(s->smp);
+  pd_detok_free(s->dt);
+  free(s->tokens);
+  free(s->table);
+  free(s->held);
+  free(s);
+}
+
+/* Inserts the blocks the sequence computed after its held ones, up to `upto` tokens, into the
+ * tree (below its anchor). Blocks the tree deduplicated are replaced by the tree's copy. */
+static void seq_publish(pd_engine *e, pd_seq *s, uint32_t upto) {
+  if (s->no_cache || upto <= s->n_held * B(e)) return;
+  uint32_t first = s->n_held, n_tok = upto - first * B(e);
+  uint32_t n_blocks = (n_tok + B(e) - 1) / B(e);
+  pd_insert_result res[64];
+  for (uint32_t done_blocks = 0; done_blocks < n_blocks;) {
+    uint32_t chunk_blocks = n_blocks - done_blocks < 64 ? n_blocks - done_blocks : 64;
+    uint32_t at = first + done_blocks;
+    uint32_t chunk_tok =
+        upto - at * B(e) < chunk_blocks * B(e) ? upto - at * B(e) : chunk_blocks * B(e);
+    uint32_t n_done = 0;
+    int rc = pd_radix_extend(&e->tree, s->tenant, s->anchor, s->tokens + (size_t)at * B(e),
+                             chunk_tok, s->table + at, 0, pd_engine_now_ms(), res, &n_done);
+    for (uint32_t i = 0; i < n_done; i++) {
+      s->held[at + i] = res[i].node;
+      s->table[at + i] = pd_radix_node(&e->tree, res[i].node)->slot;
+      s->anchor = res[i].node;
+    }
+    s->n_held = at + n_done;
+    done_blocks += n_done;
+    if (rc || n_done < chunk_blocks) break; /* a quota (PD_ELIMIT): the rest stays private */
+  }
+}
+
+static void seq_release(pd_engine *e, pd_seq *s) {
+  for (uint32_t i = s->n_held; i < s->n_table; i++) pd_radix_free_slot(&e->tree, 0, s->table[i]);
+  s->n_table = s->n_held;
+  pd_radix_release(&e->tree, s->held, s->n_held);
+  s->n_held = 0;
+  s->n_table = 0;
+}
+
+void *pd_job_alloc(pd_job *job, size_t n) {
+  if (grow((void **)&job->arena, &job->cap_arena, job->n_arena + 1, sizeof *job->arena))
+    return NULL;
+  void *p = calloc(1, n ? n : 1);
+  if (p) job->arena[job->n_arena++] = p;
+  return p;
+}
+
+char *pd_job_strdup(pd_job *job, const char *str) {
+  size_t n = strlen(str) + 1;
+  char *p = pd_job_alloc(job, n);
+  if (p) memcpy(p, str, n);
+  return p;
+}
+
+void pd_job_free(pd_job *job) {
+  for (uint32_t i = 0; i < job->n_arena; i++) free(job->arena[i]);
+  free(job->arena);
+  free(job->out_ids);
+  free(job->out_text);
+  free(job);
+}
+
+typedef struct final_generate {
+  Prefixd__V1__GenerateResponse msg;
+  Prefixd__V1__Usage usage;
+  Prefixd__V1__TierCounts by_tier;
+  Prefixd__V1__Timings timings;
+} final_generate;
+
+typedef struct final_warm {
+  Prefixd__V1__WarmResponse msg;
+  char prefix_id[33];
+} final_warm;
+
+/* Ends a sequence: publishes what it computed (also when cancelled: the work is kept), pins,
+ * gives back its blocks and references, and reports the job done. */
+static void seq_finish(pd_engine *e, pd_seq *s, int status, const char *message, int reason) {
+  pd_job *job = s->job;
+  uint64_t now = pd_engine_now_ms();
+  s->end_ms = (int64_t)now;
+  if (s->phase != PHASE_QUEUED) {
+    seq_publish(e, s, s->n_past);
+    if (s->pin_ttl_s && s->n_held > 0 && status == PD_GRPC_OK)
+      pd_radix_pin(&e->tree, s->held[s->n_held - 1], now + (uint64_t)s->pin_ttl_s * 1000);
+  }
+  if (s->warm && status == PD_GRPC_OK) {
+    final_warm *f = pd_job_alloc(job, sizeof *f);
+    if (f) {
+      prefixd__v1__warm_response__init(&f->msg);
+      f->msg.prompt_tokens = s->n_prompt;
+      f->msg.cached_tokens = s->n_cached;
+      f->msg.computed_tokens = s->n_prompt - s->n_cached;
+      if (s->n_held > 0 && s->n_held * B(e) >= s->n_prompt)
+        pd_key_hex(pd_radix_node(&e->tree, s->held[s->n_held - 1])->key, f->prefix_id);
+      f->msg.prefix_id = f->prefix_id;
+      job->resp = &f->msg.base;
+    }
+  } else if (!s->warm) {
+    final_generate *f = pd_job_alloc(job, sizeof *f);
+    if (f) {
+      prefixd__v1__generate_response__init(&f->msg);
+      prefixd__v1__usage__init(&f->usage);
+      prefixd__v1__tier_counts__init(&f->by_tier);
+      prefixd__v1__timings__init(&f->timings);
+      f->msg.finish_reason = (Prefixd__V1__FinishReason)reason;
+      f->usage.prompt_tokens = s->n_prompt;
+      f->usage.cached_tokens = s->n_cached;
+      f->by_tier.device = s->n_cached;
+      f->usage.cached_tokens_by_tier = &f->by_tier;
+      f->usage.generated_tokens = s->n_generated;
+      f->msg.usage = &f->usage;
+      int64_t admit = s->admit_ms ? s->admit_ms : s->end_ms;
+      f->timings.queue_ms = (double)(admit - job->arrival_ms);
+      f->timings.prefill_ms = s->prefill_ms;
+      if (s->first_token_ms) {
+        f->timings.ttft_ms = (double)(s->first_token_ms - job->arrival_ms);
+        f->timings.decode_ms = (double)(s->end_ms - s->first_token_ms);
+      }
+      f->msg.timings = &f->timings;
+      job->final = &f->msg.base;
+    }
+    /* what the detokenizer held back (a partial stop string that never completed) */
+    char tail[256];
+    size_t n_tail = 0;
+    if (s->dt && reason == PREFIXD__V1__FINISH_REASON__FINISH_REASON_LENGTH &&
+        !pd_detok_flush(s->dt, tail, sizeof tail, &n_tail) && n_tail)
+      job_stream(e, job, -1, tail, n_tail);
+  }
+  seq_release(e, s);
+  e->reserved_blocks -= s->reserve;
+  pd_tenant_counters *c = counters(e, s->tenant);
+  if (c && c->active) c->active--;
+  job_done(e, job, status, message);
+  seq_free(s);
+}
+
+/* ---- admission ------------------------------------------------------------------------------- */
+
+static void queue_remove(pd_engine *e, pd_seq *prev, pd_seq *s) {
+  if (prev)
+    prev->next = s->next;
+  else
+    e->queue_head = s->next;
+  if (e->queue_tail == s) e->queue_tail = prev;
+  e->n_queued--;
+  atomic_store(&e->queue_depth, e->n_queued);
+}
+
+/* Matches the prompt and sets up the table; returns 0, or PD_EFULL if the pool cannot take the
+ * sequence now (it stays queued), or another error. */
+static int seq_admit(pd_engine *e, pd_seq *s) {
+  uint32_t n_match = s->warm ? s->n_prompt : s->n_prompt - 1;
+  uint32_t cap = n_match / B(e) + 2;
+  uint32_t *nodes = NULL;
+  pd_match m = {0, 0, -1};
+  int rc;
+  if (!s->no_cache) {
+    if ((rc = pd_radix_root(&e->tree, s->tenant, s->ns, &s->anchor))) return rc;
+    nodes = malloc(cap * sizeof *nodes);
+    if (!nodes) return PD_ENOMEM;
+    if ((rc = pd_radix_match(&e->tree, s->tenant, s->ns, s->tokens, n_match, pd_engine_now_ms(),
+                             nodes, cap, &m))) {
+      free(nodes);
+      return rc;
+    }
+  }
+  /* full blocks in the device tier are used in place; the match stops at a colder one */
+  uint32_t n_full = m.cow >= 0 ? (uint32_t)m.cow : m.n_nodes, usable = 0;
+  while (usable < n_full && pd_radix_node(&e->tree, nodes[usable])->tier == 0) usable++;
+  int cow = m.cow >= 0 && usable == n_full && pd_radix_node(&e->tree, nodes[m.cow])->tier == 0;
+  uint32_t cached = usable * B(e) + (cow ? m.n_tokens - n_full * B(e) : 0);
+  uint32_t max_total = s->n_prompt + s->max_new;
+  uint64_t need = (max_total - usable * B(e) + B(e) - 1) / B(e) + 1;
+  if (e->reserved_blocks + need > e->n_blocks) {
+    pd_radix_release(&e->tree, nodes, m.n_nodes);
+    free(nodes);
+    return PD_EFULL;
+  }
+  if (grow((void **)&s->table, &s->cap_table, max_total / B(e) + 2, sizeof *s->table) ||
+      !(s->held = malloc(s->cap_table * sizeof *s->held))) {
+    pd_radix_release(&e->tree, nodes, m.n_nodes);
+    free(nodes);
+    return PD_ENOMEM;
+  }
+  for (uint32_t i = 0; i < usable; i++) {
+    s->held[i] = nodes[i];
+    s->table[i] = pd_radix_node(&e->tree, nodes[i])->slot;
+    s->anchor = nodes[i];
+  }
+  s->n_held = s->n_table = usable;
+  rc = PD_OK;
+  if (cow) { /* copy the shared, partially matched block before appending to it */
+    uint32_t slot;
+    rc = alloc_block(e, &slot);
+    if (!rc) {
+      memcpy((char *)e->pool + (size_t)slot * e->block_bytes,
+             (const char *)e->pool +
+                 (size_t)pd_radix_node(&e->tree, nodes[m.cow])->slot * e->block_bytes,
+             e->block_bytes);
+      s->table[s->n_table++] = slot;
+    } else {
+      cached = usable * B(e);
+    }
+  }
+  /* references beyond what is used go back (leaf first) */
+  if (m.n_nodes > usable) pd_radix_release(&e->tree, nodes + usable, m.n_nodes - usable);
+  free(nodes);
+  s->n_cached = cached;
+  s->n_past = cached;
+  s->reserve = need;
+  e->reserved_blocks += need;
+  s->phase = PHASE_PREFILL;
+  s->admit_ms = pd_grpc_now_ms();
+  pd_tenant_counters *c = counters(e, s->tenant);
+  if (c) {
+    c->hit_tokens += cached;
+    c->query_tokens += n_match;
+  }
+  return PD_OK;
+}
+
+/* Admits queued sequences while there is room, one tenant at a time in turn. */
+static void admit(pd_engine *e) {
+  while (e->queue_head && e->n_running < e->cfg.max_running) {
+    /* the first queued sequence of the next tenant after rr_tenant, else the oldest */
+    pd_seq *pick = NULL, *pick_prev = NULL, *prev = NULL;
+    uint32_t best = UINT32_MAX;
+    for (pd_seq *s = e->queue_head; s; prev = s, s = s->next) {
+      uint32_t dist =
+          s->tenant > e->rr_tenant ? s->tenant - e->rr_tenant : s->tenant + 65536 - e->rr_tenant;
+      if (dist < best) best = dist, pick = s, pick_prev = prev;
+    }
+    int rc = seq_admit(e, pick);
+    if (rc == PD_EFULL) {
+      if (e->n_running == 0) { /* nothing will ever free room for it */
+        queue_remove(e, pick_prev, pick);
+        seq_finish(e, pick, PD_GRPC_RESOURCE_EXHAUSTED,
+                   "the KV cache cannot hold this request (prompt + max_tokens); lower "
+                   "max_tokens or raise --kv-cache-mb",
+                   PREFIXD__V1__FINISH_REASON__FINISH_REASON_ERROR);
+        continue;
+      }
+      return; /* wait for running sequences to finish */
+    }
+    queue_remove(e, pick_prev, pick);
+    e->rr_tenant = pick->tenant;
+    if (rc) {
+      char msg[128];
+      snprintf(msg, sizeof msg, "cannot start the request: %s", pd_strerror(rc));
+      seq_finish(e, pick, rc == PD_EPERM ? PD_GRPC_PERMISSION_DENIED : PD_GRPC_INTERNAL, msg,
+                 PREFIXD__V1__FINISH_REASON__FINISH_REASON_ERROR);
+      continue;
+    }
+    pick->next = e->running;
+    e->running = pick;
+    e->n_running++;
+  }
+}
+
+/* Builds a sequence for a Generate or Warm job; on refusal reports the job done. */
+static void enqueue(pd_engine *e, pd_job *job) {
+  char err[256] = "";
+  int status = PD_GRPC_OK;
+  pd_seq *s = calloc(1, sizeof *s);
+  if (!s) {
+    job_done(e, job, PD_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+    return;
+  }
+  s->job = job;
+  s->warm = job->kind == PD_JOB_WARM;
+  const ProtobufCMessage *prompt;
+  const Prefixd__V1__CacheOptions *cache;
+  const Prefixd__V1__GenerateRequest *g = NULL;
+  if (s->warm) {
+    const Prefixd__V1__WarmRequest *w = (const Prefixd__V1__WarmRequest *)job->req;
+    prompt = (const ProtobufCMessage *)w->prompt;
+    cache = w->cache;
+  } else {
+    g = (const Prefixd__V1__GenerateRequest *)job->req;
+    prompt = (const ProtobufCMessage *)g->prompt;
+    cache = g->cache;
+  }
+  if (job->is_admin) {
+    status = PD_GRPC_PERMISSION_DENIED;
+    snprintf(err, sizeof err, "the admin key has no tenant: use a tenant's key to generate");
+    goto refuse;
+  }
+  s->tenant = (uint32_t)job->tenant;
+  s->no_cache = cache && cache->no_cache;
+  s->pin_ttl_s = cache ? cache->pin_ttl_seconds : 0;
+  if (s->warm && s->no_cache) {
+    status = PD_GRPC_INVALID_ARGUMENT;
+    snprintf(err, sizeof err, "Warm with no_cache would compute nothing to keep");
+    goto refuse;
+  }
+  int rc = pd_engine_resolve_ns(e, job->tenant, cache ? cache->namespace_ : NULL, &s->ns);
+  if (rc) {
+    status = rc == PD_EPERM ? PD_GRPC_PERMISSION_DENIED : PD_GRPC_NOT_FOUND;
+    snprintf(err, sizeof err, "namespace '%s' %s", cache->namespace_,
+             rc == PD_EPERM ? "is not granted to this tenant" : "does not exist");
+    goto refuse;
+  }
+  if ((rc = pd_engine_prompt_tokens(e, prompt, !s->warm, &s->tokens, &s->n_prompt, err,
+                                    sizeof err))) {
+    status = rc == PD_ENOMEM ? PD_GRPC_RESOURCE_EXHAUSTED : PD_GRPC_INVALID_ARGUMENT;
+    goto refuse;
+  }
+  s->cap_tokens = s->n_prompt;
+  const pd_tenant_rec *rec = NULL;
+  const pd_tenant *tn = pd_tenants_get(&e->tree.tenants, s->tenant);
+  if (tn) rec = pd_tenantdb_find(&e->db, tn->name);
+  uint32_t ctx = (uint32_t)e->cfg.max_context;
+  if (rec && rec->limits.max_context && rec->limits.max_context < ctx)
+    ctx = rec->limits.max_context;
+  if (s->n_prompt == 0) {
+    status = PD_GRPC_INVALID_ARGUMENT;
+    snprintf(err, sizeof err, "the prompt has no tokens");
+    goto refuse;
+  }
+  if (s->n_prompt >= ctx) {
+    status = PD_GRPC_INVALID_ARGUMENT;
+    snprintf(err, sizeof err, "the prompt has %u tokens; the context limit is %u", s->n_prompt,
+             ctx);
+    goto refuse;
+  }
+  if (!s->warm) {
+    s->max_new = ctx - s->n_prompt;
+    if (g->max_tokens && g->max_tokens < s->max_new) s->max_new = g->max_tokens;
+    pd_sampling_params sp = {0, 0, 1, 0, 1, 64, 0};
+    if (g->sampling) {
+      sp.temperature = g->sampling->temperature;
+      sp.top_k = g->sampling->top_k;
+      sp.top_p = g->sampling->top_p > 0 ? g->sampling->top_p : 1;
+      sp.min_p = g->sampling->min_p;
+      sp.repeat_penalty = g->sampling->repeat_penalty > 0 ? g->sampling->repeat_penalty : 1;
+      sp.repeat_last_n = g->sampling->repeat_last_n > 0 ? g->sampling->repeat_last_n : 64;
+      sp.seed = g->sampling->seed;
+    }
+    if (pd_sampler_create(&sp, e->model->n_vocab, &s->smp)) {
+      status = PD_GRPC_INVALID_ARGUMENT;
+      snprintf(err, sizeof err,
+               "invalid sampling parameters (temperature >= 0, top_k >= 0, top_p in (0, 1], "
+               "min_p in [0, 1], repeat_penalty > 0)");
+      goto refuse;
+    }
+    for (size_t i = 0; i < g->n_stop; i++)
+      if (!g->stop[i][0] || strlen(g->stop[i]) > 128) {
+        status = PD_GRPC_INVALID_ARGUMENT;
+        snprintf(err, sizeof err, "stop strings must be 1 to 128 bytes");
+        goto refuse;
+      }
+    if (g->n_stop > 16) {
+      status = PD_GRPC_INVALID_ARGUMENT;
+      snprintf(err, sizeof err, "at most 16 stop strings");
+      goto refuse;
+    }
+    if (pd_detok_create(e->tok, (const char *const *)g->stop, g->n_stop, &s->dt)) {
+      status = PD_GRPC_RESOURCE_EXHAUSTED;
+      snprintf(err, sizeof err, "out of memory");
+      goto refuse;
+    }
+    s->stop_tokens = g->stop_tokens;
+    s->n_stop_tokens = g->n_stop_tokens;
+    for (uint32_t i = 0; i < s->n_prompt; i++) pd_sampler_accept(s->smp, s->tokens[i]);
+    s->cap_tokens = s->n_prompt + s->max_new;
+    int32_t *t = realloc(s->tokens, s->cap_tokens * sizeof *t);
+    if (!t) {
+      status = PD_GRPC_RESOURCE_EXHAUSTED;
+      snprintf(err, sizeof err, "out of memory");
+      goto refuse;
+    }
+    s->tokens = t;
+  }
+  s->n_tokens = s->n_prompt;
+  pd_tenant_counters *c = counters(e, s->tenant);
+  if (!c) {
+    status = PD_GRPC_RESOURCE_EXHAUSTED;
+    snprintf(err, sizeof err, "out of memory");
+    goto refuse;
+  }
+  if (rec && rec->limits.max_concurrent && c->active >= rec->limits.max_concurrent) {
+    status = PD_GRPC_RESOURCE_EXHAUSTED;
+    snprintf(err, sizeof err, "tenant %s already has %u requests in flight (its limit)", rec->name,
+             c->active);
+    goto refuse;
+  }
+  if (e->n_queued >= e->cfg.max_queue) {
+    status = PD_GRPC_RESOURCE_EXHAUSTED;
+    snprintf(err, sizeof err, "the queue is full (%d requests waiting)", e->n_queued);
+    goto refuse;
+  }
+  if (e->draining) {
+    status = PD_GRPC_UNAVAILABLE;
+    snprintf(err, sizeof err, "the server is shutting down");
+    goto refuse;
+  }
+  c->active++;
+  c->requests++;
+  e->requests++;
+  s->phase = PHASE_QUEUED;
+  if (e->queue_tail)
+    e->queue_tail->next = s;
+  else
+    e->queue_head = s;
+  e->queue_tail = s;
+  e->n_queued++;
+  atomic_store(&e->queue_depth, e->n_queued);
+  return;
+refuse:
+  job_done(e, job, status, err);
+  seq_free(s);
+}
+
+/* ---- the step -------------------------------------------------------------------------------- */
+
+static int is_stop_token(const pd_seq *s, int32_t tok) {
+  for (size_t i = 0; i < s->n_stop_tokens; i++)
+    if (s->stop_tokens[i] == tok) return 1;
+  return 0;
+}
+
+static void window_add(pd_engine *e, uint64_t n) {
+  int64_t sec = pd_grpc_now_ms() / 1000;
+  int i = (int)(sec % 60);
+  if (e->window.second[i] != sec) {
+    e->window.second[i] = sec;
+    e->window.tokens[i] = 0;
+  }
+  e->window.tokens[i] += n;
+}
+
+/* A token was sampled. Returns 0 to go on, or the finish reason. */
+static int seq_emit(pd_engine *e, pd_seq *s, int32_t tok) {
+  if (!s->first_token_ms) s->first_token_ms = pd_grpc_now_ms();
+  if (pd_tokenizer_is_eog(e->tok, tok) || is_stop_token(s, tok))
+    return PREFIXD__V1__FINISH_REASON__FINISH_REASON_STOP;
+  s->tokens[s->n_tokens++] = tok;
+  s->n_generated++;
+  e->generated_tokens++;
+  window_add(e, 1);
+  char text[512];
+  size_t n_text = 0;
+  int stopped = 0;
+  pd_detok_push(s->dt, tok, text, sizeof text, &n_text, &stopped);
+  job_stream(e, s->job, tok, text, n_text);
+  if (stopped) return PREFIXD__V1__FINISH_REASON__FINISH_REASON_STOP;
+  if (s->n_generated >= s->max_new) return PREFIXD__V1__FINISH_REASON__FINISH_REASON_LENGTH;
+  s->phase = PHASE_DECODE;
+  return 0;
+}
+
+static void running_remove(pd_engine *e, pd_seq *s) {
+  for (pd_seq **p = &e->running; *p; p = &(*p)->next)
+    if (*p == s) {
+      *p = s->next;
+      e->n_running--;
+      return;
+    }
+}
+
+/* Cancels sequences whose client left or whose deadline passed. */
+static void reap(pd_engine *e) {
+  int64_t now = pd_grpc_now_ms();
+  pd_seq *prev = NULL;
+  for (pd_seq *s = e->queue_head, *next; s; s = next) {
+    next = s->next;
+    pd_job *j = s->job;
+    int gone = atomic_load(&j->cancelled), late = j->deadline_ms && now >= j->deadline_ms;
+    if (gone || late || e->draining) {
+      queue_remove(e, prev, s);
+      seq_finish(e, s,
+                 gone   ? PD_GRPC_CANCELLED
+                 : late ? PD_GRPC_DEADLINE_EXCEEDED
+                        : PD_GRPC_UNAVAILABLE,
+                 gone   ? "cancelled by the client"
+                 : late ? "deadline exceeded while queued"
+                        : "the server is shutting down",
+                 PREFIXD__V1__FINISH_REASON__FINISH_REASON_CANCELLED);
+      continue;
+    }
+    prev = s;
+  }
+  for (pd_seq *s = e->running, *next; s; s = next) {
+    next = s->next;
+    pd_job *j = s->job;
+    int gone = atomic_load(&j->cancelled), late = j->deadline_ms && now >= j->deadline_ms;
+    if (gone || late) {
+      running_remove(e, s);
+      seq_finish(e, s, gone ? PD_GRPC_CANCELLED : PD_GRPC_DEADLINE_EXCEEDED,
+                 gone ? "cancelled by the client" : "deadline exceeded",
+                 PREFIXD__V1__FINISH_REASON__FINISH_REASON_CANCELLED);
+    }
+  }
+}
+
+/* One forward pass over every running sequence. */
+static void step(pd_engine *e) {
+  int n = 0, rows = 0, budget = e->cfg.max_batch_tokens;
+  pd_seq *order[1024];
+  /* decoding sequences: one row each */
+  for (pd_seq *s = e->running; s && n < 1024; s = s->next)
+    if (s->phase == PHASE_DECODE && rows < budget) {
+      s->rows = 1;
+      order[n++] = s;
+      rows++;
+    }
+  /* prefill chunks: the rest of the budget split equally between the tenants prefilling */
+  uint32_t tenants[64];
+  int n_tenants = 0;
+  for (pd_seq *s = e->running; s; s = s->next) {
+    if (s->phase != PHASE_PREFILL) continue;
+    int seen = 0;
+    for (int i = 0; i < n_tenants; i++) seen |= tenants[i] == s->tenant;
+    if (!seen && n_tenants < 64) tenants[n_tenants++] = s->tenant;
+  }
+  for (int ti = 0; ti < n_tenants && rows < budget; ti++) {
+    int share = (budget - rows) / (n_tenants - ti);
+    if (share < 1) share = 1;
+    for (pd_seq *s = e->running; s && share > 0 && n < 1024; s = s->next) {
+      if (s->phase != PHASE_PREFILL || s->tenant != tenants[ti]) continue;
+      int left = (int)(s->n_prompt - s->n_past);
+      int take = left < share ? left : share;
+      if (!s->prefill_start_ms) s->prefill_start_ms = pd_grpc_now_ms();
+      s->rows = take;
+      order[n++] = s;
+      rows += take;
+      share -= take;
+    }
+  }
+  if (n == 0) return;
+  /* blocks for the new rows */
+  int m = 0;
+  for (int i = 0; i < n; i++) {
+    pd_seq *s = order[i];
+    if (ensure_blocks(e, s, s->n_past + (uint32_t)s->rows)) {
+      running_remove(e, s);
+      seq_finish(e, s, PD_GRPC_RESOURCE_EXHAUSTED,
+                 "the KV cache is full (pinned or in-use prefixes hold it)",
+                 PREFIXD__V1__FINISH_REASON__FINISH_REASON_ERROR);
+      continue;
+    }
+    order[m++] = s;
+  }
+  n = m;
+  int n_logits = 0;
+  for (int i = 0; i < n; i++) {
+    pd_seq *s = order[i];
+    int want = !s->warm && s->n_past + (uint32_t)s->rows == s->n_prompt + s->n_generated;
+    e->batch[i] = (pd_llama_seq){s->tokens + s->n_past, s->rows,
+                                 (int32_t)s->n_past,    (const int32_t *)s->table,
+                                 (int32_t)s->n_table,   want};
+    n_logits += want;
+  }
+  if (n == 0) return;
+  int rc = pd_llama_forward(&e->llama, e->pool, e->batch, n, e->logits);
+  int64_t now = pd_grpc_now_ms();
+  int li = 0;
+  for (int i = 0; i < n; i++) {
+    pd_seq *s = order[i];
+    if (rc) {
+      running_remove(e, s);
+      seq_finish(e, s, PD_GRPC_INTERNAL, "the forward pass failed",
+                 PREFIXD__V1__FINISH_REASON__FINISH_REASON_ERROR);
+      continue;
+    }
+    s->n_past += (uint32_t)s->rows;
+    int had_logits = e->batch[i].want_logits;
+    const float *lg = had_logits ? e->logits + (size_t)li++ * (size_t)e->model->n_vocab : NULL;
+    if (s->phase == PHASE_PREFILL && s->n_past == s->n_prompt) {
+      s->prefill_ms = (double)(now - s->prefill_start_ms);
+      if (s->warm) {
+        running_remove(e, s);
+        seq_finish(e, s, PD_GRPC_OK, NULL, 0);
+        continue;
+      }
+      seq_publish(e, s, s->n_prompt / B(e) * B(e)); /* full prompt blocks enter the tree */
+    }
+    if (!lg) continue;
+    int reason = seq_emit(e, s, pd_sampler_sample(s->smp, lg));
+    if (reason) {
+      running_remove(e, s);
+      seq_finish(e, s, PD_GRPC_OK, NULL, reason);
+    }
+  }
+}
+
+/* ---- eviction on request --------------------------------------------------------------------- */
+
+/* Takes back the own pins of node's subtree (tenant < 0: any), so the blocks may go. */
+static void unpin_subtree(pd_engine *e, uint32_t node, int32_t tenant) {
+  const pd_node *nd = pd_radix_node(&e->tree, node);
+  for (uint32_t c = nd->first_child; c != PD_NODE_NIL; c = pd_radix_node(&e->tree, c)->next_sibling)
+    unpin_subtree(e, c, tenant);
+  while (pd_radix_node(&e->tree, node)->own_pins > 0 &&
+         (tenant < 0 || pd_radix_node(&e->tree, node)->tenant == tenant))
+    if (pd_radix_unpin(&e->tree, node)) break;
+}
+
+int pd_engine_evict(pd_engine *e, int32_t tenant, int tier, uint64_t counts[PD_TIERS]) {
+  for (uint32_t ns = 0; ns < e->tree.cap_ns_root; ns++)
+    if (e->tree.ns_root[ns] != PD_NODE_NIL) unpin_subtree(e, e->tree.ns_root[ns], tenant);
+  for (int t = 0; t < PD_TIERS; t++) {
+    if (tier >= 0 && tier != t) continue;
+    for (;;) {
+      pd_evicted ev[256];
+      uint32_t n = 0;
+      pd_radix_evict(&e->tree, t, tenant, 256, UINT64_MAX - 1, ev, &n);
+      if (n == 0) break;
+      drop_evicted(e, ev, n, counts);
+    }
+  }
+  return PD_OK;
+}
+
+/* Evicts the subtree below and including node, deepest first, skipping what is in use. */
+static void evict_subtree(pd_engine *e, uint32_t node, int tier, uint64_t counts[PD_TIERS]) {
+  const pd_node *nd = pd_radix_node(&e->tree, node);
+  for (uint32_t c = nd->first_child, next; c != PD_NODE_NIL; c = next) {
+    next = pd_radix_node(&e->tree, c)->next_sibling;
+    evict_subtree(e, c, tier, counts);
+  }
+  nd = pd_radix_node(&e->tree, node);
+  if (nd->tier >= PD_TIERS || (tier >= 0 && nd->tier != tier) || nd->refcount || nd->pin_count ||
+      nd->first_child != PD_NODE_NIL)
+    return;
+  pd_evicted gone[4];
+  uint32_t n_gone = 0;
+  int from = nd->tier;
+  if (pd_radix_drop(&e->tree, node, gone, 4, &n_gone) == PD_OK) counts[from] += n_gone;
+}
+
+int pd_engine_evict_prefix(pd_engine *e, uint32_t node, int tier, uint64_t counts[PD_TIERS]) {
+  unpin_subtree(e, node, -1);
+  evict_subtree(e, node, tier, counts);
+  return PD_OK;
+}
+
+/* ---- the thread ------------------------------------------------------------------------------ */
+
+static void run_call(pd_engine *e, pd_job *job) {
+  if (atomic_load(&job->cancelled)) {
+    job_done(e, job, PD_GRPC_CANCELLED, "cancelled by the client");
+    return;
+  }
+  job->status = PD_GRPC_OK;
+  job->message[0] = 0;
+  job->run(e, job);
+  job_done(e, job, job->status, job->message);
+}
+
+static void *engine_main(void *arg) {
+  pd_engine *e = arg;
+#ifdef _OPENMP
+  if (e->cfg.threads > 0) omp_set_num_threads(e->cfg.threads);
+#endif
+  for (;;) {
+    pthread_mutex_lock(&e->mu);
+    while (!e->stop && !e->inbox_head && !e->running && !e->queue_head)
+      pthread_cond_wait(&e->cv, &e->mu);
+    if (e->stop && !e->inbox_head && !e->running && !e->queue_head) {
+      pthread_mutex_unlock(&e->mu);
+      break;
+    }
+    pd_job *in = e->inbox_head;
+    e->inbox_head = e->inbox_tail = NULL;
+    pthread_mutex_unlock(&e->mu);
+    for (pd_job *j = in, *next; j; j = next) {
+      next = j->next;
+      j->next = NULL;
+      int status = authenticate(e, j);
+      if (status) {
+        job_done(e, j, status, j->message);
+        continue;
+      }
+      if (j->kind == PD_JOB_CALL)
+        run_call(e, j);
+      else
+        enqueue(e, j);
+    }
+    pd_radix_expire_pins(&e->tree, pd_engine_now_ms());
+    reap(e);
+    admit(e);
+    step(e);
+  }
+  return NULL;
+}
+
+void pd_engine_submit(pd_engine *e, pd_job *job) {
+  if (!job->arrival_ms) job->arrival_ms = pd_grpc_now_ms();
+  pthread_mutex_lock(&e->mu);
+  job->next = NULL;
+  if (e->inbox_tail)
+    e->inbox_tail->next = job;
+  else
+    e->inbox_head = job;
+  e->inbox_tail = job;
+  pthread_cond_signal(&e->cv);
+  pthread_mutex_unlock(&e->mu);
+}
+
+void pd_engine_drain(pd_engine *e) {
+  pthread_mutex_lock(&e->mu);
+  e->draining = 1;
+  pthread_cond_signal(&e->cv);
+  pthread_mutex_unlock(&e->mu);
+}
+
+static void on_async(uv_async_t *h) {
+  pd_engine *e = h->data;
+  e->on_output(NULL, e->output_user);
+}
+
+int pd_engine_create(const pd_engine_config *cfg, uv_loop_t *loop, pd_job_output_fn on_output,
+                     void *user, pd_engine **out, char *err, size_t errlen) {
+  pd_engine *e = calloc(1, sizeof *e);
+  if (!e) return PD_ENOMEM;
+  e->cfg = *cfg;
+  e->on_output = on_output;
+  e->output_user = user;
+  e->start_ms = pd_grpc_now_ms();
+  int rc = pd_model_load(cfg->model_path, &e->model, err, errlen);
+  if (rc) goto fail;
+  if ((rc = pd_tokenizer_from_gguf(e->model->gguf, &e->tok, err, errlen))) goto fail;
+  char terr[256];
+  e->have_chat = pd_chat_template_from_gguf(e->model->gguf, &e->chat, terr, sizeof terr) == 0;
+  pd_model_describe(e->model, e->model_desc, sizeof e->model_desc);
+  if (e->cfg.max_context <= 0 || e->cfg.max_context > e->model->n_ctx_train)
+    e->cfg.max_context = e->model->n_ctx_train;
+  if ((rc = pd_llama_init(&e->llama, e->model, (int)cfg->block_tokens, cfg->cache_dtype, cfg->mode,
+                          cfg->max_batch_tokens, cfg->max_running))) {
+    snprintf(err, errlen, "cannot size the forward pass: %s", pd_strerror(rc));
+    goto fail;
+  }
+  e->block_bytes = pd_kv_block_bytes(&e->llama.kv);
+  uint64_t n_blocks = cfg->kv_cache_bytes / e->block_bytes;
+  if (n_blocks < 4 || n_blocks > UINT32_MAX / 2) {
+    snprintf(err, errlen, "the KV cache of %llu bytes holds %llu blocks of %zu bytes: too few",
+             (unsigned long long)cfg->kv_cache_bytes, (unsigned long long)n_blocks, e->block_bytes);
+    rc = PD_EINVAL;
+    goto fail;
+  }
+  e->n_blocks = (uint32_t)n_blocks;
+  e->pool = calloc(n_blocks, e->block_bytes);
+  e->logits = malloc((size_t)cfg->max_running * (size_t)e->model->n_vocab * sizeof(float));
+  e->batch = calloc((size_t)cfg->max_running + cfg->max_batch_tokens, sizeof *e->batch);
+  if (!e->pool || !e->logits || !e->batch) {
+    snprintf(err, errlen, "out of memory for a KV cache of %llu blocks",
+             (unsigned long long)n_blocks);
+    rc = PD_ENOMEM;
+    goto fail;
+  }
+  pd_radix_config rcfg = {0};
+  rcfg.block_tokens = cfg->block_tokens;
+  memcpy(rcfg.fingerprint, e->model->fingerprint, 16);
+  rcfg.tier_capacity[0] = e->n_blocks;
+  if ((rc = pd_radix_init(&e->tree, &rcfg))) {
+    snprintf(err, errlen, "cannot create the prefix tree: %s", pd_strerror(rc));
+    goto fail;
+  }
+  if ((rc = pd_tenantdb_open(&e->db, cfg->tenants_path, err, errlen))) goto fail;
+  if (cfg->admin_key && cfg->admin_key[0]) {
+    e->has_admin = 1;
+    pd_sha256_digest(cfg->admin_key, strlen(cfg->admin_key), e->admin_sha256);
+  }
+  for (uint32_t i = 0; i < e->db.n_recs; i++)
+    if ((rc = pd_engine_add_tenant(e, &e->db.recs[i], err, errlen))) goto fail;
+  e->single_tenant = !e->has_admin && e->db.n_recs == 0;
+  if (e->single_tenant) {
+    static const uint8_t zero_salt[16];
+    pd_tenant_rec def = {.name = "default"};
+    memcpy(def.salt, zero_salt, 16);
+    if ((rc = pd_engine_add_tenant(e, &def, err, errlen))) goto fail;
+    e->default_tenant = (uint32_t)pd_engine_tenant_id(e, "default");
+  }
+  pthread_mutex_init(&e->mu, NULL);
+  pthread_cond_init(&e->cv, NULL);
+  uv_async_init(loop, &e->async, on_async);
+  e->async.data = e;
+  *out = e;
+  return PD_OK;
+fail:
+  pd_tenantdb_close(&e->db);
+  free(e->pool);
+  free(e->logits);
+  free(e->batch);
+  pd_llama_free(&e->llama);
+  pd_tokenizer_free(e->tok);
+  pd_model_free(e->model);
+  free(e);
+  return rc;
+}
+
+int pd_engine_start(pd_engine *e) {
+  return pthread_create(&e->thread, NULL, engine_main, e) ? PD_ESYS : PD_OK;
+}
+
+static void free_engine(uv_handle_t *h) {
+  free(h->data);
+}
+
+void pd_engine_destroy(pd_engine *e) {
+  pthread_mutex_lock(&e->mu);
+  e->stop = 1;
+  pthread_cond_signal(&e->cv);
+  pthread_mutex_unlock(&e->mu);
+  pthread_join(e->thread, NULL);
+  pd_radix_free(&e->tree);
+  pd_tenantdb_close(&e->db);
+  free(e->pool);
+  free(e->logits);
+  free(e->batch);
+  free(e->counters);
+  pd_llama_free(&e->llama);
+  pd_tokenizer_free(e->tok);
+  pd_model_free(e->model);
+  pthread_mutex_destroy(&e->mu);
+  pthread_cond_destroy(&e->cv);
+  uv_close((uv_handle_t *)&e->async, free_engine); /* e goes when the loop lets go of it */
+}

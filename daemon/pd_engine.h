@@ -1,0 +1,204 @@
+/*
+ * pd_engine.h -- the engine thread: it owns the model, the KV pool, the prefix tree and the
+ * tenant registry, and runs the continuous-batching scheduler.
+ *
+ * THREADS. The libuv loop thread submits jobs (pd_engine_submit) and receives their results
+ * through a uv_async handle; the engine thread does all the work. Nothing the engine owns is
+ * touched by the loop thread, and a job is touched by one thread at a time except for three
+ * fields: `cancelled` (atomic, set by the loop thread), and the stream output and `done` flag,
+ * which move engine -> loop under the engine's outbox mutex.
+ *
+ * JOBS. A job is a Generate or Warm request (it becomes a sequence in the scheduler) or a call
+ * (any other RPC: a function that runs on the engine thread between two forward steps and fills
+ * a response). Every job is authenticated first, on the engine thread, against the registry:
+ * an admin key, a tenant's key, or -- in single-tenant mode -- nothing.
+ *
+ * SCHEDULER. Each step: take new jobs; run calls; drop queued or running sequences whose client
+ * went away or whose deadline passed; admit queued sequences (round-robin over tenants, while
+ * the KV pool can hold what they may need); then one forward pass over a batch of every decoding
+ * sequence (one row each) and prefill chunks of the others, the token budget split equally
+ * between the tenants that are prefilling. A sequence joins and leaves between steps.
+ *
+ * CACHE USE. A sequence matches its prompt (all but the last token, whose logits it needs)
+ * against the tree; the matched full blocks go into its block table by reference, a partially
+ * matched block is copied (copy-on-write), and only the rest is prefilled. When its prompt is
+ * done, its full prompt blocks enter the tree, so a concurrent request with the same prefix
+ * shares them; at its end the rest (the generated tokens, and a partial last block) enters too,
+ * so the next chat turn reuses the answer. The pool is the device tier (tier 0: host memory on
+ * the CPU backend); when it is full, least recently used unreferenced blocks are dropped.
+ */
+#ifndef PD_ENGINE_H
+#define PD_ENGINE_H
+
+#include <protobuf-c/protobuf-c.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "kernels.h"
+#include "pd_chat.h"
+#include "pd_detok.h"
+#include "pd_grpc_server.h"
+#include "pd_llama.h"
+#include "pd_model.h"
+#include "pd_radix.h"
+#include "pd_sampler.h"
+#include "pd_tenantdb.h"
+#include "pd_tokenizer.h"
+
+typedef struct pd_engine_config {
+  const char *model_path;
+  uint32_t block_tokens;     /* B (default 16) */
+  uint64_t kv_cache_bytes;   /* the device tier's pool */
+  int max_batch_tokens;      /* rows per forward pass */
+  int max_running;           /* sequences in the batch at once */
+  int max_queue;             /* waiting sequences; beyond: RESOURCE_EXHAUSTED */
+  int max_context;           /* tokens per sequence (0 = the model's training context) */
+  enum pd_dtype cache_dtype; /* f16 */
+  enum pd_matmul_mode mode;
+  const char *tenants_path; /* the registry file; NULL = in memory */
+  const char *admin_key;    /* NULL = no admin */
+  int threads;              /* CPU threads for the forward pass; 0 = all */
+} pd_engine_config;
+
+enum pd_job_kind { PD_JOB_GENERATE, PD_JOB_WARM, PD_JOB_CALL };
+
+typedef struct pd_engine pd_engine;
+typedef struct pd_job pd_job;
+
+/* A call's body, run on the engine thread after authentication. It sets job->resp (a message
+ * built in the job's arena, pd_job_alloc) or job->status and job->message. */
+typedef void (*pd_call_fn)(pd_engine *e, pd_job *job);
+
+struct pd_job {
+  enum pd_job_kind kind;
+  pd_grpc_call *call;              /* loop thread only */
+  const ProtobufCMessage *req;     /* owned by the call; valid until the job is done */
+  pd_call_fn run;                  /* PD_JOB_CALL */
+  char authorization[128];         /* the bearer key presented, "" if none */
+  int64_t arrival_ms, deadline_ms; /* pd_grpc_now_ms() time; deadline 0 = none */
+  atomic_int cancelled;            /* client gone (loop thread sets it) */
+  /* identity, set by the engine's authentication */
+  int is_admin;
+  int32_t tenant; /* tree tenant id; -1 for the admin */
+  /* results (engine -> loop), under the outbox mutex */
+  ProtobufCMessage *resp;
+  void **arena; /* (n_arena) blocks of pd_job_alloc, freed with the job */
+  uint32_t n_arena, cap_arena;
+  int status;
+  char message[256];
+  int32_t *out_ids; /* streamed tokens not yet sent: (n_out_ids) */
+  uint32_t n_out_ids, cap_out_ids;
+  char *out_text; /* their text: (n_out_text) bytes */
+  size_t n_out_text, cap_out_text;
+  int done, in_outbox, first_sent;
+  ProtobufCMessage *final;       /* Generate: the last stream message (usage, timings) */
+  pd_job *next;                  /* inbox / outbox link */
+  pd_job *live_prev, *live_next; /* the service's list of live jobs (loop thread) */
+};
+
+/* Zeroed memory that lives as long as the job (one thread at a time). NULL when out of memory. */
+void *pd_job_alloc(pd_job *job, size_t n);
+char *pd_job_strdup(pd_job *job, const char *s);
+/* Frees the job, its arena and pending output (the call is not touched). */
+void pd_job_free(pd_job *job);
+
+/* Loop-thread callback for jobs with output: replies and, once done, finishes the call. */
+typedef void (*pd_job_output_fn)(pd_job *job, void *user);
+
+typedef struct pd_engine_stats_window {
+  uint64_t tokens[60]; /* generated tokens per second, ring */
+  int64_t second[60];
+} pd_engine_stats_window;
+
+typedef struct pd_tenant_counters {
+  uint64_t requests, hit_tokens, query_tokens;
+  uint32_t active; /* queued + running sequences */
+} pd_tenant_counters;
+
+struct pd_seq;
+
+struct pd_engine {
+  pd_engine_config cfg;
+  /* owned by the engine thread after start */
+  pd_model *model;
+  pd_tokenizer *tok;
+  pd_chat_template chat;
+  int have_chat;
+  pd_llama llama;
+  void *pool; /* (n_blocks, block_bytes) the device tier */
+  uint32_t n_blocks;
+  size_t block_bytes;
+  pd_radix tree;
+  pd_tenantdb db;
+  int single_tenant;
+  uint32_t default_tenant;
+  uint8_t admin_sha256[32];
+  int has_admin;
+  pd_tenant_counters *counters; /* (cap_counters) by tree tenant id */
+  uint32_t cap_counters;
+  struct pd_seq *queue_head, *queue_tail; /* admitted to the engine, waiting for the batch */
+  int n_queued;
+  struct pd_seq *running; /* in the batch */
+  int n_running;
+  uint64_t reserved_blocks; /* sum of the running sequences' reservations */
+  uint32_t rr_tenant;       /* round-robin cursor for admission */
+  float *logits;            /* (max_running, n_vocab) */
+  pd_llama_seq *batch;      /* (max_running) */
+  uint64_t requests, generated_tokens;
+  pd_engine_stats_window window;
+  int64_t start_ms;
+  char model_desc[512];
+  /* shared between threads */
+  pthread_t thread;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  pd_job *inbox_head, *inbox_tail;
+  pd_job *outbox_head, *outbox_tail;
+  atomic_int queue_depth; /* for Stats and admission from the loop thread */
+  int stop, draining;
+  uv_async_t async;
+  pd_job_output_fn on_output;
+  void *output_user;
+};
+
+/* Loads the model, sizes the pool and opens the registry. err gets one line. The engine is
+ * owned by the caller (pd_engine_destroy). */
+int pd_engine_create(const pd_engine_config *cfg, uv_loop_t *loop, pd_job_output_fn on_output,
+                     void *user, pd_engine **out, char *err, size_t errlen);
+int pd_engine_start(pd_engine *e);
+/* Hands a job to the engine (loop thread). The engine owns it until it reports it done. */
+void pd_engine_submit(pd_engine *e, pd_job *job);
+/* Draining: queued and new sequences are refused (UNAVAILABLE); running ones go on. */
+void pd_engine_drain(pd_engine *e);
+/* Stops the thread (after every job reported done) and frees everything; the struct itself goes
+ * once the loop has closed the async handle (run the loop after this). */
+void pd_engine_destroy(pd_engine *e);
+
+/* Loop thread: takes the jobs with new output. The list is the caller's; walk it by ->next. */
+pd_job *pd_engine_take_output(pd_engine *e);
+/* Loop thread: moves a job's pending stream output out (under the mutex). */
+void pd_engine_take_stream(pd_engine *e, pd_job *job, int32_t **ids, uint32_t *n_ids, char **text,
+                           size_t *n_text, int *done);
+
+/* Engine thread, for call functions: the tree tenant id of a tenant name, or -1. */
+int32_t pd_engine_tenant_id(const pd_engine *e, const char *name);
+/* Engine thread: the namespace a request uses: "" = the tenant's private one. PD_EPERM for one
+ * it was not granted, PD_ENOTFOUND for an unknown one. */
+int pd_engine_resolve_ns(const pd_engine *e, int32_t tenant, const char *name, uint32_t *ns);
+/* Engine thread: the prompt's tokens (text, ids or chat). *ids is malloc'd (caller frees). err
+ * gets the reason of a PD_EINVAL / PD_EUNSUPPORTED / PD_ERANGE. */
+int pd_engine_prompt_tokens(const pd_engine *e, const ProtobufCMessage *prompt, int for_generate,
+                            int32_t **ids, uint32_t *n, char *err, size_t errlen);
+/* Engine thread: drops every cached block of tenant (or of everyone for -1) from tier (or every
+ * tier for -1). Blocks held by running sequences stay. Counts what went per tier. */
+int pd_engine_evict(pd_engine *e, int32_t tenant, int tier, uint64_t counts[PD_TIERS]);
+/* Engine thread: drops the subtree of node (a prefix): what a running sequence holds stays. */
+int pd_engine_evict_prefix(pd_engine *e, uint32_t node, int tier, uint64_t counts[PD_TIERS]);
+/* Engine thread: registers a tenant of the registry in the tree. */
+int pd_engine_add_tenant(pd_engine *e, const pd_tenant_rec *r, char *err, size_t errlen);
+/* Engine thread: monotonic ms, the tree's clock. */
+uint64_t pd_engine_now_ms(void);
+
+#endif /* PD_ENGINE_H */

@@ -1,0 +1,37 @@
+/*
+ * pd_service.h -- the RPCs of prefixd.v1.Prefixd and prefixd.v1.Admin, between the gRPC server
+ * (loop thread) and the engine (engine thread).
+ *
+ * On the loop thread a handler turns the call into a pd_job: it checks the authorization
+ * header's form, takes the deadline, registers the cancel callback and submits the job. Health
+ * is answered on the loop thread at once (no key needed, as the gRPC health protocol expects).
+ * Every other RPC's body runs on the engine thread (the functions below the line in
+ * pd_service.c), which owns the tree and the registry; the job comes back through the engine's
+ * outbox, and pd_service_output replies and finishes the call.
+ *
+ * Errors map to gRPC statuses: a malformed argument INVALID_ARGUMENT, an unknown prefix or
+ * tenant NOT_FOUND, a missing or wrong key UNAUTHENTICATED, another tenant's prefix or an admin
+ * RPC without the admin key PERMISSION_DENIED, a full queue or a quota RESOURCE_EXHAUSTED.
+ */
+#ifndef PD_SERVICE_H
+#define PD_SERVICE_H
+
+#include "pd_engine.h"
+#include "pd_grpc_server.h"
+
+typedef struct pd_service {
+  pd_engine *engine;
+  pd_grpc_server *server;
+  int draining;
+  size_t live_jobs; /* submitted and not yet finished */
+  pd_job *live;     /* every submitted job not yet finished (linked through live_next) */
+} pd_service;
+
+/* Routes every method of both services to svc. */
+int pd_service_register(pd_service *svc, pd_grpc_server *server, pd_engine *engine);
+/* The engine's output callback (loop thread): replies and finishes calls. */
+void pd_service_output(pd_job *unused, void *svc);
+/* Marks every live job cancelled (the drain deadline passed). */
+void pd_service_cancel_all(pd_service *svc);
+
+#endif /* PD_SERVICE_H */

@@ -1,0 +1,420 @@
+/*
+ * prefixd -- the daemon: parses flags and environment, loads the model into the engine, serves
+ * gRPC on TCP and/or a Unix socket, and drains on SIGTERM/SIGINT. See `prefixd --help`.
+ *
+ * Modes: with an admin key (flag, file or environment) tenants authenticate with API keys and
+ * are managed through the Admin service; the registry lives in <data-dir>/tenants. With no
+ * admin key and no tenants, the daemon serves one tenant ("default") without keys, and only on
+ * loopback.
+ *
+ * Shutdown: the first SIGTERM/SIGINT stops accepting (GOAWAY to clients), refuses queued work,
+ * lets running requests finish for up to --drain-timeout seconds, cancels what is left, and
+ * exits 0. A second signal cancels at once.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "pd_engine.h"
+#include "pd_err.h"
+#include "pd_log.h"
+#include "pd_service.h"
+
+#define VERSION "0.1.0"
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: prefixd [options]\n"
+          "Serves LLM generation over gRPC (prefixd.v1.Prefixd, prefixd.v1.Admin) and reuses\n"
+          "cached prompt prefixes. Every option also reads an environment variable (shown);\n"
+          "the flag wins.\n"
+          "  -m, --model PATH          GGUF model (PREFIXD_MODEL; default\n"
+          "                            ~/.cache/prefixd/SmolLM2-135M-Instruct.Q4_1.gguf)\n"
+          "  -l, --listen HOST:PORT    TCP address (PREFIXD_LISTEN; default 127.0.0.1:7878;\n"
+          "                            'none' for no TCP)\n"
+          "      --unix PATH           also listen on a Unix socket (PREFIXD_UNIX)\n"
+          "  -d, --data-dir DIR        tenant registry and state (PREFIXD_DATA_DIR; default\n"
+          "                            ~/.local/share/prefixd)\n"
+          "      --admin-key-file F    file holding the admin key (PREFIXD_ADMIN_KEY_FILE)\n"
+          "                            (or the key itself in PREFIXD_ADMIN_KEY)\n"
+          "      --kv-cache-mb N       KV cache of the device tier in MiB (PREFIXD_KV_CACHE_MB;\n"
+          "                            default 1024)\n"
+          "      --block-tokens N      tokens per KV block, a power of two (default 16)\n"
+          "      --max-batch-tokens N  rows per forward pass (PREFIXD_MAX_BATCH_TOKENS; 256)\n"
+          "      --max-running N       sequences batched at once (PREFIXD_MAX_RUNNING; 64)\n"
+          "      --max-queue N         waiting requests before RESOURCE_EXHAUSTED (1024)\n"
+          "      --max-context N       tokens per sequence (default: the model's)\n"
+          "      --cache-dtype T       f16, bf16 or f32 (default f16)\n"
+          "      --matmul M            fast or exact (default fast)\n"
+          "  -t, --threads N           CPU threads (PREFIXD_THREADS; default: all)\n"
+          "      --drain-timeout S     seconds running requests get at shutdown (default 30)\n"
+          "      --log-level L         debug, info, warn, error (PREFIXD_LOG_LEVEL; info)\n"
+          "      --log-file F          log to F instead of stderr; SIGHUP reopens it\n"
+          "  -h, --help                this text\n"
+          "      --version\n");
+}
+
+typedef struct daemon_state {
+  uv_loop_t *loop;
+  pd_grpc_server *server;
+  pd_engine *engine;
+  pd_service svc;
+  uv_signal_t sigterm, sigint, sighup;
+  uv_timer_t drain_timer;
+  int64_t drain_started, drain_timeout_ms;
+  int cancelled, shutting_down;
+} daemon_state;
+
+static void shutdown_now(daemon_state *d) {
+  if (d->shutting_down) return;
+  d->shutting_down = 1;
+  pd_grpc_server_close(d->server);
+  uv_close((uv_handle_t *)&d->sigterm, NULL);
+  uv_close((uv_handle_t *)&d->sigint, NULL);
+  uv_close((uv_handle_t *)&d->sighup, NULL);
+  uv_close((uv_handle_t *)&d->drain_timer, NULL);
+  pd_engine_destroy(d->engine);
+  pd_log(PD_LOG_INFO, "stopped", NULL);
+}
+
+static void on_drain_tick(uv_timer_t *t) {
+  daemon_state *d = t->data;
+  if (d->svc.live_jobs == 0) {
+    shutdown_now(d);
+    return;
+  }
+  if (!d->cancelled && pd_grpc_now_ms() - d->drain_started > d->drain_timeout_ms) {
+    pd_log(PD_LOG_WARN, "drain timeout: cancelling requests", "left=%zu", d->svc.live_jobs);
+    d->cancelled = 1;
+    pd_service_cancel_all(&d->svc);
+  }
+}
+
+static void on_signal(uv_signal_t *sig, int signum) {
+  daemon_state *d = sig->data;
+  if (signum == SIGHUP) {
+    pd_log_reopen();
+    pd_log(PD_LOG_INFO, "log reopened", NULL);
+    return;
+  }
+  if (d->svc.draining) { /* a second signal: cancel everything now */
+    d->cancelled = 1;
+    pd_service_cancel_all(&d->svc);
+    return;
+  }
+  pd_log(PD_LOG_INFO, "draining", "signal=%d in_flight=%zu", signum, d->svc.live_jobs);
+  d->svc.draining = 1;
+  pd_engine_drain(d->engine);
+  pd_grpc_server_stop_listening(d->server);
+  d->drain_started = pd_grpc_now_ms();
+  uv_timer_start(&d->drain_timer, on_drain_tick, 0, 20);
+}
+
+static const char *env_or(const char *name, const char *dflt) {
+  const char *v = getenv(name);
+  return v && v[0] ? v : dflt;
+}
+
+static int parse_int(const char *s, long lo, long hi, long *out) {
+  char *end;
+  errno = 0;
+  long v = strtol(s, &end, 10);
+  if (errno || *end || end == s || v < lo || v > hi) return -1;
+  *out = v;
+  return 0;
+}
+
+/* Reads the admin key from a file: the first line, trimmed. */
+static int read_key_file(const char *path, char *key, size_t cap) {
+  FILE *f = fopen(path, "r");
+  if (!f) return -1;
+  int ok = fgets(key, (int)cap, f) != NULL;
+  fclose(f);
+  if (!ok) return -1;
+  size_t n = strlen(key);
+  while (n > 0 && (key[n - 1] == '\n' || key[n - 1] == '\r' || key[n - 1] == ' ')) key[--n] = 0;
+  return n > 0 ? 0 : -1;
+}
+
+static int is_loopback(const char *host) {
+  return !strcmp(host, "127.0.0.1") || !strcmp(host, "::1") || !strncmp(host, "127.", 4) ||
+         !strcmp(host, "localhost");
+}
+
+static int mkdir_p(const char *path) {
+  char buf[4096];
+  snprintf(buf, sizeof buf, "%s", path);
+  for (char *p = buf + 1; *p; p++)
+    if (*p == '/') {
+      *p = 0;
+      if (mkdir(buf, 0700) && errno != EEXIST) return -1;
+      *p = '/';
+    }
+  return mkdir(buf, 0700) && errno != EEXIST ? -1 : 0;
+}
+
+int main(int argc, char **argv) {
+  const char *home = getenv("HOME") ? getenv("HOME") : ".";
+  char default_model[4096], default_data[4096];
+  snprintf(default_model, sizeof default_model, "%s/.cache/prefixd/SmolLM2-135M-Instruct.Q4_1.gguf",
+           home);
+  snprintf(default_data, sizeof default_data, "%s/.local/share/prefixd", home);
+  const char *model = env_or("PREFIXD_MODEL", default_model);
+  const char *listen = env_or("PREFIXD_LISTEN", "127.0.0.1:7878");
+  const char *unix_path = env_or("PREFIXD_UNIX", NULL);
+  const char *data_dir = env_or("PREFIXD_DATA_DIR", default_data);
+  const char *admin_key_file = env_or("PREFIXD_ADMIN_KEY_FILE", NULL);
+  const char *log_level = env_or("PREFIXD_LOG_LEVEL", "info");
+  const char *log_file = env_or("PREFIXD_LOG_FILE", NULL);
+  long kv_mb = 1024, block = 16, batch = 256, running = 64, queue = 1024, ctx = 0, threads = 0,
+       drain = 30;
+  const char *cache_dtype = "f16", *matmul = "fast";
+  struct {
+    const char *env;
+    long *v;
+    long lo, hi;
+  } env_ints[] = {{"PREFIXD_KV_CACHE_MB", &kv_mb, 1, 1 << 22},
+                  {"PREFIXD_MAX_BATCH_TOKENS", &batch, 1, 65536},
+                  {"PREFIXD_MAX_RUNNING", &running, 1, 1024},
+                  {"PREFIXD_THREADS", &threads, 0, 1024}};
+  for (size_t i = 0; i < sizeof env_ints / sizeof *env_ints; i++) {
+    const char *v = getenv(env_ints[i].env);
+    if (v && v[0] && parse_int(v, env_ints[i].lo, env_ints[i].hi, env_ints[i].v)) {
+      fprintf(stderr, "prefixd: %s=%s is not a number in [%ld, %ld]\n", env_ints[i].env, v,
+              env_ints[i].lo, env_ints[i].hi);
+      return 2;
+    }
+  }
+  enum {
+    O_UNIX = 256,
+    O_ADMIN_KEY_FILE,
+    O_KV,
+    O_BLOCK,
+    O_BATCH,
+    O_RUNNING,
+    O_QUEUE,
+    O_CTX,
+    O_DTYPE,
+    O_MATMUL,
+    O_DRAIN,
+    O_LEVEL,
+    O_LOGFILE,
+    O_VERSION
+  };
+  static const struct option opts[] = {{"model", required_argument, 0, 'm'},
+                                       {"listen", required_argument, 0, 'l'},
+                                       {"unix", required_argument, 0, O_UNIX},
+                                       {"data-dir", required_argument, 0, 'd'},
+                                       {"admin-key-file", required_argument, 0, O_ADMIN_KEY_FILE},
+                                       {"kv-cache-mb", required_argument, 0, O_KV},
+                                       {"block-tokens", required_argument, 0, O_BLOCK},
+                                       {"max-batch-tokens", required_argument, 0, O_BATCH},
+                                       {"max-running", required_argument, 0, O_RUNNING},
+                                       {"max-queue", required_argument, 0, O_QUEUE},
+                                       {"max-context", required_argument, 0, O_CTX},
+                                       {"cache-dtype", required_argument, 0, O_DTYPE},
+                                       {"matmul", required_argument, 0, O_MATMUL},
+                                       {"threads", required_argument, 0, 't'},
+                                       {"drain-timeout", required_argument, 0, O_DRAIN},
+                                       {"log-level", required_argument, 0, O_LEVEL},
+                                       {"log-file", required_argument, 0, O_LOGFILE},
+                                       {"help", no_argument, 0, 'h'},
+                                       {"version", no_argument, 0, O_VERSION},
+                                       {0, 0, 0, 0}};
+  int c;
+  while ((c = getopt_long(argc, argv, "m:l:d:t:h", opts, NULL)) != -1) {
+    long *target = NULL, lo = 0, hi = 0;
+    switch (c) {
+    case 'm': model = optarg; break;
+    case 'l': listen = optarg; break;
+    case O_UNIX: unix_path = optarg; break;
+    case 'd': data_dir = optarg; break;
+    case O_ADMIN_KEY_FILE: admin_key_file = optarg; break;
+    case O_KV: target = &kv_mb, lo = 1, hi = 1 << 22; break;
+    case O_BLOCK: target = &block, lo = 1, hi = 256; break;
+    case O_BATCH: target = &batch, lo = 1, hi = 65536; break;
+    case O_RUNNING: target = &running, lo = 1, hi = 1024; break;
+    case O_QUEUE: target = &queue, lo = 1, hi = 1 << 20; break;
+    case O_CTX: target = &ctx, lo = 0, hi = 1 << 24; break;
+    case 't': target = &threads, lo = 0, hi = 1024; break;
+    case O_DRAIN: target = &drain, lo = 0, hi = 86400; break;
+    case O_DTYPE: cache_dtype = optarg; break;
+    case O_MATMUL: matmul = optarg; break;
+    case O_LEVEL: log_level = optarg; break;
+    case O_LOGFILE: log_file = optarg; break;
+    case 'h': usage(stdout); return 0;
+    case O_VERSION: printf("prefixd %s\n", VERSION); return 0;
+    default: usage(stderr); return 2;
+    }
+    if (target && parse_int(optarg, lo, hi, target)) {
+      fprintf(stderr, "prefixd: --%s %s: expected a number in [%ld, %ld]\n",
+              opts[0].name ? "option" : "", optarg, lo, hi);
+      return 2;
+    }
+  }
+  if (optind < argc) {
+    fprintf(stderr, "prefixd: unexpected argument '%s' (see --help)\n", argv[optind]);
+    return 2;
+  }
+  if (block & (block - 1)) {
+    fprintf(stderr, "prefixd: --block-tokens must be a power of two\n");
+    return 2;
+  }
+  enum pd_dtype dtype;
+  if (!strcmp(cache_dtype, "f16"))
+    dtype = PD_DTYPE_F16;
+  else if (!strcmp(cache_dtype, "bf16"))
+    dtype = PD_DTYPE_BF16;
+  else if (!strcmp(cache_dtype, "f32"))
+    dtype = PD_DTYPE_F32;
+  else {
+    fprintf(stderr, "prefixd: --cache-dtype must be f16, bf16 or f32\n");
+    return 2;
+  }
+  if (strcmp(matmul, "fast") && strcmp(matmul, "exact")) {
+    fprintf(stderr, "prefixd: --matmul must be fast or exact\n");
+    return 2;
+  }
+  enum pd_log_level level;
+  if (pd_log_parse_level(log_level, &level)) {
+    fprintf(stderr, "prefixd: --log-level must be debug, info, warn or error\n");
+    return 2;
+  }
+  pd_log_set_level(level);
+  if (log_file && pd_log_open(log_file)) {
+    fprintf(stderr, "prefixd: cannot open the log file %s\n", log_file);
+    return 1;
+  }
+  /* the admin key: file, then environment */
+  char admin_key[256] = "";
+  if (admin_key_file && read_key_file(admin_key_file, admin_key, sizeof admin_key)) {
+    fprintf(stderr, "prefixd: cannot read an admin key from %s\n", admin_key_file);
+    return 2;
+  }
+  if (!admin_key[0] && getenv("PREFIXD_ADMIN_KEY"))
+    snprintf(admin_key, sizeof admin_key, "%s", getenv("PREFIXD_ADMIN_KEY"));
+  if (admin_key[0] && strlen(admin_key) < 16) {
+    fprintf(stderr, "prefixd: the admin key must be at least 16 characters\n");
+    return 2;
+  }
+  /* the TCP address */
+  char host[256] = "";
+  long port = 0;
+  int want_tcp = strcmp(listen, "none") != 0;
+  if (want_tcp) {
+    const char *colon = strrchr(listen, ':');
+    if (!colon || colon == listen || parse_int(colon + 1, 0, 65535, &port) ||
+        (size_t)(colon - listen) >= sizeof host) {
+      fprintf(stderr, "prefixd: --listen %s: expected HOST:PORT\n", listen);
+      return 2;
+    }
+    memcpy(host, listen, (size_t)(colon - listen));
+    if (host[0] == '[') { /* [::1]:port */
+      memmove(host, host + 1, strlen(host));
+      host[strlen(host) - 1] = 0;
+    }
+  }
+  if (!want_tcp && !unix_path) {
+    fprintf(stderr, "prefixd: nothing to listen on (--listen none and no --unix)\n");
+    return 2;
+  }
+  if (mkdir_p(data_dir)) {
+    fprintf(stderr, "prefixd: cannot create the data directory %s: %s\n", data_dir,
+            strerror(errno));
+    return 1;
+  }
+  char tenants_path[4200];
+  snprintf(tenants_path, sizeof tenants_path, "%s/tenants", data_dir);
+
+  daemon_state d = {0};
+  d.loop = uv_default_loop();
+  d.drain_timeout_ms = drain * 1000;
+  pd_engine_config cfg = {.model_path = model,
+                          .block_tokens = (uint32_t)block,
+                          .kv_cache_bytes = (uint64_t)kv_mb << 20,
+                          .max_batch_tokens = (int)batch,
+                          .max_running = (int)running,
+                          .max_queue = (int)queue,
+                          .max_context = (int)ctx,
+                          .cache_dtype = dtype,
+                          .mode = strcmp(matmul, "exact") ? PD_MATMUL_FAST : PD_MATMUL_EXACT,
+                          .tenants_path = tenants_path,
+                          .admin_key = admin_key[0] ? admin_key : NULL,
+                          .threads = (int)threads};
+  char err[512];
+  int64_t t0 = pd_grpc_now_ms();
+  if (access(model, R_OK)) {
+    fprintf(stderr,
+            "prefixd: cannot read the model %s (run scripts/setup to fetch the default, "
+            "or pass --model)\n",
+            model);
+    return 1;
+  }
+  int rc = pd_engine_create(&cfg, d.loop, pd_service_output, &d.svc, &d.engine, err, sizeof err);
+  if (rc) {
+    fprintf(stderr, "prefixd: %s\n", err);
+    return 1;
+  }
+  if (d.engine->single_tenant && want_tcp && !is_loopback(host)) {
+    fprintf(stderr,
+            "prefixd: refusing to serve %s without API keys: set an admin key "
+            "(--admin-key-file) or listen on loopback\n",
+            host);
+    return 2;
+  }
+  if ((rc = pd_grpc_server_create(d.loop, &d.server)) ||
+      (rc = pd_service_register(&d.svc, d.server, d.engine))) {
+    fprintf(stderr, "prefixd: cannot set up the server: %s\n", pd_strerror(rc));
+    return 1;
+  }
+  d.engine->output_user = &d.svc;
+  int bound = 0;
+  if (want_tcp && (rc = pd_grpc_server_listen_tcp(d.server, host, (int)port, &bound))) {
+    fprintf(stderr, "prefixd: cannot listen on %s: %s\n", listen,
+            rc == PD_EEXIST ? "address in use" : pd_strerror(rc));
+    return 1;
+  }
+  if (unix_path && (rc = pd_grpc_server_listen_unix(d.server, unix_path))) {
+    fprintf(stderr, "prefixd: cannot listen on unix:%s: %s\n", unix_path, pd_strerror(rc));
+    return 1;
+  }
+  if ((rc = pd_engine_start(d.engine))) {
+    fprintf(stderr, "prefixd: cannot start the engine thread\n");
+    return 1;
+  }
+  uv_signal_init(d.loop, &d.sigterm);
+  uv_signal_init(d.loop, &d.sigint);
+  uv_signal_init(d.loop, &d.sighup);
+  uv_timer_init(d.loop, &d.drain_timer);
+  d.sigterm.data = d.sigint.data = d.sighup.data = d.drain_timer.data = &d;
+  uv_signal_start(&d.sigterm, on_signal, SIGTERM);
+  uv_signal_start(&d.sigint, on_signal, SIGINT);
+  uv_signal_start(&d.sighup, on_signal, SIGHUP);
+  signal(SIGPIPE, SIG_IGN);
+
+  int n_threads = 1;
+#ifdef _OPENMP
+  n_threads = threads > 0 ? (int)threads : omp_get_max_threads();
+#endif
+  const pd_engine *e = d.engine;
+  pd_log(PD_LOG_INFO, "prefixd ready",
+         "version=%s model=\"%s\" backend=cpu threads=%d device_tier_blocks=%u "
+         "device_tier_mib=%.0f block_tokens=%ld kv_bytes_per_token=%zu host_tier=off disk_tier=off "
+         "addr=%s%s%d unix=%s mode=%s tenants=%u load_ms=%lld port=%d",
+         VERSION, e->model_desc, n_threads, e->n_blocks,
+         (double)e->n_blocks * (double)e->block_bytes / 1048576.0, block,
+         e->block_bytes / (size_t)block, want_tcp ? host : "none", want_tcp ? ":" : "",
+         want_tcp ? bound : 0, unix_path ? unix_path : "none",
+         e->single_tenant ? "single-tenant (no API keys, loopback only)" : "multi-tenant",
+         e->db.n_recs, (long long)(pd_grpc_now_ms() - t0), bound);
+  uv_run(d.loop, UV_RUN_DEFAULT);
+  uv_loop_close(d.loop);
+  return 0;
+}
