@@ -48,7 +48,9 @@ typedef struct pd_seq {
   int phase;
   int64_t admit_ms, prefill_start_ms, first_token_ms, end_ms;
   double prefill_ms;
-  int rows; /* rows in the current batch */
+  int rows;     /* rows in the current batch */
+  int deferred; /* passed over by this step's admission */
+  int ignore_eos;
   struct pd_seq *next;
 } pd_seq;
 
@@ -120,7 +122,10 @@ pd_job *pd_engine_take_output(pd_engine *e) {
   pthread_mutex_lock(&e->mu);
   pd_job *list = e->outbox_head;
   e->outbox_head = e->outbox_tail = NULL;
-  for (pd_job *j = list; j; j = j->next) j->in_outbox = 0;
+  for (pd_job *j = list; j; j = j->next) {
+    j->in_outbox = 0;
+    j->taken_next = j->next; /* ->next may be reused by the engine as soon as we unlock */
+  }
   pthread_mutex_unlock(&e->mu);
   return list;
 }
@@ -138,6 +143,19 @@ void pd_engine_take_stream(pd_engine *e, pd_job *job, int32_t **ids, uint32_t *n
   job->n_out_ids = job->cap_out_ids = 0;
   job->n_out_text = job->cap_out_text = 0;
   *done = job->done;
+  if (job->done && job->in_outbox) { /* queued again since it was taken: the caller frees it */
+    pd_job *prev = NULL;
+    for (pd_job *j = e->outbox_head; j; prev = j, j = j->next)
+      if (j == job) {
+        if (prev)
+          prev->next = j->next;
+        else
+          e->outbox_head = j->next;
+        if (e->outbox_tail == j) e->outbox_tail = prev;
+        break;
+      }
+    job->in_outbox = 0;
+  }
   pthread_mutex_unlock(&e->mu);
 }
 
@@ -559,15 +577,39 @@ static int seq_admit(pd_engine *e, pd_seq *s) {
 }
 
 /* Admits queued sequences while there is room, one tenant at a time in turn. */
+/* 1 if s should wait: a running sequence is prefilling the same prompt beginning (at least a
+ * block more than the tree holds now), and s will match it from the tree once that prefill is
+ * published, instead of computing it a second time. */
+static int waits_for_leader(pd_engine *e, const pd_seq *s) {
+  if (s->no_cache) return 0;
+  uint32_t cached = 0;
+  for (const pd_seq *r = e->running; r; r = r->next) {
+    if (r->phase != PHASE_PREFILL || r->no_cache || r->ns != s->ns) continue;
+    uint32_t n = r->n_prompt < s->n_prompt ? r->n_prompt : s->n_prompt, lcp = 0;
+    while (lcp < n && r->tokens[lcp] == s->tokens[lcp]) lcp++;
+    if (lcp < B(e)) continue;
+    if (!cached) pd_radix_peek(&e->tree, s->tenant, s->ns, s->tokens, s->n_prompt, &cached, NULL);
+    if (lcp >= cached + B(e)) return 1;
+  }
+  return 0;
+}
+
 static void admit(pd_engine *e) {
+  for (pd_seq *s = e->queue_head; s; s = s->next) s->deferred = 0;
   while (e->queue_head && e->n_running < e->cfg.max_running) {
-    /* the first queued sequence of the next tenant after rr_tenant, else the oldest */
+    /* the first queued sequence of the next tenant after rr_tenant, else the oldest; one that
+     * waits for a leader's prefill is passed over this step */
     pd_seq *pick = NULL, *pick_prev = NULL, *prev = NULL;
     uint32_t best = UINT32_MAX;
     for (pd_seq *s = e->queue_head; s; prev = s, s = s->next) {
       uint32_t dist =
           s->tenant > e->rr_tenant ? s->tenant - e->rr_tenant : s->tenant + 65536 - e->rr_tenant;
-      if (dist < best) best = dist, pick = s, pick_prev = prev;
+      if (!s->deferred && dist < best) best = dist, pick = s, pick_prev = prev;
+    }
+    if (!pick) return;
+    if (waits_for_leader(e, pick)) {
+      pick->deferred = 1;
+      continue;
     }
     int rc = seq_admit(e, pick);
     if (rc == PD_EFULL) {
@@ -588,6 +630,10 @@ static void admit(pd_engine *e) {
       snprintf(msg, sizeof msg, "cannot start the request: %s", pd_strerror(rc));
       seq_finish(e, pick, rc == PD_EPERM ? PD_GRPC_PERMISSION_DENIED : PD_GRPC_INTERNAL, msg,
                  PREFIXD__V1__FINISH_REASON__FINISH_REASON_ERROR);
+      continue;
+    }
+    if (pick->warm && pick->n_past == pick->n_prompt) { /* all cached: nothing to compute */
+      seq_finish(e, pick, PD_GRPC_OK, NULL, 0);
       continue;
     }
     pick->next = e->running;
@@ -674,6 +720,7 @@ static void enqueue(pd_engine *e, pd_job *job) {
       sp.repeat_penalty = g->sampling->repeat_penalty > 0 ? g->sampling->repeat_penalty : 1;
       sp.repeat_last_n = g->sampling->repeat_last_n > 0 ? g->sampling->repeat_last_n : 64;
       sp.seed = g->sampling->seed;
+      s->ignore_eos = g->sampling->ignore_eos;
     }
     if (pd_sampler_create(&sp, e->model->n_vocab, &s->smp)) {
       status = PD_GRPC_INVALID_ARGUMENT;
@@ -771,7 +818,7 @@ static void window_add(pd_engine *e, uint64_t n) {
 /* A token was sampled. Returns 0 to go on, or the finish reason. */
 static int seq_emit(pd_engine *e, pd_seq *s, int32_t tok) {
   if (!s->first_token_ms) s->first_token_ms = pd_grpc_now_ms();
-  if (pd_tokenizer_is_eog(e->tok, tok) || is_stop_token(s, tok))
+  if ((pd_tokenizer_is_eog(e->tok, tok) && !s->ignore_eos) || is_stop_token(s, tok))
     return PREFIXD__V1__FINISH_REASON__FINISH_REASON_STOP;
   s->tokens[s->n_tokens++] = tok;
   s->n_generated++;
@@ -859,6 +906,7 @@ static void step(pd_engine *e) {
       if (s->phase != PHASE_PREFILL || s->tenant != tenants[ti]) continue;
       int left = (int)(s->n_prompt - s->n_past);
       int take = left < share ? left : share;
+      if (take <= 0) continue;
       if (!s->prefill_start_ms) s->prefill_start_ms = pd_grpc_now_ms();
       s->rows = take;
       order[n++] = s;
@@ -969,8 +1017,20 @@ static void evict_subtree(pd_engine *e, uint32_t node, int tier, uint64_t counts
 }
 
 int pd_engine_evict_prefix(pd_engine *e, uint32_t node, int tier, uint64_t counts[PD_TIERS]) {
+  uint32_t parent = pd_radix_node(&e->tree, node)->parent;
   unpin_subtree(e, node, -1);
   evict_subtree(e, node, tier, counts);
+  /* then the prefix's own blocks up the path, as far as no other prefix shares them */
+  while (parent != PD_NODE_NIL) {
+    const pd_node *p = pd_radix_node(&e->tree, parent);
+    if (p->tier == PD_TIER_ROOT || p->first_child != PD_NODE_NIL) break;
+    uint32_t up = p->parent;
+    evict_subtree(e, parent, tier, counts);
+    if (pd_radix_node(&e->tree, parent)->flags & PD_NODE_USED &&
+        pd_radix_node(&e->tree, parent)->parent == up)
+      break; /* still there: in use or pinned by another holder */
+    parent = up;
+  }
   return PD_OK;
 }
 

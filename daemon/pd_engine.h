@@ -96,6 +96,7 @@ struct pd_job {
   ProtobufCMessage *final;       /* Generate: the last stream message (usage, timings) */
   pd_job *next;                  /* inbox / outbox link */
   pd_job *live_prev, *live_next; /* the service's list of live jobs (loop thread) */
+  pd_job *taken_next;            /* the list pd_engine_take_output returned (loop thread) */
 };
 
 /* Zeroed memory that lives as long as the job (one thread at a time). NULL when out of memory. */
@@ -176,7 +177,8 @@ void pd_engine_drain(pd_engine *e);
  * once the loop has closed the async handle (run the loop after this). */
 void pd_engine_destroy(pd_engine *e);
 
-/* Loop thread: takes the jobs with new output. The list is the caller's; walk it by ->next. */
+/* Loop thread: takes the jobs with new output. The list is the caller's; walk it by
+ * ->taken_next. */
 pd_job *pd_engine_take_output(pd_engine *e);
 /* Loop thread: moves a job's pending stream output out (under the mutex). */
 void pd_engine_take_stream(pd_engine *e, pd_job *job, int32_t **ids, uint32_t *n_ids, char **text,

@@ -78,7 +78,7 @@ void pd_service_output(pd_job *unused, void *user) {
   pd_service *svc = user;
   pd_job *list = pd_engine_take_output(svc->engine);
   for (pd_job *job = list, *next; job; job = next) {
-    next = job->next;
+    next = job->taken_next;
     pd_grpc_call *call = job->call;
     int32_t *ids;
     uint32_t n_ids;

@@ -150,7 +150,7 @@ static int parse_line(pd_tenantdb *db, char *line) {
        tok = strtok_r(NULL, " \n", &save))
     f[n++] = tok;
   if (n == 0) return PD_OK;
-  if (!strcmp(f[0], "tenant") && n == 11) {
+  if (!strcmp(f[0], "tenant") && n == 10) {
     if (!pd_tenantdb_valid_name(f[1]) || pd_tenantdb_find(db, f[1])) return PD_ECORRUPT;
     pd_tenant_rec *r = add_rec(db);
     if (!r) return PD_ENOMEM;

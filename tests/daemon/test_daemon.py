@@ -1,0 +1,356 @@
+"""prefixd end to end on a synthetic model (no download): every RPC through a stock grpcio
+client, tenants and keys, isolation, cancellation and deadlines, bad input, draining, restart."""
+import os
+import signal
+import socket
+import threading
+import time
+
+import grpc
+import pytest
+
+from conftest import Daemon, chat, generate, pb
+
+ADMIN = "admin-key-for-tests-0123456789"
+SYSTEM = "You are a terse assistant who answers in one word. " * 6
+
+
+def code_of(fn):
+    try:
+        fn()
+    except grpc.RpcError as e:
+        return e.code(), e.details()
+    raise AssertionError("the call should have failed")
+
+
+@pytest.fixture
+def single(tiny_model, data_dir):
+    d = Daemon(tiny_model, data_dir)
+    yield d
+    assert d.stop() == 0
+
+
+@pytest.fixture
+def multi(tiny_model, data_dir):
+    d = Daemon(tiny_model, data_dir, admin_key=ADMIN)
+    yield d
+    assert d.stop() == 0
+
+
+def test_single_tenant_start_line_and_health(single):
+    assert "mode=single-tenant" in single.log_text()
+    r = single.stub().Health(pb.HealthRequest())
+    assert r.status == pb.HealthResponse.STATUS_SERVING
+
+
+def test_tokenize_detokenize_roundtrip(single):
+    s = single.stub()
+    ids = list(s.Tokenize(pb.TokenizeRequest(prompt=pb.Prompt(text="hello world"))).token_ids)
+    assert ids
+    assert s.Detokenize(pb.DetokenizeRequest(token_ids=ids)).text == "hello world"
+    chat_ids = s.Tokenize(pb.TokenizeRequest(prompt=chat(("user", "hi")))).token_ids
+    text = s.Detokenize(pb.DetokenizeRequest(token_ids=chat_ids, render_special=True)).text
+    assert text == "<|im_start|>user\nhi<|im_end|>\n", text
+
+
+def test_generate_streams_and_second_request_reuses_system_prompt(single):
+    s = single.stub()
+    n_sys = len(s.Tokenize(pb.TokenizeRequest(prompt=chat(("system", SYSTEM)))).token_ids)
+    text, ids, f1 = generate(s, chat(("system", SYSTEM), ("user", "first question")),
+                             max_tokens=8)
+    assert f1.usage.cached_tokens == 0
+    assert f1.usage.generated_tokens == len(ids) <= 8
+    _, _, f2 = generate(s, chat(("system", SYSTEM), ("user", "second question")), max_tokens=8)
+    assert f2.usage.cached_tokens >= n_sys - 16, (f2.usage, n_sys)
+    assert f2.usage.cached_tokens_by_tier.device == f2.usage.cached_tokens
+    assert f2.timings.prefill_ms <= f1.timings.prefill_ms + 5
+
+
+def test_same_seed_same_tokens_cached_or_not(single):
+    s = single.stub()
+    prompt = pb.Prompt(text="the quick brown fox " * 10)
+    samp = pb.SamplingParams(temperature=0.8, top_k=40, seed=7)
+    _, a, fa = generate(s, prompt, sampling=samp, max_tokens=12,
+                        cache=pb.CacheOptions(no_cache=True))
+    _, b, _ = generate(s, prompt, sampling=samp, max_tokens=12)  # cold, fills the cache
+    _, c, fc = generate(s, prompt, sampling=samp, max_tokens=12)  # from the cache
+    assert fa.usage.cached_tokens == 0 and fc.usage.cached_tokens > 0
+    assert a == b == c
+
+
+def test_multi_turn_reuses_the_answer(single):
+    s = single.stub()
+    turn1 = [("system", SYSTEM), ("user", "tell me something")]
+    text, ids, f1 = generate(s, chat(*turn1), max_tokens=24)
+    n1 = f1.usage.prompt_tokens
+    turn2 = turn1 + [("assistant", text), ("user", "and then?")]
+    _, _, f2 = generate(s, chat(*turn2), max_tokens=4)
+    # the first turn's prompt, and the answer as far as it re-tokenizes the same way
+    assert f2.usage.cached_tokens >= n1, (f2.usage, n1, len(ids))
+
+
+def test_warm_lookup_pin_list_evict(single):
+    s = single.stub()
+    prompt = pb.Prompt(text="a document to cache. " * 20)
+    w = s.Warm(pb.WarmRequest(prompt=prompt))
+    assert w.computed_tokens == w.prompt_tokens > 0 and len(w.prefix_id) == 32
+    w2 = s.Warm(pb.WarmRequest(prompt=prompt))
+    assert w2.cached_tokens == w2.prompt_tokens and w2.computed_tokens == 0
+    assert w2.prefix_id == w.prefix_id
+    lk = s.Lookup(pb.LookupRequest(prompt=prompt))
+    assert lk.cached_tokens == lk.prompt_tokens == w.prompt_tokens
+    assert lk.cached_tokens_by_tier.device == lk.cached_tokens
+    s.Pin(pb.PinRequest(prefix_id=w.prefix_id))
+    listed = {p.id: p for p in s.ListPrefixes(pb.ListPrefixesRequest()).prefixes}
+    assert listed[w.prefix_id].pinned and listed[w.prefix_id].token_count == w.prompt_tokens
+    assert listed[w.prefix_id].preview.startswith("a document to cache.")
+    # a pinned prefix survives "evict everything"... unless the eviction names it: Evict wins
+    s.Unpin(pb.UnpinRequest(prefix_id=w.prefix_id))
+    assert code_of(lambda: s.Unpin(pb.UnpinRequest(prefix_id=w.prefix_id)))[0] == \
+        grpc.StatusCode.FAILED_PRECONDITION
+    ev = s.Evict(pb.EvictRequest(prefix_id=w.prefix_id))
+    assert ev.blocks_evicted.device > 0
+    assert s.Lookup(pb.LookupRequest(prompt=prompt)).cached_tokens == 0
+    assert code_of(lambda: s.Pin(pb.PinRequest(prefix_id=w.prefix_id)))[0] == \
+        grpc.StatusCode.NOT_FOUND
+
+
+def test_list_prefixes_pages(single):
+    s = single.stub()
+    for i in range(5):
+        s.Warm(pb.WarmRequest(prompt=pb.Prompt(text=f"prefix number {i} " * 8)))
+    seen, token = [], ""
+    while True:
+        r = s.ListPrefixes(pb.ListPrefixesRequest(page_size=2, page_token=token))
+        assert len(r.prefixes) <= 2
+        seen += [p.id for p in r.prefixes]
+        token = r.next_page_token
+        if not token:
+            break
+    assert len(seen) == len(set(seen)) >= 5
+
+
+def test_evict_all_frees_every_block_after_cancel_and_deadline(single):
+    s = single.stub()
+    long_prompt = pb.Prompt(text="count with me: " + " ".join(str(i) for i in range(300)))
+    # a deadline that passes mid-generation
+    forever = pb.SamplingParams(ignore_eos=True)
+    t0 = time.time()
+    code, _ = code_of(lambda: generate(s, long_prompt, sampling=forever, timeout=0.08))
+    assert time.time() - t0 < 5
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    # a client that cancels mid-stream
+    it = s.Generate(pb.GenerateRequest(prompt=long_prompt, sampling=forever), timeout=60)
+    next(it)
+    it.cancel()
+    time.sleep(0.5)
+    st = s.Stats(pb.StatsRequest())
+    dev = [t for t in st.tiers if t.tier == pb.TIER_DEVICE][0]
+    assert dev.blocks_used > 0  # the work done is kept as cache
+    s.Evict(pb.EvictRequest(all=True))
+    dev = [t for t in s.Stats(pb.StatsRequest()).tiers if t.tier == pb.TIER_DEVICE][0]
+    assert dev.blocks_used == 0, "a cancelled sequence still holds blocks"
+    assert st.kv_bytes_per_token > 0 and st.model
+
+
+def test_concurrent_streams_all_complete(single):
+    s = single.stub()
+    results, errors = [], []
+
+    def one(i):
+        try:
+            _, ids, f = generate(s, chat(("system", SYSTEM), ("user", f"question {i}")),
+                                 max_tokens=16, sampling=pb.SamplingParams(seed=i))
+            results.append(f)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert len(results) == 24
+    assert sum(1 for f in results if f.usage.cached_tokens > 0) >= 12
+
+
+def test_bad_input_gets_a_status(single):
+    s = single.stub()
+    bad = [
+        (pb.GenerateRequest(), grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.GenerateRequest(prompt=pb.Prompt(tokens=pb.TokenIds(ids=[1, 99999]))),
+         grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.GenerateRequest(prompt=pb.Prompt(text="x"),
+                            sampling=pb.SamplingParams(temperature=-1)),
+         grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.GenerateRequest(prompt=pb.Prompt(text="x " * 5000)), grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.GenerateRequest(prompt=pb.Prompt(text="x"), cache=pb.CacheOptions(namespace="nope")),
+         grpc.StatusCode.NOT_FOUND),
+        (pb.GenerateRequest(prompt=pb.Prompt(text="x"), stop=[""]),
+         grpc.StatusCode.INVALID_ARGUMENT),
+    ]
+    for req, want in bad:
+        code, msg = code_of(lambda: list(s.Generate(req)))
+        assert code == want and msg, (req, code, msg)
+    assert code_of(lambda: s.Pin(pb.PinRequest(prefix_id="xyz")))[0] == \
+        grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(lambda: s.Detokenize(pb.DetokenizeRequest(token_ids=[-1])))[0] == \
+        grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(lambda: s.ListPrefixes(pb.ListPrefixesRequest(page_token="zz")))[0] == \
+        grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(lambda: s.Evict(pb.EvictRequest()))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(lambda: s.Warm(pb.WarmRequest(prompt=pb.Prompt(text="x"),
+                                                 cache=pb.CacheOptions(no_cache=True))))[0] == \
+        grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(lambda: single.admin(None).ListTenants(pb.ListTenantsRequest()))[0] == \
+        grpc.StatusCode.PERMISSION_DENIED
+    # oversized and malformed messages, then the daemon still serves
+    raw = single.channel().unary_unary("/prefixd.v1.Prefixd/Tokenize",
+                                       request_serializer=lambda b: b,
+                                       response_deserializer=lambda b: b)
+    assert code_of(lambda: raw(b"\x00" * (5 << 20), timeout=30))[0] == \
+        grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert code_of(lambda: raw(b"\xff\xff\xff", timeout=30))[0] == \
+        grpc.StatusCode.INVALID_ARGUMENT
+    with socket.create_connection(("127.0.0.1", single.port)) as sock:
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + os.urandom(4096))
+    assert s.Health(pb.HealthRequest()).status == pb.HealthResponse.STATUS_SERVING
+
+
+def test_queue_limit_gives_resource_exhausted(tiny_model, data_dir):
+    d = Daemon(tiny_model, data_dir, extra=["--max-running", "1", "--max-queue", "1"])
+    try:
+        s = d.stub()
+        codes = []
+
+        def one(i):
+            try:
+                generate(s, pb.Prompt(text=f"request {i} " * 20), max_tokens=64)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as e:
+                codes.append(e.code())
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes, codes
+        assert grpc.StatusCode.OK in codes, codes
+    finally:
+        assert d.stop() == 0
+
+
+def test_unix_socket(tiny_model, data_dir):
+    path = os.path.join(data_dir, "prefixd.sock")
+    d = Daemon(tiny_model, data_dir, unix=path)
+    try:
+        ch = grpc.insecure_channel(f"unix:{path}")
+        from conftest import pb_grpc
+        r = pb_grpc.PrefixdStub(ch).Tokenize(pb.TokenizeRequest(prompt=pb.Prompt(text="hi")),
+                                              timeout=30)
+        assert list(r.token_ids)
+        ch.close()
+    finally:
+        assert d.stop() == 0
+
+
+def test_tenants_keys_isolation_and_restart(tiny_model, data_dir):
+    d = Daemon(tiny_model, data_dir, admin_key=ADMIN)
+    try:
+        assert "mode=multi-tenant" in d.log_text()
+        adm = d.admin(ADMIN)
+        ka = adm.CreateTenant(pb.CreateTenantRequest(name="alpha")).api_key
+        kb = adm.CreateTenant(pb.CreateTenantRequest(name="beta")).api_key
+        assert ka.startswith("pfx-") and ka != kb
+        assert code_of(lambda: adm.CreateTenant(pb.CreateTenantRequest(name="alpha")))[0] == \
+            grpc.StatusCode.ALREADY_EXISTS
+        assert code_of(lambda: adm.CreateTenant(pb.CreateTenantRequest(name="bad name")))[0] == \
+            grpc.StatusCode.INVALID_ARGUMENT
+        a, b = d.stub(ka), d.stub(kb)
+        # keys: none, wrong, a tenant's key on Admin
+        assert code_of(lambda: d.stub().Stats(pb.StatsRequest()))[0] == \
+            grpc.StatusCode.UNAUTHENTICATED
+        assert code_of(lambda: d.stub("pfx-wrong").Stats(pb.StatsRequest()))[0] == \
+            grpc.StatusCode.UNAUTHENTICATED
+        assert code_of(lambda: d.admin(ka).ListTenants(pb.ListTenantsRequest()))[0] == \
+            grpc.StatusCode.PERMISSION_DENIED
+        assert code_of(lambda: d.stub(ADMIN).Warm(pb.WarmRequest(prompt=pb.Prompt(text="x"))))[0] \
+            == grpc.StatusCode.PERMISSION_DENIED
+        # isolation: alpha's prefix is a hit for alpha only
+        prompt = pb.Prompt(text="alpha's private system prompt. " * 10)
+        w = a.Warm(pb.WarmRequest(prompt=prompt))
+        assert a.Lookup(pb.LookupRequest(prompt=prompt)).cached_tokens == w.prompt_tokens
+        assert b.Lookup(pb.LookupRequest(prompt=prompt)).cached_tokens == 0
+        _, _, fb = generate(b, prompt, max_tokens=2)
+        assert fb.usage.cached_tokens == 0
+        _, _, fa = generate(a, prompt, max_tokens=2)
+        assert fa.usage.cached_tokens > 0
+        assert code_of(lambda: b.Pin(pb.PinRequest(prefix_id=w.prefix_id)))[0] == \
+            grpc.StatusCode.NOT_FOUND
+        assert code_of(lambda: b.Evict(pb.EvictRequest(prefix_id=w.prefix_id)))[0] == \
+            grpc.StatusCode.NOT_FOUND
+        assert all(p.tenant == "beta" for p in b.ListPrefixes(pb.ListPrefixesRequest()).prefixes)
+        st_b = b.Stats(pb.StatsRequest())
+        assert [t.tenant for t in st_b.tenants] == ["beta"]
+        # shared namespaces: granted, then usable by both
+        assert code_of(lambda: a.Warm(pb.WarmRequest(prompt=prompt,
+                                                     cache=pb.CacheOptions(namespace="team"))))[0] \
+            == grpc.StatusCode.NOT_FOUND
+        adm.GrantNamespace(pb.GrantNamespaceRequest(tenant="alpha", namespace="team"))
+        adm.GrantNamespace(pb.GrantNamespaceRequest(tenant="beta", namespace="team"))
+        a.Warm(pb.WarmRequest(prompt=prompt, cache=pb.CacheOptions(namespace="team")))
+        assert b.Lookup(pb.LookupRequest(prompt=prompt, namespace="team")).cached_tokens > 0
+        adm.RevokeNamespace(pb.RevokeNamespaceRequest(tenant="beta", namespace="team"))
+        assert code_of(lambda: b.Lookup(pb.LookupRequest(prompt=prompt, namespace="team")))[0] \
+            == grpc.StatusCode.PERMISSION_DENIED
+        # limits and key rotation
+        adm.SetLimits(pb.SetLimitsRequest(name="beta", limits=pb.TenantLimits(
+            max_context_tokens=32)))
+        assert code_of(lambda: generate(b, pb.Prompt(text="word " * 40), max_tokens=1))[0] == \
+            grpc.StatusCode.INVALID_ARGUMENT
+        kb2 = adm.RotateKey(pb.RotateKeyRequest(name="beta")).api_key
+        assert code_of(lambda: b.Stats(pb.StatsRequest()))[0] == grpc.StatusCode.UNAUTHENTICATED
+        assert d.stub(kb2).Stats(pb.StatsRequest()).requests >= 0
+        names = [t.name for t in adm.ListTenants(pb.ListTenantsRequest()).tenants]
+        assert names == ["alpha", "beta"]
+    finally:
+        assert d.stop() == 0
+    # the registry file keeps digests, never keys
+    reg = open(os.path.join(data_dir, "tenants")).read()
+    assert ka not in reg and kb2 not in reg and "alpha" in reg
+    d = Daemon(tiny_model, data_dir, admin_key=ADMIN)
+    try:
+        assert "tenants=2" in d.log_text()
+        assert d.stub(ka).Tokenize(pb.TokenizeRequest(prompt=pb.Prompt(text="hi"))).token_ids
+        assert code_of(lambda: d.stub(kb).Stats(pb.StatsRequest()))[0] == \
+            grpc.StatusCode.UNAUTHENTICATED
+        tb = [t for t in d.admin(ADMIN).ListTenants(pb.ListTenantsRequest()).tenants
+              if t.name == "beta"][0]
+        assert tb.limits.max_context_tokens == 32
+        d.admin(ADMIN).DeleteTenant(pb.DeleteTenantRequest(name="alpha"))
+        assert code_of(lambda: d.stub(ka).Stats(pb.StatsRequest()))[0] == \
+            grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        assert d.stop() == 0
+
+
+def test_sigterm_drains_running_stream(tiny_model, data_dir):
+    d = Daemon(tiny_model, data_dir, extra=["--drain-timeout", "20"])
+    s = d.stub()
+    got = {}
+
+    def run():
+        try:
+            got["r"] = generate(s, pb.Prompt(text="long story " * 10), max_tokens=400,
+                                sampling=pb.SamplingParams(temperature=1.0, seed=3),
+                                stop_tokens=[0, 1, 2])
+        except grpc.RpcError as e:
+            got["e"] = e
+    t = threading.Thread(target=run)
+    t.start()
+    time.sleep(0.3)
+    d.proc.send_signal(signal.SIGTERM)
+    t.join(60)
+    assert d.proc.wait(60) == 0
+    assert "r" in got, got.get("e")
+    assert 'msg="draining"' in d.log_text()
