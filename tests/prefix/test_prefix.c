@@ -397,6 +397,59 @@ START_TEST(introspection_lists_prefixes) {
 }
 END_TEST
 
+START_TEST(extend_below_a_matched_prefix) {
+  /* A sequence matched 2 blocks, computed 2 more: extend inserts them below its anchor, and on
+   * a quota the remaining slots stay the caller's (not freed), unlike insert. */
+  pd_radix t;
+  init_tree(&t, 64, 0, 0, 0);
+  uint32_t a = add_tenant(&t, "a"), ns = private_ns(&t, a);
+  int32_t tok[64];
+  seq(tok, 64, 1);
+  insert(&t, a, ns, tok, 2 * BT, 0, 1, 0);
+  uint32_t nodes[8];
+  pd_match m;
+  ck_assert_int_eq(pd_radix_match(&t, a, ns, tok, 4 * BT, 2, nodes, 8, &m), 0);
+  ck_assert_uint_eq(m.n_nodes, 2);
+  uint32_t slots[2];
+  for (int i = 0; i < 2; i++) ck_assert_int_eq(pd_radix_alloc_slot(&t, 0, &slots[i]), 0);
+  pd_insert_result res[2];
+  uint32_t done = 0;
+  ck_assert_int_eq(pd_radix_extend(&t, a, nodes[1], tok + 2 * BT, 2 * BT, slots, 0, 3, res, &done),
+                   0);
+  ck_assert_uint_eq(done, 2);
+  ck_assert_uint_eq(pd_radix_node(&t, res[0].node)->parent, nodes[1]);
+  ck_assert_uint_eq(pd_radix_node(&t, res[1].node)->slot, slots[1]);
+  uint32_t path[4] = {nodes[0], nodes[1], res[0].node, res[1].node};
+  pd_radix_release(&t, path, 4);
+  ck_assert_uint_eq(match(&t, a, ns, tok, 4 * BT, 4, &m), 4 * BT);
+  /* below a partial block: refused */
+  insert(&t, a, ns, tok, 4 * BT + 3, 0, 5, 0);
+  ck_assert_int_eq(pd_radix_match(&t, a, ns, tok, 4 * BT + 3, 6, nodes, 8, &m), 0);
+  uint32_t slot;
+  ck_assert_int_eq(pd_radix_alloc_slot(&t, 0, &slot), 0);
+  ck_assert_int_eq(pd_radix_extend(&t, a, nodes[4], tok, 1, &slot, 0, 7, res, &done), PD_EINVAL);
+  pd_radix_release(&t, nodes, m.n_nodes);
+  /* a quota: the slot not inserted stays allocated, the caller frees it */
+  ck_assert_int_eq(pd_tenants_set_limit(pd_radix_tenants(&t), a, 0,
+                                        pd_tenants_get(pd_radix_tenants(&t), a)->used[0]),
+                   0);
+  uint32_t root;
+  ck_assert_int_eq(pd_radix_root(&t, a, ns, &root), 0);
+  int32_t other[BT];
+  seq(other, BT, 500);
+  uint32_t used = pd_radix_tier_used(&t, 0);
+  ck_assert_int_eq(pd_radix_extend(&t, a, root, other, BT, &slot, 0, 8, res, &done), PD_ELIMIT);
+  ck_assert_uint_eq(done, 0);
+  ck_assert_uint_eq(pd_radix_tier_used(&t, 0), used);
+  ck_assert_int_eq(pd_radix_free_slot(&t, 0, slot), 0);
+  /* another tenant may not extend a's tree */
+  uint32_t b = add_tenant(&t, "b");
+  ck_assert_int_eq(pd_radix_extend(&t, b, root, other, BT, &slot, 0, 9, res, &done), PD_EPERM);
+  check_ok(&t);
+  pd_radix_free(&t);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("prefix");
   TCase *tc = tcase_create("core");
@@ -410,6 +463,7 @@ int main(void) {
   tcase_add_test(tc, frontier_demote_restore_and_drop);
   tcase_add_test(tc, tenants_are_isolated_and_limited);
   tcase_add_test(tc, introspection_lists_prefixes);
+  tcase_add_test(tc, extend_below_a_matched_prefix);
   suite_add_tcase(s, tc);
   int rc = pd_check_run(s, 1);
   return rc;
