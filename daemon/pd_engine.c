@@ -942,28 +942,39 @@ static void step(pd_engine *e) {
   int rc = pd_llama_forward(&e->llama, e->pool, e->batch, n, e->logits);
   int64_t now = pd_grpc_now_ms();
   int li = 0;
+  const float *lg[1024];
   for (int i = 0; i < n; i++) {
     pd_seq *s = order[i];
+    lg[i] = NULL;
     if (rc) {
       running_remove(e, s);
       seq_finish(e, s, PD_GRPC_INTERNAL, "the forward pass failed",
                  PREFIXD__V1__FINISH_REASON__FINISH_REASON_ERROR);
+      order[i] = NULL;
       continue;
     }
     s->n_past += (uint32_t)s->rows;
-    int had_logits = e->batch[i].want_logits;
-    const float *lg = had_logits ? e->logits + (size_t)li++ * (size_t)e->model->n_vocab : NULL;
+    if (e->batch[i].want_logits) lg[i] = e->logits + (size_t)li++ * (size_t)e->model->n_vocab;
     if (s->phase == PHASE_PREFILL && s->n_past == s->n_prompt) {
       s->prefill_ms = (double)(now - s->prefill_start_ms);
       if (s->warm) {
         running_remove(e, s);
         seq_finish(e, s, PD_GRPC_OK, NULL, 0);
+        order[i] = NULL;
         continue;
       }
       seq_publish(e, s, s->n_prompt / B(e) * B(e)); /* full prompt blocks enter the tree */
     }
-    if (!lg) continue;
-    int reason = seq_emit(e, s, pd_sampler_sample(s->smp, lg));
+  }
+  /* sampling: each sequence has its own sampler, so they run in parallel */
+  int32_t picked[1024];
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int i = 0; i < n; i++)
+    if (order[i] && lg[i]) picked[i] = pd_sampler_sample(order[i]->smp, lg[i]);
+  for (int i = 0; i < n; i++) {
+    pd_seq *s = order[i];
+    if (!s || !lg[i]) continue;
+    int reason = seq_emit(e, s, picked[i]);
     if (reason) {
       running_remove(e, s);
       seq_finish(e, s, PD_GRPC_OK, NULL, reason);

@@ -6,6 +6,8 @@
  * greedy (argmax, lowest id on ties); otherwise temperature, top-k, softmax, top-p (smallest set
  * with cumulative probability >= top_p), min-p (drop tokens below min_p times the best
  * probability), and a draw from a seeded xoshiro256** generator, so a seed reproduces a run.
+ * Tokens more than 25 nats below the best (after temperature) are never drawn: together they hold
+ * under 1e-6 of the probability, and leaving them out spares sorting the whole vocabulary.
  */
 #ifndef PD_SAMPLER_H
 #define PD_SAMPLER_H
