@@ -1,0 +1,215 @@
+/* test_client.c -- the C client library against a real prefixd on loopback (the synthetic
+ * model): every kind of call, streaming with cancel, statuses with messages, TCP and Unix
+ * sockets, keys, and a server that goes away. */
+#include <check.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "pd_check.h"
+#include "pd_client.h"
+#include "pd_err.h"
+
+#define ADMIN "client-test-admin-key-0123456789"
+
+static pid_t daemon_pid;
+static char addr[64], sock_path[128], data_dir[64];
+
+/* Starts prefixd (PREFIXD_BIN) on PD_TINY_MODEL with an admin key; waits for its start line. */
+static void start_daemon(void) {
+  snprintf(data_dir, sizeof data_dir, "/tmp/pd_client_XXXXXX");
+  ck_assert_ptr_nonnull(mkdtemp(data_dir));
+  char log[128];
+  snprintf(log, sizeof log, "%s/log", data_dir);
+  snprintf(sock_path, sizeof sock_path, "%s/sock", data_dir);
+  daemon_pid = fork();
+  if (daemon_pid == 0) {
+    freopen(log, "w", stderr);
+    setenv("PREFIXD_ADMIN_KEY", ADMIN, 1);
+    execl(getenv("PREFIXD_BIN"), "prefixd", "--model", getenv("PD_TINY_MODEL"), "--listen",
+          "127.0.0.1:0", "--unix", sock_path, "--data-dir", data_dir, "--threads", "2",
+          (char *)NULL);
+    _exit(127);
+  }
+  for (int i = 0; i < 600; i++) {
+    FILE *f = fopen(log, "r");
+    char line[2048];
+    while (f && fgets(line, sizeof line, f)) {
+      const char *p = strstr(line, " port=");
+      if (strstr(line, "prefixd ready") && p) {
+        snprintf(addr, sizeof addr, "127.0.0.1:%d", atoi(p + 6));
+        fclose(f);
+        return;
+      }
+    }
+    if (f) fclose(f);
+    usleep(50000);
+  }
+  ck_abort_msg("prefixd did not start");
+}
+
+static int stop_daemon(void) {
+  int status = -1;
+  if (daemon_pid > 0) {
+    kill(daemon_pid, SIGTERM);
+    waitpid(daemon_pid, &status, 0);
+    daemon_pid = 0;
+  }
+  char cmd[160];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", data_dir);
+  if (system(cmd)) { /* leftovers in /tmp only */
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static Prefixd__V1__Prompt *text_prompt(Prefixd__V1__Prompt *p, const char *text) {
+  prefixd__v1__prompt__init(p);
+  p->kind_case = PREFIXD__V1__PROMPT__KIND_TEXT;
+  p->text = (char *)text;
+  return p;
+}
+
+static int count_and_stop_after_3(const Prefixd__V1__GenerateResponse *m, void *user) {
+  int *n = user;
+  return ++*n >= 3;
+}
+
+START_TEST(calls_streams_statuses_and_keys) {
+  start_daemon();
+  pd_client *admin;
+  ck_assert_int_eq(pd_client_connect(addr, ADMIN, &admin), 0);
+  Prefixd__V1__HealthRequest hr = PREFIXD__V1__HEALTH_REQUEST__INIT;
+  Prefixd__V1__HealthResponse *h;
+  for (int i = 0; i < 2; i++) { /* one connection, many calls */
+    ck_assert_int_eq(pd_client_health(admin, &hr, &h), 0);
+    ck_assert_int_eq(h->status, PREFIXD__V1__HEALTH_RESPONSE__STATUS__STATUS_SERVING);
+    protobuf_c_message_free_unpacked(&h->base, NULL);
+  }
+  /* a tenant and its key */
+  Prefixd__V1__CreateTenantRequest ct = PREFIXD__V1__CREATE_TENANT_REQUEST__INIT;
+  ct.name = "gamma";
+  Prefixd__V1__CreateTenantResponse *ctr;
+  ck_assert_int_eq(pd_client_create_tenant(admin, &ct, &ctr), 0);
+  char key[128];
+  snprintf(key, sizeof key, "%s", ctr->api_key);
+  protobuf_c_message_free_unpacked(&ctr->base, NULL);
+  ck_assert_int_eq(pd_client_create_tenant(admin, &ct, &ctr), PD_CLIENT_ESTATUS);
+  ck_assert_int_eq(pd_client_status(admin), 6); /* ALREADY_EXISTS */
+  ck_assert_ptr_nonnull(strstr(pd_client_message(admin), "gamma"));
+
+  pd_client *c;
+  ck_assert_int_eq(pd_client_connect(addr, key, &c), 0);
+  Prefixd__V1__Prompt p;
+  Prefixd__V1__TokenizeRequest tr = PREFIXD__V1__TOKENIZE_REQUEST__INIT;
+  tr.prompt = text_prompt(&p, "hello world");
+  Prefixd__V1__TokenizeResponse *toks;
+  ck_assert_int_eq(pd_client_tokenize(c, &tr, &toks), 0);
+  ck_assert_uint_gt(toks->n_token_ids, 0);
+  Prefixd__V1__DetokenizeRequest dr = PREFIXD__V1__DETOKENIZE_REQUEST__INIT;
+  dr.token_ids = toks->token_ids;
+  dr.n_token_ids = toks->n_token_ids;
+  Prefixd__V1__DetokenizeResponse *dt;
+  ck_assert_int_eq(pd_client_detokenize(c, &dr, &dt), 0);
+  ck_assert_str_eq(dt->text, "hello world");
+  protobuf_c_message_free_unpacked(&dt->base, NULL);
+  protobuf_c_message_free_unpacked(&toks->base, NULL);
+
+  /* generate twice over one prompt: the second reports cached tokens */
+  Prefixd__V1__GenerateRequest g = PREFIXD__V1__GENERATE_REQUEST__INIT;
+  g.prompt = text_prompt(&p, "a shared preamble that every session of this tenant sends. "
+                             "a shared preamble that every session of this tenant sends.");
+  g.max_tokens = 8;
+  char *text;
+  Prefixd__V1__GenerateResponse *fin;
+  ck_assert_int_eq(pd_client_generate_text(c, &g, &text, &fin), 0);
+  ck_assert_uint_eq(fin->usage->cached_tokens, 0);
+  ck_assert_uint_le(fin->usage->generated_tokens, 8);
+  free(text);
+  protobuf_c_message_free_unpacked(&fin->base, NULL);
+  ck_assert_int_eq(pd_client_generate_text(c, &g, &text, &fin), 0);
+  ck_assert_uint_gt(fin->usage->cached_tokens, 16);
+  free(text);
+  protobuf_c_message_free_unpacked(&fin->base, NULL);
+
+  /* a stream the callback cancels; the connection goes on serving */
+  Prefixd__V1__SamplingParams sp = PREFIXD__V1__SAMPLING_PARAMS__INIT;
+  sp.ignore_eos = 1;
+  g.sampling = &sp;
+  g.max_tokens = 500;
+  int n = 0;
+  ck_assert_int_eq(pd_client_generate(c, &g, count_and_stop_after_3, &n), PD_CLIENT_ECANCELLED);
+  ck_assert_int_eq(n, 3);
+  /* a deadline */
+  pd_client_set_timeout_ms(c, 1);
+  g.max_tokens = 0;
+  int rc = pd_client_generate_text(c, &g, &text, &fin);
+  ck_assert_int_eq(rc, PD_CLIENT_ESTATUS);
+  ck_assert_int_eq(pd_client_status(c), 4); /* DEADLINE_EXCEEDED */
+  pd_client_set_timeout_ms(c, 0);
+  /* statuses: the admin service with a tenant key; a bad prefix id */
+  Prefixd__V1__ListTenantsRequest lt = PREFIXD__V1__LIST_TENANTS_REQUEST__INIT;
+  Prefixd__V1__ListTenantsResponse *ltr;
+  ck_assert_int_eq(pd_client_list_tenants(c, &lt, &ltr), PD_CLIENT_ESTATUS);
+  ck_assert_int_eq(pd_client_status(c), 7); /* PERMISSION_DENIED */
+  Prefixd__V1__PinRequest pr = PREFIXD__V1__PIN_REQUEST__INIT;
+  pr.prefix_id = "not-hex";
+  Prefixd__V1__PinResponse *pres;
+  ck_assert_int_eq(pd_client_pin(c, &pr, &pres), PD_CLIENT_ESTATUS);
+  ck_assert_int_eq(pd_client_status(c), 3);
+  ck_assert_ptr_nonnull(strstr(pd_client_message(c), "32 hex digits"));
+  /* the same key over the Unix socket; a wrong key */
+  char unix_addr[160];
+  snprintf(unix_addr, sizeof unix_addr, "unix:%s", sock_path);
+  pd_client *u;
+  ck_assert_int_eq(pd_client_connect(unix_addr, key, &u), 0);
+  Prefixd__V1__StatsRequest sr = PREFIXD__V1__STATS_REQUEST__INIT;
+  Prefixd__V1__StatsResponse *st;
+  ck_assert_int_eq(pd_client_stats(u, &sr, &st), 0);
+  ck_assert_uint_eq(st->n_tenants, 1);
+  ck_assert_str_eq(st->tenants[0]->tenant, "gamma");
+  ck_assert_uint_ge(st->tenants[0]->requests, 2);
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  pd_client_close(u);
+  ck_assert_int_eq(pd_client_connect(addr, "pfx-not-a-key", &u), 0);
+  ck_assert_int_eq(pd_client_stats(u, &sr, &st), PD_CLIENT_ESTATUS);
+  ck_assert_int_eq(pd_client_status(u), 16); /* UNAUTHENTICATED */
+  pd_client_close(u);
+  /* the server goes away: calls fail cleanly, then keep failing */
+  ck_assert_int_eq(stop_daemon(), 0);
+  ck_assert_int_lt(pd_client_stats(c, &sr, &st), 0);
+  ck_assert_int_lt(pd_client_stats(c, &sr, &st), 0);
+  pd_client_close(c);
+  pd_client_close(admin);
+}
+END_TEST
+
+START_TEST(bad_addresses) {
+  pd_client *c;
+  ck_assert_int_eq(pd_client_connect("no-port", NULL, &c), PD_EINVAL);
+  ck_assert_int_eq(pd_client_connect("127.0.0.1:http", NULL, &c), PD_EINVAL);
+  ck_assert_int_eq(pd_client_connect("[::1:80", NULL, &c), PD_EINVAL);
+  ck_assert_int_eq(pd_client_connect("unix:", NULL, &c), PD_EINVAL);
+  ck_assert_int_eq(pd_client_connect("unix:/nonexistent/prefixd.sock", NULL, &c), PD_EIO);
+  ck_assert_int_eq(pd_client_connect("127.0.0.1:1", NULL, &c), PD_EIO); /* nothing listens */
+  ck_assert_ptr_null(c);
+}
+END_TEST
+
+int main(void) {
+  if (!getenv("PREFIXD_BIN") || !getenv("PD_TINY_MODEL") || access(getenv("PD_TINY_MODEL"), R_OK)) {
+    fprintf(stderr, "test_client: PREFIXD_BIN and PD_TINY_MODEL are needed\n");
+    return 77;
+  }
+  signal(SIGPIPE, SIG_IGN);
+  Suite *s = suite_create("client");
+  TCase *tc = tcase_create("core");
+  tcase_set_timeout(tc, 120);
+  tcase_add_test(tc, calls_streams_statuses_and_keys);
+  tcase_add_test(tc, bad_addresses);
+  suite_add_tcase(s, tc);
+  return pd_check_run(s, 1);
+}
