@@ -6,12 +6,12 @@
      Target: hit <= 1/15 of cold.
   2. Aggregate decode throughput of 32 concurrent sessions sharing a system prompt vs 1 session
      (what continuous batching buys); each session generates a fixed number of tokens.
-  3. Unary RPC rate (Stats) over loopback from many connections (client processes).
+  3. Unary RPC rate (Stats) over loopback from many connections (bench/daemon/rpc_bench, the C
+     client, one thread per connection).
 
     serve_bench.py PREFIXD_BIN MODEL [--out bench/results/daemon_cpu.md] [--threads 2]
 """
 import argparse
-import multiprocessing as mp
 import os
 import statistics
 import subprocess
@@ -51,24 +51,13 @@ def ttft(stub, system, user):
     return f.timings.ttft_ms, f.usage
 
 
-def rpc_worker(target, seconds, q):
-    ch = grpc.insecure_channel(target)
-    stub = pb_grpc.PrefixdStub(ch)
-    stub.Stats(pb.StatsRequest(), timeout=30)
-    n, end = 0, time.time() + seconds
-    while time.time() < end:
-        stub.Stats(pb.StatsRequest(), timeout=30)
-        n += 1
-    q.put(n)
-    ch.close()
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("prefixd")
     ap.add_argument("model")
     ap.add_argument("--out", default="bench/results/daemon_cpu.md")
     ap.add_argument("--threads", default="2")
+    ap.add_argument("--rpc-bench", dest="rpc_bench", default="build/bench/daemon/rpc_bench")
     ap.add_argument("--trials", type=int, default=5)
     ap.add_argument("--gen-tokens", type=int, default=64)
     a = ap.parse_args()
@@ -153,28 +142,24 @@ def main():
                 "",
             ]
             print("\n".join(lines[-12:]), file=sys.stderr, flush=True)
-            # 3. unary RPC rate
+            # 3. unary RPC rate, with the C client (one thread per connection)
             rates = []
-            for procs in (1, 8, 32):
-                ctx = mp.get_context("spawn")  # grpcio does not survive fork
-                q = ctx.Queue()
-                ps = [ctx.Process(target=rpc_worker, args=(d.target, 3.0, q)) for _ in range(procs)]
-                for p in ps:
-                    p.start()
-                n = sum(q.get() for _ in ps)
-                for p in ps:
-                    p.join()
-                rates.append((procs, n / 3.0))
+            for conns in (1, 8, 64, 256):
+                out = subprocess.run([a.rpc_bench, d.target, str(conns), "3"],
+                                     capture_output=True, text=True, check=True).stdout
+                kv = dict(x.split("=") for x in out.split())
+                rates.append((conns, kv))
             lines += [
                 "## 3. Unary RPC rate (Stats) over loopback",
                 "",
-                "Each connection is one Python grpcio client process calling Stats in a loop "
-                "for 3 s (the client machine is the same 2-core box, so the figure is bounded "
-                "by the Python clients as much as by the daemon).",
+                f"`{a.rpc_bench} ADDRESS N 3`: N connections, one thread and one C client "
+                "(clients/c) each, calling Stats back to back for 3 s. Client and daemon share "
+                "the same 2 cores.",
                 "",
-                "| connections | Stats calls/s |",
-                "| --- | --- |",
-            ] + [f"| {p} | {r:.0f} |" for p, r in rates] + [""]
+                "| connections | Stats calls/s | p50 latency (us) | p99 latency (us) |",
+                "| --- | --- | --- | --- |",
+            ] + [f"| {c} | {kv['calls_per_s']} | {kv['p50_us']} | {kv['p99_us']} |"
+                 for c, kv in rates] + [""]
         finally:
             d.stop()
     cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"],
