@@ -83,8 +83,7 @@ int main(int argc, char **argv) {
   for (int i = 0; i < n; i++)
     for (size_t j = 0; j < w[i].n; j++) all[k++] = w[i].lat_us[j];
   qsort(all, total, sizeof *all, cmp);
-  printf("connections=%d calls=%zu calls_per_s=%.0f p50_us=%.0f p99_us=%.0f failed=%d\n", n,
-         total, total / wall, total ? all[total / 2] : 0, total ? all[total * 99 / 100] : 0,
-         failed);
+  printf("connections=%d calls=%zu calls_per_s=%.0f p50_us=%.0f p99_us=%.0f failed=%d\n", n, total,
+         total / wall, total ? all[total / 2] : 0, total ? all[total * 99 / 100] : 0, failed);
   return failed ? 1 : 0;
 }
