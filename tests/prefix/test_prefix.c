@@ -403,8 +403,8 @@ START_TEST(extend_below_a_matched_prefix) {
   pd_radix t;
   init_tree(&t, 64, 0, 0, 0);
   uint32_t a = add_tenant(&t, "a"), ns = private_ns(&t, a);
-  int32_t tok[64];
-  seq(tok, 64, 1);
+  int32_t tok[128];
+  seq(tok, 128, 1);
   insert(&t, a, ns, tok, 2 * BT, 0, 1, 0);
   uint32_t nodes[8];
   pd_match m;
