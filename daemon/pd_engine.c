@@ -17,12 +17,13 @@
 #include <omp.h>
 #endif
 
+#include "pd_blockkey.h"
 #include "pd_err.h"
 #include "pd_log.h"
 #include "pd_sha256.h"
 #include "prefixd/v1/prefixd.pb-c.h"
 
-enum { PHASE_QUEUED, PHASE_PREFILL, PHASE_DECODE };
+enum { PHASE_QUEUED, PHASE_RESTORE, PHASE_PREFILL, PHASE_DECODE };
 
 typedef struct pd_seq {
   pd_job *job;
@@ -40,14 +41,15 @@ typedef struct pd_seq {
   uint32_t n_held;
   uint32_t anchor; /* the deepest held node, or the namespace root */
   uint32_t n_cached;
-  uint64_t reserve; /* blocks reserved at admission */
+  uint32_t cached_by_tier[PD_TIERS]; /* of n_cached: where the blocks were when matched */
+  uint64_t reserve;                  /* blocks reserved at admission */
   pd_sampler *smp;
   pd_detok *dt;
   int32_t *stop_tokens; /* (n_stop_tokens) borrowed from the request */
   size_t n_stop_tokens;
   int phase;
   int64_t admit_ms, prefill_start_ms, first_token_ms, end_ms;
-  double prefill_ms;
+  double prefill_ms, restore_ms;
   int rows;     /* rows in the current batch */
   int deferred; /* passed over by this step's admission */
   int ignore_eos;
@@ -314,27 +316,16 @@ int pd_engine_prompt_tokens(const pd_engine *e, const ProtobufCMessage *msg, int
 
 /* ---- blocks ---------------------------------------------------------------------------------- */
 
-/* Drops evicted (detached) nodes: the CPU backend has no colder tier yet to demote them to. */
-static void drop_evicted(pd_engine *e, const pd_evicted *ev, uint32_t n,
-                         uint64_t counts[PD_TIERS]) {
-  for (uint32_t i = 0; i < n; i++) {
-    pd_evicted gone[64];
-    uint32_t n_gone = 0;
-    pd_radix_drop(&e->tree, ev[i].node, gone, 64, &n_gone);
-    if (counts && ev[i].tier < PD_TIERS) counts[ev[i].tier]++;
-  }
-}
-
-/* One slot of the device tier for a sequence, evicting cold blocks if needed. */
+/* One slot of the device tier for a sequence, demoting cold blocks if needed (in batches of
+ * 32, so that spills are large transfers). */
 static int alloc_block(pd_engine *e, uint32_t *slot) {
-  for (;;) {
-    if (pd_radix_alloc_slot(&e->tree, 0, slot) == PD_OK) return PD_OK;
-    pd_evicted ev[32];
-    uint32_t n = 0;
-    pd_radix_evict(&e->tree, 0, -1, 32, pd_engine_now_ms(), ev, &n);
-    if (n == 0) return PD_EFULL;
-    drop_evicted(e, ev, n, NULL);
-  }
+  if (pd_radix_alloc_slot(&e->tree, 0, slot) == PD_OK) return PD_OK;
+  uint32_t want = e->n_blocks < 256 ? 1 : 32;
+  pd_tiers_make_room(e->tiers, 0, want, pd_engine_now_ms());
+  if (pd_radix_alloc_slot(&e->tree, 0, slot) == PD_OK) return PD_OK;
+  return pd_tiers_make_room(e->tiers, 0, 1, pd_engine_now_ms()) == PD_OK
+             ? pd_radix_alloc_slot(&e->tree, 0, slot)
+             : PD_EFULL;
 }
 
 /* Makes the table cover n tokens. */
@@ -379,6 +370,7 @@ static void seq_publish(pd_engine *e, pd_seq *s, uint32_t upto) {
       s->held[at + i] = res[i].node;
       s->table[at + i] = pd_radix_node(&e->tree, res[i].node)->slot;
       s->anchor = res[i].node;
+      if (res[i].adopted) pd_tiers_note_insert(e->tiers, res[i].node);
     }
     s->n_held = at + n_done;
     done_blocks += n_done;
@@ -439,6 +431,9 @@ static void seq_finish(pd_engine *e, pd_seq *s, int status, const char *message,
     seq_publish(e, s, s->n_past);
     if (s->pin_ttl_s && s->n_held > 0 && status == PD_GRPC_OK)
       pd_radix_pin(&e->tree, s->held[s->n_held - 1], now + (uint64_t)s->pin_ttl_s * 1000);
+    /* warmed and pinned prefixes are worth keeping across a restart: written through to disk */
+    if ((s->warm || s->pin_ttl_s) && s->n_held > 0 && status == PD_GRPC_OK)
+      pd_tiers_keep(e->tiers, s->held[s->n_held - 1]);
   }
   if (s->warm && status == PD_GRPC_OK) {
     final_warm *f = pd_job_alloc(job, sizeof *f);
@@ -462,13 +457,16 @@ static void seq_finish(pd_engine *e, pd_seq *s, int status, const char *message,
       f->msg.finish_reason = (Prefixd__V1__FinishReason)reason;
       f->usage.prompt_tokens = s->n_prompt;
       f->usage.cached_tokens = s->n_cached;
-      f->by_tier.device = s->n_cached;
+      f->by_tier.device = s->cached_by_tier[0];
+      f->by_tier.host = s->cached_by_tier[1];
+      f->by_tier.disk = s->cached_by_tier[2];
       f->usage.cached_tokens_by_tier = &f->by_tier;
       f->usage.generated_tokens = s->n_generated;
       f->msg.usage = &f->usage;
       int64_t admit = s->admit_ms ? s->admit_ms : s->end_ms;
       f->timings.queue_ms = (double)(admit - job->arrival_ms);
       f->timings.prefill_ms = s->prefill_ms;
+      f->timings.restore_ms = s->restore_ms;
       if (s->first_token_ms) {
         f->timings.ttft_ms = (double)(s->first_token_ms - job->arrival_ms);
         f->timings.decode_ms = (double)(s->end_ms - s->first_token_ms);
@@ -521,13 +519,16 @@ static int seq_admit(pd_engine *e, pd_seq *s) {
       return rc;
     }
   }
-  /* full blocks in the device tier are used in place; the match stops at a colder one */
-  uint32_t n_full = m.cow >= 0 ? (uint32_t)m.cow : m.n_nodes, usable = 0;
-  while (usable < n_full && pd_radix_node(&e->tree, nodes[usable])->tier == 0) usable++;
-  int cow = m.cow >= 0 && usable == n_full && pd_radix_node(&e->tree, nodes[m.cow])->tier == 0;
-  uint32_t cached = usable * B(e) + (cow ? m.n_tokens - n_full * B(e) : 0);
+  /* full blocks in the device tier are used in place; after them, a run of colder blocks is
+   * restored if that is faster than computing them */
+  uint32_t n_full = m.cow >= 0 ? (uint32_t)m.cow : m.n_nodes, hot = 0;
+  while (hot < n_full && pd_radix_node(&e->tree, nodes[hot])->tier == 0 &&
+         !pd_tiers_is_bad(e->tiers, nodes[hot]))
+    hot++;
+  uint32_t n_restore =
+      hot < n_full ? pd_tiers_plan_restore(e->tiers, nodes + hot, n_full - hot) : 0;
   uint32_t max_total = s->n_prompt + s->max_new;
-  uint64_t need = (max_total - usable * B(e) + B(e) - 1) / B(e) + 1;
+  uint64_t need = (max_total - hot * B(e) + B(e) - 1) / B(e) + 1;
   if (e->reserved_blocks + need > e->n_blocks) {
     pd_radix_release(&e->tree, nodes, m.n_nodes);
     free(nodes);
@@ -539,12 +540,27 @@ static int seq_admit(pd_engine *e, pd_seq *s) {
     free(nodes);
     return PD_ENOMEM;
   }
-  for (uint32_t i = 0; i < usable; i++) {
+  uint64_t now = pd_engine_now_ms();
+  for (uint32_t i = 0; i < hot; i++) {
     s->held[i] = nodes[i];
     s->table[i] = pd_radix_node(&e->tree, nodes[i])->slot;
     s->anchor = nodes[i];
+    s->cached_by_tier[0] += B(e);
+  }
+  uint32_t usable = hot;
+  for (; usable < hot + n_restore; usable++) {
+    uint32_t slot, node = nodes[usable];
+    int from = pd_radix_node(&e->tree, node)->tier;
+    if (pd_tiers_restore(e->tiers, node, now, &slot) != PD_OK) break;
+    s->held[usable] = node;
+    s->table[usable] = slot;
+    s->anchor = node;
+    s->cached_by_tier[from] += B(e);
   }
   s->n_held = s->n_table = usable;
+  int cow = m.cow >= 0 && usable == n_full && pd_radix_node(&e->tree, nodes[m.cow])->tier == 0 &&
+            !pd_tiers_is_bad(e->tiers, nodes[m.cow]) && !pd_tiers_pending(e->tiers, nodes[m.cow]);
+  uint32_t cached = usable * B(e) + (cow ? m.n_tokens - n_full * B(e) : 0);
   rc = PD_OK;
   if (cow) { /* copy the shared, partially matched block before appending to it */
     uint32_t slot;
@@ -555,6 +571,7 @@ static int seq_admit(pd_engine *e, pd_seq *s) {
                  (size_t)pd_radix_node(&e->tree, nodes[m.cow])->slot * e->block_bytes,
              e->block_bytes);
       s->table[s->n_table++] = slot;
+      s->cached_by_tier[0] += cached - usable * B(e);
     } else {
       cached = usable * B(e);
     }
@@ -566,7 +583,11 @@ static int seq_admit(pd_engine *e, pd_seq *s) {
   s->n_past = cached;
   s->reserve = need;
   e->reserved_blocks += need;
+  /* a block used a second time may be worth a disk copy (the write filter decides) */
+  for (uint32_t i = 0; i < s->n_held; i++) pd_tiers_note_use(e->tiers, s->held[i]);
   s->phase = PHASE_PREFILL;
+  for (uint32_t i = 0; i < s->n_held && s->phase == PHASE_PREFILL; i++)
+    if (pd_tiers_pending(e->tiers, s->held[i])) s->phase = PHASE_RESTORE;
   s->admit_ms = pd_grpc_now_ms();
   pd_tenant_counters *c = counters(e, s->tenant);
   if (c) {
@@ -879,8 +900,52 @@ static void reap(pd_engine *e) {
   }
 }
 
-/* One forward pass over every running sequence. */
-static void step(pd_engine *e) {
+/* Gives back a restoring sequence's blocks from index keep on (a restore failed there): it
+ * computes them instead. */
+static void seq_truncate(pd_engine *e, pd_seq *s, uint32_t keep) {
+  for (uint32_t i = s->n_held; i < s->n_table; i++) pd_radix_free_slot(&e->tree, 0, s->table[i]);
+  pd_radix_release(&e->tree, s->held + keep, s->n_held - keep);
+  s->n_held = s->n_table = keep;
+  s->anchor = keep ? s->held[keep - 1] : s->anchor;
+  if (!keep) pd_radix_root(&e->tree, s->tenant, s->ns, &s->anchor);
+  uint32_t lost = s->n_cached - keep * B(e);
+  for (int t = PD_TIERS - 1; t >= 0 && lost; t--) {
+    uint32_t take = s->cached_by_tier[t] < lost ? s->cached_by_tier[t] : lost;
+    s->cached_by_tier[t] -= take;
+    lost -= take;
+  }
+  pd_tenant_counters *c = counters(e, s->tenant);
+  if (c) c->hit_tokens -= s->n_cached - keep * B(e);
+  s->n_cached = s->n_past = keep * B(e);
+}
+
+/* Sequences whose blocks have all arrived go on to prefill (or, a Warm with nothing left to
+ * compute, finish). */
+static void restores_done(pd_engine *e) {
+  int64_t now = pd_grpc_now_ms();
+  for (pd_seq *s = e->running, *next; s; s = next) {
+    next = s->next;
+    if (s->phase != PHASE_RESTORE) continue;
+    uint32_t bad_at = s->n_held;
+    int waiting = 0;
+    for (uint32_t i = 0; i < s->n_held && !waiting; i++) {
+      waiting = pd_tiers_pending(e->tiers, s->held[i]) != 0;
+      if (bad_at == s->n_held && pd_tiers_is_bad(e->tiers, s->held[i])) bad_at = i;
+    }
+    if (waiting) continue;
+    if (bad_at < s->n_held) seq_truncate(e, s, bad_at);
+    s->restore_ms = (double)(now - s->admit_ms);
+    s->phase = PHASE_PREFILL;
+    if (s->warm && s->n_past == s->n_prompt) {
+      running_remove(e, s);
+      seq_finish(e, s, PD_GRPC_OK, NULL, 0);
+    }
+  }
+}
+
+/* One forward pass over every running sequence. Returns the rows computed. */
+static int step(pd_engine *e) {
+  restores_done(e);
   int n = 0, rows = 0, budget = e->cfg.max_batch_tokens;
   pd_seq *order[1024];
   /* decoding sequences: one row each */
@@ -914,7 +979,7 @@ static void step(pd_engine *e) {
       share -= take;
     }
   }
-  if (n == 0) return;
+  if (n == 0) return 0;
   /* blocks for the new rows */
   int m = 0;
   for (int i = 0; i < n; i++) {
@@ -938,8 +1003,21 @@ static void step(pd_engine *e) {
                                  (int32_t)s->n_table,   want};
     n_logits += want;
   }
-  if (n == 0) return;
+  if (n == 0) return 0;
+  int n_decode = 0;
+  rows = 0;
+  for (int i = 0; i < n; i++) {
+    rows += order[i]->rows;
+    n_decode += order[i]->phase == PHASE_DECODE;
+  }
+  struct timespec f0, f1;
+  clock_gettime(CLOCK_MONOTONIC, &f0);
   int rc = pd_llama_forward(&e->llama, e->pool, e->batch, n, e->logits);
+  clock_gettime(CLOCK_MONOTONIC, &f1);
+  if (!rc && rows > n_decode) /* the prefill rate, for restore-or-recompute */
+    pd_tiers_note_prefill(e->tiers, (uint64_t)rows,
+                          (double)(f1.tv_sec - f0.tv_sec) +
+                              (double)(f1.tv_nsec - f0.tv_nsec) * 1e-9);
   int64_t now = pd_grpc_now_ms();
   int li = 0;
   const float *lg[1024];
@@ -980,6 +1058,7 @@ static void step(pd_engine *e) {
       seq_finish(e, s, PD_GRPC_OK, NULL, reason);
     }
   }
+  return rows;
 }
 
 /* ---- eviction on request --------------------------------------------------------------------- */
@@ -994,19 +1073,40 @@ static void unpin_subtree(pd_engine *e, uint32_t node, int32_t tenant) {
     if (pd_radix_unpin(&e->tree, node)) break;
 }
 
-int pd_engine_evict(pd_engine *e, int32_t tenant, int tier, uint64_t counts[PD_TIERS]) {
-  for (uint32_t ns = 0; ns < e->tree.cap_ns_root; ns++)
-    if (e->tree.ns_root[ns] != PD_NODE_NIL) unpin_subtree(e, e->tree.ns_root[ns], tenant);
-  for (int t = 0; t < PD_TIERS; t++) {
-    if (tier >= 0 && tier != t) continue;
-    for (;;) {
-      pd_evicted ev[256];
-      uint32_t n = 0;
-      pd_radix_evict(&e->tree, t, tenant, 256, UINT64_MAX - 1, ev, &n);
-      if (n == 0) break;
-      drop_evicted(e, ev, n, counts);
+/* Drops the evictable blocks of tenant (-1: everyone's) from tier, and their disk records. */
+static void drop_tier(pd_engine *e, int32_t tenant, int tier, uint64_t counts[PD_TIERS]) {
+  for (;;) {
+    pd_evicted ev[256];
+    uint32_t n = 0;
+    pd_radix_evict(&e->tree, tier, tenant, 256, pd_engine_now_ms(), ev, &n);
+    if (n == 0) break;
+    for (uint32_t i = 0; i < n; i++) {
+      counts[ev[i].tier]++; /* a detached victim holds no slot: drop does not count it */
+      pd_tiers_drop(e->tiers, ev[i].node, counts);
     }
   }
+}
+
+/* Evict by tenant or for everyone. With one tier named, its blocks move one tier colder where
+ * there is one (the disk tier: they are deleted, and so are the disk copies of hotter blocks);
+ * with none named, they leave the cache. What running sequences hold stays. */
+int pd_engine_evict(pd_engine *e, int32_t tenant, int tier, uint64_t counts[PD_TIERS]) {
+  pd_tiers_sync(e->tiers); /* transfers in flight hold blocks: let them land first */
+  for (uint32_t ns = 0; ns < e->tree.cap_ns_root; ns++)
+    if (e->tree.ns_root[ns] != PD_NODE_NIL) unpin_subtree(e, e->tree.ns_root[ns], tenant);
+  if (tier < 0) {
+    for (int t = 0; t < PD_TIERS; t++) drop_tier(e, tenant, t, counts);
+  } else if (tier == 2) {
+    drop_tier(e, tenant, 2, counts);
+    for (uint32_t id = 0; id < e->tree.cap_nodes; id++) {
+      const pd_node *nd = pd_radix_node(&e->tree, id);
+      if ((nd->flags & PD_NODE_USED) && nd->tier < 2 && (tenant < 0 || nd->tenant == tenant))
+        counts[2] += (uint64_t)pd_tiers_forget_disk_copy(e->tiers, id);
+    }
+  } else {
+    pd_tiers_evict(e->tiers, tier, tenant, pd_engine_now_ms(), counts);
+  }
+  pd_tiers_flush(e->tiers);
   return PD_OK;
 }
 
@@ -1018,19 +1118,21 @@ static void evict_subtree(pd_engine *e, uint32_t node, int tier, uint64_t counts
     evict_subtree(e, c, tier, counts);
   }
   nd = pd_radix_node(&e->tree, node);
+  if (tier == 2 && nd->tier < 2) counts[2] += (uint64_t)pd_tiers_forget_disk_copy(e->tiers, node);
   if (nd->tier >= PD_TIERS || (tier >= 0 && nd->tier != tier) || nd->refcount || nd->pin_count ||
       nd->first_child != PD_NODE_NIL)
     return;
-  pd_evicted gone[4];
-  uint32_t n_gone = 0;
-  int from = nd->tier;
-  if (pd_radix_drop(&e->tree, node, gone, 4, &n_gone) == PD_OK) counts[from] += n_gone;
+  pd_tiers_drop(e->tiers, node, counts);
 }
 
 int pd_engine_evict_prefix(pd_engine *e, uint32_t node, int tier, uint64_t counts[PD_TIERS]) {
+  pd_key128 key = pd_radix_node(&e->tree, node)->key;
+  pd_tiers_sync(e->tiers);
+  if (pd_radix_find(&e->tree, key, &node)) return PD_OK; /* a failed restore dropped it */
   uint32_t parent = pd_radix_node(&e->tree, node)->parent;
   unpin_subtree(e, node, -1);
   evict_subtree(e, node, tier, counts);
+  pd_tiers_flush(e->tiers);
   /* then the prefix's own blocks up the path, as far as no other prefix shares them */
   while (parent != PD_NODE_NIL) {
     const pd_node *p = pd_radix_node(&e->tree, parent);
@@ -1065,7 +1167,8 @@ static void *engine_main(void *arg) {
 #endif
   for (;;) {
     pthread_mutex_lock(&e->mu);
-    while (!e->stop && !e->inbox_head && !e->running && !e->queue_head)
+    while (!e->stop && !e->inbox_head && !e->running && !e->queue_head &&
+           !pd_tiers_has_completions(e->tiers))
       pthread_cond_wait(&e->cv, &e->mu);
     if (e->stop && !e->inbox_head && !e->running && !e->queue_head) {
       pthread_mutex_unlock(&e->mu);
@@ -1074,6 +1177,7 @@ static void *engine_main(void *arg) {
     pd_job *in = e->inbox_head;
     e->inbox_head = e->inbox_tail = NULL;
     pthread_mutex_unlock(&e->mu);
+    pd_tiers_poll(e->tiers, pd_engine_now_ms());
     for (pd_job *j = in, *next; j; j = next) {
       next = j->next;
       j->next = NULL;
@@ -1090,9 +1194,34 @@ static void *engine_main(void *arg) {
     pd_radix_expire_pins(&e->tree, pd_engine_now_ms());
     reap(e);
     admit(e);
-    step(e);
+    int rows = step(e);
+    pd_tiers_flush(e->tiers);
+    if (rows == 0 && e->running) { /* every running sequence waits for its blocks */
+      pthread_mutex_lock(&e->mu);
+      if (!e->inbox_head && !pd_tiers_has_completions(e->tiers)) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 20 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+        pthread_cond_timedwait(&e->cv, &e->mu, &ts);
+      }
+      pthread_mutex_unlock(&e->mu);
+    }
   }
   return NULL;
+}
+
+/* The storage worker has completions: wake the engine thread (any thread). */
+static void tiers_wake(void *arg) {
+  pd_engine *e = arg;
+  pthread_mutex_lock(&e->mu);
+  pthread_cond_signal(&e->cv);
+  pthread_mutex_unlock(&e->mu);
+}
+
+static void rebuild_progress(void *arg, uint64_t n_done) {
+  (void)arg;
+  pd_log(PD_LOG_INFO, "disk tier: indexing", "records_read=%llu", (unsigned long long)n_done);
 }
 
 void pd_engine_submit(pd_engine *e, pd_job *job) {
@@ -1161,12 +1290,36 @@ int pd_engine_create(const pd_engine_config *cfg, uv_loop_t *loop, pd_job_output
   }
   pd_radix_config rcfg = {0};
   rcfg.block_tokens = cfg->block_tokens;
-  memcpy(rcfg.fingerprint, e->model->fingerprint, 16);
+  /* the fingerprint names the model, the cache dtype and the block size: disk records of another
+   * dtype or block size are someone else's */
+  pd_key128 fp;
+  memcpy(&fp, e->model->fingerprint, 16);
+  uint32_t shape[2] = {(uint32_t)cfg->cache_dtype, cfg->block_tokens};
+  fp = pd_blockkey_next(fp, (const int32_t *)shape, 2);
+  memcpy(rcfg.fingerprint, &fp, 16);
+  rcfg.tier_capacity[0] = e->n_blocks;
+  pthread_mutex_init(&e->mu, NULL);
+  pthread_cond_init(&e->cv, NULL);
+  pd_tiers_config tcfg = {.block_bytes = e->block_bytes,
+                          .block_tokens = cfg->block_tokens,
+                          .dtype = (uint8_t)cfg->cache_dtype,
+                          .device_pool = e->pool,
+                          .host_bytes = cfg->host_cache_bytes,
+                          .disk_dir = cfg->disk_dir,
+                          .disk_bytes = cfg->disk_cache_bytes,
+                          .durability = cfg->disk_durability,
+                          .foreign = cfg->disk_foreign,
+                          .write_filter = cfg->disk_write_filter,
+                          .wake = tiers_wake,
+                          .wake_arg = e};
+  memcpy(tcfg.fingerprint, rcfg.fingerprint, 16);
+  pd_tiers_capacity(&tcfg, &rcfg.tier_capacity[0]);
   rcfg.tier_capacity[0] = e->n_blocks;
   if ((rc = pd_radix_init(&e->tree, &rcfg))) {
     snprintf(err, errlen, "cannot create the prefix tree: %s", pd_strerror(rc));
     goto fail;
   }
+  if ((rc = pd_tiers_open(&tcfg, &e->tree, &e->tiers, err, errlen))) goto fail;
   if ((rc = pd_tenantdb_open(&e->db, cfg->tenants_path, err, errlen))) goto fail;
   if (cfg->admin_key && cfg->admin_key[0]) {
     e->has_admin = 1;
@@ -1182,13 +1335,17 @@ int pd_engine_create(const pd_engine_config *cfg, uv_loop_t *loop, pd_job_output
     if ((rc = pd_engine_add_tenant(e, &def, err, errlen))) goto fail;
     e->default_tenant = (uint32_t)pd_engine_tenant_id(e, "default");
   }
-  pthread_mutex_init(&e->mu, NULL);
-  pthread_cond_init(&e->cv, NULL);
+  /* the disk tier's blocks from before a restart are hits again */
+  if ((rc = pd_tiers_rebuild(e->tiers, rebuild_progress, NULL, &e->rebuilt_blocks))) {
+    snprintf(err, errlen, "cannot index the disk tier: %s", pd_strerror(rc));
+    goto fail;
+  }
   uv_async_init(loop, &e->async, on_async);
   e->async.data = e;
   *out = e;
   return PD_OK;
 fail:
+  pd_tiers_close(e->tiers);
   pd_tenantdb_close(&e->db);
   free(e->pool);
   free(e->logits);
@@ -1214,6 +1371,7 @@ void pd_engine_destroy(pd_engine *e) {
   pthread_cond_signal(&e->cv);
   pthread_mutex_unlock(&e->mu);
   pthread_join(e->thread, NULL);
+  pd_tiers_close(e->tiers); /* queued writes are committed first */
   pd_radix_free(&e->tree);
   pd_tenantdb_close(&e->db);
   free(e->pool);

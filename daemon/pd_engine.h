@@ -25,7 +25,10 @@
  * done, its full prompt blocks enter the tree, so a concurrent request with the same prefix
  * shares them; at its end the rest (the generated tokens, and a partial last block) enters too,
  * so the next chat turn reuses the answer. The pool is the device tier (tier 0: host memory on
- * the CPU backend); when it is full, least recently used unreferenced blocks are dropped.
+ * the CPU backend); when it is full, the tier manager (storage/pd_tiers.h) demotes its least
+ * recently used unreferenced blocks to host RAM and from there to disk. A match that ends in
+ * colder blocks restores them (when that is faster than computing them): the sequence waits in
+ * the restore phase for its own blocks only, while the others run.
  */
 #ifndef PD_ENGINE_H
 #define PD_ENGINE_H
@@ -45,12 +48,19 @@
 #include "pd_radix.h"
 #include "pd_sampler.h"
 #include "pd_tenantdb.h"
+#include "pd_tiers.h"
 #include "pd_tokenizer.h"
 
 typedef struct pd_engine_config {
   const char *model_path;
   uint32_t block_tokens;     /* B (default 16) */
   uint64_t kv_cache_bytes;   /* the device tier's pool */
+  uint64_t host_cache_bytes; /* the host tier (0: none) */
+  const char *disk_dir;      /* the disk tier's LMDB directory (NULL: none) */
+  uint64_t disk_cache_bytes; /* the disk tier's budget */
+  enum pd_kvstore_durability disk_durability;
+  enum pd_kvstore_foreign disk_foreign;
+  enum pd_write_filter disk_write_filter;
   int max_batch_tokens;      /* rows per forward pass */
   int max_running;           /* sequences in the batch at once */
   int max_queue;             /* waiting sequences; beyond: RESOURCE_EXHAUSTED */
@@ -132,6 +142,8 @@ struct pd_engine {
   uint32_t n_blocks;
   size_t block_bytes;
   pd_radix tree;
+  pd_tiers *tiers;         /* moves blocks between the device pool, host RAM and disk */
+  uint64_t rebuilt_blocks; /* disk blocks indexed at start */
   pd_tenantdb db;
   int single_tenant;
   uint32_t default_tenant;

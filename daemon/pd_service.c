@@ -455,6 +455,7 @@ static void do_pin(pd_engine *e, pd_job *job) {
   uint64_t until =
       req->ttl_seconds ? pd_engine_now_ms() + (uint64_t)req->ttl_seconds * 1000 : PD_PIN_FOREVER;
   int rc = pd_radix_pin(&e->tree, node, until);
+  if (rc == PD_OK) pd_tiers_keep(e->tiers, node); /* a pinned prefix survives a restart */
   if (rc) {
     fail(job, PD_GRPC_FAILED_PRECONDITION, "cannot pin: %s", pd_strerror(rc));
     return;
@@ -498,17 +499,63 @@ static void do_stats(pd_engine *e, pd_job *job) {
     return;
   }
   prefixd__v1__stats_response__init(r);
-  static const char *const absent = "not configured on this backend yet";
+  static const char *const absent = "not configured (its size is 0)";
+  pd_kvstore_counters kc = {0};
+  uint64_t disk_records = 0, disk_used = 0, disk_map = 0;
+  int have_disk = pd_tiers_disk_stats(e->tiers, &kc, &disk_records, &disk_used, &disk_map) == 0;
+  const char *disk_reason = "";
+  int disk_on = pd_tiers_disk_enabled(e->tiers, &disk_reason);
   for (int t = 0; t < PD_TIERS; t++) {
     prefixd__v1__tier_stats__init(&ts[t]);
     ts[t].tier = (Prefixd__V1__Tier)(t + 1);
     ts[t].blocks_capacity = e->tree.cfg.tier_capacity[t];
     ts[t].blocks_used = e->tree.cfg.tier_capacity[t] ? pd_radix_tier_used(&e->tree, t) : 0;
-    ts[t].bytes_used = ts[t].blocks_used * e->block_bytes;
-    ts[t].bytes_capacity = ts[t].blocks_capacity * e->block_bytes;
-    ts[t].disabled = e->tree.cfg.tier_capacity[t] == 0;
-    ts[t].disabled_reason = ts[t].disabled ? (char *)absent : "";
+    ts[t].bytes_used = ts[t].blocks_used * pd_tiers_slot_bytes(e->tiers, t);
+    ts[t].bytes_capacity = ts[t].blocks_capacity * pd_tiers_slot_bytes(e->tiers, t);
+    if (t == 0) {
+      ts[t].bytes_used = ts[t].blocks_used * e->block_bytes;
+      ts[t].bytes_capacity = ts[t].blocks_capacity * e->block_bytes;
+    }
+    if (t == 2 && have_disk) {
+      ts[t].bytes_used = disk_used; /* the store's pages in use (records and B-tree) */
+      ts[t].bytes_capacity = disk_map;
+    }
+    ts[t].disabled = e->tree.cfg.tier_capacity[t] == 0 || (t == 2 && !disk_on);
+    ts[t].disabled_reason = e->tree.cfg.tier_capacity[t] == 0 ? (char *)absent
+                            : t == 2 && !disk_on              ? (char *)disk_reason
+                                                              : "";
     tsp[t] = &ts[t];
+  }
+  Prefixd__V1__StorageStats *st = pd_job_alloc(job, sizeof *st);
+  Prefixd__V1__TierCounts *dropped = pd_job_alloc(job, sizeof *dropped);
+  if (st && dropped) {
+    pd_tiers_counters c;
+    pd_tiers_get_counters(e->tiers, &c);
+    prefixd__v1__storage_stats__init(st);
+    st->spilled_to_host_blocks = c.demoted[1];
+    st->spilled_to_disk_blocks = c.demoted[2];
+    st->restored_from_host_blocks = c.restored[1];
+    st->restored_from_disk_blocks = c.restored[2];
+    st->spill_bytes = c.spill_bytes;
+    st->restore_bytes = c.restore_bytes;
+    tier_counts_set(dropped, c.dropped);
+    st->dropped_blocks = dropped;
+    st->disk_writes = c.disk_writes;
+    st->disk_write_bytes = c.disk_write_bytes;
+    st->write_through_blocks = c.write_through;
+    st->write_filtered_blocks = c.write_filtered;
+    st->checksum_failures = kc.checksum_failures;
+    st->read_failures = c.read_failures;
+    st->map_full_retries = c.map_full_retries;
+    st->restores_chosen = c.restore_chosen;
+    st->recomputes_chosen = c.recompute_chosen;
+    st->host_restore_bytes_per_second = c.rate_bps[1];
+    st->disk_restore_bytes_per_second = c.rate_bps[2];
+    static const char *const filters[] = {"second-use", "always", "pinned"};
+    st->write_filter = (char *)filters[e->cfg.disk_write_filter];
+    st->disk_records = disk_records;
+    st->transfers_in_flight = pd_tiers_in_flight(e->tiers);
+    r->storage = st;
   }
   r->tiers = tsp;
   r->n_tiers = PD_TIERS;

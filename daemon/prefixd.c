@@ -46,6 +46,20 @@ static void usage(FILE *f) {
           "                            (or the key itself in PREFIXD_ADMIN_KEY)\n"
           "      --kv-cache-mb N       KV cache of the device tier in MiB (PREFIXD_KV_CACHE_MB;\n"
           "                            default 1024)\n"
+          "      --host-cache-mb N     host RAM tier in MiB; 0 = none (PREFIXD_HOST_CACHE_MB;\n"
+          "                            default 1024)\n"
+          "      --disk-cache-mb N     disk tier (LMDB) budget in MiB; 0 = none\n"
+          "                            (PREFIXD_DISK_CACHE_MB; default 8192)\n"
+          "      --disk-dir DIR        the disk tier's directory (PREFIXD_DISK_DIR; default\n"
+          "                            <data-dir>/kv)\n"
+          "      --disk-sync M         durable (fsync every commit), fast (no meta sync: power\n"
+          "                            loss may lose the last commits, never corrupts) or nosync\n"
+          "                            (the OS flushes) (PREFIXD_DISK_SYNC; default fast)\n"
+          "      --disk-write F        which blocks are written to disk: second-use (on their\n"
+          "                            first hit, or warmed or pinned), always, or pinned (only\n"
+          "                            warmed or pinned) (PREFIXD_DISK_WRITE; default second-use)\n"
+          "      --disk-foreign P      blocks of another model or format in the store: keep\n"
+          "                            (never served) or purge (default keep)\n"
           "      --block-tokens N      tokens per KV block, a power of two (default 16)\n"
           "      --max-batch-tokens N  rows per forward pass (PREFIXD_MAX_BATCH_TOKENS; 256)\n"
           "      --max-running N       sequences batched at once (PREFIXD_MAX_RUNNING; 64)\n"
@@ -173,14 +187,20 @@ int main(int argc, char **argv) {
   const char *admin_key_file = env_or("PREFIXD_ADMIN_KEY_FILE", NULL);
   const char *log_level = env_or("PREFIXD_LOG_LEVEL", "info");
   const char *log_file = env_or("PREFIXD_LOG_FILE", NULL);
-  long kv_mb = 1024, block = 16, batch = 256, running = 64, queue = 1024, ctx = 0, threads = 0,
-       drain = 30;
+  long kv_mb = 1024, host_mb = 1024, disk_mb = 8192, block = 16, batch = 256, running = 64,
+       queue = 1024, ctx = 0, threads = 0, drain = 30;
   const char *cache_dtype = "f16", *matmul = "fast";
+  const char *disk_dir = env_or("PREFIXD_DISK_DIR", NULL);
+  const char *disk_sync = env_or("PREFIXD_DISK_SYNC", "fast");
+  const char *disk_write = env_or("PREFIXD_DISK_WRITE", "second-use");
+  const char *disk_foreign = "keep";
   struct {
     const char *env;
     long *v;
     long lo, hi;
   } env_ints[] = {{"PREFIXD_KV_CACHE_MB", &kv_mb, 1, 1 << 22},
+                  {"PREFIXD_HOST_CACHE_MB", &host_mb, 0, 1 << 22},
+                  {"PREFIXD_DISK_CACHE_MB", &disk_mb, 0, 1 << 30},
                   {"PREFIXD_MAX_BATCH_TOKENS", &batch, 1, 65536},
                   {"PREFIXD_MAX_RUNNING", &running, 1, 1024},
                   {"PREFIXD_THREADS", &threads, 0, 1024}};
@@ -196,6 +216,12 @@ int main(int argc, char **argv) {
     O_UNIX = 256,
     O_ADMIN_KEY_FILE,
     O_KV,
+    O_HOST,
+    O_DISK,
+    O_DISK_DIR,
+    O_DISK_SYNC,
+    O_DISK_WRITE,
+    O_DISK_FOREIGN,
     O_BLOCK,
     O_BATCH,
     O_RUNNING,
@@ -214,6 +240,12 @@ int main(int argc, char **argv) {
                                        {"data-dir", required_argument, 0, 'd'},
                                        {"admin-key-file", required_argument, 0, O_ADMIN_KEY_FILE},
                                        {"kv-cache-mb", required_argument, 0, O_KV},
+                                       {"host-cache-mb", required_argument, 0, O_HOST},
+                                       {"disk-cache-mb", required_argument, 0, O_DISK},
+                                       {"disk-dir", required_argument, 0, O_DISK_DIR},
+                                       {"disk-sync", required_argument, 0, O_DISK_SYNC},
+                                       {"disk-write", required_argument, 0, O_DISK_WRITE},
+                                       {"disk-foreign", required_argument, 0, O_DISK_FOREIGN},
                                        {"block-tokens", required_argument, 0, O_BLOCK},
                                        {"max-batch-tokens", required_argument, 0, O_BATCH},
                                        {"max-running", required_argument, 0, O_RUNNING},
@@ -238,6 +270,12 @@ int main(int argc, char **argv) {
     case 'd': data_dir = optarg; break;
     case O_ADMIN_KEY_FILE: admin_key_file = optarg; break;
     case O_KV: target = &kv_mb, lo = 1, hi = 1 << 22; break;
+    case O_HOST: target = &host_mb, lo = 0, hi = 1 << 22; break;
+    case O_DISK: target = &disk_mb, lo = 0, hi = 1 << 30; break;
+    case O_DISK_DIR: disk_dir = optarg; break;
+    case O_DISK_SYNC: disk_sync = optarg; break;
+    case O_DISK_WRITE: disk_write = optarg; break;
+    case O_DISK_FOREIGN: disk_foreign = optarg; break;
     case O_BLOCK: target = &block, lo = 1, hi = 256; break;
     case O_BATCH: target = &batch, lo = 1, hi = 65536; break;
     case O_RUNNING: target = &running, lo = 1, hi = 1024; break;
@@ -280,6 +318,32 @@ int main(int argc, char **argv) {
   }
   if (strcmp(matmul, "fast") && strcmp(matmul, "exact")) {
     fprintf(stderr, "prefixd: --matmul must be fast or exact\n");
+    return 2;
+  }
+  enum pd_kvstore_durability durability;
+  if (!strcmp(disk_sync, "durable"))
+    durability = PD_KVSTORE_DURABLE;
+  else if (!strcmp(disk_sync, "fast"))
+    durability = PD_KVSTORE_FAST;
+  else if (!strcmp(disk_sync, "nosync"))
+    durability = PD_KVSTORE_NOSYNC;
+  else {
+    fprintf(stderr, "prefixd: --disk-sync must be durable, fast or nosync\n");
+    return 2;
+  }
+  enum pd_write_filter write_filter;
+  if (!strcmp(disk_write, "second-use"))
+    write_filter = PD_WRITE_SECOND_USE;
+  else if (!strcmp(disk_write, "always"))
+    write_filter = PD_WRITE_ALWAYS;
+  else if (!strcmp(disk_write, "pinned"))
+    write_filter = PD_WRITE_PINNED;
+  else {
+    fprintf(stderr, "prefixd: --disk-write must be second-use, always or pinned\n");
+    return 2;
+  }
+  if (strcmp(disk_foreign, "keep") && strcmp(disk_foreign, "purge")) {
+    fprintf(stderr, "prefixd: --disk-foreign must be keep or purge\n");
     return 2;
   }
   enum pd_log_level level;
@@ -332,6 +396,14 @@ int main(int argc, char **argv) {
   }
   char tenants_path[4200];
   snprintf(tenants_path, sizeof tenants_path, "%s/tenants", data_dir);
+  char default_disk_dir[4200];
+  snprintf(default_disk_dir, sizeof default_disk_dir, "%s/kv", data_dir);
+  if (!disk_dir) disk_dir = default_disk_dir;
+  if (disk_mb > 0 && mkdir_p(disk_dir)) {
+    fprintf(stderr, "prefixd: cannot create the disk tier's directory %s: %s\n", disk_dir,
+            strerror(errno));
+    return 1;
+  }
 
   daemon_state d = {0};
   d.loop = uv_default_loop();
@@ -339,6 +411,13 @@ int main(int argc, char **argv) {
   pd_engine_config cfg = {.model_path = model,
                           .block_tokens = (uint32_t)block,
                           .kv_cache_bytes = (uint64_t)kv_mb << 20,
+                          .host_cache_bytes = (uint64_t)host_mb << 20,
+                          .disk_dir = disk_mb > 0 ? disk_dir : NULL,
+                          .disk_cache_bytes = (uint64_t)disk_mb << 20,
+                          .disk_durability = durability,
+                          .disk_foreign = strcmp(disk_foreign, "purge") ? PD_KVSTORE_FOREIGN_KEEP
+                                                                        : PD_KVSTORE_FOREIGN_PURGE,
+                          .disk_write_filter = write_filter,
                           .max_batch_tokens = (int)batch,
                           .max_running = (int)running,
                           .max_queue = (int)queue,
@@ -406,11 +485,15 @@ int main(int argc, char **argv) {
   const pd_engine *e = d.engine;
   pd_log(PD_LOG_INFO, "prefixd ready",
          "version=%s model=\"%s\" backend=cpu threads=%d device_tier_blocks=%u "
-         "device_tier_mib=%.0f block_tokens=%ld kv_bytes_per_token=%zu host_tier=off disk_tier=off "
+         "device_tier_mib=%.0f block_tokens=%ld kv_bytes_per_token=%zu host_tier_blocks=%u "
+         "host_tier_mib=%ld disk_tier_blocks=%u disk_tier_mib=%ld disk_dir=%s "
+         "disk_blocks_indexed=%llu "
          "addr=%s%s%d unix=%s mode=%s tenants=%u load_ms=%lld port=%d",
          VERSION, e->model_desc, n_threads, e->n_blocks,
          (double)e->n_blocks * (double)e->block_bytes / 1048576.0, block,
-         e->block_bytes / (size_t)block, want_tcp ? host : "none", want_tcp ? ":" : "",
+         e->block_bytes / (size_t)block, e->tree.cfg.tier_capacity[1], host_mb,
+         e->tree.cfg.tier_capacity[2], disk_mb, disk_mb > 0 ? disk_dir : "none",
+         (unsigned long long)e->rebuilt_blocks, want_tcp ? host : "none", want_tcp ? ":" : "",
          want_tcp ? bound : 0, unix_path ? unix_path : "none",
          e->single_tenant ? "single-tenant (no API keys, loopback only)" : "multi-tenant",
          e->db.n_recs, (long long)(pd_grpc_now_ms() - t0), bound);

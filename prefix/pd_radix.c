@@ -415,7 +415,7 @@ static uint8_t node_tier_for_order(const pd_node *n) {
  * slots from *n_done on remain the caller's. */
 static int insert_below(pd_radix *t, uint32_t tenant, uint32_t ns, uint32_t cur,
                         const int32_t *tokens, uint32_t n, const uint32_t *slots, int tier,
-                        uint64_t now, pd_insert_result *results, uint32_t *n_done) {
+                        uint64_t now, int busy_stops, pd_insert_result *results, uint32_t *n_done) {
   uint32_t n_blocks = (n + B(t) - 1) / B(t), i = 0;
   int rc = PD_OK;
   t->stats.inserts++;
@@ -442,6 +442,11 @@ static int insert_below(pd_radix *t, uint32_t tenant, uint32_t ns, uint32_t cur,
         nd->slot = slots[i];
         charge(t, nd->tenant, tier, +1);
         results[i] = (pd_insert_result){c, 1};
+      } else if (nd->tier > tier && busy_stops) {
+        /* A colder copy in use (a transfer holds it): the caller keeps its hotter block
+         * private for now; it may insert it again once the transfer is done. */
+        rc = PD_EBUSY;
+        break;
       } else {
         pd_blockpool_release(&t->pool[tier], slots[i]);
         t->stats.blocks_deduped++;
@@ -502,7 +507,7 @@ int pd_radix_insert(pd_radix *t, uint32_t tenant, uint32_t ns, const int32_t *to
   uint32_t root;
   if (tier >= 0 && tier < PD_TIERS && (n == 0 || (tokens && slots)) &&
       !(rc = ensure_root(t, tenant, ns, &root)))
-    rc = insert_below(t, tenant, ns, root, tokens, n, slots, tier, now, results, n_done);
+    rc = insert_below(t, tenant, ns, root, tokens, n, slots, tier, now, 0, results, n_done);
   for (uint32_t j = *n_done; j < n_blocks && slots && tier >= 0 && tier < PD_TIERS; j++)
     pd_blockpool_release(&t->pool[tier], slots[j]);
   return rc;
@@ -521,7 +526,7 @@ int pd_radix_extend(pd_radix *t, uint32_t tenant, uint32_t parent, const int32_t
     return PD_EINVAL;
   uint32_t ns = t->nodes[parent].ns;
   if (!pd_tenants_may_use(&t->tenants, tenant, ns)) return PD_EPERM;
-  return insert_below(t, tenant, ns, parent, tokens, n, slots, tier, now, results, n_done);
+  return insert_below(t, tenant, ns, parent, tokens, n, slots, tier, now, 1, results, n_done);
 }
 
 /* ---- eviction and moves ---------------------------------------------------------------------- */
@@ -563,6 +568,11 @@ uint32_t pd_radix_expire_pins(pd_radix *t, uint64_t now) {
 
 int pd_radix_evict(pd_radix *t, int tier, int32_t tenant, uint32_t want, uint64_t now,
                    pd_evicted *out, uint32_t *n_out) {
+  return pd_radix_evict_ex(t, tier, tenant, want, now, 0, out, n_out);
+}
+
+int pd_radix_evict_ex(pd_radix *t, int tier, int32_t tenant, uint32_t want, uint64_t now,
+                      unsigned flags, pd_evicted *out, uint32_t *n_out) {
   *n_out = 0;
   if (tier < 0 || tier >= PD_TIERS) return PD_EINVAL;
   pd_radix_expire_pins(t, now);
@@ -576,7 +586,7 @@ int pd_radix_evict(pd_radix *t, int tier, int32_t tenant, uint32_t want, uint64_
       uint32_t prev = nd->lru_prev;
       if ((tenant < 0 || nd->tenant == (uint32_t)tenant) && !has_child_at_or_above(t, id, tier)) {
         list_unlink(t, id);
-        pd_blockpool_release(&t->pool[tier], nd->slot);
+        if (!(flags & PD_EVICT_KEEP_SLOTS)) pd_blockpool_release(&t->pool[tier], nd->slot);
         charge(t, nd->tenant, tier, -1);
         out[(*n_out)++] = (pd_evicted){id, nd->key, nd->slot, (uint8_t)tier, nd->tenant};
         nd->tier = PD_TIER_NONE;
@@ -590,6 +600,12 @@ int pd_radix_evict(pd_radix *t, int tier, int32_t tenant, uint32_t want, uint64_
 }
 
 int pd_radix_place(pd_radix *t, uint32_t node, int tier, uint32_t slot) {
+  return pd_radix_move(t, node, tier, slot, NULL, NULL);
+}
+
+int pd_radix_move(pd_radix *t, uint32_t node, int tier, uint32_t slot, int *old_tier,
+                  uint32_t *old_slot) {
+  if (old_tier) *old_tier = -1;
   if (node >= t->cap_nodes || tier < 0 || tier >= PD_TIERS) return PD_EINVAL;
   pd_node *nd = &t->nodes[node];
   if (!(nd->flags & PD_NODE_USED) || nd->tier == PD_TIER_ROOT) return PD_EINVAL;
@@ -604,7 +620,12 @@ int pd_radix_place(pd_radix *t, uint32_t node, int tier, uint32_t slot) {
   if (is_real_tier(nd->tier) && tier > nd->tier && (nd->refcount || nd->pin_count)) return PD_EBUSY;
   list_unlink(t, node);
   if (is_real_tier(nd->tier)) {
-    pd_blockpool_release(&t->pool[nd->tier], nd->slot);
+    if (old_tier && old_slot) {
+      *old_tier = nd->tier;
+      *old_slot = nd->slot;
+    } else {
+      pd_blockpool_release(&t->pool[nd->tier], nd->slot);
+    }
     charge(t, nd->tenant, nd->tier, -1);
   }
   nd->tier = (uint8_t)tier;
@@ -655,6 +676,15 @@ int pd_radix_drop(pd_radix *t, uint32_t node, pd_evicted *out, uint32_t cap, uin
   if (n_slots > cap) return PD_EFULL;
   unlink_child(t, node);
   drop_subtree(t, node, out, n_out);
+  return PD_OK;
+}
+
+int pd_radix_hold(pd_radix *t, uint32_t node) {
+  if (node >= t->cap_nodes || !(t->nodes[node].flags & PD_NODE_USED) ||
+      !is_real_tier(t->nodes[node].tier))
+    return PD_EINVAL;
+  t->nodes[node].refcount++;
+  list_unlink(t, node);
   return PD_OK;
 }
 

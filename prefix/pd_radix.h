@@ -177,7 +177,7 @@ typedef struct pd_insert_result {
  * tenant in ns. slots[i] (allocated with pd_radix_alloc_slot in tier) holds block i's KV; the
  * tree takes ownership of every slot passed (adopting or freeing it). Identical blocks are
  * deduplicated. A block that exists in a colder tier, unreferenced, is promoted into the
- * caller's slot.
+ * caller's slot; one that exists colder and referenced is returned as it is (adopted 0).
  * Stops at the tenant's limit in tier: PD_ELIMIT, with *n_done blocks inserted (their results
  * valid and referenced) and the remaining slots freed. The parent of the first new block must
  * not be colder than tier (restore it first): PD_EINVAL. PD_EPERM for a namespace the tenant may
@@ -195,7 +195,10 @@ int pd_radix_root(pd_radix *t, uint32_t tenant, uint32_t ns, uint32_t *root);
  * Like pd_radix_insert, but below parent (a namespace root, or a full block the caller holds a
  * reference on), in parent's namespace: for a sequence that matched a prefix and now adds the
  * blocks it computed after it. The difference in ownership: on failure, the slots from *n_done
- * on stay the caller's (a running sequence keeps reading them). Same return codes.
+ * on stay the caller's (a running sequence keeps reading them). Same return codes, and one
+ * difference in deduplication: a block that exists in a colder tier and is referenced (a transfer
+ * holds it) stops the extend there with PD_EBUSY, because the caller's table must name a block
+ * in the caller's tier.
  */
 int pd_radix_extend(pd_radix *t, uint32_t tenant, uint32_t parent, const int32_t *tokens,
                     uint32_t n, const uint32_t *slots, int tier, uint64_t now,
@@ -220,12 +223,30 @@ typedef struct pd_evicted {
 int pd_radix_evict(pd_radix *t, int tier, int32_t tenant, uint32_t want, uint64_t now,
                    pd_evicted *out, uint32_t *n_out);
 
+#define PD_EVICT_KEEP_SLOTS                                                                        \
+  0x1u /* the victims' slots stay allocated, now the caller's: a
+                                   * transfer still reads them; give each back with
+                                   * pd_radix_free_slot when it is done */
+/* pd_radix_evict with flags (PD_EVICT_*). */
+int pd_radix_evict_ex(pd_radix *t, int tier, int32_t tenant, uint32_t want, uint64_t now,
+                      unsigned flags, pd_evicted *out, uint32_t *n_out);
+
 /* Puts node (detached, or in another tier) into tier with slot (allocated by the caller;
  * ownership passes to the tree). The old slot, if any, is given back. Keeps the frontier rule:
  * PD_EINVAL if the parent is colder than tier or a child hotter. Beneath a detached parent (in
  * transit itself) only a detached node or a move colder is allowed. PD_EBUSY if referenced or
  * pinned while moving colder. */
 int pd_radix_place(pd_radix *t, uint32_t node, int tier, uint32_t slot);
+
+/* pd_radix_place, except that the node's old slot (if it was in a tier) is not given back but
+ * handed to the caller in *old_tier / *old_slot (*old_tier = -1 if it had none): a transfer is
+ * still reading it. Give it back with pd_radix_free_slot. */
+int pd_radix_move(pd_radix *t, uint32_t node, int tier, uint32_t slot, int *old_tier,
+                  uint32_t *old_slot);
+
+/* Takes a reference on node (in a tier), as a match would: it is neither evicted, moved colder
+ * nor dropped until pd_radix_release gives it back. For transfers in flight. */
+int pd_radix_hold(pd_radix *t, uint32_t node);
 
 /* Removes node and its whole subtree (none may be referenced or pinned: PD_EBUSY). Writes every
  * removed node that held a slot to out (capacity cap; PD_EFULL if too small, nothing removed). */
