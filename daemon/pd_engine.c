@@ -316,16 +316,26 @@ int pd_engine_prompt_tokens(const pd_engine *e, const ProtobufCMessage *msg, int
 
 /* ---- blocks ---------------------------------------------------------------------------------- */
 
-/* One slot of the device tier for a sequence, demoting cold blocks if needed (in batches of
- * 32, so that spills are large transfers). */
+/* Free device slots the engine keeps ahead of need: demotions run in the background while
+ * fewer are left, so a step rarely waits for a spill. */
+static uint32_t low_watermark(const pd_engine *e) {
+  uint32_t w = (uint32_t)e->cfg.max_batch_tokens / B(e) + 8;
+  return w < e->n_blocks / 8 ? w : e->n_blocks / 8;
+}
+
+/* One slot of the device tier for a sequence. When none is free, cold blocks are demoted (their
+ * slots come free when the copies out of them land: then this waits for the storage worker). */
 static int alloc_block(pd_engine *e, uint32_t *slot) {
-  if (pd_radix_alloc_slot(&e->tree, 0, slot) == PD_OK) return PD_OK;
-  uint32_t want = e->n_blocks < 256 ? 1 : 32;
-  pd_tiers_make_room(e->tiers, 0, want, pd_engine_now_ms());
-  if (pd_radix_alloc_slot(&e->tree, 0, slot) == PD_OK) return PD_OK;
-  return pd_tiers_make_room(e->tiers, 0, 1, pd_engine_now_ms()) == PD_OK
-             ? pd_radix_alloc_slot(&e->tree, 0, slot)
-             : PD_EFULL;
+  for (int tries = 0; tries < 3; tries++) {
+    if (pd_radix_alloc_slot(&e->tree, 0, slot) == PD_OK) return PD_OK;
+    uint32_t want = low_watermark(e) > 0 ? low_watermark(e) : 1;
+    int rc = pd_tiers_make_room(e->tiers, 0, want, pd_engine_now_ms());
+    if (pd_radix_alloc_slot(&e->tree, 0, slot) == PD_OK) return PD_OK;
+    if (rc != PD_OK && pd_tiers_make_room(e->tiers, 0, 1, pd_engine_now_ms()) != PD_OK)
+      return PD_EFULL;
+    pd_tiers_sync(e->tiers); /* the room is on its way */
+  }
+  return PD_EFULL;
 }
 
 /* Makes the table cover n tokens. */
@@ -1106,7 +1116,7 @@ int pd_engine_evict(pd_engine *e, int32_t tenant, int tier, uint64_t counts[PD_T
   } else {
     pd_tiers_evict(e->tiers, tier, tenant, pd_engine_now_ms(), counts);
   }
-  pd_tiers_flush(e->tiers);
+  pd_tiers_sync(e->tiers); /* the records are deleted when Evict answers */
   return PD_OK;
 }
 
@@ -1132,7 +1142,6 @@ int pd_engine_evict_prefix(pd_engine *e, uint32_t node, int tier, uint64_t count
   uint32_t parent = pd_radix_node(&e->tree, node)->parent;
   unpin_subtree(e, node, -1);
   evict_subtree(e, node, tier, counts);
-  pd_tiers_flush(e->tiers);
   /* then the prefix's own blocks up the path, as far as no other prefix shares them */
   while (parent != PD_NODE_NIL) {
     const pd_node *p = pd_radix_node(&e->tree, parent);
@@ -1144,6 +1153,7 @@ int pd_engine_evict_prefix(pd_engine *e, uint32_t node, int tier, uint64_t count
       break; /* still there: in use or pinned by another holder */
     parent = up;
   }
+  pd_tiers_sync(e->tiers);
   return PD_OK;
 }
 
@@ -1195,6 +1205,13 @@ static void *engine_main(void *arg) {
     reap(e);
     admit(e);
     int rows = step(e);
+    /* keep free device and host slots ahead of need, spilling in the background */
+    uint64_t now_ms = pd_engine_now_ms();
+    if (e->n_blocks - pd_radix_tier_used(&e->tree, 0) < low_watermark(e))
+      pd_tiers_make_room(e->tiers, 0, low_watermark(e), now_ms);
+    uint32_t host_cap = e->tree.cfg.tier_capacity[1], host_wm = host_cap / 16 + 1;
+    if (host_cap && host_cap - pd_radix_tier_used(&e->tree, 1) < host_wm)
+      pd_tiers_make_room(e->tiers, 1, host_wm, now_ms);
     pd_tiers_flush(e->tiers);
     if (rows == 0 && e->running) { /* every running sequence waits for its blocks */
       pthread_mutex_lock(&e->mu);

@@ -84,6 +84,7 @@ struct pd_tiers {
   uint32_t n_bad, cap_bad;
   tier_op *open[OP_KINDS];
   uint32_t in_flight;
+  uint32_t freeing[PD_TIERS]; /* slots kept by transfers in flight, free once they land */
   pd_tiers_counters counters;
   double prefill_tps;
   uint64_t now;        /* the engine's clock at the last poll (ms) */
@@ -442,7 +443,32 @@ int pd_tiers_has_completions(pd_tiers *t) {
 
 /* ---- dropping ------------------------------------------------------------------------------ */
 
+/* 1 if nothing in node's subtree is referenced or pinned (pd_radix_drop's condition). */
+static int subtree_free(const pd_tiers *t, uint32_t node) {
+  const pd_node *nd = pd_radix_node(t->tree, node);
+  if (nd->refcount || nd->pin_count) return 0;
+  for (uint32_t c = nd->first_child; c != NIL; c = pd_radix_node(t->tree, c)->next_sibling)
+    if (!subtree_free(t, c)) return 0;
+  return 1;
+}
+
+/* pd_radix_drop reports only nodes that held a slot; a detached node dropped with its subtree
+ * may have had a record. Walks the subtree first to catch those. */
+static void forget_detached_records(pd_tiers *t, uint32_t node) {
+  const pd_node *nd = pd_radix_node(t->tree, node);
+  if (nd->tier == PD_TIER_NONE) {
+    if (state_of(t, node) & ST_ON_DISK) queue_delete(t, nd->key);
+    if (node < t->cap_state) t->state[node] = 0;
+  }
+  for (uint32_t c = nd->first_child; c != NIL; c = pd_radix_node(t->tree, c)->next_sibling)
+    forget_detached_records(t, c);
+}
+
 int pd_tiers_drop(pd_tiers *t, uint32_t node, uint64_t counts[PD_TIERS]) {
+  if (node >= t->tree->cap_nodes || !(pd_radix_node(t->tree, node)->flags & PD_NODE_USED))
+    return PD_EINVAL;
+  if (!subtree_free(t, node)) return PD_EBUSY;
+  forget_detached_records(t, node);
   for (;;) {
     uint32_t n = 0;
     int rc = pd_radix_drop(t->tree, node, t->scratch, t->cap_scratch, &n);
@@ -473,22 +499,9 @@ int pd_tiers_drop(pd_tiers *t, uint32_t node, uint64_t counts[PD_TIERS]) {
   }
 }
 
-/* pd_radix_drop reports only nodes that held a slot; a detached node dropped with its subtree
- * may have had a record. Walks the subtree first to catch those. */
-static void forget_detached_records(pd_tiers *t, uint32_t node) {
-  const pd_node *nd = pd_radix_node(t->tree, node);
-  if (nd->tier == PD_TIER_NONE) {
-    if (state_of(t, node) & ST_ON_DISK) queue_delete(t, nd->key);
-    if (node < t->cap_state) t->state[node] = 0;
-  }
-  for (uint32_t c = nd->first_child; c != NIL; c = pd_radix_node(t->tree, c)->next_sibling)
-    forget_detached_records(t, c);
-}
-
 static int drop_node(pd_tiers *t, uint32_t node) {
   const pd_node *nd = pd_radix_node(t->tree, node);
   if (nd->refcount || nd->pin_count) return PD_EBUSY;
-  forget_detached_records(t, node);
   return pd_tiers_drop(t, node, NULL);
 }
 
@@ -524,18 +537,47 @@ static int worth_disk(const pd_tiers *t, uint32_t node) {
   return 0;
 }
 
-/* Free room in tier: pool slots, or for the disk tier, records. */
-static uint32_t free_room(const pd_tiers *t, int tier) {
-  if (tier == 2) {
-    uint64_t used = t->n_records > pd_radix_tier_used(t->tree, 2) ? t->n_records
-                                                                  : pd_radix_tier_used(t->tree, 2);
-    return used >= t->caps[2] ? 0 : (uint32_t)(t->caps[2] - used);
-  }
-  return t->caps[tier] - pd_radix_tier_used(t->tree, tier);
+/* Slots of tier in use, not counting those that transfers in flight will give back. */
+static uint32_t used_after_transfers(const pd_tiers *t, int tier) {
+  uint32_t used = pd_radix_tier_used(t->tree, tier);
+  return used > t->freeing[tier] ? used - t->freeing[tier] : 0;
 }
 
-/* Places one victim (detached, its old slot kept in ev->slot) colder, or drops it, or -- if
- * nothing else is possible -- puts it back. */
+/* Free room in tier once the transfers in flight land: pool slots, or for the disk tier,
+ * records. */
+static uint32_t free_room(const pd_tiers *t, int tier) {
+  if (tier == 2) {
+    uint64_t used = pd_radix_tier_used(t->tree, 2);
+    if (t->n_records > used) used = t->n_records;
+    return used >= t->caps[2] ? 0 : (uint32_t)(t->caps[2] - used);
+  }
+  return t->caps[tier] - used_after_transfers(t, tier);
+}
+
+/* Puts a victim back where it was, with its kept slot (the disk tier's slots are bookkeeping
+ * only: a new one will do). */
+static void put_back(pd_tiers *t, const pd_evicted *ev) {
+  uint32_t slot;
+  if (ev->tier < 2) {
+    if (pd_radix_place(t->tree, ev->node, ev->tier, ev->slot) == PD_OK) return;
+    pd_radix_free_slot(t->tree, ev->tier, ev->slot);
+  } else if (pd_radix_alloc_slot(t->tree, 2, &slot) == PD_OK) {
+    if (pd_radix_place(t->tree, ev->node, 2, slot) == PD_OK) return;
+    pd_radix_free_slot(t->tree, 2, slot);
+  }
+  /* its parent moved colder meanwhile: it may only follow, or go */
+  if (pd_tiers_drop(t, ev->node, NULL) == PD_OK) {
+    t->counters.dropped[ev->tier]++;
+    return;
+  }
+  pd_log(PD_LOG_ERROR, "tier manager: a victim could be neither moved nor kept", "node=%u",
+         ev->node);
+}
+
+/* Places one victim (detached, its old slot kept in ev->slot) one tier colder; or drops it when
+ * there is no colder tier or the write filter says it is not worth the disk; or, when the colder
+ * tier has no room yet (its own spills are in flight), puts it back: nothing is lost for want of
+ * a free slot. */
 static void settle_victim(pd_tiers *t, const pd_evicted *ev, int next, uint64_t counts[PD_TIERS]) {
   uint32_t node = ev->node, slot;
   int from = ev->tier;
@@ -549,46 +591,47 @@ static void settle_victim(pd_tiers *t, const pd_evicted *ev, int next, uint64_t 
     t->counters.write_filtered++;
     next = -1;
   }
-  if (next >= 0 && (next < 2 || free_room(t, 2) > 0 || (state_of(t, node) & ST_ON_DISK)) &&
-      pd_radix_alloc_slot(t->tree, next, &slot) == PD_OK) {
-    if (pd_radix_place(t->tree, node, next, slot) == PD_OK) {
-      t->counters.demoted[next]++;
-      if (counts) counts[from]++;
-      if (next == 1) {
-        tier_item *it = add_item(t, OP_COPY, NULL, 0);
-        if (it) {
-          it->dst = slot_ptr(t, 1, slot);
-          it->src = slot_ptr(t, from, ev->slot);
-          it->free_tier = (int8_t)from;
-          it->free_slot = ev->slot;
-          it->from_tier = (int8_t)from;
-          hold_node(t, it, node, 0);
-          t->counters.spill_bytes += t->cfg.block_bytes;
-          return;
-        }
-        /* out of memory for the batch: copy here */
-        memcpy(slot_ptr(t, 1, slot), slot_ptr(t, from, ev->slot), t->cfg.block_bytes);
-        pd_radix_free_slot(t->tree, from, ev->slot);
-        return;
-      }
-      /* to disk: a record exists already, or write one from the kept slot */
-      if (state_of(t, node) & ST_ON_DISK) {
-        pd_radix_free_slot(t->tree, from, ev->slot);
-        return;
-      }
-      if (queue_write(t, node, from, ev->slot, 1) == PD_OK) {
-        tier_op *op = t->open[OP_WRITE];
-        op->items[op->n - 1].free_tier = (int8_t)from;
-        op->items[op->n - 1].free_slot = ev->slot;
-        t->counters.spill_bytes += t->cfg.block_bytes;
-        return;
-      }
-      /* cannot even queue the write: take it out of the disk tier again */
-      pd_radix_free_slot(t->tree, from, ev->slot);
-      mark_bad(t, node);
+  if (next >= 0) {
+    int on_disk = (state_of(t, node) & ST_ON_DISK) != 0;
+    if ((next == 2 && !on_disk && free_room(t, 2) == 0) ||
+        pd_radix_alloc_slot(t->tree, next, &slot) != PD_OK) {
+      put_back(t, ev);
       return;
     }
-    pd_radix_free_slot(t->tree, next, slot);
+    if (pd_radix_place(t->tree, node, next, slot) != PD_OK) {
+      pd_radix_free_slot(t->tree, next, slot);
+      put_back(t, ev);
+      return;
+    }
+    t->counters.demoted[next]++;
+    if (counts) counts[from]++;
+    if (next == 2 && on_disk) { /* a record exists already: no I/O */
+      pd_radix_free_slot(t->tree, from, ev->slot);
+      return;
+    }
+    tier_item *it = NULL;
+    if (next == 1) {
+      it = add_item(t, OP_COPY, NULL, 0);
+      if (it) {
+        it->dst = slot_ptr(t, 1, slot);
+        it->src = slot_ptr(t, from, ev->slot);
+        it->from_tier = (int8_t)from;
+        hold_node(t, it, node, 0);
+      }
+    } else if (queue_write(t, node, from, ev->slot, 1) == PD_OK) {
+      it = &t->open[OP_WRITE]->items[t->open[OP_WRITE]->n - 1];
+    }
+    if (!it) { /* out of memory for the batch */
+      if (next == 1) memcpy(slot_ptr(t, 1, slot), slot_ptr(t, from, ev->slot), t->cfg.block_bytes);
+      pd_radix_free_slot(t->tree, from, ev->slot);
+      if (next == 2) mark_bad(t, node); /* in the disk tier without a record */
+      return;
+    }
+    it->free_tier = (int8_t)from; /* the old slot is read by the transfer: kept till it lands */
+    it->free_slot = ev->slot;
+    t->freeing[from]++;
+    t->counters.spill_bytes += t->cfg.block_bytes;
+    return;
   }
   /* dropped (a detached node holds no slot: the kept one is given back after) */
   if (drop_node(t, node) == PD_OK) {
@@ -597,17 +640,7 @@ static void settle_victim(pd_tiers *t, const pd_evicted *ev, int next, uint64_t 
     if (counts) counts[from]++;
     return;
   }
-  /* something below it is held: back where it was, with its kept slot (the disk tier's slots
-   * are bookkeeping only: a new one will do) */
-  if (from < 2) {
-    if (pd_radix_place(t->tree, node, from, ev->slot) == PD_OK) return;
-    pd_radix_free_slot(t->tree, from, ev->slot);
-  } else if (pd_radix_alloc_slot(t->tree, 2, &slot) == PD_OK) {
-    if (pd_radix_place(t->tree, node, 2, slot) == PD_OK) return;
-    pd_radix_free_slot(t->tree, 2, slot);
-  }
-  pd_log(PD_LOG_ERROR, "tier manager: a victim could be neither moved nor dropped", "node=%u",
-         node);
+  put_back(t, ev); /* something below it is held */
 }
 
 /* Demotes (or drops) up to want LRU frontier blocks of tier charged to tenant (-1: anyone). */
@@ -626,12 +659,18 @@ static uint32_t demote(pd_tiers *t, int tier, int32_t tenant, uint32_t want, uin
   pd_evicted ev[64];
   while (done < want) {
     uint32_t n = 0, ask = want - done < 64 ? want - done : 64;
-    uint32_t used_before = pd_radix_tier_used(t->tree, tier);
+    if (next >= 0) { /* no more victims than the colder tier can take now */
+      uint32_t now_free = t->tree->pool[next].n_free;
+      if (next == 2 && free_room(t, 2) < now_free) now_free = free_room(t, 2);
+      if (now_free < ask) ask = now_free;
+      if (ask == 0) break; /* its room is on its way: pd_tiers_sync, then again */
+    }
+    uint32_t used_before = used_after_transfers(t, tier);
     /* tier 0/1 slots are kept until their bytes are copied; disk slots are only bookkeeping */
     pd_radix_evict_ex(t->tree, tier, tenant, ask, now, tier < 2 ? PD_EVICT_KEEP_SLOTS : 0, ev, &n);
     if (n == 0) break;
     for (uint32_t i = n; i-- > 0;) settle_victim(t, &ev[i], next, counts); /* parents first */
-    uint32_t used_after = pd_radix_tier_used(t->tree, tier);
+    uint32_t used_after = used_after_transfers(t, tier);
     if (used_after >= used_before) break; /* everything went back: nothing more may leave */
     done += used_before - used_after;
   }
@@ -650,9 +689,9 @@ int pd_tiers_make_room(pd_tiers *t, int tier, uint32_t n, uint64_t now) {
 
 int pd_tiers_evict(pd_tiers *t, int tier, int32_t tenant, uint64_t now, uint64_t counts[PD_TIERS]) {
   for (;;) {
-    uint32_t before = pd_radix_tier_used(t->tree, tier);
+    uint32_t before = used_after_transfers(t, tier);
     uint32_t n = demote(t, tier, tenant, 256, now, counts);
-    if (n == 0 || pd_radix_tier_used(t->tree, tier) >= before) break;
+    if (n == 0 || used_after_transfers(t, tier) >= before) break;
   }
   return PD_OK;
 }
@@ -771,6 +810,7 @@ int pd_tiers_restore(pd_tiers *t, uint32_t node, uint64_t now, uint32_t *device_
     it->src = slot_ptr(t, 1, old_slot);
     it->free_tier = 1;
     it->free_slot = old_slot;
+    t->freeing[1]++;
   } else {
     pd_radix_free_slot(t->tree, 2, old_slot); /* the record stays: the node keeps its copy */
   }
@@ -784,7 +824,10 @@ int pd_tiers_restore(pd_tiers *t, uint32_t node, uint64_t now, uint32_t *device_
 /* ---- completions --------------------------------------------------------------------------- */
 
 static void finish_item(pd_tiers *t, tier_item *it) {
-  if (it->free_tier >= 0) pd_radix_free_slot(t->tree, it->free_tier, it->free_slot);
+  if (it->free_tier >= 0) {
+    pd_radix_free_slot(t->tree, it->free_tier, it->free_slot);
+    if (t->freeing[it->free_tier]) t->freeing[it->free_tier]--;
+  }
   if (it->node != NIL) {
     if (it->restore && it->node < t->cap_state && t->pending[it->node]) t->pending[it->node]--;
     if (it->hold) pd_radix_release(t->tree, &it->node, 1);

@@ -119,7 +119,8 @@ int pd_tiers_rebuild(pd_tiers *t, void (*progress)(void *arg, uint64_t n_done), 
                      uint64_t *n_blocks);
 
 /* Frees n slots of tier (demoting or dropping its LRU frontier blocks). Returns PD_OK if n slots
- * are free afterwards, PD_EFULL otherwise (the rest is referenced or pinned). */
+ * are free afterwards or will be once the transfers in flight land (pd_tiers_sync waits for
+ * them), PD_EFULL otherwise (the rest is referenced or pinned). */
 int pd_tiers_make_room(pd_tiers *t, int tier, uint32_t n, uint64_t now);
 
 /* Moves the blocks of tenant (-1: everyone's) out of tier: one tier colder where there is one
