@@ -16,6 +16,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #ifdef _OPENMP
@@ -39,7 +41,9 @@ static void usage(FILE *f) {
           "                            ~/.cache/prefixd/SmolLM2-135M-Instruct.Q4_1.gguf)\n"
           "  -l, --listen HOST:PORT    TCP address (PREFIXD_LISTEN; default 127.0.0.1:7878;\n"
           "                            'none' for no TCP)\n"
-          "      --unix PATH           also listen on a Unix socket (PREFIXD_UNIX)\n"
+          "      --unix PATH           also listen on a Unix socket (PREFIXD_UNIX; default\n"
+          "                            <data-dir>/prefixd.sock, where kvctl looks; 'none': no\n"
+          "                            socket)\n"
           "  -d, --data-dir DIR        tenant registry and state (PREFIXD_DATA_DIR; default\n"
           "                            ~/.local/share/prefixd)\n"
           "      --admin-key-file F    file holding the admin key (PREFIXD_ADMIN_KEY_FILE)\n"
@@ -385,6 +389,11 @@ int main(int argc, char **argv) {
       host[strlen(host) - 1] = 0;
     }
   }
+  char default_unix[4200];
+  snprintf(default_unix, sizeof default_unix, "%s/prefixd.sock", data_dir);
+  int unix_is_default = !unix_path;
+  if (!unix_path) unix_path = default_unix;
+  if (!strcmp(unix_path, "none")) unix_path = NULL;
   if (!want_tcp && !unix_path) {
     fprintf(stderr, "prefixd: nothing to listen on (--listen none and no --unix)\n");
     return 2;
@@ -392,6 +401,14 @@ int main(int argc, char **argv) {
   if (mkdir_p(data_dir)) {
     fprintf(stderr, "prefixd: cannot create the data directory %s: %s\n", data_dir,
             strerror(errno));
+    return 1;
+  }
+  /* one daemon per data directory: the tree, the registry and the store are its alone */
+  char lock_path[4200];
+  snprintf(lock_path, sizeof lock_path, "%s/prefixd.lock", data_dir);
+  int lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (lock_fd < 0 || flock(lock_fd, LOCK_EX | LOCK_NB)) {
+    fprintf(stderr, "prefixd: another prefixd is using the data directory %s\n", data_dir);
     return 1;
   }
   char tenants_path[4200];
@@ -461,8 +478,13 @@ int main(int argc, char **argv) {
     return 1;
   }
   if (unix_path && (rc = pd_grpc_server_listen_unix(d.server, unix_path))) {
-    fprintf(stderr, "prefixd: cannot listen on unix:%s: %s\n", unix_path, pd_strerror(rc));
-    return 1;
+    if (!unix_is_default || !want_tcp) {
+      fprintf(stderr, "prefixd: cannot listen on unix:%s: %s\n", unix_path, pd_strerror(rc));
+      return 1;
+    }
+    pd_log(PD_LOG_WARN, "no Unix socket (the path is too long or not writable): TCP only",
+           "path=%s", unix_path);
+    unix_path = NULL;
   }
   if ((rc = pd_engine_start(d.engine))) {
     fprintf(stderr, "prefixd: cannot start the engine thread\n");
