@@ -329,11 +329,12 @@ static int alloc_block(pd_engine *e, uint32_t *slot) {
   for (int tries = 0; tries < 3; tries++) {
     if (pd_radix_alloc_slot(&e->tree, 0, slot) == PD_OK) return PD_OK;
     uint32_t want = low_watermark(e) > 0 ? low_watermark(e) : 1;
-    int rc = pd_tiers_make_room(e->tiers, 0, want, pd_engine_now_ms());
+    pd_tiers_make_room(e->tiers, 0, want, pd_engine_now_ms());
     if (pd_radix_alloc_slot(&e->tree, 0, slot) == PD_OK) return PD_OK;
-    if (rc != PD_OK && pd_tiers_make_room(e->tiers, 0, 1, pd_engine_now_ms()) != PD_OK)
-      return PD_EFULL;
-    pd_tiers_sync(e->tiers); /* the room is on its way */
+    /* the room is on its way (spills in flight), or blocks held by transfers (writes to disk)
+     * may go once those land */
+    if (pd_tiers_in_flight(e->tiers) == 0) return PD_EFULL;
+    pd_tiers_sync(e->tiers);
   }
   return PD_EFULL;
 }

@@ -24,6 +24,7 @@
 #include <time.h>
 
 #include "pd_err.h"
+#include "pd_fault.h"
 #include "pd_log.h"
 
 enum { OP_COPY, OP_READ, OP_DELETE, OP_WRITE, OP_KINDS };
@@ -133,6 +134,7 @@ uint64_t pd_tiers_slot_bytes(const pd_tiers *t, int tier) {
 
 static int ensure_state(pd_tiers *t, uint32_t node) {
   if (node < t->cap_state) return PD_OK;
+  if (pd_fault_hit(PD_FAULT_ALLOC)) return PD_ENOMEM;
   uint32_t ncap = t->cap_state ? t->cap_state : 1024;
   while (ncap <= node) ncap *= 2;
   uint8_t *s = realloc(t->state, ncap);
@@ -212,6 +214,7 @@ static void op_free(tier_op *op) {
 /* Appends an item to this step's batch of kind; tokens (n_tokens) are copied with it. Returns
  * the item (valid until the next add) or NULL when out of memory. */
 static tier_item *add_item(pd_tiers *t, int kind, const int32_t *tokens, uint16_t n_tokens) {
+  if (pd_fault_hit(PD_FAULT_ALLOC)) return NULL;
   tier_op *op = t->open[kind];
   if (!op) {
     op = calloc(1, sizeof *op);
@@ -271,6 +274,7 @@ static void queue_delete(pd_tiers *t, pd_key128 key) {
  * in from_slot of from_tier). */
 static int queue_write(pd_tiers *t, uint32_t node, int from_tier, uint32_t from_slot,
                        int demotion) {
+  if (ensure_state(t, node)) return PD_ENOMEM; /* before anything is queued */
   const pd_node *nd = pd_radix_node(t->tree, node);
   tier_item *it = add_item(t, OP_WRITE, node_tokens(t, node), nd->n_tokens);
   if (!it) return PD_ENOMEM;
@@ -282,7 +286,6 @@ static int queue_write(pd_tiers *t, uint32_t node, int from_tier, uint32_t from_
   it->from_tier = (int8_t)from_tier;
   it->demotion = (int8_t)demotion;
   hold_node(t, it, node, 0);
-  if (ensure_state(t, node)) return PD_ENOMEM;
   t->state[node] |= ST_WRITING;
   t->n_records++;
   return PD_OK;
@@ -772,11 +775,13 @@ int pd_tiers_restore(pd_tiers *t, uint32_t node, uint64_t now, uint32_t *device_
   int from = nd->tier;
   if (from != 1 && from != 2) return PD_EINVAL;
   if (from == 2 && !disk_on(t)) return PD_EUNSUPPORTED;
+  if (ensure_state(t, node)) return PD_ENOMEM; /* its pending count must exist */
   uint32_t slot;
-  if (pd_radix_alloc_slot(t->tree, 0, &slot) != PD_OK) {
-    if (pd_tiers_make_room(t, 0, 1, now) != PD_OK ||
-        pd_radix_alloc_slot(t->tree, 0, &slot) != PD_OK)
-      return PD_EFULL;
+  for (int tries = 0; pd_radix_alloc_slot(t->tree, 0, &slot) != PD_OK; tries++) {
+    /* room is made by spills: wait for them (a restore is worth it) */
+    if (tries == 2 || (pd_tiers_make_room(t, 0, 1, now) != PD_OK && !t->in_flight)) return PD_EFULL;
+    if (pd_radix_alloc_slot(t->tree, 0, &slot) == PD_OK) break;
+    pd_tiers_sync(t);
   }
   if (pd_radix_node(t->tree, node)->tier != from) { /* cannot happen to a held node */
     pd_radix_free_slot(t->tree, 0, slot);
@@ -1134,7 +1139,7 @@ int pd_tiers_rebuild(pd_tiers *t, void (*progress)(void *arg, uint64_t n_done), 
     goto out;
   }
   for (size_t i = 0; i < c.n; i++) c.recs[i].tokens = c.tokens + (uintptr_t)c.recs[i].tokens;
-  qsort(c.recs, c.n, sizeof *c.recs, by_parent);
+  if (c.n) qsort(c.recs, c.n, sizeof *c.recs, by_parent);
   /* breadth first from every namespace's root: (node, key) pairs to expand */
   uint32_t *queue = malloc((c.n + 1) * sizeof *queue);
   uint32_t *order = malloc((c.n + 1) * sizeof *order); /* nodes, parents first */

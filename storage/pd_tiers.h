@@ -170,7 +170,7 @@ void pd_tiers_flush(pd_tiers *t);
 uint32_t pd_tiers_poll(pd_tiers *t, uint64_t now);
 /* 1 if the worker has completions that pd_tiers_poll has not applied. Any thread. */
 int pd_tiers_has_completions(pd_tiers *t);
-/* Transfers queued or running. */
+/* Transfers asked for and not yet landed (open batches included). */
 uint32_t pd_tiers_in_flight(const pd_tiers *t);
 
 /* Pointer to a tier-1 slot's bytes (valid while the manager lives). */
