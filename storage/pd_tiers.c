@@ -353,7 +353,16 @@ static void run_op(pd_tiers *t, tier_op *op) {
                                 .payload_bytes = (uint32_t)bb};
       op->bytes += bb;
     }
-    op->rc = pd_kvstore_put_batch(t->store, b, op->n);
+    /* one transaction per 256 MiB: LMDB keeps a transaction's dirty pages in memory and spills
+     * them itself past 128k pages (512 MiB); each commit costs one fdatasync */
+    uint32_t per_txn = (uint32_t)((256u << 20) / bb);
+    if (per_txn < 1) per_txn = 1;
+    for (uint32_t i = 0; i < op->n; i += per_txn) {
+      uint32_t n = op->n - i < per_txn ? op->n - i : per_txn;
+      int rc = op->rc == PD_OK ? pd_kvstore_put_batch(t->store, b + i, n) : op->rc;
+      for (uint32_t j = i; j < i + n; j++) op->items[j].rc = rc;
+      if (rc != PD_OK && op->rc == PD_OK) op->rc = rc;
+    }
     free(b);
     break;
   }
@@ -855,6 +864,7 @@ static void apply_op(pd_tiers *t, tier_op *op, uint64_t now) {
     for (uint32_t i = 0; i < op->n; i++) finish_item(t, &op->items[i]);
     break;
   case OP_READ:
+    t->counters.disk_read_seconds += op->seconds;
     note_rate(t, 2, op);
     for (uint32_t i = 0; i < op->n; i++) {
       tier_item *it = &op->items[i];
@@ -869,6 +879,7 @@ static void apply_op(pd_tiers *t, tier_op *op, uint64_t now) {
     }
     break;
   case OP_WRITE:
+    t->counters.disk_write_seconds += op->seconds;
     if (op->rc == PD_EFULL && op->retries < 2 && !t->disk_disabled) {
       /* the map is full: evict the disk LRU for as many blocks, then try again */
       t->counters.map_full_retries++;
@@ -885,9 +896,9 @@ static void apply_op(pd_tiers *t, tier_op *op, uint64_t now) {
       tier_item *it = &op->items[i];
       if (it->node < t->cap_state) {
         t->state[it->node] &= (uint8_t)~ST_WRITING;
-        if (op->rc == PD_OK) t->state[it->node] |= ST_ON_DISK;
+        if (it->rc == PD_OK) t->state[it->node] |= ST_ON_DISK;
       }
-      if (op->rc == PD_OK) {
+      if (it->rc == PD_OK) {
         t->counters.disk_writes++;
         t->counters.disk_write_bytes += t->cfg.block_bytes;
       } else {

@@ -95,6 +95,7 @@ typedef struct pd_tiers_counters {
   uint64_t map_full_retries;
   uint64_t restore_chosen, recompute_chosen; /* cold runs restored / left to recompute */
   uint64_t batches;
+  double disk_write_seconds, disk_read_seconds; /* time the worker spent in LMDB */
   double rate_bps[PD_TIERS]; /* measured transfer rate into tier 0 from tier t (bytes/s) */
 } pd_tiers_counters;
 
