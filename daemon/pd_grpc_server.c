@@ -67,6 +67,7 @@ struct pd_grpc_call {
   uint8_t *out; /* framed response messages */
   size_t n_out, cap_out, out_pos;
   int finished, responded, closed;
+  int handed;          /* given to its handler, which alone may free it (by finishing it) */
   int64_t deadline_ms; /* monotonic ms from grpc-timeout, 0 = none */
   pd_grpc_cancel_fn on_cancel;
   void *cancel_user;
@@ -307,6 +308,7 @@ static void dispatch(pd_grpc_call *call) {
     pd_grpc_call_finish(call, PD_GRPC_INVALID_ARGUMENT, msg);
     return;
   }
+  call->handed = 1;
   r->handler(call, call->req, r->user);
 }
 
@@ -380,7 +382,7 @@ static int on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t
   pd_grpc_call *call = nghttp2_session_get_stream_user_data(session, stream_id);
   if (!call) return 0;
   nghttp2_session_set_stream_user_data(session, stream_id, NULL);
-  if (call->finished)
+  if (call->finished || !call->handed) /* no handler holds it */
     call_free(call);
   else
     call_abandon(call); /* the handler still holds it; it is freed by its finish */
@@ -443,7 +445,7 @@ static void on_conn_closed(uv_handle_t *h) {
     pd_grpc_call *call = c->calls;
     call_unlink(call);
     call->c = NULL;
-    if (call->finished)
+    if (call->finished || !call->handed)
       call_free(call);
     else
       call_abandon(call);

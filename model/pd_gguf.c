@@ -282,7 +282,12 @@ int pd_gguf_open(const char *path, pd_gguf **out, char *err, size_t errlen) {
             pd_ggml_type_name(t->type));
       break;
     }
-    t->nbytes = (uint64_t)row * (n_elems / t->ne[0]);
+    uint64_t rows = n_elems / t->ne[0];
+    if (rows > UINT64_MAX / row) { /* 2^62 f32 elements: the size would wrap to 0 */
+      failf(&c, PD_ECORRUPT, "gguf: tensor %.*s is too large", (int)t->name.len, t->name.ptr);
+      break;
+    }
+    t->nbytes = (uint64_t)row * rows;
   }
   if (!c.rc) {
     g->n_tensors = n_tensors;

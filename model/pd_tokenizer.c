@@ -184,7 +184,8 @@ int pd_tokenizer_from_gguf(const pd_gguf *g, pd_tokenizer **out, char *err, size
   for (int b = 0; b < 256; b++) t->byte_token[b] = -1;
   for (size_t i = 0; i < n; i++) {
     t->text[i] = malloc(toks[i].len + 1);
-    t->piece[i] = malloc(toks[i].len + 1);
+    /* a piece may grow: an invalid UTF-8 byte in the text is kept as U+FFFD (3 bytes) */
+    t->piece[i] = malloc(3 * toks[i].len + 1);
     if (!t->text[i] || !t->piece[i]) goto oom;
     memcpy(t->text[i], toks[i].ptr, toks[i].len);
     t->text[i][toks[i].len] = 0;

@@ -683,9 +683,19 @@ int pd_radix_hold(pd_radix *t, uint32_t node) {
   if (node >= t->cap_nodes || !(t->nodes[node].flags & PD_NODE_USED) ||
       !is_real_tier(t->nodes[node].tier))
     return PD_EINVAL;
+  if (t->nodes[node].holds == UINT16_MAX) return PD_ELIMIT;
   t->nodes[node].refcount++;
+  t->nodes[node].holds++;
   list_unlink(t, node);
   return PD_OK;
+}
+
+void pd_radix_unhold(pd_radix *t, uint32_t node) {
+  pd_node *nd = &t->nodes[node];
+  assert(nd->holds > 0 && nd->refcount >= nd->holds);
+  if (nd->holds == 0 || nd->refcount == 0) return;
+  nd->holds--;
+  if (--nd->refcount == 0) lru_update(t, node);
 }
 
 /* ---- pins ------------------------------------------------------------------------------------ */
@@ -854,8 +864,10 @@ int pd_radix_check(const pd_radix *t, char *err, size_t errlen) {
     if (nd->pin_count && p->tier != PD_TIER_ROOT && p->pin_count == 0)
       rc = fail(err, errlen, "node %u pinned but its parent is not", id);
     if (nd->own_pins > nd->pin_count) rc = fail(err, errlen, "node %u: own pins exceed pins", id);
-    if (nd->refcount && p->tier != PD_TIER_ROOT && p->refcount == 0)
+    /* a sequence references whole paths; a transfer's hold is on one node */
+    if (nd->refcount > nd->holds && p->tier != PD_TIER_ROOT && p->refcount <= p->holds)
       rc = fail(err, errlen, "node %u referenced but its parent is not", id);
+    if (nd->holds > nd->refcount) rc = fail(err, errlen, "node %u: holds exceed references", id);
   }
   for (int i = 0; i < PD_TIERS && !rc; i++)
     if (per_tier[i] != pd_blockpool_used(&t->pool[i]))

@@ -81,6 +81,7 @@ typedef struct pd_node {
   uint16_t pin_count;  /* pins covering this node: its own and its descendants' */
   uint16_t own_pins;   /* pins taken on this node itself (what unpin may give back) */
   uint16_t n_unmapped; /* children left out of the map (key collisions): scanned by lookups */
+  uint16_t holds;      /* of refcount: single-node references of transfers (pd_radix_hold) */
   uint8_t tier;        /* 0..2, PD_TIER_NONE, or PD_TIER_ROOT */
   uint8_t flags;       /* PD_NODE_* below */
 } pd_node;
@@ -244,9 +245,11 @@ int pd_radix_place(pd_radix *t, uint32_t node, int tier, uint32_t slot);
 int pd_radix_move(pd_radix *t, uint32_t node, int tier, uint32_t slot, int *old_tier,
                   uint32_t *old_slot);
 
-/* Takes a reference on node (in a tier), as a match would: it is neither evicted, moved colder
- * nor dropped until pd_radix_release gives it back. For transfers in flight. */
+/* Takes a reference on node (in a tier) alone, not on its path as a match does: it is neither
+ * evicted, moved colder nor dropped until pd_radix_unhold gives it back. For transfers in
+ * flight (a block being copied or written needs only itself kept in place). */
 int pd_radix_hold(pd_radix *t, uint32_t node);
+void pd_radix_unhold(pd_radix *t, uint32_t node);
 
 /* Removes node and its whole subtree (none may be referenced or pinned: PD_EBUSY). Writes every
  * removed node that held a slot to out (capacity cap; PD_EFULL if too small, nothing removed). */

@@ -844,7 +844,7 @@ static void finish_item(pd_tiers *t, tier_item *it) {
   }
   if (it->node != NIL) {
     if (it->restore && it->node < t->cap_state && t->pending[it->node]) t->pending[it->node]--;
-    if (it->hold) pd_radix_release(t->tree, &it->node, 1);
+    if (it->hold) pd_radix_unhold(t->tree, it->node);
   }
   if (t->in_flight) t->in_flight--;
 }
