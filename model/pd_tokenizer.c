@@ -316,6 +316,47 @@ static void emit(outbuf *o, int32_t id) {
 }
 
 /* BPE over the bytes of one pre-tokenized piece. */
+/* A candidate merge for the long-piece path: the pair starting at symbol `pos`, as it was when
+ * queued (left and right tokens), and its rank. Ordered by rank, then position. */
+typedef struct bpe_cand {
+  int32_t rank, merged, left, right;
+  uint32_t pos;
+} bpe_cand;
+
+static int cand_less(const bpe_cand *a, const bpe_cand *b) {
+  return a->rank != b->rank ? a->rank < b->rank : a->pos < b->pos;
+}
+
+static void heap_push(bpe_cand *h, size_t *n, bpe_cand c) {
+  size_t i = (*n)++;
+  while (i > 0 && cand_less(&c, &h[(i - 1) / 2])) {
+    h[i] = h[(i - 1) / 2];
+    i = (i - 1) / 2;
+  }
+  h[i] = c;
+}
+
+static bpe_cand heap_pop(bpe_cand *h, size_t *n) {
+  bpe_cand top = h[0], last = h[--(*n)];
+  size_t i = 0;
+  for (;;) {
+    size_t c = 2 * i + 1;
+    if (c >= *n) break;
+    if (c + 1 < *n && cand_less(&h[c + 1], &h[c])) c++;
+    if (!cand_less(&h[c], &last)) break;
+    h[i] = h[c];
+    i = c;
+  }
+  if (*n) h[i] = last;
+  return top;
+}
+
+/* BPE over one pre-tokenized piece: merges the lowest-ranked adjacent pair, the leftmost among
+ * equals, until none applies. Short pieces (almost every word) rescan the pairs, which is
+ * fastest for a handful of symbols; long ones keep the candidates in a heap over a linked list
+ * of symbols, O(n log n), so that one 64 KB "word" costs milliseconds, not the engine thread's
+ * minute. Both give the same tokens: the heap orders candidates exactly as the rescan picks them,
+ * and a candidate whose symbols changed since it was queued is skipped. */
 static int bpe_piece(const pd_tokenizer *t, const uint8_t *s, size_t n, outbuf *o) {
   int32_t stack_syms[64];
   int32_t *sym = n <= 64 ? stack_syms : malloc(n * sizeof *sym);
@@ -323,20 +364,59 @@ static int bpe_piece(const pd_tokenizer *t, const uint8_t *s, size_t n, outbuf *
   size_t m = 0;
   for (size_t i = 0; i < n; i++)
     if (t->byte_token[s[i]] >= 0) sym[m++] = t->byte_token[s[i]];
-  for (;;) {
-    int32_t best_rank = INT32_MAX, best_merged = -1;
-    size_t best_i = 0;
-    for (size_t i = 0; i + 1 < m; i++) {
-      const merge_slot *mg = merge_find(t, sym[i], sym[i + 1]);
-      if (mg && mg->rank < best_rank) best_rank = mg->rank, best_merged = mg->merged, best_i = i;
+  if (m <= 64) {
+    for (;;) {
+      int32_t best_rank = INT32_MAX, best_merged = -1;
+      size_t best_i = 0;
+      for (size_t i = 0; i + 1 < m; i++) {
+        const merge_slot *mg = merge_find(t, sym[i], sym[i + 1]);
+        if (mg && mg->rank < best_rank) best_rank = mg->rank, best_merged = mg->merged, best_i = i;
+      }
+      if (best_merged < 0) break;
+      sym[best_i] = best_merged;
+      memmove(sym + best_i + 1, sym + best_i + 2, (m - best_i - 2) * sizeof *sym);
+      m--;
     }
-    if (best_merged < 0) break;
-    sym[best_i] = best_merged;
-    memmove(sym + best_i + 1, sym + best_i + 2, (m - best_i - 2) * sizeof *sym);
-    m--;
+    for (size_t i = 0; i < m; i++) emit(o, sym[i]);
+    if (sym != stack_syms) free(sym);
+    return PD_OK;
   }
-  for (size_t i = 0; i < m; i++) emit(o, sym[i]);
-  if (sym != stack_syms) free(sym);
+  uint32_t *next = malloc(m * sizeof *next);     /* (m) the next live symbol, or m */
+  uint32_t *prev = malloc(m * sizeof *prev);     /* (m) the previous live symbol, or UINT32_MAX */
+  bpe_cand *heap = malloc(2 * m * sizeof *heap); /* at most m - 1 at start, 2 per merge */
+  if (!next || !prev || !heap) {
+    free(next), free(prev), free(heap), free(sym);
+    return PD_ENOMEM;
+  }
+  size_t n_heap = 0;
+  for (size_t i = 0; i < m; i++) {
+    next[i] = (uint32_t)(i + 1);
+    prev[i] = i ? (uint32_t)(i - 1) : UINT32_MAX;
+  }
+#define QUEUE_PAIR(L)                                                                              \
+  do {                                                                                             \
+    uint32_t l_ = (L);                                                                             \
+    if (l_ != UINT32_MAX && next[l_] < m) {                                                        \
+      const merge_slot *mg_ = merge_find(t, sym[l_], sym[next[l_]]);                               \
+      if (mg_)                                                                                     \
+        heap_push(heap, &n_heap, (bpe_cand){mg_->rank, mg_->merged, sym[l_], sym[next[l_]], l_});  \
+    }                                                                                              \
+  } while (0)
+  for (size_t i = 0; i + 1 < m; i++) QUEUE_PAIR((uint32_t)i);
+  while (n_heap) {
+    bpe_cand c = heap_pop(heap, &n_heap);
+    uint32_t l = c.pos, r = next[l];
+    if (sym[l] != c.left || r >= m || sym[r] != c.right) continue; /* stale */
+    sym[l] = c.merged;
+    sym[r] = -1;
+    next[l] = next[r];
+    if (next[r] < m) prev[next[r]] = l;
+    QUEUE_PAIR(prev[l]);
+    QUEUE_PAIR(l);
+  }
+#undef QUEUE_PAIR
+  for (uint32_t i = 0; i < m; i = next[i]) emit(o, sym[i]);
+  free(next), free(prev), free(heap), free(sym);
   return PD_OK;
 }
 
