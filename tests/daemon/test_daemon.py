@@ -104,7 +104,7 @@ def test_warm_lookup_pin_list_evict(single):
     listed = {p.id: p for p in s.ListPrefixes(pb.ListPrefixesRequest()).prefixes}
     assert listed[w.prefix_id].pinned and listed[w.prefix_id].token_count == w.prompt_tokens
     assert listed[w.prefix_id].preview.startswith("a document to cache.")
-    # a pinned prefix survives "evict everything"... unless the eviction names it: Evict wins
+    # pins protect against LRU eviction; an explicit Evict wins over them (by id, tenant or all)
     s.Unpin(pb.UnpinRequest(prefix_id=w.prefix_id))
     assert code_of(lambda: s.Unpin(pb.UnpinRequest(prefix_id=w.prefix_id)))[0] == \
         grpc.StatusCode.FAILED_PRECONDITION

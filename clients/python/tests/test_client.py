@@ -224,8 +224,10 @@ def test_pin_and_unpin(client: prefixd.Client):
     # and through Generate
     _, final = _drain(client.generate("pinned by generate " * 8, max_tokens=1, pin_ttl=60))
     assert final.usage.prompt_tokens > 0
-    assert any(p.pinned and p.preview.startswith("pinned by generate") and p.pin_expires_unix_ms
-               for p in client.prefixes())
+    pinned = [p for p in client.prefixes()
+              if p.pinned and p.preview.startswith("pinned by generate") and p.pin_expires_unix_ms]
+    # the prompt's full blocks are pinned, not the block that also holds the generated token
+    assert [p.token_count for p in pinned] == [final.usage.prompt_tokens // 16 * 16]
 
 
 def test_pinned_prefix_survives_lru_eviction(tiny_model, data_dir):
