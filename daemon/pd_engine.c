@@ -79,6 +79,7 @@ static void outbox_push_locked(pd_engine *e, pd_job *job) {
 }
 
 static void job_done(pd_engine *e, pd_job *job, int status, const char *message) {
+  if (!job->on_done && status >= 0 && status < PD_GRPC_STATUSES) e->rpc_status[status]++;
   pthread_mutex_lock(&e->mu);
   job->status = status;
   if (message != job->message)
@@ -217,6 +218,11 @@ int pd_engine_resolve_ns(const pd_engine *e, int32_t tenant, const char *name, u
 /* Sets the job's identity from its key. Returns 0, or the gRPC status to refuse it with. */
 static int authenticate(pd_engine *e, pd_job *job) {
   const char *key = job->authorization;
+  if (job->on_done) { /* the daemon's own job (metrics): no client, no key */
+    job->is_admin = 1;
+    job->tenant = -1;
+    return 0;
+  }
   if (!key[0]) {
     if (e->single_tenant) {
       job->tenant = (int32_t)e->default_tenant;
@@ -325,7 +331,7 @@ static uint32_t low_watermark(const pd_engine *e) {
 
 /* One slot of the device tier for a sequence. When none is free, cold blocks are demoted (their
  * slots come free when the copies out of them land: then this waits for the storage worker). */
-static int alloc_block(pd_engine *e, uint32_t *slot) {
+static int alloc_block_any(pd_engine *e, uint32_t *slot) {
   for (int tries = 0; tries < 3; tries++) {
     if (pd_radix_alloc_slot(&e->tree, 0, slot) == PD_OK) return PD_OK;
     uint32_t want = low_watermark(e) > 0 ? low_watermark(e) : 1;
@@ -339,12 +345,27 @@ static int alloc_block(pd_engine *e, uint32_t *slot) {
   return PD_EFULL;
 }
 
+/* A device block for a sequence of tenant to write into. A block last written for another
+ * tenant is zeroed first (--zero-reused-kv): its stale rows past the sequence's length are
+ * never read, and with this they hold nothing of anyone's even if a bug read them. */
+static int alloc_block(pd_engine *e, uint32_t tenant, uint32_t *slot) {
+  int rc = alloc_block_any(e, slot);
+  if (rc) return rc;
+  uint16_t owner = (uint16_t)(tenant + 1);
+  if (e->slot_owner[*slot] != owner) {
+    if (e->cfg.zero_reused_kv && e->slot_owner[*slot])
+      memset((char *)e->pool + (size_t)*slot * e->block_bytes, 0, e->block_bytes);
+    e->slot_owner[*slot] = owner;
+  }
+  return PD_OK;
+}
+
 /* Makes the table cover n tokens. */
 static int ensure_blocks(pd_engine *e, pd_seq *s, uint32_t n) {
   uint32_t need = (n + B(e) - 1) / B(e);
   if (grow((void **)&s->table, &s->cap_table, need, sizeof *s->table)) return PD_ENOMEM;
   while (s->n_table < need) {
-    int rc = alloc_block(e, &s->table[s->n_table]);
+    int rc = alloc_block(e, s->tenant, &s->table[s->n_table]);
     if (rc) return rc;
     s->n_table++;
   }
@@ -420,6 +441,17 @@ void pd_job_free(pd_job *job) {
   free(job);
 }
 
+/* Bounds of the latency histograms, in ms: 0.5 ms to a minute. */
+const double pd_engine_hist_le_ms[PD_HIST_BUCKETS] = {
+    0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000};
+
+static void hist_observe(pd_engine_histogram *h, double ms) {
+  for (int i = 0; i < PD_HIST_BUCKETS; i++)
+    if (ms <= pd_engine_hist_le_ms[i]) h->le[i]++;
+  h->count++;
+  h->sum_ms += ms;
+}
+
 typedef struct final_generate {
   Prefixd__V1__GenerateResponse msg;
   Prefixd__V1__Usage usage;
@@ -440,11 +472,15 @@ static void seq_finish(pd_engine *e, pd_seq *s, int status, const char *message,
   s->end_ms = (int64_t)now;
   if (s->phase != PHASE_QUEUED) {
     seq_publish(e, s, s->n_past);
-    if (s->pin_ttl_s && s->n_held > 0 && status == PD_GRPC_OK)
-      pd_radix_pin(&e->tree, s->held[s->n_held - 1], now + (uint64_t)s->pin_ttl_s * 1000);
+    /* the prompt's blocks (a Warm's partial last block too; a Generate's last block that also
+     * holds generated tokens is not the prompt's) */
+    uint32_t n_prompt_blocks = s->warm ? s->n_held : s->n_prompt / B(e);
+    if (n_prompt_blocks > s->n_held) n_prompt_blocks = s->n_held;
+    if (s->pin_ttl_s && n_prompt_blocks > 0 && status == PD_GRPC_OK)
+      pd_radix_pin(&e->tree, s->held[n_prompt_blocks - 1], now + (uint64_t)s->pin_ttl_s * 1000);
     /* warmed and pinned prefixes are worth keeping across a restart: written through to disk */
-    if ((s->warm || s->pin_ttl_s) && s->n_held > 0 && status == PD_GRPC_OK)
-      pd_tiers_keep(e->tiers, s->held[s->n_held - 1]);
+    if ((s->warm || s->pin_ttl_s) && n_prompt_blocks > 0 && status == PD_GRPC_OK)
+      pd_tiers_keep(e->tiers, s->held[n_prompt_blocks - 1]);
   }
   if (s->warm && status == PD_GRPC_OK) {
     final_warm *f = pd_job_alloc(job, sizeof *f);
@@ -484,6 +520,13 @@ static void seq_finish(pd_engine *e, pd_seq *s, int status, const char *message,
       }
       f->msg.timings = &f->timings;
       job->final = &f->msg.base;
+    }
+    if (s->admit_ms) hist_observe(&e->hist_queue, (double)(s->admit_ms - job->arrival_ms));
+    if (s->first_token_ms) {
+      hist_observe(&e->hist_ttft, (double)(s->first_token_ms - job->arrival_ms));
+      if (s->n_generated >= 2)
+        hist_observe(&e->hist_token,
+                     (double)(s->end_ms - s->first_token_ms) / (double)(s->n_generated - 1));
     }
     /* what the detokenizer held back (a partial stop string that never completed) */
     char tail[256];
@@ -563,6 +606,7 @@ static int seq_admit(pd_engine *e, pd_seq *s) {
     uint32_t slot, node = nodes[usable];
     int from = pd_radix_node(&e->tree, node)->tier;
     if (pd_tiers_restore(e->tiers, node, now, &slot) != PD_OK) break;
+    e->slot_owner[slot] = UINT16_MAX; /* the cache's bytes: zeroed before any sequence's use */
     s->held[usable] = node;
     s->table[usable] = slot;
     s->anchor = node;
@@ -575,7 +619,7 @@ static int seq_admit(pd_engine *e, pd_seq *s) {
   rc = PD_OK;
   if (cow) { /* copy the shared, partially matched block before appending to it */
     uint32_t slot;
-    rc = alloc_block(e, &slot);
+    rc = alloc_block(e, s->tenant, &slot);
     if (!rc) {
       memcpy((char *)e->pool + (size_t)slot * e->block_bytes,
              (const char *)e->pool +
@@ -1100,10 +1144,13 @@ static void drop_tier(pd_engine *e, int32_t tenant, int tier, uint64_t counts[PD
 
 /* Evict by tenant or for everyone. With one tier named, its blocks move one tier colder where
  * there is one (the disk tier: they are deleted, and so are the disk copies of hotter blocks);
- * with none named, they leave the cache. What running sequences hold stays. */
+ * with none named, they leave the cache (pins included). What running sequences hold stays, and
+ * so do pinned blocks when one tier is named. */
 int pd_engine_evict(pd_engine *e, int32_t tenant, int tier, uint64_t counts[PD_TIERS]) {
   pd_tiers_sync(e->tiers); /* transfers in flight hold blocks: let them land first */
-  for (uint32_t ns = 0; ns < e->tree.cap_ns_root; ns++)
+  /* evicting from every tier takes the pins too; moving one tier colder leaves pinned blocks
+   * where they are */
+  for (uint32_t ns = 0; ns < e->tree.cap_ns_root && tier < 0; ns++)
     if (e->tree.ns_root[ns] != PD_NODE_NIL) unpin_subtree(e, e->tree.ns_root[ns], tenant);
   if (tier < 0) {
     for (int t = 0; t < PD_TIERS; t++) drop_tier(e, tenant, t, counts);
@@ -1298,9 +1345,10 @@ int pd_engine_create(const pd_engine_config *cfg, uv_loop_t *loop, pd_job_output
   }
   e->n_blocks = (uint32_t)n_blocks;
   e->pool = calloc(n_blocks, e->block_bytes);
+  e->slot_owner = calloc(n_blocks, sizeof *e->slot_owner);
   e->logits = malloc((size_t)cfg->max_running * (size_t)e->model->n_vocab * sizeof(float));
   e->batch = calloc((size_t)cfg->max_running + cfg->max_batch_tokens, sizeof *e->batch);
-  if (!e->pool || !e->logits || !e->batch) {
+  if (!e->pool || !e->slot_owner || !e->logits || !e->batch) {
     snprintf(err, errlen, "out of memory for a KV cache of %llu blocks",
              (unsigned long long)n_blocks);
     rc = PD_ENOMEM;
@@ -1366,6 +1414,7 @@ fail:
   pd_tiers_close(e->tiers);
   pd_tenantdb_close(&e->db);
   free(e->pool);
+  free(e->slot_owner);
   free(e->logits);
   free(e->batch);
   pd_llama_free(&e->llama);
@@ -1393,6 +1442,7 @@ void pd_engine_destroy(pd_engine *e) {
   pd_radix_free(&e->tree);
   pd_tenantdb_close(&e->db);
   free(e->pool);
+  free(e->slot_owner);
   free(e->logits);
   free(e->batch);
   free(e->counters);

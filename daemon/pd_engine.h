@@ -70,6 +70,9 @@ typedef struct pd_engine_config {
   const char *tenants_path; /* the registry file; NULL = in memory */
   const char *admin_key;    /* NULL = no admin */
   int threads;              /* CPU threads for the forward pass; 0 = all */
+  int zero_reused_kv;       /* zero a device block before another tenant's sequence writes
+                               into it, so no stale KV of one tenant is ever in reach of
+                               another's through a bug (default on) */
 } pd_engine_config;
 
 enum pd_job_kind { PD_JOB_GENERATE, PD_JOB_WARM, PD_JOB_CALL };
@@ -107,6 +110,12 @@ struct pd_job {
   pd_job *next;                  /* inbox / outbox link */
   pd_job *live_prev, *live_next; /* the service's list of live jobs (loop thread) */
   pd_job *taken_next;            /* the list pd_engine_take_output returned (loop thread) */
+  /* A job the daemon makes itself (the metrics endpoint), not a client's: call is NULL, it runs
+   * as the admin without a key, it is not counted in rpc_status, and once done the service hands
+   * it to on_done(job, done_user) on the loop thread instead of answering a call; on_done owns it
+   * from then on (pd_job_free). Set before pd_engine_submit; NULL for every gRPC job. */
+  void (*on_done)(pd_job *job, void *user);
+  void *done_user;
 };
 
 /* Zeroed memory that lives as long as the job (one thread at a time). NULL when out of memory. */
@@ -128,6 +137,17 @@ typedef struct pd_tenant_counters {
   uint32_t active; /* queued + running sequences */
 } pd_tenant_counters;
 
+/* A latency histogram with fixed bounds (pd_engine_hist_le_ms), for the metrics endpoint.
+ * Engine thread only. */
+#define PD_HIST_BUCKETS 16
+typedef struct pd_engine_histogram {
+  uint64_t le[PD_HIST_BUCKETS]; /* observations <= pd_engine_hist_le_ms[i] (cumulative) */
+  uint64_t count;               /* every observation (the +Inf bucket) */
+  double sum_ms;
+} pd_engine_histogram;
+extern const double pd_engine_hist_le_ms[PD_HIST_BUCKETS];
+#define PD_GRPC_STATUSES 17 /* OK .. UNAUTHENTICATED */
+
 struct pd_seq;
 
 struct pd_engine {
@@ -138,7 +158,8 @@ struct pd_engine {
   pd_chat_template chat;
   int have_chat;
   pd_llama llama;
-  void *pool; /* (n_blocks, block_bytes) the device tier */
+  void *pool;           /* (n_blocks, block_bytes) the device tier */
+  uint16_t *slot_owner; /* (n_blocks) the tenant + 1 whose sequence last wrote the block, 0: none */
   uint32_t n_blocks;
   size_t block_bytes;
   pd_radix tree;
@@ -161,6 +182,10 @@ struct pd_engine {
   pd_llama_seq *batch;      /* (max_running) */
   uint64_t requests, generated_tokens;
   pd_engine_stats_window window;
+  /* for the metrics endpoint: each finished Generate's queue wait, time to first token and mean
+   * time per output token after the first; every client job's final gRPC status */
+  pd_engine_histogram hist_queue, hist_ttft, hist_token;
+  uint64_t rpc_status[PD_GRPC_STATUSES];
   int64_t start_ms;
   char model_desc[512];
   /* shared between threads */

@@ -79,6 +79,10 @@ void pd_service_output(pd_job *unused, void *user) {
   pd_job *list = pd_engine_take_output(svc->engine);
   for (pd_job *job = list, *next; job; job = next) {
     next = job->taken_next;
+    if (job->on_done) { /* the daemon's own job (metrics): a call job comes back once, done */
+      job->on_done(job, job->done_user);
+      continue;
+    }
     pd_grpc_call *call = job->call;
     int32_t *ids;
     uint32_t n_ids;

@@ -27,6 +27,7 @@
 #include "pd_engine.h"
 #include "pd_err.h"
 #include "pd_log.h"
+#include "pd_metrics.h"
 #include "pd_service.h"
 
 #define VERSION "0.1.0"
@@ -46,6 +47,10 @@ static void usage(FILE *f) {
           "                            socket)\n"
           "  -d, --data-dir DIR        tenant registry and state (PREFIXD_DATA_DIR; default\n"
           "                            ~/.local/share/prefixd)\n"
+          "      --metrics-listen HOST:PORT\n"
+          "                            Prometheus /metrics, /healthz and /readyz over HTTP\n"
+          "                            (PREFIXD_METRICS_LISTEN; default 127.0.0.1:9464; 'none'\n"
+          "                            to disable; no authentication: keep it private)\n"
           "      --admin-key-file F    file holding the admin key (PREFIXD_ADMIN_KEY_FILE)\n"
           "                            (or the key itself in PREFIXD_ADMIN_KEY)\n"
           "      --kv-cache-mb N       KV cache of the device tier in MiB (PREFIXD_KV_CACHE_MB;\n"
@@ -64,6 +69,9 @@ static void usage(FILE *f) {
           "                            warmed or pinned) (PREFIXD_DISK_WRITE; default second-use)\n"
           "      --disk-foreign P      blocks of another model or format in the store: keep\n"
           "                            (never served) or purge (default keep)\n"
+          "      --zero-reused-kv B    yes: a device block is zeroed before a sequence of\n"
+          "                            another tenant writes into it (PREFIXD_ZERO_REUSED_KV;\n"
+          "                            default yes)\n"
           "      --block-tokens N      tokens per KV block, a power of two (default 16)\n"
           "      --max-batch-tokens N  rows per forward pass (PREFIXD_MAX_BATCH_TOKENS; 256)\n"
           "      --max-running N       sequences batched at once (PREFIXD_MAX_RUNNING; 64)\n"
@@ -84,6 +92,7 @@ typedef struct daemon_state {
   pd_grpc_server *server;
   pd_engine *engine;
   pd_service svc;
+  pd_metrics *metrics; /* NULL when disabled */
   uv_signal_t sigterm, sigint, sighup;
   uv_timer_t drain_timer;
   int64_t drain_started, drain_timeout_ms;
@@ -94,6 +103,7 @@ static void shutdown_now(daemon_state *d) {
   if (d->shutting_down) return;
   d->shutting_down = 1;
   pd_grpc_server_close(d->server);
+  pd_metrics_close(d->metrics); /* no metrics job is in the engine (see on_drain_tick) */
   uv_close((uv_handle_t *)&d->sigterm, NULL);
   uv_close((uv_handle_t *)&d->sigint, NULL);
   uv_close((uv_handle_t *)&d->sighup, NULL);
@@ -104,7 +114,8 @@ static void shutdown_now(daemon_state *d) {
 
 static void on_drain_tick(uv_timer_t *t) {
   daemon_state *d = t->data;
-  if (d->svc.live_jobs == 0) {
+  /* metrics scrapes are refused from now on; those in the engine come back first */
+  if (d->svc.live_jobs == 0 && pd_metrics_quiesce(d->metrics) == 0) {
     shutdown_now(d);
     return;
   }
@@ -129,6 +140,7 @@ static void on_signal(uv_signal_t *sig, int signum) {
   }
   pd_log(PD_LOG_INFO, "draining", "signal=%d in_flight=%zu", signum, d->svc.live_jobs);
   d->svc.draining = 1;
+  pd_metrics_set_ready(d->metrics, 0);
   pd_engine_drain(d->engine);
   pd_grpc_server_stop_listening(d->server);
   d->drain_started = pd_grpc_now_ms();
@@ -161,6 +173,22 @@ static int read_key_file(const char *path, char *key, size_t cap) {
   return n > 0 ? 0 : -1;
 }
 
+/* "HOST:PORT" or "[IPv6]:PORT" into host (cap bytes) and port. Returns 0 or -1. */
+static int split_hostport(const char *s, char *host, size_t cap, long *port) {
+  const char *colon = strrchr(s, ':');
+  if (!colon || colon == s || parse_int(colon + 1, 0, 65535, port) || (size_t)(colon - s) >= cap)
+    return -1;
+  memcpy(host, s, (size_t)(colon - s));
+  host[colon - s] = 0;
+  if (host[0] == '[') {
+    size_t n = strlen(host);
+    if (n < 3 || host[n - 1] != ']') return -1;
+    memmove(host, host + 1, n - 2);
+    host[n - 2] = 0;
+  }
+  return 0;
+}
+
 static int is_loopback(const char *host) {
   return !strcmp(host, "127.0.0.1") || !strcmp(host, "::1") || !strncmp(host, "127.", 4) ||
          !strcmp(host, "localhost");
@@ -186,6 +214,7 @@ int main(int argc, char **argv) {
   snprintf(default_data, sizeof default_data, "%s/.local/share/prefixd", home);
   const char *model = env_or("PREFIXD_MODEL", default_model);
   const char *listen = env_or("PREFIXD_LISTEN", "127.0.0.1:7878");
+  const char *metrics_listen = env_or("PREFIXD_METRICS_LISTEN", NULL);
   const char *unix_path = env_or("PREFIXD_UNIX", NULL);
   const char *data_dir = env_or("PREFIXD_DATA_DIR", default_data);
   const char *admin_key_file = env_or("PREFIXD_ADMIN_KEY_FILE", NULL);
@@ -198,6 +227,7 @@ int main(int argc, char **argv) {
   const char *disk_sync = env_or("PREFIXD_DISK_SYNC", "fast");
   const char *disk_write = env_or("PREFIXD_DISK_WRITE", "second-use");
   const char *disk_foreign = "keep";
+  const char *zero_reused = env_or("PREFIXD_ZERO_REUSED_KV", "yes");
   struct {
     const char *env;
     long *v;
@@ -226,6 +256,7 @@ int main(int argc, char **argv) {
     O_DISK_SYNC,
     O_DISK_WRITE,
     O_DISK_FOREIGN,
+    O_ZERO_REUSED,
     O_BLOCK,
     O_BATCH,
     O_RUNNING,
@@ -236,6 +267,7 @@ int main(int argc, char **argv) {
     O_DRAIN,
     O_LEVEL,
     O_LOGFILE,
+    O_METRICS,
     O_VERSION
   };
   static const struct option opts[] = {{"model", required_argument, 0, 'm'},
@@ -250,6 +282,7 @@ int main(int argc, char **argv) {
                                        {"disk-sync", required_argument, 0, O_DISK_SYNC},
                                        {"disk-write", required_argument, 0, O_DISK_WRITE},
                                        {"disk-foreign", required_argument, 0, O_DISK_FOREIGN},
+                                       {"zero-reused-kv", required_argument, 0, O_ZERO_REUSED},
                                        {"block-tokens", required_argument, 0, O_BLOCK},
                                        {"max-batch-tokens", required_argument, 0, O_BATCH},
                                        {"max-running", required_argument, 0, O_RUNNING},
@@ -261,6 +294,7 @@ int main(int argc, char **argv) {
                                        {"drain-timeout", required_argument, 0, O_DRAIN},
                                        {"log-level", required_argument, 0, O_LEVEL},
                                        {"log-file", required_argument, 0, O_LOGFILE},
+                                       {"metrics-listen", required_argument, 0, O_METRICS},
                                        {"help", no_argument, 0, 'h'},
                                        {"version", no_argument, 0, O_VERSION},
                                        {0, 0, 0, 0}};
@@ -280,6 +314,7 @@ int main(int argc, char **argv) {
     case O_DISK_SYNC: disk_sync = optarg; break;
     case O_DISK_WRITE: disk_write = optarg; break;
     case O_DISK_FOREIGN: disk_foreign = optarg; break;
+    case O_ZERO_REUSED: zero_reused = optarg; break;
     case O_BLOCK: target = &block, lo = 1, hi = 256; break;
     case O_BATCH: target = &batch, lo = 1, hi = 65536; break;
     case O_RUNNING: target = &running, lo = 1, hi = 1024; break;
@@ -291,6 +326,7 @@ int main(int argc, char **argv) {
     case O_MATMUL: matmul = optarg; break;
     case O_LEVEL: log_level = optarg; break;
     case O_LOGFILE: log_file = optarg; break;
+    case O_METRICS: metrics_listen = optarg; break;
     case 'h': usage(stdout); return 0;
     case O_VERSION: printf("prefixd %s\n", VERSION); return 0;
     default: usage(stderr); return 2;
@@ -346,6 +382,10 @@ int main(int argc, char **argv) {
     fprintf(stderr, "prefixd: --disk-write must be second-use, always or pinned\n");
     return 2;
   }
+  if (strcmp(zero_reused, "yes") && strcmp(zero_reused, "no")) {
+    fprintf(stderr, "prefixd: --zero-reused-kv must be yes or no\n");
+    return 2;
+  }
   if (strcmp(disk_foreign, "keep") && strcmp(disk_foreign, "purge")) {
     fprintf(stderr, "prefixd: --disk-foreign must be keep or purge\n");
     return 2;
@@ -388,6 +428,21 @@ int main(int argc, char **argv) {
       memmove(host, host + 1, strlen(host));
       host[strlen(host) - 1] = 0;
     }
+  }
+  /* the metrics address: a default that is taken is only a warning at start */
+  int metrics_is_default = !metrics_listen;
+  if (!metrics_listen) metrics_listen = "127.0.0.1:9464";
+  char metrics_host[256] = "";
+  long metrics_port = 0;
+  int want_metrics = strcmp(metrics_listen, "none") != 0;
+  struct sockaddr_storage metrics_addr;
+  if (want_metrics &&
+      (split_hostport(metrics_listen, metrics_host, sizeof metrics_host, &metrics_port) ||
+       (uv_ip4_addr(metrics_host, (int)metrics_port, (struct sockaddr_in *)&metrics_addr) &&
+        uv_ip6_addr(metrics_host, (int)metrics_port, (struct sockaddr_in6 *)&metrics_addr)))) {
+    fprintf(stderr, "prefixd: --metrics-listen %s: expected IP:PORT, [IPv6]:PORT or none\n",
+            metrics_listen);
+    return 2;
   }
   char default_unix[4200];
   snprintf(default_unix, sizeof default_unix, "%s/prefixd.sock", data_dir);
@@ -435,6 +490,7 @@ int main(int argc, char **argv) {
                           .disk_foreign = strcmp(disk_foreign, "purge") ? PD_KVSTORE_FOREIGN_KEEP
                                                                         : PD_KVSTORE_FOREIGN_PURGE,
                           .disk_write_filter = write_filter,
+                          .zero_reused_kv = !strcmp(zero_reused, "yes"),
                           .max_batch_tokens = (int)batch,
                           .max_running = (int)running,
                           .max_queue = (int)queue,
@@ -490,6 +546,25 @@ int main(int argc, char **argv) {
     fprintf(stderr, "prefixd: cannot start the engine thread\n");
     return 1;
   }
+  int metrics_bound = 0;
+  if (want_metrics) {
+    if ((rc = pd_metrics_create(d.loop, d.engine, &d.metrics)) ||
+        (rc = pd_metrics_listen(d.metrics, metrics_host, (int)metrics_port, &metrics_bound))) {
+      if (!metrics_is_default) {
+        fprintf(stderr, "prefixd: cannot serve metrics on %s: %s\n", metrics_listen,
+                rc == PD_EEXIST ? "address in use" : pd_strerror(rc));
+        return 1;
+      }
+      pd_log(PD_LOG_WARN, "no metrics endpoint (the default address is taken)",
+             "addr=%s err=\"%s\"", metrics_listen,
+             rc == PD_EEXIST ? "address in use" : pd_strerror(rc));
+      pd_metrics_close(d.metrics);
+      d.metrics = NULL;
+      want_metrics = 0;
+    } else {
+      pd_metrics_set_ready(d.metrics, 1);
+    }
+  }
   uv_signal_init(d.loop, &d.sigterm);
   uv_signal_init(d.loop, &d.sigint);
   uv_signal_init(d.loop, &d.sighup);
@@ -510,15 +585,17 @@ int main(int argc, char **argv) {
          "device_tier_mib=%.0f block_tokens=%ld kv_bytes_per_token=%zu host_tier_blocks=%u "
          "host_tier_mib=%ld disk_tier_blocks=%u disk_tier_mib=%ld disk_dir=%s "
          "disk_blocks_indexed=%llu "
-         "addr=%s%s%d unix=%s mode=%s tenants=%u load_ms=%lld port=%d",
+         "addr=%s%s%d unix=%s metrics=%s%s%d mode=%s tenants=%u load_ms=%lld port=%d "
+         "metrics_port=%d",
          VERSION, e->model_desc, n_threads, e->n_blocks,
          (double)e->n_blocks * (double)e->block_bytes / 1048576.0, block,
          e->block_bytes / (size_t)block, e->tree.cfg.tier_capacity[1], host_mb,
          e->tree.cfg.tier_capacity[2], disk_mb, disk_mb > 0 ? disk_dir : "none",
          (unsigned long long)e->rebuilt_blocks, want_tcp ? host : "none", want_tcp ? ":" : "",
-         want_tcp ? bound : 0, unix_path ? unix_path : "none",
+         want_tcp ? bound : 0, unix_path ? unix_path : "none", want_metrics ? metrics_host : "none",
+         want_metrics ? ":" : "", want_metrics ? metrics_bound : 0,
          e->single_tenant ? "single-tenant (no API keys, loopback only)" : "multi-tenant",
-         e->db.n_recs, (long long)(pd_grpc_now_ms() - t0), bound);
+         e->db.n_recs, (long long)(pd_grpc_now_ms() - t0), bound, metrics_bound);
   uv_run(d.loop, UV_RUN_DEFAULT);
   uv_loop_close(d.loop);
   return 0;

@@ -1,423 +1,427 @@
 /*
- * kvctl -- the operator's view of prefixd's cache: list, look up, warm, pin, unpin and evict
- * cached prefixes, read the stats, and manage tenants. A thin layer over the C client
- * (clients/c); see `kvctl --help`.
+ * kvctl -- the operator's tool for prefixd: status and stats, the cached prefixes (list, tree,
+ * show, evict, pin, unpin), warming and looking up prompts, a quick generation, and tenants.
+ * A thin layer over the C client library (clients/c/pd_client.h); `kvctl --help`, `kvctl help
+ * TOPIC` and kvctl.1 document it.
  *
- * Exit codes: 0 done; 1 the server refused (one line: the gRPC status and its message);
- * 2 bad usage; 3 the daemon could not be reached.
+ * This file holds main and what every command shares: the global options, where the daemon is
+ * (an explicit --addr or PREFIXD_ADDR; else the Unix socket the daemon creates by default in
+ * its data directory; else TCP 127.0.0.1:7878), the API key (--key, PREFIXD_KEY), the one
+ * option parser, one-line errors with their exit codes, and the confirmation prompt. The
+ * commands themselves are in kvctl_stats.c, kvctl_prefixes.c, kvctl_prompts.c and
+ * kvctl_tenant.c; formatting helpers in kvctl_format.c.
+ *
+ * Exit codes: 0 done, 1 error (refused by the server, or declined), 2 usage, 3 unreachable,
+ * 4 authentication or permission.
  */
-#include <getopt.h>
-#include <stdio.h>
+#include "kvctl.h"
+
+#include <errno.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
-#include "pd_client.h"
 #include "pd_err.h"
 
-static const char *const status_names[] = {
+/* ---- messages -------------------------------------------------------------------------------- */
+
+void kv_error(const char *fmt, ...) {
+  char line[2048];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(line, sizeof line, fmt, ap);
+  va_end(ap);
+  /* one line, whatever the server's message held */
+  for (char *p = line; *p; p++)
+    if (*p == '\n' || *p == '\r') *p = ' ';
+  fprintf(stderr, "kvctl: %s\n", line);
+}
+
+int kv_usage(const kv_ctx *ctx, const char *fmt, ...) {
+  char what[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(what, sizeof what, fmt, ap);
+  va_end(ap);
+  if (ctx && ctx->command)
+    kv_error("%s: %s (see kvctl %s --help)", ctx->command, what, ctx->command);
+  else
+    kv_error("%s (see kvctl --help)", what);
+  return KV_EXIT_USAGE;
+}
+
+static const char *const grpc_status_names[] = {
     "OK",        "CANCELLED",      "UNKNOWN",           "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED",
     "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
     "ABORTED",   "OUT_OF_RANGE",   "UNIMPLEMENTED",     "INTERNAL",           "UNAVAILABLE",
     "DATA_LOSS", "UNAUTHENTICATED"};
 
-static void usage(FILE *f) {
-  fprintf(f, "usage: kvctl [-a ADDRESS] [-k API_KEY] COMMAND [ARGS]\n"
-             "  -a, --address A   HOST:PORT or unix:/path (PREFIXD_ADDRESS; default "
-             "127.0.0.1:7878)\n"
-             "  -k, --key K       API key, tenant's or admin's (PREFIXD_API_KEY)\n"
-             "commands:\n"
-             "  health                         is the daemon serving\n"
-             "  stats                          tiers, tenants, hit rate, queue, tokens/s\n"
-             "  ls [--tenant T] [--limit N]    cached prefixes (admin: --tenant, or all)\n"
-             "  lookup TEXT [--namespace NS]   how much of TEXT is cached\n"
-             "  warm TEXT [--pin-ttl S] [--namespace NS]   prefill and cache TEXT\n"
-             "  pin ID [--ttl S]               keep a prefix (0 or no --ttl: until unpinned)\n"
-             "  unpin ID\n"
-             "  evict ID | --tenant T | --all  [--tier device|host|disk]\n"
-             "  tenants list | create NAME | delete NAME | rotate NAME\n"
-             "  tenants grant TENANT NS | revoke TENANT NS\n"
-             "exit codes: 0 done, 1 refused by the server, 2 usage, 3 daemon unreachable\n");
-}
+enum { GRPC_PERMISSION_DENIED = 7, GRPC_UNAVAILABLE = 14, GRPC_UNAUTHENTICATED = 16 };
 
-static int fail_call(pd_client *c, int rc) {
+int kv_call_failed(kv_ctx *ctx, int rc) {
+  pd_client *c = ctx->client;
   if (rc == PD_CLIENT_ESTATUS) {
     int st = pd_client_status(c);
-    fprintf(stderr, "kvctl: %s: %s\n", st >= 0 && st <= 16 ? status_names[st] : "ERROR",
-            pd_client_message(c));
-    return 1;
-  }
-  fprintf(stderr, "kvctl: %s%s%s\n", pd_strerror(rc), pd_client_message(c)[0] ? ": " : "",
-          pd_client_message(c));
-  return 3;
-}
-
-static Prefixd__V1__Prompt *text_prompt(Prefixd__V1__Prompt *p, const char *text) {
-  prefixd__v1__prompt__init(p);
-  p->kind_case = PREFIXD__V1__PROMPT__KIND_TEXT;
-  p->text = (char *)text;
-  return p;
-}
-
-static void print_time(int64_t unix_ms) {
-  time_t t = (time_t)(unix_ms / 1000);
-  struct tm tm;
-  char buf[32];
-  gmtime_r(&t, &tm);
-  strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  fputs(buf, stdout);
-}
-
-/* Options after the command: --name VALUE pairs and flags; positional arguments stay. */
-typedef struct opts {
-  const char *tenant, *ns, *tier;
-  long ttl, limit, pin_ttl;
-  int all;
-  const char *pos[4];
-  int n_pos;
-} opts;
-
-static int parse_opts(int argc, char **argv, opts *o) {
-  memset(o, 0, sizeof *o);
-  o->limit = 1000;
-  for (int i = 0; i < argc; i++) {
-    const char *a = argv[i];
-    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-    if (!strcmp(a, "--all")) {
-      o->all = 1;
-    } else if (!strncmp(a, "--", 2)) {
-      if (!v) {
-        fprintf(stderr, "kvctl: %s needs a value\n", a);
-        return -1;
-      }
-      char *end;
-      if (!strcmp(a, "--tenant"))
-        o->tenant = v;
-      else if (!strcmp(a, "--namespace"))
-        o->ns = v;
-      else if (!strcmp(a, "--tier"))
-        o->tier = v;
-      else if (!strcmp(a, "--ttl") || !strcmp(a, "--limit") || !strcmp(a, "--pin-ttl")) {
-        long x = strtol(v, &end, 10);
-        if (*end || x < 0) {
-          fprintf(stderr, "kvctl: %s expects a number >= 0, got '%s'\n", a, v);
-          return -1;
-        }
-        *(!strcmp(a, "--ttl") ? &o->ttl : !strcmp(a, "--limit") ? &o->limit : &o->pin_ttl) = x;
-      } else {
-        fprintf(stderr, "kvctl: unknown option %s\n", a);
-        return -1;
-      }
-      i++;
-    } else if (o->n_pos < 4) {
-      o->pos[o->n_pos++] = a;
+    const char *name = st >= 0 && st <= 16 ? grpc_status_names[st] : "ERROR";
+    const char *msg = pd_client_message(c);
+    if (st == GRPC_UNAUTHENTICATED && !ctx->key) {
+      kv_error("%s: %s (no API key given: use --key or PREFIXD_KEY)", name, msg);
     } else {
-      fprintf(stderr, "kvctl: too many arguments\n");
-      return -1;
+      kv_error("%s: %s", name, msg);
+    }
+    if (st == GRPC_UNAUTHENTICATED || st == GRPC_PERMISSION_DENIED) return KV_EXIT_AUTH;
+    if (st == GRPC_UNAVAILABLE) return KV_EXIT_UNREACHABLE;
+    return KV_EXIT_ERROR;
+  }
+  if (rc == PD_CLIENT_ECANCELLED) {
+    kv_error("interrupted");
+    return KV_EXIT_ERROR;
+  }
+  const char *msg = c ? pd_client_message(c) : "";
+  if (rc == PD_ETIMEDOUT) {
+    kv_error("no answer from prefixd at %s within the deadline (--timeout)", ctx->address);
+    return KV_EXIT_ERROR;
+  }
+  if (rc == PD_EIO) {
+    kv_error("lost the connection to prefixd at %s%s%s", ctx->address, msg[0] ? ": " : "", msg);
+    return KV_EXIT_UNREACHABLE;
+  }
+  kv_error("%s%s%s", pd_strerror(rc), msg[0] ? ": " : "", msg);
+  return KV_EXIT_ERROR;
+}
+
+int kv_confirm(const kv_ctx *ctx, const char *question) {
+  if (ctx->yes || !ctx->stdin_tty) return 1;
+  fprintf(stderr, "%s [y/N] ", question);
+  fflush(stderr);
+  char answer[64];
+  if (!fgets(answer, sizeof answer, stdin)) {
+    fputc('\n', stderr);
+    return 0;
+  }
+  return !strcasecmp(answer, "y\n") || !strcasecmp(answer, "yes\n");
+}
+
+/* ---- connection ------------------------------------------------------------------------------ */
+
+static const char *nonempty_env(const char *name) {
+  const char *v = getenv(name);
+  return v && v[0] ? v : NULL;
+}
+
+/* The Unix socket prefixd listens on by default: <data-dir>/prefixd.sock. */
+static void default_socket_path(char *out, size_t cap) {
+  const char *data_dir = nonempty_env("PREFIXD_DATA_DIR");
+  if (data_dir) {
+    snprintf(out, cap, "%s/prefixd.sock", data_dir);
+  } else {
+    const char *home = nonempty_env("HOME");
+    snprintf(out, cap, "%s/.local/share/prefixd/prefixd.sock", home ? home : ".");
+  }
+}
+
+/* Connects to address; on failure fills why (one phrase). */
+static int try_connect(kv_ctx *ctx, const char *address, char *why, size_t whylen) {
+  errno = 0;
+  int rc = pd_client_connect(address, ctx->key, &ctx->client);
+  int saved = errno;
+  if (rc == 0) {
+    snprintf(ctx->address, sizeof ctx->address, "%s", address);
+    pd_client_set_timeout_ms(ctx->client, ctx->timeout_ms);
+    return 0;
+  }
+  if (rc == PD_EINVAL)
+    snprintf(why, whylen, "not an address (HOST:PORT or unix:/path)");
+  else if (rc == PD_ENOTFOUND)
+    snprintf(why, whylen, "the host name does not resolve");
+  else if (rc == PD_EIO && saved)
+    snprintf(why, whylen, "%s", strerror(saved));
+  else
+    snprintf(why, whylen, "%s", pd_strerror(rc));
+  return rc;
+}
+
+int kv_connect(kv_ctx *ctx, pd_client **out) {
+  if (ctx->client) {
+    *out = ctx->client;
+    return 0;
+  }
+  const char *explicit_addr = ctx->address_flag              ? ctx->address_flag
+                              : nonempty_env("PREFIXD_ADDR") ? nonempty_env("PREFIXD_ADDR")
+                                                             : nonempty_env("PREFIXD_ADDRESS");
+  char why[256], address[4200];
+  if (explicit_addr) {
+    /* a bare path is a Unix socket too */
+    snprintf(address, sizeof address, "%s%s", explicit_addr[0] == '/' ? "unix:" : "",
+             explicit_addr);
+    int rc = try_connect(ctx, address, why, sizeof why);
+    if (rc == 0) {
+      *out = ctx->client;
+      return 0;
+    }
+    kv_error("cannot reach prefixd at %s: %s", address, why);
+    return rc == PD_EINVAL ? KV_EXIT_USAGE : KV_EXIT_UNREACHABLE;
+  }
+  char socket_path[4096];
+  default_socket_path(socket_path, sizeof socket_path);
+  struct stat st;
+  char socket_why[256] = "";
+  if (stat(socket_path, &st) == 0 && S_ISSOCK(st.st_mode)) {
+    snprintf(address, sizeof address, "unix:%s", socket_path);
+    if (try_connect(ctx, address, socket_why, sizeof socket_why) == 0) {
+      *out = ctx->client;
+      return 0;
     }
   }
-  return 0;
+  if (try_connect(ctx, KV_DEFAULT_TCP, why, sizeof why) == 0) {
+    *out = ctx->client;
+    return 0;
+  }
+  if (socket_why[0])
+    kv_error("cannot reach prefixd at unix:%s (%s) nor at %s (%s)", socket_path, socket_why,
+             KV_DEFAULT_TCP, why);
+  else
+    kv_error("cannot reach prefixd at %s: %s (is it running? no socket at %s either)",
+             KV_DEFAULT_TCP, why, socket_path);
+  return KV_EXIT_UNREACHABLE;
 }
 
-static int cmd_stats(pd_client *c) {
-  Prefixd__V1__StatsRequest req = PREFIXD__V1__STATS_REQUEST__INIT;
-  Prefixd__V1__StatsResponse *r;
-  int rc = pd_client_stats(c, &req, &r);
-  if (rc) return fail_call(c, rc);
-  printf("model: %s\nbackend: %s\nuptime: %.0f s\n", r->model, r->backend, r->uptime_seconds);
-  printf("requests: %llu, queue depth: %u, %.1f tokens/s (last minute)\n",
-         (unsigned long long)r->requests, r->queue_depth, r->tokens_per_second);
-  printf("hit rate: %llu of %llu prompt tokens (%.1f%%), %llu bytes of KV per token\n",
-         (unsigned long long)r->hit_tokens, (unsigned long long)r->query_tokens,
-         r->query_tokens ? 100.0 * (double)r->hit_tokens / (double)r->query_tokens : 0.0,
-         (unsigned long long)r->kv_bytes_per_token);
-  static const char *const tiers[] = {"?", "device", "host", "disk"};
-  for (size_t i = 0; i < r->n_tiers; i++) {
-    const Prefixd__V1__TierStats *t = r->tiers[i];
-    if (t->disabled)
-      printf("tier %-6s  off (%s)\n", tiers[t->tier & 3], t->disabled_reason);
+/* ---- options --------------------------------------------------------------------------------- */
+
+enum { G_ADDR = 1, G_KEY, G_JSON, G_YES, G_NO_COLOR, G_TIMEOUT, G_HELP };
+
+static const struct global_opt {
+  const char *name;
+  char short_name;
+  int id, takes_value;
+} global_opts[] = {
+    {"addr", 'a', G_ADDR, 1},     {"address", 0, G_ADDR, 1}, {"key", 'k', G_KEY, 1},
+    {"json", 'j', G_JSON, 0},     {"yes", 'y', G_YES, 0},    {"no-color", 0, G_NO_COLOR, 0},
+    {"timeout", 0, G_TIMEOUT, 1}, {"help", 'h', G_HELP, 0},  {NULL, 0, 0, 0},
+};
+
+static int apply_global(kv_ctx *ctx, int id, const char *value, const char *help) {
+  uint32_t seconds;
+  switch (id) {
+  case G_ADDR: ctx->address_flag = value; return 0;
+  case G_KEY: ctx->key = value[0] ? value : NULL; return 0;
+  case G_JSON: ctx->json = 1; return 0;
+  case G_YES: ctx->yes = 1; return 0;
+  case G_NO_COLOR: ctx->no_color = 1; return 0;
+  case G_TIMEOUT:
+    if (kv_parse_duration(value, &seconds) || seconds == 0)
+      return kv_usage(ctx, "--timeout expects a duration like 30s or 10m, got '%s'", value);
+    ctx->timeout_ms = (int64_t)seconds * 1000;
+    return 0;
+  case G_HELP:
+    if (help)
+      fputs(help, stdout);
     else
-      printf("tier %-6s  %llu / %llu blocks  %.1f / %.1f MiB\n", tiers[t->tier & 3],
-             (unsigned long long)t->blocks_used, (unsigned long long)t->blocks_capacity,
-             (double)t->bytes_used / 1048576.0, (double)t->bytes_capacity / 1048576.0);
+      kv_print_usage(stdout);
+    return KV_PARSE_HELP;
   }
-  for (size_t i = 0; i < r->n_tenants; i++) {
-    const Prefixd__V1__TenantStats *t = r->tenants[i];
-    printf("tenant %-16s %llu requests, %llu/%llu tokens hit, blocks device %llu host %llu "
-           "disk %llu\n",
-           t->tenant, (unsigned long long)t->requests, (unsigned long long)t->hit_tokens,
-           (unsigned long long)t->query_tokens, (unsigned long long)t->blocks->device,
-           (unsigned long long)t->blocks->host, (unsigned long long)t->blocks->disk);
-  }
-  protobuf_c_message_free_unpacked(&r->base, NULL);
   return 0;
 }
 
-static int cmd_ls(pd_client *c, const opts *o) {
-  Prefixd__V1__ListPrefixesRequest req = PREFIXD__V1__LIST_PREFIXES_REQUEST__INIT;
-  req.tenant = (char *)(o->tenant ? o->tenant : "");
-  req.page_size = 200;
-  char token[32] = "";
-  long shown = 0;
-  printf("%-32s %-12s %7s %6s %6s %6s %6s %-6s %s\n", "ID", "TENANT", "TOKENS", "DEV", "HOST",
-         "DISK", "HITS", "PINNED", "PREVIEW");
-  do {
-    req.page_token = token;
-    Prefixd__V1__ListPrefixesResponse *r;
-    int rc = pd_client_list_prefixes(c, &req, &r);
-    if (rc) return fail_call(c, rc);
-    for (size_t i = 0; i < r->n_prefixes && shown < o->limit; i++, shown++) {
-      const Prefixd__V1__Prefix *p = r->prefixes[i];
-      char preview[64];
-      size_t k = 0;
-      for (const char *s = p->preview; *s && k + 1 < sizeof preview; s++)
-        preview[k++] = *s == '\n' || *s == '\t' ? ' ' : *s;
-      preview[k] = 0;
-      printf("%-32s %-12s %7u %6llu %6llu %6llu %6llu %-6s %s\n", p->id, p->tenant, p->token_count,
-             (unsigned long long)p->blocks->device, (unsigned long long)p->blocks->host,
-             (unsigned long long)p->blocks->disk, (unsigned long long)p->hits,
-             p->pinned ? "yes" : "no", preview);
+/* Parses argv[*i] (an option) and, if it takes one, its value; advances *i past the value. */
+static int parse_option(kv_ctx *ctx, const char *help, int argc, char **argv, int *i,
+                        const kv_opt *opts) {
+  const char *arg = argv[*i];
+  char name[64];
+  const char *inline_value = NULL;
+  int is_long = arg[1] == '-';
+  if (is_long) {
+    const char *eq = strchr(arg + 2, '=');
+    size_t n = eq ? (size_t)(eq - arg - 2) : strlen(arg + 2);
+    if (n >= sizeof name) return kv_usage(ctx, "unknown option '%s'", arg);
+    memcpy(name, arg + 2, n);
+    name[n] = 0;
+    inline_value = eq ? eq + 1 : NULL;
+  } else if (arg[2]) {
+    return kv_usage(ctx, "unknown option '%s' (give short options one at a time)", arg);
+  }
+  const kv_opt *opt = NULL;
+  for (const kv_opt *o = opts; o && o->name; o++)
+    if (is_long ? !strcmp(o->name, name) : (o->short_name && o->short_name == arg[1])) {
+      opt = o;
+      break;
     }
-    snprintf(token, sizeof token, "%s", r->next_page_token);
-    protobuf_c_message_free_unpacked(&r->base, NULL);
-  } while (token[0] && shown < o->limit);
-  return 0;
-}
-
-static int cmd_lookup(pd_client *c, const opts *o) {
-  if (o->n_pos != 1) return -1;
-  Prefixd__V1__Prompt p;
-  Prefixd__V1__LookupRequest req = PREFIXD__V1__LOOKUP_REQUEST__INIT;
-  req.prompt = text_prompt(&p, o->pos[0]);
-  req.namespace_ = (char *)(o->ns ? o->ns : "");
-  Prefixd__V1__LookupResponse *r;
-  int rc = pd_client_lookup(c, &req, &r);
-  if (rc) return fail_call(c, rc);
-  printf("%u of %u tokens cached (device %llu, host %llu, disk %llu)\n", r->cached_tokens,
-         r->prompt_tokens, (unsigned long long)r->cached_tokens_by_tier->device,
-         (unsigned long long)r->cached_tokens_by_tier->host,
-         (unsigned long long)r->cached_tokens_by_tier->disk);
-  protobuf_c_message_free_unpacked(&r->base, NULL);
-  return 0;
-}
-
-static int cmd_warm(pd_client *c, const opts *o) {
-  if (o->n_pos != 1) return -1;
-  Prefixd__V1__Prompt p;
-  Prefixd__V1__CacheOptions cache = PREFIXD__V1__CACHE_OPTIONS__INIT;
-  cache.namespace_ = (char *)(o->ns ? o->ns : "");
-  cache.pin_ttl_seconds = (uint32_t)o->pin_ttl;
-  Prefixd__V1__WarmRequest req = PREFIXD__V1__WARM_REQUEST__INIT;
-  req.prompt = text_prompt(&p, o->pos[0]);
-  req.cache = &cache;
-  Prefixd__V1__WarmResponse *r;
-  int rc = pd_client_warm(c, &req, &r);
-  if (rc) return fail_call(c, rc);
-  printf("%s  %u tokens: %u were cached, %u computed\n", r->prefix_id, r->prompt_tokens,
-         r->cached_tokens, r->computed_tokens);
-  protobuf_c_message_free_unpacked(&r->base, NULL);
-  return 0;
-}
-
-static int cmd_pin(pd_client *c, const opts *o, int pin) {
-  if (o->n_pos != 1) return -1;
-  int rc;
-  if (pin) {
-    Prefixd__V1__PinRequest req = PREFIXD__V1__PIN_REQUEST__INIT;
-    req.prefix_id = (char *)o->pos[0];
-    req.ttl_seconds = (uint32_t)o->ttl;
-    Prefixd__V1__PinResponse *r;
-    if ((rc = pd_client_pin(c, &req, &r))) return fail_call(c, rc);
-    protobuf_c_message_free_unpacked(&r->base, NULL);
-  } else {
-    Prefixd__V1__UnpinRequest req = PREFIXD__V1__UNPIN_REQUEST__INIT;
-    req.prefix_id = (char *)o->pos[0];
-    Prefixd__V1__UnpinResponse *r;
-    if ((rc = pd_client_unpin(c, &req, &r))) return fail_call(c, rc);
-    protobuf_c_message_free_unpacked(&r->base, NULL);
-  }
-  printf("%s %s\n", pin ? "pinned" : "unpinned", o->pos[0]);
-  return 0;
-}
-
-static int cmd_evict(pd_client *c, const opts *o) {
-  Prefixd__V1__EvictRequest req = PREFIXD__V1__EVICT_REQUEST__INIT;
-  int targets = (o->n_pos == 1) + !!o->tenant + o->all;
-  if (targets != 1 || o->n_pos > 1) {
-    fprintf(stderr, "kvctl: evict takes exactly one of ID, --tenant T, --all\n");
-    return 2;
-  }
-  if (o->n_pos == 1) {
-    req.target_case = PREFIXD__V1__EVICT_REQUEST__TARGET_PREFIX_ID;
-    req.prefix_id = (char *)o->pos[0];
-  } else if (o->tenant) {
-    req.target_case = PREFIXD__V1__EVICT_REQUEST__TARGET_TENANT;
-    req.tenant = (char *)o->tenant;
-  } else {
-    req.target_case = PREFIXD__V1__EVICT_REQUEST__TARGET_ALL;
-    req.all = 1;
-  }
-  if (o->tier) {
-    if (!strcmp(o->tier, "device"))
-      req.tier = PREFIXD__V1__TIER__TIER_DEVICE;
-    else if (!strcmp(o->tier, "host"))
-      req.tier = PREFIXD__V1__TIER__TIER_HOST;
-    else if (!strcmp(o->tier, "disk"))
-      req.tier = PREFIXD__V1__TIER__TIER_DISK;
-    else {
-      fprintf(stderr, "kvctl: --tier must be device, host or disk\n");
-      return 2;
+  if (!opt) {
+    for (const struct global_opt *g = global_opts; g->name; g++) {
+      if (is_long ? strcmp(g->name, name) != 0 : !(g->short_name && g->short_name == arg[1]))
+        continue;
+      const char *value = inline_value;
+      if (g->takes_value && !value) {
+        if (*i + 1 >= argc) return kv_usage(ctx, "%s needs a value", arg);
+        value = argv[++*i];
+      } else if (!g->takes_value && value) {
+        return kv_usage(ctx, "--%s takes no value", g->name);
+      }
+      return apply_global(ctx, g->id, value, help);
     }
+    return kv_usage(ctx, "unknown option '%s'", arg);
   }
-  Prefixd__V1__EvictResponse *r;
-  int rc = pd_client_evict(c, &req, &r);
-  if (rc) return fail_call(c, rc);
-  printf("evicted blocks: device %llu, host %llu, disk %llu\n",
-         (unsigned long long)r->blocks_evicted->device, (unsigned long long)r->blocks_evicted->host,
-         (unsigned long long)r->blocks_evicted->disk);
-  protobuf_c_message_free_unpacked(&r->base, NULL);
+  if (opt->given) *opt->given = 1;
+  const char *value = inline_value;
+  if (opt->kind == KV_OPT_FLAG) {
+    if (value) return kv_usage(ctx, "--%s takes no value", opt->name);
+    *(int *)opt->dest = 1;
+    return 0;
+  }
+  if (opt->kind == KV_OPT_OPT_SECONDS) {
+    /* the value is optional: take the next argument only if it is a duration */
+    uint32_t seconds;
+    if (!value && *i + 1 < argc && kv_parse_duration(argv[*i + 1], &seconds) == 0)
+      value = argv[++*i];
+    if (!value) return 0;
+    if (kv_parse_duration(value, &seconds) || seconds == 0)
+      return kv_usage(ctx, "--%s expects a duration like 2 or 5s, got '%s'", opt->name, value);
+    *(uint32_t *)opt->dest = seconds;
+    return 0;
+  }
+  if (!value) {
+    if (*i + 1 >= argc) return kv_usage(ctx, "--%s needs a value", opt->name);
+    value = argv[++*i];
+  }
+  switch (opt->kind) {
+  case KV_OPT_STRING: *(const char **)opt->dest = value; return 0;
+  case KV_OPT_UINT:
+    if (kv_parse_uint(value, UINT32_MAX, (uint64_t *)opt->dest))
+      return kv_usage(ctx, "--%s expects a number >= 0, got '%s'", opt->name, value);
+    return 0;
+  case KV_OPT_DURATION:
+    if (kv_parse_duration(value, (uint32_t *)opt->dest))
+      return kv_usage(ctx, "--%s expects a duration like 30s, 10m, 1h or 2d, got '%s'", opt->name,
+                      value);
+    return 0;
+  default: return 0;
+  }
+}
+
+int kv_parse(kv_ctx *ctx, const char *help, int argc, char **argv, const kv_opt *opts,
+             const char **pos, int max_pos, int *n_pos) {
+  *n_pos = 0;
+  int options_ended = 0;
+  for (int i = 0; i < argc; i++) {
+    const char *arg = argv[i];
+    if (options_ended || arg[0] != '-' || arg[1] == 0) { /* "-" alone means stdin */
+      if (*n_pos >= max_pos) return kv_usage(ctx, "unexpected argument '%s'", arg);
+      pos[(*n_pos)++] = arg;
+      continue;
+    }
+    if (!strcmp(arg, "--")) {
+      options_ended = 1;
+      continue;
+    }
+    int rc = parse_option(ctx, help, argc, argv, &i, opts);
+    if (rc) return rc;
+  }
   return 0;
 }
 
-static int cmd_tenants(pd_client *c, const opts *o) {
-  const char *sub = o->n_pos > 0 ? o->pos[0] : "";
-  int rc;
-  if (!strcmp(sub, "list") && o->n_pos == 1) {
-    Prefixd__V1__ListTenantsRequest req = PREFIXD__V1__LIST_TENANTS_REQUEST__INIT;
-    Prefixd__V1__ListTenantsResponse *r;
-    if ((rc = pd_client_list_tenants(c, &req, &r))) return fail_call(c, rc);
-    for (size_t i = 0; i < r->n_tenants; i++) {
-      const Prefixd__V1__Tenant *t = r->tenants[i];
-      printf("%-20s created ", t->name);
-      print_time(t->created_unix_ms);
-      printf("  max_concurrent %u  max_context %u  namespaces", t->limits->max_concurrent_requests,
-             t->limits->max_context_tokens);
-      for (size_t g = 0; g < t->n_granted_namespaces; g++) printf(" %s", t->granted_namespaces[g]);
-      printf("\n");
-    }
-    protobuf_c_message_free_unpacked(&r->base, NULL);
-    return 0;
+/* ---- commands -------------------------------------------------------------------------------- */
+
+typedef struct command {
+  const char *name;
+  const char *alias;
+  int (*run)(kv_ctx *ctx, int argc, char **argv);
+  const char *help;
+} command;
+
+static const command commands[] = {
+    {"status", NULL, kv_cmd_status, kv_help_status},
+    {"stats", NULL, kv_cmd_stats, kv_help_stats},
+    {"health", NULL, kv_cmd_health, kv_help_health},
+    {"ls", "list", kv_cmd_ls, kv_help_ls},
+    {"show", NULL, kv_cmd_show, kv_help_show},
+    {"evict", NULL, kv_cmd_evict, kv_help_evict},
+    {"pin", NULL, kv_cmd_pin, kv_help_pin},
+    {"unpin", NULL, kv_cmd_unpin, kv_help_unpin},
+    {"warm", NULL, kv_cmd_warm, kv_help_warm},
+    {"lookup", NULL, kv_cmd_lookup, kv_help_lookup},
+    {"gen", "generate", kv_cmd_gen, kv_help_gen},
+    {"tenant", "tenants", kv_cmd_tenant, kv_help_tenant},
+};
+
+static const command *find_command(const char *name) {
+  for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+    if (!strcmp(commands[i].name, name) || (commands[i].alias && !strcmp(commands[i].alias, name)))
+      return &commands[i];
+  return NULL;
+}
+
+/* `kvctl help [COMMAND|TOPIC]` */
+static int cmd_help(int argc, char **argv) {
+  if (argc == 0) {
+    kv_print_usage(stdout);
+    return KV_EXIT_OK;
   }
-  if (!strcmp(sub, "create") && o->n_pos == 2) {
-    Prefixd__V1__CreateTenantRequest req = PREFIXD__V1__CREATE_TENANT_REQUEST__INIT;
-    req.name = (char *)o->pos[1];
-    Prefixd__V1__CreateTenantResponse *r;
-    if ((rc = pd_client_create_tenant(c, &req, &r))) return fail_call(c, rc);
-    printf("%s\n", r->api_key); /* the only time the key is shown */
-    protobuf_c_message_free_unpacked(&r->base, NULL);
-    return 0;
+  /* topics first: "tenants" is a topic, and also an alias of the command "tenant" */
+  if (kv_print_topic(argv[0]) == 0) return KV_EXIT_OK;
+  const command *cmd = find_command(argv[0]);
+  if (cmd) {
+    fputs(cmd->help, stdout);
+    return KV_EXIT_OK;
   }
-  if (!strcmp(sub, "rotate") && o->n_pos == 2) {
-    Prefixd__V1__RotateKeyRequest req = PREFIXD__V1__ROTATE_KEY_REQUEST__INIT;
-    req.name = (char *)o->pos[1];
-    Prefixd__V1__RotateKeyResponse *r;
-    if ((rc = pd_client_rotate_key(c, &req, &r))) return fail_call(c, rc);
-    printf("%s\n", r->api_key);
-    protobuf_c_message_free_unpacked(&r->base, NULL);
-    return 0;
+  char topics[256] = "";
+  for (int i = 0; kv_topic_names[i]; i++) {
+    strncat(topics, i ? ", " : "", sizeof topics - strlen(topics) - 1);
+    strncat(topics, kv_topic_names[i], sizeof topics - strlen(topics) - 1);
   }
-  if (!strcmp(sub, "delete") && o->n_pos == 2) {
-    Prefixd__V1__DeleteTenantRequest req = PREFIXD__V1__DELETE_TENANT_REQUEST__INIT;
-    req.name = (char *)o->pos[1];
-    Prefixd__V1__DeleteTenantResponse *r;
-    if ((rc = pd_client_delete_tenant(c, &req, &r))) return fail_call(c, rc);
-    protobuf_c_message_free_unpacked(&r->base, NULL);
-    printf("deleted %s\n", o->pos[1]);
-    return 0;
-  }
-  if ((!strcmp(sub, "grant") || !strcmp(sub, "revoke")) && o->n_pos == 3) {
-    if (sub[0] == 'g') {
-      Prefixd__V1__GrantNamespaceRequest req = PREFIXD__V1__GRANT_NAMESPACE_REQUEST__INIT;
-      req.tenant = (char *)o->pos[1];
-      req.namespace_ = (char *)o->pos[2];
-      Prefixd__V1__GrantNamespaceResponse *r;
-      if ((rc = pd_client_grant_namespace(c, &req, &r))) return fail_call(c, rc);
-      protobuf_c_message_free_unpacked(&r->base, NULL);
-    } else {
-      Prefixd__V1__RevokeNamespaceRequest req = PREFIXD__V1__REVOKE_NAMESPACE_REQUEST__INIT;
-      req.tenant = (char *)o->pos[1];
-      req.namespace_ = (char *)o->pos[2];
-      Prefixd__V1__RevokeNamespaceResponse *r;
-      if ((rc = pd_client_revoke_namespace(c, &req, &r))) return fail_call(c, rc);
-      protobuf_c_message_free_unpacked(&r->base, NULL);
-    }
-    printf("%s %s %s\n", sub[0] == 'g' ? "granted" : "revoked", o->pos[2], o->pos[1]);
-    return 0;
-  }
-  fprintf(stderr, "kvctl: tenants list | create NAME | delete NAME | rotate NAME | grant T NS | "
-                  "revoke T NS\n");
-  return 2;
+  kv_error("help: no command or topic '%s' (topics: %s)", argv[0], topics);
+  return KV_EXIT_USAGE;
 }
 
 int main(int argc, char **argv) {
-  const char *address = getenv("PREFIXD_ADDRESS") ? getenv("PREFIXD_ADDRESS") : "127.0.0.1:7878";
-  const char *key = getenv("PREFIXD_API_KEY");
-  static const struct option lopts[] = {{"address", required_argument, 0, 'a'},
-                                        {"key", required_argument, 0, 'k'},
-                                        {"help", no_argument, 0, 'h'},
-                                        {0, 0, 0, 0}};
-  int ch;
-  while ((ch = getopt_long(argc, argv, "+a:k:h", lopts, NULL)) != -1) {
-    switch (ch) {
-    case 'a': address = optarg; break;
-    case 'k': key = optarg; break;
-    case 'h': usage(stdout); return 0;
-    default: usage(stderr); return 2;
+  kv_ctx ctx = {0};
+  ctx.timeout_ms = 600000;
+  ctx.key =
+      nonempty_env("PREFIXD_KEY") ? nonempty_env("PREFIXD_KEY") : nonempty_env("PREFIXD_API_KEY");
+  ctx.stdout_tty = isatty(STDOUT_FILENO);
+  ctx.stdin_tty = isatty(STDIN_FILENO);
+
+  /* global options before the command */
+  int i = 1;
+  for (; i < argc && argv[i][0] == '-' && argv[i][1]; i++) {
+    if (!strcmp(argv[i], "--")) {
+      i++;
+      break;
     }
-  }
-  if (optind >= argc) {
-    usage(stderr);
-    return 2;
-  }
-  const char *cmd = argv[optind];
-  opts o;
-  if (parse_opts(argc - optind - 1, argv + optind + 1, &o)) return 2;
-  static const char *const known[] = {"health", "stats", "ls",    "lookup", "warm",
-                                      "pin",    "unpin", "evict", "tenants"};
-  int ok = 0;
-  for (size_t i = 0; i < sizeof known / sizeof *known; i++) ok |= !strcmp(cmd, known[i]);
-  if (!ok) {
-    fprintf(stderr, "kvctl: unknown command '%s' (see kvctl --help)\n", cmd);
-    return 2;
-  }
-  pd_client *c;
-  int rc = pd_client_connect(address, key && key[0] ? key : NULL, &c);
-  if (rc) {
-    fprintf(stderr, "kvctl: cannot reach prefixd at %s: %s\n", address, pd_strerror(rc));
-    return rc == PD_EINVAL ? 2 : 3;
-  }
-  pd_client_set_timeout_ms(c, 600000);
-  int out;
-  if (!strcmp(cmd, "health")) {
-    Prefixd__V1__HealthRequest req = PREFIXD__V1__HEALTH_REQUEST__INIT;
-    Prefixd__V1__HealthResponse *r;
-    if ((rc = pd_client_health(c, &req, &r))) {
-      out = fail_call(c, rc);
-    } else {
-      int serving = r->status == PREFIXD__V1__HEALTH_RESPONSE__STATUS__STATUS_SERVING;
-      printf("%s\n", serving ? "serving" : "not serving");
-      out = serving ? 0 : 1;
-      protobuf_c_message_free_unpacked(&r->base, NULL);
+    if (!strcmp(argv[i], "--version")) {
+      printf("kvctl %s\n", KVCTL_VERSION);
+      return KV_EXIT_OK;
     }
-  } else if (!strcmp(cmd, "stats")) {
-    out = cmd_stats(c);
-  } else if (!strcmp(cmd, "ls")) {
-    out = cmd_ls(c, &o);
-  } else if (!strcmp(cmd, "lookup")) {
-    out = cmd_lookup(c, &o);
-  } else if (!strcmp(cmd, "warm")) {
-    out = cmd_warm(c, &o);
-  } else if (!strcmp(cmd, "pin") || !strcmp(cmd, "unpin")) {
-    out = cmd_pin(c, &o, cmd[0] == 'p');
-  } else if (!strcmp(cmd, "evict")) {
-    out = cmd_evict(c, &o);
-  } else {
-    out = cmd_tenants(c, &o);
+    int rc = parse_option(&ctx, NULL, argc, argv, &i, NULL);
+    if (rc == KV_PARSE_HELP) return KV_EXIT_OK;
+    if (rc) return rc;
   }
-  if (out < 0) {
-    fprintf(stderr, "kvctl: %s: wrong arguments (see kvctl --help)\n", cmd);
-    out = 2;
+  if (i >= argc) {
+    kv_print_usage(stderr);
+    return KV_EXIT_USAGE;
   }
-  pd_client_close(c);
-  return out;
+  const char *name = argv[i];
+  if (!strcmp(name, "help")) return cmd_help(argc - i - 1, argv + i + 1);
+  const command *cmd = find_command(name);
+  if (!cmd) {
+    kv_error("unknown command '%s' (see kvctl --help)", name);
+    return KV_EXIT_USAGE;
+  }
+  ctx.command = cmd->name;
+  /* colours follow the global options, which may also come after the command: the commands
+   * call kv_parse first, so decide here from the whole command line */
+  int no_color = 0;
+  for (int k = 1; k < argc; k++) {
+    if (!strcmp(argv[k], "--")) break;
+    if (!strcmp(argv[k], "--no-color")) no_color = 1;
+  }
+  const char *no_color_env = getenv("NO_COLOR");
+  const char *term = getenv("TERM");
+  kv_set_color(ctx.stdout_tty && !no_color && !(no_color_env && no_color_env[0]) &&
+               !(term && !strcmp(term, "dumb")));
+
+  int rc = cmd->run(&ctx, argc - i - 1, argv + i + 1);
+  if (ctx.client) pd_client_close(ctx.client);
+  return rc;
 }

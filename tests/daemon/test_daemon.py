@@ -63,7 +63,7 @@ def test_generate_streams_and_second_request_reuses_system_prompt(single):
     _, _, f2 = generate(s, chat(("system", SYSTEM), ("user", "second question")), max_tokens=8)
     assert f2.usage.cached_tokens >= n_sys - 16, (f2.usage, n_sys)
     assert f2.usage.cached_tokens_by_tier.device == f2.usage.cached_tokens
-    assert f2.timings.prefill_ms <= f1.timings.prefill_ms + 5
+    # (how much sooner the first token comes is a figure of bench/daemon, not a unit test's)
 
 
 def test_same_seed_same_tokens_cached_or_not(single):
