@@ -758,8 +758,11 @@ int pd_radix_prefix_info(const pd_radix *t, uint32_t node, pd_prefix_info *info)
 }
 
 /* A node is a prefix of its own if it is a leaf or holds a pin of its own. */
+/* A prefix ends at a leaf, at a pin, and where paths part: the last block several prompts share
+ * (a system prompt that many sessions continue) is a prefix of its own, with its own hits. */
 static int is_prefix_end(const pd_radix *t, uint32_t id) {
-  return t->nodes[id].first_child == NIL || t->nodes[id].own_pins > 0;
+  uint32_t c = t->nodes[id].first_child;
+  return c == NIL || t->nodes[id].own_pins > 0 || t->nodes[c].next_sibling != NIL;
 }
 
 int pd_radix_next_prefix(const pd_radix *t, uint32_t *cursor, int32_t tenant,

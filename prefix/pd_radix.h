@@ -282,7 +282,8 @@ typedef struct pd_prefix_info {
   uint64_t pin_until;
 } pd_prefix_info;
 
-/* Iterates over prefixes: every leaf, and every node with an own pin. Start with *cursor = 0.
+/* Iterates over prefixes: every leaf, every node with an own pin, and every node where paths
+ * part (two children or more: a shared prefix). Start with *cursor = 0.
  * tenant < 0: all tenants. Returns 1 and fills info, or 0 at the end. */
 int pd_radix_next_prefix(const pd_radix *t, uint32_t *cursor, int32_t tenant, pd_prefix_info *info);
 int pd_radix_prefix_info(const pd_radix *t, uint32_t node, pd_prefix_info *info);

