@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "pd_err.h"
@@ -37,6 +38,8 @@ struct pd_grpc_server {
   int closing, open_handles;
   size_t open_calls;
   struct conn *conns;
+  size_t n_conns, max_conns; /* connections open; past max_conns new ones are closed at once */
+  size_t buffered_in;        /* request body bytes held by all calls (PD_GRPC_MAX_BUFFERED) */
 };
 
 typedef struct conn {
@@ -51,6 +54,12 @@ typedef struct conn {
   struct conn *next;
   struct pd_grpc_call *calls; /* every call of this connection not yet freed */
   int closing;
+  int handles_open; /* the stream and the timer: freed when both are closed */
+  uv_timer_t timer; /* the handshake timeout, then the idle check */
+  int got_frame;    /* a frame was received: the client speaks HTTP/2 */
+  int64_t last_read_ms;
+  double ping_tokens; /* PING rate limit: a token bucket */
+  int64_t ping_refill_ms;
 } conn;
 
 struct pd_grpc_call {
@@ -95,6 +104,7 @@ static void call_unlink(pd_grpc_call *call) {
 static void call_free(pd_grpc_call *call) {
   call_unlink(call);
   call->server->open_calls--;
+  call->server->buffered_in -= call->n_in;
   if (call->req) protobuf_c_message_free_unpacked(call->req, NULL);
   free(call->in);
   free(call->out);
@@ -355,8 +365,12 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream
                          const uint8_t *data, size_t len, void *user) {
   pd_grpc_call *call = nghttp2_session_get_stream_user_data(session, stream_id);
   if (!call || call->too_big) return 0;
-  if (call->n_in + len > PD_GRPC_MAX_MESSAGE + 5) {
-    call->too_big = 1; /* keep reading (flow control), stop storing */
+  pd_grpc_server *s = call->server;
+  if (call->n_in + len > PD_GRPC_MAX_MESSAGE + 5 || s->buffered_in + len > PD_GRPC_MAX_BUFFERED) {
+    /* too large, or too much held for unfinished requests server-wide: keep reading (flow
+     * control), stop storing; the call is answered RESOURCE_EXHAUSTED if it ever ends */
+    call->too_big = 1;
+    s->buffered_in -= call->n_in;
     free(call->in);
     call->in = NULL;
     call->n_in = call->cap_in = 0;
@@ -365,10 +379,23 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream
   if (grow(&call->in, &call->cap_in, call->n_in + len)) return NGHTTP2_ERR_CALLBACK_FAILURE;
   memcpy(call->in + call->n_in, data, len);
   call->n_in += len;
+  s->buffered_in += len;
   return 0;
 }
 
 static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *user) {
+  conn *c = user;
+  c->got_frame = 1;
+  if (frame->hd.type == NGHTTP2_PING && !(frame->hd.flags & NGHTTP2_FLAG_ACK)) {
+    /* keepalive pings come seconds apart: a burst of 100, then 10 a second, else GOAWAY */
+    int64_t now = pd_grpc_now_ms();
+    c->ping_tokens += (double)(now - c->ping_refill_ms) * 0.01;
+    if (c->ping_tokens > 100) c->ping_tokens = 100;
+    c->ping_refill_ms = now;
+    if (c->ping_tokens < 1)
+      return nghttp2_session_terminate_session(session, NGHTTP2_ENHANCE_YOUR_CALM);
+    c->ping_tokens -= 1;
+  }
   if ((frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA) &&
       (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
     pd_grpc_call *call = nghttp2_session_get_stream_user_data(session, frame->hd.stream_id);
@@ -438,7 +465,8 @@ static void flush(conn *c) {
 }
 
 static void on_conn_closed(uv_handle_t *h) {
-  conn *c = (conn *)h;
+  conn *c = h->data;
+  if (--c->handles_open > 0) return; /* the other handle's close frees it */
   pd_grpc_server *s = c->server;
   /* nghttp2_session_del does not report open streams: abandon their calls here */
   while (c->calls) {
@@ -456,6 +484,7 @@ static void on_conn_closed(uv_handle_t *h) {
       *p = c->next;
       break;
     }
+  s->n_conns--;
   free(c);
   if (--s->open_handles == 0 && s->closing) free(s);
 }
@@ -464,6 +493,25 @@ static void conn_close(conn *c) {
   if (c->closing) return;
   c->closing = 1;
   uv_close(&c->h.handle, on_conn_closed);
+  uv_close((uv_handle_t *)&c->timer, on_conn_closed);
+}
+
+/* A connection that has not sent an HTTP/2 frame within the handshake timeout is closed; one
+ * with no calls and nothing read for the idle timeout gets a GOAWAY. */
+static void on_conn_timer(uv_timer_t *t) {
+  conn *c = t->data;
+  if (c->closing) return;
+  if (!c->got_frame) {
+    conn_close(c);
+    return;
+  }
+  if (!c->calls && pd_grpc_now_ms() - c->last_read_ms > PD_GRPC_IDLE_MS) {
+    nghttp2_session_terminate_session(c->h2, NGHTTP2_NO_ERROR);
+    flush(c);
+    conn_close(c);
+    return;
+  }
+  uv_timer_start(&c->timer, on_conn_timer, 30000, 0);
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
@@ -479,6 +527,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     return;
   }
   if (nread > 0 && !c->closing) {
+    c->last_read_ms = pd_grpc_now_ms();
     ssize_t rv = nghttp2_session_mem_recv(c->h2, (const uint8_t *)buf->base, (size_t)nread);
     free(buf->base);
     if (rv < 0) {
@@ -502,13 +551,20 @@ static void on_connection(uv_stream_t *listener, int status) {
     uv_tcp_init(s->loop, &c->h.tcp);
   else
     uv_pipe_init(s->loop, &c->h.pipe, 0);
+  uv_timer_init(s->loop, &c->timer);
+  c->h.handle.data = c->timer.data = c;
+  c->handles_open = 2;
+  c->last_read_ms = c->ping_refill_ms = pd_grpc_now_ms();
+  c->ping_tokens = 100;
   s->open_handles++;
+  s->n_conns++;
   c->next = s->conns;
   s->conns = c;
-  if (uv_accept(listener, &c->h.stream)) {
-    conn_close(c);
+  if (uv_accept(listener, &c->h.stream) || s->n_conns > s->max_conns) {
+    conn_close(c); /* over the connection limit: closed at once, never a slow EMFILE loop */
     return;
   }
+  uv_timer_start(&c->timer, on_conn_timer, PD_GRPC_HANDSHAKE_MS, 0);
   nghttp2_session_callbacks *cbs;
   nghttp2_session_callbacks_new(&cbs);
   nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
@@ -545,6 +601,12 @@ int pd_grpc_server_create(uv_loop_t *loop, pd_grpc_server **out) {
   pd_grpc_server *s = calloc(1, sizeof *s);
   if (!s) return PD_ENOMEM;
   s->loop = loop;
+  /* connections: as many as the descriptor limit allows, keeping 64 for everything else */
+  struct rlimit rl;
+  s->max_conns = 1024;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+    s->max_conns = rl.rlim_cur > 128 ? (size_t)rl.rlim_cur - 64 : (size_t)rl.rlim_cur / 2;
+  if (s->max_conns > 65536) s->max_conns = 65536;
   *out = s;
   return PD_OK;
 }

@@ -24,7 +24,13 @@
 #include <uv.h>
 
 #define PD_GRPC_MAX_MESSAGE (4u << 20)
-#define PD_GRPC_MAX_STREAMS 100 /* concurrent streams per connection (SETTINGS) */
+/* Request body bytes held for unfinished requests, all connections together. */
+#define PD_GRPC_MAX_BUFFERED ((size_t)256 << 20)
+/* A connection must send its first HTTP/2 frame within this; an idle one (no calls, nothing
+ * read) is closed with a GOAWAY after PD_GRPC_IDLE_MS. */
+#define PD_GRPC_HANDSHAKE_MS 3000
+#define PD_GRPC_IDLE_MS      (10 * 60 * 1000)
+#define PD_GRPC_MAX_STREAMS  100 /* concurrent streams per connection (SETTINGS) */
 
 enum pd_grpc_status {
   PD_GRPC_OK = 0,

@@ -1,0 +1,279 @@
+"""HTTP/2 abuse against a running prefixd, while a well-behaved grpcio client on another
+connection keeps its latency.
+
+Each attack runs in a child process (abuse.py) over raw frames for a bounded time, looping over
+fresh connections; it must end every connection it opens in a GOAWAY or a refusal (RST_STREAM,
+a gRPC status, the socket closed). Meanwhile this process measures the p50 latency of
+sequential Health (answered by the loop thread, which owns every socket) or Tokenize (a round
+trip through the engine thread) calls on its own channel, against a baseline of the same calls
+taken just before the attack: it must stay within 2x. The machine may be shared, so a ratio
+over 2 is measured once more (a fresh baseline and a fresh attack) before the test fails; both
+attempts' figures are reported.
+
+Afterwards the daemon must still serve, hold no block (Evict all, then Stats: device tier 0)
+and exit 0 on SIGTERM.
+"""
+import os
+import resource
+import socket
+import threading
+import time
+
+import grpc
+import pytest
+
+from pd_harness import (CHANNEL_OPTIONS, Daemon, abuse_result, code_of, evict_all_until_empty,
+                        generate, p50, pb, pb_grpc, probe_latencies, report, scaled, start_abuse,
+                        wait_started)
+
+ATTACK_S = scaled(2.0, 20.0)      # each attack's duration
+BASE_N = scaled(300, 2000)        # baseline calls
+MAX_RATIO = 2.0
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    tiny = os.environ.get("PD_TINY_MODEL")
+    if not tiny or not os.path.exists(tiny):
+        pytest.skip("PD_TINY_MODEL not built")
+    # a context of 512 tokens bounds the slow readers' Generate (ignore_eos, no max_tokens)
+    d = Daemon(tiny, str(tmp_path_factory.mktemp("abuse")), extra=["--max-context", "512"])
+    yield d
+    assert d.alive(), "the daemon died during the abuse tests:\n" + d.log_text()[-3000:]
+    assert d.stop() == 0
+
+
+def measured_attack(d, mode, kind="health", seconds=ATTACK_S, started_line=False, attempts=2,
+                    **args):
+    """Runs an attack while probing; returns (baseline ms list, under-attack ms list, the
+    attack's summary), retrying once if the p50 ratio is over MAX_RATIO."""
+    stub = d.stub()
+    probe_latencies(stub, kind, n=50)  # connect and warm up the channel
+    tries = []
+    for _ in range(attempts):
+        base = probe_latencies(stub, kind, n=BASE_N, seconds=3.0)
+        proc = start_abuse(mode, d.port, seconds, **args)
+        if started_line:
+            wait_started(proc)
+        else:
+            time.sleep(0.2)
+        under = probe_latencies(stub, kind, seconds=seconds + 5,
+                                stop=lambda: proc.poll() is not None)
+        result = abuse_result(proc)
+        ratio = p50(under) / p50(base)
+        tries.append({"base_p50_ms": round(p50(base), 4), "under_p50_ms": round(p50(under), 4),
+                      "ratio": round(ratio, 3), "n_base": len(base), "n_under": len(under)})
+        if ratio <= MAX_RATIO:
+            break
+    report(f"abuse_{mode}", probe=kind, attempts=tries, attack=result)
+    assert len(under) >= 20, f"too few calls got through during the attack: {tries}"
+    assert ratio <= MAX_RATIO, f"{kind} p50 {tries} under {mode}: more than {MAX_RATIO}x baseline"
+    return base, under, result
+
+
+def still_serving(d):
+    s = d.stub()
+    assert s.Health(pb.HealthRequest()).status == pb.HealthResponse.STATUS_SERVING
+    _, ids, f = generate(s, pb.Prompt(text="still there?"), max_tokens=4,
+                         sampling=pb.SamplingParams(ignore_eos=True))
+    assert f.usage.generated_tokens == 4 == len(ids)
+
+
+def test_rapid_reset_ends_in_goaway(daemon):
+    _, _, r = measured_attack(daemon, "rapid_reset", kind="tokenize")
+    assert r["connections"] >= 2 and set(r["ends"]) <= {"goaway:INTERNAL_ERROR",
+                                                      "goaway:ENHANCE_YOUR_CALM", "closed"}, r
+    # nghttp2's guard: 1,000 resets at once, then 100/s; each connection lasted well under 1 s
+    assert max(r["streams_per_conn"]) <= 2000, r["streams_per_conn"]
+    still_serving(daemon)
+
+
+def test_ping_burst_is_cut_off(daemon):
+    _, _, r = measured_attack(daemon, "ping_burst", kind="health", burst=4000)
+    assert r["connections"] >= 2 and "open" not in r["ends"], r
+    still_serving(daemon)
+
+
+def test_paced_ping_flood_keeps_latency(daemon):
+    measured_attack(daemon, "ping_paced", kind="health", batch=200)
+    still_serving(daemon)
+
+
+def test_paced_ping_flood_is_ended_by_the_daemon(daemon):
+    proc = start_abuse("ping_paced", daemon.port, 3.0, batch=200, max_pings=500_000, max_conns=1)
+    r = abuse_result(proc)
+    report("abuse_ping_paced_end", attack=r)
+    assert "open" not in r["ends"], f"the daemon answered {r['pings_per_conn']} pings: {r}"
+
+
+def test_streams_over_the_limit_end_in_goaway(daemon):
+    _, _, r = measured_attack(daemon, "streams", kind="health", limit=100, extra=20)
+    assert r["advertised"] == 100, r
+    # the client acknowledged SETTINGS, so stream 101 is a connection error: GOAWAY
+    assert r["connections"] >= 2 and set(r["ends"]) == {"goaway:PROTOCOL_ERROR"}, r
+    still_serving(daemon)
+
+
+def test_streams_over_an_unacknowledged_limit_are_refused(daemon):
+    # before the client acknowledged the limit, the extra streams are refused one by one
+    # (RST_STREAM REFUSED_STREAM) and the 100 within the limit still work
+    proc = start_abuse("streams", daemon.port, 1.0, limit=100, extra=20, ack_settings=False,
+                       max_conns=20)
+    r = abuse_result(proc)
+    report("abuse_streams_unacked", attack=r)
+    assert set(r["ends"]) == {"refused"}, r
+    assert r["refused"] == 20 * r["connections"] and r["finished_ok"] == r["connections"], r
+
+
+def test_slow_reader_blocks_no_one(daemon):
+    """Generate streams (ignore_eos, no max_tokens: up to the 512-token context) on connections
+    whose SETTINGS_INITIAL_WINDOW_SIZE is 0 and never updated: the daemon can send them no DATA.
+    Other connections keep their latency while the engine generates for them, the engine
+    finishes those sequences and gives their blocks back although nothing was delivered, and
+    afterwards the engine-thread latency (Tokenize) is back to its baseline while the stalled
+    streams are still open."""
+    d = daemon
+    req = pb.GenerateRequest(prompt=pb.Prompt(text="a reader that never reads " * 8),
+                             sampling=pb.SamplingParams(ignore_eos=True))
+    n_conns, n_streams = scaled(2, 8), scaled(4, 25)
+    hold_s = scaled(20.0, 60.0)
+    stub = d.stub()
+    probe_latencies(stub, "tokenize", n=50)
+    tok_base = probe_latencies(stub, "tokenize", n=BASE_N, seconds=3.0)
+    health_base = probe_latencies(stub, "health", n=BASE_N, seconds=3.0)
+    proc = start_abuse("slow_reader", d.port, hold_s, request=req.SerializeToString().hex(),
+                       conns=n_conns, streams=n_streams)
+    wait_started(proc)
+    # while the engine generates for the stalled streams: the loop thread still answers, and a
+    # well-behaved Generate on another connection streams to its end
+    other = {}
+
+    def well_behaved():
+        other["r"] = generate(d.stub(), pb.Prompt(text="a normal client"), max_tokens=32,
+                              sampling=pb.SamplingParams(ignore_eos=True), timeout=60)
+    t = threading.Thread(target=well_behaved)
+    t.start()
+    health = probe_latencies(stub, "health", seconds=1.0)
+    t.join(60)
+    assert "r" in other and other["r"][2].usage.generated_tokens == 32
+    # the stalled sequences finish in the engine: every block can be evicted
+    t0 = time.monotonic()
+    assert evict_all_until_empty(stub, timeout=hold_s - 5) == 0, \
+        "the stalled streams' sequences still hold blocks"
+    finished_s = time.monotonic() - t0
+    tries = []
+    for _ in range(2):
+        tok_after = probe_latencies(stub, "tokenize", n=BASE_N, seconds=2.0)
+        tries.append(round(p50(tok_after) / p50(tok_base), 3))
+        if tries[-1] <= MAX_RATIO:
+            break
+        tok_base = probe_latencies(stub, "tokenize", n=BASE_N, seconds=2.0)
+    assert proc.poll() is None, "the slow reader should still be holding its streams"
+    proc.kill()
+    proc.wait()
+    report("abuse_slow_reader", streams=n_conns * n_streams,
+           health_p50_ms=round(p50(health), 4), health_base_p50_ms=round(p50(health_base), 4),
+           tokenize_base_p50_ms=round(p50(tok_base), 4), tokenize_after_ratio=tries,
+           sequences_done_s=round(finished_s, 2))
+    assert p50(health) <= MAX_RATIO * p50(health_base), (p50(health), p50(health_base))
+    assert tries[-1] <= MAX_RATIO, tries
+    still_serving(d)
+
+
+def test_oversized_messages_get_resource_exhausted(daemon):
+    rss0 = daemon.rss_kb()
+    _, _, r = measured_attack(daemon, "oversized", kind="tokenize", streams=4,
+                              max_conns=scaled(10, 200))
+    assert r["requests"] >= 4 and set(r["statuses"]) == {"8"}, r  # RESOURCE_EXHAUSTED
+    assert set(r["ends"]) == {"refused"}, r
+    rss1 = daemon.rss_kb()
+    report("abuse_oversized_rss", rss_before_kb=rss0, rss_after_kb=rss1)
+    # the 4 MiB bodies are not kept: allocator caches aside, nothing per request stays (under
+    # ASan freed memory stays resident in its quarantine: its leak check at exit says instead)
+    assert daemon.sanitized() or rss1 - rss0 < 64 * 1024, (rss0, rss1)
+    # and through a stock client as well
+    raw = daemon.channel().unary_unary("/prefixd.v1.Prefixd/Tokenize",
+                                       request_serializer=lambda b: b,
+                                       response_deserializer=lambda b: b)
+    assert code_of(lambda: raw(b"\x0a" + b"\x01" * (5 << 20), timeout=30))[0] == \
+        grpc.StatusCode.RESOURCE_EXHAUSTED
+    still_serving(daemon)
+
+
+def test_half_open_connections_do_not_slow_others(daemon):
+    n = scaled(150, 1500)
+    fds0 = daemon.open_fds()
+    _, _, r = measured_attack(daemon, "half_open", kind="tokenize", started_line=True, conns=n)
+    assert r["connections"] == n
+    # the daemon keeps them (it has no handshake or idle timeout, see the xfail below); once the
+    # client closes them every descriptor is given back
+    deadline = time.monotonic() + 10
+    while daemon.open_fds() > fds0 + 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    report("abuse_half_open_fds", conns=n, fds_before=fds0, fds_after=daemon.open_fds(),
+           closed_by_daemon=r["ends"].get("closed", 0))
+    assert daemon.open_fds() <= fds0 + 2
+    still_serving(daemon)
+
+
+def _low_nofile():
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+
+def test_half_open_connections_cannot_lock_clients_out(tiny_model, data_dir):
+    d = Daemon(tiny_model, data_dir, preexec_fn=_low_nofile)
+    socks = []
+    try:
+        assert d.stub().Health(pb.HealthRequest(), timeout=10).status == \
+            pb.HealthResponse.STATUS_SERVING
+        for _ in range(80):
+            try:
+                socks.append(socket.create_connection(("127.0.0.1", d.port), timeout=5))
+            except OSError:
+                break
+        # a well-behaved client keeps trying for a while (a daemon that closes half-open
+        # connections after a handshake timeout of a few seconds passes)
+        ok, end = False, time.monotonic() + scaled(4.0, 30.0)
+        while not ok and time.monotonic() < end:
+            ch = grpc.insecure_channel(d.target, options=CHANNEL_OPTIONS)
+            try:
+                ok = pb_grpc.PrefixdStub(ch).Health(pb.HealthRequest(), timeout=1).status == \
+                    pb.HealthResponse.STATUS_SERVING
+            except grpc.RpcError:
+                time.sleep(0.2)
+            finally:
+                ch.close()
+        report("abuse_half_open_lockout", held=len(socks), served=ok)
+        assert ok, f"{len(socks)} idle connections lock every other client out"
+    finally:
+        for s in socks:
+            s.close()
+        assert d.stop() == 0
+
+
+def test_unfinished_bodies_have_a_memory_bound(tiny_model, data_dir):
+    from h2wire import Wire
+    d = Daemon(tiny_model, data_dir)
+    conns = []
+    try:
+        rss0 = d.rss_kb()
+        chunk = b"\x00" * 16384
+        for _ in range(2):
+            w = Wire(d.port)
+            w.preface()
+            w.wait_for(lambda: w.settings_acked, 2.0)
+            sids = [w.new_sid() for _ in range(100)]
+            w.send(b"".join(w.headers_frame(s, "/prefixd.v1.Prefixd/Tokenize") for s in sids))
+            for _ in range((4 << 20) // len(chunk)):
+                if not w.send(b"".join(w.data_frames(s, chunk, end_stream=False) for s in sids)):
+                    break
+                w.pump(0)
+            conns.append(w)
+        time.sleep(0.5)
+        grown_mb = (d.rss_kb() - rss0) // 1024
+        report("abuse_unfinished_bodies", connections=2, rss_growth_mib=grown_mb)
+        assert grown_mb < 512, f"2 connections grew the daemon by {grown_mb} MiB"
+    finally:
+        for w in conns:
+            w.close()
+        assert d.stop() == 0
