@@ -272,7 +272,10 @@ def test_unfinished_bodies_have_a_memory_bound(tiny_model, data_dir):
         time.sleep(0.5)
         grown_mb = (d.rss_kb() - rss0) // 1024
         report("abuse_unfinished_bodies", connections=2, rss_growth_mib=grown_mb)
-        assert grown_mb < 512, f"2 connections grew the daemon by {grown_mb} MiB"
+        # the bound is 256 MiB of bodies; under ASan every freed body also stays resident in
+        # its quarantine (256 MiB), so the ceiling there is that much higher
+        limit = 1024 if d.sanitized() else 512
+        assert grown_mb < limit, f"2 connections grew the daemon by {grown_mb} MiB"
     finally:
         for w in conns:
             w.close()
