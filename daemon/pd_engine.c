@@ -332,17 +332,7 @@ static uint32_t low_watermark(const pd_engine *e) {
 /* One slot of the device tier for a sequence. When none is free, cold blocks are demoted (their
  * slots come free when the copies out of them land: then this waits for the storage worker). */
 static int alloc_block_any(pd_engine *e, uint32_t *slot) {
-  for (int tries = 0; tries < 3; tries++) {
-    if (pd_radix_alloc_slot(&e->tree, 0, slot) == PD_OK) return PD_OK;
-    uint32_t want = low_watermark(e) > 0 ? low_watermark(e) : 1;
-    pd_tiers_make_room(e->tiers, 0, want, pd_engine_now_ms());
-    if (pd_radix_alloc_slot(&e->tree, 0, slot) == PD_OK) return PD_OK;
-    /* the room is on its way (spills in flight), or blocks held by transfers (writes to disk)
-     * may go once those land */
-    if (pd_tiers_in_flight(e->tiers) == 0) return PD_EFULL;
-    pd_tiers_sync(e->tiers);
-  }
-  return PD_EFULL;
+  return pd_tiers_alloc_slot(e->tiers, 0, low_watermark(e), pd_engine_now_ms(), slot);
 }
 
 /* A device block for a sequence of tenant to write into. A block last written for another

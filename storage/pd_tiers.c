@@ -779,6 +779,19 @@ uint32_t pd_tiers_plan_restore(pd_tiers *t, const uint32_t *nodes, uint32_t n) {
   return take;
 }
 
+int pd_tiers_alloc_slot(pd_tiers *t, int tier, uint32_t batch, uint64_t now, uint32_t *slot) {
+  for (int tries = 0; tries < 3; tries++) {
+    if (pd_radix_alloc_slot(t->tree, tier, slot) == PD_OK) return PD_OK;
+    pd_tiers_make_room(t, tier, batch ? batch : 1, now);
+    if (pd_radix_alloc_slot(t->tree, tier, slot) == PD_OK) return PD_OK;
+    /* the room is on its way (spills in flight), or blocks held by transfers (writes to disk)
+     * may go once those land */
+    if (t->in_flight == 0) return PD_EFULL;
+    pd_tiers_sync(t);
+  }
+  return PD_EFULL;
+}
+
 int pd_tiers_restore(pd_tiers *t, uint32_t node, uint64_t now, uint32_t *device_slot) {
   const pd_node *nd = pd_radix_node(t->tree, node);
   int from = nd->tier;
@@ -786,12 +799,7 @@ int pd_tiers_restore(pd_tiers *t, uint32_t node, uint64_t now, uint32_t *device_
   if (from == 2 && !disk_on(t)) return PD_EUNSUPPORTED;
   if (ensure_state(t, node)) return PD_ENOMEM; /* its pending count must exist */
   uint32_t slot;
-  for (int tries = 0; pd_radix_alloc_slot(t->tree, 0, &slot) != PD_OK; tries++) {
-    /* room is made by spills: wait for them (a restore is worth it) */
-    if (tries == 2 || (pd_tiers_make_room(t, 0, 1, now) != PD_OK && !t->in_flight)) return PD_EFULL;
-    if (pd_radix_alloc_slot(t->tree, 0, &slot) == PD_OK) break;
-    pd_tiers_sync(t);
-  }
+  if (pd_tiers_alloc_slot(t, 0, 1, now, &slot) != PD_OK) return PD_EFULL;
   if (pd_radix_node(t->tree, node)->tier != from) { /* cannot happen to a held node */
     pd_radix_free_slot(t->tree, 0, slot);
     return PD_EBUSY;

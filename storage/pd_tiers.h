@@ -129,6 +129,11 @@ int pd_tiers_make_room(pd_tiers *t, int tier, uint32_t n, uint64_t now);
  * left. For Evict by tier. */
 int pd_tiers_evict(pd_tiers *t, int tier, int32_t tenant, uint64_t now, uint64_t counts[PD_TIERS]);
 
+/* A slot of tier for a block about to be written: when none is free, demotes batch blocks (so
+ * that spills are large transfers) and, if their slots are still in flight, waits for the
+ * storage worker. PD_EFULL when everything left is referenced or pinned. */
+int pd_tiers_alloc_slot(pd_tiers *t, int tier, uint32_t batch, uint64_t now, uint32_t *slot);
+
 /* How many of a matched path's cold blocks to restore: nodes (n, path order) from the first one
  * not in tier 0. Returns the count of leading nodes worth restoring (host ones, then disk ones). */
 uint32_t pd_tiers_plan_restore(pd_tiers *t, const uint32_t *nodes, uint32_t n);

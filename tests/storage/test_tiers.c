@@ -109,14 +109,7 @@ static void check_tree(fixture *f) {
 
 /* A device slot, making room (and waiting for spills in flight) as the engine does. */
 static int device_slot(fixture *f, uint32_t *slot) {
-  for (int tries = 0; tries < 3; tries++) {
-    if (pd_radix_alloc_slot(&f->tree, 0, slot) == PD_OK) return PD_OK;
-    pd_tiers_make_room(f->tiers, 0, 2, 1);
-    if (pd_radix_alloc_slot(&f->tree, 0, slot) == PD_OK) return PD_OK;
-    if (pd_tiers_in_flight(f->tiers) == 0) return PD_EFULL;
-    pd_tiers_sync(f->tiers);
-  }
-  return PD_EFULL;
+  return pd_tiers_alloc_slot(f->tiers, 0, 2, 1, slot);
 }
 
 /* Computes prompt p's blocks "on the device" and inserts them. Returns blocks inserted. */
