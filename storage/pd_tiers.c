@@ -511,12 +511,6 @@ int pd_tiers_drop(pd_tiers *t, uint32_t node, uint64_t counts[PD_TIERS]) {
   }
 }
 
-static int drop_node(pd_tiers *t, uint32_t node) {
-  const pd_node *nd = pd_radix_node(t->tree, node);
-  if (nd->refcount || nd->pin_count) return PD_EBUSY;
-  return pd_tiers_drop(t, node, NULL);
-}
-
 int pd_tiers_forget_disk_copy(pd_tiers *t, uint32_t node) {
   uint8_t st = state_of(t, node);
   const pd_node *nd = pd_radix_node(t->tree, node);
@@ -646,7 +640,7 @@ static void settle_victim(pd_tiers *t, const pd_evicted *ev, int next, uint64_t 
     return;
   }
   /* dropped (a detached node holds no slot: the kept one is given back after) */
-  if (drop_node(t, node) == PD_OK) {
+  if (pd_tiers_drop(t, node, NULL) == PD_OK) {
     if (from < 2) pd_radix_free_slot(t->tree, from, ev->slot);
     t->counters.dropped[from]++;
     if (counts) counts[from]++;
@@ -940,7 +934,7 @@ static void drop_bad(pd_tiers *t) {
     if (!(state_of(t, node) & ST_BAD)) continue; /* already gone */
     unpin_subtree(t, node);
     const pd_node *nd = pd_radix_node(t->tree, node);
-    if (nd->refcount || pd_tiers_pending(t, node) || drop_node(t, node) != PD_OK)
+    if (nd->refcount || pd_tiers_pending(t, node) || pd_tiers_drop(t, node, NULL) != PD_OK)
       t->bad[kept++] = node;
   }
   t->n_bad = kept;
