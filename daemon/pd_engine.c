@@ -39,6 +39,7 @@ typedef struct pd_seq {
   uint32_t n_table, cap_table;
   uint32_t *held; /* (cap_table) tree nodes referenced, path order: table[i] is held[i]'s slot */
   uint32_t n_held;
+  uint32_t n_hot; /* of held: the device blocks matched at admission (no reservation covers them) */
   uint32_t anchor; /* the deepest held node, or the namespace root */
   uint32_t n_cached;
   uint32_t cached_by_tier[PD_TIERS]; /* of n_cached: where the blocks were when matched */
@@ -545,8 +546,32 @@ static void queue_remove(pd_engine *e, pd_seq *prev, pd_seq *s) {
   atomic_store(&e->queue_depth, e->n_queued);
 }
 
+/* Device slots that running sequences (and a candidate's hot_slots) hold but that no reservation
+ * counts: cached blocks matched at admission, used in place, that no running sequence computed
+ * itself. Entries past a sequence's hot prefix are its own (allocated, restored, or a block the
+ * tree deduplicated in their place), all inside its reservation. Each slot counts once. */
+static uint64_t held_unreserved(pd_engine *e, const uint32_t *hot_slots, uint32_t n_hot_slots) {
+  if (++e->stamp_epoch == 0) { /* wrapped: old marks could collide */
+    memset(e->slot_stamp, 0, (size_t)e->n_blocks * sizeof *e->slot_stamp);
+    e->stamp_epoch = 1;
+  }
+  const uint32_t mark = e->stamp_epoch;
+  for (const pd_seq *r = e->running; r; r = r->next)
+    for (uint32_t i = r->n_hot < r->n_table ? r->n_hot : r->n_table; i < r->n_table; i++)
+      e->slot_stamp[r->table[i]] = mark;
+  uint64_t n = 0;
+  for (const pd_seq *r = e->running; r; r = r->next)
+    for (uint32_t i = 0; i < r->n_hot && i < r->n_table; i++)
+      if (e->slot_stamp[r->table[i]] != mark) e->slot_stamp[r->table[i]] = mark, n++;
+  for (uint32_t i = 0; i < n_hot_slots; i++)
+    if (e->slot_stamp[hot_slots[i]] != mark) e->slot_stamp[hot_slots[i]] = mark, n++;
+  return n;
+}
+
 /* Matches the prompt and sets up the table; returns 0, or PD_EFULL if the pool cannot take the
- * sequence now (it stays queued), or another error. */
+ * sequence now (it stays queued), or another error. The pool must hold every running
+ * sequence's reservation, the cached blocks they use in place, and this sequence's: a sequence
+ * admitted past that would find the pool full in the middle of its prefill. */
 static int seq_admit(pd_engine *e, pd_seq *s) {
   uint32_t n_match = s->warm ? s->n_prompt : s->n_prompt - 1;
   uint32_t cap = n_match / B(e) + 2;
@@ -573,24 +598,27 @@ static int seq_admit(pd_engine *e, pd_seq *s) {
       hot < n_full ? pd_tiers_plan_restore(e->tiers, nodes + hot, n_full - hot) : 0;
   uint32_t max_total = s->n_prompt + s->max_new;
   uint64_t need = (max_total - hot * B(e) + B(e) - 1) / B(e) + 1;
-  if (e->reserved_blocks + need > e->n_blocks) {
-    pd_radix_release(&e->tree, nodes, m.n_nodes);
-    free(nodes);
-    return PD_EFULL;
-  }
+  uint32_t *held = NULL;
   if (grow((void **)&s->table, &s->cap_table, max_total / B(e) + 2, sizeof *s->table) ||
-      !(s->held = malloc(s->cap_table * sizeof *s->held))) {
+      !(held = realloc(s->held, s->cap_table * sizeof *s->held))) {
     pd_radix_release(&e->tree, nodes, m.n_nodes);
     free(nodes);
     return PD_ENOMEM;
   }
+  s->held = held;
+  for (uint32_t i = 0; i < hot; i++) s->table[i] = pd_radix_node(&e->tree, nodes[i])->slot;
+  if (e->reserved_blocks + need + held_unreserved(e, s->table, hot) > e->n_blocks) {
+    pd_radix_release(&e->tree, nodes, m.n_nodes);
+    free(nodes);
+    return PD_EFULL;
+  }
   uint64_t now = pd_engine_now_ms();
   for (uint32_t i = 0; i < hot; i++) {
     s->held[i] = nodes[i];
-    s->table[i] = pd_radix_node(&e->tree, nodes[i])->slot;
     s->anchor = nodes[i];
     s->cached_by_tier[0] += B(e);
   }
+  s->n_hot = hot;
   uint32_t usable = hot;
   for (; usable < hot + n_restore; usable++) {
     uint32_t slot, node = nodes[usable];
@@ -1336,9 +1364,10 @@ int pd_engine_create(const pd_engine_config *cfg, uv_loop_t *loop, pd_job_output
   e->n_blocks = (uint32_t)n_blocks;
   e->pool = calloc(n_blocks, e->block_bytes);
   e->slot_owner = calloc(n_blocks, sizeof *e->slot_owner);
+  e->slot_stamp = calloc(n_blocks, sizeof *e->slot_stamp);
   e->logits = malloc((size_t)cfg->max_running * (size_t)e->model->n_vocab * sizeof(float));
   e->batch = calloc((size_t)cfg->max_running + cfg->max_batch_tokens, sizeof *e->batch);
-  if (!e->pool || !e->slot_owner || !e->logits || !e->batch) {
+  if (!e->pool || !e->slot_owner || !e->slot_stamp || !e->logits || !e->batch) {
     snprintf(err, errlen, "out of memory for a KV cache of %llu blocks",
              (unsigned long long)n_blocks);
     rc = PD_ENOMEM;
@@ -1405,6 +1434,7 @@ fail:
   pd_tenantdb_close(&e->db);
   free(e->pool);
   free(e->slot_owner);
+  free(e->slot_stamp);
   free(e->logits);
   free(e->batch);
   pd_llama_free(&e->llama);
@@ -1433,6 +1463,7 @@ void pd_engine_destroy(pd_engine *e) {
   pd_tenantdb_close(&e->db);
   free(e->pool);
   free(e->slot_owner);
+  free(e->slot_stamp);
   free(e->logits);
   free(e->batch);
   free(e->counters);

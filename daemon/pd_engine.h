@@ -161,6 +161,8 @@ struct pd_engine {
   void *pool;           /* (n_blocks, block_bytes) the device tier */
   uint16_t *slot_owner; /* (n_blocks) the tenant + 1 whose sequence last wrote the block, 0: none */
   uint32_t n_blocks;
+  uint32_t *slot_stamp; /* (n_blocks) admission's scratch marks (held_unreserved) */
+  uint32_t stamp_epoch;
   size_t block_bytes;
   pd_radix tree;
   pd_tiers *tiers;         /* moves blocks between the device pool, host RAM and disk */

@@ -116,6 +116,46 @@ def test_every_tier_full_lru_spills_then_drops(q51_model, data_dir):
         assert d.stop() == 0
 
 
+def test_shared_prefix_under_pressure_waits_instead_of_failing(q51_model, data_dir):
+    """Many concurrent requests that share a long cached prefix, on a device tier that cannot
+    hold them all at once: the ones that do not fit wait in the queue, none fails in the middle
+    of its prefill. The shared prefix (20 of the 64 blocks) is held by every running request and
+    must count against admission beside their reservations; counted apart, the engine admitted
+    up to 12 requests (60 blocks reserved + 20 held) and some died with RESOURCE_EXHAUSTED
+    "the KV cache is full"."""
+    d = Daemon(q51_model, data_dir, extra=["--kv-cache-mb", "1", "--host-cache-mb", "0",
+                                           "--disk-cache-mb", "0"])
+    try:
+        s = d.stub()
+        shared = doc(7, 320)  # 20 blocks
+        s.Warm(pb.WarmRequest(prompt=ids_prompt(shared)))
+        n_clients = scaled(24, 96)
+        results = [None] * n_clients
+
+        def one(i):
+            ids = shared + [5 + (i * 7 + j) % 400 for j in range(32)]
+            try:
+                out, final = greedy(s, ids, n=32, timeout=300)
+                results[i] = ("OK", final.usage.cached_tokens, len(out))
+            except grpc.RpcError as e:
+                results[i] = (e.code().name, e.details(), 0)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(n_clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        failed = [r for r in results if r[0] != "OK"]
+        report("pressure_shared_prefix", clients=n_clients, failed=len(failed),
+               cached_tokens=sorted({r[1] for r in results if r[0] == "OK"}))
+        assert not failed, failed
+        assert all(r[1] >= 320 and r[2] == 32 for r in results), results
+        st = s.Stats(pb.StatsRequest())
+        assert tier(st, pb.TIER_DEVICE).blocks_used <= tier(st, pb.TIER_DEVICE).blocks_capacity
+    finally:
+        assert d.stop() == 0
+
+
 # ---- clients leaving at every stage ---------------------------------------------------------
 
 ADMIN = "admin-key-for-the-pressure-tests-0123"
