@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "pd_err.h"
+#include "pd_h2_filter.h"
 
 #define MAX_ROUTES 64
 
@@ -60,6 +61,7 @@ typedef struct conn {
   int64_t last_read_ms;
   double ping_tokens; /* PING rate limit: a token bucket */
   int64_t ping_refill_ms;
+  pd_h2_filter filter; /* drops grpc-core's RST_STREAM for streams not yet opened */
 } conn;
 
 struct pd_grpc_call {
@@ -519,6 +521,14 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   buf->len = buf->base ? 65536 : 0;
 }
 
+/* The filter's output goes to the connection's nghttp2 session; nonzero stops the read (a
+ * protocol error, or the connection was closed by what the bytes made happen). */
+static int session_recv(void *user, const uint8_t *data, size_t len) {
+  conn *c = user;
+  if (c->closing) return 1;
+  return nghttp2_session_mem_recv(c->h2, data, len) < 0 ? 1 : 0;
+}
+
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   conn *c = (conn *)stream;
   if (nread < 0) {
@@ -528,9 +538,10 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   }
   if (nread > 0 && !c->closing) {
     c->last_read_ms = pd_grpc_now_ms();
-    ssize_t rv = nghttp2_session_mem_recv(c->h2, (const uint8_t *)buf->base, (size_t)nread);
+    int rv =
+        pd_h2_filter_feed(&c->filter, (const uint8_t *)buf->base, (size_t)nread, session_recv, c);
     free(buf->base);
-    if (rv < 0) {
+    if (rv) {
       conn_close(c);
       return;
     }
@@ -556,6 +567,7 @@ static void on_connection(uv_stream_t *listener, int status) {
   c->handles_open = 2;
   c->last_read_ms = c->ping_refill_ms = pd_grpc_now_ms();
   c->ping_tokens = 100;
+  pd_h2_filter_init(&c->filter);
   s->open_handles++;
   s->n_conns++;
   c->next = s->conns;
@@ -573,13 +585,14 @@ static void on_connection(uv_stream_t *listener, int status) {
   nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
   nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
   /* Abuse limits: a client may not make the server queue unbounded PING/SETTINGS acks, nor
-   * open and reset streams faster than 1000 at once and 100/s after (HTTP/2 Rapid Reset,
-   * CVE-2023-44487); past a limit nghttp2 ends the session with GOAWAY. */
+   * open and reset streams faster than PD_GRPC_RESET_BURST at once and PD_GRPC_RESET_RATE a
+   * second after (HTTP/2 Rapid Reset, CVE-2023-44487); past a limit nghttp2 ends the session
+   * with GOAWAY. */
   nghttp2_option *opt;
   nghttp2_option_new(&opt);
   nghttp2_option_set_max_outbound_ack(opt, 1000);
   nghttp2_option_set_max_settings(opt, 32);
-  nghttp2_option_set_stream_reset_rate_limit(opt, 1000, 100);
+  nghttp2_option_set_stream_reset_rate_limit(opt, PD_GRPC_RESET_BURST, PD_GRPC_RESET_RATE);
   int rv = nghttp2_session_server_new2(&c->h2, cbs, c, opt);
   nghttp2_option_del(opt);
   nghttp2_session_callbacks_del(cbs);

@@ -31,6 +31,13 @@
 #define PD_GRPC_HANDSHAKE_MS 3000
 #define PD_GRPC_IDLE_MS      (10 * 60 * 1000)
 #define PD_GRPC_MAX_STREAMS  100 /* concurrent streams per connection (SETTINGS) */
+/* Streams a client may reset: a burst, then a rate per second (nghttp2's Rapid Reset guard).
+ * A stock gRPC client whose calls time out or are cancelled resets each one; at nghttp2's
+ * suggested 100/s, one cancelling ~400 calls a second lost its whole connection (with every
+ * other call on it). An attacker resetting as fast as it can still meets the burst in well
+ * under a second. */
+#define PD_GRPC_RESET_BURST 1000
+#define PD_GRPC_RESET_RATE  1000
 
 enum pd_grpc_status {
   PD_GRPC_OK = 0,

@@ -83,8 +83,9 @@ def test_rapid_reset_ends_in_goaway(daemon):
     _, _, r = measured_attack(daemon, "rapid_reset", kind="tokenize")
     assert r["connections"] >= 2 and set(r["ends"]) <= {"goaway:INTERNAL_ERROR",
                                                       "goaway:ENHANCE_YOUR_CALM", "closed"}, r
-    # nghttp2's guard: 1,000 resets at once, then 100/s; each connection lasted well under 1 s
-    assert max(r["streams_per_conn"]) <= 2000, r["streams_per_conn"]
+    # nghttp2's guard (PD_GRPC_RESET_BURST/RATE): 1,000 resets at once, then 1,000/s; each
+    # connection lasted well under 1 s (1,100 to 2,100 streams seen), 2 s at most
+    assert max(r["streams_per_conn"]) <= 3000, r["streams_per_conn"]
     still_serving(daemon)
 
 
