@@ -467,8 +467,10 @@ static void seq_finish(pd_engine *e, pd_seq *s, int status, const char *message,
      * holds generated tokens is not the prompt's) */
     uint32_t n_prompt_blocks = s->warm ? s->n_held : s->n_prompt / B(e);
     if (n_prompt_blocks > s->n_held) n_prompt_blocks = s->n_held;
-    if (s->pin_ttl_s && n_prompt_blocks > 0 && status == PD_GRPC_OK)
-      pd_radix_pin(&e->tree, s->held[n_prompt_blocks - 1], now + (uint64_t)s->pin_ttl_s * 1000);
+    if (s->pin_ttl_s && n_prompt_blocks > 0 && status == PD_GRPC_OK &&
+        pd_radix_pin(&e->tree, s->held[n_prompt_blocks - 1], now + (uint64_t)s->pin_ttl_s * 1000) ==
+            PD_OK)
+      pd_pins_note(&e->pins, &e->tree, s->held[n_prompt_blocks - 1]);
     /* warmed and pinned prefixes are worth keeping across a restart: written through to disk */
     if ((s->warm || s->pin_ttl_s) && n_prompt_blocks > 0 && status == PD_GRPC_OK)
       pd_tiers_keep(e->tiers, s->held[n_prompt_blocks - 1]);
@@ -1134,6 +1136,52 @@ static int step(pd_engine *e) {
   return rows;
 }
 
+/* ---- pins across restarts -------------------------------------------------------------------- */
+
+#define PINS_SAVE_MS 200 /* pins are written out at most this often (and at shutdown) */
+
+static int64_t unix_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Hands the pin registry to the storage worker, after this step's write-through of the pinned
+ * blocks. Without a disk tier nothing survives a restart, pins included. */
+static void save_pins(pd_engine *e) {
+  uint8_t *buf;
+  size_t len;
+  if (!pd_tiers_disk_enabled(e->tiers, NULL)) {
+    e->pins.dirty = 0;
+    return;
+  }
+  if (pd_pins_encode(&e->pins, &e->tree, pd_engine_now_ms(), unix_now_ms(), &buf, &len) == PD_OK)
+    pd_tiers_put_meta(e->tiers, "pins", buf, len);
+}
+
+/* Takes again the pins stored before a restart whose prefixes came back from disk. */
+static void restore_pins(pd_engine *e) {
+  size_t len = 0, cap = 4096;
+  uint8_t *buf = malloc(cap);
+  int rc = buf ? pd_tiers_get_meta(e->tiers, "pins", buf, cap, &len) : PD_ENOMEM;
+  if (rc == PD_EFULL) {
+    uint8_t *bigger = realloc(buf, len);
+    rc = bigger ? pd_tiers_get_meta(e->tiers, "pins", bigger, len, &len) : PD_ENOMEM;
+    buf = bigger ? bigger : buf;
+  }
+  uint32_t restored = 0, gone = 0;
+  if (rc == PD_OK)
+    rc = pd_pins_restore(&e->pins, &e->tree, buf, len, pd_engine_now_ms(), unix_now_ms(), &restored,
+                         &gone);
+  free(buf);
+  e->pins_restored = restored;
+  if (rc == PD_OK && (restored || gone))
+    pd_log(PD_LOG_INFO, "pins restored", "pinned=%u gone=%u", restored, gone);
+  else if (rc != PD_OK && rc != PD_ENOTFOUND)
+    pd_log(PD_LOG_WARN, "stored pins not restored", "error=\"%s\"", pd_strerror(rc));
+  if (gone) pd_pins_touch(&e->pins); /* write back the ones that are left */
+}
+
 /* ---- eviction on request --------------------------------------------------------------------- */
 
 /* Takes back the own pins of node's subtree (tenant < 0: any), so the blocks may go. */
@@ -1142,8 +1190,10 @@ static void unpin_subtree(pd_engine *e, uint32_t node, int32_t tenant) {
   for (uint32_t c = nd->first_child; c != PD_NODE_NIL; c = pd_radix_node(&e->tree, c)->next_sibling)
     unpin_subtree(e, c, tenant);
   while (pd_radix_node(&e->tree, node)->own_pins > 0 &&
-         (tenant < 0 || pd_radix_node(&e->tree, node)->tenant == tenant))
+         (tenant < 0 || pd_radix_node(&e->tree, node)->tenant == tenant)) {
     if (pd_radix_unpin(&e->tree, node)) break;
+    pd_pins_touch(&e->pins);
+  }
 }
 
 /* Drops the evictable blocks of tenant (-1: everyone's) from tier, and their disk records. */
@@ -1267,7 +1317,8 @@ static void *engine_main(void *arg) {
       else
         enqueue(e, j);
     }
-    pd_radix_expire_pins(&e->tree, pd_engine_now_ms());
+    if (pd_radix_expire_pins(&e->tree, pd_engine_now_ms())) pd_pins_touch(&e->pins);
+    if (e->pins.dirty && pd_engine_now_ms() >= e->pins.last_save_ms + PINS_SAVE_MS) save_pins(e);
     reap(e);
     admit(e);
     int rows = step(e);
@@ -1425,12 +1476,14 @@ int pd_engine_create(const pd_engine_config *cfg, uv_loop_t *loop, pd_job_output
     snprintf(err, errlen, "cannot index the disk tier: %s", pd_strerror(rc));
     goto fail;
   }
+  restore_pins(e);
   uv_async_init(loop, &e->async, on_async);
   e->async.data = e;
   *out = e;
   return PD_OK;
 fail:
   pd_tiers_close(e->tiers);
+  pd_pins_free(&e->pins);
   pd_tenantdb_close(&e->db);
   free(e->pool);
   free(e->slot_owner);
@@ -1458,7 +1511,9 @@ void pd_engine_destroy(pd_engine *e) {
   pthread_cond_signal(&e->cv);
   pthread_mutex_unlock(&e->mu);
   pthread_join(e->thread, NULL);
+  if (e->pins.dirty) save_pins(e);
   pd_tiers_close(e->tiers); /* queued writes are committed first */
+  pd_pins_free(&e->pins);
   pd_radix_free(&e->tree);
   pd_tenantdb_close(&e->db);
   free(e->pool);

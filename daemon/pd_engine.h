@@ -44,6 +44,7 @@
 #include "pd_detok.h"
 #include "pd_grpc_server.h"
 #include "pd_llama.h"
+#include "pd_pins.h"
 #include "pd_model.h"
 #include "pd_radix.h"
 #include "pd_sampler.h"
@@ -167,6 +168,8 @@ struct pd_engine {
   pd_radix tree;
   pd_tiers *tiers;         /* moves blocks between the device pool, host RAM and disk */
   uint64_t rebuilt_blocks; /* disk blocks indexed at start */
+  pd_pins pins;            /* pinned prefixes, stored with the disk tier */
+  uint32_t pins_restored;  /* pins taken again at start */
   pd_tenantdb db;
   int single_tenant;
   uint32_t default_tenant;

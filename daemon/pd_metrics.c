@@ -298,6 +298,9 @@ int pd_metrics_render(pd_engine *e, char **text, size_t *n_text) {
               c.rate_bps[t]);
   family(&b, "prefixd_disk_records", "gauge", "Blocks in the LMDB store.");
   sample_u(&b, "prefixd_disk_records", disk_records);
+  family(&b, "prefixd_pin_saves_total", "counter",
+         "Times the pinned prefixes were stored beside the disk tier's blocks.");
+  sample_u(&b, "prefixd_pin_saves_total", c.meta_writes);
   family(&b, "prefixd_transfers_in_flight", "gauge", "Tier transfers queued or running.");
   sample_u(&b, "prefixd_transfers_in_flight", pd_tiers_in_flight(e->tiers));
 

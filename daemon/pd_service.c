@@ -459,7 +459,10 @@ static void do_pin(pd_engine *e, pd_job *job) {
   uint64_t until =
       req->ttl_seconds ? pd_engine_now_ms() + (uint64_t)req->ttl_seconds * 1000 : PD_PIN_FOREVER;
   int rc = pd_radix_pin(&e->tree, node, until);
-  if (rc == PD_OK) pd_tiers_keep(e->tiers, node); /* a pinned prefix survives a restart */
+  if (rc == PD_OK) { /* a pinned prefix survives a restart: its blocks, and the pin */
+    pd_tiers_keep(e->tiers, node);
+    pd_pins_note(&e->pins, &e->tree, node);
+  }
   if (rc) {
     fail(job, PD_GRPC_FAILED_PRECONDITION, "cannot pin: %s", pd_strerror(rc));
     return;
@@ -481,6 +484,7 @@ static void do_unpin(pd_engine *e, pd_job *job) {
     fail(job, PD_GRPC_FAILED_PRECONDITION, "prefix %s is not pinned", req->prefix_id);
     return;
   }
+  pd_pins_touch(&e->pins);
   Prefixd__V1__UnpinResponse *r = pd_job_alloc(job, sizeof *r);
   if (!r) {
     oom(job);
@@ -559,6 +563,8 @@ static void do_stats(pd_engine *e, pd_job *job) {
     st->write_filter = (char *)filters[e->cfg.disk_write_filter];
     st->disk_records = disk_records;
     st->transfers_in_flight = pd_tiers_in_flight(e->tiers);
+    st->pin_saves = c.meta_writes;
+    st->pins_restored = e->pins_restored;
     r->storage = st;
   }
   r->tiers = tsp;

@@ -27,7 +27,9 @@
 #include "pd_fault.h"
 #include "pd_log.h"
 
-enum { OP_COPY, OP_READ, OP_DELETE, OP_WRITE, OP_KINDS };
+/* the kinds batched per step, then OP_META: one named value for the store's "meta" database,
+ * queued on its own (pd_tiers_put_meta) */
+enum { OP_COPY, OP_READ, OP_DELETE, OP_WRITE, OP_KINDS, OP_META = OP_KINDS };
 
 enum {
   ST_ON_DISK = 0x1,
@@ -65,6 +67,9 @@ typedef struct tier_op {
   int retries;
   double seconds;
   uint64_t bytes;
+  char meta_name[32]; /* OP_META: the name, and the value (meta_len bytes, owned) */
+  uint8_t *meta_value;
+  size_t meta_len;
   struct tier_op *next;
 } tier_op;
 
@@ -206,6 +211,7 @@ static void disable_disk(pd_tiers *t, int rc) {
 
 static void op_free(tier_op *op) {
   if (!op) return;
+  free(op->meta_value);
   free(op->items);
   free(op->tokens);
   free(op);
@@ -316,6 +322,31 @@ void pd_tiers_flush(pd_tiers *t) {
   }
 }
 
+int pd_tiers_put_meta(pd_tiers *t, const char *name, uint8_t *value, size_t len) {
+  if (!t->store || t->disk_disabled) {
+    free(value);
+    return PD_ENOTFOUND;
+  }
+  tier_op *op = strlen(name) < sizeof op->meta_name ? calloc(1, sizeof *op) : NULL;
+  if (!op) {
+    free(value);
+    return PD_ENOMEM;
+  }
+  op->kind = OP_META;
+  strcpy(op->meta_name, name);
+  op->meta_value = value;
+  op->meta_len = len;
+  pd_tiers_flush(t); /* this step's transfers go first */
+  t->in_flight++;
+  queue_op(t, op);
+  return PD_OK;
+}
+
+int pd_tiers_get_meta(pd_tiers *t, const char *name, void *buf, size_t cap, size_t *len) {
+  if (!t->store) return PD_ENOTFOUND;
+  return pd_kvstore_meta_get(t->store, name, buf, cap, len);
+}
+
 uint32_t pd_tiers_in_flight(const pd_tiers *t) {
   return t->in_flight;
 }
@@ -390,6 +421,7 @@ static void run_op(pd_tiers *t, tier_op *op) {
     free(keys);
     break;
   }
+  case OP_META: op->rc = pd_kvstore_meta_put(t->store, op->meta_name, op->meta_value, op->meta_len);
   }
   op->seconds = now_s() - t0;
 }
@@ -913,6 +945,14 @@ static void apply_op(pd_tiers *t, tier_op *op, uint64_t now) {
   case OP_DELETE:
     t->counters.disk_deletes += op->n;
     for (uint32_t i = 0; i < op->n; i++) finish_item(t, &op->items[i]);
+    break;
+  case OP_META:
+    if (t->in_flight) t->in_flight--;
+    if (op->rc == PD_ENOSPC || op->rc == PD_EIO) disable_disk(t, op->rc);
+    if (op->rc == PD_OK) t->counters.meta_writes++;
+    if (op->rc)
+      pd_log(PD_LOG_WARN, "cannot store metadata", "name=%s error=\"%s\"", op->meta_name,
+             pd_strerror(op->rc));
     break;
   }
   op_free(op);

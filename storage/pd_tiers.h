@@ -95,6 +95,7 @@ typedef struct pd_tiers_counters {
   uint64_t map_full_retries;
   uint64_t restore_chosen, recompute_chosen; /* cold runs restored / left to recompute */
   uint64_t batches;
+  uint64_t meta_writes;                         /* pd_tiers_put_meta values stored */
   double disk_write_seconds, disk_read_seconds; /* time the worker spent in LMDB */
   double rate_bps[PD_TIERS]; /* measured transfer rate into tier 0 from tier t (bytes/s) */
 } pd_tiers_counters;
@@ -176,6 +177,14 @@ void pd_tiers_flush(pd_tiers *t);
 uint32_t pd_tiers_poll(pd_tiers *t, uint64_t now);
 /* 1 if the worker has completions that pd_tiers_poll has not applied. Any thread. */
 int pd_tiers_has_completions(pd_tiers *t);
+/* Stores value (len bytes; ownership passes to the manager, which frees it) under name (under 32
+ * characters) in the store's "meta" database, on the worker, after this step's transfers.
+ * PD_ENOTFOUND without an enabled disk tier (value is freed). A failure is logged when the
+ * worker reports it. */
+int pd_tiers_put_meta(pd_tiers *t, const char *name, uint8_t *value, size_t len);
+/* Reads a "meta" value (see pd_kvstore_meta_get); PD_ENOTFOUND without a disk tier. */
+int pd_tiers_get_meta(pd_tiers *t, const char *name, void *buf, size_t cap, size_t *len);
+
 /* Transfers asked for and not yet landed (open batches included). */
 uint32_t pd_tiers_in_flight(const pd_tiers *t);
 

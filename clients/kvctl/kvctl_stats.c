@@ -345,6 +345,8 @@ static void stats_json(const Prefixd__V1__StatsResponse *r, int pretty) {
     kv_json_string(&j, "write_filter", st->write_filter);
     kv_json_uint(&j, "disk_records", st->disk_records);
     kv_json_uint(&j, "transfers_in_flight", st->transfers_in_flight);
+    kv_json_uint(&j, "pin_saves", st->pin_saves);
+    kv_json_uint(&j, "pins_restored", st->pins_restored);
     kv_json_end(&j);
   } else {
     kv_json_null(&j, "storage");
@@ -431,6 +433,9 @@ static void print_storage(const Prefixd__V1__StorageStats *st) {
                kv_fmt_rate(d, sizeof d, st->host_restore_bytes_per_second),
                kv_fmt_rate(e, sizeof e, st->disk_restore_bytes_per_second));
   storage_line("in flight", "%s transfers", kv_fmt_count(f, sizeof f, st->transfers_in_flight));
+  storage_line("pins", "%s restored at start, stored %s times",
+               kv_fmt_count(a, sizeof a, st->pins_restored),
+               kv_fmt_count(b, sizeof b, st->pin_saves));
 }
 
 static void print_kv_formula(const Prefixd__V1__StatsResponse *r) {

@@ -46,7 +46,8 @@ STORAGE_FIELDS = {"spilled_to_host_blocks", "spilled_to_disk_blocks", "restored_
                   "write_filtered_blocks", "checksum_failures", "read_failures",
                   "map_full_retries", "restores_chosen", "recomputes_chosen",
                   "host_restore_bytes_per_second", "disk_restore_bytes_per_second",
-                  "write_filter", "disk_records", "transfers_in_flight"}
+                  "write_filter", "disk_records", "transfers_in_flight", "pin_saves",
+                  "pins_restored"}
 TENANT_FIELDS = {"name", "created_unix_ms", "limits", "granted_namespaces"}
 COMMANDS = ["status", "stats", "health", "ls", "show", "evict", "pin", "unpin", "warm", "lookup",
             "gen", "tenant"]

@@ -173,6 +173,86 @@ def test_warmed_prefix_survives_restart_as_a_disk_hit_and_stays_isolated(q51_mod
         assert d.stop() == 0
 
 
+def pins_by_id(stub):
+    r = stub.ListPrefixes(pb.ListPrefixesRequest(page_size=1000))
+    return {p.id: p for p in r.prefixes}
+
+
+def wait_pins_saved(stub, before, timeout=30.0):
+    """Waits until the pins have been stored after `before` (Stats.storage.pin_saves)."""
+    end = time.monotonic() + timeout
+    while stats(stub).storage.pin_saves <= before:
+        assert time.monotonic() < end, "the pins were never stored"
+        time.sleep(0.05)
+
+
+def test_pins_survive_restart_and_kill_9(q51_model, data_dir):
+    """Pins are stored beside the blocks: after a restart (and after kill -9 once stored) a
+    prefix pinned for ever is pinned for ever, one pinned for an hour has the rest of its hour,
+    an unpinned or never-pinned one is not pinned, and Evict of the disk tier leaves the pinned
+    ones in place."""
+    args = tiers(("--host-cache-mb", "1", "--disk-cache-mb", "64"))
+    d = Daemon(q51_model, data_dir, extra=args, admin_key=ADMIN)
+    try:
+        adm = d.admin(ADMIN)
+        ka = adm.CreateTenant(pb.CreateTenantRequest(name="alpha")).api_key
+        a = d.stub(ka)
+        ids = {}
+        for name, i in (("forever", 21), ("hour", 22), ("plain", 23), ("unpinned", 24)):
+            ttl = 3600 if name == "hour" else 0
+            w = a.Warm(pb.WarmRequest(prompt=ids_prompt(doc(i)),
+                                      cache=pb.CacheOptions(pin_ttl_seconds=ttl)))
+            ids[name] = w.prefix_id
+        a.Pin(pb.PinRequest(prefix_id=ids["forever"]))
+        a.Pin(pb.PinRequest(prefix_id=ids["unpinned"]))
+        a.Unpin(pb.UnpinRequest(prefix_id=ids["unpinned"]))
+        hour_end = time.time() * 1000 + 3600 * 1000
+    finally:
+        assert d.stop() == 0
+
+    def check(d, forever_pinned):
+        st = stats(d.stub(ADMIN)).storage
+        got = pins_by_id(d.stub(ka))
+        assert got[ids["forever"]].pinned == forever_pinned, got[ids["forever"]]
+        if forever_pinned:
+            assert got[ids["forever"]].pin_expires_unix_ms == 0
+        h = got[ids["hour"]]
+        assert h.pinned and abs(h.pin_expires_unix_ms - hour_end) < 120_000, (h, hour_end)
+        for name in ("plain", "unpinned"):  # not pinned (or gone: evicted before a restart)
+            assert ids[name] not in got or not got[ids[name]].pinned
+        return st
+
+    d = Daemon(q51_model, data_dir, extra=args, admin_key=ADMIN)
+    try:
+        st = check(d, True)
+        assert st.pins_restored == 2, st
+        a = d.stub(ka)
+        # the disk tier emptied: the pinned prefixes stay, the plain one goes
+        d.stub(ADMIN).Evict(pb.EvictRequest(all=True, tier=pb.TIER_DISK))
+        for name, i in (("forever", 21), ("hour", 22), ("plain", 23)):
+            lk = a.Lookup(pb.LookupRequest(prompt=ids_prompt(doc(i))))
+            assert lk.cached_tokens == (0 if name == "plain" else 300), (name, lk)
+        # unpin one, wait until the pins are stored, then kill -9
+        before = stats(d.stub(ADMIN)).storage.pin_saves
+        a.Unpin(pb.UnpinRequest(prefix_id=ids["forever"]))
+        wait_pins_saved(d.stub(ADMIN), before)
+        d.proc.kill()
+        d.proc.wait()
+    finally:
+        if d.proc.poll() is None:
+            d.stop()
+    d = Daemon(q51_model, data_dir, extra=args, admin_key=ADMIN)
+    try:
+        st = check(d, False)
+        assert st.pins_restored == 1, st
+        out, final = greedy(d.stub(ka), doc(22))
+        assert final.usage.cached_tokens_by_tier.disk > 0
+        ref, _ = greedy(d.stub(ka), doc(22), no_cache=True)
+        assert out == ref
+    finally:
+        assert d.stop() == 0
+
+
 def test_kill_9_during_spills_loses_nothing_committed(q51_model, data_dir):
     """Warms in a loop with every block written to disk while the device and host tiers spill;
     kill -9 at a random moment; restart: every indexed prefix restores to the right tokens."""
