@@ -20,6 +20,9 @@
 #include "pd_blockkey.h"
 #include "pd_err.h"
 #include "pd_log.h"
+#ifdef PD_WITH_CUDA
+#include "pd_llama_cuda.h"
+#endif
 #include "pd_sha256.h"
 #include "prefixd/v1/prefixd.pb-c.h"
 
@@ -64,6 +67,12 @@ uint64_t pd_engine_now_ms(void) {
 static uint32_t B(const pd_engine *e) {
   return e->tree.cfg.block_tokens;
 }
+
+#ifdef PD_WITH_CUDA
+#define PD_ENGINE_HAVE_CUDA 1
+#else
+#define PD_ENGINE_HAVE_CUDA 0
+#endif
 
 /* ---- outbox (engine -> loop) ----------------------------------------------------------------- */
 
@@ -266,7 +275,10 @@ int pd_engine_prompt_tokens(const pd_engine *e, const ProtobufCMessage *msg, int
   if (p->kind_case == PREFIXD__V1__PROMPT__KIND_TOKENS) {
     size_t k = p->tokens ? p->tokens->n_ids : 0;
     int32_t *out = malloc((k ? k : 1) * sizeof *out);
-    if (!out) return PD_ENOMEM;
+    if (!out) {
+      snprintf(err, errlen, "out of memory");
+      return PD_ENOMEM;
+    }
     for (size_t i = 0; i < k; i++) {
       if (p->tokens->ids[i] < 0 || p->tokens->ids[i] >= e->model->n_vocab) {
         snprintf(err, errlen, "token id %d at position %zu is outside the vocabulary (0..%d)",
@@ -293,7 +305,10 @@ int pd_engine_prompt_tokens(const pd_engine *e, const ProtobufCMessage *msg, int
       return PD_EINVAL;
     }
     pd_chat_msg *msgs = calloc(k, sizeof *msgs);
-    if (!msgs) return PD_ENOMEM;
+    if (!msgs) {
+      snprintf(err, errlen, "out of memory");
+      return PD_ENOMEM;
+    }
     for (size_t i = 0; i < k; i++) {
       msgs[i].role = p->chat->messages[i]->role;
       msgs[i].content = p->chat->messages[i]->content;
@@ -344,8 +359,7 @@ static int alloc_block(pd_engine *e, uint32_t tenant, uint32_t *slot) {
   if (rc) return rc;
   uint16_t owner = (uint16_t)(tenant + 1);
   if (e->slot_owner[*slot] != owner) {
-    if (e->cfg.zero_reused_kv && e->slot_owner[*slot])
-      memset((char *)e->pool + (size_t)*slot * e->block_bytes, 0, e->block_bytes);
+    if (e->cfg.zero_reused_kv && e->slot_owner[*slot]) pd_devpool_zero(&e->pool, *slot);
     e->slot_owner[*slot] = owner;
   }
   return PD_OK;
@@ -525,8 +539,11 @@ static void seq_finish(pd_engine *e, pd_seq *s, int status, const char *message,
     char tail[256];
     size_t n_tail = 0;
     if (s->dt && reason == PREFIXD__V1__FINISH_REASON__FINISH_REASON_LENGTH &&
-        !pd_detok_flush(s->dt, tail, sizeof tail, &n_tail) && n_tail)
-      job_stream(e, job, -1, tail, n_tail);
+        !pd_detok_flush(s->dt, tail, sizeof tail, &n_tail) && n_tail &&
+        job_stream(e, job, -1, tail, n_tail) && status == PD_GRPC_OK) {
+      status = PD_GRPC_RESOURCE_EXHAUSTED; /* the end of the text is lost: not a success */
+      message = "out of memory for the output";
+    }
   }
   seq_release(e, s);
   e->reserved_blocks -= s->reserve;
@@ -641,10 +658,7 @@ static int seq_admit(pd_engine *e, pd_seq *s) {
     uint32_t slot;
     rc = alloc_block(e, s->tenant, &slot);
     if (!rc) {
-      memcpy((char *)e->pool + (size_t)slot * e->block_bytes,
-             (const char *)e->pool +
-                 (size_t)pd_radix_node(&e->tree, nodes[m.cow])->slot * e->block_bytes,
-             e->block_bytes);
+      pd_devpool_copy(&e->pool, slot, pd_radix_node(&e->tree, nodes[m.cow])->slot);
       s->table[s->n_table++] = slot;
       s->cached_by_tier[0] += cached - usable * B(e);
     } else {
@@ -818,11 +832,12 @@ static void enqueue(pd_engine *e, pd_job *job) {
       sp.seed = g->sampling->seed;
       s->ignore_eos = g->sampling->ignore_eos;
     }
-    if (pd_sampler_create(&sp, e->model->n_vocab, &s->smp)) {
-      status = PD_GRPC_INVALID_ARGUMENT;
-      snprintf(err, sizeof err,
-               "invalid sampling parameters (temperature >= 0, top_k >= 0, top_p in (0, 1], "
-               "min_p in [0, 1], repeat_penalty > 0)");
+    if ((rc = pd_sampler_create(&sp, e->model->n_vocab, &s->smp))) {
+      status = rc == PD_ENOMEM ? PD_GRPC_RESOURCE_EXHAUSTED : PD_GRPC_INVALID_ARGUMENT;
+      snprintf(err, sizeof err, "%s",
+               rc == PD_ENOMEM ? "out of memory"
+                               : "invalid sampling parameters (temperature >= 0, top_k >= 0, "
+                                 "top_p in (0, 1], min_p in [0, 1], repeat_penalty > 0)");
       goto refuse;
     }
     for (size_t i = 0; i < g->n_stop; i++)
@@ -911,7 +926,8 @@ static void window_add(pd_engine *e, uint64_t n) {
   e->window.tokens[i] += n;
 }
 
-/* A token was sampled. Returns 0 to go on, or the finish reason. */
+/* A token was sampled. Returns 0 to go on, the finish reason, or -1 if the token could not be
+ * queued for the client (out of memory): the stream would have a hole, so the sequence ends. */
 static int seq_emit(pd_engine *e, pd_seq *s, int32_t tok) {
   if (!s->first_token_ms) s->first_token_ms = pd_grpc_now_ms();
   if ((pd_tokenizer_is_eog(e->tok, tok) && !s->ignore_eos) || is_stop_token(s, tok))
@@ -924,7 +940,7 @@ static int seq_emit(pd_engine *e, pd_seq *s, int32_t tok) {
   size_t n_text = 0;
   int stopped = 0;
   pd_detok_push(s->dt, tok, text, sizeof text, &n_text, &stopped);
-  job_stream(e, s->job, tok, text, n_text);
+  if (job_stream(e, s->job, tok, text, n_text)) return -1;
   if (stopped) return PREFIXD__V1__FINISH_REASON__FINISH_REASON_STOP;
   if (s->n_generated >= s->max_new) return PREFIXD__V1__FINISH_REASON__FINISH_REASON_LENGTH;
   s->phase = PHASE_DECODE;
@@ -1019,6 +1035,49 @@ static void restores_done(pd_engine *e) {
 }
 
 /* One forward pass over every running sequence. Returns the rows computed. */
+/* One forward pass over the batch on the engine's backend. */
+static int forward(pd_engine *e, int n) {
+#ifdef PD_WITH_CUDA
+  if (e->on_gpu) {
+    int rc = pd_llama_cuda_forward(e->cuda, e->pool.base, e->batch, n, e->logits);
+    if (rc) pd_log(PD_LOG_ERROR, "the GPU forward pass failed", "error=\"%s\"", e->cuda->err);
+    return rc;
+  }
+#endif
+  return pd_llama_forward(&e->llama, e->pool.base, e->batch, n, e->logits);
+}
+
+/* Sets up the GPU forward pass (weights uploaded, scratch, graphs); PD_EUNSUPPORTED in a build
+ * without CUDA. */
+static int gpu_init(pd_engine *e, char *err, size_t errlen) {
+#ifdef PD_WITH_CUDA
+  e->cuda = calloc(1, sizeof *e->cuda);
+  if (!e->cuda) return PD_ENOMEM;
+  enum pd_cuda_weight_mode wm =
+      e->cfg.mode == PD_MATMUL_EXACT ? PD_CUDA_WEIGHTS_F32 : PD_CUDA_WEIGHTS_F16;
+  int rc = pd_llama_cuda_init(e->cuda, e->model, (int)e->cfg.block_tokens, e->cfg.cache_dtype, wm,
+                              e->cfg.max_batch_tokens, e->cfg.max_running, err, errlen);
+  if (rc) {
+    free(e->cuda);
+    e->cuda = NULL;
+    return rc;
+  }
+  e->on_gpu = 1;
+  return PD_OK;
+#else
+  snprintf(err, errlen, "--device cuda: this prefixd was built without the CUDA backend");
+  return PD_EUNSUPPORTED;
+#endif
+}
+
+static void gpu_free(pd_engine *e) {
+#ifdef PD_WITH_CUDA
+  if (e->cuda) pd_llama_cuda_free(e->cuda);
+#endif
+  free(e->cuda);
+  e->cuda = NULL;
+}
+
 static int step(pd_engine *e) {
   restores_done(e);
   int n = 0, rows = 0, budget = e->cfg.max_batch_tokens;
@@ -1087,7 +1146,7 @@ static int step(pd_engine *e) {
   }
   struct timespec f0, f1;
   clock_gettime(CLOCK_MONOTONIC, &f0);
-  int rc = pd_llama_forward(&e->llama, e->pool, e->batch, n, e->logits);
+  int rc = forward(e, n);
   clock_gettime(CLOCK_MONOTONIC, &f1);
   if (!rc && rows > n_decode) /* the prefill rate, for restore-or-recompute */
     pd_tiers_note_prefill(e->tiers, (uint64_t)rows,
@@ -1101,7 +1160,8 @@ static int step(pd_engine *e) {
     lg[i] = NULL;
     if (rc) {
       running_remove(e, s);
-      seq_finish(e, s, PD_GRPC_INTERNAL, "the forward pass failed",
+      seq_finish(e, s, rc == PD_ENOMEM ? PD_GRPC_RESOURCE_EXHAUSTED : PD_GRPC_INTERNAL,
+                 rc == PD_ENOMEM ? "out of memory in the forward pass" : "the forward pass failed",
                  PREFIXD__V1__FINISH_REASON__FINISH_REASON_ERROR);
       order[i] = NULL;
       continue;
@@ -1128,7 +1188,11 @@ static int step(pd_engine *e) {
     pd_seq *s = order[i];
     if (!s || !lg[i]) continue;
     int reason = seq_emit(e, s, picked[i]);
-    if (reason) {
+    if (reason < 0) {
+      running_remove(e, s);
+      seq_finish(e, s, PD_GRPC_RESOURCE_EXHAUSTED, "out of memory for the output",
+                 PREFIXD__V1__FINISH_REASON__FINISH_REASON_ERROR);
+    } else if (reason) {
       running_remove(e, s);
       seq_finish(e, s, PD_GRPC_OK, NULL, reason);
     }
@@ -1404,6 +1468,16 @@ int pd_engine_create(const pd_engine_config *cfg, uv_loop_t *loop, pd_job_output
     snprintf(err, errlen, "cannot size the forward pass: %s", pd_strerror(rc));
     goto fail;
   }
+  int gpu = cfg->device == PD_ENGINE_DEVICE_CUDA ||
+            (cfg->device == PD_ENGINE_DEVICE_AUTO && pd_devpool_cuda_available());
+  if (cfg->device == PD_ENGINE_DEVICE_CUDA && !pd_devpool_cuda_available()) {
+    snprintf(err, errlen, "--device cuda: %s",
+             PD_ENGINE_HAVE_CUDA ? "no GPU found (the driver reports none)"
+                                 : "this prefixd was built without the CUDA backend");
+    rc = PD_EUNSUPPORTED;
+    goto fail;
+  }
+  if (gpu && (rc = gpu_init(e, err, errlen))) goto fail;
   e->block_bytes = pd_kv_block_bytes(&e->llama.kv);
   uint64_t n_blocks = cfg->kv_cache_bytes / e->block_bytes;
   if (n_blocks < 4 || n_blocks > UINT32_MAX / 2) {
@@ -1413,12 +1487,18 @@ int pd_engine_create(const pd_engine_config *cfg, uv_loop_t *loop, pd_job_output
     goto fail;
   }
   e->n_blocks = (uint32_t)n_blocks;
-  e->pool = calloc(n_blocks, e->block_bytes);
+  if ((rc = pd_devpool_create(&e->pool, gpu ? PD_DEVPOOL_CUDA : PD_DEVPOOL_CPU, e->n_blocks,
+                              e->block_bytes, err, errlen)))
+    goto fail;
+  pd_devpool_describe(&e->pool, e->backend, sizeof e->backend);
+#ifdef PD_WITH_CUDA
+  if (e->cuda) e->cuda->pool_blocks = e->n_blocks; /* a block id past the pool is refused */
+#endif
   e->slot_owner = calloc(n_blocks, sizeof *e->slot_owner);
   e->slot_stamp = calloc(n_blocks, sizeof *e->slot_stamp);
   e->logits = malloc((size_t)cfg->max_running * (size_t)e->model->n_vocab * sizeof(float));
   e->batch = calloc((size_t)cfg->max_running + cfg->max_batch_tokens, sizeof *e->batch);
-  if (!e->pool || !e->slot_owner || !e->slot_stamp || !e->logits || !e->batch) {
+  if (!e->slot_owner || !e->slot_stamp || !e->logits || !e->batch) {
     snprintf(err, errlen, "out of memory for a KV cache of %llu blocks",
              (unsigned long long)n_blocks);
     rc = PD_ENOMEM;
@@ -1430,8 +1510,10 @@ int pd_engine_create(const pd_engine_config *cfg, uv_loop_t *loop, pd_job_output
    * dtype or block size are someone else's */
   pd_key128 fp;
   memcpy(&fp, e->model->fingerprint, 16);
-  uint32_t shape[2] = {(uint32_t)cfg->cache_dtype, cfg->block_tokens};
-  fp = pd_blockkey_next(fp, (const int32_t *)shape, 2);
+  /* and the backend: the GPU's KV agrees with the CPU's only within rounding, and a cached
+   * block must be bit for bit what this daemon would compute */
+  uint32_t shape[3] = {(uint32_t)cfg->cache_dtype, cfg->block_tokens, (uint32_t)e->on_gpu};
+  fp = pd_blockkey_next(fp, (const int32_t *)shape, 3);
   memcpy(rcfg.fingerprint, &fp, 16);
   rcfg.tier_capacity[0] = e->n_blocks;
   pthread_mutex_init(&e->mu, NULL);
@@ -1439,7 +1521,7 @@ int pd_engine_create(const pd_engine_config *cfg, uv_loop_t *loop, pd_job_output
   pd_tiers_config tcfg = {.block_bytes = e->block_bytes,
                           .block_tokens = cfg->block_tokens,
                           .dtype = (uint8_t)cfg->cache_dtype,
-                          .device_pool = e->pool,
+                          .device = &e->pool,
                           .host_bytes = cfg->host_cache_bytes,
                           .disk_dir = cfg->disk_dir,
                           .disk_bytes = cfg->disk_cache_bytes,
@@ -1485,12 +1567,13 @@ fail:
   pd_tiers_close(e->tiers);
   pd_pins_free(&e->pins);
   pd_tenantdb_close(&e->db);
-  free(e->pool);
+  pd_devpool_destroy(&e->pool);
   free(e->slot_owner);
   free(e->slot_stamp);
   free(e->logits);
   free(e->batch);
   pd_llama_free(&e->llama);
+  gpu_free(e);
   pd_tokenizer_free(e->tok);
   pd_model_free(e->model);
   free(e);
@@ -1516,13 +1599,14 @@ void pd_engine_destroy(pd_engine *e) {
   pd_pins_free(&e->pins);
   pd_radix_free(&e->tree);
   pd_tenantdb_close(&e->db);
-  free(e->pool);
+  pd_devpool_destroy(&e->pool);
   free(e->slot_owner);
   free(e->slot_stamp);
   free(e->logits);
   free(e->batch);
   free(e->counters);
   pd_llama_free(&e->llama);
+  gpu_free(e);
   pd_tokenizer_free(e->tok);
   pd_model_free(e->model);
   pthread_mutex_destroy(&e->mu);

@@ -52,6 +52,13 @@
 #include "pd_tiers.h"
 #include "pd_tokenizer.h"
 
+/* Where the forward pass and the device tier run. */
+enum pd_engine_device {
+  PD_ENGINE_DEVICE_AUTO = 0, /* a GPU where the build has CUDA and the driver reports one */
+  PD_ENGINE_DEVICE_CPU = 1,
+  PD_ENGINE_DEVICE_CUDA = 2, /* a GPU, or an error at start */
+};
+
 typedef struct pd_engine_config {
   const char *model_path;
   uint32_t block_tokens;     /* B (default 16) */
@@ -71,7 +78,8 @@ typedef struct pd_engine_config {
   const char *tenants_path; /* the registry file; NULL = in memory */
   const char *admin_key;    /* NULL = no admin */
   int threads;              /* CPU threads for the forward pass; 0 = all */
-  int zero_reused_kv;       /* zero a device block before another tenant's sequence writes
+  enum pd_engine_device device;
+  int zero_reused_kv; /* zero a device block before another tenant's sequence writes
                                into it, so no stale KV of one tenant is ever in reach of
                                another's through a bug (default on) */
 } pd_engine_config;
@@ -107,6 +115,8 @@ struct pd_job {
   char *out_text; /* their text: (n_out_text) bytes */
   size_t n_out_text, cap_out_text;
   int done, in_outbox, first_sent;
+  int reply_failed; /* loop thread: a reply could not be queued (out of memory); the call ends
+                       RESOURCE_EXHAUSTED */
   ProtobufCMessage *final;       /* Generate: the last stream message (usage, timings) */
   pd_job *next;                  /* inbox / outbox link */
   pd_job *live_prev, *live_next; /* the service's list of live jobs (loop thread) */
@@ -159,7 +169,10 @@ struct pd_engine {
   pd_chat_template chat;
   int have_chat;
   pd_llama llama;
-  void *pool;           /* (n_blocks, block_bytes) the device tier */
+  pd_devpool pool;            /* (n_blocks, block_bytes) the device tier's memory */
+  int on_gpu;                 /* the forward pass and the pool are on the GPU (pool.kind CUDA) */
+  struct pd_llama_cuda *cuda; /* the GPU forward pass when on_gpu (owned) */
+  char backend[160];          /* "cpu", or "cuda" and the GPU's name, for logs and Stats */
   uint16_t *slot_owner; /* (n_blocks) the tenant + 1 whose sequence last wrote the block, 0: none */
   uint32_t n_blocks;
   uint32_t *slot_stamp; /* (n_blocks) admission's scratch marks (held_unreserved) */

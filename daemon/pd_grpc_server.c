@@ -193,7 +193,10 @@ static ssize_t read_body(nghttp2_session *session, int32_t stream_id, uint8_t *b
         {(uint8_t *)"grpc-status", (uint8_t *)status, 11, strlen(status), NGHTTP2_NV_FLAG_NONE},
         {(uint8_t *)"grpc-message", (uint8_t *)call->message, 12, strlen(call->message),
          NGHTTP2_NV_FLAG_NONE}};
-    nghttp2_submit_trailer(session, stream_id, trailers, call->message[0] ? 2 : 1);
+    /* no memory for the trailers: nghttp2 resets the stream (INTERNAL_ERROR) rather than leave
+     * it open forever */
+    if (nghttp2_submit_trailer(session, stream_id, trailers, call->message[0] ? 2 : 1))
+      return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
   }
   return (ssize_t)n;
 }
@@ -211,6 +214,14 @@ static void set_message(pd_grpc_call *call, const char *msg) {
   call->message[o] = 0;
 }
 
+/* A response could not be submitted (no memory): the stream is reset (INTERNAL_ERROR) so the
+ * client is not left waiting; if even that fails, the connection is closed. */
+static void respond_failed(pd_grpc_call *call) {
+  if (nghttp2_submit_rst_stream(call->c->h2, NGHTTP2_FLAG_NONE, call->stream_id,
+                                NGHTTP2_INTERNAL_ERROR))
+    conn_close(call->c);
+}
+
 /* Sends the response headers (once); trailers-only when the call finished with nothing sent. */
 static void respond(pd_grpc_call *call) {
   if (call->responded || call->closed) return;
@@ -225,14 +236,15 @@ static void respond(pd_grpc_call *call) {
         {(uint8_t *)"grpc-status", (uint8_t *)status, 11, strlen(status), NGHTTP2_NV_FLAG_NONE},
         {(uint8_t *)"grpc-message", (uint8_t *)call->message, 12, strlen(call->message),
          NGHTTP2_NV_FLAG_NONE}};
-    nghttp2_submit_response(h2, call->stream_id, hdrs, call->message[0] ? 4 : 3, NULL);
+    if (nghttp2_submit_response(h2, call->stream_id, hdrs, call->message[0] ? 4 : 3, NULL))
+      respond_failed(call);
     return;
   }
   nghttp2_nv hdrs[2] = {
       {(uint8_t *)":status", (uint8_t *)"200", 7, 3, NGHTTP2_NV_FLAG_NONE},
       {(uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16, NGHTTP2_NV_FLAG_NONE}};
   nghttp2_data_provider prd = {.source = {.ptr = call}, .read_callback = read_body};
-  nghttp2_submit_response(h2, call->stream_id, hdrs, 2, &prd);
+  if (nghttp2_submit_response(h2, call->stream_id, hdrs, 2, &prd)) respond_failed(call);
 }
 
 int pd_grpc_call_reply(pd_grpc_call *call, const ProtobufCMessage *msg) {
@@ -270,6 +282,19 @@ void pd_grpc_call_finish(pd_grpc_call *call, int status, const char *message) {
 }
 
 /* ---- request dispatch ---------------------------------------------------------------------- */
+
+/* protobuf-c's allocator for requests: malloc and free (call_free frees the message with the
+ * default allocator, which is the same), noting a failure so that an unpack that ran out of
+ * memory is not answered as a malformed message. */
+static void *unpack_alloc(void *oom, size_t n) {
+  void *p = malloc(n);
+  if (!p) *(int *)oom = 1;
+  return p;
+}
+
+static void unpack_free(void *oom, void *p) {
+  free(p);
+}
 
 static void dispatch(pd_grpc_call *call) {
   pd_grpc_server *s = call->c->server;
@@ -313,7 +338,13 @@ static void dispatch(pd_grpc_call *call) {
                         "gRPC frame length does not match the body");
     return;
   }
-  call->req = protobuf_c_message_unpack(r->input, NULL, len, call->in + 5);
+  int oom = 0;
+  ProtobufCAllocator alloc = {unpack_alloc, unpack_free, &oom};
+  call->req = protobuf_c_message_unpack(r->input, &alloc, len, call->in + 5);
+  if (!call->req && oom) {
+    pd_grpc_call_finish(call, PD_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+    return;
+  }
   if (!call->req) {
     char msg[200];
     snprintf(msg, sizeof msg, "malformed %s", r->input->name);
@@ -444,7 +475,12 @@ static void flush(conn *c) {
       return;
     }
     if (len == 0) break;
-    if (grow(&out, &cap, n + (size_t)len)) break;
+    if (grow(&out, &cap, n + (size_t)len)) {
+      /* nghttp2 counts these bytes as sent: the connection cannot go on without them */
+      free(out);
+      conn_close(c);
+      return;
+    }
     memcpy(out + n, data, (size_t)len);
     n += (size_t)len;
   }

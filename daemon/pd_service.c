@@ -95,17 +95,30 @@ void pd_service_output(pd_job *unused, void *user) {
       r.token_ids = ids;
       r.n_token_ids = n_ids;
       r.text = text ? text : "";
-      pd_grpc_call_reply(call, &r.base);
+      /* a reply that cannot be queued would leave a hole in the stream: the sequence stops and
+       * the call ends with an error instead */
+      if (!job->reply_failed && pd_grpc_call_reply(call, &r.base)) {
+        job->reply_failed = 1;
+        atomic_store(&job->cancelled, 1);
+      }
     }
     free(ids);
     free(text);
     if (!done) continue;
     pd_grpc_call_on_cancel(call, NULL, NULL);
-    if (job->status == PD_GRPC_OK) {
-      if (job->final) pd_grpc_call_reply(call, job->final);
-      if (job->resp) pd_grpc_call_reply(call, job->resp);
+    int status = job->status;
+    const char *message = job->message;
+    if (status == PD_GRPC_OK && !job->reply_failed) {
+      /* the engine found no memory for the answer, or the answer none to be queued */
+      if ((!job->final && !job->resp) || (job->final && pd_grpc_call_reply(call, job->final)) ||
+          (job->resp && pd_grpc_call_reply(call, job->resp)))
+        job->reply_failed = 1;
     }
-    pd_grpc_call_finish(call, job->status, job->message[0] ? job->message : NULL);
+    if (job->reply_failed) {
+      status = PD_GRPC_RESOURCE_EXHAUSTED;
+      message = "out of memory for the reply";
+    }
+    pd_grpc_call_finish(call, status, message[0] ? message : NULL);
     live_remove(svc, job);
     pd_job_free(job);
   }
@@ -237,7 +250,7 @@ static void do_tokenize(pd_engine *e, pd_job *job) {
   int rc = pd_engine_prompt_tokens(e, (const ProtobufCMessage *)req->prompt, 0, &ids, &n, err,
                                    sizeof err);
   if (rc) {
-    fail(job, PD_GRPC_INVALID_ARGUMENT, "%s", err);
+    fail(job, rc == PD_ENOMEM ? PD_GRPC_RESOURCE_EXHAUSTED : PD_GRPC_INVALID_ARGUMENT, "%s", err);
     return;
   }
   Prefixd__V1__TokenizeResponse *r = pd_job_alloc(job, sizeof *r);
@@ -295,7 +308,7 @@ static void do_lookup(pd_engine *e, pd_job *job) {
   char err[256];
   if ((rc = pd_engine_prompt_tokens(e, (const ProtobufCMessage *)req->prompt, 0, &ids, &n, err,
                                     sizeof err))) {
-    fail(job, PD_GRPC_INVALID_ARGUMENT, "%s", err);
+    fail(job, rc == PD_ENOMEM ? PD_GRPC_RESOURCE_EXHAUSTED : PD_GRPC_INVALID_ARGUMENT, "%s", err);
     return;
   }
   pd_radix_peek(&e->tree, (uint32_t)job->tenant, ns, ids, n, &cached, by_tier);

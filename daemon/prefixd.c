@@ -72,6 +72,9 @@ static void usage(FILE *f) {
           "      --zero-reused-kv B    yes: a device block is zeroed before a sequence of\n"
           "                            another tenant writes into it (PREFIXD_ZERO_REUSED_KV;\n"
           "                            default yes)\n"
+          "      --device D            where the forward pass and the device tier run: auto (a\n"
+          "                            GPU if this build has CUDA and the driver reports one,\n"
+          "                            else the CPU), cpu, or cuda (PREFIXD_DEVICE; auto)\n"
           "      --block-tokens N      tokens per KV block, a power of two (default 16)\n"
           "      --max-batch-tokens N  rows per forward pass (PREFIXD_MAX_BATCH_TOKENS; 256)\n"
           "      --max-running N       sequences batched at once (PREFIXD_MAX_RUNNING; 64)\n"
@@ -228,6 +231,7 @@ int main(int argc, char **argv) {
   const char *disk_write = env_or("PREFIXD_DISK_WRITE", "second-use");
   const char *disk_foreign = "keep";
   const char *zero_reused = env_or("PREFIXD_ZERO_REUSED_KV", "yes");
+  const char *device = env_or("PREFIXD_DEVICE", "auto");
   struct {
     const char *env;
     long *v;
@@ -257,6 +261,7 @@ int main(int argc, char **argv) {
     O_DISK_WRITE,
     O_DISK_FOREIGN,
     O_ZERO_REUSED,
+    O_DEVICE,
     O_BLOCK,
     O_BATCH,
     O_RUNNING,
@@ -283,6 +288,7 @@ int main(int argc, char **argv) {
                                        {"disk-write", required_argument, 0, O_DISK_WRITE},
                                        {"disk-foreign", required_argument, 0, O_DISK_FOREIGN},
                                        {"zero-reused-kv", required_argument, 0, O_ZERO_REUSED},
+                                       {"device", required_argument, 0, O_DEVICE},
                                        {"block-tokens", required_argument, 0, O_BLOCK},
                                        {"max-batch-tokens", required_argument, 0, O_BATCH},
                                        {"max-running", required_argument, 0, O_RUNNING},
@@ -315,6 +321,7 @@ int main(int argc, char **argv) {
     case O_DISK_WRITE: disk_write = optarg; break;
     case O_DISK_FOREIGN: disk_foreign = optarg; break;
     case O_ZERO_REUSED: zero_reused = optarg; break;
+    case O_DEVICE: device = optarg; break;
     case O_BLOCK: target = &block, lo = 1, hi = 256; break;
     case O_BATCH: target = &batch, lo = 1, hi = 65536; break;
     case O_RUNNING: target = &running, lo = 1, hi = 1024; break;
@@ -380,6 +387,15 @@ int main(int argc, char **argv) {
     write_filter = PD_WRITE_PINNED;
   else {
     fprintf(stderr, "prefixd: --disk-write must be second-use, always or pinned\n");
+    return 2;
+  }
+  enum pd_engine_device engine_device = PD_ENGINE_DEVICE_AUTO;
+  if (!strcmp(device, "cpu"))
+    engine_device = PD_ENGINE_DEVICE_CPU;
+  else if (!strcmp(device, "cuda"))
+    engine_device = PD_ENGINE_DEVICE_CUDA;
+  else if (strcmp(device, "auto")) {
+    fprintf(stderr, "prefixd: --device must be auto, cpu or cuda\n");
     return 2;
   }
   if (strcmp(zero_reused, "yes") && strcmp(zero_reused, "no")) {
@@ -491,6 +507,7 @@ int main(int argc, char **argv) {
                                                                         : PD_KVSTORE_FOREIGN_PURGE,
                           .disk_write_filter = write_filter,
                           .zero_reused_kv = !strcmp(zero_reused, "yes"),
+                          .device = engine_device,
                           .max_batch_tokens = (int)batch,
                           .max_running = (int)running,
                           .max_queue = (int)queue,
@@ -580,20 +597,23 @@ int main(int argc, char **argv) {
   n_threads = threads > 0 ? (int)threads : omp_get_max_threads();
 #endif
   const pd_engine *e = d.engine;
+  char addr_text[300] = "none", metrics_text[300] = "none";
+  if (want_tcp) snprintf(addr_text, sizeof addr_text, "%s:%d", host, bound);
+  if (want_metrics)
+    snprintf(metrics_text, sizeof metrics_text, "%s:%d", metrics_host, metrics_bound);
   pd_log(PD_LOG_INFO, "prefixd ready",
-         "version=%s model=\"%s\" backend=cpu threads=%d device_tier_blocks=%u "
+         "version=%s model=\"%s\" backend=\"%s\" threads=%d device_tier_blocks=%u "
          "device_tier_mib=%.0f block_tokens=%ld kv_bytes_per_token=%zu host_tier_blocks=%u "
          "host_tier_mib=%ld disk_tier_blocks=%u disk_tier_mib=%ld disk_dir=%s "
          "disk_blocks_indexed=%llu "
-         "addr=%s%s%d unix=%s metrics=%s%s%d mode=%s tenants=%u load_ms=%lld port=%d "
+         "addr=%s unix=%s metrics=%s mode=%s tenants=%u load_ms=%lld port=%d "
          "metrics_port=%d",
-         VERSION, e->model_desc, n_threads, e->n_blocks,
+         VERSION, e->model_desc, e->backend, n_threads, e->n_blocks,
          (double)e->n_blocks * (double)e->block_bytes / 1048576.0, block,
          e->block_bytes / (size_t)block, e->tree.cfg.tier_capacity[1], host_mb,
          e->tree.cfg.tier_capacity[2], disk_mb, disk_mb > 0 ? disk_dir : "none",
-         (unsigned long long)e->rebuilt_blocks, want_tcp ? host : "none", want_tcp ? ":" : "",
-         want_tcp ? bound : 0, unix_path ? unix_path : "none", want_metrics ? metrics_host : "none",
-         want_metrics ? ":" : "", want_metrics ? metrics_bound : 0,
+         (unsigned long long)e->rebuilt_blocks, addr_text, unix_path ? unix_path : "none",
+         metrics_text,
          e->single_tenant ? "single-tenant (no API keys, loopback only)" : "multi-tenant",
          e->db.n_recs, (long long)(pd_grpc_now_ms() - t0), bound, metrics_bound);
   uv_run(d.loop, UV_RUN_DEFAULT);

@@ -48,8 +48,8 @@ typedef struct tier_item {
   int8_t from_tier;   /* for the counters and rates */
   int8_t demotion;    /* a write that moved the node to the disk tier (no hotter copy) */
   int8_t restore;     /* bytes on their way into the node's slot: it counts as pending */
-  void *dst;
-  const void *src;
+  int32_t dev_slot;   /* the device-pool block read or written (-1: none) */
+  int32_t host_slot;  /* the host-tier slot read or written (-1: none) */
   pd_key128 key, parent;
   uint32_t ns;
   uint32_t tok_off; /* the block's tokens: op->tokens + tok_off */
@@ -77,7 +77,10 @@ struct pd_tiers {
   pd_tiers_config cfg;
   pd_radix *tree;
   uint32_t caps[PD_TIERS];
-  uint8_t *host; /* (caps[1], block_bytes) */
+  uint8_t *host;  /* (caps[1], block_bytes), from pd_devpool_host_alloc */
+  uint8_t *stage; /* (cap_stage, block_bytes) the worker's staging for a GPU pool's disk I/O */
+  uint32_t cap_stage;
+  int32_t *stage_ids; /* (cap_stage) 0, 1, 2, ...: staging slots in order */
   pd_kvstore *store;
   int disk_disabled;
   char disk_reason[160];
@@ -179,10 +182,20 @@ static void mark_bad(pd_tiers *t, uint32_t node) {
   t->bad[t->n_bad++] = node;
 }
 
+/* A host-tier slot's bytes (device-pool blocks are reached through t->cfg.device only). */
 static void *slot_ptr(pd_tiers *t, int tier, uint32_t slot) {
-  if (tier == 0) return (uint8_t *)t->cfg.device_pool + (size_t)slot * t->cfg.block_bytes;
   if (tier == 1) return t->host + (size_t)slot * t->cfg.block_bytes;
   return NULL;
+}
+
+/* Engine thread, when no batch could be made: one block between the pool and the host tier,
+ * at once. */
+static void move_now(pd_tiers *t, uint32_t dev_slot, uint32_t host_slot, int to_host) {
+  int32_t d = (int32_t)dev_slot, h = (int32_t)host_slot;
+  if (to_host)
+    pd_devpool_download(t->cfg.device, &d, 1, t->host, &h);
+  else
+    pd_devpool_upload(t->cfg.device, &d, 1, t->host, &h);
 }
 
 void *pd_tiers_host_block(pd_tiers *t, uint32_t slot) {
@@ -248,6 +261,7 @@ static tier_item *add_item(pd_tiers *t, int kind, const int32_t *tokens, uint16_
   it->node = NIL;
   it->free_tier = -1;
   it->from_tier = -1;
+  it->dev_slot = it->host_slot = -1;
   it->tok_off = op->n_tok;
   it->n_tokens = n_tokens;
   if (n_tokens) memcpy(op->tokens + op->n_tok, tokens, 4u * n_tokens);
@@ -288,7 +302,10 @@ static int queue_write(pd_tiers *t, uint32_t node, int from_tier, uint32_t from_
   it->key = nd->key;
   it->parent = pd_radix_node(t->tree, nd->parent)->key;
   it->ns = nd->ns;
-  it->src = slot_ptr(t, from_tier, from_slot);
+  if (from_tier == 0)
+    it->dev_slot = (int32_t)from_slot;
+  else
+    it->host_slot = (int32_t)from_slot;
   it->from_tier = (int8_t)from_tier;
   it->demotion = (int8_t)demotion;
   hold_node(t, it, node, 0);
@@ -353,63 +370,154 @@ uint32_t pd_tiers_in_flight(const pd_tiers *t) {
 
 /* ---- the worker ---------------------------------------------------------------------------- */
 
+/* Worker: room for n staging blocks (grown, never shrunk). */
+static int ensure_stage(pd_tiers *t, uint32_t n) {
+  if (n <= t->cap_stage) return PD_OK;
+  uint8_t *stage = pd_devpool_host_alloc(t->cfg.device, (size_t)n * t->cfg.block_bytes);
+  int32_t *ids = malloc((size_t)n * sizeof *ids);
+  if (!stage || !ids) {
+    pd_devpool_host_free(t->cfg.device, stage);
+    free(ids);
+    return PD_ENOMEM;
+  }
+  pd_devpool_host_free(t->cfg.device, t->stage);
+  free(t->stage_ids);
+  t->stage = stage;
+  t->stage_ids = ids;
+  t->cap_stage = n;
+  for (uint32_t i = 0; i < n; i++) ids[i] = (int32_t)i;
+  return PD_OK;
+}
+
+/* Worker: the copies between the pool and the host tier, batched by direction. */
+static void run_copies(pd_tiers *t, tier_op *op) {
+  int32_t *dev = malloc(2 * (size_t)op->n * sizeof *dev);
+  if (!dev) {
+    op->rc = PD_ENOMEM;
+    return;
+  }
+  int32_t *host = dev + op->n;
+  for (int to_host = 1; to_host >= 0; to_host--) {
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < op->n; i++)
+      if ((op->items[i].from_tier == 0) == to_host)
+        dev[n] = op->items[i].dev_slot, host[n] = op->items[i].host_slot, n++;
+    if (!n) continue;
+    int rc = to_host ? pd_devpool_download(t->cfg.device, dev, n, t->host, host)
+                     : pd_devpool_upload(t->cfg.device, dev, n, t->host, host);
+    for (uint32_t i = 0; i < op->n; i++)
+      if ((op->items[i].from_tier == 0) == to_host) op->items[i].rc = rc;
+    if (rc && !op->rc) op->rc = rc;
+    if (!rc) op->bytes += (uint64_t)n * t->cfg.block_bytes;
+  }
+  free(dev);
+}
+
+/* Worker: writes items [first, first + n) of a write batch in one transaction. Blocks in a GPU
+ * pool are downloaded into the staging buffer first; others are read where they are. */
+static int write_records(pd_tiers *t, tier_op *op, pd_kvstore_block *b, uint32_t first,
+                         uint32_t n) {
+  size_t bb = t->cfg.block_bytes;
+  const pd_devpool *dev = t->cfg.device;
+  int staged = dev->kind != PD_DEVPOOL_CPU;
+  int32_t *dev_slots = NULL, *stage_slots = NULL;
+  uint32_t n_stage = 0;
+  if (staged) {
+    if (ensure_stage(t, n) || !(dev_slots = malloc(2 * (size_t)n * sizeof *dev_slots)))
+      return PD_ENOMEM;
+    stage_slots = dev_slots + n;
+  }
+  for (uint32_t i = first; i < first + n; i++) {
+    const tier_item *it = &op->items[i];
+    const void *payload;
+    if (it->dev_slot < 0) {
+      payload = slot_ptr(t, 1, (uint32_t)it->host_slot);
+    } else if (!staged) {
+      payload = pd_devpool_block(dev, (uint32_t)it->dev_slot);
+    } else {
+      payload = t->stage + (size_t)n_stage * bb;
+      dev_slots[n_stage] = it->dev_slot;
+      stage_slots[n_stage] = (int32_t)n_stage;
+      n_stage++;
+    }
+    b[i] = (pd_kvstore_block){.key = it->key,
+                              .parent = it->parent,
+                              .namespace_id = it->ns,
+                              .block_tokens = (uint16_t)t->cfg.block_tokens,
+                              .dtype = t->cfg.dtype,
+                              .tokens = op->tokens + it->tok_off,
+                              .n_tokens = it->n_tokens,
+                              .payload = payload,
+                              .payload_bytes = (uint32_t)bb};
+  }
+  int rc = n_stage ? pd_devpool_download(t->cfg.device, dev_slots, n_stage, t->stage, stage_slots)
+                   : PD_OK;
+  free(dev_slots);
+  return rc ? rc : pd_kvstore_put_batch(t->store, b + first, n);
+}
+
+/* Worker: reads a batch of records into their device-pool blocks (through the staging buffer
+ * for a GPU pool). */
+static void read_records(pd_tiers *t, tier_op *op) {
+  size_t bb = t->cfg.block_bytes;
+  const pd_devpool *dev = t->cfg.device;
+  int staged = dev->kind != PD_DEVPOOL_CPU;
+  int32_t tokens[256], *dev_slots = NULL, *stage_slots = NULL;
+  if (staged &&
+      (ensure_stage(t, op->n) || !(dev_slots = malloc(2 * (size_t)op->n * sizeof *dev_slots)))) {
+    op->rc = PD_ENOMEM;
+    for (uint32_t i = 0; i < op->n; i++) op->items[i].rc = PD_ENOMEM;
+    return;
+  }
+  if (staged) stage_slots = dev_slots + op->n;
+  uint32_t n_up = 0;
+  for (uint32_t i = 0; i < op->n; i++) {
+    tier_item *it = &op->items[i];
+    pd_kvstore_hdr h;
+    void *dst = staged ? t->stage + (size_t)i * bb : pd_devpool_block(dev, (uint32_t)it->dev_slot);
+    it->rc = pd_kvstore_get(t->store, it->key, &h, tokens, 256, dst, bb);
+    if (it->rc == PD_OK && (h.n_tokens != it->n_tokens || h.payload_bytes != bb ||
+                            memcmp(tokens, op->tokens + it->tok_off, 4u * it->n_tokens) != 0))
+      it->rc = PD_ECORRUPT; /* another block under this key: never served */
+    if (it->rc == PD_OK && staged)
+      dev_slots[n_up] = it->dev_slot, stage_slots[n_up] = (int32_t)i, n_up++;
+    if (it->rc == PD_OK) op->bytes += bb;
+  }
+  if (n_up && pd_devpool_upload(t->cfg.device, dev_slots, n_up, t->stage, stage_slots) != PD_OK)
+    for (uint32_t i = 0; i < op->n; i++)
+      if (op->items[i].rc == PD_OK) op->items[i].rc = PD_EDEVICE;
+  free(dev_slots);
+}
+
 static void run_op(pd_tiers *t, tier_op *op) {
   double t0 = now_s();
   size_t bb = t->cfg.block_bytes;
   op->rc = PD_OK;
   op->bytes = 0;
   switch (op->kind) {
-  case OP_COPY:
-    for (uint32_t i = 0; i < op->n; i++) {
-      memcpy(op->items[i].dst, op->items[i].src, bb);
-      op->bytes += bb;
-    }
-    break;
+  case OP_COPY: run_copies(t, op); break;
   case OP_WRITE: {
     pd_kvstore_block *b = calloc(op->n, sizeof *b);
     if (!b) {
       op->rc = PD_ENOMEM;
+      for (uint32_t i = 0; i < op->n; i++) op->items[i].rc = PD_ENOMEM;
       break;
     }
-    for (uint32_t i = 0; i < op->n; i++) {
-      const tier_item *it = &op->items[i];
-      b[i] = (pd_kvstore_block){.key = it->key,
-                                .parent = it->parent,
-                                .namespace_id = it->ns,
-                                .block_tokens = (uint16_t)t->cfg.block_tokens,
-                                .dtype = t->cfg.dtype,
-                                .tokens = op->tokens + it->tok_off,
-                                .n_tokens = it->n_tokens,
-                                .payload = it->src,
-                                .payload_bytes = (uint32_t)bb};
-      op->bytes += bb;
-    }
+    op->bytes = (uint64_t)op->n * bb;
     /* one transaction per 256 MiB: LMDB keeps a transaction's dirty pages in memory and spills
      * them itself past 128k pages (512 MiB); each commit costs one fdatasync */
     uint32_t per_txn = (uint32_t)((256u << 20) / bb);
     if (per_txn < 1) per_txn = 1;
     for (uint32_t i = 0; i < op->n; i += per_txn) {
       uint32_t n = op->n - i < per_txn ? op->n - i : per_txn;
-      int rc = op->rc == PD_OK ? pd_kvstore_put_batch(t->store, b + i, n) : op->rc;
+      int rc = op->rc == PD_OK ? write_records(t, op, b, i, n) : op->rc;
       for (uint32_t j = i; j < i + n; j++) op->items[j].rc = rc;
       if (rc != PD_OK && op->rc == PD_OK) op->rc = rc;
     }
     free(b);
     break;
   }
-  case OP_READ: {
-    int32_t tokens[256];
-    for (uint32_t i = 0; i < op->n; i++) {
-      tier_item *it = &op->items[i];
-      pd_kvstore_hdr h;
-      it->rc = pd_kvstore_get(t->store, it->key, &h, tokens, 256, it->dst, bb);
-      if (it->rc == PD_OK && (h.n_tokens != it->n_tokens || h.payload_bytes != bb ||
-                              memcmp(tokens, op->tokens + it->tok_off, 4u * it->n_tokens) != 0))
-        it->rc = PD_ECORRUPT; /* another block under this key: never served */
-      if (it->rc == PD_OK) op->bytes += bb;
-    }
-    break;
-  }
+  case OP_READ: read_records(t, op); break;
   case OP_DELETE: {
     pd_key128 *keys = malloc((size_t)op->n * sizeof *keys);
     if (!keys) {
@@ -650,9 +758,9 @@ static void settle_victim(pd_tiers *t, const pd_evicted *ev, int next, uint64_t 
     tier_item *it = NULL;
     if (next == 1) {
       it = add_item(t, OP_COPY, NULL, 0);
-      if (it) {
-        it->dst = slot_ptr(t, 1, slot);
-        it->src = slot_ptr(t, from, ev->slot);
+      if (it) { /* from the device pool (the only tier above the host one) */
+        it->dev_slot = (int32_t)ev->slot;
+        it->host_slot = (int32_t)slot;
         it->from_tier = (int8_t)from;
         hold_node(t, it, node, 0);
       }
@@ -660,7 +768,7 @@ static void settle_victim(pd_tiers *t, const pd_evicted *ev, int next, uint64_t 
       it = &t->open[OP_WRITE]->items[t->open[OP_WRITE]->n - 1];
     }
     if (!it) { /* out of memory for the batch */
-      if (next == 1) memcpy(slot_ptr(t, 1, slot), slot_ptr(t, from, ev->slot), t->cfg.block_bytes);
+      if (next == 1) move_now(t, ev->slot, slot, 1);
       pd_radix_free_slot(t->tree, from, ev->slot);
       if (next == 2) mark_bad(t, node); /* in the disk tier without a record */
       return;
@@ -842,7 +950,7 @@ int pd_tiers_restore(pd_tiers *t, uint32_t node, uint64_t now, uint32_t *device_
                            from == 2 ? node_tokens(t, node) : NULL, from == 2 ? nd->n_tokens : 0);
   if (!it) { /* no batch: do it here */
     if (from == 1) {
-      memcpy(slot_ptr(t, 0, slot), slot_ptr(t, 1, old_slot), t->cfg.block_bytes);
+      move_now(t, slot, old_slot, 0);
       pd_radix_free_slot(t->tree, 1, old_slot);
     } else {
       pd_radix_free_slot(t->tree, 2, old_slot);
@@ -851,11 +959,11 @@ int pd_tiers_restore(pd_tiers *t, uint32_t node, uint64_t now, uint32_t *device_
     *device_slot = slot;
     return PD_OK;
   }
-  it->dst = slot_ptr(t, 0, slot);
+  it->dev_slot = (int32_t)slot;
   it->from_tier = (int8_t)from;
   it->key = nd->key;
   if (from == 1) {
-    it->src = slot_ptr(t, 1, old_slot);
+    it->host_slot = (int32_t)old_slot;
     it->free_tier = 1;
     it->free_slot = old_slot;
     t->freeing[1]++;
@@ -895,7 +1003,10 @@ static void apply_op(pd_tiers *t, tier_op *op, uint64_t now) {
   switch (op->kind) {
   case OP_COPY:
     note_rate(t, 1, op);
-    for (uint32_t i = 0; i < op->n; i++) finish_item(t, &op->items[i]);
+    for (uint32_t i = 0; i < op->n; i++) {
+      if (op->items[i].rc != PD_OK) mark_bad(t, op->items[i].node); /* never served */
+      finish_item(t, &op->items[i]);
+    }
     break;
   case OP_READ:
     t->counters.disk_read_seconds += op->seconds;
@@ -1009,7 +1120,7 @@ int pd_tiers_open(const pd_tiers_config *cfg, pd_radix *tree, pd_tiers **out, ch
   for (int i = 0; i < PD_TIERS; i++) t->caps[i] = tree->cfg.tier_capacity[i];
   int rc = PD_OK;
   if (t->caps[1]) {
-    t->host = calloc(t->caps[1], cfg->block_bytes);
+    t->host = pd_devpool_host_alloc(cfg->device, (size_t)t->caps[1] * cfg->block_bytes);
     if (!t->host) {
       snprintf(err, errlen, "out of memory for a host tier of %u blocks", t->caps[1]);
       rc = PD_ENOMEM;
@@ -1037,7 +1148,9 @@ int pd_tiers_open(const pd_tiers_config *cfg, pd_radix *tree, pd_tiers **out, ch
   return PD_OK;
 fail:
   if (t->store) pd_kvstore_close(t->store);
-  free(t->host);
+  pd_devpool_host_free(t->cfg.device, t->host);
+  pd_devpool_host_free(t->cfg.device, t->stage);
+  free(t->stage_ids);
   free(t);
   return rc;
 }
@@ -1080,7 +1193,9 @@ void pd_tiers_close(pd_tiers *t) {
   pthread_cond_destroy(&t->cv);
   pthread_cond_destroy(&t->idle_cv);
   if (t->store) pd_kvstore_close(t->store);
-  free(t->host);
+  pd_devpool_host_free(t->cfg.device, t->host);
+  pd_devpool_host_free(t->cfg.device, t->stage);
+  free(t->stage_ids);
   free(t->state);
   free(t->pending);
   free(t->bad);

@@ -57,6 +57,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "pd_devpool.h"
 #include "pd_kvstore.h"
 #include "pd_radix.h"
 
@@ -72,7 +73,7 @@ typedef struct pd_tiers_config {
   uint32_t block_tokens;   /* B */
   uint8_t dtype;           /* the cache dtype, stored in each disk record */
   uint8_t fingerprint[16]; /* the model fingerprint */
-  void *device_pool;       /* (device blocks, block_bytes): tier 0, borrowed */
+  pd_devpool *device;      /* tier 0's memory (host or GPU), borrowed */
   uint64_t host_bytes;     /* tier 1's budget; 0 = no host tier */
   const char *disk_dir;    /* tier 2's LMDB directory; NULL = no disk tier */
   uint64_t disk_bytes;     /* tier 2's budget (the LMDB map size) */

@@ -1,11 +1,27 @@
 /*
- * attn_bench.c -- the CUDA paged decode attention's throughput, beside the device's own copy
- * bandwidth measured in the same run (cudaMemcpy device-to-device of 1 GiB, counting read and
- * write), on two shapes:
- *   the default model's: 64 sequences, 9 query / 3 KV heads, head_dim 64, 2,048 tokens;
- *   a larger model's:    16 sequences, 32 / 8 heads, head_dim 128, 4,096 tokens.
- * KV bytes read = n_seqs * ctx * n_kv * head_dim * 2 (K and V) * 2 bytes (f16).
- * The blocks of each sequence are scattered over the pool (a shuffled block table).
+ * attn_bench.c -- the CUDA attention kernels and block transfers, beside the device's own copy
+ * bandwidths measured in the same run.
+ *
+ * 1. Decode (pd_cuda_attn_decode, f16), beside cudaMemcpy device-to-device of 1 GiB (read +
+ *    write), on two shapes:
+ *      the default model's: 64 sequences, 9 query / 3 KV heads, head_dim 64, 2,048 tokens;
+ *      a larger model's:    16 sequences, 32 / 8 heads, head_dim 128, 4,096 tokens.
+ *    KV bytes read = n_seqs * ctx * n_kv * head_dim * 2 (K and V) * 2 bytes (f16). The blocks of
+ *    each sequence are scattered over the pool (a shuffled block table).
+ * 2. Cascade: 64 sequences sharing a 4,096-token prefix (256 blocks), each with its own 64-token
+ *    tail, one decode row each, the default model's shape: pd_cuda_attn with shared_blocks = 256
+ *    (prefix on the tensor-core and on the SIMT tile kernel) against the same batch with
+ *    shared_blocks = 0 (per-sequence paged decode). Timed with L2
+ *    flushed before every call (a 256 MiB memset outside the timed range: in a forward pass
+ *    the weights stream through L2 between two attention calls) and warm (back-to-back calls).
+ * 3. Prefill: 4,096 new tokens on the default model's shape (9 / 3 heads, head_dim 64, f16), one
+ *    layer's pd_cuda_attn, and that x 30 layers; also after 28,672 cached tokens; tensor-core and
+ *    SIMT tile kernels. FLOPs counted:
+ *    4 * n_heads * head_dim per (row, visible position).
+ * 4. Restore: N scattered blocks of the default model (2 * 30 * 3 * 16 * 64 * 2 = 368,640 bytes)
+ *    from pinned host slots (shuffled) to pool blocks (shuffled) through
+ *    pd_cuda_blocks_from_host in each transfer mode, beside one pinned 64 MiB cudaMemcpyAsync
+ *    host-to-device in the same run; and the spill direction (pd_cuda_blocks_to_host).
  *
  * usage: attn_bench [--out results.md]
  */
@@ -17,6 +33,7 @@
 
 #include "pd_attention.h"
 #include "pd_cuda_attention.h"
+#include "pd_cuda_batch.h"
 
 #define CK(x)                                                                                      \
   do {                                                                                             \
@@ -27,6 +44,35 @@
     }                                                                                              \
   } while (0)
 
+#define PD(x)                                                                                      \
+  do {                                                                                             \
+    if ((x) != 0) {                                                                                \
+      fprintf(stderr, "attn_bench: %s: %s\n", #x, err);                                            \
+      exit(1);                                                                                     \
+    }                                                                                              \
+  } while (0)
+
+static char err[256];
+static uint64_t rng = 7;
+static uint64_t next_u64(void) {
+  rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+  return rng;
+}
+static void shuffle(int32_t *a, int n) {
+  for (int i = n - 1; i > 0; i--) {
+    int j = (int)(next_u64() % (uint64_t)(i + 1));
+    int32_t t = a[i];
+    a[i] = a[j], a[j] = t;
+  }
+}
+
+static void *dev_upload(const void *h, size_t n) {
+  void *d;
+  CK(cudaMalloc(&d, n));
+  CK(cudaMemcpy(d, h, n, cudaMemcpyHostToDevice));
+  return d;
+}
+
 static double copy_gbps(void) {
   size_t n = (size_t)1 << 30;
   void *a, *b;
@@ -34,17 +80,21 @@ static double copy_gbps(void) {
   CK(cudaMalloc(&b, n));
   CK(cudaMemset(a, 1, n));
   cudaEvent_t e0, e1;
-  cudaEventCreate(&e0), cudaEventCreate(&e1);
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
   CK(cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice));
-  cudaEventRecord(e0, 0);
+  CK(cudaEventRecord(e0, 0));
   for (int i = 0; i < 10; i++) CK(cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice));
-  cudaEventRecord(e1, 0);
-  cudaEventSynchronize(e1);
+  CK(cudaEventRecord(e1, 0));
+  CK(cudaEventSynchronize(e1));
   float ms;
-  cudaEventElapsedTime(&ms, e0, e1);
+  CK(cudaEventElapsedTime(&ms, e0, e1));
   cudaFree(a), cudaFree(b);
+  cudaEventDestroy(e0), cudaEventDestroy(e1);
   return 2.0 * n * 10 / (ms / 1e3) / 1e9; /* read + write */
 }
+
+/* ---- 1. decode through the legacy entry point ------------------------------------------------- */
 
 typedef struct shape {
   const char *name;
@@ -59,50 +109,280 @@ static double run_shape(const shape *s, double *us) {
   int32_t *tables = malloc(sizeof(int32_t) * (size_t)n_blocks),
           *ctx = malloc(sizeof(int32_t) * s->n_seqs);
   for (int i = 0; i < n_blocks; i++) tables[i] = i;
-  uint64_t r = 7;
-  for (int i = n_blocks - 1; i > 0; i--) {
-    r ^= r << 13, r ^= r >> 7, r ^= r << 17;
-    int j = (int)(r % (uint64_t)(i + 1));
-    int32_t t = tables[i];
-    tables[i] = tables[j], tables[j] = t;
-  }
+  shuffle(tables, n_blocks);
   for (int i = 0; i < s->n_seqs; i++) ctx[i] = s->ctx;
-  void *pool, *q, *out, *d_tables, *d_ctx, *ws;
+  void *pool, *q, *out, *ws;
   size_t qn = (size_t)s->n_seqs * s->n_heads * s->hd;
   CK(cudaMalloc(&pool, bb * (size_t)n_blocks));
   CK(cudaMemset(pool, 0x3c, bb * (size_t)n_blocks)); /* f16 ~1.06 everywhere */
   CK(cudaMalloc(&q, qn * 4));
   CK(cudaMemset(q, 0, qn * 4));
   CK(cudaMalloc(&out, qn * 4));
-  CK(cudaMalloc(&d_tables, sizeof(int32_t) * (size_t)n_blocks));
-  CK(cudaMalloc(&d_ctx, sizeof(int32_t) * s->n_seqs));
+  void *d_tables = dev_upload(tables, sizeof(int32_t) * (size_t)n_blocks);
+  void *d_ctx = dev_upload(ctx, sizeof(int32_t) * s->n_seqs);
   CK(cudaMalloc(&ws, pd_cuda_attn_workspace_bytes(s->n_seqs, s->n_heads, s->hd, s->ctx)));
-  CK(cudaMemcpy(d_tables, tables, sizeof(int32_t) * (size_t)n_blocks, cudaMemcpyHostToDevice));
-  CK(cudaMemcpy(d_ctx, ctx, sizeof(int32_t) * s->n_seqs, cudaMemcpyHostToDevice));
-  char err[256];
   float scale = 1.0f / sqrtf((float)s->hd);
   for (int i = 0; i < 3; i++)
-    if (pd_cuda_attn_decode(&L, pool, 0, s->n_heads, q, out, d_tables, max_blocks, d_ctx, s->n_seqs,
-                            s->ctx, scale, ws, NULL, err, sizeof err)) {
-      fprintf(stderr, "attn_bench: %s\n", err);
-      exit(1);
-    }
+    PD(pd_cuda_attn_decode(&L, pool, 0, s->n_heads, q, out, d_tables, max_blocks, d_ctx, s->n_seqs,
+                           s->ctx, scale, ws, NULL, err, sizeof err));
   cudaEvent_t e0, e1;
-  cudaEventCreate(&e0), cudaEventCreate(&e1);
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
   int iters = 50;
-  cudaEventRecord(e0, 0);
+  CK(cudaEventRecord(e0, 0));
   for (int i = 0; i < iters; i++)
-    pd_cuda_attn_decode(&L, pool, 0, s->n_heads, q, out, d_tables, max_blocks, d_ctx, s->n_seqs,
-                        s->ctx, scale, ws, NULL, err, sizeof err);
-  cudaEventRecord(e1, 0);
+    PD(pd_cuda_attn_decode(&L, pool, 0, s->n_heads, q, out, d_tables, max_blocks, d_ctx, s->n_seqs,
+                           s->ctx, scale, ws, NULL, err, sizeof err));
+  CK(cudaEventRecord(e1, 0));
   CK(cudaEventSynchronize(e1));
   float ms;
-  cudaEventElapsedTime(&ms, e0, e1);
+  CK(cudaEventElapsedTime(&ms, e0, e1));
   *us = ms * 1e3 / iters;
   double bytes = (double)s->n_seqs * s->ctx * s->n_kv * s->hd * 2 * 2;
   cudaFree(pool), cudaFree(q), cudaFree(out), cudaFree(d_tables), cudaFree(d_ctx), cudaFree(ws);
+  cudaEventDestroy(e0), cudaEventDestroy(e1);
   free(tables), free(ctx);
   return bytes / (*us / 1e6) / 1e9;
+}
+
+/* ---- a batch on the device for pd_cuda_attn ---------------------------------------------------- */
+
+typedef struct dbatch {
+  pd_cuda_batch b;
+  void *pool, *q, *out, *ws;
+  size_t ws_bytes;
+} dbatch;
+
+/* n_seqs sequences with n_past[s] cached tokens and n_new[s] rows; the first `shared` table
+ * entries are the same blocks for all; every other block is its sequence's own, all shuffled. */
+static void dbatch_make(dbatch *d, const pd_kv_layout *L, int n_heads, int n_seqs,
+                        const int *n_past, const int *n_new, int shared) {
+  const int B = L->block_tokens;
+  int n_rows = 0, max_new = 0, max_ctx = 0, max_blocks = 0, own = 0;
+  for (int s = 0; s < n_seqs; s++) {
+    int ctx = n_past[s] + n_new[s], nb = (ctx + B - 1) / B;
+    n_rows += n_new[s];
+    max_new = n_new[s] > max_new ? n_new[s] : max_new;
+    max_ctx = ctx > max_ctx ? ctx : max_ctx;
+    max_blocks = nb > max_blocks ? nb : max_blocks;
+    own += nb - shared;
+  }
+  int n_blocks = shared + own;
+  int32_t *perm = malloc(sizeof(int32_t) * (size_t)n_blocks);
+  for (int i = 0; i < n_blocks; i++) perm[i] = i;
+  shuffle(perm, n_blocks);
+  int32_t *tables = calloc((size_t)n_seqs * max_blocks, sizeof(int32_t));
+  int32_t *np = malloc(sizeof(int32_t) * n_seqs), *nn = malloc(sizeof(int32_t) * n_seqs),
+          *rs = malloc(sizeof(int32_t) * n_seqs), *rseq = malloc(sizeof(int32_t) * n_rows);
+  int next = shared, row = 0;
+  for (int s = 0; s < n_seqs; s++) {
+    int nb = (n_past[s] + n_new[s] + B - 1) / B;
+    for (int j = 0; j < nb; j++)
+      tables[(size_t)s * max_blocks + j] = j < shared ? perm[j] : perm[next++];
+    np[s] = n_past[s], nn[s] = n_new[s], rs[s] = row;
+    for (int i = 0; i < n_new[s]; i++) rseq[row + i] = s;
+    row += n_new[s];
+  }
+  memset(d, 0, sizeof *d);
+  pd_cuda_batch *b = &d->b;
+  b->n_seqs = n_seqs, b->n_rows = n_rows, b->max_blocks = max_blocks, b->max_new = max_new;
+  b->max_ctx = max_ctx, b->shared_blocks = shared;
+  b->block_tables = dev_upload(tables, sizeof(int32_t) * (size_t)n_seqs * max_blocks);
+  b->n_past = dev_upload(np, sizeof(int32_t) * n_seqs);
+  b->n_new = dev_upload(nn, sizeof(int32_t) * n_seqs);
+  b->row_start = dev_upload(rs, sizeof(int32_t) * n_seqs);
+  b->row_seq = dev_upload(rseq, sizeof(int32_t) * n_rows);
+  size_t bb = pd_kv_block_bytes(L), qn = (size_t)n_rows * n_heads * L->head_dim;
+  CK(cudaMalloc(&d->pool, bb * (size_t)n_blocks));
+  CK(cudaMemset(d->pool, 0x3c, bb * (size_t)n_blocks));
+  CK(cudaMalloc(&d->q, qn * 4));
+  CK(cudaMemset(d->q, 0, qn * 4));
+  CK(cudaMalloc(&d->out, qn * 4));
+  /* room for both the cascade and the plain plan of the same batch */
+  size_t w1 = pd_cuda_attn_batch_workspace_bytes(L, n_heads, b);
+  b->shared_blocks = 0;
+  size_t w0 = pd_cuda_attn_batch_workspace_bytes(L, n_heads, b);
+  b->shared_blocks = shared;
+  d->ws_bytes = w1 > w0 ? w1 : w0;
+  CK(cudaMalloc(&d->ws, d->ws_bytes ? d->ws_bytes : 16));
+  free(perm), free(tables), free(np), free(nn), free(rs), free(rseq);
+}
+
+static void dbatch_free(dbatch *d) {
+  cudaFree((void *)d->b.block_tables), cudaFree((void *)d->b.n_past);
+  cudaFree((void *)d->b.n_new), cudaFree((void *)d->b.row_start), cudaFree((void *)d->b.row_seq);
+  cudaFree(d->pool), cudaFree(d->q), cudaFree(d->out), cudaFree(d->ws);
+}
+
+/* Mean microseconds of one pd_cuda_attn call; flush: memset `flush` (256 MiB) before each call,
+ * outside the timed range. */
+static double time_attn(dbatch *d, const pd_kv_layout *L, int n_heads, int iters, void *flush) {
+  float scale = 1.0f / sqrtf((float)L->head_dim);
+  for (int i = 0; i < 2; i++)
+    PD(pd_cuda_attn(L, d->pool, 0, n_heads, d->q, d->out, &d->b, scale, d->ws, d->ws_bytes, NULL,
+                    err, sizeof err));
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  double total_ms = 0;
+  if (flush) {
+    for (int i = 0; i < iters; i++) {
+      CK(cudaMemsetAsync(flush, i & 0xff, (size_t)256 << 20, NULL));
+      CK(cudaEventRecord(e0, 0));
+      PD(pd_cuda_attn(L, d->pool, 0, n_heads, d->q, d->out, &d->b, scale, d->ws, d->ws_bytes, NULL,
+                      err, sizeof err));
+      CK(cudaEventRecord(e1, 0));
+      CK(cudaEventSynchronize(e1));
+      float ms;
+      CK(cudaEventElapsedTime(&ms, e0, e1));
+      total_ms += ms;
+    }
+  } else {
+    CK(cudaEventRecord(e0, 0));
+    for (int i = 0; i < iters; i++)
+      PD(pd_cuda_attn(L, d->pool, 0, n_heads, d->q, d->out, &d->b, scale, d->ws, d->ws_bytes, NULL,
+                      err, sizeof err));
+    CK(cudaEventRecord(e1, 0));
+    CK(cudaEventSynchronize(e1));
+    float ms;
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    total_ms = ms;
+  }
+  CK(cudaGetLastError());
+  cudaEventDestroy(e0), cudaEventDestroy(e1);
+  return total_ms * 1e3 / iters;
+}
+
+/* ---- 2. cascade ------------------------------------------------------------------------------- */
+
+static int bench_cascade(char *md, size_t cap, void *flush) {
+  const int n_seqs = 64, prefix = 4096, tail = 64, n_heads = 9;
+  pd_kv_layout L = {1, 3, 64, 16, PD_DTYPE_F16};
+  int past[64], one[64];
+  for (int s = 0; s < n_seqs; s++) past[s] = prefix + tail, one[s] = 1;
+  dbatch d;
+  dbatch_make(&d, &L, n_heads, n_seqs, past, one, prefix / 16);
+  double casc_cold[2], casc_warm[2];
+  for (int tc = 0; tc < 2; tc++) {
+    pd_cuda_attn_set_tensor_cores(tc);
+    casc_cold[tc] = time_attn(&d, &L, n_heads, 20, flush);
+    casc_warm[tc] = time_attn(&d, &L, n_heads, 50, NULL);
+  }
+  pd_cuda_attn_set_tensor_cores(1);
+  d.b.shared_blocks = 0;
+  double plain_cold = time_attn(&d, &L, n_heads, 20, flush);
+  double plain_warm = time_attn(&d, &L, n_heads, 50, NULL);
+  dbatch_free(&d);
+  double kv = (double)n_seqs * (prefix + tail + 1) * 3 * 64 * 2 * 2;
+  return snprintf(
+      md, cap,
+      "| 64 seqs on a shared 4,096-token prefix (+64-token tails), 9/3 heads, hd 64, f16 | "
+      "cascade, tensor cores | cascade, SIMT | per-sequence decode | speed-up (tensor cores) "
+      "|\n| --- | --- | --- | --- | --- |\n"
+      "| L2 flushed before each call | %.1f us | %.1f us | %.1f us (%.0f GB/s of KV) | %.2fx |\n"
+      "| warm, back to back | %.1f us | %.1f us | %.1f us | %.2fx |\n",
+      casc_cold[1], casc_cold[0], plain_cold, kv / (plain_cold / 1e6) / 1e9,
+      plain_cold / casc_cold[1], casc_warm[1], casc_warm[0], plain_warm, plain_warm / casc_warm[1]);
+}
+
+/* ---- 3. prefill -------------------------------------------------------------------------------- */
+
+static int bench_prefill(char *md, size_t cap) {
+  const int n_heads = 9, hd = 64, n_new = 4096;
+  pd_kv_layout L = {1, 3, hd, 16, PD_DTYPE_F16};
+  int n =
+      snprintf(md, cap,
+               "| prefill of 4,096 new tokens, 9/3 heads, hd 64, f16 | kernel | one layer | x 30 "
+               "layers | attention FLOP/s |\n| --- | --- | --- | --- | --- |\n");
+  const int pasts[2] = {0, 28672};
+  for (int i = 0; i < 2; i++)
+    for (int tc = 1; tc >= 0; tc--) {
+      int past = pasts[i], nn = n_new;
+      pd_cuda_attn_set_tensor_cores(tc);
+      dbatch d;
+      dbatch_make(&d, &L, n_heads, 1, &past, &nn, 0);
+      double us = time_attn(&d, &L, n_heads, 5, NULL);
+      dbatch_free(&d);
+      /* visible positions summed over rows: past + 1 .. past + n_new */
+      double pos = (double)n_new * past + (double)n_new * (n_new + 1) / 2;
+      double flops = 4.0 * n_heads * hd * pos;
+      n += snprintf(md + n, cap - (size_t)n,
+                    "| after %d cached tokens | %s | %.2f ms | %.1f ms | %.1f TFLOP/s |\n", past,
+                    tc ? "tensor cores (tf32 x2)" : "SIMT f32", us / 1e3, 30 * us / 1e3,
+                    flops / (us / 1e6) / 1e12);
+    }
+  pd_cuda_attn_set_tensor_cores(1);
+  return n;
+}
+
+/* ---- 4. restore / spill ------------------------------------------------------------------------ */
+
+static int bench_restore(char *md, size_t cap) {
+  const size_t bb = 368640;
+  const int n = 512, n_pool = 1024, n_slots = 640;
+  void *pool, *host;
+  CK(cudaMalloc(&pool, bb * (size_t)n_pool));
+  CK(cudaMemset(pool, 1, bb * (size_t)n_pool));
+  CK(cudaHostAlloc(&host, bb * (size_t)n_slots, cudaHostAllocDefault));
+  memset(host, 2, bb * (size_t)n_slots);
+  cudaStream_t st;
+  CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  float ms;
+  /* the reference: one pinned 64 MiB copy, best of 5 */
+  double ref = 0;
+  for (int i = 0; i < 6; i++) {
+    CK(cudaEventRecord(e0, st));
+    CK(cudaMemcpyAsync(pool, host, (size_t)64 << 20, cudaMemcpyHostToDevice, st));
+    CK(cudaEventRecord(e1, st));
+    CK(cudaEventSynchronize(e1));
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    double g = ((size_t)64 << 20) / (ms / 1e3) / 1e9;
+    if (i && g > ref) ref = g;
+  }
+  int32_t *ids = malloc(sizeof(int32_t) * n_pool), *hids = malloc(sizeof(int32_t) * n_slots);
+  for (int i = 0; i < n_pool; i++) ids[i] = i;
+  for (int i = 0; i < n_slots; i++) hids[i] = i;
+  shuffle(ids, n_pool);
+  shuffle(hids, n_slots);
+  int len = snprintf(md, cap,
+                     "| %d scattered blocks of 368,640 B (%.0f MiB), pinned host | restore "
+                     "(from_host) | vs pinned 64 MiB copy (%.1f GB/s) | spill (to_host) |\n"
+                     "| --- | --- | --- | --- |\n",
+                     n, n * (double)bb / (1 << 20), ref);
+  const char *names[4] = {"AUTO", "MEMCPY (one cudaMemcpyAsync per run)",
+                          "BATCH (cudaMemcpyBatchAsync)", "KERNEL (zero-copy gather)"};
+  for (int mode = 0; mode < 4; mode++) {
+    pd_cuda_blocks_set_xfer_mode(mode);
+    double best_in = 0, best_out = 0;
+    for (int i = 0; i < 4; i++) {
+      CK(cudaEventRecord(e0, st));
+      PD(pd_cuda_blocks_from_host(pool, bb, ids, n, host, hids, st, err, sizeof err));
+      CK(cudaEventRecord(e1, st));
+      CK(cudaEventSynchronize(e1));
+      CK(cudaEventElapsedTime(&ms, e0, e1));
+      double g = n * (double)bb / (ms / 1e3) / 1e9;
+      if (i && g > best_in) best_in = g;
+      CK(cudaEventRecord(e0, st));
+      PD(pd_cuda_blocks_to_host(pool, bb, ids, n, host, hids, st, err, sizeof err));
+      CK(cudaEventRecord(e1, st));
+      CK(cudaEventSynchronize(e1));
+      CK(cudaEventElapsedTime(&ms, e0, e1));
+      g = n * (double)bb / (ms / 1e3) / 1e9;
+      if (i && g > best_out) best_out = g;
+    }
+    len += snprintf(md + len, cap - (size_t)len, "| %s | %.1f GB/s | %.0f%% | %.1f GB/s |\n",
+                    names[mode], best_in, 100.0 * best_in / ref, best_out);
+  }
+  pd_cuda_blocks_set_xfer_mode(PD_CUDA_XFER_AUTO);
+  CK(cudaGetLastError());
+  cudaEventDestroy(e0), cudaEventDestroy(e1);
+  CK(cudaStreamDestroy(st));
+  cudaFree(pool), cudaFreeHost(host);
+  free(ids), free(hids);
+  return len;
 }
 
 int main(int argc, char **argv) {
@@ -112,28 +392,37 @@ int main(int argc, char **argv) {
     return 1;
   }
   struct cudaDeviceProp p;
-  cudaGetDeviceProperties(&p, 0);
+  CK(cudaGetDeviceProperties(&p, 0));
   double copy = copy_gbps();
   shape shapes[2] = {{"default model: 64 seqs, 9/3 heads, hd 64, 2,048 tokens", 64, 9, 3, 64, 2048},
                      {"16 seqs, 32/8 heads, hd 128, 4,096 tokens", 16, 32, 8, 128, 4096}};
-  char table[2048];
+  static char dec[2048], casc[2048], pre[2048], res[4096];
   int n = snprintf(
-      table, sizeof table,
+      dec, sizeof dec,
       "| shape | time | KV read | vs device copy (%.0f GB/s) |\n| --- | --- | --- | --- |\n", copy);
   for (int i = 0; i < 2; i++) {
     double us, gbps = run_shape(&shapes[i], &us);
-    n += snprintf(table + n, sizeof table - (size_t)n, "| %s | %.1f us | %.0f GB/s | %.0f%% |\n",
+    n += snprintf(dec + n, sizeof dec - (size_t)n, "| %s | %.1f us | %.0f GB/s | %.0f%% |\n",
                   shapes[i].name, us, gbps, 100.0 * gbps / copy);
   }
-  printf("device: %s\n%s", p.name, table);
+  void *flush;
+  CK(cudaMalloc(&flush, (size_t)256 << 20));
+  bench_cascade(casc, sizeof casc, flush);
+  cudaFree(flush);
+  bench_prefill(pre, sizeof pre);
+  bench_restore(res, sizeof res);
+  printf("device: %s\n\n%s\n%s\n%s\n%s", p.name, dec, casc, pre, res);
   if (outp) {
     FILE *f = fopen(outp, "w");
     if (!f) return 1;
-    fprintf(f,
-            "# CUDA paged decode attention\n\nDevice: %s. Command: `build/bench/cuda/attn_bench "
-            "--out %s`"
-            " (the PyTorch SDPA line comes from `bench/cuda/sdpa_ref.py` in the same run).\n\n%s\n",
-            p.name, outp, table);
+    fprintf(
+        f,
+        "# CUDA attention and block transfers\n\nDevice: %s. Command: `build/bench/cuda/attn_bench "
+        "--out %s`"
+        " (the PyTorch SDPA line comes from `bench/cuda/sdpa_ref.py` in the same run).\n\n"
+        "## Decode (pd_cuda_attn_decode, f16)\n\n%s\n## Cascade: shared prefix\n\n%s\n"
+        "## Prefill attention\n\n%s\n## Block restore and spill\n\n%s\n",
+        p.name, outp, dec, casc, pre, res);
     fclose(f);
   }
   return 0;

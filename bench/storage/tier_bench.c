@@ -112,14 +112,19 @@ int main(int argc, char **argv) {
   snprintf(kvdir, sizeof kvdir, "%s/kv", dir);
   if (mkdir(kvdir, 0700)) return 1;
 
-  uint8_t *device = malloc((size_t)n_blocks * block_bytes); /* (n_blocks, block_bytes) */
-  if (!device) return 1;
+  pd_devpool pool; /* a CPU pool: the memcpy figures; the GPU's are in bench/cuda */
+  char perr[160];
+  if (pd_devpool_create(&pool, PD_DEVPOOL_CPU, n_blocks, block_bytes, perr, sizeof perr)) {
+    fprintf(stderr, "tier_bench: %s\n", perr);
+    return 1;
+  }
+  uint8_t *device = pool.base; /* (n_blocks, block_bytes) */
   for (size_t i = 0; i < (size_t)n_blocks * block_bytes; i++)
     device[i] = (uint8_t)(i * 2654435761u >> 13);
   pd_tiers_config tc = {.block_bytes = block_bytes,
                         .block_tokens = BT,
                         .dtype = 1,
-                        .device_pool = device,
+                        .device = &pool,
                         .host_bytes = (uint64_t)n_blocks * block_bytes,
                         .disk_dir = kvdir,
                         .disk_bytes = (uint64_t)n_blocks * (block_bytes + 8192) * 3 / 2,
@@ -268,7 +273,7 @@ int main(int argc, char **argv) {
           (unsigned long long)c.batches, c.rate_bps[1] / gb, c.rate_bps[2] / gb,
           c.disk_write_seconds, c.disk_read_seconds);
   if (out) fclose(f);
-  free(device);
+  pd_devpool_destroy(&pool);
   free(tok);
   free(slots);
   free(res);

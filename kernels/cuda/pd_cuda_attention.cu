@@ -1,32 +1,185 @@
 /*
- * pd_cuda_attention.cu -- paged decode attention (flash-decoding) over f16 KV blocks.
+ * pd_cuda_attention.cu -- paged attention over f32 / f16 / bf16 KV blocks, and the KV store
+ * (pd_cuda_attention.h, pd_cuda_batch.h).
  *
- * Grid (n_splits, n_kv_heads, n_seqs), 128 threads. A thread block owns one KV head of one
- * sequence and one split of SPLIT tokens of its context, and serves all the query heads that
- * share that KV head (GQA: every K and V row is read from memory once for the whole group).
- * It walks its split in tiles of TILE tokens:
- *   1. the tile's K and V rows are copied to shared memory with 16-byte loads (a block of 16
- *      tokens holds each head's K rows contiguously, so the loads are coalesced);
- *   2. scores (group heads x TILE tokens) are computed from shared memory, one warp per token
- *      with its lanes across head_dim, so shared-memory reads are free of bank conflicts;
- *   3. one warp per head updates the running max and sum (online softmax) and turns scores
- *      into weights;
- *   4. each thread accumulates its (head, dim) outputs from the weights and the V tile.
- * The split's partial result (acc, max, sum per head) goes to the workspace, and a second kernel
- * merges the splits of each (sequence, head) with the usual log-sum-exp rescaling.
+ * Six kernels. K and V are converted to f32 as they land in shared memory (f16 and bf16 exactly);
+ * all arithmetic is f32 or tensor-core products carried to f32 accuracy. Scores are kept in the
+ * log2 domain (q . k * scale * log2(e), then exp2), so every partial result (acc, max, sum) that
+ * any kernel writes to the workspace merges with any other.
+ *
+ * pd_cuda_attn picks, per batch, from host scalars only (so a step can be captured in a graph):
+ *   max_new == 1, shared_blocks == 0: decode_split + merge_seq;
+ *   max_new == 1, shared_blocks > 0 (cascade): the tile kernel over the shared prefix for every
+ *     sequence at once, decode_split over each sequence's rest, merge_seq over both;
+ *   max_new > 1: the tile kernel for sequences with n_new > 1 (+ merge_rows when the KV range is
+ *     split), and decode_split + merge_seq for the sequences with n_new == 1 in the same batch.
+ *
+ * decode_split -- flash-decoding, one query row per sequence (n_new == 1).
+ *   Grid (n_splits, n_kv_heads * group_chunks, n_seqs), 128 threads. A thread block owns one KV
+ *   head of one sequence, up to 8 of the query heads that share it (GQA: each K and V row is read
+ *   once for the group) and one split of the context. It walks the split in tiles of 32 tokens:
+ *   K and V rows go to shared memory with 16-byte loads (a block keeps each head's rows
+ *   contiguous, so the loads are coalesced); scores one warp per token with lanes across
+ *   head_dim (conflict-free shared reads); online softmax one warp per head; each thread
+ *   accumulates its (head, dim) outputs. The split's (acc, max, sum) go to the workspace and
+ *   merge_seq combines the splits of each (sequence, head) by log-sum-exp. The split count grows
+ *   with the context until the grid has ~2,048 blocks.
+ *
+ * tile_mma (default) and tile_attn (SIMT, pd_cuda_attn_set_tensor_cores(0) or
+ *   PD_CUDA_ATTN_SIMT=1) -- flash attention on a tile of 64 (query row, head) pairs x 64 KV
+ *   positions, for prefill and for the shared prefix of a cascade. Same grid, tiles and outputs.
+ *   Pairs are (row, head-in-group) of one KV head, so a K/V tile loaded once serves every query
+ *   head of the group and every row of the tile. Grid (tiles, n_kv_heads, kv_splits).
+ *   Prefill: a tile is 64 consecutive pairs of one sequence with n_new > 1 (rows i, heads g,
+ *   pair = i * group + g), found by a warp scan over n_new; the KV range is [0, n_past + the
+ *   tile's last row + 1) with a causal mask per row. Cascade: pairs are (sequence, head) of every
+ *   decoding sequence, the KV range is the shared prefix, read through sequence 0's block table
+ *   (equal for all by contract), no mask. Few tiles and long contexts: the KV range is split
+ *   across grid.z (each block writes partials; merge_rows or merge_seq combines them).
+ *   tile_attn: 256 threads, each a 4 x 4 piece of S = Q K^T and 4 rows of O in registers (rows
+ *   ty + 16 i, S columns tx + 16 j, O dims tx * 4 + 64 k; row stride HD + 4 makes the float4 reads
+ *   conflict-free), online softmax of 4 rows by shuffles over the 16 lanes that share them, P via
+ *   shared memory. 69,632 / 118,784 bytes of shared memory for head_dim 64 / 128.
+ *   tile_mma: 128 threads, warp w owns pairs 16 w .. 16 w + 15; S and P V with mma.m16n8k8 tf32,
+ *   every operand that is not a tf32 value split into hi + lo (Q and P always, K and V for f32
+ *   pools; f16 and bf16 are exact in tf32), which keeps products to ~2^-21 relative: the results
+ *   match the SIMT kernel and the CPU within the same tolerance. 70,656 / 119,808 bytes.
+ *
+ * kv_store -- one thread block per new row, threads across (K|V, kv_head, dim); f32 -> pool
+ *   dtype with the integer round-to-nearest-even of common/pd_dtype.h, bit for bit (checked here
+ *   on all 2^32 inputs against pd_f32_to_f16 / pd_f32_to_bf16, and by the GPU test).
+ *
+ * Speed work left (nothing here was timed on a GPU yet when written): cp.async double buffering
+ * of the K/V tiles in both tile kernels and decode_split (each block now waits for its loads);
+ * ldmatrix for the mma fragments; a 2-mma path (no split of P) if its accuracy is enough;
+ * decode_split has 4 block barriers per 32 tokens and reached 31-37% of the copy bandwidth in its
+ * f16-only form (bench/results/cuda_attention.md); a larger pair tile for the cascade (the shared
+ * K/V tile is read once per 64 (sequence, head) pairs, 3 times for 64 sequences of the default
+ * model).
  */
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <limits.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <atomic>
 
 #include "pd_cuda_attention.h"
+#include "pd_cuda_batch.h"
 #include "pd_err.h"
 
-#define THREADS   128
-#define TILE      32
-#define SPLIT     256
-#define MAX_GROUP 8
+#define DEC_THREADS    128
+#define DEC_TILE       32
+#define DEC_GROUP      8    /* query heads per decode thread block */
+#define DEC_MIN_SPLIT  256  /* tokens per decode split, at least */
+#define DEC_MAX_GRID   2048 /* decode splits stop growing past this many thread blocks */
+#define TB_M           64   /* (row, head) pairs per tile */
+#define TB_N           64   /* KV positions per tile */
+#define TB_THREADS     256
+#define MMA_THREADS    128
+#define TB_TARGET      528 /* tile_attn grids below this many blocks split the KV range */
+#define TB_MIN_SPLIT   512
+#define CASC_MIN_SPLIT 128 /* the cascade's prefix: few tiles, so split finer */
+#define LOG2E          1.4426950408889634f
+
+enum { MODE_PREFILL = 0, MODE_CASCADE = 1 };
+
+/* ---- conversions (bit for bit those of common/pd_dtype.h, integers only) ------------------- */
+
+/* f32 bits -> f16 bits, round to nearest even; overflow -> inf; NaN stays NaN (quiet bit set).
+ * The subnormal branch of pd_f32_to_f16 computes a = |x| * 2^24 in float, m = trunc(a) and
+ * compares the exact remainder with 0.5; here the same m and remainder come from the mantissa
+ * with shifts (|x| = M * 2^(e - 150), so a = M * 2^(e - 126)), which no FTZ mode can change. */
+__host__ __device__ static inline uint16_t cvt_f32_f16(uint32_t x) {
+  uint32_t sign = (x >> 16) & 0x8000u;
+  uint32_t absx = x & 0x7fffffffu;
+  if (absx >= 0x7f800000u) return (uint16_t)(sign | 0x7c00u | (absx > 0x7f800000u ? 0x200u : 0u));
+  if (absx >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);
+  if (absx < 0x38800000u) {
+    uint32_t e = absx >> 23;
+    if (e < 102) return (uint16_t)sign; /* |x| < 2^-25: a < 0.5 */
+    uint32_t M = (absx & 0x7fffffu) | 0x800000u;
+    uint32_t shift = 126 - e; /* 14 .. 24 */
+    uint32_t m = M >> shift, rem = M & ((1u << shift) - 1), halfway = 1u << (shift - 1);
+    if (rem > halfway || (rem == halfway && (m & 1))) m++;
+    return (uint16_t)(sign | m);
+  }
+  uint32_t h = (((absx >> 23) - 112) << 10) | ((absx >> 13) & 0x3ffu);
+  uint32_t rest = absx & 0x1fffu;
+  if (rest > 0x1000u || (rest == 0x1000u && (h & 1))) h++;
+  return (uint16_t)(sign | h);
+}
+
+__host__ __device__ static inline uint16_t cvt_f32_bf16(uint32_t x) {
+  if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40u);
+  uint32_t lsb = (x >> 16) & 1u;
+  return (uint16_t)((x + 0x7fffu + lsb) >> 16);
+}
+
+/* Element types of the pool. bf16_t is a tag: bf16 values are handled as raw bits. */
+struct bf16_t {
+  uint16_t bits;
+};
+
+template <typename T> struct Elem;
+template <> struct Elem<float> {
+  static constexpr int PER16 = 4; /* elements per 16-byte load */
+  static __device__ __forceinline__ void to_f32(uint4 u, float *f) {
+    f[0] = __uint_as_float(u.x), f[1] = __uint_as_float(u.y);
+    f[2] = __uint_as_float(u.z), f[3] = __uint_as_float(u.w);
+  }
+  static __device__ __forceinline__ void store(uint8_t *p, size_t i, float v) {
+    ((float *)p)[i] = v;
+  }
+};
+template <> struct Elem<__half> {
+  static constexpr int PER16 = 8;
+  static __device__ __forceinline__ float lo(uint32_t w) {
+    return __half2float(__ushort_as_half((unsigned short)(w & 0xffffu)));
+  }
+  static __device__ __forceinline__ float hi(uint32_t w) {
+    return __half2float(__ushort_as_half((unsigned short)(w >> 16)));
+  }
+  static __device__ __forceinline__ void to_f32(uint4 u, float *f) {
+    f[0] = lo(u.x), f[1] = hi(u.x), f[2] = lo(u.y), f[3] = hi(u.y);
+    f[4] = lo(u.z), f[5] = hi(u.z), f[6] = lo(u.w), f[7] = hi(u.w);
+  }
+  static __device__ __forceinline__ void store(uint8_t *p, size_t i, float v) {
+    ((uint16_t *)p)[i] = cvt_f32_f16(__float_as_uint(v));
+  }
+};
+template <> struct Elem<bf16_t> {
+  static constexpr int PER16 = 8;
+  static __device__ __forceinline__ float lo(uint32_t w) { return __uint_as_float(w << 16); }
+  static __device__ __forceinline__ float hi(uint32_t w) {
+    return __uint_as_float(w & 0xffff0000u);
+  }
+  static __device__ __forceinline__ void to_f32(uint4 u, float *f) {
+    f[0] = lo(u.x), f[1] = hi(u.x), f[2] = lo(u.y), f[3] = hi(u.y);
+    f[4] = lo(u.z), f[5] = hi(u.z), f[6] = lo(u.w), f[7] = hi(u.w);
+  }
+  static __device__ __forceinline__ void store(uint8_t *p, size_t i, float v) {
+    ((uint16_t *)p)[i] = cvt_f32_bf16(__float_as_uint(v));
+  }
+};
+
+/* Loads 16 bytes of row `tok` (K: which = 0, V: 1) at element `e0` as f32 into f. */
+template <typename T>
+__device__ __forceinline__ void load_kv16(const uint8_t *__restrict__ pool, size_t block_bytes,
+                                          const int32_t *__restrict__ table, int block_shift,
+                                          size_t head_off, int hd, int tok, int e0, float *f) {
+  const int32_t blk = table[tok >> block_shift];
+  const int row = tok & ((1 << block_shift) - 1);
+  const size_t elem = head_off + (size_t)row * hd + e0;
+  const uint8_t *src = pool + (size_t)blk * block_bytes + elem * sizeof(T);
+  Elem<T>::to_f32(*(const uint4 *)src, f);
+}
+
+/* ---- device count --------------------------------------------------------------------------- */
 
 extern "C" int pd_cuda_device_count(void) {
   int n = 0;
@@ -37,98 +190,111 @@ extern "C" int pd_cuda_device_count(void) {
   return n;
 }
 
-extern "C" size_t pd_cuda_attn_workspace_bytes(int n_seqs, int n_heads, int head_dim, int max_ctx) {
-  size_t n_splits = (size_t)((max_ctx + SPLIT - 1) / SPLIT);
-  return (size_t)n_seqs * (size_t)n_heads * n_splits * ((size_t)head_dim + 2) * sizeof(float);
-}
+/* ---- decode: one query row per sequence, split over the context ---------------------------- */
 
-template <int HD>
-__global__ void __launch_bounds__(THREADS)
-    decode_split(const uint8_t *__restrict__ pool, size_t block_bytes, int block_tokens, int n_kv,
-                 int layer, int group, const float *__restrict__ q,
-                 const int32_t *__restrict__ tables, int max_blocks,
-                 const int32_t *__restrict__ ctx_lens, float scale, int n_splits,
-                 float *__restrict__ ws) {
-  const int split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z, tid = threadIdx.x;
-  const int n_heads = n_kv * group;
-  const int ctx = ctx_lens[seq];
-  const int start = split * SPLIT, end = min(ctx, start + SPLIT);
-  __shared__ float q_s[MAX_GROUP][HD];
-  __shared__ __align__(16) __half k_s[TILE][HD];
-  __shared__ __align__(16) __half v_s[TILE][HD];
-  __shared__ float p_s[MAX_GROUP][TILE];
-  __shared__ float m_s[MAX_GROUP], l_s[MAX_GROUP], alpha_s[MAX_GROUP];
-  for (int e = tid; e < group * HD; e += THREADS)
-    q_s[e / HD][e % HD] = q[((size_t)seq * n_heads + (size_t)kvh * group + e / HD) * HD + e % HD];
-  if (tid < group) m_s[tid] = -INFINITY, l_s[tid] = 0.0f;
-  constexpr int PER_THREAD = (MAX_GROUP * HD + THREADS - 1) / THREADS;
+struct DecArgs {
+  const uint8_t *pool;
+  size_t block_bytes;
+  int block_shift, n_kv, layer, group, n_heads, max_blocks;
+  const float *q;
+  const int32_t *tables;
+  const int32_t *ctx_lens; /* legacy entry point: ctx of sequence s, its row is s; else NULL */
+  const int32_t *n_past, *n_new, *row_start;
+  int kv_start;  /* first position walked (the end of a cascade's shared prefix, else 0) */
+  int split_len; /* positions per split, a multiple of DEC_TILE */
+  int split_base, ws_splits; /* workspace slot = (seq, head) * ws_splits + split_base + split */
+  float scale2;              /* scale * log2(e) */
+  float *ws_acc, *ws_ml;
+};
+
+template <int HD, typename T>
+__global__ void __launch_bounds__(DEC_THREADS) decode_split(DecArgs a) {
+  const int split = blockIdx.x, seq = blockIdx.z, tid = threadIdx.x;
+  const int gchunks = (a.group + DEC_GROUP - 1) / DEC_GROUP;
+  const int kvh = blockIdx.y / gchunks, g0 = (blockIdx.y % gchunks) * DEC_GROUP;
+  const int gn = min(DEC_GROUP, a.group - g0);
+  int ctx, row;
+  if (a.ctx_lens) {
+    ctx = a.ctx_lens[seq], row = seq;
+  } else {
+    if (a.n_new[seq] != 1) return; /* uniform over the block: not a decode sequence */
+    ctx = a.n_past[seq] + 1, row = a.row_start[seq];
+  }
+  const int start = a.kv_start + split * a.split_len, end = min(ctx, start + a.split_len);
+  __shared__ float q_s[DEC_GROUP][HD];
+  __shared__ __align__(16) float k_s[DEC_TILE][HD];
+  __shared__ __align__(16) float v_s[DEC_TILE][HD];
+  __shared__ float p_s[DEC_GROUP][DEC_TILE];
+  __shared__ float m_s[DEC_GROUP], l_s[DEC_GROUP], alpha_s[DEC_GROUP];
+  const int head0 = kvh * a.group + g0;
+  for (int e = tid; e < gn * HD; e += DEC_THREADS)
+    q_s[e / HD][e % HD] = a.q[((size_t)row * a.n_heads + head0 + e / HD) * HD + e % HD] * a.scale2;
+  if (tid < DEC_GROUP) m_s[tid] = -INFINITY, l_s[tid] = 0.0f;
+  constexpr int PER_THREAD = DEC_GROUP * HD / DEC_THREADS;
   float acc[PER_THREAD];
 #pragma unroll
   for (int k = 0; k < PER_THREAD; k++) acc[k] = 0.0f;
-  /* element offsets within a block of (layer, K|V, kvh, row 0) */
-  const size_t per_head = (size_t)block_tokens * HD;
-  const size_t k_off = (((size_t)layer * 2 + 0) * n_kv + kvh) * per_head;
-  const size_t v_off = (((size_t)layer * 2 + 1) * n_kv + kvh) * per_head;
-  const int32_t *table = tables + (size_t)seq * max_blocks;
+  const size_t per_head = ((size_t)1 << a.block_shift) * HD;
+  const size_t k_off = (((size_t)a.layer * 2 + 0) * a.n_kv + kvh) * per_head;
+  const size_t v_off = (((size_t)a.layer * 2 + 1) * a.n_kv + kvh) * per_head;
+  const int32_t *table = a.tables + (size_t)seq * a.max_blocks;
+  const int warp = tid / 32, lane = tid % 32;
   __syncthreads();
-  for (int t0 = start; t0 < end; t0 += TILE) {
-    /* 1. K and V tiles to shared memory, 8 halves (16 bytes) per load */
-    constexpr int CHUNKS = TILE * HD / 8;
-    for (int c = tid; c < 2 * CHUNKS; c += THREADS) {
-      int which = c / CHUNKS, cc = c % CHUNKS, t = cc / (HD / 8), d8 = cc % (HD / 8);
-      int tok = t0 + t;
-      uint4 val = make_uint4(0, 0, 0, 0);
-      if (tok < end) {
-        const uint8_t *blk = pool + (size_t)table[tok / block_tokens] * block_bytes;
-        const __half *src = (const __half *)blk + (which ? v_off : k_off) +
-                            (size_t)(tok % block_tokens) * HD + d8 * 8;
-        val = *(const uint4 *)src;
-      }
-      *(uint4 *)((which ? &v_s[t][0] : &k_s[t][0]) + d8 * 8) = val;
+  for (int t0 = start; t0 < end; t0 += DEC_TILE) {
+    /* 1. K and V tiles to shared memory as f32, 16 bytes per load; rows past end are zero */
+    constexpr int PER = Elem<T>::PER16, CPR = HD / PER, CHUNKS = DEC_TILE * CPR;
+    for (int c = tid; c < 2 * CHUNKS; c += DEC_THREADS) {
+      const int which = c / CHUNKS, cc = c % CHUNKS, t = cc / CPR, part = cc % CPR;
+      float f[PER];
+#pragma unroll
+      for (int j = 0; j < PER; j++) f[j] = 0.0f;
+      if (t0 + t < end)
+        load_kv16<T>(a.pool, a.block_bytes, table, a.block_shift, which ? v_off : k_off, HD, t0 + t,
+                     part * PER, f);
+      float *dst = (which ? &v_s[t][0] : &k_s[t][0]) + part * PER;
+#pragma unroll
+      for (int j = 0; j < PER; j += 4)
+        *(float4 *)(dst + j) = make_float4(f[j], f[j + 1], f[j + 2], f[j + 3]);
     }
     __syncthreads();
-    /* 2. scores: one warp per token, lanes across head_dim (conflict-free shared reads),
-     *    a shuffle reduction per (head, token) */
-    {
-      const int warp = tid / 32, lane = tid % 32;
-      for (int t = warp; t < TILE; t += THREADS / 32) {
-        const bool valid = t0 + t < end;
-        float2 kv[HD / 64];
+    /* 2. scores (log2 domain): one warp per token, lanes across head_dim */
+    for (int t = warp; t < DEC_TILE; t += DEC_THREADS / 32) {
+      const bool valid = t0 + t < end;
+      float2 kv[HD / 64];
+#pragma unroll
+      for (int j = 0; j < HD / 64; j++) kv[j] = *(const float2 *)&k_s[t][2 * lane + 64 * j];
+      for (int g = 0; g < gn; g++) {
+        float dot = 0.0f;
 #pragma unroll
         for (int j = 0; j < HD / 64; j++)
-          kv[j] = __half22float2(*(const __half2 *)&k_s[t][2 * lane + 64 * j]);
-        for (int g = 0; g < group; g++) {
-          float dot = 0.0f;
-#pragma unroll
-          for (int j = 0; j < HD / 64; j++)
-            dot += q_s[g][2 * lane + 64 * j] * kv[j].x + q_s[g][2 * lane + 64 * j + 1] * kv[j].y;
-          for (int o = 16; o; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-          if (lane == 0) p_s[g][t] = valid ? dot * scale : -INFINITY;
-        }
+          dot += q_s[g][2 * lane + 64 * j] * kv[j].x + q_s[g][2 * lane + 64 * j + 1] * kv[j].y;
+        for (int o = 16; o; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+        if (lane == 0) p_s[g][t] = valid ? dot : -INFINITY;
       }
     }
     __syncthreads();
-    /* 3. online softmax, one warp per head, TILE / 32 tokens per lane */
-    const int warp = tid / 32, lane = tid % 32;
-    for (int g = warp; g < group; g += THREADS / 32) {
-      float sv[TILE / 32], mx = -INFINITY;
+    /* 3. online softmax, one warp per head, DEC_TILE / 32 tokens per lane */
+    for (int g = warp; g < gn; g += DEC_THREADS / 32) {
+      float sv[DEC_TILE / 32], mx = -INFINITY;
 #pragma unroll
-      for (int j = 0; j < TILE / 32; j++) {
+      for (int j = 0; j < DEC_TILE / 32; j++) {
         sv[j] = p_s[g][lane + 32 * j];
         mx = fmaxf(mx, sv[j]);
       }
       for (int o = 16; o; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-      float m_old = m_s[g], m_new = fmaxf(m_old, mx), sum = 0.0f;
+      /* the tile holds at least one valid token (t0 < end), so m_new is finite */
+      const float m_old = m_s[g], m_new = fmaxf(m_old, mx);
+      float sum = 0.0f;
 #pragma unroll
-      for (int j = 0; j < TILE / 32; j++) {
-        float p = sv[j] == -INFINITY ? 0.0f : __expf(sv[j] - m_new);
+      for (int j = 0; j < DEC_TILE / 32; j++) {
+        float p = exp2f(sv[j] - m_new); /* -inf -> 0 */
         p_s[g][lane + 32 * j] = p;
         sum += p;
       }
       for (int o = 16; o; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
       __syncwarp();
       if (lane == 0) {
-        float alpha = m_old == -INFINITY ? 0.0f : __expf(m_old - m_new);
+        const float alpha = exp2f(m_old - m_new); /* m_old == -inf -> 0 */
         alpha_s[g] = alpha;
         l_s[g] = l_s[g] * alpha + sum;
         m_s[g] = m_new;
@@ -138,53 +304,913 @@ __global__ void __launch_bounds__(THREADS)
     /* 4. accumulate V */
 #pragma unroll
     for (int k = 0; k < PER_THREAD; k++) {
-      int e = tid + k * THREADS;
-      if (e < group * HD) {
-        int g = e / HD, d = e % HD;
-        float a = acc[k] * alpha_s[g];
+      const int e = tid + k * DEC_THREADS;
+      if (e < gn * HD) {
+        const int g = e / HD, d = e % HD;
+        float acc_k = acc[k] * alpha_s[g];
 #pragma unroll 8
-        for (int t = 0; t < TILE; t++) a += p_s[g][t] * __half2float(v_s[t][d]);
-        acc[k] = a;
+        for (int t = 0; t < DEC_TILE; t++) acc_k += p_s[g][t] * v_s[t][d];
+        acc[k] = acc_k;
       }
     }
     __syncthreads();
   }
-  /* partial result: ws[(seq, head, split)] = acc (HD), max, sum */
+  /* partial result; an empty split writes max -inf, sum 0, acc 0 (the merge skips it) */
 #pragma unroll
   for (int k = 0; k < PER_THREAD; k++) {
-    int e = tid + k * THREADS;
-    if (e < group * HD) {
-      int g = e / HD, d = e % HD;
-      size_t slot = ((size_t)seq * n_heads + (size_t)kvh * group + g) * n_splits + split;
-      ws[slot * (HD + 2) + d] = acc[k];
-      if (d == 0) {
-        ws[slot * (HD + 2) + HD] = m_s[g];
-        ws[slot * (HD + 2) + HD + 1] = l_s[g];
-      }
+    const int e = tid + k * DEC_THREADS;
+    if (e < gn * HD) {
+      const int g = e / HD, d = e % HD;
+      const size_t slot =
+          ((size_t)seq * a.n_heads + head0 + g) * a.ws_splits + a.split_base + split;
+      a.ws_acc[slot * HD + d] = acc[k];
+      if (d == 0) a.ws_ml[2 * slot] = m_s[g], a.ws_ml[2 * slot + 1] = l_s[g];
     }
   }
 }
 
-template <int HD>
-__global__ void merge_splits(const float *__restrict__ ws, int n_splits, float *__restrict__ out) {
-  const int head = blockIdx.x, seq = blockIdx.y, n_heads = gridDim.x, d = threadIdx.x;
-  const float *base = ws + ((size_t)seq * n_heads + head) * n_splits * (HD + 2);
-  float M = -INFINITY;
-  for (int s = 0; s < n_splits; s++) M = fmaxf(M, base[s * (HD + 2) + HD]);
-  float L = 0.0f, a = 0.0f;
-  for (int s = 0; s < n_splits; s++) {
-    float m = base[s * (HD + 2) + HD];
-    if (m == -INFINITY) continue;
-    float w = __expf(m - M);
-    L += base[s * (HD + 2) + HD + 1] * w;
-    a += base[s * (HD + 2) + d] * w;
+/* Merges the ws_splits partials of each (sequence, head) of the decode rows. Grid (n_heads,
+ * n_seqs), HD threads. */
+struct MergeSeqArgs {
+  int n_heads, ws_splits;
+  const int32_t *ctx_lens, *n_new, *row_start;
+  const float *ws_acc, *ws_ml;
+  float *out;
+};
+
+template <int HD> __global__ void merge_seq(MergeSeqArgs a) {
+  const int head = blockIdx.x, seq = blockIdx.y, d = threadIdx.x;
+  int row;
+  if (a.ctx_lens) {
+    row = seq;
+  } else {
+    if (a.n_new[seq] != 1) return;
+    row = a.row_start[seq];
   }
-  out[((size_t)seq * n_heads + head) * HD + d] = a / L;
+  const size_t slot0 = ((size_t)seq * a.n_heads + head) * a.ws_splits;
+  float M = -INFINITY;
+  for (int s = 0; s < a.ws_splits; s++) M = fmaxf(M, a.ws_ml[2 * (slot0 + s)]);
+  float L = 0.0f, acc = 0.0f;
+  for (int s = 0; s < a.ws_splits; s++) {
+    const float m = a.ws_ml[2 * (slot0 + s)];
+    if (m == -INFINITY) continue;
+    const float w = exp2f(m - M);
+    L += a.ws_ml[2 * (slot0 + s) + 1] * w;
+    acc += a.ws_acc[(slot0 + s) * HD + d] * w;
+  }
+  a.out[((size_t)row * a.n_heads + head) * HD + d] = acc / L;
 }
+
+/* ---- tile_attn: prefill and the cascade's shared prefix ------------------------------------ */
+
+struct TileArgs {
+  const uint8_t *pool;
+  size_t block_bytes;
+  int block_shift, n_kv, layer, group, n_heads, max_blocks, n_seqs;
+  const float *q;
+  float *out;
+  const int32_t *tables, *n_past, *n_new, *row_start;
+  int kv_end;    /* cascade: end of the shared prefix */
+  int split_len; /* KV positions per grid.z split, a multiple of TB_N */
+  int direct;    /* prefill with one split: normalized rows go straight to out */
+  int split_base, ws_splits;
+  float scale2;
+  float *ws_acc, *ws_ml;
+};
+
+template <int HD> constexpr size_t tile_smem_bytes() {
+  return ((size_t)(TB_M + 2 * TB_N) * (HD + 4) + (size_t)TB_M * (TB_N + 4)) * sizeof(float);
+}
+
+/* Pair p of the tile's pair space -> query row, head within the group, the last visible
+ * position (-1: not a pair to compute) and the workspace index (row, or seq for the cascade). */
+template <int MODE>
+__device__ __forceinline__ void pair_info(const TileArgs &a, int seq, int p, int n_pairs, int *row,
+                                          int *g, int *limit, int *ws_index) {
+  if (p >= n_pairs) {
+    *row = 0, *g = 0, *limit = -1, *ws_index = 0;
+    return;
+  }
+  if (MODE == MODE_PREFILL) {
+    const int i = p / a.group;
+    *g = p % a.group, *row = a.row_start[seq] + i, *limit = a.n_past[seq] + i, *ws_index = *row;
+  } else {
+    const int s = p / a.group;
+    *g = p % a.group, *ws_index = s;
+    if (a.n_new[s] == 1)
+      *row = a.row_start[s], *limit = INT_MAX;
+    else
+      *row = 0, *limit = -1;
+  }
+}
+
+/* What a tile block works on: its pairs p0 .. p0 + TB_M - 1 (those < n_pairs exist), the block
+ * table they read, the KV range [lo, hi). */
+struct TileCtx {
+  int seq, p0, n_pairs, lo, hi;
+  const int32_t *table;
+};
+
+/* Finds the block's tile and KV range. Every thread of the block calls it (it holds a barrier in
+ * prefill mode); it returns false, the same for every thread, when the block has nothing to do. */
+template <int MODE>
+__device__ __forceinline__ bool tile_setup(const TileArgs &a, int *sh_seq, int *sh_p0, TileCtx *c) {
+  const int tid = threadIdx.x, split = blockIdx.z, G = a.group;
+  if (MODE == MODE_PREFILL) {
+    /* tile blockIdx.x of the sequences with n_new > 1, ceil(n_new * G / TB_M) tiles each: warp 0
+     * scans the sequences 32 at a time */
+    if (tid < 32) {
+      const int t = blockIdx.x;
+      int base = 0, found = -1, fp0 = 0;
+      for (int s0 = 0; s0 < a.n_seqs; s0 += 32) {
+        const int s = s0 + tid;
+        int cnt = 0;
+        if (s < a.n_seqs) {
+          const int nn = a.n_new[s];
+          cnt = nn > 1 ? (nn * G + TB_M - 1) / TB_M : 0;
+        }
+        int incl = cnt;
+        for (int o = 1; o < 32; o <<= 1) {
+          const int y = __shfl_up_sync(0xffffffffu, incl, o);
+          if (tid >= o) incl += y;
+        }
+        const int excl = incl - cnt;
+        const unsigned hit =
+            __ballot_sync(0xffffffffu, cnt > 0 && t >= base + excl && t < base + incl);
+        if (hit) { /* uniform over the warp */
+          const int src = __ffs(hit) - 1;
+          found = s0 + src;
+          fp0 = (t - base - __shfl_sync(0xffffffffu, excl, src)) * TB_M;
+          break;
+        }
+        base += __shfl_sync(0xffffffffu, incl, 31);
+      }
+      if (tid == 0) *sh_seq = found, *sh_p0 = fp0;
+    }
+    __syncthreads();
+    c->seq = *sh_seq;
+    if (c->seq < 0) return false; /* a spare block of the upper-bound grid */
+    c->p0 = *sh_p0;
+    c->n_pairs = a.n_new[c->seq] * G;
+    c->table = a.tables + (size_t)c->seq * a.max_blocks;
+    const int i_last = (min(c->p0 + TB_M, c->n_pairs) - 1) / G;
+    c->lo = split * a.split_len;
+    c->hi = min(c->lo + a.split_len, a.n_past[c->seq] + i_last + 1);
+    return c->lo < c->hi; /* false: no row of the tile sees this split (never with 1 split) */
+  }
+  c->seq = -1;
+  c->p0 = blockIdx.x * TB_M;
+  c->n_pairs = a.n_seqs * G;
+  c->table = a.tables; /* the shared blocks are the same in every table */
+  c->lo = split * a.split_len;
+  c->hi = min(c->lo + a.split_len, a.kv_end); /* may be empty: the partials still get written */
+  return true;
+}
+
+/* Q tile (TB_M pairs x HD, pre-scaled) to shared memory with row stride LD; pairs that are not
+ * computed get zeros. */
+template <int HD, int MODE, int NTHREADS>
+__device__ __forceinline__ void load_q_tile(const TileArgs &a, const TileCtx &c, float *Qs,
+                                            int LD) {
+  const int kvh = blockIdx.y;
+  for (int e = threadIdx.x; e < TB_M * (HD / 4); e += NTHREADS) {
+    const int r = e / (HD / 4), c4 = e % (HD / 4);
+    int row, g, limit, wsi;
+    pair_info<MODE>(a, c.seq, c.p0 + r, c.n_pairs, &row, &g, &limit, &wsi);
+    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (limit >= 0) {
+      v = *(const float4 *)(a.q + ((size_t)row * a.n_heads + (size_t)kvh * a.group + g) * HD +
+                            c4 * 4);
+      v.x *= a.scale2, v.y *= a.scale2, v.z *= a.scale2, v.w *= a.scale2;
+    }
+    *(float4 *)&Qs[r * LD + c4 * 4] = v;
+  }
+}
+
+/* K and V rows kv0 .. kv0 + TB_N - 1 to shared memory as f32 (strides LDK, LDV); rows at or past
+ * hi are zeros (a zero V row times a zero weight must not make NaN from stale memory). */
+template <int HD, typename T, int NTHREADS>
+__device__ __forceinline__ void load_kv_tile(const TileArgs &a, const TileCtx &c, int kv0,
+                                             float *Ks, int LDK, float *Vs, int LDV) {
+  const int kvh = blockIdx.y;
+  const size_t per_head = ((size_t)1 << a.block_shift) * HD;
+  const size_t k_off = (((size_t)a.layer * 2 + 0) * a.n_kv + kvh) * per_head;
+  const size_t v_off = (((size_t)a.layer * 2 + 1) * a.n_kv + kvh) * per_head;
+  constexpr int PER = Elem<T>::PER16, CPR = HD / PER, CHUNKS = TB_N * CPR;
+  for (int e = threadIdx.x; e < 2 * CHUNKS; e += NTHREADS) {
+    const int which = e / CHUNKS, cc = e % CHUNKS, t = cc / CPR, part = cc % CPR;
+    float f[PER];
+#pragma unroll
+    for (int j = 0; j < PER; j++) f[j] = 0.0f;
+    if (kv0 + t < c.hi)
+      load_kv16<T>(a.pool, a.block_bytes, c.table, a.block_shift, which ? v_off : k_off, HD,
+                   kv0 + t, part * PER, f);
+    float *dst = which ? Vs + t * LDV + part * PER : Ks + t * LDK + part * PER;
+#pragma unroll
+    for (int j = 0; j < PER; j += 4)
+      *(float4 *)(dst + j) = make_float4(f[j], f[j + 1], f[j + 2], f[j + 3]);
+  }
+}
+
+template <int HD, typename T, int MODE>
+__global__ void __launch_bounds__(TB_THREADS) tile_attn(TileArgs a) {
+  extern __shared__ __align__(16) float smem[];
+  constexpr int LD = HD + 4, LDP = TB_N + 4, NK = HD / 64;
+  float *Qs = smem, *Ks = Qs + TB_M * LD, *Vs = Ks + TB_N * LD, *Ps = Vs + TB_N * LD;
+  __shared__ int sh_seq, sh_p0;
+  const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
+  const int kvh = blockIdx.y, split = blockIdx.z, G = a.group;
+  TileCtx c;
+  if (!tile_setup<MODE>(a, &sh_seq, &sh_p0, &c)) return; /* uniform over the block */
+  const int seq = c.seq, p0 = c.p0, n_pairs = c.n_pairs, lo = c.lo, hi = c.hi;
+  load_q_tile<HD, MODE, TB_THREADS>(a, c, Qs, LD);
+  int lim[4];
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    int row, g, wsi;
+    pair_info<MODE>(a, seq, p0 + ty + 16 * i, n_pairs, &row, &g, &lim[i], &wsi);
+  }
+  float o[4][4 * NK], m[4], l[4];
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    m[i] = -INFINITY, l[i] = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 4 * NK; k++) o[i][k] = 0.0f;
+  }
+  for (int kv0 = lo; kv0 < hi; kv0 += TB_N) {
+    __syncthreads(); /* the previous tile's readers of Ks, Vs, Ps are done; Qs is visible */
+    load_kv_tile<HD, T, TB_THREADS>(a, c, kv0, Ks, LD, Vs, LD);
+    __syncthreads();
+    /* S = Q K^T: rows ty + 16 i, columns tx + 16 j */
+    float s[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+      for (int j = 0; j < 4; j++) s[i][j] = 0.0f;
+#pragma unroll 4
+    for (int d = 0; d < HD; d += 4) {
+      float4 qv[4], kv[4];
+#pragma unroll
+      for (int i = 0; i < 4; i++) qv[i] = *(const float4 *)&Qs[(ty + 16 * i) * LD + d];
+#pragma unroll
+      for (int j = 0; j < 4; j++) kv[j] = *(const float4 *)&Ks[(tx + 16 * j) * LD + d];
+#pragma unroll
+      for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+          s[i][j] = fmaf(qv[i].x, kv[j].x, s[i][j]);
+          s[i][j] = fmaf(qv[i].y, kv[j].y, s[i][j]);
+          s[i][j] = fmaf(qv[i].z, kv[j].z, s[i][j]);
+          s[i][j] = fmaf(qv[i].w, kv[j].w, s[i][j]);
+        }
+    }
+    /* mask, online softmax; the 16 lanes tx = 0..15 of a half-warp share rows ty + 16 i */
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        const int pos = kv0 + tx + 16 * j;
+        if (pos >= hi || pos > lim[i]) s[i][j] = -INFINITY;
+        mx = fmaxf(mx, s[i][j]);
+      }
+#pragma unroll
+      for (int off = 8; off; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+      const float m_new = fmaxf(m[i], mx);
+      const float m_use = m_new == -INFINITY ? 0.0f : m_new; /* a row that sees nothing yet */
+      const float alpha = exp2f(m[i] - m_use);
+      float sum = 0.0f;
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        const float p = exp2f(s[i][j] - m_use);
+        Ps[(ty + 16 * i) * LDP + tx + 16 * j] = p;
+        sum += p;
+      }
+#pragma unroll
+      for (int off = 8; off; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+      l[i] = l[i] * alpha + sum;
+      m[i] = m_new;
+#pragma unroll
+      for (int k = 0; k < 4 * NK; k++) o[i][k] *= alpha;
+    }
+    /* P rows ty + 16 i were written by the 16 lanes tx = 0..15 of this thread's own warp (tid =
+     * ty * 16 + tx), and V is in place since the barrier after the load: a warp barrier is enough */
+    __syncwarp();
+    /* O += P V: rows ty + 16 i, dims tx * 4 + 64 k .. + 3 */
+#pragma unroll 2
+    for (int c = 0; c < TB_N; c += 4) {
+      float4 pv[4];
+#pragma unroll
+      for (int i = 0; i < 4; i++) pv[i] = *(const float4 *)&Ps[(ty + 16 * i) * LDP + c];
+#pragma unroll
+      for (int cc = 0; cc < 4; cc++) {
+#pragma unroll
+        for (int k = 0; k < NK; k++) {
+          const float4 vv = *(const float4 *)&Vs[(c + cc) * LD + tx * 4 + 64 * k];
+#pragma unroll
+          for (int i = 0; i < 4; i++) {
+            const float p = cc == 0 ? pv[i].x : cc == 1 ? pv[i].y : cc == 2 ? pv[i].z : pv[i].w;
+            o[i][4 * k + 0] = fmaf(p, vv.x, o[i][4 * k + 0]);
+            o[i][4 * k + 1] = fmaf(p, vv.y, o[i][4 * k + 1]);
+            o[i][4 * k + 2] = fmaf(p, vv.z, o[i][4 * k + 2]);
+            o[i][4 * k + 3] = fmaf(p, vv.w, o[i][4 * k + 3]);
+          }
+        }
+      }
+    }
+  }
+  /* results */
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    int row, g, limit, wsi;
+    pair_info<MODE>(a, seq, p0 + ty + 16 * i, n_pairs, &row, &g, &limit, &wsi);
+    if (limit < 0) continue;
+    const int head = kvh * G + g;
+    if (a.direct) {
+      const float inv = 1.0f / l[i];
+      float *dst = a.out + ((size_t)row * a.n_heads + head) * HD + tx * 4;
+#pragma unroll
+      for (int k = 0; k < NK; k++)
+        *(float4 *)(dst + 64 * k) = make_float4(o[i][4 * k] * inv, o[i][4 * k + 1] * inv,
+                                                o[i][4 * k + 2] * inv, o[i][4 * k + 3] * inv);
+    } else {
+      const size_t slot = ((size_t)wsi * a.n_heads + head) * a.ws_splits + a.split_base + split;
+      float *dst = a.ws_acc + slot * HD + tx * 4;
+#pragma unroll
+      for (int k = 0; k < NK; k++)
+        *(float4 *)(dst + 64 * k) =
+            make_float4(o[i][4 * k], o[i][4 * k + 1], o[i][4 * k + 2], o[i][4 * k + 3]);
+      if (tx == 0) a.ws_ml[2 * slot] = m[i], a.ws_ml[2 * slot + 1] = l[i];
+    }
+  }
+}
+
+/* ---- tile_mma: tile_attn on tensor cores -------------------------------------------------- */
+
+/* x = hi + lo with hi and lo tf32 values (19-bit floats: the low 13 bits of the f32 pattern zero):
+ * hi rounds x to nearest (ties away from zero) by integer add-and-mask, lo is x - hi (exact in
+ * f32) rounded the same way. hi * y + lo * y carries x * y to ~2^-21 of it. An f16 or bf16 value
+ * is a tf32 value already (11 and 8 significant bits): its lo is 0. */
+__device__ __forceinline__ void tf32_split(float x, uint32_t *hi, uint32_t *lo) {
+  const uint32_t h = (__float_as_uint(x) + 0x1000u) & 0xffffe000u;
+  *hi = h;
+  *lo = (__float_as_uint(x - __uint_as_float(h)) + 0x1000u) & 0xffffe000u;
+}
+__device__ __forceinline__ uint32_t tf32_round(float x) {
+  return (__float_as_uint(x) + 0x1000u) & 0xffffe000u;
+}
+
+/* c (16 x 8 f32) += a (16 x 8 tf32) * b (8 x 8 tf32), one warp. Fragments as in the PTX ISA,
+ * "Matrix Fragments for mma.m16n8k8" (g = lane / 4, t = lane % 4):
+ *   a0 (g, t)  a1 (g + 8, t)  a2 (g, t + 4)  a3 (g + 8, t + 4)      [row, k]
+ *   b0 (t, g)  b1 (t + 4, g)                                        [k, col]
+ *   c0 (g, 2t) c1 (g, 2t + 1) c2 (g + 8, 2t) c3 (g + 8, 2t + 1)     [row, col] */
+__device__ __forceinline__ void mma_tf32(float *c, const uint32_t *a, const uint32_t *b) {
+  asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+               "{%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+template <int HD> constexpr size_t mma_smem_bytes() {
+  /* Q, K: stride HD + 4; V: HD + 8; P: 4 warps x 16 rows, stride TB_N + 4 */
+  return ((size_t)TB_M * (HD + 4) + (size_t)TB_N * (HD + 4) + (size_t)TB_N * (HD + 8) +
+          (size_t)TB_M * (TB_N + 4)) *
+         sizeof(float);
+}
+
+/* The same work as tile_attn (same grid, tiles, ranges and outputs), 128 threads: warp w owns the
+ * 16 pairs 16 w .. 16 w + 15 of the tile. Per KV tile each warp computes S (16 x 64) with
+ * m16n8k8 tf32 mma from shared Q and K (strides chosen so the fragment reads are conflict-free:
+ * Q, K rows HD + 4 floats apart, V rows HD + 8), runs the online softmax on its fragments (a row's
+ * 64 scores sit in the 4 lanes of one group: shuffles xor 1, 2), writes P to its own slice of
+ * shared memory (the accumulator layout is not the A layout) and adds P V into its O fragments.
+ * Operands that are not exact tf32 values are split in two (tf32_split): Q and P always, K and V
+ * for f32 pools (then 3 mma per product instead of 2). */
+template <int HD, typename T, int MODE>
+__global__ void __launch_bounds__(MMA_THREADS) tile_mma(TileArgs a) {
+  extern __shared__ __align__(16) float smem[];
+  constexpr int LDQ = HD + 4, LDK = HD + 4, LDV = HD + 8, LDP = TB_N + 4;
+  constexpr int NT = TB_N / 8, ND = HD / 8;
+  constexpr bool SPLIT_KV = sizeof(T) == 4; /* f32 pool: K and V are not tf32 values */
+  float *Qs = smem, *Ks = Qs + TB_M * LDQ, *Vs = Ks + TB_N * LDK, *Ps = Vs + TB_N * LDV;
+  __shared__ int sh_seq, sh_p0;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane >> 2, t = lane & 3;
+  const int kvh = blockIdx.y, split = blockIdx.z;
+  TileCtx c;
+  if (!tile_setup<MODE>(a, &sh_seq, &sh_p0, &c)) return; /* uniform over the block */
+  load_q_tile<HD, MODE, MMA_THREADS>(a, c, Qs, LDQ);
+  /* this lane's rows of the tile: r = 16 warp + g + 8 h, h = 0, 1 */
+  int lim[2];
+#pragma unroll
+  for (int h = 0; h < 2; h++) {
+    int row, gg, wsi;
+    pair_info<MODE>(a, c.seq, c.p0 + 16 * warp + g + 8 * h, c.n_pairs, &row, &gg, &lim[h], &wsi);
+  }
+  float o[ND][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+#pragma unroll
+  for (int nd = 0; nd < ND; nd++) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.0f;
+  const float *Qw = Qs + 16 * warp * LDQ;
+  float *Pw = Ps + 16 * warp * LDP;
+  for (int kv0 = c.lo; kv0 < c.hi; kv0 += TB_N) {
+    __syncthreads(); /* every warp is done with the previous Ks, Vs; Qs is visible */
+    load_kv_tile<HD, T, MMA_THREADS>(a, c, kv0, Ks, LDK, Vs, LDV);
+    __syncthreads();
+    /* S = Q K^T: n-tile j holds positions kv0 + 8 j .. + 7 */
+    float s[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll 2
+    for (int kk = 0; kk < HD / 8; kk++) {
+      uint32_t ah[4], al[4];
+      tf32_split(Qw[g * LDQ + 8 * kk + t], &ah[0], &al[0]);
+      tf32_split(Qw[(g + 8) * LDQ + 8 * kk + t], &ah[1], &al[1]);
+      tf32_split(Qw[g * LDQ + 8 * kk + t + 4], &ah[2], &al[2]);
+      tf32_split(Qw[(g + 8) * LDQ + 8 * kk + t + 4], &ah[3], &al[3]);
+#pragma unroll
+      for (int j = 0; j < NT; j++) {
+        const float k0 = Ks[(8 * j + g) * LDK + 8 * kk + t];
+        const float k1 = Ks[(8 * j + g) * LDK + 8 * kk + t + 4];
+        uint32_t bh[2], bl[2];
+        if (SPLIT_KV) {
+          tf32_split(k0, &bh[0], &bl[0]);
+          tf32_split(k1, &bh[1], &bl[1]);
+        } else {
+          bh[0] = __float_as_uint(k0), bh[1] = __float_as_uint(k1);
+        }
+        mma_tf32(s[j], ah, bh);
+        mma_tf32(s[j], al, bh);
+        if (SPLIT_KV) mma_tf32(s[j], ah, bl);
+      }
+    }
+    /* mask, online softmax of rows g (h = 0: s[j][0..1]) and g + 8 (h = 1: s[j][2..3]) */
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int j = 0; j < NT; j++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+          const int pos = kv0 + 8 * j + 2 * t + e;
+          if (pos >= c.hi || pos > lim[h]) s[j][2 * h + e] = -INFINITY;
+          mx = fmaxf(mx, s[j][2 * h + e]);
+        }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m[h], mx);
+      const float m_use = m_new == -INFINITY ? 0.0f : m_new; /* a row that sees nothing yet */
+      const float alpha = exp2f(m[h] - m_use);
+      float sum = 0.0f;
+#pragma unroll
+      for (int j = 0; j < NT; j++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+          const float p = exp2f(s[j][2 * h + e] - m_use);
+          s[j][2 * h + e] = p;
+          sum += p;
+        }
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      l[h] = l[h] * alpha + sum;
+      m[h] = m_new;
+#pragma unroll
+      for (int nd = 0; nd < ND; nd++) o[nd][2 * h] *= alpha, o[nd][2 * h + 1] *= alpha;
+    }
+    /* P to this warp's slice of shared memory, then O += P V */
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+      *(float2 *)&Pw[g * LDP + 8 * j + 2 * t] = make_float2(s[j][0], s[j][1]);
+      *(float2 *)&Pw[(g + 8) * LDP + 8 * j + 2 * t] = make_float2(s[j][2], s[j][3]);
+    }
+    __syncwarp();
+#pragma unroll 2
+    for (int kc = 0; kc < NT; kc++) {
+      uint32_t ah[4], al[4];
+      tf32_split(Pw[g * LDP + 8 * kc + t], &ah[0], &al[0]);
+      tf32_split(Pw[(g + 8) * LDP + 8 * kc + t], &ah[1], &al[1]);
+      tf32_split(Pw[g * LDP + 8 * kc + t + 4], &ah[2], &al[2]);
+      tf32_split(Pw[(g + 8) * LDP + 8 * kc + t + 4], &ah[3], &al[3]);
+#pragma unroll
+      for (int nd = 0; nd < ND; nd++) {
+        const float v0 = Vs[(8 * kc + t) * LDV + 8 * nd + g];
+        const float v1 = Vs[(8 * kc + t + 4) * LDV + 8 * nd + g];
+        uint32_t bh[2], bl[2];
+        if (SPLIT_KV) {
+          tf32_split(v0, &bh[0], &bl[0]);
+          tf32_split(v1, &bh[1], &bl[1]);
+        } else {
+          bh[0] = __float_as_uint(v0), bh[1] = __float_as_uint(v1);
+        }
+        mma_tf32(o[nd], ah, bh);
+        mma_tf32(o[nd], al, bh);
+        if (SPLIT_KV) mma_tf32(o[nd], ah, bl);
+      }
+    }
+    __syncwarp(); /* the P slice is read before the next tile rewrites it */
+  }
+  /* results: rows g + 8 h, dims 8 nd + 2 t, + 1 */
+#pragma unroll
+  for (int h = 0; h < 2; h++) {
+    int row, gg, limit, wsi;
+    pair_info<MODE>(a, c.seq, c.p0 + 16 * warp + g + 8 * h, c.n_pairs, &row, &gg, &limit, &wsi);
+    if (limit < 0) continue;
+    const int head = kvh * a.group + gg;
+    if (a.direct) {
+      const float inv = 1.0f / l[h];
+      float *dst = a.out + ((size_t)row * a.n_heads + head) * HD + 2 * t;
+#pragma unroll
+      for (int nd = 0; nd < ND; nd++)
+        *(float2 *)(dst + 8 * nd) = make_float2(o[nd][2 * h] * inv, o[nd][2 * h + 1] * inv);
+    } else {
+      const size_t slot = ((size_t)wsi * a.n_heads + head) * a.ws_splits + a.split_base + split;
+      float *dst = a.ws_acc + slot * HD + 2 * t;
+#pragma unroll
+      for (int nd = 0; nd < ND; nd++)
+        *(float2 *)(dst + 8 * nd) = make_float2(o[nd][2 * h], o[nd][2 * h + 1]);
+      if (t == 0) a.ws_ml[2 * slot] = m[h], a.ws_ml[2 * slot + 1] = l[h];
+    }
+  }
+}
+
+/* Merges the prefill splits of each (row, head) of the sequences with n_new > 1. Grid (n_rows,
+ * n_heads), HD threads. A row reads only the splits that start at or before its last visible
+ * position: exactly those whose tile_attn block ran. */
+struct MergeRowArgs {
+  int n_heads, n_splits, split_len;
+  const int32_t *n_past, *n_new, *row_start, *row_seq;
+  const float *ws_acc, *ws_ml;
+  float *out;
+};
+
+template <int HD> __global__ void merge_rows(MergeRowArgs a) {
+  const int r = blockIdx.x, head = blockIdx.y, d = threadIdx.x;
+  const int s = a.row_seq[r];
+  if (a.n_new[s] <= 1) return;
+  const int limit = a.n_past[s] + (r - a.row_start[s]);
+  const int nv = min(a.n_splits, limit / a.split_len + 1);
+  const size_t slot0 = ((size_t)r * a.n_heads + head) * a.n_splits;
+  float M = -INFINITY;
+  for (int sp = 0; sp < nv; sp++) M = fmaxf(M, a.ws_ml[2 * (slot0 + sp)]);
+  float L = 0.0f, acc = 0.0f;
+  for (int sp = 0; sp < nv; sp++) {
+    const float m = a.ws_ml[2 * (slot0 + sp)];
+    if (m == -INFINITY) continue;
+    const float w = exp2f(m - M);
+    L += a.ws_ml[2 * (slot0 + sp) + 1] * w;
+    acc += a.ws_acc[(slot0 + sp) * HD + d] * w;
+  }
+  a.out[((size_t)r * a.n_heads + head) * HD + d] = acc / L;
+}
+
+/* ---- kv_store ---------------------------------------------------------------------------------- */
+
+struct StoreArgs {
+  uint8_t *pool;
+  size_t block_bytes;
+  int block_shift, n_kv, hd, layer, max_blocks;
+  const int32_t *tables, *n_past, *row_start, *row_seq;
+  const float *k, *v;
+};
+
+template <typename T> __global__ void kv_store(StoreArgs a) {
+  const int r = blockIdx.x;
+  const int s = a.row_seq[r];
+  const int pos = a.n_past[s] + (r - a.row_start[s]);
+  if (pos < 0 || (pos >> a.block_shift) >= a.max_blocks) return; /* refused on the host */
+  uint8_t *blk =
+      a.pool + (size_t)a.tables[(size_t)s * a.max_blocks + (pos >> a.block_shift)] * a.block_bytes;
+  const int tok = pos & ((1 << a.block_shift) - 1), per = a.n_kv * a.hd;
+  const size_t per_head = ((size_t)1 << a.block_shift) * a.hd;
+  for (int e = threadIdx.x; e < 2 * per; e += blockDim.x) {
+    const int which = e / per, rem = e % per, h = rem / a.hd, d = rem % a.hd;
+    const float x = (which ? a.v : a.k)[(size_t)r * per + rem];
+    const size_t off =
+        (((size_t)a.layer * 2 + which) * a.n_kv + h) * per_head + (size_t)tok * a.hd + d;
+    Elem<T>::store(blk, off, x);
+  }
+}
+
+/* ---- host side ------------------------------------------------------------------------------- */
 
 static int cuda_fail(cudaError_t e, char *err, size_t errlen, const char *what) {
   if (err && errlen) snprintf(err, errlen, "cuda: %s: %s", what, cudaGetErrorString(e));
   return e == cudaErrorMemoryAllocation ? PD_ENOMEM : PD_EDEVICE;
+}
+
+static int bad(char *err, size_t errlen, const char *why) {
+  if (err && errlen) snprintf(err, errlen, "cuda attention: %s", why);
+  return PD_EINVAL;
+}
+
+static int log2_exact(int v) {
+  if (v <= 0 || (v & (v - 1))) return -1;
+  int s = 0;
+  while ((1 << s) < v) s++;
+  return s;
+}
+
+static int64_t cdiv(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+static size_t align256(size_t v) {
+  return (v + 255) & ~(size_t)255;
+}
+
+/* How a batch is cut: decided on the host from the scalar bounds alone, so that
+ * pd_cuda_attn_batch_workspace_bytes and pd_cuda_attn agree. */
+struct Plan {
+  int group, gchunks, shared_pos;
+  bool run_decode, run_prefill, cascade;
+  int dec_splits, dec_len; /* decode_split over [shared_pos, max_ctx) */
+  int casc_tiles, casc_splits, casc_len;
+  int dec_total; /* workspace splits per (seq, head): casc_splits + dec_splits */
+  int pf_tiles, pf_splits, pf_len;
+  size_t dec_acc, dec_ml, pf_acc, pf_ml, bytes; /* byte offsets into the workspace, total */
+};
+
+static void plan_decode(int64_t n_seqs, int n_kv, int gchunks, int64_t rest, int *n, int *len) {
+  int64_t want = cdiv(rest, DEC_MIN_SPLIT);
+  int64_t cap = DEC_MAX_GRID / (n_seqs * n_kv * gchunks);
+  if (cap < 1) cap = 1;
+  int64_t ns = want < cap ? want : cap;
+  if (ns < 1) ns = 1;
+  int64_t ln = cdiv(cdiv(rest, ns), DEC_TILE) * DEC_TILE;
+  *len = (int)ln;
+  *n = (int)cdiv(rest, ln);
+}
+
+static void plan_tiles(int64_t blocks, int64_t range, int min_split, int *n, int *len) {
+  int64_t ns = cdiv(TB_TARGET, blocks > 0 ? blocks : 1);
+  int64_t most = cdiv(range, min_split);
+  if (ns > most) ns = most;
+  if (ns < 1) ns = 1;
+  int64_t ln = cdiv(cdiv(range, ns), TB_N) * TB_N;
+  *len = (int)ln;
+  *n = (int)cdiv(range, ln);
+}
+
+static Plan make_plan(const pd_kv_layout *L, int n_heads, const pd_cuda_batch *b) {
+  Plan p = {};
+  const int n_kv = L->n_kv_heads, hd = L->head_dim;
+  p.group = n_heads / n_kv;
+  p.gchunks = (p.group + DEC_GROUP - 1) / DEC_GROUP;
+  const int64_t n_seqs = b->n_seqs, n_rows = b->n_rows;
+  if (b->max_new == 1) {
+    p.run_decode = true;
+    p.cascade = b->shared_blocks > 0;
+    p.shared_pos = p.cascade ? b->shared_blocks * L->block_tokens : 0;
+  } else {
+    p.run_prefill = true;
+    /* decode sequences in a mixed batch go to decode_split, unless there can be none */
+    p.run_decode = n_seqs > 1 && n_rows != n_seqs * b->max_new;
+  }
+  if (p.run_decode) {
+    plan_decode(n_seqs, n_kv, p.gchunks, (int64_t)b->max_ctx - p.shared_pos, &p.dec_splits,
+                &p.dec_len);
+    if (p.cascade) {
+      p.casc_tiles = (int)cdiv(n_seqs * p.group, TB_M);
+      plan_tiles((int64_t)p.casc_tiles * n_kv, p.shared_pos, CASC_MIN_SPLIT, &p.casc_splits,
+                 &p.casc_len);
+    }
+    p.dec_total = p.casc_splits + p.dec_splits;
+  }
+  if (p.run_prefill) {
+    int64_t a = n_seqs * cdiv((int64_t)b->max_new * p.group, TB_M);
+    int64_t c = cdiv(n_rows * p.group, TB_M) + n_seqs;
+    p.pf_tiles = (int)(a < c ? a : c);
+    plan_tiles((int64_t)p.pf_tiles * n_kv, b->max_ctx, TB_MIN_SPLIT, &p.pf_splits, &p.pf_len);
+  }
+  size_t off = 0;
+  if (p.run_decode) {
+    size_t slots = (size_t)n_seqs * (size_t)n_heads * (size_t)p.dec_total;
+    p.dec_acc = off, off = align256(off + slots * hd * sizeof(float));
+    p.dec_ml = off, off = align256(off + slots * 2 * sizeof(float));
+  }
+  if (p.run_prefill && p.pf_splits > 1) {
+    size_t slots = (size_t)n_rows * (size_t)n_heads * (size_t)p.pf_splits;
+    p.pf_acc = off, off = align256(off + slots * hd * sizeof(float));
+    p.pf_ml = off, off = align256(off + slots * 2 * sizeof(float));
+  }
+  p.bytes = off;
+  return p;
+}
+
+/* Checks what the kernels rely on; 0 or PD_EINVAL with the reason in err. */
+static int check_layout(const pd_kv_layout *L, int layer, int n_heads, char *err, size_t errlen) {
+  if (L->dtype != PD_DTYPE_F32 && L->dtype != PD_DTYPE_F16 && L->dtype != PD_DTYPE_BF16)
+    return bad(err, errlen, "unsupported KV dtype (f32, f16, bf16)");
+  if (L->head_dim != 64 && L->head_dim != 128)
+    return bad(err, errlen, "unsupported head_dim (64 or 128)");
+  if (L->n_kv_heads <= 0 || n_heads <= 0 || n_heads % L->n_kv_heads)
+    return bad(err, errlen, "n_heads must be a positive multiple of n_kv_heads");
+  if (log2_exact(L->block_tokens) < 0) return bad(err, errlen, "block_tokens not a power of two");
+  if (layer < 0 || layer >= L->n_layers) return bad(err, errlen, "layer out of range");
+  return PD_OK;
+}
+
+static int check_batch(const pd_kv_layout *L, const pd_cuda_batch *b, char *err, size_t errlen) {
+  if (b->n_seqs < 0 || b->n_rows < 0 || b->max_blocks <= 0 || b->n_seqs > 65535)
+    return bad(err, errlen, "bad batch sizes (n_seqs 0 .. 65535, max_blocks > 0)");
+  if (b->n_rows == 0) return PD_OK;
+  if (b->max_new < 1 || b->max_ctx < b->max_new ||
+      (int64_t)b->max_ctx > (int64_t)b->max_blocks * L->block_tokens)
+    return bad(err, errlen, "bad batch bounds (1 <= max_new <= max_ctx <= max_blocks * B)");
+  if (b->shared_blocks < 0 || b->shared_blocks > b->max_blocks ||
+      (int64_t)b->shared_blocks * L->block_tokens >= b->max_ctx)
+    return bad(err, errlen, "bad shared_blocks");
+  if (!b->block_tables || !b->n_past || !b->n_new || !b->row_start || !b->row_seq)
+    return bad(err, errlen, "missing batch array");
+  return PD_OK;
+}
+
+extern "C" size_t pd_cuda_attn_batch_workspace_bytes(const pd_kv_layout *L, int n_heads,
+                                                     const pd_cuda_batch *b) {
+  if (!L || !b || L->n_kv_heads <= 0 || n_heads <= 0 || n_heads % L->n_kv_heads || b->n_rows <= 0 ||
+      b->n_seqs <= 0 || b->max_new < 1 || b->max_ctx < 1 || log2_exact(L->block_tokens) < 0)
+    return 0;
+  return make_plan(L, n_heads, b).bytes;
+}
+
+/* Opts a kernel in to its dynamic shared memory, once per device: K tells the instantiations
+ * apart (one static per template instance). */
+template <typename K> static cudaError_t smem_optin(const void *kernel, size_t bytes) {
+  static std::atomic<unsigned long long> done{0};
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) return e;
+  const unsigned long long bit = dev < 64 ? 1ull << dev : 0;
+  if (bit && (done.load() & bit)) return cudaSuccess;
+  e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+  if (e == cudaSuccess && bit) done.fetch_or(bit);
+  return e;
+}
+
+template <int HD, typename T, int MODE> struct SimtTag {};
+template <int HD, typename T, int MODE> struct MmaTag {};
+
+/* -1: not decided yet (the environment decides: PD_CUDA_ATTN_SIMT=1 picks the SIMT kernel) */
+static std::atomic<int> tensor_cores{-1};
+
+extern "C" void pd_cuda_attn_set_tensor_cores(int on) {
+  tensor_cores.store(on ? 1 : 0);
+}
+
+static bool use_tensor_cores(void) {
+  int v = tensor_cores.load();
+  if (v < 0) {
+    const char *e = getenv("PD_CUDA_ATTN_SIMT");
+    v = e && *e && strcmp(e, "0") != 0 ? 0 : 1;
+    tensor_cores.store(v);
+  }
+  return v != 0;
+}
+
+template <int HD, typename T, int MODE>
+static cudaError_t launch_tile(dim3 grid, cudaStream_t st, const TileArgs &a) {
+  cudaError_t e;
+  if (use_tensor_cores()) {
+    e = smem_optin<MmaTag<HD, T, MODE>>((const void *)tile_mma<HD, T, MODE>, mma_smem_bytes<HD>());
+    if (e != cudaSuccess) return e;
+    tile_mma<HD, T, MODE><<<grid, MMA_THREADS, mma_smem_bytes<HD>(), st>>>(a);
+  } else {
+    e = smem_optin<SimtTag<HD, T, MODE>>((const void *)tile_attn<HD, T, MODE>,
+                                         tile_smem_bytes<HD>());
+    if (e != cudaSuccess) return e;
+    tile_attn<HD, T, MODE><<<grid, TB_THREADS, tile_smem_bytes<HD>(), st>>>(a);
+  }
+  return cudaGetLastError();
+}
+
+/* The launches of one batch for one head_dim and pool type. */
+template <int HD, typename T>
+static int run_attn(const pd_kv_layout *L, const Plan &p, const void *pool, int layer, int n_heads,
+                    const float *q, float *out, const pd_cuda_batch *b, float scale, uint8_t *ws,
+                    cudaStream_t st, char *err, size_t errlen) {
+  const int shift = log2_exact(L->block_tokens);
+  const size_t bb = pd_kv_block_bytes(L);
+  const float scale2 = scale * LOG2E;
+  cudaError_t e;
+  if (p.run_decode) {
+    float *acc = (float *)(ws + p.dec_acc), *ml = (float *)(ws + p.dec_ml);
+    if (p.cascade) {
+      TileArgs t = {};
+      t.pool = (const uint8_t *)pool, t.block_bytes = bb, t.block_shift = shift;
+      t.n_kv = L->n_kv_heads, t.layer = layer, t.group = p.group, t.n_heads = n_heads;
+      t.max_blocks = b->max_blocks, t.n_seqs = b->n_seqs, t.q = q, t.out = out;
+      t.tables = b->block_tables, t.n_past = b->n_past, t.n_new = b->n_new;
+      t.row_start = b->row_start, t.kv_end = p.shared_pos, t.split_len = p.casc_len;
+      t.direct = 0, t.split_base = 0, t.ws_splits = p.dec_total, t.scale2 = scale2;
+      t.ws_acc = acc, t.ws_ml = ml;
+      e = launch_tile<HD, T, MODE_CASCADE>(dim3(p.casc_tiles, L->n_kv_heads, p.casc_splits), st, t);
+      if (e != cudaSuccess) return cuda_fail(e, err, errlen, "launching cascade prefix attention");
+    }
+    DecArgs d = {};
+    d.pool = (const uint8_t *)pool, d.block_bytes = bb, d.block_shift = shift;
+    d.n_kv = L->n_kv_heads, d.layer = layer, d.group = p.group, d.n_heads = n_heads;
+    d.max_blocks = b->max_blocks, d.q = q, d.tables = b->block_tables, d.ctx_lens = NULL;
+    d.n_past = b->n_past, d.n_new = b->n_new, d.row_start = b->row_start;
+    d.kv_start = p.shared_pos, d.split_len = p.dec_len, d.split_base = p.casc_splits;
+    d.ws_splits = p.dec_total, d.scale2 = scale2, d.ws_acc = acc, d.ws_ml = ml;
+    decode_split<HD, T>
+        <<<dim3(p.dec_splits, L->n_kv_heads * p.gchunks, b->n_seqs), DEC_THREADS, 0, st>>>(d);
+    if ((e = cudaGetLastError()) != cudaSuccess)
+      return cuda_fail(e, err, errlen, "launching decode attention");
+    MergeSeqArgs m = {n_heads, p.dec_total, NULL, b->n_new, b->row_start, acc, ml, out};
+    merge_seq<HD><<<dim3(n_heads, b->n_seqs), HD, 0, st>>>(m);
+    if ((e = cudaGetLastError()) != cudaSuccess)
+      return cuda_fail(e, err, errlen, "launching decode merge");
+  }
+  if (p.run_prefill) {
+    const bool direct = p.pf_splits == 1;
+    float *acc = direct ? NULL : (float *)(ws + p.pf_acc),
+          *ml = direct ? NULL : (float *)(ws + p.pf_ml);
+    TileArgs t = {};
+    t.pool = (const uint8_t *)pool, t.block_bytes = bb, t.block_shift = shift;
+    t.n_kv = L->n_kv_heads, t.layer = layer, t.group = p.group, t.n_heads = n_heads;
+    t.max_blocks = b->max_blocks, t.n_seqs = b->n_seqs, t.q = q, t.out = out;
+    t.tables = b->block_tables, t.n_past = b->n_past, t.n_new = b->n_new;
+    t.row_start = b->row_start, t.kv_end = 0, t.split_len = p.pf_len;
+    t.direct = direct, t.split_base = 0, t.ws_splits = p.pf_splits, t.scale2 = scale2;
+    t.ws_acc = acc, t.ws_ml = ml;
+    e = launch_tile<HD, T, MODE_PREFILL>(dim3(p.pf_tiles, L->n_kv_heads, p.pf_splits), st, t);
+    if (e != cudaSuccess) return cuda_fail(e, err, errlen, "launching prefill attention");
+    if (!direct) {
+      MergeRowArgs m = {n_heads,      p.pf_splits, p.pf_len, b->n_past, b->n_new,
+                        b->row_start, b->row_seq,  acc,      ml,        out};
+      merge_rows<HD><<<dim3(b->n_rows, n_heads), HD, 0, st>>>(m);
+      if ((e = cudaGetLastError()) != cudaSuccess)
+        return cuda_fail(e, err, errlen, "launching prefill merge");
+    }
+  }
+  return PD_OK;
+}
+
+extern "C" int pd_cuda_attn(const pd_kv_layout *L, const void *pool, int layer, int n_heads,
+                            const float *q, float *out, const pd_cuda_batch *b, float scale,
+                            void *workspace, size_t workspace_bytes, void *stream, char *err,
+                            size_t errlen) {
+  int rc = check_layout(L, layer, n_heads, err, errlen);
+  if (rc) return rc;
+  if ((rc = check_batch(L, b, err, errlen))) return rc;
+  if (b->n_rows == 0 || b->n_seqs == 0) return PD_OK;
+  if (!pool || !q || !out || ((uintptr_t)pool | (uintptr_t)q | (uintptr_t)out) & 15)
+    return bad(err, errlen, "pool, q and out must be 16-byte aligned device pointers");
+  Plan p = make_plan(L, n_heads, b);
+  if (p.bytes && (!workspace || workspace_bytes < p.bytes || ((uintptr_t)workspace & 15)))
+    return bad(err, errlen,
+               "workspace missing, misaligned or smaller than "
+               "pd_cuda_attn_batch_workspace_bytes");
+  uint8_t *ws = (uint8_t *)workspace;
+  cudaStream_t st = (cudaStream_t)stream;
+  switch (L->dtype) {
+  case PD_DTYPE_F32:
+    return L->head_dim == 64 ? run_attn<64, float>(L, p, pool, layer, n_heads, q, out, b, scale, ws,
+                                                   st, err, errlen)
+                             : run_attn<128, float>(L, p, pool, layer, n_heads, q, out, b, scale,
+                                                    ws, st, err, errlen);
+  case PD_DTYPE_F16:
+    return L->head_dim == 64 ? run_attn<64, __half>(L, p, pool, layer, n_heads, q, out, b, scale,
+                                                    ws, st, err, errlen)
+                             : run_attn<128, __half>(L, p, pool, layer, n_heads, q, out, b, scale,
+                                                     ws, st, err, errlen);
+  default:
+    return L->head_dim == 64 ? run_attn<64, bf16_t>(L, p, pool, layer, n_heads, q, out, b, scale,
+                                                    ws, st, err, errlen)
+                             : run_attn<128, bf16_t>(L, p, pool, layer, n_heads, q, out, b, scale,
+                                                     ws, st, err, errlen);
+  }
+}
+
+/* ---- the legacy decode entry point ------------------------------------------------------------ */
+
+extern "C" size_t pd_cuda_attn_workspace_bytes(int n_seqs, int n_heads, int head_dim, int max_ctx) {
+  /* an upper bound of what the capped split count of plan_decode needs */
+  size_t n_splits = (size_t)cdiv(max_ctx > 0 ? max_ctx : 1, DEC_MIN_SPLIT);
+  return (size_t)n_seqs * (size_t)n_heads * n_splits * ((size_t)head_dim + 2) * sizeof(float);
+}
+
+template <int HD, typename T>
+static int run_decode_legacy(const pd_kv_layout *L, const void *pool, int layer, int n_heads,
+                             const float *q, float *out, const int32_t *tables, int max_blocks,
+                             const int32_t *ctx_lens, int n_seqs, int max_ctx, float scale,
+                             float *ws, cudaStream_t st, char *err, size_t errlen) {
+  const int group = n_heads / L->n_kv_heads, gchunks = (group + DEC_GROUP - 1) / DEC_GROUP;
+  int n_splits, len;
+  plan_decode(n_seqs, L->n_kv_heads, gchunks, max_ctx, &n_splits, &len);
+  float *acc = ws, *ml = ws + (size_t)n_seqs * n_heads * n_splits * HD;
+  DecArgs d = {};
+  d.pool = (const uint8_t *)pool, d.block_bytes = pd_kv_block_bytes(L);
+  d.block_shift = log2_exact(L->block_tokens), d.n_kv = L->n_kv_heads, d.layer = layer;
+  d.group = group, d.n_heads = n_heads, d.max_blocks = max_blocks, d.q = q, d.tables = tables;
+  d.ctx_lens = ctx_lens, d.kv_start = 0, d.split_len = len, d.split_base = 0;
+  d.ws_splits = n_splits, d.scale2 = scale * LOG2E, d.ws_acc = acc, d.ws_ml = ml;
+  decode_split<HD, T><<<dim3(n_splits, L->n_kv_heads * gchunks, n_seqs), DEC_THREADS, 0, st>>>(d);
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return cuda_fail(e, err, errlen, "launching decode attention");
+  MergeSeqArgs m = {n_heads, n_splits, ctx_lens, NULL, NULL, acc, ml, out};
+  merge_seq<HD><<<dim3(n_heads, n_seqs), HD, 0, st>>>(m);
+  e = cudaGetLastError();
+  return e == cudaSuccess ? PD_OK : cuda_fail(e, err, errlen, "launching decode merge");
 }
 
 extern "C" int pd_cuda_attn_decode(const pd_kv_layout *L, const void *pool, int layer, int n_heads,
@@ -192,30 +1218,51 @@ extern "C" int pd_cuda_attn_decode(const pd_kv_layout *L, const void *pool, int 
                                    int max_blocks, const int32_t *ctx_lens, int n_seqs, int max_ctx,
                                    float scale, void *workspace, void *stream, char *err,
                                    size_t errlen) {
-  if (L->dtype != PD_DTYPE_F16 || (L->head_dim != 64 && L->head_dim != 128) || n_heads <= 0 ||
-      n_heads % L->n_kv_heads || n_heads / L->n_kv_heads > MAX_GROUP || n_seqs <= 0 ||
-      max_ctx <= 0 || max_ctx > max_blocks * L->block_tokens || layer < 0 || layer >= L->n_layers) {
-    if (err && errlen)
-      snprintf(err, errlen, "cuda attention: unsupported shape (dtype %s, head_dim %d, group %d)",
-               pd_dtype_name(L->dtype), L->head_dim, n_heads / (L->n_kv_heads ? L->n_kv_heads : 1));
-    return PD_EINVAL;
-  }
-  int n_splits = (max_ctx + SPLIT - 1) / SPLIT, group = n_heads / L->n_kv_heads;
-  cudaStream_t s = (cudaStream_t)stream;
-  dim3 grid(n_splits, L->n_kv_heads, n_seqs), grid2(n_heads, n_seqs);
-  size_t bb = pd_kv_block_bytes(L);
+  int rc = check_layout(L, layer, n_heads, err, errlen);
+  if (rc) return rc;
+  if (n_seqs <= 0 || n_seqs > 65535 || max_ctx <= 0 ||
+      (int64_t)max_ctx > (int64_t)max_blocks * L->block_tokens)
+    return bad(err, errlen, "bad sizes (n_seqs, max_ctx, max_blocks)");
+  if (!pool || !q || !out || !workspace || ((uintptr_t)pool & 15))
+    return bad(err, errlen, "missing or misaligned pointer");
+  cudaStream_t st = (cudaStream_t)stream;
   float *ws = (float *)workspace;
-  if (L->head_dim == 64) {
-    decode_split<64><<<grid, THREADS, 0, s>>>((const uint8_t *)pool, bb, L->block_tokens,
-                                              L->n_kv_heads, layer, group, q, block_tables,
-                                              max_blocks, ctx_lens, scale, n_splits, ws);
-    merge_splits<64><<<grid2, 64, 0, s>>>(ws, n_splits, out);
-  } else {
-    decode_split<128><<<grid, THREADS, 0, s>>>((const uint8_t *)pool, bb, L->block_tokens,
-                                               L->n_kv_heads, layer, group, q, block_tables,
-                                               max_blocks, ctx_lens, scale, n_splits, ws);
-    merge_splits<128><<<grid2, 128, 0, s>>>(ws, n_splits, out);
+#define PD_LEGACY(HD, T)                                                                           \
+  run_decode_legacy<HD, T>(L, pool, layer, n_heads, q, out, block_tables, max_blocks, ctx_lens,    \
+                           n_seqs, max_ctx, scale, ws, st, err, errlen)
+  switch (L->dtype) {
+  case PD_DTYPE_F32: return L->head_dim == 64 ? PD_LEGACY(64, float) : PD_LEGACY(128, float);
+  case PD_DTYPE_F16: return L->head_dim == 64 ? PD_LEGACY(64, __half) : PD_LEGACY(128, __half);
+  default: return L->head_dim == 64 ? PD_LEGACY(64, bf16_t) : PD_LEGACY(128, bf16_t);
+  }
+#undef PD_LEGACY
+}
+
+/* ---- kv store ---------------------------------------------------------------------------------- */
+
+extern "C" int pd_cuda_kv_store(const pd_kv_layout *L, void *pool, int layer,
+                                const pd_cuda_batch *b, const float *k, const float *v,
+                                void *stream, char *err, size_t errlen) {
+  const int shift = log2_exact(L->block_tokens);
+  if (L->dtype != PD_DTYPE_F32 && L->dtype != PD_DTYPE_F16 && L->dtype != PD_DTYPE_BF16)
+    return bad(err, errlen, "kv store: unsupported KV dtype (f32, f16, bf16)");
+  if (shift < 0 || L->n_kv_heads <= 0 || L->head_dim <= 0 || layer < 0 || layer >= L->n_layers)
+    return bad(err, errlen, "kv store: bad layout or layer");
+  int rc = check_batch(L, b, err, errlen);
+  if (rc) return rc;
+  if (b->n_rows == 0 || b->n_seqs == 0) return PD_OK;
+  if (!pool || !k || !v) return bad(err, errlen, "kv store: missing pointer");
+  StoreArgs a = {};
+  a.pool = (uint8_t *)pool, a.block_bytes = pd_kv_block_bytes(L), a.block_shift = shift;
+  a.n_kv = L->n_kv_heads, a.hd = L->head_dim, a.layer = layer, a.max_blocks = b->max_blocks;
+  a.tables = b->block_tables, a.n_past = b->n_past, a.row_start = b->row_start;
+  a.row_seq = b->row_seq, a.k = k, a.v = v;
+  cudaStream_t st = (cudaStream_t)stream;
+  switch (L->dtype) {
+  case PD_DTYPE_F32: kv_store<float><<<b->n_rows, 256, 0, st>>>(a); break;
+  case PD_DTYPE_F16: kv_store<__half><<<b->n_rows, 256, 0, st>>>(a); break;
+  default: kv_store<bf16_t><<<b->n_rows, 256, 0, st>>>(a); break;
   }
   cudaError_t e = cudaGetLastError();
-  return e == cudaSuccess ? PD_OK : cuda_fail(e, err, errlen, "launching decode attention");
+  return e == cudaSuccess ? PD_OK : cuda_fail(e, err, errlen, "launching kv store");
 }

@@ -3,8 +3,10 @@
  *
  * The KV pool lives in device memory in the same block layout as on the CPU
  * ([layer][K|V][kv_head][token_in_block][head_dim], see kernels/cpu/pd_attention.h); this file
- * supports f16 caches and head_dim 64 or 128. Each sequence contributes one query row (a decode
- * step) that attends to its first ctx_len tokens.
+ * supports f32, f16 and bf16 caches and head_dim 64 or 128. Each sequence contributes one query
+ * row (a decode step) that attends to its first ctx_len tokens. The batched interface the
+ * forward pass uses (prefill, decode, cascade, KV store, block moves) is pd_cuda_batch.h; both
+ * are implemented in pd_cuda_attention.cu and pd_cuda_blocks.cu.
  *
  * All pointers are device pointers; stream is a cudaStream_t (NULL: the default stream). The call
  * only enqueues work: results are ready when the stream is. CUDA errors are translated to
@@ -43,6 +45,25 @@ int pd_cuda_attn_decode(const pd_kv_layout *L, const void *pool, int layer, int 
                         const float *q, float *out, const int32_t *block_tables, int max_blocks,
                         const int32_t *ctx_lens, int n_seqs, int max_ctx, float scale,
                         void *workspace, void *stream, char *err, size_t errlen);
+
+/*
+ * Which kernel pd_cuda_attn uses for prefill and for a cascade's shared prefix (process-wide):
+ * 1 (the default) tensor cores (tf32 mma, operands split in two for f32 accuracy), 0 the f32 SIMT
+ * kernel. PD_CUDA_ATTN_SIMT=1 in the environment makes 0 the default. For the tests and the bench.
+ */
+void pd_cuda_attn_set_tensor_cores(int on);
+
+/*
+ * How pd_cuda_blocks_to_host / pd_cuda_blocks_from_host move scattered blocks (process-wide; for
+ * the bench and the tests, the default AUTO is what the daemon should use). See pd_cuda_blocks.cu.
+ */
+enum {
+  PD_CUDA_XFER_AUTO = 0,   /* BATCH where it applies, else MEMCPY */
+  PD_CUDA_XFER_MEMCPY = 1, /* one cudaMemcpyAsync per run of consecutive ids */
+  PD_CUDA_XFER_BATCH = 2,  /* one cudaMemcpyBatchAsync over the runs (not on the NULL stream) */
+  PD_CUDA_XFER_KERNEL = 3  /* zero-copy kernel over pinned host memory (else MEMCPY) */
+};
+void pd_cuda_blocks_set_xfer_mode(int mode);
 
 #ifdef __cplusplus
 }

@@ -40,7 +40,7 @@ static void start_daemon(void) {
     char line[2048];
     while (f && fgets(line, sizeof line, f)) {
       const char *p = strstr(line, " port=");
-      if (strstr(line, "prefixd ready") && p) {
+      if (strstr(line, "prefixd ready") && p && strchr(p, '\n')) { /* a whole line */
         snprintf(addr, sizeof addr, "127.0.0.1:%d", atoi(p + 6));
         fclose(f);
         return;

@@ -132,7 +132,7 @@ static int request(const char *key, int n, int seed, int max_tokens) {
 
 /* Engine thread: the pool after alpha's requests; case 2 evicts alpha's blocks after the copy. */
 static void snapshot_fn(pd_engine *e, pd_job *job) {
-  memcpy(C.snapshot, e->pool, (size_t)e->n_blocks * e->block_bytes);
+  memcpy(C.snapshot, e->pool.base, (size_t)e->n_blocks * e->block_bytes);
   C.all_alpha = 1;
   for (uint32_t s = 0; s < e->n_blocks; s++)
     if (e->slot_owner[s] != (uint16_t)(C.alpha + 1)) C.all_alpha = 0;
@@ -152,7 +152,7 @@ static void find_beta_fn(pd_engine *e, pd_job *job) {
     C.beta_slot = nd->slot;
   }
   if (C.beta_nodes == 1)
-    memcpy(C.beta_block, (const uint8_t *)e->pool + (size_t)C.beta_slot * e->block_bytes,
+    memcpy(C.beta_block, (const uint8_t *)e->pool.base + (size_t)C.beta_slot * e->block_bytes,
            e->block_bytes);
 }
 

@@ -36,7 +36,8 @@ static char dir[256];
 typedef struct fixture {
   pd_radix tree;
   pd_tiers *tiers;
-  uint8_t *device; /* (DEVICE, BLOCK_BYTES) */
+  pd_devpool pool; /* a CPU pool: its base is host memory */
+  uint8_t *device; /* pool.base: (DEVICE, BLOCK_BYTES) */
   uint32_t tenant, ns;
 } fixture;
 
@@ -69,11 +70,14 @@ static void pattern(const int32_t *block_tokens, uint8_t *out) {
 
 static int open_fixture(fixture *f, enum pd_write_filter filter, uint64_t disk_bytes) {
   memset(f, 0, sizeof *f);
-  f->device = calloc(DEVICE, BLOCK_BYTES);
+  char perr[160];
+  ck_assert_int_eq(
+      pd_devpool_create(&f->pool, PD_DEVPOOL_CPU, DEVICE, BLOCK_BYTES, perr, sizeof perr), 0);
+  f->device = f->pool.base;
   pd_tiers_config tc = {.block_bytes = BLOCK_BYTES,
                         .block_tokens = BT,
                         .dtype = 1,
-                        .device_pool = f->device,
+                        .device = &f->pool,
                         .host_bytes = HOST * BLOCK_BYTES,
                         .disk_dir = disk_bytes ? dir : NULL,
                         .disk_bytes = disk_bytes,
@@ -99,7 +103,7 @@ static void close_fixture(fixture *f) {
   char err[256] = "";
   ck_assert_msg(pd_radix_check(&f->tree, err, sizeof err) == 0, "tree: %s", err);
   pd_radix_free(&f->tree);
-  free(f->device);
+  pd_devpool_destroy(&f->pool);
 }
 
 static void check_tree(fixture *f) {

@@ -1,0 +1,212 @@
+/*
+ * model_bench.c (target cuda_model_bench) -- the GPU forward pass's speed on a synthetic GGUF of
+ * the default model's shape (SmolLM2-135M: 30 layers, d 576, 9/3 heads, vocab 49152), with f16
+ * weights and an f16 KV cache, greedy sampling on the device:
+ *   decode tokens/s at batch 1      one sequence after a 512-token prompt, 256 timed steps
+ *   decode tokens/s at batch 64     64 sequences after 512-token prompts each, 128 timed steps,
+ *                                   aggregate (64 tokens per step)
+ *   prefill of 4,096 tokens         one sequence, one call, the median of 5 (after a warm-up)
+ * Each forward call is synchronous, so wall time around the calls is the figure. Decode steps
+ * run from CUDA graphs after the first two steps of a shape (pd_llama_cuda.h); --no-graphs turns
+ * them off.
+ *
+ * usage: cuda_model_bench MODEL.gguf [--out results.md] [--no-graphs]
+ *   MODEL.gguf: prefixd-mkgguf -o smollm-like.gguf --like smollm2-135m
+ */
+#include <cuda_runtime.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "pd_err.h"
+#include "pd_llama_cuda.h"
+#include "pd_model.h"
+
+#define B            16
+#define PROMPT       512
+#define WARM         8
+#define STEPS1       256
+#define BATCH        64
+#define STEPS64      128
+#define PREFILL      4096
+#define PREFILL_RUNS 5
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void die(const char *what, const pd_llama_cuda *g, int rc) {
+  fprintf(stderr, "cuda_model_bench: %s: %s (%s)\n", what, g ? g->err : "", pd_strerror(rc));
+  exit(1);
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+int main(int argc, char **argv) {
+  const char *path = NULL, *outp = NULL;
+  int graphs = 1;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--out") && i + 1 < argc)
+      outp = argv[++i];
+    else if (!strcmp(argv[i], "--no-graphs"))
+      graphs = 0;
+    else if (argv[i][0] != '-' && !path)
+      path = argv[i];
+    else {
+      fprintf(stderr, "usage: cuda_model_bench MODEL.gguf [--out results.md] [--no-graphs]\n");
+      return 2;
+    }
+  }
+  if (!path) {
+    fprintf(stderr, "usage: cuda_model_bench MODEL.gguf [--out results.md] [--no-graphs]\n"
+                    "  (make one: prefixd-mkgguf -o smollm-like.gguf --like smollm2-135m)\n");
+    return 2;
+  }
+  char err[512];
+  pd_model *m;
+  if (pd_model_load(path, &m, err, sizeof err)) {
+    fprintf(stderr, "cuda_model_bench: %s\n", err);
+    return 1;
+  }
+  char desc[512];
+  pd_model_describe(m, desc, sizeof desc);
+  struct cudaDeviceProp prop;
+  if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) {
+    fprintf(stderr, "cuda_model_bench: no CUDA device\n");
+    return 1;
+  }
+  printf("device: %s\nmodel: %s\n", prop.name, desc);
+
+  pd_llama_cuda g;
+  double t0 = now_s();
+  int rc = pd_llama_cuda_init(&g, m, B, PD_DTYPE_F16, PD_CUDA_WEIGHTS_F16, PREFILL, BATCH, err,
+                              sizeof err);
+  if (rc) {
+    fprintf(stderr, "cuda_model_bench: init: %s\n", err);
+    return 1;
+  }
+  g.use_graphs = graphs;
+  printf("init (dequantize and upload the weights): %.2f s\n", now_s() - t0);
+  const int per_seq = (PROMPT + WARM + STEPS1 + B) / B + 1; /* blocks per decoding sequence */
+  const int prefill_blocks = PREFILL / B;
+  const int n_blocks = BATCH * per_seq + prefill_blocks;
+  void *pool;
+  if ((rc = pd_llama_cuda_pool_alloc(&g, n_blocks, &pool, err, sizeof err))) {
+    fprintf(stderr, "cuda_model_bench: pool: %s\n", err);
+    return 1;
+  }
+  g.pool_blocks = n_blocks;
+  int32_t *table = malloc(sizeof(int32_t) * (size_t)n_blocks);
+  int32_t *tok = malloc(sizeof(int32_t) * PREFILL);
+  for (int i = 0; i < n_blocks; i++) table[i] = i;
+  for (int i = 0; i < PREFILL; i++) tok[i] = 100 + (i * 7919) % 40000;
+  int32_t ids[BATCH];
+
+  /* decode at batch 1: sequence 0 */
+  pd_llama_seq s = {tok, PROMPT, 0, table, per_seq, 1};
+  if ((rc = pd_llama_cuda_forward_ex(&g, pool, &s, 1, NULL, ids))) die("prompt", &g, rc);
+  int32_t cur = ids[0];
+  double t_dec1 = 0;
+  for (int i = 0; i < WARM + STEPS1; i++) {
+    if (i == WARM) t0 = now_s();
+    s = (pd_llama_seq){&cur, 1, PROMPT + i, table, per_seq, 1};
+    if ((rc = pd_llama_cuda_forward_ex(&g, pool, &s, 1, NULL, ids))) die("decode 1", &g, rc);
+    cur = ids[0];
+  }
+  t_dec1 = now_s() - t0;
+  const double dec1_tps = STEPS1 / t_dec1;
+  printf("decode batch 1: %.0f tokens/s (%.3f ms per token)\n", dec1_tps, 1e3 * t_dec1 / STEPS1);
+
+  /* decode at batch 64: prompts of 512 tokens each (different per sequence), 8 per call */
+  static pd_llama_seq seqs[BATCH];
+  static int32_t prompts[BATCH][PROMPT];
+  for (int b = 0; b < BATCH; b++)
+    for (int i = 0; i < PROMPT; i++) prompts[b][i] = 100 + (i * 7919 + b * 104729) % 40000;
+  for (int b0 = 0; b0 < BATCH; b0 += PREFILL / PROMPT) {
+    int n = BATCH - b0 < PREFILL / PROMPT ? BATCH - b0 : PREFILL / PROMPT;
+    for (int j = 0; j < n; j++)
+      seqs[j] = (pd_llama_seq){prompts[b0 + j], PROMPT, 0, table + (size_t)(b0 + j) * per_seq,
+                               per_seq,         1};
+    if ((rc = pd_llama_cuda_forward_ex(&g, pool, seqs, n, NULL, ids + b0)))
+      die("batch prompts", &g, rc);
+  }
+  int32_t curs[BATCH];
+  memcpy(curs, ids, sizeof curs);
+  for (int i = 0; i < WARM + STEPS64; i++) {
+    if (i == WARM) t0 = now_s();
+    for (int b = 0; b < BATCH; b++)
+      seqs[b] = (pd_llama_seq){&curs[b], 1, PROMPT + i, table + (size_t)b * per_seq, per_seq, 1};
+    if ((rc = pd_llama_cuda_forward_ex(&g, pool, seqs, BATCH, NULL, curs)))
+      die("decode 64", &g, rc);
+  }
+  const double t_dec64 = now_s() - t0, dec64_tps = (double)BATCH * STEPS64 / t_dec64;
+  printf("decode batch 64: %.0f tokens/s aggregate (%.3f ms per step)\n", dec64_tps,
+         1e3 * t_dec64 / STEPS64);
+
+  /* prefill 4,096 tokens in one call, into the blocks after the decoding sequences' */
+  double runs[PREFILL_RUNS];
+  s = (pd_llama_seq){tok, PREFILL, 0, table + (size_t)BATCH * per_seq, prefill_blocks, 1};
+  if ((rc = pd_llama_cuda_forward_ex(&g, pool, &s, 1, NULL, ids))) die("prefill warm-up", &g, rc);
+  for (int r = 0; r < PREFILL_RUNS; r++) {
+    t0 = now_s();
+    if ((rc = pd_llama_cuda_forward_ex(&g, pool, &s, 1, NULL, ids))) die("prefill", &g, rc);
+    runs[r] = now_s() - t0;
+  }
+  qsort(runs, PREFILL_RUNS, sizeof runs[0], cmp_double);
+  const double prefill_ms = 1e3 * runs[PREFILL_RUNS / 2];
+  printf("prefill %d tokens: %.2f ms (%.0f tokens/s)\n", PREFILL, prefill_ms,
+         PREFILL / (prefill_ms / 1e3));
+  printf("steps: %llu eager, %llu graph captures, %llu graph replays%s%s\n",
+         (unsigned long long)g.n_eager, (unsigned long long)g.n_captures,
+         (unsigned long long)g.n_replays, g.graphs_off ? "; graphs turned off: " : "",
+         g.graphs_off ? g.graph_err : "");
+
+  if (outp) {
+    FILE *f = fopen(outp, "w");
+    if (!f) {
+      perror(outp);
+      return 1;
+    }
+    fprintf(f, "# CUDA forward pass (model/pd_llama_cuda)\n\n");
+    fprintf(f,
+            "Device: %s (%d SMs, %.1f GiB). Model: synthetic, %s. Weights f16, KV cache f16, "
+            "block 16 tokens, greedy sampling on the device, CUDA graphs %s.\n\n",
+            prop.name, prop.multiProcessorCount, (double)prop.totalGlobalMem / (1 << 30), desc,
+            graphs ? (g.graphs_off ? "asked for but turned off" : "on") : "off");
+    fprintf(f,
+            "Command: `cuda_model_bench MODEL.gguf --out FILE%s` with MODEL.gguf from "
+            "`prefixd-mkgguf -o MODEL.gguf --like smollm2-135m`.\n\n",
+            graphs ? "" : " --no-graphs");
+    fprintf(f, "| figure | measured | target | verdict |\n| --- | --- | --- | --- |\n");
+    fprintf(f,
+            "| decode, batch 1 (context %d..%d) | %.0f tokens/s (%.3f ms/token) | >= 1,000 "
+            "tokens/s | %s |\n",
+            PROMPT + WARM, PROMPT + WARM + STEPS1, dec1_tps, 1e3 * t_dec1 / STEPS1,
+            dec1_tps >= 1000 ? "met" : "not met");
+    fprintf(f,
+            "| decode, batch 64 (context %d..%d each) | %.0f tokens/s aggregate (%.3f ms/step) "
+            "| >= 20,000 tokens/s | %s |\n",
+            PROMPT + WARM, PROMPT + WARM + STEPS64, dec64_tps, 1e3 * t_dec64 / STEPS64,
+            dec64_tps >= 20000 ? "met" : "not met");
+    fprintf(f,
+            "| prefill, %d tokens in one call (median of %d) | %.2f ms (%.0f tokens/s) | <= 15 "
+            "ms | %s |\n",
+            PREFILL, PREFILL_RUNS, prefill_ms, PREFILL / (prefill_ms / 1e3),
+            prefill_ms <= 15.0 ? "met" : "not met");
+    fprintf(f, "\nSteps: %llu eager, %llu graph captures, %llu graph replays.\n",
+            (unsigned long long)g.n_eager, (unsigned long long)g.n_captures,
+            (unsigned long long)g.n_replays);
+    fclose(f);
+  }
+  free(table), free(tok);
+  pd_llama_cuda_pool_free(pool);
+  pd_llama_cuda_free(&g);
+  pd_model_free(m);
+  return 0;
+}

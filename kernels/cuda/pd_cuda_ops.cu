@@ -1,0 +1,415 @@
+/*
+ * pd_cuda_ops.cu -- the small kernels of a Llama layer; see pd_cuda_ops.h.
+ *
+ * Design: simple kernels that mirror the CPU reference operation by operation.
+ *   - Row kernels (RMSNorm, RoPE, argmax) use one thread block per row; the element-wise ones
+ *     (SwiGLU, adds, embedding, conversion) a grid-stride loop over all elements.
+ *   - Every float operation that the CPU performs with its own rounding is written with an
+ *     explicit round-to-nearest intrinsic (__fmul_rn, __fadd_rn, __fdiv_rn, __fsqrt_rn). nvcc
+ *     would otherwise fuse a * b - c * d into an FMA (-fmad=true is its default) and give other
+ *     bits than the CPU, which GCC compiles without contraction in ISO C mode. The intrinsics
+ *     also keep these kernels IEEE-exact should someone build them with --use_fast_math (the
+ *     attention kernels are; these live in their own target, pd_kernels_cuda_ops, without it).
+ *   - exp, sin and cos (and pow when RoPE is given no frequency table) are evaluated in double
+ *     precision and rounded to float: the correctly rounded float result on all but
+ *     astronomically rare inputs, which is what glibc's expf / sinf / cosf return on almost
+ *     every input (they are within 1 ulp). RoPE's frequencies should come from the host's powf
+ *     (a table): an ulp of frequency is an angle error that grows with the position.
+ *   - RMSNorm's sum of squares is a tree (warp shuffles, then one warp over the warp sums)
+ *     instead of the CPU's left-to-right loop: the one place the order differs.
+ * Speed work left: the element-wise kernels are memory-bound and tiny next to the GEMMs; the
+ * RoPE kernel computes its cos/sin per row (in double) rather than caching them per position,
+ * which matters only for long prefills.
+ */
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "pd_cuda_ops.h"
+#include "pd_err.h"
+
+#define ROW_THREADS 256 /* threads per block of the row kernels (a multiple of 32) */
+#define EW_THREADS  256 /* threads per block of the element-wise kernels */
+#define EW_MAX_GRID (1 << 20)
+#define FULL_MASK   0xffffffffu
+
+static int bad_arg(char *err, size_t errlen, const char *fmt, ...) {
+  if (err && errlen) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+  }
+  return PD_EINVAL;
+}
+
+/* The status of the launch just made (and of any earlier asynchronous failure). */
+static int launched(const char *what, char *err, size_t errlen) {
+  cudaError_t e = cudaGetLastError();
+  if (e == cudaSuccess) return PD_OK;
+  if (err && errlen) snprintf(err, errlen, "cuda: %s: %s", what, cudaGetErrorString(e));
+  return e == cudaErrorMemoryAllocation ? PD_ENOMEM : PD_EDEVICE;
+}
+
+/* Blocks for a grid-stride loop over n elements (n > 0). */
+static unsigned ew_blocks(int64_t n) {
+  int64_t b = (n + EW_THREADS - 1) / EW_THREADS;
+  return (unsigned)(b < EW_MAX_GRID ? b : EW_MAX_GRID);
+}
+
+__device__ __forceinline__ void store_out(float *p, float v) {
+  *p = v;
+}
+__device__ __forceinline__ void store_out(__half *p, float v) {
+  *p = __float2half_rn(v);
+}
+
+/* The sum of v over the thread block (blockDim.x a multiple of 32, at most 1024); every thread
+ * gets the total. Call at most once per kernel (the shared arrays are not re-synchronised). */
+__device__ float block_sum(float v) {
+  __shared__ float part[32];
+  __shared__ float total;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int o = 16; o; o >>= 1) v = __fadd_rn(v, __shfl_xor_sync(FULL_MASK, v, o));
+  if (lane == 0) part[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    const int n_warps = (int)(blockDim.x >> 5);
+    v = lane < n_warps ? part[lane] : 0.0f;
+    for (int o = 16; o; o >>= 1) v = __fadd_rn(v, __shfl_xor_sync(FULL_MASK, v, o));
+    if (lane == 0) total = v;
+  }
+  __syncthreads();
+  return total;
+}
+
+/* ---- RMSNorm: grid (rows), ROW_THREADS threads --------------------------------------------- */
+
+template <typename OutT>
+__global__ void __launch_bounds__(ROW_THREADS)
+    rmsnorm_kernel(OutT *out, const float *x, const int32_t *__restrict__ idx,
+                   const float *__restrict__ w, int64_t n, float eps) {
+  const int64_t r = blockIdx.x;
+  const int64_t src = idx ? (int64_t)idx[r] : r;
+  const float *xr = x + src * n;
+  float ss = 0.0f;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) ss = __fadd_rn(ss, __fmul_rn(xr[i], xr[i]));
+  ss = block_sum(ss); /* all reads of xr above are done before any write below */
+  /* CPU: inv = 1.0f / sqrtf(ss / (float)n + eps) */
+  const float inv = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, (float)n), eps)));
+  OutT *orow = out + r * n;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+    store_out(orow + i, __fmul_rn(__fmul_rn(xr[i], inv), w[i]));
+}
+
+extern "C" int pd_cuda_rmsnorm(void *out, enum pd_dtype out_dtype, const float *x,
+                               const int32_t *idx, const float *w, int64_t rows, int64_t n,
+                               float eps, void *stream, char *err, size_t errlen) {
+  if (rows < 0 || rows > INT32_MAX || n <= 0)
+    return bad_arg(err, errlen, "rmsnorm: bad shape (%lld rows of %lld)", (long long)rows,
+                   (long long)n);
+  if (out_dtype != PD_DTYPE_F32 && out_dtype != PD_DTYPE_F16)
+    return bad_arg(err, errlen, "rmsnorm: output dtype %s unsupported (f32, f16)",
+                   pd_dtype_name(out_dtype));
+  if (out == (const void *)x && (idx || out_dtype != PD_DTYPE_F32))
+    return bad_arg(err, errlen, "rmsnorm: in place needs f32 output and no row index");
+  if (!rows) return PD_OK;
+  cudaStream_t s = (cudaStream_t)stream;
+  if (out_dtype == PD_DTYPE_F32)
+    rmsnorm_kernel<float><<<(unsigned)rows, ROW_THREADS, 0, s>>>((float *)out, x, idx, w, n, eps);
+  else
+    rmsnorm_kernel<__half><<<(unsigned)rows, ROW_THREADS, 0, s>>>((__half *)out, x, idx, w, n, eps);
+  return launched("rmsnorm", err, errlen);
+}
+
+/* ---- RoPE (with the QKV split and bias): grid (rows), ROW_THREADS threads ------------------ */
+
+/*
+ * Row r of src holds n_q + n_k + n_v heads of hd elements. Heads 0 .. n_q - 1 go rotated to q
+ * (rows of n_q heads), the next n_k rotated to k (rows of n_k heads), the last n_v unrotated to
+ * v (rows of n_v heads). bias, when given, is added to the source first (one rounding, as
+ * pd_add does). Dynamic shared memory: rot floats (the row's cos and sin per pair).
+ * In place (q == src, n_k = n_v = 0) is safe: each element is read and written by one thread.
+ */
+__global__ void __launch_bounds__(ROW_THREADS)
+    rope_kernel(const float *src, int64_t ld_src, const float *__restrict__ bias, float *q,
+                float *k, float *v, int n_q, int n_k, int n_v, int hd, int rot,
+                const int32_t *__restrict__ pos, const float *__restrict__ freqs, float theta_base,
+                int neox) {
+  extern __shared__ float cs[]; /* cos: cs[0 .. half), sin: cs[half .. rot) */
+  const int64_t r = blockIdx.x;
+  const int half = rot / 2;
+  const float p = (float)pos[r];
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    /* CPU: freq = powf(theta_base, -2.0f * (float)i / (float)rot_dim); ang = (float)pos * freq */
+    float freq;
+    if (freqs) {
+      freq = freqs[i];
+    } else {
+      const float e = __fdiv_rn(__fmul_rn(-2.0f, (float)i), (float)rot);
+      freq = (float)pow((double)theta_base, (double)e);
+    }
+    const float ang = __fmul_rn(p, freq);
+    cs[i] = (float)cos((double)ang);
+    cs[half + i] = (float)sin((double)ang);
+  }
+  __syncthreads();
+  const float *row = src + r * ld_src;
+  /* per rotated head: half pairs, then hd - rot dimensions that pass through */
+  const int per_head = half + (hd - rot);
+  const int n_items = (n_q + n_k) * per_head;
+  for (int e = threadIdx.x; e < n_items; e += blockDim.x) {
+    const int h = e / per_head, j = e % per_head;
+    const float *sh = row + (int64_t)h * hd;
+    const float *bh = bias ? bias + (int64_t)h * hd : NULL;
+    float *dh = h < n_q ? q + (r * n_q + h) * (int64_t)hd : k + (r * n_k + (h - n_q)) * (int64_t)hd;
+    if (j < half) {
+      const int a = neox ? j : 2 * j, b = neox ? j + half : 2 * j + 1;
+      float x0 = sh[a], x1 = sh[b];
+      if (bh) x0 = __fadd_rn(x0, bh[a]), x1 = __fadd_rn(x1, bh[b]);
+      const float c = cs[j], sn = cs[half + j];
+      dh[a] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, sn));
+      dh[b] = __fadd_rn(__fmul_rn(x0, sn), __fmul_rn(x1, c));
+    } else {
+      const int d = rot + (j - half);
+      float x0 = sh[d];
+      if (bh) x0 = __fadd_rn(x0, bh[d]);
+      dh[d] = x0;
+    }
+  }
+  const float *sv = row + (int64_t)(n_q + n_k) * hd;
+  const float *bv = bias ? bias + (int64_t)(n_q + n_k) * hd : NULL;
+  for (int e = threadIdx.x; e < n_v * hd; e += blockDim.x) {
+    float x0 = sv[e];
+    if (bv) x0 = __fadd_rn(x0, bv[e]);
+    v[r * n_v * (int64_t)hd + e] = x0;
+  }
+}
+
+static int rope_shape_ok(int64_t rows, int n_heads, int head_dim, int rot_dim, char *err,
+                         size_t errlen) {
+  if (rows < 0 || rows > INT32_MAX || n_heads <= 0 || head_dim <= 0 || rot_dim < 0 ||
+      rot_dim > head_dim || rot_dim % 2 || (int64_t)n_heads * head_dim > INT32_MAX / 4) {
+    bad_arg(err, errlen, "rope: bad shape (%lld rows, %d heads, head_dim %d, rot_dim %d)",
+            (long long)rows, n_heads, head_dim, rot_dim);
+    return 0;
+  }
+  return 1;
+}
+
+extern "C" int pd_cuda_rope(float *x, int64_t rows, int n_heads, int head_dim, int rot_dim,
+                            const int32_t *pos, const float *freqs, float theta_base, int neox,
+                            void *stream, char *err, size_t errlen) {
+  if (!rope_shape_ok(rows, n_heads, head_dim, rot_dim, err, errlen)) return PD_EINVAL;
+  if (!rows) return PD_OK;
+  size_t smem = (size_t)(rot_dim ? rot_dim : 1) * sizeof(float);
+  rope_kernel<<<(unsigned)rows, ROW_THREADS, smem, (cudaStream_t)stream>>>(
+      x, (int64_t)n_heads * head_dim, NULL, x, NULL, NULL, n_heads, 0, 0, head_dim, rot_dim, pos,
+      freqs, theta_base, neox ? 1 : 0);
+  return launched("rope", err, errlen);
+}
+
+extern "C" int pd_cuda_qkv_rope(float *q, float *k, float *v, const float *qkv, const float *bias,
+                                int64_t rows, int n_heads, int n_kv_heads, int head_dim,
+                                int rot_dim, const int32_t *pos, const float *freqs,
+                                float theta_base, int neox, void *stream, char *err,
+                                size_t errlen) {
+  if (!rope_shape_ok(rows, n_heads + 2 * n_kv_heads, head_dim, rot_dim, err, errlen))
+    return PD_EINVAL;
+  if (n_kv_heads <= 0) return bad_arg(err, errlen, "qkv_rope: %d kv heads", n_kv_heads);
+  if (!rows) return PD_OK;
+  size_t smem = (size_t)(rot_dim ? rot_dim : 1) * sizeof(float);
+  int64_t ld = (int64_t)(n_heads + 2 * n_kv_heads) * head_dim;
+  rope_kernel<<<(unsigned)rows, ROW_THREADS, smem, (cudaStream_t)stream>>>(
+      qkv, ld, bias, q, k, v, n_heads, n_kv_heads, n_kv_heads, head_dim, rot_dim, pos, freqs,
+      theta_base, neox ? 1 : 0);
+  return launched("qkv_rope", err, errlen);
+}
+
+/* ---- SwiGLU -------------------------------------------------------------------------------- */
+
+template <typename OutT>
+__global__ void swiglu_kernel(OutT *out, const float *gate, const float *up, int64_t rows,
+                              int64_t n, int64_t ld_in) {
+  const int64_t total = rows * n;
+  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+       e += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t r = e / n, c = e % n;
+    const float g = gate[r * ld_in + c], u = up[r * ld_in + c];
+    /* CPU: gate / (1.0f + expf(-gate)) * up */
+    const float ex = (float)exp(-(double)g);
+    store_out(out + e, __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, ex)), u));
+  }
+}
+
+extern "C" int pd_cuda_swiglu(void *out, enum pd_dtype out_dtype, const float *gate,
+                              const float *up, int64_t rows, int64_t n, int64_t ld_in, void *stream,
+                              char *err, size_t errlen) {
+  if (rows < 0 || n <= 0 || ld_in < n || (rows && n > INT64_MAX / rows))
+    return bad_arg(err, errlen, "swiglu: bad shape (%lld rows of %lld, ld %lld)", (long long)rows,
+                   (long long)n, (long long)ld_in);
+  if (out_dtype != PD_DTYPE_F32 && out_dtype != PD_DTYPE_F16)
+    return bad_arg(err, errlen, "swiglu: output dtype %s unsupported (f32, f16)",
+                   pd_dtype_name(out_dtype));
+  if ((out == (const void *)gate || out == (const void *)up) &&
+      (out_dtype != PD_DTYPE_F32 || ld_in != n))
+    return bad_arg(err, errlen, "swiglu: in place needs f32 output and ld_in == n");
+  if (!rows) return PD_OK;
+  cudaStream_t s = (cudaStream_t)stream;
+  unsigned blocks = ew_blocks(rows * n);
+  if (out_dtype == PD_DTYPE_F32)
+    swiglu_kernel<float><<<blocks, EW_THREADS, 0, s>>>((float *)out, gate, up, rows, n, ld_in);
+  else
+    swiglu_kernel<__half><<<blocks, EW_THREADS, 0, s>>>((__half *)out, gate, up, rows, n, ld_in);
+  return launched("swiglu", err, errlen);
+}
+
+/* ---- adds ---------------------------------------------------------------------------------- */
+
+__global__ void add_kernel(float *x, const float *y, int64_t n) {
+  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < n;
+       e += (int64_t)gridDim.x * blockDim.x)
+    x[e] = __fadd_rn(x[e], y[e]);
+}
+
+__global__ void add_bias_kernel(float *y, const float *__restrict__ bias, int64_t total,
+                                int64_t n) {
+  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+       e += (int64_t)gridDim.x * blockDim.x)
+    y[e] = __fadd_rn(y[e], bias[e % n]);
+}
+
+extern "C" int pd_cuda_add(float *x, const float *y, int64_t n, void *stream, char *err,
+                           size_t errlen) {
+  if (n < 0) return bad_arg(err, errlen, "add: %lld elements", (long long)n);
+  if (!n) return PD_OK;
+  add_kernel<<<ew_blocks(n), EW_THREADS, 0, (cudaStream_t)stream>>>(x, y, n);
+  return launched("add", err, errlen);
+}
+
+extern "C" int pd_cuda_add_bias(float *y, const float *bias, int64_t rows, int64_t n, void *stream,
+                                char *err, size_t errlen) {
+  if (rows < 0 || n <= 0 || (rows && n > INT64_MAX / rows))
+    return bad_arg(err, errlen, "add_bias: bad shape (%lld rows of %lld)", (long long)rows,
+                   (long long)n);
+  if (!rows) return PD_OK;
+  add_bias_kernel<<<ew_blocks(rows * n), EW_THREADS, 0, (cudaStream_t)stream>>>(y, bias, rows * n,
+                                                                                n);
+  return launched("add_bias", err, errlen);
+}
+
+/* ---- embedding gather ---------------------------------------------------------------------- */
+
+__device__ __forceinline__ float load_elem(const float *p) {
+  return *p;
+}
+__device__ __forceinline__ float load_elem(const __half *p) {
+  return __half2float(*p);
+}
+
+template <typename T>
+__global__ void embed_kernel(float *out, const T *__restrict__ table,
+                             const int32_t *__restrict__ ids, int64_t total, int64_t d,
+                             int64_t n_vocab) {
+  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+       e += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t r = e / d, c = e % d;
+    const int64_t id = ids[r];
+    out[e] = id >= 0 && id < n_vocab ? load_elem(table + id * d + c) : __int_as_float(0x7fc00000);
+  }
+}
+
+extern "C" int pd_cuda_embed(float *out, const void *table, enum pd_dtype table_dtype,
+                             const int32_t *ids, int64_t rows, int64_t d, int64_t n_vocab,
+                             void *stream, char *err, size_t errlen) {
+  if (rows < 0 || d <= 0 || n_vocab <= 0 || (rows && d > INT64_MAX / rows))
+    return bad_arg(err, errlen, "embed: bad shape (%lld rows of %lld, vocab %lld)", (long long)rows,
+                   (long long)d, (long long)n_vocab);
+  if (table_dtype != PD_DTYPE_F32 && table_dtype != PD_DTYPE_F16)
+    return bad_arg(err, errlen, "embed: table dtype %s unsupported (f32, f16)",
+                   pd_dtype_name(table_dtype));
+  if (!rows) return PD_OK;
+  cudaStream_t s = (cudaStream_t)stream;
+  unsigned blocks = ew_blocks(rows * d);
+  if (table_dtype == PD_DTYPE_F32)
+    embed_kernel<float>
+        <<<blocks, EW_THREADS, 0, s>>>(out, (const float *)table, ids, rows * d, d, n_vocab);
+  else
+    embed_kernel<__half>
+        <<<blocks, EW_THREADS, 0, s>>>(out, (const __half *)table, ids, rows * d, d, n_vocab);
+  return launched("embed", err, errlen);
+}
+
+/* ---- f32 -> f16 ---------------------------------------------------------------------------- */
+
+__global__ void to_f16_kernel(__half *out, const float *x, int64_t n) {
+  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < n;
+       e += (int64_t)gridDim.x * blockDim.x)
+    out[e] = __float2half_rn(x[e]);
+}
+
+extern "C" int pd_cuda_f32_to_f16(void *out, const float *x, int64_t n, void *stream, char *err,
+                                  size_t errlen) {
+  if (n < 0) return bad_arg(err, errlen, "f32_to_f16: %lld elements", (long long)n);
+  if (!n) return PD_OK;
+  to_f16_kernel<<<ew_blocks(n), EW_THREADS, 0, (cudaStream_t)stream>>>((__half *)out, x, n);
+  return launched("f32_to_f16", err, errlen);
+}
+
+/* ---- argmax: grid (rows), ROW_THREADS threads ---------------------------------------------- */
+
+#define NO_INDEX INT64_MAX
+
+/* (v, i) beats (bv, bi): larger, or equal and earlier. NaN never beats anything. */
+__device__ __forceinline__ bool beats(float v, int64_t i, float bv, int64_t bi) {
+  return v > bv || (v == bv && i < bi);
+}
+
+__global__ void __launch_bounds__(ROW_THREADS)
+    argmax_kernel(int32_t *out, const float *__restrict__ x, int64_t n) {
+  __shared__ float part_v[32];
+  __shared__ long long part_i[32];
+  const float *xr = x + (int64_t)blockIdx.x * n;
+  float bv = -INFINITY;
+  int64_t bi = NO_INDEX;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const float v = xr[i];
+    if (beats(v, i, bv, bi)) bv = v, bi = i;
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int o = 16; o; o >>= 1) {
+    const float ov = __shfl_xor_sync(FULL_MASK, bv, o);
+    const long long oi = __shfl_xor_sync(FULL_MASK, (long long)bi, o);
+    if (beats(ov, oi, bv, bi)) bv = ov, bi = oi;
+  }
+  if (lane == 0) part_v[warp] = bv, part_i[warp] = bi;
+  __syncthreads();
+  if (warp == 0) {
+    const int n_warps = (int)(blockDim.x >> 5);
+    bv = lane < n_warps ? part_v[lane] : -INFINITY;
+    bi = lane < n_warps ? part_i[lane] : NO_INDEX;
+    for (int o = 16; o; o >>= 1) {
+      const float ov = __shfl_xor_sync(FULL_MASK, bv, o);
+      const long long oi = __shfl_xor_sync(FULL_MASK, (long long)bi, o);
+      if (beats(ov, oi, bv, bi)) bv = ov, bi = oi;
+    }
+    if (lane == 0) {
+      /* the CPU loop starts at index 0 and never leaves it when element 0 is NaN */
+      if (isnan(xr[0]) || bi == NO_INDEX) bi = 0;
+      out[blockIdx.x] = (int32_t)bi;
+    }
+  }
+}
+
+extern "C" int pd_cuda_argmax(int32_t *out, const float *x, int64_t rows, int64_t n, void *stream,
+                              char *err, size_t errlen) {
+  if (rows < 0 || rows > INT32_MAX || n <= 0 || n > INT32_MAX)
+    return bad_arg(err, errlen, "argmax: bad shape (%lld rows of %lld)", (long long)rows,
+                   (long long)n);
+  if (!rows) return PD_OK;
+  argmax_kernel<<<(unsigned)rows, ROW_THREADS, 0, (cudaStream_t)stream>>>(out, x, n);
+  return launched("argmax", err, errlen);
+}

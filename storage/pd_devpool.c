@@ -1,0 +1,216 @@
+/*
+ * pd_devpool.c -- see pd_devpool.h.
+ *
+ * CPU: malloc'd memory and memcpy. CUDA (built when PD_WITH_CUDA): cudaMalloc'd memory, the
+ * engine's copies queued on its stream, the worker's transfers batched by
+ * pd_cuda_blocks_to_host / pd_cuda_blocks_from_host (kernels/cuda/pd_cuda_batch.h) on a stream
+ * of its own and waited for.
+ */
+#include "pd_devpool.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pd_err.h"
+
+#ifdef PD_WITH_CUDA
+#include <cuda_runtime.h>
+
+#include "pd_cuda_batch.h"
+
+static int cuda_err(cudaError_t e, char *err, size_t errlen, const char *what) {
+  if (err && errlen) snprintf(err, errlen, "cuda: %s: %s", what, cudaGetErrorString(e));
+  return e == cudaErrorMemoryAllocation ? PD_ENOMEM : PD_EDEVICE;
+}
+#endif
+
+int pd_devpool_cuda_available(void) {
+#ifdef PD_WITH_CUDA
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError(); /* clear the "no driver" error */
+    return 0;
+  }
+  return n > 0;
+#else
+  return 0;
+#endif
+}
+
+int pd_devpool_create(pd_devpool *p, enum pd_devpool_kind kind, uint32_t n_blocks,
+                      size_t block_bytes, char *err, size_t errlen) {
+  memset(p, 0, sizeof *p);
+  p->kind = kind;
+  p->block_bytes = block_bytes;
+  p->n_blocks = n_blocks;
+  size_t bytes = (size_t)n_blocks * block_bytes;
+  if (kind == PD_DEVPOOL_CPU) {
+    p->base = calloc(n_blocks ? n_blocks : 1, block_bytes ? block_bytes : 1);
+    if (!p->base) {
+      snprintf(err, errlen, "cannot allocate the KV pool: %zu bytes of host memory", bytes);
+      return PD_ENOMEM;
+    }
+    return PD_OK;
+  }
+#ifdef PD_WITH_CUDA
+  cudaError_t e;
+  if ((e = cudaGetDevice(&p->device)) != cudaSuccess)
+    return cuda_err(e, err, errlen, "no usable GPU");
+  if ((e = cudaMalloc(&p->base, bytes ? bytes : 1)) != cudaSuccess) {
+    p->base = NULL;
+    int rc = cuda_err(e, err, errlen, "allocating the KV pool");
+    size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    snprintf(err, errlen,
+             "cannot allocate the KV pool on the GPU: %zu bytes asked, %zu of %zu free; lower "
+             "--kv-cache-mb",
+             bytes, free_b, total_b);
+    cudaGetLastError();
+    return rc;
+  }
+  cudaStream_t s1 = NULL, s2 = NULL;
+  if ((e = cudaMemset(p->base, 0, bytes)) != cudaSuccess ||
+      (e = cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking)) != cudaSuccess ||
+      (e = cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking)) != cudaSuccess) {
+    int rc = cuda_err(e, err, errlen, "setting up the KV pool");
+    if (s1) cudaStreamDestroy(s1);
+    cudaFree(p->base);
+    p->base = NULL;
+    return rc;
+  }
+  p->stream = s1;
+  p->xfer_stream = s2;
+  return PD_OK;
+#else
+  snprintf(err, errlen, "this prefixd was built without the CUDA backend");
+  return PD_EUNSUPPORTED;
+#endif
+}
+
+void pd_devpool_destroy(pd_devpool *p) {
+  if (p->kind == PD_DEVPOOL_CPU) {
+    free(p->base);
+  } else {
+#ifdef PD_WITH_CUDA
+    if (p->stream) cudaStreamSynchronize((cudaStream_t)p->stream);
+    if (p->xfer_stream) cudaStreamSynchronize((cudaStream_t)p->xfer_stream);
+    if (p->stream) cudaStreamDestroy((cudaStream_t)p->stream);
+    if (p->xfer_stream) cudaStreamDestroy((cudaStream_t)p->xfer_stream);
+    cudaFree(p->base);
+#endif
+  }
+  memset(p, 0, sizeof *p);
+}
+
+void pd_devpool_describe(const pd_devpool *p, char *buf, size_t len) {
+  snprintf(buf, len, "cpu");
+#ifdef PD_WITH_CUDA
+  struct cudaDeviceProp prop;
+  if (p->kind == PD_DEVPOOL_CUDA && cudaGetDeviceProperties(&prop, p->device) == cudaSuccess)
+    snprintf(buf, len, "cuda:%d %s (%.1f GiB)", p->device, prop.name,
+             (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
+#endif
+}
+
+void *pd_devpool_block(const pd_devpool *p, uint32_t slot) {
+  return (char *)p->base + (size_t)slot * p->block_bytes;
+}
+
+int pd_devpool_zero(pd_devpool *p, uint32_t slot) {
+  if (p->kind == PD_DEVPOOL_CPU) {
+    memset(pd_devpool_block(p, slot), 0, p->block_bytes);
+    return PD_OK;
+  }
+#ifdef PD_WITH_CUDA
+  /* waited for: the forward pass runs on a stream of its own and must see the bytes */
+  cudaStream_t s = (cudaStream_t)p->stream;
+  if (cudaMemsetAsync(pd_devpool_block(p, slot), 0, p->block_bytes, s) != cudaSuccess)
+    return PD_EDEVICE;
+  return cudaStreamSynchronize(s) == cudaSuccess ? PD_OK : PD_EDEVICE;
+#else
+  return PD_EUNSUPPORTED;
+#endif
+}
+
+int pd_devpool_copy(pd_devpool *p, uint32_t dst, uint32_t src) {
+  if (p->kind == PD_DEVPOOL_CPU) {
+    memcpy(pd_devpool_block(p, dst), pd_devpool_block(p, src), p->block_bytes);
+    return PD_OK;
+  }
+#ifdef PD_WITH_CUDA
+  cudaStream_t s = (cudaStream_t)p->stream;
+  if (cudaMemcpyAsync(pd_devpool_block(p, dst), pd_devpool_block(p, src), p->block_bytes,
+                      cudaMemcpyDeviceToDevice, s) != cudaSuccess)
+    return PD_EDEVICE;
+  return cudaStreamSynchronize(s) == cudaSuccess ? PD_OK : PD_EDEVICE;
+#else
+  return PD_EUNSUPPORTED;
+#endif
+}
+
+int pd_devpool_download(pd_devpool *p, const int32_t *slots, uint32_t n, void *host,
+                        const int32_t *host_slots) {
+  if (p->kind == PD_DEVPOOL_CPU) {
+    for (uint32_t i = 0; i < n; i++)
+      memcpy((char *)host + (size_t)host_slots[i] * p->block_bytes,
+             pd_devpool_block(p, (uint32_t)slots[i]), p->block_bytes);
+    return PD_OK;
+  }
+#ifdef PD_WITH_CUDA
+  char msg[160];
+  cudaSetDevice(p->device); /* the worker thread's first CUDA call picks the device */
+  if (pd_cuda_blocks_to_host(p->base, p->block_bytes, slots, (int)n, host, host_slots,
+                             p->xfer_stream, msg, sizeof msg) != PD_OK)
+    return PD_EDEVICE;
+  return cudaStreamSynchronize((cudaStream_t)p->xfer_stream) == cudaSuccess ? PD_OK : PD_EDEVICE;
+#else
+  return PD_EUNSUPPORTED;
+#endif
+}
+
+int pd_devpool_upload(pd_devpool *p, const int32_t *slots, uint32_t n, const void *host,
+                      const int32_t *host_slots) {
+  if (p->kind == PD_DEVPOOL_CPU) {
+    for (uint32_t i = 0; i < n; i++)
+      memcpy(pd_devpool_block(p, (uint32_t)slots[i]),
+             (const char *)host + (size_t)host_slots[i] * p->block_bytes, p->block_bytes);
+    return PD_OK;
+  }
+#ifdef PD_WITH_CUDA
+  char msg[160];
+  cudaSetDevice(p->device);
+  if (pd_cuda_blocks_from_host(p->base, p->block_bytes, slots, (int)n, host, host_slots,
+                               p->xfer_stream, msg, sizeof msg) != PD_OK)
+    return PD_EDEVICE;
+  return cudaStreamSynchronize((cudaStream_t)p->xfer_stream) == cudaSuccess ? PD_OK : PD_EDEVICE;
+#else
+  return PD_EUNSUPPORTED;
+#endif
+}
+
+void *pd_devpool_host_alloc(const pd_devpool *p, size_t bytes) {
+  if (p->kind == PD_DEVPOOL_CPU) return calloc(1, bytes ? bytes : 1);
+#ifdef PD_WITH_CUDA
+  void *ptr = NULL;
+  if (cudaHostAlloc(&ptr, bytes ? bytes : 1, cudaHostAllocPortable) != cudaSuccess) {
+    cudaGetLastError();
+    return NULL;
+  }
+  memset(ptr, 0, bytes);
+  return ptr;
+#else
+  return NULL;
+#endif
+}
+
+void pd_devpool_host_free(const pd_devpool *p, void *ptr) {
+  if (!ptr) return;
+  if (p->kind == PD_DEVPOOL_CPU) {
+    free(ptr);
+    return;
+  }
+#ifdef PD_WITH_CUDA
+  cudaFreeHost(ptr);
+#endif
+}
