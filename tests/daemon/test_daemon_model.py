@@ -29,7 +29,9 @@ def test_second_session_reuses_the_system_prompt(daemon):
                          max_tokens=8)
     assert cold.usage.cached_tokens == 0
     assert hit.usage.cached_tokens >= n_sys, (hit.usage, n_sys)
-    assert hit.timings.ttft_ms < cold.timings.ttft_ms / 3, (hit.timings, cold.timings)
+    # only the user turn was computed (how much sooner its first token came is a benchmark's
+    # question: bench/results/daemon_cpu.md, not a test's)
+    assert hit.usage.prompt_tokens - hit.usage.cached_tokens < 32, hit.usage
 
 
 def test_multi_turn_chat_reuses_earlier_turns(daemon):
