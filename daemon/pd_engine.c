@@ -738,8 +738,11 @@ static void admit(pd_engine *e) {
     if (rc) {
       char msg[128];
       snprintf(msg, sizeof msg, "cannot start the request: %s", pd_strerror(rc));
-      seq_finish(e, pick, rc == PD_EPERM ? PD_GRPC_PERMISSION_DENIED : PD_GRPC_INTERNAL, msg,
-                 PREFIXD__V1__FINISH_REASON__FINISH_REASON_ERROR);
+      seq_finish(e, pick,
+                 rc == PD_EPERM    ? PD_GRPC_PERMISSION_DENIED
+                 : rc == PD_ENOMEM ? PD_GRPC_RESOURCE_EXHAUSTED
+                                   : PD_GRPC_INTERNAL,
+                 msg, PREFIXD__V1__FINISH_REASON__FINISH_REASON_ERROR);
       continue;
     }
     if (pick->warm && pick->n_past == pick->n_prompt) { /* all cached: nothing to compute */
@@ -967,12 +970,12 @@ static void reap(pd_engine *e) {
     if (gone || late || e->draining) {
       queue_remove(e, prev, s);
       seq_finish(e, s,
-                 gone   ? PD_GRPC_CANCELLED
-                 : late ? PD_GRPC_DEADLINE_EXCEEDED
-                        : PD_GRPC_UNAVAILABLE,
-                 gone   ? "cancelled by the client"
-                 : late ? "deadline exceeded while queued"
-                        : "the server is shutting down",
+                 gone == 1 ? PD_GRPC_CANCELLED
+                 : late    ? PD_GRPC_DEADLINE_EXCEEDED
+                           : PD_GRPC_UNAVAILABLE,
+                 gone == 1 ? "cancelled by the client"
+                 : late    ? "deadline exceeded while queued"
+                           : "the server is shutting down",
                  PREFIXD__V1__FINISH_REASON__FINISH_REASON_CANCELLED);
       continue;
     }
@@ -984,9 +987,14 @@ static void reap(pd_engine *e) {
     int gone = atomic_load(&j->cancelled), late = j->deadline_ms && now >= j->deadline_ms;
     if (gone || late) {
       running_remove(e, s);
-      seq_finish(e, s, gone ? PD_GRPC_CANCELLED : PD_GRPC_DEADLINE_EXCEEDED,
-                 gone ? "cancelled by the client" : "deadline exceeded",
-                 PREFIXD__V1__FINISH_REASON__FINISH_REASON_CANCELLED);
+      if (gone == PD_JOB_CANCELLED_BY_SERVER)
+        seq_finish(e, s, PD_GRPC_UNAVAILABLE,
+                   "the server is shutting down (its drain timeout ran out)",
+                   PREFIXD__V1__FINISH_REASON__FINISH_REASON_CANCELLED);
+      else
+        seq_finish(e, s, gone ? PD_GRPC_CANCELLED : PD_GRPC_DEADLINE_EXCEEDED,
+                   gone ? "cancelled by the client" : "deadline exceeded",
+                   PREFIXD__V1__FINISH_REASON__FINISH_REASON_CANCELLED);
     }
   }
 }
@@ -1128,14 +1136,12 @@ static int step(pd_engine *e) {
     order[m++] = s;
   }
   n = m;
-  int n_logits = 0;
   for (int i = 0; i < n; i++) {
     pd_seq *s = order[i];
     int want = !s->warm && s->n_past + (uint32_t)s->rows == s->n_prompt + s->n_generated;
     e->batch[i] = (pd_llama_seq){s->tokens + s->n_past, s->rows,
                                  (int32_t)s->n_past,    (const int32_t *)s->table,
                                  (int32_t)s->n_table,   want};
-    n_logits += want;
   }
   if (n == 0) return 0;
   int n_decode = 0;

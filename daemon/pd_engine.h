@@ -88,6 +88,7 @@ enum pd_job_kind { PD_JOB_GENERATE, PD_JOB_WARM, PD_JOB_CALL };
 
 typedef struct pd_engine pd_engine;
 typedef struct pd_job pd_job;
+#define PD_JOB_CANCELLED_BY_SERVER 2 /* pd_job.cancelled: the daemon's drain ran out of time */
 
 /* A call's body, run on the engine thread after authentication. It sets job->resp (a message
  * built in the job's arena, pd_job_alloc) or job->status and job->message. */
@@ -100,7 +101,8 @@ struct pd_job {
   pd_call_fn run;                  /* PD_JOB_CALL */
   char authorization[128];         /* the bearer key presented, "" if none */
   int64_t arrival_ms, deadline_ms; /* pd_grpc_now_ms() time; deadline 0 = none */
-  atomic_int cancelled;            /* client gone (loop thread sets it) */
+  atomic_int cancelled;            /* client gone (loop thread sets it), or
+                                    * PD_JOB_CANCELLED_BY_SERVER (the drain timed out) */
   /* identity, set by the engine's authentication */
   int is_admin;
   int32_t tenant; /* tree tenant id; -1 for the admin */

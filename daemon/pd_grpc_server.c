@@ -41,6 +41,14 @@ struct pd_grpc_server {
   struct conn *conns;
   size_t n_conns, max_conns; /* connections open; past max_conns new ones are closed at once */
   size_t buffered_in;        /* request body bytes held by all calls (PD_GRPC_MAX_BUFFERED) */
+  union {                    /* accepts and closes a connection there is no memory for */
+    uv_handle_t handle;
+    uv_stream_t stream;
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+  } reject;
+  int rejecting;         /* the reject handle is closing */
+  uv_stream_t *deferred; /* a listener whose connection waits for the reject handle */
 };
 
 typedef struct conn {
@@ -587,11 +595,43 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   free(buf->base);
 }
 
+static void on_connection(uv_stream_t *listener, int status);
+
+static void on_rejected(uv_handle_t *h) {
+  pd_grpc_server *s = h->data;
+  s->rejecting = 0;
+  uv_stream_t *deferred = s->deferred;
+  s->deferred = NULL;
+  if (deferred && !s->closing) on_connection(deferred, 0); /* its turn now */
+  if (--s->open_handles == 0 && s->closing) free(s);
+}
+
+/* No memory for a connection: it is accepted into the server's own handle and closed, since
+ * libuv stops accepting on a listener while a connection it reported stays unaccepted. */
+static void reject(pd_grpc_server *s, uv_stream_t *listener) {
+  if (s->rejecting) { /* still closing the last one: this one is accepted after it */
+    s->deferred = listener;
+    return;
+  }
+  if (listener->type == UV_TCP)
+    uv_tcp_init(s->loop, &s->reject.tcp);
+  else
+    uv_pipe_init(s->loop, &s->reject.pipe, 0);
+  s->reject.handle.data = s;
+  s->rejecting = 1;
+  s->open_handles++;
+  uv_accept(listener, &s->reject.stream);
+  uv_close(&s->reject.handle, on_rejected);
+}
+
 static void on_connection(uv_stream_t *listener, int status) {
   pd_grpc_server *s = listener->data;
-  if (status < 0 || s->closing) return;
-  conn *c = calloc(1, sizeof *c);
-  if (!c) return;
+  if (status < 0) return;
+  conn *c = s->closing ? NULL : calloc(1, sizeof *c);
+  if (!c) {
+    reject(s, listener);
+    return;
+  }
   c->server = s;
   int is_tcp = listener->type == UV_TCP;
   if (is_tcp)
@@ -614,7 +654,16 @@ static void on_connection(uv_stream_t *listener, int status) {
   }
   uv_timer_start(&c->timer, on_conn_timer, PD_GRPC_HANDSHAKE_MS, 0);
   nghttp2_session_callbacks *cbs;
-  nghttp2_session_callbacks_new(&cbs);
+  nghttp2_option *opt;
+  if (nghttp2_session_callbacks_new(&cbs)) {
+    conn_close(c);
+    return;
+  }
+  if (nghttp2_option_new(&opt)) {
+    nghttp2_session_callbacks_del(cbs);
+    conn_close(c);
+    return;
+  }
   nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
   nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
@@ -624,8 +673,6 @@ static void on_connection(uv_stream_t *listener, int status) {
    * open and reset streams faster than PD_GRPC_RESET_BURST at once and PD_GRPC_RESET_RATE a
    * second after (HTTP/2 Rapid Reset, CVE-2023-44487); past a limit nghttp2 ends the session
    * with GOAWAY. */
-  nghttp2_option *opt;
-  nghttp2_option_new(&opt);
   nghttp2_option_set_max_outbound_ack(opt, 1000);
   nghttp2_option_set_max_settings(opt, 32);
   nghttp2_option_set_stream_reset_rate_limit(opt, PD_GRPC_RESET_BURST, PD_GRPC_RESET_RATE);
@@ -638,9 +685,12 @@ static void on_connection(uv_stream_t *listener, int status) {
     return;
   }
   nghttp2_settings_entry iv[1] = {{NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, PD_GRPC_MAX_STREAMS}};
-  nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv, 1);
+  if (nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv, 1) ||
+      uv_read_start(&c->h.stream, on_alloc, on_read)) {
+    conn_close(c);
+    return;
+  }
   if (is_tcp) uv_tcp_nodelay(&c->h.tcp, 1);
-  uv_read_start(&c->h.stream, on_alloc, on_read);
   flush(c);
 }
 

@@ -38,7 +38,8 @@ static void on_cancel(pd_grpc_call *call, void *user) {
 }
 
 void pd_service_cancel_all(pd_service *svc) {
-  for (pd_job *j = svc->live; j; j = j->live_next) atomic_store(&j->cancelled, 1);
+  for (pd_job *j = svc->live; j; j = j->live_next)
+    atomic_store(&j->cancelled, PD_JOB_CANCELLED_BY_SERVER);
 }
 
 static void submit(pd_service *svc, pd_grpc_call *call, const ProtobufCMessage *req,

@@ -278,6 +278,10 @@ def test_kill_9_during_spills_loses_nothing_committed(q51_model, data_dir):
 
         th = threading.Thread(target=load)
         th.start()
+        # some writes have committed (however slow the machine), then a random moment
+        end = time.monotonic() + 120
+        while stats(s).storage.disk_writes == 0 and time.monotonic() < end:
+            time.sleep(0.05)
         time.sleep(0.3 + rng.random())
         d.proc.send_signal(signal.SIGKILL)
         d.proc.wait()

@@ -24,7 +24,9 @@
  *
  * The engine is driven through its public interface only: jobs submitted as the gRPC service
  * does (pd_engine_submit, output through the uv_async), and PD_JOB_CALL jobs whose body (run on
- * the engine thread between two steps, like every RPC body) reads the pool and the tree.
+ * the engine thread between two steps, like every RPC body) reads the tree, and the pool's bytes
+ * through the pool's own copy-out (pd_devpool_download), never by dereferencing it. The engine
+ * is the CPU one (--device cpu); the GPU pool zeroes through pd_devpool_zero, the same call.
  */
 #include <check.h>
 #include <stdio.h>
@@ -55,6 +57,7 @@ typedef struct ctx {
   uint32_t beta_slot;  /* its slot */
   int beta_nodes;      /* device blocks of beta in the tree */
   int evict_alpha;     /* case 2: the snapshot call also evicts alpha's blocks */
+  int read_rc;         /* of the last pd_devpool_download */
 } ctx;
 
 static ctx C;
@@ -132,7 +135,9 @@ static int request(const char *key, int n, int seed, int max_tokens) {
 
 /* Engine thread: the pool after alpha's requests; case 2 evicts alpha's blocks after the copy. */
 static void snapshot_fn(pd_engine *e, pd_job *job) {
-  memcpy(C.snapshot, e->pool.base, (size_t)e->n_blocks * e->block_bytes);
+  int32_t slots[N_BLOCKS];
+  for (int i = 0; i < N_BLOCKS; i++) slots[i] = i;
+  C.read_rc = pd_devpool_download(&e->pool, slots, N_BLOCKS, C.snapshot, slots);
   C.all_alpha = 1;
   for (uint32_t s = 0; s < e->n_blocks; s++)
     if (e->slot_owner[s] != (uint16_t)(C.alpha + 1)) C.all_alpha = 0;
@@ -151,9 +156,8 @@ static void find_beta_fn(pd_engine *e, pd_job *job) {
     C.beta_nodes++;
     C.beta_slot = nd->slot;
   }
-  if (C.beta_nodes == 1)
-    memcpy(C.beta_block, (const uint8_t *)e->pool.base + (size_t)C.beta_slot * e->block_bytes,
-           e->block_bytes);
+  int32_t slot = (int32_t)C.beta_slot, zero = 0;
+  if (C.beta_nodes == 1) C.read_rc = pd_devpool_download(&e->pool, &slot, 1, C.beta_block, &zero);
 }
 
 static int call(pd_call_fn fn) {
@@ -179,7 +183,8 @@ static pd_engine *create(uint64_t kv_bytes, int zero) {
                           .tenants_path = NULL,
                           .admin_key = ADMIN_KEY,
                           .threads = 1,
-                          .zero_reused_kv = zero};
+                          .zero_reused_kv = zero,
+                          .device = PD_ENGINE_DEVICE_CPU};
   char err[512] = "";
   pd_engine *e = NULL;
   int rc = pd_engine_create(&cfg, &C.loop, on_output, &C, &e, err, sizeof err);
@@ -236,6 +241,7 @@ static size_t scenario(int zero, int evict) {
   ck_assert_int_eq(request(C.key_alpha, B_TOKENS, 2, -1), 0);
   /* 2. the pool as alpha left it */
   ck_assert_int_eq(call(snapshot_fn), 0);
+  ck_assert_int_eq(C.read_rc, 0);
   ck_assert_msg(C.all_alpha, "not every device slot was written for alpha: the scenario cannot "
                              "guarantee beta a slot of alpha's");
   /* 3. beta: one partial block */
@@ -243,6 +249,7 @@ static size_t scenario(int zero, int evict) {
   /* 4. beta's block */
   ck_assert_int_eq(call(find_beta_fn), 0);
   ck_assert_int_eq(C.beta_nodes, 1);
+  ck_assert_int_eq(C.read_rc, 0);
 
   const pd_kv_layout *L = &C.e->llama.kv;
   size_t es = pd_dtype_size(L->dtype), row_bytes = (size_t)L->head_dim * es;
