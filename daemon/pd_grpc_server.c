@@ -20,7 +20,8 @@
 #include "pd_err.h"
 #include "pd_h2_filter.h"
 
-#define MAX_ROUTES 64
+#define MAX_ROUTES         64
+#define PD_GRPC_READ_BYTES 65536 /* one read from a connection */
 
 typedef struct route {
   char path[160];
@@ -41,7 +42,11 @@ struct pd_grpc_server {
   struct conn *conns;
   size_t n_conns, max_conns; /* connections open; past max_conns new ones are closed at once */
   size_t buffered_in;        /* request body bytes held by all calls (PD_GRPC_MAX_BUFFERED) */
-  union {                    /* accepts and closes a connection there is no memory for */
+  /* a read buffer for when malloc fails, so a connection is read rather than dropped (one
+   * suffices: the loop is one thread and each read is consumed before the next is asked for) */
+  char spare_read[PD_GRPC_READ_BYTES];
+  int spare_read_in_use;
+  union { /* accepts and closes a connection there is no memory for */
     uv_handle_t handle;
     uv_stream_t stream;
     uv_tcp_t tcp;
@@ -561,8 +566,21 @@ static void on_conn_timer(uv_timer_t *t) {
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
-  buf->base = malloc(65536);
-  buf->len = buf->base ? 65536 : 0;
+  pd_grpc_server *s = ((conn *)h->data)->server;
+  buf->base = malloc(PD_GRPC_READ_BYTES);
+  if (!buf->base && !s->spare_read_in_use) {
+    s->spare_read_in_use = 1;
+    buf->base = s->spare_read;
+  }
+  buf->len = buf->base ? PD_GRPC_READ_BYTES : 0;
+}
+
+/* Gives back a buffer on_alloc handed out. */
+static void release_read(conn *c, char *base) {
+  if (base == c->server->spare_read)
+    c->server->spare_read_in_use = 0;
+  else
+    free(base);
 }
 
 /* The filter's output goes to the connection's nghttp2 session; nonzero stops the read (a
@@ -576,7 +594,7 @@ static int session_recv(void *user, const uint8_t *data, size_t len) {
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   conn *c = (conn *)stream;
   if (nread < 0) {
-    free(buf->base);
+    release_read(c, buf->base);
     conn_close(c);
     return;
   }
@@ -584,7 +602,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     c->last_read_ms = pd_grpc_now_ms();
     int rv =
         pd_h2_filter_feed(&c->filter, (const uint8_t *)buf->base, (size_t)nread, session_recv, c);
-    free(buf->base);
+    release_read(c, buf->base);
     if (rv) {
       conn_close(c);
       return;
@@ -592,7 +610,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     flush(c);
     return;
   }
-  free(buf->base);
+  release_read(c, buf->base);
 }
 
 static void on_connection(uv_stream_t *listener, int status);
