@@ -17,6 +17,7 @@
 #ifdef PD_WITH_CUDA
 #include <cuda_runtime.h>
 
+#include "pd_cuda_attention.h"
 #include "pd_cuda_batch.h"
 
 static int cuda_err(cudaError_t e, char *err, size_t errlen, const char *what) {
@@ -27,12 +28,7 @@ static int cuda_err(cudaError_t e, char *err, size_t errlen, const char *what) {
 
 int pd_devpool_cuda_available(void) {
 #ifdef PD_WITH_CUDA
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    cudaGetLastError(); /* clear the "no driver" error */
-    return 0;
-  }
-  return n > 0;
+  return pd_cuda_device_count() > 0;
 #else
   return 0;
 #endif
