@@ -33,61 +33,62 @@
 #define VERSION "0.1.0"
 
 static void usage(FILE *f) {
-  fprintf(f,
-          "usage: prefixd [options]\n"
-          "Serves LLM generation over gRPC (prefixd.v1.Prefixd, prefixd.v1.Admin) and reuses\n"
-          "cached prompt prefixes. Every option also reads an environment variable (shown);\n"
-          "the flag wins.\n"
-          "  -m, --model PATH          GGUF model (PREFIXD_MODEL; default\n"
-          "                            ~/.cache/prefixd/SmolLM2-135M-Instruct.Q4_1.gguf)\n"
-          "  -l, --listen HOST:PORT    TCP address (PREFIXD_LISTEN; default 127.0.0.1:7878;\n"
-          "                            'none' for no TCP)\n"
-          "      --unix PATH           also listen on a Unix socket (PREFIXD_UNIX; default\n"
-          "                            <data-dir>/prefixd.sock, where kvctl looks; 'none': no\n"
-          "                            socket)\n"
-          "  -d, --data-dir DIR        tenant registry and state (PREFIXD_DATA_DIR; default\n"
-          "                            ~/.local/share/prefixd)\n"
-          "      --metrics-listen HOST:PORT\n"
-          "                            Prometheus /metrics, /healthz and /readyz over HTTP\n"
-          "                            (PREFIXD_METRICS_LISTEN; default 127.0.0.1:9464; 'none'\n"
-          "                            to disable; no authentication: keep it private)\n"
-          "      --admin-key-file F    file holding the admin key (PREFIXD_ADMIN_KEY_FILE)\n"
-          "                            (or the key itself in PREFIXD_ADMIN_KEY)\n"
-          "      --kv-cache-mb N       KV cache of the device tier in MiB (PREFIXD_KV_CACHE_MB;\n"
-          "                            default 1024)\n"
-          "      --host-cache-mb N     host RAM tier in MiB; 0 = none (PREFIXD_HOST_CACHE_MB;\n"
-          "                            default 1024)\n"
-          "      --disk-cache-mb N     disk tier (LMDB) budget in MiB; 0 = none\n"
-          "                            (PREFIXD_DISK_CACHE_MB; default 8192)\n"
-          "      --disk-dir DIR        the disk tier's directory (PREFIXD_DISK_DIR; default\n"
-          "                            <data-dir>/kv)\n"
-          "      --disk-sync M         durable (fsync every commit), fast (no meta sync: power\n"
-          "                            loss may lose the last commits, never corrupts) or nosync\n"
-          "                            (the OS flushes) (PREFIXD_DISK_SYNC; default fast)\n"
-          "      --disk-write F        which blocks are written to disk: second-use (on their\n"
-          "                            first hit, or warmed or pinned), always, or pinned (only\n"
-          "                            warmed or pinned) (PREFIXD_DISK_WRITE; default second-use)\n"
-          "      --disk-foreign P      blocks of another model or format in the store: keep\n"
-          "                            (never served) or purge (default keep)\n"
-          "      --zero-reused-kv B    yes: a device block is zeroed before a sequence of\n"
-          "                            another tenant writes into it (PREFIXD_ZERO_REUSED_KV;\n"
-          "                            default yes)\n"
-          "      --device D            where the forward pass and the device tier run: auto (a\n"
-          "                            GPU if this build has CUDA and the driver reports one,\n"
-          "                            else the CPU), cpu, or cuda (PREFIXD_DEVICE; auto)\n"
-          "      --block-tokens N      tokens per KV block, a power of two (default 16)\n"
-          "      --max-batch-tokens N  rows per forward pass (PREFIXD_MAX_BATCH_TOKENS; 256)\n"
-          "      --max-running N       sequences batched at once (PREFIXD_MAX_RUNNING; 64)\n"
-          "      --max-queue N         waiting requests before RESOURCE_EXHAUSTED (1024)\n"
-          "      --max-context N       tokens per sequence (default: the model's)\n"
-          "      --cache-dtype T       f16, bf16 or f32 (default f16)\n"
-          "      --matmul M            fast or exact (default fast)\n"
-          "  -t, --threads N           CPU threads (PREFIXD_THREADS; default: all)\n"
-          "      --drain-timeout S     seconds running requests get at shutdown (default 30)\n"
-          "      --log-level L         debug, info, warn, error (PREFIXD_LOG_LEVEL; info)\n"
-          "      --log-file F          log to F instead of stderr; SIGHUP reopens it\n"
-          "  -h, --help                this text\n"
-          "      --version\n");
+  fprintf(
+      f,
+      "usage: prefixd [options]\n"
+      "Serves LLM generation over gRPC (prefixd.v1.Prefixd, prefixd.v1.Admin) and reuses\n"
+      "cached prompt prefixes. Every option also reads an environment variable (shown);\n"
+      "the flag wins.\n"
+      "  -m, --model PATH          GGUF model (PREFIXD_MODEL; default\n"
+      "                            ~/.cache/prefixd/SmolLM2-135M-Instruct.Q4_1.gguf)\n"
+      "  -l, --listen HOST:PORT    TCP address (PREFIXD_LISTEN; default 127.0.0.1:7878;\n"
+      "                            'none' for no TCP)\n"
+      "      --unix PATH           also listen on a Unix socket (PREFIXD_UNIX; default\n"
+      "                            <data-dir>/prefixd.sock, where kvctl looks; 'none': no\n"
+      "                            socket)\n"
+      "  -d, --data-dir DIR        tenant registry and state (PREFIXD_DATA_DIR; default\n"
+      "                            ~/.local/share/prefixd)\n"
+      "      --metrics-listen HOST:PORT\n"
+      "                            Prometheus /metrics, /healthz and /readyz over HTTP\n"
+      "                            (PREFIXD_METRICS_LISTEN; default 127.0.0.1:9464; 'none'\n"
+      "                            to disable; no authentication: keep it private)\n"
+      "      --admin-key-file F    file holding the admin key (PREFIXD_ADMIN_KEY_FILE)\n"
+      "                            (or the key itself in PREFIXD_ADMIN_KEY)\n"
+      "      --kv-cache-mb N       KV cache of the device tier in MiB (PREFIXD_KV_CACHE_MB;\n"
+      "                            default 1024)\n"
+      "      --host-cache-mb N     host RAM tier in MiB; 0 = none (PREFIXD_HOST_CACHE_MB;\n"
+      "                            default 1024)\n"
+      "      --disk-cache-mb N     disk tier (LMDB) budget in MiB; 0 = none\n"
+      "                            (PREFIXD_DISK_CACHE_MB; default 8192)\n"
+      "      --disk-dir DIR        the disk tier's directory (PREFIXD_DISK_DIR; default\n"
+      "                            <data-dir>/kv)\n"
+      "      --disk-sync M         durable (fsync every commit), fast (no meta sync: power\n"
+      "                            loss may lose the last commits, never corrupts) or nosync\n"
+      "                            (the OS flushes) (PREFIXD_DISK_SYNC; default fast)\n"
+      "      --disk-write F        which blocks are written to disk: second-use (on their\n"
+      "                            first hit, or warmed or pinned), always, or pinned (only\n"
+      "                            warmed or pinned) (PREFIXD_DISK_WRITE; default second-use)\n"
+      "      --disk-foreign P      blocks of another model or format in the store: keep\n"
+      "                            (never served) or purge (default keep)\n"
+      "      --zero-reused-kv B    yes: a device block is zeroed before a sequence of\n"
+      "                            another tenant writes into it (PREFIXD_ZERO_REUSED_KV;\n"
+      "                            default yes)\n"
+      "      --device D            where the forward pass and the device tier run: auto (a\n"
+      "                            GPU if this build has CUDA and the driver reports one,\n"
+      "                            else the CPU), cpu, or cuda (PREFIXD_DEVICE; auto)\n"
+      "      --block-tokens N      tokens per KV block, a power of two (default 16)\n"
+      "      --max-batch-tokens N  rows per forward pass (PREFIXD_MAX_BATCH_TOKENS; 256)\n"
+      "      --max-running N       sequences batched at once (PREFIXD_MAX_RUNNING; 64)\n"
+      "      --max-queue N         waiting requests before RESOURCE_EXHAUSTED (1024)\n"
+      "      --max-context N       tokens per sequence (default: the model's)\n"
+      "      --cache-dtype T       f16, bf16, f32 or fp8 (fp8-e4m3, a scale per row; default f16)\n"
+      "      --matmul M            fast or exact (default fast)\n"
+      "  -t, --threads N           CPU threads (PREFIXD_THREADS; default: all)\n"
+      "      --drain-timeout S     seconds running requests get at shutdown (default 30)\n"
+      "      --log-level L         debug, info, warn, error (PREFIXD_LOG_LEVEL; info)\n"
+      "      --log-file F          log to F instead of stderr; SIGHUP reopens it\n"
+      "  -h, --help                this text\n"
+      "      --version\n");
 }
 
 typedef struct daemon_state {
@@ -353,14 +354,8 @@ int main(int argc, char **argv) {
     return 2;
   }
   enum pd_dtype dtype;
-  if (!strcmp(cache_dtype, "f16"))
-    dtype = PD_DTYPE_F16;
-  else if (!strcmp(cache_dtype, "bf16"))
-    dtype = PD_DTYPE_BF16;
-  else if (!strcmp(cache_dtype, "f32"))
-    dtype = PD_DTYPE_F32;
-  else {
-    fprintf(stderr, "prefixd: --cache-dtype must be f16, bf16 or f32\n");
+  if (pd_dtype_parse(cache_dtype, &dtype)) {
+    fprintf(stderr, "prefixd: --cache-dtype must be f16, bf16, f32 or fp8\n");
     return 2;
   }
   if (strcmp(matmul, "fast") && strcmp(matmul, "exact")) {

@@ -27,8 +27,7 @@ void pd_llama_free(pd_llama *c) {
 int pd_llama_init(pd_llama *c, const pd_model *m, int block_tokens, enum pd_dtype cache_dtype,
                   enum pd_matmul_mode mode, int max_tokens, int max_seqs) {
   memset(c, 0, sizeof *c);
-  if (max_tokens <= 0 || max_seqs <= 0 || block_tokens <= 0 || cache_dtype == PD_DTYPE_FP8_E4M3)
-    return PD_EINVAL;
+  if (max_tokens <= 0 || max_seqs <= 0 || block_tokens <= 0) return PD_EINVAL;
   c->model = m;
   c->kv = (pd_kv_layout){m->n_layers, m->n_kv_heads, m->head_dim, block_tokens, cache_dtype};
   c->mode = mode;

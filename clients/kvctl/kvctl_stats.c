@@ -7,7 +7,8 @@
  * the KV size per token with its formula. The formula's factors are not fields of Stats: they
  * are read back from the model description string (pd_model_describe's "N layers", "(K kv,
  * head_dim D)") and the dtype size is what remains of kv_bytes_per_token; the block size is
- * the device tier's bytes per block over kv_bytes_per_token. When the description does not
+ * the device tier's bytes per block over kv_bytes_per_token (an fp8 cache adds a 4-byte scale per
+ * row of head_dim values, which is recognized). When the description does not
  * parse, the formula is shown symbolically and its JSON is null. `--watch` redraws one frame
  * per interval until SIGINT or --count frames; with --json each frame is one compact line.
  */
@@ -252,6 +253,7 @@ const char kv_help_stats[] =
 typedef struct kv_shape {
   int layers, kv_heads, head_dim;
   uint64_t dtype_bytes;
+  uint64_t scale_bytes; /* per row of head_dim values: 4 for an fp8 cache, else 0 */
   uint64_t block_tokens, block_bytes;
 } kv_shape;
 
@@ -262,12 +264,16 @@ static int kv_shape_from(const Prefixd__V1__StatsResponse *r, kv_shape *s) {
   if (!colon || !paren || sscanf(colon, ": %d layers", &s->layers) != 1 ||
       sscanf(paren, "(%d kv, head_dim %d)", &s->kv_heads, &s->head_dim) != 2)
     return 0;
-  uint64_t per_dtype_byte =
-      2ull * (uint64_t)s->layers * (uint64_t)s->kv_heads * (uint64_t)s->head_dim;
-  if (s->layers <= 0 || s->kv_heads <= 0 || s->head_dim <= 0 || !r->kv_bytes_per_token ||
-      r->kv_bytes_per_token % per_dtype_byte)
+  if (s->layers <= 0 || s->kv_heads <= 0 || s->head_dim <= 0 || !r->kv_bytes_per_token) return 0;
+  uint64_t rows = 2ull * (uint64_t)s->layers * (uint64_t)s->kv_heads;
+  uint64_t per_dtype_byte = rows * (uint64_t)s->head_dim;
+  if (r->kv_bytes_per_token == per_dtype_byte + rows * 4) {
+    s->dtype_bytes = 1, s->scale_bytes = 4;
+  } else if (r->kv_bytes_per_token % per_dtype_byte == 0) {
+    s->dtype_bytes = r->kv_bytes_per_token / per_dtype_byte;
+  } else {
     return 0;
-  s->dtype_bytes = r->kv_bytes_per_token / per_dtype_byte;
+  }
   for (size_t i = 0; i < r->n_tiers; i++) {
     const Prefixd__V1__TierStats *t = r->tiers[i];
     if (t->tier == PREFIXD__V1__TIER__TIER_DEVICE && t->blocks_capacity) {
@@ -280,7 +286,6 @@ static int kv_shape_from(const Prefixd__V1__StatsResponse *r, kv_shape *s) {
 
 static const char *dtype_names(uint64_t bytes) {
   switch (bytes) {
-  case 1: return "fp8";
   case 2: return "f16 or bf16";
   case 4: return "f32";
   default: return "?";
@@ -301,6 +306,7 @@ static void stats_json(const Prefixd__V1__StatsResponse *r, int pretty) {
     kv_json_uint(&j, "kv_heads", (uint64_t)s.kv_heads);
     kv_json_uint(&j, "head_dim", (uint64_t)s.head_dim);
     kv_json_uint(&j, "dtype_bytes", s.dtype_bytes);
+    kv_json_uint(&j, "scale_bytes", s.scale_bytes);
     kv_json_uint(&j, "block_tokens", s.block_tokens);
     kv_json_uint(&j, "block_bytes", s.block_bytes);
     kv_json_end(&j);
@@ -443,17 +449,23 @@ static void print_kv_formula(const Prefixd__V1__StatsResponse *r) {
   char a[32], b[32];
   kv_shape s;
   static const char dot[] = "\xc2\xb7"; /* U+00B7 */
-  if (kv_shape_from(r, &s)) {
+  if (!kv_shape_from(r, &s)) {
+    printf("  %s B = 2 %s layers %s kv_heads %s head_dim %s dtype bytes\n",
+           kv_fmt_count(a, sizeof a, r->kv_bytes_per_token), dot, dot, dot, dot);
+    return;
+  }
+  if (s.scale_bytes)
+    printf("  %s B = 2 %s %d layers %s %d kv_heads %s (%d head_dim %s 1 B + %llu B) (fp8, a scale "
+           "per row)\n",
+           kv_fmt_count(a, sizeof a, r->kv_bytes_per_token), dot, s.layers, dot, s.kv_heads, dot,
+           s.head_dim, dot, (unsigned long long)s.scale_bytes);
+  else
     printf("  %s B = 2 %s %d layers %s %d kv_heads %s %d head_dim %s %llu B (%s)\n",
            kv_fmt_count(a, sizeof a, r->kv_bytes_per_token), dot, s.layers, dot, s.kv_heads, dot,
            s.head_dim, dot, (unsigned long long)s.dtype_bytes, dtype_names(s.dtype_bytes));
-    if (s.block_tokens)
-      printf("  a block of %llu tokens: %s (%s B)\n", (unsigned long long)s.block_tokens,
-             kv_fmt_bytes(a, sizeof a, s.block_bytes), kv_fmt_count(b, sizeof b, s.block_bytes));
-  } else {
-    printf("  %s B = 2 %s layers %s kv_heads %s head_dim %s dtype bytes\n",
-           kv_fmt_count(a, sizeof a, r->kv_bytes_per_token), dot, dot, dot, dot);
-  }
+  if (s.block_tokens)
+    printf("  a block of %llu tokens: %s (%s B)\n", (unsigned long long)s.block_tokens,
+           kv_fmt_bytes(a, sizeof a, s.block_bytes), kv_fmt_count(b, sizeof b, s.block_bytes));
 }
 
 static void stats_human(const Prefixd__V1__StatsResponse *r) {

@@ -13,6 +13,7 @@
 #include "pd_attention.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,9 +23,42 @@
 #include <immintrin.h>
 #endif
 
+/* Rows of one block: 2 * n_layers * n_kv_heads * B. */
+static size_t block_rows(const pd_kv_layout *L) {
+  return 2u * (size_t)L->n_layers * (size_t)L->n_kv_heads * (size_t)L->block_tokens;
+}
+
 size_t pd_kv_block_bytes(const pd_kv_layout *L) {
-  return 2u * (size_t)L->n_layers * (size_t)L->n_kv_heads * (size_t)L->block_tokens *
-         (size_t)L->head_dim * pd_dtype_size(L->dtype);
+  size_t rows = block_rows(L), bytes = rows * (size_t)L->head_dim * pd_dtype_size(L->dtype);
+  return L->dtype == PD_DTYPE_FP8_E4M3 ? bytes + rows * sizeof(float) : bytes;
+}
+
+size_t pd_kv_scale_offset(const pd_kv_layout *L, int layer, int kv, int kv_head, int row) {
+  size_t row_index = pd_kv_elem_offset(L, layer, kv, kv_head, row) / (size_t)L->head_dim;
+  return block_rows(L) * (size_t)L->head_dim + row_index * sizeof(float);
+}
+
+float pd_kv_fp8_row_scale(float amax) {
+  if (!(amax >= 1e-30f) || isinf(amax)) return 1.0f;
+  return amax / 448.0f;
+}
+
+/* fp8 e4m3 -> f32 for every byte value (exact), filled once. */
+static float fp8_table[256];
+static pthread_once_t fp8_table_once = PTHREAD_ONCE_INIT;
+
+static void fp8_table_fill(void) {
+  for (int v = 0; v < 256; v++) fp8_table[v] = pd_fp8e4m3_to_f32((uint8_t)v);
+}
+
+/* One fp8 row: head_dim values of x to dst, its scale to *scale_dst. */
+static void store_fp8_row(uint8_t *dst, uint8_t *scale_dst, const float *x, int hd) {
+  float amax = 0.0f;
+  for (int d = 0; d < hd; d++)
+    if (fabsf(x[d]) > amax) amax = fabsf(x[d]);
+  float s = pd_kv_fp8_row_scale(amax);
+  for (int d = 0; d < hd; d++) dst[d] = pd_f32_to_fp8e4m3(x[d] / s);
+  memcpy(scale_dst, &s, sizeof s);
 }
 
 size_t pd_kv_elem_offset(const pd_kv_layout *L, int layer, int kv, int kv_head, int row) {
@@ -56,6 +90,9 @@ int pd_kv_store(const pd_kv_layout *L, void *pool, const pd_attn_seq *s, int lay
       if (L->dtype == PD_DTYPE_F32) {
         memcpy(kd, kr + h * hd, (size_t)hd * 4);
         memcpy(vd, vr + h * hd, (size_t)hd * 4);
+      } else if (L->dtype == PD_DTYPE_FP8_E4M3) {
+        store_fp8_row(kd, block + pd_kv_scale_offset(L, layer, 0, h, r), kr + h * hd, hd);
+        store_fp8_row(vd, block + pd_kv_scale_offset(L, layer, 1, h, r), vr + h * hd, hd);
       } else {
         for (int d = 0; d < hd; d++) {
           pd_dtype_store(L->dtype, kd, (size_t)d, kr[h * hd + d]);
@@ -73,6 +110,12 @@ static const float *load_row(const pd_kv_layout *L, const uint8_t *block, int la
   size_t off = pd_kv_elem_offset(L, layer, kv, kv_head, r);
   if (L->dtype == PD_DTYPE_F32) return (const float *)block + off;
   const uint8_t *src = block + off * pd_dtype_size(L->dtype);
+  if (L->dtype == PD_DTYPE_FP8_E4M3) {
+    float s;
+    memcpy(&s, block + pd_kv_scale_offset(L, layer, kv, kv_head, r), sizeof s);
+    for (int d = 0; d < L->head_dim; d++) tmp[d] = fp8_table[src[d]] * s;
+    return tmp;
+  }
   int d = 0;
 #ifdef __F16C__
   if (L->dtype == PD_DTYPE_F16)
@@ -101,6 +144,7 @@ int pd_attn_paged(const pd_kv_layout *L, const void *pool, int layer, int n_head
   int hd = L->head_dim, group = n_heads / L->n_kv_heads;
   size_t bb = pd_kv_block_bytes(L);
   int failed = 0;
+  if (L->dtype == PD_DTYPE_FP8_E4M3) pthread_once(&fp8_table_once, fp8_table_fill);
 #pragma omp parallel
   {
     float *scores = malloc((size_t)ROW_CHUNK * (size_t)(max_ctx ? max_ctx : 1) * sizeof *scores);

@@ -6,7 +6,16 @@
  *
  *     [layer][K|V][kv_head][token_in_block][head_dim]     elements of L->dtype
  *
- * so a block moves between tiers as one extent. A sequence reaches its tokens through a block
+ * An fp8-e4m3 block adds one f32 scale per row after the elements (the rows in the same order):
+ *
+ *     [layer][K|V][kv_head][token_in_block]               f32 scales, from pd_kv_scale_offset
+ *
+ * Row x (head_dim values) is stored as s = max|x| / 448 and e = fp8(x / s), and read back as
+ * e * s: every row uses the whole fp8 range, so no calibration is needed, and the scales cost
+ * 4 / head_dim bytes per element (a head_dim 64 fp8 block is 53% of an f16 one). A row whose
+ * max is 0, under 1e-30 or not finite has s = 1.
+ *
+ * So a block moves between tiers as one extent. A sequence reaches its tokens through a block
  * table: token at position p lives in block block_table[p / B], row p % B.
  *
  * Attention is causal: query row i of a sequence sits at position n_past + i and attends to
@@ -41,8 +50,16 @@ typedef struct pd_kv_layout {
   enum pd_dtype dtype;  /* element type of K and V in the pool */
 } pd_kv_layout;
 
-/* Bytes of one block: 2 * n_layers * n_kv_heads * B * head_dim * sizeof(dtype). */
+/* Bytes of one block: R * head_dim * sizeof(dtype), R = 2 * n_layers * n_kv_heads * B rows, plus
+ * R * 4 bytes of row scales for fp8-e4m3. */
 size_t pd_kv_block_bytes(const pd_kv_layout *L);
+
+/* Byte offset, within one fp8-e4m3 block, of the f32 scale of K (kv = 0) or V (kv = 1) of
+ * (layer, kv_head, row). */
+size_t pd_kv_scale_offset(const pd_kv_layout *L, int layer, int kv, int kv_head, int row);
+
+/* The scale pd_kv_store gives an fp8 row whose largest magnitude is amax (NaN ignored). */
+float pd_kv_fp8_row_scale(float amax);
 
 /* Element offset, within one block, of K (kv = 0) or V (kv = 1) of (layer, kv_head, row). */
 size_t pd_kv_elem_offset(const pd_kv_layout *L, int layer, int kv, int kv_head, int row);
@@ -58,7 +75,7 @@ typedef struct pd_attn_seq {
 
 /*
  * Stores the new rows' K and V of one layer into the sequence's blocks, converting f32 to the
- * pool's dtype (round to nearest even).
+ * pool's dtype (round to nearest even; fp8 rows scaled as above).
  *   k, v: (n_rows_total, n_kv_heads, head_dim) f32; rows s->row .. s->row + s->n_new - 1 are used.
  * Returns 0, or PD_EINVAL if the block table is too short.
  */

@@ -43,7 +43,7 @@ static void usage(FILE *f) {
           "  -n, --max-tokens N      tokens to generate (default 128)\n"
           "      --temp T --top-k K --top-p P --min-p P --repeat-penalty R --seed S\n"
           "  -t, --threads N         CPU threads (default: all)\n"
-          "      --cache-dtype f32|f16|bf16   KV cache element type (default f16)\n"
+          "      --cache-dtype f32|f16|bf16|fp8   KV cache element type (default f16)\n"
           "      --mode exact|fast   matmul mode (default fast)\n"
           "      --ctx N             context length (default 4096)\n"
           "      --dump-logits FILE  write the logits of every prompt position (f32, n x vocab)\n"
@@ -177,8 +177,8 @@ int main(int argc, char **argv) {
     case 6: sp.seed = strtoull(optarg, NULL, 10); break;
     case 't': threads = atoi(optarg); break;
     case 7:
-      if (pd_dtype_parse(optarg, &cache_dtype) || cache_dtype == PD_DTYPE_FP8_E4M3) {
-        fprintf(stderr, "prefixd-run: --cache-dtype must be f32, f16 or bf16\n");
+      if (pd_dtype_parse(optarg, &cache_dtype)) {
+        fprintf(stderr, "prefixd-run: --cache-dtype must be f32, f16, bf16 or fp8\n");
         return 2;
       }
       break;

@@ -286,7 +286,7 @@ def test_status_and_stats_json(daemon, acme):
     # the synthetic model: 2 layers, 2 kv heads, head_dim 16, f16 cache, 16-token blocks
     assert s["kv_bytes_per_token"] == 256
     assert s["kv_formula"] == {"layers": 2, "kv_heads": 2, "head_dim": 16, "dtype_bytes": 2,
-                               "block_tokens": 16, "block_bytes": 4096}
+                               "scale_bytes": 0, "block_tokens": 16, "block_bytes": 4096}
     assert set(s["storage"]) == STORAGE_FIELDS
     assert s["storage"]["write_filter"] == "second-use"
     assert set(s["storage"]["dropped_blocks"]) == {"device", "host", "disk"}

@@ -173,6 +173,44 @@ def test_warmed_prefix_survives_restart_as_a_disk_hit_and_stays_isolated(q51_mod
         assert d.stop() == 0
 
 
+def test_fp8_cache_spills_restores_and_survives_a_restart(q51_model, data_dir):
+    """An fp8-e4m3 cache (a scale per row): a block is 2 * layers * kv_heads * B * (head_dim + 4)
+    bytes, Stats reports it, and blocks that went to host and disk and came back, or came back
+    from disk after a restart, give the tokens computed from scratch."""
+    args = tiers(("--cache-dtype", "fp8", "--host-cache-mb", "1", "--disk-cache-mb", "64",
+                  "--disk-write", "always"))
+    d = Daemon(q51_model, data_dir, extra=args)
+    try:
+        s = d.stub()
+        st = stats(s)
+        # tiny-q5_1: 2 layers, 8 kv heads, head_dim 16 (1 KiB per token in f16)
+        assert st.kv_bytes_per_token == 2 * 2 * 8 * (16 + 4), st.kv_bytes_per_token
+        target = doc(0)
+        reference, _ = greedy(s, target, no_cache=True)
+        s.Warm(pb.WarmRequest(prompt=ids_prompt(target)))
+        for i in range(1, 16):  # 15 x 19 blocks: past device (102) and host (102)
+            s.Warm(pb.WarmRequest(prompt=ids_prompt(doc(i))))
+        st = stats(s)
+        assert st.storage.spilled_to_host_blocks > 0 and st.storage.spilled_to_disk_blocks > 0
+        lk = s.Lookup(pb.LookupRequest(prompt=ids_prompt(target)))
+        assert lk.cached_tokens_by_tier.disk > 0, lk
+        out, final = greedy(s, target)
+        assert final.usage.cached_tokens_by_tier.disk > 0, final.usage
+        assert out == reference
+    finally:
+        assert d.stop() == 0
+    d = Daemon(q51_model, data_dir, extra=args)
+    try:
+        s = d.stub()
+        lk = s.Lookup(pb.LookupRequest(prompt=ids_prompt(doc(1))))
+        assert lk.cached_tokens_by_tier.disk > 0, lk
+        out, final = greedy(s, doc(1))
+        assert final.usage.cached_tokens_by_tier.disk > 0, final.usage
+        assert out == greedy(s, doc(1), no_cache=True)[0]
+    finally:
+        assert d.stop() == 0
+
+
 def pins_by_id(stub):
     r = stub.ListPrefixes(pb.ListPrefixesRequest(page_size=1000))
     return {p.id: p for p in r.prefixes}
