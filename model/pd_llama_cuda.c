@@ -342,9 +342,10 @@ int pd_llama_cuda_init(pd_llama_cuda *c, const pd_model *m, int block_tokens,
                 "cuda model: bad arguments (max_tokens %d, max_seqs %d (1..65535), block_tokens "
                 "%d (a power of two), mode %d)",
                 max_tokens, max_seqs, block_tokens, (int)mode);
-  if (cache_dtype != PD_DTYPE_F32 && cache_dtype != PD_DTYPE_F16 && cache_dtype != PD_DTYPE_BF16)
+  if (cache_dtype != PD_DTYPE_F32 && cache_dtype != PD_DTYPE_F16 && cache_dtype != PD_DTYPE_BF16 &&
+      cache_dtype != PD_DTYPE_FP8_E4M3)
     return errf(err, errlen, PD_EINVAL,
-                "cuda model: KV cache dtype %s unsupported (f32, f16, bf16)",
+                "cuda model: KV cache dtype %s unsupported (f32, f16, bf16, fp8-e4m3)",
                 pd_dtype_name(cache_dtype));
   if (m->head_dim != 64 && m->head_dim != 128)
     return errf(err, errlen, PD_EINVAL,

@@ -2,12 +2,13 @@
  * attn_bench.c -- the CUDA attention kernels and block transfers, beside the device's own copy
  * bandwidths measured in the same run.
  *
- * 1. Decode (pd_cuda_attn_decode, f16), beside cudaMemcpy device-to-device of 1 GiB (read +
- *    write), on two shapes:
+ * 1. Decode (pd_cuda_attn_decode) with an f16 and with an fp8-e4m3 cache, beside cudaMemcpy
+ *    device-to-device of 1 GiB (read + write), on two shapes:
  *      the default model's: 64 sequences, 9 query / 3 KV heads, head_dim 64, 2,048 tokens;
  *      a larger model's:    16 sequences, 32 / 8 heads, head_dim 128, 4,096 tokens.
- *    KV bytes read = n_seqs * ctx * n_kv * head_dim * 2 (K and V) * 2 bytes (f16). The blocks of
- *    each sequence are scattered over the pool (a shuffled block table).
+ *    KV bytes read = n_seqs * ctx * n_kv * 2 (K and V) * (head_dim * 2 bytes (f16), or
+ *    head_dim + 4 bytes (fp8 and its row scale)). The blocks of each sequence are scattered over
+ *    the pool (a shuffled block table).
  * 2. Cascade: 64 sequences sharing a 4,096-token prefix (256 blocks), each with its own 64-token
  *    tail, one decode row each, the default model's shape: pd_cuda_attn with shared_blocks = 256
  *    (prefix on the tensor-core and on the SIMT tile kernel) against the same batch with
@@ -101,9 +102,9 @@ typedef struct shape {
   int n_seqs, n_heads, n_kv, hd, ctx;
 } shape;
 
-static double run_shape(const shape *s, double *us) {
+static double run_shape(const shape *s, enum pd_dtype dt, double *us) {
   const int B = 16;
-  pd_kv_layout L = {1, s->n_kv, s->hd, B, PD_DTYPE_F16};
+  pd_kv_layout L = {1, s->n_kv, s->hd, B, dt};
   int max_blocks = (s->ctx + B - 1) / B, n_blocks = max_blocks * s->n_seqs;
   size_t bb = pd_kv_block_bytes(&L);
   int32_t *tables = malloc(sizeof(int32_t) * (size_t)n_blocks),
@@ -114,7 +115,7 @@ static double run_shape(const shape *s, double *us) {
   void *pool, *q, *out, *ws;
   size_t qn = (size_t)s->n_seqs * s->n_heads * s->hd;
   CK(cudaMalloc(&pool, bb * (size_t)n_blocks));
-  CK(cudaMemset(pool, 0x3c, bb * (size_t)n_blocks)); /* f16 ~1.06 everywhere */
+  CK(cudaMemset(pool, 0x3c, bb * (size_t)n_blocks)); /* f16 ~1.06; fp8 1.5 x scale 0.0115 */
   CK(cudaMalloc(&q, qn * 4));
   CK(cudaMemset(q, 0, qn * 4));
   CK(cudaMalloc(&out, qn * 4));
@@ -138,7 +139,8 @@ static double run_shape(const shape *s, double *us) {
   float ms;
   CK(cudaEventElapsedTime(&ms, e0, e1));
   *us = ms * 1e3 / iters;
-  double bytes = (double)s->n_seqs * s->ctx * s->n_kv * s->hd * 2 * 2;
+  double bytes =
+      (double)s->n_seqs * s->ctx * s->n_kv * 2 * (pd_kv_block_bytes(&L) / (2.0 * B * s->n_kv));
   cudaFree(pool), cudaFree(q), cudaFree(out), cudaFree(d_tables), cudaFree(d_ctx), cudaFree(ws);
   cudaEventDestroy(e0), cudaEventDestroy(e1);
   free(tables), free(ctx);
@@ -397,14 +399,17 @@ int main(int argc, char **argv) {
   shape shapes[2] = {{"default model: 64 seqs, 9/3 heads, hd 64, 2,048 tokens", 64, 9, 3, 64, 2048},
                      {"16 seqs, 32/8 heads, hd 128, 4,096 tokens", 16, 32, 8, 128, 4096}};
   static char dec[2048], casc[2048], pre[2048], res[4096];
-  int n = snprintf(
-      dec, sizeof dec,
-      "| shape | time | KV read | vs device copy (%.0f GB/s) |\n| --- | --- | --- | --- |\n", copy);
-  for (int i = 0; i < 2; i++) {
-    double us, gbps = run_shape(&shapes[i], &us);
-    n += snprintf(dec + n, sizeof dec - (size_t)n, "| %s | %.1f us | %.0f GB/s | %.0f%% |\n",
-                  shapes[i].name, us, gbps, 100.0 * gbps / copy);
-  }
+  int n = snprintf(dec, sizeof dec,
+                   "| shape | cache | time | KV read | vs device copy (%.0f GB/s) |\n"
+                   "| --- | --- | --- | --- | --- |\n",
+                   copy);
+  const enum pd_dtype dts[2] = {PD_DTYPE_F16, PD_DTYPE_FP8_E4M3};
+  for (int i = 0; i < 2; i++)
+    for (int d = 0; d < 2; d++) {
+      double us, gbps = run_shape(&shapes[i], dts[d], &us);
+      n += snprintf(dec + n, sizeof dec - (size_t)n, "| %s | %s | %.1f us | %.0f GB/s | %.0f%% |\n",
+                    shapes[i].name, pd_dtype_name(dts[d]), us, gbps, 100.0 * gbps / copy);
+    }
   void *flush;
   CK(cudaMalloc(&flush, (size_t)256 << 20));
   bench_cascade(casc, sizeof casc, flush);
@@ -420,7 +425,8 @@ int main(int argc, char **argv) {
         "# CUDA attention and block transfers\n\nDevice: %s. Command: `build/bench/cuda/attn_bench "
         "--out %s`"
         " (the PyTorch SDPA line comes from `bench/cuda/sdpa_ref.py` in the same run).\n\n"
-        "## Decode (pd_cuda_attn_decode, f16)\n\n%s\n## Cascade: shared prefix\n\n%s\n"
+        "## Decode (pd_cuda_attn_decode, f16 and fp8-e4m3 caches)\n\n%s\n## Cascade: shared "
+        "prefix\n\n%s\n"
         "## Prefill attention\n\n%s\n## Block restore and spill\n\n%s\n",
         p.name, outp, dec, casc, pre, res);
     fclose(f);

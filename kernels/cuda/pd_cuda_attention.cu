@@ -1,8 +1,9 @@
 /*
- * pd_cuda_attention.cu -- paged attention over f32 / f16 / bf16 KV blocks, and the KV store
- * (pd_cuda_attention.h, pd_cuda_batch.h).
+ * pd_cuda_attention.cu -- paged attention over f32 / f16 / bf16 / fp8-e4m3 KV blocks, and the KV
+ * store (pd_cuda_attention.h, pd_cuda_batch.h).
  *
- * Six kernels. K and V are converted to f32 as they land in shared memory (f16 and bf16 exactly);
+ * Seven kernels. K and V are converted to f32 as they land in shared memory (f16 and bf16
+ * exactly; an fp8 row as its e4m3 value times the row's f32 scale, kernels/cpu/pd_attention.h);
  * all arithmetic is f32 or tensor-core products carried to f32 accuracy. Scores are kept in the
  * log2 domain (q . k * scale * log2(e), then exp2), so every partial result (acc, max, sum) that
  * any kernel writes to the workspace merges with any other.
@@ -42,12 +43,16 @@
  *   shared memory. 69,632 / 118,784 bytes of shared memory for head_dim 64 / 128.
  *   tile_mma: 128 threads, warp w owns pairs 16 w .. 16 w + 15; S and P V with mma.m16n8k8 tf32,
  *   every operand that is not a tf32 value split into hi + lo (Q and P always, K and V for f32
- *   pools; f16 and bf16 are exact in tf32), which keeps products to ~2^-21 relative: the results
+ *   and fp8 pools (a scaled fp8 value is not); f16 and bf16 are exact in tf32), which keeps
+ *   products to ~2^-21 relative: the results
  *   match the SIMT kernel and the CPU within the same tolerance. 70,656 / 119,808 bytes.
  *
  * kv_store -- one thread block per new row, threads across (K|V, kv_head, dim); f32 -> pool
- *   dtype with the integer round-to-nearest-even of common/pd_dtype.h, bit for bit (checked here
- *   on all 2^32 inputs against pd_f32_to_f16 / pd_f32_to_bf16, and by the GPU test).
+ *   dtype with the integer round-to-nearest-even of common/pd_dtype.h, bit for bit
+ *   (pd_cuda_convert.h; the GPU test also compares the stored bytes with pd_kv_store's).
+ * kv_store_fp8 -- one thread block per new row, a warp per (K|V, kv_head) row: the row's max |x|
+ *   by shuffles, its scale and elements exactly as pd_kv_store computes them (IEEE division
+ *   __fdiv_rn even under --use_fast_math, the integer f32 -> e4m3 rounding of pd_cuda_convert.h).
  *
  * Speed work left (nothing here was timed on a GPU yet when written): cp.async double buffering
  * of the K/V tiles in both tile kernels and decode_split (each block now waits for its loads);
@@ -70,6 +75,7 @@
 
 #include "pd_cuda_attention.h"
 #include "pd_cuda_batch.h"
+#include "pd_cuda_convert.h"
 #include "pd_err.h"
 
 #define DEC_THREADS    128
@@ -88,46 +94,20 @@
 
 enum { MODE_PREFILL = 0, MODE_CASCADE = 1 };
 
-/* ---- conversions (bit for bit those of common/pd_dtype.h, integers only) ------------------- */
-
-/* f32 bits -> f16 bits, round to nearest even; overflow -> inf; NaN stays NaN (quiet bit set).
- * The subnormal branch of pd_f32_to_f16 computes a = |x| * 2^24 in float, m = trunc(a) and
- * compares the exact remainder with 0.5; here the same m and remainder come from the mantissa
- * with shifts (|x| = M * 2^(e - 150), so a = M * 2^(e - 126)), which no FTZ mode can change. */
-__host__ __device__ static inline uint16_t cvt_f32_f16(uint32_t x) {
-  uint32_t sign = (x >> 16) & 0x8000u;
-  uint32_t absx = x & 0x7fffffffu;
-  if (absx >= 0x7f800000u) return (uint16_t)(sign | 0x7c00u | (absx > 0x7f800000u ? 0x200u : 0u));
-  if (absx >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);
-  if (absx < 0x38800000u) {
-    uint32_t e = absx >> 23;
-    if (e < 102) return (uint16_t)sign; /* |x| < 2^-25: a < 0.5 */
-    uint32_t M = (absx & 0x7fffffu) | 0x800000u;
-    uint32_t shift = 126 - e; /* 14 .. 24 */
-    uint32_t m = M >> shift, rem = M & ((1u << shift) - 1), halfway = 1u << (shift - 1);
-    if (rem > halfway || (rem == halfway && (m & 1))) m++;
-    return (uint16_t)(sign | m);
-  }
-  uint32_t h = (((absx >> 23) - 112) << 10) | ((absx >> 13) & 0x3ffu);
-  uint32_t rest = absx & 0x1fffu;
-  if (rest > 0x1000u || (rest == 0x1000u && (h & 1))) h++;
-  return (uint16_t)(sign | h);
-}
-
-__host__ __device__ static inline uint16_t cvt_f32_bf16(uint32_t x) {
-  if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40u);
-  uint32_t lsb = (x >> 16) & 1u;
-  return (uint16_t)((x + 0x7fffu + lsb) >> 16);
-}
-
-/* Element types of the pool. bf16_t is a tag: bf16 values are handled as raw bits. */
+/* Element types of the pool. bf16_t and fp8_t are tags: their values are handled as raw bits. */
 struct bf16_t {
   uint16_t bits;
 };
+struct fp8_t {
+  uint8_t bits;
+};
 
+/* Per type: elements per 16-byte load, their conversion to f32, and for fp8 (SCALED) the factor
+ * that turns to_f32's values into the stored ones. */
 template <typename T> struct Elem;
 template <> struct Elem<float> {
   static constexpr int PER16 = 4; /* elements per 16-byte load */
+  static constexpr bool SCALED = false;
   static __device__ __forceinline__ void to_f32(uint4 u, float *f) {
     f[0] = __uint_as_float(u.x), f[1] = __uint_as_float(u.y);
     f[2] = __uint_as_float(u.z), f[3] = __uint_as_float(u.w);
@@ -138,6 +118,7 @@ template <> struct Elem<float> {
 };
 template <> struct Elem<__half> {
   static constexpr int PER16 = 8;
+  static constexpr bool SCALED = false;
   static __device__ __forceinline__ float lo(uint32_t w) {
     return __half2float(__ushort_as_half((unsigned short)(w & 0xffffu)));
   }
@@ -149,11 +130,12 @@ template <> struct Elem<__half> {
     f[4] = lo(u.z), f[5] = hi(u.z), f[6] = lo(u.w), f[7] = hi(u.w);
   }
   static __device__ __forceinline__ void store(uint8_t *p, size_t i, float v) {
-    ((uint16_t *)p)[i] = cvt_f32_f16(__float_as_uint(v));
+    ((uint16_t *)p)[i] = pd_cuda_cvt_f32_f16(__float_as_uint(v));
   }
 };
 template <> struct Elem<bf16_t> {
   static constexpr int PER16 = 8;
+  static constexpr bool SCALED = false;
   static __device__ __forceinline__ float lo(uint32_t w) { return __uint_as_float(w << 16); }
   static __device__ __forceinline__ float hi(uint32_t w) {
     return __uint_as_float(w & 0xffff0000u);
@@ -163,11 +145,33 @@ template <> struct Elem<bf16_t> {
     f[4] = lo(u.z), f[5] = hi(u.z), f[6] = lo(u.w), f[7] = hi(u.w);
   }
   static __device__ __forceinline__ void store(uint8_t *p, size_t i, float v) {
-    ((uint16_t *)p)[i] = cvt_f32_bf16(__float_as_uint(v));
+    ((uint16_t *)p)[i] = pd_cuda_cvt_f32_bf16(__float_as_uint(v));
   }
 };
 
-/* Loads 16 bytes of row `tok` (K: which = 0, V: 1) at element `e0` as f32 into f. */
+/* fp8: to_f32 gives e4m3 value * 2^-8 exactly (pd_cuda_fp8_to_f16_scaled), and unscale(s) is
+ * s * 2^8, so that value * unscale is
+ * the e4m3 value times the row's scale s, as the CPU computes it: both products are exact
+ * scalings by powers of two (a row's scale is at least 1e-30 / 448, so nothing is subnormal). */
+template <> struct Elem<fp8_t> {
+  static constexpr int PER16 = 16;
+  static constexpr bool SCALED = true;
+  static __device__ __forceinline__ float one(uint32_t byte) {
+    return __half2float(__ushort_as_half(pd_cuda_fp8_to_f16_scaled(byte)));
+  }
+  static __device__ __forceinline__ void to_f32(uint4 u, float *f) {
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 16; i++) f[i] = one((w[i / 4] >> (8 * (i % 4))) & 0xffu);
+  }
+  static __device__ __forceinline__ float unscale(float s) {
+    return s * 256.0f;
+  }
+};
+
+/* Loads 16 bytes of row `tok` (K: which = 0, V: 1) at element `e0` as f32 into f. An fp8 row's
+ * scale sits after the block's elements (R = block_bytes / (hd + 4) rows of hd bytes), at index
+ * head_off / hd + row: the rows are in the same order. */
 template <typename T>
 __device__ __forceinline__ void load_kv16(const uint8_t *__restrict__ pool, size_t block_bytes,
                                           const int32_t *__restrict__ table, int block_shift,
@@ -175,8 +179,15 @@ __device__ __forceinline__ void load_kv16(const uint8_t *__restrict__ pool, size
   const int32_t blk = table[tok >> block_shift];
   const int row = tok & ((1 << block_shift) - 1);
   const size_t elem = head_off + (size_t)row * hd + e0;
-  const uint8_t *src = pool + (size_t)blk * block_bytes + elem * sizeof(T);
-  Elem<T>::to_f32(*(const uint4 *)src, f);
+  const uint8_t *base = pool + (size_t)blk * block_bytes;
+  Elem<T>::to_f32(*(const uint4 *)(base + elem * sizeof(T)), f);
+  if constexpr (Elem<T>::SCALED) {
+    const size_t scales = block_bytes / (size_t)(hd + 4) * (size_t)hd;
+    const float u =
+        Elem<T>::unscale(*(const float *)(base + scales + (head_off / hd + row) * sizeof(float)));
+#pragma unroll
+    for (int j = 0; j < Elem<T>::PER16; j++) f[j] *= u;
+  }
 }
 
 /* ---- device count --------------------------------------------------------------------------- */
@@ -692,7 +703,7 @@ __global__ void __launch_bounds__(MMA_THREADS) tile_mma(TileArgs a) {
   extern __shared__ __align__(16) float smem[];
   constexpr int LDQ = HD + 4, LDK = HD + 4, LDV = HD + 8, LDP = TB_N + 4;
   constexpr int NT = TB_N / 8, ND = HD / 8;
-  constexpr bool SPLIT_KV = sizeof(T) == 4; /* f32 pool: K and V are not tf32 values */
+  constexpr bool SPLIT_KV = sizeof(T) != 2; /* f32, fp8 pools: K and V are not tf32 values */
   float *Qs = smem, *Ks = Qs + TB_M * LDQ, *Vs = Ks + TB_N * LDK, *Ps = Vs + TB_N * LDV;
   __shared__ int sh_seq, sh_p0;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane >> 2, t = lane & 3;
@@ -872,14 +883,23 @@ struct StoreArgs {
   const float *k, *v;
 };
 
-template <typename T> __global__ void kv_store(StoreArgs a) {
-  const int r = blockIdx.x;
+/* New row r's block and its row in that block; NULL when its position is outside the table
+ * (refused on the host, so never). */
+__device__ __forceinline__ uint8_t *store_target(const StoreArgs &a, int r, int *tok) {
   const int s = a.row_seq[r];
   const int pos = a.n_past[s] + (r - a.row_start[s]);
-  if (pos < 0 || (pos >> a.block_shift) >= a.max_blocks) return; /* refused on the host */
-  uint8_t *blk =
-      a.pool + (size_t)a.tables[(size_t)s * a.max_blocks + (pos >> a.block_shift)] * a.block_bytes;
-  const int tok = pos & ((1 << a.block_shift) - 1), per = a.n_kv * a.hd;
+  if (pos < 0 || (pos >> a.block_shift) >= a.max_blocks) return NULL;
+  *tok = pos & ((1 << a.block_shift) - 1);
+  return a.pool +
+         (size_t)a.tables[(size_t)s * a.max_blocks + (pos >> a.block_shift)] * a.block_bytes;
+}
+
+template <typename T> __global__ void kv_store(StoreArgs a) {
+  const int r = blockIdx.x;
+  int tok;
+  uint8_t *blk = store_target(a, r, &tok);
+  if (!blk) return;
+  const int per = a.n_kv * a.hd;
   const size_t per_head = ((size_t)1 << a.block_shift) * a.hd;
   for (int e = threadIdx.x; e < 2 * per; e += blockDim.x) {
     const int which = e / per, rem = e % per, h = rem / a.hd, d = rem % a.hd;
@@ -887,6 +907,30 @@ template <typename T> __global__ void kv_store(StoreArgs a) {
     const size_t off =
         (((size_t)a.layer * 2 + which) * a.n_kv + h) * per_head + (size_t)tok * a.hd + d;
     Elem<T>::store(blk, off, x);
+  }
+}
+
+/* fp8: warp w of the block stores rows (K|V, kv_head) w, w + 8, ... of new row r. */
+__global__ void kv_store_fp8(StoreArgs a) {
+  const int r = blockIdx.x, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  int tok;
+  uint8_t *blk = store_target(a, r, &tok);
+  if (!blk) return;
+  const int per = a.n_kv * a.hd;
+  const size_t per_head = ((size_t)1 << a.block_shift) * a.hd;
+  const size_t scales = a.block_bytes / (size_t)(a.hd + 4) * (size_t)a.hd;
+  for (int seg = warp; seg < 2 * a.n_kv; seg += blockDim.x / 32) {
+    const int which = seg / a.n_kv, h = seg % a.n_kv;
+    const float *x = (which ? a.v : a.k) + (size_t)r * per + (size_t)h * a.hd;
+    float amax = 0.0f;
+    for (int d = lane; d < a.hd; d += 32) amax = fmaxf(amax, fabsf(x[d]));
+    for (int o = 16; o; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    /* pd_kv_fp8_row_scale */
+    const float sc = !(amax >= 1e-30f) || isinf(amax) ? 1.0f : __fdiv_rn(amax, 448.0f);
+    const size_t row = (((size_t)a.layer * 2 + which) * a.n_kv + h) * per_head / a.hd + tok;
+    for (int d = lane; d < a.hd; d += 32)
+      blk[row * a.hd + d] = pd_cuda_cvt_f32_fp8(__float_as_uint(__fdiv_rn(x[d], sc)));
+    if (lane == 0) *(float *)(blk + scales + row * sizeof(float)) = sc;
   }
 }
 
@@ -997,8 +1041,9 @@ static Plan make_plan(const pd_kv_layout *L, int n_heads, const pd_cuda_batch *b
 
 /* Checks what the kernels rely on; 0 or PD_EINVAL with the reason in err. */
 static int check_layout(const pd_kv_layout *L, int layer, int n_heads, char *err, size_t errlen) {
-  if (L->dtype != PD_DTYPE_F32 && L->dtype != PD_DTYPE_F16 && L->dtype != PD_DTYPE_BF16)
-    return bad(err, errlen, "unsupported KV dtype (f32, f16, bf16)");
+  if (L->dtype != PD_DTYPE_F32 && L->dtype != PD_DTYPE_F16 && L->dtype != PD_DTYPE_BF16 &&
+      L->dtype != PD_DTYPE_FP8_E4M3)
+    return bad(err, errlen, "unsupported KV dtype (f32, f16, bf16, fp8-e4m3)");
   if (L->head_dim != 64 && L->head_dim != 128)
     return bad(err, errlen, "unsupported head_dim (64 or 128)");
   if (L->n_kv_heads <= 0 || n_heads <= 0 || n_heads % L->n_kv_heads)
@@ -1173,11 +1218,16 @@ extern "C" int pd_cuda_attn(const pd_kv_layout *L, const void *pool, int layer, 
                                                     ws, st, err, errlen)
                              : run_attn<128, __half>(L, p, pool, layer, n_heads, q, out, b, scale,
                                                      ws, st, err, errlen);
-  default:
+  case PD_DTYPE_BF16:
     return L->head_dim == 64 ? run_attn<64, bf16_t>(L, p, pool, layer, n_heads, q, out, b, scale,
                                                     ws, st, err, errlen)
                              : run_attn<128, bf16_t>(L, p, pool, layer, n_heads, q, out, b, scale,
                                                      ws, st, err, errlen);
+  default:
+    return L->head_dim == 64 ? run_attn<64, fp8_t>(L, p, pool, layer, n_heads, q, out, b, scale, ws,
+                                                   st, err, errlen)
+                             : run_attn<128, fp8_t>(L, p, pool, layer, n_heads, q, out, b, scale,
+                                                    ws, st, err, errlen);
   }
 }
 
@@ -1233,7 +1283,8 @@ extern "C" int pd_cuda_attn_decode(const pd_kv_layout *L, const void *pool, int 
   switch (L->dtype) {
   case PD_DTYPE_F32: return L->head_dim == 64 ? PD_LEGACY(64, float) : PD_LEGACY(128, float);
   case PD_DTYPE_F16: return L->head_dim == 64 ? PD_LEGACY(64, __half) : PD_LEGACY(128, __half);
-  default: return L->head_dim == 64 ? PD_LEGACY(64, bf16_t) : PD_LEGACY(128, bf16_t);
+  case PD_DTYPE_BF16: return L->head_dim == 64 ? PD_LEGACY(64, bf16_t) : PD_LEGACY(128, bf16_t);
+  default: return L->head_dim == 64 ? PD_LEGACY(64, fp8_t) : PD_LEGACY(128, fp8_t);
   }
 #undef PD_LEGACY
 }
@@ -1244,8 +1295,9 @@ extern "C" int pd_cuda_kv_store(const pd_kv_layout *L, void *pool, int layer,
                                 const pd_cuda_batch *b, const float *k, const float *v,
                                 void *stream, char *err, size_t errlen) {
   const int shift = log2_exact(L->block_tokens);
-  if (L->dtype != PD_DTYPE_F32 && L->dtype != PD_DTYPE_F16 && L->dtype != PD_DTYPE_BF16)
-    return bad(err, errlen, "kv store: unsupported KV dtype (f32, f16, bf16)");
+  if (L->dtype != PD_DTYPE_F32 && L->dtype != PD_DTYPE_F16 && L->dtype != PD_DTYPE_BF16 &&
+      L->dtype != PD_DTYPE_FP8_E4M3)
+    return bad(err, errlen, "kv store: unsupported KV dtype (f32, f16, bf16, fp8-e4m3)");
   if (shift < 0 || L->n_kv_heads <= 0 || L->head_dim <= 0 || layer < 0 || layer >= L->n_layers)
     return bad(err, errlen, "kv store: bad layout or layer");
   int rc = check_batch(L, b, err, errlen);
@@ -1261,7 +1313,8 @@ extern "C" int pd_cuda_kv_store(const pd_kv_layout *L, void *pool, int layer,
   switch (L->dtype) {
   case PD_DTYPE_F32: kv_store<float><<<b->n_rows, 256, 0, st>>>(a); break;
   case PD_DTYPE_F16: kv_store<__half><<<b->n_rows, 256, 0, st>>>(a); break;
-  default: kv_store<bf16_t><<<b->n_rows, 256, 0, st>>>(a); break;
+  case PD_DTYPE_BF16: kv_store<bf16_t><<<b->n_rows, 256, 0, st>>>(a); break;
+  default: kv_store_fp8<<<b->n_rows, 256, 0, st>>>(a); break;
   }
   cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? PD_OK : cuda_fail(e, err, errlen, "launching kv store");

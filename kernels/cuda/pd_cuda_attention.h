@@ -3,7 +3,7 @@
  *
  * The KV pool lives in device memory in the same block layout as on the CPU
  * ([layer][K|V][kv_head][token_in_block][head_dim], see kernels/cpu/pd_attention.h); this file
- * supports f32, f16 and bf16 caches and head_dim 64 or 128. Each sequence contributes one query
+ * supports f32, f16, bf16 and fp8-e4m3 caches and head_dim 64 or 128. Each sequence contributes one query
  * row (a decode step) that attends to its first ctx_len tokens. The batched interface the
  * forward pass uses (prefill, decode, cascade, KV store, block moves) is pd_cuda_batch.h; both
  * are implemented in pd_cuda_attention.cu and pd_cuda_blocks.cu.

@@ -64,7 +64,7 @@ size_t pd_cuda_attn_batch_workspace_bytes(const pd_kv_layout *L, int n_heads,
  * 0 .. n_past[s] + i. Picks the kernel: decode (max_new == 1), cascade (decode with
  * shared_blocks > 0), or prefill.
  *   q, out: (n_rows, n_heads, head_dim) f32; every row of the batch is written
- * pool dtype f32, f16 or bf16; head_dim 64 or 128; n_heads a multiple of n_kv_heads.
+ * pool dtype f32, f16, bf16 or fp8-e4m3; head_dim 64 or 128; n_heads a multiple of n_kv_heads.
  */
 int pd_cuda_attn(const pd_kv_layout *L, const void *pool, int layer, int n_heads, const float *q,
                  float *out, const pd_cuda_batch *b, float scale, void *workspace,

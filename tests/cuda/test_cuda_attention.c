@@ -3,7 +3,7 @@
  * reference (pd_attn_paged, pd_kv_store, memcpy) on fresh random inputs.
  *
  * Every attention case builds a batch (sequences with n_past cached tokens and n_new new rows,
- * block tables shuffled over a pool of f32, f16 or bf16 blocks, two layers of which layer 1 is
+ * block tables shuffled over a pool of f32, f16, bf16 or fp8-e4m3 blocks, two layers of which layer 1 is
  * used), stores the new rows' K and V with pd_cuda_kv_store and with pd_kv_store and requires the
  * two pools to be equal byte for byte, then runs pd_cuda_attn against pd_attn_paged. The output
  * and the workspace are poisoned with NaN before each run, so an element not written, or a
@@ -11,8 +11,9 @@
  * sequence's blocks is out of bounds for compute-sanitizer.
  *
  * Tolerance, all dtypes: |gpu - cpu| <= 5e-4 * max|cpu| + 1e-6. The kv store is bit-exact, so
- * both sides read the same K and V elements whatever the dtype (f32: 1e-4 would do; f16 and bf16
- * add no error of their own here); they differ only in summation order, exp2 against expf and
+ * both sides read the same K and V elements whatever the dtype (f32: 1e-4 would do; f16, bf16
+ * and fp8 with its row scales add no error of their own here); they differ only in summation
+ * order, exp2 against expf and
  * the scale folded into q. A whole 64-token tile dropped or read twice in a 32k context moves the
  * output by ~1e-3 of its size and fails; single positions are checked by the short contexts and
  * by the sharp (q x 16) cases, where a few positions carry most of the weight.
@@ -22,8 +23,9 @@
  * n_past == 0 and > 0 up to 4,096 new rows, batches mixing prefill and decode rows, the split
  * and the direct prefill paths, the tensor-core and the SIMT tile kernels on every prefill and
  * cascade case, cascade (shared prefix) against the CPU and against plain decode,
- * the legacy pd_cuda_attn_decode, f32 -> f16 / bf16 store of special values (NaN payloads,
- * infinities, subnormals, ties), and block copy / zero / to_host / from_host byte-exact in every
+ * the legacy pd_cuda_attn_decode, f32 -> f16 / bf16 / fp8 store of special values (NaN payloads,
+ * infinities, subnormals, ties; for fp8 also rows whose scale is 1, so the edges of e4m3 itself
+ * are stored), and block copy / zero / to_host / from_host byte-exact in every
  * transfer mode with pinned and pageable host memory.
  * PD_CUDA_TEST_QUICK=1 in the environment skips the long-context cases (contexts past 4,096 and
  * the 4,096-row prefills): for compute-sanitizer racecheck, which is slow on shared memory.
@@ -92,6 +94,24 @@ static void compare(const float *ref, const float *got, size_t n, int n_heads, i
   printf("ok: %s: max |diff| %.2e (max |ref| %.2e)\n", what, worst, mx);
 }
 
+/* Fills n_blocks blocks with random values of L's dtype; an fp8 block's elements span the e4m3
+ * range and its row scales are in [0.5, 2.5) / 448, so the values are of the order of 1 as in the
+ * other dtypes. */
+static void fill_pool(const pd_kv_layout *L, uint8_t *pool, int n_blocks) {
+  const size_t bb = pd_kv_block_bytes(L);
+  const size_t elems = 2u * (size_t)L->n_layers * (size_t)L->n_kv_heads * (size_t)L->block_tokens *
+                       (size_t)L->head_dim;
+  const int fp8 = L->dtype == PD_DTYPE_FP8_E4M3;
+  for (int blk = 0; blk < n_blocks; blk++) {
+    uint8_t *b = pool + (size_t)blk * bb;
+    for (size_t i = 0; i < elems; i++) pd_dtype_store(L->dtype, b, i, frand() * (fp8 ? 448 : 1));
+    for (size_t r = 0; fp8 && r < elems / (size_t)L->head_dim; r++) {
+      float sc = (1.5f + frand()) / 448.0f;
+      memcpy(b + elems + r * sizeof sc, &sc, sizeof sc);
+    }
+  }
+}
+
 /* ---- one attention case ------------------------------------------------------------------- */
 
 typedef struct tcase {
@@ -107,7 +127,7 @@ typedef struct tcase {
 static void run_case(const tcase *c) {
   const int layers = 2, layer = 1, n_heads = c->n_kv * c->group, hd = c->hd, B = c->B;
   pd_kv_layout L = {layers, c->n_kv, hd, B, c->dt};
-  const size_t bb = pd_kv_block_bytes(&L), es = pd_dtype_size(c->dt);
+  const size_t bb = pd_kv_block_bytes(&L);
   int n_rows = 0, max_new = 0, max_ctx = 0, max_blocks = 0, sum_blocks = 0;
   for (int s = 0; s < c->n_seqs; s++) {
     int ctx = c->n_past[s] + c->n_new[s], nb = (ctx + B - 1) / B;
@@ -129,7 +149,7 @@ static void run_case(const tcase *c) {
   /* the pool: random values of the dtype */
   uint8_t *pool = malloc(bb * (size_t)n_blocks), *ref_pool = malloc(bb * (size_t)n_blocks);
   ck_assert(pool && ref_pool);
-  for (size_t i = 0; i < bb * (size_t)n_blocks / es; i++) pd_dtype_store(c->dt, pool, i, frand());
+  fill_pool(&L, pool, n_blocks);
   memcpy(ref_pool, pool, bb * (size_t)n_blocks);
   /* tables: shared ids first, then each sequence's own, all shuffled over the pool */
   int32_t *perm = malloc(sizeof(int32_t) * (size_t)n_blocks);
@@ -236,14 +256,16 @@ static int quick(void) {
   return q && *q && strcmp(q, "0") != 0;
 }
 
-static const enum pd_dtype DTYPES[3] = {PD_DTYPE_F32, PD_DTYPE_F16, PD_DTYPE_BF16};
+#define N_DTYPES 4
+static const enum pd_dtype DTYPES[N_DTYPES] = {PD_DTYPE_F32, PD_DTYPE_F16, PD_DTYPE_BF16,
+                                               PD_DTYPE_FP8_E4M3};
 
 /* ---- decode ------------------------------------------------------------------------------- */
 
 START_TEST(decode_matches_cpu) {
   const int groups[3] = {1, 3, 8};
   int past[6] = {0, 14, 15, 16, 299, 40}, one[6] = {1, 1, 1, 1, 1, 1};
-  for (int di = 0; di < 3; di++)
+  for (int di = 0; di < N_DTYPES; di++)
     for (int gi = 0; gi < 3; gi++)
       for (int hd = 64; hd <= 128; hd += 64) {
         tcase c = {DTYPES[di], hd,   gi == 2 ? 1 : 3, groups[gi], 16, 6, past, one,
@@ -256,7 +278,7 @@ START_TEST(decode_matches_cpu) {
   if (quick()) return;
   /* long contexts, block size 128 */
   int past_long[3] = {4096, 2047, 32767};
-  for (int di = 0; di < 3; di++) {
+  for (int di = 0; di < N_DTYPES; di++) {
     tcase c = {DTYPES[di], 64, 3, 3, 16, 3, past_long, one, 0, 1.0f, 1};
     run_case(&c);
   }
@@ -278,7 +300,7 @@ START_TEST(prefill_matches_cpu) {
   const int groups[3] = {1, 3, 8};
   /* one sequence: chunks with n_past 0 and > 0, odd sizes, partial blocks */
   int pasts[5] = {0, 5, 16, 300, 0}, news[5] = {2, 17, 64, 100, 1000};
-  for (int di = 0; di < 3; di++)
+  for (int di = 0; di < N_DTYPES; di++)
     for (int gi = 0; gi < 3; gi++)
       for (int hd = 64; hd <= 128; hd += 64)
         for (int i = 0; i < 5; i++) {
@@ -290,7 +312,7 @@ START_TEST(prefill_matches_cpu) {
   /* batches mixing prefill chunks and decode rows, several block sizes */
   int mp[6] = {0, 100, 16, 5, 1000, 33}, mn[6] = {37, 1, 64, 1, 200, 2};
   const int bs[4] = {8, 16, 64, 128};
-  for (int di = 0; di < 3; di++)
+  for (int di = 0; di < N_DTYPES; di++)
     for (int gi = 0; gi < 3; gi++) {
       tcase c = {DTYPES[di],
                  gi == 1 ? 128 : 64,
@@ -323,7 +345,7 @@ START_TEST(prefill_long) {
   run_case(&c0);
   /* a short chunk after 32k cached tokens (few tiles: the KV range is split) */
   int p1 = 32752, n1 = 16;
-  for (int di = 0; di < 3; di++) {
+  for (int di = 0; di < N_DTYPES; di++) {
     tcase c1 = {DTYPES[di], di == 1 ? 128 : 64, 3, di == 2 ? 8 : 3, 16, 1, &p1, &n1, 0, 16.0f, 0};
     run_case(&c1);
   }
@@ -343,7 +365,7 @@ END_TEST
 START_TEST(cascade_matches_cpu_and_decode) {
   const int groups[3] = {1, 3, 8};
   int past[64], one[64];
-  for (int di = 0; di < 3; di++)
+  for (int di = 0; di < N_DTYPES; di++)
     for (int gi = 0; gi < 3; gi++) {
       /* 3 shared blocks (48 tokens); tails from 0 to 300 tokens */
       int n = 5 + 7 * gi;
@@ -376,9 +398,9 @@ static void run_legacy(enum pd_dtype dt, int n_kv, int group, int hd, const int 
   int max_ctx = 0;
   for (int s = 0; s < n_seqs; s++) max_ctx = ctx[s] > max_ctx ? ctx[s] : max_ctx;
   int max_blocks = (max_ctx + B - 1) / B, n_blocks = max_blocks * n_seqs + 3;
-  size_t bb = pd_kv_block_bytes(&L), es = pd_dtype_size(dt);
+  size_t bb = pd_kv_block_bytes(&L);
   uint8_t *pool = malloc(bb * (size_t)n_blocks);
-  for (size_t i = 0; i < bb * (size_t)n_blocks / es; i++) pd_dtype_store(dt, pool, i, frand());
+  fill_pool(&L, pool, n_blocks);
   int32_t *tables = malloc(sizeof(int32_t) * (size_t)n_seqs * (size_t)max_blocks);
   for (int i = 0; i < n_seqs * max_blocks; i++) tables[i] = (i * 7 + 3) % n_blocks;
   size_t qn = (size_t)n_seqs * (size_t)n_heads * (size_t)hd;
@@ -415,7 +437,7 @@ static void run_legacy(enum pd_dtype dt, int n_kv, int group, int hd, const int 
 START_TEST(legacy_decode_matches_cpu) {
   int ctx_small[5] = {1, 15, 16, 17, 300};
   const int groups[3] = {1, 3, 8};
-  for (int di = 0; di < 3; di++)
+  for (int di = 0; di < N_DTYPES; di++)
     for (int gi = 0; gi < 3; gi++)
       run_legacy(DTYPES[di], gi == 2 ? 1 : 3, groups[gi], 64 + 64 * (gi & 1), ctx_small, 5);
   if (quick()) return;
@@ -443,14 +465,22 @@ START_TEST(kv_store_special_values_bit_exact) {
       0x3f7fffffu, 0x7f7fffffu, 0xff7fffffu, 0x3f800001u, 0x3c008000u, 0x3c018000u, 0x34000000u,
       0x34001000u, 0xb4003000u, 0x3a7ff000u};
   const int n_special = (int)(sizeof special / sizeof special[0]);
-  for (int di = 0; di < 3; di++) {
+  /* e4m3 edges, all <= 448: ties between normals (1.0625, 1.1875, 240 + 8), the subnormal step
+   * 2^-9 and its ties (2^-10, 3 * 2^-10), either side of 2^-6, the largest values, NaN, a tiny
+   * normal f32, 0 */
+  const uint32_t fp8_edges[] = {0x3f880000u, 0x3f980000u, 0x43780000u, 0x3b000000u, 0x3a800000u,
+                                0x3b400000u, 0x3c7fffffu, 0x3c800000u, 0x3c780000u, 0x43dfffffu,
+                                0x43e00000u, 0x43d00000u, 0x7fc00000u, 0x00800000u, 0x00000000u,
+                                0x3a800001u, 0x3a7fffffu};
+  const int n_fp8_edges = (int)(sizeof fp8_edges / sizeof fp8_edges[0]);
+  for (int di = 0; di < N_DTYPES; di++) {
     const int B = 16, n_kv = 2, hd = 64, n_rows = 40, layer = 0;
     pd_kv_layout L = {1, n_kv, hd, B, DTYPES[di]};
-    size_t bb = pd_kv_block_bytes(&L), es = pd_dtype_size(L.dtype);
+    size_t bb = pd_kv_block_bytes(&L);
     int n_blocks = 8;
     uint8_t *pool = malloc(bb * n_blocks), *ref_pool = malloc(bb * n_blocks),
             *back = malloc(bb * n_blocks);
-    for (size_t i = 0; i < bb * n_blocks / es; i++) pd_dtype_store(L.dtype, pool, i, frand());
+    fill_pool(&L, pool, n_blocks);
     memcpy(ref_pool, pool, bb * n_blocks);
     size_t kn = (size_t)n_rows * n_kv * hd;
     float *k = malloc(kn * 4), *v = malloc(kn * 4);
@@ -459,6 +489,16 @@ START_TEST(kv_store_special_values_bit_exact) {
       k[i] = i % 3 == 0 ? bits_f32(special[irand(n_special)]) : i % 3 == 1 ? bits_f32(r) : frand();
       v[i] = i % 2 ? bits_f32(special[irand(n_special)] ^ ((uint32_t)irand(2) << 31))
                    : bits_f32((r & 0x8fffffffu) | 0x30000000u); /* near the f16 subnormals */
+    }
+    /* fp8: every fourth (row, kv head) of K and V has max |x| = 448, so its scale is 1 and the
+     * e4m3 edges below are rounded as they are */
+    for (size_t seg = 0; L.dtype == PD_DTYPE_FP8_E4M3 && seg < kn / hd; seg += 4) {
+      float *rows[2] = {k + seg * hd, v + seg * hd};
+      for (int w = 0; w < 2; w++) {
+        rows[w][0] = w ? -448.0f : 448.0f;
+        for (int d = 1; d < hd; d++)
+          rows[w][d] = bits_f32(fp8_edges[irand(n_fp8_edges)] ^ ((uint32_t)irand(2) << 31));
+      }
     }
     /* two sequences: 17 rows after 9 cached, 23 rows after 0 */
     int32_t tables[2 * 4] = {5, 2, 7, -1, 0, 3, -1, -1}, past[2] = {9, 0}, nn[2] = {17, 23},
@@ -615,7 +655,7 @@ START_TEST(bad_shapes_are_refused) {
   ck_assert_int_eq(pd_cuda_attn(&L, (void *)64, 0, 9, (float *)64, (float *)64, &b, 1.0f, NULL, 0,
                                 NULL, err, sizeof err),
                    PD_EINVAL);
-  L.head_dim = 64, L.dtype = PD_DTYPE_FP8_E4M3;
+  L.head_dim = 64, L.dtype = (enum pd_dtype)99;
   ck_assert_int_eq(pd_cuda_attn(&L, (void *)64, 0, 9, (float *)64, (float *)64, &b, 1.0f, NULL, 0,
                                 NULL, err, sizeof err),
                    PD_EINVAL);

@@ -12,7 +12,9 @@
  *      counted and printed). Logits within 1e-3. The device argmax equals the host argmax of
  *      the device logits, exactly.
  *   2. f16 weights, f16 KV cache: logits within 3e-2 of the CPU (exact, f16 cache) over the same
- *      65 steps; the agreement of greedy tokens is printed.
+ *      65 steps; the agreement of greedy tokens is printed. The same for f32 weights and an
+ *      fp8-e4m3 cache against the CPU's fp8 cache (a K or V value that the two sides round to
+ *      neighbouring e4m3 values moves the logits by more than f32 rounding does).
  *   3. Cached prefix: a 40-token prompt run whole, run as 16 + 24, and run as 24 over the first
  *      block taken from the pool, give the same logits on the GPU: within 1e-4 (f32 weights) and
  *      1e-2 (f16) -- cuBLAS and the attention kernels may pick other kernels for other row
@@ -166,6 +168,13 @@ START_TEST(f16_logits_within_tolerance) {
   load(_i);
   decode_against_cpu(models[_i], PD_DTYPE_F16, PD_CUDA_WEIGHTS_F16, 3e-2f,
                      _i ? "qwen2-like f16/f16" : "smollm-like f16/f16");
+}
+END_TEST
+
+START_TEST(fp8_cache_logits_within_tolerance) {
+  load(_i);
+  decode_against_cpu(models[_i], PD_DTYPE_FP8_E4M3, PD_CUDA_WEIGHTS_F32, 3e-2f,
+                     _i ? "qwen2-like f32/fp8" : "smollm-like f32/fp8");
 }
 END_TEST
 
@@ -400,9 +409,10 @@ START_TEST(bad_input_is_refused) {
   free(l);
   pd_llama_cuda_pool_free(pool);
   pd_llama_cuda_free(&g);
-  /* init: an fp8 cache, a head_dim the attention lacks is refused; out of memory names bytes */
+  /* init: an unknown cache dtype, a block size not a power of two are refused; out of memory
+   * names bytes */
   ck_assert_int_eq(
-      pd_llama_cuda_init(&g, m, B, PD_DTYPE_FP8_E4M3, PD_CUDA_WEIGHTS_F16, 8, 1, err, sizeof err),
+      pd_llama_cuda_init(&g, m, B, (enum pd_dtype)99, PD_CUDA_WEIGHTS_F16, 8, 1, err, sizeof err),
       PD_EINVAL);
   ck_assert_int_eq(
       pd_llama_cuda_init(&g, m, 12, PD_DTYPE_F16, PD_CUDA_WEIGHTS_F16, 8, 1, err, sizeof err),
@@ -422,6 +432,7 @@ int main(void) {
   tcase_set_timeout(tc, 900);
   tcase_add_loop_test(tc, f32_greedy_tokens_match_cpu, 0, 2);
   tcase_add_loop_test(tc, f16_logits_within_tolerance, 0, 2);
+  tcase_add_loop_test(tc, fp8_cache_logits_within_tolerance, 0, 2);
   tcase_add_loop_test(tc, cached_prefix_equals_recompute, 0, 2);
   tcase_add_test(tc, mixed_batch_equals_alone);
   tcase_add_test(tc, shared_prefix_decode_equals_alone);
