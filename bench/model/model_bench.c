@@ -1,7 +1,8 @@
 /*
  * model_bench.c -- CPU model runtime figures on a real GGUF: prefill tokens/s for a 1,024-token
- * prompt, decode tokens/s at batch 1 and batch 8 (8 sequences stepping together, each with its
- * own 1,024-token... no: 64-token prompt), in both matmul modes.
+ * prompt, decode tokens/s at batch 1 and batch 8 (8 sequences stepping together, each after its
+ * own 64-token prompt), in both matmul modes with an f16 KV cache; then, in fast mode, the same
+ * figures for each KV cache dtype (f32, f16, bf16, fp8-e4m3) beside its bytes per token.
  *
  * usage: model_bench MODEL.gguf [--threads N] [--out results.md]
  */
@@ -27,10 +28,12 @@ typedef struct figures {
   double prefill_tps, decode0_tps, decode1_tps, decode8_tps;
 } figures;
 
-static int measure(pd_model *m, enum pd_matmul_mode mode, figures *f) {
+static int measure(pd_model *m, enum pd_matmul_mode mode, enum pd_dtype cache, figures *f,
+                   size_t *kv_bytes_per_token) {
   const int B = 16, prompt = 1024, steps = 64, batch = 8, short_prompt = 64;
   pd_llama ctx;
-  if (pd_llama_init(&ctx, m, B, PD_DTYPE_F16, mode, 256, batch)) return 1;
+  if (pd_llama_init(&ctx, m, B, cache, mode, 256, batch)) return 1;
+  *kv_bytes_per_token = pd_kv_block_bytes(&ctx.kv) / (size_t)B;
   int blocks_per_seq = (prompt + steps + B - 1) / B + 1;
   uint8_t *pool = calloc((size_t)blocks_per_seq * batch, pd_kv_block_bytes(&ctx.kv));
   int32_t *table = malloc(sizeof(int32_t) * (size_t)blocks_per_seq * batch);
@@ -110,11 +113,20 @@ int main(int argc, char **argv) {
     return 1;
   }
   pd_model_describe(m, desc, sizeof desc);
-  figures fe, ff;
-  if (measure(m, PD_MATMUL_EXACT, &fe) || measure(m, PD_MATMUL_FAST, &ff)) {
+  figures fe, ff, fd[4];
+  size_t kvb, kvbd[4];
+  static const enum pd_dtype caches[4] = {PD_DTYPE_F32, PD_DTYPE_F16, PD_DTYPE_BF16,
+                                          PD_DTYPE_FP8_E4M3};
+  if (measure(m, PD_MATMUL_EXACT, PD_DTYPE_F16, &fe, &kvb) ||
+      measure(m, PD_MATMUL_FAST, PD_DTYPE_F16, &ff, &kvb)) {
     fprintf(stderr, "model_bench: run failed\n");
     return 1;
   }
+  for (int i = 0; i < 4; i++)
+    if (measure(m, PD_MATMUL_FAST, caches[i], &fd[i], &kvbd[i])) {
+      fprintf(stderr, "model_bench: run failed (%s cache)\n", pd_dtype_name(caches[i]));
+      return 1;
+    }
   char table[1024];
   snprintf(table, sizeof table,
            "| figure (f16 KV cache, %d threads) | exact mode | fast mode |\n| --- | --- | --- |\n"
@@ -124,7 +136,15 @@ int main(int argc, char **argv) {
            "| decode, batch 8 (aggregate) | %.1f tok/s | %.1f tok/s |\n",
            threads, fe.prefill_tps, ff.prefill_tps, fe.decode0_tps, ff.decode0_tps, fe.decode1_tps,
            ff.decode1_tps, fe.decode8_tps, ff.decode8_tps);
-  printf("%s\n%s", desc, table);
+  char by_cache[1024];
+  int n = snprintf(by_cache, sizeof by_cache,
+                   "| KV cache (fast mode) | KV bytes per token | prefill 1,024 | decode after "
+                   "1,024 | decode, batch 8 |\n| --- | --- | --- | --- | --- |\n");
+  for (int i = 0; i < 4; i++)
+    n += snprintf(by_cache + n, sizeof by_cache - (size_t)n,
+                  "| %s | %zu | %.1f tok/s | %.1f tok/s | %.1f tok/s |\n", pd_dtype_name(caches[i]),
+                  kvbd[i], fd[i].prefill_tps, fd[i].decode1_tps, fd[i].decode8_tps);
+  printf("%s\n%s\n%s", desc, table, by_cache);
   if (out) {
     FILE *f = fopen(out, "w");
     if (!f) return 1;
@@ -135,8 +155,10 @@ int main(int argc, char **argv) {
     strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", gmtime(&now));
     fprintf(f,
             "# CPU model runtime: prefill and decode\n\nCommand: `build/bench/model/model_bench %s "
-            "--threads %d --out %s`\n\nMachine: %d threads, %s %s; %s. Model: %s\n\n%s\n",
-            argv[1], threads, out, threads, u.sysname, u.release, date, desc, table);
+            "--threads %d --out %s`\n\nMachine: %d threads, %s %s; %s. Model: %s\n\n%s\n"
+            "## By KV cache dtype\n\nfp8-e4m3 keeps an f32 scale per row of head_dim values "
+            "(kernels/cpu/pd_attention.h).\n\n%s\n",
+            argv[1], threads, out, threads, u.sysname, u.release, date, desc, table, by_cache);
     fclose(f);
   }
   pd_model_free(m);

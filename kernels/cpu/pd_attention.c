@@ -19,7 +19,7 @@
 
 #include "pd_err.h"
 #include "pd_matmul.h"
-#ifdef __F16C__
+#if defined(__F16C__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -110,17 +110,39 @@ static const float *load_row(const pd_kv_layout *L, const uint8_t *block, int la
   size_t off = pd_kv_elem_offset(L, layer, kv, kv_head, r);
   if (L->dtype == PD_DTYPE_F32) return (const float *)block + off;
   const uint8_t *src = block + off * pd_dtype_size(L->dtype);
+  int d = 0;
   if (L->dtype == PD_DTYPE_FP8_E4M3) {
     float s;
     memcpy(&s, block + pd_kv_scale_offset(L, layer, kv, kv_head, r), sizeof s);
-    for (int d = 0; d < L->head_dim; d++) tmp[d] = fp8_table[src[d]] * s;
+#if defined(__AVX2__) && defined(__F16C__)
+    /* as the CUDA kernels do (pd_cuda_convert.h): the e4m3 bits moved into an f16 are the value
+     * times 2^-8, exactly (0x7f / 0xff made an f16 NaN); times s * 2^8 is fp8_table[v] * s, bit
+     * for bit: both are exact scalings by powers of two */
+    const __m256 unscale = _mm256_set1_ps(s * 256.0f);
+    const __m128i m7f = _mm_set1_epi16(0x7f), m80 = _mm_set1_epi16(0x80),
+                  nan16 = _mm_set1_epi16(0x7e00);
+    for (; d + 8 <= L->head_dim; d += 8) {
+      __m128i b = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(src + d)));
+      __m128i mag = _mm_and_si128(b, m7f);
+      __m128i h = _mm_blendv_epi8(_mm_slli_epi16(mag, 7), nan16, _mm_cmpeq_epi16(mag, m7f));
+      h = _mm_or_si128(h, _mm_slli_epi16(_mm_and_si128(b, m80), 8));
+      _mm256_storeu_ps(tmp + d, _mm256_mul_ps(_mm256_cvtph_ps(h), unscale));
+    }
+#endif
+    for (; d < L->head_dim; d++) tmp[d] = fp8_table[src[d]] * s;
     return tmp;
   }
-  int d = 0;
 #ifdef __F16C__
   if (L->dtype == PD_DTYPE_F16)
     for (; d + 8 <= L->head_dim; d += 8)
       _mm256_storeu_ps(tmp + d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + 2 * d))));
+#endif
+#ifdef __AVX2__
+  if (L->dtype == PD_DTYPE_BF16) /* bf16 is the top half of an f32 */
+    for (; d + 8 <= L->head_dim; d += 8) {
+      __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + 2 * d)));
+      _mm256_storeu_ps(tmp + d, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+    }
 #endif
   for (; d < L->head_dim; d++) tmp[d] = pd_dtype_load(L->dtype, src, (size_t)d);
   return tmp;

@@ -57,7 +57,7 @@ PD_HOST_DEVICE static inline uint8_t pd_cuda_cvt_f32_fp8(uint32_t x) {
   if (absx >= 0x43e00000u) return (uint8_t)(sign | 0x7eu); /* >= 448, inf */
   if (absx < 0x3c800000u) {
     const uint32_t e = absx >> 23;
-    if (e < 110) return (uint8_t)sign; /* a < 2^-7 */
+    if (e < 110) return (uint8_t)sign;                                  /* a < 2^-7 */
     const uint32_t M = (absx & 0x7fffffu) | 0x800000u, shift = 141 - e; /* 21 .. 31 */
     uint32_t m = M >> shift;
     const uint32_t rem = M & ((1u << shift) - 1), halfway = 1u << (shift - 1);

@@ -92,6 +92,40 @@ START_TEST(fp8_rows_are_scaled_and_rounded) {
 }
 END_TEST
 
+/* A context of one token: attention returns its V row exactly (weight exp(0) = 1, sum 1), so the
+ * rows read back give every e4m3 byte's decoded value times the row's scale, whatever path
+ * (vector or scalar) reads them: it must be pd_fp8e4m3_to_f32(byte) * scale, bit for bit. */
+START_TEST(fp8_every_byte_reads_back_exactly) {
+  pd_kv_layout L = {1, 1, 64, 4, PD_DTYPE_FP8_E4M3};
+  size_t bb = pd_kv_block_bytes(&L);
+  uint8_t *pool = calloc(4, bb);
+  const float scales[4] = {0.37f, 1.0f, 3.0e-3f, 1.0e20f};
+  int32_t tables[4] = {0, 1, 2, 3};
+  pd_attn_seq seqs[4];
+  for (int s = 0; s < 4; s++) {
+    uint8_t *blk = pool + (size_t)s * bb;
+    for (int d = 0; d < 64; d++) blk[pd_kv_elem_offset(&L, 0, 1, 0, 0) + d] = (uint8_t)(64 * s + d);
+    memcpy(blk + pd_kv_scale_offset(&L, 0, 1, 0, 0), &scales[s], 4);
+    memcpy(blk + pd_kv_scale_offset(&L, 0, 0, 0, 0), &scales[s], 4); /* K: zeros, any scale */
+    seqs[s] = (pd_attn_seq){&tables[s], 1, 0, 1, s};
+  }
+  float q[4 * 64] = {0}, out[4 * 64];
+  ck_assert_int_eq(pd_attn_paged(&L, pool, 0, 1, q, out, seqs, 4, 0.125f), PD_OK);
+  for (int s = 0; s < 4; s++)
+    for (int d = 0; d < 64; d++) {
+      float want = pd_fp8e4m3_to_f32((uint8_t)(64 * s + d)) * scales[s], got = out[64 * s + d];
+      if (isnan(want))
+        ck_assert_msg(isnan(got), "byte 0x%02x: %g, want NaN", 64 * s + d, got);
+      else if (want == 0.0f) /* 0 + 1 * -0 is +0: the sign of a zero does not survive the sum */
+        ck_assert_msg(got == 0.0f, "byte 0x%02x: %g, want 0", 64 * s + d, got);
+      else
+        ck_assert_msg(memcmp(&got, &want, 4) == 0, "byte 0x%02x: %g, want %g", 64 * s + d, got,
+                      want);
+    }
+  free(pool);
+}
+END_TEST
+
 /* (dtype, head_dim, n_heads / n_kv_heads) of each loop iteration */
 static const struct {
   enum pd_dtype dt;
@@ -229,6 +263,7 @@ int main(void) {
   tcase_set_timeout(t, 120);
   tcase_add_test(t, fp8_block_layout);
   tcase_add_test(t, fp8_rows_are_scaled_and_rounded);
+  tcase_add_test(t, fp8_every_byte_reads_back_exactly);
   tcase_add_loop_test(t, matches_double_reference, 0, (int)(sizeof cases / sizeof cases[0]));
   suite_add_tcase(s, t);
   return pd_check_run(s, 1);
