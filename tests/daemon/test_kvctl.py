@@ -320,6 +320,21 @@ def test_status_and_stats_json(daemon, acme):
     assert rc == 0 and out.count("kvctl stats every 1s") == 2 and out.count("KV PER TOKEN") == 2
 
 
+def test_stats_formula_of_an_fp8_cache(tiny_model, data_dir):
+    """An fp8 cache adds a 4-byte scale per row of head_dim values: kvctl recognises it."""
+    d = Daemon(tiny_model, data_dir, extra=("--cache-dtype", "fp8"))
+    try:
+        s = kvj(d, "stats")
+        assert s["kv_bytes_per_token"] == 2 * 2 * 2 * (16 + 4)
+        assert s["kv_formula"] == {"layers": 2, "kv_heads": 2, "head_dim": 16, "dtype_bytes": 1,
+                                   "scale_bytes": 4, "block_tokens": 16, "block_bytes": 2560}
+        rc, out, err = kv(d, "stats")
+        assert rc == 0 and err == "", err
+        assert "(16 head_dim \u00b7 1 B + 4 B) (fp8, a scale per row)" in out, out
+    finally:
+        assert d.stop() == 0
+
+
 def test_stats_watch_stops_on_sigint(daemon, acme):
     env = clean_env({"PREFIXD_ADDR": daemon.target, "PREFIXD_KEY": acme})
     p = subprocess.Popen([kvctl_bin(), "stats", "--watch", "--json"], env=env,
