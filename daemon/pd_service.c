@@ -371,6 +371,12 @@ static void do_list_prefixes(pd_engine *e, pd_job *job) {
     prefixd__v1__prefix__init(p);
     pd_key_hex(info.id, id);
     p->id = id;
+    if (info.has_parent) {
+      char *parent = pd_job_alloc(job, 33);
+      if (!parent) break;
+      pd_key_hex(info.parent_id, parent);
+      p->parent_id = parent;
+    }
     const pd_tenant *tn = pd_tenants_get(&e->tree.tenants, info.tenant);
     const pd_namespace *ns = pd_tenants_ns(&e->tree.tenants, info.ns);
     p->tenant = pd_job_strdup(job, tn ? tn->name : "");

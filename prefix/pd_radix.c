@@ -731,6 +731,13 @@ int pd_radix_unpin(pd_radix *t, uint32_t node) {
 
 /* ---- introspection --------------------------------------------------------------------------- */
 
+/* A prefix ends at a leaf, at a pin, and where paths part: the last block several prompts share
+ * (a system prompt that many sessions continue) is a prefix of its own, with its own hits. */
+static int is_prefix_end(const pd_radix *t, uint32_t id) {
+  uint32_t c = t->nodes[id].first_child;
+  return c == NIL || t->nodes[id].own_pins > 0 || t->nodes[c].next_sibling != NIL;
+}
+
 int pd_radix_prefix_info(const pd_radix *t, uint32_t node, pd_prefix_info *info) {
   if (node >= t->cap_nodes || !(t->nodes[node].flags & PD_NODE_USED) ||
       t->nodes[node].tier == PD_TIER_ROOT)
@@ -747,6 +754,10 @@ int pd_radix_prefix_info(const pd_radix *t, uint32_t node, pd_prefix_info *info)
   info->pin_until = nd->pin_until;
   for (uint32_t id = node; t->nodes[id].tier != PD_TIER_ROOT; id = t->nodes[id].parent) {
     const pd_node *p = &t->nodes[id];
+    if (id != node && !info->has_parent && is_prefix_end(t, id)) {
+      info->has_parent = 1;
+      info->parent_id = p->key;
+    }
     info->n_tokens += p->n_tokens;
     info->n_blocks++;
     if (is_real_tier(p->tier))
@@ -755,14 +766,6 @@ int pd_radix_prefix_info(const pd_radix *t, uint32_t node, pd_prefix_info *info)
       info->blocks_detached++;
   }
   return PD_OK;
-}
-
-/* A node is a prefix of its own if it is a leaf or holds a pin of its own. */
-/* A prefix ends at a leaf, at a pin, and where paths part: the last block several prompts share
- * (a system prompt that many sessions continue) is a prefix of its own, with its own hits. */
-static int is_prefix_end(const pd_radix *t, uint32_t id) {
-  uint32_t c = t->nodes[id].first_child;
-  return c == NIL || t->nodes[id].own_pins > 0 || t->nodes[c].next_sibling != NIL;
 }
 
 int pd_radix_next_prefix(const pd_radix *t, uint32_t *cursor, int32_t tenant,

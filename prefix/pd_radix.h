@@ -280,10 +280,13 @@ typedef struct pd_prefix_info {
   uint64_t last_use;
   int pinned;
   uint64_t pin_until;
+  int has_parent;      /* 1: an ancestor is a prefix itself (pd_radix_next_prefix lists it) */
+  pd_key128 parent_id; /* the nearest such ancestor's key, when has_parent */
 } pd_prefix_info;
 
 /* Iterates over prefixes: every leaf, every node with an own pin, and every node where paths
- * part (two children or more: a shared prefix). Start with *cursor = 0.
+ * part (two children or more: a shared prefix). Each names its nearest ancestor that is a prefix
+ * too (has_parent, parent_id), so the listed prefixes form a tree. Start with *cursor = 0.
  * tenant < 0: all tenants. Returns 1 and fills info, or 0 at the end. */
 int pd_radix_next_prefix(const pd_radix *t, uint32_t *cursor, int32_t tenant, pd_prefix_info *info);
 int pd_radix_prefix_info(const pd_radix *t, uint32_t node, pd_prefix_info *info);

@@ -10,12 +10,10 @@
  * - Ids are 32 hex digits; like git, every command also takes a unique leading part of at least
  *   4 digits, which is what the table shows when the terminal is too narrow for whole ids.
  * - The tree: prefixes of different tenants or namespaces never share blocks, so each
- *   (tenant, namespace) is a root. Inside one, prefixes are sorted by preview and grouped by
- *   their longest shared leading text, cut back to a word boundary so that "Tell" and
- *   "Translate" do not make a group "T". A listed prefix whose whole preview leads the others'
- *   (and which has fewer tokens) is their ancestor and they nest under it; otherwise a group
- *   node shows the shared text. Previews cover at most 64 tokens, so prefixes that agree on
- *   all of them land in one group: the tree is exact up to the preview's length.
+ *   (tenant, namespace) is a root. Inside one, a prefix nests under its parent_id, the nearest
+ *   listed prefix whose blocks it continues (where prompts part, or a pin): the tree is the
+ *   daemon's radix tree itself, cut down to the listed prefixes. Siblings are sorted by
+ *   preview; a prefix whose parent is not in the listing (cut off by --limit) is a root.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -167,6 +165,7 @@ void kv_json_prefix(kv_json *j, const Prefixd__V1__Prefix *p, int64_t now_ms) {
   kv_json_bool(j, "pinned", p->pinned);
   kv_json_int(j, "pin_expires_unix_ms", p->pin_expires_unix_ms);
   kv_json_string(j, "preview", p->preview);
+  kv_json_string(j, "parent_id", p->parent_id);
 }
 
 static uint64_t total_blocks(const Prefixd__V1__Prefix *p) {
@@ -204,14 +203,15 @@ static char *tiers_text(char *buf, size_t cap, const Prefixd__V1__Prefix *p) {
 const char kv_help_ls[] =
     "usage: kvctl ls [--tenant T] [--tree] [--sort hits|age|size] [--limit N] [--json]\n"
     "\n"
-    "Lists the cached prefixes: every leaf of the cache's radix tree and every pinned prefix,\n"
-    "with its id, tenant, tokens, blocks per tier, hits, time since last use, pin, and the start\n"
-    "of its text. The table fits the terminal's width: the preview shrinks, and ids shorten to\n"
+    "Lists the cached prefixes: every leaf of the cache's radix tree, every point where prompts\n"
+    "part and every pinned prefix, with its id, tenant, tokens, blocks per tier, hits, time since\n"
+    "last use, pin, and the start of its text. The table fits the terminal's width: the preview "
+    "shrinks, and ids shorten to\n"
     "12 digits when the preview would get less than 40 columns (every command takes a unique\n"
     "leading part of an id).\n"
     "\n"
     "  --tenant T          a tenant's prefixes (admin key); default: yours (admin: everyone's)\n"
-    "  --tree              nest prefixes that share leading text, per tenant and namespace\n"
+    "  --tree              nest each prefix under the one whose blocks it continues\n"
     "  --sort hits|age|size  most hits, most recently used, or most tokens first\n"
     "  --limit N           at most N prefixes (after sorting)\n"
     "  --json              {\"prefixes\": [...]}; with --tree {\"tree\": [...]} (kvctl help "
@@ -317,31 +317,21 @@ static void print_table(const kv_prefix_list *l, size_t n, int width) {
 /* ---- ls --tree ------------------------------------------------------------------------------- */
 
 typedef struct tree_node {
-  const Prefixd__V1__Prefix *prefix; /* NULL for a group */
-  size_t depth;                      /* bytes of preview this node stands for */
-  size_t n_prefixes;                 /* listed prefixes in this subtree, itself included */
-  struct tree_node *children;
+  const Prefixd__V1__Prefix *prefix;
+  struct tree_node **children; /* owned array of borrowed nodes, sorted by preview */
   size_t n_children, cap_children;
 } tree_node;
 
-static void tree_free(tree_node *n) {
-  for (size_t i = 0; i < n->n_children; i++) tree_free(&n->children[i]);
-  free(n->children);
-}
-
-static tree_node *tree_add(tree_node *parent, const Prefixd__V1__Prefix *p, size_t depth) {
+static int tree_add_child(tree_node *parent, tree_node *child) {
   if (parent->n_children == parent->cap_children) {
     size_t cap = parent->cap_children ? 2 * parent->cap_children : 4;
-    tree_node *grown = realloc(parent->children, cap * sizeof *grown);
-    if (!grown) return NULL;
+    tree_node **grown = realloc(parent->children, cap * sizeof *grown);
+    if (!grown) return -1;
     parent->children = grown;
     parent->cap_children = cap;
   }
-  tree_node *n = &parent->children[parent->n_children++];
-  memset(n, 0, sizeof *n);
-  n->prefix = p;
-  n->depth = depth;
-  return n;
+  parent->children[parent->n_children++] = child;
+  return 0;
 }
 
 static int same_root(const Prefixd__V1__Prefix *a, const Prefixd__V1__Prefix *b) {
@@ -358,117 +348,68 @@ static int compare_for_tree(const void *a, const void *b) {
   return c ? c : strcmp(x->id, y->id);
 }
 
-static int is_word_boundary_char(unsigned char ch) {
-  return ch < 0x80 && !((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') ||
-                        (ch >= 'A' && ch <= 'Z') || ch == '_');
+static int compare_ids(const void *a, const void *b) {
+  const tree_node *x = *(tree_node *const *)a, *y = *(tree_node *const *)b;
+  return strcmp(x->prefix->id, y->prefix->id);
 }
 
-/* The bytes a and b share at the start, cut back to a word boundary unless one of them ends
- * there (then it leads the other whole). */
-static size_t shared_lead(const char *a, const char *b) {
-  size_t n = 0;
-  while (a[n] && a[n] == b[n]) n++;
-  if (!a[n] || !b[n]) return n;
-  while (n > 0 && !is_word_boundary_char((unsigned char)a[n - 1])) n--;
-  return n;
-}
-
-/* Builds the children of parent from items[0..n), which all share their first depth bytes. */
-static int tree_build(tree_node *parent, const Prefixd__V1__Prefix **items, size_t n,
-                      size_t depth) {
-  size_t i = 0;
-  while (i < n) {
-    size_t j = i + 1, shared = (size_t)-1;
-    while (j < n) {
-      size_t s = shared_lead(items[i]->preview, items[j]->preview);
-      if (s <= depth) break;
-      if (s < shared) shared = s;
-      j++;
-    }
-    if (j == i + 1) { /* shares nothing more with its neighbours: a leaf here */
-      tree_node *leaf = tree_add(parent, items[i], strlen(items[i]->preview));
-      if (!leaf) return -1;
-      leaf->n_prefixes = 1;
-      parent->n_prefixes++;
-      i++;
-      continue;
-    }
-    /* items[i..j) share `shared` bytes: is items[i] their ancestor, or is this a group? */
-    int ancestor = strlen(items[i]->preview) == shared;
-    for (size_t k = i + 1; ancestor && k < j; k++)
-      if (items[k]->token_count <= items[i]->token_count || strlen(items[k]->preview) == shared)
-        ancestor = 0;
-    tree_node *node = tree_add(parent, ancestor ? items[i] : NULL, shared);
-    if (!node) return -1;
-    if (ancestor) {
-      node->n_prefixes = 1;
-      if (tree_build(node, items + i + 1, j - i - 1, shared)) return -1;
-    } else if (tree_build(node, items + i, j - i, shared)) {
-      return -1;
-    }
-    /* tree_add may have moved parent's children: node is parent's last child */
-    parent->n_prefixes += parent->children[parent->n_children - 1].n_prefixes;
-    i = j;
+/* Links nodes[0..n) (one per prefix of one root, in preview order) under their parents; those
+ * whose parent is not among them go under root. Children keep the preview order. */
+static int tree_link(tree_node *root, tree_node *nodes, size_t n) {
+  tree_node **by_id = malloc((n ? n : 1) * sizeof *by_id);
+  if (!by_id) return -1;
+  for (size_t i = 0; i < n; i++) by_id[i] = &nodes[i];
+  qsort(by_id, n, sizeof *by_id, compare_ids);
+  int rc = 0;
+  for (size_t i = 0; i < n && !rc; i++) {
+    tree_node key_node = {&(Prefixd__V1__Prefix){.id = nodes[i].prefix->parent_id}, 0, 0, 0};
+    tree_node *key = &key_node, **found = NULL;
+    if (nodes[i].prefix->parent_id[0] && strcmp(nodes[i].prefix->parent_id, nodes[i].prefix->id))
+      found = bsearch(&key, by_id, n, sizeof *by_id, compare_ids);
+    rc = tree_add_child(found ? *found : root, &nodes[i]);
   }
-  return 0;
+  free(by_id);
+  return rc;
+}
+
+static void tree_free(tree_node *n) {
+  for (size_t i = 0; i < n->n_children; i++) tree_free(n->children[i]);
+  free(n->children);
 }
 
 static void tree_json(kv_json *j, const tree_node *n, int64_t now) {
   kv_json_object(j, NULL);
-  if (n->prefix) {
-    kv_json_string(j, "kind", "prefix");
-    kv_json_prefix(j, n->prefix, now);
-  } else {
-    kv_json_string(j, "kind", "group");
-    /* the group's text: the first byte-run every member shares */
-    const tree_node *first = n;
-    while (!first->prefix && first->n_children) first = &first->children[0];
-    char *shared = first->prefix ? strndup(first->prefix->preview, n->depth) : NULL;
-    kv_json_string(j, "shared_preview", shared ? shared : "");
-    free(shared);
-  }
+  kv_json_prefix(j, n->prefix, now);
   kv_json_array(j, "children");
-  for (size_t i = 0; i < n->n_children; i++) tree_json(j, &n->children[i], now);
+  for (size_t i = 0; i < n->n_children; i++) tree_json(j, n->children[i], now);
   kv_json_end(j);
   kv_json_end(j);
-}
-
-static const Prefixd__V1__Prefix *first_prefix(const tree_node *n) {
-  while (!n->prefix && n->n_children) n = &n->children[0];
-  return n->prefix;
 }
 
 /* One line of the tree: the branch drawing, the node's facts, and its text after the part its
- * parent already showed, cut to the terminal's width. indent holds the drawing of the levels
- * above (each 3 columns wide, levels of them). */
-static void tree_print(const tree_node *n, size_t parent_depth, const char *indent, int levels,
+ * parent already showed (parent_text, when the node's preview starts with it), cut to the
+ * terminal's width. indent holds the drawing of the levels above (each 3 columns wide, levels
+ * of them). */
+static void tree_print(const tree_node *n, const char *parent_text, const char *indent, int levels,
                        int last, int width, int64_t now) {
   static const char branch[] = "\xe2\x94\x9c\xe2\x94\x80 ", corner[] = "\xe2\x94\x94\xe2\x94\x80 ",
                     bar[] = "\xe2\x94\x82  ";
-  char facts[256];
-  const Prefixd__V1__Prefix *p = n->prefix, *first = first_prefix(n);
-  const char *text_source = p ? p->preview : first ? first->preview : "";
-  size_t text_end = p ? strlen(p->preview) : n->depth;
-  if (p) {
-    char age[16], tiers[64], pin[16];
-    snprintf(facts, sizeof facts, "%.12s  %u tok  %s  %llu hits  %s%s%s", p->id, p->token_count,
-             tiers_text(tiers, sizeof tiers, p), (unsigned long long)p->hits,
-             kv_fmt_age(age, sizeof age, (double)(now - p->last_use_unix_ms) / 1000.0),
-             p->pinned ? "  pinned " : "", p->pinned ? pin_text(pin, sizeof pin, p, now) : "");
-  } else {
-    snprintf(facts, sizeof facts, "%zu prefixes share", n->n_prefixes);
-  }
+  char facts[256], age[16], tiers[64], pin[16];
+  const Prefixd__V1__Prefix *p = n->prefix;
+  snprintf(facts, sizeof facts, "%.12s  %u tok  %s  %llu hits  %s%s%s", p->id, p->token_count,
+           tiers_text(tiers, sizeof tiers, p), (unsigned long long)p->hits,
+           kv_fmt_age(age, sizeof age, (double)(now - p->last_use_unix_ms) / 1000.0),
+           p->pinned ? "  pinned " : "", p->pinned ? pin_text(pin, sizeof pin, p, now) : "");
   /* the text this node adds to its parent's, quoted, led by an ellipsis if it continues one;
    * when the width leaves no room for it, the facts are cut instead */
-  size_t from = parent_depth < text_end ? parent_depth : text_end;
+  size_t parent_len = strlen(parent_text);
+  size_t from = parent_len && !strncmp(p->preview, parent_text, parent_len) ? parent_len : 0;
   int room = width - 3 * (levels + 1);
   int budget = room - (int)kv_display_width(facts) - 4 - (from ? 1 : 0);
-  kv_style style = p ? KV_CYAN : KV_DIM;
+  kv_style style = KV_CYAN;
   if (budget >= 1) {
-    char *piece = strndup(text_source + from, text_end - from);
     char quoted[1024];
-    kv_one_line(piece ? piece : "", (size_t)budget, quoted, sizeof quoted);
-    free(piece);
+    kv_one_line(p->preview + from, (size_t)budget, quoted, sizeof quoted);
     printf("%s%s%s%s%s  \"%s%s\"\n", indent, last ? corner : branch, kv_style_on(style), facts,
            kv_style_off(style), from ? "\xe2\x80\xa6" : "", quoted);
   } else {
@@ -484,7 +425,7 @@ static void tree_print(const tree_node *n, size_t parent_depth, const char *inde
   memcpy(child_indent, indent, len);
   memcpy(child_indent + len, last ? "   " : bar, last ? 4 : sizeof bar);
   for (size_t i = 0; i < n->n_children; i++)
-    tree_print(&n->children[i], text_end, child_indent, levels + 1, i + 1 == n->n_children, width,
+    tree_print(n->children[i], p->preview, child_indent, levels + 1, i + 1 == n->n_children, width,
                now);
   free(child_indent);
 }
@@ -502,9 +443,12 @@ static int print_tree(kv_ctx *ctx, kv_prefix_list *l, size_t n, int width) {
   for (size_t start = 0; start < n;) {
     size_t end = start + 1;
     while (end < n && same_root(l->items[start], l->items[end])) end++;
-    tree_node root = {0};
-    if (tree_build(&root, l->items + start, end - start, 0)) {
-      tree_free(&root);
+    tree_node root = {0}, *nodes = calloc(end - start, sizeof *nodes);
+    for (size_t i = 0; nodes && i < end - start; i++) nodes[i].prefix = l->items[start + i];
+    if (!nodes || tree_link(&root, nodes, end - start)) {
+      if (nodes)
+        for (size_t i = 0; i < end - start; i++) free(nodes[i].children);
+      free(root.children), free(nodes);
       kv_error("out of memory");
       rc = KV_EXIT_ERROR;
       break;
@@ -515,7 +459,7 @@ static int print_tree(kv_ctx *ctx, kv_prefix_list *l, size_t n, int width) {
       kv_json_string(&j, "tenant", p->tenant);
       kv_json_string(&j, "namespace", p->namespace_);
       kv_json_array(&j, "children");
-      for (size_t i = 0; i < root.n_children; i++) tree_json(&j, &root.children[i], now);
+      for (size_t i = 0; i < root.n_children; i++) tree_json(&j, root.children[i], now);
       kv_json_end(&j);
       kv_json_end(&j);
     } else {
@@ -531,9 +475,10 @@ static int print_tree(kv_ctx *ctx, kv_prefix_list *l, size_t n, int width) {
       }
       printf("  %zu prefixes\n", end - start);
       for (size_t i = 0; i < root.n_children; i++)
-        tree_print(&root.children[i], 0, "", 0, i + 1 == root.n_children, width, now);
+        tree_print(root.children[i], "", "", 0, i + 1 == root.n_children, width, now);
     }
     tree_free(&root);
+    free(nodes);
     start = end;
   }
   if (ctx->json) {

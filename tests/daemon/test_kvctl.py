@@ -35,7 +35,7 @@ JOKE = SYSTEM + " Answer briefly. Tell me a joke."
 FRENCH = "Translate to French: good morning"
 
 PREFIX_FIELDS = {"id", "tenant", "namespace", "token_count", "blocks", "hits", "last_use_unix_ms",
-                 "age_seconds", "pinned", "pin_expires_unix_ms", "preview"}
+                 "age_seconds", "pinned", "pin_expires_unix_ms", "preview", "parent_id"}
 TIER_FIELDS = {"tier", "blocks_used", "blocks_capacity", "bytes_used", "bytes_capacity",
                "disabled", "disabled_reason"}
 COUNTER_FIELDS = {"model", "backend", "uptime_seconds", "requests", "queue_depth",
@@ -468,31 +468,30 @@ def test_ls_tree(daemon, acme):
     assert (root["tenant"], root["namespace"]) == ("acme", "")
 
     def shape(node):
-        if node["kind"] == "group":
-            assert set(node) == {"kind", "shared_preview", "children"}
-            return ("group", node["shared_preview"], [shape(n) for n in node["children"]])
-        assert set(node) == PREFIX_FIELDS | {"kind", "children"}
+        assert set(node) == PREFIX_FIELDS | {"children"}
         return (node["id"], [shape(n) for n in node["children"]])
 
-    # "Translate..." < "You are...": the pinned system prompt is an ancestor of the two
-    # questions, which share " Answer briefly. " beyond it (their shared block is a prefix of
-    # its own, where their paths part); the translation shares nothing with them
+    # the radix tree itself, each child naming its parent. The system prompt (24 tokens: a full
+    # block and 8 tokens) and the two questions share its first block, a prefix of its own where
+    # their paths part; the questions go on to share a block with " Answer briefly. ", where
+    # theirs part; the translation shares nothing with them.
     ancestors = {}
 
     def walk(node, above):
-        if node["kind"] != "group":
-            ancestors[node["id"]] = list(above)
-            above = above + [node["id"]]
+        ancestors[node["id"]] = list(above)
+        assert node["parent_id"] == (above[-1] if above else "")
         for child in node["children"]:
-            walk(child, above)
+            walk(child, above + [node["id"]])
 
     for n in root["children"]:
         walk(n, [])
+    listed = kvj(daemon, "ls", key=acme)["prefixes"]
+    assert set(ancestors) == {p["id"] for p in listed}
     assert {a, b, c, d} <= set(ancestors)
-    assert a in ancestors[b] and a in ancestors[c]
-    assert not set(ancestors[d]) & {a, b, c} and d not in ancestors[a]
-    assert [n["id"] for n in root["children"] if n["kind"] != "group"][0] == d
-    assert b not in ancestors[c] and c not in ancestors[b]
+    first_block = ancestors[a][-1]
+    assert len(ancestors[a]) == 1 and first_block in ancestors[b] and first_block in ancestors[c]
+    assert ancestors[b] == ancestors[c] == [first_block, ancestors[b][-1]]
+    assert ancestors[d] == [] and root["children"][0]["id"] == d  # "Translate" < "You are"
     [shape(n) for n in root["children"]]  # every node has exactly the documented fields
     rc, out, _ = kv(daemon, "ls", "--tree", env={"COLUMNS": "200"}, key=acme)
     assert rc == 0
@@ -503,9 +502,10 @@ def test_ls_tree(daemon, acme):
                         lines[1])
     assert any(re.search(rf"\u2500 {a[:12]}  \d+ tok  device \d+  \d+ hits  \d+s  pinned 59m  "
                          rf"\"", ln) for ln in lines), out
-    assert any(re.search(rf"\u2500 {c[:12]} .*  \"\u2026Tell me a joke\.\"", ln) for ln in lines)
-    assert any(re.search(rf"\u2500 {b[:12]} .*  \"\u2026What is the capital of France\?\"", ln)
+    assert any(re.search(rf"\u2500 {c[:12]} .*  \"\u2026[^\"]*Tell me a joke\.\"", ln)
                for ln in lines)
+    assert any(re.search(rf"\u2500 {b[:12]} .*  \"\u2026[^\"]*What is the capital of France\?\"",
+                         ln) for ln in lines)
     assert len(lines) >= 6
     # tenants never share blocks: the admin's tree has one root per tenant
     other = kvj(daemon, "tenant", "add", "other", key=ADMIN)["api_key"]

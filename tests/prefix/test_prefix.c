@@ -370,6 +370,8 @@ START_TEST(introspection_lists_prefixes) {
   insert(&t, b, private_ns(&t, b), tok, 16, 0, 3, 0);
   uint32_t cursor = 0, count_a = 0, count_all = 0;
   pd_prefix_info info;
+  pd_key128 shared_id = {0, 0};
+  int n_children = 0;
   while (pd_radix_next_prefix(&t, &cursor, (int32_t)a, &info)) {
     count_a++;
     /* the two prompts, and the 32 tokens they share (where their paths part) */
@@ -377,7 +379,19 @@ START_TEST(introspection_lists_prefixes) {
     uint32_t found;
     ck_assert_int_eq(pd_radix_find(&t, info.id, &found), 0);
     ck_assert_uint_eq(found, info.node);
+    if (info.n_tokens == 32) {
+      ck_assert_int_eq(info.has_parent, 0); /* its first block is not a prefix of its own */
+      shared_id = info.id;
+    }
   }
+  cursor = 0;
+  while (pd_radix_next_prefix(&t, &cursor, (int32_t)a, &info))
+    if (info.n_tokens != 32) {
+      ck_assert_int_eq(info.has_parent, 1); /* both prompts continue the shared 32 tokens */
+      ck_assert(pd_key_eq(info.parent_id, shared_id));
+      n_children++;
+    }
+  ck_assert_int_eq(n_children, 2);
   cursor = 0;
   while (pd_radix_next_prefix(&t, &cursor, -1, &info)) count_all++;
   ck_assert_uint_eq(count_a, 3);
@@ -389,7 +403,12 @@ START_TEST(introspection_lists_prefixes) {
   ck_assert_int_eq(pd_radix_pin(&t, nodes[0], PD_PIN_FOREVER), 0);
   pd_radix_release(&t, nodes, m.n_nodes);
   cursor = 0, count_a = 0;
-  while (pd_radix_next_prefix(&t, &cursor, (int32_t)a, &info)) count_a++;
+  while (pd_radix_next_prefix(&t, &cursor, (int32_t)a, &info)) {
+    count_a++;
+    /* the pinned first block is now the parent of the shared 32 tokens */
+    if (info.n_tokens == 16) ck_assert_int_eq(info.has_parent, 0);
+    if (info.n_tokens == 32) ck_assert_int_eq(info.has_parent, 1);
+  }
   ck_assert_uint_eq(count_a, 4);
   ck_assert_int_eq(pd_radix_unpin(&t, nodes[0]), 0);
   ck_assert_int_eq(pd_radix_unpin(&t, nodes[0]), PD_EINVAL);

@@ -217,13 +217,15 @@ class Prefix:
     pinned: bool
     pin_expires_unix_ms: int  # 0 = no expiry
     preview: str              # the first characters of the prefix's text
+    parent_id: str = ""       # the nearest listed prefix whose blocks it continues; "" = none
 
     @classmethod
     def from_pb(cls, m: Any) -> "Prefix":
         return cls(id=m.id, tenant=m.tenant, namespace=m.namespace, token_count=m.token_count,
                    blocks=TierCounts.from_pb(m.blocks), hits=m.hits,
                    last_use_unix_ms=m.last_use_unix_ms, pinned=m.pinned,
-                   pin_expires_unix_ms=m.pin_expires_unix_ms, preview=m.preview)
+                   pin_expires_unix_ms=m.pin_expires_unix_ms, preview=m.preview,
+                   parent_id=m.parent_id)
 
 
 @dataclass(frozen=True)

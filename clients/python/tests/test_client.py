@@ -168,8 +168,9 @@ def test_prefixes_listing_over_pages(client: prefixd.Client):
         assert not p.pinned and p.pin_expires_unix_ms == 0
         assert p.preview and text.startswith(p.preview[:40]), p.preview
         assert abs(p.last_use_unix_ms - time.time() * 1000) < 60_000
-    # one page holding everything gives the same set
+    # one page holding everything gives the same set; a parent is always a listed prefix
     assert {p.id for p in client.prefixes(page_size=1000)} == set(ids)
+    assert all(p.parent_id == "" or p.parent_id in by_id for p in listed)
 
 
 def test_evict_then_lookup_shows_zero(client: prefixd.Client):
