@@ -592,6 +592,8 @@ int kv_cmd_show(kv_ctx *ctx, int argc, char **argv) {
     printf("%s%-10s%s %s\n", bold, "namespace", plain, a);
     printf("%s%-10s%s %u (%llu blocks: %s)\n", bold, "tokens", plain, p->token_count,
            (unsigned long long)total_blocks(p), tiers_text(tiers, sizeof tiers, p));
+    printf("%s%-10s%s %s\n", bold, "parent", plain,
+           p->parent_id[0] ? p->parent_id : "none (no listed prefix shares its first block)");
     printf("%s%-10s%s %llu\n", bold, "hits", plain, (unsigned long long)p->hits);
     printf("%s%-10s%s %s (%s ago)\n", bold, "last use", plain,
            kv_fmt_time(a, sizeof a, p->last_use_unix_ms),

@@ -419,6 +419,7 @@ def test_prefix_commands_json(daemon, acme, tmp_path):
     assert shown["text_is_preview"] is True
     rc, out, _ = kv(daemon, "show", w2["prefix_id"], key=acme)
     assert rc == 0 and f"id         {w2['prefix_id']}" in out and out.endswith(FRANCE + "\n")
+    assert f"parent     {shown['parent_id'] or 'none '}" in out
     assert_error(kv(daemon, "show", "ffff" if not w2["prefix_id"].startswith("ffff") else "eeee",
                     key=acme), 1, r"^kvctl: NOT_FOUND: no cached prefix starts with ")
 
