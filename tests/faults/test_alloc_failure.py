@@ -10,13 +10,16 @@ test arms N and sends one round of requests through the whole path:
     Tokenize (alpha); alpha's and beta's Generate at once (alpha's prompt is a 48-token shared
     prefix, warmed beforehand, and a tail: authentication, the queue, admission, the prefix
     match with a copy-on-write block, chunked prefill (--max-batch-tokens 16), batched decode,
-    12 streamed tokens each); Warm (alpha: the shared prefix and another tail); Lookup; Stats.
+    12 streamed tokens each); Warm (alpha: the shared prefix and another tail); Lookup; Stats;
+    Detokenize; ListPrefixes; and the Admin service (the tenant database in LMDB): ListTenants,
+    SetLimits (beta's, unchanged), CreateTenant then DeleteTenant of a scratch tenant.
 
 Each call must succeed with exactly the output of an unarmed round, or fail with
 RESOURCE_EXHAUSTED, INTERNAL or UNAVAILABLE (the daemon closed the connection) and a message; no
 answer within CALL_TIMEOUT seconds is a hang. Then, disarmed, the daemon must be alive and:
 answer Health; give both Generates their reference tokens (nothing half-computed was left in the
-cache); after Evict(all) hold 0 blocks in every tier, for every tenant, with nothing queued or
+cache); list exactly alpha and beta once a scratch tenant left behind (its DeleteTenant failed)
+is deleted, with their keys still valid; after Evict(all) hold 0 blocks in every tier, for every tenant, with nothing queued or
 running and no tenant request active (Stats and /metrics); and take a Warm that needs all 64
 device blocks (no block or reservation leaked). The loop stops at the first N whose armed round
 ran to its end without the failure firing: N is past the last allocation of the path.
@@ -136,6 +139,8 @@ class Loop:
                         prompt=pb.Prompt(text=TOKENIZE_TEXT))).token_ids),
                     "gen_a": generate(self.a, SHARED + TAIL_GEN),
                     "gen_b": generate(self.b, BETA)}
+        self.ref["detok"] = self.a.Detokenize(pb.DetokenizeRequest(
+            token_ids=self.ref["tok"])).text
         self.check_idle("reference")
 
     def reconnect(self):
@@ -145,6 +150,7 @@ class Loop:
         self.d.channels = []
         self.admin, self.a, self.b = (self.d.stub(k, channel=self.channel())
                                       for k in (ADMIN,) + self.keys)
+        self.tenants = Keyed(pb_grpc.AdminStub(self.channel()), ADMIN)
 
     def channel(self):
         ch = grpc.insecure_channel(self.d.target, options=CHANNEL_OPTIONS + KEEPALIVE)
@@ -185,9 +191,24 @@ class Loop:
         out["Lookup"] = rpc(lambda: self.a.Lookup(pb.LookupRequest(
             prompt=ids_prompt(SHARED)), timeout=CALL_TIMEOUT).prompt_tokens)
         out["Stats"] = rpc(lambda: self.a.Stats(pb.StatsRequest(), timeout=CALL_TIMEOUT).requests)
+        out["Detokenize"] = rpc(lambda: self.a.Detokenize(pb.DetokenizeRequest(
+            token_ids=self.ref["tok"]), timeout=CALL_TIMEOUT).text)
+        out["ListPrefixes"] = rpc(lambda: len(self.a.ListPrefixes(pb.ListPrefixesRequest(),
+                                                                  timeout=CALL_TIMEOUT).prefixes))
+        out["ListTenants"] = rpc(lambda: sorted(t.name for t in self.tenants.ListTenants(
+            pb.ListTenantsRequest(), timeout=CALL_TIMEOUT).tenants))
+        out["SetLimits"] = rpc(lambda: self.tenants.SetLimits(pb.SetLimitsRequest(
+            name="beta", limits=pb.TenantLimits()), timeout=CALL_TIMEOUT) and None)
+        out["CreateTenant"] = rpc(lambda: bool(self.tenants.CreateTenant(
+            pb.CreateTenantRequest(name="scratch"), timeout=CALL_TIMEOUT).api_key))
+        out["DeleteTenant"] = rpc(lambda: self.tenants.DeleteTenant(
+            pb.DeleteTenantRequest(name="scratch"), timeout=CALL_TIMEOUT) and None)
+        if out["CreateTenant"][0] != "OK" and out["DeleteTenant"][0] == "NOT_FOUND":
+            out["DeleteTenant"] = ("OK", None)  # the scratch tenant was never created
         want = {"Tokenize": self.ref["tok"], "Generate": self.ref["gen_a"],
                 "Generate(beta)": self.ref["gen_b"], "Warm": len(SHARED) + len(TAIL_WARM),
-                "Lookup": len(SHARED)}
+                "Lookup": len(SHARED), "Detokenize": self.ref["detok"],
+                "ListTenants": ["alpha", "beta"], "CreateTenant": True}
         for name, (status, got) in out.items():
             if status == "OK":
                 if name in want and got != want[name]:
@@ -233,6 +254,12 @@ class Loop:
         if hasattr(self, "ref"):
             assert got_a == self.ref["gen_a"], f"N={n}: alpha's tokens changed: {got_a}"
             assert got_b == self.ref["gen_b"], f"N={n}: beta's tokens changed: {got_b}"
+        names = sorted(t.name for t in self.tenants.ListTenants(
+            pb.ListTenantsRequest(), timeout=CALL_TIMEOUT).tenants)
+        if "scratch" in names:  # a DeleteTenant that failed: it must work now
+            self.tenants.DeleteTenant(pb.DeleteTenantRequest(name="scratch"), timeout=CALL_TIMEOUT)
+            names.remove("scratch")
+        assert names == ["alpha", "beta"], f"N={n}: tenants {names}"
         self.evict_all(n)
         w = self.a.Warm(pb.WarmRequest(prompt=ids_prompt(FULL_POOL)), timeout=CALL_TIMEOUT)
         assert w.prompt_tokens == len(FULL_POOL), f"N={n}: {w}"
