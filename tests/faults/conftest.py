@@ -1,23 +1,15 @@
-"""Fixtures of the fault-injection suite. The daemon harness is shared with tests/stress
-(pd_harness.py there); failalloc.py here speaks to libpd_failalloc.so."""
+"""Fixtures of the fault-injection suite. The daemon harness and the model fixtures are shared
+with tests/stress (pd_harness.py, pd_fixtures.py there); failalloc.py here speaks to
+libpd_failalloc.so."""
 import os
 import sys
-import tempfile
 
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "stress"))
-import pd_harness  # noqa: E402
-
-
-@pytest.fixture
-def q51_model():
-    path = pd_harness.q51_model()
-    if not path or not os.path.exists(path):
-        pytest.skip("tiny-q5_1.gguf not built")
-    return path
+from pd_fixtures import data_dir, q51_model  # noqa: E402,F401
 
 
 @pytest.fixture
@@ -26,9 +18,3 @@ def failalloc_lib():
     if not path or not os.path.exists(path):
         pytest.skip("PD_FAILALLOC_LIB (libpd_failalloc.so) not built")
     return path
-
-
-@pytest.fixture
-def data_dir():
-    with tempfile.TemporaryDirectory(prefix="prefixd-faults-") as d:
-        yield d

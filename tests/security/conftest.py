@@ -1,34 +1,9 @@
-"""Fixtures of the security suite. The daemon harness is shared with tests/stress
-(pd_harness.py there: stubs, a real prefixd on loopback, helpers)."""
+"""Fixtures of the security suite. The daemon harness and the fixtures are shared with
+tests/stress (pd_harness.py, pd_fixtures.py there: stubs, a real prefixd on loopback, helpers)."""
 import os
 import sys
-import tempfile
-
-import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "stress"))
-import pd_harness  # noqa: E402
-
-
-@pytest.fixture
-def tiny_model():
-    path = pd_harness.tiny_model()
-    if not path or not os.path.exists(path):
-        pytest.skip("PD_TINY_MODEL not built")
-    return path
-
-
-@pytest.fixture
-def q51_model():
-    path = pd_harness.q51_model()
-    if not path or not os.path.exists(path):
-        pytest.skip("tiny-q5_1.gguf not built")
-    return path
-
-
-@pytest.fixture
-def data_dir():
-    with tempfile.TemporaryDirectory(prefix="prefixd-security-") as d:
-        yield d
+from pd_fixtures import data_dir, q51_model, tiny_model  # noqa: E402,F401
