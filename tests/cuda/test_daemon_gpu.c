@@ -13,6 +13,9 @@
  *      CPU daemon (--device cpu, same settings) generates.
  *   4. after a restart, the system prompt (written through to disk by a Warm) comes back from
  *      disk into GPU memory through the staging buffer and gives the same tokens.
+ * And one with --cache-dtype fp8 (e4m3 with a scale per row): session 2 again takes the system
+ * prompt from the device tier, and after a restart from disk, with the same tokens both times
+ * (the restored bytes are the stored ones, and the batch is the same).
  * Exits 77 (skipped) when prefixd --device cuda finds no GPU. PD_DAEMON_GPU_TEST_DEVICE=cpu runs
  * the same steps with the "GPU" daemon on the CPU, to check the test itself where there is none.
  */
@@ -43,8 +46,9 @@ typedef struct daemon_proc {
   char addr[64], dir[128], log[160];
 } daemon_proc;
 
-/* Starts prefixd on device in dir; 0 when ready, 77 when --device cuda finds no GPU. */
-static int start(daemon_proc *d, const char *device, const char *sub) {
+/* Starts prefixd on device in dir with the given KV cache dtype; 0 when ready, 77 when --device
+ * cuda finds no GPU. */
+static int start_with(daemon_proc *d, const char *device, const char *sub, const char *cache) {
   snprintf(d->dir, sizeof d->dir, "%s/%s", base_dir, sub);
   mkdir(d->dir, 0700);
   snprintf(d->log, sizeof d->log, "%s/log", d->dir);
@@ -54,7 +58,7 @@ static int start(daemon_proc *d, const char *device, const char *sub) {
     if (!freopen(d->log, "w", stderr)) _exit(126);
     execl(getenv("PREFIXD_BIN"), "prefixd", "--model", getenv("PD_CUDA_MODEL"), "--listen",
           "127.0.0.1:0", "--data-dir", d->dir, "--device", device, "--matmul", "exact",
-          "--cache-dtype", "f32", "--kv-cache-mb", "256", "--host-cache-mb", "64",
+          "--cache-dtype", cache, "--kv-cache-mb", "256", "--host-cache-mb", "64",
           "--disk-cache-mb", "256", "--metrics-listen", "none", (char *)NULL);
     _exit(127);
   }
@@ -87,6 +91,10 @@ static int start(daemon_proc *d, const char *device, const char *sub) {
   }
   ck_abort_msg("prefixd did not start; see %s", d->log);
   return 1;
+}
+
+static int start(daemon_proc *d, const char *device, const char *sub) {
+  return start_with(d, device, sub, "f32");
 }
 
 static void stop(daemon_proc *d) {
@@ -170,8 +178,8 @@ static void same_tokens(const result *a, const result *b, const char *what) {
                   a->tokens[i], b->tokens[i]);
 }
 
-START_TEST(two_sessions_share_a_system_prompt_on_the_gpu) {
-  int32_t prompts[2][N_SYSTEM + N_USER];
+/* Two prompts that share N_SYSTEM tokens, each N_SYSTEM + N_USER long. */
+static void make_prompts(int32_t prompts[2][N_SYSTEM + N_USER]) {
   uint64_t rng = 5;
   for (int i = 0; i < N_SYSTEM + 2 * N_USER; i++) {
     rng = rng * 6364136223846793005ull + 1442695040888963407ull;
@@ -181,10 +189,18 @@ START_TEST(two_sessions_share_a_system_prompt_on_the_gpu) {
     else
       prompts[(i - N_SYSTEM) / N_USER][N_SYSTEM + (i - N_SYSTEM) % N_USER] = tok;
   }
+}
+
+static const char *device_under_test(void) {
+  return getenv("PD_DAEMON_GPU_TEST_DEVICE") ? getenv("PD_DAEMON_GPU_TEST_DEVICE") : "cuda";
+}
+
+START_TEST(two_sessions_share_a_system_prompt_on_the_gpu) {
+  int32_t prompts[2][N_SYSTEM + N_USER];
+  make_prompts(prompts);
   size_t n = N_SYSTEM + N_USER;
   daemon_proc gpu = {0}, cpu = {0};
-  const char *dev =
-      getenv("PD_DAEMON_GPU_TEST_DEVICE") ? getenv("PD_DAEMON_GPU_TEST_DEVICE") : "cuda";
+  const char *dev = device_under_test();
   if (start(&gpu, dev, "gpu") == 77) {
     no_gpu = 1;
     return;
@@ -213,6 +229,30 @@ START_TEST(two_sessions_share_a_system_prompt_on_the_gpu) {
 }
 END_TEST
 
+START_TEST(fp8_cache_serves_and_restores_on_the_gpu) {
+  if (no_gpu) return;
+  int32_t prompts[2][N_SYSTEM + N_USER];
+  make_prompts(prompts);
+  size_t n = N_SYSTEM + N_USER;
+  daemon_proc gpu = {0};
+  if (start_with(&gpu, device_under_test(), "gpu-fp8", "fp8") == 77) {
+    no_gpu = 1;
+    return;
+  }
+  result s1 = greedy(&gpu, prompts[0], n, 0), s2 = greedy(&gpu, prompts[1], n, 0);
+  ck_assert_uint_eq(s1.cached, 0);
+  ck_assert_uint_ge(s2.cached, 288);
+  ck_assert_uint_eq(s2.cached_device, s2.cached);
+  warm(&gpu, prompts[0], N_SYSTEM);
+  stop(&gpu);
+  ck_assert_int_eq(start_with(&gpu, device_under_test(), "gpu-fp8", "fp8"), 0);
+  result s3 = greedy(&gpu, prompts[1], n, 0);
+  ck_assert_uint_ge(s3.cached_disk, 288);
+  same_tokens(&s3, &s2, "fp8: session 2 after a restart, from disk");
+  stop(&gpu);
+}
+END_TEST
+
 int main(void) {
   snprintf(base_dir, sizeof base_dir, "/tmp/pd_gpu_XXXXXX");
   if (!mkdtemp(base_dir)) return 1;
@@ -220,6 +260,7 @@ int main(void) {
   TCase *tc = tcase_create("gpu");
   tcase_set_timeout(tc, 900);
   tcase_add_test(tc, two_sessions_share_a_system_prompt_on_the_gpu);
+  tcase_add_test(tc, fp8_cache_serves_and_restores_on_the_gpu);
   suite_add_tcase(s, tc);
   int rc = pd_check_run(s, 0);
   for (int i = 0; i < n_started; i++)
