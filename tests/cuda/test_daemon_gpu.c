@@ -195,6 +195,17 @@ static const char *device_under_test(void) {
   return getenv("PD_DAEMON_GPU_TEST_DEVICE") ? getenv("PD_DAEMON_GPU_TEST_DEVICE") : "cuda";
 }
 
+/* Session 1 computes everything; session 2 takes the system prompt's 18 full blocks from the
+ * device tier. */
+static void two_sessions(const daemon_proc *d, int32_t prompts[2][N_SYSTEM + N_USER], result *s1,
+                         result *s2) {
+  *s1 = greedy(d, prompts[0], N_SYSTEM + N_USER, 0);
+  *s2 = greedy(d, prompts[1], N_SYSTEM + N_USER, 0);
+  ck_assert_uint_eq(s1->cached, 0);
+  ck_assert_uint_ge(s2->cached, 288);
+  ck_assert_uint_eq(s2->cached_device, s2->cached);
+}
+
 START_TEST(two_sessions_share_a_system_prompt_on_the_gpu) {
   int32_t prompts[2][N_SYSTEM + N_USER];
   make_prompts(prompts);
@@ -205,10 +216,8 @@ START_TEST(two_sessions_share_a_system_prompt_on_the_gpu) {
     no_gpu = 1;
     return;
   }
-  result s1 = greedy(&gpu, prompts[0], n, 0), s2 = greedy(&gpu, prompts[1], n, 0);
-  ck_assert_uint_eq(s1.cached, 0);
-  ck_assert_uint_ge(s2.cached, 288);
-  ck_assert_uint_eq(s2.cached_device, s2.cached);
+  result s1, s2;
+  two_sessions(&gpu, prompts, &s1, &s2);
   result r1 = greedy(&gpu, prompts[0], n, 1), r2 = greedy(&gpu, prompts[1], n, 1);
   same_tokens(&s1, &r1, "session 1, cached vs computed on the GPU");
   same_tokens(&s2, &r2, "session 2, cached vs computed on the GPU");
@@ -239,10 +248,8 @@ START_TEST(fp8_cache_serves_and_restores_on_the_gpu) {
     no_gpu = 1;
     return;
   }
-  result s1 = greedy(&gpu, prompts[0], n, 0), s2 = greedy(&gpu, prompts[1], n, 0);
-  ck_assert_uint_eq(s1.cached, 0);
-  ck_assert_uint_ge(s2.cached, 288);
-  ck_assert_uint_eq(s2.cached_device, s2.cached);
+  result s1, s2;
+  two_sessions(&gpu, prompts, &s1, &s2);
   warm(&gpu, prompts[0], N_SYSTEM);
   stop(&gpu);
   ck_assert_int_eq(start_with(&gpu, device_under_test(), "gpu-fp8", "fp8"), 0);
