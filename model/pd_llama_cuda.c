@@ -351,6 +351,12 @@ int pd_llama_cuda_init(pd_llama_cuda *c, const pd_model *m, int block_tokens,
     return errf(err, errlen, PD_EINVAL,
                 "cuda model: head_dim %d unsupported (the CUDA attention has 64 and 128)",
                 m->head_dim);
+  pd_kv_layout kv = {m->n_layers, m->n_kv_heads, m->head_dim, block_tokens, cache_dtype};
+  if (pd_kv_block_bytes(&kv) % 16)
+    return errf(err, errlen, PD_EINVAL,
+                "cuda model: a KV block of %zu bytes is not a multiple of 16 (the attention reads "
+                "16-byte pieces): use more block tokens",
+                pd_kv_block_bytes(&kv));
   if (m->n_kv_heads <= 0 || m->n_heads % m->n_kv_heads || m->rot_dim % 2 ||
       m->rot_dim > m->head_dim)
     return errf(err, errlen, PD_EINVAL, "cuda model: inconsistent heads or rope dims");

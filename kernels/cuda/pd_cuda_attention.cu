@@ -1049,6 +1049,9 @@ static int check_layout(const pd_kv_layout *L, int layer, int n_heads, char *err
   if (L->n_kv_heads <= 0 || n_heads <= 0 || n_heads % L->n_kv_heads)
     return bad(err, errlen, "n_heads must be a positive multiple of n_kv_heads");
   if (log2_exact(L->block_tokens) < 0) return bad(err, errlen, "block_tokens not a power of two");
+  if (pd_kv_block_bytes(L) % 16) /* the rows are read in 16-byte loads from each block */
+    return bad(err, errlen,
+               "a block's size is not a multiple of 16 bytes (block_tokens too small)");
   if (layer < 0 || layer >= L->n_layers) return bad(err, errlen, "layer out of range");
   return PD_OK;
 }

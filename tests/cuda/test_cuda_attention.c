@@ -664,7 +664,13 @@ START_TEST(bad_shapes_are_refused) {
   ck_assert_int_eq(pd_cuda_attn(&L, (void *)64, 0, 9, (float *)64, (float *)64, &b, 1.0f, NULL, 0,
                                 NULL, err, sizeof err),
                    PD_EINVAL);
-  L.block_tokens = 16;
+  /* fp8, one layer, 3 KV heads, 1-token blocks: 6 rows of 68 bytes, not a multiple of 16 */
+  L.dtype = PD_DTYPE_FP8_E4M3, L.block_tokens = 1;
+  ck_assert_int_eq(pd_cuda_attn(&L, (void *)64, 0, 9, (float *)64, (float *)64, &b, 1.0f, NULL, 0,
+                                NULL, err, sizeof err),
+                   PD_EINVAL);
+  ck_assert_msg(strstr(err, "multiple of 16") != NULL, "%s", err);
+  L.dtype = PD_DTYPE_F16, L.block_tokens = 16;
   /* a decode batch needs a workspace */
   ck_assert_uint_gt(pd_cuda_attn_batch_workspace_bytes(&L, 9, &b), 0);
   ck_assert_int_eq(pd_cuda_attn(&L, (void *)64, 0, 9, (float *)64, (float *)64, &b, 1.0f, NULL, 0,
