@@ -193,7 +193,11 @@ int pd_engine_add_tenant(pd_engine *e, const pd_tenant_rec *r, char *err, size_t
     return rc;
   }
   uint32_t old_cap = e->cap_counters;
-  if (!counters(e, id)) return PD_ENOMEM;
+  if (!counters(e, id)) {
+    snprintf(err, errlen, "tenant %s: %s", r->name, pd_strerror(PD_ENOMEM));
+    pd_tenants_remove(&e->tree.tenants, id);
+    return PD_ENOMEM;
+  }
   if (e->cap_counters > old_cap)
     memset(e->counters + old_cap, 0, (e->cap_counters - old_cap) * sizeof *e->counters);
   memset(&e->counters[id], 0, sizeof e->counters[id]);
@@ -206,10 +210,15 @@ int pd_engine_add_tenant(pd_engine *e, const pd_tenant_rec *r, char *err, size_t
       if (!s || (rc = pd_tenants_add_shared(&e->tree.tenants, s->name, s->salt, &ns))) {
         snprintf(err, errlen, "namespace %s: %s", r->grants[g],
                  pd_strerror(rc ? rc : PD_ENOTFOUND));
+        pd_tenants_remove(&e->tree.tenants, id);
         return rc ? rc : PD_ENOTFOUND;
       }
     }
-    if ((rc = pd_tenants_grant(&e->tree.tenants, id, ns))) return rc;
+    if ((rc = pd_tenants_grant(&e->tree.tenants, id, ns))) {
+      snprintf(err, errlen, "tenant %s: %s", r->name, pd_strerror(rc));
+      pd_tenants_remove(&e->tree.tenants, id);
+      return rc;
+    }
   }
   return PD_OK;
 }

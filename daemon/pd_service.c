@@ -662,6 +662,7 @@ static int admin_rc(pd_job *job, int rc, const char *name) {
   int status = rc == PD_ENOTFOUND ? PD_GRPC_NOT_FOUND
                : rc == PD_EEXIST  ? PD_GRPC_ALREADY_EXISTS
                : rc == PD_EINVAL  ? PD_GRPC_INVALID_ARGUMENT
+               : rc == PD_ENOMEM  ? PD_GRPC_RESOURCE_EXHAUSTED
                                   : PD_GRPC_INTERNAL;
   job->status = status;
   snprintf(job->message, sizeof job->message, "%s: %s", name && name[0] ? name : "(empty name)",
@@ -681,10 +682,13 @@ static void do_create_tenant(pd_engine *e, pd_job *job) {
   }
   if (admin_rc(job, pd_tenantdb_create(&e->db, req->name, &lim, key), req->name)) return;
   const pd_tenant_rec *rec = pd_tenantdb_find(&e->db, req->name);
-  char err[256];
-  if (pd_engine_add_tenant(e, rec, err, sizeof err)) {
+  char err[256] = "";
+  int rc = pd_engine_add_tenant(e, rec, err, sizeof err);
+  if (rc) {
+    /* if this delete fails too, the record stays in the file: DeleteTenant can still remove it */
     pd_tenantdb_delete(&e->db, req->name);
-    fail(job, PD_GRPC_INTERNAL, "%s", err);
+    fail(job, rc == PD_ENOMEM ? PD_GRPC_RESOURCE_EXHAUSTED : PD_GRPC_INTERNAL, "%s",
+         err[0] ? err : pd_strerror(rc));
     return;
   }
   Prefixd__V1__CreateTenantResponse *r = pd_job_alloc(job, sizeof *r);
@@ -721,20 +725,25 @@ static void do_delete_tenant(pd_engine *e, pd_job *job) {
   const Prefixd__V1__DeleteTenantRequest *req = (const void *)job->req;
   if (!need_admin(e, job)) return;
   int32_t t = pd_engine_tenant_id(e, req->name);
-  if (t < 0 || !pd_tenantdb_find(&e->db, req->name)) {
+  if (!pd_tenantdb_find(&e->db, req->name)) {
     fail(job, PD_GRPC_NOT_FOUND, "no tenant '%s'", req->name);
     return;
   }
-  uint64_t counts[PD_TIERS] = {0};
-  pd_engine_evict(e, t, -1, counts);
-  const pd_tenant *tn = pd_tenants_get(&e->tree.tenants, (uint32_t)t);
-  if ((t < (int32_t)e->cap_counters && e->counters[t].active) || tn->used[0] || tn->used[1] ||
-      tn->used[2]) {
-    fail(job, PD_GRPC_FAILED_PRECONDITION, "tenant '%s' has requests in flight; retry", req->name);
-    return;
+  /* t < 0: a record whose CreateTenant failed after it was stored (out of memory, and then the
+   * rollback's write failed too): nothing of it is in the engine, only the record goes */
+  if (t >= 0) {
+    uint64_t counts[PD_TIERS] = {0};
+    pd_engine_evict(e, t, -1, counts);
+    const pd_tenant *tn = pd_tenants_get(&e->tree.tenants, (uint32_t)t);
+    if ((t < (int32_t)e->cap_counters && e->counters[t].active) || tn->used[0] || tn->used[1] ||
+        tn->used[2]) {
+      fail(job, PD_GRPC_FAILED_PRECONDITION, "tenant '%s' has requests in flight; retry",
+           req->name);
+      return;
+    }
   }
   if (admin_rc(job, pd_tenantdb_delete(&e->db, req->name), req->name)) return;
-  pd_tenants_remove(&e->tree.tenants, (uint32_t)t);
+  if (t >= 0) pd_tenants_remove(&e->tree.tenants, (uint32_t)t);
   Prefixd__V1__DeleteTenantResponse *r = pd_job_alloc(job, sizeof *r);
   if (!r) {
     oom(job);

@@ -235,9 +235,10 @@ int pd_tenantdb_save(pd_tenantdb *db) {
   int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   FILE *f = fd < 0 ? NULL : fdopen(fd, "w");
   if (!f) {
-    if (fd >= 0) close(fd);
+    int no_memory = errno == ENOMEM; /* fdopen allocates the FILE */
+    if (fd >= 0) close(fd), unlink(tmp);
     free(tmp);
-    return PD_EIO;
+    return no_memory ? PD_ENOMEM : PD_EIO;
   }
   fprintf(f, "prefixd-tenants 1\n");
   for (uint32_t i = 0; i < db->n_recs; i++) {

@@ -5,7 +5,6 @@ data directory), stopped with SIGTERM and required to exit 0.
 Environment (set by CTest): PREFIXD_BIN (the daemon), PREFIXD_PROTO (the proto root),
 PD_TINY_MODEL (a synthetic GGUF), PREFIXD_MODEL (the default model, for the model-labelled tests).
 """
-import importlib
 import os
 import re
 import signal
@@ -16,21 +15,12 @@ import time
 
 import grpc
 import pytest
-from grpc_tools import protoc
 
 
-def _stubs():
-    out = tempfile.mkdtemp(prefix="prefixd-stubs-")
-    root = os.environ.get("PREFIXD_PROTO", os.path.join(os.path.dirname(__file__), "../../proto"))
-    rc = protoc.main(["protoc", f"-I{root}", f"--python_out={out}", f"--grpc_python_out={out}",
-                      os.path.join(root, "prefixd/v1/prefixd.proto")])
-    assert rc == 0, "stub generation failed"
-    sys.path.insert(0, out)
-    return (importlib.import_module("prefixd.v1.prefixd_pb2"),
-            importlib.import_module("prefixd.v1.prefixd_pb2_grpc"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+from pd_stubs import Keyed, generate_stubs  # noqa: E402
 
-
-pb, pb_grpc = _stubs()
+pb, pb_grpc = generate_stubs()
 
 
 class Daemon:
@@ -69,10 +59,10 @@ class Daemon:
         return ch
 
     def stub(self, key=None):
-        return _Keyed(pb_grpc.PrefixdStub(self.channel()), key)
+        return Keyed(pb_grpc.PrefixdStub(self.channel()), key)
 
     def admin(self, key):
-        return _Keyed(pb_grpc.AdminStub(self.channel()), key)
+        return Keyed(pb_grpc.AdminStub(self.channel()), key)
 
     def stop(self, timeout=60):
         for ch in self.channels:
@@ -87,21 +77,6 @@ class Daemon:
         return open(self.log_path).read()
 
 
-class _Keyed:
-    """Wraps a stub so every call carries `authorization: Bearer <key>` and a timeout."""
-
-    def __init__(self, stub, key):
-        self._stub, self._key = stub, key
-
-    def __getattr__(self, name):
-        fn = getattr(self._stub, name)
-
-        def call(req, timeout=120, metadata=(), **kw):
-            md = list(metadata)
-            if self._key:
-                md.append(("authorization", f"Bearer {self._key}"))
-            return fn(req, timeout=timeout, metadata=md, **kw)
-        return call
 
 
 def chat(*pairs, **kw):

@@ -11,12 +11,14 @@ test arms N and sends one round of requests through the whole path:
     prefix, warmed beforehand, and a tail: authentication, the queue, admission, the prefix
     match with a copy-on-write block, chunked prefill (--max-batch-tokens 16), batched decode,
     12 streamed tokens each); Warm (alpha: the shared prefix and another tail); Lookup; Stats;
-    Detokenize; ListPrefixes; and the Admin service (the tenant database in LMDB): ListTenants,
-    SetLimits (beta's, unchanged), CreateTenant then DeleteTenant of a scratch tenant.
+    Detokenize; ListPrefixes; and the Admin service (the tenant file, rewritten and renamed on
+    every change): ListTenants, SetLimits (beta's, unchanged), CreateTenant then DeleteTenant of
+    a scratch tenant.
 
 Each call must succeed with exactly the output of an unarmed round, or fail with
-RESOURCE_EXHAUSTED, INTERNAL or UNAVAILABLE (the daemon closed the connection) and a message; no
-answer within CALL_TIMEOUT seconds is a hang. Then, disarmed, the daemon must be alive and:
+RESOURCE_EXHAUSTED, INTERNAL or UNAVAILABLE (the daemon closed the connection) and a message (an
+INTERNAL that says "out of memory" or "I/O error" is a failed allocation misreported); no answer
+within CALL_TIMEOUT seconds is a hang. Then, disarmed, the daemon must be alive and:
 answer Health; give both Generates their reference tokens (nothing half-computed was left in the
 cache); list exactly alpha and beta once a scratch tenant left behind (its DeleteTenant failed)
 is deleted, with their keys still valid; after Evict(all) hold 0 blocks in every tier, for every tenant, with nothing queued or
@@ -219,6 +221,9 @@ class Loop:
                 problems.append(f"{name} ended {status}: {got}")
             elif not got:
                 problems.append(f"{name} ended {status} without a message")
+            elif status == "INTERNAL" and re.search(r"out of memory|I/O error", got):
+                # running out of memory is RESOURCE_EXHAUSTED, and nothing here fails to write
+                problems.append(f"{name} ended {status} for a failed allocation: {got}")
         return out, problems
 
     def settle(self, limit=5.0):

@@ -6,39 +6,25 @@ latency probe. tests/security imports this file too (its conftest puts this fold
 Environment (set by CTest): PREFIXD_BIN, PREFIXD_PROTO, PD_TINY_MODEL; PD_STRESS_SCALE = ci
 (default: every loop sized for a run of about a minute) or full (minutes; label slow).
 """
-import atexit
-import importlib
 import json
 import os
 import re
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 import grpc
-from grpc_tools import protoc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ABUSE = os.path.join(HERE, "abuse.py")
 
 
-def _stubs():
-    out = tempfile.mkdtemp(prefix="prefixd-stress-stubs-")
-    atexit.register(shutil.rmtree, out, True)
-    root = os.environ.get("PREFIXD_PROTO", os.path.join(HERE, "../../proto"))
-    rc = protoc.main(["protoc", f"-I{root}", f"--python_out={out}", f"--grpc_python_out={out}",
-                      os.path.join(root, "prefixd/v1/prefixd.proto")])
-    assert rc == 0, "stub generation failed"
-    sys.path.insert(0, out)
-    return (importlib.import_module("prefixd.v1.prefixd_pb2"),
-            importlib.import_module("prefixd.v1.prefixd_pb2_grpc"))
+sys.path.insert(0, os.path.join(HERE, "..", "common"))
+from pd_stubs import Keyed, generate_stubs  # noqa: E402,F401
 
-
-pb, pb_grpc = _stubs()
+pb, pb_grpc = generate_stubs()
 
 CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 SCALE = os.environ.get("PD_STRESS_SCALE", "ci")
@@ -164,21 +150,6 @@ class Daemon:
             return f.read()
 
 
-class Keyed:
-    """Wraps a stub so every call carries `authorization: Bearer <key>` and a timeout."""
-
-    def __init__(self, stub, key):
-        self._stub, self._key = stub, key
-
-    def __getattr__(self, name):
-        fn = getattr(self._stub, name)
-
-        def call(req, timeout=120, metadata=(), **kw):
-            md = list(metadata)
-            if self._key:
-                md.append(("authorization", f"Bearer {self._key}"))
-            return fn(req, timeout=timeout, metadata=md, **kw)
-        return call
 
 
 def code_of(fn):
