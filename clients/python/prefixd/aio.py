@@ -24,11 +24,11 @@ import grpc
 import grpc.aio
 
 from prefixd import _requests as req
-from prefixd.client import _USER_AGENT, completion_of
+from prefixd.client import _USER_AGENT, StreamResult, completion_of
 from prefixd.errors import Cancelled, Unknown, from_rpc_error
-from prefixd.types import (ChatCompletion, CreatedTenant, FinishReason, GenerateChunk,
-                           HealthStatus, LookupResult, MessageLike, Prefix, PromptLike, Stats,
-                           Tenant, TenantLimits, Tier, TierCounts, Timings, Usage, WarmResult)
+from prefixd.types import (ChatCompletion, CreatedTenant, GenerateChunk, HealthStatus,
+                           LookupResult, MessageLike, Prefix, PromptLike, Stats, Tenant,
+                           TenantLimits, Tier, TierCounts, WarmResult)
 from prefixd.v1 import prefixd_pb2 as pb
 from prefixd.v1 import prefixd_pb2_grpc as pb_grpc
 
@@ -69,7 +69,7 @@ class _AsyncConnection:
             self._channel = None
 
 
-class AsyncGenerateStream:
+class AsyncGenerateStream(StreamResult):
     """The chunks of one generation: ``async for chunk in stream``. Like
     :class:`prefixd.GenerateStream`: ``text``, ``token_ids`` and ``final`` hold what arrived,
     ``cancel()`` stops it, and ``async with`` cancels a stream left early."""
@@ -121,26 +121,6 @@ class AsyncGenerateStream:
     async def __aexit__(self, *exc: Any) -> None:
         if not self._ended:
             self.cancel()
-
-    @property
-    def text(self) -> str:
-        return "".join(self._texts)
-
-    @property
-    def token_ids(self) -> List[int]:
-        return list(self._ids)
-
-    @property
-    def finish_reason(self) -> Optional[FinishReason]:
-        return self.final.finish_reason if self.final else None
-
-    @property
-    def usage(self) -> Optional[Usage]:
-        return self.final.usage if self.final else None
-
-    @property
-    def timings(self) -> Optional[Timings]:
-        return self.final.timings if self.final else None
 
     async def collect(self) -> ChatCompletion:
         """Reads the rest of the stream; returns the whole reply."""

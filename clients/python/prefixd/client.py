@@ -59,7 +59,37 @@ class _Connection:
             self.channel.close()
 
 
-class GenerateStream(Iterator[GenerateChunk]):
+class StreamResult:
+    """What a Generate stream has received so far: its text and token ids, and once the final
+    message came, why it ended, the usage and the timings (None before). Shared by
+    :class:`GenerateStream` and :class:`prefixd.aio.AsyncGenerateStream`."""
+
+    _texts: List[str]
+    _ids: List[int]
+    final: Optional[GenerateChunk]
+
+    @property
+    def text(self) -> str:
+        return "".join(self._texts)
+
+    @property
+    def token_ids(self) -> List[int]:
+        return list(self._ids)
+
+    @property
+    def finish_reason(self) -> Optional[FinishReason]:
+        return self.final.finish_reason if self.final else None
+
+    @property
+    def usage(self) -> Optional[Usage]:
+        return self.final.usage if self.final else None
+
+    @property
+    def timings(self) -> Optional[Timings]:
+        return self.final.timings if self.final else None
+
+
+class GenerateStream(StreamResult, Iterator[GenerateChunk]):
     """The chunks of one generation, as they arrive.
 
     Iterate it to get :class:`GenerateChunk` objects; the last one has ``finish_reason``,
@@ -108,26 +138,6 @@ class GenerateStream(Iterator[GenerateChunk]):
     def __exit__(self, *exc: Any) -> None:
         if not self._ended:
             self.cancel()
-
-    @property
-    def text(self) -> str:
-        return "".join(self._texts)
-
-    @property
-    def token_ids(self) -> List[int]:
-        return list(self._ids)
-
-    @property
-    def finish_reason(self) -> Optional[FinishReason]:
-        return self.final.finish_reason if self.final else None
-
-    @property
-    def usage(self) -> Optional[Usage]:
-        return self.final.usage if self.final else None
-
-    @property
-    def timings(self) -> Optional[Timings]:
-        return self.final.timings if self.final else None
 
     def collect(self) -> ChatCompletion:
         """Reads the rest of the stream; returns the whole reply."""
