@@ -39,6 +39,7 @@ def multi(tiny_model, data_dir):
 
 def test_single_tenant_start_line_and_health(single):
     assert "mode=single-tenant" in single.log_text()
+    assert "cache_dtype=f16 kv_bytes_per_token=" in single.log_text()
     r = single.stub().Health(pb.HealthRequest())
     assert r.status == pb.HealthResponse.STATUS_SERVING
 

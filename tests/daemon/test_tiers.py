@@ -183,6 +183,7 @@ def test_fp8_cache_spills_restores_and_survives_a_restart(q51_model, data_dir):
     try:
         s = d.stub()
         st = stats(s)
+        assert "cache_dtype=fp8-e4m3 " in d.log_text()
         # tiny-q5_1: 2 layers, 8 kv heads, head_dim 16 (1 KiB per token in f16)
         assert st.kv_bytes_per_token == 2 * 2 * 8 * (16 + 4), st.kv_bytes_per_token
         target = doc(0)
