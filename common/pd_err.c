@@ -1,7 +1,9 @@
-/* pd_err.c -- strings for the project-wide error enum, and the errno translation. */
+/* pd_err.c -- strings for the project-wide error enum, the errno translation, pd_errf. */
 #include "pd_err.h"
 
 #include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
 
 const char *pd_strerror(int code) {
   switch (code) {
@@ -46,4 +48,14 @@ int pd_err_from_errno(int errnum) {
   case ECANCELED: return PD_ECANCELLED;
   default: return PD_ESYS;
   }
+}
+
+int pd_errf(char *err, size_t errlen, int rc, const char *fmt, ...) {
+  if (err && errlen) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+  }
+  return rc;
 }

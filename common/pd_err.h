@@ -10,6 +10,8 @@
 #ifndef PD_ERR_H
 #define PD_ERR_H
 
+#include <stddef.h>
+
 enum pd_status {
   PD_OK = 0,
   PD_ENOMEM = -1,       /* an allocation failed */
@@ -38,5 +40,10 @@ const char *pd_strerror(int code);
 
 /* Translates an errno value (positive) into a pd_status. */
 int pd_err_from_errno(int errnum);
+
+/* Writes the printf-formatted reason into err (capacity errlen; nothing when err is NULL or
+ * errlen 0) and returns rc: `return pd_errf(err, errlen, PD_EINVAL, "bad %s", what);`. */
+int pd_errf(char *err, size_t errlen, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 #endif /* PD_ERR_H */

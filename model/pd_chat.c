@@ -1,34 +1,24 @@
 /* pd_chat.c -- see pd_chat.h. */
 #include "pd_chat.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "pd_err.h"
 
-static int errf(char *err, size_t errlen, int rc, const char *fmt, ...) {
-  if (err && errlen) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-  }
-  return rc;
-}
-
 int pd_chat_template_from_gguf(const pd_gguf *g, pd_chat_template *out, char *err, size_t errlen) {
   memset(out, 0, sizeof *out);
   pd_str tpl;
   if (pd_gguf_get_str(g, "tokenizer.chat_template", &tpl))
-    return errf(err, errlen, PD_EUNSUPPORTED, "chat: the model has no chat template");
+    return pd_errf(err, errlen, PD_EUNSUPPORTED, "chat: the model has no chat template");
   char *s = strndup(tpl.ptr, tpl.len);
-  if (!s) return errf(err, errlen, PD_ENOMEM, "chat: out of memory");
+  if (!s) return pd_errf(err, errlen, PD_ENOMEM, "chat: out of memory");
   int rc = PD_OK;
   if (!strstr(s, "<|im_start|>") || !strstr(s, "<|im_end|>")) {
-    rc = errf(err, errlen, PD_EUNSUPPORTED,
-              "chat: the model's chat template is not ChatML; only ChatML templates are supported");
+    rc = pd_errf(
+        err, errlen, PD_EUNSUPPORTED,
+        "chat: the model's chat template is not ChatML; only ChatML templates are supported");
   } else {
     out->kind = 1;
     /* SmolLM2: {% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n...<|im_end|>\n' }} */
@@ -55,12 +45,12 @@ int pd_chat_render(const pd_chat_template *tpl, const pd_chat_msg *msgs, size_t 
     if (!msgs[i].role || !msgs[i].content ||
         (strcmp(msgs[i].role, "system") && strcmp(msgs[i].role, "user") &&
          strcmp(msgs[i].role, "assistant")))
-      return errf(err, errlen, PD_EINVAL,
-                  "chat: message %zu has no valid role (system, user, assistant)", i);
+      return pd_errf(err, errlen, PD_EINVAL,
+                     "chat: message %zu has no valid role (system, user, assistant)", i);
     cap += strlen(msgs[i].content) + 40;
   }
   char *buf = malloc(cap), *p = buf;
-  if (!buf) return errf(err, errlen, PD_ENOMEM, "chat: out of memory");
+  if (!buf) return pd_errf(err, errlen, PD_ENOMEM, "chat: out of memory");
   if (tpl->default_system[0] && (n == 0 || strcmp(msgs[0].role, "system")))
     p += sprintf(p, "<|im_start|>system\n%s<|im_end|>\n", tpl->default_system);
   for (size_t i = 0; i < n; i++)

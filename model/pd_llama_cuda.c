@@ -24,7 +24,6 @@
 #include <cuda_runtime_api.h>
 #include <limits.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,23 +38,13 @@
 
 /* ---- errors and allocation ---------------------------------------------------------------- */
 
-static int errf(char *err, size_t errlen, int rc, const char *fmt, ...) {
-  if (err && errlen) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-  }
-  return rc;
-}
-
 static int cuda_rc(cudaError_t e) {
   return e == cudaErrorMemoryAllocation ? PD_ENOMEM : PD_EDEVICE;
 }
 
 static int cuda_fail(cudaError_t e, char *err, size_t errlen, const char *what) {
   cudaGetLastError(); /* clear the runtime's last-error state (a sticky error stays) */
-  return errf(err, errlen, cuda_rc(e), "cuda: %s: %s", what, cudaGetErrorString(e));
+  return pd_errf(err, errlen, cuda_rc(e), "cuda: %s: %s", what, cudaGetErrorString(e));
 }
 
 static int dev_alloc(void **p, size_t bytes, const char *what, char *err, size_t errlen) {
@@ -64,9 +53,9 @@ static int dev_alloc(void **p, size_t bytes, const char *what, char *err, size_t
   if (e == cudaSuccess) return PD_OK;
   *p = NULL;
   cudaGetLastError();
-  return errf(err, errlen, cuda_rc(e),
-              "cuda: cannot allocate %zu bytes of device memory for %s: %s", bytes, what,
-              cudaGetErrorString(e));
+  return pd_errf(err, errlen, cuda_rc(e),
+                 "cuda: cannot allocate %zu bytes of device memory for %s: %s", bytes, what,
+                 cudaGetErrorString(e));
 }
 
 static int host_alloc(void **p, size_t bytes, const char *what, char *err, size_t errlen) {
@@ -75,9 +64,9 @@ static int host_alloc(void **p, size_t bytes, const char *what, char *err, size_
   if (e == cudaSuccess) return PD_OK;
   *p = NULL;
   cudaGetLastError();
-  return errf(err, errlen, cuda_rc(e),
-              "cuda: cannot allocate %zu bytes of pinned host memory for %s: %s", bytes, what,
-              cudaGetErrorString(e));
+  return pd_errf(err, errlen, cuda_rc(e),
+                 "cuda: cannot allocate %zu bytes of pinned host memory for %s: %s", bytes, what,
+                 cudaGetErrorString(e));
 }
 
 static void dev_free(void *p) {
@@ -231,8 +220,8 @@ static int upload_vec(float **out, const pd_weight *w, int64_t n, const char *wh
   *out = NULL;
   if (!w->data) return PD_OK;
   if (w->type != PD_GGML_F32 || w->in_dim != n)
-    return errf(err, errlen, PD_EINVAL, "cuda model: %s is not an f32 vector of %lld", what,
-                (long long)n);
+    return pd_errf(err, errlen, PD_EINVAL, "cuda model: %s is not an f32 vector of %lld", what,
+                   (long long)n);
   int rc = dev_alloc((void **)out, (size_t)n * sizeof(float), what, err, errlen);
   if (rc) return rc;
   cudaError_t e = cudaMemcpy(*out, w->data, (size_t)n * sizeof(float), cudaMemcpyHostToDevice);
@@ -245,8 +234,8 @@ static int upload_stacked(pd_cuda_weight *dst, const pd_weight *const *ws, int n
   int64_t rows = 0;
   for (int i = 0; i < n; i++) {
     if (ws[i]->in_dim != in_dim || ws[i]->out_dim <= 0)
-      return errf(err, errlen, PD_EINVAL, "cuda model: %s part %d has in_dim %lld, not %lld", name,
-                  i, (long long)ws[i]->in_dim, (long long)in_dim);
+      return pd_errf(err, errlen, PD_EINVAL, "cuda model: %s part %d has in_dim %lld, not %lld",
+                     name, i, (long long)ws[i]->in_dim, (long long)in_dim);
     rows += ws[i]->out_dim;
   }
   int rc = pd_cuda_weight_alloc(dst, in_dim, rows, dt, name, err, errlen);
@@ -262,7 +251,7 @@ static int upload_weights(pd_llama_cuda *c, char *err, size_t errlen) {
   const int64_t kvd = (int64_t)m->n_kv_heads * m->head_dim, f = m->ffn_dim;
   const enum pd_dtype dt = c->mode == PD_CUDA_WEIGHTS_F16 ? PD_DTYPE_F16 : PD_DTYPE_F32;
   c->layers = calloc((size_t)m->n_layers, sizeof *c->layers);
-  if (!c->layers) return errf(err, errlen, PD_ENOMEM, "cuda model: out of host memory");
+  if (!c->layers) return pd_errf(err, errlen, PD_ENOMEM, "cuda model: out of host memory");
   int rc = PD_OK;
   char name[64];
   for (int l = 0; l < m->n_layers && !rc; l++) {
@@ -273,12 +262,12 @@ static int upload_weights(pd_llama_cuda *c, char *err, size_t errlen) {
     snprintf(name, sizeof name, "blk.%d.ffn_norm", l);
     if ((rc = upload_vec(&L->ffn_norm, &W->ffn_norm, d, name, err, errlen))) break;
     if (!L->attn_norm || !L->ffn_norm) {
-      rc = errf(err, errlen, PD_EINVAL, "cuda model: layer %d lacks a norm", l);
+      rc = pd_errf(err, errlen, PD_EINVAL, "cuda model: layer %d lacks a norm", l);
       break;
     }
     if (W->bq.data || W->bk.data || W->bv.data) { /* qwen2: all three (pd_model checks) */
       if (!W->bq.data || !W->bk.data || !W->bv.data) {
-        rc = errf(err, errlen, PD_EINVAL, "cuda model: layer %d has only some q/k/v biases", l);
+        rc = pd_errf(err, errlen, PD_EINVAL, "cuda model: layer %d has only some q/k/v biases", l);
         break;
       }
       float *parts[3] = {NULL, NULL, NULL};
@@ -291,8 +280,8 @@ static int upload_weights(pd_llama_cuda *c, char *err, size_t errlen) {
       const int64_t bn[3] = {qd, kvd, kvd};
       for (int i = 0; i < 3 && !rc; i++) {
         if (bw[i]->type != PD_GGML_F32 || bw[i]->in_dim != bn[i]) {
-          rc = errf(err, errlen, PD_EINVAL, "cuda model: layer %d bias %d is not f32 of %lld", l, i,
-                    (long long)bn[i]);
+          rc = pd_errf(err, errlen, PD_EINVAL, "cuda model: layer %d bias %d is not f32 of %lld", l,
+                       i, (long long)bn[i]);
           break;
         }
         cudaError_t e = cudaMemcpy(parts[i], bw[i]->data, (size_t)bn[i] * sizeof(float),
@@ -306,7 +295,7 @@ static int upload_weights(pd_llama_cuda *c, char *err, size_t errlen) {
     const pd_weight *wo[1] = {&W->wo}, *wd[1] = {&W->w_down};
     if (W->wq.out_dim != qd || W->wk.out_dim != kvd || W->wv.out_dim != kvd || W->wo.out_dim != d ||
         W->w_gate.out_dim != f || W->w_up.out_dim != f || W->w_down.out_dim != d) {
-      rc = errf(err, errlen, PD_EINVAL, "cuda model: layer %d has unexpected weight shapes", l);
+      rc = pd_errf(err, errlen, PD_EINVAL, "cuda model: layer %d has unexpected weight shapes", l);
       break;
     }
     snprintf(name, sizeof name, "blk.%d.attn_qkv", l);
@@ -320,7 +309,7 @@ static int upload_weights(pd_llama_cuda *c, char *err, size_t errlen) {
   }
   if (rc) return rc;
   if ((rc = upload_vec(&c->out_norm, &m->out_norm, d, "output_norm", err, errlen))) return rc;
-  if (!c->out_norm) return errf(err, errlen, PD_EINVAL, "cuda model: output_norm is missing");
+  if (!c->out_norm) return pd_errf(err, errlen, PD_EINVAL, "cuda model: output_norm is missing");
   const pd_weight *emb[1] = {&m->tok_embd}, *out[1] = {&m->output};
   if ((rc = upload_stacked(&c->embd, emb, 1, d, dt, "token_embd", err, errlen))) return rc;
   if (m->tied_output || m->output.data == m->tok_embd.data) {
@@ -338,30 +327,31 @@ int pd_llama_cuda_init(pd_llama_cuda *c, const pd_model *m, int block_tokens,
   if (!m || max_tokens <= 0 || max_seqs <= 0 || max_seqs > 65535 || block_tokens <= 0 ||
       (block_tokens & (block_tokens - 1)) ||
       (mode != PD_CUDA_WEIGHTS_F32 && mode != PD_CUDA_WEIGHTS_F16))
-    return errf(err, errlen, PD_EINVAL,
-                "cuda model: bad arguments (max_tokens %d, max_seqs %d (1..65535), block_tokens "
-                "%d (a power of two), mode %d)",
-                max_tokens, max_seqs, block_tokens, (int)mode);
+    return pd_errf(err, errlen, PD_EINVAL,
+                   "cuda model: bad arguments (max_tokens %d, max_seqs %d (1..65535), block_tokens "
+                   "%d (a power of two), mode %d)",
+                   max_tokens, max_seqs, block_tokens, (int)mode);
   if (cache_dtype != PD_DTYPE_F32 && cache_dtype != PD_DTYPE_F16 && cache_dtype != PD_DTYPE_BF16 &&
       cache_dtype != PD_DTYPE_FP8_E4M3)
-    return errf(err, errlen, PD_EINVAL,
-                "cuda model: KV cache dtype %s unsupported (f32, f16, bf16, fp8-e4m3)",
-                pd_dtype_name(cache_dtype));
+    return pd_errf(err, errlen, PD_EINVAL,
+                   "cuda model: KV cache dtype %s unsupported (f32, f16, bf16, fp8-e4m3)",
+                   pd_dtype_name(cache_dtype));
   if (m->head_dim != 64 && m->head_dim != 128)
-    return errf(err, errlen, PD_EINVAL,
-                "cuda model: head_dim %d unsupported (the CUDA attention has 64 and 128)",
-                m->head_dim);
+    return pd_errf(err, errlen, PD_EINVAL,
+                   "cuda model: head_dim %d unsupported (the CUDA attention has 64 and 128)",
+                   m->head_dim);
   pd_kv_layout kv = {m->n_layers, m->n_kv_heads, m->head_dim, block_tokens, cache_dtype};
   if (pd_kv_block_bytes(&kv) % 16)
-    return errf(err, errlen, PD_EINVAL,
-                "cuda model: a KV block of %zu bytes is not a multiple of 16 (the attention reads "
-                "16-byte pieces): use more block tokens",
-                pd_kv_block_bytes(&kv));
+    return pd_errf(
+        err, errlen, PD_EINVAL,
+        "cuda model: a KV block of %zu bytes is not a multiple of 16 (the attention reads "
+        "16-byte pieces): use more block tokens",
+        pd_kv_block_bytes(&kv));
   if (m->n_kv_heads <= 0 || m->n_heads % m->n_kv_heads || m->rot_dim % 2 ||
       m->rot_dim > m->head_dim)
-    return errf(err, errlen, PD_EINVAL, "cuda model: inconsistent heads or rope dims");
+    return pd_errf(err, errlen, PD_EINVAL, "cuda model: inconsistent heads or rope dims");
   if (pd_cuda_device_count() == 0)
-    return errf(err, errlen, PD_EDEVICE, "cuda model: no CUDA device");
+    return pd_errf(err, errlen, PD_EDEVICE, "cuda model: no CUDA device");
   c->model = m;
   c->kv = (pd_kv_layout){m->n_layers, m->n_kv_heads, m->head_dim, block_tokens, cache_dtype};
   c->mode = mode;
@@ -427,7 +417,7 @@ int pd_llama_cuda_init(pd_llama_cuda *c, const pd_model *m, int block_tokens,
     int half = m->rot_dim / 2;
     float freqs[4096];
     if (half > 4096) {
-      rc = errf(err, errlen, PD_EINVAL, "cuda model: rot_dim %d too large", m->rot_dim);
+      rc = pd_errf(err, errlen, PD_EINVAL, "cuda model: rot_dim %d too large", m->rot_dim);
       goto fail;
     }
     for (int i = 0; i < half; i++)
@@ -455,8 +445,8 @@ int pd_llama_cuda_pool_alloc(const pd_llama_cuda *c, int64_t n_blocks, void **po
   *pool = NULL;
   size_t bb = pd_kv_block_bytes(&c->kv);
   if (n_blocks <= 0 || !bb || (uint64_t)n_blocks > SIZE_MAX / bb)
-    return errf(err, errlen, PD_EINVAL, "cuda pool: %lld blocks of %zu bytes", (long long)n_blocks,
-                bb);
+    return pd_errf(err, errlen, PD_EINVAL, "cuda pool: %lld blocks of %zu bytes",
+                   (long long)n_blocks, bb);
   cudaError_t e = cudaSetDevice(c->device);
   if (e != cudaSuccess) return cuda_fail(e, err, errlen, "cudaSetDevice");
   char what[96];
@@ -575,12 +565,12 @@ static int capture_step(pd_llama_cuda *c, void *pool, const pd_cuda_batch *b, co
 static int forward(pd_llama_cuda *c, void *pool, const pd_llama_seq *seqs, int n_seqs,
                    float *logits, int32_t *tokens) {
   c->err[0] = 0;
-  if (!c->model || !c->stream) return errf(c->err, sizeof c->err, PD_EINVAL, "not initialised");
+  if (!c->model || !c->stream) return pd_errf(c->err, sizeof c->err, PD_EINVAL, "not initialised");
   const pd_model *m = c->model;
   const int B = c->kv.block_tokens, V = m->n_vocab;
   if (!pool || !seqs || n_seqs <= 0 || n_seqs > c->max_seqs)
-    return errf(c->err, sizeof c->err, PD_EINVAL, "bad batch: %d sequences (1..%d), pool %p",
-                n_seqs, c->max_seqs, pool);
+    return pd_errf(c->err, sizeof c->err, PD_EINVAL, "bad batch: %d sequences (1..%d), pool %p",
+                   n_seqs, c->max_seqs, pool);
   /* validate, and find the bounds */
   int64_t R = 0, max_ctx = 0;
   int n_want = 0, max_new = 0, max_need = 0;
@@ -588,21 +578,21 @@ static int forward(pd_llama_cuda *c, void *pool, const pd_llama_seq *seqs, int n
     const pd_llama_seq *sq = &seqs[s];
     if (sq->n_new <= 0 || sq->n_past < 0 || !sq->tokens || !sq->block_table ||
         R + sq->n_new > c->max_tokens || (int64_t)sq->n_past + sq->n_new > INT32_MAX / 2)
-      return errf(c->err, sizeof c->err, PD_EINVAL,
-                  "seq %d: n_new %d, n_past %d, or the batch exceeds %d rows", s, sq->n_new,
-                  sq->n_past, c->max_tokens);
+      return pd_errf(c->err, sizeof c->err, PD_EINVAL,
+                     "seq %d: n_new %d, n_past %d, or the batch exceeds %d rows", s, sq->n_new,
+                     sq->n_past, c->max_tokens);
     int64_t end = (int64_t)sq->n_past + sq->n_new, need = (end + B - 1) / B;
     if (need > sq->n_blocks)
-      return errf(c->err, sizeof c->err, PD_EINVAL, "seq %d: %d blocks cannot hold %lld tokens", s,
-                  sq->n_blocks, (long long)end);
+      return pd_errf(c->err, sizeof c->err, PD_EINVAL, "seq %d: %d blocks cannot hold %lld tokens",
+                     s, sq->n_blocks, (long long)end);
     for (int i = 0; i < sq->n_new; i++)
       if (sq->tokens[i] < 0 || sq->tokens[i] >= V)
-        return errf(c->err, sizeof c->err, PD_EINVAL, "seq %d: token %d outside the vocabulary", s,
-                    sq->tokens[i]);
+        return pd_errf(c->err, sizeof c->err, PD_EINVAL, "seq %d: token %d outside the vocabulary",
+                       s, sq->tokens[i]);
     for (int64_t j = 0; j < need; j++)
       if (sq->block_table[j] < 0 || (c->pool_blocks > 0 && sq->block_table[j] >= c->pool_blocks))
-        return errf(c->err, sizeof c->err, PD_EINVAL, "seq %d: block id %d outside the pool", s,
-                    sq->block_table[j]);
+        return pd_errf(c->err, sizeof c->err, PD_EINVAL, "seq %d: block id %d outside the pool", s,
+                       sq->block_table[j]);
     R += sq->n_new;
     if (end > max_ctx) max_ctx = end;
     if (need > max_need) max_need = (int)need;

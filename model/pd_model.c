@@ -8,7 +8,6 @@
  */
 #include "pd_model.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,16 +17,6 @@
 #include "pd_err.h"
 #include "pd_quant.h"
 
-static int errf(char *err, size_t errlen, int rc, const char *fmt, ...) {
-  if (err && errlen) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-  }
-  return rc;
-}
-
 static int get_hp(const pd_gguf *g, const char *arch, const char *name, uint32_t *out, int required,
                   char *err, size_t errlen) {
   char key[128];
@@ -35,8 +24,8 @@ static int get_hp(const pd_gguf *g, const char *arch, const char *name, uint32_t
   int rc = pd_gguf_get_u32(g, key, out);
   if (rc == PD_ENOTFOUND && !required) return PD_OK;
   if (rc)
-    return errf(err, errlen, PD_ECORRUPT, "model: %s is %s", key,
-                rc == PD_ENOTFOUND ? "missing" : "not a count");
+    return pd_errf(err, errlen, PD_ECORRUPT, "model: %s is %s", key,
+                   rc == PD_ENOTFOUND ? "missing" : "not a count");
   return PD_OK;
 }
 
@@ -45,16 +34,17 @@ static int want_tensor(const pd_gguf *g, const char *name, int64_t in_dim, int64
   const pd_gguf_tensor *t = pd_gguf_tensor_by_name(g, name);
   memset(w, 0, sizeof *w);
   if (!t)
-    return optional ? PD_OK : errf(err, errlen, PD_ECORRUPT, "model: tensor %s is missing", name);
+    return optional ? PD_OK
+                    : pd_errf(err, errlen, PD_ECORRUPT, "model: tensor %s is missing", name);
   uint64_t want1 = out_dim > 1 ? (uint64_t)out_dim : 1;
   if (t->ne[0] != (uint64_t)in_dim || t->ne[1] != want1 || t->ne[2] != 1 || t->ne[3] != 1)
-    return errf(err, errlen, PD_ECORRUPT,
-                "model: tensor %s has shape [%llu, %llu], expected [%lld, %lld]", name,
-                (unsigned long long)t->ne[0], (unsigned long long)t->ne[1], (long long)in_dim,
-                (long long)want1);
+    return pd_errf(err, errlen, PD_ECORRUPT,
+                   "model: tensor %s has shape [%llu, %llu], expected [%lld, %lld]", name,
+                   (unsigned long long)t->ne[0], (unsigned long long)t->ne[1], (long long)in_dim,
+                   (long long)want1);
   if (!quantized_ok && t->type != PD_GGML_F32)
-    return errf(err, errlen, PD_EUNSUPPORTED, "model: tensor %s must be f32, not %s", name,
-                pd_ggml_type_name(t->type));
+    return pd_errf(err, errlen, PD_EUNSUPPORTED, "model: tensor %s must be f32, not %s", name,
+                   pd_ggml_type_name(t->type));
   w->data = t->data;
   w->type = t->type;
   w->in_dim = in_dim;
@@ -72,7 +62,7 @@ void pd_model_free(pd_model *m) {
 int pd_model_load(const char *path, pd_model **out, char *err, size_t errlen) {
   *out = NULL;
   pd_model *m = calloc(1, sizeof *m);
-  if (!m) return errf(err, errlen, PD_ENOMEM, "model: out of memory");
+  if (!m) return pd_errf(err, errlen, PD_ENOMEM, "model: out of memory");
   int rc = pd_gguf_open(path, &m->gguf, err, errlen);
   if (rc) {
     free(m);
@@ -81,15 +71,16 @@ int pd_model_load(const char *path, pd_model **out, char *err, size_t errlen) {
   const pd_gguf *g = m->gguf;
   pd_str arch;
   if ((rc = pd_gguf_get_str(g, "general.architecture", &arch))) {
-    rc = errf(err, errlen, PD_ECORRUPT, "model: general.architecture is missing");
+    rc = pd_errf(err, errlen, PD_ECORRUPT, "model: general.architecture is missing");
     goto fail;
   }
   if (arch.len >= sizeof m->arch) arch.len = sizeof m->arch - 1;
   memcpy(m->arch, arch.ptr, arch.len);
   int is_qwen2 = !strcmp(m->arch, "qwen2");
   if (strcmp(m->arch, "llama") && strcmp(m->arch, "mistral") && !is_qwen2) {
-    rc = errf(err, errlen, PD_EUNSUPPORTED,
-              "model: architecture '%s' is not supported (llama, mistral and qwen2 are)", m->arch);
+    rc = pd_errf(err, errlen, PD_EUNSUPPORTED,
+                 "model: architecture '%s' is not supported (llama, mistral and qwen2 are)",
+                 m->arch);
     goto fail;
   }
   uint32_t n_layers, d, n_heads, n_kv = 0, ffn, ctx = 0, rot = 0;
@@ -104,9 +95,9 @@ int pd_model_load(const char *path, pd_model **out, char *err, size_t errlen) {
   if (!n_kv) n_kv = n_heads;
   if (!n_layers || n_layers > 1024 || !d || d > 65536 || !n_heads || d % n_heads ||
       n_heads % n_kv || !ffn || ffn > 1 << 20) {
-    rc = errf(err, errlen, PD_ECORRUPT,
-              "model: inconsistent hyperparameters (layers %u, d %u, heads %u/%u, ffn %u)",
-              n_layers, d, n_heads, n_kv, ffn);
+    rc = pd_errf(err, errlen, PD_ECORRUPT,
+                 "model: inconsistent hyperparameters (layers %u, d %u, heads %u/%u, ffn %u)",
+                 n_layers, d, n_heads, n_kv, ffn);
     goto fail;
   }
   m->n_layers = (int)n_layers, m->d_model = (int)d, m->n_heads = (int)n_heads;
@@ -114,7 +105,7 @@ int pd_model_load(const char *path, pd_model **out, char *err, size_t errlen) {
   m->n_ctx_train = ctx ? (int)ctx : 2048;
   m->rot_dim = rot ? (int)rot : m->head_dim;
   if (m->rot_dim > m->head_dim || m->rot_dim % 2) {
-    rc = errf(err, errlen, PD_ECORRUPT, "model: rope.dimension_count %d is invalid", m->rot_dim);
+    rc = pd_errf(err, errlen, PD_ECORRUPT, "model: rope.dimension_count %d is invalid", m->rot_dim);
     goto fail;
   }
   char key[128];
@@ -126,7 +117,7 @@ int pd_model_load(const char *path, pd_model **out, char *err, size_t errlen) {
 
   const pd_gguf_tensor *emb = pd_gguf_tensor_by_name(g, "token_embd.weight");
   if (!emb) {
-    rc = errf(err, errlen, PD_ECORRUPT, "model: tensor token_embd.weight is missing");
+    rc = pd_errf(err, errlen, PD_ECORRUPT, "model: tensor token_embd.weight is missing");
     goto fail;
   }
   m->n_vocab = (int)emb->ne[1];
@@ -139,7 +130,7 @@ int pd_model_load(const char *path, pd_model **out, char *err, size_t errlen) {
   if (m->tied_output) m->output = m->tok_embd;
   m->layers = calloc(n_layers, sizeof *m->layers);
   if (!m->layers) {
-    rc = errf(err, errlen, PD_ENOMEM, "model: out of memory");
+    rc = pd_errf(err, errlen, PD_ENOMEM, "model: out of memory");
     goto fail;
   }
   for (int l = 0; l < m->n_layers; l++) {
@@ -165,7 +156,7 @@ int pd_model_load(const char *path, pd_model **out, char *err, size_t errlen) {
   /* Fingerprint: see the comment at the top of this file. */
   XXH3_state_t *st = XXH3_createState();
   if (!st) {
-    rc = errf(err, errlen, PD_ENOMEM, "model: out of memory");
+    rc = pd_errf(err, errlen, PD_ENOMEM, "model: out of memory");
     goto fail;
   }
   XXH3_128bits_reset(st);

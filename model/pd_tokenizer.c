@@ -8,7 +8,6 @@
  */
 #include "pd_tokenizer.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,16 +54,6 @@ struct pd_tokenizer {
   int32_t bos, eos, eot, im_end, endoftext;
   int pre;
 };
-
-static int errf(char *err, size_t errlen, int rc, const char *fmt, ...) {
-  if (err && errlen) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-  }
-  return rc;
-}
 
 /* GPT-2's byte <-> character map: printable bytes map to themselves, the rest to 256 + n. */
 static uint32_t byte_to_cp[256];
@@ -136,25 +125,25 @@ int pd_tokenizer_from_gguf(const pd_gguf *g, pd_tokenizer **out, char *err, size
   init_byte_map();
   pd_str model;
   if (pd_gguf_get_str(g, "tokenizer.ggml.model", &model))
-    return errf(err, errlen, PD_ECORRUPT, "tokenizer: tokenizer.ggml.model is missing");
+    return pd_errf(err, errlen, PD_ECORRUPT, "tokenizer: tokenizer.ggml.model is missing");
   if (model.len != 4 || memcmp(model.ptr, "gpt2", 4))
-    return errf(err, errlen, PD_EUNSUPPORTED,
-                "tokenizer: model '%.*s' is not supported (byte-level BPE, 'gpt2', is)",
-                (int)model.len, model.ptr);
+    return pd_errf(err, errlen, PD_EUNSUPPORTED,
+                   "tokenizer: model '%.*s' is not supported (byte-level BPE, 'gpt2', is)",
+                   (int)model.len, model.ptr);
   const pd_str *toks, *merges;
   uint64_t n_toks, n_merges, n_types = 0;
   if (pd_gguf_get_str_arr(g, "tokenizer.ggml.tokens", &toks, &n_toks) || n_toks == 0 ||
       n_toks > (1u << 24))
-    return errf(err, errlen, PD_ECORRUPT, "tokenizer: tokenizer.ggml.tokens is missing or bad");
+    return pd_errf(err, errlen, PD_ECORRUPT, "tokenizer: tokenizer.ggml.tokens is missing or bad");
   if (pd_gguf_get_str_arr(g, "tokenizer.ggml.merges", &merges, &n_merges))
-    return errf(err, errlen, PD_ECORRUPT, "tokenizer: tokenizer.ggml.merges is missing");
+    return pd_errf(err, errlen, PD_ECORRUPT, "tokenizer: tokenizer.ggml.merges is missing");
   enum pd_gguf_vtype tt;
   const void *types = NULL;
   if (pd_gguf_get_arr(g, "tokenizer.ggml.token_type", &tt, &n_types, &types) == 0 &&
       (tt != PD_GGUF_I32 || n_types != n_toks))
-    return errf(err, errlen, PD_ECORRUPT, "tokenizer: tokenizer.ggml.token_type is malformed");
+    return pd_errf(err, errlen, PD_ECORRUPT, "tokenizer: tokenizer.ggml.token_type is malformed");
   pd_tokenizer *t = calloc(1, sizeof *t);
-  if (!t) return errf(err, errlen, PD_ENOMEM, "tokenizer: out of memory");
+  if (!t) return pd_errf(err, errlen, PD_ENOMEM, "tokenizer: out of memory");
   t->n_vocab = (int32_t)n_toks;
   pd_str pre;
   t->pre = PRE_GPT2;
@@ -164,9 +153,9 @@ int pd_tokenizer_from_gguf(const pd_gguf *g, pd_tokenizer **out, char *err, size
     else if (!((pre.len == 4 && !memcmp(pre.ptr, "gpt2", 4)) ||
                (pre.len == 7 && !memcmp(pre.ptr, "default", 7)))) {
       pd_tokenizer_free(t);
-      return errf(err, errlen, PD_EUNSUPPORTED,
-                  "tokenizer: pre-tokenizer '%.*s' is not supported (smollm, gpt2, default are)",
-                  (int)pre.len, pre.ptr);
+      return pd_errf(err, errlen, PD_EUNSUPPORTED,
+                     "tokenizer: pre-tokenizer '%.*s' is not supported (smollm, gpt2, default are)",
+                     (int)pre.len, pre.ptr);
     }
   }
   size_t n = (size_t)n_toks;
@@ -234,8 +223,8 @@ int pd_tokenizer_from_gguf(const pd_gguf *g, pd_tokenizer **out, char *err, size
     const char *sp = memchr(merges[i].ptr, ' ', merges[i].len);
     if (!sp || merges[i].len >= sizeof buf) {
       pd_tokenizer_free(t);
-      return errf(err, errlen, PD_ECORRUPT, "tokenizer: merge %llu is malformed",
-                  (unsigned long long)i);
+      return pd_errf(err, errlen, PD_ECORRUPT, "tokenizer: merge %llu is malformed",
+                     (unsigned long long)i);
     }
     size_t ll = (size_t)(sp - merges[i].ptr), rl = merges[i].len - ll - 1;
     int32_t l = vocab_find(t, merges[i].ptr, ll), r = vocab_find(t, sp + 1, rl);
@@ -270,7 +259,7 @@ int pd_tokenizer_from_gguf(const pd_gguf *g, pd_tokenizer **out, char *err, size
   return PD_OK;
 oom:
   pd_tokenizer_free(t);
-  return errf(err, errlen, PD_ENOMEM, "tokenizer: out of memory");
+  return pd_errf(err, errlen, PD_ENOMEM, "tokenizer: out of memory");
 }
 
 int32_t pd_tokenizer_n_vocab(const pd_tokenizer *t) {
