@@ -183,9 +183,8 @@ static void mark_bad(pd_tiers *t, uint32_t node) {
 }
 
 /* A host-tier slot's bytes (device-pool blocks are reached through t->cfg.device only). */
-static void *slot_ptr(pd_tiers *t, int tier, uint32_t slot) {
-  if (tier == 1) return t->host + (size_t)slot * t->cfg.block_bytes;
-  return NULL;
+static void *host_ptr(pd_tiers *t, uint32_t slot) {
+  return t->host + (size_t)slot * t->cfg.block_bytes;
 }
 
 /* Engine thread, when no batch could be made: one block between the pool and the host tier,
@@ -199,7 +198,7 @@ static void move_now(pd_tiers *t, uint32_t dev_slot, uint32_t host_slot, int to_
 }
 
 void *pd_tiers_host_block(pd_tiers *t, uint32_t slot) {
-  return slot_ptr(t, 1, slot);
+  return host_ptr(t, slot);
 }
 
 static int disk_on(const pd_tiers *t) {
@@ -420,25 +419,20 @@ static int write_records(pd_tiers *t, tier_op *op, pd_kvstore_block *b, uint32_t
   size_t bb = t->cfg.block_bytes;
   const pd_devpool *dev = t->cfg.device;
   int staged = dev->kind != PD_DEVPOOL_CPU;
-  int32_t *dev_slots = NULL, *stage_slots = NULL;
+  int32_t *dev_slots = NULL; /* the n_stage blocks go to staging slots 0 .. n_stage - 1 */
   uint32_t n_stage = 0;
-  if (staged) {
-    if (ensure_stage(t, n) || !(dev_slots = malloc(2 * (size_t)n * sizeof *dev_slots)))
-      return PD_ENOMEM;
-    stage_slots = dev_slots + n;
-  }
+  if (staged && (ensure_stage(t, n) || !(dev_slots = malloc((size_t)n * sizeof *dev_slots))))
+    return PD_ENOMEM;
   for (uint32_t i = first; i < first + n; i++) {
     const tier_item *it = &op->items[i];
     const void *payload;
     if (it->dev_slot < 0) {
-      payload = slot_ptr(t, 1, (uint32_t)it->host_slot);
+      payload = host_ptr(t, (uint32_t)it->host_slot);
     } else if (!staged) {
       payload = pd_devpool_block(dev, (uint32_t)it->dev_slot);
     } else {
       payload = t->stage + (size_t)n_stage * bb;
-      dev_slots[n_stage] = it->dev_slot;
-      stage_slots[n_stage] = (int32_t)n_stage;
-      n_stage++;
+      dev_slots[n_stage++] = it->dev_slot;
     }
     b[i] = (pd_kvstore_block){.key = it->key,
                               .parent = it->parent,
@@ -450,7 +444,7 @@ static int write_records(pd_tiers *t, tier_op *op, pd_kvstore_block *b, uint32_t
                               .payload = payload,
                               .payload_bytes = (uint32_t)bb};
   }
-  int rc = n_stage ? pd_devpool_download(t->cfg.device, dev_slots, n_stage, t->stage, stage_slots)
+  int rc = n_stage ? pd_devpool_download(t->cfg.device, dev_slots, n_stage, t->stage, t->stage_ids)
                    : PD_OK;
   free(dev_slots);
   return rc ? rc : pd_kvstore_put_batch(t->store, b + first, n);
