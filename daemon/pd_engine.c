@@ -1051,7 +1051,6 @@ static void restores_done(pd_engine *e) {
   }
 }
 
-/* One forward pass over every running sequence. Returns the rows computed. */
 /* One forward pass over the batch on the engine's backend. */
 static int forward(pd_engine *e, int n) {
 #ifdef PD_WITH_CUDA
@@ -1064,8 +1063,8 @@ static int forward(pd_engine *e, int n) {
   return pd_llama_forward(&e->llama, e->pool.base, e->batch, n, e->logits);
 }
 
-/* Sets up the GPU forward pass (weights uploaded, scratch, graphs); PD_EUNSUPPORTED in a build
- * without CUDA. */
+/* Sets up the GPU forward pass (weights uploaded, scratch, graphs). Called only when
+ * pd_devpool_cuda_available(), which is 0 in a build without CUDA (pd_engine_create says why). */
 static int gpu_init(pd_engine *e, char *err, size_t errlen) {
 #ifdef PD_WITH_CUDA
   e->cuda = calloc(1, sizeof *e->cuda);
@@ -1082,7 +1081,7 @@ static int gpu_init(pd_engine *e, char *err, size_t errlen) {
   e->on_gpu = 1;
   return PD_OK;
 #else
-  snprintf(err, errlen, "--device cuda: this prefixd was built without the CUDA backend");
+  (void)e, (void)err, (void)errlen;
   return PD_EUNSUPPORTED;
 #endif
 }
@@ -1095,6 +1094,7 @@ static void gpu_free(pd_engine *e) {
   e->cuda = NULL;
 }
 
+/* One forward pass over every running sequence. Returns the rows computed. */
 static int step(pd_engine *e) {
   restores_done(e);
   int n = 0, rows = 0, budget = e->cfg.max_batch_tokens;
