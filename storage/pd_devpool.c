@@ -55,7 +55,7 @@ int pd_devpool_create(pd_devpool *p, enum pd_devpool_kind kind, uint32_t n_block
     return cuda_err(e, err, errlen, "no usable GPU");
   if ((e = cudaMalloc(&p->base, bytes ? bytes : 1)) != cudaSuccess) {
     p->base = NULL;
-    int rc = cuda_err(e, err, errlen, "allocating the KV pool");
+    int rc = e == cudaErrorMemoryAllocation ? PD_ENOMEM : PD_EDEVICE;
     size_t free_b = 0, total_b = 0;
     cudaMemGetInfo(&free_b, &total_b);
     snprintf(err, errlen,
