@@ -12,6 +12,10 @@
 
 #include <stddef.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 enum pd_status {
   PD_OK = 0,
   PD_ENOMEM = -1,       /* an allocation failed */
@@ -45,5 +49,9 @@ int pd_err_from_errno(int errnum);
  * errlen 0) and returns rc: `return pd_errf(err, errlen, PD_EINVAL, "bad %s", what);`. */
 int pd_errf(char *err, size_t errlen, int rc, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* PD_ERR_H */

@@ -31,6 +31,7 @@
 #include "pd_cuda_attention.h"
 #include "pd_cuda_batch.h"
 #include "pd_cuda_ops.h"
+#include "pd_cuda_err.h"
 #include "pd_err.h"
 
 #define CTX_BUCKET_MIN 256 /* decode max_ctx buckets: powers of two from here */
@@ -38,22 +39,13 @@
 
 /* ---- errors and allocation ---------------------------------------------------------------- */
 
-static int cuda_rc(cudaError_t e) {
-  return e == cudaErrorMemoryAllocation ? PD_ENOMEM : PD_EDEVICE;
-}
-
-static int cuda_fail(cudaError_t e, char *err, size_t errlen, const char *what) {
-  cudaGetLastError(); /* clear the runtime's last-error state (a sticky error stays) */
-  return pd_errf(err, errlen, cuda_rc(e), "cuda: %s: %s", what, cudaGetErrorString(e));
-}
-
 static int dev_alloc(void **p, size_t bytes, const char *what, char *err, size_t errlen) {
   *p = NULL;
   cudaError_t e = cudaMalloc(p, bytes ? bytes : 1);
   if (e == cudaSuccess) return PD_OK;
   *p = NULL;
   cudaGetLastError();
-  return pd_errf(err, errlen, cuda_rc(e),
+  return pd_errf(err, errlen, pd_cuda_rc(e),
                  "cuda: cannot allocate %zu bytes of device memory for %s: %s", bytes, what,
                  cudaGetErrorString(e));
 }
@@ -64,7 +56,7 @@ static int host_alloc(void **p, size_t bytes, const char *what, char *err, size_
   if (e == cudaSuccess) return PD_OK;
   *p = NULL;
   cudaGetLastError();
-  return pd_errf(err, errlen, cuda_rc(e),
+  return pd_errf(err, errlen, pd_cuda_rc(e),
                  "cuda: cannot allocate %zu bytes of pinned host memory for %s: %s", bytes, what,
                  cudaGetErrorString(e));
 }
@@ -157,7 +149,7 @@ static int ensure_room(pd_llama_cuda *c, int cap_blocks, size_t ws_bytes) {
   if (!grow_stage && !grow_ws) return PD_OK;
   if (c->stream) {
     cudaError_t e = cudaStreamSynchronize((cudaStream_t)c->stream);
-    if (e != cudaSuccess) return cuda_fail(e, c->err, sizeof c->err, "synchronising to regrow");
+    if (e != cudaSuccess) return pd_cuda_fail(e, c->err, sizeof c->err, "synchronising to regrow");
   }
   pd_llama_cuda_drop_graphs(c);
   int rc;
@@ -225,7 +217,7 @@ static int upload_vec(float **out, const pd_weight *w, int64_t n, const char *wh
   int rc = dev_alloc((void **)out, (size_t)n * sizeof(float), what, err, errlen);
   if (rc) return rc;
   cudaError_t e = cudaMemcpy(*out, w->data, (size_t)n * sizeof(float), cudaMemcpyHostToDevice);
-  return e == cudaSuccess ? PD_OK : cuda_fail(e, err, errlen, "uploading a vector");
+  return e == cudaSuccess ? PD_OK : pd_cuda_fail(e, err, errlen, "uploading a vector");
 }
 
 /* Stacks the model weights ws[0..n) (same in_dim) into one device weight. */
@@ -286,7 +278,7 @@ static int upload_weights(pd_llama_cuda *c, char *err, size_t errlen) {
         }
         cudaError_t e = cudaMemcpy(parts[i], bw[i]->data, (size_t)bn[i] * sizeof(float),
                                    cudaMemcpyHostToDevice);
-        if (e != cudaSuccess) rc = cuda_fail(e, err, errlen, "uploading a bias");
+        if (e != cudaSuccess) rc = pd_cuda_fail(e, err, errlen, "uploading a bias");
       }
       if (rc) break;
     }
@@ -364,7 +356,7 @@ int pd_llama_cuda_init(pd_llama_cuda *c, const pd_model *m, int block_tokens,
   cudaStream_t st = NULL;
   if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking);
   if (e != cudaSuccess) {
-    rc = cuda_fail(e, err, errlen, "creating the stream");
+    rc = pd_cuda_fail(e, err, errlen, "creating the stream");
     memset(c, 0, sizeof *c);
     return rc;
   }
@@ -427,7 +419,7 @@ int pd_llama_cuda_init(pd_llama_cuda *c, const pd_model *m, int block_tokens,
       goto fail;
     if (half && (e = cudaMemcpy(c->rope_freqs, freqs, (size_t)half * sizeof(float),
                                 cudaMemcpyHostToDevice)) != cudaSuccess) {
-      rc = cuda_fail(e, err, errlen, "uploading the RoPE frequencies");
+      rc = pd_cuda_fail(e, err, errlen, "uploading the RoPE frequencies");
       goto fail;
     }
   }
@@ -448,7 +440,7 @@ int pd_llama_cuda_pool_alloc(const pd_llama_cuda *c, int64_t n_blocks, void **po
     return pd_errf(err, errlen, PD_EINVAL, "cuda pool: %lld blocks of %zu bytes",
                    (long long)n_blocks, bb);
   cudaError_t e = cudaSetDevice(c->device);
-  if (e != cudaSuccess) return cuda_fail(e, err, errlen, "cudaSetDevice");
+  if (e != cudaSuccess) return pd_cuda_fail(e, err, errlen, "cudaSetDevice");
   char what[96];
   snprintf(what, sizeof what, "a KV pool of %lld blocks", (long long)n_blocks);
   int rc = dev_alloc(pool, (size_t)n_blocks * bb, what, err, errlen);
@@ -458,7 +450,7 @@ int pd_llama_cuda_pool_alloc(const pd_llama_cuda *c, int64_t n_blocks, void **po
   if (e != cudaSuccess) {
     cudaFree(*pool);
     *pool = NULL;
-    return cuda_fail(e, err, errlen, "zeroing the KV pool");
+    return pd_cuda_fail(e, err, errlen, "zeroing the KV pool");
   }
   return PD_OK;
 }
@@ -499,7 +491,7 @@ static int enqueue_step(pd_llama_cuda *c, void *pool, const pd_cuda_batch *b, co
   const int32_t *want = c->stage_dev + o->want;
   cudaError_t e = cudaMemcpyAsync(c->stage_dev, c->stage_host, o->total * sizeof(int32_t),
                                   cudaMemcpyHostToDevice, (cudaStream_t)s);
-  if (e != cudaSuccess) return cuda_fail(e, err, el, "copying the batch to the device");
+  if (e != cudaSuccess) return pd_cuda_fail(e, err, el, "copying the batch to the device");
   int rc = pd_cuda_embed(c->x, c->embd.data, c->embd.dtype, tok, R, d, V, s, err, el);
   for (int l = 0; l < m->n_layers && !rc; l++) {
     const pd_llama_cuda_layer *L = &c->layers[l];
@@ -531,7 +523,7 @@ static int enqueue_step(pd_llama_cuda *c, void *pool, const pd_cuda_batch *b, co
   if ((rc = pd_cuda_argmax(c->ids, c->logits, n_want, V, s, err, el))) return rc;
   e = cudaMemcpyAsync(c->ids_host, c->ids, (size_t)n_want * sizeof(int32_t), cudaMemcpyDeviceToHost,
                       (cudaStream_t)s);
-  return e == cudaSuccess ? PD_OK : cuda_fail(e, err, el, "copying the sampled ids");
+  return e == cudaSuccess ? PD_OK : pd_cuda_fail(e, err, el, "copying the sampled ids");
 }
 
 /* Captures enqueue_step into an executable graph. Returns 0 with *exec set; PD_EDEVICE when the
@@ -541,7 +533,7 @@ static int capture_step(pd_llama_cuda *c, void *pool, const pd_cuda_batch *b, co
   cudaStream_t s = (cudaStream_t)c->stream;
   *exec = NULL;
   cudaError_t e = cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal);
-  if (e != cudaSuccess) return cuda_fail(e, c->err, sizeof c->err, "cudaStreamBeginCapture");
+  if (e != cudaSuccess) return pd_cuda_fail(e, c->err, sizeof c->err, "cudaStreamBeginCapture");
   int rc = enqueue_step(c, pool, b, o, n_want, greedy);
   cudaGraph_t g = NULL;
   cudaError_t e_end = cudaStreamEndCapture(s, &g);
@@ -550,12 +542,12 @@ static int capture_step(pd_llama_cuda *c, void *pool, const pd_cuda_batch *b, co
     cudaGraphDestroy(g);
     if (e == cudaSuccess) return PD_OK;
     *exec = NULL;
-    return cuda_fail(e, c->err, sizeof c->err, "cudaGraphInstantiate");
+    return pd_cuda_fail(e, c->err, sizeof c->err, "cudaGraphInstantiate");
   }
   if (g) cudaGraphDestroy(g);
   if (e_end != cudaSuccess) {
     /* the capture was invalidated: keep the first message (the callee that broke it) */
-    if (!rc) cuda_fail(e_end, c->err, sizeof c->err, "cudaStreamEndCapture");
+    if (!rc) pd_cuda_fail(e_end, c->err, sizeof c->err, "cudaStreamEndCapture");
     cudaGetLastError();
     return PD_EDEVICE;
   }
@@ -600,7 +592,7 @@ static int forward(pd_llama_cuda *c, void *pool, const pd_llama_seq *seqs, int n
     n_want += sq->want_logits ? 1 : 0;
   }
   cudaError_t e = cudaSetDevice(c->device);
-  if (e != cudaSuccess) return cuda_fail(e, c->err, sizeof c->err, "cudaSetDevice");
+  if (e != cudaSuccess) return pd_cuda_fail(e, c->err, sizeof c->err, "cudaSetDevice");
   /* table stride T and the max_ctx bound: exact for prefill, bucketed for decode */
   const int decode = max_new == 1;
   int T = max_need, ctx_bound = (int)max_ctx;
@@ -696,7 +688,7 @@ static int forward(pd_llama_cuda *c, void *pool, const pd_llama_seq *seqs, int n
       }
       if (g && g->exec) {
         e = cudaGraphLaunch((cudaGraphExec_t)g->exec, st);
-        if (e != cudaSuccess) return cuda_fail(e, c->err, sizeof c->err, "cudaGraphLaunch");
+        if (e != cudaSuccess) return pd_cuda_fail(e, c->err, sizeof c->err, "cudaGraphLaunch");
         done = 1;
       }
     }
@@ -714,11 +706,11 @@ static int forward(pd_llama_cuda *c, void *pool, const pd_llama_seq *seqs, int n
                         cudaMemcpyDeviceToHost, st);
     if (e != cudaSuccess) {
       cudaStreamSynchronize(st);
-      return cuda_fail(e, c->err, sizeof c->err, "copying the logits");
+      return pd_cuda_fail(e, c->err, sizeof c->err, "copying the logits");
     }
   }
   e = cudaStreamSynchronize(st);
-  if (e != cudaSuccess) return cuda_fail(e, c->err, sizeof c->err, "running the step");
+  if (e != cudaSuccess) return pd_cuda_fail(e, c->err, sizeof c->err, "running the step");
   if (greedy && n_want) memcpy(tokens, c->ids_host, (size_t)n_want * sizeof(int32_t));
   return PD_OK;
 }

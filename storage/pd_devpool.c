@@ -19,11 +19,7 @@
 
 #include "pd_cuda_attention.h"
 #include "pd_cuda_batch.h"
-
-static int cuda_err(cudaError_t e, char *err, size_t errlen, const char *what) {
-  if (err && errlen) snprintf(err, errlen, "cuda: %s: %s", what, cudaGetErrorString(e));
-  return e == cudaErrorMemoryAllocation ? PD_ENOMEM : PD_EDEVICE;
-}
+#include "pd_cuda_err.h"
 #endif
 
 int pd_devpool_cuda_available(void) {
@@ -52,10 +48,10 @@ int pd_devpool_create(pd_devpool *p, enum pd_devpool_kind kind, uint32_t n_block
 #ifdef PD_WITH_CUDA
   cudaError_t e;
   if ((e = cudaGetDevice(&p->device)) != cudaSuccess)
-    return cuda_err(e, err, errlen, "no usable GPU");
+    return pd_cuda_fail(e, err, errlen, "no usable GPU");
   if ((e = cudaMalloc(&p->base, bytes ? bytes : 1)) != cudaSuccess) {
     p->base = NULL;
-    int rc = e == cudaErrorMemoryAllocation ? PD_ENOMEM : PD_EDEVICE;
+    int rc = pd_cuda_rc(e);
     size_t free_b = 0, total_b = 0;
     cudaMemGetInfo(&free_b, &total_b);
     snprintf(err, errlen,
@@ -69,7 +65,7 @@ int pd_devpool_create(pd_devpool *p, enum pd_devpool_kind kind, uint32_t n_block
   if ((e = cudaMemset(p->base, 0, bytes)) != cudaSuccess ||
       (e = cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking)) != cudaSuccess ||
       (e = cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking)) != cudaSuccess) {
-    int rc = cuda_err(e, err, errlen, "setting up the KV pool");
+    int rc = pd_cuda_fail(e, err, errlen, "setting up the KV pool");
     if (s1) cudaStreamDestroy(s1);
     cudaFree(p->base);
     p->base = NULL;

@@ -76,6 +76,7 @@
 #include "pd_cuda_attention.h"
 #include "pd_cuda_batch.h"
 #include "pd_cuda_convert.h"
+#include "pd_cuda_err.h"
 #include "pd_err.h"
 
 #define DEC_THREADS    128
@@ -936,11 +937,6 @@ __global__ void kv_store_fp8(StoreArgs a) {
 
 /* ---- host side ------------------------------------------------------------------------------- */
 
-static int cuda_fail(cudaError_t e, char *err, size_t errlen, const char *what) {
-  if (err && errlen) snprintf(err, errlen, "cuda: %s: %s", what, cudaGetErrorString(e));
-  return e == cudaErrorMemoryAllocation ? PD_ENOMEM : PD_EDEVICE;
-}
-
 static int bad(char *err, size_t errlen, const char *why) {
   if (err && errlen) snprintf(err, errlen, "cuda attention: %s", why);
   return PD_EINVAL;
@@ -1150,7 +1146,8 @@ static int run_attn(const pd_kv_layout *L, const Plan &p, const void *pool, int 
       t.direct = 0, t.split_base = 0, t.ws_splits = p.dec_total, t.scale2 = scale2;
       t.ws_acc = acc, t.ws_ml = ml;
       e = launch_tile<HD, T, MODE_CASCADE>(dim3(p.casc_tiles, L->n_kv_heads, p.casc_splits), st, t);
-      if (e != cudaSuccess) return cuda_fail(e, err, errlen, "launching cascade prefix attention");
+      if (e != cudaSuccess)
+        return pd_cuda_fail(e, err, errlen, "launching cascade prefix attention");
     }
     DecArgs d = {};
     d.pool = (const uint8_t *)pool, d.block_bytes = bb, d.block_shift = shift;
@@ -1162,11 +1159,11 @@ static int run_attn(const pd_kv_layout *L, const Plan &p, const void *pool, int 
     decode_split<HD, T>
         <<<dim3(p.dec_splits, L->n_kv_heads * p.gchunks, b->n_seqs), DEC_THREADS, 0, st>>>(d);
     if ((e = cudaGetLastError()) != cudaSuccess)
-      return cuda_fail(e, err, errlen, "launching decode attention");
+      return pd_cuda_fail(e, err, errlen, "launching decode attention");
     MergeSeqArgs m = {n_heads, p.dec_total, NULL, b->n_new, b->row_start, acc, ml, out};
     merge_seq<HD><<<dim3(n_heads, b->n_seqs), HD, 0, st>>>(m);
     if ((e = cudaGetLastError()) != cudaSuccess)
-      return cuda_fail(e, err, errlen, "launching decode merge");
+      return pd_cuda_fail(e, err, errlen, "launching decode merge");
   }
   if (p.run_prefill) {
     const bool direct = p.pf_splits == 1;
@@ -1181,13 +1178,13 @@ static int run_attn(const pd_kv_layout *L, const Plan &p, const void *pool, int 
     t.direct = direct, t.split_base = 0, t.ws_splits = p.pf_splits, t.scale2 = scale2;
     t.ws_acc = acc, t.ws_ml = ml;
     e = launch_tile<HD, T, MODE_PREFILL>(dim3(p.pf_tiles, L->n_kv_heads, p.pf_splits), st, t);
-    if (e != cudaSuccess) return cuda_fail(e, err, errlen, "launching prefill attention");
+    if (e != cudaSuccess) return pd_cuda_fail(e, err, errlen, "launching prefill attention");
     if (!direct) {
       MergeRowArgs m = {n_heads,      p.pf_splits, p.pf_len, b->n_past, b->n_new,
                         b->row_start, b->row_seq,  acc,      ml,        out};
       merge_rows<HD><<<dim3(b->n_rows, n_heads), HD, 0, st>>>(m);
       if ((e = cudaGetLastError()) != cudaSuccess)
-        return cuda_fail(e, err, errlen, "launching prefill merge");
+        return pd_cuda_fail(e, err, errlen, "launching prefill merge");
     }
   }
   return PD_OK;
@@ -1259,11 +1256,11 @@ static int run_decode_legacy(const pd_kv_layout *L, const void *pool, int layer,
   d.ws_splits = n_splits, d.scale2 = scale * LOG2E, d.ws_acc = acc, d.ws_ml = ml;
   decode_split<HD, T><<<dim3(n_splits, L->n_kv_heads * gchunks, n_seqs), DEC_THREADS, 0, st>>>(d);
   cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess) return cuda_fail(e, err, errlen, "launching decode attention");
+  if (e != cudaSuccess) return pd_cuda_fail(e, err, errlen, "launching decode attention");
   MergeSeqArgs m = {n_heads, n_splits, ctx_lens, NULL, NULL, acc, ml, out};
   merge_seq<HD><<<dim3(n_heads, n_seqs), HD, 0, st>>>(m);
   e = cudaGetLastError();
-  return e == cudaSuccess ? PD_OK : cuda_fail(e, err, errlen, "launching decode merge");
+  return e == cudaSuccess ? PD_OK : pd_cuda_fail(e, err, errlen, "launching decode merge");
 }
 
 extern "C" int pd_cuda_attn_decode(const pd_kv_layout *L, const void *pool, int layer, int n_heads,
@@ -1320,5 +1317,5 @@ extern "C" int pd_cuda_kv_store(const pd_kv_layout *L, void *pool, int layer,
   default: kv_store_fp8<<<b->n_rows, 256, 0, st>>>(a); break;
   }
   cudaError_t e = cudaGetLastError();
-  return e == cudaSuccess ? PD_OK : cuda_fail(e, err, errlen, "launching kv store");
+  return e == cudaSuccess ? PD_OK : pd_cuda_fail(e, err, errlen, "launching kv store");
 }

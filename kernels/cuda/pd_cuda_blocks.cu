@@ -33,6 +33,7 @@
 
 #include "pd_cuda_attention.h"
 #include "pd_cuda_batch.h"
+#include "pd_cuda_err.h"
 #include "pd_err.h"
 
 #define LIST_MAX        240 /* pairs per kernel launch: 2 * 240 * 8 bytes + 16 < 4 KiB of params */
@@ -45,11 +46,6 @@ static std::atomic<int> xfer_mode{PD_CUDA_XFER_AUTO};
 extern "C" void pd_cuda_blocks_set_xfer_mode(int mode) {
   xfer_mode.store(mode >= PD_CUDA_XFER_AUTO && mode <= PD_CUDA_XFER_KERNEL ? mode
                                                                            : PD_CUDA_XFER_AUTO);
-}
-
-static int cuda_fail(cudaError_t e, char *err, size_t errlen, const char *what) {
-  if (err && errlen) snprintf(err, errlen, "cuda: %s: %s", what, cudaGetErrorString(e));
-  return e == cudaErrorMemoryAllocation ? PD_ENOMEM : PD_EDEVICE;
 }
 
 static int bad(char *err, size_t errlen, const char *why) {
@@ -92,7 +88,7 @@ static int copy_kernel(uint8_t *dst, const uint8_t *src, size_t bb, const int32_
     }
     copy_blocks<<<dim3((unsigned)chunks, (unsigned)m), COPY_THREADS, 0, st>>>(l);
     cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess) return cuda_fail(e, err, errlen, "launching block copy kernel");
+    if (e != cudaSuccess) return pd_cuda_fail(e, err, errlen, "launching block copy kernel");
   }
   return PD_OK;
 }
@@ -148,7 +144,7 @@ extern "C" int pd_cuda_block_copy(void *pool, size_t block_bytes, const int32_t 
   return for_runs(dst, src, n, [&](int32_t d, int32_t s, int count) {
     cudaError_t e = cudaMemcpyAsync(p + (size_t)d * block_bytes, p + (size_t)s * block_bytes,
                                     (size_t)count * block_bytes, cudaMemcpyDeviceToDevice, st);
-    return e == cudaSuccess ? PD_OK : cuda_fail(e, err, errlen, "block copy");
+    return e == cudaSuccess ? PD_OK : pd_cuda_fail(e, err, errlen, "block copy");
   });
 }
 
@@ -166,7 +162,7 @@ extern "C" int pd_cuda_block_zero(void *pool, size_t block_bytes, const int32_t 
   return for_runs(ids, NULL, n, [&](int32_t d, int32_t, int count) {
     cudaError_t e =
         cudaMemsetAsync(p + (size_t)d * block_bytes, 0, (size_t)count * block_bytes, st);
-    return e == cudaSuccess ? PD_OK : cuda_fail(e, err, errlen, "block zero");
+    return e == cudaSuccess ? PD_OK : pd_cuda_fail(e, err, errlen, "block zero");
   });
 }
 
@@ -228,8 +224,9 @@ static int xfer(uint8_t *pool, size_t bb, const int32_t *ids, int n, uint8_t *ho
     cudaError_t e = cudaMemcpyAsync(to_dev ? (void *)dev : (void *)hp,
                                     to_dev ? (const void *)hp : (const void *)dev,
                                     (size_t)count * bb, kind, st);
-    return e == cudaSuccess ? PD_OK
-                            : cuda_fail(e, err, errlen, to_dev ? "block restore" : "block spill");
+    return e == cudaSuccess
+               ? PD_OK
+               : pd_cuda_fail(e, err, errlen, to_dev ? "block restore" : "block spill");
   });
 }
 

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "pd_cuda_ops.h"
+#include "pd_cuda_err.h"
 #include "pd_err.h"
 
 /* cuBLAS's recommended workspace on Hopper (32 MiB; 4 MiB is enough before it). */
@@ -33,12 +34,6 @@ static int blas_fail(cublasStatus_t st, char *err, size_t errlen, const char *wh
   case CUBLAS_STATUS_NOT_SUPPORTED: return PD_EINVAL;
   default: return PD_EDEVICE;
   }
-}
-
-static int cuda_fail(cudaError_t e, char *err, size_t errlen, const char *what) {
-  cudaGetLastError(); /* clear the runtime's last-error state */
-  if (err && errlen) snprintf(err, errlen, "cuda: %s: %s", what, cudaGetErrorString(e));
-  return e == cudaErrorMemoryAllocation ? PD_ENOMEM : PD_EDEVICE;
 }
 
 void pd_cuda_gemm_free(pd_cuda_gemm *g) {
@@ -65,7 +60,7 @@ int pd_cuda_gemm_init(pd_cuda_gemm *g, void *stream, int64_t x16_elems, char *er
     g->workspace = NULL;
     snprintf(what, sizeof what, "cudaMalloc of %zu bytes for the cuBLAS workspace",
              WORKSPACE_BYTES);
-    int rc = cuda_fail(e, err, errlen, what);
+    int rc = pd_cuda_fail(e, err, errlen, what);
     pd_cuda_gemm_free(g);
     return rc;
   }
@@ -76,7 +71,7 @@ int pd_cuda_gemm_init(pd_cuda_gemm *g, void *stream, int64_t x16_elems, char *er
     if (e != cudaSuccess) {
       g->x16 = NULL;
       snprintf(what, sizeof what, "cudaMalloc of %zu bytes for the f16 activation scratch", bytes);
-      int rc = cuda_fail(e, err, errlen, what);
+      int rc = pd_cuda_fail(e, err, errlen, what);
       pd_cuda_gemm_free(g);
       return rc;
     }

@@ -14,16 +14,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pd_cuda_err.h"
 #include "pd_err.h"
 #include "pd_quant.h"
 
 #define UPLOAD_ELEMS ((int64_t)1 << 20) /* elements per host chunk: 4 MiB of f32 */
-
-static int cuda_err(cudaError_t e, char *err, size_t errlen, const char *what) {
-  cudaGetLastError(); /* clear the runtime's last-error state */
-  if (err && errlen) snprintf(err, errlen, "cuda: %s: %s", what, cudaGetErrorString(e));
-  return e == cudaErrorMemoryAllocation ? PD_ENOMEM : PD_EDEVICE;
-}
 
 size_t pd_cuda_weight_bytes(const pd_cuda_weight *w) {
   return (size_t)w->in_dim * (size_t)w->out_dim * pd_dtype_size(w->dtype);
@@ -46,7 +41,7 @@ int pd_cuda_weight_alloc(pd_cuda_weight *w, int64_t in_dim, int64_t out_dim, enu
     char what[160];
     snprintf(what, sizeof what, "cudaMalloc of %zu bytes for weight %s (%lld x %lld %s)", bytes,
              name ? name : "?", (long long)out_dim, (long long)in_dim, pd_dtype_name(dtype));
-    return cuda_err(e, err, errlen, what);
+    return pd_cuda_fail(e, err, errlen, what);
   }
   w->dtype = dtype;
   w->in_dim = in_dim;
@@ -106,7 +101,7 @@ int pd_cuda_weight_upload(pd_cuda_weight *w, int64_t row0, const void *host, enu
     }
     char *dst = (char *)w->data + (size_t)(row0 + r) * (size_t)in * es;
     cudaError_t e = cudaMemcpy(dst, src, (size_t)nr * (size_t)in * es, cudaMemcpyHostToDevice);
-    if (e != cudaSuccess) rc = cuda_err(e, err, errlen, "uploading a weight");
+    if (e != cudaSuccess) rc = pd_cuda_fail(e, err, errlen, "uploading a weight");
   }
   free(f), free(h);
   return rc;
