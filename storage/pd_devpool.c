@@ -1,13 +1,15 @@
 /*
  * pd_devpool.c -- see pd_devpool.h.
  *
- * CPU: malloc'd memory and memcpy. CUDA (built when PD_WITH_CUDA): cudaMalloc'd memory, the
+ * CPU: calloc'd memory, page-aligned so the disk tier reads into it and writes from it with
+ * O_DIRECT, and memcpy. CUDA (built when PD_WITH_CUDA): cudaMalloc'd memory, the
  * engine's copies queued on its stream, the worker's transfers batched by
  * pd_cuda_blocks_to_host / pd_cuda_blocks_from_host (kernels/cuda/pd_cuda_batch.h) on a stream
  * of its own and waited for.
  */
 #include "pd_devpool.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +23,22 @@
 #include "pd_cuda_batch.h"
 #include "pd_cuda_err.h"
 #endif
+
+/* calloc'd memory whose start is page-aligned; the pointer calloc returned is kept just below
+ * it. Zeroed lazily, as calloc's large allocations are. NULL on overflow or out of memory. */
+static void *calloc_page_aligned(size_t n, size_t size) {
+  const size_t page = 4096;
+  if (size && n > (SIZE_MAX - page - sizeof(void *)) / size) return NULL;
+  uint8_t *raw = calloc(1, n * size + page + sizeof(void *));
+  if (!raw) return NULL;
+  uintptr_t at = ((uintptr_t)raw + sizeof(void *) + page - 1) & ~(uintptr_t)(page - 1);
+  ((void **)at)[-1] = raw;
+  return (void *)at;
+}
+
+static void free_page_aligned(void *ptr) {
+  if (ptr) free(((void **)ptr)[-1]);
+}
 
 int pd_devpool_cuda_available(void) {
 #ifdef PD_WITH_CUDA
@@ -38,7 +56,7 @@ int pd_devpool_create(pd_devpool *p, enum pd_devpool_kind kind, uint32_t n_block
   p->n_blocks = n_blocks;
   size_t bytes = (size_t)n_blocks * block_bytes;
   if (kind == PD_DEVPOOL_CPU) {
-    p->base = calloc(n_blocks ? n_blocks : 1, block_bytes ? block_bytes : 1);
+    p->base = calloc_page_aligned(n_blocks ? n_blocks : 1, block_bytes ? block_bytes : 1);
     if (!p->base) {
       snprintf(err, errlen, "cannot allocate the KV pool: %zu bytes of host memory", bytes);
       return PD_ENOMEM;
@@ -82,7 +100,7 @@ int pd_devpool_create(pd_devpool *p, enum pd_devpool_kind kind, uint32_t n_block
 
 void pd_devpool_destroy(pd_devpool *p) {
   if (p->kind == PD_DEVPOOL_CPU) {
-    free(p->base);
+    free_page_aligned(p->base);
   } else {
 #ifdef PD_WITH_CUDA
     if (p->stream) cudaStreamSynchronize((cudaStream_t)p->stream);
@@ -182,7 +200,7 @@ int pd_devpool_upload(pd_devpool *p, const int32_t *slots, uint32_t n, const voi
 }
 
 void *pd_devpool_host_alloc(const pd_devpool *p, size_t bytes) {
-  if (p->kind == PD_DEVPOOL_CPU) return calloc(1, bytes ? bytes : 1);
+  if (p->kind == PD_DEVPOOL_CPU) return calloc_page_aligned(1, bytes ? bytes : 1);
 #ifdef PD_WITH_CUDA
   void *ptr = NULL;
   if (cudaHostAlloc(&ptr, bytes ? bytes : 1, cudaHostAllocPortable) != cudaSuccess) {
@@ -199,7 +217,7 @@ void *pd_devpool_host_alloc(const pd_devpool *p, size_t bytes) {
 void pd_devpool_host_free(const pd_devpool *p, void *ptr) {
   if (!ptr) return;
   if (p->kind == PD_DEVPOOL_CPU) {
-    free(ptr);
+    free_page_aligned(ptr);
     return;
   }
 #ifdef PD_WITH_CUDA

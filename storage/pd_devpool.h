@@ -68,8 +68,8 @@ int pd_devpool_download(pd_devpool *p, const int32_t *slots, uint32_t n, void *h
 int pd_devpool_upload(pd_devpool *p, const int32_t *slots, uint32_t n, const void *host,
                       const int32_t *host_slots);
 
-/* Host memory for exchanging blocks with the pool, zeroed: page-locked for CUDA, plain
- * otherwise. NULL when out of memory. Free with pd_devpool_host_free (same pool kind). */
+/* Host memory for exchanging blocks with the pool, zeroed and page-aligned (the disk tier moves
+ * it with O_DIRECT): page-locked for CUDA, plain otherwise. NULL when out of memory. Free with pd_devpool_host_free (same pool kind). */
 void *pd_devpool_host_alloc(const pd_devpool *p, size_t bytes);
 void pd_devpool_host_free(const pd_devpool *p, void *ptr);
 

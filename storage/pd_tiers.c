@@ -456,22 +456,39 @@ static void read_records(pd_tiers *t, tier_op *op) {
   size_t bb = t->cfg.block_bytes;
   const pd_devpool *dev = t->cfg.device;
   int staged = dev->kind != PD_DEVPOOL_CPU;
-  int32_t tokens[256], *dev_slots = NULL, *stage_slots = NULL;
-  if (staged &&
-      (ensure_stage(t, op->n) || !(dev_slots = malloc(2 * (size_t)op->n * sizeof *dev_slots)))) {
+  int32_t *dev_slots = NULL, *stage_slots = NULL;
+  size_t bt = t->cfg.block_tokens;
+  /* reads[i] and tokens[i * bt]: item i's read and the tokens stored with it */
+  pd_kvstore_read *reads = calloc(op->n, sizeof *reads);
+  int32_t *tokens = malloc((size_t)op->n * bt * sizeof *tokens);
+  if (!reads || !tokens ||
+      (staged &&
+       (ensure_stage(t, op->n) || !(dev_slots = malloc(2 * (size_t)op->n * sizeof *dev_slots))))) {
     op->rc = PD_ENOMEM;
     for (uint32_t i = 0; i < op->n; i++) op->items[i].rc = PD_ENOMEM;
+    free(reads);
+    free(tokens);
     return;
   }
   if (staged) stage_slots = dev_slots + op->n;
+  for (uint32_t i = 0; i < op->n; i++) {
+    tier_item *it = &op->items[i];
+    void *dst = staged ? t->stage + (size_t)i * bb : pd_devpool_block(dev, (uint32_t)it->dev_slot);
+    reads[i] = (pd_kvstore_read){.key = it->key,
+                                 .tokens = tokens + i * bt,
+                                 .max_tokens = bt,
+                                 .payload = dst,
+                                 .payload_cap = bb};
+  }
+  int brc = pd_kvstore_get_batch(t->store, reads, op->n);
   uint32_t n_up = 0;
   for (uint32_t i = 0; i < op->n; i++) {
     tier_item *it = &op->items[i];
-    pd_kvstore_hdr h;
-    void *dst = staged ? t->stage + (size_t)i * bb : pd_devpool_block(dev, (uint32_t)it->dev_slot);
-    it->rc = pd_kvstore_get(t->store, it->key, &h, tokens, 256, dst, bb);
-    if (it->rc == PD_OK && (h.n_tokens != it->n_tokens || h.payload_bytes != bb ||
-                            memcmp(tokens, op->tokens + it->tok_off, 4u * it->n_tokens) != 0))
+    const pd_kvstore_hdr *h = &reads[i].hdr;
+    it->rc = brc ? brc : reads[i].rc;
+    if (it->rc == PD_OK &&
+        (h->n_tokens != it->n_tokens || h->payload_bytes != bb ||
+         memcmp(reads[i].tokens, op->tokens + it->tok_off, 4u * it->n_tokens) != 0))
       it->rc = PD_ECORRUPT; /* another block under this key: never served */
     if (it->rc == PD_OK && staged)
       dev_slots[n_up] = it->dev_slot, stage_slots[n_up] = (int32_t)i, n_up++;
@@ -481,6 +498,8 @@ static void read_records(pd_tiers *t, tier_op *op) {
     for (uint32_t i = 0; i < op->n; i++)
       if (op->items[i].rc == PD_OK) op->items[i].rc = PD_EDEVICE;
   free(dev_slots);
+  free(reads);
+  free(tokens);
 }
 
 static void run_op(pd_tiers *t, tier_op *op) {
@@ -498,8 +517,8 @@ static void run_op(pd_tiers *t, tier_op *op) {
       break;
     }
     op->bytes = (uint64_t)op->n * bb;
-    /* one transaction per 256 MiB: LMDB keeps a transaction's dirty pages in memory and spills
-     * them itself past 128k pages (512 MiB); each commit costs one fdatasync */
+    /* one store batch per 256 MiB: it bounds the staging buffer of a GPU pool, and each batch
+     * costs one fdatasync of blocks.dat and one index commit */
     uint32_t per_txn = (uint32_t)((256u << 20) / bb);
     if (per_txn < 1) per_txn = 1;
     for (uint32_t i = 0; i < op->n; i += per_txn) {

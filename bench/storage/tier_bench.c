@@ -8,7 +8,8 @@
  * Blocks of SmolLM2-135M's f16 size (368,640 bytes) by default. Phases, each timed from the
  * first request to the last completion (pd_tiers_sync):
  *   1. spill device -> host (memcpy batches on the storage worker)
- *   2. spill host -> disk (LMDB write transactions, one per step's batch)
+ *   2. spill host -> disk (payloads to blocks.dat with O_DIRECT, then the LMDB index entries;
+ *      one store batch per step's batch)
  *   3. restore disk -> device, with the page cache dropped first (a cold read from the device)
  *   4. restore host -> device (after re-spilling half to host)
  * The floor: sequential O_DIRECT writes and reads of the same byte count in 64 MiB chunks, as
@@ -221,6 +222,8 @@ int main(int argc, char **argv) {
   double restore_host = now_s() - t0;
   pd_tiers_counters c;
   pd_tiers_get_counters(tiers, &c);
+  pd_kvstore_counters kc = {0};
+  pd_tiers_disk_stats(tiers, &kc, NULL, NULL, NULL);
   pd_tiers_close(tiers);
   pd_radix_free(&tree);
 
@@ -250,8 +253,8 @@ int main(int argc, char **argv) {
   fprintf(f, "| spill device -> host (memcpy batches) | %u | %.3f s | %.2f GB/s | | | |\n", in_host,
           spill_host, (double)in_host * block_bytes / spill_host / gb);
   double sd = (double)on_disk * block_bytes / spill_disk;
-  fprintf(f, "| spill host -> disk (LMDB, sync %s) | %u | %.3f s | %.2f GB/s | ", sync_mode,
-          on_disk, spill_disk, sd / gb);
+  fprintf(f, "| spill host -> disk (blocks.dat + index, sync %s) | %u | %.3f s | %.2f GB/s | ",
+          sync_mode, on_disk, spill_disk, sd / gb);
   if (have_direct)
     fprintf(f, "%.2f GB/s O_DIRECT write | %.0f%% | >= 70%% |\n", dw / gb, 100 * sd / dw);
   else
@@ -268,10 +271,10 @@ int main(int argc, char **argv) {
           restored_host, restore_host, (double)restored_host * block_bytes / restore_host / gb);
   fprintf(f,
           "Batches handed to the storage worker: %llu. Measured rates the restore-or-recompute "
-          "choice uses: host %.2f GB/s, disk %.2f GB/s. Time the storage worker spent in LMDB: "
-          "writes %.3f s, reads %.3f s.\n",
+          "choice uses: host %.2f GB/s, disk %.2f GB/s. Time the storage worker spent in the disk "
+          "store: writes %.3f s, reads %.3f s. blocks.dat written with O_DIRECT: %s.\n",
           (unsigned long long)c.batches, c.rate_bps[1] / gb, c.rate_bps[2] / gb,
-          c.disk_write_seconds, c.disk_read_seconds);
+          c.disk_write_seconds, c.disk_read_seconds, kc.direct_io ? "yes" : "no");
   if (out) fclose(f);
   pd_devpool_destroy(&pool);
   free(tok);

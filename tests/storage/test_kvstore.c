@@ -1,16 +1,21 @@
 /*
- * test_kvstore.c -- the LMDB disk tier: round trips, persistence, checksums, foreign
- * fingerprints, a real MDB_MAP_FULL, injected faults (ENOSPC, EIO, MAP_FULL) looped over the N-th
+ * test_kvstore.c -- the disk tier (LMDB index, payloads in blocks.dat): round trips,
+ * persistence, checksums of payloads and tokens, foreign fingerprints, a real full budget with
+ * eviction and reuse of the freed pages across a restart, index entries that name bad pages, a
+ * format-1 store read in place, injected faults (ENOSPC, EIO, MAP_FULL) looped over the N-th
  * failure, and a kill -9 crash loop in which every committed block must survive and verify.
  */
 #include <check.h>
+#include <fcntl.h>
 #include <lmdb.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "pd_check.h"
 #include "pd_err.h"
@@ -87,6 +92,80 @@ static int check_block(pd_kvstore *s, uint64_t i) {
   return 0;
 }
 
+/* The store's LMDB environment opened directly, behind the store's back (it must be closed). */
+typedef struct raw_env {
+  MDB_env *env;
+  MDB_txn *txn;
+  MDB_dbi blocks, meta;
+} raw_env;
+
+static void raw_open(raw_env *r) {
+  ck_assert_int_eq(mdb_env_create(&r->env), 0);
+  ck_assert_int_eq(mdb_env_set_maxdbs(r->env, 4), 0);
+  ck_assert_int_eq(mdb_env_set_mapsize(r->env, 64 << 20), 0);
+  ck_assert_int_eq(mdb_env_open(r->env, dir, 0, 0600), 0);
+  ck_assert_int_eq(mdb_txn_begin(r->env, NULL, 0, &r->txn), 0);
+  ck_assert_int_eq(mdb_dbi_open(r->txn, "blocks", 0, &r->blocks), 0);
+  ck_assert_int_eq(mdb_dbi_open(r->txn, "meta", 0, &r->meta), 0);
+}
+
+static void raw_close(raw_env *r) {
+  ck_assert_int_eq(mdb_txn_commit(r->txn), 0);
+  mdb_env_close(r->env);
+}
+
+/* Block i's key as stored: (i + 1, (i + 1) * 7), little-endian. */
+static void key_bytes(uint64_t i, uint8_t kbuf[16]) {
+  for (int b = 0; b < 8; b++) {
+    kbuf[b] = (uint8_t)((i + 1) >> (8 * b));
+    kbuf[8 + b] = (uint8_t)(((i + 1) * 7) >> (8 * b));
+  }
+}
+
+/* Block i's index entry, decoded; *val receives a copy of the value (caller frees). */
+static pd_kvstore_hdr raw_entry(raw_env *r, uint64_t i, uint8_t **val, size_t *len) {
+  uint8_t kbuf[16];
+  key_bytes(i, kbuf);
+  MDB_val k = {16, kbuf}, v;
+  ck_assert_int_eq(mdb_get(r->txn, r->blocks, &k, &v), 0);
+  pd_kvstore_hdr h;
+  ck_assert_int_eq(pd_kvstore_hdr_decode(v.mv_data, v.mv_size, &h), 0);
+  if (val) {
+    *val = malloc(v.mv_size);
+    memcpy(*val, v.mv_data, v.mv_size);
+    *len = v.mv_size;
+  }
+  return h;
+}
+
+static void raw_put(raw_env *r, uint64_t i, const void *val, size_t len) {
+  uint8_t kbuf[16];
+  key_bytes(i, kbuf);
+  MDB_val k = {16, kbuf}, v = {len, (void *)val};
+  ck_assert_int_eq(mdb_put(r->txn, r->blocks, &k, &v, 0), 0);
+}
+
+/* Flips one byte of blocks.dat. */
+static void flip_file_byte(uint64_t offset) {
+  char path[300];
+  snprintf(path, sizeof path, "%s/blocks.dat", dir);
+  int fd = open(path, O_RDWR);
+  ck_assert_int_ge(fd, 0);
+  uint8_t b;
+  ck_assert_int_eq(pread(fd, &b, 1, (off_t)offset), 1);
+  b ^= 0x40;
+  ck_assert_int_eq(pwrite(fd, &b, 1, (off_t)offset), 1);
+  close(fd);
+}
+
+static off_t file_size(const char *name) {
+  char path[300];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  struct stat st;
+  ck_assert_int_eq(stat(path, &st), 0);
+  return st.st_size;
+}
+
 START_TEST(roundtrip_and_restart) {
   make_dir();
   pd_kvstore *s = open_store(0xab, 64 << 20, PD_KVSTORE_FOREIGN_KEEP);
@@ -160,66 +239,221 @@ START_TEST(scan_and_foreign_fingerprints) {
 }
 END_TEST
 
-START_TEST(corrupt_payload_is_never_served) {
+/* A fresh directory holding a closed store of blocks 0 .. n_blocks - 1. */
+static void make_store(uint8_t fp_byte, uint64_t n_blocks) {
   make_dir();
-  pd_kvstore *s = open_store(0x05, 64 << 20, PD_KVSTORE_FOREIGN_KEEP);
-  ck_assert_int_eq(put_range(s, 0, 4), 0);
+  pd_kvstore *s = open_store(fp_byte, 64 << 20, PD_KVSTORE_FOREIGN_KEEP);
+  ck_assert_int_eq(put_range(s, 0, n_blocks), 0);
   pd_kvstore_close(s);
+}
 
-  /* Flip one payload byte of block 2 behind the store's back, with LMDB directly. */
-  MDB_env *env;
-  MDB_txn *txn;
-  MDB_dbi dbi;
-  ck_assert_int_eq(mdb_env_create(&env), 0);
-  ck_assert_int_eq(mdb_env_set_maxdbs(env, 4), 0);
-  ck_assert_int_eq(mdb_env_set_mapsize(env, 64 << 20), 0);
-  ck_assert_int_eq(mdb_env_open(env, dir, 0, 0600), 0);
-  ck_assert_int_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
-  ck_assert_int_eq(mdb_dbi_open(txn, "blocks", 0, &dbi), 0);
-  uint8_t kbuf[16] = {0};
-  kbuf[0] = 3, kbuf[8] = 21; /* block 2: key (3, 21) little-endian */
-  MDB_val k = {16, kbuf}, v;
-  ck_assert_int_eq(mdb_get(txn, dbi, &k, &v), 0);
-  uint8_t *copy = malloc(v.mv_size);
-  memcpy(copy, v.mv_data, v.mv_size);
-  copy[v.mv_size - 100] ^= 0x40;
-  MDB_val nv = {v.mv_size, copy};
-  ck_assert_int_eq(mdb_put(txn, dbi, &k, &nv, 0), 0);
-  ck_assert_int_eq(mdb_txn_commit(txn), 0);
-  mdb_env_close(env);
-  free(copy);
+/* Rewrites block i's index entry to name another page of blocks.dat. */
+static void raw_set_page(raw_env *r, uint64_t i, uint32_t page) {
+  uint8_t *val;
+  size_t len;
+  pd_kvstore_hdr h = raw_entry(r, i, &val, &len);
+  h.payload_page = page;
+  pd_kvstore_hdr_encode(&h, val);
+  raw_put(r, i, val, len);
+  free(val);
+}
 
-  s = open_store(0x05, 64 << 20, PD_KVSTORE_FOREIGN_KEEP);
+START_TEST(corrupt_payload_is_never_served) {
+  make_store(0x05, 5);
+
+  /* Behind the store's back: flip a payload byte of block 2 in blocks.dat, and a token byte of
+   * block 3 in its index entry. */
+  raw_env r;
+  raw_open(&r);
+  pd_kvstore_hdr h2 = raw_entry(&r, 2, NULL, NULL);
+  ck_assert_uint_eq(h2.version, 2);
+  uint8_t *val;
+  size_t len;
+  raw_entry(&r, 3, &val, &len);
+  val[len - 1] ^= 0x01;
+  raw_put(&r, 3, val, len);
+  free(val);
+  raw_close(&r);
+  flip_file_byte((uint64_t)h2.payload_page * 4096 + 100);
+
+  pd_kvstore *s = open_store(0x05, 64 << 20, PD_KVSTORE_FOREIGN_KEEP);
+  uint64_t n0, used0, n1, used1;
+  ck_assert_int_eq(pd_kvstore_usage(s, &n0, &used0, NULL), 0);
   ck_assert_int_eq(check_block(s, 1), 0);
   ck_assert_int_eq(check_block(s, 2), PD_ECORRUPT);
   ck_assert_int_eq(check_block(s, 2), PD_ENOTFOUND); /* deleted on detection */
+  ck_assert_int_eq(check_block(s, 3), PD_ECORRUPT);
   pd_kvstore_counters c;
   pd_kvstore_get_counters(s, &c);
-  ck_assert_uint_eq(c.checksum_failures, 1);
-  ck_assert_int_eq(check_block(s, 3), 0);
+  ck_assert_uint_eq(c.checksum_failures, 2);
+  ck_assert_int_eq(check_block(s, 4), 0);
+  /* the two bad blocks gave their pages back */
+  ck_assert_int_eq(pd_kvstore_usage(s, &n1, &used1, NULL), 0);
+  ck_assert_uint_eq(n0 - n1, 2);
+  ck_assert_uint_ge(used0 - used1, 2 * PAYLOAD);
   pd_kvstore_close(s);
+  remove_dir();
+}
+END_TEST
+
+START_TEST(bad_extents_are_dropped_at_open) {
+  make_store(0x06, 6);
+  /* block 3 names block 2's page; block 5 a page far past the end of the file */
+  raw_env r;
+  raw_open(&r);
+  raw_set_page(&r, 3, raw_entry(&r, 2, NULL, NULL).payload_page);
+  raw_set_page(&r, 5, 1u << 30);
+  raw_close(&r);
+
+  pd_kvstore *s = open_store(0x06, 64 << 20, PD_KVSTORE_FOREIGN_KEEP);
+  pd_kvstore_counters c;
+  pd_kvstore_get_counters(s, &c);
+  ck_assert_uint_eq(c.bad_extents, 2);
+  ck_assert_int_eq(check_block(s, 2), 0); /* the first to name the page keeps it */
+  ck_assert_int_eq(check_block(s, 3), PD_ENOTFOUND);
+  ck_assert_int_eq(check_block(s, 5), PD_ENOTFOUND);
+  for (uint64_t i = 0; i < 5; i++)
+    if (i != 3) ck_assert_int_eq(check_block(s, i), 0);
+  /* block 2's page was not freed by dropping block 3: new blocks do not overwrite it */
+  ck_assert_int_eq(put_range(s, 100, 20), 0);
+  ck_assert_int_eq(check_block(s, 2), 0);
+  pd_kvstore_close(s);
+  remove_dir();
+}
+END_TEST
+
+/* A format-1 entry for block i: header, tokens and payload in the value. */
+static size_t v1_value(uint64_t i, uint8_t fp_byte, uint8_t **out) {
+  int32_t tok[BT];
+  uint8_t pay[PAYLOAD];
+  pd_kvstore_block b;
+  fill_block(i, &b, tok, pay);
+  size_t len = PD_KVSTORE_HDR_BYTES + 4 * BT + PAYLOAD;
+  uint8_t *v = malloc(len);
+  memcpy(v + PD_KVSTORE_HDR_BYTES, tok, 4 * BT); /* little-endian host */
+  memcpy(v + PD_KVSTORE_HDR_BYTES + 4 * BT, pay, PAYLOAD);
+  pd_kvstore_hdr h = {.version = 1,
+                      .dtype = 1,
+                      .block_tokens = BT,
+                      .n_tokens = BT,
+                      .payload_bytes = PAYLOAD,
+                      .parent = b.parent,
+                      .checksum = XXH3_64bits(v + PD_KVSTORE_HDR_BYTES, 4 * BT + PAYLOAD),
+                      .namespace_id = 3};
+  memset(h.fingerprint, fp_byte, 16);
+  pd_kvstore_hdr_encode(&h, v);
+  *out = v;
+  return len;
+}
+
+START_TEST(format1_store_is_read_in_place) {
+  make_dir();
+  pd_kvstore *s = open_store(0x0a, 64 << 20, PD_KVSTORE_FOREIGN_KEEP);
+  pd_kvstore_close(s);
+  /* what a format-1 build left: the format in meta, payloads inside the values */
+  raw_env r;
+  raw_open(&r);
+  uint8_t fmt[4] = {1, 0, 0, 0};
+  MDB_val fk = {6, "format"}, fv = {4, fmt};
+  ck_assert_int_eq(mdb_put(r.txn, r.meta, &fk, &fv, 0), 0);
+  for (uint64_t i = 0; i < 10; i++) {
+    uint8_t *v;
+    size_t len = v1_value(i, 0x0a, &v);
+    raw_put(&r, i, v, len);
+    free(v);
+  }
+  raw_close(&r);
+
+  s = open_store(0x0a, 64 << 20, PD_KVSTORE_FOREIGN_KEEP);
+  for (uint64_t i = 0; i < 10; i++) ck_assert_int_eq(check_block(s, i), 0);
+  ck_assert_int_eq(put_range(s, 10, 10), 0);
+  ck_assert_int_eq(put_range(s, 0, 2), 0); /* rewritten in format 2 */
+  pd_key128 del[2] = {{5, 35}, {6, 42}};
+  size_t n_del = 0;
+  ck_assert_int_eq(pd_kvstore_delete_batch(s, del, 2, &n_del), 0);
+  ck_assert_uint_eq(n_del, 2);
+  uint8_t got[4];
+  size_t len = 0;
+  ck_assert_int_eq(pd_kvstore_meta_get(s, "format", got, sizeof got, &len), 0);
+  ck_assert_uint_eq(got[0], PD_KVSTORE_FORMAT);
+  pd_kvstore_close(s);
+
+  raw_open(&r);
+  ck_assert_uint_eq(raw_entry(&r, 0, NULL, NULL).version, 2);
+  ck_assert_uint_eq(raw_entry(&r, 3, NULL, NULL).version, 1);
+  /* a flipped byte in a format-1 payload is caught as before */
+  uint8_t *v;
+  size_t vlen;
+  raw_entry(&r, 7, &v, &vlen);
+  v[vlen - 100] ^= 0x40;
+  raw_put(&r, 7, v, vlen);
+  free(v);
+  raw_close(&r);
+  s = open_store(0x0a, 64 << 20, PD_KVSTORE_FOREIGN_KEEP);
+  for (uint64_t i = 0; i < 20; i++) {
+    int want = (i == 4 || i == 5) ? PD_ENOTFOUND : i == 7 ? PD_ECORRUPT : 0;
+    ck_assert_msg(check_block(s, i) == want, "block %lu", (unsigned long)i);
+  }
+  pd_kvstore_close(s);
+
+  /* a store from a newer format is refused whole, with the reason */
+  raw_open(&r);
+  fmt[0] = PD_KVSTORE_FORMAT + 1;
+  ck_assert_int_eq(mdb_put(r.txn, r.meta, &fk, &fv, 0), 0);
+  raw_close(&r);
+  pd_kvstore_config cfg = {.dir = dir, .map_bytes = 64 << 20};
+  memset(cfg.fingerprint, 0x0a, 16);
+  char err[200] = "";
+  ck_assert_int_eq(pd_kvstore_open(&cfg, &s, err, sizeof err), PD_EUNSUPPORTED);
+  ck_assert_msg(strstr(err, "format 3") != NULL, "err: %s", err);
   remove_dir();
 }
 END_TEST
 
 START_TEST(real_map_full_then_evict_and_retry) {
   make_dir();
-  pd_kvstore *s = open_store(0x07, 1 << 20, PD_KVSTORE_FOREIGN_KEEP); /* 1 MiB map */
+  pd_kvstore *s = open_store(0x07, 1 << 20, PD_KVSTORE_FOREIGN_KEEP); /* a 1 MiB budget */
   uint64_t written = 0;
   int rc;
   while ((rc = put_range(s, written, 8)) == 0) written += 8;
   ck_assert_int_eq(rc, PD_EFULL);
   ck_assert_uint_gt(written, 0);
   for (uint64_t i = 0; i < written; i++) ck_assert_int_eq(check_block(s, i), 0);
+  /* the budget holds for both files together */
+  ck_assert_int_le(file_size("blocks.dat") + file_size("data.mdb"), 1 << 20);
+  uint64_t used, budget;
+  ck_assert_int_eq(pd_kvstore_usage(s, NULL, &used, &budget), 0);
+  ck_assert_uint_le(used, budget);
+  ck_assert_uint_eq(budget, 1 << 20);
   /* The caller's answer to PD_EFULL: evict its disk LRU, then retry. */
   pd_key128 old[64];
   for (int i = 0; i < 64; i++) old[i] = (pd_key128){(uint64_t)i + 1, ((uint64_t)i + 1) * 7};
   ck_assert_int_eq(pd_kvstore_delete_batch(s, old, 64, NULL), 0);
+  off_t before = file_size("blocks.dat");
   ck_assert_int_eq(put_range(s, written, 8), 0);
   ck_assert_int_eq(check_block(s, written + 7), 0);
+  ck_assert_int_eq(file_size("blocks.dat"), before); /* freed pages reused, no growth */
   pd_kvstore_counters c;
   pd_kvstore_get_counters(s, &c);
   ck_assert_uint_ge(c.map_full, 1);
+  pd_kvstore_close(s);
+
+  /* After a restart the free pages are known again from the index: new blocks fill them and
+   * every old block still verifies (no live page was handed out twice). */
+  s = open_store(0x07, 1 << 20, PD_KVSTORE_FOREIGN_KEEP);
+  uint64_t more = written + 8;
+  while ((rc = put_range(s, more, 8)) == 0) more += 8;
+  ck_assert_int_eq(rc, PD_EFULL);
+  ck_assert_uint_ge(more - (written + 8), 48); /* the 64 evicted, less a partial batch */
+  for (uint64_t i = 64; i < more; i++) ck_assert_int_eq(check_block(s, i), 0);
+  /* rewriting a key gives its old pages back */
+  ck_assert_int_eq(pd_kvstore_delete_batch(s, old, 1, NULL), 0);
+  uint64_t used_before, used_after;
+  pd_kvstore_usage(s, NULL, &used_before, NULL);
+  for (int round = 0; round < 20; round++) ck_assert_int_eq(put_range(s, 100, 1), 0);
+  pd_kvstore_usage(s, NULL, &used_after, NULL);
+  ck_assert_uint_le(used_after, used_before + 4096);
+  ck_assert_int_eq(check_block(s, 100), 0);
   pd_kvstore_close(s);
   remove_dir();
 }
@@ -321,10 +555,19 @@ END_TEST
 
 START_TEST(header_decode_rejects_garbage) {
   uint8_t buf[PD_KVSTORE_HDR_BYTES + 64 + 8];
-  pd_kvstore_hdr h = {.block_tokens = 16, .n_tokens = 16, .payload_bytes = 8};
+  pd_kvstore_hdr h = {.block_tokens = 16, .n_tokens = 16, .payload_bytes = 8, .payload_page = 77};
   pd_kvstore_hdr_encode(&h, buf);
   pd_kvstore_hdr out;
+  /* format 2: header and tokens; the payload is elsewhere */
+  ck_assert_int_eq(pd_kvstore_hdr_decode(buf, PD_KVSTORE_HDR_BYTES + 64, &out), 0);
+  ck_assert_uint_eq(out.version, 2);
+  ck_assert_uint_eq(out.payload_page, 77);
+  ck_assert_int_eq(pd_kvstore_hdr_decode(buf, sizeof buf, &out), PD_ECORRUPT);
+  /* format 1: the payload follows the tokens */
+  h.version = 1;
+  pd_kvstore_hdr_encode(&h, buf);
   ck_assert_int_eq(pd_kvstore_hdr_decode(buf, sizeof buf, &out), 0);
+  ck_assert_uint_eq(out.version, 1);
   ck_assert_int_eq(pd_kvstore_hdr_decode(buf, sizeof buf - 1, &out), PD_ECORRUPT);
   ck_assert_int_eq(pd_kvstore_hdr_decode(buf, 10, &out), PD_ECORRUPT);
   buf[0] ^= 1;
@@ -345,6 +588,8 @@ int main(void) {
   tcase_add_test(tc, roundtrip_and_restart);
   tcase_add_test(tc, scan_and_foreign_fingerprints);
   tcase_add_test(tc, corrupt_payload_is_never_served);
+  tcase_add_test(tc, bad_extents_are_dropped_at_open);
+  tcase_add_test(tc, format1_store_is_read_in_place);
   tcase_add_test(tc, real_map_full_then_evict_and_retry);
   tcase_add_test(tc, injected_faults_lose_nothing);
   tcase_add_test(tc, kill9_loses_nothing_committed);

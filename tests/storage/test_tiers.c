@@ -239,7 +239,7 @@ static int corrupt_on_disk(void) {
   uint8_t want[BLOCK_BYTES];
   pattern(tok, want);
   char path[300];
-  snprintf(path, sizeof path, "%s/data.mdb", dir);
+  snprintf(path, sizeof path, "%s/blocks.dat", dir); /* the disk tier's payloads */
   FILE *fp = fopen(path, "r+b");
   if (!fp) return -1;
   fseek(fp, 0, SEEK_END);

@@ -342,8 +342,8 @@ def test_client_leaves_at_every_stage(tiny_model, q51_model, data_dir, how):
 # ---- the disk fills up --------------------------------------------------------------------------
 
 def test_disk_full_disables_the_disk_tier_and_serving_goes_on(q51_model, data_dir):
-    """The disk tier's directory is a 2 MiB tmpfs under an 8 MiB budget: LMDB's writes fail
-    (ENOSPC, or EIO for a short write) once it is full; the daemon must disable the disk tier,
+    """The disk tier's directory is a 2 MiB tmpfs under an 8 MiB budget: its writes fail
+    (ENOSPC growing blocks.dat, or EIO for a short write) once it is full; the daemon must disable the disk tier,
     say why in Stats, and go on serving from RAM -- also after a restart on the full disk."""
     kv = os.path.join(data_dir, "kvfs")
     os.makedirs(kv)
