@@ -154,10 +154,10 @@ int pd_metrics_render(pd_engine *e, char **text, size_t *n_text) {
   family(&b, "prefixd_tier_capacity_blocks", "gauge", "KV blocks each tier can hold.");
   per_tier(&b, "prefixd_tier_capacity_blocks", cap);
   family(&b, "prefixd_tier_bytes", "gauge",
-         "Bytes used in each tier (disk: the LMDB pages in use, records and B-tree).");
+         "Bytes used in each tier (disk: the index pages and the payload pages in use).");
   per_tier(&b, "prefixd_tier_bytes", bytes);
   family(&b, "prefixd_tier_capacity_bytes", "gauge",
-         "Bytes each tier may use (disk: the LMDB map size).");
+         "Bytes each tier may use (disk: the budget for index and payloads).");
   per_tier(&b, "prefixd_tier_capacity_bytes", cap_bytes);
   family(&b, "prefixd_tier_enabled", "gauge",
          "1 if the tier is configured and working; 0 if absent or disabled (disk after ENOSPC "
@@ -277,7 +277,7 @@ int pd_metrics_render(pd_engine *e, char **text, size_t *n_text) {
          "Restores whose block was missing or corrupt (recomputed instead).");
   sample_u(&b, "prefixd_restore_read_failures_total", c.read_failures);
   family(&b, "prefixd_disk_map_full_retries_total", "counter",
-         "Disk writes retried after evicting the disk LRU (LMDB map full).");
+         "Disk writes retried after evicting the disk LRU (the disk tier full).");
   sample_u(&b, "prefixd_disk_map_full_retries_total", c.map_full_retries);
   family(&b, "prefixd_write_through_blocks_total", "counter",
          "Hot blocks copied to disk (second use, warmed or pinned).");
@@ -296,7 +296,7 @@ int pd_metrics_render(pd_engine *e, char **text, size_t *n_text) {
   for (int t = 1; t < PD_TIERS; t++)
     sb_printf(&b, "prefixd_restore_rate_bytes_per_second{tier=\"%s\"} %.12g\n", tier_names[t],
               c.rate_bps[t]);
-  family(&b, "prefixd_disk_records", "gauge", "Blocks in the LMDB store.");
+  family(&b, "prefixd_disk_records", "gauge", "Blocks in the disk store.");
   sample_u(&b, "prefixd_disk_records", disk_records);
   family(&b, "prefixd_pin_saves_total", "counter",
          "Times the pinned prefixes were stored beside the disk tier's blocks.");

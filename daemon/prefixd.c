@@ -58,7 +58,7 @@ static void usage(FILE *f) {
       "                            default 1024)\n"
       "      --host-cache-mb N     host RAM tier in MiB; 0 = none (PREFIXD_HOST_CACHE_MB;\n"
       "                            default 1024)\n"
-      "      --disk-cache-mb N     disk tier (LMDB) budget in MiB; 0 = none\n"
+      "      --disk-cache-mb N     disk tier budget in MiB (index and payloads); 0 = none\n"
       "                            (PREFIXD_DISK_CACHE_MB; default 8192)\n"
       "      --disk-dir DIR        the disk tier's directory (PREFIXD_DISK_DIR; default\n"
       "                            <data-dir>/kv)\n"
