@@ -341,16 +341,28 @@ static int injected_write_fault(pd_kvstore *s) {
   return PD_OK;
 }
 
+/* Bytes of the index's pages in use: the tree pages and overflow pages of the two databases and
+ * of LMDB's main one, and the two meta pages. Pages LMDB freed are not counted: it reuses them
+ * before it grows its file (which never shrinks). */
+static uint64_t index_bytes(pd_kvstore *s) {
+  MDB_stat st;
+  MDB_txn *txn;
+  if (mdb_env_stat(s->env, &st) || mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)) return 0;
+  uint64_t pages = 2 + st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages;
+  MDB_dbi dbis[2] = {s->blocks, s->meta};
+  for (int i = 0; i < 2; i++)
+    if (mdb_stat(txn, dbis[i], &st) == 0)
+      pages += st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages;
+  mdb_txn_abort(txn);
+  return pages * st.ms_psize;
+}
+
 /* Pages blocks.dat may grow to: the budget less the index and room for the index to grow until
  * the next check (an eighth of it plus 64 KiB; the block file grows in sixteenths of its limit
  * at most, so the index grows little between two checks). */
 static uint64_t file_limit_pages(pd_kvstore *s) {
-  MDB_envinfo info;
-  MDB_stat st;
-  uint64_t index_bytes = 0;
-  if (mdb_env_info(s->env, &info) == 0 && mdb_env_stat(s->env, &st) == 0)
-    index_bytes = (uint64_t)(info.me_last_pgno + 1) * st.ms_psize;
-  uint64_t reserved = index_bytes + index_bytes / 8 + (64u << 10);
+  uint64_t in_use = index_bytes(s);
+  uint64_t reserved = in_use + in_use / 8 + (64u << 10);
   return reserved >= s->budget_bytes ? 0 : (s->budget_bytes - reserved) / PD_BLOCKFILE_PAGE;
 }
 
@@ -702,13 +714,9 @@ int pd_kvstore_reader_check(pd_kvstore *s, int *n_cleared) {
 }
 
 int pd_kvstore_usage(pd_kvstore *s, uint64_t *n_blocks, uint64_t *used_bytes, uint64_t *map_bytes) {
-  MDB_envinfo info;
-  MDB_stat st;
-  int rc = mdb_env_info(s->env, &info);
-  if (!rc) rc = mdb_env_stat(s->env, &st);
-  if (rc) return lmdb_status(rc);
   MDB_txn *txn;
-  if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn))) return lmdb_status(rc);
+  int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+  if (rc) return lmdb_status(rc);
   MDB_stat bst;
   rc = mdb_stat(txn, s->blocks, &bst);
   mdb_txn_abort(txn);
@@ -716,8 +724,7 @@ int pd_kvstore_usage(pd_kvstore *s, uint64_t *n_blocks, uint64_t *used_bytes, ui
   uint64_t file_used = 0;
   pd_blockfile_usage(s->file, &file_used, NULL);
   if (n_blocks) *n_blocks = bst.ms_entries;
-  if (used_bytes)
-    *used_bytes = (uint64_t)(info.me_last_pgno + 1) * st.ms_psize + file_used * PD_BLOCKFILE_PAGE;
+  if (used_bytes) *used_bytes = index_bytes(s) + file_used * PD_BLOCKFILE_PAGE;
   if (map_bytes) *map_bytes = s->budget_bytes;
   return PD_OK;
 }
