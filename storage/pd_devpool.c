@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "pd_err.h"
+#include "pd_log.h"
 
 #ifdef PD_WITH_CUDA
 #include <cuda_runtime.h>
@@ -159,6 +160,21 @@ int pd_devpool_copy(pd_devpool *p, uint32_t dst, uint32_t src) {
 #endif
 }
 
+#ifdef PD_WITH_CUDA
+/* Waits for a batched transfer that queued with rc; a failure is logged with its reason (the
+ * tier manager sees only the code: PD_ENOMEM for memory, PD_EDEVICE otherwise). */
+static int finish_transfer(pd_devpool *p, int rc, char *msg, size_t msglen, const char *what) {
+  if (rc == PD_OK) {
+    cudaError_t e = cudaStreamSynchronize((cudaStream_t)p->xfer_stream);
+    if (e != cudaSuccess) rc = pd_cuda_fail(e, msg, msglen, "waiting for a block transfer");
+  }
+  if (rc != PD_OK)
+    pd_log(PD_LOG_ERROR, "block transfer failed", "direction=\"%s\" error=\"%s\"", what,
+           msg[0] ? msg : pd_strerror(rc));
+  return rc;
+}
+#endif
+
 int pd_devpool_download(pd_devpool *p, const int32_t *slots, uint32_t n, void *host,
                         const int32_t *host_slots) {
   if (p->kind == PD_DEVPOOL_CPU) {
@@ -168,12 +184,11 @@ int pd_devpool_download(pd_devpool *p, const int32_t *slots, uint32_t n, void *h
     return PD_OK;
   }
 #ifdef PD_WITH_CUDA
-  char msg[160];
+  char msg[160] = "";
   cudaSetDevice(p->device); /* the worker thread's first CUDA call picks the device */
-  if (pd_cuda_blocks_to_host(p->base, p->block_bytes, slots, (int)n, host, host_slots,
-                             p->xfer_stream, msg, sizeof msg) != PD_OK)
-    return PD_EDEVICE;
-  return cudaStreamSynchronize((cudaStream_t)p->xfer_stream) == cudaSuccess ? PD_OK : PD_EDEVICE;
+  int rc = pd_cuda_blocks_to_host(p->base, p->block_bytes, slots, (int)n, host, host_slots,
+                                  p->xfer_stream, msg, sizeof msg);
+  return finish_transfer(p, rc, msg, sizeof msg, "device -> host");
 #else
   return PD_EUNSUPPORTED;
 #endif
@@ -188,12 +203,11 @@ int pd_devpool_upload(pd_devpool *p, const int32_t *slots, uint32_t n, const voi
     return PD_OK;
   }
 #ifdef PD_WITH_CUDA
-  char msg[160];
+  char msg[160] = "";
   cudaSetDevice(p->device);
-  if (pd_cuda_blocks_from_host(p->base, p->block_bytes, slots, (int)n, host, host_slots,
-                               p->xfer_stream, msg, sizeof msg) != PD_OK)
-    return PD_EDEVICE;
-  return cudaStreamSynchronize((cudaStream_t)p->xfer_stream) == cudaSuccess ? PD_OK : PD_EDEVICE;
+  int rc = pd_cuda_blocks_from_host(p->base, p->block_bytes, slots, (int)n, host, host_slots,
+                                    p->xfer_stream, msg, sizeof msg);
+  return finish_transfer(p, rc, msg, sizeof msg, "host -> device");
 #else
   return PD_EUNSUPPORTED;
 #endif

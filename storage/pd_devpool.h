@@ -62,7 +62,7 @@ int pd_devpool_copy(pd_devpool *p, uint32_t dst, uint32_t src);
 /* Storage worker: n blocks between the pool and host slots (host slot j at host + j *
  * block_bytes; host from pd_devpool_host_alloc for full speed). download: host slot
  * host_slots[i] = pool block slots[i]; upload: the reverse. Return when the copies are done:
- * 0, or PD_EDEVICE. */
+ * 0, or PD_ENOMEM / PD_EDEVICE (a GPU pool's failure is logged with CUDA's reason). */
 int pd_devpool_download(pd_devpool *p, const int32_t *slots, uint32_t n, void *host,
                         const int32_t *host_slots);
 int pd_devpool_upload(pd_devpool *p, const int32_t *slots, uint32_t n, const void *host,

@@ -494,9 +494,10 @@ static void read_records(pd_tiers *t, tier_op *op) {
       dev_slots[n_up] = it->dev_slot, stage_slots[n_up] = (int32_t)i, n_up++;
     if (it->rc == PD_OK) op->bytes += bb;
   }
-  if (n_up && pd_devpool_upload(t->cfg.device, dev_slots, n_up, t->stage, stage_slots) != PD_OK)
+  int urc = n_up ? pd_devpool_upload(t->cfg.device, dev_slots, n_up, t->stage, stage_slots) : 0;
+  if (urc != PD_OK)
     for (uint32_t i = 0; i < op->n; i++)
-      if (op->items[i].rc == PD_OK) op->items[i].rc = PD_EDEVICE;
+      if (op->items[i].rc == PD_OK) op->items[i].rc = urc;
   free(dev_slots);
   free(reads);
   free(tokens);
