@@ -461,14 +461,21 @@ int pd_kvstore_put_batch(pd_kvstore *s, const pd_kvstore_block *blocks, size_t n
   return PD_OK;
 }
 
-/* After a failed read: deletes key if its entry is still the one that was read (same checksum
- * and place; seen NULL: a header that does not decode), and returns PD_ECORRUPT; if another
- * writer replaced or deleted it since, the read raced with that change and nothing is deleted:
- * PD_ENOTFOUND. */
-static int drop_if_unchanged(pd_kvstore *s, const uint8_t kbuf[16], const pd_kvstore_hdr *seen) {
+/* After a read that failed its checksum (or met the end of blocks.dat): decides between a race
+ * and corruption, holding the write transaction, so that no writer changes the index meanwhile.
+ *  - The entry changed or went away since it was read (another thread deleted the block and the
+ *    writer reused its pages, or replaced it): the read raced with that change. PD_ENOTFOUND.
+ *  - It is unchanged: its pages are still its own and nobody may write them now, so the payload
+ *    is read once more. A good second read is returned (PD_OK, r's buffers filled): the first
+ *    read met pages on their way from one owner to the next and back (delete, reuse, delete,
+ *    rewrite). Otherwise the block is corrupt: deleted, PD_ECORRUPT.
+ * seen == NULL: the header did not decode; corrupt if it still does not. */
+static int recheck(pd_kvstore *s, pd_kvstore_read *r, const pd_kvstore_hdr *seen) {
+  uint8_t kbuf[16];
+  put_key(kbuf, r->key);
   MDB_txn *txn;
   if (mdb_txn_begin(s->env, NULL, 0, &txn)) return PD_ECORRUPT;
-  MDB_val k = {16, (void *)kbuf}, v;
+  MDB_val k = {16, kbuf}, v;
   pd_kvstore_hdr now;
   int found = mdb_get(txn, s->blocks, &k, &v) == 0;
   int decodes = found && pd_kvstore_hdr_decode(v.mv_data, v.mv_size, &now) == 0;
@@ -480,10 +487,19 @@ static int drop_if_unchanged(pd_kvstore *s, const uint8_t kbuf[16], const pd_kvs
     s->counters.read_races++;
     return PD_ENOTFOUND;
   }
+  if (seen && seen->version == 2 &&
+      pd_blockfile_read(s->file, seen->payload_page, r->payload, seen->payload_bytes) == PD_OK &&
+      body_checksum((const uint8_t *)r->tokens, seen->n_tokens, r->payload, seen->payload_bytes) ==
+          seen->checksum) {
+    mdb_txn_abort(txn);
+    s->counters.read_races++;
+    return PD_OK;
+  }
   if (mdb_del(txn, s->blocks, &k, NULL) != 0)
     mdb_txn_abort(txn);
   else if (mdb_txn_commit(txn) == 0 && seen && extent_pages(seen))
     pd_blockfile_release(s->file, seen->payload_page, extent_pages(seen));
+  s->counters.checksum_failures++;
   return PD_ECORRUPT;
 }
 
@@ -540,10 +556,7 @@ int pd_kvstore_get_batch(pd_kvstore *s, pd_kvstore_read *reads, size_t n) {
     if ((r->rc == PD_OK || r->rc == PD_ECORRUPT) &&
         (r->rc || body_checksum((const uint8_t *)r->tokens, h->n_tokens, r->payload,
                                 h->payload_bytes) != h->checksum)) {
-      uint8_t kbuf[16];
-      put_key(kbuf, r->key);
-      r->rc = drop_if_unchanged(s, kbuf, h->version ? h : NULL);
-      if (r->rc == PD_ECORRUPT) s->counters.checksum_failures++;
+      r->rc = recheck(s, r, h->version ? h : NULL);
     }
     if (r->rc == PD_ENOTFOUND) {
       s->counters.misses++;

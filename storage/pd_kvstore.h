@@ -99,7 +99,8 @@ typedef struct pd_kvstore_counters {
   uint64_t foreign_purged;    /* of those, deleted at open (PD_KVSTORE_FOREIGN_PURGE) */
   uint64_t map_full;          /* commits refused with MDB_MAP_FULL */
   uint64_t stale_readers;     /* reader slots cleared by mdb_reader_check */
-  uint64_t read_races;        /* reads whose block was replaced or deleted while being read */
+  uint64_t read_races;        /* reads that met their block being replaced or deleted, or its
+                               * pages reused, while they read (a miss, or a good second read) */
   uint64_t bad_extents;       /* index entries dropped at open: pages outside or shared */
   uint64_t direct_io;         /* 1 when blocks.dat is written with O_DIRECT */
 } pd_kvstore_counters;

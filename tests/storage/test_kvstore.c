@@ -8,6 +8,7 @@
 #include <check.h>
 #include <fcntl.h>
 #include <lmdb.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,10 +50,12 @@ static pd_kvstore *open_store(uint8_t fp_byte, uint64_t map_bytes,
   return s;
 }
 
-/* Block i: key (i, i * 7), tokens i*16.., payload bytes derived from i. */
-static void fill_block(uint64_t i, pd_kvstore_block *b, int32_t *tokens, uint8_t *payload) {
+/* Block i with a payload of n_bytes: key (i + 1, (i + 1) * 7), tokens i*16.., payload bytes
+ * derived from i. */
+static void fill_block_of(uint64_t i, pd_kvstore_block *b, int32_t *tokens, uint8_t *payload,
+                          uint32_t n_bytes) {
   for (int t = 0; t < BT; t++) tokens[t] = (int32_t)(i * BT + (uint64_t)t);
-  for (int p = 0; p < PAYLOAD; p++) payload[p] = (uint8_t)(i * 31 + (uint64_t)p * 7);
+  for (uint32_t p = 0; p < n_bytes; p++) payload[p] = (uint8_t)(i * 31 + (uint64_t)p * 7);
   *b = (pd_kvstore_block){.key = {i + 1, (i + 1) * 7},
                           .parent = {i, i * 7},
                           .namespace_id = 3,
@@ -61,7 +64,11 @@ static void fill_block(uint64_t i, pd_kvstore_block *b, int32_t *tokens, uint8_t
                           .tokens = tokens,
                           .n_tokens = BT,
                           .payload = payload,
-                          .payload_bytes = PAYLOAD};
+                          .payload_bytes = n_bytes};
+}
+
+static void fill_block(uint64_t i, pd_kvstore_block *b, int32_t *tokens, uint8_t *payload) {
+  fill_block_of(i, b, tokens, payload, PAYLOAD);
 }
 
 static int put_range(pd_kvstore *s, uint64_t first, uint64_t n) {
@@ -463,6 +470,110 @@ START_TEST(real_map_full_then_evict_and_retry) {
 }
 END_TEST
 
+/* A reader on its own thread, while the main thread deletes and rewrites 1 MiB blocks in a full
+ * store, so a freed page is handed out again at once and reads meet pages being rewritten. */
+#define RACE_BYTES (1u << 20)
+
+typedef struct race_reader {
+  pd_kvstore *s;
+  uint64_t n_blocks;
+  volatile int stop;
+  uint64_t reads, hits, misses, wrong, errors;
+} race_reader;
+
+static void *race_read_loop(void *arg) {
+  race_reader *rr = arg;
+  int32_t want_tok[BT], got_tok[BT];
+  uint8_t *want = malloc(RACE_BYTES), *got;
+  if (posix_memalign((void **)&got, 4096, RACE_BYTES)) abort();
+  uint64_t x = 88172645463325252ull;
+  while (!rr->stop) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    uint64_t i = x % rr->n_blocks;
+    pd_kvstore_block b;
+    fill_block_of(i, &b, want_tok, want, RACE_BYTES);
+    pd_kvstore_hdr h;
+    int rc = pd_kvstore_get(rr->s, b.key, &h, got_tok, BT, got, RACE_BYTES);
+    rr->reads++;
+    if (rc == PD_OK &&
+        (memcmp(got_tok, want_tok, sizeof want_tok) != 0 || memcmp(got, want, RACE_BYTES) != 0))
+      rr->wrong++;
+    else if (rc == PD_OK)
+      rr->hits++;
+    else if (rc == PD_ENOTFOUND)
+      rr->misses++;
+    else
+      rr->errors++;
+  }
+  free(want);
+  free(got);
+  return NULL;
+}
+
+static int put_big(pd_kvstore *s, uint64_t i, uint8_t *buf) {
+  int32_t tok[BT];
+  pd_kvstore_block b;
+  fill_block_of(i, &b, tok, buf, RACE_BYTES);
+  return pd_kvstore_put_batch(s, &b, 1);
+}
+
+START_TEST(reads_racing_page_reuse_are_never_corrupt) {
+  make_dir();
+  pd_kvstore_config cfg = {.dir = dir, .map_bytes = 48 << 20, .durability = PD_KVSTORE_NOSYNC};
+  memset(cfg.fingerprint, 0x0b, 16);
+  pd_kvstore *s = NULL;
+  ck_assert_int_eq(pd_kvstore_open(&cfg, &s, NULL, 0), 0);
+  uint8_t *buf;
+  ck_assert_int_eq(posix_memalign((void **)&buf, 4096, RACE_BYTES), 0);
+  uint64_t n = 0;
+  while (put_big(s, n, buf) == 0) n++;
+  ck_assert_uint_gt(n, 20);
+  /* one block's room: every rewrite below takes the pages the delete before it gave back */
+  pd_key128 gone = {1, 7};
+  ck_assert_int_eq(pd_kvstore_delete_batch(s, &gone, 1, NULL), 0);
+  uint64_t missing = 0;
+  race_reader rr = {.s = s, .n_blocks = n};
+  pthread_t th;
+  ck_assert_int_eq(pthread_create(&th, NULL, race_read_loop, &rr), 0);
+  uint64_t x = 0x9e3779b97f4a7c15ull;
+  for (int round = 0; round < 1500; round++) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    uint64_t j = x % n;
+    if (j == missing) continue;
+    pd_key128 k = {j + 1, (j + 1) * 7};
+    ck_assert_int_eq(pd_kvstore_delete_batch(s, &k, 1, NULL), 0);
+    ck_assert_int_eq(put_big(s, missing, buf), 0);
+    missing = j;
+  }
+  rr.stop = 1;
+  pthread_join(th, NULL);
+  pd_kvstore_counters c;
+  pd_kvstore_get_counters(s, &c);
+  fprintf(stderr, "race: %lu reads, %lu hits, %lu misses, %lu read races\n",
+          (unsigned long)rr.reads, (unsigned long)rr.hits, (unsigned long)rr.misses,
+          (unsigned long)c.read_races);
+  ck_assert_uint_gt(rr.hits, 0);
+  ck_assert_uint_eq(rr.wrong, 0);  /* never another block's bytes */
+  ck_assert_uint_eq(rr.errors, 0); /* never PD_ECORRUPT */
+  ck_assert_uint_eq(c.checksum_failures, 0);
+  /* and every block but the one missing is intact */
+  int32_t want_tok[BT], got_tok[BT];
+  uint8_t *want = malloc(RACE_BYTES);
+  for (uint64_t i = 0; i < n; i++) {
+    pd_kvstore_block b;
+    fill_block_of(i, &b, want_tok, want, RACE_BYTES);
+    pd_kvstore_hdr h;
+    int rc = pd_kvstore_get(s, b.key, &h, got_tok, BT, buf, RACE_BYTES);
+    ck_assert_int_eq(rc, i == missing ? PD_ENOTFOUND : 0);
+    if (rc == 0) ck_assert_mem_eq(buf, want, RACE_BYTES);
+  }
+  free(want);
+  free(buf);
+  pd_kvstore_close(s);
+  remove_dir();
+}
+END_TEST
+
 START_TEST(injected_faults_lose_nothing) {
   const enum pd_fault_site sites[] = {PD_FAULT_DISK_FULL, PD_FAULT_DISK_IO, PD_FAULT_MAP_FULL};
   const int codes[] = {PD_ENOSPC, PD_EIO, PD_EFULL};
@@ -594,6 +705,7 @@ int main(void) {
   tcase_add_test(tc, corrupt_payload_is_never_served);
   tcase_add_test(tc, bad_extents_are_dropped_at_open);
   tcase_add_test(tc, format1_store_is_read_in_place);
+  tcase_add_test(tc, reads_racing_page_reuse_are_never_corrupt);
   tcase_add_test(tc, real_map_full_then_evict_and_retry);
   tcase_add_test(tc, injected_faults_lose_nothing);
   tcase_add_test(tc, kill9_loses_nothing_committed);
