@@ -8,7 +8,6 @@
 #include "pd_radix.h"
 
 #include <assert.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -816,16 +815,6 @@ size_t pd_radix_index_bytes(const pd_radix *t) {
 
 /* ---- invariants ------------------------------------------------------------------------------ */
 
-static int fail(char *err, size_t errlen, const char *fmt, ...) {
-  if (err && errlen) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-  }
-  return PD_ECORRUPT;
-}
-
 int pd_radix_check(const pd_radix *t, char *err, size_t errlen) {
   uint64_t per_tier[PD_TIERS] = {0}, used = 0, in_map = 0;
   uint64_t *per_tenant = calloc((size_t)t->tenants.n_tenants * PD_TIERS + 1, sizeof *per_tenant);
@@ -839,24 +828,26 @@ int pd_radix_check(const pd_radix *t, char *err, size_t errlen) {
     if (nd->tier == PD_TIER_ROOT) continue;
     const pd_node *p = &t->nodes[nd->parent];
     if (nd->parent >= t->cap_nodes || !(p->flags & PD_NODE_USED)) {
-      rc = fail(err, errlen, "node %u: bad parent", id);
+      rc = pd_errf(err, errlen, PD_ECORRUPT, "node %u: bad parent", id);
       break;
     }
     if (is_real_tier(nd->tier)) {
       per_tier[nd->tier]++;
       per_tenant[(size_t)nd->tenant * PD_TIERS + nd->tier]++;
       if (!pd_blockpool_is_allocated(&t->pool[nd->tier], nd->slot))
-        rc = fail(err, errlen, "node %u: slot %u of tier %u not allocated", id, nd->slot, nd->tier);
+        rc = pd_errf(err, errlen, PD_ECORRUPT, "node %u: slot %u of tier %u not allocated", id,
+                     nd->slot, nd->tier);
       if (p->tier != PD_TIER_ROOT && p->tier != PD_TIER_NONE && p->tier > nd->tier)
-        rc = fail(err, errlen, "node %u in tier %u under parent %u in tier %u", id, nd->tier,
-                  nd->parent, p->tier);
+        rc = pd_errf(err, errlen, PD_ECORRUPT, "node %u in tier %u under parent %u in tier %u", id,
+                     nd->tier, nd->parent, p->tier);
     }
     int want_lru = is_real_tier(nd->tier) && nd->refcount == 0 && nd->pin_count == 0;
     int want_pinned = is_real_tier(nd->tier) && nd->refcount == 0 && nd->pin_count > 0;
     if (!!(nd->flags & PD_NODE_IN_LRU) != want_lru ||
         !!(nd->flags & PD_NODE_IN_PINNED) != want_pinned)
-      rc = fail(err, errlen, "node %u: list membership wrong (flags %x ref %u pins %u tier %u)", id,
-                nd->flags, nd->refcount, nd->pin_count, nd->tier);
+      rc = pd_errf(err, errlen, PD_ECORRUPT,
+                   "node %u: list membership wrong (flags %x ref %u pins %u tier %u)", id,
+                   nd->flags, nd->refcount, nd->pin_count, nd->tier);
     int found = 0;
     uint32_t unmapped = 0;
     for (uint32_t c = p->first_child; c != NIL; c = t->nodes[c].next_sibling) {
@@ -864,32 +855,36 @@ int pd_radix_check(const pd_radix *t, char *err, size_t errlen) {
       if (!(t->nodes[c].flags & PD_NODE_IN_MAP)) unmapped++;
     }
     if (unmapped != p->n_unmapped)
-      rc = fail(err, errlen, "node %u: %u unmapped children, counted %u", nd->parent, p->n_unmapped,
-                unmapped);
-    if (!found) rc = fail(err, errlen, "node %u not among its parent's children", id);
+      rc = pd_errf(err, errlen, PD_ECORRUPT, "node %u: %u unmapped children, counted %u",
+                   nd->parent, p->n_unmapped, unmapped);
+    if (!found)
+      rc = pd_errf(err, errlen, PD_ECORRUPT, "node %u not among its parent's children", id);
     if (nd->pin_count && p->tier != PD_TIER_ROOT && p->pin_count == 0)
-      rc = fail(err, errlen, "node %u pinned but its parent is not", id);
-    if (nd->own_pins > nd->pin_count) rc = fail(err, errlen, "node %u: own pins exceed pins", id);
+      rc = pd_errf(err, errlen, PD_ECORRUPT, "node %u pinned but its parent is not", id);
+    if (nd->own_pins > nd->pin_count)
+      rc = pd_errf(err, errlen, PD_ECORRUPT, "node %u: own pins exceed pins", id);
     /* a sequence references whole paths; a transfer's hold is on one node */
     if (nd->refcount > nd->holds && p->tier != PD_TIER_ROOT && p->refcount <= p->holds)
-      rc = fail(err, errlen, "node %u referenced but its parent is not", id);
-    if (nd->holds > nd->refcount) rc = fail(err, errlen, "node %u: holds exceed references", id);
+      rc = pd_errf(err, errlen, PD_ECORRUPT, "node %u referenced but its parent is not", id);
+    if (nd->holds > nd->refcount)
+      rc = pd_errf(err, errlen, PD_ECORRUPT, "node %u: holds exceed references", id);
   }
   for (int i = 0; i < PD_TIERS && !rc; i++)
     if (per_tier[i] != pd_blockpool_used(&t->pool[i]))
-      rc = fail(err, errlen, "tier %d: %llu nodes but %u slots in use", i,
-                (unsigned long long)per_tier[i], pd_blockpool_used(&t->pool[i]));
+      rc = pd_errf(err, errlen, PD_ECORRUPT, "tier %d: %llu nodes but %u slots in use", i,
+                   (unsigned long long)per_tier[i], pd_blockpool_used(&t->pool[i]));
   for (uint32_t tn = 0; tn < t->tenants.n_tenants && !rc; tn++)
     for (int i = 0; i < PD_TIERS; i++)
       if (t->tenants.tenants[tn].used[i] != per_tenant[(size_t)tn * PD_TIERS + i])
-        rc = fail(err, errlen, "tenant %u tier %d: charged %llu, holds %llu", tn, i,
-                  (unsigned long long)t->tenants.tenants[tn].used[i],
-                  (unsigned long long)per_tenant[(size_t)tn * PD_TIERS + i]);
+        rc = pd_errf(err, errlen, PD_ECORRUPT, "tenant %u tier %d: charged %llu, holds %llu", tn, i,
+                     (unsigned long long)t->tenants.tenants[tn].used[i],
+                     (unsigned long long)per_tenant[(size_t)tn * PD_TIERS + i]);
   if (!rc && used != t->n_used)
-    rc = fail(err, errlen, "n_used %u, counted %llu", t->n_used, (unsigned long long)used);
+    rc = pd_errf(err, errlen, PD_ECORRUPT, "n_used %u, counted %llu", t->n_used,
+                 (unsigned long long)used);
   if (!rc && in_map != t->map.count)
-    rc = fail(err, errlen, "map holds %llu, nodes say %llu", (unsigned long long)t->map.count,
-              (unsigned long long)in_map);
+    rc = pd_errf(err, errlen, PD_ECORRUPT, "map holds %llu, nodes say %llu",
+                 (unsigned long long)t->map.count, (unsigned long long)in_map);
   free(per_tenant);
   return rc;
 }

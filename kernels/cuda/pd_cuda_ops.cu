@@ -24,10 +24,10 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 
+#include "pd_cuda_err.h"
 #include "pd_cuda_ops.h"
 #include "pd_err.h"
 
@@ -36,22 +36,10 @@
 #define EW_MAX_GRID (1 << 20)
 #define FULL_MASK   0xffffffffu
 
-static int bad_arg(char *err, size_t errlen, const char *fmt, ...) {
-  if (err && errlen) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-  }
-  return PD_EINVAL;
-}
-
 /* The status of the launch just made (and of any earlier asynchronous failure). */
 static int launched(const char *what, char *err, size_t errlen) {
   cudaError_t e = cudaGetLastError();
-  if (e == cudaSuccess) return PD_OK;
-  if (err && errlen) snprintf(err, errlen, "cuda: %s: %s", what, cudaGetErrorString(e));
-  return e == cudaErrorMemoryAllocation ? PD_ENOMEM : PD_EDEVICE;
+  return e == cudaSuccess ? PD_OK : pd_cuda_fail(e, err, errlen, what);
 }
 
 /* Blocks for a grid-stride loop over n elements (n > 0). */
@@ -109,13 +97,13 @@ extern "C" int pd_cuda_rmsnorm(void *out, enum pd_dtype out_dtype, const float *
                                const int32_t *idx, const float *w, int64_t rows, int64_t n,
                                float eps, void *stream, char *err, size_t errlen) {
   if (rows < 0 || rows > INT32_MAX || n <= 0)
-    return bad_arg(err, errlen, "rmsnorm: bad shape (%lld rows of %lld)", (long long)rows,
-                   (long long)n);
+    return pd_errf(err, errlen, PD_EINVAL, "rmsnorm: bad shape (%lld rows of %lld)",
+                   (long long)rows, (long long)n);
   if (out_dtype != PD_DTYPE_F32 && out_dtype != PD_DTYPE_F16)
-    return bad_arg(err, errlen, "rmsnorm: output dtype %s unsupported (f32, f16)",
+    return pd_errf(err, errlen, PD_EINVAL, "rmsnorm: output dtype %s unsupported (f32, f16)",
                    pd_dtype_name(out_dtype));
   if (out == (const void *)x && (idx || out_dtype != PD_DTYPE_F32))
-    return bad_arg(err, errlen, "rmsnorm: in place needs f32 output and no row index");
+    return pd_errf(err, errlen, PD_EINVAL, "rmsnorm: in place needs f32 output and no row index");
   if (!rows) return PD_OK;
   cudaStream_t s = (cudaStream_t)stream;
   if (out_dtype == PD_DTYPE_F32)
@@ -193,8 +181,9 @@ static int rope_shape_ok(int64_t rows, int n_heads, int head_dim, int rot_dim, c
                          size_t errlen) {
   if (rows < 0 || rows > INT32_MAX || n_heads <= 0 || head_dim <= 0 || rot_dim < 0 ||
       rot_dim > head_dim || rot_dim % 2 || (int64_t)n_heads * head_dim > INT32_MAX / 4) {
-    bad_arg(err, errlen, "rope: bad shape (%lld rows, %d heads, head_dim %d, rot_dim %d)",
-            (long long)rows, n_heads, head_dim, rot_dim);
+    pd_errf(err, errlen, PD_EINVAL,
+            "rope: bad shape (%lld rows, %d heads, head_dim %d, rot_dim %d)", (long long)rows,
+            n_heads, head_dim, rot_dim);
     return 0;
   }
   return 1;
@@ -219,7 +208,7 @@ extern "C" int pd_cuda_qkv_rope(float *q, float *k, float *v, const float *qkv, 
                                 size_t errlen) {
   if (!rope_shape_ok(rows, n_heads + 2 * n_kv_heads, head_dim, rot_dim, err, errlen))
     return PD_EINVAL;
-  if (n_kv_heads <= 0) return bad_arg(err, errlen, "qkv_rope: %d kv heads", n_kv_heads);
+  if (n_kv_heads <= 0) return pd_errf(err, errlen, PD_EINVAL, "qkv_rope: %d kv heads", n_kv_heads);
   if (!rows) return PD_OK;
   size_t smem = (size_t)(rot_dim ? rot_dim : 1) * sizeof(float);
   int64_t ld = (int64_t)(n_heads + 2 * n_kv_heads) * head_dim;
@@ -249,14 +238,14 @@ extern "C" int pd_cuda_swiglu(void *out, enum pd_dtype out_dtype, const float *g
                               const float *up, int64_t rows, int64_t n, int64_t ld_in, void *stream,
                               char *err, size_t errlen) {
   if (rows < 0 || n <= 0 || ld_in < n || (rows && n > INT64_MAX / rows))
-    return bad_arg(err, errlen, "swiglu: bad shape (%lld rows of %lld, ld %lld)", (long long)rows,
-                   (long long)n, (long long)ld_in);
+    return pd_errf(err, errlen, PD_EINVAL, "swiglu: bad shape (%lld rows of %lld, ld %lld)",
+                   (long long)rows, (long long)n, (long long)ld_in);
   if (out_dtype != PD_DTYPE_F32 && out_dtype != PD_DTYPE_F16)
-    return bad_arg(err, errlen, "swiglu: output dtype %s unsupported (f32, f16)",
+    return pd_errf(err, errlen, PD_EINVAL, "swiglu: output dtype %s unsupported (f32, f16)",
                    pd_dtype_name(out_dtype));
   if ((out == (const void *)gate || out == (const void *)up) &&
       (out_dtype != PD_DTYPE_F32 || ld_in != n))
-    return bad_arg(err, errlen, "swiglu: in place needs f32 output and ld_in == n");
+    return pd_errf(err, errlen, PD_EINVAL, "swiglu: in place needs f32 output and ld_in == n");
   if (!rows) return PD_OK;
   cudaStream_t s = (cudaStream_t)stream;
   unsigned blocks = ew_blocks(rows * n);
@@ -284,7 +273,7 @@ __global__ void add_bias_kernel(float *y, const float *__restrict__ bias, int64_
 
 extern "C" int pd_cuda_add(float *x, const float *y, int64_t n, void *stream, char *err,
                            size_t errlen) {
-  if (n < 0) return bad_arg(err, errlen, "add: %lld elements", (long long)n);
+  if (n < 0) return pd_errf(err, errlen, PD_EINVAL, "add: %lld elements", (long long)n);
   if (!n) return PD_OK;
   add_kernel<<<ew_blocks(n), EW_THREADS, 0, (cudaStream_t)stream>>>(x, y, n);
   return launched("add", err, errlen);
@@ -293,8 +282,8 @@ extern "C" int pd_cuda_add(float *x, const float *y, int64_t n, void *stream, ch
 extern "C" int pd_cuda_add_bias(float *y, const float *bias, int64_t rows, int64_t n, void *stream,
                                 char *err, size_t errlen) {
   if (rows < 0 || n <= 0 || (rows && n > INT64_MAX / rows))
-    return bad_arg(err, errlen, "add_bias: bad shape (%lld rows of %lld)", (long long)rows,
-                   (long long)n);
+    return pd_errf(err, errlen, PD_EINVAL, "add_bias: bad shape (%lld rows of %lld)",
+                   (long long)rows, (long long)n);
   if (!rows) return PD_OK;
   add_bias_kernel<<<ew_blocks(rows * n), EW_THREADS, 0, (cudaStream_t)stream>>>(y, bias, rows * n,
                                                                                 n);
@@ -326,10 +315,10 @@ extern "C" int pd_cuda_embed(float *out, const void *table, enum pd_dtype table_
                              const int32_t *ids, int64_t rows, int64_t d, int64_t n_vocab,
                              void *stream, char *err, size_t errlen) {
   if (rows < 0 || d <= 0 || n_vocab <= 0 || (rows && d > INT64_MAX / rows))
-    return bad_arg(err, errlen, "embed: bad shape (%lld rows of %lld, vocab %lld)", (long long)rows,
-                   (long long)d, (long long)n_vocab);
+    return pd_errf(err, errlen, PD_EINVAL, "embed: bad shape (%lld rows of %lld, vocab %lld)",
+                   (long long)rows, (long long)d, (long long)n_vocab);
   if (table_dtype != PD_DTYPE_F32 && table_dtype != PD_DTYPE_F16)
-    return bad_arg(err, errlen, "embed: table dtype %s unsupported (f32, f16)",
+    return pd_errf(err, errlen, PD_EINVAL, "embed: table dtype %s unsupported (f32, f16)",
                    pd_dtype_name(table_dtype));
   if (!rows) return PD_OK;
   cudaStream_t s = (cudaStream_t)stream;
@@ -353,7 +342,7 @@ __global__ void to_f16_kernel(__half *out, const float *x, int64_t n) {
 
 extern "C" int pd_cuda_f32_to_f16(void *out, const float *x, int64_t n, void *stream, char *err,
                                   size_t errlen) {
-  if (n < 0) return bad_arg(err, errlen, "f32_to_f16: %lld elements", (long long)n);
+  if (n < 0) return pd_errf(err, errlen, PD_EINVAL, "f32_to_f16: %lld elements", (long long)n);
   if (!n) return PD_OK;
   to_f16_kernel<<<ew_blocks(n), EW_THREADS, 0, (cudaStream_t)stream>>>((__half *)out, x, n);
   return launched("f32_to_f16", err, errlen);
@@ -407,7 +396,7 @@ __global__ void __launch_bounds__(ROW_THREADS)
 extern "C" int pd_cuda_argmax(int32_t *out, const float *x, int64_t rows, int64_t n, void *stream,
                               char *err, size_t errlen) {
   if (rows < 0 || rows > INT32_MAX || n <= 0 || n > INT32_MAX)
-    return bad_arg(err, errlen, "argmax: bad shape (%lld rows of %lld)", (long long)rows,
+    return pd_errf(err, errlen, PD_EINVAL, "argmax: bad shape (%lld rows of %lld)", (long long)rows,
                    (long long)n);
   if (!rows) return PD_OK;
   argmax_kernel<<<(unsigned)rows, ROW_THREADS, 0, (cudaStream_t)stream>>>(out, x, n);
