@@ -169,26 +169,27 @@ static int grow(pd_blockfile *f, uint64_t new_pages) {
 int pd_blockfile_alloc(pd_blockfile *f, uint64_t n_pages, uint64_t limit_pages, uint64_t *page) {
   if (n_pages == 0) return PD_EINVAL;
   pthread_mutex_lock(&f->mu);
-  uint64_t at = 0, end = f->file_pages;
-  uint64_t cursor = f->cursor < end ? f->cursor : 0;
+  /* a file longer than the limit (the budget was lowered) is used only up to the limit */
+  uint64_t file_end = f->file_pages, end = file_end < limit_pages ? file_end : limit_pages;
+  uint64_t at = 0, cursor = f->cursor < end ? f->cursor : 0;
   int found = find_run(f, cursor, end, n_pages, &at) ||
               find_run(f, 0, cursor + n_pages - 1 < end ? cursor + n_pages - 1 : end, n_pages, &at);
   int rc = PD_OK;
   if (!found) {
     /* grow: the run ends at the new end of the file, starting in the free tail if there is one */
     uint64_t tail = 0;
-    while (tail < end && tail < n_pages && !bit(f, end - 1 - tail)) tail++;
+    while (tail < file_end && tail < n_pages && !bit(f, file_end - 1 - tail)) tail++;
     /* steps of 64 MiB, or a sixteenth of the limit if smaller: the caller's limit is checked
      * again at each step, so the file does not run ahead of what else shares the budget */
     uint64_t need = n_pages - tail, step = limit_pages / 16;
     if (step > GROW_STEP_PAGES) step = GROW_STEP_PAGES;
     if (step < need) step = need;
-    if (end + need > limit_pages || end > limit_pages) {
+    if (file_end >= limit_pages || file_end + need > limit_pages) {
       rc = PD_EFULL;
     } else {
-      if (end + step > limit_pages) step = limit_pages - end;
-      rc = grow(f, end + step);
-      at = end - tail;
+      if (file_end + step > limit_pages) step = limit_pages - file_end;
+      rc = grow(f, file_end + step);
+      at = file_end - tail;
     }
   }
   if (rc == PD_OK) {
@@ -197,6 +198,22 @@ int pd_blockfile_alloc(pd_blockfile *f, uint64_t n_pages, uint64_t limit_pages, 
     f->cursor = at + n_pages;
     *page = at;
   }
+  pthread_mutex_unlock(&f->mu);
+  return rc;
+}
+
+int pd_blockfile_trim(pd_blockfile *f, uint64_t keep_pages) {
+  pthread_mutex_lock(&f->mu);
+  uint64_t last_used = f->file_pages;
+  while (last_used > keep_pages && !bit(f, last_used - 1)) last_used--;
+  int rc = PD_OK;
+  if (last_used < f->file_pages) {
+    if (ftruncate(f->fd, (off_t)(last_used * PD_BLOCKFILE_PAGE)) == 0)
+      f->file_pages = last_used;
+    else
+      rc = pd_err_from_errno(errno);
+  }
+  if (f->cursor > f->file_pages) f->cursor = 0;
   pthread_mutex_unlock(&f->mu);
   return rc;
 }

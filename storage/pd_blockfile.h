@@ -60,10 +60,14 @@ int pd_blockfile_direct(const pd_blockfile *f);
  * the end of the file, PD_EEXIST if any is already in use (nothing is marked then). */
 int pd_blockfile_claim(pd_blockfile *f, uint64_t page, uint64_t n_pages);
 
-/* Finds n_pages free adjacent pages, growing the file if needed but never past limit_pages
- * pages, and marks them in use; *page receives the first. PD_EFULL when there is no such run,
+/* Finds n_pages free adjacent pages below limit_pages, growing the file if needed but never
+ * past limit_pages pages, and marks them in use; *page receives the first. PD_EFULL when there is no such run,
  * PD_ENOSPC / PD_EIO when growing fails, PD_ENOMEM. */
 int pd_blockfile_alloc(pd_blockfile *f, uint64_t n_pages, uint64_t limit_pages, uint64_t *page);
+
+/* Shortens the file to keep_pages, or to one past its last page in use if that is further
+ * (the budget was lowered since the file grew). Returns 0 or the ftruncate error. */
+int pd_blockfile_trim(pd_blockfile *f, uint64_t keep_pages);
 
 /* Marks pages free again. The caller must know nobody will read them as its own any more. */
 void pd_blockfile_release(pd_blockfile *f, uint64_t page, uint64_t n_pages);

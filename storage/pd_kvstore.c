@@ -147,6 +147,7 @@ static uint64_t extent_pages(const pd_kvstore_hdr *h) {
 /* ---- open / close ------------------------------------------------------------------------- */
 
 static int check_index(pd_kvstore *s, int purge_foreign, char *err, size_t errlen);
+static uint64_t file_limit_pages(pd_kvstore *s);
 
 int pd_kvstore_open(const pd_kvstore_config *cfg, pd_kvstore **out, char *err, size_t errlen) {
   *out = NULL;
@@ -223,6 +224,9 @@ int pd_kvstore_open(const pd_kvstore_config *cfg, pd_kvstore **out, char *err, s
     return rc;
   }
   s->counters.direct_io = (uint64_t)pd_blockfile_direct(s->file);
+  /* a budget lowered since the last run: give the free end of blocks.dat back (the blocks above
+   * the new limit stay readable; their pages are not reused) */
+  pd_blockfile_trim(s->file, file_limit_pages(s));
   *out = s;
   return PD_OK;
 

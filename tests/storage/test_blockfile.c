@@ -79,15 +79,33 @@ START_TEST(allocation_grows_reuses_and_stops_at_the_limit) {
   ck_assert_int_eq(pd_blockfile_claim(f, 148, 3), PD_EEXIST);
   pd_blockfile_usage(f, &used, NULL);
   ck_assert_uint_eq(used, 111);
+  /* a lower limit than the file (a lowered budget): nothing is placed at or above it */
+  pd_blockfile_release(f, 0, 3);
+  pd_blockfile_release(f, 150, 4);
+  ck_assert_int_eq(pd_blockfile_alloc(f, 4, 107, &c), PD_EFULL);
+  ck_assert_int_eq(pd_blockfile_alloc(f, 3, 107, &c), 0);
+  ck_assert_uint_eq(c, 0);
+  pd_blockfile_release(f, 0, 3);
+  /* trimming keeps the pages in use: 150..153 are free now, the last used page is 106 */
+  ck_assert_int_eq(pd_blockfile_trim(f, 120), 0);
+  pd_blockfile_usage(f, &used, &pages);
+  ck_assert_uint_eq(pages, 120);
+  ck_assert_int_eq(pd_blockfile_trim(f, 10), 0);
+  pd_blockfile_usage(f, NULL, &pages);
+  ck_assert_uint_eq(pages, 107);
+  ck_assert_int_eq(stat(path, &st), 0);
+  ck_assert_int_eq(st.st_size, 107 * PD_BLOCKFILE_PAGE);
+  ck_assert_int_eq(pd_blockfile_alloc(f, 100, 207, &c), 0); /* grows again */
+  ck_assert_uint_eq(c, 107);
   pd_blockfile_close(f);
 
   /* reopened: the file keeps its size, the map starts empty (the owner's index fills it) */
   f = open_file(1);
   pd_blockfile_usage(f, &used, &pages);
   ck_assert_uint_eq(used, 0);
-  ck_assert_uint_eq(pages, 162);
-  ck_assert_int_eq(pd_blockfile_claim(f, 0, 162), 0);
-  ck_assert_int_eq(pd_blockfile_alloc(f, 1, 162, &c), PD_EFULL);
+  ck_assert_uint_eq(pages, 207);
+  ck_assert_int_eq(pd_blockfile_claim(f, 0, 207), 0);
+  ck_assert_int_eq(pd_blockfile_alloc(f, 1, 207, &c), PD_EFULL);
   pd_blockfile_close(f);
   remove_dir();
 }

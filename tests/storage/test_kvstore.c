@@ -470,6 +470,44 @@ START_TEST(real_map_full_then_evict_and_retry) {
 }
 END_TEST
 
+START_TEST(a_lowered_budget_is_honoured) {
+  make_dir();
+  pd_kvstore *s = open_store(0x0d, 8 << 20, PD_KVSTORE_FOREIGN_KEEP);
+  uint64_t n = 0;
+  while (put_range(s, n, 16) == 0) n += 16;
+  ck_assert_uint_gt(n, 1000);
+  pd_kvstore_close(s);
+  ck_assert_int_gt(file_size("blocks.dat"), 6 << 20);
+
+  /* a quarter of the budget: everything stays readable, nothing new fits */
+  s = open_store(0x0d, 2 << 20, PD_KVSTORE_FOREIGN_KEEP);
+  for (uint64_t i = 0; i < n; i += 97) ck_assert_int_eq(check_block(s, i), 0);
+  ck_assert_int_eq(put_range(s, n, 1), PD_EFULL);
+  /* the disk LRU makes room: evict all but the first 100 */
+  pd_key128 *keys = calloc(n, sizeof *keys);
+  for (uint64_t i = 100; i < n; i++) keys[i - 100] = (pd_key128){i + 1, (i + 1) * 7};
+  ck_assert_int_eq(pd_kvstore_delete_batch(s, keys, n - 100, NULL), 0);
+  free(keys);
+  pd_kvstore_close(s);
+
+  /* reopened: the free end of blocks.dat is given back, and new blocks stay inside the budget */
+  s = open_store(0x0d, 2 << 20, PD_KVSTORE_FOREIGN_KEEP);
+  ck_assert_int_le(file_size("blocks.dat"), 2 << 20);
+  uint64_t m = n;
+  while (put_range(s, m, 16) == 0) m += 16;
+  ck_assert_uint_gt(m - n, 200);
+  /* the index's pages in use count, not data.mdb's size: LMDB never shrinks its file */
+  uint64_t used;
+  ck_assert_int_eq(pd_kvstore_usage(s, NULL, &used, NULL), 0);
+  ck_assert_uint_le(used, 2 << 20);
+  ck_assert_int_le(file_size("blocks.dat"), 2 << 20);
+  for (uint64_t i = 0; i < 100; i++) ck_assert_int_eq(check_block(s, i), 0);
+  for (uint64_t i = n; i < m; i++) ck_assert_int_eq(check_block(s, i), 0);
+  pd_kvstore_close(s);
+  remove_dir();
+}
+END_TEST
+
 /* A reader on its own thread, while the main thread deletes and rewrites 1 MiB blocks in a full
  * store, so a freed page is handed out again at once and reads meet pages being rewritten. */
 #define RACE_BYTES (1u << 20)
@@ -705,6 +743,7 @@ int main(void) {
   tcase_add_test(tc, corrupt_payload_is_never_served);
   tcase_add_test(tc, bad_extents_are_dropped_at_open);
   tcase_add_test(tc, format1_store_is_read_in_place);
+  tcase_add_test(tc, a_lowered_budget_is_honoured);
   tcase_add_test(tc, reads_racing_page_reuse_are_never_corrupt);
   tcase_add_test(tc, real_map_full_then_evict_and_retry);
   tcase_add_test(tc, injected_faults_lose_nothing);
