@@ -1,7 +1,7 @@
 /*
  * pd_key.h -- the 128-bit block key. A block's key is XXH3-128 chained over the tokens of every
  * block before it (prefix/pd_blockkey.h), so it names the block's whole prefix. The same value
- * keys the radix tree's hash map, the LMDB store and the prefix ids that kvctl prints.
+ * keys the radix tree's hash map, the disk store and the prefix ids that kvctl prints.
  */
 #ifndef PD_KEY_H
 #define PD_KEY_H

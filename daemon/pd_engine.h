@@ -64,7 +64,7 @@ typedef struct pd_engine_config {
   uint32_t block_tokens;     /* B (default 16) */
   uint64_t kv_cache_bytes;   /* the device tier's pool */
   uint64_t host_cache_bytes; /* the host tier (0: none) */
-  const char *disk_dir;      /* the disk tier's LMDB directory (NULL: none) */
+  const char *disk_dir;      /* the disk tier's directory (NULL: none) */
   uint64_t disk_cache_bytes; /* the disk tier's budget */
   enum pd_kvstore_durability disk_durability;
   enum pd_kvstore_foreign disk_foreign;

@@ -119,10 +119,11 @@ static double now_s(void) {
 }
 
 static uint64_t record_bytes(const pd_tiers_config *cfg) {
-  /* LMDB keeps a large value in overflow pages (a 16-byte page header, then the value), plus a
-   * node in a leaf page for the key: about one page-rounded value and 64 bytes more. */
-  uint64_t value = PD_KVSTORE_HDR_BYTES + 4ull * cfg->block_tokens + cfg->block_bytes;
-  return (value + 16 + 4095) / 4096 * 4096 + 64;
+  /* the payload in whole 4 KiB pages of blocks.dat, and the index entry (key, header, tokens, a
+   * leaf node's header) counted twice: LMDB's leaf pages are not full, and it copies on write */
+  uint64_t payload = (cfg->block_bytes + 4095) / 4096 * 4096;
+  uint64_t entry = 16 + PD_KVSTORE_HDR_BYTES + 4ull * cfg->block_tokens + 16;
+  return payload + 2 * entry;
 }
 
 void pd_tiers_capacity(const pd_tiers_config *cfg, uint32_t caps[PD_TIERS]) {
@@ -130,7 +131,7 @@ void pd_tiers_capacity(const pd_tiers_config *cfg, uint32_t caps[PD_TIERS]) {
   caps[1] = host > UINT32_MAX / 2 ? UINT32_MAX / 2 : (uint32_t)host;
   uint64_t disk = 0;
   if (cfg->disk_dir && cfg->disk_bytes >= (4u << 20))
-    disk = cfg->disk_bytes / 10 * 9 / record_bytes(cfg); /* LMDB needs room to copy on write */
+    disk = (cfg->disk_bytes - (128u << 10)) / record_bytes(cfg); /* less the index's headroom */
   caps[2] = disk > UINT32_MAX / 2 ? UINT32_MAX / 2 : (uint32_t)disk;
 }
 

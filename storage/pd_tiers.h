@@ -1,6 +1,6 @@
 /*
  * pd_tiers.h -- the tier manager: moves KV blocks between the device pool (tier 0), host RAM
- * (tier 1) and the LMDB disk store (tier 2), and rebuilds the disk tier's index at start.
+ * (tier 1) and the disk store (tier 2, pd_kvstore), and rebuilds the disk tier's index at start.
  *
  * DESIGN
  *
@@ -8,7 +8,7 @@
  * The engine thread owns the tree and calls everything here except the worker, so the tree needs
  * no lock. Bytes move on ONE storage worker thread, in FIFO order, in batches: every transfer the
  * engine asks for during one scheduler step joins that step's batch of its kind (one memcpy run,
- * one LMDB write transaction, one read pass, one delete transaction), and pd_tiers_flush hands
+ * one store write batch, one read batch, one delete transaction), and pd_tiers_flush hands
  * the batches to the worker. The worker reports completions back by message (a done list under
  * a mutex, plus the engine's wake callback); the engine applies them in pd_tiers_poll.
  *
@@ -33,7 +33,7 @@
  * demoted from host to disk without I/O, and a restored block keeps its disk copy. Dropping a
  * node deletes its record. On PD_ENOSPC or PD_EIO the disk tier is disabled (logged, reported in
  * the stats), blocks that were on their way there are dropped, and serving goes on from RAM. On
- * PD_EFULL (the LMDB map is full) the disk LRU is evicted and the batch retried.
+ * PD_EFULL (the disk store's budget is full) the disk LRU is evicted and the batch retried.
  *
  * Restore or recompute: pd_tiers_plan_restore compares the measured transfer rate of each tier
  * (bytes/s, a moving average over completed batches) with the engine's measured prefill rate
@@ -75,8 +75,8 @@ typedef struct pd_tiers_config {
   uint8_t fingerprint[16]; /* the model fingerprint */
   pd_devpool *device;      /* tier 0's memory (host or GPU), borrowed */
   uint64_t host_bytes;     /* tier 1's budget; 0 = no host tier */
-  const char *disk_dir;    /* tier 2's LMDB directory; NULL = no disk tier */
-  uint64_t disk_bytes;     /* tier 2's budget (the LMDB map size) */
+  const char *disk_dir;    /* tier 2's directory (pd_kvstore); NULL = no disk tier */
+  uint64_t disk_bytes;     /* tier 2's budget: index and payloads */
   enum pd_kvstore_durability durability;
   enum pd_kvstore_foreign foreign;
   enum pd_write_filter write_filter;
@@ -97,7 +97,7 @@ typedef struct pd_tiers_counters {
   uint64_t restore_chosen, recompute_chosen; /* cold runs restored / left to recompute */
   uint64_t batches;
   uint64_t meta_writes;                         /* pd_tiers_put_meta values stored */
-  double disk_write_seconds, disk_read_seconds; /* time the worker spent in LMDB */
+  double disk_write_seconds, disk_read_seconds; /* time the worker spent in the store */
   double rate_bps[PD_TIERS]; /* measured transfer rate into tier 0 from tier t (bytes/s) */
 } pd_tiers_counters;
 

@@ -62,7 +62,7 @@ static const char topic_tiers[] =
     "          computed here and attention reads them only from here. (--tier gpu is the same.)\n"
     "  host    host RAM below the device pool. When the device tier is full, the least recently\n"
     "          used blocks that no running request holds are spilled here, not dropped.\n"
-    "  disk    an LMDB store (<data-dir>/kv), every record checksummed. Host blocks spill to it;\n"
+    "  disk    a store in <data-dir>/kv, every record checksummed. Host blocks spill to it;\n"
     "          blocks used a second time (write filter \"second-use\"), warmed or pinned are\n"
     "          also copied to it ahead of time, so they survive a restart.\n"
     "\n"
