@@ -333,6 +333,10 @@ static int check_index(pd_kvstore *s, int purge_foreign, char *err, size_t errle
   return PD_OK;
 }
 
+/* Counters the read path bumps: reads may run on several threads (the writer's counters are its
+ * own). */
+#define COUNT(s, field, n) __atomic_fetch_add(&(s)->counters.field, (uint64_t)(n), __ATOMIC_RELAXED)
+
 /* ---- blocks ------------------------------------------------------------------------------- */
 
 static int injected_write_fault(pd_kvstore *s) {
@@ -488,7 +492,7 @@ static int recheck(pd_kvstore *s, pd_kvstore_read *r, const pd_kvstore_hdr *seen
                   : found && !decodes;
   if (!same) {
     mdb_txn_abort(txn);
-    s->counters.read_races++;
+    COUNT(s, read_races, 1);
     return PD_ENOTFOUND;
   }
   if (seen && seen->version == 2 &&
@@ -496,14 +500,14 @@ static int recheck(pd_kvstore *s, pd_kvstore_read *r, const pd_kvstore_hdr *seen
       body_checksum((const uint8_t *)r->tokens, seen->n_tokens, r->payload, seen->payload_bytes) ==
           seen->checksum) {
     mdb_txn_abort(txn);
-    s->counters.read_races++;
+    COUNT(s, read_races, 1);
     return PD_OK;
   }
   if (mdb_del(txn, s->blocks, &k, NULL) != 0)
     mdb_txn_abort(txn);
   else if (mdb_txn_commit(txn) == 0 && seen && extent_pages(seen))
     pd_blockfile_release(s->file, seen->payload_page, extent_pages(seen));
-  s->counters.checksum_failures++;
+  COUNT(s, checksum_failures, 1);
   return PD_ECORRUPT;
 }
 
@@ -520,7 +524,7 @@ int pd_kvstore_get_batch(pd_kvstore *s, pd_kvstore_read *reads, size_t n) {
   }
   for (size_t i = 0; i < n; i++) {
     pd_kvstore_read *r = &reads[i];
-    s->counters.gets++;
+    COUNT(s, gets, 1);
     if (pd_fault_hit(PD_FAULT_DISK_IO)) {
       r->rc = PD_EIO;
       continue;
@@ -563,10 +567,10 @@ int pd_kvstore_get_batch(pd_kvstore *s, pd_kvstore_read *reads, size_t n) {
       r->rc = recheck(s, r, h->version ? h : NULL);
     }
     if (r->rc == PD_ENOTFOUND) {
-      s->counters.misses++;
+      COUNT(s, misses, 1);
     } else if (r->rc == PD_OK) {
-      s->counters.hits++;
-      s->counters.get_bytes += 4u * h->n_tokens + h->payload_bytes;
+      COUNT(s, hits, 1);
+      COUNT(s, get_bytes, 4u * h->n_tokens + h->payload_bytes);
     }
   }
   free(reqs);
@@ -747,5 +751,10 @@ int pd_kvstore_usage(pd_kvstore *s, uint64_t *n_blocks, uint64_t *used_bytes, ui
 }
 
 void pd_kvstore_get_counters(const pd_kvstore *s, pd_kvstore_counters *out) {
-  *out = s->counters;
+  /* every field is a uint64_t; read each atomically, as the read path bumps them (COUNT) */
+  _Static_assert(sizeof *out % sizeof(uint64_t) == 0, "counters are uint64_t fields");
+  const uint64_t *src = (const uint64_t *)&s->counters;
+  uint64_t *dst = (uint64_t *)out;
+  for (size_t i = 0; i < sizeof *out / sizeof(uint64_t); i++)
+    dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
 }
