@@ -596,19 +596,25 @@ int main(int argc, char **argv) {
   if (want_tcp) snprintf(addr_text, sizeof addr_text, "%s:%d", host, bound);
   if (want_metrics)
     snprintf(metrics_text, sizeof metrics_text, "%s:%d", metrics_host, metrics_bound);
+  /* how the disk tier reaches the disk: O_DIRECT, or the page cache where the file system
+   * refuses O_DIRECT (then spills run at writeback's pace) */
+  pd_kvstore_counters disk_counters;
+  const char *disk_io = "none";
+  if (e->tiers && pd_tiers_disk_stats(e->tiers, &disk_counters, NULL, NULL, NULL) == PD_OK)
+    disk_io = disk_counters.direct_io ? "direct" : "page-cache";
   pd_log(PD_LOG_INFO, "prefixd ready",
          "version=%s model=\"%s\" backend=\"%s\" threads=%d device_tier_blocks=%u "
          "device_tier_mib=%.0f block_tokens=%ld cache_dtype=%s kv_bytes_per_token=%zu "
          "host_tier_blocks=%u "
          "host_tier_mib=%ld disk_tier_blocks=%u disk_tier_mib=%ld disk_dir=%s "
-         "disk_blocks_indexed=%llu "
+         "disk_blocks_indexed=%llu disk_io=%s "
          "addr=%s unix=%s metrics=%s mode=%s tenants=%u load_ms=%lld port=%d "
          "metrics_port=%d",
          VERSION, e->model_desc, e->backend, n_threads, e->n_blocks,
          (double)e->n_blocks * (double)e->block_bytes / 1048576.0, block, pd_dtype_name(dtype),
          e->block_bytes / (size_t)block, e->tree.cfg.tier_capacity[1], host_mb,
          e->tree.cfg.tier_capacity[2], disk_mb, disk_mb > 0 ? disk_dir : "none",
-         (unsigned long long)e->rebuilt_blocks, addr_text, unix_path ? unix_path : "none",
+         (unsigned long long)e->rebuilt_blocks, disk_io, addr_text, unix_path ? unix_path : "none",
          metrics_text,
          e->single_tenant ? "single-tenant (no API keys, loopback only)" : "multi-tenant",
          e->db.n_recs, (long long)(pd_grpc_now_ms() - t0), bound, metrics_bound);

@@ -1149,6 +1149,9 @@ int pd_tiers_open(const pd_tiers_config *cfg, pd_radix *tree, pd_tiers **out, ch
                             .foreign = cfg->foreign};
     memcpy(kc.fingerprint, cfg->fingerprint, 16);
     if ((rc = pd_kvstore_open(&kc, &t->store, err, errlen))) goto fail;
+    /* what pd_tiers_disk_stats reports until the worker's first batch refreshes it */
+    pd_kvstore_get_counters(t->store, &t->store_counters);
+    pd_kvstore_usage(t->store, &t->store_blocks, &t->store_used, &t->store_map);
   }
   pthread_mutex_init(&t->mu, NULL);
   pthread_cond_init(&t->cv, NULL);

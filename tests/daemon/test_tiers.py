@@ -158,6 +158,8 @@ def test_warmed_prefix_survives_restart_as_a_disk_hit_and_stays_isolated(q51_mod
     d = Daemon(q51_model, data_dir, extra=args, admin_key=ADMIN)
     try:
         assert "disk_blocks_indexed=19" in d.log_text(), d.log_text()
+        # the data directory is on a file system that takes O_DIRECT (ext4/xfs/tmpfs here)
+        assert "disk_io=direct " in d.log_text(), d.log_text()
         a, b = d.stub(ka), d.stub(kb)
         # beta sends the same prompt: nothing of alpha's is a hit, and nothing is restored
         assert b.Lookup(pb.LookupRequest(prompt=ids_prompt(target))).cached_tokens == 0
