@@ -452,24 +452,31 @@ def tokenizer_corpus():
     write("tokenizer", "control-bytes", bytes(range(0, 32)) + b"\x7f")
 
 
-# ---- LMDB values ------------------------------------------------------------------------------
+# ---- disk-tier index values --------------------------------------------------------------------
 
-def kv_value(n_tokens, block_tokens, payload, magic=0x564B4450, version=1, reserved=0):
+def kv_value(n_tokens, block_tokens, payload, magic=0x564B4450, version=2, page=0,
+             payload_bytes=None):
+    """Format 2: header and tokens, the payload's size and page in the header (payload unused).
+    Format 1: header, tokens and the payload itself."""
+    if payload_bytes is None:
+        payload_bytes = len(payload)
     tokens = b"".join(struct.pack("<i", 100 + i) for i in range(n_tokens))
-    hdr = struct.pack("<IHBBHHI", magic, version, 1, 0, block_tokens, n_tokens, len(payload))
+    hdr = struct.pack("<IHBBHHI", magic, version, 1, 0, block_tokens, n_tokens, payload_bytes)
     hdr += bytes(range(16)) + bytes(range(16, 32))  # fingerprint, parent key
-    hdr += struct.pack("<QII", 0x0123456789ABCDEF, 7, reserved)  # checksum, namespace, reserved
+    hdr += struct.pack("<QII", 0x0123456789ABCDEF, 7, page)  # checksum, namespace, page
     assert len(hdr) == 64
-    return hdr + tokens + payload
+    return hdr + tokens + (payload if version == 1 else b"")
 
 
 def kvstore_corpus():
-    write("kvstore_hdr", "full-block", kv_value(16, 16, bytes(range(64))))
-    write("kvstore_hdr", "partial-block", kv_value(3, 16, b"\xaa" * 10))
+    write("kvstore_hdr", "full-block", kv_value(16, 16, b"", page=12, payload_bytes=368640))
+    write("kvstore_hdr", "partial-block", kv_value(3, 16, b"", page=0xFFFFFFFF, payload_bytes=10))
     write("kvstore_hdr", "no-payload", kv_value(1, 1, b""))
-    write("kvstore_hdr", "reserved-set", kv_value(2, 4, b"xy", reserved=0xFFFFFFFF))
+    write("kvstore_hdr", "v1-full-block", kv_value(16, 16, bytes(range(64)), version=1))
+    write("kvstore_hdr", "v1-partial-block", kv_value(3, 16, b"\xaa" * 10, version=1))
+    write("kvstore_hdr", "reserved-set", kv_value(2, 4, b"xy", version=1, page=0xFFFFFFFF))
     write("kvstore_hdr", "bad-magic", kv_value(2, 4, b"xy", magic=0x12345678))
-    write("kvstore_hdr", "future-version", kv_value(2, 4, b"xy", version=2))
+    write("kvstore_hdr", "future-version", kv_value(2, 4, b"xy", version=3))
     write("kvstore_hdr", "short", kv_value(2, 4, b"xy")[:40])
 
 
