@@ -30,7 +30,7 @@
 
 struct pd_blockfile {
   int fd, fd_cached, direct;
-  pthread_mutex_t mu; /* guards everything below */
+  pthread_mutex_t mu; /* guards the bitmap and the sizes below it */
   uint64_t *bits;     /* (cap_words) 1 bit per page, 1 = in use */
   uint64_t cap_words;
   uint64_t file_pages, used_pages, cursor;
