@@ -189,6 +189,8 @@ int pd_blockfile_alloc(pd_blockfile *f, uint64_t n_pages, uint64_t limit_pages, 
     } else {
       if (file_end + step > limit_pages) step = limit_pages - file_end;
       rc = grow(f, file_end + step);
+      /* a file system too full for a whole step may still hold this extent */
+      if (rc == PD_ENOSPC && step > need) rc = grow(f, file_end + need);
       at = file_end - tail;
     }
   }

@@ -193,6 +193,38 @@ START_TEST(write_read_roundtrip_page_cache) {
 }
 END_TEST
 
+/* On a 1 MiB tmpfs, where no growth step of the limit fits: the file still grows by what each
+ * allocation needs until the file system is full, then says ENOSPC. Needs root and mount rights;
+ * says so and passes without them. */
+START_TEST(a_nearly_full_file_system_is_used_to_the_end) {
+  make_dir();
+  char cmd[400];
+  snprintf(cmd, sizeof cmd, "mount -t tmpfs -o size=1m tmpfs %s 2>/dev/null", dir);
+  if (system(cmd) != 0) {
+    fprintf(stderr, "a_nearly_full_file_system_is_used_to_the_end: cannot mount a tmpfs here "
+                    "(needs root and mount rights): not run\n");
+    remove_dir();
+    return;
+  }
+  pd_blockfile *f = open_file(1);
+  uint64_t page, got = 0;
+  int rc;
+  while ((rc = pd_blockfile_alloc(f, 1, 1u << 20, &page)) == 0) got++;
+  ck_assert_int_eq(rc, PD_ENOSPC);
+  ck_assert_uint_ge(got, 250); /* of the 256 pages of 1 MiB */
+  uint8_t *buf;
+  ck_assert_int_eq(posix_memalign((void **)&buf, PD_BLOCKFILE_PAGE, PD_BLOCKFILE_PAGE), 0);
+  memset(buf, 0x5a, PD_BLOCKFILE_PAGE);
+  pd_blockfile_extent last = {page, buf, PD_BLOCKFILE_PAGE};
+  ck_assert_int_eq(pd_blockfile_write(f, &last, 1), 0); /* the last page is really there */
+  free(buf);
+  pd_blockfile_close(f);
+  snprintf(cmd, sizeof cmd, "umount %s", dir);
+  ck_assert_int_eq(system(cmd), 0);
+  remove_dir();
+}
+END_TEST
+
 START_TEST(a_missing_directory_is_a_clear_error) {
   pd_blockfile *f = (pd_blockfile *)1;
   char err[200] = "";
@@ -210,6 +242,7 @@ int main(void) {
   tcase_add_test(tc, allocation_grows_reuses_and_stops_at_the_limit);
   tcase_add_test(tc, write_read_roundtrip_direct);
   tcase_add_test(tc, write_read_roundtrip_page_cache);
+  tcase_add_test(tc, a_nearly_full_file_system_is_used_to_the_end);
   tcase_add_test(tc, a_missing_directory_is_a_clear_error);
   suite_add_tcase(s, tc);
   return pd_check_run(s, 1);
