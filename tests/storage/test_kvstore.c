@@ -303,6 +303,53 @@ START_TEST(corrupt_payload_is_never_served) {
 }
 END_TEST
 
+/* One batch read: blocks in shuffled order, into aligned and unaligned buffers, with a missing
+ * key, a corrupt payload and a buffer too small among them: each gets its own answer, the
+ * others their bytes. */
+START_TEST(a_batch_read_answers_each_block) {
+  make_store(0x0e, 12);
+  raw_env r;
+  raw_open(&r);
+  pd_kvstore_hdr h5 = raw_entry(&r, 5, NULL, NULL);
+  raw_close(&r);
+  flip_file_byte((uint64_t)h5.payload_page * 4096 + 7);
+  pd_kvstore *s = open_store(0x0e, 64 << 20, PD_KVSTORE_FOREIGN_KEEP);
+  const uint64_t order[10] = {9, 3, 5, 0, 40, 1, 11, 7, 2, 8}; /* 40: never stored */
+  pd_kvstore_read reads[10];
+  int32_t tok[10][BT];
+  uint8_t *bufs = NULL;
+  ck_assert_int_eq(posix_memalign((void **)&bufs, 4096, 10 * (PAYLOAD + 4096)), 0);
+  for (int i = 0; i < 10; i++)
+    reads[i] = (pd_kvstore_read){.key = {order[i] + 1, (order[i] + 1) * 7},
+                                 .tokens = tok[i],
+                                 .max_tokens = BT,
+                                 .payload = bufs + (size_t)i * (PAYLOAD + 4096) + (i % 2) * 3,
+                                 .payload_cap = order[i] == 7 ? PAYLOAD - 1 : PAYLOAD};
+  ck_assert_int_eq(pd_kvstore_get_batch(s, reads, 10), 0);
+  for (int i = 0; i < 10; i++) {
+    uint64_t b = order[i];
+    int want = b == 40 ? PD_ENOTFOUND : b == 5 ? PD_ECORRUPT : b == 7 ? PD_EFULL : PD_OK;
+    ck_assert_msg(reads[i].rc == want, "block %lu: rc %d, want %d", (unsigned long)b, reads[i].rc,
+                  want);
+    if (want != PD_OK) continue;
+    int32_t want_tok[BT];
+    uint8_t want_pay[PAYLOAD];
+    pd_kvstore_block blk;
+    fill_block(b, &blk, want_tok, want_pay);
+    ck_assert_mem_eq(reads[i].tokens, want_tok, sizeof want_tok);
+    ck_assert_mem_eq(reads[i].payload, want_pay, PAYLOAD);
+    ck_assert(reads[i].hdr.parent.lo == b);
+  }
+  pd_kvstore_counters c;
+  pd_kvstore_get_counters(s, &c);
+  ck_assert_uint_eq(c.checksum_failures, 1);
+  ck_assert_uint_eq(c.hits, 7);
+  free(bufs);
+  pd_kvstore_close(s);
+  remove_dir();
+}
+END_TEST
+
 START_TEST(bad_extents_are_dropped_at_open) {
   make_store(0x06, 6);
   /* block 3 names block 2's page; block 5 a page far past the end of the file */
@@ -741,6 +788,7 @@ int main(void) {
   tcase_add_test(tc, roundtrip_and_restart);
   tcase_add_test(tc, scan_and_foreign_fingerprints);
   tcase_add_test(tc, corrupt_payload_is_never_served);
+  tcase_add_test(tc, a_batch_read_answers_each_block);
   tcase_add_test(tc, bad_extents_are_dropped_at_open);
   tcase_add_test(tc, format1_store_is_read_in_place);
   tcase_add_test(tc, a_lowered_budget_is_honoured);
