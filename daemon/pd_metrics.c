@@ -273,6 +273,13 @@ int pd_metrics_render(pd_engine *e, char **text, size_t *n_text) {
   family(&b, "prefixd_disk_checksum_failures_total", "counter",
          "Stored blocks found corrupt: deleted, never served.");
   sample_u(&b, "prefixd_disk_checksum_failures_total", kc.checksum_failures);
+  family(&b, "prefixd_disk_read_races_total", "counter",
+         "Disk reads that met their block being replaced or deleted meanwhile (a miss, or read "
+         "again): not corruption.");
+  sample_u(&b, "prefixd_disk_read_races_total", kc.read_races);
+  family(&b, "prefixd_disk_direct_io", "gauge",
+         "1 when the disk tier reads and writes with O_DIRECT, 0 through the page cache.");
+  sample_u(&b, "prefixd_disk_direct_io", kc.direct_io);
   family(&b, "prefixd_restore_read_failures_total", "counter",
          "Restores whose block was missing or corrupt (recomputed instead).");
   sample_u(&b, "prefixd_restore_read_failures_total", c.read_failures);

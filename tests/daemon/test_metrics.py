@@ -219,6 +219,8 @@ def test_storage_counters_match_stats_after_spills(q51_model, data_dir):
         assert val(m, "prefixd_restore_decisions_total", choice="restore") == g.restores_chosen
         assert val(m, "prefixd_restore_decisions_total", choice="recompute") == g.recomputes_chosen
         assert val(m, "prefixd_disk_records") == g.disk_records
+        assert val(m, "prefixd_disk_direct_io") == 1  # the data directory takes O_DIRECT here
+        assert val(m, "prefixd_disk_read_races_total") == 0  # one reader: nothing to race
         for t in st.tiers:
             assert val(m, "prefixd_tier_blocks", tier=TIERS[t.tier - 1]) == t.blocks_used
     finally:
