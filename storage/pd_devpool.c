@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pd_blockfile.h"
 #include "pd_err.h"
 #include "pd_log.h"
 
@@ -28,7 +29,7 @@
 /* calloc'd memory whose start is page-aligned; the pointer calloc returned is kept just below
  * it. Zeroed lazily, as calloc's large allocations are. NULL on overflow or out of memory. */
 static void *calloc_page_aligned(size_t n, size_t size) {
-  const size_t page = 4096;
+  const size_t page = PD_BLOCKFILE_PAGE; /* what O_DIRECT transfers must be aligned to */
   if (size && n > (SIZE_MAX - page - sizeof(void *)) / size) return NULL;
   uint8_t *raw = calloc(1, n * size + page + sizeof(void *));
   if (!raw) return NULL;

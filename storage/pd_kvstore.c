@@ -139,6 +139,12 @@ static uint64_t body_checksum(const uint8_t *tokens, size_t n_tokens, const void
   return XXH3_64bits_digest(&st);
 }
 
+/* The checksum of what a read brought back: its tokens (hashed as held in memory, which on this
+ * little-endian build is as stored) and its payload. */
+static uint64_t read_checksum(const pd_kvstore_read *r, const pd_kvstore_hdr *h) {
+  return body_checksum((const uint8_t *)r->tokens, h->n_tokens, r->payload, h->payload_bytes);
+}
+
 /* The pages of blocks.dat a format-2 header names (0 for format 1 and empty payloads). */
 static uint64_t extent_pages(const pd_kvstore_hdr *h) {
   return h->version == 2 ? pd_blockfile_pages(h->payload_bytes) : 0;
@@ -349,27 +355,33 @@ static int injected_write_fault(pd_kvstore *s) {
   return PD_OK;
 }
 
-/* Bytes of the index's pages in use: the tree pages and overflow pages of the two databases and
+/* The index's pages in use, in bytes: the tree pages and overflow pages of the two databases and
  * of LMDB's main one, and the two meta pages. Pages LMDB freed are not counted: it reuses them
- * before it grows its file (which never shrinks). */
-static uint64_t index_bytes(pd_kvstore *s) {
+ * before it grows its file (which never shrinks). *n_blocks (may be NULL): entries in "blocks".
+ * One read transaction. */
+static int index_stat(pd_kvstore *s, uint64_t *bytes, uint64_t *n_blocks) {
   MDB_stat st;
   MDB_txn *txn;
-  if (mdb_env_stat(s->env, &st) || mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)) return 0;
+  int rc = mdb_env_stat(s->env, &st);
+  if (rc || (rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn))) return lmdb_status(rc);
   uint64_t pages = 2 + st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages;
-  MDB_dbi dbis[2] = {s->blocks, s->meta};
-  for (int i = 0; i < 2; i++)
-    if (mdb_stat(txn, dbis[i], &st) == 0)
+  MDB_dbi dbis[2] = {s->meta, s->blocks}; /* blocks last: st holds its entries after the loop */
+  for (int i = 0; i < 2 && rc == 0; i++)
+    if ((rc = mdb_stat(txn, dbis[i], &st)) == 0)
       pages += st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages;
   mdb_txn_abort(txn);
-  return pages * st.ms_psize;
+  if (rc) return lmdb_status(rc);
+  *bytes = pages * st.ms_psize;
+  if (n_blocks) *n_blocks = st.ms_entries;
+  return PD_OK;
 }
 
 /* Pages blocks.dat may grow to: the budget less the index and room for the index to grow until
  * the next check (an eighth of it plus 64 KiB; the block file grows in sixteenths of its limit
  * at most, so the index grows little between two checks). */
 static uint64_t file_limit_pages(pd_kvstore *s) {
-  uint64_t in_use = index_bytes(s);
+  uint64_t in_use = 0;
+  index_stat(s, &in_use, NULL); /* on an LMDB error: as if empty (the budget is then the file's) */
   uint64_t reserved = in_use + in_use / 8 + (64u << 10);
   return reserved >= s->budget_bytes ? 0 : (s->budget_bytes - reserved) / PD_BLOCKFILE_PAGE;
 }
@@ -497,8 +509,7 @@ static int recheck(pd_kvstore *s, pd_kvstore_read *r, const pd_kvstore_hdr *seen
   }
   if (seen && seen->version == 2 &&
       pd_blockfile_read(s->file, seen->payload_page, r->payload, seen->payload_bytes) == PD_OK &&
-      body_checksum((const uint8_t *)r->tokens, seen->n_tokens, r->payload, seen->payload_bytes) ==
-          seen->checksum) {
+      read_checksum(r, seen) == seen->checksum) {
     mdb_txn_abort(txn);
     COUNT(s, read_races, 1);
     return PD_OK;
@@ -559,13 +570,8 @@ int pd_kvstore_get_batch(pd_kvstore *s, pd_kvstore_read *reads, size_t n) {
     else if (rc != PD_OK && r->rc == PD_OK && reqs[i].n_bytes)
       r->rc = rc;
     const pd_kvstore_hdr *h = &r->hdr;
-    /* tokens are hashed as stored: little-endian int32, which is how this (x86-64 / arm64)
-     * build holds them in memory */
-    if ((r->rc == PD_OK || r->rc == PD_ECORRUPT) &&
-        (r->rc || body_checksum((const uint8_t *)r->tokens, h->n_tokens, r->payload,
-                                h->payload_bytes) != h->checksum)) {
+    if ((r->rc == PD_OK || r->rc == PD_ECORRUPT) && (r->rc || read_checksum(r, h) != h->checksum))
       r->rc = recheck(s, r, h->version ? h : NULL);
-    }
     if (r->rc == PD_ENOTFOUND) {
       COUNT(s, misses, 1);
     } else if (r->rc == PD_OK) {
@@ -735,17 +741,12 @@ int pd_kvstore_reader_check(pd_kvstore *s, int *n_cleared) {
 }
 
 int pd_kvstore_usage(pd_kvstore *s, uint64_t *n_blocks, uint64_t *used_bytes, uint64_t *map_bytes) {
-  MDB_txn *txn;
-  int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
-  if (rc) return lmdb_status(rc);
-  MDB_stat bst;
-  rc = mdb_stat(txn, s->blocks, &bst);
-  mdb_txn_abort(txn);
-  if (rc) return lmdb_status(rc);
-  uint64_t file_used = 0;
+  uint64_t index_used = 0, blocks = 0, file_used = 0;
+  int rc = index_stat(s, &index_used, &blocks);
+  if (rc) return rc;
   pd_blockfile_usage(s->file, &file_used, NULL);
-  if (n_blocks) *n_blocks = bst.ms_entries;
-  if (used_bytes) *used_bytes = index_bytes(s) + file_used * PD_BLOCKFILE_PAGE;
+  if (n_blocks) *n_blocks = blocks;
+  if (used_bytes) *used_bytes = index_used + file_used * PD_BLOCKFILE_PAGE;
   if (map_bytes) *map_bytes = s->budget_bytes;
   return PD_OK;
 }

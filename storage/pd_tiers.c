@@ -23,6 +23,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "pd_blockfile.h"
 #include "pd_err.h"
 #include "pd_fault.h"
 #include "pd_log.h"
@@ -121,7 +122,7 @@ static double now_s(void) {
 static uint64_t record_bytes(const pd_tiers_config *cfg) {
   /* the payload in whole 4 KiB pages of blocks.dat, and the index entry (key, header, tokens, a
    * leaf node's header) counted twice: LMDB's leaf pages are not full, and it copies on write */
-  uint64_t payload = (cfg->block_bytes + 4095) / 4096 * 4096;
+  uint64_t payload = pd_blockfile_pages(cfg->block_bytes) * PD_BLOCKFILE_PAGE;
   uint64_t entry = 16 + PD_KVSTORE_HDR_BYTES + 4ull * cfg->block_tokens + 16;
   return payload + 2 * entry;
 }

@@ -265,6 +265,16 @@ static void raw_set_page(raw_env *r, uint64_t i, uint32_t page) {
   free(val);
 }
 
+/* Flips bits (mask) of the byte from_end bytes before the end of block i's index value. */
+static void raw_flip(raw_env *r, uint64_t i, size_t from_end, uint8_t mask) {
+  uint8_t *val;
+  size_t len;
+  raw_entry(r, i, &val, &len);
+  val[len - from_end] ^= mask;
+  raw_put(r, i, val, len);
+  free(val);
+}
+
 START_TEST(corrupt_payload_is_never_served) {
   make_store(0x05, 5);
 
@@ -274,12 +284,7 @@ START_TEST(corrupt_payload_is_never_served) {
   raw_open(&r);
   pd_kvstore_hdr h2 = raw_entry(&r, 2, NULL, NULL);
   ck_assert_uint_eq(h2.version, 2);
-  uint8_t *val;
-  size_t len;
-  raw_entry(&r, 3, &val, &len);
-  val[len - 1] ^= 0x01;
-  raw_put(&r, 3, val, len);
-  free(val);
+  raw_flip(&r, 3, 1, 0x01); /* its last token */
   raw_close(&r);
   flip_file_byte((uint64_t)h2.payload_page * 4096 + 100);
 
@@ -436,12 +441,7 @@ START_TEST(format1_store_is_read_in_place) {
   ck_assert_uint_eq(raw_entry(&r, 0, NULL, NULL).version, 2);
   ck_assert_uint_eq(raw_entry(&r, 3, NULL, NULL).version, 1);
   /* a flipped byte in a format-1 payload is caught as before */
-  uint8_t *v;
-  size_t vlen;
-  raw_entry(&r, 7, &v, &vlen);
-  v[vlen - 100] ^= 0x40;
-  raw_put(&r, 7, v, vlen);
-  free(v);
+  raw_flip(&r, 7, 100, 0x40);
   raw_close(&r);
   s = open_store(0x0a, 64 << 20, PD_KVSTORE_FOREIGN_KEEP);
   for (uint64_t i = 0; i < 20; i++) {
