@@ -1,14 +1,17 @@
 /*
  * pd_attention.c -- paged KV store and causal attention over it, CPU; see pd_attention.h.
  *
- * A task is (sequence, chunk of up to 32 query rows, head). It walks the visible positions in
- * order, converting each key row once and dotting it with every row of the chunk that sees it;
- * then each row's scores are exponentiated and summed in position order; then the value rows
- * are walked in order and accumulated into each row. For every query row the sequence of
- * floating-point operations is therefore the same whatever the chunk, the batch or the thread:
- * the result is bit-identical whether the prefix's keys were written in this call or came from
- * the cache, and whether the row is decoded alone or prefilled with others. Tasks run in
- * parallel (OpenMP).
+ * Attention: a task is (sequence, chunk of up to 16 query rows, kv head, segment of 256 key
+ * positions). It converts the segment's K and V rows to f32 once, for every query head of the
+ * GQA group and every row of the chunk, and leaves per (row, head, segment) the segment's max
+ * score, its sum of exponentials and its unnormalized output; a second pass folds each row's
+ * segments in position order (flash-decoding: a long context is spread over all threads even at
+ * batch 1). With AVX2 a row's scores are computed 8 key positions at a time (8 dot products
+ * reduced together), exponentiated 8 lanes at a time, and its output accumulated in registers.
+ * For every query row the sequence of floating-point operations depends only on the row (its
+ * position, q and the keys it sees), never on the chunk, the batch or the thread: the result is
+ * bit-identical whether the prefix's keys were written in this call or came from the cache, and
+ * whether the row is decoded alone or prefilled with others.
  */
 #include "pd_attention.h"
 
@@ -148,102 +151,250 @@ static const float *load_row(const pd_kv_layout *L, const uint8_t *block, int la
   return tmp;
 }
 
-/* Rows of one sequence are processed in chunks of this many, so that each key and value row is
- * converted once per chunk rather than once per query row. */
-#define ROW_CHUNK 32
+/* ---- attention ---------------------------------------------------------------------------- */
+
+/* Key positions are cut into segments of SEG_LEN aligned to absolute positions (a row's split
+ * depends on its position only), query rows into chunks of ROW_CHUNK. A task is (sequence, row
+ * chunk, kv head, segment): it converts the segment's K and V rows once for the chunk's rows of
+ * every query head of the group, and leaves per (row, head, segment) a partial result: the
+ * segment's max score m, its sum of exp(score - m) l and its unnormalized output acc. A second
+ * pass folds each (row, head)'s segments in order. */
+#define SEG_LEN   256
+#define ROW_CHUNK 16
+#define POS_GROUP 8 /* scores are computed and summed 8 positions at a time */
+
+/* Converts rows [p0, p1) of K (kv = 0) or V (kv = 1) of one kv head to f32 rows of dst (shape
+ * (p1 - p0 rounded up to POS_GROUP, head_dim)); the rows past p1 are zero. */
+static void load_rows(const pd_kv_layout *L, const void *pool, const pd_attn_seq *sq, int layer,
+                      int kv, int kvh, int p0, int p1, float *dst, float *tmp) {
+  const size_t bb = pd_kv_block_bytes(L), hd = (size_t)L->head_dim;
+  for (int p = p0; p < p1; p++) {
+    const uint8_t *blk = (const uint8_t *)pool + (size_t)sq->block_table[p / L->block_tokens] * bb;
+    const float *row = load_row(L, blk, layer, kv, kvh, p % L->block_tokens, tmp);
+    memcpy(dst + (size_t)(p - p0) * hd, row, hd * sizeof *dst);
+  }
+  const int padded = (p1 - p0 + POS_GROUP - 1) / POS_GROUP * POS_GROUP;
+  memset(dst + (size_t)(p1 - p0) * hd, 0, (size_t)(padded - (p1 - p0)) * hd * sizeof *dst);
+}
+
+#ifdef __AVX2__
+/* Scores of one query row against 8 consecutive key rows (k, shape (8, hd)), hd a multiple of 8:
+ * lane j of the result is dot(q, k_j), each dot summed per lane over hd / 8 vectors and then
+ * pairwise ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)). */
+static inline __m256 dot8(const float *q, const float *k, int hd) {
+  __m256 a[8];
+#pragma GCC unroll 8
+  for (int j = 0; j < 8; j++) a[j] = _mm256_setzero_ps();
+  for (int c = 0; c < hd; c += 8) {
+    const __m256 qc = _mm256_loadu_ps(q + c);
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; j++) a[j] = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k + j * hd + c), a[j]);
+  }
+  const __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+  const __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+/* The 8 lanes summed ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)). */
+static inline float hsum8_pairwise(__m256 v) {
+  float x[8];
+  _mm256_storeu_ps(x, v);
+  return ((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]));
+}
+
+/* exp(x) for x <= 0, 8 lanes: 2^n * p(r), r = x - n ln 2, |r| <= ln 2 / 2, Cephes' degree-6
+ * polynomial (within 2 ulp of expf); 0 below -87 and for -inf. exp(0) is exactly 1. */
+static inline __m256 exp8_nonpos(__m256 x) {
+  const __m256 live = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_GE_OQ);
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e =
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), live);
+}
+#endif
+
+/* One (row, head, segment): scores of q against the segment's first n_vis key rows (k, shape
+ * (n_vis rounded up to 8, hd)), their softmax weights, and acc (hd) = sum of weight * v row. Writes
+ * m, l, and acc; sc is scratch (SEG_LEN). The operations depend only on the row's q, the key
+ * rows it sees and n_vis: never on the other rows of the task. */
+static void segment_row(const float *q, const float *k, const float *v, int n_vis, int hd,
+                        float scale, float *sc, float *acc, float *m_out, float *l_out) {
+  const int n_grp = (n_vis + POS_GROUP - 1) / POS_GROUP;
+  float m = -INFINITY, l = 0.0f;
+#ifdef __AVX2__
+  if (hd % 8 == 0) {
+    const __m256 vscale = _mm256_set1_ps(scale);
+    __m256 vmax = _mm256_set1_ps(-INFINITY);
+    for (int g = 0; g < n_grp; g++) {
+      __m256 s = _mm256_mul_ps(dot8(q, k + (size_t)g * POS_GROUP * hd, hd), vscale);
+      if ((g + 1) * POS_GROUP > n_vis) { /* the lanes past n_vis are not this row's */
+        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        const __m256 seen =
+            _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n_vis - g * POS_GROUP), lane));
+        s = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), s, seen);
+      }
+      _mm256_storeu_ps(sc + g * POS_GROUP, s);
+      vmax = _mm256_max_ps(vmax, s);
+    }
+    float lanes[8];
+    _mm256_storeu_ps(lanes, vmax);
+    for (int j = 0; j < 8; j++) m = fmaxf(m, lanes[j]);
+    const __m256 vm = _mm256_set1_ps(m);
+    __m256 vsum = _mm256_setzero_ps();
+    for (int g = 0; g < n_grp; g++) {
+      const __m256 p = exp8_nonpos(_mm256_sub_ps(_mm256_loadu_ps(sc + g * POS_GROUP), vm));
+      _mm256_storeu_ps(sc + g * POS_GROUP, p);
+      vsum = _mm256_add_ps(vsum, p);
+    }
+    l = hsum8_pairwise(vsum);
+    for (int d0 = 0; d0 < hd; d0 += 64) { /* 8 vectors of acc in registers across the positions */
+      const int nv = hd - d0 >= 64 ? 8 : (hd - d0) / 8;
+      __m256 o[8];
+      for (int j = 0; j < 8; j++) o[j] = _mm256_setzero_ps();
+      for (int p = 0; p < n_vis; p++) {
+        const __m256 w = _mm256_broadcast_ss(sc + p);
+        const float *vr = v + (size_t)p * hd + d0;
+        if (nv == 8)
+          for (int j = 0; j < 8; j++) o[j] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vr + 8 * j), o[j]);
+        else
+          for (int j = 0; j < nv; j++) o[j] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vr + 8 * j), o[j]);
+      }
+      for (int j = 0; j < nv; j++) _mm256_storeu_ps(acc + d0 + 8 * j, o[j]);
+    }
+    *m_out = m, *l_out = l;
+    return;
+  }
+#endif
+  (void)n_grp;
+  for (int p = 0; p < n_vis; p++) {
+    sc[p] = pd_dot_f32(q, k + (size_t)p * hd, hd) * scale;
+    m = fmaxf(m, sc[p]);
+  }
+  for (int p = 0; p < n_vis; p++) {
+    sc[p] = expf(sc[p] - m);
+    l += sc[p];
+  }
+  memset(acc, 0, (size_t)hd * sizeof *acc);
+  for (int p = 0; p < n_vis; p++)
+    for (int d = 0; d < hd; d++) acc[d] += sc[p] * v[(size_t)p * hd + d];
+  *m_out = m, *l_out = l;
+}
+
+/* Segments of a sequence's longest row, and the first slot of its rows in the workspace. */
+static int seq_segments(const pd_attn_seq *s) {
+  return (s->n_past + s->n_new + SEG_LEN - 1) / SEG_LEN;
+}
 
 int pd_attn_paged(const pd_kv_layout *L, const void *pool, int layer, int n_heads, const float *q,
                   float *out, const pd_attn_seq *seqs, int n_seqs, float scale) {
   if (n_heads <= 0 || L->n_kv_heads <= 0 || n_heads % L->n_kv_heads || layer < 0 ||
-      layer >= L->n_layers)
+      layer >= L->n_layers || n_seqs < 0)
     return PD_EINVAL;
-  int64_t n_tasks = 0, max_ctx = 0;
-  for (int s = 0; s < n_seqs; s++) {
-    if (!seq_ok(L, &seqs[s])) return PD_EINVAL;
-    n_tasks += (int64_t)((seqs[s].n_new + ROW_CHUNK - 1) / ROW_CHUNK) * n_heads;
-    if (seqs[s].n_past + seqs[s].n_new > max_ctx) max_ctx = seqs[s].n_past + seqs[s].n_new;
+  const int hd = L->head_dim, group = n_heads / L->n_kv_heads, n_kv = L->n_kv_heads;
+  /* per sequence: its first task and its first workspace slot; slot (s, i, h, g) =
+   * slot0[s] + (i * n_heads + h) * seq_segments + g, each slot hd + 2 floats (acc, m, l) */
+  int64_t *task0 = malloc(sizeof(int64_t) * (size_t)(n_seqs + 1));
+  int64_t *slot0 = malloc(sizeof(int64_t) * (size_t)(n_seqs + 1));
+  if (!task0 || !slot0) {
+    free(task0), free(slot0);
+    return PD_ENOMEM;
   }
-  int hd = L->head_dim, group = n_heads / L->n_kv_heads;
-  size_t bb = pd_kv_block_bytes(L);
-  int failed = 0;
+  task0[0] = slot0[0] = 0;
+  for (int s = 0; s < n_seqs; s++) {
+    if (!seq_ok(L, &seqs[s])) {
+      free(task0), free(slot0);
+      return PD_EINVAL;
+    }
+    const int chunks = (seqs[s].n_new + ROW_CHUNK - 1) / ROW_CHUNK;
+    task0[s + 1] = task0[s] + (int64_t)chunks * n_kv * seq_segments(&seqs[s]);
+    slot0[s + 1] = slot0[s] + (int64_t)seqs[s].n_new * n_heads * seq_segments(&seqs[s]);
+  }
+  const int64_t n_tasks = task0[n_seqs], slot_floats = hd + 2;
+  float *ws =
+      malloc(sizeof(float) * (size_t)(slot0[n_seqs] > 0 ? slot0[n_seqs] : 1) * (size_t)slot_floats);
+  int failed = !ws;
+  int64_t n_row_heads = 0;
+  for (int s = 0; s < n_seqs; s++) n_row_heads += (int64_t)seqs[s].n_new * n_heads;
   if (L->dtype == PD_DTYPE_FP8_E4M3) pthread_once(&fp8_table_once, fp8_table_fill);
-#pragma omp parallel
+#pragma omp parallel if (!failed)
   {
-    float *scores = malloc((size_t)ROW_CHUNK * (size_t)(max_ctx ? max_ctx : 1) * sizeof *scores);
-    /* scores: (ROW_CHUNK, n_ctx); tmp: (head_dim); acc: (ROW_CHUNK, head_dim) */
-    float *tmp = malloc((size_t)hd * sizeof *tmp);
-    float *acc = malloc((size_t)ROW_CHUNK * (size_t)hd * sizeof *acc);
-    if (!scores || !tmp || !acc) {
+    /* kt, vt: (SEG_LEN, hd) f32 rows of the segment; tmp: (hd); sc: (SEG_LEN) */
+    float *kt = malloc(sizeof(float) * SEG_LEN * (size_t)hd);
+    float *vt = malloc(sizeof(float) * SEG_LEN * (size_t)hd);
+    float *tmp = malloc(sizeof(float) * (size_t)hd), *sc = malloc(sizeof(float) * SEG_LEN);
+    if (!kt || !vt || !tmp || !sc) {
 #pragma omp atomic write
       failed = 1;
     }
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < n_tasks; task++) {
       if (failed) continue;
-      /* task -> (sequence, row chunk, head) */
       int s = 0;
-      int64_t t = task;
-      for (;;) {
-        int64_t here = (int64_t)((seqs[s].n_new + ROW_CHUNK - 1) / ROW_CHUNK) * n_heads;
-        if (t < here) break;
-        t -= here;
-        s++;
-      }
+      while (task >= task0[s + 1]) s++;
       const pd_attn_seq *sq = &seqs[s];
-      int i0 = (int)(t / n_heads) * ROW_CHUNK, h = (int)(t % n_heads), kvh = h / group;
-      int nr = sq->n_new - i0 < ROW_CHUNK ? sq->n_new - i0 : ROW_CHUNK;
-      int ctx_end = sq->n_past + i0 + nr; /* keys visible to the chunk's last row */
-      const float *qr[ROW_CHUNK];
-      float mx[ROW_CHUNK];
+      const int nseg = seq_segments(sq);
+      const int64_t t = task - task0[s];
+      const int g = (int)(t % nseg), kvh = (int)(t / nseg % n_kv),
+                i0 = (int)(t / nseg / n_kv) * ROW_CHUNK;
+      const int nr = sq->n_new - i0 < ROW_CHUNK ? sq->n_new - i0 : ROW_CHUNK;
+      const int p0 = g * SEG_LEN, ctx_end = sq->n_past + i0 + nr;
+      if (p0 >= ctx_end) continue; /* no row of the chunk reaches this segment */
+      const int p1 = ctx_end < p0 + SEG_LEN ? ctx_end : p0 + SEG_LEN;
+      load_rows(L, pool, sq, layer, 0, kvh, p0, p1, kt, tmp);
+      load_rows(L, pool, sq, layer, 1, kvh, p0, p1, vt, tmp);
       for (int i = 0; i < nr; i++) {
-        qr[i] =
-            q + (((size_t)sq->row + (size_t)(i0 + i)) * (size_t)n_heads + (size_t)h) * (size_t)hd;
-        mx[i] = -INFINITY;
-      }
-      /* scores, position by position; row i sees positions 0 .. n_past + i0 + i */
-      for (int p = 0; p < ctx_end; p++) {
-        const uint8_t *blk =
-            (const uint8_t *)pool + (size_t)sq->block_table[p / L->block_tokens] * bb;
-        const float *kr = load_row(L, blk, layer, 0, kvh, p % L->block_tokens, tmp);
-        int first = p - sq->n_past - i0; /* the first row that sees p */
-        for (int i = first > 0 ? first : 0; i < nr; i++) {
-          float sc = pd_dot_f32(qr[i], kr, hd) * scale;
-          scores[(size_t)i * (size_t)max_ctx + (size_t)p] = sc;
-          if (sc > mx[i]) mx[i] = sc;
+        const int row_end = sq->n_past + i0 + i + 1; /* row i sees positions < row_end */
+        if (row_end <= p0) continue;
+        const int n_vis = (row_end < p1 ? row_end : p1) - p0;
+        for (int hh = 0; hh < group; hh++) {
+          const int h = kvh * group + hh;
+          const float *qr =
+              q + (((size_t)sq->row + (size_t)(i0 + i)) * (size_t)n_heads + (size_t)h) * (size_t)hd;
+          float *slot = ws + (size_t)(slot0[s] + ((int64_t)(i0 + i) * n_heads + h) * nseg + g) *
+                                 (size_t)slot_floats;
+          segment_row(qr, kt, vt, n_vis, hd, scale, sc, slot, slot + hd, slot + hd + 1);
         }
-      }
-      float sum[ROW_CHUNK];
-      for (int i = 0; i < nr; i++) {
-        float *sr = scores + (size_t)i * (size_t)max_ctx;
-        int n_ctx = sq->n_past + i0 + i + 1;
-        sum[i] = 0;
-        for (int p = 0; p < n_ctx; p++) {
-          sr[p] = expf(sr[p] - mx[i]);
-          sum[i] += sr[p];
-        }
-      }
-      memset(acc, 0, (size_t)nr * (size_t)hd * sizeof *acc);
-      for (int p = 0; p < ctx_end; p++) {
-        const uint8_t *blk =
-            (const uint8_t *)pool + (size_t)sq->block_table[p / L->block_tokens] * bb;
-        const float *vr = load_row(L, blk, layer, 1, kvh, p % L->block_tokens, tmp);
-        int first = p - sq->n_past - i0;
-        for (int i = first > 0 ? first : 0; i < nr; i++) {
-          float wgt = scores[(size_t)i * (size_t)max_ctx + (size_t)p];
-          float *a = acc + (size_t)i * (size_t)hd;
-          for (int d = 0; d < hd; d++) a[d] += wgt * vr[d];
-        }
-      }
-      for (int i = 0; i < nr; i++) {
-        float inv = 1.0f / sum[i];
-        float *o =
-            out + (((size_t)sq->row + (size_t)(i0 + i)) * (size_t)n_heads + (size_t)h) * (size_t)hd;
-        for (int d = 0; d < hd; d++) o[d] = acc[(size_t)i * (size_t)hd + (size_t)d] * inv;
       }
     }
-    free(scores);
-    free(tmp);
-    free(acc);
+    free(kt), free(vt), free(tmp), free(sc);
+    /* (the loop's end is a barrier) fold the segments of every (row, head) in order */
+#pragma omp for schedule(static)
+    for (int64_t rh = 0; rh < n_row_heads; rh++) {
+      if (failed) continue;
+      int s = 0;
+      int64_t x = rh;
+      while (x >= (int64_t)seqs[s].n_new * n_heads) x -= (int64_t)seqs[s].n_new * n_heads, s++;
+      const pd_attn_seq *sq = &seqs[s];
+      const int i = (int)(x / n_heads), h = (int)(x % n_heads), nseg = seq_segments(sq);
+      const int row_end = sq->n_past + i + 1, n_used = (row_end + SEG_LEN - 1) / SEG_LEN;
+      const float *slots = ws + (size_t)(slot0[s] + x * nseg) * (size_t)slot_floats;
+      float mx = -INFINITY;
+      for (int g = 0; g < n_used; g++) mx = fmaxf(mx, slots[(size_t)g * slot_floats + hd]);
+      float *o = out + (((size_t)sq->row + (size_t)i) * (size_t)n_heads + (size_t)h) * (size_t)hd;
+      float sum = 0.0f;
+      for (int d = 0; d < hd; d++) o[d] = 0.0f;
+      for (int g = 0; g < n_used; g++) {
+        const float *sl = slots + (size_t)g * slot_floats;
+        const float f = expf(sl[hd] - mx);
+        sum += sl[hd + 1] * f;
+        for (int d = 0; d < hd; d++) o[d] += sl[d] * f;
+      }
+      const float inv = 1.0f / sum;
+      for (int d = 0; d < hd; d++) o[d] *= inv;
+    }
   }
+  free(ws), free(task0), free(slot0);
   return failed ? PD_ENOMEM : PD_OK;
 }

@@ -24,8 +24,9 @@
  *
  * Determinism contract (the cache depends on it): each query row's result is computed in the
  * same order whatever the batch holds, so a row whose prefix came from the cache equals, bit for
- * bit, the row computed with the prefix in the same batch. Parallelism is over (row, head) only,
- * never over the key positions of one row.
+ * bit, the row computed with the prefix in the same batch. Parallelism is over (row, head) and
+ * over fixed segments of 256 key positions (aligned to absolute positions, so a row's split
+ * depends on its position only), whose partial softmax results are folded in position order.
  *
  * These functions are the reference for the CUDA kernels (kernels/cuda/), which are tested
  * against them on random inputs.

@@ -7,12 +7,11 @@
  *
  * FAST: x is first quantized to q8 blocks (one pass; blocks of 32 int8 + f32 scale + f32 scaled
  * sum, interleaved by groups of 4 rows). Threads take tiles of 16 weight rows; within a tile a
- * micro-kernel computes up to 4 weight rows against the rows of one group at once, so each weight
- * block is unpacked once per group and each activation block loaded once per micro-tile: 2.1x
- * the throughput of one dot at a time from 3 rows on (prefill, batched decode). Each (weight
- * row, x row) result is still its own sequence of operations: block by block in integer
- * arithmetic, scaled to f32 per block, accumulated in 8 float lanes, reduced in a fixed order at
- * the end, whatever micro-tile it falls in.
+ * micro-kernel computes one weight row against the rows of one group at once, so each weight
+ * block is unpacked once per group: about twice the throughput of one dot at a time from 3
+ * rows on (prefill, batched decode). Each (weight row, x row) result is still its own sequence of
+ * operations: block by block in integer arithmetic, scaled to f32 per block, accumulated in 8
+ * float lanes, reduced in a fixed order at the end, whatever group it falls in.
  */
 #include "pd_matmul.h"
 
@@ -193,121 +192,80 @@ static inline float hsum8(__m256 s) {
   return _mm_cvtss_f32(h);
 }
 
-#define MAX_RW 4 /* weight rows of a micro-tile */
-
-/* The micro-tile: y[r][i] for RW weight rows (w, w + rb, ...) and the RX rows of one activation
- * group, over nb blocks. Each weight block is unpacked once for all RX rows and each activation
- * block loaded once for all RW rows; every (i, r) pair has its own accumulator and the same
- * operations in the same order whatever RW and RX are (scale = dw * dx rounded once, one fma
- * per block; the offset term on lane r of a 4-wide vector; one horizontal sum at the end), so a
- * result never depends on the tile it was computed in. Always inlined with constant WT, RW, RX:
- * the loops unroll and the accumulators stay in registers. */
-static inline __attribute__((always_inline)) void q_tile(enum pd_ggml_type WT, int RW, int RX,
-                                                         const uint8_t *w, size_t rb,
-                                                         const q8_group *xg, int64_t nb, float *y,
-                                                         int64_t y_stride) {
+/* The micro-tile: y[r] for one weight row w and the RX rows of one activation group, over nb
+ * blocks. Each weight block is unpacked once for all RX rows; every row has its own accumulator
+ * and the same operations in the same order whatever RX is (scale = dw * dx rounded once, one
+ * fma per block; the offset term on lane r of a 4-wide vector; one horizontal sum at the end),
+ * so a result never depends on the group it was computed in. Always inlined with constant WT
+ * and RX: the loops unroll and the accumulators stay in registers. (Tiles of 2 or 4 weight rows
+ * were measured too: faster on a weight matrix that sits in cache, 6-20% slower in the model,
+ * whose weights stream from memory.) */
+static inline __attribute__((always_inline)) void q_tile(enum pd_ggml_type WT, int RX,
+                                                         const uint8_t *w, const q8_group *xg,
+                                                         int64_t nb, float *y, int64_t y_stride) {
   const int64_t bs = q_block_bytes(WT);
-  __m256 acc[MAX_RW][X_GROUP];
-  __m128 ext[MAX_RW];
+  __m256 acc[X_GROUP];
+  __m128 ext = _mm_setzero_ps();
 #pragma GCC unroll 4
-  for (int i = 0; i < RW; i++) {
-    ext[i] = _mm_setzero_ps();
-#pragma GCC unroll 4
-    for (int r = 0; r < RX; r++) acc[i][r] = _mm256_setzero_ps();
-  }
+  for (int r = 0; r < RX; r++) acc[r] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; b++) {
     const q8_group *xb = xg + b;
-    const __m128 s4 = _mm_loadu_ps(xb->s);
+    const uint8_t *p = w + (size_t)(b * bs);
+    __m256i wq, wsign = _mm256_setzero_si256();
+    __m128 dm; /* lane 0: the block's scale; lane 1: its offset (Q4_1) */
+    if (WT == PD_GGML_Q4_1) {
+      dm = _mm_cvtph_ps(_mm_cvtsi32_si128(load_u32(p)));
+      wq = unpack_nibbles(p + 4);
+      ext = _mm_add_ps(ext, _mm_mul_ps(_mm_shuffle_ps(dm, dm, 0x55), _mm_loadu_ps(xb->s)));
+    } else if (WT == PD_GGML_Q4_0) {
+      dm = _mm_cvtph_ps(_mm_cvtsi32_si128(p[0] | p[1] << 8));
+      wq = unpack_nibbles(p + 2);
+      const __m128 d8 = _mm_mul_ss(_mm_set_ss(8.0f), dm);
+      ext = _mm_sub_ps(ext, _mm_mul_ps(_mm_shuffle_ps(d8, d8, 0), _mm_loadu_ps(xb->s)));
+    } else { /* Q8_0: |w| as the unsigned operand, the sign moved onto x */
+      dm = _mm_cvtph_ps(_mm_cvtsi32_si128(p[0] | p[1] << 8));
+      wsign = _mm256_loadu_si256((const __m256i *)(p + 2));
+      wq = _mm256_sign_epi8(wsign, wsign);
+    }
+    const __m256 dw = _mm256_broadcastss_ps(dm);
 #pragma GCC unroll 4
-    for (int i = 0; i < RW; i++) {
-      const uint8_t *p = w + (size_t)i * rb + (size_t)(b * bs);
-      __m256i wq, wsign = _mm256_setzero_si256();
-      __m128 dm; /* lane 0: the block's scale; lane 1: its offset (Q4_1) */
-      if (WT == PD_GGML_Q4_1) {
-        dm = _mm_cvtph_ps(_mm_cvtsi32_si128(load_u32(p)));
-        wq = unpack_nibbles(p + 4);
-        ext[i] = _mm_add_ps(ext[i], _mm_mul_ps(_mm_shuffle_ps(dm, dm, 0x55), s4));
-      } else if (WT == PD_GGML_Q4_0) {
-        dm = _mm_cvtph_ps(_mm_cvtsi32_si128(p[0] | p[1] << 8));
-        wq = unpack_nibbles(p + 2);
-        const __m128 d8 = _mm_mul_ss(_mm_set_ss(8.0f), dm);
-        ext[i] = _mm_sub_ps(ext[i], _mm_mul_ps(_mm_shuffle_ps(d8, d8, 0), s4));
-      } else { /* Q8_0: |w| as the unsigned operand, the sign moved onto x */
-        dm = _mm_cvtph_ps(_mm_cvtsi32_si128(p[0] | p[1] << 8));
-        wsign = _mm256_loadu_si256((const __m256i *)(p + 2));
-        wq = _mm256_sign_epi8(wsign, wsign);
-      }
-      const __m256 dw = _mm256_broadcastss_ps(dm);
-#pragma GCC unroll 4
-      for (int r = 0; r < RX; r++) {
-        __m256i xq = _mm256_loadu_si256((const __m256i *)xb->q[r]);
-        if (WT == PD_GGML_Q8_0) xq = _mm256_sign_epi8(xq, wsign);
-        const __m256 scale = _mm256_mul_ps(dw, _mm256_broadcast_ss(&xb->d[r]));
-        acc[i][r] = _mm256_fmadd_ps(scale, dot_u8s8(wq, xq), acc[i][r]);
-      }
+    for (int r = 0; r < RX; r++) {
+      __m256i xq = _mm256_loadu_si256((const __m256i *)xb->q[r]);
+      if (WT == PD_GGML_Q8_0) xq = _mm256_sign_epi8(xq, wsign);
+      const __m256 scale = _mm256_mul_ps(dw, _mm256_broadcast_ss(&xb->d[r]));
+      acc[r] = _mm256_fmadd_ps(scale, dot_u8s8(wq, xq), acc[r]);
     }
   }
+  float e[4];
+  _mm_storeu_ps(e, ext);
 #pragma GCC unroll 4
-  for (int i = 0; i < RW; i++) {
-    float e[4];
-    _mm_storeu_ps(e, ext[i]);
-#pragma GCC unroll 4
-    for (int r = 0; r < RX; r++) y[r * y_stride + i] = hsum8(acc[i][r]) + e[r];
-  }
+  for (int r = 0; r < RX; r++) y[r * y_stride] = hsum8(acc[r]) + e[r];
 }
 
-typedef void (*q_tile_fn)(const uint8_t *w, size_t rb, const q8_group *xg, int64_t nb, float *y,
+typedef void (*q_tile_fn)(const uint8_t *w, const q8_group *xg, int64_t nb, float *y,
                           int64_t y_stride);
 
-#define Q_TILE_FN(NAME, WT, RW, RX)                                                                \
-  static void NAME##_##RW##x##RX(const uint8_t *w, size_t rb, const q8_group *xg, int64_t nb,      \
-                                 float *y, int64_t y_stride) {                                     \
-    q_tile(WT, RW, RX, w, rb, xg, nb, y, y_stride);                                                \
+#define Q_TILE_FN(NAME, WT, RX)                                                                    \
+  static void NAME##_##RX(const uint8_t *w, const q8_group *xg, int64_t nb, float *y,              \
+                          int64_t y_stride) {                                                      \
+    q_tile(WT, RX, w, xg, nb, y, y_stride);                                                        \
   }
 #define Q_TILE_FNS(NAME, WT)                                                                       \
-  Q_TILE_FN(NAME, WT, 1, 1)                                                                        \
-  Q_TILE_FN(NAME, WT, 1, 2)                                                                        \
-  Q_TILE_FN(NAME, WT, 1, 3)                                                                        \
-  Q_TILE_FN(NAME, WT, 1, 4)                                                                        \
-  Q_TILE_FN(NAME, WT, 2, 1)                                                                        \
-  Q_TILE_FN(NAME, WT, 2, 2)                                                                        \
-  Q_TILE_FN(NAME, WT, 2, 3)                                                                        \
-  Q_TILE_FN(NAME, WT, 2, 4)                                                                        \
-  Q_TILE_FN(NAME, WT, 4, 1)                                                                        \
-  Q_TILE_FN(NAME, WT, 4, 2)
+  Q_TILE_FN(NAME, WT, 1) Q_TILE_FN(NAME, WT, 2) Q_TILE_FN(NAME, WT, 3) Q_TILE_FN(NAME, WT, 4)
 Q_TILE_FNS(tile_q4_1, PD_GGML_Q4_1)
 Q_TILE_FNS(tile_q4_0, PD_GGML_Q4_0)
 Q_TILE_FNS(tile_q8_0, PD_GGML_Q8_0)
 
-/* [type][rw - 1][rx - 1]. Widths measured on 2 Zen cores (bench/results/model_cpu.md): for the
- * 4-bit types 4 weight rows while the group has at most 2 activation rows, 2 beyond (their
- * accumulators fit the 16 registers); Q8_0 rows one at a time, whose 34-byte blocks stream
- * from memory markedly slower when 2 or 4 rows are read side by side. */
-#define Q_TILE_ROW(NAME)                                                                           \
-  {                                                                                                \
-    {NAME##_1x1, NAME##_1x2, NAME##_1x3, NAME##_1x4},                                              \
-        {NAME##_2x1, NAME##_2x2, NAME##_2x3, NAME##_2x4}, {NULL, NULL, NULL, NULL}, {              \
-      NAME##_4x1, NAME##_4x2, NULL, NULL                                                           \
-    }                                                                                              \
-  }
-static const q_tile_fn q_tiles[3][MAX_RW][X_GROUP] = {Q_TILE_ROW(tile_q4_1), Q_TILE_ROW(tile_q4_0),
-                                                      Q_TILE_ROW(tile_q8_0)};
+/* [type][rx - 1] */
+static const q_tile_fn q_tiles[3][X_GROUP] = {{tile_q4_1_1, tile_q4_1_2, tile_q4_1_3, tile_q4_1_4},
+                                              {tile_q4_0_1, tile_q4_0_2, tile_q4_0_3, tile_q4_0_4},
+                                              {tile_q8_0_1, tile_q8_0_2, tile_q8_0_3, tile_q8_0_4}};
 
-static int type_index(enum pd_ggml_type wt) {
-  return wt == PD_GGML_Q4_1 ? 0 : wt == PD_GGML_Q4_0 ? 1 : 2;
-}
-
-/* Weight rows o0 .. o0 + n_o - 1 against activation group g (rx rows). */
+/* Weight rows 0 .. n_o - 1 of w against activation group xg (rx rows). */
 static void q_rows(enum pd_ggml_type wt, const uint8_t *w, size_t rb, int64_t n_o,
                    const q8_group *xg, int rx, int64_t nb, float *y, int64_t y_stride) {
-  const int wide = wt == PD_GGML_Q8_0 ? 1 : rx <= 2 ? 4 : 2;
-  int64_t j = 0;
-  for (; j + wide <= n_o; j += wide)
-    q_tiles[type_index(wt)][wide - 1][rx - 1](w + (size_t)j * rb, rb, xg, nb, y + j, y_stride);
-  for (; j + 2 <= n_o; j += 2)
-    q_tiles[type_index(wt)][1][rx - 1](w + (size_t)j * rb, rb, xg, nb, y + j, y_stride);
-  for (; j < n_o; j++)
-    q_tiles[type_index(wt)][0][rx - 1](w + (size_t)j * rb, rb, xg, nb, y + j, y_stride);
+  const q_tile_fn tile = q_tiles[wt == PD_GGML_Q4_1 ? 0 : wt == PD_GGML_Q4_0 ? 1 : 2][rx - 1];
+  for (int64_t j = 0; j < n_o; j++) tile(w + (size_t)j * rb, xg, nb, y + j, y_stride);
 }
 #else
 /* Portable: one (weight row, activation row) pair at a time, the same formula. */

@@ -7,18 +7,25 @@
  *   - fp8 rows: each element is fp8(x / s) with s = max|x| / 448, the largest element decodes to
  *     +-448 s, a zero row has scale 1 and zero bytes, and every element is within 1/16 of itself
  *     (3 mantissa bits) or 2^-10 s (the subnormal step);
- *   - attention on random inputs (GQA 1, 3 and 8, head_dim 64 and 128, contexts that end inside
- *     a block, several sequences with decode and prefill rows in one call) against a
+ *   - attention on random inputs (GQA 1, 3 and 8, head_dim 36, 64, 96 and 128, contexts that end
+ *     inside a block and span one to three key segments, several sequences with decode and prefill rows in one call) against a
  *     double-precision softmax computed from the values the pool holds: within 2e-5 of the
  *     largest |v|; and against the f32 values before they were stored, within the dtype's
  *     tolerance (f32 2e-5, f16 2e-3, bf16 2e-2, fp8 1.5e-1 of the largest |v|; measured 4e-7,
  *     6e-4, 6.5e-3, 0.078-0.089);
- *   - outputs are poisoned with NaN first, so a row that is not written fails.
+ *   - outputs are poisoned with NaN first, so a row that is not written fails;
+ *   - a row's output is identical, bit for bit, in a prefill chunk, decoded alone, after another
+ *     sequence's rows and with 1 or 2 threads (f32, f16, and a head_dim that is not a multiple
+ *     of 8).
  */
 #include <check.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "pd_attention.h"
 #include "pd_check.h"
@@ -135,6 +142,8 @@ static const struct {
     {PD_DTYPE_F32, 64, 3, 2e-5},         {PD_DTYPE_F16, 64, 1, 2e-3},
     {PD_DTYPE_BF16, 128, 8, 2e-2},       {PD_DTYPE_FP8_E4M3, 64, 3, 1.5e-1},
     {PD_DTYPE_FP8_E4M3, 128, 8, 1.5e-1}, {PD_DTYPE_FP8_E4M3, 64, 1, 1.5e-1},
+    {PD_DTYPE_F16, 36, 3, 2e-3}, /* head_dim not a multiple of 8: the portable loops */
+    {PD_DTYPE_F32, 96, 3, 2e-5}, /* 64 + 32 dims of output accumulators */
 };
 
 /* Double-precision causal attention of query row (seq, i, head) over K and V read through
@@ -193,7 +202,7 @@ START_TEST(matches_double_reference) {
   world w = {{2, n_kv, hd, B, cases[_i].dt}, NULL, 0, {{0}}, {NULL}, {NULL}};
   w.bb = pd_kv_block_bytes(&w.L);
   /* per sequence: n_past (stored by an earlier call), n_new (stored now, queried now) */
-  const int n_past[NSEQ] = {0, 37, 300}, n_new[NSEQ] = {21, 1, 1};
+  const int n_past[NSEQ] = {230, 37, 700}, n_new[NSEQ] = {40, 1, 1}; /* 1 to 3 key segments */
   int total_blocks = 0, rows = 0;
   for (int s = 0; s < NSEQ; s++) {
     int ctx = n_past[s] + n_new[s], nb = (ctx + B - 1) / B;
@@ -257,6 +266,65 @@ START_TEST(matches_double_reference) {
 }
 END_TEST
 
+/* A row's output is the same bits whether it is one of a 400-row prefill chunk (crossing key
+ * segments and row chunks), decoded alone, placed after another sequence's rows, or computed with
+ * 1 or 2 threads: what makes a prefix from the cache equal to the prefix computed now. */
+START_TEST(rows_are_batch_invariant) {
+  const int hd = _i == 2 ? 36 : 64, n_kv = 2, n_heads = 6, B = 16, ctx = 600, first = 200;
+  const enum pd_dtype dt = _i == 1 ? PD_DTYPE_F16 : PD_DTYPE_F32;
+  pd_kv_layout L = {1, n_kv, hd, B, dt};
+  const size_t bb = pd_kv_block_bytes(&L);
+  const int nb = ctx / B + 1;
+  int32_t table[64], other_table[2] = {nb, nb + 1};
+  for (int b = 0; b < nb; b++) table[b] = (b * 11) % nb;
+  uint8_t *pool = malloc((size_t)(nb + 2) * bb);
+  memset(pool, 0xff, (size_t)(nb + 2) * bb);
+  const size_t row_floats = (size_t)n_heads * hd, kv_floats = (size_t)ctx * n_kv * hd;
+  float *k = malloc(sizeof(float) * kv_floats), *v = malloc(sizeof(float) * kv_floats);
+  for (size_t i = 0; i < kv_floats; i++) k[i] = frand() * 3.0f, v[i] = frand() * 5.0f;
+  pd_attn_seq all = {table, nb, 0, ctx, 0};
+  ck_assert_int_eq(pd_kv_store(&L, pool, &all, 0, k, v), PD_OK);
+  pd_attn_seq other = {other_table, 2, 0, 20, 0}; /* 20 rows of another sequence */
+  ck_assert_int_eq(pd_kv_store(&L, pool, &other, 0, k, v), PD_OK);
+  const int n = ctx - first;
+  float *q = malloc(sizeof(float) * (size_t)(n + 20) * row_floats);
+  for (size_t i = 0; i < (size_t)(n + 20) * row_floats; i++) q[i] = frand() * 2.0f;
+  float *chunk = malloc(sizeof(float) * (size_t)n * row_floats);
+  float *again = malloc(sizeof(float) * (size_t)(n + 20) * row_floats);
+  const float scale = 1.0f / sqrtf((float)hd);
+  pd_attn_seq prefill = {table, nb, first, n, 0};
+  ck_assert_int_eq(pd_attn_paged(&L, pool, 0, n_heads, q, chunk, &prefill, 1, scale), PD_OK);
+  for (int threads = 1; threads <= 2; threads++) {
+#ifdef _OPENMP
+    omp_set_num_threads(threads);
+#endif
+    /* the same chunk after another sequence's rows in one call: q rows shifted by 20 */
+    float *q2 = malloc(sizeof(float) * (size_t)(n + 20) * row_floats);
+    memcpy(q2, q + (size_t)n * row_floats, sizeof(float) * 20 * row_floats);
+    memcpy(q2 + 20 * row_floats, q, sizeof(float) * (size_t)n * row_floats);
+    pd_attn_seq two[2] = {other, {table, nb, first, n, 20}};
+    ck_assert_int_eq(pd_attn_paged(&L, pool, 0, n_heads, q2, again, two, 2, scale), PD_OK);
+    ck_assert_msg(memcmp(again + 20 * row_floats, chunk, sizeof(float) * (size_t)n * row_floats) ==
+                      0,
+                  "%s hd %d: the chunk differs after another sequence, %d threads",
+                  pd_dtype_name(dt), hd, threads);
+    free(q2);
+    const int rows[] = {0, 15, 16, 55, 56, 57, 311, 312, 399};
+    for (size_t j = 0; j < sizeof rows / sizeof rows[0]; j++) {
+      const int r = rows[j];
+      pd_attn_seq one = {table, nb, first + r, 1, 0};
+      ck_assert_int_eq(
+          pd_attn_paged(&L, pool, 0, n_heads, q + (size_t)r * row_floats, again, &one, 1, scale),
+          PD_OK);
+      ck_assert_msg(memcmp(again, chunk + (size_t)r * row_floats, sizeof(float) * row_floats) == 0,
+                    "%s hd %d: row %d (position %d) decoded alone differs, %d threads",
+                    pd_dtype_name(dt), hd, r, first + r, threads);
+    }
+  }
+  free(pool), free(k), free(v), free(q), free(chunk), free(again);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("attention");
   TCase *t = tcase_create("cpu");
@@ -265,6 +333,7 @@ int main(void) {
   tcase_add_test(t, fp8_rows_are_scaled_and_rounded);
   tcase_add_test(t, fp8_every_byte_reads_back_exactly);
   tcase_add_loop_test(t, matches_double_reference, 0, (int)(sizeof cases / sizeof cases[0]));
+  tcase_add_loop_test(t, rows_are_batch_invariant, 0, 3);
   suite_add_tcase(s, t);
   return pd_check_run(s, 1);
 }
