@@ -153,12 +153,8 @@ static const float *load_row(const pd_kv_layout *L, const uint8_t *block, int la
 
 /* ---- attention ---------------------------------------------------------------------------- */
 
-/* Key positions are cut into segments of SEG_LEN aligned to absolute positions (a row's split
- * depends on its position only), query rows into chunks of ROW_CHUNK. A task is (sequence, row
- * chunk, kv head, segment): it converts the segment's K and V rows once for the chunk's rows of
- * every query head of the group, and leaves per (row, head, segment) a partial result: the
- * segment's max score m, its sum of exp(score - m) l and its unnormalized output acc. A second
- * pass folds each (row, head)'s segments in order. */
+/* The split of the work (see the top of the file): segments of SEG_LEN key positions aligned
+ * to absolute positions, chunks of ROW_CHUNK query rows. */
 #define SEG_LEN   256
 #define ROW_CHUNK 16
 #define POS_GROUP 8 /* scores are computed and summed 8 positions at a time */
@@ -166,12 +162,13 @@ static const float *load_row(const pd_kv_layout *L, const uint8_t *block, int la
 /* Converts rows [p0, p1) of K (kv = 0) or V (kv = 1) of one kv head to f32 rows of dst (shape
  * (p1 - p0 rounded up to POS_GROUP, head_dim)); the rows past p1 are zero. */
 static void load_rows(const pd_kv_layout *L, const void *pool, const pd_attn_seq *sq, int layer,
-                      int kv, int kvh, int p0, int p1, float *dst, float *tmp) {
+                      int kv, int kvh, int p0, int p1, float *dst) {
   const size_t bb = pd_kv_block_bytes(L), hd = (size_t)L->head_dim;
   for (int p = p0; p < p1; p++) {
     const uint8_t *blk = (const uint8_t *)pool + (size_t)sq->block_table[p / L->block_tokens] * bb;
-    const float *row = load_row(L, blk, layer, kv, kvh, p % L->block_tokens, tmp);
-    memcpy(dst + (size_t)(p - p0) * hd, row, hd * sizeof *dst);
+    float *row = dst + (size_t)(p - p0) * hd;
+    const float *got = load_row(L, blk, layer, kv, kvh, p % L->block_tokens, row);
+    if (got != row) memcpy(row, got, hd * sizeof *row); /* f32 pools: a row of the pool itself */
   }
   const int padded = (p1 - p0 + POS_GROUP - 1) / POS_GROUP * POS_GROUP;
   memset(dst + (size_t)(p1 - p0) * hd, 0, (size_t)(padded - (p1 - p0)) * hd * sizeof *dst);
@@ -231,10 +228,10 @@ static inline __m256 exp8_nonpos(__m256 x) {
  * rows it sees and n_vis: never on the other rows of the task. */
 static void segment_row(const float *q, const float *k, const float *v, int n_vis, int hd,
                         float scale, float *sc, float *acc, float *m_out, float *l_out) {
-  const int n_grp = (n_vis + POS_GROUP - 1) / POS_GROUP;
   float m = -INFINITY, l = 0.0f;
 #ifdef __AVX2__
   if (hd % 8 == 0) {
+    const int n_grp = (n_vis + POS_GROUP - 1) / POS_GROUP;
     const __m256 vscale = _mm256_set1_ps(scale);
     __m256 vmax = _mm256_set1_ps(-INFINITY);
     for (int g = 0; g < n_grp; g++) {
@@ -277,7 +274,6 @@ static void segment_row(const float *q, const float *k, const float *v, int n_vi
     return;
   }
 #endif
-  (void)n_grp;
   for (int p = 0; p < n_vis; p++) {
     sc[p] = pd_dot_f32(q, k + (size_t)p * hd, hd) * scale;
     m = fmaxf(m, sc[p]);
@@ -292,7 +288,7 @@ static void segment_row(const float *q, const float *k, const float *v, int n_vi
   *m_out = m, *l_out = l;
 }
 
-/* Segments of a sequence's longest row, and the first slot of its rows in the workspace. */
+/* Key segments a sequence's last row reaches. */
 static int seq_segments(const pd_attn_seq *s) {
   return (s->n_past + s->n_new + SEG_LEN - 1) / SEG_LEN;
 }
@@ -330,11 +326,11 @@ int pd_attn_paged(const pd_kv_layout *L, const void *pool, int layer, int n_head
   if (L->dtype == PD_DTYPE_FP8_E4M3) pthread_once(&fp8_table_once, fp8_table_fill);
 #pragma omp parallel if (!failed)
   {
-    /* kt, vt: (SEG_LEN, hd) f32 rows of the segment; tmp: (hd); sc: (SEG_LEN) */
+    /* kt, vt: (SEG_LEN, hd) f32 rows of the segment; sc: (SEG_LEN) */
     float *kt = malloc(sizeof(float) * SEG_LEN * (size_t)hd);
     float *vt = malloc(sizeof(float) * SEG_LEN * (size_t)hd);
-    float *tmp = malloc(sizeof(float) * (size_t)hd), *sc = malloc(sizeof(float) * SEG_LEN);
-    if (!kt || !vt || !tmp || !sc) {
+    float *sc = malloc(sizeof(float) * SEG_LEN);
+    if (!kt || !vt || !sc) {
 #pragma omp atomic write
       failed = 1;
     }
@@ -352,8 +348,8 @@ int pd_attn_paged(const pd_kv_layout *L, const void *pool, int layer, int n_head
       const int p0 = g * SEG_LEN, ctx_end = sq->n_past + i0 + nr;
       if (p0 >= ctx_end) continue; /* no row of the chunk reaches this segment */
       const int p1 = ctx_end < p0 + SEG_LEN ? ctx_end : p0 + SEG_LEN;
-      load_rows(L, pool, sq, layer, 0, kvh, p0, p1, kt, tmp);
-      load_rows(L, pool, sq, layer, 1, kvh, p0, p1, vt, tmp);
+      load_rows(L, pool, sq, layer, 0, kvh, p0, p1, kt);
+      load_rows(L, pool, sq, layer, 1, kvh, p0, p1, vt);
       for (int i = 0; i < nr; i++) {
         const int row_end = sq->n_past + i0 + i + 1; /* row i sees positions < row_end */
         if (row_end <= p0) continue;
@@ -368,7 +364,7 @@ int pd_attn_paged(const pd_kv_layout *L, const void *pool, int layer, int n_head
         }
       }
     }
-    free(kt), free(vt), free(tmp), free(sc);
+    free(kt), free(vt), free(sc);
     /* (the loop's end is a barrier) fold the segments of every (row, head) in order */
 #pragma omp for schedule(static)
     for (int64_t rh = 0; rh < n_row_heads; rh++) {

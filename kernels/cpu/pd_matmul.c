@@ -94,8 +94,8 @@ static int matmul_exact(const void *w, enum pd_ggml_type wt, int64_t in_dim, int
 
 typedef struct q8_group {
   float d[X_GROUP]; /* per row: scale */
-  float s
-      [X_GROUP]; /* per row: d * sum(q), for weight formats with an offset (Q4_1) or a bias (Q4_0) */
+  /* per row: d * sum(q), for weight formats with an offset (Q4_1) or a bias (Q4_0) */
+  float s[X_GROUP];
   int8_t q[X_GROUP][32];
 } q8_group;
 
@@ -161,11 +161,6 @@ static inline float rdh(const uint8_t *p) {
 #endif
 }
 
-/* Bytes of one weight block of the fast-path types, and where its quants start. */
-static int64_t q_block_bytes(enum pd_ggml_type wt) {
-  return wt == PD_GGML_Q4_1 ? 20 : wt == PD_GGML_Q4_0 ? 18 : 34;
-}
-
 #ifdef __AVX2__
 static inline __m256i unpack_nibbles(const uint8_t *qs) { /* 16 bytes -> 32 values 0..15 */
   __m128i v = _mm_loadu_si128((const __m128i *)qs);
@@ -203,7 +198,7 @@ static inline float hsum8(__m256 s) {
 static inline __attribute__((always_inline)) void q_tile(enum pd_ggml_type WT, int RX,
                                                          const uint8_t *w, const q8_group *xg,
                                                          int64_t nb, float *y, int64_t y_stride) {
-  const int64_t bs = q_block_bytes(WT);
+  const int64_t bs = WT == PD_GGML_Q4_1 ? 20 : WT == PD_GGML_Q4_0 ? 18 : 34; /* block bytes */
   __m256 acc[X_GROUP];
   __m128 ext = _mm_setzero_ps();
 #pragma GCC unroll 4
@@ -271,7 +266,7 @@ static void q_rows(enum pd_ggml_type wt, const uint8_t *w, size_t rb, int64_t n_
 /* Portable: one (weight row, activation row) pair at a time, the same formula. */
 static void q_rows(enum pd_ggml_type wt, const uint8_t *w, size_t rb, int64_t n_o,
                    const q8_group *xg, int rx, int64_t nb, float *y, int64_t y_stride) {
-  const int64_t bs = q_block_bytes(wt);
+  const size_t bs = pd_ggml_block_bytes(wt);
   for (int r = 0; r < rx; r++)
     for (int64_t j = 0; j < n_o; j++) {
       const uint8_t *wr = w + (size_t)j * rb;

@@ -8,7 +8,8 @@
  *     +-448 s, a zero row has scale 1 and zero bytes, and every element is within 1/16 of itself
  *     (3 mantissa bits) or 2^-10 s (the subnormal step);
  *   - attention on random inputs (GQA 1, 3 and 8, head_dim 36, 64, 96 and 128, contexts that end
- *     inside a block and span one to three key segments, several sequences with decode and prefill rows in one call) against a
+ *     inside a block and span one to three key segments, several sequences with decode and
+ *     prefill rows in one call) against a
  *     double-precision softmax computed from the values the pool holds: within 2e-5 of the
  *     largest |v|; and against the f32 values before they were stored, within the dtype's
  *     tolerance (f32 2e-5, f16 2e-3, bf16 2e-2, fp8 1.5e-1 of the largest |v|; measured 4e-7,
