@@ -184,9 +184,11 @@ def test_scheduling_order_does_not_depend_on_another_tenants_cache(tiny_model, d
             done, lock = [], threading.Lock()
 
             def run(name, who, ids):
-                # 100 tokens each: one request takes tens of ms, so the order in which the
-                # client threads see them end is the order the engine ran them
-                generate(d.stub(keys[who]), ids_prompt(ids), max_tokens=100,
+                # 400 tokens each: one request runs for 25 ms or more (100 tokens took 9 ms
+                # on the tiny model, close enough to the client threads' own jitter to swap two
+                # of them now and then), so the order in which the client threads see them end
+                # is the order the engine ran them
+                generate(d.stub(keys[who]), ids_prompt(ids), max_tokens=400,
                          sampling=pb.SamplingParams(ignore_eos=True))
                 with lock:
                     done.append(name)
