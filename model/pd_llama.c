@@ -9,6 +9,8 @@
  *   x += att . Wo^T
  *   xn = rmsnorm(x) * ffn_norm;  x += (silu(xn . Wg^T) * (xn . Wu^T)) . Wd^T
  * then the rows that want logits: rmsnorm(x) * out_norm . Wout^T.
+ * q, k, v (and gate, up) are one pd_matmul_n call: the activations are quantized once. The
+ * row-wise steps split rows across the threads when the batch has PAR_ROWS rows or more.
  */
 #include "pd_llama.h"
 
@@ -52,6 +54,11 @@ int pd_llama_init(pd_llama *c, const pd_model *m, int block_tokens, enum pd_dtyp
   }
   return PD_OK;
 }
+
+/* The row-wise steps (norms, RoPE, SwiGLU, residuals) split rows across threads from this many
+ * rows on; below it a fork/join costs more than the work. Each row's arithmetic is the same
+ * either way. */
+#define PAR_ROWS 4
 
 static void add_bias(float *y, const pd_weight *b, int64_t rows, int64_t dim) {
   if (!b->data) return;
@@ -97,15 +104,17 @@ int pd_llama_forward(pd_llama *c, void *pool, const pd_llama_seq *seqs, int n_se
   float scale = 1.0f / sqrtf((float)hd);
   for (int l = 0; l < m->n_layers && !rc; l++) {
     const pd_layer_weights *L = &m->layers[l];
+#pragma omp parallel for schedule(static) if (R >= PAR_ROWS)
     for (int r = 0; r < R; r++)
       pd_rmsnorm(c->xn + (size_t)r * d, c->x + (size_t)r * d, L->attn_norm.data, d, m->rms_eps);
-    if ((rc = pd_matmul(L->wq.data, L->wq.type, d, qd, c->xn, c->q, R, c->mode)) ||
-        (rc = pd_matmul(L->wk.data, L->wk.type, d, kvd, c->xn, c->k, R, c->mode)) ||
-        (rc = pd_matmul(L->wv.data, L->wv.type, d, kvd, c->xn, c->v, R, c->mode)))
-      break;
+    const pd_matmul_out qkv[3] = {{L->wq.data, L->wq.type, qd, c->q},
+                                  {L->wk.data, L->wk.type, kvd, c->k},
+                                  {L->wv.data, L->wv.type, kvd, c->v}};
+    if ((rc = pd_matmul_n(qkv, 3, d, c->xn, R, c->mode))) break;
     add_bias(c->q, &L->bq, R, qd);
     add_bias(c->k, &L->bk, R, kvd);
     add_bias(c->v, &L->bv, R, kvd);
+#pragma omp parallel for schedule(static) if (R >= PAR_ROWS)
     for (int r = 0; r < R; r++) {
       pd_rope(c->q + (size_t)r * qd, H, hd, m->rot_dim, pos[r], m->rope_theta, m->rope_neox);
       pd_rope(c->k + (size_t)r * kvd, Hkv, hd, m->rot_dim, pos[r], m->rope_theta, m->rope_neox);
@@ -113,16 +122,21 @@ int pd_llama_forward(pd_llama *c, void *pool, const pd_llama_seq *seqs, int n_se
     for (int s = 0; s < n_seqs && !rc; s++) rc = pd_kv_store(&c->kv, pool, &as[s], l, c->k, c->v);
     if (rc || (rc = pd_attn_paged(&c->kv, pool, l, H, c->q, c->att, as, n_seqs, scale))) break;
     if ((rc = pd_matmul(L->wo.data, L->wo.type, qd, d, c->att, c->tmp, R, c->mode))) break;
-    pd_add(c->x, c->tmp, (int64_t)R * d);
-    for (int r = 0; r < R; r++)
+#pragma omp parallel for schedule(static) if (R >= PAR_ROWS)
+    for (int r = 0; r < R; r++) {
+      pd_add(c->x + (size_t)r * d, c->tmp + (size_t)r * d, d);
       pd_rmsnorm(c->xn + (size_t)r * d, c->x + (size_t)r * d, L->ffn_norm.data, d, m->rms_eps);
-    if ((rc = pd_matmul(L->w_gate.data, L->w_gate.type, d, f, c->xn, c->ffn_gate, R, c->mode)) ||
-        (rc = pd_matmul(L->w_up.data, L->w_up.type, d, f, c->xn, c->ffn_up, R, c->mode)))
-      break;
-    pd_swiglu(c->ffn_gate, c->ffn_up, (int64_t)R * f);
+    }
+    const pd_matmul_out gate_up[2] = {{L->w_gate.data, L->w_gate.type, f, c->ffn_gate},
+                                      {L->w_up.data, L->w_up.type, f, c->ffn_up}};
+    if ((rc = pd_matmul_n(gate_up, 2, d, c->xn, R, c->mode))) break;
+#pragma omp parallel for schedule(static) if (R >= PAR_ROWS)
+    for (int r = 0; r < R; r++)
+      pd_swiglu(c->ffn_gate + (size_t)r * f, c->ffn_up + (size_t)r * f, f);
     if ((rc = pd_matmul(L->w_down.data, L->w_down.type, f, d, c->ffn_gate, c->tmp, R, c->mode)))
       break;
-    pd_add(c->x, c->tmp, (int64_t)R * d);
+#pragma omp parallel for schedule(static) if (R >= PAR_ROWS)
+    for (int r = 0; r < R; r++) pd_add(c->x + (size_t)r * d, c->tmp + (size_t)r * d, d);
   }
   if (!rc && n_want) {
     int w = 0;

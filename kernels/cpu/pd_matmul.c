@@ -11,7 +11,9 @@
  * block is unpacked once per group: about twice the throughput of one dot at a time from 3
  * rows on (prefill, batched decode). Each (weight row, x row) result is still its own sequence of
  * operations: block by block in integer arithmetic, scaled to f32 per block, accumulated in 8
- * float lanes, reduced in a fixed order at the end, whatever group it falls in.
+ * float lanes, reduced in a fixed order at the end, whatever group it falls in. pd_matmul_n
+ * numbers the tiles of several weights one after another, so q, k and v (or gate and up) share
+ * one quantized x and one parallel region.
  */
 #include "pd_matmul.h"
 
@@ -290,27 +292,39 @@ static void q_rows(enum pd_ggml_type wt, const uint8_t *w, size_t rb, int64_t n_
 }
 #endif
 
-static int matmul_fast(const void *w, enum pd_ggml_type wt, int64_t in_dim, int64_t out_dim,
-                       const float *x, float *y, int64_t n_rows) {
+static int is_fast_type(enum pd_ggml_type wt) {
+  return wt == PD_GGML_Q4_1 || wt == PD_GGML_Q4_0 || wt == PD_GGML_Q8_0;
+}
+
+/* Every weight of outs is of a fast type. */
+static int matmul_fast(const pd_matmul_out *outs, int n_outs, int64_t in_dim, const float *x,
+                       int64_t n_rows) {
   const int64_t nb = in_dim / 32, n_groups = (n_rows + X_GROUP - 1) / X_GROUP;
   /* xq: (n_groups, nb) groups of X_GROUP rows; the unused lanes of the last group are zero */
   q8_group *xq = calloc((size_t)(n_groups * nb), sizeof *xq);
   if (!xq) return PD_ENOMEM;
-  const size_t rb = pd_ggml_row_bytes(wt, in_dim);
-  /* one parallel region for both passes: a single fork/join per matmul. Threads take tiles of
-   * W_TILE weight rows; a tile stays in cache while every activation group passes. */
+  /* the tiles of W_TILE weight rows of all weights, numbered weight after weight */
+  int64_t n_tiles = 0;
+  for (int i = 0; i < n_outs; i++) n_tiles += (outs[i].out_dim + W_TILE - 1) / W_TILE;
+    /* one parallel region for both passes: a single fork/join for all weights. A tile stays in
+   * cache while every activation group passes. */
 #pragma omp parallel
   {
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < n_rows; r++)
       quantize_x(x + r * in_dim, xq + (r / X_GROUP) * nb, (int)(r % X_GROUP), nb);
 #pragma omp for schedule(static)
-    for (int64_t o0 = 0; o0 < out_dim; o0 += W_TILE) {
-      const int64_t n_o = out_dim - o0 < W_TILE ? out_dim - o0 : W_TILE;
+    for (int64_t t = 0; t < n_tiles; t++) {
+      int i = 0;
+      int64_t o0 = t * W_TILE;
+      while (o0 >= outs[i].out_dim) o0 -= (outs[i].out_dim + W_TILE - 1) / W_TILE * W_TILE, i++;
+      const pd_matmul_out *out = &outs[i];
+      const size_t rb = pd_ggml_row_bytes(out->wt, in_dim);
+      const int64_t n_o = out->out_dim - o0 < W_TILE ? out->out_dim - o0 : W_TILE;
       for (int64_t g = 0; g < n_groups; g++) {
         const int rx = n_rows - g * X_GROUP < X_GROUP ? (int)(n_rows - g * X_GROUP) : X_GROUP;
-        q_rows(wt, (const uint8_t *)w + (size_t)o0 * rb, rb, n_o, xq + g * nb, rx, nb,
-               y + g * X_GROUP * out_dim + o0, out_dim);
+        q_rows(out->wt, (const uint8_t *)out->w + (size_t)o0 * rb, rb, n_o, xq + g * nb, rx, nb,
+               out->y + g * X_GROUP * out->out_dim + o0, out->out_dim);
       }
     }
   }
@@ -318,12 +332,30 @@ static int matmul_fast(const void *w, enum pd_ggml_type wt, int64_t in_dim, int6
   return PD_OK;
 }
 
+int pd_matmul_n(const pd_matmul_out *outs, int n_outs, int64_t in_dim, const float *x,
+                int64_t n_rows, enum pd_matmul_mode mode) {
+  if (!outs || n_outs <= 0 || !x || in_dim <= 0 || n_rows < 0) return PD_EINVAL;
+  int all_fast = mode == PD_MATMUL_FAST;
+  for (int i = 0; i < n_outs; i++) {
+    const pd_matmul_out *o = &outs[i];
+    if (!o->w || !o->y || o->out_dim <= 0 || !pd_ggml_row_bytes(o->wt, in_dim)) return PD_EINVAL;
+    all_fast &= is_fast_type(o->wt);
+  }
+  if (n_rows == 0) return PD_OK;
+  if (all_fast) return matmul_fast(outs, n_outs, in_dim, x, n_rows);
+  for (int i = 0, rc; i < n_outs; i++) {
+    const pd_matmul_out *o = &outs[i];
+    if (mode == PD_MATMUL_FAST && is_fast_type(o->wt))
+      rc = matmul_fast(o, 1, in_dim, x, n_rows);
+    else
+      rc = matmul_exact(o->w, o->wt, in_dim, o->out_dim, x, o->y, n_rows);
+    if (rc) return rc;
+  }
+  return PD_OK;
+}
+
 int pd_matmul(const void *w, enum pd_ggml_type wt, int64_t in_dim, int64_t out_dim, const float *x,
               float *y, int64_t n_rows, enum pd_matmul_mode mode) {
-  if (!w || !x || !y || in_dim <= 0 || out_dim <= 0 || n_rows < 0) return PD_EINVAL;
-  if (!pd_ggml_row_bytes(wt, in_dim)) return PD_EINVAL;
-  if (n_rows == 0) return PD_OK;
-  if (mode == PD_MATMUL_FAST && (wt == PD_GGML_Q4_1 || wt == PD_GGML_Q4_0 || wt == PD_GGML_Q8_0))
-    return matmul_fast(w, wt, in_dim, out_dim, x, y, n_rows);
-  return matmul_exact(w, wt, in_dim, out_dim, x, y, n_rows);
+  const pd_matmul_out out = {w, wt, out_dim, y};
+  return pd_matmul_n(&out, 1, in_dim, x, n_rows, mode);
 }

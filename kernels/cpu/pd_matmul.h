@@ -28,6 +28,22 @@ enum pd_matmul_mode { PD_MATMUL_EXACT = 0, PD_MATMUL_FAST = 1 };
 int pd_matmul(const void *w, enum pd_ggml_type wt, int64_t in_dim, int64_t out_dim, const float *x,
               float *y, int64_t n_rows, enum pd_matmul_mode mode);
 
+/* One weight of a set that multiplies the same activations: y (n_rows, out_dim) = x . W^T,
+ * W of type wt with out_dim rows of in_dim elements. */
+typedef struct pd_matmul_out {
+  const void *w;
+  enum pd_ggml_type wt;
+  int64_t out_dim;
+  float *y; /* (n_rows, out_dim), written by the call */
+} pd_matmul_out;
+
+/* The matmuls of n_outs weights over one x (n_rows, in_dim): a layer's q, k and v projections,
+ * or its gate and up. In FAST mode x is quantized once and one parallel region covers the tiles
+ * of every weight (one fork/join instead of n_outs); each y holds exactly the bits pd_matmul
+ * gives for its weight alone. Returns as pd_matmul; on an error no y is to be trusted. */
+int pd_matmul_n(const pd_matmul_out *outs, int n_outs, int64_t in_dim, const float *x,
+                int64_t n_rows, enum pd_matmul_mode mode);
+
 /* The dot product both modes use for f32 vectors, exposed for the attention kernels. */
 float pd_dot_f32(const float *a, const float *b, int64_t n);
 

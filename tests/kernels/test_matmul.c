@@ -2,7 +2,8 @@
  * test_matmul.c -- pd_matmul on its own: EXACT against a double-precision dot over the
  * dequantized weights (tolerance 1e-5 relative to the row's sum of |w x|), FAST against EXACT
  * (tolerance 2e-2 of that sum: int8 activations), for every weight type, odd out_dim and n_rows
- * 1..17; each row's result identical whatever n_rows and the thread count; bad arguments refused.
+ * 1..17; each row's result identical whatever n_rows and the thread count; pd_matmul_n over a set
+ * of weights identical to each weight alone; bad arguments refused.
  */
 #include <check.h>
 #include <math.h>
@@ -79,6 +80,65 @@ START_TEST(matches_double_reference_and_is_batch_invariant) {
 }
 END_TEST
 
+/* A random weight of out rows of in elements, quantized to t; the caller frees it. */
+static uint8_t *random_weight(enum pd_ggml_type t, int64_t in, int64_t out) {
+  size_t rb = pd_ggml_row_bytes(t, in);
+  uint8_t *w = malloc(rb * out);
+  float *row = malloc(sizeof(float) * in);
+  for (int64_t o = 0; o < out; o++) {
+    for (int64_t i = 0; i < in; i++) row[i] = frand();
+    ck_assert_int_eq(pd_quantize_row(t, row, w + rb * o, in), 0);
+  }
+  free(row);
+  return w;
+}
+
+/* pd_matmul_n over weights of mixed types and odd sizes gives each weight the bits pd_matmul
+ * gives it alone, in both modes, with 1 and 2 threads, for 1..9 rows; with a weight of a type
+ * the fast path does not take (f16) among them too. */
+START_TEST(a_set_of_weights_matches_each_alone) {
+  enum { N = 4 };
+  const int64_t in = 192, max_rows = 9;
+  const enum pd_ggml_type sets[2][N] = {{PD_GGML_Q4_1, PD_GGML_Q8_0, PD_GGML_Q4_0, PD_GGML_Q4_1},
+                                        {PD_GGML_Q8_0, PD_GGML_F16, PD_GGML_Q4_1, PD_GGML_Q4_0}};
+  const int64_t dims[N] = {40, 17, 33, 16};
+  float *x = malloc(sizeof(float) * in * max_rows);
+  for (int64_t i = 0; i < in * max_rows; i++) x[i] = frand();
+  for (int set = 0; set < 2; set++) {
+    uint8_t *w[N];
+    float *alone[N], *together[N];
+    pd_matmul_out outs[N];
+    for (int i = 0; i < N; i++) {
+      w[i] = random_weight(sets[set][i], in, dims[i]);
+      alone[i] = malloc(sizeof(float) * dims[i] * max_rows);
+      together[i] = malloc(sizeof(float) * dims[i] * max_rows);
+      outs[i] = (pd_matmul_out){w[i], sets[set][i], dims[i], together[i]};
+    }
+    for (int mode = 0; mode < 2; mode++)
+      for (int threads = 1; threads <= 2; threads++) {
+#ifdef _OPENMP
+        omp_set_num_threads(threads);
+#endif
+        for (int64_t n = 1; n <= max_rows; n += 2) {
+          for (int i = 0; i < N; i++) {
+            ck_assert_int_eq(pd_matmul(w[i], sets[set][i], in, dims[i], x, alone[i], n,
+                                       (enum pd_matmul_mode)mode),
+                             0);
+            for (int64_t k = 0; k < dims[i] * n; k++) together[i][k] = NAN; /* poison */
+          }
+          ck_assert_int_eq(pd_matmul_n(outs, N, in, x, n, (enum pd_matmul_mode)mode), 0);
+          for (int i = 0; i < N; i++)
+            ck_assert_msg(memcmp(alone[i], together[i], sizeof(float) * dims[i] * n) == 0,
+                          "set %d weight %d (%s) mode %d, %lld rows, %d threads", set, i,
+                          pd_ggml_type_name(sets[set][i]), mode, (long long)n, threads);
+        }
+      }
+    for (int i = 0; i < N; i++) free(w[i]), free(alone[i]), free(together[i]);
+  }
+  free(x);
+}
+END_TEST
+
 START_TEST(bad_arguments_are_refused) {
   float x[64] = {0}, y[4];
   uint8_t w[512] = {0};
@@ -88,6 +148,11 @@ START_TEST(bad_arguments_are_refused) {
   ck_assert_int_eq(pd_matmul(w, PD_GGML_Q8_0, 32, 0, x, y, 1, PD_MATMUL_FAST), PD_EINVAL);
   ck_assert_int_eq(pd_matmul(w, PD_GGML_Q8_0, 32, 1, x, y, 0, PD_MATMUL_FAST), PD_OK);
   ck_assert_int_eq(pd_dequant_row(PD_GGML_Q4_K, w, y, 100), PD_EINVAL);
+  pd_matmul_out outs[2] = {{w, PD_GGML_Q8_0, 1, y}, {w, PD_GGML_Q8_0, 1, NULL}};
+  ck_assert_int_eq(pd_matmul_n(outs, 2, 32, x, 1, PD_MATMUL_FAST), PD_EINVAL);
+  ck_assert_int_eq(pd_matmul_n(outs, 0, 32, x, 1, PD_MATMUL_FAST), PD_EINVAL);
+  ck_assert_int_eq(pd_matmul_n(NULL, 1, 32, x, 1, PD_MATMUL_FAST), PD_EINVAL);
+  ck_assert_int_eq(pd_matmul_n(outs, 1, 32, x, 1, PD_MATMUL_FAST), PD_OK);
 }
 END_TEST
 
@@ -97,6 +162,7 @@ int main(void) {
   tcase_set_timeout(tc, 120);
   tcase_add_loop_test(tc, matches_double_reference_and_is_batch_invariant, 0,
                       (int)(sizeof types / sizeof types[0]));
+  tcase_add_test(tc, a_set_of_weights_matches_each_alone);
   tcase_add_test(tc, bad_arguments_are_refused);
   suite_add_tcase(s, tc);
   return pd_check_run(s, 1);
