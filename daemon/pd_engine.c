@@ -1486,12 +1486,17 @@ int pd_engine_create(const pd_engine_config *cfg, uv_loop_t *loop, pd_job_output
   int gpu = cfg->device == PD_ENGINE_DEVICE_CUDA ||
             (cfg->device == PD_ENGINE_DEVICE_AUTO && pd_devpool_cuda_available());
   if (cfg->device == PD_ENGINE_DEVICE_CUDA && !pd_devpool_cuda_available()) {
-    snprintf(err, errlen, "--device cuda: %s",
-             PD_ENGINE_HAVE_CUDA ? "no GPU found (the driver reports none)"
-                                 : "this prefixd was built without the CUDA backend");
+    if (PD_ENGINE_HAVE_CUDA)
+      snprintf(err, errlen, "--device cuda: no GPU found (%s)",
+               pd_devpool_cuda_unavailable_reason());
+    else
+      snprintf(err, errlen, "--device cuda: this prefixd was built without the CUDA backend");
     rc = PD_EUNSUPPORTED;
     goto fail;
   }
+  if (PD_ENGINE_HAVE_CUDA && cfg->device == PD_ENGINE_DEVICE_AUTO && !gpu)
+    pd_log(PD_LOG_INFO, "no usable GPU: the forward pass runs on the CPU", "reason=\"%s\"",
+           pd_devpool_cuda_unavailable_reason());
   if (gpu && (rc = gpu_init(e, err, errlen))) goto fail;
   e->block_bytes = pd_kv_block_bytes(&e->llama.kv);
   uint64_t n_blocks = cfg->kv_cache_bytes / e->block_bytes;

@@ -50,6 +50,14 @@ int pd_devpool_cuda_available(void) {
 #endif
 }
 
+const char *pd_devpool_cuda_unavailable_reason(void) {
+#ifdef PD_WITH_CUDA
+  return pd_cuda_no_device_reason();
+#else
+  return "this build has no CUDA backend";
+#endif
+}
+
 int pd_devpool_create(pd_devpool *p, enum pd_devpool_kind kind, uint32_t n_blocks,
                       size_t block_bytes, char *err, size_t errlen) {
   memset(p, 0, sizeof *p);

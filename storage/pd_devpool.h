@@ -42,6 +42,10 @@ typedef struct pd_devpool {
 /* 1 if this build has the CUDA backend and the driver reports a GPU. Never fails. */
 int pd_devpool_cuda_available(void);
 
+/* Why pd_devpool_cuda_available is 0: the CUDA runtime's message, "no device", or "this build has
+ * no CUDA backend". A static string. */
+const char *pd_devpool_cuda_unavailable_reason(void);
+
 /* Allocates n_blocks zeroed blocks of kind. On failure (PD_ENOMEM with the bytes asked for,
  * PD_EDEVICE, PD_EUNSUPPORTED for CUDA in a CPU-only build) writes one line into err. */
 int pd_devpool_create(pd_devpool *p, enum pd_devpool_kind kind, uint32_t n_blocks,

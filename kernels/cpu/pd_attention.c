@@ -60,7 +60,9 @@ static void store_fp8_row(uint8_t *dst, uint8_t *scale_dst, const float *x, int 
   for (int d = 0; d < hd; d++)
     if (fabsf(x[d]) > amax) amax = fabsf(x[d]);
   float s = pd_kv_fp8_row_scale(amax);
-  for (int d = 0; d < hd; d++) dst[d] = pd_f32_to_fp8e4m3(x[d] / s);
+  /* a NaN is converted as it is: a division may not keep its sign (a GPU returns the canonical
+   * NaN), and the store keeps the sign on every backend */
+  for (int d = 0; d < hd; d++) dst[d] = pd_f32_to_fp8e4m3(isnan(x[d]) ? x[d] : x[d] / s);
   memcpy(scale_dst, &s, sizeof s);
 }
 

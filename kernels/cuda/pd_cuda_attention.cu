@@ -202,6 +202,13 @@ extern "C" int pd_cuda_device_count(void) {
   return n;
 }
 
+extern "C" const char *pd_cuda_no_device_reason(void) {
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  cudaGetLastError();
+  return e != cudaSuccess ? cudaGetErrorString(e) : "no device";
+}
+
 /* ---- decode: one query row per sequence, split over the context ---------------------------- */
 
 struct DecArgs {
@@ -929,8 +936,11 @@ __global__ void kv_store_fp8(StoreArgs a) {
     /* pd_kv_fp8_row_scale */
     const float sc = !(amax >= 1e-30f) || isinf(amax) ? 1.0f : __fdiv_rn(amax, 448.0f);
     const size_t row = (((size_t)a.layer * 2 + which) * a.n_kv + h) * per_head / a.hd + tok;
+    /* a NaN is converted as it is: the division would return the canonical NaN and lose the
+     * sign the CPU store keeps */
     for (int d = lane; d < a.hd; d += 32)
-      blk[row * a.hd + d] = pd_cuda_cvt_f32_fp8(__float_as_uint(__fdiv_rn(x[d], sc)));
+      blk[row * a.hd + d] =
+          pd_cuda_cvt_f32_fp8(__float_as_uint(isnan(x[d]) ? x[d] : __fdiv_rn(x[d], sc)));
     if (lane == 0) *(float *)(blk + scales + row * sizeof(float)) = sc;
   }
 }

@@ -29,6 +29,10 @@ extern "C" {
 /* Number of usable CUDA devices (0 when there is no driver or no device). Never fails. */
 int pd_cuda_device_count(void);
 
+/* Why pd_cuda_device_count finds none: the CUDA runtime's message ("CUDA driver version is
+ * insufficient for CUDA runtime version", ...), or "no device". A static string. */
+const char *pd_cuda_no_device_reason(void);
+
 /* Workspace bytes pd_cuda_attn_decode needs for this shape. */
 size_t pd_cuda_attn_workspace_bytes(int n_seqs, int n_heads, int head_dim, int max_ctx);
 

@@ -190,7 +190,7 @@ static int xfer(uint8_t *pool, size_t bb, const int32_t *ids, int n, uint8_t *ho
       return to_dev ? copy_kernel(pool, mapped, bb, ids, host_ids, n, st, err, errlen)
                     : copy_kernel(mapped, pool, bb, host_ids, ids, n, st, err, errlen);
   }
-#if CUDART_VERSION >= 12080
+#if CUDART_VERSION >= 13000 /* the signature changed in 13.0 (12.8 and 12.9 had a failIdx) */
   if ((mode == PD_CUDA_XFER_AUTO || mode == PD_CUDA_XFER_BATCH) && st != NULL) {
     const int runs = count_runs(ids, host_ids, n);
     void **dsts = (void **)malloc(sizeof(void *) * (size_t)runs);

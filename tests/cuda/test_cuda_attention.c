@@ -688,7 +688,8 @@ START_TEST(bad_shapes_are_refused) {
 END_TEST
 
 int main(void) {
-  if (pd_gpu_gate()) return 77;
+  int gate = pd_gpu_gate();
+  if (gate) return gate;
   Suite *s = suite_create("cuda_attention");
   TCase *tc = tcase_create("cuda");
   tcase_set_timeout(tc, 900);

@@ -426,7 +426,8 @@ START_TEST(bad_input_is_refused) {
 END_TEST
 
 int main(void) {
-  if (pd_gpu_gate()) return 77;
+  int gate = pd_gpu_gate();
+  if (gate) return gate;
   Suite *s = suite_create("cuda_llama");
   TCase *tc = tcase_create("forward");
   tcase_set_timeout(tc, 900);

@@ -553,7 +553,8 @@ START_TEST(bad_arguments_are_refused) {
 END_TEST
 
 int main(void) {
-  if (pd_gpu_gate()) return 77;
+  int gate = pd_gpu_gate();
+  if (gate) return gate;
   Suite *s = suite_create("cuda_ops");
   TCase *tc = tcase_create("ops");
   tcase_set_timeout(tc, 600);

@@ -277,6 +277,11 @@ int main(void) {
   if (system(cmd)) { /* leftovers in /tmp only */
   }
   if (rc == 0 && no_gpu) {
+    const char *req = getenv("PD_REQUIRE_GPU");
+    if (req && *req && strcmp(req, "0") != 0) {
+      printf("FAILED: prefixd --device cuda found no GPU and PD_REQUIRE_GPU is set\n");
+      return 1;
+    }
     printf("SKIPPED: no GPU (prefixd --device cuda found none)\n");
     return 77;
   }
