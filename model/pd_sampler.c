@@ -76,10 +76,45 @@ void pd_sampler_accept(pd_sampler *s, int32_t tok) {
   if (s->n_recent < s->p.repeat_last_n) s->n_recent++;
 }
 
+/* Descending weight (or scaled logit), then ascending id: a total order, so every selection
+ * below is deterministic. */
+static int before(const cand *x, const cand *y) {
+  return x->logit > y->logit || (x->logit == y->logit && x->id < y->id);
+}
+
 static int cmp_cand(const void *a, const void *b) {
-  const cand *x = a, *y = b;
-  if (x->logit != y->logit) return x->logit > y->logit ? -1 : 1;
-  return x->id - y->id;
+  return before(a, b) ? -1 : before(b, a) ? 1 : 0;
+}
+
+static void swap_cand(cand *a, cand *b) {
+  cand t = *a;
+  *a = *b, *b = t;
+}
+
+/* Reorders c[0..n) so that its k first elements are the k first in `before` order, sorted
+ * (0 < k <= n): a quickselect (median-of-three pivots), then a sort of the k. */
+static void select_top(cand *c, int32_t n, int32_t k) {
+  int32_t lo = 0, hi = n - 1;
+  while (hi > lo) {
+    int32_t mid = lo + (hi - lo) / 2;
+    if (before(&c[hi], &c[lo])) swap_cand(&c[hi], &c[lo]);
+    if (before(&c[mid], &c[lo])) swap_cand(&c[mid], &c[lo]);
+    if (before(&c[hi], &c[mid])) swap_cand(&c[hi], &c[mid]);
+    const cand pivot = c[mid];
+    int32_t i = lo, j = hi;
+    while (i <= j) { /* Hoare: [lo, j] before-or-equal the pivot, [i, hi] after-or-equal */
+      while (before(&c[i], &pivot)) i++;
+      while (before(&pivot, &c[j])) j--;
+      if (i <= j) swap_cand(&c[i], &c[j]), i++, j--;
+    }
+    if (k - 1 <= j)
+      hi = j;
+    else if (k - 1 >= i)
+      lo = i;
+    else
+      break;
+  }
+  qsort(c, (size_t)k, sizeof *c, cmp_cand);
 }
 
 int32_t pd_sampler_sample(pd_sampler *s, const float *logits) {
@@ -100,33 +135,45 @@ int32_t pd_sampler_sample(pd_sampler *s, const float *logits) {
       if (l[i] > l[pick]) pick = i;
   } else {
     /* Only tokens within 25 nats of the best can be drawn (the rest hold less than 1e-6 of the
-     * mass together, even over a 300k vocabulary), so only those are sorted: a few hundred
-     * instead of the whole vocabulary. */
+     * mass together, even over a 300k vocabulary). They are sorted only as far as a filter
+     * needs: top_k sorts its k, top_p the most likely tokens until their mass reaches top_p,
+     * min_p and plain temperature sampling not at all (the draw walks them in id order). A
+     * small model's flat distribution leaves thousands of candidates: sorting them all was
+     * the serving loop's largest cost after the forward pass. */
     float inv_t = 1.0f / s->p.temperature, best = -INFINITY;
     for (int32_t i = 0; i < s->n_vocab; i++)
       if (l[i] * inv_t > best) best = l[i] * inv_t;
     int32_t n = 0;
     for (int32_t i = 0; i < s->n_vocab; i++)
       if (l[i] * inv_t >= best - 25.0f) s->c[n++] = (cand){l[i] * inv_t, i};
-    qsort(s->c, (size_t)n, sizeof *s->c, cmp_cand);
-    if (s->p.top_k > 0 && s->p.top_k < n) n = s->p.top_k;
-    float mx = s->c[0].logit, sum = 0;
-    for (int32_t i = 0; i < n; i++) sum += (s->c[i].logit = expf(s->c[i].logit - mx));
-    for (int32_t i = 0; i < n; i++) s->c[i].logit /= sum; /* now probabilities, descending */
-    if (s->p.top_p < 1.0f) {
-      float cum = 0;
-      for (int32_t i = 0; i < n; i++) {
-        cum += s->c[i].logit;
-        if (cum >= s->p.top_p) {
-          n = i + 1;
-          break;
-        }
-      }
+    int32_t n_sorted = 0; /* c[0, n_sorted) are the most likely, in order */
+    if (s->p.top_k > 0 && s->p.top_k < n) {
+      select_top(s->c, n, s->p.top_k);
+      n = n_sorted = s->p.top_k;
     }
-    if (s->p.min_p > 0) {
-      float floor_p = s->p.min_p * s->c[0].logit;
-      int32_t k = 1;
-      while (k < n && s->c[k].logit >= floor_p) k++;
+    /* weights relative to the best token (exp(0) = 1): the order is unchanged */
+    float sum = 0;
+    for (int32_t i = 0; i < n; i++) sum += (s->c[i].logit = expf(s->c[i].logit - best));
+    if (s->p.top_p < 1.0f) { /* the smallest set of most likely tokens holding top_p */
+      const float need = s->p.top_p * sum;
+      float cum = 0;
+      int32_t i = 0;
+      while (i < n) {
+        if (i == n_sorted) { /* sort further: 64 more, then twice as many each time */
+          int32_t more = n_sorted < 64 ? 64 : n_sorted;
+          if (more > n - n_sorted) more = n - n_sorted;
+          select_top(s->c + n_sorted, n - n_sorted, more);
+          n_sorted += more;
+        }
+        cum += s->c[i++].logit;
+        if (cum >= need) break;
+      }
+      n = i;
+    }
+    if (s->p.min_p > 0) { /* tokens at least min_p times as likely as the best (weight 1) */
+      int32_t k = 0;
+      for (int32_t i = 0; i < n; i++)
+        if (s->c[i].logit >= s->p.min_p) s->c[k++] = s->c[i];
       n = k;
     }
     float total = 0;

@@ -228,6 +228,68 @@ START_TEST(sampler_rules) {
 }
 END_TEST
 
+/* The filters over a large vocabulary, where the sampler sorts only part of the candidates:
+ * every draw is in the set a full sort allows, and the best token is drawn about as often as
+ * its share of that set says. */
+static int by_weight_desc(const void *a, const void *b) {
+  const double x = ((const double *)a)[0], y = ((const double *)b)[0];
+  if (x != y) return x > y ? -1 : 1;
+  return ((const double *)a)[1] < ((const double *)b)[1] ? -1 : 1;
+}
+
+START_TEST(sampler_filters_on_a_large_vocabulary) {
+  enum { V = 3000, DRAWS = 4000 };
+  static float logits[V];
+  static double order[V][2]; /* (weight, id), sorted */
+  static char allowed[V];
+  uint64_t rng = 77;
+  for (int v = 0; v < V; v++) {
+    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+    logits[v] = (float)((rng >> 40) % 4000) / 1000.0f; /* 0 .. 4, with ties */
+  }
+  const pd_sampling_params cases[] = {
+      {.temperature = 1, .top_k = 100, .top_p = 1, .repeat_penalty = 1, .seed = 1},
+      {.temperature = 1, .top_p = 0.5f, .repeat_penalty = 1, .seed = 2},
+      {.temperature = 0.7f, .top_k = 700, .top_p = 0.9f, .repeat_penalty = 1, .seed = 3},
+      {.temperature = 1, .top_p = 1, .min_p = 0.2f, .repeat_penalty = 1, .seed = 4},
+      {.temperature = 1, .top_p = 1, .repeat_penalty = 1, .seed = 5},
+  };
+  for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+    const pd_sampling_params *p = &cases[c];
+    /* the reference: every token sorted, then the filters in the sampler's order */
+    double best = -INFINITY;
+    for (int v = 0; v < V; v++) best = fmax(best, logits[v] / p->temperature);
+    for (int v = 0; v < V; v++)
+      order[v][0] = exp(logits[v] / p->temperature - best), order[v][1] = v;
+    qsort(order, V, sizeof order[0], by_weight_desc);
+    int n = p->top_k > 0 && p->top_k < V ? p->top_k : V;
+    double sum = 0, cum = 0;
+    for (int i = 0; i < n; i++) sum += order[i][0];
+    if (p->top_p < 1) {
+      int i = 0;
+      while (i < n && cum < p->top_p * sum) cum += order[i++][0];
+      n = i;
+    }
+    double kept = 0;
+    memset(allowed, 0, sizeof allowed);
+    for (int i = 0; i < n; i++)
+      if (order[i][0] >= p->min_p) allowed[(int)order[i][1]] = 1, kept += order[i][0];
+    pd_sampler *s;
+    ck_assert_int_eq(pd_sampler_create(p, V, &s), 0);
+    int best_id = (int)order[0][1], best_draws = 0;
+    for (int j = 0; j < DRAWS; j++) {
+      int32_t x = pd_sampler_sample(s, logits);
+      ck_assert_msg(x >= 0 && x < V && allowed[x], "case %zu: token %d is not allowed", c, x);
+      best_draws += x == best_id;
+    }
+    pd_sampler_free(s);
+    const double q = order[0][0] / kept, sd = sqrt(DRAWS * q * (1 - q));
+    ck_assert_msg(fabs(best_draws - DRAWS * q) < 5 * sd + 1,
+                  "case %zu: best drawn %d, expected %.0f", c, best_draws, DRAWS * q);
+  }
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("text");
   TCase *tc = tcase_create("text");
@@ -237,6 +299,7 @@ int main(void) {
   tcase_add_test(tc, detok_never_breaks_utf8);
   tcase_add_test(tc, detok_stop_strings_across_tokens);
   tcase_add_test(tc, sampler_rules);
+  tcase_add_test(tc, sampler_filters_on_a_large_vocabulary);
   suite_add_tcase(s, tc);
   return pd_check_run(s, 1);
 }
