@@ -6,7 +6,9 @@
  * GQA group and every row of the chunk, and leaves per (row, head, segment) the segment's max
  * score, its sum of exponentials and its unnormalized output; a second pass folds each row's
  * segments in position order (flash-decoding: a long context is spread over all threads even at
- * batch 1). With AVX2 a row's scores are computed 8 key positions at a time (8 dot products
+ * batch 1). Segments that several sequences hold in the same blocks and see in full (a shared
+ * system prompt) are converted once per call for all their rows: cascade attention, on the CPU.
+ * With AVX2 a row's scores are computed 8 key positions at a time (8 dot products
  * reduced together), exponentiated 8 lanes at a time, and its output accumulated in registers.
  * For every query row the sequence of floating-point operations depends only on the row (its
  * position, q and the keys it sees), never on the chunk, the batch or the thread: the result is
@@ -295,36 +297,177 @@ static int seq_segments(const pd_attn_seq *s) {
   return (s->n_past + s->n_new + SEG_LEN - 1) / SEG_LEN;
 }
 
+/* ---- the plan: which rows each task computes against which segment ------------------------ */
+
+/* Rows [i0, i0 + nr) of sequence s. */
+typedef struct attn_piece {
+  int32_t s, i0, nr;
+} attn_piece;
+
+/* Pieces [piece0, piece0 + n_pieces) against segment g of kv head kvh; every piece's sequence
+ * holds the same blocks there, so the segment's K and V are converted once for all of them. */
+typedef struct attn_task {
+  int32_t piece0, n_pieces, g, kvh;
+} attn_task;
+
+/* A segment that every row of sequence s sees in full (it ends at or before n_past), named by
+ * the blocks that hold it: sequences whose entries compare equal share its keys. */
+typedef struct shared_seg {
+  const int32_t *ids; /* the sequence's block table from the segment's first block */
+  int32_t n_ids, g, s;
+} shared_seg;
+
+/* Order by segment, then blocks (same g: same n_ids), then sequence. */
+static int cmp_shared_seg(const void *a, const void *b) {
+  const shared_seg *x = a, *y = b;
+  if (x->g != y->g) return x->g < y->g ? -1 : 1;
+  int c = memcmp(x->ids, y->ids, sizeof(int32_t) * (size_t)x->n_ids);
+  if (c) return c;
+  return (x->s > y->s) - (x->s < y->s);
+}
+
+static int same_keys(const shared_seg *x, const shared_seg *y) {
+  return x->g == y->g && memcmp(x->ids, y->ids, sizeof(int32_t) * (size_t)x->n_ids) == 0;
+}
+
+/* Rows a task over a shared segment takes at most: 64 decode rows of as many sequences, or four
+ * prefill chunks. */
+#define SHARED_TASK_ROWS 64
+
+typedef struct attn_plan {
+  attn_piece *pieces;
+  attn_task *tasks;
+  int64_t n_pieces, n_tasks;
+  int64_t n_shared_tasks; /* of n_tasks: over a segment shared by several sequences */
+} attn_plan;
+
+static void plan_free(attn_plan *p) {
+  free(p->pieces), free(p->tasks);
+}
+
+/* Appends one task per kv head over pieces [piece0, piece0 + n). */
+static void add_tasks(attn_plan *p, int n_kv, int64_t piece0, int64_t n, int g) {
+  for (int kvh = 0; kvh < n_kv; kvh++)
+    p->tasks[p->n_tasks++] = (attn_task){(int32_t)piece0, (int32_t)n, g, kvh};
+}
+
+/* Splits the work of a call into tasks. A segment that several sequences hold in the same
+ * blocks and see in full (a shared system prompt) is one task per kv head for up to
+ * SHARED_TASK_ROWS of their rows together (cascade attention on the CPU: the keys are converted
+ * once, and stay in cache while every row passes); every other (sequence, chunk of ROW_CHUNK
+ * rows, segment) is a task per kv head of its own. Shared tasks come first: they are the largest,
+ * and the dynamic schedule then evens out the rest. */
+static int plan_tasks(const pd_kv_layout *L, const pd_attn_seq *seqs, int n_seqs, attn_plan *p) {
+  memset(p, 0, sizeof *p);
+  const int B = L->block_tokens, n_kv = L->n_kv_heads;
+  int64_t n_chunks = 0, n_flags = 0, n_seg_chunks = 0;
+  for (int s = 0; s < n_seqs; s++) {
+    const int chunks = (seqs[s].n_new + ROW_CHUNK - 1) / ROW_CHUNK;
+    n_chunks += chunks;
+    n_flags += seqs[s].n_past / SEG_LEN;
+    n_seg_chunks += (int64_t)chunks * seq_segments(&seqs[s]);
+  }
+  /* every chunk's own piece, plus at most one copy per (chunk, full segment) in shared tasks */
+  int64_t max_pieces = n_chunks, full_chunks = 0;
+  for (int s = 0; s < n_seqs; s++)
+    full_chunks +=
+        (int64_t)((seqs[s].n_new + ROW_CHUNK - 1) / ROW_CHUNK) * (seqs[s].n_past / SEG_LEN);
+  max_pieces += full_chunks;
+  shared_seg *segs = malloc(sizeof *segs * (size_t)(n_flags > 0 ? n_flags : 1));
+  /* per sequence, 1 where a full segment is in a shared task: at seg_flag0[s] + g */
+  int64_t *seg_flag0 = malloc(sizeof(int64_t) * (size_t)(n_seqs + 1));
+  p->pieces = malloc(sizeof *p->pieces * (size_t)(max_pieces > 0 ? max_pieces : 1));
+  p->tasks = malloc(sizeof *p->tasks * (size_t)(n_seg_chunks * n_kv > 0 ? n_seg_chunks * n_kv : 1));
+  char *shared = NULL;
+  if (segs && seg_flag0 && p->pieces && p->tasks) {
+    seg_flag0[0] = 0;
+    for (int s = 0; s < n_seqs; s++) seg_flag0[s + 1] = seg_flag0[s] + seqs[s].n_past / SEG_LEN;
+    shared = calloc((size_t)(n_flags > 0 ? n_flags : 1), 1);
+  }
+  if (!shared) {
+    free(segs), free(seg_flag0), plan_free(p);
+    return PD_ENOMEM;
+  }
+  /* the shared segments: sort the full ones by (g, blocks); runs of two or more share */
+  int64_t n_full = 0;
+  for (int s = 0; s < n_seqs; s++)
+    for (int g = 0; g < seqs[s].n_past / SEG_LEN && seqs[s].n_new > 0; g++) {
+      const int first = g * SEG_LEN / B, last = ((g + 1) * SEG_LEN - 1) / B;
+      segs[n_full++] = (shared_seg){seqs[s].block_table + first, last - first + 1, g, s};
+    }
+  qsort(segs, (size_t)n_full, sizeof *segs, cmp_shared_seg);
+  for (int64_t a = 0, b; a < n_full; a = b) {
+    for (b = a + 1; b < n_full && same_keys(&segs[a], &segs[b]); b++) {
+    }
+    if (b - a < 2) continue;
+    /* pieces: every chunk of every member, in tasks of at most SHARED_TASK_ROWS rows */
+    int64_t piece0 = p->n_pieces, rows = 0;
+    for (int64_t m = a; m < b; m++) {
+      const pd_attn_seq *sq = &seqs[segs[m].s];
+      shared[seg_flag0[segs[m].s] + segs[m].g] = 1;
+      for (int i0 = 0; i0 < sq->n_new; i0 += ROW_CHUNK) {
+        const int nr = sq->n_new - i0 < ROW_CHUNK ? sq->n_new - i0 : ROW_CHUNK;
+        if (rows + nr > SHARED_TASK_ROWS && p->n_pieces > piece0) {
+          add_tasks(p, n_kv, piece0, p->n_pieces - piece0, segs[a].g);
+          piece0 = p->n_pieces, rows = 0;
+        }
+        p->pieces[p->n_pieces++] = (attn_piece){segs[m].s, i0, nr};
+        rows += nr;
+      }
+    }
+    if (p->n_pieces > piece0) add_tasks(p, n_kv, piece0, p->n_pieces - piece0, segs[a].g);
+  }
+  p->n_shared_tasks = p->n_tasks;
+  /* the rest: each chunk against each segment its rows reach, unless shared above */
+  for (int s = 0; s < n_seqs; s++) {
+    const pd_attn_seq *sq = &seqs[s];
+    for (int i0 = 0; i0 < sq->n_new; i0 += ROW_CHUNK) {
+      const int nr = sq->n_new - i0 < ROW_CHUNK ? sq->n_new - i0 : ROW_CHUNK;
+      const int64_t piece = p->n_pieces++;
+      p->pieces[piece] = (attn_piece){s, i0, nr};
+      const int ctx_end = sq->n_past + i0 + nr;
+      for (int g = 0; g * SEG_LEN < ctx_end; g++) {
+        if (g < sq->n_past / SEG_LEN && shared[seg_flag0[s] + g]) continue;
+        add_tasks(p, n_kv, piece, 1, g);
+      }
+    }
+  }
+  free(segs), free(seg_flag0), free(shared);
+  return PD_OK;
+}
+
 int pd_attn_paged(const pd_kv_layout *L, const void *pool, int layer, int n_heads, const float *q,
                   float *out, const pd_attn_seq *seqs, int n_seqs, float scale) {
   if (n_heads <= 0 || L->n_kv_heads <= 0 || n_heads % L->n_kv_heads || layer < 0 ||
       layer >= L->n_layers || n_seqs < 0)
     return PD_EINVAL;
-  const int hd = L->head_dim, group = n_heads / L->n_kv_heads, n_kv = L->n_kv_heads;
-  /* per sequence: its first task and its first workspace slot; slot (s, i, h, g) =
-   * slot0[s] + (i * n_heads + h) * seq_segments + g, each slot hd + 2 floats (acc, m, l) */
-  int64_t *task0 = malloc(sizeof(int64_t) * (size_t)(n_seqs + 1));
+  const int hd = L->head_dim, group = n_heads / L->n_kv_heads;
+  for (int s = 0; s < n_seqs; s++)
+    if (!seq_ok(L, &seqs[s])) return PD_EINVAL;
+  /* per sequence: its first workspace slot; slot (s, i, h, g) = slot0[s] + (i * n_heads + h) *
+   * seq_segments + g, each slot hd + 2 floats (acc, m, l) */
   int64_t *slot0 = malloc(sizeof(int64_t) * (size_t)(n_seqs + 1));
-  if (!task0 || !slot0) {
-    free(task0), free(slot0);
+  attn_plan plan;
+  if (!slot0 || plan_tasks(L, seqs, n_seqs, &plan)) {
+    free(slot0);
     return PD_ENOMEM;
   }
-  task0[0] = slot0[0] = 0;
-  for (int s = 0; s < n_seqs; s++) {
-    if (!seq_ok(L, &seqs[s])) {
-      free(task0), free(slot0);
-      return PD_EINVAL;
-    }
-    const int chunks = (seqs[s].n_new + ROW_CHUNK - 1) / ROW_CHUNK;
-    task0[s + 1] = task0[s] + (int64_t)chunks * n_kv * seq_segments(&seqs[s]);
+  slot0[0] = 0;
+  for (int s = 0; s < n_seqs; s++)
     slot0[s + 1] = slot0[s] + (int64_t)seqs[s].n_new * n_heads * seq_segments(&seqs[s]);
-  }
-  const int64_t n_tasks = task0[n_seqs], slot_floats = hd + 2;
+  const int64_t n_tasks = plan.n_tasks, slot_floats = hd + 2;
   float *ws =
       malloc(sizeof(float) * (size_t)(slot0[n_seqs] > 0 ? slot0[n_seqs] : 1) * (size_t)slot_floats);
   int failed = !ws;
-  int64_t n_row_heads = 0;
-  for (int s = 0; s < n_seqs; s++) n_row_heads += (int64_t)seqs[s].n_new * n_heads;
+  /* (row, head) pairs in sequence order, for the fold */
+  int64_t *rh0 = malloc(sizeof(int64_t) * (size_t)(n_seqs + 1));
+  if (rh0) {
+    rh0[0] = 0;
+    for (int s = 0; s < n_seqs; s++) rh0[s + 1] = rh0[s] + (int64_t)seqs[s].n_new * n_heads;
+  } else {
+    failed = 1;
+  }
+  const int64_t n_row_heads = rh0 ? rh0[n_seqs] : 0;
   if (L->dtype == PD_DTYPE_FP8_E4M3) pthread_once(&fp8_table_once, fp8_table_fill);
 #pragma omp parallel if (!failed)
   {
@@ -339,30 +482,36 @@ int pd_attn_paged(const pd_kv_layout *L, const void *pool, int layer, int n_head
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < n_tasks; task++) {
       if (failed) continue;
-      int s = 0;
-      while (task >= task0[s + 1]) s++;
-      const pd_attn_seq *sq = &seqs[s];
-      const int nseg = seq_segments(sq);
-      const int64_t t = task - task0[s];
-      const int g = (int)(t % nseg), kvh = (int)(t / nseg % n_kv),
-                i0 = (int)(t / nseg / n_kv) * ROW_CHUNK;
-      const int nr = sq->n_new - i0 < ROW_CHUNK ? sq->n_new - i0 : ROW_CHUNK;
-      const int p0 = g * SEG_LEN, ctx_end = sq->n_past + i0 + nr;
-      if (p0 >= ctx_end) continue; /* no row of the chunk reaches this segment */
+      const attn_task *t = &plan.tasks[task];
+      const attn_piece *pieces = plan.pieces + t->piece0;
+      const int g = t->g, kvh = t->kvh, p0 = g * SEG_LEN;
+      int ctx_end = 0; /* the furthest position a row of the task sees, plus one */
+      for (int j = 0; j < t->n_pieces; j++) {
+        const pd_attn_seq *sq = &seqs[pieces[j].s];
+        const int e = sq->n_past + pieces[j].i0 + pieces[j].nr;
+        ctx_end = e > ctx_end ? e : ctx_end;
+      }
       const int p1 = ctx_end < p0 + SEG_LEN ? ctx_end : p0 + SEG_LEN;
-      load_rows(L, pool, sq, layer, 0, kvh, p0, p1, kt);
-      load_rows(L, pool, sq, layer, 1, kvh, p0, p1, vt);
-      for (int i = 0; i < nr; i++) {
-        const int row_end = sq->n_past + i0 + i + 1; /* row i sees positions < row_end */
-        if (row_end <= p0) continue;
-        const int n_vis = (row_end < p1 ? row_end : p1) - p0;
-        for (int hh = 0; hh < group; hh++) {
-          const int h = kvh * group + hh;
-          const float *qr =
-              q + (((size_t)sq->row + (size_t)(i0 + i)) * (size_t)n_heads + (size_t)h) * (size_t)hd;
-          float *slot = ws + (size_t)(slot0[s] + ((int64_t)(i0 + i) * n_heads + h) * nseg + g) *
-                                 (size_t)slot_floats;
-          segment_row(qr, kt, vt, n_vis, hd, scale, sc, slot, slot + hd, slot + hd + 1);
+      /* the pieces' sequences hold the same blocks over [p0, p1): the first one's are read */
+      load_rows(L, pool, &seqs[pieces[0].s], layer, 0, kvh, p0, p1, kt);
+      load_rows(L, pool, &seqs[pieces[0].s], layer, 1, kvh, p0, p1, vt);
+      for (int j = 0; j < t->n_pieces; j++) {
+        const int s = pieces[j].s, i0 = pieces[j].i0, nr = pieces[j].nr;
+        const pd_attn_seq *sq = &seqs[s];
+        const int nseg = seq_segments(sq);
+        for (int i = 0; i < nr; i++) {
+          const int row_end = sq->n_past + i0 + i + 1; /* row i sees positions < row_end */
+          if (row_end <= p0) continue;
+          const int n_vis = (row_end < p1 ? row_end : p1) - p0;
+          for (int hh = 0; hh < group; hh++) {
+            const int h = kvh * group + hh;
+            const float *qr =
+                q +
+                (((size_t)sq->row + (size_t)(i0 + i)) * (size_t)n_heads + (size_t)h) * (size_t)hd;
+            float *slot = ws + (size_t)(slot0[s] + ((int64_t)(i0 + i) * n_heads + h) * nseg + g) *
+                                   (size_t)slot_floats;
+            segment_row(qr, kt, vt, n_vis, hd, scale, sc, slot, slot + hd, slot + hd + 1);
+          }
         }
       }
     }
@@ -372,8 +521,8 @@ int pd_attn_paged(const pd_kv_layout *L, const void *pool, int layer, int n_head
     for (int64_t rh = 0; rh < n_row_heads; rh++) {
       if (failed) continue;
       int s = 0;
-      int64_t x = rh;
-      while (x >= (int64_t)seqs[s].n_new * n_heads) x -= (int64_t)seqs[s].n_new * n_heads, s++;
+      while (rh >= rh0[s + 1]) s++;
+      const int64_t x = rh - rh0[s];
       const pd_attn_seq *sq = &seqs[s];
       const int i = (int)(x / n_heads), h = (int)(x % n_heads), nseg = seq_segments(sq);
       const int row_end = sq->n_past + i + 1, n_used = (row_end + SEG_LEN - 1) / SEG_LEN;
@@ -393,6 +542,7 @@ int pd_attn_paged(const pd_kv_layout *L, const void *pool, int layer, int n_head
       for (int d = 0; d < hd; d++) o[d] *= inv;
     }
   }
-  free(ws), free(task0), free(slot0);
+  free(ws), free(slot0), free(rh0);
+  plan_free(&plan);
   return failed ? PD_ENOMEM : PD_OK;
 }

@@ -27,6 +27,8 @@
  * bit, the row computed with the prefix in the same batch. Parallelism is over (row, head) and
  * over fixed segments of 256 key positions (aligned to absolute positions, so a row's split
  * depends on its position only), whose partial softmax results are folded in position order.
+ * Sequences that hold a segment in the same blocks share its conversion, not its arithmetic: a
+ * row computes the same operations on the same values either way.
  *
  * These functions are the reference for the CUDA kernels (kernels/cuda/), which are tested
  * against them on random inputs.

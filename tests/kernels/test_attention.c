@@ -326,6 +326,96 @@ START_TEST(rows_are_batch_invariant) {
 }
 END_TEST
 
+/* Sequences that hold the same prefix blocks (a shared system prompt: 592 tokens, two full key
+ * segments) are computed together over those segments; each row must still equal, bit for bit,
+ * the row computed with its sequence alone -- and the row of a sequence whose copy of the prefix
+ * sits in blocks of its own. 17 decode rows and 2 prefill chunks of 40 rows (more than one
+ * shared task's rows), each after a tail of its own, and one sequence with another prefix (it
+ * must not be taken for a sharer); f16 and fp8 pools, 1 and 2 threads. */
+START_TEST(sequences_sharing_prefix_blocks_match_each_alone) {
+  enum { N = 21, PREFIX = 592, MAX_TAIL = 80 };
+  const int hd = 64, n_kv = 3, n_heads = 9, B = 16, prefix_blocks = PREFIX / B;
+  const enum pd_dtype dt = _i ? PD_DTYPE_FP8_E4M3 : PD_DTYPE_F16;
+  pd_kv_layout L = {1, n_kv, hd, B, dt};
+  const size_t bb = pd_kv_block_bytes(&L), row_floats = (size_t)n_heads * hd;
+  const int own_blocks = (MAX_TAIL + B - 1) / B;
+  /* the prefix, its copy, another prefix, the tails */
+  const int n_pool = 3 * prefix_blocks + N * own_blocks;
+  uint8_t *pool = malloc((size_t)n_pool * bb);
+  memset(pool, 0xff, (size_t)n_pool * bb);
+  static int32_t tables[N][64];
+  pd_attn_seq seqs[N];
+  float *k = malloc(sizeof(float) * (PREFIX + MAX_TAIL) * n_kv * hd);
+  float *v = malloc(sizeof(float) * (PREFIX + MAX_TAIL) * n_kv * hd);
+  for (int i = 0; i < PREFIX * n_kv * hd; i++) k[i] = frand() * 3.0f, v[i] = frand() * 5.0f;
+  int rows = 0;
+  for (int sq = 0; sq < N; sq++) {
+    /* the last one holds the prefix in blocks of its own; sequence 7 another prefix */
+    const int copy = sq == N - 1, stranger = sq == 7;
+    for (int b = 0; b < prefix_blocks; b++)
+      tables[sq][b] = copy ? prefix_blocks + b : stranger ? 2 * prefix_blocks + b : b;
+    for (int b = 0; b < own_blocks; b++)
+      tables[sq][prefix_blocks + b] = 3 * prefix_blocks + sq * own_blocks + b;
+    /* the copy repeats the sequence before it: same tail, same rows, same queries */
+    const int like = copy ? sq - 1 : sq;
+    const int n_new = like == 3 || like == 11 ? 40 : 1, extra = (like * 7) % (MAX_TAIL - n_new);
+    seqs[sq] = (pd_attn_seq){tables[sq], prefix_blocks + own_blocks, PREFIX + extra, n_new, rows};
+    rows += n_new;
+    if (sq == 0 || copy || stranger) { /* the shared blocks, the copy, the other prefix */
+      pd_attn_seq pre = {tables[sq], prefix_blocks, 0, PREFIX, 0};
+      float *ks = k, *vs = v;
+      if (stranger) {
+        ks = malloc(sizeof(float) * PREFIX * n_kv * hd),
+        vs = malloc(sizeof(float) * PREFIX * n_kv * hd);
+        for (int i = 0; i < PREFIX * n_kv * hd; i++) ks[i] = frand() * 3.0f, vs[i] = frand() * 5.0f;
+      }
+      ck_assert_int_eq(pd_kv_store(&L, pool, &pre, 0, ks, vs), PD_OK);
+      if (stranger) free(ks), free(vs);
+    }
+    const int tail = extra + n_new; /* K and V of the sequence's own positions */
+    for (int i = 0; i < tail * n_kv * hd && !copy; i++)
+      k[PREFIX * n_kv * hd + i] = frand() * 3.0f, v[PREFIX * n_kv * hd + i] = frand() * 5.0f;
+    pd_attn_seq own = {tables[sq], prefix_blocks + own_blocks, PREFIX, tail, 0};
+    ck_assert_int_eq(pd_kv_store(&L, pool, &own, 0, k + (size_t)PREFIX * n_kv * hd,
+                                 v + (size_t)PREFIX * n_kv * hd),
+                     PD_OK);
+  }
+  float *q = malloc(sizeof(float) * (size_t)rows * row_floats);
+  for (size_t i = 0; i < (size_t)rows * row_floats; i++) q[i] = frand() * 2.0f;
+  memcpy(q + (size_t)seqs[N - 1].row * row_floats, q + (size_t)seqs[N - 2].row * row_floats,
+         sizeof(float) * row_floats);
+  float *alone = malloc(sizeof(float) * (size_t)rows * row_floats);
+  float *together = malloc(sizeof(float) * (size_t)rows * row_floats);
+  const float scale = 1.0f / sqrtf((float)hd);
+  for (int sq = 0; sq < N; sq++) {
+    pd_attn_seq one = seqs[sq];
+    one.row = 0;
+    ck_assert_int_eq(pd_attn_paged(&L, pool, 0, n_heads, q + (size_t)seqs[sq].row * row_floats,
+                                   alone + (size_t)seqs[sq].row * row_floats, &one, 1, scale),
+                     PD_OK);
+  }
+  for (int threads = 1; threads <= 2; threads++) {
+#ifdef _OPENMP
+    omp_set_num_threads(threads);
+#endif
+    for (size_t i = 0; i < (size_t)rows * row_floats; i++) together[i] = NAN; /* poison */
+    ck_assert_int_eq(pd_attn_paged(&L, pool, 0, n_heads, q, together, seqs, N, scale), PD_OK);
+    for (int sq = 0; sq < N; sq++)
+      ck_assert_msg(memcmp(together + (size_t)seqs[sq].row * row_floats,
+                           alone + (size_t)seqs[sq].row * row_floats,
+                           sizeof(float) * (size_t)seqs[sq].n_new * row_floats) == 0,
+                    "%s: sequence %d differs in the batch from alone, %d threads",
+                    pd_dtype_name(dt), sq, threads);
+    /* the copy (its own blocks, computed alone) equals its twin (shared blocks, together) */
+    ck_assert_msg(memcmp(together + (size_t)seqs[N - 1].row * row_floats,
+                         together + (size_t)seqs[N - 2].row * row_floats,
+                         sizeof(float) * row_floats) == 0,
+                  "%s: the prefix in blocks of its own gives other bits", pd_dtype_name(dt));
+  }
+  free(pool), free(k), free(v), free(q), free(alone), free(together);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("attention");
   TCase *t = tcase_create("cpu");
@@ -335,6 +425,7 @@ int main(void) {
   tcase_add_test(t, fp8_every_byte_reads_back_exactly);
   tcase_add_loop_test(t, matches_double_reference, 0, (int)(sizeof cases / sizeof cases[0]));
   tcase_add_loop_test(t, rows_are_batch_invariant, 0, 3);
+  tcase_add_loop_test(t, sequences_sharing_prefix_blocks_match_each_alone, 0, 2);
   suite_add_tcase(s, t);
   return pd_check_run(s, 1);
 }
