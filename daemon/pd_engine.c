@@ -368,7 +368,10 @@ static int alloc_block(pd_engine *e, uint32_t tenant, uint32_t *slot) {
   if (rc) return rc;
   uint16_t owner = (uint16_t)(tenant + 1);
   if (e->slot_owner[*slot] != owner) {
-    if (e->cfg.zero_reused_kv && e->slot_owner[*slot]) pd_devpool_zero(&e->pool, *slot);
+    if (e->cfg.zero_reused_kv && e->slot_owner[*slot] && (rc = pd_devpool_zero(&e->pool, *slot))) {
+      pd_radix_free_slot(&e->tree, 0, *slot); /* not handed out with another tenant's rows */
+      return rc;
+    }
     e->slot_owner[*slot] = owner;
   }
   return PD_OK;
@@ -666,8 +669,10 @@ static int seq_admit(pd_engine *e, pd_seq *s) {
   if (cow) { /* copy the shared, partially matched block before appending to it */
     uint32_t slot;
     rc = alloc_block(e, s->tenant, &slot);
+    if (!rc && (rc = pd_devpool_copy(&e->pool, slot,
+                                     pd_radix_node(&e->tree, nodes[m.cow])->slot)) != PD_OK)
+      pd_radix_free_slot(&e->tree, 0, slot); /* the copy failed: recompute the block instead */
     if (!rc) {
-      pd_devpool_copy(&e->pool, slot, pd_radix_node(&e->tree, nodes[m.cow])->slot);
       s->table[s->n_table++] = slot;
       s->cached_by_tier[0] += cached - usable * B(e);
     } else {
@@ -1051,16 +1056,39 @@ static void restores_done(pd_engine *e) {
   }
 }
 
-/* One forward pass over the batch on the engine's backend. */
-static int forward(pd_engine *e, int n) {
+/* One forward pass over the batch on the engine's backend. On the GPU, when every sequence that
+ * wants a token samples greedily, the argmax runs there too and only the tokens come back
+ * (e->gpu_picks, *picked set); else the logits rows come back into e->logits. */
+static int forward(pd_engine *e, pd_seq *const *order, int n, int *picked) {
+  *picked = 0;
 #ifdef PD_WITH_CUDA
   if (e->on_gpu) {
-    int rc = pd_llama_cuda_forward(e->cuda, e->pool.base, e->batch, n, e->logits);
+    int greedy = 1;
+    for (int i = 0; i < n && greedy; i++)
+      if (e->batch[i].want_logits) greedy = pd_sampler_is_greedy(order[i]->smp);
+    int rc = greedy
+                 ? pd_llama_cuda_forward_ex(e->cuda, e->pool.base, e->batch, n, NULL, e->gpu_picks)
+                 : pd_llama_cuda_forward(e->cuda, e->pool.base, e->batch, n, e->logits);
     if (rc) pd_log(PD_LOG_ERROR, "the GPU forward pass failed", "error=\"%s\"", e->cuda->err);
+    *picked = !rc && greedy;
     return rc;
   }
 #endif
+  (void)order;
   return pd_llama_forward(&e->llama, e->pool.base, e->batch, n, e->logits);
+}
+
+/* Frees e->logits (pinned when the engine runs on the GPU) and e->gpu_picks. */
+static void logits_free(pd_engine *e) {
+#ifdef PD_WITH_CUDA
+  if (e->on_gpu) {
+    pd_llama_cuda_host_free(e->logits);
+    e->logits = NULL;
+  }
+#endif
+  free(e->logits);
+  free(e->gpu_picks);
+  e->logits = NULL, e->gpu_picks = NULL;
 }
 
 /* Sets up the GPU forward pass (weights uploaded, scratch, graphs). Called only when
@@ -1161,7 +1189,8 @@ static int step(pd_engine *e) {
   }
   struct timespec f0, f1;
   clock_gettime(CLOCK_MONOTONIC, &f0);
-  int rc = forward(e, n);
+  int gpu_picked;
+  int rc = forward(e, order, n, &gpu_picked);
   clock_gettime(CLOCK_MONOTONIC, &f1);
   if (!rc && rows > n_decode) /* the prefill rate, for restore-or-recompute */
     pd_tiers_note_prefill(e->tiers, (uint64_t)rows,
@@ -1170,9 +1199,11 @@ static int step(pd_engine *e) {
   int64_t now = pd_grpc_now_ms();
   int li = 0;
   const float *lg[1024];
+  int want[1024]; /* the index of the sequence's row among those that want a token, or -1 */
   for (int i = 0; i < n; i++) {
     pd_seq *s = order[i];
     lg[i] = NULL;
+    want[i] = -1;
     if (rc) {
       running_remove(e, s);
       seq_finish(e, s, rc == PD_ENOMEM ? PD_GRPC_RESOURCE_EXHAUSTED : PD_GRPC_INTERNAL,
@@ -1182,7 +1213,10 @@ static int step(pd_engine *e) {
       continue;
     }
     s->n_past += (uint32_t)s->rows;
-    if (e->batch[i].want_logits) lg[i] = e->logits + (size_t)li++ * (size_t)e->model->n_vocab;
+    if (e->batch[i].want_logits) {
+      want[i] = li;
+      lg[i] = e->logits + (size_t)li++ * (size_t)e->model->n_vocab;
+    }
     if (s->phase == PHASE_PREFILL && s->n_past == s->n_prompt) {
       s->prefill_ms = (double)(now - s->prefill_start_ms);
       if (s->warm) {
@@ -1196,9 +1230,17 @@ static int step(pd_engine *e) {
   }
   /* sampling: each sequence has its own sampler, so they run in parallel */
   int32_t picked[1024];
+  if (gpu_picked) { /* the argmax ran on the GPU: the token, recorded as a sample would be */
+    for (int i = 0; i < n; i++)
+      if (order[i] && lg[i]) {
+        picked[i] = e->gpu_picks[want[i]];
+        pd_sampler_accept(order[i]->smp, picked[i]);
+      }
+  } else {
 #pragma omp parallel for schedule(dynamic, 1)
-  for (int i = 0; i < n; i++)
-    if (order[i] && lg[i]) picked[i] = pd_sampler_sample(order[i]->smp, lg[i]);
+    for (int i = 0; i < n; i++)
+      if (order[i] && lg[i]) picked[i] = pd_sampler_sample(order[i]->smp, lg[i]);
+  }
   for (int i = 0; i < n; i++) {
     pd_seq *s = order[i];
     if (!s || !lg[i]) continue;
@@ -1497,7 +1539,13 @@ int pd_engine_create(const pd_engine_config *cfg, uv_loop_t *loop, pd_job_output
   if (PD_ENGINE_HAVE_CUDA && cfg->device == PD_ENGINE_DEVICE_AUTO && !gpu)
     pd_log(PD_LOG_INFO, "no usable GPU: the forward pass runs on the CPU", "reason=\"%s\"",
            pd_devpool_cuda_unavailable_reason());
-  if (gpu && (rc = gpu_init(e, err, errlen))) goto fail;
+  if (gpu && (rc = gpu_init(e, err, errlen))) {
+    if (cfg->device != PD_ENGINE_DEVICE_AUTO) goto fail;
+    /* auto: a model or a size the GPU path cannot take runs on the CPU, and says why */
+    pd_log(PD_LOG_WARN, "the GPU cannot serve this: the forward pass runs on the CPU",
+           "reason=\"%s\"", err);
+    gpu = 0, rc = PD_OK, err[0] = 0;
+  }
   e->block_bytes = pd_kv_block_bytes(&e->llama.kv);
   uint64_t n_blocks = cfg->kv_cache_bytes / e->block_bytes;
   if (n_blocks < 4 || n_blocks > UINT32_MAX / 2) {
@@ -1508,17 +1556,31 @@ int pd_engine_create(const pd_engine_config *cfg, uv_loop_t *loop, pd_job_output
   }
   e->n_blocks = (uint32_t)n_blocks;
   if ((rc = pd_devpool_create(&e->pool, gpu ? PD_DEVPOOL_CUDA : PD_DEVPOOL_CPU, e->n_blocks,
-                              e->block_bytes, err, errlen)))
-    goto fail;
+                              e->block_bytes, err, errlen))) {
+    if (!gpu || cfg->device != PD_ENGINE_DEVICE_AUTO) goto fail;
+    pd_log(PD_LOG_WARN, "the GPU cannot hold the KV cache: the forward pass runs on the CPU",
+           "reason=\"%s\"", err);
+    gpu_free(e);
+    e->on_gpu = 0, gpu = 0, err[0] = 0;
+    if ((rc =
+             pd_devpool_create(&e->pool, PD_DEVPOOL_CPU, e->n_blocks, e->block_bytes, err, errlen)))
+      goto fail;
+  }
   pd_devpool_describe(&e->pool, e->backend, sizeof e->backend);
 #ifdef PD_WITH_CUDA
   if (e->cuda) e->cuda->pool_blocks = e->n_blocks; /* a block id past the pool is refused */
 #endif
   e->slot_owner = calloc(n_blocks, sizeof *e->slot_owner);
   e->slot_stamp = calloc(n_blocks, sizeof *e->slot_stamp);
-  e->logits = malloc((size_t)cfg->max_running * (size_t)e->model->n_vocab * sizeof(float));
+  const size_t logits_bytes = (size_t)cfg->max_running * (size_t)e->model->n_vocab * sizeof(float);
+#ifdef PD_WITH_CUDA
+  if (e->on_gpu && (rc = pd_llama_cuda_host_alloc(logits_bytes, (void **)&e->logits, err, errlen)))
+    goto fail;
+#endif
+  if (!e->on_gpu) e->logits = malloc(logits_bytes);
+  e->gpu_picks = malloc((size_t)cfg->max_running * sizeof *e->gpu_picks);
   e->batch = calloc((size_t)cfg->max_running + cfg->max_batch_tokens, sizeof *e->batch);
-  if (!e->slot_owner || !e->slot_stamp || !e->logits || !e->batch) {
+  if (!e->slot_owner || !e->slot_stamp || !e->logits || !e->gpu_picks || !e->batch) {
     snprintf(err, errlen, "out of memory for a KV cache of %llu blocks",
              (unsigned long long)n_blocks);
     rc = PD_ENOMEM;
@@ -1590,7 +1652,7 @@ fail:
   pd_devpool_destroy(&e->pool);
   free(e->slot_owner);
   free(e->slot_stamp);
-  free(e->logits);
+  logits_free(e);
   free(e->batch);
   pd_llama_free(&e->llama);
   gpu_free(e);
@@ -1622,7 +1684,7 @@ void pd_engine_destroy(pd_engine *e) {
   pd_devpool_destroy(&e->pool);
   free(e->slot_owner);
   free(e->slot_stamp);
-  free(e->logits);
+  logits_free(e);
   free(e->batch);
   free(e->counters);
   pd_llama_free(&e->llama);

@@ -198,7 +198,8 @@ struct pd_engine {
   int n_running;
   uint64_t reserved_blocks; /* sum of the running sequences' reservations */
   uint32_t rr_tenant;       /* round-robin cursor for admission */
-  float *logits;            /* (max_running, n_vocab) */
+  float *logits;            /* (max_running, n_vocab); pinned host memory on the GPU */
+  int32_t *gpu_picks;       /* (max_running) tokens of a greedy batch, argmax on the GPU */
   pd_llama_seq *batch;      /* (max_running) */
   uint64_t requests, generated_tokens;
   pd_engine_stats_window window;

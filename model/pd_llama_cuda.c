@@ -424,6 +424,12 @@ int pd_llama_cuda_init(pd_llama_cuda *c, const pd_model *m, int block_tokens,
     }
   }
   if ((rc = upload_weights(c, err, errlen))) goto fail;
+  /* the uploads above ran on the legacy default stream, which the forward stream (non-blocking)
+   * does not wait for: finished here, before the first forward pass reads them */
+  if ((e = cudaDeviceSynchronize()) != cudaSuccess) {
+    rc = pd_cuda_fail(e, err, errlen, "uploading the model");
+    goto fail;
+  }
   return PD_OK;
 fail:
   pd_llama_cuda_free(c);
@@ -431,6 +437,14 @@ fail:
 }
 
 /* ---- pools ---------------------------------------------------------------------------------- */
+
+int pd_llama_cuda_host_alloc(size_t bytes, void **p, char *err, size_t errlen) {
+  return host_alloc(p, bytes, "the logits", err, errlen);
+}
+
+void pd_llama_cuda_host_free(void *p) {
+  if (p) cudaFreeHost(p);
+}
 
 int pd_llama_cuda_pool_alloc(const pd_llama_cuda *c, int64_t n_blocks, void **pool, char *err,
                              size_t errlen) {

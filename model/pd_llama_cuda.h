@@ -157,6 +157,12 @@ int pd_llama_cuda_forward(pd_llama_cuda *ctx, void *pool, const pd_llama_seq *se
 int pd_llama_cuda_forward_ex(pd_llama_cuda *ctx, void *pool, const pd_llama_seq *seqs, int n_seqs,
                              float *logits, int32_t *tokens);
 
+/* Pinned host memory for outputs the GPU writes (the logits: copied by DMA, not through the
+ * driver's staging buffer). *p is the caller's until pd_llama_cuda_host_free. PD_ENOMEM names the
+ * bytes asked. */
+int pd_llama_cuda_host_alloc(size_t bytes, void **p, char *err, size_t errlen);
+void pd_llama_cuda_host_free(void *p);
+
 /* Destroys every captured graph (they are rebuilt as shapes recur). */
 void pd_llama_cuda_drop_graphs(pd_llama_cuda *ctx);
 

@@ -69,6 +69,10 @@ void pd_sampler_free(pd_sampler *s) {
   free(s);
 }
 
+int pd_sampler_is_greedy(const pd_sampler *s) {
+  return s->p.temperature <= 0 && s->p.repeat_penalty == 1.0f;
+}
+
 void pd_sampler_accept(pd_sampler *s, int32_t tok) {
   if (!s->p.repeat_last_n) return;
   s->recent[s->head] = tok;

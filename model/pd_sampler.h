@@ -31,6 +31,9 @@ int pd_sampler_create(const pd_sampling_params *p, int32_t n_vocab, pd_sampler *
 void pd_sampler_free(pd_sampler *s);
 /* Records a token seen (prompt or generated) for the repetition penalty. */
 void pd_sampler_accept(pd_sampler *s, int32_t tok);
+/* 1 when the pick is the argmax of the raw logits, lowest id on ties (temperature 0 and no
+ * repetition penalty): what a device-side argmax computes. */
+int pd_sampler_is_greedy(const pd_sampler *s);
 /* Picks a token from logits (n_vocab, not modified) and accepts it. */
 int32_t pd_sampler_sample(pd_sampler *s, const float *logits);
 

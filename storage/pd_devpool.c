@@ -90,7 +90,10 @@ int pd_devpool_create(pd_devpool *p, enum pd_devpool_kind kind, uint32_t n_block
     return rc;
   }
   cudaStream_t s1 = NULL, s2 = NULL;
+  /* the memset runs on the legacy default stream, which the pool's non-blocking streams do not
+   * wait for: synchronized here, before any of them writes a block */
   if ((e = cudaMemset(p->base, 0, bytes)) != cudaSuccess ||
+      (e = cudaDeviceSynchronize()) != cudaSuccess ||
       (e = cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking)) != cudaSuccess ||
       (e = cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking)) != cudaSuccess) {
     int rc = pd_cuda_fail(e, err, errlen, "setting up the KV pool");

@@ -190,13 +190,13 @@ static void *host_ptr(pd_tiers *t, uint32_t slot) {
 }
 
 /* Engine thread, when no batch could be made: one block between the pool and the host tier,
- * at once. */
-static void move_now(pd_tiers *t, uint32_t dev_slot, uint32_t host_slot, int to_host) {
+ * at once. A failed copy (a GPU fault) marks the node bad: its bytes are not served. */
+static void move_now(pd_tiers *t, uint32_t node, uint32_t dev_slot, uint32_t host_slot,
+                     int to_host) {
   int32_t d = (int32_t)dev_slot, h = (int32_t)host_slot;
-  if (to_host)
-    pd_devpool_download(t->cfg.device, &d, 1, t->host, &h);
-  else
-    pd_devpool_upload(t->cfg.device, &d, 1, t->host, &h);
+  int rc = to_host ? pd_devpool_download(t->cfg.device, &d, 1, t->host, &h)
+                   : pd_devpool_upload(t->cfg.device, &d, 1, t->host, &h);
+  if (rc) mark_bad(t, node);
 }
 
 void *pd_tiers_host_block(pd_tiers *t, uint32_t slot) {
@@ -784,7 +784,7 @@ static void settle_victim(pd_tiers *t, const pd_evicted *ev, int next, uint64_t 
       it = &t->open[OP_WRITE]->items[t->open[OP_WRITE]->n - 1];
     }
     if (!it) { /* out of memory for the batch */
-      if (next == 1) move_now(t, ev->slot, slot, 1);
+      if (next == 1) move_now(t, node, ev->slot, slot, 1);
       pd_radix_free_slot(t->tree, from, ev->slot);
       if (next == 2) mark_bad(t, node); /* in the disk tier without a record */
       return;
@@ -966,7 +966,7 @@ int pd_tiers_restore(pd_tiers *t, uint32_t node, uint64_t now, uint32_t *device_
                            from == 2 ? node_tokens(t, node) : NULL, from == 2 ? nd->n_tokens : 0);
   if (!it) { /* no batch: do it here */
     if (from == 1) {
-      move_now(t, slot, old_slot, 0);
+      move_now(t, node, slot, old_slot, 0);
       pd_radix_free_slot(t->tree, 1, old_slot);
     } else {
       pd_radix_free_slot(t->tree, 2, old_slot);
