@@ -296,23 +296,28 @@ def test_pins_survive_restart_and_kill_9(q51_model, data_dir):
 
 def test_kill_9_during_spills_loses_nothing_committed(q51_model, data_dir):
     """Warms in a loop with every block written to disk while the device and host tiers spill;
-    kill -9 at a random moment; restart: every indexed prefix restores to the right tokens."""
+    kill -9 at a random moment; restart: every indexed prefix restores to the right tokens. Each
+    round warms 6 documents the disk has not seen (a block already on disk is not written
+    again, and the kill must come while writes are under way) beside 6 it has."""
     args = tiers(("--host-cache-mb", "1", "--disk-cache-mb", "64", "--disk-write", "always"))
     rng = random.Random(42)
-    n_docs = 12
+    n_docs, rounds, fresh = 12, 3, 6
     references = {}
-    for round_ in range(3):
+    for round_ in range(rounds):
         d = Daemon(q51_model, data_dir, extra=args)
         s = d.stub()
         if not references:
-            references = {i: greedy(s, doc(i), no_cache=True)[0] for i in range(n_docs)}
+            references = {i: greedy(s, doc(i), no_cache=True)[0]
+                          for i in range(n_docs + fresh * (rounds - 1))}
+        first = round_ * fresh  # documents first .. first + n_docs - 1
         stop = threading.Event()
 
         def load():
             i = 0
             while not stop.is_set():
                 try:
-                    s.Warm(pb.WarmRequest(prompt=ids_prompt(doc(i % n_docs))), timeout=10)
+                    s.Warm(pb.WarmRequest(prompt=ids_prompt(doc(first + i % n_docs))),
+                           timeout=10)
                 except Exception:
                     return
                 i += 1
@@ -323,6 +328,7 @@ def test_kill_9_during_spills_loses_nothing_committed(q51_model, data_dir):
         end = time.monotonic() + 120
         while stats(s).storage.disk_writes == 0 and time.monotonic() < end:
             time.sleep(0.05)
+        assert stats(s).storage.disk_writes > 0, f"round {round_}: nothing written in 120 s"
         time.sleep(0.3 + rng.random())
         d.proc.send_signal(signal.SIGKILL)
         d.proc.wait()
@@ -333,7 +339,7 @@ def test_kill_9_during_spills_loses_nothing_committed(q51_model, data_dir):
         try:
             s = d.stub()
             restored = 0
-            for i in range(n_docs):
+            for i in range(first + n_docs):  # every document warmed so far
                 out, final = greedy(s, doc(i))
                 assert out == references[i], f"round {round_}, doc {i}"
                 restored += final.usage.cached_tokens_by_tier.disk
