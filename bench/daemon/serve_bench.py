@@ -19,6 +19,7 @@
                    [--llama-server PATH]
 """
 import argparse
+import asyncio
 import json
 import os
 import statistics
@@ -34,6 +35,9 @@ os.environ.setdefault("PREFIXD_PROTO", os.path.join(os.path.dirname(__file__), "
 import grpc  # noqa: E402
 
 from conftest import Daemon, chat, generate, pb, pb_grpc  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../serving"))
+import servers  # noqa: E402  (bench/serving: the llama-server launcher)
 
 WORDS = ("the shop sells city bikes road bikes and cargo bikes repairs every brand offers "
          "rentals by the day and keeps spare parts for older models while the staff answers "
@@ -60,51 +64,18 @@ def ttft(stub, system, user):
     return f.timings.ttft_ms, f.usage
 
 
-class LlamaServer:
-    """llama.cpp's llama-server on the same model: 32 slots of 1,280 tokens, continuous batching,
-    flash attention (faster here: 4 sessions at once 9.9 against 7.5 tok/s without), its prompt
-    cache on (a slot keeps its last prompt's KV and reuses the common prefix)."""
-
-    def __init__(self, path, model, threads, slots=32, slot_ctx=1280, port=18080):
-        env = dict(os.environ, LD_LIBRARY_PATH=os.path.dirname(os.path.abspath(path)))
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(
-            [path, "-m", model, "-t", threads, "-tb", threads, "-np", str(slots),
-             "-c", str(slots * slot_ctx), "-fa", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=self.log, stderr=self.log, env=env)
-        end = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except Exception:
-                pass
-            if self.proc.poll() is not None or time.time() > end:
-                self.log.seek(0)
-                raise RuntimeError("llama-server did not start: " + self.log.read()[-2000:].decode())
-            time.sleep(0.2)
-
-    def complete(self, ids, n_predict, temperature, seed=1):
-        """One /completion over token ids; returns (client wall ms, tokens generated)."""
-        body = json.dumps({"prompt": ids, "n_predict": n_predict, "temperature": temperature,
-                           "seed": seed, "cache_prompt": True, "ignore_eos": True,
-                           "stream": False}).encode()
-        req = urllib.request.Request(self.url + "/completion", data=body,
-                                     headers={"Content-Type": "application/json"})
-        t0 = time.perf_counter()
-        with urllib.request.urlopen(req, timeout=3600) as r:
-            out = json.loads(r.read())
-        return (time.perf_counter() - t0) * 1000.0, out.get("tokens_predicted", 0)
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+def llama_complete(port, ids, n_predict, temperature, seed=1):
+    """One /completion of llama-server over token ids, its prompt cache on; returns (client wall
+    ms, tokens generated)."""
+    body = json.dumps({"prompt": ids, "n_predict": n_predict, "temperature": temperature,
+                       "seed": seed, "cache_prompt": True, "ignore_eos": True,
+                       "stream": False}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/completion", data=body,
+                                 headers={"Content-Type": "application/json"})
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(req, timeout=3600) as r:
+        out = json.loads(r.read())
+    return (time.perf_counter() - t0) * 1000.0, out.get("tokens_predicted", 0)
 
 
 def side_by_side(a, s, system, user):
@@ -121,10 +92,17 @@ def side_by_side(a, s, system, user):
                                                         ignore_eos=True))
         return (time.perf_counter() - t0) * 1000.0, len(out)
 
-    peer = LlamaServer(a.llama_server, a.model, a.threads)
+    # bench/serving's launcher: 32 slots of 1,280 tokens, continuous batching, flash attention
+    # (faster here: 4 sessions at once 9.9 against 7.5 tok/s without)
+    peer = servers.LlamaServer(a.llama_server, a.model, a.threads, ctx=32 * 1280, slots=32,
+                               extra=["-fa"])
+    asyncio.run(peer.ready())
+
+    def theirs(ids, n, temperature):
+        return llama_complete(peer.port, ids, n, temperature)
     rows = {}
     try:
-        for name, run in (("prefixd", ours), ("llama-server", peer.complete)):
+        for name, run in (("prefixd", ours), ("llama-server", theirs)):
             run(ids_of(system, "warm-up"), 1, 0.0)  # the shared prompt is cached
             cold = statistics.median(
                 run(ids_of(f"[{name} {i} {time.time()}] " + system, user), 1, 0.0)[0]
