@@ -64,6 +64,18 @@ def ttft(stub, system, user):
     return f.timings.ttft_ms, f.usage
 
 
+def run_concurrently(fn, n):
+    """Runs fn(0) .. fn(n - 1), each on a thread of its own, all at once; returns the wall
+    seconds from the first start to the last end."""
+    threads = [threading.Thread(target=fn, args=(i,)) for i in range(n)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
+
+
 def llama_complete(port, ids, n_predict, temperature, seed=1):
     """One /completion of llama-server over token ids, its prompt cache on; returns (client wall
     ms, tokens generated)."""
@@ -114,13 +126,7 @@ def side_by_side(a, s, system, user):
 
             def session(i):
                 results.append(run(ids_of(system, f"{name} question {i}"), a.gen_tokens, 0.7))
-            threads = [threading.Thread(target=session, args=(i,)) for i in range(32)]
-            t0 = time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            wall = time.perf_counter() - t0
+            wall = run_concurrently(session, 32)
             total = sum(n for _, n in results)
             rows[name] = (cold, hit, n1 / (ms / 1000.0), total / wall, total)
             print(name, rows[name], file=sys.stderr, flush=True)
@@ -217,13 +223,7 @@ def main():
                                  max_tokens=a.gen_tokens, sampling=samp)
             single_tps = len(ids) / (time.time() - t0)
             many = []
-            threads = [threading.Thread(target=session, args=(i, many)) for i in range(32)]
-            t0 = time.time()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            wall = time.time() - t0
+            wall = run_concurrently(lambda i: session(i, many), 32)
             total = sum(n for n, _, _ in many)
             agg = total / wall
             print("\n".join(lines), file=sys.stderr, flush=True)

@@ -317,17 +317,17 @@ typedef struct shared_seg {
   int32_t n_ids, g, s;
 } shared_seg;
 
-/* Order by segment, then blocks (same g: same n_ids), then sequence. */
-static int cmp_shared_seg(const void *a, const void *b) {
-  const shared_seg *x = a, *y = b;
+/* Orders by segment, then blocks (same g: same n_ids): 0 when x and y share their keys. */
+static int cmp_keys(const shared_seg *x, const shared_seg *y) {
   if (x->g != y->g) return x->g < y->g ? -1 : 1;
-  int c = memcmp(x->ids, y->ids, sizeof(int32_t) * (size_t)x->n_ids);
-  if (c) return c;
-  return (x->s > y->s) - (x->s < y->s);
+  return memcmp(x->ids, y->ids, sizeof(int32_t) * (size_t)x->n_ids);
 }
 
-static int same_keys(const shared_seg *x, const shared_seg *y) {
-  return x->g == y->g && memcmp(x->ids, y->ids, sizeof(int32_t) * (size_t)x->n_ids) == 0;
+/* cmp_keys, then sequence: a total order, so the plan does not depend on qsort's. */
+static int cmp_shared_seg(const void *a, const void *b) {
+  const shared_seg *x = a, *y = b;
+  int c = cmp_keys(x, y);
+  return c ? c : (x->s > y->s) - (x->s < y->s);
 }
 
 /* Rows a task over a shared segment takes at most: 64 decode rows of as many sequences, or four
@@ -338,7 +338,6 @@ typedef struct attn_plan {
   attn_piece *pieces;
   attn_task *tasks;
   int64_t n_pieces, n_tasks;
-  int64_t n_shared_tasks; /* of n_tasks: over a segment shared by several sequences */
 } attn_plan;
 
 static void plan_free(attn_plan *p) {
@@ -360,32 +359,26 @@ static void add_tasks(attn_plan *p, int n_kv, int64_t piece0, int64_t n, int g) 
 static int plan_tasks(const pd_kv_layout *L, const pd_attn_seq *seqs, int n_seqs, attn_plan *p) {
   memset(p, 0, sizeof *p);
   const int B = L->block_tokens, n_kv = L->n_kv_heads;
-  int64_t n_chunks = 0, n_flags = 0, n_seg_chunks = 0;
-  for (int s = 0; s < n_seqs; s++) {
-    const int chunks = (seqs[s].n_new + ROW_CHUNK - 1) / ROW_CHUNK;
-    n_chunks += chunks;
-    n_flags += seqs[s].n_past / SEG_LEN;
-    n_seg_chunks += (int64_t)chunks * seq_segments(&seqs[s]);
-  }
-  /* every chunk's own piece, plus at most one copy per (chunk, full segment) in shared tasks */
-  int64_t max_pieces = n_chunks, full_chunks = 0;
-  for (int s = 0; s < n_seqs; s++)
-    full_chunks +=
-        (int64_t)((seqs[s].n_new + ROW_CHUNK - 1) / ROW_CHUNK) * (seqs[s].n_past / SEG_LEN);
-  max_pieces += full_chunks;
-  shared_seg *segs = malloc(sizeof *segs * (size_t)(n_flags > 0 ? n_flags : 1));
   /* per sequence, 1 where a full segment is in a shared task: at seg_flag0[s] + g */
   int64_t *seg_flag0 = malloc(sizeof(int64_t) * (size_t)(n_seqs + 1));
-  p->pieces = malloc(sizeof *p->pieces * (size_t)(max_pieces > 0 ? max_pieces : 1));
-  p->tasks = malloc(sizeof *p->tasks * (size_t)(n_seg_chunks * n_kv > 0 ? n_seg_chunks * n_kv : 1));
-  char *shared = NULL;
-  if (segs && seg_flag0 && p->pieces && p->tasks) {
-    seg_flag0[0] = 0;
-    for (int s = 0; s < n_seqs; s++) seg_flag0[s + 1] = seg_flag0[s] + seqs[s].n_past / SEG_LEN;
-    shared = calloc((size_t)(n_flags > 0 ? n_flags : 1), 1);
+  if (!seg_flag0) return PD_ENOMEM;
+  /* pieces: every chunk's own, plus at most one copy per (chunk, full segment) in shared tasks;
+   * tasks: at most one per (chunk, segment, kv head) */
+  int64_t max_pieces = 0, max_tasks = 0;
+  seg_flag0[0] = 0;
+  for (int s = 0; s < n_seqs; s++) {
+    const int chunks = (seqs[s].n_new + ROW_CHUNK - 1) / ROW_CHUNK, full = seqs[s].n_past / SEG_LEN;
+    seg_flag0[s + 1] = seg_flag0[s] + full;
+    max_pieces += (int64_t)chunks * (1 + full);
+    max_tasks += (int64_t)chunks * seq_segments(&seqs[s]) * n_kv;
   }
-  if (!shared) {
-    free(segs), free(seg_flag0), plan_free(p);
+  const int64_t n_flags = seg_flag0[n_seqs];
+  shared_seg *segs = malloc(sizeof *segs * (size_t)(n_flags > 0 ? n_flags : 1));
+  char *shared = calloc((size_t)(n_flags > 0 ? n_flags : 1), 1);
+  p->pieces = malloc(sizeof *p->pieces * (size_t)(max_pieces > 0 ? max_pieces : 1));
+  p->tasks = malloc(sizeof *p->tasks * (size_t)(max_tasks > 0 ? max_tasks : 1));
+  if (!segs || !shared || !p->pieces || !p->tasks) {
+    free(segs), free(seg_flag0), free(shared), plan_free(p);
     return PD_ENOMEM;
   }
   /* the shared segments: sort the full ones by (g, blocks); runs of two or more share */
@@ -397,7 +390,7 @@ static int plan_tasks(const pd_kv_layout *L, const pd_attn_seq *seqs, int n_seqs
     }
   qsort(segs, (size_t)n_full, sizeof *segs, cmp_shared_seg);
   for (int64_t a = 0, b; a < n_full; a = b) {
-    for (b = a + 1; b < n_full && same_keys(&segs[a], &segs[b]); b++) {
+    for (b = a + 1; b < n_full && cmp_keys(&segs[a], &segs[b]) == 0; b++) {
     }
     if (b - a < 2) continue;
     /* pieces: every chunk of every member, in tasks of at most SHARED_TASK_ROWS rows */
@@ -417,7 +410,6 @@ static int plan_tasks(const pd_kv_layout *L, const pd_attn_seq *seqs, int n_seqs
     }
     if (p->n_pieces > piece0) add_tasks(p, n_kv, piece0, p->n_pieces - piece0, segs[a].g);
   }
-  p->n_shared_tasks = p->n_tasks;
   /* the rest: each chunk against each segment its rows reach, unless shared above */
   for (int s = 0; s < n_seqs; s++) {
     const pd_attn_seq *sq = &seqs[s];

@@ -1,32 +1,24 @@
 /*
  * pd_gpu_gate.h -- the one way a GPU test program starts: without a usable CUDA device it says
- * why and returns 77 (CTest's skip code for label gpu), or 1 when PD_REQUIRE_GPU is set (as
- * scripts/gpu-check sets it on a GPU machine, where a driver too old for the toolkit must fail
- * the run rather than skip every test); with one it prints the device's name, so a log of the
- * run names the GPU its figures came from.
+ * why and returns 77 (CTest's skip code for label gpu), or 1 under PD_REQUIRE_GPU
+ * (pd_gpu_required.h: on a GPU machine a driver too old for the toolkit must fail the run rather
+ * than skip every test); with one it prints the device's name, so a log of the run names the GPU
+ * its figures came from.
  */
 #ifndef PD_GPU_GATE_H
 #define PD_GPU_GATE_H
 
 #include <cuda_runtime.h>
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 
-/* 1 when PD_REQUIRE_GPU is set to anything but "" or "0". */
-static inline int pd_gpu_required(void) {
-  const char *v = getenv("PD_REQUIRE_GPU");
-  return v && *v && strcmp(v, "0") != 0;
-}
+#include "pd_cuda_attention.h"
+#include "pd_gpu_required.h"
 
 /* 0 when a GPU is there (its name printed); else 77, or 1 under PD_REQUIRE_GPU. The program's
  * exit status in both cases: `int g = pd_gpu_gate(); if (g) return g;`. */
 static inline int pd_gpu_gate(void) {
-  int n = 0;
-  cudaError_t e = cudaGetDeviceCount(&n);
-  if (e != cudaSuccess || n == 0) {
-    const char *why = e != cudaSuccess ? cudaGetErrorString(e) : "no device";
-    cudaGetLastError();
+  if (pd_cuda_device_count() == 0) {
+    const char *why = pd_cuda_no_device_reason();
     if (pd_gpu_required()) {
       printf("FAILED: no usable CUDA device (%s) and PD_REQUIRE_GPU is set\n", why);
       return 1;

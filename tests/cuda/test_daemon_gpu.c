@@ -30,6 +30,7 @@
 
 #include "pd_check.h"
 #include "pd_client.h"
+#include "pd_gpu_required.h"
 #include "pd_err.h"
 
 #define N_SYSTEM 300
@@ -277,8 +278,7 @@ int main(void) {
   if (system(cmd)) { /* leftovers in /tmp only */
   }
   if (rc == 0 && no_gpu) {
-    const char *req = getenv("PD_REQUIRE_GPU");
-    if (req && *req && strcmp(req, "0") != 0) {
+    if (pd_gpu_required()) {
       printf("FAILED: prefixd --device cuda found no GPU and PD_REQUIRE_GPU is set\n");
       return 1;
     }
