@@ -14,8 +14,12 @@ enum pd_ggml_type {
   PD_GGML_Q5_0 = 6,
   PD_GGML_Q5_1 = 7,
   PD_GGML_Q8_0 = 8,
+  PD_GGML_Q2_K = 10,
+  PD_GGML_Q3_K = 11,
   PD_GGML_Q4_K = 12,
+  PD_GGML_Q5_K = 13,
   PD_GGML_Q6_K = 14,
+  PD_GGML_IQ4_NL = 20,
   PD_GGML_BF16 = 30
 };
 

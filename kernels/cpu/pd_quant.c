@@ -30,6 +30,14 @@ static void wrh(uint8_t *p, float v) {
   p[0] = (uint8_t)h, p[1] = (uint8_t)(h >> 8);
 }
 
+const enum pd_ggml_type pd_ggml_types[PD_GGML_N_TYPES] = {
+    PD_GGML_F32,  PD_GGML_F16,  PD_GGML_Q4_0,   PD_GGML_Q4_1, PD_GGML_Q5_0,
+    PD_GGML_Q5_1, PD_GGML_Q8_0, PD_GGML_Q2_K,   PD_GGML_Q3_K, PD_GGML_Q4_K,
+    PD_GGML_Q5_K, PD_GGML_Q6_K, PD_GGML_IQ4_NL, PD_GGML_BF16};
+
+const int8_t pd_iq4nl_values[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                    1,    13,   25,  38,  53,  69,  89,  113};
+
 int pd_ggml_block_elems(enum pd_ggml_type t) {
   switch (t) {
   case PD_GGML_F32:
@@ -39,8 +47,12 @@ int pd_ggml_block_elems(enum pd_ggml_type t) {
   case PD_GGML_Q4_1:
   case PD_GGML_Q5_0:
   case PD_GGML_Q5_1:
-  case PD_GGML_Q8_0: return 32;
+  case PD_GGML_Q8_0:
+  case PD_GGML_IQ4_NL: return 32;
+  case PD_GGML_Q2_K:
+  case PD_GGML_Q3_K:
   case PD_GGML_Q4_K:
+  case PD_GGML_Q5_K:
   case PD_GGML_Q6_K: return 256;
   }
   return 0;
@@ -56,7 +68,11 @@ size_t pd_ggml_block_bytes(enum pd_ggml_type t) {
   case PD_GGML_Q5_0: return 22;
   case PD_GGML_Q5_1: return 24;
   case PD_GGML_Q8_0: return 34;
+  case PD_GGML_IQ4_NL: return 18;
+  case PD_GGML_Q2_K: return 84;
+  case PD_GGML_Q3_K: return 110;
   case PD_GGML_Q4_K: return 144;
+  case PD_GGML_Q5_K: return 176;
   case PD_GGML_Q6_K: return 210;
   }
   return 0;
@@ -72,7 +88,11 @@ const char *pd_ggml_type_name(enum pd_ggml_type t) {
   case PD_GGML_Q5_0: return "q5_0";
   case PD_GGML_Q5_1: return "q5_1";
   case PD_GGML_Q8_0: return "q8_0";
+  case PD_GGML_IQ4_NL: return "iq4_nl";
+  case PD_GGML_Q2_K: return "q2_k";
+  case PD_GGML_Q3_K: return "q3_k";
   case PD_GGML_Q4_K: return "q4_k";
+  case PD_GGML_Q5_K: return "q5_k";
   case PD_GGML_Q6_K: return "q6_k";
   }
   return "?";
@@ -97,6 +117,15 @@ static void scale_min_k4(int j, const uint8_t *q, uint8_t *sc, uint8_t *m) {
   } else {
     *sc = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
     *m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+  }
+}
+
+/* Q3_K's 16 scales, unbiased: scale k has its low 4 bits in byte k % 8 (low nibble for k < 8,
+ * high for k >= 8) and its top 2 bits at bit 2 (k / 4) of byte 8 + k % 4. */
+static void q3k_scales(const uint8_t *p, int8_t *sc) {
+  for (int k = 0; k < 16; k++) {
+    int lo = (p[k % 8] >> (k < 8 ? 0 : 4)) & 0xF, hi = (p[8 + k % 4] >> (2 * (k / 4))) & 3;
+    sc[k] = (int8_t)((lo | hi << 4) - 32);
   }
 }
 
@@ -147,17 +176,58 @@ static void dq_block(enum pd_ggml_type t, const uint8_t *b, float *y) {
     }
     break;
   }
-  case PD_GGML_Q4_K: {
+  case PD_GGML_IQ4_NL: {
+    float d = rdh(b);
+    for (int j = 0; j < 16; j++) {
+      y[j] = d * (float)pd_iq4nl_values[b[2 + j] & 0xF];
+      y[j + 16] = d * (float)pd_iq4nl_values[b[2 + j] >> 4];
+    }
+    break;
+  }
+  case PD_GGML_Q2_K: {
+    const uint8_t *scales = b, *qs = b + 16;
+    float d = rdh(b + 80), dmin = rdh(b + 82);
+    /* element 128 h + 32 k + l: bits 2 k of qs[32 h + l]; its scale byte is its 16-element
+     * sub-block's: 8 h + 2 k + l / 16 */
+    for (int e = 0; e < 256; e++) {
+      int h = e / 128, k = (e % 128) / 32, l = e % 32;
+      uint8_t sc = scales[e / 16];
+      int q = (qs[32 * h + l] >> (2 * k)) & 3;
+      y[e] = d * (float)(sc & 0xF) * (float)q - dmin * (float)(sc >> 4);
+    }
+    break;
+  }
+  case PD_GGML_Q3_K: {
+    const uint8_t *hmask = b, *qs = b + 32;
+    int8_t sc[16];
+    q3k_scales(b + 96, sc);
+    float d = rdh(b + 108);
+    /* element 128 h + 32 k + l: low bits 2 k of qs[32 h + l], third bit 4 h + k of hmask[l]
+     * (set: no offset; clear: minus 4) */
+    for (int e = 0; e < 256; e++) {
+      int h = e / 128, k = (e % 128) / 32, l = e % 32;
+      int q = ((qs[32 * h + l] >> (2 * k)) & 3) - ((hmask[l] >> (4 * h + k)) & 1 ? 0 : 4);
+      y[e] = d * (float)sc[e / 16] * (float)q;
+    }
+    break;
+  }
+  case PD_GGML_Q4_K:
+  case PD_GGML_Q5_K: {
+    int five = t == PD_GGML_Q5_K;
     float d = rdh(b), dmin = rdh(b + 2);
-    const uint8_t *scales = b + 4, *q = b + 16;
+    const uint8_t *scales = b + 4, *qh = b + 16, *q = b + (five ? 48 : 16);
     for (int j = 0, is = 0; j < 256; j += 64, is += 2, q += 32) {
       uint8_t sc, m;
       scale_min_k4(is, scales, &sc, &m);
       float d1 = d * sc, m1 = dmin * m;
       scale_min_k4(is + 1, scales, &sc, &m);
       float d2 = d * sc, m2 = dmin * m;
-      for (int l = 0; l < 32; l++) y[j + l] = d1 * (float)(q[l] & 0xF) - m1;
-      for (int l = 0; l < 32; l++) y[j + 32 + l] = d2 * (float)(q[l] >> 4) - m2;
+      for (int l = 0; l < 32; l++) {
+        int h1 = five ? ((qh[l] >> is) & 1) << 4 : 0,
+            h2 = five ? ((qh[l] >> (is + 1)) & 1) << 4 : 0;
+        y[j + l] = d1 * (float)((q[l] & 0xF) | h1) - m1;
+        y[j + 32 + l] = d2 * (float)((q[l] >> 4) | h2) - m2;
+      }
     }
     break;
   }
@@ -217,6 +287,13 @@ static int clampi(int v, int lo, int hi) {
   return v < lo ? lo : v > hi ? hi : v;
 }
 
+static int nearest_iq4nl(float v) { /* the index of the IQ4_NL level nearest v */
+  int best = 0;
+  for (int i = 1; i < 16; i++)
+    if (fabsf(v - (float)pd_iq4nl_values[i]) < fabsf(v - (float)pd_iq4nl_values[best])) best = i;
+  return best;
+}
+
 static void q_block(enum pd_ggml_type t, const float *x, uint8_t *b) {
   switch (t) {
   case PD_GGML_F32: memcpy(b, x, 4); break;
@@ -272,13 +349,81 @@ static void q_block(enum pd_ggml_type t, const float *x, uint8_t *b) {
       for (int i = 0; i < 4; i++) b[4 + i] = (uint8_t)(qh >> (8 * i));
     break;
   }
-  case PD_GGML_Q4_K: {
+  case PD_GGML_IQ4_NL: {
+    float d = absmax_signed(x, 32) / (float)pd_iq4nl_values[0], id = d ? 1.0f / d : 0.0f;
+    wrh(b, d);
+    for (int j = 0; j < 16; j++) {
+      int q0 = nearest_iq4nl(x[j] * id), q1 = nearest_iq4nl(x[j + 16] * id);
+      b[2 + j] = (uint8_t)(q0 | q1 << 4);
+    }
+    break;
+  }
+  case PD_GGML_Q2_K: {
+    /* per 16: q in 0..3 over [mn, mx] with mn <= 0; 4-bit scales and mins against d, dmin */
+    float scale[16], mins[16], max_scale = 0, max_min = 0;
+    for (int j = 0; j < 16; j++) {
+      float mn, mx;
+      minmax(x + 16 * j, 16, &mn, &mx);
+      if (mn > 0) mn = 0;
+      scale[j] = (mx - mn) / 3.0f, mins[j] = -mn;
+      if (scale[j] > max_scale) max_scale = scale[j];
+      if (mins[j] > max_min) max_min = mins[j];
+    }
+    wrh(b + 80, max_scale / 15.0f);
+    wrh(b + 82, max_min / 15.0f);
+    float d = rdh(b + 80), dmin = rdh(b + 82);
+    uint8_t *scales = b, *qs = b + 16;
+    memset(qs, 0, 64);
+    for (int j = 0; j < 16; j++) {
+      int sc = clampi(d ? (int)roundf(scale[j] / d) : 0, 0, 15);
+      int m = clampi(dmin ? (int)roundf(mins[j] / dmin) : 0, 0, 15);
+      scales[j] = (uint8_t)(sc | m << 4);
+    }
+    for (int e = 0; e < 256; e++) {
+      int h = e / 128, k = (e % 128) / 32, l = e % 32;
+      float ds = d * (float)(scales[e / 16] & 0xF), dm = dmin * (float)(scales[e / 16] >> 4);
+      int q = clampi(ds ? (int)roundf((x[e] + dm) / ds) : 0, 0, 3);
+      qs[32 * h + l] |= (uint8_t)(q << (2 * k));
+    }
+    break;
+  }
+  case PD_GGML_Q3_K: {
+    /* per 16: q in -4..3 against a signed 6-bit scale (biased by 32) times d; the scale's sign
+     * puts the element of largest magnitude on -4 */
+    float s[16], max_s = 0;
+    for (int j = 0; j < 16; j++) {
+      s[j] = absmax_signed(x + 16 * j, 16) / -4.0f;
+      if (fabsf(s[j]) > max_s) max_s = fabsf(s[j]);
+    }
+    wrh(b + 108, max_s / 31.0f);
+    float d = rdh(b + 108);
+    uint8_t *hmask = b, *qs = b + 32, *packed = b + 96;
+    int8_t sc[16];
+    memset(b, 0, 108);
+    for (int k = 0; k < 16; k++) {
+      int v = clampi(d ? (int)roundf(s[k] / d) : 0, -32, 31) + 32;
+      packed[k % 8] |= (uint8_t)((v & 0xF) << (k < 8 ? 0 : 4));
+      packed[8 + k % 4] |= (uint8_t)((v >> 4) << (2 * (k / 4)));
+    }
+    q3k_scales(packed, sc);
+    for (int e = 0; e < 256; e++) {
+      int h = e / 128, k = (e % 128) / 32, l = e % 32;
+      float ds = d * (float)sc[e / 16];
+      int q = clampi(ds ? (int)roundf(x[e] / ds) : 0, -4, 3) + 4; /* 0..7 */
+      qs[32 * h + l] |= (uint8_t)((q & 3) << (2 * k));
+      hmask[l] |= (uint8_t)((q >> 2) << (4 * h + k));
+    }
+    break;
+  }
+  case PD_GGML_Q4_K:
+  case PD_GGML_Q5_K: {
+    const int five = t == PD_GGML_Q5_K, top = five ? 31 : 15;
     float scale[8], mins[8];
     for (int j = 0; j < 8; j++) {
       float mn, mx;
       minmax(x + 32 * j, 32, &mn, &mx);
       if (mn > 0) mn = 0;
-      scale[j] = (mx - mn) / 15.0f;
+      scale[j] = (mx - mn) / (float)top;
       mins[j] = -mn;
     }
     float max_scale = 0, max_min = 0;
@@ -295,8 +440,9 @@ static void q_block(enum pd_ggml_type t, const float *x, uint8_t *b) {
       sc[j] = (uint8_t)clampi(d ? (int)roundf(scale[j] / d) : 0, 0, 63);
       mq[j] = (uint8_t)clampi(dmin ? (int)roundf(mins[j] / dmin) : 0, 0, 63);
     }
-    uint8_t *scales = b + 4, *qs = b + 16;
+    uint8_t *scales = b + 4, *qh = b + 16, *qs = b + (five ? 48 : 16);
     memset(scales, 0, 12);
+    if (five) memset(qh, 0, 32);
     for (int j = 0; j < 4; j++) {
       scales[j] = (uint8_t)((sc[j] & 63) | ((sc[j + 4] >> 4) << 6));
       scales[j + 4] = (uint8_t)((mq[j] & 63) | ((mq[j + 4] >> 4) << 6));
@@ -307,11 +453,12 @@ static void q_block(enum pd_ggml_type t, const float *x, uint8_t *b) {
         float ds = d * sc[j + half], dm = dmin * mq[j + half];
         float ids = ds ? 1.0f / ds : 0.0f;
         for (int l = 0; l < 32; l++) {
-          int q = clampi((int)roundf((x[32 * (j + half) + l] + dm) * ids), 0, 15);
+          int q = clampi((int)roundf((x[32 * (j + half) + l] + dm) * ids), 0, top);
           if (half == 0)
-            qs[16 * j + l] = (uint8_t)q;
+            qs[16 * j + l] = (uint8_t)(q & 0xF);
           else
-            qs[16 * j + l] |= (uint8_t)(q << 4);
+            qs[16 * j + l] |= (uint8_t)((q & 0xF) << 4);
+          if (five) qh[l] |= (uint8_t)((q >> 4) << (j + half));
         }
       }
     }

@@ -10,10 +10,24 @@
  *   Q4_1  32 elements, 20 B:   f16 d | f16 m | u8 qs[16]               x = d * q + m
  *   Q5_0  32 elements, 22 B:   f16 d | u32 qh | u8 qs[16]   (fifth bits in qh)  x = d * (q - 16)
  *   Q5_1  32 elements, 24 B:   f16 d | f16 m | u32 qh | u8 qs[16]      x = d * q + m
+ *   IQ4_NL 32 elements, 18 B:  f16 d | u8 qs[16] (nibbles as Q4_0)   x = d * kvalues[q], the
+ *                              16 non-uniform int8 levels of pd_iq4nl_values
+ *   Q2_K  256 elements, 84 B:  u8 scales[16] (4-bit scale | 4-bit min << 4, one per 16) |
+ *                              u8 qs[64] (2 bits each) | f16 d | f16 dmin;
+ *                              x = d * sc * q - dmin * m
+ *   Q3_K  256 elements, 110 B: u8 hmask[32] (third bits) | u8 qs[64] (low 2 bits) |
+ *                              u8 scales[12] (16 6-bit scales, biased by 32) | f16 d;
+ *                              x = d * (sc - 32) * (q - 4), q = low | hmask bit << 2
  *   Q4_K  256 elements, 144 B: f16 d | f16 dmin | u8 scales[12] (8 pairs of 6-bit scale and min)
  *                              | u8 qs[128]; sub-block j of 32: x = d * sc_j * q - dmin * m_j
+ *   Q5_K  256 elements, 176 B: f16 d | f16 dmin | u8 scales[12] (as Q4_K) | u8 qh[32] (fifth
+ *                              bits: bit j of qh[l] for sub-block j) | u8 qs[128] (as Q4_K)
  *   Q6_K  256 elements, 210 B: u8 ql[128] (low 4 bits) | u8 qh[64] (high 2 bits) |
  *                              int8 scales[16] (one per 16) | f16 d;   x = d * sc * (q - 32)
+ *
+ * Within a 256-element block the K formats order their elements in halves of 128: Q6_K's,
+ * Q3_K's and Q2_K's low bits of element 32 k + l of a half sit in byte l (or l + 32) of that
+ * half at bit 4 (k / 2) (Q6_K) or bit 2 k (Q3_K, Q2_K); pd_quant.c spells each out.
  *
  * Dequantization is exact (it is what the reference forward pass in tests/reference/ computes
  * with gguf-py, and the tests compare bit for bit). The quantizers round to nearest; they exist
@@ -31,7 +45,14 @@ size_t pd_ggml_row_bytes(enum pd_ggml_type t, int64_t n); /* 0 if n is not a blo
 int pd_ggml_block_elems(enum pd_ggml_type t);             /* 1, 32 or 256; 0 if unknown */
 size_t pd_ggml_block_bytes(enum pd_ggml_type t);
 const char *pd_ggml_type_name(enum pd_ggml_type t); /* "q4_1", ...; "?" if unknown */
-int pd_ggml_type_supported(uint32_t t);             /* 1 for the ten types of pd_ggml.h */
+int pd_ggml_type_supported(uint32_t t);             /* 1 for the types of pd_ggml.h */
+
+/* Every type of pd_ggml.h, in numbering order (the tests and prefixd-mkgguf walk it). */
+#define PD_GGML_N_TYPES 14
+extern const enum pd_ggml_type pd_ggml_types[PD_GGML_N_TYPES];
+
+/* The 16 levels of IQ4_NL, ascending. */
+extern const int8_t pd_iq4nl_values[16];
 
 /* dst (n) = the n elements at src. Returns 0 or PD_EINVAL (unknown type, n not a multiple). */
 int pd_dequant_row(enum pd_ggml_type t, const void *src, float *dst, int64_t n);

@@ -28,11 +28,8 @@ static float frand(void) { /* uniform in [-1, 1) */
 }
 
 static int parse_type(const char *s, enum pd_ggml_type *t) {
-  static const enum pd_ggml_type all[] = {PD_GGML_F32,  PD_GGML_F16,  PD_GGML_BF16, PD_GGML_Q8_0,
-                                          PD_GGML_Q4_0, PD_GGML_Q4_1, PD_GGML_Q5_0, PD_GGML_Q5_1,
-                                          PD_GGML_Q4_K, PD_GGML_Q6_K};
-  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
-    if (!strcmp(s, pd_ggml_type_name(all[i]))) return *t = all[i], 0;
+  for (int i = 0; i < PD_GGML_N_TYPES; i++)
+    if (!strcmp(s, pd_ggml_type_name(pd_ggml_types[i]))) return *t = pd_ggml_types[i], 0;
   return -1;
 }
 

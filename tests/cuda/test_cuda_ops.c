@@ -422,15 +422,12 @@ END_TEST
 /* ---- weights and GEMM ---------------------------------------------------------------------- */
 
 START_TEST(gemm_matches_pd_matmul) {
-  static const enum pd_ggml_type types[10] = {
-      PD_GGML_F32,  PD_GGML_F16,  PD_GGML_BF16, PD_GGML_Q8_0, PD_GGML_Q4_0,
-      PD_GGML_Q4_1, PD_GGML_Q5_0, PD_GGML_Q5_1, PD_GGML_Q4_K, PD_GGML_Q6_K};
   const int in = 512, out = 67, rows_list[3] = {1, 7, 33};
   char err[256] = "";
   pd_cuda_gemm g;
   ck_assert_msg(pd_cuda_gemm_init(&g, NULL, (int64_t)33 * in, err, sizeof err) == 0, "%s", err);
-  for (int ti = 0; ti < 10; ti++) {
-    enum pd_ggml_type t = types[ti];
+  for (int ti = 0; ti < PD_GGML_N_TYPES; ti++) {
+    enum pd_ggml_type t = pd_ggml_types[ti];
     size_t rb = pd_ggml_row_bytes(t, in);
     uint8_t *wq = malloc(rb * out);
     float *row = frand_vec((size_t)in, 1.0f), *wf = malloc(sizeof(float) * in * out);
