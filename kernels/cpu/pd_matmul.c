@@ -189,18 +189,44 @@ static inline float hsum8(__m256 s) {
   return _mm_cvtss_f32(h);
 }
 
-/* The micro-tile: y[r] for one weight row w and the RX rows of one activation group, over nb
- * blocks. Each weight block is unpacked once for all RX rows; every row has its own accumulator
- * and the same operations in the same order whatever RX is (scale = dw * dx rounded once, one
- * fma per block; the offset term on lane r of a 4-wide vector; one horizontal sum at the end),
- * so a result never depends on the group it was computed in. Always inlined with constant WT
- * and RX: the loops unroll and the accumulators stay in registers. (Tiles of 2 or 4 weight rows
- * were measured too: faster on a weight matrix that sits in cache, 6-20% slower in the model,
- * whose weights stream from memory.) */
+/* 32 bits -> 32 bytes: byte j is 0x10 where bit j of bits is set, else 0 (the fifth bit of
+ * Q5_0 and Q5_1). Each byte picks the byte of bits that holds its bit, then tests that bit. */
+static inline __m256i fifth_bits(uint32_t bits) {
+  const __m256i pick = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2,
+                                        2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+  const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
+  __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), pick);
+  v = _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
+  return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
+}
+
+/* The bytes of the 32 bytes at p: the low nibbles (hi = 0) or the high ones (hi = 1). */
+static inline __m256i nibbles32(const uint8_t *p, int hi) {
+  __m256i v = _mm256_loadu_si256((const __m256i *)p);
+  if (hi) v = _mm256_srli_epi16(v, 4);
+  return _mm256_and_si256(v, _mm256_set1_epi8(0xF));
+}
+
+/* Bits shift .. shift + width - 1 of each of the 32 bytes at p (shift + width <= 8). */
+static inline __m256i bits32(const uint8_t *p, int shift, int width) {
+  __m256i v = _mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)p), shift);
+  return _mm256_and_si256(v, _mm256_set1_epi8((char)((1 << width) - 1)));
+}
+
+/* The micro-tile for the formats of 32-element blocks: y[r] for one weight row w and the RX rows
+ * of one activation group, over nb blocks. Each weight block is unpacked once for all RX rows;
+ * every row has its own accumulator and the same operations in the same order whatever RX is
+ * (scale = dw * dx rounded once, one fma per block; the offset term on lane r of a 4-wide
+ * vector; one horizontal sum at the end), so a result never depends on the group it was computed
+ * in. Always inlined with constant WT and RX: the loops unroll and the accumulators stay in
+ * registers. (Tiles of 2 or 4 weight rows were measured too: faster on a weight matrix that sits
+ * in cache, 6-20% slower in the model, whose weights stream from memory.) Signed weights (Q8_0,
+ * IQ4_NL) go in as |w| with their signs moved onto x, since the integer dot multiplies unsigned
+ * by signed bytes. */
 static inline __attribute__((always_inline)) void q_tile(enum pd_ggml_type WT, int RX,
                                                          const uint8_t *w, const q8_group *xg,
                                                          int64_t nb, float *y, int64_t y_stride) {
-  const int64_t bs = WT == PD_GGML_Q4_1 ? 20 : WT == PD_GGML_Q4_0 ? 18 : 34; /* block bytes */
+  const int64_t bs = (int64_t)pd_ggml_block_bytes(WT);
   __m256 acc[X_GROUP];
   __m128 ext = _mm_setzero_ps();
 #pragma GCC unroll 4
@@ -209,17 +235,30 @@ static inline __attribute__((always_inline)) void q_tile(enum pd_ggml_type WT, i
     const q8_group *xb = xg + b;
     const uint8_t *p = w + (size_t)(b * bs);
     __m256i wq, wsign = _mm256_setzero_si256();
-    __m128 dm; /* lane 0: the block's scale; lane 1: its offset (Q4_1) */
-    if (WT == PD_GGML_Q4_1) {
+    __m128 dm; /* lane 0: the block's scale; lane 1: its offset (Q4_1, Q5_1) */
+    const int signed_w = WT == PD_GGML_Q8_0 || WT == PD_GGML_IQ4_NL;
+    if (WT == PD_GGML_Q4_1 || WT == PD_GGML_Q5_1) {
       dm = _mm_cvtph_ps(_mm_cvtsi32_si128(load_u32(p)));
-      wq = unpack_nibbles(p + 4);
+      if (WT == PD_GGML_Q4_1)
+        wq = unpack_nibbles(p + 4);
+      else
+        wq = _mm256_or_si256(unpack_nibbles(p + 8), fifth_bits((uint32_t)load_u32(p + 4)));
       ext = _mm_add_ps(ext, _mm_mul_ps(_mm_shuffle_ps(dm, dm, 0x55), _mm_loadu_ps(xb->s)));
-    } else if (WT == PD_GGML_Q4_0) {
+    } else if (WT == PD_GGML_Q4_0 || WT == PD_GGML_Q5_0) { /* w = d (q - 8) or d (q - 16) */
       dm = _mm_cvtph_ps(_mm_cvtsi32_si128(p[0] | p[1] << 8));
-      wq = unpack_nibbles(p + 2);
-      const __m128 d8 = _mm_mul_ss(_mm_set_ss(8.0f), dm);
-      ext = _mm_sub_ps(ext, _mm_mul_ps(_mm_shuffle_ps(d8, d8, 0), _mm_loadu_ps(xb->s)));
-    } else { /* Q8_0: |w| as the unsigned operand, the sign moved onto x */
+      if (WT == PD_GGML_Q4_0)
+        wq = unpack_nibbles(p + 2);
+      else
+        wq = _mm256_or_si256(unpack_nibbles(p + 6), fifth_bits((uint32_t)load_u32(p + 2)));
+      const __m128 dz = _mm_mul_ss(_mm_set_ss(WT == PD_GGML_Q4_0 ? 8.0f : 16.0f), dm);
+      ext = _mm_sub_ps(ext, _mm_mul_ps(_mm_shuffle_ps(dz, dz, 0), _mm_loadu_ps(xb->s)));
+    } else if (WT == PD_GGML_IQ4_NL) { /* the levels looked up by nibble, 16 at a time */
+      dm = _mm_cvtph_ps(_mm_cvtsi32_si128(p[0] | p[1] << 8));
+      const __m256i levels =
+          _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)pd_iq4nl_values));
+      wsign = _mm256_shuffle_epi8(levels, unpack_nibbles(p + 2));
+      wq = _mm256_sign_epi8(wsign, wsign);
+    } else { /* Q8_0 */
       dm = _mm_cvtph_ps(_mm_cvtsi32_si128(p[0] | p[1] << 8));
       wsign = _mm256_loadu_si256((const __m256i *)(p + 2));
       wq = _mm256_sign_epi8(wsign, wsign);
@@ -228,9 +267,97 @@ static inline __attribute__((always_inline)) void q_tile(enum pd_ggml_type WT, i
 #pragma GCC unroll 4
     for (int r = 0; r < RX; r++) {
       __m256i xq = _mm256_loadu_si256((const __m256i *)xb->q[r]);
-      if (WT == PD_GGML_Q8_0) xq = _mm256_sign_epi8(xq, wsign);
+      if (signed_w) xq = _mm256_sign_epi8(xq, wsign);
       const __m256 scale = _mm256_mul_ps(dw, _mm256_broadcast_ss(&xb->d[r]));
       acc[r] = _mm256_fmadd_ps(scale, dot_u8s8(wq, xq), acc[r]);
+    }
+  }
+  float e[4];
+  _mm_storeu_ps(e, ext);
+#pragma GCC unroll 4
+  for (int r = 0; r < RX; r++) y[r * y_stride] = hsum8(acc[r]) + e[r];
+}
+
+/* The micro-tile for the K formats (256-element super-blocks, whose sub-blocks of 32 or 16 have
+ * their own integer scales). Per activation block of 32 (8 per super-block): the weights'
+ * integers as unsigned bytes u (signed ones, Q3_K and Q6_K, as |w| with the sign moved onto x),
+ * the sub-block scales as 16-bit lanes (one scale for each half of 16), so that
+ * madd(maddubs(u, x), scales) is the exact integer sum of scale * q * x over the block; then one
+ * fma by d * dx. The mins (Q2_K, Q4_K, Q5_K) are subtracted as dmin * m * sum(x): per block of 32
+ * from the activations' scaled sums (Q4_K, Q5_K), per 16 as a second integer sum (Q2_K). The same
+ * per-row invariance as q_tile. */
+static inline __attribute__((always_inline)) void k_tile(enum pd_ggml_type WT, int RX,
+                                                         const uint8_t *w, const q8_group *xg,
+                                                         int64_t nb, float *y, int64_t y_stride) {
+  const int64_t bs = (int64_t)pd_ggml_block_bytes(WT);
+  const __m256i ones = _mm256_set1_epi8(1);
+  __m256 acc[X_GROUP];
+  __m128 ext = _mm_setzero_ps();
+#pragma GCC unroll 4
+  for (int r = 0; r < RX; r++) acc[r] = _mm256_setzero_ps();
+  for (int64_t sb = 0; sb < nb / 8; sb++) {
+    const uint8_t *p = w + (size_t)(sb * bs);
+    float d, dmin = 0;
+    uint8_t sc8[8], m8[8]; /* Q4_K, Q5_K: per 32 */
+    int8_t sc3[16];        /* Q3_K: per 16 */
+    if (WT == PD_GGML_Q4_K || WT == PD_GGML_Q5_K) {
+      d = rdh(p), dmin = rdh(p + 2);
+      for (int j = 0; j < 8; j++) pd_q4k_scale_min(j, p + 4, &sc8[j], &m8[j]);
+    } else if (WT == PD_GGML_Q6_K) {
+      d = rdh(p + 208);
+    } else if (WT == PD_GGML_Q3_K) {
+      d = rdh(p + 108);
+      pd_q3k_scales(p + 96, sc3);
+    } else { /* Q2_K */
+      d = rdh(p + 80), dmin = rdh(p + 82);
+    }
+#pragma GCC unroll 8
+    for (int k = 0; k < 8; k++) {
+      const q8_group *xb = xg + sb * 8 + k;
+      const int half = k / 4, kk = k % 4; /* the 16-scale formats work in halves of 128 */
+      __m256i u, wsign = _mm256_setzero_si256(), scales, mins = _mm256_setzero_si256();
+      const int signed_w = WT == PD_GGML_Q6_K || WT == PD_GGML_Q3_K;
+      if (WT == PD_GGML_Q4_K || WT == PD_GGML_Q5_K) {
+        u = nibbles32(p + (WT == PD_GGML_Q5_K ? 48 : 16) + 32 * (k / 2), k % 2);
+        if (WT == PD_GGML_Q5_K) u = _mm256_or_si256(u, _mm256_slli_epi16(bits32(p + 16, k, 1), 4));
+        scales = _mm256_set1_epi16(sc8[k]);
+      } else if (WT == PD_GGML_Q6_K) {
+        __m256i q = _mm256_or_si256(nibbles32(p + 64 * half + 32 * (kk % 2), kk / 2),
+                                    _mm256_slli_epi16(bits32(p + 128 + 32 * half, 2 * kk, 2), 4));
+        wsign = _mm256_sub_epi8(q, _mm256_set1_epi8(32));
+        const int8_t *sc = (const int8_t *)(p + 192) + 8 * half + 2 * kk;
+        scales = _mm256_set_m128i(_mm_set1_epi16(sc[1]), _mm_set1_epi16(sc[0]));
+      } else if (WT == PD_GGML_Q3_K) {
+        __m256i q = _mm256_or_si256(bits32(p + 32 + 32 * half, 2 * kk, 2),
+                                    _mm256_slli_epi16(bits32(p, 4 * half + kk, 1), 2));
+        wsign = _mm256_sub_epi8(q, _mm256_set1_epi8(4));
+        const int8_t *sc = sc3 + 8 * half + 2 * kk;
+        scales = _mm256_set_m128i(_mm_set1_epi16(sc[1]), _mm_set1_epi16(sc[0]));
+      } else { /* Q2_K */
+        u = bits32(p + 16 + 32 * half, 2 * kk, 2);
+        const uint8_t *sm = p + 8 * half + 2 * kk;
+        scales = _mm256_set_m128i(_mm_set1_epi16(sm[1] & 0xF), _mm_set1_epi16(sm[0] & 0xF));
+        mins = _mm256_set_m128i(_mm_set1_epi16(sm[1] >> 4), _mm_set1_epi16(sm[0] >> 4));
+      }
+      if (signed_w) u = _mm256_sign_epi8(wsign, wsign);
+      if (WT == PD_GGML_Q4_K || WT == PD_GGML_Q5_K) {
+        const float dm = dmin * (float)m8[k];
+        ext = _mm_sub_ps(ext, _mm_mul_ps(_mm_set1_ps(dm), _mm_loadu_ps(xb->s)));
+      }
+#pragma GCC unroll 4
+      for (int r = 0; r < RX; r++) {
+        __m256i xq = _mm256_loadu_si256((const __m256i *)xb->q[r]);
+        const __m256 dx = _mm256_broadcast_ss(&xb->d[r]);
+        if (WT == PD_GGML_Q2_K) { /* minus dmin * dx * sum over the halves of m * x */
+          const __m256i msum = _mm256_madd_epi16(_mm256_maddubs_epi16(ones, xq), mins);
+          acc[r] = _mm256_fnmadd_ps(_mm256_mul_ps(_mm256_set1_ps(dmin), dx),
+                                    _mm256_cvtepi32_ps(msum), acc[r]);
+        }
+        if (signed_w) xq = _mm256_sign_epi8(xq, wsign);
+        const __m256i isum = _mm256_madd_epi16(_mm256_maddubs_epi16(u, xq), scales);
+        acc[r] =
+            _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(d), dx), _mm256_cvtepi32_ps(isum), acc[r]);
+      }
     }
   }
   float e[4];
@@ -242,26 +369,58 @@ static inline __attribute__((always_inline)) void q_tile(enum pd_ggml_type WT, i
 typedef void (*q_tile_fn)(const uint8_t *w, const q8_group *xg, int64_t nb, float *y,
                           int64_t y_stride);
 
-#define Q_TILE_FN(NAME, WT, RX)                                                                    \
+/* clang-format off */
+#define TILE_FN(KERNEL, NAME, WT, RX)                                                              \
   static void NAME##_##RX(const uint8_t *w, const q8_group *xg, int64_t nb, float *y,              \
                           int64_t y_stride) {                                                      \
-    q_tile(WT, RX, w, xg, nb, y, y_stride);                                                        \
+    KERNEL(WT, RX, w, xg, nb, y, y_stride);                                                        \
   }
-#define Q_TILE_FNS(NAME, WT)                                                                       \
-  Q_TILE_FN(NAME, WT, 1) Q_TILE_FN(NAME, WT, 2) Q_TILE_FN(NAME, WT, 3) Q_TILE_FN(NAME, WT, 4)
-Q_TILE_FNS(tile_q4_1, PD_GGML_Q4_1)
-Q_TILE_FNS(tile_q4_0, PD_GGML_Q4_0)
-Q_TILE_FNS(tile_q8_0, PD_GGML_Q8_0)
+/* NAME[rx - 1]: the kernel for WT with rx activation rows */
+#define TILE_FNS(KERNEL, NAME, WT)                                                                 \
+  TILE_FN(KERNEL, NAME, WT, 1)                                                                     \
+  TILE_FN(KERNEL, NAME, WT, 2)                                                                     \
+  TILE_FN(KERNEL, NAME, WT, 3)                                                                     \
+  TILE_FN(KERNEL, NAME, WT, 4)                                                                     \
+  static const q_tile_fn NAME[X_GROUP] = {NAME##_1, NAME##_2, NAME##_3, NAME##_4};
+/* clang-format on */
+TILE_FNS(q_tile, tile_q4_0, PD_GGML_Q4_0)
+TILE_FNS(q_tile, tile_q4_1, PD_GGML_Q4_1)
+TILE_FNS(q_tile, tile_q5_0, PD_GGML_Q5_0)
+TILE_FNS(q_tile, tile_q5_1, PD_GGML_Q5_1)
+TILE_FNS(q_tile, tile_q8_0, PD_GGML_Q8_0)
+TILE_FNS(q_tile, tile_iq4_nl, PD_GGML_IQ4_NL)
+TILE_FNS(k_tile, tile_q2_k, PD_GGML_Q2_K)
+TILE_FNS(k_tile, tile_q3_k, PD_GGML_Q3_K)
+TILE_FNS(k_tile, tile_q4_k, PD_GGML_Q4_K)
+TILE_FNS(k_tile, tile_q5_k, PD_GGML_Q5_K)
+TILE_FNS(k_tile, tile_q6_k, PD_GGML_Q6_K)
 
-/* [type][rx - 1] */
-static const q_tile_fn q_tiles[3][X_GROUP] = {{tile_q4_1_1, tile_q4_1_2, tile_q4_1_3, tile_q4_1_4},
-                                              {tile_q4_0_1, tile_q4_0_2, tile_q4_0_3, tile_q4_0_4},
-                                              {tile_q8_0_1, tile_q8_0_2, tile_q8_0_3, tile_q8_0_4}};
+/* The micro-tiles of a fast type (rx - 1 indexes them), or NULL. */
+static const q_tile_fn *tiles_of(enum pd_ggml_type wt) {
+  switch (wt) {
+  case PD_GGML_Q4_0: return tile_q4_0;
+  case PD_GGML_Q4_1: return tile_q4_1;
+  case PD_GGML_Q5_0: return tile_q5_0;
+  case PD_GGML_Q5_1: return tile_q5_1;
+  case PD_GGML_Q8_0: return tile_q8_0;
+  case PD_GGML_IQ4_NL: return tile_iq4_nl;
+  case PD_GGML_Q2_K: return tile_q2_k;
+  case PD_GGML_Q3_K: return tile_q3_k;
+  case PD_GGML_Q4_K: return tile_q4_k;
+  case PD_GGML_Q5_K: return tile_q5_k;
+  case PD_GGML_Q6_K: return tile_q6_k;
+  default: return NULL;
+  }
+}
+
+static int is_fast_type(enum pd_ggml_type wt) {
+  return tiles_of(wt) != NULL;
+}
 
 /* Weight rows 0 .. n_o - 1 of w against activation group xg (rx rows). */
 static void q_rows(enum pd_ggml_type wt, const uint8_t *w, size_t rb, int64_t n_o,
                    const q8_group *xg, int rx, int64_t nb, float *y, int64_t y_stride) {
-  const q_tile_fn tile = q_tiles[wt == PD_GGML_Q4_1 ? 0 : wt == PD_GGML_Q4_0 ? 1 : 2][rx - 1];
+  const q_tile_fn tile = tiles_of(wt)[rx - 1];
   for (int64_t j = 0; j < n_o; j++) tile(w + (size_t)j * rb, xg, nb, y + j, y_stride);
 }
 #else
@@ -290,11 +449,12 @@ static void q_rows(enum pd_ggml_type wt, const uint8_t *w, size_t rb, int64_t n_
       y[r * y_stride + j] = sum;
     }
 }
-#endif
 
+/* Without AVX2 the fast path covers only these; the other formats run the exact one. */
 static int is_fast_type(enum pd_ggml_type wt) {
   return wt == PD_GGML_Q4_1 || wt == PD_GGML_Q4_0 || wt == PD_GGML_Q8_0;
 }
+#endif
 
 /* Every weight of outs is of a fast type. */
 static int matmul_fast(const pd_matmul_out *outs, int n_outs, int64_t in_dim, const float *x,
@@ -330,6 +490,10 @@ static int matmul_fast(const pd_matmul_out *outs, int n_outs, int64_t in_dim, co
   }
   free(xq);
   return PD_OK;
+}
+
+int pd_matmul_is_fast(enum pd_ggml_type wt) {
+  return is_fast_type(wt);
 }
 
 int pd_matmul_n(const pd_matmul_out *outs, int n_outs, int64_t in_dim, const float *x,

@@ -7,8 +7,9 @@
  *   PD_MATMUL_EXACT  f32 activations times the exactly dequantized weights, f32 accumulation:
  *                    the reference, matched by tests/reference/ within float rounding.
  *   PD_MATMUL_FAST   activations quantized per block of 32 to int8 with an f32 scale (as ggml's
- *                    q8 formats do), integer dot products with AVX2 for Q4_0, Q4_1 and Q8_0
- *                    weights (other weight types run the exact path).
+ *                    q8 formats do), integer dot products with AVX2 for every quantized
+ *                    format (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K .. Q6_K); without AVX2
+ *                    for Q4_0, Q4_1 and Q8_0. f32, f16 and bf16 weights run the exact path.
  *
  * Determinism (the prefix cache relies on it): each y element is one dot product whose order of
  * operations depends only on in_dim, never on n_rows, the thread count or the other rows, so a
@@ -22,6 +23,10 @@
 #include "pd_ggml.h"
 
 enum pd_matmul_mode { PD_MATMUL_EXACT = 0, PD_MATMUL_FAST = 1 };
+
+/* 1 if PD_MATMUL_FAST runs weights of type wt on integer dot products in this build, else 0 (they
+ * run the exact path in either mode). */
+int pd_matmul_is_fast(enum pd_ggml_type wt);
 
 /* y (n_rows, out_dim) = x (n_rows, in_dim) . W^T. Returns 0, PD_EINVAL (bad type or in_dim not
  * a multiple of the block), PD_ENOMEM. */

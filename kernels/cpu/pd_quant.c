@@ -110,7 +110,7 @@ size_t pd_ggml_row_bytes(enum pd_ggml_type t, int64_t n) {
 
 /* ---- dequantization ---------------------------------------------------------------------- */
 
-static void scale_min_k4(int j, const uint8_t *q, uint8_t *sc, uint8_t *m) {
+void pd_q4k_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_t *m) {
   if (j < 4) {
     *sc = q[j] & 63;
     *m = q[j + 4] & 63;
@@ -120,9 +120,9 @@ static void scale_min_k4(int j, const uint8_t *q, uint8_t *sc, uint8_t *m) {
   }
 }
 
-/* Q3_K's 16 scales, unbiased: scale k has its low 4 bits in byte k % 8 (low nibble for k < 8,
- * high for k >= 8) and its top 2 bits at bit 2 (k / 4) of byte 8 + k % 4. */
-static void q3k_scales(const uint8_t *p, int8_t *sc) {
+/* Scale k has its low 4 bits in byte k % 8 (low nibble for k < 8, high for k >= 8) and its top
+ * 2 bits at bit 2 (k / 4) of byte 8 + k % 4. */
+void pd_q3k_scales(const uint8_t *p, int8_t sc[16]) {
   for (int k = 0; k < 16; k++) {
     int lo = (p[k % 8] >> (k < 8 ? 0 : 4)) & 0xF, hi = (p[8 + k % 4] >> (2 * (k / 4))) & 3;
     sc[k] = (int8_t)((lo | hi << 4) - 32);
@@ -200,7 +200,7 @@ static void dq_block(enum pd_ggml_type t, const uint8_t *b, float *y) {
   case PD_GGML_Q3_K: {
     const uint8_t *hmask = b, *qs = b + 32;
     int8_t sc[16];
-    q3k_scales(b + 96, sc);
+    pd_q3k_scales(b + 96, sc);
     float d = rdh(b + 108);
     /* element 128 h + 32 k + l: low bits 2 k of qs[32 h + l], third bit 4 h + k of hmask[l]
      * (set: no offset; clear: minus 4) */
@@ -218,9 +218,9 @@ static void dq_block(enum pd_ggml_type t, const uint8_t *b, float *y) {
     const uint8_t *scales = b + 4, *qh = b + 16, *q = b + (five ? 48 : 16);
     for (int j = 0, is = 0; j < 256; j += 64, is += 2, q += 32) {
       uint8_t sc, m;
-      scale_min_k4(is, scales, &sc, &m);
+      pd_q4k_scale_min(is, scales, &sc, &m);
       float d1 = d * sc, m1 = dmin * m;
-      scale_min_k4(is + 1, scales, &sc, &m);
+      pd_q4k_scale_min(is + 1, scales, &sc, &m);
       float d2 = d * sc, m2 = dmin * m;
       for (int l = 0; l < 32; l++) {
         int h1 = five ? ((qh[l] >> is) & 1) << 4 : 0,
@@ -405,7 +405,7 @@ static void q_block(enum pd_ggml_type t, const float *x, uint8_t *b) {
       packed[k % 8] |= (uint8_t)((v & 0xF) << (k < 8 ? 0 : 4));
       packed[8 + k % 4] |= (uint8_t)((v >> 4) << (2 * (k / 4)));
     }
-    q3k_scales(packed, sc);
+    pd_q3k_scales(packed, sc);
     for (int e = 0; e < 256; e++) {
       int h = e / 128, k = (e % 128) / 32, l = e % 32;
       float ds = d * (float)sc[e / 16];

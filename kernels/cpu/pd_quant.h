@@ -54,6 +54,11 @@ extern const enum pd_ggml_type pd_ggml_types[PD_GGML_N_TYPES];
 /* The 16 levels of IQ4_NL, ascending. */
 extern const int8_t pd_iq4nl_values[16];
 
+/* Q4_K's and Q5_K's scale and min of sub-block j (0..7) from their 12 packed bytes. */
+void pd_q4k_scale_min(int j, const uint8_t *packed, uint8_t *sc, uint8_t *m);
+/* Q3_K's 16 scales, unbiased (-32..31), from their 12 packed bytes. */
+void pd_q3k_scales(const uint8_t *packed, int8_t sc[16]);
+
 /* dst (n) = the n elements at src. Returns 0 or PD_EINVAL (unknown type, n not a multiple). */
 int pd_dequant_row(enum pd_ggml_type t, const void *src, float *dst, int64_t n);
 /* dst (pd_ggml_row_bytes(t, n) bytes) = src (n) quantized. Returns 0 or PD_EINVAL. */

@@ -1,8 +1,10 @@
 /*
  * test_matmul.c -- pd_matmul on its own: EXACT against a double-precision dot over the
  * dequantized weights (tolerance 1e-5 relative to the row's sum of |w x|), FAST against EXACT
- * (tolerance 2e-2 of that sum: int8 activations), for every weight type, odd out_dim and n_rows
- * 1..17; each row's result identical whatever n_rows and the thread count; pd_matmul_n over a set
+ * (tolerance 2e-2 of that sum: int8 activations) and, for the types it runs on integers, against
+ * a double-precision dot of the dequantized weights with the activations quantized as it
+ * quantizes them (tolerance 1e-5: only float rounding may differ, so a wrong level, scale or
+ * bit of any format fails), for every weight type, odd out_dim and n_rows 1..17; each row's result identical whatever n_rows and the thread count; pd_matmul_n over a set
  * of weights identical to each weight alone; bad arguments refused.
  */
 #include <check.h>
@@ -24,6 +26,17 @@ static float frand(void) {
   return (float)((rng >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
 }
 
+/* x (n) as the fast path sees it: per block of 32, d = max |x| / 127 and x = d * round(x / d),
+ * rounded to nearest even. */
+static void int8_activations(const float *x, double *xq, int64_t n) {
+  for (int64_t b = 0; b < n; b += 32) {
+    float amax = 0;
+    for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[b + j]));
+    float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
+    for (int j = 0; j < 32; j++) xq[b + j] = (double)d * (double)lrintf(x[b + j] * id);
+  }
+}
+
 START_TEST(matches_double_reference_and_is_batch_invariant) {
   enum pd_ggml_type t = pd_ggml_types[_i];
   const int64_t in = 512, out = 37, max_rows = 17;
@@ -41,18 +54,27 @@ START_TEST(matches_double_reference_and_is_batch_invariant) {
   float *y1 = malloc(sizeof(float) * out);
   ck_assert_int_eq(pd_matmul(w, t, in, out, x, ye, max_rows, PD_MATMUL_EXACT), 0);
   ck_assert_int_eq(pd_matmul(w, t, in, out, x, yf, max_rows, PD_MATMUL_FAST), 0);
-  for (int64_t r = 0; r < max_rows; r++)
+  double *xq = malloc(sizeof(double) * in);
+  for (int64_t r = 0; r < max_rows; r++) {
+    int8_activations(x + in * r, xq, in);
     for (int64_t o = 0; o < out; o++) {
-      double ref = 0, mag = 0;
+      double ref = 0, mag = 0, ref_q = 0;
       for (int64_t i = 0; i < in; i++) {
         ref += (double)wf[in * o + i] * x[in * r + i];
         mag += fabs((double)wf[in * o + i] * x[in * r + i]);
+        ref_q += (double)wf[in * o + i] * xq[i];
       }
+      if (pd_matmul_is_fast(t))
+        ck_assert_msg(fabs(yf[out * r + o] - ref_q) <= 1e-5 * mag,
+                      "%s fast r%lld o%lld: %.9g vs %.9g with int8 activations",
+                      pd_ggml_type_name(t), (long long)r, (long long)o, yf[out * r + o], ref_q);
       ck_assert_msg(fabs(ye[out * r + o] - ref) <= 1e-5 * mag, "%s exact r%lld o%lld: %g vs %g",
                     pd_ggml_type_name(t), (long long)r, (long long)o, ye[out * r + o], ref);
       ck_assert_msg(fabs(yf[out * r + o] - ref) <= 2e-2 * mag, "%s fast r%lld o%lld: %g vs %g",
                     pd_ggml_type_name(t), (long long)r, (long long)o, yf[out * r + o], ref);
     }
+  }
+  free(xq);
   /* the same bits for a row alone, in any batch size, with 1 or 2 threads */
   for (int mode = 0; mode < 2; mode++) {
     const float *full = mode ? yf : ye;
@@ -94,13 +116,14 @@ static uint8_t *random_weight(enum pd_ggml_type t, int64_t in, int64_t out) {
  * the fast path does not take (f16) among them too. */
 START_TEST(a_set_of_weights_matches_each_alone) {
   enum { N = 4 };
-  const int64_t in = 192, max_rows = 9;
-  const enum pd_ggml_type sets[2][N] = {{PD_GGML_Q4_1, PD_GGML_Q8_0, PD_GGML_Q4_0, PD_GGML_Q4_1},
-                                        {PD_GGML_Q8_0, PD_GGML_F16, PD_GGML_Q4_1, PD_GGML_Q4_0}};
+  const int64_t in = 256, max_rows = 9;
+  const enum pd_ggml_type sets[3][N] = {{PD_GGML_Q4_1, PD_GGML_Q8_0, PD_GGML_Q4_0, PD_GGML_Q4_1},
+                                        {PD_GGML_Q8_0, PD_GGML_F16, PD_GGML_Q4_1, PD_GGML_Q4_0},
+                                        {PD_GGML_Q4_K, PD_GGML_Q5_0, PD_GGML_Q6_K, PD_GGML_Q2_K}};
   const int64_t dims[N] = {40, 17, 33, 16};
   float *x = malloc(sizeof(float) * in * max_rows);
   for (int64_t i = 0; i < in * max_rows; i++) x[i] = frand();
-  for (int set = 0; set < 2; set++) {
+  for (int set = 0; set < 3; set++) {
     uint8_t *w[N];
     float *alone[N], *together[N];
     pd_matmul_out outs[N];
@@ -152,6 +175,22 @@ START_TEST(bad_arguments_are_refused) {
 }
 END_TEST
 
+/* Which formats the fast path runs on integers in this build. */
+START_TEST(every_quantized_format_has_a_fast_path) {
+  for (int i = 0; i < PD_GGML_N_TYPES; i++) {
+    enum pd_ggml_type t = pd_ggml_types[i];
+    int is_float = t == PD_GGML_F32 || t == PD_GGML_F16 || t == PD_GGML_BF16;
+#ifdef __AVX2__
+    int want = !is_float;
+#else
+    int want = !is_float && (t == PD_GGML_Q4_0 || t == PD_GGML_Q4_1 || t == PD_GGML_Q8_0);
+#endif
+    ck_assert_msg(pd_matmul_is_fast(t) == want, "%s: fast %d", pd_ggml_type_name(t),
+                  pd_matmul_is_fast(t));
+  }
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("matmul");
   TCase *tc = tcase_create("matmul");
@@ -159,6 +198,7 @@ int main(void) {
   tcase_add_loop_test(tc, matches_double_reference_and_is_batch_invariant, 0, PD_GGML_N_TYPES);
   tcase_add_test(tc, a_set_of_weights_matches_each_alone);
   tcase_add_test(tc, bad_arguments_are_refused);
+  tcase_add_test(tc, every_quantized_format_has_a_fast_path);
   suite_add_tcase(s, tc);
   return pd_check_run(s, 1);
 }
