@@ -184,13 +184,40 @@ fail:
   return rc;
 }
 
+/* "q4_1" when every matmul weight of the layers has one type; else each type with its count of
+ * tensors, most common first: "q5_0 x166, q4_k x16, q6_k x14, q8_0 x14". */
+static void describe_layer_types(const pd_model *m, char *buf, size_t len) {
+  int count[PD_GGML_N_TYPES] = {0}, n_types = 0;
+  for (int l = 0; l < m->n_layers; l++) {
+    const pd_layer_weights *L = &m->layers[l];
+    const pd_weight *ws[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+    for (int i = 0; i < 7; i++)
+      for (int t = 0; t < PD_GGML_N_TYPES; t++)
+        if (ws[i]->type == pd_ggml_types[t]) n_types += !count[t]++;
+  }
+  size_t n = 0;
+  buf[0] = 0;
+  for (int listed = 0; listed < n_types && n < len; listed++) {
+    int best = -1;
+    for (int t = 0; t < PD_GGML_N_TYPES; t++)
+      if (count[t] && (best < 0 || count[t] > count[best])) best = t;
+    const char *name = pd_ggml_type_name(pd_ggml_types[best]);
+    int w = n_types == 1
+                ? snprintf(buf, len, "%s (attention, ffn)", name)
+                : snprintf(buf + n, len - n, "%s%s x%d", listed ? ", " : "", name, count[best]);
+    n += w > 0 ? (size_t)w : 0;
+    count[best] = 0;
+  }
+}
+
 void pd_model_describe(const pd_model *m, char *buf, size_t len) {
-  const pd_layer_weights *L = &m->layers[0];
+  char types[256];
+  describe_layer_types(m, types, sizeof types);
   snprintf(buf, len,
            "%s: %d layers, d_model %d, %d heads (%d kv, head_dim %d), ffn %d, vocab %d, "
-           "context %d, rope theta %g%s; weights %s (attention, ffn), embeddings %s%s, norms %s",
+           "context %d, rope theta %g%s; weights %s, embeddings %s%s, norms %s",
            m->arch, m->n_layers, m->d_model, m->n_heads, m->n_kv_heads, m->head_dim, m->ffn_dim,
-           m->n_vocab, m->n_ctx_train, (double)m->rope_theta, m->rope_neox ? " (neox)" : "",
-           pd_ggml_type_name(L->wq.type), pd_ggml_type_name(m->tok_embd.type),
-           m->tied_output ? " (tied output)" : "", pd_ggml_type_name(L->attn_norm.type));
+           m->n_vocab, m->n_ctx_train, (double)m->rope_theta, m->rope_neox ? " (neox)" : "", types,
+           pd_ggml_type_name(m->tok_embd.type), m->tied_output ? " (tied output)" : "",
+           pd_ggml_type_name(m->layers[0].attn_norm.type));
 }

@@ -4,7 +4,11 @@
  * own 64-token prompt), in both matmul modes with an f16 KV cache; then, in fast mode, the same
  * figures for each KV cache dtype (f32, f16, bf16, fp8-e4m3) beside its bytes per token.
  *
- * usage: model_bench MODEL.gguf [--threads N] [--out results.md]
+ * usage: model_bench MODEL.gguf [--threads N] [--out results.md] [--quick]
+ *
+ * --quick measures fast mode with an f16 KV cache only and prints one line,
+ * "prefill P decode0 D0 decode1024 D1 decode8 D8" (tokens/s), for scripts that compare many
+ * files (bench/model/compare_formats.sh).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,16 +95,22 @@ static int measure(pd_model *m, enum pd_matmul_mode mode, enum pd_dtype cache, f
 
 int main(int argc, char **argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: model_bench MODEL.gguf [--threads N] [--out FILE]\n");
+    fprintf(stderr, "usage: model_bench MODEL.gguf [--threads N] [--out FILE] [--quick]\n");
     return 2;
   }
   const char *out = NULL;
-  int threads = 0;
+  int threads = 0, quick = 0;
   for (int i = 2; i < argc; i++) {
     if (!strcmp(argv[i], "--threads") && i + 1 < argc)
       threads = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--out") && i + 1 < argc)
       out = argv[++i];
+    else if (!strcmp(argv[i], "--quick"))
+      quick = 1;
+    else {
+      fprintf(stderr, "model_bench: unknown option %s\n", argv[i]);
+      return 2;
+    }
   }
 #ifdef _OPENMP
   if (threads > 0) omp_set_num_threads(threads);
@@ -115,6 +125,16 @@ int main(int argc, char **argv) {
   pd_model_describe(m, desc, sizeof desc);
   figures fe, ff, fd[4];
   size_t kvb, kvbd[4];
+  if (quick) {
+    if (measure(m, PD_MATMUL_FAST, PD_DTYPE_F16, &ff, &kvb)) {
+      fprintf(stderr, "model_bench: run failed\n");
+      return 1;
+    }
+    printf("prefill %.1f decode0 %.1f decode1024 %.1f decode8 %.1f\n", ff.prefill_tps,
+           ff.decode0_tps, ff.decode1_tps, ff.decode8_tps);
+    pd_model_free(m);
+    return 0;
+  }
   static const enum pd_dtype caches[4] = {PD_DTYPE_F32, PD_DTYPE_F16, PD_DTYPE_BF16,
                                           PD_DTYPE_FP8_E4M3};
   if (measure(m, PD_MATMUL_EXACT, PD_DTYPE_F16, &fe, &kvb) ||

@@ -110,25 +110,6 @@ size_t pd_ggml_row_bytes(enum pd_ggml_type t, int64_t n) {
 
 /* ---- dequantization ---------------------------------------------------------------------- */
 
-void pd_q4k_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_t *m) {
-  if (j < 4) {
-    *sc = q[j] & 63;
-    *m = q[j + 4] & 63;
-  } else {
-    *sc = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
-    *m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
-  }
-}
-
-/* Scale k has its low 4 bits in byte k % 8 (low nibble for k < 8, high for k >= 8) and its top
- * 2 bits at bit 2 (k / 4) of byte 8 + k % 4. */
-void pd_q3k_scales(const uint8_t *p, int8_t sc[16]) {
-  for (int k = 0; k < 16; k++) {
-    int lo = (p[k % 8] >> (k < 8 ? 0 : 4)) & 0xF, hi = (p[8 + k % 4] >> (2 * (k / 4))) & 3;
-    sc[k] = (int8_t)((lo | hi << 4) - 32);
-  }
-}
-
 static void dq_block(enum pd_ggml_type t, const uint8_t *b, float *y) {
   switch (t) {
   case PD_GGML_F32: memcpy(y, b, 4); break;

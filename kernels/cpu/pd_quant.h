@@ -54,10 +54,28 @@ extern const enum pd_ggml_type pd_ggml_types[PD_GGML_N_TYPES];
 /* The 16 levels of IQ4_NL, ascending. */
 extern const int8_t pd_iq4nl_values[16];
 
-/* Q4_K's and Q5_K's scale and min of sub-block j (0..7) from their 12 packed bytes. */
-void pd_q4k_scale_min(int j, const uint8_t *packed, uint8_t *sc, uint8_t *m);
-/* Q3_K's 16 scales, unbiased (-32..31), from their 12 packed bytes. */
-void pd_q3k_scales(const uint8_t *packed, int8_t sc[16]);
+/* Q4_K's and Q5_K's scale and min of sub-block j (0..7) from their 12 packed bytes. Inline: the
+ * fast matmul decodes them per super-block. */
+static inline void pd_q4k_scale_min(int j, const uint8_t *packed, uint8_t *sc, uint8_t *m) {
+  if (j < 4) {
+    *sc = packed[j] & 63;
+    *m = packed[j + 4] & 63;
+  } else {
+    *sc = (uint8_t)((packed[j + 4] & 0xF) | ((packed[j - 4] >> 6) << 4));
+    *m = (uint8_t)((packed[j + 4] >> 4) | ((packed[j] >> 6) << 4));
+  }
+}
+
+/* Q3_K's 16 scales, unbiased (-32..31), from their 12 packed bytes: scale k has its low 4 bits
+ * in byte k % 8 (low nibble for k < 8, high for k >= 8) and its top 2 bits at bit 2 (k / 4) of
+ * byte 8 + k % 4. */
+static inline void pd_q3k_scales(const uint8_t *packed, int8_t sc[16]) {
+  for (int k = 0; k < 16; k++) {
+    int lo = (packed[k % 8] >> (k < 8 ? 0 : 4)) & 0xF,
+        hi = (packed[8 + k % 4] >> (2 * (k / 4))) & 3;
+    sc[k] = (int8_t)((lo | hi << 4) - 32);
+  }
+}
 
 /* dst (n) = the n elements at src. Returns 0 or PD_EINVAL (unknown type, n not a multiple). */
 int pd_dequant_row(enum pd_ggml_type t, const void *src, float *dst, int64_t n);
