@@ -189,24 +189,6 @@ static inline float hsum8(__m256 s) {
   return _mm_cvtss_f32(h);
 }
 
-/* A format's block bytes as a constant the micro-tiles fold (pd_ggml_block_bytes is out of line). */
-static inline int64_t block_bytes(enum pd_ggml_type t) {
-  switch (t) {
-  case PD_GGML_Q4_0: return 18;
-  case PD_GGML_Q4_1: return 20;
-  case PD_GGML_Q5_0: return 22;
-  case PD_GGML_Q5_1: return 24;
-  case PD_GGML_Q8_0: return 34;
-  case PD_GGML_IQ4_NL: return 18;
-  case PD_GGML_Q2_K: return 84;
-  case PD_GGML_Q3_K: return 110;
-  case PD_GGML_Q4_K: return 144;
-  case PD_GGML_Q5_K: return 176;
-  case PD_GGML_Q6_K: return 210;
-  default: return 0;
-  }
-}
-
 /* 32 bits -> 32 bytes: byte j is 0x10 where bit j of bits is set, else 0 (the fifth bit of
  * Q5_0 and Q5_1). Each byte picks the byte of bits that holds its bit, then tests that bit. */
 static inline __m256i fifth_bits(uint32_t bits) {
@@ -244,7 +226,7 @@ static inline __m256i bits32(const uint8_t *p, int shift, int width) {
 static inline __attribute__((always_inline)) void q_tile(enum pd_ggml_type WT, int RX,
                                                          const uint8_t *w, const q8_group *xg,
                                                          int64_t nb, float *y, int64_t y_stride) {
-  const int64_t bs = block_bytes(WT);
+  const int64_t bs = (int64_t)pd_ggml_block_bytes(WT);
   __m256 acc[X_GROUP];
   __m128 ext = _mm_setzero_ps();
 #pragma GCC unroll 4
@@ -307,7 +289,7 @@ static inline __attribute__((always_inline)) void q_tile(enum pd_ggml_type WT, i
 static inline __attribute__((always_inline)) void k_tile(enum pd_ggml_type WT, int RX,
                                                          const uint8_t *w, const q8_group *xg,
                                                          int64_t nb, float *y, int64_t y_stride) {
-  const int64_t bs = block_bytes(WT);
+  const int64_t bs = (int64_t)pd_ggml_block_bytes(WT);
   const __m256i ones = _mm256_set1_epi8(1);
   __m256 acc[X_GROUP];
   __m128 ext = _mm_setzero_ps();

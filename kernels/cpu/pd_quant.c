@@ -58,26 +58,6 @@ int pd_ggml_block_elems(enum pd_ggml_type t) {
   return 0;
 }
 
-size_t pd_ggml_block_bytes(enum pd_ggml_type t) {
-  switch (t) {
-  case PD_GGML_F32: return 4;
-  case PD_GGML_F16:
-  case PD_GGML_BF16: return 2;
-  case PD_GGML_Q4_0: return 18;
-  case PD_GGML_Q4_1: return 20;
-  case PD_GGML_Q5_0: return 22;
-  case PD_GGML_Q5_1: return 24;
-  case PD_GGML_Q8_0: return 34;
-  case PD_GGML_IQ4_NL: return 18;
-  case PD_GGML_Q2_K: return 84;
-  case PD_GGML_Q3_K: return 110;
-  case PD_GGML_Q4_K: return 144;
-  case PD_GGML_Q5_K: return 176;
-  case PD_GGML_Q6_K: return 210;
-  }
-  return 0;
-}
-
 const char *pd_ggml_type_name(enum pd_ggml_type t) {
   switch (t) {
   case PD_GGML_F32: return "f32";

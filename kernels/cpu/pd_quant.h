@@ -43,9 +43,29 @@
 
 size_t pd_ggml_row_bytes(enum pd_ggml_type t, int64_t n); /* 0 if n is not a block multiple */
 int pd_ggml_block_elems(enum pd_ggml_type t);             /* 1, 32 or 256; 0 if unknown */
-size_t pd_ggml_block_bytes(enum pd_ggml_type t);
-const char *pd_ggml_type_name(enum pd_ggml_type t); /* "q4_1", ...; "?" if unknown */
-int pd_ggml_type_supported(uint32_t t);             /* 1 for the types of pd_ggml.h */
+const char *pd_ggml_type_name(enum pd_ggml_type t);       /* "q4_1", ...; "?" if unknown */
+int pd_ggml_type_supported(uint32_t t);                   /* 1 for the types of pd_ggml.h */
+
+/* Bytes per block (0 if unknown). Inline, so that kernels specialised on a type fold it. */
+static inline size_t pd_ggml_block_bytes(enum pd_ggml_type t) {
+  switch (t) {
+  case PD_GGML_F32: return 4;
+  case PD_GGML_F16:
+  case PD_GGML_BF16: return 2;
+  case PD_GGML_Q4_0: return 18;
+  case PD_GGML_Q4_1: return 20;
+  case PD_GGML_Q5_0: return 22;
+  case PD_GGML_Q5_1: return 24;
+  case PD_GGML_Q8_0: return 34;
+  case PD_GGML_IQ4_NL: return 18;
+  case PD_GGML_Q2_K: return 84;
+  case PD_GGML_Q3_K: return 110;
+  case PD_GGML_Q4_K: return 144;
+  case PD_GGML_Q5_K: return 176;
+  case PD_GGML_Q6_K: return 210;
+  }
+  return 0;
+}
 
 /* Every type of pd_ggml.h, in numbering order (the tests and prefixd-mkgguf walk it). */
 #define PD_GGML_N_TYPES 14
