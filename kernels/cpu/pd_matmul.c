@@ -28,6 +28,24 @@
 #include "pd_err.h"
 #include "pd_quant.h"
 
+#if defined(__x86_64__) && defined(__AVX2__)
+#include <unistd.h>
+
+/* A binary built for AVX2 (-march=native or x86-64-v3) would die of SIGILL in its first matmul on
+ * an older CPU. This runs before main, is compiled for the x86-64 baseline whatever the flags,
+ * and stops the program with one line instead. It lives here because every program that runs
+ * the model links this file. */
+__attribute__((constructor, target("arch=x86-64"))) static void require_avx2(void) {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return;
+  static const char msg[] = "prefixd: this build needs a CPU with AVX2 and FMA (x86-64-v3); "
+                            "rebuild on this machine (cmake -DPREFIXD_NATIVE=ON)\n";
+  ssize_t n = write(2, msg, sizeof msg - 1);
+  (void)n;
+  _exit(1);
+}
+#endif
+
 float pd_dot_f32(const float *a, const float *b, int64_t n) {
   int64_t i = 0;
 #ifdef __AVX2__
