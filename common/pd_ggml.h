@@ -20,6 +20,7 @@ enum pd_ggml_type {
   PD_GGML_Q5_K = 13,
   PD_GGML_Q6_K = 14,
   PD_GGML_IQ4_NL = 20,
+  PD_GGML_IQ4_XS = 23,
   PD_GGML_BF16 = 30
 };
 

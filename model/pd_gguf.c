@@ -52,6 +52,18 @@ typedef struct cursor {
   int rc;
 } cursor;
 
+/* ggml's name for any tensor type number, for the message that refuses one (pd_quant.h names the
+ * ones prefixd reads). */
+static const char *ggml_type_name(uint32_t type) {
+  static const char *const names[] = {
+      "f32",      "f16",      "q4_0",    "q4_1",  "q4_2",   "q4_3",  "q5_0",  "q5_1",
+      "q8_0",     "q8_1",     "q2_k",    "q3_k",  "q4_k",   "q5_k",  "q6_k",  "q8_k",
+      "iq2_xxs",  "iq2_xs",   "iq3_xxs", "iq1_s", "iq4_nl", "iq3_s", "iq2_s", "iq4_xs",
+      "i8",       "i16",      "i32",     "i64",   "f64",    "iq1_m", "bf16",  "q4_0_4_4",
+      "q4_0_4_8", "q4_0_8_8", "tq1_0",   "tq2_0"};
+  return type < sizeof names / sizeof names[0] ? names[type] : "unknown";
+}
+
 static int failf(cursor *c, int rc, const char *fmt, ...) {
   if (c->rc) return c->rc;
   c->rc = rc;
@@ -260,8 +272,10 @@ int pd_gguf_open(const char *path, pd_gguf **out, char *err, size_t errlen) {
     offsets[i] = rd_u64(&c, "a tensor offset");
     if (c.rc) break;
     if (!pd_ggml_type_supported(type)) {
-      failf(&c, PD_EUNSUPPORTED, "gguf: tensor %.*s has type %u, which is not supported",
-            (int)t->name.len, t->name.ptr, type);
+      failf(&c, PD_EUNSUPPORTED,
+            "gguf: tensor %.*s has type %u (%s), which prefixd does not read (it reads f32, f16, "
+            "bf16, q4_0, q4_1, q5_0, q5_1, q8_0, iq4_nl, iq4_xs, q2_k..q6_k)",
+            (int)t->name.len, t->name.ptr, type, ggml_type_name(type));
       break;
     }
     t->type = (enum pd_ggml_type)type;

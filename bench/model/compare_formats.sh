@@ -19,7 +19,7 @@ cd "$(dirname "$0")/../.."
 bin=${1:?usage: compare_formats.sh LLAMA_BIN_DIR [MODEL] [THREADS]}
 model=${2:-${PREFIXD_MODEL:-$HOME/.cache/prefixd/SmolLM2-135M-Instruct.Q4_1.gguf}}
 threads=${3:-$(nproc)}
-formats=${PD_FORMATS:-"Q8_0 Q6_K Q5_K_M Q5_0 Q4_K_M Q4_1 IQ4_NL Q3_K_M Q2_K"}
+formats=${PD_FORMATS:-"Q8_0 Q6_K Q5_K_M Q5_0 Q4_K_M Q4_1 IQ4_NL IQ4_XS Q3_K_M Q2_K"}
 out=bench/results/model_cpu_formats.md
 for tool in llama-bench llama-quantize; do
   [ -x "$bin/$tool" ] || { echo "compare_formats: $bin/$tool is not an executable" >&2; exit 2; }

@@ -296,10 +296,10 @@ static inline __attribute__((always_inline)) void q_tile(enum pd_ggml_type WT, i
   for (int r = 0; r < RX; r++) y[r * y_stride] = hsum8(acc[r]) + e[r];
 }
 
-/* The micro-tile for the K formats (256-element super-blocks, whose sub-blocks of 32 or 16 have
- * their own integer scales). Per activation block of 32 (8 per super-block): the weights'
- * integers as unsigned bytes u (signed ones, Q3_K and Q6_K, as |w| with the sign moved onto x),
- * the sub-block scales as 16-bit lanes (one scale for each half of 16), so that
+/* The micro-tile for the K formats and IQ4_XS (256-element super-blocks, whose sub-blocks of 32
+ * or 16 have their own integer scales). Per activation block of 32 (8 per super-block): the
+ * weights' integers as unsigned bytes u (signed ones, Q3_K, Q6_K and IQ4_XS's levels, as |w| with
+ * the sign moved onto x), the sub-block scales as 16-bit lanes (one scale for each half of 16), so that
  * madd(maddubs(u, x), scales) is the exact integer sum of scale * q * x over the block; then one
  * fma by d * dx. The mins (Q2_K, Q4_K, Q5_K) are subtracted as dmin * m * sum(x): per block of 32
  * from the activations' scaled sums (Q4_K, Q5_K), per 16 as a second integer sum (Q2_K). The same
@@ -326,6 +326,8 @@ static inline __attribute__((always_inline)) void k_tile(enum pd_ggml_type WT, i
     } else if (WT == PD_GGML_Q3_K) {
       d = rdh(p + 108);
       pd_q3k_scales(p + 96, sc3);
+    } else if (WT == PD_GGML_IQ4_XS) {
+      d = rdh(p);
     } else { /* Q2_K */
       d = rdh(p + 80), dmin = rdh(p + 82);
     }
@@ -334,7 +336,7 @@ static inline __attribute__((always_inline)) void k_tile(enum pd_ggml_type WT, i
       const q8_group *xb = xg + sb * 8 + k;
       const int half = k / 4, kk = k % 4; /* the 16-scale formats work in halves of 128 */
       __m256i u, wsign = _mm256_setzero_si256(), scales, mins = _mm256_setzero_si256();
-      const int signed_w = WT == PD_GGML_Q6_K || WT == PD_GGML_Q3_K;
+      const int signed_w = WT == PD_GGML_Q6_K || WT == PD_GGML_Q3_K || WT == PD_GGML_IQ4_XS;
       if (WT == PD_GGML_Q4_K || WT == PD_GGML_Q5_K) {
         u = nibbles32(p + (WT == PD_GGML_Q5_K ? 48 : 16) + 32 * (k / 2), k % 2);
         if (WT == PD_GGML_Q5_K) u = _mm256_or_si256(u, _mm256_slli_epi16(bits32(p + 16, k, 1), 4));
@@ -351,6 +353,11 @@ static inline __attribute__((always_inline)) void k_tile(enum pd_ggml_type WT, i
         wsign = _mm256_sub_epi8(q, _mm256_set1_epi8(4));
         const int8_t *sc = sc3 + 8 * half + 2 * kk;
         scales = _mm256_set_m128i(_mm_set1_epi16(sc[1]), _mm_set1_epi16(sc[0]));
+      } else if (WT == PD_GGML_IQ4_XS) { /* IQ4_NL's levels, one 6-bit scale per 32 */
+        const __m256i levels =
+            _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)pd_iq4nl_values));
+        wsign = _mm256_shuffle_epi8(levels, unpack_nibbles(p + 8 + 16 * k));
+        scales = _mm256_set1_epi16((short)pd_iq4xs_scale(p, k));
       } else { /* Q2_K */
         u = bits32(p + 16 + 32 * half, 2 * kk, 2);
         const uint8_t *sm = p + 8 * half + 2 * kk;
@@ -412,6 +419,7 @@ TILE_FNS(k_tile, tile_q3_k, PD_GGML_Q3_K)
 TILE_FNS(k_tile, tile_q4_k, PD_GGML_Q4_K)
 TILE_FNS(k_tile, tile_q5_k, PD_GGML_Q5_K)
 TILE_FNS(k_tile, tile_q6_k, PD_GGML_Q6_K)
+TILE_FNS(k_tile, tile_iq4_xs, PD_GGML_IQ4_XS)
 
 /* The micro-tiles of a fast type (rx - 1 indexes them), or NULL. */
 static const q_tile_fn *tiles_of(enum pd_ggml_type wt) {
@@ -427,6 +435,7 @@ static const q_tile_fn *tiles_of(enum pd_ggml_type wt) {
   case PD_GGML_Q4_K: return tile_q4_k;
   case PD_GGML_Q5_K: return tile_q5_k;
   case PD_GGML_Q6_K: return tile_q6_k;
+  case PD_GGML_IQ4_XS: return tile_iq4_xs;
   default: return NULL;
   }
 }

@@ -8,7 +8,7 @@
  *                    the reference, matched by tests/reference/ within float rounding.
  *   PD_MATMUL_FAST   activations quantized per block of 32 to int8 with an f32 scale (as ggml's
  *                    q8 formats do), integer dot products with AVX2 for every quantized
- *                    format (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K .. Q6_K); without AVX2
+ *                    format (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, IQ4_XS, Q2_K .. Q6_K); without AVX2
  *                    for Q4_0, Q4_1 and Q8_0. f32, f16 and bf16 weights run the exact path.
  *
  * Determinism (the prefix cache relies on it): each y element is one dot product whose order of

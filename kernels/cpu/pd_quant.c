@@ -31,9 +31,9 @@ static void wrh(uint8_t *p, float v) {
 }
 
 const enum pd_ggml_type pd_ggml_types[PD_GGML_N_TYPES] = {
-    PD_GGML_F32,  PD_GGML_F16,  PD_GGML_Q4_0,   PD_GGML_Q4_1, PD_GGML_Q5_0,
-    PD_GGML_Q5_1, PD_GGML_Q8_0, PD_GGML_Q2_K,   PD_GGML_Q3_K, PD_GGML_Q4_K,
-    PD_GGML_Q5_K, PD_GGML_Q6_K, PD_GGML_IQ4_NL, PD_GGML_BF16};
+    PD_GGML_F32,  PD_GGML_F16,  PD_GGML_Q4_0,   PD_GGML_Q4_1,   PD_GGML_Q5_0,
+    PD_GGML_Q5_1, PD_GGML_Q8_0, PD_GGML_Q2_K,   PD_GGML_Q3_K,   PD_GGML_Q4_K,
+    PD_GGML_Q5_K, PD_GGML_Q6_K, PD_GGML_IQ4_NL, PD_GGML_IQ4_XS, PD_GGML_BF16};
 
 const int8_t pd_iq4nl_values[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
                                     1,    13,   25,  38,  53,  69,  89,  113};
@@ -49,6 +49,7 @@ int pd_ggml_block_elems(enum pd_ggml_type t) {
   case PD_GGML_Q5_1:
   case PD_GGML_Q8_0:
   case PD_GGML_IQ4_NL: return 32;
+  case PD_GGML_IQ4_XS:
   case PD_GGML_Q2_K:
   case PD_GGML_Q3_K:
   case PD_GGML_Q4_K:
@@ -69,6 +70,7 @@ const char *pd_ggml_type_name(enum pd_ggml_type t) {
   case PD_GGML_Q5_1: return "q5_1";
   case PD_GGML_Q8_0: return "q8_0";
   case PD_GGML_IQ4_NL: return "iq4_nl";
+  case PD_GGML_IQ4_XS: return "iq4_xs";
   case PD_GGML_Q2_K: return "q2_k";
   case PD_GGML_Q3_K: return "q3_k";
   case PD_GGML_Q4_K: return "q4_k";
@@ -142,6 +144,18 @@ static void dq_block(enum pd_ggml_type t, const uint8_t *b, float *y) {
     for (int j = 0; j < 16; j++) {
       y[j] = d * (float)pd_iq4nl_values[b[2 + j] & 0xF];
       y[j + 16] = d * (float)pd_iq4nl_values[b[2 + j] >> 4];
+    }
+    break;
+  }
+  case PD_GGML_IQ4_XS: {
+    float d = rdh(b);
+    for (int j = 0; j < 8; j++) {
+      const float dl = d * (float)pd_iq4xs_scale(b, j);
+      const uint8_t *qs = b + 8 + 16 * j;
+      for (int l = 0; l < 16; l++) {
+        y[32 * j + l] = dl * (float)pd_iq4nl_values[qs[l] & 0xF];
+        y[32 * j + l + 16] = dl * (float)pd_iq4nl_values[qs[l] >> 4];
+      }
     }
     break;
   }
@@ -316,6 +330,32 @@ static void q_block(enum pd_ggml_type t, const float *x, uint8_t *b) {
     for (int j = 0; j < 16; j++) {
       int q0 = nearest_iq4nl(x[j] * id), q1 = nearest_iq4nl(x[j + 16] * id);
       b[2 + j] = (uint8_t)(q0 | q1 << 4);
+    }
+    break;
+  }
+  case PD_GGML_IQ4_XS: {
+    /* per 32: the element of largest magnitude on level -127 through a signed 6-bit scale */
+    float s[8], max_s = 0;
+    for (int j = 0; j < 8; j++) {
+      s[j] = absmax_signed(x + 32 * j, 32) / (float)pd_iq4nl_values[0];
+      if (fabsf(s[j]) > max_s) max_s = fabsf(s[j]);
+    }
+    wrh(b, max_s / 31.0f);
+    float d = rdh(b);
+    memset(b + 2, 0, 134);
+    uint16_t scales_h = 0;
+    for (int j = 0; j < 8; j++) {
+      int ls = clampi(d ? (int)roundf(s[j] / d) : 0, -32, 31) + 32;
+      b[4 + j / 2] |= (uint8_t)((ls & 0xF) << (4 * (j % 2)));
+      scales_h |= (uint16_t)((ls >> 4) << (2 * j));
+    }
+    b[2] = (uint8_t)scales_h, b[3] = (uint8_t)(scales_h >> 8);
+    for (int j = 0; j < 8; j++) {
+      float dl = d * (float)pd_iq4xs_scale(b, j), id = dl ? 1.0f / dl : 0.0f;
+      uint8_t *qs = b + 8 + 16 * j;
+      for (int l = 0; l < 16; l++)
+        qs[l] = (uint8_t)(nearest_iq4nl(x[32 * j + l] * id) | nearest_iq4nl(x[32 * j + l + 16] * id)
+                                                                  << 4);
     }
     break;
   }

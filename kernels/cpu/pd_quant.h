@@ -12,6 +12,10 @@
  *   Q5_1  32 elements, 24 B:   f16 d | f16 m | u32 qh | u8 qs[16]      x = d * q + m
  *   IQ4_NL 32 elements, 18 B:  f16 d | u8 qs[16] (nibbles as Q4_0)   x = d * kvalues[q], the
  *                              16 non-uniform int8 levels of pd_iq4nl_values
+ *   IQ4_XS 256 elements, 136 B: f16 d | u16 scales_h | u8 scales_l[4] | u8 qs[128]; sub-block j
+ *                              of 32: 6-bit scale ls_j = nibble j of scales_l | bits 2 j of
+ *                              scales_h << 4, its elements as IQ4_NL's at qs + 16 j;
+ *                              x = d * (ls_j - 32) * kvalues[q]
  *   Q2_K  256 elements, 84 B:  u8 scales[16] (4-bit scale | 4-bit min << 4, one per 16) |
  *                              u8 qs[64] (2 bits each) | f16 d | f16 dmin;
  *                              x = d * sc * q - dmin * m
@@ -58,6 +62,7 @@ static inline size_t pd_ggml_block_bytes(enum pd_ggml_type t) {
   case PD_GGML_Q5_1: return 24;
   case PD_GGML_Q8_0: return 34;
   case PD_GGML_IQ4_NL: return 18;
+  case PD_GGML_IQ4_XS: return 136;
   case PD_GGML_Q2_K: return 84;
   case PD_GGML_Q3_K: return 110;
   case PD_GGML_Q4_K: return 144;
@@ -68,7 +73,7 @@ static inline size_t pd_ggml_block_bytes(enum pd_ggml_type t) {
 }
 
 /* Every type of pd_ggml.h, in numbering order (the tests and prefixd-mkgguf walk it). */
-#define PD_GGML_N_TYPES 14
+#define PD_GGML_N_TYPES 15
 extern const enum pd_ggml_type pd_ggml_types[PD_GGML_N_TYPES];
 
 /* The 16 levels of IQ4_NL, ascending. */
@@ -84,6 +89,12 @@ static inline void pd_q4k_scale_min(int j, const uint8_t *packed, uint8_t *sc, u
     *sc = (uint8_t)((packed[j + 4] & 0xF) | ((packed[j - 4] >> 6) << 4));
     *m = (uint8_t)((packed[j + 4] >> 4) | ((packed[j] >> 6) << 4));
   }
+}
+
+/* IQ4_XS's scale of sub-block j (0..7), unbiased (-32..31), from the block at b. */
+static inline int pd_iq4xs_scale(const uint8_t *b, int j) {
+  int lo = (b[4 + j / 2] >> (4 * (j % 2))) & 0xF, hi = ((b[2] | b[3] << 8) >> (2 * j)) & 3;
+  return (lo | hi << 4) - 32;
 }
 
 /* Q3_K's 16 scales, unbiased (-32..31), from their 12 packed bytes: scale k has its low 4 bits

@@ -9,7 +9,10 @@
  *
  * usage: prefixd-mkgguf -o OUT.gguf [--like smollm2-135m] [--layers N] [--d N] [--heads N]
  *                       [--kv-heads N] [--ffn N] [--vocab N] [--ctx N] [--type T] [--embd-type T]
- *                       [--seed N]
+ *                       [--ffn-type T] [--seed N]
+ *
+ * --type sets every layer weight's format, --ffn-type then the three FFN weights' (as llama.cpp's
+ * K-quant mixes give the FFN other formats than attention).
  */
 #include <getopt.h>
 #include <math.h>
@@ -89,19 +92,28 @@ static void byte_char(int b, char out[8]) {
 int main(int argc, char **argv) {
   const char *out = NULL;
   int layers = 2, d = 64, heads = 4, kv_heads = 2, ffn = 128, vocab = 512, ctx = 2048;
-  enum pd_ggml_type type = PD_GGML_Q8_0, embd_type = PD_GGML_Q8_0;
+  enum pd_ggml_type type = PD_GGML_Q8_0, embd_type = PD_GGML_Q8_0, ffn_type = PD_GGML_Q8_0;
+  int ffn_type_set = 0;
   uint64_t seed = 1;
   const char *arch = "llama";
   int untied = 0;
-  static const struct option opts[] = {
-      {"arch", required_argument, 0, 12},      {"untied", no_argument, 0, 13},
-      {"out", required_argument, 0, 'o'},      {"like", required_argument, 0, 1},
-      {"layers", required_argument, 0, 2},     {"d", required_argument, 0, 3},
-      {"heads", required_argument, 0, 4},      {"kv-heads", required_argument, 0, 5},
-      {"ffn", required_argument, 0, 6},        {"vocab", required_argument, 0, 7},
-      {"ctx", required_argument, 0, 8},        {"type", required_argument, 0, 9},
-      {"embd-type", required_argument, 0, 10}, {"seed", required_argument, 0, 11},
-      {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
+  static const struct option opts[] = {{"arch", required_argument, 0, 12},
+                                       {"untied", no_argument, 0, 13},
+                                       {"out", required_argument, 0, 'o'},
+                                       {"like", required_argument, 0, 1},
+                                       {"layers", required_argument, 0, 2},
+                                       {"d", required_argument, 0, 3},
+                                       {"heads", required_argument, 0, 4},
+                                       {"kv-heads", required_argument, 0, 5},
+                                       {"ffn", required_argument, 0, 6},
+                                       {"vocab", required_argument, 0, 7},
+                                       {"ctx", required_argument, 0, 8},
+                                       {"type", required_argument, 0, 9},
+                                       {"embd-type", required_argument, 0, 10},
+                                       {"seed", required_argument, 0, 11},
+                                       {"ffn-type", required_argument, 0, 14},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
   int o;
   while ((o = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
     switch (o) {
@@ -123,10 +135,12 @@ int main(int argc, char **argv) {
     case 8: ctx = atoi(optarg); break;
     case 9:
     case 10:
-      if (parse_type(optarg, o == 9 ? &type : &embd_type)) {
+    case 14:
+      if (parse_type(optarg, o == 9 ? &type : o == 10 ? &embd_type : &ffn_type)) {
         fprintf(stderr, "prefixd-mkgguf: unknown type %s\n", optarg);
         return 2;
       }
+      ffn_type_set |= o == 14;
       break;
     case 11: seed = strtoull(optarg, NULL, 10); break;
     case 12:
@@ -140,11 +154,12 @@ int main(int argc, char **argv) {
     case 'h':
       printf("usage: prefixd-mkgguf -o OUT.gguf [--like smollm2-135m] [--layers N] [--d N] "
              "[--heads N] [--kv-heads N] [--ffn N] [--vocab N] [--ctx N] [--type T] "
-             "[--embd-type T] [--seed N] [--arch llama|qwen2] [--untied]\n");
+             "[--embd-type T] [--ffn-type T] [--seed N] [--arch llama|qwen2] [--untied]\n");
       return 0;
     default: return 2;
     }
   }
+  if (!ffn_type_set) ffn_type = type;
   if (!out || layers < 1 || d < 32 || heads < 1 || kv_heads < 1 || d % heads || heads % kv_heads ||
       ffn < 32 || vocab < 260 || vocab > 300000 || ctx < 16) {
     fprintf(stderr, "prefixd-mkgguf: need -o OUT and a consistent shape (see --help)\n");
@@ -230,9 +245,9 @@ int main(int argc, char **argv) {
     W("attn_v.weight", d, kv_heads * hd, type, s_in, 0.0f)
     W("attn_output.weight", heads * hd, d, type, s_in, 0.0f)
     W("ffn_norm.weight", d, 1, PD_GGML_F32, 0.1f, 1.0f)
-    W("ffn_gate.weight", d, ffn, type, s_in, 0.0f)
-    W("ffn_up.weight", d, ffn, type, s_in, 0.0f)
-    W("ffn_down.weight", ffn, d, type, s_ffn, 0.0f)
+    W("ffn_gate.weight", d, ffn, ffn_type, s_in, 0.0f)
+    W("ffn_up.weight", d, ffn, ffn_type, s_in, 0.0f)
+    W("ffn_down.weight", ffn, d, ffn_type, s_ffn, 0.0f)
     if (!strcmp(arch, "qwen2")) { /* qwen2: biases on q, k, v */
       W("attn_q.bias", heads * hd, 1, PD_GGML_F32, 0.1f, 0.0f)
       W("attn_k.bias", kv_heads * hd, 1, PD_GGML_F32, 0.1f, 0.0f)

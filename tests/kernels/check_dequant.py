@@ -14,10 +14,10 @@ from gguf.quants import dequantize
 TYPES = {T.F32: (1, 4), T.F16: (1, 2), T.BF16: (1, 2), T.Q8_0: (32, 34), T.Q4_0: (32, 18),
          T.Q4_1: (32, 20), T.Q5_0: (32, 22), T.Q5_1: (32, 24), T.Q4_K: (256, 144),
          T.Q6_K: (256, 210), T.Q2_K: (256, 84), T.Q3_K: (256, 110), T.Q5_K: (256, 176),
-         T.IQ4_NL: (32, 18)}
+         T.IQ4_NL: (32, 18), T.IQ4_XS: (256, 136)}
 F16_SCALE_OFFSETS = {T.Q8_0: [0], T.Q4_0: [0], T.Q4_1: [0, 2], T.Q5_0: [0], T.Q5_1: [0, 2],
                      T.Q4_K: [0, 2], T.Q6_K: [208], T.Q2_K: [80, 82], T.Q3_K: [108],
-                     T.Q5_K: [0, 2], T.IQ4_NL: [0]}
+                     T.Q5_K: [0, 2], T.IQ4_NL: [0], T.IQ4_XS: [0]}
 
 
 def ours(tool, qtype, raw, n):
@@ -64,7 +64,7 @@ def main():
         err = float(np.max(np.abs(back - x)))
         bound = {T.F32: 0, T.F16: 2e-3, T.BF16: 2e-2, T.Q8_0: 0.03, T.Q4_0: 0.6, T.Q4_1: 0.3,
                  T.Q5_0: 0.3, T.Q5_1: 0.15, T.Q4_K: 0.5, T.Q6_K: 0.15, T.Q2_K: 1.4, T.Q3_K: 1.0,
-                 T.Q5_K: 0.15, T.IQ4_NL: 0.45}[qtype]
+                 T.Q5_K: 0.15, T.IQ4_NL: 0.45, T.IQ4_XS: 0.45}[qtype]
         if err > bound:
             print(f"FAIL {qtype.name}: quantize round trip error {err} > {bound}")
             return 1

@@ -148,6 +148,7 @@ START_TEST(gguf_refuses_corruptions_with_a_reason) {
       {0, 0x12345678, PD_ECORRUPT, "magic"},
       {4, 7, PD_EUNSUPPORTED, "version"},
       {8, 0xffffff, PD_ECORRUPT, "counts"},
+      {131, 16, PD_EUNSUPPORTED, "type 16 (iq2_xxs), which prefixd does not read"}, /* w's type */
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     memcpy(buf, good, n);
