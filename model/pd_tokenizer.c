@@ -34,7 +34,9 @@ enum {
   TYPE_UNUSED = 5,
   TYPE_BYTE = 6
 };
-enum { PRE_GPT2 = 0, PRE_SMOLLM = 1 };
+/* The pre-tokenizers (tokenizer.ggml.pre): GPT-2's pattern; SmolLM's (digits alone, then
+ * GPT-2's); Llama 3's; Qwen2's (Llama 3's with single digits). */
+enum { PRE_GPT2 = 0, PRE_SMOLLM = 1, PRE_LLAMA3 = 2, PRE_QWEN2 = 3 };
 
 struct pd_tokenizer {
   int32_t n_vocab;
@@ -148,15 +150,25 @@ int pd_tokenizer_from_gguf(const pd_gguf *g, pd_tokenizer **out, char *err, size
   pd_str pre;
   t->pre = PRE_GPT2;
   if (pd_gguf_get_str(g, "tokenizer.ggml.pre", &pre) == 0) {
-    if (pre.len == 6 && !memcmp(pre.ptr, "smollm", 6))
-      t->pre = PRE_SMOLLM;
-    else if (!((pre.len == 4 && !memcmp(pre.ptr, "gpt2", 4)) ||
-               (pre.len == 7 && !memcmp(pre.ptr, "default", 7)))) {
+    /* llama.cpp's names for each pattern */
+    static const struct {
+      const char *name;
+      int pre;
+    } known[] = {{"gpt2", PRE_GPT2},     {"default", PRE_GPT2},    {"smollm", PRE_SMOLLM},
+                 {"llama3", PRE_LLAMA3}, {"llama-v3", PRE_LLAMA3}, {"llama-bpe", PRE_LLAMA3},
+                 {"qwen2", PRE_QWEN2}};
+    size_t k = 0, n_known = sizeof known / sizeof known[0];
+    while (k < n_known &&
+           !(strlen(known[k].name) == pre.len && !memcmp(pre.ptr, known[k].name, pre.len)))
+      k++;
+    if (k == n_known) {
       pd_tokenizer_free(t);
       return pd_errf(err, errlen, PD_EUNSUPPORTED,
-                     "tokenizer: pre-tokenizer '%.*s' is not supported (smollm, gpt2, default are)",
+                     "tokenizer: pre-tokenizer '%.*s' is not supported (gpt2, default, smollm, "
+                     "llama3, llama-v3, llama-bpe, qwen2 are)",
                      (int)pre.len, pre.ptr);
     }
+    t->pre = known[k].pre;
   }
   size_t n = (size_t)n_toks;
   t->text = calloc(n, sizeof *t->text);
@@ -455,8 +467,64 @@ static size_t gpt2_match(const cps *c, size_t n, size_t i) {
   return 1; /* unreachable: every code point is in some class */
 }
 
-/* Pre-tokenizes bytes s[0..n) (no special tokens in it) and runs BPE on each piece. */
-static int encode_text(const pd_tokenizer *t, const uint8_t *s, size_t n, outbuf *o) {
+static int is_other(uint32_t cp) { /* [^\s\p{L}\p{N}] */
+  return !pd_unicode_is_space(cp) && !pd_unicode_is_letter(cp) && !pd_unicode_is_number(cp);
+}
+
+static uint32_t ascii_lower(uint32_t cp) {
+  return cp >= 'A' && cp <= 'Z' ? cp + 32 : cp;
+}
+
+/* Llama 3's pattern over code points c[0..n), the length of the match at i; max_digits is 3
+ * (Llama 3) or 1 (Qwen2, whose \p{N} stands alone). Each alternative in order, the first that
+ * matches wins, as the regex engine does:
+ *   (?i:'s|'t|'re|'ve|'m|'ll|'d) | [^\r\n\p{L}\p{N}]?\p{L}+ | \p{N}{1,3} |
+ *    ?[^\s\p{L}\p{N}]+[\r\n]* | \s*[\r\n]+ | \s+(?!\S) | \s+ */
+static size_t llama3_match(const cps *c, size_t n, size_t i, size_t max_digits) {
+  uint32_t c0 = c[i].cp;
+  if (c0 == '\'' && i + 1 < n) {
+    uint32_t c1 = ascii_lower(c[i + 1].cp), c2 = i + 2 < n ? ascii_lower(c[i + 2].cp) : 0;
+    if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') return 2;
+    if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l')) return 3;
+  }
+  /* letters, after at most one character that is not a newline, letter or number */
+  size_t j = i;
+  if (!pd_unicode_is_letter(c0) && c0 != '\r' && c0 != '\n' && !pd_unicode_is_number(c0) &&
+      i + 1 < n && pd_unicode_is_letter(c[i + 1].cp))
+    j = i + 1;
+  if (pd_unicode_is_letter(c[j].cp)) {
+    while (j < n && pd_unicode_is_letter(c[j].cp)) j++;
+    return j - i;
+  }
+  if (pd_unicode_is_number(c0)) {
+    size_t k = i;
+    while (k < n && k - i < max_digits && pd_unicode_is_number(c[k].cp)) k++;
+    return k - i;
+  }
+  /* punctuation and symbols, after at most one space, then any newlines */
+  j = c0 == ' ' && i + 1 < n && is_other(c[i + 1].cp) ? i + 1 : i;
+  if (is_other(c[j].cp)) {
+    while (j < n && is_other(c[j].cp)) j++;
+    while (j < n && (c[j].cp == '\r' || c[j].cp == '\n')) j++;
+    return j - i;
+  }
+  /* whitespace: up to its last newline if it has one; else all but the last character before
+   * a non-space (which goes with the next piece); else all */
+  size_t k = i, last_newline = n;
+  while (k < n && pd_unicode_is_space(c[k].cp)) {
+    if (c[k].cp == '\r' || c[k].cp == '\n') last_newline = k;
+    k++;
+  }
+  if (last_newline < n) return last_newline + 1 - i;
+  if (k < n && k - i > 1) return k - 1 - i;
+  return k > i ? k - i : 1;
+}
+
+/* Cuts bytes s[0..n) (no special tokens in it) into the pre-tokenizer's pieces and calls
+ * piece(ctx, bytes, length) on each in order; stops at the first nonzero return. */
+typedef int (*piece_fn)(void *ctx, const uint8_t *p, size_t len);
+static int split_text(const pd_tokenizer *t, const uint8_t *s, size_t n, piece_fn piece,
+                      void *ctx) {
   if (n == 0) return PD_OK;
   cps *c = malloc((n + 1) * sizeof *c);
   if (!c) return PD_ENOMEM;
@@ -469,26 +537,71 @@ static int encode_text(const pd_tokenizer *t, const uint8_t *s, size_t n, outbuf
   }
   c[nc].off = (uint32_t)n;
   int rc = PD_OK;
+  if (t->pre == PRE_LLAMA3 || t->pre == PRE_QWEN2) {
+    for (size_t i = 0; i < nc && !rc;) {
+      size_t len = llama3_match(c, nc, i, t->pre == PRE_LLAMA3 ? 3 : 1);
+      rc = piece(ctx, s + c[i].off, c[i + len].off - c[i].off);
+      i += len;
+    }
+    free(c);
+    return rc;
+  }
   /* smollm: split digits off one by one first; the GPT-2 pattern runs within each stretch */
   size_t start = 0;
   while (start < nc && !rc) {
     size_t end = start;
     if (t->pre == PRE_SMOLLM && pd_unicode_is_number(c[start].cp)) {
       end = start + 1;
-      rc = bpe_piece(t, s + c[start].off, c[end].off - c[start].off, o);
+      rc = piece(ctx, s + c[start].off, c[end].off - c[start].off);
       start = end;
       continue;
     }
     while (end < nc && !(t->pre == PRE_SMOLLM && pd_unicode_is_number(c[end].cp))) end++;
     for (size_t i = start; i < end && !rc;) {
       size_t len = gpt2_match(c, end, i);
-      rc = bpe_piece(t, s + c[i].off, c[i + len].off - c[i].off, o);
+      rc = piece(ctx, s + c[i].off, c[i + len].off - c[i].off);
       i += len;
     }
     start = end;
   }
   free(c);
   return rc;
+}
+
+typedef struct bpe_ctx {
+  const pd_tokenizer *t;
+  outbuf *o;
+} bpe_ctx;
+
+static int bpe_each(void *ctx, const uint8_t *p, size_t len) {
+  bpe_ctx *b = ctx;
+  return bpe_piece(b->t, p, len, b->o);
+}
+
+/* Pre-tokenizes bytes s[0..n) (no special tokens in it) and runs BPE on each piece. */
+static int encode_text(const pd_tokenizer *t, const uint8_t *s, size_t n, outbuf *o) {
+  bpe_ctx b = {t, o};
+  return split_text(t, s, n, bpe_each, &b);
+}
+
+typedef struct split_ctx {
+  const uint8_t *base;
+  size_t *ends, cap, n;
+} split_ctx;
+
+static int record_end(void *ctx, const uint8_t *p, size_t len) {
+  split_ctx *sc = ctx;
+  if (sc->n < sc->cap) sc->ends[sc->n] = (size_t)(p - sc->base) + len;
+  sc->n++;
+  return PD_OK;
+}
+
+int pd_tokenizer_split(const pd_tokenizer *t, const char *text, size_t len, size_t *ends,
+                       size_t cap, size_t *n_out) {
+  split_ctx sc = {(const uint8_t *)text, ends, cap, 0};
+  int rc = split_text(t, (const uint8_t *)text, len, record_end, &sc);
+  *n_out = sc.n;
+  return rc ? rc : sc.n > cap ? PD_EFULL : PD_OK;
 }
 
 int pd_tokenize(const pd_tokenizer *t, const char *text, size_t len, int parse_special,

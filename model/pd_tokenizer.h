@@ -5,7 +5,8 @@
  * Encoding: special tokens (control and user-defined types) are cut out of the text first when
  * parse_special is set; each remaining stretch is split by the pre-tokenizer named in
  * tokenizer.ggml.pre ("smollm": every digit alone, then the GPT-2 pattern; "gpt2"/"default":
- * the GPT-2 pattern), each piece's bytes are mapped to GPT-2's byte-level alphabet, and merges
+ * the GPT-2 pattern; "llama3"/"llama-v3"/"llama-bpe": Llama 3's pattern, numbers in pieces of up
+ * to 3 digits; "qwen2": the same with every digit alone), each piece's bytes are mapped to GPT-2's byte-level alphabet, and merges
  * are applied lowest rank first. Decoding maps a token's characters back to bytes.
  *
  * The tokenizer copies what it needs from the GGUF: it does not depend on the pd_gguf after
@@ -33,6 +34,12 @@ int pd_tokenizer_is_eog(const pd_tokenizer *t, int32_t tok);
 int pd_tokenizer_is_special(const pd_tokenizer *t, int32_t tok);
 /* Finds a token by its exact text; -1 if absent. */
 int32_t pd_tokenizer_find(const pd_tokenizer *t, const char *text);
+
+/* The pieces the pre-tokenizer cuts text[0..len) into (special tokens not parsed): ends[k] is the
+ * byte offset where piece k ends. Writes at most cap ends; *n_out gets the count (PD_EFULL if it
+ * is over cap). For tests and tools; pd_tokenize runs BPE on exactly these pieces. */
+int pd_tokenizer_split(const pd_tokenizer *t, const char *text, size_t len, size_t *ends,
+                       size_t cap, size_t *n_out);
 
 /* Writes up to cap ids into out and the full count into *n_out. PD_EFULL if cap was too small. */
 int pd_tokenize(const pd_tokenizer *t, const char *text, size_t len, int parse_special,

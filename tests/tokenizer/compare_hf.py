@@ -1,50 +1,124 @@
 #!/usr/bin/env python3
 """Our tokenizer against Hugging Face `tokenizers`, built independently from the same GGUF's
-vocabulary and merges with the pre-tokenizers SmolLM2 uses (Digits(individual_digits=True),
-then ByteLevel with the GPT-2 regex) and a ByteLevel decoder. Every text of the corpus must
-give exactly the same ids, and decoding must give the text back.
+vocabulary and merges with the pre-tokenizers of the model's family and a ByteLevel decoder.
+Every text of the corpus must give exactly the same ids, and decoding must give the text back.
 
-    compare_hf.py PD_TOKENIZE_TOOL MODEL.gguf CORPUS_DIR
+    compare_hf.py PD_TOKENIZE_TOOL MODEL.gguf CORPUS_DIR [--pre NAME]
+
+Without --pre: the model's own pre-tokenizer, SmolLM2's (Digits(individual_digits=True), then
+ByteLevel with the GPT-2 regex). With --pre llama-bpe or qwen2: a tokenizer-only GGUF is written
+with the model's vocabulary and merges and that tokenizer.ggml.pre, and the reference is built
+as those families' tokenizer.json files build it: a Split on their regex (isolated), then
+ByteLevel without its own regex. Besides the ids, the pieces the pre-tokenizer cuts must be
+Hugging Face's pieces, one for one (ids alone would miss a wrong cut between characters that no
+merge joins).
 """
 import glob
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
-from gguf import GGUFReader
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from gguf import GGUFReader, GGUFWriter
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+                  r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+PATTERNS = {"llama-bpe": LLAMA3_PATTERN, "qwen2": LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")}
 
 
-def hf_tokenizer(model_path):
+def vocab_and_merges(model_path):
     r = GGUFReader(model_path)
     f = r.fields["tokenizer.ggml.tokens"]
     tokens = [bytes(f.parts[i]).decode("utf-8") for i in f.data]
     m = r.fields["tokenizer.ggml.merges"]
-    merges = [tuple(bytes(m.parts[i]).decode("utf-8").split(" ", 1)) for i in m.data]
+    merges = [bytes(m.parts[i]).decode("utf-8") for i in m.data]
+    t = r.fields["tokenizer.ggml.token_type"]
+    types = [int(t.parts[i][0]) for i in t.data]
+    return tokens, merges, types
+
+
+def hf_tokenizer(tokens, merges, pre):
     vocab = {t: i for i, t in reversed(list(enumerate(tokens)))}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    pairs = [tuple(m.split(" ", 1)) for m in merges]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False))
+    if pre is None:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(PATTERNS[pre]), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
     tok.decoder = decoders.ByteLevel()
     return tok
 
 
+def hf_pieces(pre, text):
+    """The pre-tokenizer's pieces of text, as byte offsets where each ends."""
+    if pre is None:
+        steps = [pre_tokenizers.Digits(individual_digits=True),
+                 pre_tokenizers.Split(Regex(GPT2_PATTERN), behavior="isolated", invert=False)]
+    else:
+        steps = [pre_tokenizers.Split(Regex(PATTERNS[pre]), behavior="isolated", invert=False)]
+    ends, at = [], 0
+    for piece, _ in pre_tokenizers.Sequence(steps).pre_tokenize_str(text):
+        at += len(piece.encode("utf-8"))
+        ends.append(at)
+    return ends
+
+
+def tokenizer_gguf(path, tokens, merges, types, pre):
+    w = GGUFWriter(path, "llama")
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def main():
     tool, model, corpus_dir = sys.argv[1:4]
+    pre = sys.argv[sys.argv.index("--pre") + 1] if "--pre" in sys.argv else None
     texts = []
     for path in sorted(glob.glob(os.path.join(corpus_dir, "*.txt"))):
         with open(path, encoding="utf-8") as f:
             content = f.read()
         texts.append(content)  # the whole file
         texts.extend(p for p in content.split("\n\n") if p)  # and each paragraph
-    hf = hf_tokenizer(model)
+    tokens, merges, types = vocab_and_merges(model)
+    hf = hf_tokenizer(tokens, merges, pre)
     payload = b"\0".join(t.encode("utf-8") for t in texts)
-    t0 = time.perf_counter()
-    out = subprocess.run([tool, model], input=payload, capture_output=True, check=True).stdout
-    secs = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        if pre is not None:
+            model = os.path.join(tmp, f"tokenizer-{pre}.gguf")
+            tokenizer_gguf(model, tokens, merges, types, pre)
+        t0 = time.perf_counter()
+        out = subprocess.run([tool, model], input=payload, capture_output=True, check=True).stdout
+        secs = time.perf_counter() - t0
+        cuts = subprocess.run([tool, model, "--pieces"], input=payload, capture_output=True,
+                              check=True).stdout.decode().split("\n")[:-1]
+    n_pieces = 0
+    for text, line in zip(texts, cuts):
+        got = [int(x) for x in line.split(",")] if line else []
+        want = hf_pieces(pre, text)
+        n_pieces += len(want)
+        if got != want:
+            i = next((k for k in range(min(len(got), len(want))) if got[k] != want[k]), 0)
+            raw = text.encode("utf-8")
+            at = want[i - 1] if i else 0
+            print(f"FAIL pieces of {text[:40]!r}: piece {i} from byte {at}: ours ends at "
+                  f"{got[i] if i < len(got) else None}, hf at {want[i] if i < len(want) else None} "
+                  f"({raw[at:at + 12]!r})")
+            return 1
     ours = [[int(x) for x in line.split(",")] if line else [] for line in out.decode().split("\n")[:-1]]
     if len(ours) != len(texts):
         print(f"FAIL: {len(ours)} results for {len(texts)} texts")
@@ -61,7 +135,9 @@ def main():
             print(f"FAIL: decoding {text[:60]!r} does not round-trip")
             return 1
     mb = len(payload) / 1e6
-    print(f"ok: {len(texts)} texts, {n_tok} tokens, {mb:.2f} MB identical to Hugging Face tokenizers "
+    which = pre or "the model's own pre-tokenizer"
+    print(f"ok ({which}): {len(texts)} texts, {n_pieces} pieces and {n_tok} tokens, "
+          f"{mb:.2f} MB identical to Hugging Face tokenizers "
           f"(ours: {mb / secs:.1f} MB/s including model load)")
     return 0
 
