@@ -353,12 +353,28 @@ static bpe_cand heap_pop(bpe_cand *h, size_t *n) {
 }
 
 /* BPE over one pre-tokenized piece: merges the lowest-ranked adjacent pair, the leftmost among
- * equals, until none applies. Short pieces (almost every word) rescan the pairs, which is
+ * equals, until none applies (Llama 3's tokenizer first takes a piece that is itself in the
+ * vocabulary as that token: its tokenizer.json sets ignore_merges). Short pieces (almost every word) rescan the pairs, which is
  * fastest for a handful of symbols; long ones keep the candidates in a heap over a linked list
  * of symbols, O(n log n), so that one 64 KB "word" costs milliseconds, not the engine thread's
  * minute. Both give the same tokens: the heap orders candidates exactly as the rescan picks them,
  * and a candidate whose symbols changed since it was queued is skipped. */
 static int bpe_piece(const pd_tokenizer *t, const uint8_t *s, size_t n, outbuf *o) {
+  if (t->pre == PRE_LLAMA3) { /* ignore_merges: a piece that is a token is that token */
+    char text[256];
+    size_t len = 0, i = 0;
+    for (; i < n; i++) {
+      int32_t b = t->byte_token[s[i]];
+      if (b < 0 || len + t->text_len[b] > sizeof text) break;
+      memcpy(text + len, t->text[b], t->text_len[b]);
+      len += t->text_len[b];
+    }
+    int32_t whole = i == n ? vocab_find(t, text, len) : -1;
+    if (whole >= 0) {
+      emit(o, whole);
+      return PD_OK;
+    }
+  }
   int32_t stack_syms[64];
   int32_t *sym = n <= 64 ? stack_syms : malloc(n * sizeof *sym);
   if (!sym) return PD_ENOMEM;

@@ -43,7 +43,9 @@ def vocab_and_merges(model_path):
 def hf_tokenizer(tokens, merges, pre):
     vocab = {t: i for i, t in reversed(list(enumerate(tokens)))}
     pairs = [tuple(m.split(" ", 1)) for m in merges]
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False))
+    # Llama 3's tokenizer.json sets ignore_merges: a piece that is in the vocabulary is one token
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False,
+                               ignore_merges=pre == "llama-bpe"))
     if pre is None:
         tok.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Digits(individual_digits=True),
@@ -72,6 +74,21 @@ def hf_pieces(pre, text):
     return ends
 
 
+def with_whole_pieces(tokens, types, texts, count=40):
+    """The vocabulary plus `count` pieces of the corpus that it lacks, as tokens no merge makes:
+    ignore_merges (Llama 3) emits such a piece as one token, merges alone could not."""
+    split = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PATTERNS["llama-bpe"]), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    known, extra = set(tokens), []
+    for text in texts:
+        for piece, _ in split.pre_tokenize_str(text):
+            if len(piece) >= 4 and piece not in known and len(extra) < count:
+                known.add(piece)
+                extra.append(piece)
+    return tokens + extra, types + [1] * len(extra)
+
+
 def tokenizer_gguf(path, tokens, merges, types, pre):
     w = GGUFWriter(path, "llama")
     w.add_tokenizer_model("gpt2")
@@ -95,6 +112,8 @@ def main():
         texts.append(content)  # the whole file
         texts.extend(p for p in content.split("\n\n") if p)  # and each paragraph
     tokens, merges, types = vocab_and_merges(model)
+    if pre == "llama-bpe":
+        tokens, types = with_whole_pieces(tokens, types, texts)
     hf = hf_tokenizer(tokens, merges, pre)
     payload = b"\0".join(t.encode("utf-8") for t in texts)
     with tempfile.TemporaryDirectory() as tmp:
