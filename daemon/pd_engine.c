@@ -333,7 +333,7 @@ int pd_engine_prompt_tokens(const pd_engine *e, const ProtobufCMessage *msg, int
   }
   size_t len = strlen(src), cap = len + 16, got = 0;
   int32_t *out = malloc(cap * sizeof *out);
-  int rc = out ? pd_tokenize(e->tok, src, len, 1, out, cap, &got) : PD_ENOMEM;
+  int rc = out ? pd_tokenize_prompt(e->tok, src, len, out, cap, &got) : PD_ENOMEM;
   free(text);
   if (rc) {
     free(out);

@@ -1,6 +1,7 @@
 /* pd_chat.c -- see pd_chat.h. */
 #include "pd_chat.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,12 +16,15 @@ int pd_chat_template_from_gguf(const pd_gguf *g, pd_chat_template *out, char *er
   char *s = strndup(tpl.ptr, tpl.len);
   if (!s) return pd_errf(err, errlen, PD_ENOMEM, "chat: out of memory");
   int rc = PD_OK;
-  if (!strstr(s, "<|im_start|>") || !strstr(s, "<|im_end|>")) {
-    rc = pd_errf(
-        err, errlen, PD_EUNSUPPORTED,
-        "chat: the model's chat template is not ChatML; only ChatML templates are supported");
+  if (strstr(s, "<|start_header_id|>") && strstr(s, "<|end_header_id|>") &&
+      strstr(s, "<|eot_id|>")) {
+    out->kind = PD_CHAT_LLAMA3;
+  } else if (!strstr(s, "<|im_start|>") || !strstr(s, "<|im_end|>")) {
+    rc = pd_errf(err, errlen, PD_EUNSUPPORTED,
+                 "chat: the model's chat template is neither ChatML nor Llama 3's; only those "
+                 "are supported");
   } else {
-    out->kind = 1;
+    out->kind = PD_CHAT_CHATML;
     /* SmolLM2: {% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n...<|im_end|>\n' }} */
     const char *cond = strstr(s, "messages[0]['role'] != 'system'");
     const char *sys = cond ? strstr(cond, "<|im_start|>system\n") : NULL;
@@ -47,10 +51,22 @@ int pd_chat_render(const pd_chat_template *tpl, const pd_chat_msg *msgs, size_t 
          strcmp(msgs[i].role, "assistant")))
       return pd_errf(err, errlen, PD_EINVAL,
                      "chat: message %zu has no valid role (system, user, assistant)", i);
-    cap += strlen(msgs[i].content) + 40;
+    cap += strlen(msgs[i].content) + 64;
   }
   char *buf = malloc(cap), *p = buf;
   if (!buf) return pd_errf(err, errlen, PD_ENOMEM, "chat: out of memory");
+  if (tpl->kind == PD_CHAT_LLAMA3) {
+    for (size_t i = 0; i < n; i++) {
+      const char *c = msgs[i].content, *end = c + strlen(c);
+      while (c < end && isspace((unsigned char)*c)) c++;
+      while (end > c && isspace((unsigned char)end[-1])) end--;
+      p += sprintf(p, "<|start_header_id|>%s<|end_header_id|>\n\n%.*s<|eot_id|>", msgs[i].role,
+                   (int)(end - c), c);
+    }
+    if (add_generation_prompt) p += sprintf(p, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    *text = buf;
+    return PD_OK;
+  }
   if (tpl->default_system[0] && (n == 0 || strcmp(msgs[0].role, "system")))
     p += sprintf(p, "<|im_start|>system\n%s<|im_end|>\n", tpl->default_system);
   for (size_t i = 0; i < n; i++)

@@ -5,7 +5,10 @@
  * recognises the templates it knows and renders them in C: ChatML
  * ("<|im_start|>role\ncontent<|im_end|>\n", generation prompt "<|im_start|>assistant\n"),
  * including SmolLM2's variant that inserts a default system message when the conversation has
- * none (the message is read from the template itself). Anything else is refused.
+ * none (the message is read from the template itself), and Llama 3's
+ * ("<|start_header_id|>role<|end_header_id|>\n\ncontent<|eot_id|>", the content trimmed, as its
+ * template does; generation prompt "<|start_header_id|>assistant<|end_header_id|>\n\n"; the
+ * bos token is the tokenizer's to add, pd_tokenize_prompt). Anything else is refused.
  */
 #ifndef PD_CHAT_H
 #define PD_CHAT_H
@@ -19,8 +22,10 @@ typedef struct pd_chat_msg {
   const char *content;
 } pd_chat_msg;
 
+enum { PD_CHAT_CHATML = 1, PD_CHAT_LLAMA3 = 2 };
+
 typedef struct pd_chat_template {
-  int kind;                 /* 1 = ChatML */
+  int kind;                 /* PD_CHAT_CHATML or PD_CHAT_LLAMA3 */
   char default_system[512]; /* "" if the template adds none */
 } pd_chat_template;
 

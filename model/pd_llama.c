@@ -116,8 +116,10 @@ int pd_llama_forward(pd_llama *c, void *pool, const pd_llama_seq *seqs, int n_se
     add_bias(c->v, &L->bv, R, kvd);
 #pragma omp parallel for schedule(static) if (R >= PAR_ROWS)
     for (int r = 0; r < R; r++) {
-      pd_rope(c->q + (size_t)r * qd, H, hd, m->rot_dim, pos[r], m->rope_theta, m->rope_neox);
-      pd_rope(c->k + (size_t)r * kvd, Hkv, hd, m->rot_dim, pos[r], m->rope_theta, m->rope_neox);
+      pd_rope(c->q + (size_t)r * qd, H, hd, m->rot_dim, pos[r], m->rope_theta, m->rope_neox,
+              m->rope_freqs);
+      pd_rope(c->k + (size_t)r * kvd, Hkv, hd, m->rot_dim, pos[r], m->rope_theta, m->rope_neox,
+              m->rope_freqs);
     }
     for (int s = 0; s < n_seqs && !rc; s++) rc = pd_kv_store(&c->kv, pool, &as[s], l, c->k, c->v);
     if (rc || (rc = pd_attn_paged(&c->kv, pool, l, H, c->q, c->att, as, n_seqs, scale))) break;

@@ -332,6 +332,10 @@ int pd_llama_cuda_init(pd_llama_cuda *c, const pd_model *m, int block_tokens,
     return pd_errf(err, errlen, PD_EINVAL,
                    "cuda model: head_dim %d unsupported (the CUDA attention has 64 and 128)",
                    m->head_dim);
+  if (m->rope_freqs)
+    return pd_errf(err, errlen, PD_EUNSUPPORTED,
+                   "cuda model: rope frequency factors (rope_freqs.weight, Llama 3.1 and later) "
+                   "are not in the GPU's RoPE yet; run this model with --device cpu");
   pd_kv_layout kv = {m->n_layers, m->n_kv_heads, m->head_dim, block_tokens, cache_dtype};
   if (pd_kv_block_bytes(&kv) % 16)
     return pd_errf(

@@ -126,6 +126,10 @@ int pd_model_load(const char *path, pd_model **out, char *err, size_t errlen) {
       (rc = want_tensor(g, "output_norm.weight", d, 1, 0, 0, &m->out_norm, err, errlen)) ||
       (rc = want_tensor(g, "output.weight", d, m->n_vocab, 1, 1, &m->output, err, errlen)))
     goto fail;
+  pd_weight freqs;
+  if ((rc = want_tensor(g, "rope_freqs.weight", m->rot_dim / 2, 1, 0, 1, &freqs, err, errlen)))
+    goto fail;
+  m->rope_freqs = freqs.data;
   m->tied_output = m->output.data == NULL;
   if (m->tied_output) m->output = m->tok_embd;
   m->layers = calloc(n_layers, sizeof *m->layers);

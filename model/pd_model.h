@@ -33,6 +33,7 @@ typedef struct pd_model {
   int n_layers, d_model, n_heads, n_kv_heads, head_dim, ffn_dim, n_vocab, n_ctx_train, rot_dim;
   float rms_eps, rope_theta;
   int rope_neox;
+  const float *rope_freqs; /* (rot_dim / 2) frequency divisors (rope_freqs.weight), or NULL */
   int tied_output;
   pd_weight tok_embd, out_norm, output; /* output == tok_embd when tied */
   pd_layer_weights *layers;             /* (n_layers) */

@@ -53,8 +53,9 @@ struct pd_tokenizer {
   int32_t *specials;          /* (n_specials) ids, longest text first */
   uint8_t special_first[256]; /* 1 for a byte that starts some special token */
   int32_t n_specials;
-  int32_t bos, eos, eot, im_end, endoftext;
+  int32_t bos, eos, eot, im_end, endoftext, eot_id, eom_id;
   int pre;
+  int add_bos; /* tokenizer.ggml.add_bos_token: prompts start with bos */
 };
 
 /* GPT-2's byte <-> character map: printable bytes map to themselves, the rest to 256 + n. */
@@ -267,6 +268,10 @@ int pd_tokenizer_from_gguf(const pd_gguf *g, pd_tokenizer **out, char *err, size
   t->eot = opt_id(g, "tokenizer.ggml.eot_token_id", t->n_vocab);
   t->im_end = vocab_find(t, "<|im_end|>", 10);
   t->endoftext = vocab_find(t, "<|endoftext|>", 13);
+  t->eot_id = vocab_find(t, "<|eot_id|>", 10); /* Llama 3's end of turn and of message */
+  t->eom_id = vocab_find(t, "<|eom_id|>", 10);
+  if (pd_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &t->add_bos)) t->add_bos = 0;
+  if (t->bos < 0) t->add_bos = 0;
   *out = t;
   return PD_OK;
 oom:
@@ -285,7 +290,8 @@ int32_t pd_tokenizer_eos(const pd_tokenizer *t) {
 }
 
 int pd_tokenizer_is_eog(const pd_tokenizer *t, int32_t tok) {
-  return tok >= 0 && (tok == t->eos || tok == t->eot || tok == t->im_end || tok == t->endoftext);
+  return tok >= 0 && (tok == t->eos || tok == t->eot || tok == t->im_end || tok == t->endoftext ||
+                      tok == t->eot_id || tok == t->eom_id);
 }
 
 int pd_tokenizer_is_special(const pd_tokenizer *t, int32_t tok) {
@@ -651,4 +657,24 @@ int pd_tokenize(const pd_tokenizer *t, const char *text, size_t len, int parse_s
   *n_out = o.n;
   if (!rc && o.n > cap) rc = PD_EFULL;
   return rc;
+}
+
+int pd_tokenize_prompt(const pd_tokenizer *t, const char *text, size_t len, int32_t *out,
+                       size_t cap, size_t *n_out) {
+  if (!t->add_bos) return pd_tokenize(t, text, len, 1, out, cap, n_out);
+  if (cap == 0) {
+    int rc = pd_tokenize(t, text, len, 1, out, 0, n_out);
+    ++*n_out;
+    return rc ? rc : PD_EFULL;
+  }
+  size_t n = 0;
+  int rc = pd_tokenize(t, text, len, 1, out + 1, cap - 1, &n);
+  *n_out = n + 1;
+  if (rc) return rc;
+  out[0] = t->bos;
+  if (n && out[1] == t->bos) { /* the text opens with the bos token already */
+    memmove(out, out + 1, n * sizeof *out);
+    *n_out = n;
+  }
+  return PD_OK;
 }

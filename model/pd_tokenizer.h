@@ -28,7 +28,7 @@ void pd_tokenizer_free(pd_tokenizer *t);
 int32_t pd_tokenizer_n_vocab(const pd_tokenizer *t);
 int32_t pd_tokenizer_bos(const pd_tokenizer *t); /* -1 if none */
 int32_t pd_tokenizer_eos(const pd_tokenizer *t); /* -1 if none */
-/* End of generation: eos, eot, <|im_end|>, <|endoftext|>. */
+/* End of generation: eos, eot, <|im_end|>, <|endoftext|>, <|eot_id|>, <|eom_id|>. */
 int pd_tokenizer_is_eog(const pd_tokenizer *t, int32_t tok);
 /* Control or user-defined token (rendered as nothing by the detokenizer). */
 int pd_tokenizer_is_special(const pd_tokenizer *t, int32_t tok);
@@ -44,6 +44,12 @@ int pd_tokenizer_split(const pd_tokenizer *t, const char *text, size_t len, size
 /* Writes up to cap ids into out and the full count into *n_out. PD_EFULL if cap was too small. */
 int pd_tokenize(const pd_tokenizer *t, const char *text, size_t len, int parse_special,
                 int32_t *out, size_t cap, size_t *n_out);
+
+/* A prompt's ids: pd_tokenize with special tokens parsed, after the bos token when the model's
+ * tokenizer.ggml.add_bos_token asks for it (Llama 3) and the text does not open with it already.
+ * The same contract for out, cap and *n_out. */
+int pd_tokenize_prompt(const pd_tokenizer *t, const char *text, size_t len, int32_t *out,
+                       size_t cap, size_t *n_out);
 
 /* The bytes of one token (special tokens: their text). Borrowed from t. PD_ERANGE for a bad id. */
 int pd_token_piece(const pd_tokenizer *t, int32_t tok, const char **bytes, size_t *len);

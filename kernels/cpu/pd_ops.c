@@ -11,10 +11,11 @@ void pd_rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps
   for (int64_t i = 0; i < n; i++) out[i] = x[i] * inv * w[i];
 }
 
-void pd_rope(float *x, int n_heads, int head_dim, int rot_dim, int pos, float theta_base,
-             int neox) {
+void pd_rope(float *x, int n_heads, int head_dim, int rot_dim, int pos, float theta_base, int neox,
+             const float *freq_factors) {
   for (int i = 0; i < rot_dim / 2; i++) {
     float freq = powf(theta_base, -2.0f * (float)i / (float)rot_dim);
+    if (freq_factors) freq /= freq_factors[i];
     float ang = (float)pos * freq, c = cosf(ang), s = sinf(ang);
     for (int h = 0; h < n_heads; h++) {
       float *v = x + (int64_t)h * head_dim;

@@ -12,7 +12,10 @@
  *                       [--ffn-type T] [--seed N]
  *
  * --type sets every layer weight's format, --ffn-type then the three FFN weights' (as llama.cpp's
- * K-quant mixes give the FFN other formats than attention).
+ * K-quant mixes give the FFN other formats than attention). --rope-freqs writes
+ * rope_freqs.weight, random frequency divisors in [1, 8] (where Llama 3.1's scaling puts them).
+ * --chat llama3 writes Llama 3's tokenizer conventions instead of ChatML's: its control tokens,
+ * its pre-tokenizer, a bos token added to prompts, <|eot_id|> as eos, and its chat template.
  */
 #include <getopt.h>
 #include <math.h>
@@ -96,7 +99,7 @@ int main(int argc, char **argv) {
   int ffn_type_set = 0;
   uint64_t seed = 1;
   const char *arch = "llama";
-  int untied = 0;
+  int untied = 0, rope_freqs = 0, llama3 = 0;
   static const struct option opts[] = {{"arch", required_argument, 0, 12},
                                        {"untied", no_argument, 0, 13},
                                        {"out", required_argument, 0, 'o'},
@@ -112,6 +115,8 @@ int main(int argc, char **argv) {
                                        {"embd-type", required_argument, 0, 10},
                                        {"seed", required_argument, 0, 11},
                                        {"ffn-type", required_argument, 0, 14},
+                                       {"rope-freqs", no_argument, 0, 15},
+                                       {"chat", required_argument, 0, 16},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   int o;
@@ -151,10 +156,19 @@ int main(int argc, char **argv) {
       arch = optarg;
       break;
     case 13: untied = 1; break;
+    case 15: rope_freqs = 1; break;
+    case 16:
+      if (strcmp(optarg, "chatml") && strcmp(optarg, "llama3")) {
+        fprintf(stderr, "prefixd-mkgguf: --chat must be chatml or llama3\n");
+        return 2;
+      }
+      llama3 = !strcmp(optarg, "llama3");
+      break;
     case 'h':
       printf("usage: prefixd-mkgguf -o OUT.gguf [--like smollm2-135m] [--layers N] [--d N] "
              "[--heads N] [--kv-heads N] [--ffn N] [--vocab N] [--ctx N] [--type T] "
-             "[--embd-type T] [--ffn-type T] [--seed N] [--arch llama|qwen2] [--untied]\n");
+             "[--embd-type T] [--ffn-type T] [--seed N] [--arch llama|qwen2] [--untied] "
+             "[--rope-freqs] [--chat chatml|llama3]\n");
       return 0;
     default: return 2;
     }
@@ -174,9 +188,13 @@ int main(int argc, char **argv) {
   int32_t *types = calloc((size_t)vocab, sizeof *types);
   char **merges = calloc((size_t)vocab, sizeof *merges);
   if (!toks || !types || !merges) return 1;
-  const char *specials[3] = {"<|endoftext|>", "<|im_start|>", "<|im_end|>"};
+  /* ChatML's control tokens; --chat llama3 adds Llama 3's (ids 3..6) */
+  const char *specials[7] = {"<|endoftext|>",     "<|im_start|>",        "<|im_end|>",
+                             "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                             "<|eot_id|>"};
+  const int n_specials = llama3 ? 7 : 3;
   int n = 0, n_merges = 0;
-  for (int i = 0; i < 3; i++) toks[n] = strdup(specials[i]), types[n++] = 3;
+  for (int i = 0; i < n_specials; i++) toks[n] = strdup(specials[i]), types[n++] = 3;
   char ch[8], ch2[8];
   for (int b = 0; b < 256; b++) byte_char(b, ch), toks[n] = strdup(ch), types[n++] = 1;
   /* pairs of printable ASCII (' ' is written as its byte-level character) */
@@ -190,7 +208,7 @@ int main(int argc, char **argv) {
       merges[n_merges++] = strdup(mg);
     }
   /* triples: a pair followed by one more letter */
-  for (int p = 259; n < vocab; p++)
+  for (int p = n_specials + 256; n < vocab; p++)
     for (int c = 'a'; c <= 'z' && n < vocab; c++) {
       char tok[32], mg[40];
       snprintf(tok, sizeof tok, "%s%c", toks[p], c);
@@ -213,18 +231,26 @@ int main(int argc, char **argv) {
   rc |= add_hp(w, arch, "rope.dimension_count", (uint32_t)hd);
   rc |= add_hp(w, arch, "vocab_size", (uint32_t)vocab);
   rc |= pd_gguf_add_str(w, "tokenizer.ggml.model", "gpt2");
-  rc |= pd_gguf_add_str(w, "tokenizer.ggml.pre", "smollm");
+  rc |= pd_gguf_add_str(w, "tokenizer.ggml.pre", llama3 ? "llama-bpe" : "smollm");
   rc |= pd_gguf_add_str_arr(w, "tokenizer.ggml.tokens", (const char *const *)toks, (size_t)vocab);
   rc |= pd_gguf_add_i32_arr(w, "tokenizer.ggml.token_type", types, (size_t)vocab);
   rc |= pd_gguf_add_str_arr(w, "tokenizer.ggml.merges", (const char *const *)merges,
                             (size_t)n_merges);
-  rc |= pd_gguf_add_u32(w, "tokenizer.ggml.bos_token_id", 1);
-  rc |= pd_gguf_add_u32(w, "tokenizer.ggml.eos_token_id", 2);
-  rc |=
-      pd_gguf_add_str(w, "tokenizer.chat_template",
-                      "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
-                      "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
-                      "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}");
+  /* Llama 3: bos <|begin_of_text|> added to prompts, eos <|eot_id|>, its template; else ChatML */
+  static const char llama3_template[] =
+      "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+      "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | "
+      "trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}"
+      "{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ "
+      "'<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}";
+  static const char chatml_template[] =
+      "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
+      "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
+      "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+  rc |= pd_gguf_add_u32(w, "tokenizer.ggml.bos_token_id", llama3 ? 3 : 1);
+  rc |= pd_gguf_add_u32(w, "tokenizer.ggml.eos_token_id", llama3 ? 6 : 2);
+  if (llama3) rc |= pd_gguf_add_bool(w, "tokenizer.ggml.add_bos_token", 1);
+  rc |= pd_gguf_add_str(w, "tokenizer.chat_template", llama3 ? llama3_template : chatml_template);
   if (rc) {
     fprintf(stderr, "prefixd-mkgguf: out of memory\n");
     return 1;
@@ -234,6 +260,8 @@ int main(int argc, char **argv) {
   rc = add_weight(w, "token_embd.weight", d, vocab, embd_type, 1.0f, 0.0f);
   if (!rc) rc = add_weight(w, "output_norm.weight", d, 1, PD_GGML_F32, 0.1f, 1.0f);
   if (!rc && untied) rc = add_weight(w, "output.weight", d, vocab, embd_type, s_in, 0.0f);
+  if (!rc && rope_freqs)
+    rc = add_weight(w, "rope_freqs.weight", d / heads / 2, 1, PD_GGML_F32, 3.5f, 4.5f);
   for (int l = 0; l < layers && !rc; l++) {
     char name[64];
 #define W(suffix, cols, rows, t, scale, off)                                                       \

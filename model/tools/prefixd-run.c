@@ -300,7 +300,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "prefixd-run: %s\n", err);
         return 1;
       }
-      rc = pd_tokenize(r.tok, text, strlen(text), 1, toks, (size_t)n_ctx, &n_toks);
+      rc = pd_tokenize_prompt(r.tok, text, strlen(text), toks, (size_t)n_ctx, &n_toks);
       free(text);
       if (rc == PD_EFULL || n_toks > (size_t)n_ctx) {
         fprintf(stderr, "prefixd-run: the prompt (%zu tokens) exceeds the context (%d)\n", n_toks,

@@ -180,7 +180,7 @@ START_TEST(rope_matches_cpu) {
           if (table) pos[rows - 1] = 1 << 20;
           memcpy(ref, x, el * 4);
           for (int r = 0; r < rows; r++)
-            pd_rope(ref + (size_t)r * H * hd, H, hd, rot, pos[r], thetas[ti], neox);
+            pd_rope(ref + (size_t)r * H * hd, H, hd, rot, pos[r], thetas[ti], neox, NULL);
           float *fr = host_freqs(thetas[ti], rot);
           float *dx = dput(x, el * 4), *dfr = dput(fr, sizeof(float) * (size_t)(rot / 2 + 1));
           int32_t *dpos = dput(pos, sizeof pos);
@@ -218,8 +218,8 @@ START_TEST(qkv_rope_matches_cpu) {
           pd_add(rk + (size_t)r * kvd, bias + qd, kvd);
           pd_add(rv + (size_t)r * kvd, bias + qd + kvd, kvd);
         }
-        pd_rope(rq + (size_t)r * qd, H, hd, rot, pos[r], 10000.0f, neox);
-        pd_rope(rk + (size_t)r * kvd, Hkv, hd, rot, pos[r], 10000.0f, neox);
+        pd_rope(rq + (size_t)r * qd, H, hd, rot, pos[r], 10000.0f, neox, NULL);
+        pd_rope(rk + (size_t)r * kvd, Hkv, hd, rot, pos[r], 10000.0f, neox, NULL);
       }
       float *fr = host_freqs(10000.0f, rot);
       float *dqkv = dput(qkv, sizeof(float) * rows * w), *db = dput(bias, sizeof(float) * w);

@@ -57,11 +57,13 @@ def rmsnorm(x, w, eps):
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
 
 
-def rope(x, pos, rot, theta, neox):
-    # x: (n, heads, hd)
+def rope(x, pos, rot, theta, neox, factors=None):
+    # x: (n, heads, hd); factors (rot/2): rope_freqs.weight, each pair's frequency divisor
     x = x.copy()
     i = np.arange(rot // 2, dtype=np.float32)
     freq = theta ** (-2.0 * i / rot)
+    if factors is not None:
+        freq = freq / factors
     ang = pos[:, None].astype(np.float32) * freq[None, :]  # (n, rot/2)
     c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
     if neox:
@@ -88,8 +90,9 @@ def forward(m, tokens):
         v = xn @ m.w(p + "attn_v.weight").T
         if m.has(p + "attn_q.bias"):
             q, k, v = q + m.w(p + "attn_q.bias"), k + m.w(p + "attn_k.bias"), v + m.w(p + "attn_v.bias")
-        q = rope(q.reshape(n, m.n_heads, m.hd), pos, m.rot, m.theta, m.neox)
-        k = rope(k.reshape(n, m.n_kv, m.hd), pos, m.rot, m.theta, m.neox)
+        factors = m.w("rope_freqs.weight") if m.has("rope_freqs.weight") else None
+        q = rope(q.reshape(n, m.n_heads, m.hd), pos, m.rot, m.theta, m.neox, factors)
+        k = rope(k.reshape(n, m.n_kv, m.hd), pos, m.rot, m.theta, m.neox, factors)
         v = v.reshape(n, m.n_kv, m.hd)
         att = np.empty((n, m.n_heads, m.hd), dtype=np.float32)
         for h in range(m.n_heads):

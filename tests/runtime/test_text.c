@@ -96,6 +96,50 @@ START_TEST(chatml_rendering) {
 }
 END_TEST
 
+/* A model with Llama 3's conventions (prefixd-mkgguf --chat llama3): its chat template rendered
+ * as its Jinja renders it (content trimmed), bos added to a prompt once, <|eot_id|> ending
+ * generation; the ChatML model adds no bos. */
+START_TEST(llama3_conventions) {
+  char err[256];
+  pd_gguf *g3;
+  pd_tokenizer *t3;
+  const char *path = getenv("PD_TINY_LLAMA3");
+  ck_assert_ptr_nonnull(path);
+  ck_assert_msg(pd_gguf_open(path, &g3, err, sizeof err) == 0, "%s", err);
+  ck_assert_msg(pd_tokenizer_from_gguf(g3, &t3, err, sizeof err) == 0, "%s", err);
+  pd_chat_template tpl;
+  ck_assert_int_eq(pd_chat_template_from_gguf(g3, &tpl, err, sizeof err), 0);
+  ck_assert_int_eq(tpl.kind, PD_CHAT_LLAMA3);
+  pd_chat_msg msgs[2] = {{"system", " Be brief.\n"}, {"user", "Hi"}};
+  char *text;
+  ck_assert_int_eq(pd_chat_render(&tpl, msgs, 2, 1, &text, err, sizeof err), 0);
+  ck_assert_str_eq(text, "<|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+                         "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+                         "<|start_header_id|>assistant<|end_header_id|>\n\n");
+  int32_t ids[256];
+  size_t n;
+  const int32_t bos = pd_tokenizer_find(t3, "<|begin_of_text|>");
+  ck_assert_int_eq(pd_tokenizer_bos(t3), bos);
+  ck_assert_int_eq(pd_tokenize_prompt(t3, text, strlen(text), ids, 256, &n), 0);
+  ck_assert_int_eq(ids[0], bos);
+  ck_assert_int_eq(ids[1], pd_tokenizer_find(t3, "<|start_header_id|>"));
+  size_t n_again;
+  const char *opened = "<|begin_of_text|>hello";
+  ck_assert_int_eq(pd_tokenize_prompt(t3, opened, strlen(opened), ids, 256, &n_again), 0);
+  ck_assert_int_eq(ids[0], bos);
+  ck_assert_int_ne(ids[1], bos); /* not twice */
+  ck_assert_int_eq(pd_tokenize_prompt(t3, "hello", 5, ids, 1, &n_again), PD_EFULL);
+  ck_assert(pd_tokenizer_is_eog(t3, pd_tokenizer_find(t3, "<|eot_id|>")));
+  free(text);
+  pd_tokenizer_free(t3);
+  pd_gguf_close(g3);
+  /* the ChatML model: no bos */
+  ck_assert_int_eq(pd_tokenize_prompt(tok, "hello", 5, ids, 256, &n), 0);
+  ck_assert_int_ne(ids[0], pd_tokenizer_bos(tok));
+  ck_assert_uint_eq(n, encode("hello", 1, ids, 256));
+}
+END_TEST
+
 START_TEST(detok_never_breaks_utf8) {
   /* The tiny vocabulary has no merges beyond ASCII: the emoji is four byte tokens. */
   const char *text = "h\xc3\xa9llo \xf0\x9f\x98\x80 ok";
@@ -296,6 +340,7 @@ int main(void) {
   tcase_add_unchecked_fixture(tc, setup, teardown);
   tcase_add_test(tc, special_tokens_only_when_asked);
   tcase_add_test(tc, chatml_rendering);
+  tcase_add_test(tc, llama3_conventions);
   tcase_add_test(tc, detok_never_breaks_utf8);
   tcase_add_test(tc, detok_stop_strings_across_tokens);
   tcase_add_test(tc, sampler_rules);
