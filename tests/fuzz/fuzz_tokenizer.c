@@ -5,14 +5,16 @@
  * DESIGN
  *
  * Once, at start: a synthetic vocabulary is written with the GGUF writer (model/pd_gguf_writer.h)
- * into a temporary file and read back with pd_gguf_open + pd_tokenizer_from_gguf, twice: with the
- * "smollm" pre-tokenizer (digits split) and with "gpt2". The vocabulary has every one of the 256
+ * into a temporary file and read back with pd_gguf_open + pd_tokenizer_from_gguf, four times: with
+ * the "smollm" pre-tokenizer (digits split), "gpt2", "llama-bpe" (Llama 3's pattern and its
+ * ignore_merges) and "qwen2". The vocabulary has every one of the 256
  * byte tokens, control tokens <|endoftext|> <|im_start|> <|im_end|>, a user-defined token that
  * shares a prefix with <|im_start|>, merges of every pair of lowercase letters, space and newline,
  * a few longer ASCII words, and merged multi-byte UTF-8 characters (é, €, an emoji). Every merged
  * token's text is the concatenation of its two parts, so decoding is exact.
  *
- * Per input (the whole input is the text), for each tokenizer and for parse_special 0 and 1:
+ * Per input (the whole input is the text), for each tokenizer: the pre-tokenizer's pieces
+ * (pd_tokenizer_split) tile the input; and for parse_special 0 and 1:
  *   - pd_tokenize succeeds with room for one id per byte, and gives no more ids than bytes;
  *   - every id is in the vocabulary, and the concatenated pieces of the ids are the input,
  *     byte for byte (every byte has a token, so nothing is dropped; a special token's piece is its
@@ -46,7 +48,8 @@
     }                                                                                              \
   } while (0)
 
-static pd_tokenizer *tokenizers[2]; /* smollm, gpt2 */
+#define N_TOKENIZERS 4
+static pd_tokenizer *tokenizers[N_TOKENIZERS]; /* smollm, gpt2, llama-bpe, qwen2 */
 
 /* ---- the synthetic vocabulary -------------------------------------------------------------- */
 
@@ -222,6 +225,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   build_vocab(&v);
   tokenizers[0] = make_tokenizer(&v, "smollm", dir);
   tokenizers[1] = make_tokenizer(&v, "gpt2", dir);
+  tokenizers[2] = make_tokenizer(&v, "llama-bpe", dir);
+  tokenizers[3] = make_tokenizer(&v, "qwen2", dir);
   free_vocab(&v);
   rmdir(dir);
   return 0;
@@ -357,13 +362,26 @@ static void check_tokenizer(const pd_tokenizer *t, const uint8_t *data, size_t s
   }
 }
 
+/* The pre-tokenizer's pieces tile the input: ends rise strictly and the last is its length. */
+static void check_split(const pd_tokenizer *t, const uint8_t *data, size_t size, size_t *ends) {
+  size_t n;
+  FUZZ_CHECK(pd_tokenizer_split(t, (const char *)data, size, ends, size + 1, &n) == PD_OK);
+  FUZZ_CHECK(n <= size && (size == 0 || (n > 0 && ends[n - 1] == size)));
+  for (size_t i = 0; i < n; i++) FUZZ_CHECK(ends[i] > (i ? ends[i - 1] : 0));
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   int32_t *ids = malloc((size + 1) * sizeof *ids);
   uint8_t *text = malloc(3 * size + 64), *expect = malloc(size + 1);
   FUZZ_CHECK(ids && text && expect);
-  for (int k = 0; k < 2; k++)
+  size_t *ends = malloc((size + 1) * sizeof *ends);
+  FUZZ_CHECK(ends);
+  for (int k = 0; k < N_TOKENIZERS; k++) {
+    check_split(tokenizers[k], data, size, ends);
     for (int parse_special = 0; parse_special < 2; parse_special++)
       check_tokenizer(tokenizers[k], data, size, parse_special, ids, text, expect);
+  }
+  free(ends);
 
   /* A stop string sliced from the input itself. */
   if (size >= 2 && valid_utf8(data, size)) {
