@@ -332,10 +332,6 @@ int pd_llama_cuda_init(pd_llama_cuda *c, const pd_model *m, int block_tokens,
     return pd_errf(err, errlen, PD_EINVAL,
                    "cuda model: head_dim %d unsupported (the CUDA attention has 64 and 128)",
                    m->head_dim);
-  if (m->rope_freqs)
-    return pd_errf(err, errlen, PD_EUNSUPPORTED,
-                   "cuda model: rope frequency factors (rope_freqs.weight, Llama 3.1 and later) "
-                   "are not in the GPU's RoPE yet; run this model with --device cpu");
   pd_kv_layout kv = {m->n_layers, m->n_kv_heads, m->head_dim, block_tokens, cache_dtype};
   if (pd_kv_block_bytes(&kv) % 16)
     return pd_errf(
@@ -408,16 +404,19 @@ int pd_llama_cuda_init(pd_llama_cuda *c, const pd_model *m, int block_tokens,
     }
   }
   {
-    /* RoPE frequencies from the C library's powf, the expression of pd_rope (pd_ops.c), so the
-     * GPU's angles are the CPU's bit for bit */
+    /* RoPE frequencies from the C library's powf, the expression of pd_rope (pd_ops.c), divided
+     * by the model's frequency factors as pd_rope divides them, so the GPU's angles are the
+     * CPU's bit for bit */
     int half = m->rot_dim / 2;
     float freqs[4096];
     if (half > 4096) {
       rc = pd_errf(err, errlen, PD_EINVAL, "cuda model: rot_dim %d too large", m->rot_dim);
       goto fail;
     }
-    for (int i = 0; i < half; i++)
+    for (int i = 0; i < half; i++) {
       freqs[i] = powf(m->rope_theta, -2.0f * (float)i / (float)m->rot_dim);
+      if (m->rope_freqs) freqs[i] /= m->rope_freqs[i];
+    }
     if ((rc = dev_alloc((void **)&c->rope_freqs, (size_t)(half ? half : 1) * sizeof(float),
                         "the RoPE frequencies", err, errlen)))
       goto fail;
