@@ -55,7 +55,8 @@ struct pd_tokenizer {
   int32_t n_specials;
   int32_t bos, eos, eot, im_end, endoftext, eot_id, eom_id;
   int pre;
-  int add_bos; /* tokenizer.ggml.add_bos_token: prompts start with bos */
+  int add_bos;         /* tokenizer.ggml.add_bos_token: prompts start with bos */
+  size_t max_text_len; /* the longest token text */
 };
 
 /* GPT-2's byte <-> character map: printable bytes map to themselves, the rest to 256 + n. */
@@ -192,6 +193,7 @@ int pd_tokenizer_from_gguf(const pd_gguf *g, pd_tokenizer **out, char *err, size
     memcpy(t->text[i], toks[i].ptr, toks[i].len);
     t->text[i][toks[i].len] = 0;
     t->text_len[i] = (uint32_t)toks[i].len;
+    if (toks[i].len > t->max_text_len) t->max_text_len = toks[i].len;
     int32_t ty = TYPE_NORMAL;
     if (types) memcpy(&ty, (const uint8_t *)types + 4 * i, 4);
     t->type[i] = (uint8_t)(ty >= 1 && ty <= 6 ? ty : TYPE_NORMAL);
@@ -367,11 +369,14 @@ static bpe_cand heap_pop(bpe_cand *h, size_t *n) {
  * and a candidate whose symbols changed since it was queued is skipped. */
 static int bpe_piece(const pd_tokenizer *t, const uint8_t *s, size_t n, outbuf *o) {
   if (t->pre == PRE_LLAMA3) { /* ignore_merges: a piece that is a token is that token */
-    char text[256];
+    /* the piece's byte-level text; one longer than the longest token is no token (nor, here,
+     * one over 1 KiB: no real vocabulary has such tokens) */
+    char text[1024];
+    const size_t limit = t->max_text_len < sizeof text ? t->max_text_len : sizeof text;
     size_t len = 0, i = 0;
     for (; i < n; i++) {
       int32_t b = t->byte_token[s[i]];
-      if (b < 0 || len + t->text_len[b] > sizeof text) break;
+      if (b < 0 || len + t->text_len[b] > limit) break;
       memcpy(text + len, t->text[b], t->text_len[b]);
       len += t->text_len[b];
     }
