@@ -54,6 +54,33 @@ def test_tokenize_detokenize_roundtrip(single):
     assert text == "<|im_start|>user\nhi<|im_end|>\n", text
 
 
+def test_llama3_model_bos_template_and_shared_prompt(data_dir):
+    """A model with Llama 3's conventions (prefixd-mkgguf --chat llama3 --rope-freqs): prompts
+    open with the bos token once, chat renders its template, the shared system prompt is reused
+    by the next session."""
+    path = os.environ.get("PD_TINY_LLAMA3")
+    if not path or not os.path.exists(path):
+        pytest.skip("PD_TINY_LLAMA3 not built")
+    d = Daemon(path, data_dir)
+    try:
+        s = d.stub()
+        ids = list(s.Tokenize(pb.TokenizeRequest(prompt=pb.Prompt(text="hello"))).token_ids)
+        bos = list(s.Tokenize(pb.TokenizeRequest(
+            prompt=pb.Prompt(text="<|begin_of_text|>"))).token_ids)
+        assert len(bos) == 1 and ids[0] == bos[0] and bos[0] not in ids[1:], (ids, bos)
+        chat_ids = s.Tokenize(pb.TokenizeRequest(prompt=chat(("user", " hi ")))).token_ids
+        text = s.Detokenize(pb.DetokenizeRequest(token_ids=chat_ids, render_special=True)).text
+        assert text == ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi"
+                        "<|eot_id|>"), text
+        _, _, f1 = generate(s, chat(("system", SYSTEM), ("user", "first")), max_tokens=4)
+        _, _, f2 = generate(s, chat(("system", SYSTEM), ("user", "second")), max_tokens=4)
+        assert f1.usage.cached_tokens == 0
+        n_sys = len(s.Tokenize(pb.TokenizeRequest(prompt=chat(("system", SYSTEM)))).token_ids)
+        assert f2.usage.cached_tokens >= n_sys - 16, (f2.usage, n_sys)
+    finally:
+        assert d.stop() == 0
+
+
 def test_generate_streams_and_second_request_reuses_system_prompt(single):
     s = single.stub()
     n_sys = len(s.Tokenize(pb.TokenizeRequest(prompt=chat(("system", SYSTEM)))).token_ids)
