@@ -64,14 +64,13 @@ int pd_chat_render(const pd_chat_template *tpl, const pd_chat_msg *msgs, size_t 
                    (int)(end - c), c);
     }
     if (add_generation_prompt) p += sprintf(p, "<|start_header_id|>assistant<|end_header_id|>\n\n");
-    *text = buf;
-    return PD_OK;
+  } else {
+    if (tpl->default_system[0] && (n == 0 || strcmp(msgs[0].role, "system")))
+      p += sprintf(p, "<|im_start|>system\n%s<|im_end|>\n", tpl->default_system);
+    for (size_t i = 0; i < n; i++)
+      p += sprintf(p, "<|im_start|>%s\n%s<|im_end|>\n", msgs[i].role, msgs[i].content);
+    if (add_generation_prompt) p += sprintf(p, "<|im_start|>assistant\n");
   }
-  if (tpl->default_system[0] && (n == 0 || strcmp(msgs[0].role, "system")))
-    p += sprintf(p, "<|im_start|>system\n%s<|im_end|>\n", tpl->default_system);
-  for (size_t i = 0; i < n; i++)
-    p += sprintf(p, "<|im_start|>%s\n%s<|im_end|>\n", msgs[i].role, msgs[i].content);
-  if (add_generation_prompt) p += sprintf(p, "<|im_start|>assistant\n");
   *text = buf;
   return PD_OK;
 }

@@ -272,10 +272,14 @@ int pd_gguf_open(const char *path, pd_gguf **out, char *err, size_t errlen) {
     offsets[i] = rd_u64(&c, "a tensor offset");
     if (c.rc) break;
     if (!pd_ggml_type_supported(type)) {
+      char known[256];
+      size_t k = 0;
+      for (int j = 0; j < PD_GGML_N_TYPES && k < sizeof known; j++)
+        k += (size_t)snprintf(known + k, sizeof known - k, "%s%s", j ? ", " : "",
+                              pd_ggml_type_name(pd_ggml_types[j]));
       failf(&c, PD_EUNSUPPORTED,
-            "gguf: tensor %.*s has type %u (%s), which prefixd does not read (it reads f32, f16, "
-            "bf16, q4_0, q4_1, q5_0, q5_1, q8_0, iq4_nl, iq4_xs, q2_k..q6_k)",
-            (int)t->name.len, t->name.ptr, type, ggml_type_name(type));
+            "gguf: tensor %.*s has type %u (%s), which prefixd does not read (it reads %s)",
+            (int)t->name.len, t->name.ptr, type, ggml_type_name(type), known);
       break;
     }
     t->type = (enum pd_ggml_type)type;

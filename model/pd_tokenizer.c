@@ -164,11 +164,14 @@ int pd_tokenizer_from_gguf(const pd_gguf *g, pd_tokenizer **out, char *err, size
            !(strlen(known[k].name) == pre.len && !memcmp(pre.ptr, known[k].name, pre.len)))
       k++;
     if (k == n_known) {
+      char names[128];
+      size_t w = 0;
+      for (size_t j = 0; j < n_known && w < sizeof names; j++)
+        w += (size_t)snprintf(names + w, sizeof names - w, "%s%s", j ? ", " : "", known[j].name);
       pd_tokenizer_free(t);
       return pd_errf(err, errlen, PD_EUNSUPPORTED,
-                     "tokenizer: pre-tokenizer '%.*s' is not supported (gpt2, default, smollm, "
-                     "llama3, llama-v3, llama-bpe, qwen2 are)",
-                     (int)pre.len, pre.ptr);
+                     "tokenizer: pre-tokenizer '%.*s' is not supported (%s are)", (int)pre.len,
+                     pre.ptr, names);
     }
     t->pre = known[k].pre;
   }
@@ -666,20 +669,13 @@ int pd_tokenize(const pd_tokenizer *t, const char *text, size_t len, int parse_s
 
 int pd_tokenize_prompt(const pd_tokenizer *t, const char *text, size_t len, int32_t *out,
                        size_t cap, size_t *n_out) {
-  if (!t->add_bos) return pd_tokenize(t, text, len, 1, out, cap, n_out);
-  if (cap == 0) {
-    int rc = pd_tokenize(t, text, len, 1, out, 0, n_out);
-    ++*n_out;
-    return rc ? rc : PD_EFULL;
+  int rc = pd_tokenize(t, text, len, 1, out, cap, n_out);
+  if ((rc && rc != PD_EFULL) || !t->add_bos) return rc;
+  if (*n_out && cap && out[0] == t->bos) return rc; /* the text opens with the bos token */
+  if (cap) { /* the ids move up one place (the last one falls off when they filled out) */
+    memmove(out + 1, out, (*n_out < cap ? *n_out : cap - 1) * sizeof *out);
+    out[0] = t->bos;
   }
-  size_t n = 0;
-  int rc = pd_tokenize(t, text, len, 1, out + 1, cap - 1, &n);
-  *n_out = n + 1;
-  if (rc) return rc;
-  out[0] = t->bos;
-  if (n && out[1] == t->bos) { /* the text opens with the bos token already */
-    memmove(out, out + 1, n * sizeof *out);
-    *n_out = n;
-  }
-  return PD_OK;
+  ++*n_out;
+  return *n_out > cap ? PD_EFULL : PD_OK;
 }

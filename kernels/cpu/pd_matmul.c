@@ -231,6 +231,13 @@ static inline __m256i bits32(const uint8_t *p, int shift, int width) {
   return _mm256_and_si256(v, _mm256_set1_epi8((char)((1 << width) - 1)));
 }
 
+/* The IQ4_NL levels (signed bytes) of the 32 nibbles in the 16 bytes at qs, in Q4_0's order. */
+static inline __m256i iq4nl_levels(const uint8_t *qs) {
+  const __m256i levels =
+      _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)pd_iq4nl_values));
+  return _mm256_shuffle_epi8(levels, unpack_nibbles(qs));
+}
+
 /* The micro-tile for the formats of 32-element blocks: y[r] for one weight row w and the RX rows
  * of one activation group, over nb blocks. Each weight block is unpacked once for all RX rows;
  * every row has its own accumulator and the same operations in the same order whatever RX is
@@ -272,9 +279,7 @@ static inline __attribute__((always_inline)) void q_tile(enum pd_ggml_type WT, i
       ext = _mm_sub_ps(ext, _mm_mul_ps(_mm_shuffle_ps(dz, dz, 0), _mm_loadu_ps(xb->s)));
     } else if (WT == PD_GGML_IQ4_NL) { /* the levels looked up by nibble, 16 at a time */
       dm = _mm_cvtph_ps(_mm_cvtsi32_si128(p[0] | p[1] << 8));
-      const __m256i levels =
-          _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)pd_iq4nl_values));
-      wsign = _mm256_shuffle_epi8(levels, unpack_nibbles(p + 2));
+      wsign = iq4nl_levels(p + 2);
       wq = _mm256_sign_epi8(wsign, wsign);
     } else { /* Q8_0 */
       dm = _mm_cvtph_ps(_mm_cvtsi32_si128(p[0] | p[1] << 8));
@@ -354,9 +359,7 @@ static inline __attribute__((always_inline)) void k_tile(enum pd_ggml_type WT, i
         const int8_t *sc = sc3 + 8 * half + 2 * kk;
         scales = _mm256_set_m128i(_mm_set1_epi16(sc[1]), _mm_set1_epi16(sc[0]));
       } else if (WT == PD_GGML_IQ4_XS) { /* IQ4_NL's levels, one 6-bit scale per 32 */
-        const __m256i levels =
-            _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)pd_iq4nl_values));
-        wsign = _mm256_shuffle_epi8(levels, unpack_nibbles(p + 8 + 16 * k));
+        wsign = iq4nl_levels(p + 8 + 16 * k);
         scales = _mm256_set1_epi16((short)pd_iq4xs_scale(p, k));
       } else { /* Q2_K */
         u = bits32(p + 16 + 32 * half, 2 * kk, 2);
@@ -440,7 +443,7 @@ static const q_tile_fn *tiles_of(enum pd_ggml_type wt) {
   }
 }
 
-static int is_fast_type(enum pd_ggml_type wt) {
+int pd_matmul_is_fast(enum pd_ggml_type wt) {
   return tiles_of(wt) != NULL;
 }
 
@@ -478,7 +481,7 @@ static void q_rows(enum pd_ggml_type wt, const uint8_t *w, size_t rb, int64_t n_
 }
 
 /* Without AVX2 the fast path covers only these; the other formats run the exact one. */
-static int is_fast_type(enum pd_ggml_type wt) {
+int pd_matmul_is_fast(enum pd_ggml_type wt) {
   return wt == PD_GGML_Q4_1 || wt == PD_GGML_Q4_0 || wt == PD_GGML_Q8_0;
 }
 #endif
@@ -519,10 +522,6 @@ static int matmul_fast(const pd_matmul_out *outs, int n_outs, int64_t in_dim, co
   return PD_OK;
 }
 
-int pd_matmul_is_fast(enum pd_ggml_type wt) {
-  return is_fast_type(wt);
-}
-
 int pd_matmul_n(const pd_matmul_out *outs, int n_outs, int64_t in_dim, const float *x,
                 int64_t n_rows, enum pd_matmul_mode mode) {
   if (!outs || n_outs <= 0 || !x || in_dim <= 0 || n_rows < 0) return PD_EINVAL;
@@ -530,13 +529,13 @@ int pd_matmul_n(const pd_matmul_out *outs, int n_outs, int64_t in_dim, const flo
   for (int i = 0; i < n_outs; i++) {
     const pd_matmul_out *o = &outs[i];
     if (!o->w || !o->y || o->out_dim <= 0 || !pd_ggml_row_bytes(o->wt, in_dim)) return PD_EINVAL;
-    all_fast &= is_fast_type(o->wt);
+    all_fast &= pd_matmul_is_fast(o->wt);
   }
   if (n_rows == 0) return PD_OK;
   if (all_fast) return matmul_fast(outs, n_outs, in_dim, x, n_rows);
   for (int i = 0, rc; i < n_outs; i++) {
     const pd_matmul_out *o = &outs[i];
-    if (mode == PD_MATMUL_FAST && is_fast_type(o->wt))
+    if (mode == PD_MATMUL_FAST && pd_matmul_is_fast(o->wt))
       rc = matmul_fast(o, 1, in_dim, x, n_rows);
     else
       rc = matmul_exact(o->w, o->wt, in_dim, o->out_dim, x, o->y, n_rows);

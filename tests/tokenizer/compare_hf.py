@@ -40,6 +40,23 @@ def vocab_and_merges(model_path):
     return tokens, merges, types
 
 
+def cuts(pre):
+    """The pre-tokenizer's cutting steps on the original text: for --pre the family's regex; for
+    the model's own (SmolLM2) digits alone, then the GPT-2 regex (which its tokenizer.json runs
+    inside ByteLevel)."""
+    if pre is None:
+        return [pre_tokenizers.Digits(individual_digits=True),
+                pre_tokenizers.Split(Regex(GPT2_PATTERN), behavior="isolated", invert=False)]
+    return [pre_tokenizers.Split(Regex(PATTERNS[pre]), behavior="isolated", invert=False)]
+
+
+def family_pre_tokenizer(pre):
+    """A --pre family's pre_tokenizer, as its tokenizer.json builds it: the cuts, then ByteLevel
+    without its own regex."""
+    return pre_tokenizers.Sequence(
+        cuts(pre) + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+
+
 def hf_tokenizer(tokens, merges, pre):
     vocab = {t: i for i, t in reversed(list(enumerate(tokens)))}
     pairs = [tuple(m.split(" ", 1)) for m in merges]
@@ -52,23 +69,15 @@ def hf_tokenizer(tokens, merges, pre):
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
         ])
     else:
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(PATTERNS[pre]), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
+        tok.pre_tokenizer = family_pre_tokenizer(pre)
     tok.decoder = decoders.ByteLevel()
     return tok
 
 
 def hf_pieces(pre, text):
     """The pre-tokenizer's pieces of text, as byte offsets where each ends."""
-    if pre is None:
-        steps = [pre_tokenizers.Digits(individual_digits=True),
-                 pre_tokenizers.Split(Regex(GPT2_PATTERN), behavior="isolated", invert=False)]
-    else:
-        steps = [pre_tokenizers.Split(Regex(PATTERNS[pre]), behavior="isolated", invert=False)]
     ends, at = [], 0
-    for piece, _ in pre_tokenizers.Sequence(steps).pre_tokenize_str(text):
+    for piece, _ in pre_tokenizers.Sequence(cuts(pre)).pre_tokenize_str(text):
         at += len(piece.encode("utf-8"))
         ends.append(at)
     return ends
@@ -77,9 +86,7 @@ def hf_pieces(pre, text):
 def with_whole_pieces(tokens, types, texts, count=40):
     """The vocabulary plus `count` pieces of the corpus that it lacks, as tokens no merge makes:
     ignore_merges (Llama 3) emits such a piece as one token, merges alone could not."""
-    split = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PATTERNS["llama-bpe"]), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    split = family_pre_tokenizer("llama-bpe")
     known, extra = set(tokens), []
     for text in texts:
         for piece, _ in split.pre_tokenize_str(text):
