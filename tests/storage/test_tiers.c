@@ -33,6 +33,24 @@
 
 static char dir[256];
 
+/* Set in the child of kill_9_during_spills. Check records even a passing assertion (its location)
+ * in a message file the parent reads after the test; a SIGKILL in the middle of such a record
+ * leaves it torn and the parent's read misaligned ("Bad message type"). So the child's helpers
+ * never call Check: a failed expectation prints one line and exits with code 4, which the parent
+ * reads from waitpid. */
+static int in_killed_child;
+
+#define EXPECT(cond, ...)                                                                          \
+  do {                                                                                             \
+    if (!in_killed_child) {                                                                        \
+      ck_assert_msg(cond, __VA_ARGS__);                                                            \
+    } else if (!(cond)) {                                                                          \
+      fprintf(stderr, __VA_ARGS__);                                                                \
+      fputc('\n', stderr);                                                                         \
+      _exit(4);                                                                                    \
+    }                                                                                              \
+  } while (0)
+
 typedef struct fixture {
   pd_radix tree;
   pd_tiers *tiers;
@@ -71,8 +89,8 @@ static void pattern(const int32_t *block_tokens, uint8_t *out) {
 static int open_fixture(fixture *f, enum pd_write_filter filter, uint64_t disk_bytes) {
   memset(f, 0, sizeof *f);
   char perr[160];
-  ck_assert_int_eq(
-      pd_devpool_create(&f->pool, PD_DEVPOOL_CPU, DEVICE, BLOCK_BYTES, perr, sizeof perr), 0);
+  EXPECT(pd_devpool_create(&f->pool, PD_DEVPOOL_CPU, DEVICE, BLOCK_BYTES, perr, sizeof perr) == 0,
+         "devpool: %s", perr);
   f->device = f->pool.base;
   pd_tiers_config tc = {.block_bytes = BLOCK_BYTES,
                         .block_tokens = BT,
@@ -88,12 +106,12 @@ static int open_fixture(fixture *f, enum pd_write_filter filter, uint64_t disk_b
   memcpy(rc.fingerprint, tc.fingerprint, 16);
   pd_tiers_capacity(&tc, rc.tier_capacity);
   rc.tier_capacity[0] = DEVICE;
-  ck_assert_int_eq(pd_radix_init(&f->tree, &rc), 0);
-  ck_assert_int_eq(pd_tenants_add(&f->tree.tenants, "t", salt, &f->tenant), 0);
+  EXPECT(pd_radix_init(&f->tree, &rc) == 0, "radix init");
+  EXPECT(pd_tenants_add(&f->tree.tenants, "t", salt, &f->tenant) == 0, "tenant add");
   f->ns = pd_tenants_get(&f->tree.tenants, f->tenant)->private_ns;
   char err[256] = "";
   int r = pd_tiers_open(&tc, &f->tree, &f->tiers, err, sizeof err);
-  ck_assert_msg(r == 0, "open: %s (%s)", pd_strerror(r), err);
+  EXPECT(r == 0, "open: %s (%s)", pd_strerror(r), err);
   uint64_t n = 0;
   return pd_tiers_rebuild(f->tiers, NULL, NULL, &n) == 0 ? (int)n : -1;
 }
@@ -108,7 +126,7 @@ static void close_fixture(fixture *f) {
 
 static void check_tree(fixture *f) {
   char err[256] = "";
-  ck_assert_msg(pd_radix_check(&f->tree, err, sizeof err) == 0, "tree: %s", err);
+  EXPECT(pd_radix_check(&f->tree, err, sizeof err) == 0, "tree: %s", err);
 }
 
 /* A device slot, making room (and waiting for spills in flight) as the engine does. */
@@ -141,8 +159,9 @@ static uint32_t verify_prompt(fixture *f, int p) {
   prompt_tokens(p, tok);
   uint32_t nodes[BLOCKS + 1];
   pd_match m;
-  ck_assert_int_eq(
-      pd_radix_match(&f->tree, f->tenant, f->ns, tok, BLOCKS * BT, 2, nodes, BLOCKS + 1, &m), 0);
+  EXPECT(pd_radix_match(&f->tree, f->tenant, f->ns, tok, BLOCKS * BT, 2, nodes, BLOCKS + 1, &m) ==
+             0,
+         "prompt %d: match failed", p);
   uint32_t usable = 0, slots[BLOCKS];
   for (; usable < m.n_nodes; usable++) {
     const pd_node *nd = pd_radix_node(&f->tree, nodes[usable]);
@@ -156,12 +175,12 @@ static uint32_t verify_prompt(fixture *f, int p) {
   pd_tiers_sync(f->tiers);
   uint32_t good = 0;
   for (uint32_t i = 0; i < usable && !pd_tiers_is_bad(f->tiers, nodes[i]); i++, good++) {
-    ck_assert_uint_eq(pd_tiers_pending(f->tiers, nodes[i]), 0);
-    ck_assert_int_eq(pd_radix_node(&f->tree, nodes[i])->tier, 0);
+    EXPECT(pd_tiers_pending(f->tiers, nodes[i]) == 0, "prompt %d block %u: still pending", p, i);
+    EXPECT(pd_radix_node(&f->tree, nodes[i])->tier == 0, "prompt %d block %u: not on device", p, i);
     uint8_t want[BLOCK_BYTES];
     pattern(tok + i * BT, want);
-    ck_assert_msg(memcmp(want, f->device + (size_t)slots[i] * BLOCK_BYTES, BLOCK_BYTES) == 0,
-                  "prompt %d block %u: wrong bytes after restore", p, i);
+    EXPECT(memcmp(want, f->device + (size_t)slots[i] * BLOCK_BYTES, BLOCK_BYTES) == 0,
+           "prompt %d block %u: wrong bytes after restore", p, i);
   }
   pd_radix_release(&f->tree, nodes, m.n_nodes);
   pd_tiers_poll(f->tiers, 2); /* drops what turned out bad */
@@ -387,6 +406,7 @@ START_TEST(kill_9_during_spills) {
     pid_t pid = fork();
     ck_assert_int_ge(pid, 0);
     if (pid == 0) {
+      in_killed_child = 1;
       fixture f;
       if (open_fixture(&f, PD_WRITE_ALWAYS, 64u << 20) < 0) _exit(3);
       for (int i = 0;; i++) { /* until killed */
@@ -399,7 +419,9 @@ START_TEST(kill_9_during_spills) {
     kill(pid, SIGKILL);
     int status;
     waitpid(pid, &status, 0);
-    ck_assert(WIFSIGNALED(status));
+    ck_assert_msg(WIFSIGNALED(status),
+                  "the child exited with %d before the kill (3: open, 4: an expectation)",
+                  WIFEXITED(status) ? WEXITSTATUS(status) : -1);
     fixture f;
     ck_assert_int_ge(open_fixture(&f, PD_WRITE_ALWAYS, 64u << 20), 0);
     check_tree(&f);
