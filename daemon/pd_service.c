@@ -11,6 +11,7 @@
 
 #include "pd_err.h"
 #include "pd_log.h"
+#include "grpc/health/v1/health.pb-c.h"
 #include "prefixd/v1/prefixd.pb-c.h"
 
 /* ---- loop thread ----------------------------------------------------------------------------- */
@@ -132,6 +133,98 @@ static void health(pd_grpc_call *call, const ProtobufCMessage *req, void *user) 
                            : PREFIXD__V1__HEALTH_RESPONSE__STATUS__STATUS_SERVING;
   pd_grpc_call_reply(call, &r.base);
   pd_grpc_call_finish(call, PD_GRPC_OK, NULL);
+}
+
+/* ---- grpc.health.v1.Health (loop thread, no key) -------------------------------------------- */
+
+/* One open Watch call. Owned by the service's watch list from the first reply until the client
+ * goes (its cancel callback finishes the call and frees this). */
+struct pd_health_watch {
+  pd_grpc_call *call;
+  pd_service *svc;
+  int known; /* the service name was one of health_names: its status follows draining */
+  pd_health_watch *prev, *next;
+};
+
+/* The names a health request may ask about: "" is the whole server. */
+static const char *const health_names[] = {"", "prefixd.v1.Prefixd", "prefixd.v1.Admin"};
+
+static int health_known(const char *service) {
+  for (size_t i = 0; i < sizeof health_names / sizeof *health_names; i++)
+    if (!strcmp(service, health_names[i])) return 1;
+  return 0;
+}
+
+static int health_reply(pd_grpc_call *call,
+                        Grpc__Health__V1__HealthCheckResponse__ServingStatus st) {
+  Grpc__Health__V1__HealthCheckResponse r = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+  r.status = st;
+  return pd_grpc_call_reply(call, &r.base);
+}
+
+static Grpc__Health__V1__HealthCheckResponse__ServingStatus health_now(const pd_service *svc) {
+  return svc->draining ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
+                       : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+}
+
+static void health_check(pd_grpc_call *call, const ProtobufCMessage *req, void *user) {
+  const Grpc__Health__V1__HealthCheckRequest *r = (const Grpc__Health__V1__HealthCheckRequest *)req;
+  if (!health_known(r->service)) {
+    char msg[160];
+    snprintf(msg, sizeof msg,
+             "unknown service \"%.80s\" (known: \"\", prefixd.v1.Prefixd, "
+             "prefixd.v1.Admin)",
+             r->service);
+    pd_grpc_call_finish(call, PD_GRPC_NOT_FOUND, msg);
+    return;
+  }
+  if (health_reply(call, health_now(user))) {
+    pd_grpc_call_finish(call, PD_GRPC_RESOURCE_EXHAUSTED, "out of memory for the reply");
+    return;
+  }
+  pd_grpc_call_finish(call, PD_GRPC_OK, NULL);
+}
+
+static void watch_gone(pd_grpc_call *call, void *user) {
+  pd_health_watch *w = user;
+  pd_service *svc = w->svc;
+  if (w->prev)
+    w->prev->next = w->next;
+  else
+    svc->watches = w->next;
+  if (w->next) w->next->prev = w->prev;
+  pd_grpc_call_finish(call, PD_GRPC_CANCELLED, NULL);
+  free(w);
+}
+
+static void health_watch(pd_grpc_call *call, const ProtobufCMessage *req, void *user) {
+  pd_service *svc = user;
+  const Grpc__Health__V1__HealthCheckRequest *r = (const Grpc__Health__V1__HealthCheckRequest *)req;
+  pd_health_watch *w = calloc(1, sizeof *w);
+  int known = health_known(r->service);
+  if (!w ||
+      health_reply(
+          call, known ? health_now(svc)
+                      : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN)) {
+    free(w);
+    pd_grpc_call_finish(call, PD_GRPC_RESOURCE_EXHAUSTED, "out of memory for the reply");
+    return;
+  }
+  w->call = call;
+  w->svc = svc;
+  w->known = known;
+  w->next = svc->watches;
+  if (svc->watches) svc->watches->prev = w;
+  svc->watches = w;
+  pd_grpc_call_on_cancel(call, watch_gone, w);
+}
+
+void pd_service_drain(pd_service *svc) {
+  if (svc->draining) return;
+  svc->draining = 1;
+  for (pd_health_watch *w = svc->watches; w; w = w->next)
+    if (w->known)
+      health_reply(w->call, health_now(svc)); /* out of memory: the next probe sees it */
 }
 
 static void generate(pd_grpc_call *call, const ProtobufCMessage *req, void *user) {
@@ -861,7 +954,8 @@ int pd_service_register(pd_service *svc, pd_grpc_server *server, pd_engine *engi
   svc->engine = engine;
   svc->server = server;
   const ProtobufCServiceDescriptor *P = &prefixd__v1__prefixd__descriptor,
-                                   *A = &prefixd__v1__admin__descriptor;
+                                   *A = &prefixd__v1__admin__descriptor,
+                                   *G = &grpc__health__v1__health__descriptor;
   struct {
     const ProtobufCServiceDescriptor *d;
     const char *name;
@@ -885,6 +979,8 @@ int pd_service_register(pd_service *svc, pd_grpc_server *server, pd_engine *engi
       {A, "RotateKey", h_do_rotate_key},
       {A, "GrantNamespace", h_do_grant},
       {A, "RevokeNamespace", h_do_revoke},
+      {G, "Check", health_check},
+      {G, "Watch", health_watch},
   };
   for (size_t i = 0; i < sizeof routes / sizeof *routes; i++) {
     int rc = pd_grpc_server_route(server, routes[i].d, routes[i].name, routes[i].h, svc);

@@ -143,7 +143,7 @@ static void on_signal(uv_signal_t *sig, int signum) {
     return;
   }
   pd_log(PD_LOG_INFO, "draining", "signal=%d in_flight=%zu", signum, d->svc.live_jobs);
-  d->svc.draining = 1;
+  pd_service_drain(&d->svc);
   pd_metrics_set_ready(d->metrics, 0);
   pd_engine_drain(d->engine);
   pd_grpc_server_stop_listening(d->server);

@@ -16,17 +16,23 @@ from grpc_tools import protoc
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def generate_stubs():
-    """(prefixd_pb2, prefixd_pb2_grpc), generated into a temporary folder removed at exit."""
+def generate_stubs(proto="prefixd/v1/prefixd.proto"):
+    """(module_pb2, module_pb2_grpc) of one .proto under the proto root (by default prefixd's own;
+    "grpc/health/v1/health.proto" gives the health protocol's as top-level modules health_pb2 and
+    health_pb2_grpc, since grpcio owns the Python package `grpc`), generated into a temporary
+    folder removed at exit."""
     out = tempfile.mkdtemp(prefix="prefixd-test-stubs-")
     atexit.register(shutil.rmtree, out, True)
     root = os.environ.get("PREFIXD_PROTO", os.path.join(HERE, "../../proto"))
+    if not proto.startswith("prefixd/"):
+        root, proto = os.path.join(root, os.path.dirname(proto)), os.path.basename(proto)
     rc = protoc.main(["protoc", f"-I{root}", f"--python_out={out}", f"--grpc_python_out={out}",
-                      os.path.join(root, "prefixd/v1/prefixd.proto")])
+                      os.path.join(root, proto)])
     assert rc == 0, "stub generation failed"
     sys.path.insert(0, out)
-    return (importlib.import_module("prefixd.v1.prefixd_pb2"),
-            importlib.import_module("prefixd.v1.prefixd_pb2_grpc"))
+    module = proto[:-len(".proto")].replace("/", ".")
+    return (importlib.import_module(module + "_pb2"),
+            importlib.import_module(module + "_pb2_grpc"))
 
 
 class Keyed:

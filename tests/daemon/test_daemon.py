@@ -10,6 +10,11 @@ import grpc
 import pytest
 
 from conftest import Daemon, chat, generate, pb
+from pd_stubs import generate_stubs
+
+health_pb, health_grpc = generate_stubs("grpc/health/v1/health.proto")
+SERVING = health_pb.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb.HealthCheckResponse.NOT_SERVING
 
 ADMIN = "admin-key-for-tests-0123456789"
 SYSTEM = "You are a terse assistant who answers in one word. " * 6
@@ -27,6 +32,40 @@ def code_of(fn):
 def single(tiny_model, data_dir):
     d = Daemon(tiny_model, data_dir)
     yield d
+    assert d.stop() == 0
+
+
+def test_grpc_health_protocol_check_watch_and_drain(tiny_model, data_dir):
+    """grpc.health.v1 as stock probes use it: Check per service name, NOT_FOUND for an unknown
+    one, Watch streams the status now and NOT_SERVING once SIGTERM starts the drain."""
+    d = Daemon(tiny_model, data_dir, extra=["--drain-timeout", "300"])
+    h = health_grpc.HealthStub(d.channel())
+    for name in ("", "prefixd.v1.Prefixd", "prefixd.v1.Admin"):
+        assert h.Check(health_pb.HealthCheckRequest(service=name), timeout=30).status == SERVING
+    code, details = code_of(lambda: h.Check(health_pb.HealthCheckRequest(service="nope"),
+                                            timeout=30))
+    assert code == grpc.StatusCode.NOT_FOUND and 'unknown service "nope"' in details
+    unknown = h.Watch(health_pb.HealthCheckRequest(service="nope"), timeout=300)
+    assert next(unknown).status == health_pb.HealthCheckResponse.SERVICE_UNKNOWN
+    gone = h.Watch(health_pb.HealthCheckRequest(service=""), timeout=300)
+    assert next(gone).status == SERVING
+    gone.cancel()  # the daemon drops the watch and goes on
+    watch = h.Watch(health_pb.HealthCheckRequest(service="prefixd.v1.Prefixd"), timeout=300)
+    assert next(watch).status == SERVING
+    assert h.Check(health_pb.HealthCheckRequest(), timeout=30).status == SERVING
+
+    # a generation that is under way when SIGTERM comes keeps the drain open (about 0.3 s of
+    # tokens left here) while the watch hears of it
+    stream = d.stub().Generate(pb.GenerateRequest(
+        prompt=pb.Prompt(text="long story " * 10), max_tokens=2000,
+        sampling=pb.SamplingParams(temperature=1.0, seed=3, ignore_eos=True)), timeout=300)
+    first = next(stream)
+    assert not first.finish_reason
+    d.proc.send_signal(signal.SIGTERM)
+    assert next(watch).status == NOT_SERVING
+    final = [m for m in stream if m.finish_reason]
+    assert final and final[0].finish_reason == pb.FINISH_REASON_LENGTH
+    assert d.proc.wait(300) == 0
     assert d.stop() == 0
 
 
