@@ -57,6 +57,9 @@ typedef struct pd_seq {
   int rows;     /* rows in the current batch */
   int deferred; /* passed over by this step's admission */
   int ignore_eos;
+  int logprobs;             /* GenerateRequest.logprobs (or top_logprobs > 0) */
+  int top_logprobs;         /* alternatives per token, 0..PD_TOP_LOGPROBS_MAX */
+  pd_token_logprob step_lp; /* this step's, computed beside the sampling */
   struct pd_seq *next;
 } pd_seq;
 
@@ -111,11 +114,18 @@ static int grow(void **p, uint32_t *cap, uint32_t need, size_t elem) {
   return PD_OK;
 }
 
-/* Appends a streamed token and its text to the job's pending output. */
-static int job_stream(pd_engine *e, pd_job *job, int32_t tok, const char *text, size_t n_text) {
+/* Appends a streamed token (tok < 0: none), its log-probabilities (lp NULL: none asked for) and
+ * its text to the job's pending output. */
+static int job_stream(pd_engine *e, pd_job *job, int32_t tok, const pd_token_logprob *lp,
+                      const char *text, size_t n_text) {
   pthread_mutex_lock(&e->mu);
   int rc = grow((void **)&job->out_ids, &job->cap_out_ids, job->n_out_ids + 1, sizeof(int32_t));
-  if (!rc && tok >= 0) job->out_ids[job->n_out_ids++] = tok;
+  if (!rc && tok >= 0 && lp)
+    rc = grow((void **)&job->out_logprobs, &job->cap_out_logprobs, job->n_out_ids + 1, sizeof *lp);
+  if (!rc && tok >= 0) {
+    if (lp) job->out_logprobs[job->n_out_ids] = *lp;
+    job->out_ids[job->n_out_ids++] = tok;
+  }
   if (!rc && n_text) {
     uint32_t cap = (uint32_t)job->cap_out_text;
     rc = grow((void **)&job->out_text, &cap, (uint32_t)(job->n_out_text + n_text + 1), 1);
@@ -144,8 +154,11 @@ pd_job *pd_engine_take_output(pd_engine *e) {
 }
 
 void pd_engine_take_stream(pd_engine *e, pd_job *job, int32_t **ids, uint32_t *n_ids, char **text,
-                           size_t *n_text, int *done) {
+                           size_t *n_text, pd_token_logprob **logprobs, int *done) {
   pthread_mutex_lock(&e->mu);
+  *logprobs = job->out_logprobs;
+  job->out_logprobs = NULL;
+  job->cap_out_logprobs = 0;
   *ids = job->out_ids;
   *n_ids = job->n_out_ids;
   *text = job->out_text;
@@ -455,6 +468,7 @@ void pd_job_free(pd_job *job) {
   free(job->arena);
   free(job->out_ids);
   free(job->out_text);
+  free(job->out_logprobs);
   free(job);
 }
 
@@ -552,7 +566,7 @@ static void seq_finish(pd_engine *e, pd_seq *s, int status, const char *message,
     size_t n_tail = 0;
     if (s->dt && reason == PREFIXD__V1__FINISH_REASON__FINISH_REASON_LENGTH &&
         !pd_detok_flush(s->dt, tail, sizeof tail, &n_tail) && n_tail &&
-        job_stream(e, job, -1, tail, n_tail) && status == PD_GRPC_OK) {
+        job_stream(e, job, -1, NULL, tail, n_tail) && status == PD_GRPC_OK) {
       status = PD_GRPC_RESOURCE_EXHAUSTED; /* the end of the text is lost: not a success */
       message = "out of memory for the output";
     }
@@ -849,6 +863,14 @@ static void enqueue(pd_engine *e, pd_job *job) {
       sp.seed = g->sampling->seed;
       s->ignore_eos = g->sampling->ignore_eos;
     }
+    if (g->top_logprobs > PD_TOP_LOGPROBS_MAX) {
+      status = PD_GRPC_INVALID_ARGUMENT;
+      snprintf(err, sizeof err, "top_logprobs is %u; at most %d", g->top_logprobs,
+               PD_TOP_LOGPROBS_MAX);
+      goto refuse;
+    }
+    s->logprobs = g->logprobs || g->top_logprobs;
+    s->top_logprobs = (int)g->top_logprobs;
     if ((rc = pd_sampler_create(&sp, e->model->n_vocab, &s->smp))) {
       status = rc == PD_ENOMEM ? PD_GRPC_RESOURCE_EXHAUSTED : PD_GRPC_INVALID_ARGUMENT;
       snprintf(err, sizeof err, "%s",
@@ -957,7 +979,7 @@ static int seq_emit(pd_engine *e, pd_seq *s, int32_t tok) {
   size_t n_text = 0;
   int stopped = 0;
   pd_detok_push(s->dt, tok, text, sizeof text, &n_text, &stopped);
-  if (job_stream(e, s->job, tok, text, n_text)) return -1;
+  if (job_stream(e, s->job, tok, s->logprobs ? &s->step_lp : NULL, text, n_text)) return -1;
   if (stopped) return PREFIXD__V1__FINISH_REASON__FINISH_REASON_STOP;
   if (s->n_generated >= s->max_new) return PREFIXD__V1__FINISH_REASON__FINISH_REASON_LENGTH;
   s->phase = PHASE_DECODE;
@@ -1057,15 +1079,17 @@ static void restores_done(pd_engine *e) {
 }
 
 /* One forward pass over the batch on the engine's backend. On the GPU, when every sequence that
- * wants a token samples greedily, the argmax runs there too and only the tokens come back
- * (e->gpu_picks, *picked set); else the logits rows come back into e->logits. */
+ * wants a token samples greedily and none asked for logprobs, the argmax runs there too and only
+ * the tokens come back (e->gpu_picks, *picked set); else the logits rows come back into
+ * e->logits. */
 static int forward(pd_engine *e, pd_seq *const *order, int n, int *picked) {
   *picked = 0;
 #ifdef PD_WITH_CUDA
   if (e->on_gpu) {
     int greedy = 1;
     for (int i = 0; i < n && greedy; i++)
-      if (e->batch[i].want_logits) greedy = pd_sampler_is_greedy(order[i]->smp);
+      if (e->batch[i].want_logits)
+        greedy = pd_sampler_is_greedy(order[i]->smp) && !order[i]->logprobs;
     int rc = greedy
                  ? pd_llama_cuda_forward_ex(e->cuda, e->pool.base, e->batch, n, NULL, e->gpu_picks)
                  : pd_llama_cuda_forward(e->cuda, e->pool.base, e->batch, n, e->logits);
@@ -1239,7 +1263,14 @@ static int step(pd_engine *e) {
   } else {
 #pragma omp parallel for schedule(dynamic, 1)
     for (int i = 0; i < n; i++)
-      if (order[i] && lg[i]) picked[i] = pd_sampler_sample(order[i]->smp, lg[i]);
+      if (order[i] && lg[i]) {
+        pd_seq *s = order[i];
+        picked[i] = pd_sampler_sample(s->smp, lg[i]);
+        if (s->logprobs)
+          s->step_lp.n_top =
+              pd_logprobs(lg[i], e->model->n_vocab, picked[i], s->top_logprobs, &s->step_lp.logprob,
+                          s->step_lp.top_ids, s->step_lp.top_logprobs);
+      }
   }
   for (int i = 0; i < n; i++) {
     pd_seq *s = order[i];

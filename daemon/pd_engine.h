@@ -88,6 +88,15 @@ enum pd_job_kind { PD_JOB_GENERATE, PD_JOB_WARM, PD_JOB_CALL };
 
 typedef struct pd_engine pd_engine;
 typedef struct pd_job pd_job;
+
+/* A streamed token's log-probabilities (GenerateRequest.logprobs): its own, and the n_top most
+ * probable tokens of that step (pd_logprobs). */
+typedef struct pd_token_logprob {
+  float logprob;
+  int32_t n_top;
+  int32_t top_ids[PD_TOP_LOGPROBS_MAX];
+  float top_logprobs[PD_TOP_LOGPROBS_MAX];
+} pd_token_logprob;
 #define PD_JOB_CANCELLED_BY_SERVER 2 /* pd_job.cancelled: the daemon's drain ran out of time */
 
 /* A call's body, run on the engine thread after authentication. It sets job->resp (a message
@@ -116,6 +125,8 @@ struct pd_job {
   uint32_t n_out_ids, cap_out_ids;
   char *out_text; /* their text: (n_out_text) bytes */
   size_t n_out_text, cap_out_text;
+  pd_token_logprob *out_logprobs; /* (n_out_ids) when the request asked for logprobs, else NULL */
+  uint32_t cap_out_logprobs;
   int done, in_outbox, first_sent;
   int reply_failed; /* loop thread: a reply could not be queued (out of memory); the call ends
                        RESOURCE_EXHAUSTED */
@@ -238,9 +249,10 @@ void pd_engine_destroy(pd_engine *e);
 /* Loop thread: takes the jobs with new output. The list is the caller's; walk it by
  * ->taken_next. */
 pd_job *pd_engine_take_output(pd_engine *e);
-/* Loop thread: moves a job's pending stream output out (under the mutex). */
+/* Loop thread: moves a job's pending stream output out (under the mutex). The caller owns and
+ * frees *ids, *text and *logprobs ((n_ids) entries, or NULL when the request asked for none). */
 void pd_engine_take_stream(pd_engine *e, pd_job *job, int32_t **ids, uint32_t *n_ids, char **text,
-                           size_t *n_text, int *done);
+                           size_t *n_text, pd_token_logprob **logprobs, int *done);
 
 /* Engine thread, for call functions: the tree tenant id of a tenant name, or -1. */
 int32_t pd_engine_tenant_id(const pd_engine *e, const char *name);

@@ -76,6 +76,39 @@ static void submit(pd_service *svc, pd_grpc_call *call, const ProtobufCMessage *
   pd_engine_submit(svc->engine, job);
 }
 
+/* Sends one chunk of a Generate stream: tokens, their text and, when asked for, their
+ * log-probabilities (lps: (n_ids) or NULL). Returns 0 or an error (nothing was queued). */
+static int reply_tokens(pd_grpc_call *call, int32_t *ids, uint32_t n_ids, char *text,
+                        pd_token_logprob *lps) {
+  Prefixd__V1__GenerateResponse r = PREFIXD__V1__GENERATE_RESPONSE__INIT;
+  r.token_ids = ids;
+  r.n_token_ids = n_ids;
+  r.text = text ? text : "";
+  Prefixd__V1__TokenLogprob *msgs = NULL, **ptrs = NULL;
+  if (lps && n_ids) {
+    msgs = malloc(n_ids * sizeof *msgs);
+    ptrs = malloc(n_ids * sizeof *ptrs);
+    if (!msgs || !ptrs) {
+      free(msgs), free(ptrs);
+      return PD_ENOMEM;
+    }
+    for (uint32_t i = 0; i < n_ids; i++) {
+      prefixd__v1__token_logprob__init(&msgs[i]);
+      msgs[i].token_id = ids[i];
+      msgs[i].logprob = lps[i].logprob;
+      msgs[i].n_top_ids = msgs[i].n_top_logprobs = (size_t)lps[i].n_top;
+      msgs[i].top_ids = lps[i].top_ids;
+      msgs[i].top_logprobs = lps[i].top_logprobs;
+      ptrs[i] = &msgs[i];
+    }
+    r.logprobs = ptrs;
+    r.n_logprobs = n_ids;
+  }
+  int rc = pd_grpc_call_reply(call, &r.base); /* packed now: nothing here is kept */
+  free(msgs), free(ptrs);
+  return rc;
+}
+
 void pd_service_output(pd_job *unused, void *user) {
   pd_service *svc = user;
   pd_job *list = pd_engine_take_output(svc->engine);
@@ -91,21 +124,17 @@ void pd_service_output(pd_job *unused, void *user) {
     char *text;
     size_t n_text;
     int done;
-    pd_engine_take_stream(svc->engine, job, &ids, &n_ids, &text, &n_text, &done);
-    if (n_ids || n_text) {
-      Prefixd__V1__GenerateResponse r = PREFIXD__V1__GENERATE_RESPONSE__INIT;
-      r.token_ids = ids;
-      r.n_token_ids = n_ids;
-      r.text = text ? text : "";
-      /* a reply that cannot be queued would leave a hole in the stream: the sequence stops and
-       * the call ends with an error instead */
-      if (!job->reply_failed && pd_grpc_call_reply(call, &r.base)) {
-        job->reply_failed = 1;
-        atomic_store(&job->cancelled, 1);
-      }
+    pd_token_logprob *lps;
+    pd_engine_take_stream(svc->engine, job, &ids, &n_ids, &text, &n_text, &lps, &done);
+    /* a reply that cannot be queued would leave a hole in the stream: the sequence stops and
+     * the call ends with an error instead */
+    if ((n_ids || n_text) && !job->reply_failed && reply_tokens(call, ids, n_ids, text, lps)) {
+      job->reply_failed = 1;
+      atomic_store(&job->cancelled, 1);
     }
     free(ids);
     free(text);
+    free(lps);
     if (!done) continue;
     pd_grpc_call_on_cancel(call, NULL, NULL);
     int status = job->status;

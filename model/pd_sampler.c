@@ -196,3 +196,27 @@ int32_t pd_sampler_sample(pd_sampler *s, const float *logits) {
   pd_sampler_accept(s, pick);
   return pick;
 }
+
+int pd_logprobs(const float *logits, int32_t n_vocab, int32_t tok, int n_top, float *chosen_logprob,
+                int32_t *top_ids, float *top_logprobs) {
+  float best = logits[0];
+  for (int32_t i = 1; i < n_vocab; i++) best = logits[i] > best ? logits[i] : best;
+  double sum = 0;
+  int have = 0; /* top_ids[0..have) sorted by logit, best first */
+  for (int32_t i = 0; i < n_vocab; i++) {
+    float x = logits[i];
+    sum += exp((double)(x - best));
+    if (have == n_top && (n_top == 0 || x <= top_logprobs[n_top - 1])) continue;
+    int at = have < n_top ? have++ : n_top - 1;        /* the last place, or a new one */
+    for (; at > 0 && top_logprobs[at - 1] < x; at--) { /* ties keep the lower id first */
+      top_logprobs[at] = top_logprobs[at - 1];
+      top_ids[at] = top_ids[at - 1];
+    }
+    top_logprobs[at] = x;
+    top_ids[at] = i;
+  }
+  double lse = (double)best + log(sum);
+  *chosen_logprob = (float)((double)logits[tok] - lse);
+  for (int k = 0; k < have; k++) top_logprobs[k] = (float)((double)top_logprobs[k] - lse);
+  return have;
+}

@@ -37,4 +37,15 @@ int pd_sampler_is_greedy(const pd_sampler *s);
 /* Picks a token from logits (n_vocab, not modified) and accepts it. */
 int32_t pd_sampler_sample(pd_sampler *s, const float *logits);
 
+/* The most alternatives pd_logprobs reports. */
+#define PD_TOP_LOGPROBS_MAX 20
+
+/* A token's log-probability under the model's distribution: the log-softmax of the raw logits
+ * (n_vocab), independent of the sampling parameters. *chosen_logprob gets tok's; the n_top
+ * (<= PD_TOP_LOGPROBS_MAX) most probable tokens go to top_ids and top_logprobs (n_top each,
+ * best first, the lower id first on ties; fewer when n_vocab < n_top: the count is returned).
+ * Sums in double; one pass over the logits for the maximum, one for the sum and the top. */
+int pd_logprobs(const float *logits, int32_t n_vocab, int32_t tok, int n_top, float *chosen_logprob,
+                int32_t *top_ids, float *top_logprobs);
+
 #endif /* PD_SAMPLER_H */

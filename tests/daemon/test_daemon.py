@@ -3,6 +3,7 @@ client, tenants and keys, isolation, cancellation and deadlines, bad input, drai
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 
@@ -67,6 +68,70 @@ def test_grpc_health_protocol_check_watch_and_drain(tiny_model, data_dir):
     assert final and final[0].finish_reason == pb.FINISH_REASON_LENGTH
     assert d.proc.wait(300) == 0
     assert d.stop() == 0
+
+
+def generate_with_logprobs(stub, ids, **kw):
+    """(generated ids, their TokenLogprob messages) of a Generate over token ids."""
+    out, lps = [], []
+    for m in stub.Generate(pb.GenerateRequest(prompt=pb.Prompt(tokens=pb.TokenIds(ids=ids)), **kw),
+                           timeout=120):
+        assert len(m.logprobs) == (len(m.token_ids) if kw.get("logprobs") or
+                                   kw.get("top_logprobs") else 0)
+        out += list(m.token_ids)
+        lps += list(m.logprobs)
+    return out, lps
+
+
+def test_logprobs_are_the_models_distribution(single, tiny_model):
+    """Logprobs against the numpy reference forward pass (tests/reference/llama_ref.py) on the
+    daemon's own tokens: greedy and sampled at temperature 20 (the values are the raw model's,
+    not the sampling distribution's), the top list's order, a cached prompt giving the same values,
+    and the limit on top_logprobs."""
+    import numpy as np
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "reference"))
+    import llama_ref
+    s = single.stub()
+    prompt = list(s.Tokenize(pb.TokenizeRequest(
+        prompt=pb.Prompt(text="The quick brown fox jumps over the lazy dog, again and"))).token_ids)
+    model = llama_ref.Model(tiny_model)
+
+    def reference(gen):  # (len(gen), n_vocab) log-softmax of the logits that chose each token
+        logits = llama_ref.forward(model, prompt + gen).astype(np.float64)[len(prompt) - 1:-1]
+        logits -= logits.max(axis=1, keepdims=True)
+        return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+
+    greedy_ids, greedy_lps = generate_with_logprobs(s, prompt, max_tokens=12, logprobs=True,
+                                                    top_logprobs=5)
+    sampled_ids, sampled_lps = generate_with_logprobs(
+        s, prompt, max_tokens=12, top_logprobs=3,
+        sampling=pb.SamplingParams(temperature=20, seed=11, ignore_eos=True))
+    assert greedy_ids and sampled_ids and greedy_ids != sampled_ids
+    worst = 0.0
+    for gen, lps, n_top in ((greedy_ids, greedy_lps, 5), (sampled_ids, sampled_lps, 3)):
+        ref = reference(gen)
+        for i, (tok, lp) in enumerate(zip(gen, lps)):
+            assert lp.token_id == tok and lp.logprob <= 0
+            assert len(lp.top_ids) == len(lp.top_logprobs) == n_top
+            assert list(lp.top_logprobs) == sorted(lp.top_logprobs, reverse=True)
+            assert sum(np.exp(lp.top_logprobs)) <= 1 + 1e-5
+            if tok in lp.top_ids:
+                assert lp.top_logprobs[list(lp.top_ids).index(tok)] == lp.logprob
+            pairs = [(lp.logprob, ref[i, tok])] + [(v, ref[i, t]) for t, v in
+                                                    zip(lp.top_ids, lp.top_logprobs)]
+            worst = max(worst, *(abs(got - want) / (1 + abs(want)) for got, want in pairs))
+    for tok, lp in zip(greedy_ids, greedy_lps):
+        assert lp.top_ids[0] == tok  # greedy takes the most probable
+    # int8 activations and an f16 cache against float32 numpy: 0.2% of values near -40 nats
+    assert worst < 0.01, f"logprobs differ from the reference by {worst:.4f} (relative to 1+|ref|)"
+
+    again_ids, again_lps = generate_with_logprobs(s, prompt, max_tokens=12, logprobs=True,
+                                                  top_logprobs=5)
+    assert again_ids == greedy_ids
+    assert max(abs(a.logprob - b.logprob) for a, b in zip(again_lps, greedy_lps)) < 1e-3
+    code, details = code_of(lambda: generate_with_logprobs(s, prompt, top_logprobs=21))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "top_logprobs" in details
+    plain, none = generate_with_logprobs(s, prompt, max_tokens=4)
+    assert plain == greedy_ids[:4] and none == []
 
 
 @pytest.fixture

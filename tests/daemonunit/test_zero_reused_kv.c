@@ -72,9 +72,11 @@ static void on_output(pd_job *unused, void *user) {
     char *text;
     size_t n_text;
     int done;
-    pd_engine_take_stream(c->e, j, &ids, &n_ids, &text, &n_text, &done);
+    pd_token_logprob *lps;
+    pd_engine_take_stream(c->e, j, &ids, &n_ids, &text, &n_text, &lps, &done);
     free(ids);
     free(text);
+    free(lps);
   }
 }
 

@@ -272,6 +272,62 @@ START_TEST(sampler_rules) {
 }
 END_TEST
 
+/* pd_logprobs against a direct log-softmax in double: the chosen token's value, the top list's
+ * order (ties to the lower id), its length capped by the vocabulary, and a large vocabulary with
+ * logits far from 0 (the sum is taken relative to the maximum). */
+START_TEST(logprobs_are_the_log_softmax) {
+  enum { V = 6 };
+  const float logits[V] = {1.0f, 3.0f, 2.0f, 3.0f, -1.0f, 0.5f};
+  double z = 0;
+  for (int v = 0; v < V; v++) z += exp((double)logits[v]);
+  float chosen, top_lp[PD_TOP_LOGPROBS_MAX];
+  int32_t top_ids[PD_TOP_LOGPROBS_MAX];
+  ck_assert_int_eq(pd_logprobs(logits, V, 4, 3, &chosen, top_ids, top_lp), 3);
+  ck_assert_double_eq_tol(chosen, -1.0 - log(z), 1e-6);
+  const int32_t want_ids[3] = {1, 3, 2};
+  for (int k = 0; k < 3; k++) {
+    ck_assert_int_eq(top_ids[k], want_ids[k]);
+    ck_assert_double_eq_tol(top_lp[k], logits[want_ids[k]] - log(z), 1e-6);
+  }
+  ck_assert_int_eq(pd_logprobs(logits, V, 0, 0, &chosen, top_ids, top_lp), 0);
+  ck_assert_double_eq_tol(chosen, 1.0 - log(z), 1e-6);
+  ck_assert_int_eq(pd_logprobs(logits, V, 0, PD_TOP_LOGPROBS_MAX, &chosen, top_ids, top_lp), V);
+  ck_assert_int_eq(top_ids[V - 1], 4); /* the least probable last */
+
+  enum { BIG = 50000 };
+  float *big = malloc(BIG * sizeof *big);
+  ck_assert_ptr_nonnull(big);
+  uint32_t h = 7;
+  double zb = 0, best[PD_TOP_LOGPROBS_MAX];
+  for (int v = 0; v < BIG; v++) {
+    h = h * 1103515245u + 12345u;
+    big[v] = 900.0f + (float)(h >> 8) / (float)(1u << 24) * 20.0f;
+  }
+  for (int v = 0; v < BIG; v++) zb += exp((double)big[v] - 900.0);
+  /* the reference top 20: selection over a copy, ties to the lower id */
+  char *taken = calloc(BIG, 1);
+  ck_assert_ptr_nonnull(taken);
+  int ref_ids[PD_TOP_LOGPROBS_MAX];
+  for (int k = 0; k < PD_TOP_LOGPROBS_MAX; k++) {
+    int at = -1;
+    for (int v = 0; v < BIG; v++)
+      if (!taken[v] && (at < 0 || big[v] > big[at])) at = v;
+    taken[at] = 1;
+    ref_ids[k] = at;
+    best[k] = (double)big[at] - 900.0 - log(zb);
+  }
+  ck_assert_int_eq(pd_logprobs(big, BIG, 123, PD_TOP_LOGPROBS_MAX, &chosen, top_ids, top_lp),
+                   PD_TOP_LOGPROBS_MAX);
+  ck_assert_double_eq_tol(chosen, (double)big[123] - 900.0 - log(zb), 1e-4);
+  for (int k = 0; k < PD_TOP_LOGPROBS_MAX; k++) {
+    ck_assert_int_eq(top_ids[k], ref_ids[k]);
+    ck_assert_double_eq_tol(top_lp[k], best[k], 1e-4);
+  }
+  free(taken);
+  free(big);
+}
+END_TEST
+
 /* The filters over a large vocabulary, where the sampler sorts only part of the candidates:
  * every draw is in the set a full sort allows, and the best token is drawn about as often as
  * its share of that set says. */
@@ -344,6 +400,7 @@ int main(void) {
   tcase_add_test(tc, detok_never_breaks_utf8);
   tcase_add_test(tc, detok_stop_strings_across_tokens);
   tcase_add_test(tc, sampler_rules);
+  tcase_add_test(tc, logprobs_are_the_log_softmax);
   tcase_add_test(tc, sampler_filters_on_a_large_vocabulary);
   suite_add_tcase(s, tc);
   return pd_check_run(s, 1);

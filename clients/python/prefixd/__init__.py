@@ -20,8 +20,8 @@ from prefixd.errors import (Aborted, AlreadyExists, Cancelled, DataLoss, Deadlin
                             Unavailable, Unimplemented, Unknown)
 from prefixd.types import (ChatCompletion, CreatedTenant, FinishReason, GenerateChunk,
                            HealthStatus, LookupResult, Message, Prefix, Stats, Tenant,
-                           TenantLimits, TenantStats, Tier, TierCounts, TierStats, Timings, Usage,
-                           WarmResult)
+                           TenantLimits, TenantStats, Tier, TierCounts, TierStats, Timings,
+                           TokenLogprob, Usage, WarmResult)
 
 __version__ = "0.1.0"
 
@@ -32,5 +32,5 @@ __all__ = [
     "OutOfRange", "Unimplemented", "Internal", "Unavailable", "DataLoss", "Unauthenticated",
     "ChatCompletion", "CreatedTenant", "FinishReason", "GenerateChunk", "HealthStatus",
     "LookupResult", "Message", "Prefix", "Stats", "Tenant", "TenantLimits", "TenantStats",
-    "Tier", "TierCounts", "TierStats", "Timings", "Usage", "WarmResult", "__version__",
+    "Tier", "TierCounts", "TierStats", "Timings", "TokenLogprob", "Usage", "WarmResult", "__version__",
 ]

@@ -88,7 +88,8 @@ def generate_request(value: Optional[PromptLike], messages: Optional[Sequence[Me
                      repeat_last_n: int = 0, seed: int = 0, ignore_eos: bool = False,
                      stop: Union[str, Sequence[str], None] = None,
                      stop_tokens: Optional[Sequence[int]] = None, namespace: str = "",
-                     no_cache: bool = False, pin_ttl: int = 0) -> Any:
+                     no_cache: bool = False, pin_ttl: int = 0, logprobs: bool = False,
+                     top_logprobs: int = 0) -> Any:
     if isinstance(stop, str):
         stop = [stop]
     sampling = pb.SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
@@ -97,7 +98,8 @@ def generate_request(value: Optional[PromptLike], messages: Optional[Sequence[Me
     return pb.GenerateRequest(prompt=prompt(value, messages, add_generation_prompt=True),
                               sampling=sampling, max_tokens=max_tokens or 0,
                               stop=list(stop or ()), stop_tokens=list(stop_tokens or ()),
-                              cache=cache_options(namespace, no_cache, pin_ttl))
+                              cache=cache_options(namespace, no_cache, pin_ttl),
+                              logprobs=bool(logprobs), top_logprobs=int(top_logprobs or 0))
 
 
 def tier(value: Union[Tier, str, None]) -> Any:

@@ -28,7 +28,7 @@ from prefixd.client import _USER_AGENT, StreamResult, completion_of
 from prefixd.errors import Cancelled, Unknown, from_rpc_error
 from prefixd.types import (ChatCompletion, CreatedTenant, GenerateChunk, HealthStatus,
                            LookupResult, MessageLike, Prefix, PromptLike, Stats, Tenant,
-                           TenantLimits, Tier, TierCounts, WarmResult)
+                           TenantLimits, Tier, TierCounts, TokenLogprob, WarmResult)
 from prefixd.v1 import prefixd_pb2 as pb
 from prefixd.v1 import prefixd_pb2_grpc as pb_grpc
 
@@ -78,6 +78,7 @@ class AsyncGenerateStream(StreamResult):
         self._call = call
         self._texts: List[str] = []
         self._ids: List[int] = []
+        self._logprobs: List[TokenLogprob] = []
         self._ended = False
         self._cancelled = False
         self.final: Optional[GenerateChunk] = None
@@ -106,6 +107,7 @@ class AsyncGenerateStream(StreamResult):
         chunk = GenerateChunk.from_pb(message)
         self._texts.append(chunk.text)
         self._ids.extend(chunk.token_ids)
+        self._logprobs.extend(chunk.logprobs)
         if chunk.is_final:
             self.final = chunk
         return chunk
@@ -126,7 +128,7 @@ class AsyncGenerateStream(StreamResult):
         """Reads the rest of the stream; returns the whole reply."""
         async for _ in self:
             pass
-        return completion_of(self.text, self._ids, self.final)
+        return completion_of(self.text, self._ids, self.final, self._logprobs)
 
 
 class AsyncClient:
@@ -175,15 +177,16 @@ class AsyncClient:
                  seed: int = 0, ignore_eos: bool = False,
                  stop: Union[str, Sequence[str], None] = None,
                  stop_tokens: Optional[Sequence[int]] = None, namespace: str = "",
-                 no_cache: bool = False, pin_ttl: int = 0,
-                 timeout: Optional[float] = None) -> AsyncGenerateStream:
+                 no_cache: bool = False, pin_ttl: int = 0, logprobs: bool = False,
+                 top_logprobs: int = 0, timeout: Optional[float] = None) -> AsyncGenerateStream:
         """Streams a generation: ``async for chunk in client.generate(...)``. Call it inside
         the event loop. Arguments as in :meth:`prefixd.Client.generate`."""
         request = req.generate_request(
             prompt, messages, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
             top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
             seed=seed, ignore_eos=ignore_eos, stop=stop, stop_tokens=stop_tokens,
-            namespace=namespace, no_cache=no_cache, pin_ttl=pin_ttl)
+            namespace=namespace, no_cache=no_cache, pin_ttl=pin_ttl, logprobs=logprobs,
+            top_logprobs=top_logprobs)
         call = self._stub.Generate(request, timeout=self._conn.deadline(timeout),
                                    metadata=self._conn.metadata)
         return AsyncGenerateStream(call)
@@ -194,14 +197,15 @@ class AsyncClient:
                    seed: int = 0, ignore_eos: bool = False,
                    stop: Union[str, Sequence[str], None] = None,
                    stop_tokens: Optional[Sequence[int]] = None, namespace: str = "",
-                   no_cache: bool = False, pin_ttl: int = 0,
-                   timeout: Optional[float] = None) -> ChatCompletion:
+                   no_cache: bool = False, pin_ttl: int = 0, logprobs: bool = False,
+                   top_logprobs: int = 0, timeout: Optional[float] = None) -> ChatCompletion:
         """The assistant's whole reply to ``messages``, with usage and timings."""
         return await self.generate(
             messages=messages, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
             top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
             seed=seed, ignore_eos=ignore_eos, stop=stop, stop_tokens=stop_tokens,
-            namespace=namespace, no_cache=no_cache, pin_ttl=pin_ttl, timeout=timeout).collect()
+            namespace=namespace, no_cache=no_cache, pin_ttl=pin_ttl, logprobs=logprobs,
+            top_logprobs=top_logprobs, timeout=timeout).collect()
 
     # ---- tokens -------------------------------------------------------------------------------
 

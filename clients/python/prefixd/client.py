@@ -24,7 +24,8 @@ from prefixd import _requests as req
 from prefixd.errors import Unknown, from_rpc_error
 from prefixd.types import (ChatCompletion, CreatedTenant, FinishReason, GenerateChunk,
                            HealthStatus, LookupResult, MessageLike, Prefix, PromptLike, Stats,
-                           Tenant, TenantLimits, Tier, TierCounts, Timings, Usage, WarmResult)
+                           Tenant, TenantLimits, Tier, TierCounts, Timings, TokenLogprob, Usage,
+                           WarmResult)
 from prefixd.v1 import prefixd_pb2 as pb
 from prefixd.v1 import prefixd_pb2_grpc as pb_grpc
 
@@ -66,6 +67,7 @@ class StreamResult:
 
     _texts: List[str]
     _ids: List[int]
+    _logprobs: List[TokenLogprob]
     final: Optional[GenerateChunk]
 
     @property
@@ -75,6 +77,11 @@ class StreamResult:
     @property
     def token_ids(self) -> List[int]:
         return list(self._ids)
+
+    @property
+    def logprobs(self) -> List[TokenLogprob]:
+        """One per token id, when the request asked for logprobs (else empty)."""
+        return list(self._logprobs)
 
     @property
     def finish_reason(self) -> Optional[FinishReason]:
@@ -102,6 +109,7 @@ class GenerateStream(StreamResult, Iterator[GenerateChunk]):
         self._call = call
         self._texts: List[str] = []
         self._ids: List[int] = []
+        self._logprobs: List[TokenLogprob] = []
         self._ended = False
         self.final: Optional[GenerateChunk] = None
 
@@ -124,6 +132,7 @@ class GenerateStream(StreamResult, Iterator[GenerateChunk]):
         chunk = GenerateChunk.from_pb(message)
         self._texts.append(chunk.text)
         self._ids.extend(chunk.token_ids)
+        self._logprobs.extend(chunk.logprobs)
         if chunk.is_final:
             self.final = chunk
         return chunk
@@ -143,14 +152,16 @@ class GenerateStream(StreamResult, Iterator[GenerateChunk]):
         """Reads the rest of the stream; returns the whole reply."""
         for _ in self:
             pass
-        return completion_of(self.text, self._ids, self.final)
+        return completion_of(self.text, self._ids, self.final, self._logprobs)
 
 
-def completion_of(text: str, ids: List[int], final: Optional[GenerateChunk]) -> ChatCompletion:
+def completion_of(text: str, ids: List[int], final: Optional[GenerateChunk],
+                  logprobs: Sequence[TokenLogprob] = ()) -> ChatCompletion:
     if final is None:
         raise Unknown("the stream ended without a final message")
     return ChatCompletion(text=text, token_ids=list(ids), finish_reason=final.finish_reason,
-                          usage=final.usage or Usage(), timings=final.timings or Timings())
+                          usage=final.usage or Usage(), timings=final.timings or Timings(),
+                          logprobs=list(logprobs))
 
 
 class Client:
@@ -201,8 +212,8 @@ class Client:
                  seed: int = 0, ignore_eos: bool = False,
                  stop: Union[str, Sequence[str], None] = None,
                  stop_tokens: Optional[Sequence[int]] = None, namespace: str = "",
-                 no_cache: bool = False, pin_ttl: int = 0,
-                 timeout: Optional[float] = None) -> GenerateStream:
+                 no_cache: bool = False, pin_ttl: int = 0, logprobs: bool = False,
+                 top_logprobs: int = 0, timeout: Optional[float] = None) -> GenerateStream:
         """Streams a generation.
 
         ``prompt``: text (special tokens such as ``<|im_start|>`` are recognised), a list of
@@ -218,7 +229,8 @@ class Client:
             prompt, messages, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
             top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
             seed=seed, ignore_eos=ignore_eos, stop=stop, stop_tokens=stop_tokens,
-            namespace=namespace, no_cache=no_cache, pin_ttl=pin_ttl)
+            namespace=namespace, no_cache=no_cache, pin_ttl=pin_ttl, logprobs=logprobs,
+            top_logprobs=top_logprobs)
         call = self._stub.Generate(request, timeout=self._conn.deadline(timeout),
                                    metadata=self._conn.metadata)
         return GenerateStream(call)
@@ -228,15 +240,16 @@ class Client:
              repeat_penalty: float = 0.0, repeat_last_n: int = 0, seed: int = 0,
              ignore_eos: bool = False, stop: Union[str, Sequence[str], None] = None,
              stop_tokens: Optional[Sequence[int]] = None, namespace: str = "",
-             no_cache: bool = False, pin_ttl: int = 0,
-             timeout: Optional[float] = None) -> ChatCompletion:
+             no_cache: bool = False, pin_ttl: int = 0, logprobs: bool = False,
+             top_logprobs: int = 0, timeout: Optional[float] = None) -> ChatCompletion:
         """Generates the assistant's reply to ``messages``; returns it whole, with usage and
         timings. The arguments are those of :meth:`generate`."""
         return self.generate(
             messages=messages, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
             top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
             seed=seed, ignore_eos=ignore_eos, stop=stop, stop_tokens=stop_tokens,
-            namespace=namespace, no_cache=no_cache, pin_ttl=pin_ttl, timeout=timeout).collect()
+            namespace=namespace, no_cache=no_cache, pin_ttl=pin_ttl, logprobs=logprobs,
+            top_logprobs=top_logprobs, timeout=timeout).collect()
 
     # ---- tokens -------------------------------------------------------------------------------
 

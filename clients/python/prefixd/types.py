@@ -136,6 +136,22 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability under the model (its raw logits' log-softmax, not
+    the sampling distribution), and when asked for, the most probable tokens of that step as
+    ``(token id, logprob)`` pairs, best first."""
+
+    token_id: int
+    logprob: float
+    top: List[Tuple[int, float]] = field(default_factory=list)
+
+    @classmethod
+    def from_pb(cls, m: Any) -> "TokenLogprob":
+        return cls(token_id=m.token_id, logprob=m.logprob,
+                   top=list(zip(m.top_ids, m.top_logprobs)))
+
+
+@dataclass(frozen=True)
 class GenerateChunk:
     """One message of a generation stream: new text and token ids; the final chunk also carries
     ``finish_reason``, ``usage`` and ``timings``."""
@@ -145,6 +161,7 @@ class GenerateChunk:
     finish_reason: Optional[FinishReason] = None
     usage: Optional[Usage] = None
     timings: Optional[Timings] = None
+    logprobs: List[TokenLogprob] = field(default_factory=list)  # one per token id, if asked for
 
     @property
     def is_final(self) -> bool:
@@ -155,7 +172,8 @@ class GenerateChunk:
         reason = FinishReason.from_wire(m.finish_reason) if m.finish_reason else None
         return cls(text=m.text, token_ids=list(m.token_ids), finish_reason=reason,
                    usage=Usage.from_pb(m.usage) if m.HasField("usage") else None,
-                   timings=Timings.from_pb(m.timings) if m.HasField("timings") else None)
+                   timings=Timings.from_pb(m.timings) if m.HasField("timings") else None,
+                   logprobs=[TokenLogprob.from_pb(x) for x in m.logprobs])
 
 
 @dataclass(frozen=True)
@@ -167,6 +185,7 @@ class ChatCompletion:
     finish_reason: Optional[FinishReason]
     usage: Usage
     timings: Timings
+    logprobs: List[TokenLogprob] = field(default_factory=list)  # one per token id, if asked for
 
     @property
     def message(self) -> Message:

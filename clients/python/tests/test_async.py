@@ -37,9 +37,11 @@ def test_async_generate_streams_then_final(daemon: Daemon):
             assert final.usage.generated_tokens == len(stream.token_ids) == 8
             assert stream.text == await c.detokenize(stream.token_ids)
             # the same prompt again is served from the cache
-            again = await c.chat(msgs, max_tokens=8, ignore_eos=True)
+            again = await c.chat(msgs, max_tokens=8, ignore_eos=True, top_logprobs=2)
             assert again.usage.cached_tokens == n_prompt - 1
             assert again.token_ids == stream.token_ids
+            assert [lp.token_id for lp in again.logprobs] == again.token_ids
+            assert all(len(lp.top) == 2 for lp in again.logprobs)
     run(main())
 
 

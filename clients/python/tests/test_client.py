@@ -95,6 +95,23 @@ def test_chat_returns_the_whole_reply(client: prefixd.Client):
     assert turn2.usage.cached_tokens >= reply.usage.prompt_tokens - 16
 
 
+def test_logprobs_per_token_with_alternatives(client: prefixd.Client):
+    kw = dict(max_tokens=5, temperature=5.0, seed=3, ignore_eos=True)
+    reply = client.chat(chat_messages("hello"), top_logprobs=4, **kw)
+    assert len(reply.logprobs) == len(reply.token_ids) == 5
+    for tok, lp in zip(reply.token_ids, reply.logprobs):
+        assert isinstance(lp, prefixd.TokenLogprob) and lp.token_id == tok and lp.logprob <= 0
+        assert len(lp.top) == 4 and [v for _, v in lp.top] == sorted((v for _, v in lp.top),
+                                                                     reverse=True)
+    stream = client.generate(messages=chat_messages("hello"), logprobs=True, **kw)
+    chunks = list(stream)
+    assert stream.token_ids == reply.token_ids  # asking for logprobs changes no token
+    assert [lp.logprob for lp in stream.logprobs] == [lp.logprob for lp in reply.logprobs]
+    assert all(lp.top == [] for lp in stream.logprobs)
+    assert sum(len(c.logprobs) for c in chunks) == 5
+    assert client.chat(chat_messages("hello"), **kw).logprobs == []
+
+
 def test_stop_string_ends_the_generation(client: prefixd.Client):
     # a hot temperature: the synthetic model's greedy text is a single repeated token
     kw = dict(max_tokens=24, temperature=5.0, seed=5, ignore_eos=True)
