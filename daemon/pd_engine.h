@@ -140,6 +140,13 @@ struct pd_job {
    * from then on (pd_job_free). Set before pd_engine_submit; NULL for every gRPC job. */
   void (*on_done)(pd_job *job, void *user);
   void *done_user;
+  /* A client's job from another front end than gRPC (the OpenAI-compatible HTTP API): call is
+   * NULL, it is authenticated from `authorization` and counted like a gRPC call, and each time it
+   * has output (pd_engine_take_stream) or is done, the service hands it to on_output(job,
+   * output_user) on the loop thread. Once the job is done (the flag pd_engine_take_stream
+   * returns) the callback owns it (pd_job_free). NULL for gRPC jobs. */
+  void (*on_output)(pd_job *job, void *user);
+  void *output_user;
 };
 
 /* Zeroed memory that lives as long as the job (one thread at a time). NULL when out of memory. */

@@ -118,6 +118,10 @@ void pd_service_output(pd_job *unused, void *user) {
       job->on_done(job, job->done_user);
       continue;
     }
+    if (job->on_output) { /* another front end's (HTTP): it reads the output itself */
+      job->on_output(job, job->output_user);
+      continue;
+    }
     pd_grpc_call *call = job->call;
     int32_t *ids;
     uint32_t n_ids;

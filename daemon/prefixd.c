@@ -28,6 +28,7 @@
 #include "pd_err.h"
 #include "pd_log.h"
 #include "pd_metrics.h"
+#include "pd_openai.h"
 #include "pd_service.h"
 
 #define VERSION "0.1.0"
@@ -52,6 +53,10 @@ static void usage(FILE *f) {
       "                            Prometheus /metrics, /healthz and /readyz over HTTP\n"
       "                            (PREFIXD_METRICS_LISTEN; default 127.0.0.1:9464; 'none'\n"
       "                            to disable; no authentication: keep it private)\n"
+      "      --openai-listen HOST:PORT\n"
+      "                            also serve the OpenAI-compatible HTTP API there\n"
+      "                            (/v1/chat/completions, /v1/completions, /v1/models;\n"
+      "                            PREFIXD_OPENAI_LISTEN; default none; same API keys)\n"
       "      --admin-key-file F    file holding the admin key (PREFIXD_ADMIN_KEY_FILE)\n"
       "                            (or the key itself in PREFIXD_ADMIN_KEY)\n"
       "      --kv-cache-mb N       KV cache of the device tier in MiB (PREFIXD_KV_CACHE_MB;\n"
@@ -97,6 +102,7 @@ typedef struct daemon_state {
   pd_engine *engine;
   pd_service svc;
   pd_metrics *metrics; /* NULL when disabled */
+  pd_openai *openai;   /* NULL when disabled */
   uv_signal_t sigterm, sigint, sighup;
   uv_timer_t drain_timer;
   int64_t drain_started, drain_timeout_ms;
@@ -108,6 +114,7 @@ static void shutdown_now(daemon_state *d) {
   d->shutting_down = 1;
   pd_grpc_server_close(d->server);
   pd_metrics_close(d->metrics); /* no metrics job is in the engine (see on_drain_tick) */
+  pd_openai_close(d->openai);   /* nor an HTTP request's */
   uv_close((uv_handle_t *)&d->sigterm, NULL);
   uv_close((uv_handle_t *)&d->sigint, NULL);
   uv_close((uv_handle_t *)&d->sighup, NULL);
@@ -119,7 +126,8 @@ static void shutdown_now(daemon_state *d) {
 static void on_drain_tick(uv_timer_t *t) {
   daemon_state *d = t->data;
   /* metrics scrapes are refused from now on; those in the engine come back first */
-  if (d->svc.live_jobs == 0 && pd_metrics_quiesce(d->metrics) == 0) {
+  if (d->svc.live_jobs == 0 && pd_openai_in_flight(d->openai) == 0 &&
+      pd_metrics_quiesce(d->metrics) == 0) {
     shutdown_now(d);
     return;
   }
@@ -127,6 +135,7 @@ static void on_drain_tick(uv_timer_t *t) {
     pd_log(PD_LOG_WARN, "drain timeout: cancelling requests", "left=%zu", d->svc.live_jobs);
     d->cancelled = 1;
     pd_service_cancel_all(&d->svc);
+    pd_openai_cancel_all(d->openai);
   }
 }
 
@@ -140,10 +149,12 @@ static void on_signal(uv_signal_t *sig, int signum) {
   if (d->svc.draining) { /* a second signal: cancel everything now */
     d->cancelled = 1;
     pd_service_cancel_all(&d->svc);
+    pd_openai_cancel_all(d->openai);
     return;
   }
   pd_log(PD_LOG_INFO, "draining", "signal=%d in_flight=%zu", signum, d->svc.live_jobs);
   pd_service_drain(&d->svc);
+  pd_openai_drain(d->openai);
   pd_metrics_set_ready(d->metrics, 0);
   pd_engine_drain(d->engine);
   pd_grpc_server_stop_listening(d->server);
@@ -219,6 +230,7 @@ int main(int argc, char **argv) {
   const char *model = env_or("PREFIXD_MODEL", default_model);
   const char *listen = env_or("PREFIXD_LISTEN", "127.0.0.1:7878");
   const char *metrics_listen = env_or("PREFIXD_METRICS_LISTEN", NULL);
+  const char *openai_listen = env_or("PREFIXD_OPENAI_LISTEN", "none");
   const char *unix_path = env_or("PREFIXD_UNIX", NULL);
   const char *data_dir = env_or("PREFIXD_DATA_DIR", default_data);
   const char *admin_key_file = env_or("PREFIXD_ADMIN_KEY_FILE", NULL);
@@ -274,6 +286,7 @@ int main(int argc, char **argv) {
     O_LEVEL,
     O_LOGFILE,
     O_METRICS,
+    O_OPENAI,
     O_VERSION
   };
   static const struct option opts[] = {{"model", required_argument, 0, 'm'},
@@ -302,6 +315,7 @@ int main(int argc, char **argv) {
                                        {"log-level", required_argument, 0, O_LEVEL},
                                        {"log-file", required_argument, 0, O_LOGFILE},
                                        {"metrics-listen", required_argument, 0, O_METRICS},
+                                       {"openai-listen", required_argument, 0, O_OPENAI},
                                        {"help", no_argument, 0, 'h'},
                                        {"version", no_argument, 0, O_VERSION},
                                        {0, 0, 0, 0}};
@@ -335,6 +349,7 @@ int main(int argc, char **argv) {
     case O_LEVEL: log_level = optarg; break;
     case O_LOGFILE: log_file = optarg; break;
     case O_METRICS: metrics_listen = optarg; break;
+    case O_OPENAI: openai_listen = optarg; break;
     case 'h': usage(stdout); return 0;
     case O_VERSION: printf("prefixd %s\n", VERSION); return 0;
     default: usage(stderr); return 2;
@@ -455,6 +470,18 @@ int main(int argc, char **argv) {
             metrics_listen);
     return 2;
   }
+  char openai_host[256] = "";
+  long openai_port = 0;
+  int want_openai = strcmp(openai_listen, "none") != 0;
+  struct sockaddr_storage openai_addr;
+  if (want_openai &&
+      (split_hostport(openai_listen, openai_host, sizeof openai_host, &openai_port) ||
+       (uv_ip4_addr(openai_host, (int)openai_port, (struct sockaddr_in *)&openai_addr) &&
+        uv_ip6_addr(openai_host, (int)openai_port, (struct sockaddr_in6 *)&openai_addr)))) {
+    fprintf(stderr, "prefixd: --openai-listen %s: expected IP:PORT, [IPv6]:PORT or none\n",
+            openai_listen);
+    return 2;
+  }
   char default_unix[4200];
   snprintf(default_unix, sizeof default_unix, "%s/prefixd.sock", data_dir);
   int unix_is_default = !unix_path;
@@ -533,6 +560,13 @@ int main(int argc, char **argv) {
             host);
     return 2;
   }
+  if (d.engine->single_tenant && want_openai && !is_loopback(openai_host)) {
+    fprintf(stderr,
+            "prefixd: refusing to serve the OpenAI API on %s without API keys: set an admin key "
+            "(--admin-key-file) or listen on loopback\n",
+            openai_host);
+    return 2;
+  }
   if ((rc = pd_grpc_server_create(d.loop, &d.server)) ||
       (rc = pd_service_register(&d.svc, d.server, d.engine))) {
     fprintf(stderr, "prefixd: cannot set up the server: %s\n", pd_strerror(rc));
@@ -577,6 +611,21 @@ int main(int argc, char **argv) {
       pd_metrics_set_ready(d.metrics, 1);
     }
   }
+  int openai_bound = 0;
+  if (want_openai) {
+    /* the model's name in answers: its file name without the extension */
+    char model_id[256];
+    const char *base = strrchr(model, '/') ? strrchr(model, '/') + 1 : model;
+    snprintf(model_id, sizeof model_id, "%.200s", base);
+    char *ext = strrchr(model_id, '.');
+    if (ext && !strcmp(ext, ".gguf")) *ext = 0;
+    if ((rc = pd_openai_create(d.loop, d.engine, model_id, &d.openai)) ||
+        (rc = pd_openai_listen(d.openai, openai_host, (int)openai_port, &openai_bound))) {
+      fprintf(stderr, "prefixd: cannot serve the OpenAI API on %s: %s\n", openai_listen,
+              rc == PD_EEXIST ? "address in use" : pd_strerror(rc));
+      return 1;
+    }
+  }
   uv_signal_init(d.loop, &d.sigterm);
   uv_signal_init(d.loop, &d.sigint);
   uv_signal_init(d.loop, &d.sighup);
@@ -592,10 +641,11 @@ int main(int argc, char **argv) {
   n_threads = threads > 0 ? (int)threads : omp_get_max_threads();
 #endif
   const pd_engine *e = d.engine;
-  char addr_text[300] = "none", metrics_text[300] = "none";
+  char addr_text[300] = "none", metrics_text[300] = "none", openai_text[300] = "none";
   if (want_tcp) snprintf(addr_text, sizeof addr_text, "%s:%d", host, bound);
   if (want_metrics)
     snprintf(metrics_text, sizeof metrics_text, "%s:%d", metrics_host, metrics_bound);
+  if (want_openai) snprintf(openai_text, sizeof openai_text, "%s:%d", openai_host, openai_bound);
   /* how the disk tier reaches the disk: O_DIRECT, or the page cache where the file system
    * refuses O_DIRECT (then spills run at writeback's pace) */
   pd_kvstore_counters disk_counters;
@@ -608,16 +658,16 @@ int main(int argc, char **argv) {
          "host_tier_blocks=%u "
          "host_tier_mib=%ld disk_tier_blocks=%u disk_tier_mib=%ld disk_dir=%s "
          "disk_blocks_indexed=%llu disk_io=%s "
-         "addr=%s unix=%s metrics=%s mode=%s tenants=%u load_ms=%lld port=%d "
-         "metrics_port=%d",
+         "addr=%s unix=%s metrics=%s openai=%s mode=%s tenants=%u load_ms=%lld port=%d "
+         "metrics_port=%d openai_port=%d",
          VERSION, e->model_desc, e->backend, n_threads, e->n_blocks,
          (double)e->n_blocks * (double)e->block_bytes / 1048576.0, block, pd_dtype_name(dtype),
          e->block_bytes / (size_t)block, e->tree.cfg.tier_capacity[1], host_mb,
          e->tree.cfg.tier_capacity[2], disk_mb, disk_mb > 0 ? disk_dir : "none",
          (unsigned long long)e->rebuilt_blocks, disk_io, addr_text, unix_path ? unix_path : "none",
-         metrics_text,
+         metrics_text, openai_text,
          e->single_tenant ? "single-tenant (no API keys, loopback only)" : "multi-tenant",
-         e->db.n_recs, (long long)(pd_grpc_now_ms() - t0), bound, metrics_bound);
+         e->db.n_recs, (long long)(pd_grpc_now_ms() - t0), bound, metrics_bound, openai_bound);
   uv_run(d.loop, UV_RUN_DEFAULT);
   uv_loop_close(d.loop);
   return 0;

@@ -1,0 +1,1323 @@
+/*
+ * pd_openai.c -- see pd_openai.h for what is served. Three parts: the JSON request turned into a
+ * GenerateRequest (loop thread, jansson), the engine's output turned into OpenAI's answers, and
+ * the HTTP/1.1 connections.
+ *
+ * A connection is IDLE (waiting for a request; 60 s), READING (30 s to complete it), RUNNING (its
+ * request's job is in the engine; still read, so that a hang-up cancels the job), SENDING (the
+ * last bytes of an answer are being written; 30 s), LINGER (answered with "Connection: close":
+ * write side shut, input discarded for up to 2 s) or CLOSING. It embeds its TCP handle and a
+ * timer; its memory goes when both close callbacks have run.
+ *
+ * A request is a struct oreq whose first member is the pd_job, so pd_job_free frees all of it.
+ * The GenerateRequest it hands the engine points into the parsed JSON (root) and into arrays the
+ * oreq owns; all of it lives until the engine gives the job back done.
+ */
+#include "pd_openai.h"
+
+#include <http_parser.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "pd_err.h"
+#include "pd_log.h"
+#include "prefixd/v1/prefixd.pb-c.h"
+
+#define MAX_CONNS    256
+#define MAX_HEAD     8192
+#define MAX_BODY     (4u << 20)
+#define MAX_URL      1024
+#define READ_BUF     16384
+#define IDLE_MS      60000
+#define REQUEST_MS   30000
+#define SEND_MS      30000
+#define LINGER_MS    2000
+#define MAX_QUEUED   (8u << 20) /* bytes waiting to be sent to one client */
+#define MAX_STOP     16
+#define MAX_MESSAGES 4096
+
+enum { S_IDLE, S_READING, S_RUNNING, S_SENDING, S_LINGER, S_CLOSING };
+
+typedef struct oconn oconn;
+
+typedef struct oreq {
+  pd_job job; /* first: pd_job_free frees the whole struct */
+  oconn *c;   /* NULL once the connection is gone (loop thread only) */
+  pd_openai *o;
+  json_t *root; /* the request body: the strings below point into it */
+  int chat, stream, include_usage, chunked;
+  int logprobs, top_logprobs; /* as asked (completions: top_logprobs = the legacy integer) */
+  char id[48];
+  int64_t created;
+  /* what the GenerateRequest points at */
+  Prefixd__V1__GenerateRequest gen;
+  Prefixd__V1__Prompt prompt;
+  Prefixd__V1__ChatMessages chat_messages;
+  Prefixd__V1__ChatMessage *messages; /* (n_messages) */
+  Prefixd__V1__ChatMessage **message_ptrs;
+  size_t n_messages;
+  char **owned; /* (n_owned) strings joined from content parts */
+  size_t n_owned;
+  Prefixd__V1__TokenIds token_ids;
+  int32_t *ids;
+  Prefixd__V1__SamplingParams sampling;
+  char *stop[MAX_STOP];
+  /* a whole (non-streamed) answer as it accumulates */
+  char *text;
+  size_t n_text, cap_text;
+  json_t *lp_list; /* chat: logprobs.content items; completions: the legacy object */
+  size_t lp_offset; /* completions: bytes of the token pieces so far (text_offset) */
+  int started;     /* streaming: the head and the first event are sent */
+} oreq;
+
+struct oconn {
+  uv_tcp_t tcp; /* handle data of tcp and timer point back here */
+  uv_timer_t timer;
+  uv_shutdown_t shutdown;
+  pd_openai *o;
+  oconn *prev, *next;
+  http_parser parser;
+  int state, open_handles;
+  size_t head_bytes;
+  int headers_done, done, error, keep_alive;
+  char url[MAX_URL];
+  size_t n_url;
+  char field[32]; /* the header name being read (lower case; longer names are not ours) */
+  size_t n_field;
+  int in_value, value_is_auth;
+  char auth[160];
+  size_t n_auth;
+  char *body;
+  size_t n_body, cap_body;
+  char in[READ_BUF];      /* libuv reads here */
+  char pending[READ_BUF]; /* bytes after the current request (pipelining) */
+  size_t n_pending;
+  oreq *req; /* the request in the engine */
+};
+
+struct pd_openai {
+  uv_tcp_t listener;
+  uv_loop_t *loop;
+  pd_engine *engine;
+  char model_id[256];
+  int64_t started;
+  int open_handles, closing, draining;
+  size_t n_conns, in_flight;
+  uint64_t refused, next_id;
+  oconn *conns;
+};
+
+static http_parser_settings parser_settings;
+
+static void maybe_free(pd_openai *o);
+
+/* ---- small helpers --------------------------------------------------------------------------- */
+
+static int http_status_of(int grpc) {
+  switch (grpc) {
+  case PD_GRPC_OK: return 200;
+  case PD_GRPC_INVALID_ARGUMENT:
+  case PD_GRPC_FAILED_PRECONDITION:
+  case PD_GRPC_OUT_OF_RANGE: return 400;
+  case PD_GRPC_UNAUTHENTICATED: return 401;
+  case PD_GRPC_PERMISSION_DENIED: return 403;
+  case PD_GRPC_NOT_FOUND: return 404;
+  case PD_GRPC_RESOURCE_EXHAUSTED: return 429;
+  case PD_GRPC_CANCELLED: return 499;
+  case PD_GRPC_UNIMPLEMENTED: return 501;
+  case PD_GRPC_UNAVAILABLE: return 503;
+  case PD_GRPC_DEADLINE_EXCEEDED: return 504;
+  default: return 500;
+  }
+}
+
+static const char *reason_phrase(int code) {
+  switch (code) {
+  case 200: return "OK";
+  case 400: return "Bad Request";
+  case 401: return "Unauthorized";
+  case 403: return "Forbidden";
+  case 404: return "Not Found";
+  case 405: return "Method Not Allowed";
+  case 408: return "Request Timeout";
+  case 413: return "Payload Too Large";
+  case 414: return "URI Too Long";
+  case 415: return "Unsupported Media Type";
+  case 429: return "Too Many Requests";
+  case 431: return "Request Header Fields Too Large";
+  case 499: return "Client Closed Request";
+  case 501: return "Not Implemented";
+  case 503: return "Service Unavailable";
+  case 504: return "Gateway Timeout";
+  default: return "Internal Server Error";
+  }
+}
+
+static const char *error_type(int code) {
+  switch (code) {
+  case 401: return "authentication_error";
+  case 403: return "permission_error";
+  case 404: return "not_found_error";
+  case 429: return "rate_limit_error";
+  default: return code >= 500 ? "server_error" : "invalid_request_error";
+  }
+}
+
+/* OpenAI's error object, compact JSON (malloc'd; NULL when out of memory). */
+static char *error_json(int code, const char *message, const char *param) {
+  json_t *e = json_pack("{s:{s:s,s:s,s:s?,s:s?}}", "error", "message", message, "type",
+                        error_type(code), "param", param, "code", (const char *)NULL);
+  char *s = e ? json_dumps(e, JSON_COMPACT) : NULL;
+  json_decref(e);
+  return s;
+}
+
+/* A token's bytes as text: invalid UTF-8 (a piece of a character) becomes U+FFFD, as OpenAI's
+ * API shows such tokens (with their raw bytes beside). out: (4 * n + 1) bytes. */
+static void utf8_lossy(const unsigned char *p, size_t n, char *out) {
+  size_t o = 0;
+  for (size_t i = 0; i < n;) {
+    unsigned char b = p[i];
+    size_t len = b < 0x80 ? 1 : (b >> 5) == 6 ? 2 : (b >> 4) == 14 ? 3 : (b >> 3) == 30 ? 4 : 0;
+    int ok = len && i + len <= n;
+    for (size_t k = 1; ok && k < len; k++) ok = (p[i + k] & 0xC0) == 0x80;
+    if (ok && len == 2 && b < 0xC2) ok = 0; /* overlong */
+    if (ok && len == 3) {
+      unsigned cp = ((b & 0xFu) << 12) | ((p[i + 1] & 0x3Fu) << 6) | (p[i + 2] & 0x3Fu);
+      ok = cp >= 0x800 && (cp < 0xD800 || cp > 0xDFFF);
+    }
+    if (ok && len == 4) {
+      unsigned cp = ((b & 0x7u) << 18) | ((p[i + 1] & 0x3Fu) << 12) | ((p[i + 2] & 0x3Fu) << 6) |
+                    (p[i + 3] & 0x3Fu);
+      ok = cp >= 0x10000 && cp <= 0x10FFFF;
+    }
+    if (ok && b) {
+      memcpy(out + o, p + i, len);
+      o += len;
+      i += len;
+    } else {
+      memcpy(out + o, "\xEF\xBF\xBD", 3);
+      o += 3;
+      i += 1;
+    }
+  }
+  out[o] = 0;
+}
+
+/* {"token", "logprob", "bytes"} of one token (chat format); NULL when out of memory. */
+static json_t *token_entry(const pd_tokenizer *tok, int32_t id, float logprob) {
+  const char *bytes = "";
+  size_t n = 0;
+  if (pd_token_piece(tok, id, &bytes, &n)) n = 0;
+  char *text = malloc(4 * n + 1);
+  json_t *b = json_array();
+  if (!text || !b) {
+    free(text);
+    json_decref(b);
+    return NULL;
+  }
+  utf8_lossy((const unsigned char *)bytes, n, text);
+  for (size_t i = 0; i < n; i++) json_array_append_new(b, json_integer((unsigned char)bytes[i]));
+  json_t *e = json_pack("{s:s,s:f,s:o}", "token", text, "logprob", (double)logprob, "bytes", b);
+  free(text);
+  return e;
+}
+
+/* ---- the request: JSON -> GenerateRequest ----------------------------------------------------- */
+
+/* Fails the parse with a message naming the field. */
+#define BAD(...)                                                                                   \
+  do {                                                                                             \
+    snprintf(err, errlen, __VA_ARGS__);                                                            \
+    return -1;                                                                                     \
+  } while (0)
+
+static int get_number(json_t *root, const char *key, double lo, double hi, double *out, char *err,
+                      size_t errlen) {
+  json_t *v = json_object_get(root, key);
+  if (!v || json_is_null(v)) return 0;
+  if (!json_is_number(v)) BAD("'%s' must be a number", key);
+  double x = json_number_value(v);
+  if (!(x >= lo && x <= hi)) BAD("'%s' is %g; it must be in [%g, %g]", key, x, lo, hi);
+  *out = x;
+  return 0;
+}
+
+static int get_int(json_t *root, const char *key, json_int_t lo, json_int_t hi, json_int_t *out,
+                   char *err, size_t errlen) {
+  json_t *v = json_object_get(root, key);
+  if (!v || json_is_null(v)) return 0;
+  if (!json_is_integer(v)) BAD("'%s' must be an integer", key);
+  json_int_t x = json_integer_value(v);
+  if (x < lo || x > hi) BAD("'%s' is %lld; it must be in [%lld, %lld]", key, (long long)x,
+                            (long long)lo, (long long)hi);
+  *out = x;
+  return 0;
+}
+
+static int get_bool(json_t *root, const char *key, int *out, char *err, size_t errlen) {
+  json_t *v = json_object_get(root, key);
+  if (!v || json_is_null(v)) return 0;
+  if (!json_is_boolean(v)) BAD("'%s' must be true or false", key);
+  *out = json_is_true(v);
+  return 0;
+}
+
+static char *own(oreq *r, char *s) {
+  char **grown = realloc(r->owned, (r->n_owned + 1) * sizeof *grown);
+  if (!grown) {
+    free(s);
+    return NULL;
+  }
+  r->owned = grown;
+  r->owned[r->n_owned++] = s;
+  return s;
+}
+
+/* A message's content: a string, or an array of {"type": "text", "text": ...} parts (joined). */
+static int content_text(oreq *r, json_t *content, size_t idx, char **out, char *err,
+                        size_t errlen) {
+  if (json_is_string(content)) {
+    *out = (char *)json_string_value(content);
+    return 0;
+  }
+  if (json_is_null(content)) {
+    *out = "";
+    return 0;
+  }
+  if (!json_is_array(content)) BAD("messages[%zu].content must be a string or an array", idx);
+  size_t total = 1, i;
+  json_t *part;
+  json_array_foreach(content, i, part) {
+    json_t *type = json_object_get(part, "type"), *text = json_object_get(part, "text");
+    if (!json_is_string(type) || strcmp(json_string_value(type), "text") || !json_is_string(text))
+      BAD("messages[%zu].content[%zu]: only parts of type 'text' are supported", idx, i);
+    total += json_string_length(text);
+  }
+  char *joined = malloc(total);
+  if (!joined || !own(r, joined)) BAD("out of memory");
+  size_t n = 0;
+  json_array_foreach(content, i, part) {
+    json_t *text = json_object_get(part, "text");
+    memcpy(joined + n, json_string_value(text), json_string_length(text));
+    n += json_string_length(text);
+  }
+  joined[n] = 0;
+  *out = joined;
+  return 0;
+}
+
+static int parse_messages(oreq *r, json_t *msgs, char *err, size_t errlen) {
+  if (!json_is_array(msgs) || json_array_size(msgs) == 0)
+    BAD("'messages' must be a non-empty array");
+  size_t n = json_array_size(msgs);
+  if (n > MAX_MESSAGES) BAD("at most %d messages", MAX_MESSAGES);
+  r->messages = calloc(n, sizeof *r->messages);
+  r->message_ptrs = calloc(n, sizeof *r->message_ptrs);
+  if (!r->messages || !r->message_ptrs) BAD("out of memory");
+  for (size_t i = 0; i < n; i++) {
+    json_t *m = json_array_get(msgs, i);
+    json_t *role = json_object_get(m, "role");
+    if (!json_is_object(m) || !json_is_string(role)) BAD("messages[%zu] needs a string 'role'", i);
+    const char *rs = json_string_value(role);
+    if (!strcmp(rs, "developer")) rs = "system"; /* OpenAI's newer name for it */
+    if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant"))
+      BAD("messages[%zu].role '%.40s' is not supported (system, developer, user, assistant)", i,
+          rs);
+    if (json_object_get(m, "tool_calls") && !json_is_null(json_object_get(m, "tool_calls")))
+      BAD("messages[%zu]: tool calls are not supported", i);
+    prefixd__v1__chat_message__init(&r->messages[i]);
+    r->messages[i].role = (char *)rs;
+    if (content_text(r, json_object_get(m, "content"), i, &r->messages[i].content, err, errlen))
+      return -1;
+    r->message_ptrs[i] = &r->messages[i];
+  }
+  r->n_messages = n;
+  prefixd__v1__chat_messages__init(&r->chat_messages);
+  r->chat_messages.messages = r->message_ptrs;
+  r->chat_messages.n_messages = n;
+  r->chat_messages.add_generation_prompt = 1;
+  r->prompt.kind_case = PREFIXD__V1__PROMPT__KIND_CHAT;
+  r->prompt.chat = &r->chat_messages;
+  return 0;
+}
+
+static int parse_prompt(oreq *r, json_t *p, char *err, size_t errlen) {
+  if (json_is_array(p) && json_array_size(p) == 1 && json_is_string(json_array_get(p, 0)))
+    p = json_array_get(p, 0);
+  if (json_is_string(p)) {
+    r->prompt.kind_case = PREFIXD__V1__PROMPT__KIND_TEXT;
+    r->prompt.text = (char *)json_string_value(p);
+    return 0;
+  }
+  if (!json_is_array(p) || json_array_size(p) == 0)
+    BAD("'prompt' must be a string, an array of one string, or an array of token ids");
+  size_t n = json_array_size(p);
+  if (json_is_array(json_array_get(p, 0)) || json_is_string(json_array_get(p, 0)))
+    BAD("'prompt' holds %zu prompts: send one prompt per request", n);
+  r->ids = malloc(n * sizeof *r->ids);
+  if (!r->ids) BAD("out of memory");
+  for (size_t i = 0; i < n; i++) {
+    json_t *v = json_array_get(p, i);
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT32_MAX)
+      BAD("prompt[%zu] must be a token id", i);
+    r->ids[i] = (int32_t)json_integer_value(v);
+  }
+  prefixd__v1__token_ids__init(&r->token_ids);
+  r->token_ids.ids = r->ids;
+  r->token_ids.n_ids = n;
+  r->prompt.kind_case = PREFIXD__V1__PROMPT__KIND_TOKENS;
+  r->prompt.tokens = &r->token_ids;
+  return 0;
+}
+
+/* Fields prefixd cannot honour: refused by name rather than ignored. */
+static int refuse_unsupported(json_t *root, int chat, char *err, size_t errlen) {
+  json_t *v;
+  if ((v = json_object_get(root, "n")) && !json_is_null(v) &&
+      (!json_is_integer(v) || json_integer_value(v) != 1))
+    BAD("'n' must be 1: prefixd returns one choice per request (send several requests; they "
+        "share the cached prompt)");
+  if ((v = json_object_get(root, "best_of")) && !json_is_null(v) &&
+      (!json_is_integer(v) || json_integer_value(v) != 1))
+    BAD("'best_of' must be 1");
+  const char *penalties[] = {"presence_penalty", "frequency_penalty"};
+  for (int i = 0; i < 2; i++)
+    if ((v = json_object_get(root, penalties[i])) && !json_is_null(v) &&
+        (!json_is_number(v) || json_number_value(v) != 0))
+      BAD("'%s' is not supported (use 'repetition_penalty')", penalties[i]);
+  if ((v = json_object_get(root, "logit_bias")) && !json_is_null(v) &&
+      (!json_is_object(v) || json_object_size(v)))
+    BAD("'logit_bias' is not supported");
+  const char *tools[] = {"tools", "functions"};
+  for (int i = 0; i < 2; i++)
+    if ((v = json_object_get(root, tools[i])) && !json_is_null(v) &&
+        (!json_is_array(v) || json_array_size(v)))
+      BAD("'%s' are not supported", tools[i]);
+  if ((v = json_object_get(root, "response_format")) && !json_is_null(v)) {
+    json_t *t = json_object_get(v, "type");
+    if (!json_is_string(t) || strcmp(json_string_value(t), "text"))
+      BAD("'response_format' other than {\"type\": \"text\"} is not supported");
+  }
+  if (!chat) {
+    if ((v = json_object_get(root, "echo")) && json_is_true(v)) BAD("'echo' is not supported");
+    if ((v = json_object_get(root, "suffix")) && !json_is_null(v) &&
+        (!json_is_string(v) || json_string_length(v)))
+      BAD("'suffix' is not supported");
+  }
+  return 0;
+}
+
+static int parse_request(oreq *r, char *err, size_t errlen) {
+  json_t *root = r->root;
+  if (!json_is_object(root)) BAD("the body must be a JSON object");
+  if (refuse_unsupported(root, r->chat, err, errlen)) return -1;
+  prefixd__v1__generate_request__init(&r->gen);
+  prefixd__v1__prompt__init(&r->prompt);
+  prefixd__v1__sampling_params__init(&r->sampling);
+  if (r->chat) {
+    if (parse_messages(r, json_object_get(root, "messages"), err, errlen)) return -1;
+  } else {
+    json_t *p = json_object_get(root, "prompt");
+    if (!p) BAD("'prompt' is required");
+    if (parse_prompt(r, p, err, errlen)) return -1;
+  }
+  json_int_t max_tokens = 0, top_k = 0, seed = 0, top_logprobs = 0;
+  double temperature = 1.0, top_p = 1.0, min_p = 0, rep = 1;
+  if (get_int(root, "max_tokens", 0, INT32_MAX, &max_tokens, err, errlen) ||
+      get_int(root, "max_completion_tokens", 0, INT32_MAX, &max_tokens, err, errlen) ||
+      get_number(root, "temperature", 0, 100, &temperature, err, errlen) ||
+      get_number(root, "top_p", 0, 1, &top_p, err, errlen) ||
+      get_int(root, "top_k", 0, INT32_MAX, &top_k, err, errlen) ||
+      get_number(root, "min_p", 0, 1, &min_p, err, errlen) ||
+      get_number(root, "repetition_penalty", 1e-6, 100, &rep, err, errlen) ||
+      get_int(root, "seed", INT64_MIN, INT64_MAX, &seed, err, errlen) ||
+      get_bool(root, "stream", &r->stream, err, errlen))
+    return -1;
+  int ignore_eos = 0;
+  if (get_bool(root, "ignore_eos", &ignore_eos, err, errlen)) return -1;
+  json_t *so = json_object_get(root, "stream_options");
+  if (so && !json_is_null(so) &&
+      (!json_is_object(so) || get_bool(so, "include_usage", &r->include_usage, err, errlen)))
+    BAD("'stream_options' must be an object like {\"include_usage\": true}");
+  if (r->chat) {
+    if (get_bool(root, "logprobs", &r->logprobs, err, errlen) ||
+        get_int(root, "top_logprobs", 0, 20, &top_logprobs, err, errlen))
+      return -1;
+    if (top_logprobs && !r->logprobs) BAD("'top_logprobs' needs 'logprobs': true");
+  } else {
+    json_t *lp = json_object_get(root, "logprobs");
+    if (lp && !json_is_null(lp)) {
+      if (get_int(root, "logprobs", 0, 5, &top_logprobs, err, errlen)) return -1;
+      r->logprobs = 1;
+    }
+  }
+  r->top_logprobs = (int)top_logprobs;
+  json_t *stop = json_object_get(root, "stop");
+  size_t n_stop = 0;
+  if (json_is_string(stop)) {
+    r->stop[n_stop++] = (char *)json_string_value(stop);
+  } else if (json_is_array(stop)) {
+    if (json_array_size(stop) > MAX_STOP) BAD("at most %d stop strings", MAX_STOP);
+    for (size_t i = 0; i < json_array_size(stop); i++) {
+      json_t *s = json_array_get(stop, i);
+      if (!json_is_string(s)) BAD("stop[%zu] must be a string", i);
+      r->stop[n_stop++] = (char *)json_string_value(s);
+    }
+  } else if (stop && !json_is_null(stop)) {
+    BAD("'stop' must be a string or an array of strings");
+  }
+  r->sampling.temperature = (float)temperature;
+  r->sampling.top_p = (float)top_p;
+  r->sampling.top_k = (int32_t)top_k;
+  r->sampling.min_p = (float)min_p;
+  r->sampling.repeat_penalty = (float)rep;
+  r->sampling.seed = (uint64_t)seed;
+  r->sampling.ignore_eos = ignore_eos;
+  r->gen.prompt = &r->prompt;
+  r->gen.sampling = &r->sampling;
+  r->gen.max_tokens = (uint32_t)max_tokens;
+  r->gen.stop = r->stop;
+  r->gen.n_stop = n_stop;
+  r->gen.logprobs = r->logprobs;
+  r->gen.top_logprobs = (uint32_t)r->top_logprobs;
+  return 0;
+}
+
+#undef BAD
+
+static void oreq_free(oreq *r) {
+  json_decref(r->root);
+  json_decref(r->lp_list);
+  for (size_t i = 0; i < r->n_owned; i++) free(r->owned[i]);
+  free(r->owned);
+  free(r->messages);
+  free(r->message_ptrs);
+  free(r->ids);
+  free(r->text);
+  pd_job_free(&r->job);
+}
+
+/* ---- connections: writing -------------------------------------------------------------------- */
+
+static void conn_close(oconn *c);
+static void begin_request(oconn *c);
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+
+typedef struct owrite {
+  uv_write_t req;
+  oconn *c;
+  int last;        /* the answer's last bytes: the connection moves on once they are sent */
+  int close_after; /* ... by closing */
+  size_t n;
+  char data[]; /* (n) */
+} owrite;
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  oconn *c = h->data;
+  buf->base = c->in;
+  buf->len = sizeof c->in;
+}
+
+static void on_close_timeout(uv_timer_t *t) {
+  conn_close(t->data);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status) {
+  (void)req;
+  (void)status;
+}
+
+static void on_write(uv_write_t *req, int status) {
+  owrite *w = (owrite *)req;
+  oconn *c = w->c;
+  int last = w->last, close_after = w->close_after;
+  free(w);
+  if (c->state == S_CLOSING) return;
+  if (status < 0) {
+    conn_close(c);
+    return;
+  }
+  if (!last) return;
+  if (close_after) {
+    c->state = S_LINGER;
+    uv_timer_start(&c->timer, on_close_timeout, LINGER_MS, 0);
+    c->shutdown.data = c;
+    if (uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, on_shutdown)) conn_close(c);
+    return;
+  }
+  begin_request(c);
+}
+
+/* Queues bytes (copied) for the client. last: the answer ends with them. Returns 0, or -1 when
+ * the connection was closed (a write failed, or the client reads too slowly). */
+static int conn_send(oconn *c, const char *data, size_t n, int last) {
+  if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > MAX_QUEUED) {
+    pd_log(PD_LOG_WARN, "openai: a client does not read its answer; disconnecting", NULL);
+    conn_close(c);
+    return -1;
+  }
+  owrite *w = malloc(sizeof *w + n);
+  if (!w) {
+    conn_close(c);
+    return -1;
+  }
+  w->c = c;
+  w->last = last;
+  w->close_after = last && !c->keep_alive;
+  w->n = n;
+  memcpy(w->data, data, n);
+  if (last) {
+    c->state = S_SENDING;
+    uv_timer_start(&c->timer, on_close_timeout, SEND_MS, 0);
+  }
+  uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
+  if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write)) {
+    free(w);
+    conn_close(c);
+    return -1;
+  }
+  return 0;
+}
+
+/* A whole answer: status line, headers, body. */
+static void respond(oconn *c, int code, const char *ctype, const char *body, size_t n_body) {
+  if (c->o->closing || c->o->draining) c->keep_alive = 0;
+  char head[512];
+  int n = snprintf(head, sizeof head,
+                   "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                   "Cache-Control: no-store\r\nConnection: %s\r\n%s\r\n",
+                   code, reason_phrase(code), ctype, n_body, c->keep_alive ? "keep-alive" : "close",
+                   code == 405 ? "Allow: GET, POST\r\n" : "");
+  char *all = malloc((size_t)n + n_body);
+  if (!all) {
+    conn_close(c);
+    return;
+  }
+  memcpy(all, head, (size_t)n);
+  memcpy(all + n, body, n_body);
+  conn_send(c, all, (size_t)n + n_body, 1);
+  free(all);
+}
+
+static void respond_json(oconn *c, int code, json_t *obj) {
+  char *s = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+  json_decref(obj);
+  if (!s) {
+    conn_close(c);
+    return;
+  }
+  respond(c, code, "application/json", s, strlen(s));
+  free(s);
+}
+
+static void respond_error(oconn *c, int code, const char *message, const char *param) {
+  char *s = error_json(code, message, param);
+  if (!s) {
+    conn_close(c);
+    return;
+  }
+  respond(c, code, "application/json", s, strlen(s));
+  free(s);
+}
+
+/* A malformed, oversized or too slow request: answer and close. */
+static void fail_request(oconn *c, int code, const char *message) {
+  c->keep_alive = 0;
+  uv_read_stop((uv_stream_t *)&c->tcp);
+  respond_error(c, code, message, NULL);
+}
+
+/* One server-sent event ("data: ...\n\n"), in an HTTP chunk when the answer is chunked. */
+static int send_event(oconn *c, oreq *r, const char *data, int last) {
+  size_t n = strlen(data);
+  char *buf = malloc(n + 64);
+  if (!buf) {
+    conn_close(c);
+    return -1;
+  }
+  size_t k = 0;
+  if (r->chunked) k += (size_t)sprintf(buf, "%zx\r\n", n + 8);
+  memcpy(buf + k, "data: ", 6);
+  memcpy(buf + k + 6, data, n);
+  memcpy(buf + k + 6 + n, "\n\n", 2);
+  k += n + 8;
+  if (r->chunked) {
+    memcpy(buf + k, "\r\n", 2);
+    k += 2;
+  }
+  if (last && r->chunked) {
+    memcpy(buf + k, "0\r\n\r\n", 5);
+    k += 5;
+  }
+  int rc = conn_send(c, buf, k, last);
+  free(buf);
+  return rc;
+}
+
+static int send_event_json(oconn *c, oreq *r, json_t *obj) {
+  char *s = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+  json_decref(obj);
+  if (!s) {
+    conn_close(c);
+    return -1;
+  }
+  int rc = send_event(c, r, s, 0);
+  free(s);
+  return rc;
+}
+
+/* ---- the engine's output -> OpenAI's answers -------------------------------------------------- */
+
+static const char *finish_name(int reason) {
+  return reason == PREFIXD__V1__FINISH_REASON__FINISH_REASON_LENGTH ? "length" : "stop";
+}
+
+/* The logprobs of n tokens in the request's format: appended to r->lp_list (a whole answer) or
+ * returned for one event (streaming). NULL when none were asked for or out of memory. */
+static json_t *logprobs_json(oreq *r, const int32_t *ids, const pd_token_logprob *lps, size_t n) {
+  if (!r->logprobs || (!lps && n)) return NULL;
+  const pd_tokenizer *tok = r->o->engine->tok;
+  if (r->chat) {
+    json_t *content = json_array();
+    for (size_t i = 0; content && i < n; i++) {
+      json_t *e = token_entry(tok, ids[i], lps[i].logprob), *top = json_array();
+      for (int k = 0; top && k < lps[i].n_top; k++)
+        json_array_append_new(top, token_entry(tok, lps[i].top_ids[k], lps[i].top_logprobs[k]));
+      if (!e || !top || json_object_set_new(e, "top_logprobs", top)) {
+        json_decref(e);
+        json_decref(content);
+        return NULL;
+      }
+      json_array_append_new(content, e);
+    }
+    return content;
+  }
+  /* the legacy completions format: parallel arrays, and top alternatives as objects */
+  json_t *o = json_pack("{s:[],s:[],s:[],s:[]}", "tokens", "token_logprobs", "top_logprobs",
+                        "text_offset");
+  for (size_t i = 0; o && i < n; i++) {
+    json_t *e = token_entry(tok, ids[i], lps[i].logprob), *top = json_object();
+    for (int k = 0; e && top && k < lps[i].n_top; k++) {
+      json_t *t = token_entry(tok, lps[i].top_ids[k], lps[i].top_logprobs[k]);
+      if (t)
+        json_object_set_new(top, json_string_value(json_object_get(t, "token")),
+                            json_real(lps[i].top_logprobs[k]));
+      json_decref(t);
+    }
+    if (!e || !top) {
+      json_decref(e), json_decref(top), json_decref(o);
+      return NULL;
+    }
+    json_array_append(json_object_get(o, "tokens"), json_object_get(e, "token"));
+    json_array_append_new(json_object_get(o, "token_logprobs"), json_real(lps[i].logprob));
+    json_array_append_new(json_object_get(o, "top_logprobs"), top);
+    json_array_append_new(json_object_get(o, "text_offset"),
+                          json_integer((json_int_t)r->lp_offset));
+    r->lp_offset += json_array_size(json_object_get(e, "bytes"));
+    json_decref(e);
+  }
+  return o;
+}
+
+static json_t *usage_json(const Prefixd__V1__GenerateResponse *final) {
+  const Prefixd__V1__Usage *u = final ? final->usage : NULL;
+  uint32_t p = u ? u->prompt_tokens : 0, g = u ? u->generated_tokens : 0,
+           cached = u ? u->cached_tokens : 0;
+  return json_pack("{s:i,s:i,s:i,s:{s:i}}", "prompt_tokens", (int)p, "completion_tokens", (int)g,
+                   "total_tokens", (int)(p + g), "prompt_tokens_details", "cached_tokens",
+                   (int)cached);
+}
+
+/* One streamed choice: chat's delta or completions' text. */
+static json_t *stream_chunk(oreq *r, json_t *delta_or_text, const char *finish, json_t *logprobs) {
+  json_t *choice = r->chat ? json_pack("{s:i,s:o,s:o?,s:s?}", "index", 0, "delta", delta_or_text,
+                                       "logprobs", logprobs ? json_pack("{s:o}", "content",
+                                                                        logprobs)
+                                                            : NULL,
+                                       "finish_reason", finish)
+                           : json_pack("{s:i,s:o,s:o?,s:s?}", "index", 0, "text", delta_or_text,
+                                       "logprobs", logprobs, "finish_reason", finish);
+  return json_pack("{s:s,s:s,s:I,s:s,s:[o]}", "id", r->id, "object",
+                   r->chat ? "chat.completion.chunk" : "text_completion", "created",
+                   (json_int_t)r->created, "model", r->o->model_id, "choices", choice);
+}
+
+static int stream_head(oconn *c, oreq *r) {
+  r->chunked = c->parser.http_major > 1 || c->parser.http_minor >= 1;
+  if (!r->chunked) c->keep_alive = 0;
+  char head[256];
+  int n = snprintf(head, sizeof head,
+                   "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: "
+                   "no-cache\r\n%sConnection: %s\r\n\r\n",
+                   r->chunked ? "Transfer-Encoding: chunked\r\n" : "",
+                   c->keep_alive ? "keep-alive" : "close");
+  if (conn_send(c, head, (size_t)n, 0)) return -1;
+  r->started = 1;
+  if (!r->chat) return 0;
+  return send_event_json(c, r, stream_chunk(r, json_pack("{s:s,s:s}", "role", "assistant",
+                                                         "content", ""),
+                                            NULL, NULL));
+}
+
+/* Streaming: the tokens and text of one engine output as an event. */
+static int stream_tokens(oconn *c, oreq *r, const int32_t *ids, uint32_t n_ids, const char *text,
+                         const pd_token_logprob *lps) {
+  if (!r->started && stream_head(c, r)) return -1;
+  json_t *lp = logprobs_json(r, ids, lps, n_ids);
+  json_t *piece = r->chat ? json_pack("{s:s}", "content", text ? text : "")
+                          : json_string(text ? text : "");
+  return send_event_json(c, r, stream_chunk(r, piece, NULL, lp));
+}
+
+static int append_text(oreq *r, const char *text, size_t n) {
+  if (r->n_text + n + 1 > r->cap_text) {
+    size_t cap = r->cap_text ? r->cap_text : 256;
+    while (cap < r->n_text + n + 1) cap *= 2;
+    char *t = realloc(r->text, cap);
+    if (!t) return -1;
+    r->text = t;
+    r->cap_text = cap;
+  }
+  memcpy(r->text + r->n_text, text, n);
+  r->n_text += n;
+  r->text[r->n_text] = 0;
+  return 0;
+}
+
+/* The request is done: the last events, or the whole answer. */
+static void finish_request(oconn *c, oreq *r) {
+  pd_job *job = &r->job;
+  const Prefixd__V1__GenerateResponse *final = (const Prefixd__V1__GenerateResponse *)job->final;
+  int code = http_status_of(job->status);
+  const char *message = job->message[0] ? job->message : reason_phrase(code);
+  if (job->status == PD_GRPC_OK && !final) {
+    code = 500;
+    message = "out of memory for the answer";
+  }
+  if (r->stream && r->started) { /* the head is out: an error travels as an event */
+    if (code != 200) {
+      char *e = error_json(code, message, NULL);
+      if (!e || send_event(c, r, e, 0)) {
+        free(e);
+        return;
+      }
+      free(e);
+    } else {
+      if (send_event_json(c, r,
+                          stream_chunk(r, r->chat ? json_object() : json_string(""),
+                                       finish_name(final->finish_reason), NULL)))
+        return;
+      if (r->include_usage) {
+        json_t *u = json_pack("{s:s,s:s,s:I,s:s,s:[],s:o}", "id", r->id, "object",
+                              r->chat ? "chat.completion.chunk" : "text_completion", "created",
+                              (json_int_t)r->created, "model", r->o->model_id, "choices",
+                              "usage", usage_json(final));
+        if (send_event_json(c, r, u)) return;
+      }
+    }
+    send_event(c, r, "[DONE]", 1);
+    return;
+  }
+  if (code != 200) {
+    respond_error(c, code, message, NULL);
+    return;
+  }
+  if (r->stream) { /* nothing was generated: the head, the end, [DONE] */
+    if (!stream_head(c, r)) finish_request(c, r);
+    return;
+  }
+  if (r->logprobs && !r->lp_list) /* no token came */
+    r->lp_list = r->chat ? json_array() : logprobs_json(r, NULL, NULL, 0);
+  json_t *choice;
+  if (r->chat)
+    choice = json_pack("{s:i,s:{s:s,s:s%},s:o?,s:s}", "index", 0, "message", "role", "assistant",
+                       "content", r->text ? r->text : "", r->n_text, "logprobs",
+                       r->logprobs ? json_pack("{s:O}", "content", r->lp_list) : NULL,
+                       "finish_reason", finish_name(final->finish_reason));
+  else
+    choice = json_pack("{s:i,s:s%,s:O?,s:s}", "index", 0, "text", r->text ? r->text : "",
+                       r->n_text, "logprobs", r->logprobs ? r->lp_list : NULL, "finish_reason",
+                       finish_name(final->finish_reason));
+  respond_json(c, 200,
+               json_pack("{s:s,s:s,s:I,s:s,s:[o],s:o}", "id", r->id, "object",
+                         r->chat ? "chat.completion" : "text_completion", "created",
+                         (json_int_t)r->created, "model", r->o->model_id, "choices", choice,
+                         "usage", usage_json(final)));
+}
+
+/* Merges one output's logprobs into the whole answer's. */
+static int keep_logprobs(oreq *r, const int32_t *ids, const pd_token_logprob *lps, uint32_t n) {
+  json_t *add = logprobs_json(r, ids, lps, n);
+  if (!add) return r->logprobs && lps ? -1 : 0;
+  if (!r->lp_list) {
+    r->lp_list = add;
+    return 0;
+  }
+  if (r->chat) {
+    json_array_extend(r->lp_list, add);
+  } else {
+    const char *keys[] = {"tokens", "token_logprobs", "top_logprobs", "text_offset"};
+    for (int k = 0; k < 4; k++)
+      json_array_extend(json_object_get(r->lp_list, keys[k]), json_object_get(add, keys[k]));
+  }
+  json_decref(add);
+  return 0;
+}
+
+/* The service's on_output: new tokens, or the end. */
+static void on_job_output(pd_job *job, void *user) {
+  pd_openai *o = user;
+  oreq *r = (oreq *)job;
+  int32_t *ids;
+  uint32_t n_ids;
+  char *text;
+  size_t n_text;
+  pd_token_logprob *lps;
+  int done;
+  pd_engine_take_stream(o->engine, job, &ids, &n_ids, &text, &n_text, &lps, &done);
+  oconn *c = r->c;
+  if (c && (n_ids || n_text)) {
+    int failed;
+    if (r->stream) {
+      failed = stream_tokens(c, r, ids, n_ids, text, lps) != 0;
+    } else {
+      failed = append_text(r, text ? text : "", n_text) || keep_logprobs(r, ids, lps, n_ids);
+      if (failed) {
+        job->status = PD_GRPC_RESOURCE_EXHAUSTED;
+        snprintf(job->message, sizeof job->message, "out of memory for the answer");
+      }
+    }
+    if (failed) atomic_store(&job->cancelled, 1);
+    c = r->c; /* a failed send closed the connection */
+  }
+  free(ids);
+  free(text);
+  free(lps);
+  if (!done) return;
+  o->in_flight--;
+  if (c) {
+    c->req = NULL;
+    r->c = NULL;
+    finish_request(c, r);
+  }
+  oreq_free(r);
+  maybe_free(o);
+}
+
+/* ---- requests -------------------------------------------------------------------------------- */
+
+static void start_generation(oconn *c, int chat) {
+  pd_openai *o = c->o;
+  oreq *r = calloc(1, sizeof *r);
+  if (!r) {
+    respond_error(c, 503, "out of memory", NULL);
+    return;
+  }
+  r->o = o;
+  r->chat = chat;
+  json_error_t jerr;
+  r->root = json_loadb(c->body ? c->body : "", c->n_body, 0, &jerr);
+  char err[300];
+  if (!r->root) {
+    snprintf(err, sizeof err, "the body is not valid JSON (line %d, column %d): %s", jerr.line,
+             jerr.column, jerr.text);
+    oreq_free(r);
+    respond_error(c, 400, err, NULL);
+    return;
+  }
+  if (parse_request(r, err, sizeof err)) {
+    oreq_free(r);
+    respond_error(c, 400, err, NULL);
+    return;
+  }
+  snprintf(r->id, sizeof r->id, "%s-%llx%08llx", chat ? "chatcmpl" : "cmpl",
+           (unsigned long long)o->started, (unsigned long long)++o->next_id);
+  r->created = (int64_t)time(NULL);
+  pd_job *job = &r->job;
+  job->kind = PD_JOB_GENERATE;
+  job->req = &r->gen.base;
+  job->arrival_ms = pd_grpc_now_ms();
+  atomic_init(&job->cancelled, 0);
+  job->on_output = on_job_output;
+  job->output_user = o;
+  /* OpenAI's clients always send a key; a daemon without keys (single tenant, loopback only)
+   * takes whatever they send */
+  if (c->n_auth && !o->engine->single_tenant) {
+    if (c->n_auth < 8 || strncasecmp(c->auth, "Bearer ", 7) ||
+        c->n_auth - 7 >= sizeof job->authorization) {
+      oreq_free(r);
+      respond_error(c, 401, "the Authorization header must be 'Bearer <api key>'", NULL);
+      return;
+    }
+    memcpy(job->authorization, c->auth + 7, c->n_auth - 7);
+    job->authorization[c->n_auth - 7] = 0;
+  }
+  r->c = c;
+  c->req = r;
+  c->state = S_RUNNING;
+  uv_timer_stop(&c->timer);
+  o->in_flight++;
+  pd_engine_submit(o->engine, job);
+}
+
+static int path_is(const char *path, size_t n, const char *want) {
+  return n == strlen(want) && !memcmp(path, want, n);
+}
+
+static void handle_request(oconn *c) {
+  pd_openai *o = c->o;
+  c->keep_alive = http_should_keep_alive(&c->parser) && !c->parser.upgrade && !o->draining;
+  if (c->parser.upgrade) c->n_pending = 0;
+  struct http_parser_url u;
+  http_parser_url_init(&u);
+  if (http_parser_parse_url(c->url, c->n_url, 0, &u) || !(u.field_set & (1 << UF_PATH))) {
+    fail_request(c, 400, "malformed request target");
+    return;
+  }
+  const char *path = c->url + u.field_data[UF_PATH].off;
+  size_t n = u.field_data[UF_PATH].len;
+  int method = c->parser.method;
+  int chat = path_is(path, n, "/v1/chat/completions"), completions = path_is(path, n,
+                                                                              "/v1/completions");
+  if (chat || completions) {
+    if (method != HTTP_POST) {
+      respond_error(c, 405, "use POST", NULL);
+    } else if (o->draining || o->closing) {
+      respond_error(c, 503, "the server is shutting down", NULL);
+    } else {
+      start_generation(c, chat);
+    }
+    return;
+  }
+  if (path_is(path, n, "/v1/models")) {
+    if (method != HTTP_GET) {
+      respond_error(c, 405, "use GET", NULL);
+      return;
+    }
+    respond_json(c, 200,
+                 json_pack("{s:s,s:[{s:s,s:s,s:I,s:s}]}", "object", "list", "data", "id",
+                           o->model_id, "object", "model", "created", (json_int_t)o->started,
+                           "owned_by", "prefixd"));
+    return;
+  }
+  char msg[160];
+  snprintf(msg, sizeof msg,
+           "no such endpoint: %.*s (POST /v1/chat/completions, POST /v1/completions, "
+           "GET /v1/models)",
+           (int)(n < 64 ? n : 64), path);
+  respond_error(c, 404, msg, NULL);
+}
+
+static int on_url(http_parser *p, const char *at, size_t n) {
+  oconn *c = p->data;
+  if (c->n_url + n > sizeof c->url) {
+    c->error = 414;
+    return -1;
+  }
+  memcpy(c->url + c->n_url, at, n);
+  c->n_url += n;
+  return 0;
+}
+
+static int on_header_field(http_parser *p, const char *at, size_t n) {
+  oconn *c = p->data;
+  if (c->in_value) c->in_value = 0, c->n_field = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (c->n_field < sizeof c->field - 1) {
+      char ch = at[i];
+      c->field[c->n_field] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
+    }
+    c->n_field++;
+  }
+  return 0;
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t n) {
+  oconn *c = p->data;
+  if (!c->in_value) {
+    c->in_value = 1;
+    c->value_is_auth = c->n_field == 13 && !memcmp(c->field, "authorization", 13);
+    if (c->value_is_auth) c->n_auth = 0;
+  }
+  if (!c->value_is_auth) return 0;
+  if (c->n_auth + n >= sizeof c->auth) {
+    c->error = 431;
+    return -1;
+  }
+  memcpy(c->auth + c->n_auth, at, n);
+  c->n_auth += n;
+  return 0;
+}
+
+static int on_headers_complete(http_parser *p) {
+  oconn *c = p->data;
+  c->headers_done = 1;
+  if ((p->flags & F_CONTENTLENGTH) && p->content_length > MAX_BODY) {
+    c->error = 413;
+    return -1;
+  }
+  return 0;
+}
+
+static int on_body(http_parser *p, const char *at, size_t n) {
+  oconn *c = p->data;
+  if (c->n_body + n > MAX_BODY) {
+    c->error = 413;
+    return -1;
+  }
+  if (c->n_body + n > c->cap_body) {
+    size_t cap = c->cap_body ? c->cap_body : 4096;
+    while (cap < c->n_body + n) cap *= 2;
+    char *b = realloc(c->body, cap);
+    if (!b) {
+      c->error = 503;
+      return -1;
+    }
+    c->body = b;
+    c->cap_body = cap;
+  }
+  memcpy(c->body + c->n_body, at, n);
+  c->n_body += n;
+  return 0;
+}
+
+static int on_message_complete(http_parser *p) {
+  oconn *c = p->data;
+  c->done = 1;
+  http_parser_pause(p, 1); /* one request at a time: the rest waits in c->pending */
+  return 0;
+}
+
+static void fail_parse(oconn *c) {
+  int code = c->error ? c->error : HTTP_PARSER_ERRNO(&c->parser) == HPE_HEADER_OVERFLOW ? 431 : 400;
+  fail_request(c, code,
+               code == 413   ? "the body is limited to 4 MiB"
+               : code == 414 ? "the URL is limited to 1 KiB"
+               : code == 431 ? "request line and headers are limited to 8 KiB"
+               : code == 503 ? "out of memory"
+                             : "malformed HTTP request");
+}
+
+/* Parses bytes of the current request; answers it once complete. p may be c->pending. */
+static void feed(oconn *c, const char *p, size_t n) {
+  if (c->state == S_IDLE) {
+    c->state = S_READING;
+    uv_timer_start(&c->timer, on_close_timeout, REQUEST_MS, 0);
+  }
+  size_t off = 0;
+  while (off < n && !c->done) {
+    size_t chunk = n - off;
+    if (!c->headers_done) {
+      if (c->head_bytes >= MAX_HEAD) {
+        fail_request(c, 431, "request line and headers are limited to 8 KiB");
+        return;
+      }
+      size_t room = MAX_HEAD - c->head_bytes;
+      chunk = chunk < room ? chunk : room;
+    }
+    size_t used = http_parser_execute(&c->parser, &parser_settings, p + off, chunk);
+    if (!c->headers_done) c->head_bytes += used;
+    off += used;
+    if (c->done) break;
+    if (HTTP_PARSER_ERRNO(&c->parser) != HPE_OK || used < chunk) {
+      fail_parse(c);
+      return;
+    }
+  }
+  if (!c->done) return;
+  size_t left = n - off;
+  memmove(c->pending, p + off, left); /* left <= READ_BUF: p held at most one read */
+  c->n_pending = left;
+  handle_request(c);
+}
+
+static void begin_request(oconn *c) {
+  c->state = S_IDLE;
+  http_parser_init(&c->parser, HTTP_REQUEST);
+  c->parser.data = c;
+  c->head_bytes = c->n_url = c->n_body = c->n_field = c->n_auth = 0;
+  c->headers_done = c->done = c->error = c->in_value = c->value_is_auth = 0;
+  if (c->cap_body > (64u << 10)) { /* a large body's buffer goes with its request */
+    free(c->body);
+    c->body = NULL;
+    c->cap_body = 0;
+  }
+  uv_timer_start(&c->timer, on_close_timeout, IDLE_MS, 0);
+  uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+  if (c->n_pending) {
+    size_t n = c->n_pending;
+    c->n_pending = 0;
+    feed(c, c->pending, n);
+  }
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
+  oconn *c = stream->data;
+  if (nread == 0) return;
+  if (nread < 0) { /* EOF or an error: a running request is cancelled */
+    conn_close(c);
+    return;
+  }
+  switch (c->state) {
+  case S_IDLE:
+  case S_READING: feed(c, buf->base, (size_t)nread); return;
+  case S_RUNNING:
+  case S_SENDING: /* a pipelined request: kept for later, within reason */
+    if (c->n_pending + (size_t)nread > sizeof c->pending) {
+      conn_close(c);
+      return;
+    }
+    memcpy(c->pending + c->n_pending, buf->base, (size_t)nread);
+    c->n_pending += (size_t)nread;
+    return;
+  default: return; /* LINGER: discarded */
+  }
+}
+
+/* ---- connections: lifetime and the listener --------------------------------------------------- */
+
+static void maybe_free(pd_openai *o) {
+  if (o->closing && !o->open_handles && !o->n_conns && !o->in_flight) free(o);
+}
+
+static void on_conn_handle_closed(uv_handle_t *h) {
+  oconn *c = h->data;
+  if (--c->open_handles > 0) return;
+  pd_openai *o = c->o;
+  free(c->body);
+  free(c);
+  o->n_conns--;
+  maybe_free(o);
+}
+
+static void conn_close(oconn *c) {
+  if (c->state == S_CLOSING) return;
+  c->state = S_CLOSING;
+  pd_openai *o = c->o;
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    o->conns = c->next;
+  if (c->next) c->next->prev = c->prev;
+  if (c->req) { /* the engine still has it: it frees itself when it comes back */
+    c->req->c = NULL;
+    atomic_store(&c->req->job.cancelled, 1);
+    c->req = NULL;
+  }
+  uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
+  uv_close((uv_handle_t *)&c->tcp, on_conn_handle_closed);
+}
+
+static void free_handle(uv_handle_t *h) {
+  free(h);
+}
+
+static void on_connection(uv_stream_t *listener, int status) {
+  pd_openai *o = listener->data;
+  if (status < 0) return;
+  oconn *c = o->n_conns < MAX_CONNS && !o->closing ? calloc(1, sizeof *c) : NULL;
+  if (!c) {
+    uv_tcp_t *t = malloc(sizeof *t);
+    if (!t) return;
+    uv_tcp_init(o->loop, t);
+    uv_accept(listener, (uv_stream_t *)t);
+    uv_close((uv_handle_t *)t, free_handle);
+    if (o->refused++ % 1000 == 0)
+      pd_log(PD_LOG_WARN, "openai: connection limit reached, closing new connections",
+             "limit=%d refused=%llu", MAX_CONNS, (unsigned long long)o->refused);
+    return;
+  }
+  c->o = o;
+  uv_tcp_init(o->loop, &c->tcp);
+  uv_timer_init(o->loop, &c->timer);
+  c->tcp.data = c->timer.data = c;
+  c->open_handles = 2;
+  o->n_conns++;
+  c->next = o->conns;
+  if (o->conns) o->conns->prev = c;
+  o->conns = c;
+  if (uv_accept(listener, (uv_stream_t *)&c->tcp)) {
+    conn_close(c);
+    return;
+  }
+  uv_tcp_nodelay(&c->tcp, 1);
+  begin_request(c);
+}
+
+int pd_openai_create(uv_loop_t *loop, pd_engine *engine, const char *model_id, pd_openai **out) {
+  pd_openai *o = calloc(1, sizeof *o);
+  if (!o) return PD_ENOMEM;
+  o->loop = loop;
+  o->engine = engine;
+  o->started = (int64_t)time(NULL);
+  snprintf(o->model_id, sizeof o->model_id, "%s", model_id);
+  http_parser_settings_init(&parser_settings);
+  parser_settings.on_url = on_url;
+  parser_settings.on_header_field = on_header_field;
+  parser_settings.on_header_value = on_header_value;
+  parser_settings.on_headers_complete = on_headers_complete;
+  parser_settings.on_body = on_body;
+  parser_settings.on_message_complete = on_message_complete;
+  *out = o;
+  return PD_OK;
+}
+
+int pd_openai_listen(pd_openai *o, const char *host, int port, int *bound_port) {
+  struct sockaddr_storage addr;
+  if (o->open_handles) return PD_EEXIST;
+  if (uv_ip4_addr(host, port, (struct sockaddr_in *)&addr) &&
+      uv_ip6_addr(host, port, (struct sockaddr_in6 *)&addr))
+    return PD_EINVAL;
+  uv_tcp_init(o->loop, &o->listener);
+  o->listener.data = o;
+  o->open_handles = 1;
+  int rc = uv_tcp_bind(&o->listener, (const struct sockaddr *)&addr, 0);
+  if (!rc) rc = uv_listen((uv_stream_t *)&o->listener, 128, on_connection);
+  if (rc) return rc == UV_EADDRINUSE ? PD_EEXIST : rc == UV_EACCES ? PD_EPERM : PD_ESYS;
+  if (bound_port) {
+    struct sockaddr_storage name;
+    int len = sizeof name;
+    uv_tcp_getsockname(&o->listener, (struct sockaddr *)&name, &len);
+    *bound_port = name.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&name)->sin6_port)
+                                             : ntohs(((struct sockaddr_in *)&name)->sin_port);
+  }
+  return PD_OK;
+}
+
+void pd_openai_drain(pd_openai *o) {
+  if (o) o->draining = 1;
+}
+
+size_t pd_openai_in_flight(const pd_openai *o) {
+  return o ? o->in_flight : 0;
+}
+
+void pd_openai_cancel_all(pd_openai *o) {
+  if (!o) return;
+  for (oconn *c = o->conns; c; c = c->next)
+    if (c->req) atomic_store(&c->req->job.cancelled, PD_JOB_CANCELLED_BY_SERVER);
+}
+
+static void on_listener_closed(uv_handle_t *h) {
+  pd_openai *o = h->data;
+  o->open_handles = 0;
+  maybe_free(o);
+}
+
+void pd_openai_close(pd_openai *o) {
+  if (!o || o->closing) return;
+  o->closing = 1;
+  for (oconn *c = o->conns, *next; c; c = next) {
+    next = c->next;
+    conn_close(c);
+  }
+  if (o->open_handles)
+    uv_close((uv_handle_t *)&o->listener, on_listener_closed);
+  else
+    maybe_free(o);
+}
