@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "pd_err.h"
+#include "pd_tcp.h"
 #include "pd_h2_filter.h"
 
 #define MAX_ROUTES         64
@@ -744,26 +745,14 @@ int pd_grpc_server_route(pd_grpc_server *s, const ProtobufCServiceDescriptor *sv
 }
 
 int pd_grpc_server_listen_tcp(pd_grpc_server *s, const char *host, int port, int *bound_port) {
-  struct sockaddr_storage addr;
   if (s->has_tcp) return PD_EEXIST;
-  if (uv_ip4_addr(host, port, (struct sockaddr_in *)&addr) &&
-      uv_ip6_addr(host, port, (struct sockaddr_in6 *)&addr))
-    return PD_EINVAL;
-  uv_tcp_init(s->loop, &s->tcp_listener);
-  s->tcp_listener.data = s;
-  s->has_tcp = 1;
-  s->open_handles++;
-  int rc = uv_tcp_bind(&s->tcp_listener, (const struct sockaddr *)&addr, 0);
-  if (!rc) rc = uv_listen((uv_stream_t *)&s->tcp_listener, 511, on_connection);
-  if (rc) return rc == UV_EADDRINUSE ? PD_EEXIST : rc == UV_EACCES ? PD_EPERM : PD_ESYS;
-  if (bound_port) {
-    struct sockaddr_storage name;
-    int len = sizeof name;
-    uv_tcp_getsockname(&s->tcp_listener, (struct sockaddr *)&name, &len);
-    *bound_port = name.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&name)->sin6_port)
-                                             : ntohs(((struct sockaddr_in *)&name)->sin_port);
+  int rc = pd_tcp_listen(s->loop, &s->tcp_listener, host, port, 511, on_connection, bound_port);
+  if (rc != PD_EINVAL) { /* the handle is initialised: the server closes it */
+    s->tcp_listener.data = s;
+    s->has_tcp = 1;
+    s->open_handles++;
   }
-  return PD_OK;
+  return rc;
 }
 
 int pd_grpc_server_listen_unix(pd_grpc_server *s, const char *path) {

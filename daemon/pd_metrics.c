@@ -22,6 +22,7 @@
 #include <time.h>
 
 #include "pd_err.h"
+#include "pd_tcp.h"
 #include "pd_log.h"
 
 #ifndef PD_VERSION
@@ -730,16 +731,8 @@ static void feed(mconn *c, const char *p, size_t n) {
 
 /* ---- the listener ---------------------------------------------------------------------------- */
 
-static void free_handle(uv_handle_t *h) {
-  free(h);
-}
-
 static void refuse(pd_metrics *m, uv_stream_t *listener) {
-  uv_tcp_t *t = malloc(sizeof *t);
-  if (!t) return;
-  uv_tcp_init(m->loop, t);
-  uv_accept(listener, (uv_stream_t *)t);
-  uv_close((uv_handle_t *)t, free_handle);
+  pd_tcp_refuse(m->loop, listener);
   if (m->refused++ % 1000 == 0)
     pd_log(PD_LOG_WARN, "metrics: connection limit reached, closing new connections",
            "limit=%d refused=%llu", MAX_CONNS, (unsigned long long)m->refused);
@@ -784,25 +777,13 @@ int pd_metrics_create(uv_loop_t *loop, pd_engine *engine, pd_metrics **out) {
 }
 
 int pd_metrics_listen(pd_metrics *m, const char *host, int port, int *bound_port) {
-  struct sockaddr_storage addr;
   if (m->open_handles) return PD_EEXIST;
-  if (uv_ip4_addr(host, port, (struct sockaddr_in *)&addr) &&
-      uv_ip6_addr(host, port, (struct sockaddr_in6 *)&addr))
-    return PD_EINVAL;
-  uv_tcp_init(m->loop, &m->listener);
-  m->listener.data = m;
-  m->open_handles = 1;
-  int rc = uv_tcp_bind(&m->listener, (const struct sockaddr *)&addr, 0);
-  if (!rc) rc = uv_listen((uv_stream_t *)&m->listener, 128, on_connection);
-  if (rc) return rc == UV_EADDRINUSE ? PD_EEXIST : rc == UV_EACCES ? PD_EPERM : PD_ESYS;
-  if (bound_port) {
-    struct sockaddr_storage name;
-    int len = sizeof name;
-    uv_tcp_getsockname(&m->listener, (struct sockaddr *)&name, &len);
-    *bound_port = name.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&name)->sin6_port)
-                                             : ntohs(((struct sockaddr_in *)&name)->sin_port);
+  int rc = pd_tcp_listen(m->loop, &m->listener, host, port, 128, on_connection, bound_port);
+  if (rc != PD_EINVAL) { /* initialised: pd_metrics_close closes it */
+    m->listener.data = m;
+    m->open_handles = 1;
   }
-  return PD_OK;
+  return rc;
 }
 
 void pd_metrics_set_ready(pd_metrics *m, int ready) {

@@ -24,6 +24,7 @@
 #include <time.h>
 
 #include "pd_err.h"
+#include "pd_tcp.h"
 #include "pd_log.h"
 #include "prefixd/v1/prefixd.pb-c.h"
 
@@ -69,9 +70,9 @@ typedef struct oreq {
   /* a whole (non-streamed) answer as it accumulates */
   char *text;
   size_t n_text, cap_text;
-  json_t *lp_list; /* chat: logprobs.content items; completions: the legacy object */
+  json_t *lp_list;  /* chat: logprobs.content items; completions: the legacy object */
   size_t lp_offset; /* completions: bytes of the token pieces so far (text_offset) */
-  int started;     /* streaming: the head and the first event are sent */
+  int started;      /* streaming: the head and the first event are sent */
 } oreq;
 
 struct oconn {
@@ -253,8 +254,9 @@ static int get_int(json_t *root, const char *key, json_int_t lo, json_int_t hi, 
   if (!v || json_is_null(v)) return 0;
   if (!json_is_integer(v)) BAD("'%s' must be an integer", key);
   json_int_t x = json_integer_value(v);
-  if (x < lo || x > hi) BAD("'%s' is %lld; it must be in [%lld, %lld]", key, (long long)x,
-                            (long long)lo, (long long)hi);
+  if (x < lo || x > hi)
+    BAD("'%s' is %lld; it must be in [%lld, %lld]", key, (long long)x, (long long)lo,
+        (long long)hi);
   *out = x;
   return 0;
 }
@@ -698,8 +700,8 @@ static json_t *logprobs_json(oreq *r, const int32_t *ids, const pd_token_logprob
     return content;
   }
   /* the legacy completions format: parallel arrays, and top alternatives as objects */
-  json_t *o = json_pack("{s:[],s:[],s:[],s:[]}", "tokens", "token_logprobs", "top_logprobs",
-                        "text_offset");
+  json_t *o =
+      json_pack("{s:[],s:[],s:[],s:[]}", "tokens", "token_logprobs", "top_logprobs", "text_offset");
   for (size_t i = 0; o && i < n; i++) {
     json_t *e = token_entry(tok, ids[i], lps[i].logprob), *top = json_object();
     for (int k = 0; e && top && k < lps[i].n_top; k++) {
@@ -735,13 +737,12 @@ static json_t *usage_json(const Prefixd__V1__GenerateResponse *final) {
 
 /* One streamed choice: chat's delta or completions' text. */
 static json_t *stream_chunk(oreq *r, json_t *delta_or_text, const char *finish, json_t *logprobs) {
-  json_t *choice = r->chat ? json_pack("{s:i,s:o,s:o?,s:s?}", "index", 0, "delta", delta_or_text,
-                                       "logprobs", logprobs ? json_pack("{s:o}", "content",
-                                                                        logprobs)
-                                                            : NULL,
-                                       "finish_reason", finish)
-                           : json_pack("{s:i,s:o,s:o?,s:s?}", "index", 0, "text", delta_or_text,
-                                       "logprobs", logprobs, "finish_reason", finish);
+  json_t *choice =
+      r->chat ? json_pack("{s:i,s:o,s:o?,s:s?}", "index", 0, "delta", delta_or_text, "logprobs",
+                          logprobs ? json_pack("{s:o}", "content", logprobs) : NULL,
+                          "finish_reason", finish)
+              : json_pack("{s:i,s:o,s:o?,s:s?}", "index", 0, "text", delta_or_text, "logprobs",
+                          logprobs, "finish_reason", finish);
   return json_pack("{s:s,s:s,s:I,s:s,s:[o]}", "id", r->id, "object",
                    r->chat ? "chat.completion.chunk" : "text_completion", "created",
                    (json_int_t)r->created, "model", r->o->model_id, "choices", choice);
@@ -759,9 +760,9 @@ static int stream_head(oconn *c, oreq *r) {
   if (conn_send(c, head, (size_t)n, 0)) return -1;
   r->started = 1;
   if (!r->chat) return 0;
-  return send_event_json(c, r, stream_chunk(r, json_pack("{s:s,s:s}", "role", "assistant",
-                                                         "content", ""),
-                                            NULL, NULL));
+  return send_event_json(
+      c, r,
+      stream_chunk(r, json_pack("{s:s,s:s}", "role", "assistant", "content", ""), NULL, NULL));
 }
 
 /* Streaming: the tokens and text of one engine output as an event. */
@@ -769,8 +770,8 @@ static int stream_tokens(oconn *c, oreq *r, const int32_t *ids, uint32_t n_ids, 
                          const pd_token_logprob *lps) {
   if (!r->started && stream_head(c, r)) return -1;
   json_t *lp = logprobs_json(r, ids, lps, n_ids);
-  json_t *piece = r->chat ? json_pack("{s:s}", "content", text ? text : "")
-                          : json_string(text ? text : "");
+  json_t *piece =
+      r->chat ? json_pack("{s:s}", "content", text ? text : "") : json_string(text ? text : "");
   return send_event_json(c, r, stream_chunk(r, piece, NULL, lp));
 }
 
@@ -815,8 +816,8 @@ static void finish_request(oconn *c, oreq *r) {
       if (r->include_usage) {
         json_t *u = json_pack("{s:s,s:s,s:I,s:s,s:[],s:o}", "id", r->id, "object",
                               r->chat ? "chat.completion.chunk" : "text_completion", "created",
-                              (json_int_t)r->created, "model", r->o->model_id, "choices",
-                              "usage", usage_json(final));
+                              (json_int_t)r->created, "model", r->o->model_id, "choices", "usage",
+                              usage_json(final));
         if (send_event_json(c, r, u)) return;
       }
     }
@@ -840,8 +841,8 @@ static void finish_request(oconn *c, oreq *r) {
                        r->logprobs ? json_pack("{s:O}", "content", r->lp_list) : NULL,
                        "finish_reason", finish_name(final->finish_reason));
   else
-    choice = json_pack("{s:i,s:s%,s:O?,s:s}", "index", 0, "text", r->text ? r->text : "",
-                       r->n_text, "logprobs", r->logprobs ? r->lp_list : NULL, "finish_reason",
+    choice = json_pack("{s:i,s:s%,s:O?,s:s}", "index", 0, "text", r->text ? r->text : "", r->n_text,
+                       "logprobs", r->logprobs ? r->lp_list : NULL, "finish_reason",
                        finish_name(final->finish_reason));
   respond_json(c, 200,
                json_pack("{s:s,s:s,s:I,s:s,s:[o],s:o}", "id", r->id, "object",
@@ -982,8 +983,8 @@ static void handle_request(oconn *c) {
   const char *path = c->url + u.field_data[UF_PATH].off;
   size_t n = u.field_data[UF_PATH].len;
   int method = c->parser.method;
-  int chat = path_is(path, n, "/v1/chat/completions"), completions = path_is(path, n,
-                                                                              "/v1/completions");
+  int chat = path_is(path, n, "/v1/chat/completions"),
+      completions = path_is(path, n, "/v1/completions");
   if (chat || completions) {
     if (method != HTTP_POST) {
       respond_error(c, 405, "use POST", NULL);
@@ -1213,20 +1214,12 @@ static void conn_close(oconn *c) {
   uv_close((uv_handle_t *)&c->tcp, on_conn_handle_closed);
 }
 
-static void free_handle(uv_handle_t *h) {
-  free(h);
-}
-
 static void on_connection(uv_stream_t *listener, int status) {
   pd_openai *o = listener->data;
   if (status < 0) return;
   oconn *c = o->n_conns < MAX_CONNS && !o->closing ? calloc(1, sizeof *c) : NULL;
   if (!c) {
-    uv_tcp_t *t = malloc(sizeof *t);
-    if (!t) return;
-    uv_tcp_init(o->loop, t);
-    uv_accept(listener, (uv_stream_t *)t);
-    uv_close((uv_handle_t *)t, free_handle);
+    pd_tcp_refuse(o->loop, listener);
     if (o->refused++ % 1000 == 0)
       pd_log(PD_LOG_WARN, "openai: connection limit reached, closing new connections",
              "limit=%d refused=%llu", MAX_CONNS, (unsigned long long)o->refused);
@@ -1268,25 +1261,13 @@ int pd_openai_create(uv_loop_t *loop, pd_engine *engine, const char *model_id, p
 }
 
 int pd_openai_listen(pd_openai *o, const char *host, int port, int *bound_port) {
-  struct sockaddr_storage addr;
   if (o->open_handles) return PD_EEXIST;
-  if (uv_ip4_addr(host, port, (struct sockaddr_in *)&addr) &&
-      uv_ip6_addr(host, port, (struct sockaddr_in6 *)&addr))
-    return PD_EINVAL;
-  uv_tcp_init(o->loop, &o->listener);
-  o->listener.data = o;
-  o->open_handles = 1;
-  int rc = uv_tcp_bind(&o->listener, (const struct sockaddr *)&addr, 0);
-  if (!rc) rc = uv_listen((uv_stream_t *)&o->listener, 128, on_connection);
-  if (rc) return rc == UV_EADDRINUSE ? PD_EEXIST : rc == UV_EACCES ? PD_EPERM : PD_ESYS;
-  if (bound_port) {
-    struct sockaddr_storage name;
-    int len = sizeof name;
-    uv_tcp_getsockname(&o->listener, (struct sockaddr *)&name, &len);
-    *bound_port = name.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&name)->sin6_port)
-                                             : ntohs(((struct sockaddr_in *)&name)->sin_port);
+  int rc = pd_tcp_listen(o->loop, &o->listener, host, port, 128, on_connection, bound_port);
+  if (rc != PD_EINVAL) { /* initialised: pd_openai_close closes it */
+    o->listener.data = o;
+    o->open_handles = 1;
   }
-  return PD_OK;
+  return rc;
 }
 
 void pd_openai_drain(pd_openai *o) {

@@ -204,6 +204,19 @@ static int split_hostport(const char *s, char *host, size_t cap, long *port) {
   return 0;
 }
 
+/* An HTTP listener's "IP:PORT" or "[IPv6]:PORT" (--flag value) into host and port; on a bad one
+ * says so and returns -1. */
+static int http_address(const char *flag, const char *value, char *host, size_t cap, long *port) {
+  struct sockaddr_storage addr;
+  if (split_hostport(value, host, cap, port) ||
+      (uv_ip4_addr(host, (int)*port, (struct sockaddr_in *)&addr) &&
+       uv_ip6_addr(host, (int)*port, (struct sockaddr_in6 *)&addr))) {
+    fprintf(stderr, "prefixd: --%s %s: expected IP:PORT, [IPv6]:PORT or none\n", flag, value);
+    return -1;
+  }
+  return 0;
+}
+
 static int is_loopback(const char *host) {
   return !strcmp(host, "127.0.0.1") || !strcmp(host, "::1") || !strncmp(host, "127.", 4) ||
          !strcmp(host, "localhost");
@@ -458,30 +471,15 @@ int main(int argc, char **argv) {
   /* the metrics address: a default that is taken is only a warning at start */
   int metrics_is_default = !metrics_listen;
   if (!metrics_listen) metrics_listen = "127.0.0.1:9464";
-  char metrics_host[256] = "";
-  long metrics_port = 0;
+  char metrics_host[256] = "", openai_host[256] = "";
+  long metrics_port = 0, openai_port = 0;
   int want_metrics = strcmp(metrics_listen, "none") != 0;
-  struct sockaddr_storage metrics_addr;
-  if (want_metrics &&
-      (split_hostport(metrics_listen, metrics_host, sizeof metrics_host, &metrics_port) ||
-       (uv_ip4_addr(metrics_host, (int)metrics_port, (struct sockaddr_in *)&metrics_addr) &&
-        uv_ip6_addr(metrics_host, (int)metrics_port, (struct sockaddr_in6 *)&metrics_addr)))) {
-    fprintf(stderr, "prefixd: --metrics-listen %s: expected IP:PORT, [IPv6]:PORT or none\n",
-            metrics_listen);
-    return 2;
-  }
-  char openai_host[256] = "";
-  long openai_port = 0;
   int want_openai = strcmp(openai_listen, "none") != 0;
-  struct sockaddr_storage openai_addr;
-  if (want_openai &&
-      (split_hostport(openai_listen, openai_host, sizeof openai_host, &openai_port) ||
-       (uv_ip4_addr(openai_host, (int)openai_port, (struct sockaddr_in *)&openai_addr) &&
-        uv_ip6_addr(openai_host, (int)openai_port, (struct sockaddr_in6 *)&openai_addr)))) {
-    fprintf(stderr, "prefixd: --openai-listen %s: expected IP:PORT, [IPv6]:PORT or none\n",
-            openai_listen);
+  if ((want_metrics && http_address("metrics-listen", metrics_listen, metrics_host,
+                                    sizeof metrics_host, &metrics_port)) ||
+      (want_openai &&
+       http_address("openai-listen", openai_listen, openai_host, sizeof openai_host, &openai_port)))
     return 2;
-  }
   char default_unix[4200];
   snprintf(default_unix, sizeof default_unix, "%s/prefixd.sock", data_dir);
   int unix_is_default = !unix_path;

@@ -1,0 +1,316 @@
+"""The OpenAI-compatible HTTP API (--openai-listen) end to end on a synthetic model: OpenAI's own
+Python SDK as the client (chat and completions, streamed and whole, logprobs, cached prompt
+tokens), answers checked against the gRPC API on the same daemon, keys and tenants, and bad
+input through raw HTTP (every refusal an OpenAI error object; the daemon keeps serving)."""
+import http.client
+import json
+import re
+import signal
+import socket
+import threading
+import time
+
+import grpc
+import openai
+import pytest
+
+from conftest import Daemon, pb
+
+ADMIN = "admin-key-for-openai-tests-0123456789"
+SYSTEM = "You are the assistant of a bicycle shop in a small town. " * 8
+
+
+def logged_port(d, name):
+    m = re.search(name + r"=(\d+)", d.log_text())
+    assert m and int(m.group(1)) > 0, d.log_text()
+    return int(m.group(1))
+
+
+def openai_port(d):
+    return logged_port(d, "openai_port")
+
+
+@pytest.fixture
+def served(tiny_model, data_dir):
+    d = Daemon(tiny_model, data_dir, extra=["--openai-listen", "127.0.0.1:0",
+                                            "--metrics-listen", "127.0.0.1:0"])
+    d.http_port = openai_port(d)
+    yield d
+    assert d.stop() == 0
+
+
+def metric(d, name):
+    conn = http.client.HTTPConnection("127.0.0.1", logged_port(d, "metrics_port"), timeout=30)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    m = re.search("^" + re.escape(name) + r" (\d+)$", text, re.M)
+    assert m, name
+    return int(m.group(1))
+
+
+def sdk(d, key="unused"):
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{d.http_port}/v1", api_key=key,
+                         max_retries=0, timeout=60)
+
+
+def post(d, path, body, headers=None, method="POST"):
+    """(status, parsed JSON or raw text) of one request on its own connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", d.http_port, timeout=60)
+    data = body if isinstance(body, (bytes, str)) or body is None else json.dumps(body)
+    conn.request(method, path, body=data, headers={"Content-Type": "application/json",
+                                                   **(headers or {})})
+    r = conn.getresponse()
+    raw = r.read().decode()
+    conn.close()
+    try:
+        return r.status, json.loads(raw)
+    except ValueError:
+        return r.status, raw
+
+
+def messages(question):
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+
+
+def grpc_chat(d, msgs, **kw):
+    """(text, token ids) of the same conversation through gRPC's Generate."""
+    chat = pb.ChatMessages(messages=[pb.ChatMessage(role=m["role"], content=m["content"])
+                                     for m in msgs], add_generation_prompt=True)
+    text, ids = "", []
+    for m in d.stub().Generate(pb.GenerateRequest(prompt=pb.Prompt(chat=chat), **kw), timeout=60):
+        text += m.text
+        ids += list(m.token_ids)
+    return text, ids
+
+
+def test_models_chat_and_cached_prompt_through_the_sdk(served):
+    c = sdk(served)
+    models = c.models.list().data
+    assert [m.id for m in models] == ["tiny"] and models[0].owned_by == "prefixd"
+    first = c.chat.completions.create(model="tiny", messages=messages("When are you open?"),
+                                      max_tokens=8, temperature=0)
+    choice = first.choices[0]
+    assert choice.message.role == "assistant" and choice.finish_reason in ("stop", "length")
+    assert first.model == "tiny" and first.object == "chat.completion"
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    assert first.usage.total_tokens == first.usage.prompt_tokens + first.usage.completion_tokens
+    # the same answer as gRPC's Generate on the same conversation (greedy)
+    text, ids = grpc_chat(served, messages("When are you open?"), max_tokens=8)
+    assert choice.message.content == text
+    assert first.usage.completion_tokens == len(ids)
+    # another session over the same system prompt: its blocks come from the cache
+    second = c.chat.completions.create(model="anything", messages=messages("Do you rent bikes?"),
+                                       max_tokens=4, temperature=0)
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert cached >= 16 * (first.usage.prompt_tokens // 16 - 2), second.usage
+    assert second.model == "tiny"
+
+
+def test_streamed_chat_equals_the_whole_answer(served):
+    c = sdk(served)
+    kw = dict(model="tiny", messages=messages("Tell me a story"), max_tokens=12, temperature=3.0,
+              seed=7, extra_body={"ignore_eos": True})
+    whole = c.chat.completions.create(**kw)
+    chunks = list(c.chat.completions.create(stream=True, stream_options={"include_usage": True},
+                                            **kw))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == whole.choices[0].message.content
+    finals = [ch.choices[0].finish_reason for ch in chunks if ch.choices and
+              ch.choices[0].finish_reason]
+    assert finals == ["length"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 12
+    assert len({ch.id for ch in chunks}) == 1
+
+
+def test_completions_token_prompt_and_legacy_logprobs(served):
+    c = sdk(served)
+    ids = list(served.stub().Tokenize(pb.TokenizeRequest(
+        prompt=pb.Prompt(text="The quick brown fox jumps"))).token_ids)
+    by_ids = c.completions.create(model="tiny", prompt=ids, max_tokens=6, temperature=0,
+                                  logprobs=3)
+    by_text = c.completions.create(model="tiny", prompt="The quick brown fox jumps",
+                                   max_tokens=6, temperature=0)
+    assert by_ids.choices[0].text == by_text.choices[0].text
+    lp = by_ids.choices[0].logprobs
+    n = by_ids.usage.completion_tokens
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == n
+    assert lp.text_offset == sorted(lp.text_offset) and lp.text_offset[0] == 0
+    for chosen, top in zip(lp.token_logprobs, lp.top_logprobs):
+        assert chosen <= 0 and 1 <= len(top) <= 3
+        assert max(top.values()) == pytest.approx(chosen)  # greedy takes the most probable
+
+
+def test_chat_logprobs_equal_the_grpc_ones(served):
+    c = sdk(served)
+    r = c.chat.completions.create(model="tiny", messages=messages("hi"), max_tokens=5,
+                                  temperature=0, logprobs=True, top_logprobs=4)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens == 5
+    chat = pb.ChatMessages(messages=[pb.ChatMessage(role=m["role"], content=m["content"])
+                                     for m in messages("hi")], add_generation_prompt=True)
+    theirs = []
+    for m in served.stub().Generate(pb.GenerateRequest(prompt=pb.Prompt(chat=chat), max_tokens=5,
+                                                       top_logprobs=4), timeout=60):
+        theirs += list(m.logprobs)
+    assert [t.logprob for t in content] == pytest.approx([t.logprob for t in theirs], abs=1e-6)
+    for t in content:
+        assert len(t.top_logprobs) == 4 and t.top_logprobs[0].logprob == pytest.approx(t.logprob)
+        assert bytes(t.bytes).decode("utf-8", "replace") == t.token
+
+
+def test_bad_input_is_an_openai_error_and_the_daemon_goes_on(served):
+    chat = "/v1/chat/completions"
+    ok = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    cases = [
+        (chat, "{not json", 400, "not valid JSON"),
+        (chat, "[1, 2]", 400, "JSON object"),
+        (chat, {**ok, "messages": []}, 400, "'messages'"),
+        (chat, {**ok, "messages": [{"role": "wizard", "content": "x"}]}, 400, "wizard"),
+        (chat, {**ok, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400,
+         "type 'text'"),
+        (chat, {**ok, "temperature": "hot"}, 400, "'temperature' must be a number"),
+        (chat, {**ok, "max_tokens": -1}, 400, "'max_tokens'"),
+        (chat, {**ok, "n": 2}, 400, "'n' must be 1"),
+        (chat, {**ok, "presence_penalty": 0.5}, 400, "presence_penalty"),
+        (chat, {**ok, "tools": [{"type": "function"}]}, 400, "tools"),
+        (chat, {**ok, "logprobs": True, "top_logprobs": 21}, 400, "top_logprobs"),
+        (chat, {**ok, "top_logprobs": 2}, 400, "needs 'logprobs'"),
+        (chat, {**ok, "stop": [1]}, 400, "stop[0]"),
+        (chat, {**ok, "response_format": {"type": "json_object"}}, 400, "response_format"),
+        ("/v1/completions", {"prompt": ["a", "b"]}, 400, "one prompt per request"),
+        ("/v1/completions", {"prompt": "a", "echo": True}, 400, "echo"),
+        ("/v1/completions", {"max_tokens": 2}, 400, "'prompt' is required"),
+        ("/v1/completions", {"prompt": [1, -5]}, 400, "prompt[1]"),
+        ("/v1/completions", {"prompt": [10 ** 9]}, 400, "token"),  # the engine's check
+        ("/v1/embeddings", {"input": "x"}, 404, "no such endpoint"),
+    ]
+    for path, body, status, needle in cases:
+        got, answer = post(served, path, body)
+        assert got == status, (path, body, got, answer)
+        assert needle in answer["error"]["message"], (body, answer)
+        assert answer["error"]["type"] in ("invalid_request_error", "not_found_error")
+    got, answer = post(served, chat, None, method="GET")
+    assert got == 405 and answer["error"]["message"] == "use POST"
+    # an announced body over 4 MiB is refused from its headers, before it is sent
+    s = socket.create_connection(("127.0.0.1", served.http_port), timeout=30)
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n{"
+              % (4 * 1024 * 1024 + 1))
+    reply = b""
+    while b"}}" not in reply:
+        chunk = s.recv(4096)
+        assert chunk, reply
+        reply += chunk
+    s.close()
+    assert reply.startswith(b"HTTP/1.1 413 ") and b"4 MiB" in reply and b"Connection: close" in reply
+    # a prompt beyond the context limit is the engine's refusal, with its message
+    got, answer = post(served, "/v1/completions", {"prompt": [7] * 5000, "max_tokens": 1})
+    assert got == 400 and "context limit" in answer["error"]["message"]
+    got, answer = post(served, chat, ok)
+    assert got == 200 and answer["choices"][0]["message"]["role"] == "assistant"
+
+
+def test_keep_alive_and_pipelined_requests(served):
+    """Two requests in one write on one connection: two answers, in order, keep-alive."""
+    body = json.dumps({"prompt": "hello", "max_tokens": 2, "temperature": 0}).encode()
+    req = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+           b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    s = socket.create_connection(("127.0.0.1", served.http_port), timeout=30)
+    s.sendall(req + req.replace(b"/v1/completions", b"/v1/models").replace(b"POST", b"GET"))
+    got = b""
+    while got.count(b"HTTP/1.1 200 OK") < 2:
+        chunk = s.recv(65536)
+        assert chunk, got
+        got += chunk
+    first, second = got.split(b"HTTP/1.1 200 OK")[1:3]
+    assert b"text_completion" in first and b'"object":"list"' in second
+    assert b"Connection: keep-alive" in first
+    s.close()
+
+
+def test_a_hang_up_cancels_the_generation(served):
+    """A streaming client that disconnects after its first event: the engine stops the sequence
+    (counted CANCELLED, far fewer than the 1,900 tokens asked for) and serves the next."""
+    body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "go"}],
+                       "max_tokens": 1900, "stream": True, "temperature": 1.0,
+                       "ignore_eos": True}).encode()
+    s = socket.create_connection(("127.0.0.1", served.http_port), timeout=30)
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+              % (len(body), body))
+    got = b""
+    while b"data: " not in got:
+        got += s.recv(4096)
+    assert b"text/event-stream" in got and b"Transfer-Encoding: chunked" in got
+    s.close()
+    t0 = time.time()
+    r = sdk(served).chat.completions.create(model="tiny", messages=[{"role": "user",
+                                                                     "content": "next"}],
+                                            max_tokens=3, temperature=0)
+    assert r.choices[0].finish_reason in ("stop", "length")
+    assert time.time() - t0 < 30
+    deadline = time.time() + 30
+    while metric(served, 'prefixd_rpcs_total{code="CANCELLED"}') != 1:
+        assert time.time() < deadline, "the hang-up was not seen as a cancel"
+        time.sleep(0.05)
+    assert metric(served, "prefixd_generated_tokens_total") < 1900
+
+
+@pytest.fixture
+def multi(tiny_model, data_dir):
+    d = Daemon(tiny_model, data_dir, admin_key=ADMIN, extra=["--openai-listen", "127.0.0.1:0"])
+    d.http_port = openai_port(d)
+    yield d
+    assert d.stop() == 0
+
+
+def test_keys_and_tenant_isolation(multi):
+    admin = multi.admin(ADMIN)
+    ka = admin.CreateTenant(pb.CreateTenantRequest(name="alpha")).api_key
+    kb = admin.CreateTenant(pb.CreateTenantRequest(name="beta")).api_key
+    msgs = messages("hello")
+    with pytest.raises(openai.AuthenticationError) as e:
+        sdk(multi, "pfx-not-a-key").chat.completions.create(model="tiny", messages=msgs,
+                                                           max_tokens=2)
+    assert "invalid API key" in str(e.value)
+    got, answer = post(multi, "/v1/chat/completions", {"messages": msgs, "max_tokens": 2})
+    assert got == 401 and "missing API key" in answer["error"]["message"]
+    got, answer = post(multi, "/v1/chat/completions", {"messages": msgs},
+                       headers={"Authorization": "Basic abc"})
+    assert got == 401 and "Bearer" in answer["error"]["message"]
+    with pytest.raises(openai.PermissionDeniedError):  # the admin key has no tenant
+        sdk(multi, ADMIN).chat.completions.create(model="tiny", messages=msgs, max_tokens=2)
+    a = sdk(multi, ka)
+    a.chat.completions.create(model="tiny", messages=msgs, max_tokens=2, temperature=0)
+    again = a.chat.completions.create(model="tiny", messages=msgs, max_tokens=2, temperature=0)
+    assert again.usage.prompt_tokens_details.cached_tokens > 0
+    other = sdk(multi, kb).chat.completions.create(model="tiny", messages=msgs, max_tokens=2,
+                                                   temperature=0)
+    assert other.usage.prompt_tokens_details.cached_tokens == 0  # alpha's cache is alpha's
+    # a quota is the engine's 429
+    admin.SetLimits(pb.SetLimitsRequest(name="beta", limits=pb.TenantLimits(
+        max_context_tokens=8)))
+    with pytest.raises(openai.BadRequestError) as e:
+        sdk(multi, kb).chat.completions.create(model="tiny", messages=msgs, max_tokens=2)
+    assert "context limit" in str(e.value)
+
+
+def test_drain_finishes_the_running_stream_and_refuses_new_requests(default_model, data_dir):
+    """The default model (about 100 tokens/s here) keeps a 300-token stream running through the
+    drain; a request that arrives meanwhile is refused 503, the stream ends normally."""
+    d = Daemon(default_model, data_dir, extra=["--openai-listen", "127.0.0.1:0",
+                                               "--drain-timeout", "300"])
+    d.http_port = openai_port(d)
+    stream = sdk(d).chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "go"}], max_tokens=300,
+        stream=True, temperature=1.0, extra_body={"ignore_eos": True})
+    first = next(iter(stream))
+    assert first.choices[0].delta.role == "assistant"
+    d.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.1)
+    got, answer = post(d, "/v1/completions", {"prompt": "x", "max_tokens": 1})
+    assert got == 503 and "shutting down" in answer["error"]["message"]
+    rest = list(stream)
+    assert [ch.choices[0].finish_reason for ch in rest if ch.choices][-1] == "length"
+    assert d.proc.wait(300) == 0
+    assert d.stop() == 0
