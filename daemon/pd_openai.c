@@ -492,6 +492,20 @@ static int parse_request(oreq *r, char *err, size_t errlen) {
 
 #undef BAD
 
+/* The body (n bytes) of a chat (chat = 1) or completions request into r. Returns 0, or -1 with
+ * the reason in err. */
+static int parse_body(oreq *r, const char *body, size_t n, int chat, char *err, size_t errlen) {
+  r->chat = chat;
+  json_error_t jerr;
+  r->root = json_loadb(body, n, 0, &jerr);
+  if (!r->root) {
+    snprintf(err, errlen, "the body is not valid JSON (line %d, column %d): %s", jerr.line,
+             jerr.column, jerr.text);
+    return -1;
+  }
+  return parse_request(r, err, errlen);
+}
+
 static void oreq_free(oreq *r) {
   json_decref(r->root);
   json_decref(r->lp_list);
@@ -920,18 +934,8 @@ static void start_generation(oconn *c, int chat) {
     return;
   }
   r->o = o;
-  r->chat = chat;
-  json_error_t jerr;
-  r->root = json_loadb(c->body ? c->body : "", c->n_body, 0, &jerr);
   char err[300];
-  if (!r->root) {
-    snprintf(err, sizeof err, "the body is not valid JSON (line %d, column %d): %s", jerr.line,
-             jerr.column, jerr.text);
-    oreq_free(r);
-    respond_error(c, 400, err, NULL);
-    return;
-  }
-  if (parse_request(r, err, sizeof err)) {
+  if (parse_body(r, c->body ? c->body : "", c->n_body, chat, err, sizeof err)) {
     oreq_free(r);
     respond_error(c, 400, err, NULL);
     return;
@@ -1301,4 +1305,23 @@ void pd_openai_close(pd_openai *o) {
     uv_close((uv_handle_t *)&o->listener, on_listener_closed);
   else
     maybe_free(o);
+}
+
+int pd_openai_parse(const char *body, size_t n, int chat, char *err, size_t errlen,
+                    uint8_t **packed, size_t *n_packed) {
+  oreq *r = calloc(1, sizeof *r);
+  if (!r) return PD_ENOMEM;
+  int rc = parse_body(r, body, n, chat, err, errlen) ? PD_EINVAL : PD_OK;
+  *packed = NULL;
+  *n_packed = 0;
+  if (rc == PD_OK) {
+    *n_packed = protobuf_c_message_get_packed_size(&r->gen.base);
+    *packed = malloc(*n_packed ? *n_packed : 1);
+    if (!*packed)
+      rc = PD_ENOMEM;
+    else
+      protobuf_c_message_pack(&r->gen.base, *packed);
+  }
+  oreq_free(r);
+  return rc;
 }

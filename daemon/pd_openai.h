@@ -50,4 +50,11 @@ void pd_openai_cancel_all(pd_openai *o);
  * the engine gave back every job; NULL is a no-op. */
 void pd_openai_close(pd_openai *o);
 
+/* The request a body would make, without a server (the fuzz target and tests): parses it as a
+ * chat (chat = 1) or completions request and packs the GenerateRequest it maps to into *packed
+ * (malloc'd, the caller frees; *n_packed bytes). PD_OK; PD_EINVAL with the 400's message in err;
+ * PD_ENOMEM. */
+int pd_openai_parse(const char *body, size_t n, int chat, char *err, size_t errlen,
+                    uint8_t **packed, size_t *n_packed);
+
 #endif /* PD_OPENAI_H */

@@ -8,6 +8,7 @@ first checks: HTTP/2 + gRPC conversations, packed protobuf messages, GGUF files 
 model, a tokenizer, every metadata type), texts, LMDB values, and radix operation scripts. The
 output is deterministic; the files are committed, and this script only regenerates them.
 """
+import json
 import os
 import random
 import struct
@@ -520,6 +521,37 @@ def radix_corpus():
         write("radix", "random-%d" % i, bytes(rng.randrange(256) for _ in range(300)))
 
 
+# ---- OpenAI-compatible request bodies ----------------------------------------------------------
+
+def openai_corpus():
+    # byte 0: 0 = /v1/chat/completions, 1 = /v1/completions (fuzz_openai.c); then the JSON body
+    chat = {
+        "plain": {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+        "everything": {"model": "m", "messages": [
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "a"},
+                                         {"type": "text", "text": "\u00e9\u4e2d"}]},
+            {"role": "assistant", "content": None}, {"role": "user", "content": "more"}],
+            "max_completion_tokens": 12, "temperature": 0.7, "top_p": 0.9, "top_k": 40,
+            "min_p": 0.05, "repetition_penalty": 1.1, "seed": -3, "stop": ["\n", "END"],
+            "stream": True, "stream_options": {"include_usage": True}, "logprobs": True,
+            "top_logprobs": 5, "n": 1, "presence_penalty": 0, "ignore_eos": False,
+            "response_format": {"type": "text"}, "user": "u"},
+        "refused": {"messages": [{"role": "tool", "content": "x"}], "n": 3, "tools": [{}]},
+    }
+    completions = {
+        "text": {"prompt": "Once upon a time", "max_tokens": 5, "logprobs": 2, "stop": "."},
+        "ids": {"prompt": [1, 2, 3, 40000], "echo": False, "suffix": ""},
+        "one-of-list": {"prompt": ["hello"], "temperature": 1e300},
+    }
+    for name, body in chat.items():
+        write("openai", "chat-" + name, b"\x00" + json.dumps(body).encode())
+    for name, body in completions.items():
+        write("openai", "completions-" + name, b"\x01" + json.dumps(body).encode())
+    write("openai", "not-json", b"\x00{\"messages\": [")
+    write("openai", "deep", b"\x01" + b"[" * 3000 + b"]" * 3000)
+
+
 def main():
     proto_corpus()
     grpc_corpus()
@@ -527,6 +559,7 @@ def main():
     tokenizer_corpus()
     kvstore_corpus()
     radix_corpus()
+    openai_corpus()
 
 
 if __name__ == "__main__":
