@@ -29,8 +29,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   char err[300] = "";
   uint8_t *packed;
   size_t n_packed;
-  int rc = pd_openai_parse((const char *)data + 1, size - 1, chat, err, sizeof err, &packed,
-                           &n_packed);
+  int rc =
+      pd_openai_parse((const char *)data + 1, size - 1, chat, err, sizeof err, &packed, &n_packed);
   if (rc == PD_EINVAL) {
     if (!err[0]) abort(); /* a refusal without a reason */
     return 0;
