@@ -90,6 +90,7 @@ struct oconn {
   char field[32]; /* the header name being read (lower case; longer names are not ours) */
   size_t n_field;
   int in_value, value_is_auth;
+  int expect_continue; /* "Expect: 100-continue" (curl, for large bodies) */
   char auth[160];
   size_t n_auth;
   char *body;
@@ -1048,6 +1049,8 @@ static int on_header_value(http_parser *p, const char *at, size_t n) {
     c->in_value = 1;
     c->value_is_auth = c->n_field == 13 && !memcmp(c->field, "authorization", 13);
     if (c->value_is_auth) c->n_auth = 0;
+    if (c->n_field == 6 && !memcmp(c->field, "expect", 6))
+      c->expect_continue = n >= 12 && !strncasecmp(at, "100-continue", 12);
   }
   if (!c->value_is_auth) return 0;
   if (c->n_auth + n >= sizeof c->auth) {
@@ -1066,6 +1069,8 @@ static int on_headers_complete(http_parser *p) {
     c->error = 413;
     return -1;
   }
+  /* the client waits for this before it sends the body (or gives up waiting after a while) */
+  if (c->expect_continue && conn_send(c, "HTTP/1.1 100 Continue\r\n\r\n", 25, 0)) return -1;
   return 0;
 }
 
@@ -1108,11 +1113,16 @@ static void fail_parse(oconn *c) {
                              : "malformed HTTP request");
 }
 
+/* A request not complete within REQUEST_MS of its first byte: 408, and the connection closes. */
+static void on_request_timeout(uv_timer_t *t) {
+  fail_request(t->data, 408, "the request took too long to arrive");
+}
+
 /* Parses bytes of the current request; answers it once complete. p may be c->pending. */
 static void feed(oconn *c, const char *p, size_t n) {
   if (c->state == S_IDLE) {
     c->state = S_READING;
-    uv_timer_start(&c->timer, on_close_timeout, REQUEST_MS, 0);
+    uv_timer_start(&c->timer, on_request_timeout, REQUEST_MS, 0);
   }
   size_t off = 0;
   while (off < n && !c->done) {
@@ -1126,6 +1136,7 @@ static void feed(oconn *c, const char *p, size_t n) {
       chunk = chunk < room ? chunk : room;
     }
     size_t used = http_parser_execute(&c->parser, &parser_settings, p + off, chunk);
+    if (c->state == S_CLOSING) return; /* a send from a callback failed */
     if (!c->headers_done) c->head_bytes += used;
     off += used;
     if (c->done) break;
@@ -1147,6 +1158,7 @@ static void begin_request(oconn *c) {
   c->parser.data = c;
   c->head_bytes = c->n_url = c->n_body = c->n_field = c->n_auth = 0;
   c->headers_done = c->done = c->error = c->in_value = c->value_is_auth = 0;
+  c->expect_continue = 0;
   if (c->cap_body > (64u << 10)) { /* a large body's buffer goes with its request */
     free(c->body);
     c->body = NULL;

@@ -8,6 +8,7 @@ PD_TINY_MODEL (a synthetic GGUF), PREFIXD_MODEL (the default model, for the mode
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -117,3 +118,28 @@ def default_model():
 def data_dir():
     with tempfile.TemporaryDirectory(prefix="prefixd-data-") as d:
         yield d
+
+
+def raw(port, data, read_timeout=15):
+    """Sends bytes on a fresh connection; returns everything the server sent until it closed."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=read_timeout)
+    try:
+        s.sendall(data)
+        out = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        return out
+    finally:
+        s.close()
+
+
+def status_of(response):
+    m = re.match(rb"HTTP/1\.1 (\d{3}) ", response)
+    assert m, response[:200]
+    return int(m.group(1))

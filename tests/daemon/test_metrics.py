@@ -17,7 +17,7 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Daemon, generate, pb
+from conftest import Daemon, generate, pb, raw, status_of
 
 ADMIN = "admin-key-for-metrics-tests-0123456789"
 TIERS = ("device", "host", "disk")
@@ -58,31 +58,6 @@ def scrape(port):
 
 def val(samples, name, **labels):
     return samples[(name, frozenset(labels.items()))]
-
-
-def raw(port, data, read_timeout=15):
-    """Sends bytes on a fresh connection; returns everything the server sent until it closed."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=read_timeout)
-    try:
-        s.sendall(data)
-        out = b""
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            out += chunk
-        return out
-    finally:
-        s.close()
-
-
-def status_of(response):
-    m = re.match(rb"HTTP/1\.1 (\d{3}) ", response)
-    assert m, response[:200]
-    return int(m.group(1))
 
 
 @pytest.fixture

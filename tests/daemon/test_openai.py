@@ -14,7 +14,7 @@ import grpc
 import openai
 import pytest
 
-from conftest import Daemon, pb
+from conftest import Daemon, pb, raw, status_of
 
 ADMIN = "admin-key-for-openai-tests-0123456789"
 SYSTEM = "You are the assistant of a bicycle shop in a small town. " * 8
@@ -209,6 +209,43 @@ def test_bad_input_is_an_openai_error_and_the_daemon_goes_on(served):
     assert got == 400 and "context limit" in answer["error"]["message"]
     got, answer = post(served, chat, ok)
     assert got == 200 and answer["choices"][0]["message"]["role"] == "assistant"
+
+
+def test_malformed_http_gets_4xx_and_the_daemon_keeps_serving(served):
+    port = served.http_port
+    assert status_of(raw(port, b"garbage\r\n\r\n")) == 400
+    assert status_of(raw(port, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" * 20)) == 400
+    big = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n"
+    assert status_of(raw(port, big)) == 431
+    many = b"GET /v1/models HTTP/1.1\r\n" + b"X-H: 1\r\n" * 2000 + b"\r\n"
+    assert status_of(raw(port, many)) == 431
+    assert status_of(raw(port, b"GET /" + b"m" * 2000 + b" HTTP/1.1\r\n\r\n")) == 414
+    long_key = b"POST /v1/models HTTP/1.1\r\nAuthorization: Bearer " + b"k" * 300 + b"\r\n\r\n"
+    assert status_of(raw(port, long_key)) == 431
+    smuggle = (b"POST /v1/completions HTTP/1.1\r\nContent-Length: 4\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    assert status_of(raw(port, smuggle)) == 400
+    # a chunked request body is HTTP/1.1 and is read as one body
+    body = json.dumps({"prompt": "hello", "max_tokens": 2}).encode()
+    chunked = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n"
+               % (5, body[:5], len(body) - 5, body[5:]))
+    resp = raw(port, chunked)
+    assert status_of(resp) == 200 and b'"text_completion"' in resp, resp[:300]
+    # "Expect: 100-continue" (curl's way with large bodies): the go-ahead, then the answer
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+              b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body))
+    assert s.recv(64) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    s.sendall(body)
+    resp = b""
+    while chunk := s.recv(65536):
+        resp += chunk
+    s.close()
+    assert status_of(resp) == 200 and b'"text_completion"' in resp, resp[:300]
+    # still serving
+    r = sdk(served).completions.create(model="tiny", prompt="still here", max_tokens=2)
+    assert r.choices[0].finish_reason in ("stop", "length")
 
 
 def test_keep_alive_and_pipelined_requests(served):
