@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 
+import httpx
 import openai
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "../.."))
@@ -117,8 +118,12 @@ async def one_chat(client, model, system, question, max_tokens):
 
 
 async def workload(port, model, args):
-    client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="bench",
-                                max_retries=0, timeout=600)
+    # a connection per request: llama-server (cpp-httplib) closes keep-alive connections idle for
+    # 5 s, and a request sent on one it just closed fails; neither server gets reused connections
+    client = openai.AsyncOpenAI(
+        base_url=f"http://127.0.0.1:{port}/v1", api_key="bench", max_retries=0, timeout=600,
+        http_client=httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=0),
+                                      timeout=600))
     await wait_ready(client)
     system = system_prompt(args.system_tokens)
     questions = [f"Question {i}: what should I check on my {WORDS[i % len(WORDS)]} before a "
@@ -191,8 +196,8 @@ def main():
         f"{args.system_tokens} tokens, each with its own question, {args.concurrency} at a time, "
         f"{args.max_tokens} tokens per answer (greedy, ignore_eos), streamed; the same client "
         f"(OpenAI's Python SDK, `chat.completions.create(stream=True)`) for both servers, "
-        f"started fresh. llama-server runs {args.concurrency} slots (-np), one per concurrent "
-        f"chat.",
+        f"started fresh, a new connection per request. llama-server runs {args.concurrency} "
+        f"slots (-np), one per concurrent chat.",
         "",
         "| server | TTFT p50 (ms) | TTFT p90 (ms) | TTFT max (ms) | wall (s) | generated tok/s "
         "| prompt tokens from the cache |",
