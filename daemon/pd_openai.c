@@ -25,6 +25,7 @@
 
 #include "pd_err.h"
 #include "pd_tcp.h"
+#include "pd_unicode.h"
 #include "pd_log.h"
 #include "prefixd/v1/prefixd.pb-c.h"
 
@@ -73,6 +74,7 @@ typedef struct oreq {
   json_t *lp_list;  /* chat: logprobs.content items; completions: the legacy object */
   size_t lp_offset; /* completions: bytes of the token pieces so far (text_offset) */
   int started;      /* streaming: the head and the first event are sent */
+  int lost;         /* a whole answer could not be kept (out of memory): it ends in a 500 */
 } oreq;
 
 struct oconn {
@@ -178,34 +180,14 @@ static char *error_json(int code, const char *message, const char *param) {
   return s;
 }
 
-/* A token's bytes as text: invalid UTF-8 (a piece of a character) becomes U+FFFD, as OpenAI's
- * API shows such tokens (with their raw bytes beside). out: (4 * n + 1) bytes. */
+/* A token's bytes as text: invalid UTF-8 (a piece of a character) and NUL become U+FFFD, as
+ * OpenAI's API shows such tokens (with their raw bytes beside). out: (3 * n + 1) bytes. */
 static void utf8_lossy(const unsigned char *p, size_t n, char *out) {
   size_t o = 0;
   for (size_t i = 0; i < n;) {
-    unsigned char b = p[i];
-    size_t len = b < 0x80 ? 1 : (b >> 5) == 6 ? 2 : (b >> 4) == 14 ? 3 : (b >> 3) == 30 ? 4 : 0;
-    int ok = len && i + len <= n;
-    for (size_t k = 1; ok && k < len; k++) ok = (p[i + k] & 0xC0) == 0x80;
-    if (ok && len == 2 && b < 0xC2) ok = 0; /* overlong */
-    if (ok && len == 3) {
-      unsigned cp = ((b & 0xFu) << 12) | ((p[i + 1] & 0x3Fu) << 6) | (p[i + 2] & 0x3Fu);
-      ok = cp >= 0x800 && (cp < 0xD800 || cp > 0xDFFF);
-    }
-    if (ok && len == 4) {
-      unsigned cp = ((b & 0x7u) << 18) | ((p[i + 1] & 0x3Fu) << 12) | ((p[i + 2] & 0x3Fu) << 6) |
-                    (p[i + 3] & 0x3Fu);
-      ok = cp >= 0x10000 && cp <= 0x10FFFF;
-    }
-    if (ok && b) {
-      memcpy(out + o, p + i, len);
-      o += len;
-      i += len;
-    } else {
-      memcpy(out + o, "\xEF\xBF\xBD", 3);
-      o += 3;
-      i += 1;
-    }
+    uint32_t cp;
+    i += (size_t)pd_utf8_decode(p + i, n - i, &cp); /* an invalid byte decodes as U+FFFD */
+    o += (size_t)pd_utf8_encode(cp ? cp : 0xFFFD, (uint8_t *)out + o);
   }
   out[o] = 0;
 }
@@ -215,7 +197,7 @@ static json_t *token_entry(const pd_tokenizer *tok, int32_t id, float logprob) {
   const char *bytes = "";
   size_t n = 0;
   if (pd_token_piece(tok, id, &bytes, &n)) n = 0;
-  char *text = malloc(4 * n + 1);
+  char *text = malloc(3 * n + 1);
   json_t *b = json_array();
   if (!text || !b) {
     free(text);
@@ -449,7 +431,7 @@ static int parse_request(oreq *r, char *err, size_t errlen) {
     BAD("'stream_options' must be an object like {\"include_usage\": true}");
   if (r->chat) {
     if (get_bool(root, "logprobs", &r->logprobs, err, errlen) ||
-        get_int(root, "top_logprobs", 0, 20, &top_logprobs, err, errlen))
+        get_int(root, "top_logprobs", 0, PD_TOP_LOGPROBS_MAX, &top_logprobs, err, errlen))
       return -1;
     if (top_logprobs && !r->logprobs) BAD("'top_logprobs' needs 'logprobs': true");
   } else {
@@ -694,8 +676,9 @@ static const char *finish_name(int reason) {
   return reason == PREFIXD__V1__FINISH_REASON__FINISH_REASON_LENGTH ? "length" : "stop";
 }
 
-/* The logprobs of n tokens in the request's format: appended to r->lp_list (a whole answer) or
- * returned for one event (streaming). NULL when none were asked for or out of memory. */
+/* The logprobs of n tokens in the request's format (chat: an array of entries; completions: the
+ * legacy object of parallel arrays), for one event or to merge into a whole answer
+ * (keep_logprobs). NULL when none were asked for or out of memory. */
 static json_t *logprobs_json(oreq *r, const int32_t *ids, const pd_token_logprob *lps, size_t n) {
   if (!r->logprobs || (!lps && n)) return NULL;
   const pd_tokenizer *tok = r->o->engine->tok;
@@ -750,6 +733,18 @@ static json_t *usage_json(const Prefixd__V1__GenerateResponse *final) {
                    (int)cached);
 }
 
+/* An answer (chunk 0) or one event of a streamed one (chunk 1): id, object, created, model, the
+ * choices (choice, or none when NULL) and usage (left out when NULL); choice and usage are
+ * stolen. NULL when out of memory. */
+static json_t *answer_json(oreq *r, int chunk, json_t *choice, json_t *usage) {
+  const char *object = !r->chat ? "text_completion"
+                       : chunk  ? "chat.completion.chunk"
+                                : "chat.completion";
+  return json_pack("{s:s,s:s,s:I,s:s,s:[o*],s:o*}", "id", r->id, "object", object, "created",
+                   (json_int_t)r->created, "model", r->o->model_id, "choices", choice, "usage",
+                   usage);
+}
+
 /* One streamed choice: chat's delta or completions' text. */
 static json_t *stream_chunk(oreq *r, json_t *delta_or_text, const char *finish, json_t *logprobs) {
   json_t *choice =
@@ -758,9 +753,7 @@ static json_t *stream_chunk(oreq *r, json_t *delta_or_text, const char *finish, 
                           "finish_reason", finish)
               : json_pack("{s:i,s:o,s:o?,s:s?}", "index", 0, "text", delta_or_text, "logprobs",
                           logprobs, "finish_reason", finish);
-  return json_pack("{s:s,s:s,s:I,s:s,s:[o]}", "id", r->id, "object",
-                   r->chat ? "chat.completion.chunk" : "text_completion", "created",
-                   (json_int_t)r->created, "model", r->o->model_id, "choices", choice);
+  return choice ? answer_json(r, 1, choice, NULL) : NULL;
 }
 
 static int stream_head(oconn *c, oreq *r) {
@@ -811,7 +804,7 @@ static void finish_request(oconn *c, oreq *r) {
   const Prefixd__V1__GenerateResponse *final = (const Prefixd__V1__GenerateResponse *)job->final;
   int code = http_status_of(job->status);
   const char *message = job->message[0] ? job->message : reason_phrase(code);
-  if (job->status == PD_GRPC_OK && !final) {
+  if ((job->status == PD_GRPC_OK && !final) || r->lost) {
     code = 500;
     message = "out of memory for the answer";
   }
@@ -829,11 +822,8 @@ static void finish_request(oconn *c, oreq *r) {
                                        finish_name(final->finish_reason), NULL)))
         return;
       if (r->include_usage) {
-        json_t *u = json_pack("{s:s,s:s,s:I,s:s,s:[],s:o}", "id", r->id, "object",
-                              r->chat ? "chat.completion.chunk" : "text_completion", "created",
-                              (json_int_t)r->created, "model", r->o->model_id, "choices", "usage",
-                              usage_json(final));
-        if (send_event_json(c, r, u)) return;
+        json_t *usage = usage_json(final);
+        if (send_event_json(c, r, usage ? answer_json(r, 1, NULL, usage) : NULL)) return;
       }
     }
     send_event(c, r, "[DONE]", 1);
@@ -859,11 +849,14 @@ static void finish_request(oconn *c, oreq *r) {
     choice = json_pack("{s:i,s:s%,s:O?,s:s}", "index", 0, "text", r->text ? r->text : "", r->n_text,
                        "logprobs", r->logprobs ? r->lp_list : NULL, "finish_reason",
                        finish_name(final->finish_reason));
-  respond_json(c, 200,
-               json_pack("{s:s,s:s,s:I,s:s,s:[o],s:o}", "id", r->id, "object",
-                         r->chat ? "chat.completion" : "text_completion", "created",
-                         (json_int_t)r->created, "model", r->o->model_id, "choices", choice,
-                         "usage", usage_json(final)));
+  json_t *usage = usage_json(final);
+  if (!choice || !usage) { /* out of memory: respond_json closes the connection */
+    json_decref(choice);
+    json_decref(usage);
+    respond_json(c, 200, NULL);
+    return;
+  }
+  respond_json(c, 200, answer_json(r, 0, choice, usage));
 }
 
 /* Merges one output's logprobs into the whole answer's. */
@@ -902,11 +895,9 @@ static void on_job_output(pd_job *job, void *user) {
     if (r->stream) {
       failed = stream_tokens(c, r, ids, n_ids, text, lps) != 0;
     } else {
-      failed = append_text(r, text ? text : "", n_text) || keep_logprobs(r, ids, lps, n_ids);
-      if (failed) {
-        job->status = PD_GRPC_RESOURCE_EXHAUSTED;
-        snprintf(job->message, sizeof job->message, "out of memory for the answer");
-      }
+      /* job->status is the engine's to write: the loss is kept here */
+      failed = r->lost =
+          append_text(r, text ? text : "", n_text) || keep_logprobs(r, ids, lps, n_ids);
     }
     if (failed) atomic_store(&job->cancelled, 1);
     c = r->c; /* a failed send closed the connection */

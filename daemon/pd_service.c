@@ -203,11 +203,11 @@ static Grpc__Health__V1__HealthCheckResponse__ServingStatus health_now(const pd_
 static void health_check(pd_grpc_call *call, const ProtobufCMessage *req, void *user) {
   const Grpc__Health__V1__HealthCheckRequest *r = (const Grpc__Health__V1__HealthCheckRequest *)req;
   if (!health_known(r->service)) {
-    char msg[160];
-    snprintf(msg, sizeof msg,
-             "unknown service \"%.80s\" (known: \"\", prefixd.v1.Prefixd, "
-             "prefixd.v1.Admin)",
-             r->service);
+    char msg[200];
+    int n = snprintf(msg, sizeof msg, "unknown service \"%.80s\" (known:", r->service);
+    for (size_t i = 0; i < sizeof health_names / sizeof *health_names; i++)
+      n += snprintf(msg + n, sizeof msg - (size_t)n, "%s\"%s\"", i ? ", " : " ", health_names[i]);
+    snprintf(msg + n, sizeof msg - (size_t)n, ")");
     pd_grpc_call_finish(call, PD_GRPC_NOT_FOUND, msg);
     return;
   }

@@ -222,6 +222,18 @@ static int is_loopback(const char *host) {
          !strcmp(host, "localhost");
 }
 
+/* Without API keys (single tenant) nothing is served beyond loopback: when the listener (wanted,
+ * on host) would be, says so and returns 1. what names the API before the address ("" for gRPC). */
+static int keyless_beyond_loopback(const pd_engine *e, int wanted, const char *host,
+                                   const char *what) {
+  if (!e->single_tenant || !wanted || is_loopback(host)) return 0;
+  fprintf(stderr,
+          "prefixd: refusing to serve %s%s without API keys: set an admin key "
+          "(--admin-key-file) or listen on loopback\n",
+          what, host);
+  return 1;
+}
+
 static int mkdir_p(const char *path) {
   char buf[4096];
   snprintf(buf, sizeof buf, "%s", path);
@@ -551,20 +563,9 @@ int main(int argc, char **argv) {
     fprintf(stderr, "prefixd: %s\n", err);
     return 1;
   }
-  if (d.engine->single_tenant && want_tcp && !is_loopback(host)) {
-    fprintf(stderr,
-            "prefixd: refusing to serve %s without API keys: set an admin key "
-            "(--admin-key-file) or listen on loopback\n",
-            host);
+  if (keyless_beyond_loopback(d.engine, want_tcp, host, "") ||
+      keyless_beyond_loopback(d.engine, want_openai, openai_host, "the OpenAI API on "))
     return 2;
-  }
-  if (d.engine->single_tenant && want_openai && !is_loopback(openai_host)) {
-    fprintf(stderr,
-            "prefixd: refusing to serve the OpenAI API on %s without API keys: set an admin key "
-            "(--admin-key-file) or listen on loopback\n",
-            openai_host);
-    return 2;
-  }
   if ((rc = pd_grpc_server_create(d.loop, &d.server)) ||
       (rc = pd_service_register(&d.svc, d.server, d.engine))) {
     fprintf(stderr, "prefixd: cannot set up the server: %s\n", pd_strerror(rc));
