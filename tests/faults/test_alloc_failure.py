@@ -50,10 +50,10 @@ forward pass: memalign <- (libgomp) <- GOMP_parallel <- pd_matmul <- pd_llama_fo
 engine_main (every parallel region of the forward pass allocates its thread team: about 270 of
 the round's allocations).
 Nothing in prefixd can recover from that; what libgomp asks of others is still counted. (2) The
-connection setup: both connections are opened before arming, and one the daemon closed is
-reopened disarmed; test_new_connection_survives_allocation_failure covers that path on its own
-(it was a strict xfail until on_connection accepted and closed a connection it had no memory
-for, instead of leaving it unaccepted, after which libuv stopped accepting altogether).
+connection setup: every connection is opened before arming (connect_all), and one the daemon
+closed is reopened disarmed; test_new_connection_survives_allocation_failure covers that path on
+its own (it was a strict xfail until on_connection accepted and closed a connection it had no
+memory for, instead of leaving it unaccepted, after which libuv stopped accepting altogether).
 
 SIZES. Full (PD_STRESS_SCALE=full, label slow): every N. CI (label unit): every N if the rounds
 fit in PD_FAILALLOC_SECONDS (60 s by default, measured on an unarmed round), else every k-th N
@@ -159,13 +159,22 @@ class Loop:
         self.d.channels.append(ch)
         return ch
 
+    def connect_all(self):
+        """Disarmed: every channel connected, so the armed round opens no connection (grpcio
+        connects lazily, and a channel whose connection the daemon closed waits out a backoff
+        before it connects again, failing calls at once meanwhile). The standard health check
+        (an empty request, no key) on each, waiting for it to be ready."""
+        for ch in self.d.channels:
+            ch.unary_unary("/grpc.health.v1.Health/Check")(b"", timeout=CALL_TIMEOUT,
+                                                            wait_for_ready=True)
+
     def live_blocks(self):
         """Live heap blocks with no client connected (each connection holds nghttp2's state,
         which grows with the streams it served until it closes): the daemon's own memory."""
         self.reconnect()
         self.settle()
         live = self.ctl.live()
-        self.a.Health(pb.HealthRequest(), timeout=CALL_TIMEOUT, wait_for_ready=True)
+        self.connect_all()
         return live
 
     def prepare(self):
@@ -252,6 +261,7 @@ class Loop:
     def check_idle(self, n):
         """Disarmed, after a round: the daemon serves, forgot nothing, leaked nothing."""
         assert self.d.alive(), f"N={n}: the daemon died"
+        self.connect_all()
         h = self.a.Health(pb.HealthRequest(), timeout=CALL_TIMEOUT, wait_for_ready=True)
         assert h.status == pb.HealthResponse.STATUS_SERVING, f"N={n}: {h}"
         got_a = generate(self.a, SHARED + TAIL_GEN, wait=True)
