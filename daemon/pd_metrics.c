@@ -1,16 +1,10 @@
 /*
  * pd_metrics.c -- see pd_metrics.h for the design. First the exposition text (engine thread),
- * then the HTTP server (loop thread).
- *
- * A connection moves through states: IDLE (waiting for a request's first byte; 60 s), READING
- * (10 s to complete it), WAITING (its /metrics job is in the engine; reading is stopped),
- * WRITING (10 s for the client to take the response), LINGER (answered with "Connection: close":
- * the write side is shut, input is discarded for up to 2 s), CLOSING. Each connection embeds its
- * TCP handle and a timer; its memory goes when both close callbacks have run.
+ * then what the HTTP server answers (loop thread; the connections are pd_http1's).
  *
  * A /metrics job is a struct mjob whose first member is the pd_job, so pd_job_free frees the
  * whole of it. Its on_done callback runs on the loop thread when the engine is done with it; if
- * the connection went away meanwhile, the job only frees itself.
+ * the connection went away meanwhile (pd_http1's on_gone), the job only frees itself.
  */
 #include "pd_metrics.h"
 
@@ -22,7 +16,7 @@
 #include <time.h>
 
 #include "pd_err.h"
-#include "pd_tcp.h"
+#include "pd_http1.h"
 #include "pd_log.h"
 
 #ifndef PD_VERSION
@@ -323,251 +317,31 @@ int pd_metrics_render(pd_engine *e, char **text, size_t *n_text) {
 /* ---- the HTTP server (loop thread) ----------------------------------------------------------- */
 
 #define MAX_CONNS    64
-#define MAX_HEAD     8192  /* a request's line and headers */
-#define MAX_URL      1024  /* within MAX_HEAD; longer: 414 */
-#define READ_BUF     4096  /* one read; also the most a pipelined remainder can be */
-#define IDLE_MS      60000 /* keep-alive: a connection with no request in progress */
 #define REQUEST_MS   10000 /* from a request's first byte to its end */
 #define WRITE_MS     10000 /* for the client to take a response */
-#define LINGER_MS    2000  /* after "Connection: close": reading and discarding */
-#define LINGER_BYTES (1u << 20)
-#define MAX_REQUESTS 100 /* per connection */
-
-enum { S_IDLE, S_READING, S_WAITING, S_WRITING, S_LINGER, S_CLOSING };
-
-struct mjob;
-
-typedef struct mconn {
-  uv_tcp_t tcp; /* handle data of tcp and timer point back here */
-  uv_timer_t timer;
-  uv_shutdown_t shutdown;
-  pd_metrics *m;
-  struct mconn *prev, *next;
-  http_parser parser;
-  int state, open_handles;
-  size_t head_bytes;   /* bytes of the current request parsed so far */
-  size_t linger_bytes; /* discarded while lingering */
-  char url[MAX_URL];
-  size_t n_url;
-  int error; /* a 4xx found while parsing, 0 = none */
-  int done;  /* the request is complete; the parser is paused */
-  int keep_alive;
-  unsigned served;        /* requests answered on this connection */
-  char in[READ_BUF];      /* libuv reads here */
-  char pending[READ_BUF]; /* bytes read after the current request (pipelining) */
-  size_t n_pending;
-  struct mjob *job; /* the /metrics job in the engine */
-} mconn;
+#define MAX_REQUESTS 100   /* per connection */
 
 typedef struct mjob {
-  pd_job job; /* first: pd_job_free frees the whole struct */
-  mconn *c;   /* NULL once the connection is gone (loop thread only) */
-  int head;   /* HEAD: no body */
-  char *text; /* the exposition, in the job's arena (written by the engine thread) */
+  pd_job job;       /* first: pd_job_free frees the whole struct */
+  pd_http1_conn *c; /* NULL once the connection is gone (loop thread only) */
+  char *text;       /* the exposition, in the job's arena (written by the engine thread) */
   size_t n_text;
 } mjob;
 
-typedef struct mwrite {
-  uv_write_t req;
-  mconn *c;
-  mjob *job; /* the body's owner, freed after the write; NULL for static bodies */
-  int close_after;
-  char head[512];
-} mwrite;
-
 struct pd_metrics {
-  uv_tcp_t listener;
-  uv_loop_t *loop;
+  pd_http1 *http; /* the connections; NULL once closed */
   pd_engine *engine;
-  int open_handles; /* the listener, once initialised */
   int closing, ready, quiescing;
-  size_t n_conns, in_flight; /* connections not yet freed; jobs in the engine */
-  uint64_t refused;          /* connections closed at accept (limit) */
-  mconn *conns;
+  size_t in_flight; /* jobs in the engine */
 };
 
-static http_parser_settings parser_settings;
-
-static void conn_close(mconn *c);
-static void feed(mconn *c, const char *p, size_t n);
-
 static void maybe_free(pd_metrics *m) {
-  if (m->closing && m->open_handles == 0 && m->n_conns == 0 && m->in_flight == 0) free(m);
+  if (m->closing && !m->http && m->in_flight == 0) free(m);
 }
 
-static void timer_start(mconn *c, void (*cb)(uv_timer_t *), uint64_t ms) {
-  uv_timer_start(&c->timer, cb, ms, 0);
-}
-
-static void on_conn_handle_closed(uv_handle_t *h) {
-  mconn *c = h->data;
-  if (--c->open_handles > 0) return;
-  pd_metrics *m = c->m;
-  free(c);
-  m->n_conns--;
-  maybe_free(m);
-}
-
-static void conn_close(mconn *c) {
-  if (c->state == S_CLOSING) return;
-  c->state = S_CLOSING;
-  pd_metrics *m = c->m;
-  if (c->prev)
-    c->prev->next = c->next;
-  else
-    m->conns = c->next;
-  if (c->next) c->next->prev = c->prev;
-  if (c->job) { /* the engine still has it: it frees itself when it comes back */
-    c->job->c = NULL;
-    atomic_store(&c->job->job.cancelled, 1);
-    c->job = NULL;
-  }
-  uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
-  uv_close((uv_handle_t *)&c->tcp, on_conn_handle_closed);
-}
-
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
-  mconn *c = h->data;
-  buf->base = c->in;
-  buf->len = sizeof c->in;
-}
-
-static void on_close_timeout(uv_timer_t *t) {
-  conn_close(t->data);
-}
-
-static void on_shutdown(uv_shutdown_t *req, int status) {
-  (void)req;
-  (void)status; /* lingering goes on until EOF or the timer; a failure closes through either */
-}
-
-static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
-  mconn *c = stream->data;
-  if (nread == 0) return;
-  if (nread < 0) { /* EOF or an error: nothing more to answer */
-    conn_close(c);
-    return;
-  }
-  if (c->state == S_LINGER) {
-    c->linger_bytes += (size_t)nread;
-    if (c->linger_bytes > LINGER_BYTES) conn_close(c);
-    return;
-  }
-  if (c->state != S_IDLE && c->state != S_READING) return; /* reading is stopped then */
-  feed(c, buf->base, (size_t)nread);
-}
-
-/* After a response with "Connection: close": shut the write side, discard input for a while. */
-static void linger(mconn *c) {
-  c->state = S_LINGER;
-  c->linger_bytes = 0;
-  timer_start(c, on_close_timeout, LINGER_MS);
-  c->shutdown.data = c;
-  if (uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, on_shutdown)) {
-    conn_close(c);
-    return;
-  }
-  uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
-}
-
-static void on_request_timeout(uv_timer_t *t);
-
-/* Ready for the next request on this connection (pipelined bytes first). */
-static void begin_request(mconn *c) {
-  c->state = S_IDLE;
-  http_parser_init(&c->parser, HTTP_REQUEST);
-  c->parser.data = c;
-  c->head_bytes = c->n_url = 0;
-  c->error = c->done = 0;
-  timer_start(c, on_close_timeout, IDLE_MS);
-  if (c->n_pending) {
-    size_t n = c->n_pending;
-    c->n_pending = 0;
-    feed(c, c->pending, n); /* may answer and move a further remainder to the front */
-  }
-  if (c->state == S_IDLE || c->state == S_READING)
-    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
-}
-
-static void on_write(uv_write_t *req, int status) {
-  mwrite *w = (mwrite *)req;
-  mconn *c = w->c;
-  int close_after = w->close_after;
-  if (w->job) pd_job_free(&w->job->job);
-  free(w);
-  if (c->state == S_CLOSING) return;
-  if (status < 0)
-    conn_close(c);
-  else if (close_after)
-    linger(c);
-  else
-    begin_request(c);
-}
-
-static const char *reason_phrase(int code) {
-  switch (code) {
-  case 200: return "OK";
-  case 400: return "Bad Request";
-  case 404: return "Not Found";
-  case 405: return "Method Not Allowed";
-  case 408: return "Request Timeout";
-  case 414: return "URI Too Long";
-  case 431: return "Request Header Fields Too Large";
-  case 500: return "Internal Server Error";
-  default: return "Service Unavailable";
-  }
-}
-
-/* Writes a response. body (n_body bytes) is static, or job's (freed after the write). HEAD
- * requests get the head only. */
-static void respond(mconn *c, int code, const char *extra, const char *ctype, const char *body,
-                    size_t n_body, mjob *job, int head_only) {
-  uv_read_stop((uv_stream_t *)&c->tcp);
-  mwrite *w = calloc(1, sizeof *w);
-  if (!w) {
-    if (job) pd_job_free(&job->job);
-    conn_close(c);
-    return;
-  }
-  w->c = c;
-  w->job = job;
-  w->close_after = !c->keep_alive || c->m->closing;
-  int n = snprintf(w->head, sizeof w->head,
-                   "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s"
-                   "Cache-Control: no-store\r\nConnection: %s\r\n\r\n",
-                   code, reason_phrase(code), ctype, n_body, extra ? extra : "",
-                   w->close_after ? "close" : "keep-alive");
-  uv_buf_t bufs[2] = {uv_buf_init(w->head, (unsigned)n),
-                      uv_buf_init((char *)body, (unsigned)n_body)};
-  c->state = S_WRITING;
-  timer_start(c, on_close_timeout, WRITE_MS);
-  if (uv_write(&w->req, (uv_stream_t *)&c->tcp, bufs, head_only || !n_body ? 1 : 2, on_write)) {
-    if (job) pd_job_free(&job->job);
-    free(w);
-    conn_close(c);
-  }
-}
-
-static void respond_text(mconn *c, int code, const char *text) {
-  int head_only = c->done && c->parser.method == HTTP_HEAD;
-  respond(c, code, code == 405 ? "Allow: GET, HEAD\r\n" : NULL, "text/plain; charset=utf-8", text,
-          strlen(text), NULL, head_only);
-}
-
-/* A malformed, oversized or too slow request: answer and close. */
-static void fail_request(mconn *c, int code) {
-  c->keep_alive = 0;
-  c->done = 0; /* not a HEAD we understood: send the body */
-  const char *text = code == 431   ? "request line and headers are limited to 8 KiB\n"
-                     : code == 414 ? "the URL is limited to 1 KiB\n"
-                     : code == 408 ? "the request took too long\n"
-                                   : "malformed request (only GET or HEAD without a body)\n";
-  respond_text(c, code, text);
-}
-
-static void on_request_timeout(uv_timer_t *t) {
-  mconn *c = t->data;
-  fail_request(c, 408);
+static void respond_text(pd_http1_conn *c, int code, const char *text) {
+  pd_http1_respond(c, code, "text/plain; charset=utf-8",
+                   code == 405 ? "Allow: GET, HEAD\r\n" : NULL, text, strlen(text));
 }
 
 /* ---- /metrics: a job on the engine thread ---------------------------------------------------- */
@@ -593,26 +367,29 @@ static void scrape_run(pd_engine *e, pd_job *job) {
 static void scrape_done(pd_job *job, void *user) {
   pd_metrics *m = user;
   mjob *j = (mjob *)job;
-  mconn *c = j->c;
+  pd_http1_conn *c = j->c;
   m->in_flight--;
-  if (!c) { /* the client left */
-    pd_job_free(job);
-    maybe_free(m);
-    return;
-  }
-  c->job = NULL;
-  if (job->status != PD_GRPC_OK || !j->text) {
+  if (c) pd_http1_end_work(c);
+  if (c && (job->status != PD_GRPC_OK || !j->text)) {
     pd_log(PD_LOG_WARN, "metrics: the engine could not render", "status=%d message=\"%s\"",
            job->status, job->message);
-    pd_job_free(job);
     respond_text(c, 500, "the metrics could not be rendered\n");
-    return;
+  } else if (c) {
+    pd_http1_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, j->text, j->n_text);
   }
-  respond(c, 200, NULL, "text/plain; version=0.0.4; charset=utf-8", j->text, j->n_text, j, j->head);
+  pd_job_free(job);
+  maybe_free(m);
 }
 
-static void start_scrape(mconn *c, int head) {
-  pd_metrics *m = c->m;
+/* The connection went away while its scrape was in the engine: the job frees itself. */
+static void scrape_gone(void *work, void *user) {
+  (void)user;
+  mjob *j = work;
+  j->c = NULL;
+  atomic_store(&j->job.cancelled, 1);
+}
+
+static void start_scrape(pd_metrics *m, pd_http1_conn *c) {
   if (m->quiescing || m->closing) {
     respond_text(c, 503, "shutting down\n");
     return;
@@ -628,162 +405,72 @@ static void start_scrape(mconn *c, int head) {
   j->job.done_user = m;
   atomic_init(&j->job.cancelled, 0);
   j->c = c;
-  j->head = head;
-  c->job = j;
-  c->state = S_WAITING;
-  uv_timer_stop(&c->timer); /* the engine answers between two steps */
+  pd_http1_begin_work(c, j); /* the engine answers between two steps */
   m->in_flight++;
   pd_engine_submit(m->engine, &j->job);
 }
 
 /* ---- requests -------------------------------------------------------------------------------- */
 
-static int on_url(http_parser *p, const char *at, size_t n) {
-  mconn *c = p->data;
-  if (c->n_url + n > sizeof c->url) {
-    c->error = 414;
-    return -1;
-  }
-  memcpy(c->url + c->n_url, at, n);
-  c->n_url += n;
-  return 0;
+static int path_is(const pd_http1_request *req, const char *want) {
+  return req->n_path == strlen(want) && !memcmp(req->path, want, req->n_path);
 }
 
-static int on_headers_complete(http_parser *p) {
-  mconn *c = p->data;
-  if ((p->flags & F_CHUNKED) || ((p->flags & F_CONTENTLENGTH) && p->content_length > 0)) {
-    c->error = 400; /* no request here has a body */
-    return -1;
-  }
-  return 0;
-}
-
-static int on_message_complete(http_parser *p) {
-  mconn *c = p->data;
-  c->done = 1;
-  http_parser_pause(p, 1); /* one request at a time: the rest waits in c->pending */
-  return 0;
-}
-
-static int path_is(const char *path, size_t n, const char *want) {
-  return n == strlen(want) && !memcmp(path, want, n);
-}
-
-static void handle_request(mconn *c) {
-  pd_metrics *m = c->m;
-  c->served++;
-  c->keep_alive = http_should_keep_alive(&c->parser) && !c->parser.upgrade &&
-                  c->served < MAX_REQUESTS && !m->closing;
-  if (c->parser.upgrade) c->n_pending = 0; /* another protocol follows: not ours */
-  int method = c->parser.method;
-  if (method != HTTP_GET && method != HTTP_HEAD) {
-    c->keep_alive = 0;
+static void on_request(pd_http1_conn *c, const pd_http1_request *req, void *user) {
+  pd_metrics *m = user;
+  if (req->method != HTTP_GET && req->method != HTTP_HEAD)
     respond_text(c, 405, "only GET and HEAD\n");
-    return;
-  }
-  struct http_parser_url u;
-  http_parser_url_init(&u);
-  if (http_parser_parse_url(c->url, c->n_url, 0, &u) || !(u.field_set & (1 << UF_PATH))) {
-    fail_request(c, 400);
-    return;
-  }
-  const char *path = c->url + u.field_data[UF_PATH].off;
-  size_t n = u.field_data[UF_PATH].len;
-  if (path_is(path, n, "/metrics"))
-    start_scrape(c, method == HTTP_HEAD);
-  else if (path_is(path, n, "/healthz"))
+  else if (path_is(req, "/metrics"))
+    start_scrape(m, c);
+  else if (path_is(req, "/healthz"))
     respond_text(c, 200, "ok\n");
-  else if (path_is(path, n, "/readyz"))
+  else if (path_is(req, "/readyz"))
     respond_text(c, m->ready ? 200 : 503, m->ready ? "ready\n" : "draining\n");
-  else if (path_is(path, n, "/"))
+  else if (path_is(req, "/"))
     respond_text(c, 200, "prefixd: /metrics (Prometheus), /healthz, /readyz\n");
   else
     respond_text(c, 404, "not found: try /metrics, /healthz or /readyz\n");
 }
 
-/* Parses bytes of the current request; answers it once complete. p may be c->pending. */
-static void feed(mconn *c, const char *p, size_t n) {
-  if (c->state == S_IDLE) {
-    c->state = S_READING;
-    timer_start(c, on_request_timeout, REQUEST_MS);
-  }
-  if (c->head_bytes >= MAX_HEAD) {
-    fail_request(c, 431);
-    return;
-  }
-  size_t room = MAX_HEAD - c->head_bytes, chunk = n < room ? n : room;
-  size_t used = http_parser_execute(&c->parser, &parser_settings, p, chunk);
-  c->head_bytes += used;
-  if (c->done) {
-    size_t left = n - used;
-    memmove(c->pending, p + used, left); /* left <= READ_BUF: p held at most one read */
-    c->n_pending = left;
-    handle_request(c);
-    return;
-  }
-  enum http_errno err = HTTP_PARSER_ERRNO(&c->parser);
-  if (err != HPE_OK) {
-    fail_request(c, c->error ? c->error : err == HPE_HEADER_OVERFLOW ? 431 : 400);
-    return;
-  }
-  if (used < n) fail_request(c, 431); /* cut by MAX_HEAD */
+static void on_error(pd_http1_conn *c, int code, const char *message, void *user) {
+  (void)user;
+  char text[128];
+  snprintf(text, sizeof text, "%s\n", message);
+  respond_text(c, code, text);
 }
 
-/* ---- the listener ---------------------------------------------------------------------------- */
-
-static void refuse(pd_metrics *m, uv_stream_t *listener) {
-  pd_tcp_refuse(m->loop, listener);
-  if (m->refused++ % 1000 == 0)
-    pd_log(PD_LOG_WARN, "metrics: connection limit reached, closing new connections",
-           "limit=%d refused=%llu", MAX_CONNS, (unsigned long long)m->refused);
-}
-
-static void on_connection(uv_stream_t *listener, int status) {
-  pd_metrics *m = listener->data;
-  if (status < 0) return;
-  mconn *c = m->n_conns < MAX_CONNS && !m->closing ? calloc(1, sizeof *c) : NULL;
-  if (!c) {
-    refuse(m, listener);
-    return;
-  }
-  c->m = m;
-  uv_tcp_init(m->loop, &c->tcp);
-  uv_timer_init(m->loop, &c->timer);
-  c->tcp.data = c->timer.data = c;
-  c->open_handles = 2;
-  m->n_conns++;
-  c->next = m->conns;
-  if (m->conns) m->conns->prev = c;
-  m->conns = c;
-  if (uv_accept(listener, (uv_stream_t *)&c->tcp)) {
-    conn_close(c);
-    return;
-  }
-  uv_tcp_nodelay(&c->tcp, 1);
-  begin_request(c);
+static void on_http_closed(void *user) {
+  pd_metrics *m = user;
+  m->http = NULL;
+  maybe_free(m);
 }
 
 int pd_metrics_create(uv_loop_t *loop, pd_engine *engine, pd_metrics **out) {
   pd_metrics *m = calloc(1, sizeof *m);
   if (!m) return PD_ENOMEM;
-  m->loop = loop;
   m->engine = engine;
-  http_parser_settings_init(&parser_settings);
-  parser_settings.on_url = on_url;
-  parser_settings.on_headers_complete = on_headers_complete;
-  parser_settings.on_message_complete = on_message_complete;
+  pd_http1_config cfg = {.name = "metrics",
+                         .max_conns = MAX_CONNS,
+                         .max_body = 0,
+                         .max_requests = MAX_REQUESTS,
+                         .request_ms = REQUEST_MS,
+                         .send_ms = WRITE_MS,
+                         .on_request = on_request,
+                         .on_error = on_error,
+                         .on_gone = scrape_gone,
+                         .on_closed = on_http_closed,
+                         .user = m};
+  int rc = pd_http1_create(loop, &cfg, &m->http);
+  if (rc) {
+    free(m);
+    return rc;
+  }
   *out = m;
   return PD_OK;
 }
 
 int pd_metrics_listen(pd_metrics *m, const char *host, int port, int *bound_port) {
-  if (m->open_handles) return PD_EEXIST;
-  int rc = pd_tcp_listen(m->loop, &m->listener, host, port, 128, on_connection, bound_port);
-  if (rc != PD_EINVAL) { /* initialised: pd_metrics_close closes it */
-    m->listener.data = m;
-    m->open_handles = 1;
-  }
-  return rc;
+  return pd_http1_listen(m->http, host, port, bound_port);
 }
 
 void pd_metrics_set_ready(pd_metrics *m, int ready) {
@@ -796,22 +483,9 @@ size_t pd_metrics_quiesce(pd_metrics *m) {
   return m->in_flight;
 }
 
-static void on_listener_closed(uv_handle_t *h) {
-  pd_metrics *m = h->data;
-  m->open_handles = 0;
-  maybe_free(m);
-}
-
 void pd_metrics_close(pd_metrics *m) {
   if (!m || m->closing) return;
   m->closing = 1;
   m->ready = 0;
-  for (mconn *c = m->conns, *next; c; c = next) {
-    next = c->next;
-    conn_close(c);
-  }
-  if (m->open_handles)
-    uv_close((uv_handle_t *)&m->listener, on_listener_closed);
-  else
-    maybe_free(m);
+  pd_http1_close(m->http); /* on_http_closed frees m, now or later, once no job is out */
 }

@@ -5,12 +5,8 @@
  *
  * DESIGN
  *
- * A small HTTP/1.1 server over uv_tcp. Requests are parsed by Debian's libhttp-parser (the
- * parser Node.js used until version 12) rather than by hand: a hand-written HTTP parser is where
- * request smuggling and header-splitting bugs live, and this one has years of production use,
- * fuzzing and smuggling fixes behind it. Its upstream is archived; Debian maintains the package
- * and ships its security fixes. llhttp, the successor, is not packaged in Debian bookworm
- * (switch to libllhttp-dev once the distribution has it).
+ * The HTTP/1.1 connections are pd_http1's (shared with the OpenAI-compatible API: http-parser,
+ * keep-alive, pipelining, limits and timeouts); this file answers the requests.
  *
  * The values come from the engine thread, which owns everything they describe: GET /metrics
  * becomes a PD_JOB_CALL job whose run function (pd_metrics_render) writes the exposition text
@@ -22,11 +18,11 @@
  *
  * Bounds, so that a slow or hostile client cannot hurt the daemon: at most 64 connections (more
  * are closed at accept); a request's line and headers at most 8 KiB (else 431); no request body
- * (400); GET and HEAD only (405); one request at a time per connection (reading stops while it
- * is answered, so pipelined bytes wait in a fixed 4 KiB buffer); 10 s to send a whole request and
- * 10 s to take the response (else the connection is closed); an idle keep-alive connection is
- * closed after 60 s and after 100 requests. A connection that sent something malformed gets its
- * 4xx with "Connection: close", then the write side is shut and what it still sends is read and
+ * (400); GET and HEAD only (405); one request at a time per connection (pipelined ones wait, up
+ * to 16 KiB of them, and are answered in order); 10 s to send a whole request and 10 s to take
+ * the response (else the connection is closed); an idle keep-alive connection is closed after
+ * 60 s and after 100 requests. A connection that sent something malformed gets its 4xx with
+ * "Connection: close", then the write side is shut and what it still sends is read and
  * discarded for up to 2 s (so the client sees the answer rather than a reset).
  *
  * The endpoint has no authentication: keep it on loopback or behind the network's policy.

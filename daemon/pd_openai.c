@@ -3,11 +3,8 @@
  * GenerateRequest (loop thread, jansson), the engine's output turned into OpenAI's answers, and
  * the HTTP/1.1 connections.
  *
- * A connection is IDLE (waiting for a request; 60 s), READING (30 s to complete it), RUNNING (its
- * request's job is in the engine; still read, so that a hang-up cancels the job), SENDING (the
- * last bytes of an answer are being written; 30 s), LINGER (answered with "Connection: close":
- * write side shut, input discarded for up to 2 s) or CLOSING. It embeds its TCP handle and a
- * timer; its memory goes when both close callbacks have run.
+ * The HTTP/1.1 connections are pd_http1's (shared with the metrics endpoint); a request in the
+ * engine is that connection's work, so a hang-up reaches it (on_gone) and cancels its job.
  *
  * A request is a struct oreq whose first member is the pd_job, so pd_job_free frees all of it.
  * The GenerateRequest it hands the engine points into the parsed JSON (root) and into arrays the
@@ -24,34 +21,24 @@
 #include <time.h>
 
 #include "pd_err.h"
-#include "pd_tcp.h"
+#include "pd_http1.h"
 #include "pd_unicode.h"
 #include "pd_log.h"
 #include "prefixd/v1/prefixd.pb-c.h"
 
 #define MAX_CONNS    256
-#define MAX_HEAD     8192
 #define MAX_BODY     (4u << 20)
-#define MAX_URL      1024
-#define READ_BUF     16384
-#define IDLE_MS      60000
 #define REQUEST_MS   30000
 #define SEND_MS      30000
-#define LINGER_MS    2000
-#define MAX_QUEUED   (8u << 20) /* bytes waiting to be sent to one client */
 #define MAX_STOP     16
 #define MAX_MESSAGES 4096
 
-enum { S_IDLE, S_READING, S_RUNNING, S_SENDING, S_LINGER, S_CLOSING };
-
-typedef struct oconn oconn;
-
 typedef struct oreq {
-  pd_job job; /* first: pd_job_free frees the whole struct */
-  oconn *c;   /* NULL once the connection is gone (loop thread only) */
+  pd_job job;       /* first: pd_job_free frees the whole struct */
+  pd_http1_conn *c; /* NULL once the connection is gone (loop thread only) */
   pd_openai *o;
   json_t *root; /* the request body: the strings below point into it */
-  int chat, stream, include_usage, chunked;
+  int chat, stream, include_usage;
   int logprobs, top_logprobs; /* as asked (completions: top_logprobs = the legacy integer) */
   char id[48];
   int64_t created;
@@ -77,45 +64,15 @@ typedef struct oreq {
   int lost;         /* a whole answer could not be kept (out of memory): it ends in a 500 */
 } oreq;
 
-struct oconn {
-  uv_tcp_t tcp; /* handle data of tcp and timer point back here */
-  uv_timer_t timer;
-  uv_shutdown_t shutdown;
-  pd_openai *o;
-  oconn *prev, *next;
-  http_parser parser;
-  int state, open_handles;
-  size_t head_bytes;
-  int headers_done, done, error, keep_alive;
-  char url[MAX_URL];
-  size_t n_url;
-  char field[32]; /* the header name being read (lower case; longer names are not ours) */
-  size_t n_field;
-  int in_value, value_is_auth;
-  int expect_continue; /* "Expect: 100-continue" (curl, for large bodies) */
-  char auth[160];
-  size_t n_auth;
-  char *body;
-  size_t n_body, cap_body;
-  char in[READ_BUF];      /* libuv reads here */
-  char pending[READ_BUF]; /* bytes after the current request (pipelining) */
-  size_t n_pending;
-  oreq *req; /* the request in the engine */
-};
-
 struct pd_openai {
-  uv_tcp_t listener;
-  uv_loop_t *loop;
+  pd_http1 *http; /* the connections; NULL once closed */
   pd_engine *engine;
   char model_id[256];
   int64_t started;
-  int open_handles, closing, draining;
-  size_t n_conns, in_flight;
-  uint64_t refused, next_id;
-  oconn *conns;
+  int closing, draining;
+  size_t in_flight; /* requests whose jobs are in the engine */
+  uint64_t next_id;
 };
-
-static http_parser_settings parser_settings;
 
 static void maybe_free(pd_openai *o);
 
@@ -136,28 +93,6 @@ static int http_status_of(int grpc) {
   case PD_GRPC_UNAVAILABLE: return 503;
   case PD_GRPC_DEADLINE_EXCEEDED: return 504;
   default: return 500;
-  }
-}
-
-static const char *reason_phrase(int code) {
-  switch (code) {
-  case 200: return "OK";
-  case 400: return "Bad Request";
-  case 401: return "Unauthorized";
-  case 403: return "Forbidden";
-  case 404: return "Not Found";
-  case 405: return "Method Not Allowed";
-  case 408: return "Request Timeout";
-  case 413: return "Payload Too Large";
-  case 414: return "URI Too Long";
-  case 415: return "Unsupported Media Type";
-  case 429: return "Too Many Requests";
-  case 431: return "Request Header Fields Too Large";
-  case 499: return "Client Closed Request";
-  case 501: return "Not Implemented";
-  case 503: return "Service Unavailable";
-  case 504: return "Gateway Timeout";
-  default: return "Internal Server Error";
   }
 }
 
@@ -501,171 +436,63 @@ static void oreq_free(oreq *r) {
   pd_job_free(&r->job);
 }
 
-/* ---- connections: writing -------------------------------------------------------------------- */
+/* ---- answering ------------------------------------------------------------------------------- */
 
-static void conn_close(oconn *c);
-static void begin_request(oconn *c);
-static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
-
-typedef struct owrite {
-  uv_write_t req;
-  oconn *c;
-  int last;        /* the answer's last bytes: the connection moves on once they are sent */
-  int close_after; /* ... by closing */
-  size_t n;
-  char data[]; /* (n) */
-} owrite;
-
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
-  oconn *c = h->data;
-  buf->base = c->in;
-  buf->len = sizeof c->in;
+/* A whole answer (body copied). */
+static void respond(pd_http1_conn *c, int code, const char *ctype, const char *body,
+                    size_t n_body) {
+  pd_http1_respond(c, code, ctype, code == 405 ? "Allow: GET, POST\r\n" : NULL, body, n_body);
 }
 
-static void on_close_timeout(uv_timer_t *t) {
-  conn_close(t->data);
-}
+/* When even the error object cannot be built. */
+static const char oom_error[] = "{\"error\":{\"message\":\"out of memory\",\"type\":"
+                                "\"server_error\",\"param\":null,\"code\":null}}";
 
-static void on_shutdown(uv_shutdown_t *req, int status) {
-  (void)req;
-  (void)status;
-}
-
-static void on_write(uv_write_t *req, int status) {
-  owrite *w = (owrite *)req;
-  oconn *c = w->c;
-  int last = w->last, close_after = w->close_after;
-  free(w);
-  if (c->state == S_CLOSING) return;
-  if (status < 0) {
-    conn_close(c);
-    return;
-  }
-  if (!last) return;
-  if (close_after) {
-    c->state = S_LINGER;
-    uv_timer_start(&c->timer, on_close_timeout, LINGER_MS, 0);
-    c->shutdown.data = c;
-    if (uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, on_shutdown)) conn_close(c);
-    return;
-  }
-  begin_request(c);
-}
-
-/* Queues bytes (copied) for the client. last: the answer ends with them. Returns 0, or -1 when
- * the connection was closed (a write failed, or the client reads too slowly). */
-static int conn_send(oconn *c, const char *data, size_t n, int last) {
-  if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > MAX_QUEUED) {
-    pd_log(PD_LOG_WARN, "openai: a client does not read its answer; disconnecting", NULL);
-    conn_close(c);
-    return -1;
-  }
-  owrite *w = malloc(sizeof *w + n);
-  if (!w) {
-    conn_close(c);
-    return -1;
-  }
-  w->c = c;
-  w->last = last;
-  w->close_after = last && !c->keep_alive;
-  w->n = n;
-  memcpy(w->data, data, n);
-  if (last) {
-    c->state = S_SENDING;
-    uv_timer_start(&c->timer, on_close_timeout, SEND_MS, 0);
-  }
-  uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
-  if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write)) {
-    free(w);
-    conn_close(c);
-    return -1;
-  }
-  return 0;
-}
-
-/* A whole answer: status line, headers, body. */
-static void respond(oconn *c, int code, const char *ctype, const char *body, size_t n_body) {
-  if (c->o->closing || c->o->draining) c->keep_alive = 0;
-  char head[512];
-  int n = snprintf(head, sizeof head,
-                   "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                   "Cache-Control: no-store\r\nConnection: %s\r\n%s\r\n",
-                   code, reason_phrase(code), ctype, n_body, c->keep_alive ? "keep-alive" : "close",
-                   code == 405 ? "Allow: GET, POST\r\n" : "");
-  char *all = malloc((size_t)n + n_body);
-  if (!all) {
-    conn_close(c);
-    return;
-  }
-  memcpy(all, head, (size_t)n);
-  memcpy(all + n, body, n_body);
-  conn_send(c, all, (size_t)n + n_body, 1);
-  free(all);
-}
-
-static void respond_json(oconn *c, int code, json_t *obj) {
+/* obj (taken) as the answer; out of memory: a 500. */
+static void respond_json(pd_http1_conn *c, int code, json_t *obj) {
   char *s = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
   json_decref(obj);
-  if (!s) {
-    conn_close(c);
-    return;
-  }
-  respond(c, code, "application/json", s, strlen(s));
+  if (s)
+    respond(c, code, "application/json", s, strlen(s));
+  else
+    respond(c, 500, "application/json", oom_error, sizeof oom_error - 1);
   free(s);
 }
 
-static void respond_error(oconn *c, int code, const char *message, const char *param) {
+static void respond_error(pd_http1_conn *c, int code, const char *message, const char *param) {
   char *s = error_json(code, message, param);
-  if (!s) {
-    conn_close(c);
-    return;
-  }
-  respond(c, code, "application/json", s, strlen(s));
+  if (s)
+    respond(c, code, "application/json", s, strlen(s));
+  else
+    respond(c, 500, "application/json", oom_error, sizeof oom_error - 1);
   free(s);
 }
 
-/* A malformed, oversized or too slow request: answer and close. */
-static void fail_request(oconn *c, int code, const char *message) {
-  c->keep_alive = 0;
-  uv_read_stop((uv_stream_t *)&c->tcp);
-  respond_error(c, code, message, NULL);
-}
-
-/* One server-sent event ("data: ...\n\n"), in an HTTP chunk when the answer is chunked. */
-static int send_event(oconn *c, oreq *r, const char *data, int last) {
+/* One server-sent event ("data: ...\n\n"). Returns 0, or -1 when the connection closed. */
+static int send_event(pd_http1_conn *c, const char *data, int last) {
   size_t n = strlen(data);
-  char *buf = malloc(n + 64);
+  char *buf = malloc(n + 8);
   if (!buf) {
-    conn_close(c);
+    pd_http1_abort(c);
     return -1;
   }
-  size_t k = 0;
-  if (r->chunked) k += (size_t)sprintf(buf, "%zx\r\n", n + 8);
-  memcpy(buf + k, "data: ", 6);
-  memcpy(buf + k + 6, data, n);
-  memcpy(buf + k + 6 + n, "\n\n", 2);
-  k += n + 8;
-  if (r->chunked) {
-    memcpy(buf + k, "\r\n", 2);
-    k += 2;
-  }
-  if (last && r->chunked) {
-    memcpy(buf + k, "0\r\n\r\n", 5);
-    k += 5;
-  }
-  int rc = conn_send(c, buf, k, last);
+  memcpy(buf, "data: ", 6);
+  memcpy(buf + 6, data, n);
+  memcpy(buf + 6 + n, "\n\n", 2);
+  int rc = pd_http1_stream_write(c, buf, n + 8, last);
   free(buf);
   return rc;
 }
 
-static int send_event_json(oconn *c, oreq *r, json_t *obj) {
+/* obj (taken) as an event; out of memory closes the connection (the stream cannot go on). */
+static int send_event_json(pd_http1_conn *c, json_t *obj) {
   char *s = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
   json_decref(obj);
   if (!s) {
-    conn_close(c);
+    pd_http1_abort(c);
     return -1;
   }
-  int rc = send_event(c, r, s, 0);
+  int rc = send_event(c, s, 0);
   free(s);
   return rc;
 }
@@ -756,31 +583,22 @@ static json_t *stream_chunk(oreq *r, json_t *delta_or_text, const char *finish, 
   return choice ? answer_json(r, 1, choice, NULL) : NULL;
 }
 
-static int stream_head(oconn *c, oreq *r) {
-  r->chunked = c->parser.http_major > 1 || c->parser.http_minor >= 1;
-  if (!r->chunked) c->keep_alive = 0;
-  char head[256];
-  int n = snprintf(head, sizeof head,
-                   "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: "
-                   "no-cache\r\n%sConnection: %s\r\n\r\n",
-                   r->chunked ? "Transfer-Encoding: chunked\r\n" : "",
-                   c->keep_alive ? "keep-alive" : "close");
-  if (conn_send(c, head, (size_t)n, 0)) return -1;
+static int stream_head(pd_http1_conn *c, oreq *r) {
+  if (pd_http1_stream_begin(c, "text/event-stream")) return -1;
   r->started = 1;
   if (!r->chat) return 0;
   return send_event_json(
-      c, r,
-      stream_chunk(r, json_pack("{s:s,s:s}", "role", "assistant", "content", ""), NULL, NULL));
+      c, stream_chunk(r, json_pack("{s:s,s:s}", "role", "assistant", "content", ""), NULL, NULL));
 }
 
 /* Streaming: the tokens and text of one engine output as an event. */
-static int stream_tokens(oconn *c, oreq *r, const int32_t *ids, uint32_t n_ids, const char *text,
-                         const pd_token_logprob *lps) {
+static int stream_tokens(pd_http1_conn *c, oreq *r, const int32_t *ids, uint32_t n_ids,
+                         const char *text, const pd_token_logprob *lps) {
   if (!r->started && stream_head(c, r)) return -1;
   json_t *lp = logprobs_json(r, ids, lps, n_ids);
   json_t *piece =
       r->chat ? json_pack("{s:s}", "content", text ? text : "") : json_string(text ? text : "");
-  return send_event_json(c, r, stream_chunk(r, piece, NULL, lp));
+  return send_event_json(c, stream_chunk(r, piece, NULL, lp));
 }
 
 static int append_text(oreq *r, const char *text, size_t n) {
@@ -799,11 +617,11 @@ static int append_text(oreq *r, const char *text, size_t n) {
 }
 
 /* The request is done: the last events, or the whole answer. */
-static void finish_request(oconn *c, oreq *r) {
+static void finish_request(pd_http1_conn *c, oreq *r) {
   pd_job *job = &r->job;
   const Prefixd__V1__GenerateResponse *final = (const Prefixd__V1__GenerateResponse *)job->final;
   int code = http_status_of(job->status);
-  const char *message = job->message[0] ? job->message : reason_phrase(code);
+  const char *message = job->message[0] ? job->message : pd_http1_reason(code);
   if ((job->status == PD_GRPC_OK && !final) || r->lost) {
     code = 500;
     message = "out of memory for the answer";
@@ -811,22 +629,20 @@ static void finish_request(oconn *c, oreq *r) {
   if (r->stream && r->started) { /* the head is out: an error travels as an event */
     if (code != 200) {
       char *e = error_json(code, message, NULL);
-      if (!e || send_event(c, r, e, 0)) {
-        free(e);
-        return;
-      }
+      if (!e) pd_http1_abort(c); /* out of memory: the stream cannot end properly */
+      int failed = !e || send_event(c, e, 0);
       free(e);
+      if (failed) return;
     } else {
-      if (send_event_json(c, r,
-                          stream_chunk(r, r->chat ? json_object() : json_string(""),
-                                       finish_name(final->finish_reason), NULL)))
+      if (send_event_json(c, stream_chunk(r, r->chat ? json_object() : json_string(""),
+                                          finish_name(final->finish_reason), NULL)))
         return;
       if (r->include_usage) {
         json_t *usage = usage_json(final);
-        if (send_event_json(c, r, usage ? answer_json(r, 1, NULL, usage) : NULL)) return;
+        if (send_event_json(c, usage ? answer_json(r, 1, NULL, usage) : NULL)) return;
       }
     }
-    send_event(c, r, "[DONE]", 1);
+    send_event(c, "[DONE]", 1);
     return;
   }
   if (code != 200) {
@@ -850,7 +666,7 @@ static void finish_request(oconn *c, oreq *r) {
                        "logprobs", r->logprobs ? r->lp_list : NULL, "finish_reason",
                        finish_name(final->finish_reason));
   json_t *usage = usage_json(final);
-  if (!choice || !usage) { /* out of memory: respond_json closes the connection */
+  if (!choice || !usage) { /* out of memory: respond_json answers a 500 */
     json_decref(choice);
     json_decref(usage);
     respond_json(c, 200, NULL);
@@ -889,7 +705,7 @@ static void on_job_output(pd_job *job, void *user) {
   pd_token_logprob *lps;
   int done;
   pd_engine_take_stream(o->engine, job, &ids, &n_ids, &text, &n_text, &lps, &done);
-  oconn *c = r->c;
+  pd_http1_conn *c = r->c;
   if (c && (n_ids || n_text)) {
     int failed;
     if (r->stream) {
@@ -908,7 +724,7 @@ static void on_job_output(pd_job *job, void *user) {
   if (!done) return;
   o->in_flight--;
   if (c) {
-    c->req = NULL;
+    pd_http1_end_work(c); /* r is freed below */
     r->c = NULL;
     finish_request(c, r);
   }
@@ -918,8 +734,8 @@ static void on_job_output(pd_job *job, void *user) {
 
 /* ---- requests -------------------------------------------------------------------------------- */
 
-static void start_generation(oconn *c, int chat) {
-  pd_openai *o = c->o;
+static void start_generation(pd_openai *o, pd_http1_conn *c, const pd_http1_request *req,
+                             int chat) {
   oreq *r = calloc(1, sizeof *r);
   if (!r) {
     respond_error(c, 503, "out of memory", NULL);
@@ -927,7 +743,7 @@ static void start_generation(oconn *c, int chat) {
   }
   r->o = o;
   char err[300];
-  if (parse_body(r, c->body ? c->body : "", c->n_body, chat, err, sizeof err)) {
+  if (parse_body(r, req->body ? req->body : "", req->n_body, chat, err, sizeof err)) {
     oreq_free(r);
     respond_error(c, 400, err, NULL);
     return;
@@ -944,55 +760,41 @@ static void start_generation(oconn *c, int chat) {
   job->output_user = o;
   /* OpenAI's clients always send a key; a daemon without keys (single tenant, loopback only)
    * takes whatever they send */
-  if (c->n_auth && !o->engine->single_tenant) {
-    if (c->n_auth < 8 || strncasecmp(c->auth, "Bearer ", 7) ||
-        c->n_auth - 7 >= sizeof job->authorization) {
+  const char *auth = req->authorization;
+  size_t n_auth = req->n_authorization;
+  if (auth && !o->engine->single_tenant) {
+    if (n_auth < 8 || strncasecmp(auth, "Bearer ", 7) || n_auth - 7 >= sizeof job->authorization) {
       oreq_free(r);
       respond_error(c, 401, "the Authorization header must be 'Bearer <api key>'", NULL);
       return;
     }
-    memcpy(job->authorization, c->auth + 7, c->n_auth - 7);
-    job->authorization[c->n_auth - 7] = 0;
+    memcpy(job->authorization, auth + 7, n_auth - 7);
+    job->authorization[n_auth - 7] = 0;
   }
   r->c = c;
-  c->req = r;
-  c->state = S_RUNNING;
-  uv_timer_stop(&c->timer);
+  pd_http1_begin_work(c, r);
   o->in_flight++;
   pd_engine_submit(o->engine, job);
 }
 
-static int path_is(const char *path, size_t n, const char *want) {
-  return n == strlen(want) && !memcmp(path, want, n);
+static int path_is(const pd_http1_request *req, const char *want) {
+  return req->n_path == strlen(want) && !memcmp(req->path, want, req->n_path);
 }
 
-static void handle_request(oconn *c) {
-  pd_openai *o = c->o;
-  c->keep_alive = http_should_keep_alive(&c->parser) && !c->parser.upgrade && !o->draining;
-  if (c->parser.upgrade) c->n_pending = 0;
-  struct http_parser_url u;
-  http_parser_url_init(&u);
-  if (http_parser_parse_url(c->url, c->n_url, 0, &u) || !(u.field_set & (1 << UF_PATH))) {
-    fail_request(c, 400, "malformed request target");
-    return;
-  }
-  const char *path = c->url + u.field_data[UF_PATH].off;
-  size_t n = u.field_data[UF_PATH].len;
-  int method = c->parser.method;
-  int chat = path_is(path, n, "/v1/chat/completions"),
-      completions = path_is(path, n, "/v1/completions");
+static void on_request(pd_http1_conn *c, const pd_http1_request *req, void *user) {
+  pd_openai *o = user;
+  int chat = path_is(req, "/v1/chat/completions"), completions = path_is(req, "/v1/completions");
   if (chat || completions) {
-    if (method != HTTP_POST) {
+    if (req->method != HTTP_POST)
       respond_error(c, 405, "use POST", NULL);
-    } else if (o->draining || o->closing) {
+    else if (o->draining || o->closing)
       respond_error(c, 503, "the server is shutting down", NULL);
-    } else {
-      start_generation(c, chat);
-    }
+    else
+      start_generation(o, c, req, chat);
     return;
   }
-  if (path_is(path, n, "/v1/models")) {
-    if (method != HTTP_GET) {
+  if (path_is(req, "/v1/models")) {
+    if (req->method != HTTP_GET) {
       respond_error(c, 405, "use GET", NULL);
       return;
     }
@@ -1006,308 +808,90 @@ static void handle_request(oconn *c) {
   snprintf(msg, sizeof msg,
            "no such endpoint: %.*s (POST /v1/chat/completions, POST /v1/completions, "
            "GET /v1/models)",
-           (int)(n < 64 ? n : 64), path);
+           (int)(req->n_path < 64 ? req->n_path : 64), req->path);
   respond_error(c, 404, msg, NULL);
 }
 
-static int on_url(http_parser *p, const char *at, size_t n) {
-  oconn *c = p->data;
-  if (c->n_url + n > sizeof c->url) {
-    c->error = 414;
-    return -1;
-  }
-  memcpy(c->url + c->n_url, at, n);
-  c->n_url += n;
-  return 0;
+/* A malformed, oversized or too slow request: OpenAI's error object (the connection closes). */
+static void on_error(pd_http1_conn *c, int code, const char *message, void *user) {
+  (void)user;
+  respond_error(c, code, message, NULL);
 }
 
-static int on_header_field(http_parser *p, const char *at, size_t n) {
-  oconn *c = p->data;
-  if (c->in_value) c->in_value = 0, c->n_field = 0;
-  for (size_t i = 0; i < n; i++) {
-    if (c->n_field < sizeof c->field - 1) {
-      char ch = at[i];
-      c->field[c->n_field] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
-    }
-    c->n_field++;
-  }
-  return 0;
+/* The connection went away while the request ran: its job is cancelled, and frees itself when
+ * the engine gives it back. */
+static void on_gone(void *work, void *user) {
+  (void)user;
+  oreq *r = work;
+  r->c = NULL;
+  atomic_store(&r->job.cancelled, 1);
 }
 
-static int on_header_value(http_parser *p, const char *at, size_t n) {
-  oconn *c = p->data;
-  if (!c->in_value) {
-    c->in_value = 1;
-    c->value_is_auth = c->n_field == 13 && !memcmp(c->field, "authorization", 13);
-    if (c->value_is_auth) c->n_auth = 0;
-    if (c->n_field == 6 && !memcmp(c->field, "expect", 6))
-      c->expect_continue = n >= 12 && !strncasecmp(at, "100-continue", 12);
-  }
-  if (!c->value_is_auth) return 0;
-  if (c->n_auth + n >= sizeof c->auth) {
-    c->error = 431;
-    return -1;
-  }
-  memcpy(c->auth + c->n_auth, at, n);
-  c->n_auth += n;
-  return 0;
-}
-
-static int on_headers_complete(http_parser *p) {
-  oconn *c = p->data;
-  c->headers_done = 1;
-  if ((p->flags & F_CONTENTLENGTH) && p->content_length > MAX_BODY) {
-    c->error = 413;
-    return -1;
-  }
-  /* the client waits for this before it sends the body (or gives up waiting after a while) */
-  if (c->expect_continue && conn_send(c, "HTTP/1.1 100 Continue\r\n\r\n", 25, 0)) return -1;
-  return 0;
-}
-
-static int on_body(http_parser *p, const char *at, size_t n) {
-  oconn *c = p->data;
-  if (c->n_body + n > MAX_BODY) {
-    c->error = 413;
-    return -1;
-  }
-  if (c->n_body + n > c->cap_body) {
-    size_t cap = c->cap_body ? c->cap_body : 4096;
-    while (cap < c->n_body + n) cap *= 2;
-    char *b = realloc(c->body, cap);
-    if (!b) {
-      c->error = 503;
-      return -1;
-    }
-    c->body = b;
-    c->cap_body = cap;
-  }
-  memcpy(c->body + c->n_body, at, n);
-  c->n_body += n;
-  return 0;
-}
-
-static int on_message_complete(http_parser *p) {
-  oconn *c = p->data;
-  c->done = 1;
-  http_parser_pause(p, 1); /* one request at a time: the rest waits in c->pending */
-  return 0;
-}
-
-static void fail_parse(oconn *c) {
-  int code = c->error ? c->error : HTTP_PARSER_ERRNO(&c->parser) == HPE_HEADER_OVERFLOW ? 431 : 400;
-  fail_request(c, code,
-               code == 413   ? "the body is limited to 4 MiB"
-               : code == 414 ? "the URL is limited to 1 KiB"
-               : code == 431 ? "request line and headers are limited to 8 KiB"
-               : code == 503 ? "out of memory"
-                             : "malformed HTTP request");
-}
-
-/* A request not complete within REQUEST_MS of its first byte: 408, and the connection closes. */
-static void on_request_timeout(uv_timer_t *t) {
-  fail_request(t->data, 408, "the request took too long to arrive");
-}
-
-/* Parses bytes of the current request; answers it once complete. p may be c->pending. */
-static void feed(oconn *c, const char *p, size_t n) {
-  if (c->state == S_IDLE) {
-    c->state = S_READING;
-    uv_timer_start(&c->timer, on_request_timeout, REQUEST_MS, 0);
-  }
-  size_t off = 0;
-  while (off < n && !c->done) {
-    size_t chunk = n - off;
-    if (!c->headers_done) {
-      if (c->head_bytes >= MAX_HEAD) {
-        fail_request(c, 431, "request line and headers are limited to 8 KiB");
-        return;
-      }
-      size_t room = MAX_HEAD - c->head_bytes;
-      chunk = chunk < room ? chunk : room;
-    }
-    size_t used = http_parser_execute(&c->parser, &parser_settings, p + off, chunk);
-    if (c->state == S_CLOSING) return; /* a send from a callback failed */
-    if (!c->headers_done) c->head_bytes += used;
-    off += used;
-    if (c->done) break;
-    if (HTTP_PARSER_ERRNO(&c->parser) != HPE_OK || used < chunk) {
-      fail_parse(c);
-      return;
-    }
-  }
-  if (!c->done) return;
-  size_t left = n - off;
-  memmove(c->pending, p + off, left); /* left <= READ_BUF: p held at most one read */
-  c->n_pending = left;
-  handle_request(c);
-}
-
-static void begin_request(oconn *c) {
-  c->state = S_IDLE;
-  http_parser_init(&c->parser, HTTP_REQUEST);
-  c->parser.data = c;
-  c->head_bytes = c->n_url = c->n_body = c->n_field = c->n_auth = 0;
-  c->headers_done = c->done = c->error = c->in_value = c->value_is_auth = 0;
-  c->expect_continue = 0;
-  if (c->cap_body > (64u << 10)) { /* a large body's buffer goes with its request */
-    free(c->body);
-    c->body = NULL;
-    c->cap_body = 0;
-  }
-  uv_timer_start(&c->timer, on_close_timeout, IDLE_MS, 0);
-  uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
-  if (c->n_pending) {
-    size_t n = c->n_pending;
-    c->n_pending = 0;
-    feed(c, c->pending, n);
-  }
-}
-
-static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
-  oconn *c = stream->data;
-  if (nread == 0) return;
-  if (nread < 0) { /* EOF or an error: a running request is cancelled */
-    conn_close(c);
-    return;
-  }
-  switch (c->state) {
-  case S_IDLE:
-  case S_READING: feed(c, buf->base, (size_t)nread); return;
-  case S_RUNNING:
-  case S_SENDING: /* a pipelined request: kept for later, within reason */
-    if (c->n_pending + (size_t)nread > sizeof c->pending) {
-      conn_close(c);
-      return;
-    }
-    memcpy(c->pending + c->n_pending, buf->base, (size_t)nread);
-    c->n_pending += (size_t)nread;
-    return;
-  default: return; /* LINGER: discarded */
-  }
-}
-
-/* ---- connections: lifetime and the listener --------------------------------------------------- */
+/* ---- the server ------------------------------------------------------------------------------ */
 
 static void maybe_free(pd_openai *o) {
-  if (o->closing && !o->open_handles && !o->n_conns && !o->in_flight) free(o);
+  if (o->closing && !o->http && !o->in_flight) free(o);
 }
 
-static void on_conn_handle_closed(uv_handle_t *h) {
-  oconn *c = h->data;
-  if (--c->open_handles > 0) return;
-  pd_openai *o = c->o;
-  free(c->body);
-  free(c);
-  o->n_conns--;
+static void on_http_closed(void *user) {
+  pd_openai *o = user;
+  o->http = NULL;
   maybe_free(o);
-}
-
-static void conn_close(oconn *c) {
-  if (c->state == S_CLOSING) return;
-  c->state = S_CLOSING;
-  pd_openai *o = c->o;
-  if (c->prev)
-    c->prev->next = c->next;
-  else
-    o->conns = c->next;
-  if (c->next) c->next->prev = c->prev;
-  if (c->req) { /* the engine still has it: it frees itself when it comes back */
-    c->req->c = NULL;
-    atomic_store(&c->req->job.cancelled, 1);
-    c->req = NULL;
-  }
-  uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
-  uv_close((uv_handle_t *)&c->tcp, on_conn_handle_closed);
-}
-
-static void on_connection(uv_stream_t *listener, int status) {
-  pd_openai *o = listener->data;
-  if (status < 0) return;
-  oconn *c = o->n_conns < MAX_CONNS && !o->closing ? calloc(1, sizeof *c) : NULL;
-  if (!c) {
-    pd_tcp_refuse(o->loop, listener);
-    if (o->refused++ % 1000 == 0)
-      pd_log(PD_LOG_WARN, "openai: connection limit reached, closing new connections",
-             "limit=%d refused=%llu", MAX_CONNS, (unsigned long long)o->refused);
-    return;
-  }
-  c->o = o;
-  uv_tcp_init(o->loop, &c->tcp);
-  uv_timer_init(o->loop, &c->timer);
-  c->tcp.data = c->timer.data = c;
-  c->open_handles = 2;
-  o->n_conns++;
-  c->next = o->conns;
-  if (o->conns) o->conns->prev = c;
-  o->conns = c;
-  if (uv_accept(listener, (uv_stream_t *)&c->tcp)) {
-    conn_close(c);
-    return;
-  }
-  uv_tcp_nodelay(&c->tcp, 1);
-  begin_request(c);
 }
 
 int pd_openai_create(uv_loop_t *loop, pd_engine *engine, const char *model_id, pd_openai **out) {
   pd_openai *o = calloc(1, sizeof *o);
   if (!o) return PD_ENOMEM;
-  o->loop = loop;
   o->engine = engine;
   o->started = (int64_t)time(NULL);
   snprintf(o->model_id, sizeof o->model_id, "%s", model_id);
-  http_parser_settings_init(&parser_settings);
-  parser_settings.on_url = on_url;
-  parser_settings.on_header_field = on_header_field;
-  parser_settings.on_header_value = on_header_value;
-  parser_settings.on_headers_complete = on_headers_complete;
-  parser_settings.on_body = on_body;
-  parser_settings.on_message_complete = on_message_complete;
+  pd_http1_config cfg = {.name = "openai",
+                         .max_conns = MAX_CONNS,
+                         .max_body = MAX_BODY,
+                         .max_requests = 0,
+                         .request_ms = REQUEST_MS,
+                         .send_ms = SEND_MS,
+                         .on_request = on_request,
+                         .on_error = on_error,
+                         .on_gone = on_gone,
+                         .on_closed = on_http_closed,
+                         .user = o};
+  int rc = pd_http1_create(loop, &cfg, &o->http);
+  if (rc) {
+    free(o);
+    return rc;
+  }
   *out = o;
   return PD_OK;
 }
 
 int pd_openai_listen(pd_openai *o, const char *host, int port, int *bound_port) {
-  if (o->open_handles) return PD_EEXIST;
-  int rc = pd_tcp_listen(o->loop, &o->listener, host, port, 128, on_connection, bound_port);
-  if (rc != PD_EINVAL) { /* initialised: pd_openai_close closes it */
-    o->listener.data = o;
-    o->open_handles = 1;
-  }
-  return rc;
+  return pd_http1_listen(o->http, host, port, bound_port);
 }
 
 void pd_openai_drain(pd_openai *o) {
-  if (o) o->draining = 1;
+  if (!o) return;
+  o->draining = 1;
+  pd_http1_drain(o->http);
 }
 
 size_t pd_openai_in_flight(const pd_openai *o) {
   return o ? o->in_flight : 0;
 }
 
-void pd_openai_cancel_all(pd_openai *o) {
-  if (!o) return;
-  for (oconn *c = o->conns; c; c = c->next)
-    if (c->req) atomic_store(&c->req->job.cancelled, PD_JOB_CANCELLED_BY_SERVER);
+static void cancel_by_server(void *work, void *arg) {
+  (void)arg;
+  atomic_store(&((oreq *)work)->job.cancelled, PD_JOB_CANCELLED_BY_SERVER);
 }
 
-static void on_listener_closed(uv_handle_t *h) {
-  pd_openai *o = h->data;
-  o->open_handles = 0;
-  maybe_free(o);
+void pd_openai_cancel_all(pd_openai *o) {
+  if (o) pd_http1_each_work(o->http, cancel_by_server, NULL);
 }
 
 void pd_openai_close(pd_openai *o) {
   if (!o || o->closing) return;
   o->closing = 1;
-  for (oconn *c = o->conns, *next; c; c = next) {
-    next = c->next;
-    conn_close(c);
-  }
-  if (o->open_handles)
-    uv_close((uv_handle_t *)&o->listener, on_listener_closed);
-  else
-    maybe_free(o);
+  pd_http1_close(o->http); /* on_http_closed frees o, now or later, once no job is out */
 }
 
 int pd_openai_parse(const char *body, size_t n, int chat, char *err, size_t errlen,
