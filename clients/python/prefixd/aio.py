@@ -24,11 +24,11 @@ import grpc
 import grpc.aio
 
 from prefixd import _requests as req
-from prefixd.client import _USER_AGENT, StreamResult, completion_of
+from prefixd.client import _USER_AGENT, StreamResult
 from prefixd.errors import Cancelled, Unknown, from_rpc_error
 from prefixd.types import (ChatCompletion, CreatedTenant, GenerateChunk, HealthStatus,
                            LookupResult, MessageLike, Prefix, PromptLike, Stats, Tenant,
-                           TenantLimits, Tier, TierCounts, TokenLogprob, WarmResult)
+                           TenantLimits, Tier, TierCounts, WarmResult)
 from prefixd.v1 import prefixd_pb2 as pb
 from prefixd.v1 import prefixd_pb2_grpc as pb_grpc
 
@@ -75,13 +75,8 @@ class AsyncGenerateStream(StreamResult):
     ``cancel()`` stops it, and ``async with`` cancels a stream left early."""
 
     def __init__(self, call: Any) -> None:
-        self._call = call
-        self._texts: List[str] = []
-        self._ids: List[int] = []
-        self._logprobs: List[TokenLogprob] = []
-        self._ended = False
+        super().__init__(call)
         self._cancelled = False
-        self.final: Optional[GenerateChunk] = None
 
     def __aiter__(self) -> "AsyncGenerateStream":
         return self
@@ -104,13 +99,7 @@ class AsyncGenerateStream(StreamResult):
             if self.final is None:
                 raise Unknown("the stream ended without a final message")
             raise StopAsyncIteration
-        chunk = GenerateChunk.from_pb(message)
-        self._texts.append(chunk.text)
-        self._ids.extend(chunk.token_ids)
-        self._logprobs.extend(chunk.logprobs)
-        if chunk.is_final:
-            self.final = chunk
-        return chunk
+        return self._take(message)
 
     def cancel(self) -> None:
         """Cancels the call; reading further raises :class:`prefixd.Cancelled`."""
@@ -128,7 +117,7 @@ class AsyncGenerateStream(StreamResult):
         """Reads the rest of the stream; returns the whole reply."""
         async for _ in self:
             pass
-        return completion_of(self.text, self._ids, self.final, self._logprobs)
+        return self._completion()
 
 
 class AsyncClient:

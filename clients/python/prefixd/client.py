@@ -65,10 +65,27 @@ class StreamResult:
     message came, why it ended, the usage and the timings (None before). Shared by
     :class:`GenerateStream` and :class:`prefixd.aio.AsyncGenerateStream`."""
 
-    _texts: List[str]
-    _ids: List[int]
-    _logprobs: List[TokenLogprob]
-    final: Optional[GenerateChunk]
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._texts: List[str] = []
+        self._ids: List[int] = []
+        self._logprobs: List[TokenLogprob] = []
+        self._ended = False
+        self.final: Optional[GenerateChunk] = None
+
+    def _take(self, message: Any) -> GenerateChunk:
+        """One message of the stream, kept and returned as a chunk."""
+        chunk = GenerateChunk.from_pb(message)
+        self._texts.append(chunk.text)
+        self._ids.extend(chunk.token_ids)
+        self._logprobs.extend(chunk.logprobs)
+        if chunk.is_final:
+            self.final = chunk
+        return chunk
+
+    def _completion(self) -> ChatCompletion:
+        """The whole reply, once the stream has been read to its end."""
+        return completion_of(self.text, self._ids, self.final, self._logprobs)
 
     @property
     def text(self) -> str:
@@ -105,14 +122,6 @@ class GenerateStream(StreamResult, Iterator[GenerateChunk]):
     done stays cached); leaving a ``with`` block early does the same.
     """
 
-    def __init__(self, call: Any) -> None:
-        self._call = call
-        self._texts: List[str] = []
-        self._ids: List[int] = []
-        self._logprobs: List[TokenLogprob] = []
-        self._ended = False
-        self.final: Optional[GenerateChunk] = None
-
     def __iter__(self) -> "GenerateStream":
         return self
 
@@ -129,13 +138,7 @@ class GenerateStream(StreamResult, Iterator[GenerateChunk]):
         except grpc.RpcError as e:
             self._ended = True
             raise from_rpc_error(e) from e
-        chunk = GenerateChunk.from_pb(message)
-        self._texts.append(chunk.text)
-        self._ids.extend(chunk.token_ids)
-        self._logprobs.extend(chunk.logprobs)
-        if chunk.is_final:
-            self.final = chunk
-        return chunk
+        return self._take(message)
 
     def cancel(self) -> None:
         """Cancels the call; iterating further raises :class:`prefixd.Cancelled`."""
@@ -152,7 +155,7 @@ class GenerateStream(StreamResult, Iterator[GenerateChunk]):
         """Reads the rest of the stream; returns the whole reply."""
         for _ in self:
             pass
-        return completion_of(self.text, self._ids, self.final, self._logprobs)
+        return self._completion()
 
 
 def completion_of(text: str, ids: List[int], final: Optional[GenerateChunk],
