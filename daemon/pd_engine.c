@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -461,6 +462,15 @@ char *pd_job_strdup(pd_job *job, const char *str) {
   char *p = pd_job_alloc(job, n);
   if (p) memcpy(p, str, n);
   return p;
+}
+
+int pd_job_take_bearer(pd_job *job, const char *value, size_t n) {
+  if (n <= 7 || strncasecmp(value, "Bearer ", 7) || n - 7 >= sizeof job->authorization ||
+      memchr(value + 7, 0, n - 7))
+    return PD_EINVAL;
+  memcpy(job->authorization, value + 7, n - 7);
+  job->authorization[n - 7] = 0;
+  return PD_OK;
 }
 
 void pd_job_free(pd_job *job) {

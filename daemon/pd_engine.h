@@ -154,6 +154,10 @@ void *pd_job_alloc(pd_job *job, size_t n);
 char *pd_job_strdup(pd_job *job, const char *s);
 /* Frees the job, its arena and pending output (the call is not touched). */
 void pd_job_free(pd_job *job);
+/* The API key of an Authorization value (n bytes, "Bearer <key>"; the scheme in any case, as
+ * HTTP's schemes are) into job->authorization. PD_EINVAL when the value has another form, an
+ * empty key, or a key longer than the field. */
+int pd_job_take_bearer(pd_job *job, const char *value, size_t n);
 
 /* Loop-thread callback for jobs with output: replies and, once done, finishes the call. */
 typedef void (*pd_job_output_fn)(pd_job *job, void *user);

@@ -17,7 +17,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <time.h>
 
 #include "pd_err.h"
@@ -760,16 +759,11 @@ static void start_generation(pd_openai *o, pd_http1_conn *c, const pd_http1_requ
   job->output_user = o;
   /* OpenAI's clients always send a key; a daemon without keys (single tenant, loopback only)
    * takes whatever they send */
-  const char *auth = req->authorization;
-  size_t n_auth = req->n_authorization;
-  if (auth && !o->engine->single_tenant) {
-    if (n_auth < 8 || strncasecmp(auth, "Bearer ", 7) || n_auth - 7 >= sizeof job->authorization) {
-      oreq_free(r);
-      respond_error(c, 401, "the Authorization header must be 'Bearer <api key>'", NULL);
-      return;
-    }
-    memcpy(job->authorization, auth + 7, n_auth - 7);
-    job->authorization[n_auth - 7] = 0;
+  if (req->authorization && !o->engine->single_tenant &&
+      pd_job_take_bearer(job, req->authorization, req->n_authorization)) {
+    oreq_free(r);
+    respond_error(c, 401, "the Authorization header must be 'Bearer <api key>'", NULL);
+    return;
   }
   r->c = c;
   pd_http1_begin_work(c, r);

@@ -56,13 +56,12 @@ static void submit(pd_service *svc, pd_grpc_call *call, const ProtobufCMessage *
     return;
   }
   if (auth) {
-    if (strncmp(auth, "Bearer ", 7) || strlen(auth + 7) >= sizeof job->authorization || !auth[7]) {
+    if (pd_job_take_bearer(job, auth, strlen(auth))) {
       free(job);
       pd_grpc_call_finish(call, PD_GRPC_UNAUTHENTICATED,
                           "authorization metadata must be 'Bearer <api key>'");
       return;
     }
-    snprintf(job->authorization, sizeof job->authorization, "%s", auth + 7);
   }
   job->kind = kind;
   job->call = call;

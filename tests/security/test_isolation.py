@@ -240,8 +240,8 @@ def test_every_admin_rpc_needs_the_admin_key(tiny_model, data_dir):
                 assert code == want, (rpc, who, code, msg)
                 tried += 1
             # malformed authorization metadata
-            for value in ("Basic " + ADMIN, "Bearer", "bearer " + ADMIN, ADMIN, "Bearer " + ADMIN +
-                          " ", "Bearer  " + ADMIN):
+            for value in ("Basic " + ADMIN, "Bearer", "Bearer" + ADMIN, ADMIN, "Bearer " + ADMIN +
+                          " ", "Bearer  " + ADMIN, "Bearer " + ADMIN[:-1]):
                 stub = d.admin(None)
                 code, _ = code_of(lambda: getattr(stub, rpc)(
                     req, metadata=[("authorization", value)]))
@@ -251,6 +251,10 @@ def test_every_admin_rpc_needs_the_admin_key(tiny_model, data_dir):
                     {C.UNAUTHENTICATED}
                 assert code in ok, (rpc, value, code)
                 tried += 1
+        # the scheme's case does not matter (RFC 9110 11.1), as in the OpenAI API's header
+        stub = d.admin(None)
+        assert stub.ListTenants(pb.ListTenantsRequest(),
+                                metadata=[("authorization", "bEARER " + ADMIN)]).tenants
         # nothing changed: the tenants, their keys, limits and grants are as they were
         tenants = {t.name: t for t in adm.ListTenants(pb.ListTenantsRequest()).tenants}
         assert sorted(tenants) == ["alpha", "beta"]
