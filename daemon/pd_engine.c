@@ -10,6 +10,7 @@
 #include "pd_engine.h"
 
 #include <stdio.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -197,6 +198,38 @@ int32_t pd_engine_tenant_id(const pd_engine *e, const char *name) {
 static pd_tenant_counters *counters(pd_engine *e, uint32_t tenant) {
   if (grow((void **)&e->counters, &e->cap_counters, tenant + 1, sizeof *e->counters)) return NULL;
   return &e->counters[tenant];
+}
+
+/* The registry's record of a tenant (NULL: none, e.g. single-tenant mode). */
+static const pd_tenant_rec *tenant_rec(const pd_engine *e, uint32_t tenant) {
+  const pd_tenant *tn = pd_tenants_get(&e->tree.tenants, tenant);
+  return tn ? pd_tenantdb_find(&e->db, tn->name) : NULL;
+}
+
+/* ---- rate limits: token buckets that hold a minute's worth and refill continuously ---------- */
+
+static void rate_refill(pd_tenant_counters *c, const pd_tenant_limits *l, int64_t now_ms) {
+  double tpm = l->tokens_per_minute, rpm = l->requests_per_minute;
+  if (!c->credit_ms) {
+    c->token_credit = tpm;
+    c->request_credit = rpm;
+  } else if (now_ms > c->credit_ms) {
+    double minutes = (double)(now_ms - c->credit_ms) / 60000.0;
+    c->token_credit = fmin(c->token_credit + minutes * tpm, tpm);
+    c->request_credit = fmin(c->request_credit + minutes * rpm, rpm);
+  }
+  c->credit_ms = now_ms;
+}
+
+/* Seconds until the tenant may start a request (0: now). */
+static double rate_wait_s(pd_tenant_counters *c, const pd_tenant_limits *l, int64_t now_ms) {
+  rate_refill(c, l, now_ms);
+  double wait = 0;
+  if (l->tokens_per_minute && c->token_credit < 1)
+    wait = (1 - c->token_credit) * 60.0 / l->tokens_per_minute;
+  if (l->requests_per_minute && c->request_credit < 1)
+    wait = fmax(wait, (1 - c->request_credit) * 60.0 / l->requests_per_minute);
+  return wait;
 }
 
 int pd_engine_add_tenant(pd_engine *e, const pd_tenant_rec *r, char *err, size_t errlen) {
@@ -585,6 +618,16 @@ static void seq_finish(pd_engine *e, pd_seq *s, int status, const char *message,
   e->reserved_blocks -= s->reserve;
   pd_tenant_counters *c = counters(e, s->tenant);
   if (c && c->active) c->active--;
+  if (c && s->phase != PHASE_QUEUED) { /* what it computed counts against its rate limit */
+    uint32_t past = s->n_past < s->n_prompt ? s->n_past : s->n_prompt;
+    uint64_t computed = (past > s->n_cached ? past - s->n_cached : 0) + s->n_generated;
+    c->computed_tokens += computed;
+    const pd_tenant_rec *rec = tenant_rec(e, s->tenant);
+    if (rec && rec->limits.tokens_per_minute) {
+      rate_refill(c, &rec->limits, pd_grpc_now_ms());
+      c->token_credit -= (double)computed;
+    }
+  }
   job_done(e, job, status, message);
   seq_free(s);
 }
@@ -842,9 +885,7 @@ static void enqueue(pd_engine *e, pd_job *job) {
     goto refuse;
   }
   s->cap_tokens = s->n_prompt;
-  const pd_tenant_rec *rec = NULL;
-  const pd_tenant *tn = pd_tenants_get(&e->tree.tenants, s->tenant);
-  if (tn) rec = pd_tenantdb_find(&e->db, tn->name);
+  const pd_tenant_rec *rec = tenant_rec(e, s->tenant);
   uint32_t ctx = (uint32_t)e->cfg.max_context;
   if (rec && rec->limits.max_context && rec->limits.max_context < ctx)
     ctx = rec->limits.max_context;
@@ -939,6 +980,21 @@ static void enqueue(pd_engine *e, pd_job *job) {
     status = PD_GRPC_UNAVAILABLE;
     snprintf(err, sizeof err, "the server is shutting down");
     goto refuse;
+  }
+  if (rec && (rec->limits.tokens_per_minute || rec->limits.requests_per_minute)) {
+    double wait = rate_wait_s(c, &rec->limits, pd_grpc_now_ms());
+    if (wait > 0) {
+      c->rate_limited++;
+      job->retry_after_ms = (int64_t)ceil(wait * 1000);
+      status = PD_GRPC_RESOURCE_EXHAUSTED;
+      snprintf(err, sizeof err,
+               "tenant %s is over its rate limit (%u tokens, %u requests per minute; 0 = none): "
+               "retry in %.1f s",
+               rec->name, rec->limits.tokens_per_minute, rec->limits.requests_per_minute,
+               ceil(wait * 10) / 10);
+      goto refuse;
+    }
+    c->request_credit -= 1;
   }
   c->active++;
   c->requests++;

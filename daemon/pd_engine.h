@@ -121,7 +121,8 @@ struct pd_job {
   uint32_t n_arena, cap_arena;
   int status;
   char message[256];
-  int32_t *out_ids; /* streamed tokens not yet sent: (n_out_ids) */
+  int64_t retry_after_ms; /* > 0: refused by a rate limit, which allows a request after this */
+  int32_t *out_ids;       /* streamed tokens not yet sent: (n_out_ids) */
   uint32_t n_out_ids, cap_out_ids;
   char *out_text; /* their text: (n_out_text) bytes */
   size_t n_out_text, cap_out_text;
@@ -169,7 +170,13 @@ typedef struct pd_engine_stats_window {
 
 typedef struct pd_tenant_counters {
   uint64_t requests, hit_tokens, query_tokens;
-  uint32_t active; /* queued + running sequences */
+  uint64_t computed_tokens; /* uncached prompt + generated: what the rate limit counts */
+  uint64_t rate_limited;    /* requests refused by a rate limit */
+  uint32_t active;          /* queued + running sequences */
+  /* the rate limits' buckets: credit left (tokens may be overdrawn) as of credit_ms (0: not
+   * yet used, full) */
+  double token_credit, request_credit;
+  int64_t credit_ms;
 } pd_tenant_counters;
 
 /* A latency histogram with fixed bounds (pd_engine_hist_le_ms), for the metrics endpoint.

@@ -184,6 +184,11 @@ int pd_metrics_render(pd_engine *e, char **text, size_t *n_text) {
        "A tenant's prompt tokens served from the cache."},
       {"prefixd_tenant_cache_query_tokens_total", "counter",
        "A tenant's prompt tokens looked up in the cache."},
+      {"prefixd_tenant_computed_tokens_total", "counter",
+       "A tenant's computed tokens (prompt tokens not in the cache, and generated ones): what "
+       "its tokens-per-minute limit counts."},
+      {"prefixd_tenant_rate_limited_total", "counter",
+       "A tenant's requests refused by its rate limits."},
       {"prefixd_tenant_active_requests", "gauge", "A tenant's queued and running sequences."},
   };
   for (size_t f = 0; f < sizeof tf / sizeof *tf; f++) {
@@ -204,6 +209,8 @@ int pd_metrics_render(pd_engine *e, char **text, size_t *n_text) {
       case 1: v = c ? c->requests : 0; break;
       case 2: v = c ? c->hit_tokens : 0; break;
       case 3: v = c ? c->query_tokens : 0; break;
+      case 4: v = c ? c->computed_tokens : 0; break;
+      case 5: v = c ? c->rate_limited : 0; break;
       default: v = c ? c->active : 0; break;
       }
       sb_printf(&b, "%s{tenant=\"", tf[f].name);

@@ -106,9 +106,9 @@ static const char *error_type(int code) {
 }
 
 /* OpenAI's error object, compact JSON (malloc'd; NULL when out of memory). */
-static char *error_json(int code, const char *message, const char *param) {
-  json_t *e = json_pack("{s:{s:s,s:s,s:s?,s:s?}}", "error", "message", message, "type",
-                        error_type(code), "param", param, "code", (const char *)NULL);
+static char *error_json(int code, const char *message) {
+  json_t *e = json_pack("{s:{s:s,s:s,s:n,s:n}}", "error", "message", message, "type",
+                        error_type(code), "param", "code");
   char *s = e ? json_dumps(e, JSON_COMPACT) : NULL;
   json_decref(e);
   return s;
@@ -437,33 +437,31 @@ static void oreq_free(oreq *r) {
 
 /* ---- answering ------------------------------------------------------------------------------- */
 
-/* A whole answer (body copied). */
-static void respond(pd_http1_conn *c, int code, const char *ctype, const char *body,
-                    size_t n_body) {
-  pd_http1_respond(c, code, ctype, code == 405 ? "Allow: GET, POST\r\n" : NULL, body, n_body);
-}
-
 /* When even the error object cannot be built. */
 static const char oom_error[] = "{\"error\":{\"message\":\"out of memory\",\"type\":"
                                 "\"server_error\",\"param\":null,\"code\":null}}";
 
-/* obj (taken) as the answer; out of memory: a 500. */
+/* A whole JSON answer (s, copied; NULL: out of memory, a 500). extra_headers as for
+ * pd_http1_respond; a 405 gets its Allow line. */
+static void respond_text(pd_http1_conn *c, int code, const char *s, const char *extra_headers) {
+  if (!s) code = 500, s = oom_error, extra_headers = NULL;
+  if (code == 405) extra_headers = "Allow: GET, POST\r\n";
+  pd_http1_respond(c, code, "application/json", extra_headers, s, strlen(s));
+}
+
+/* obj (taken) as the answer. */
 static void respond_json(pd_http1_conn *c, int code, json_t *obj) {
   char *s = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
   json_decref(obj);
-  if (s)
-    respond(c, code, "application/json", s, strlen(s));
-  else
-    respond(c, 500, "application/json", oom_error, sizeof oom_error - 1);
+  respond_text(c, code, s, NULL);
   free(s);
 }
 
-static void respond_error(pd_http1_conn *c, int code, const char *message, const char *param) {
-  char *s = error_json(code, message, param);
-  if (s)
-    respond(c, code, "application/json", s, strlen(s));
-  else
-    respond(c, 500, "application/json", oom_error, sizeof oom_error - 1);
+/* OpenAI's error object. */
+static void respond_error(pd_http1_conn *c, int code, const char *message,
+                          const char *extra_headers) {
+  char *s = error_json(code, message);
+  respond_text(c, code, s, extra_headers);
   free(s);
 }
 
@@ -627,7 +625,7 @@ static void finish_request(pd_http1_conn *c, oreq *r) {
   }
   if (r->stream && r->started) { /* the head is out: an error travels as an event */
     if (code != 200) {
-      char *e = error_json(code, message, NULL);
+      char *e = error_json(code, message);
       if (!e) pd_http1_abort(c); /* out of memory: the stream cannot end properly */
       int failed = !e || send_event(c, e, 0);
       free(e);
@@ -645,7 +643,11 @@ static void finish_request(pd_http1_conn *c, oreq *r) {
     return;
   }
   if (code != 200) {
-    respond_error(c, code, message, NULL);
+    char retry[80] = ""; /* a rate limit says when (OpenAI's SDKs wait that long and retry) */
+    if (job->retry_after_ms > 0)
+      snprintf(retry, sizeof retry, "Retry-After: %lld\r\nretry-after-ms: %lld\r\n",
+               (long long)(job->retry_after_ms + 999) / 1000, (long long)job->retry_after_ms);
+    respond_error(c, code, message, retry[0] ? retry : NULL);
     return;
   }
   if (r->stream) { /* nothing was generated: the head, the end, [DONE] */

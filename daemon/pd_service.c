@@ -758,6 +758,8 @@ static void limits_from(const Prefixd__V1__TenantLimits *l, pd_tenant_limits *ou
   }
   out->max_concurrent = l->max_concurrent_requests;
   out->max_context = l->max_context_tokens;
+  out->tokens_per_minute = l->max_tokens_per_minute;
+  out->requests_per_minute = l->max_requests_per_minute;
 }
 
 /* A Tenant message for rec, in the job's arena. */
@@ -773,6 +775,8 @@ static Prefixd__V1__Tenant *tenant_msg(pd_job *job, const pd_tenant_rec *rec) {
   l->max_blocks = tc;
   l->max_concurrent_requests = rec->limits.max_concurrent;
   l->max_context_tokens = rec->limits.max_context;
+  l->max_tokens_per_minute = rec->limits.tokens_per_minute;
+  l->max_requests_per_minute = rec->limits.requests_per_minute;
   t->name = pd_job_strdup(job, rec->name);
   t->limits = l;
   for (uint32_t i = 0; i < rec->n_grants; i++) grants[i] = pd_job_strdup(job, rec->grants[i]);

@@ -150,7 +150,7 @@ static int parse_line(pd_tenantdb *db, char *line) {
        tok = strtok_r(NULL, " \n", &save))
     f[n++] = tok;
   if (n == 0) return PD_OK;
-  if (!strcmp(f[0], "tenant") && n == 10) {
+  if (!strcmp(f[0], "tenant") && (n == 10 || n == 12)) {
     if (!pd_tenantdb_valid_name(f[1]) || pd_tenantdb_find(db, f[1])) return PD_ECORRUPT;
     pd_tenant_rec *r = add_rec(db);
     if (!r) return PD_ENOMEM;
@@ -163,6 +163,10 @@ static int parse_line(pd_tenantdb *db, char *line) {
     for (int t = 0; t < 3; t++) r->limits.max_blocks[t] = strtoull(f[5 + t], NULL, 10);
     r->limits.max_concurrent = (uint32_t)strtoul(f[8], NULL, 10);
     r->limits.max_context = (uint32_t)strtoul(f[9], NULL, 10);
+    if (n == 12) {
+      r->limits.tokens_per_minute = (uint32_t)strtoul(f[10], NULL, 10);
+      r->limits.requests_per_minute = (uint32_t)strtoul(f[11], NULL, 10);
+    }
     return PD_OK;
   }
   if (!strcmp(f[0], "shared") && n == 3) {
@@ -246,11 +250,14 @@ int pd_tenantdb_save(pd_tenantdb *db) {
     char salt[33], key[65];
     to_hex(r->salt, 16, salt);
     to_hex(r->key_sha256, 32, key);
-    fprintf(f, "tenant %s %s %s %lld %llu %llu %llu %u %u\n", r->name, salt, key,
+    fprintf(f, "tenant %s %s %s %lld %llu %llu %llu %u %u", r->name, salt, key,
             (long long)r->created_ms, (unsigned long long)r->limits.max_blocks[0],
             (unsigned long long)r->limits.max_blocks[1],
             (unsigned long long)r->limits.max_blocks[2], r->limits.max_concurrent,
             r->limits.max_context);
+    if (r->limits.tokens_per_minute || r->limits.requests_per_minute)
+      fprintf(f, " %u %u", r->limits.tokens_per_minute, r->limits.requests_per_minute);
+    fputc('\n', f);
   }
   for (uint32_t i = 0; i < db->n_shared; i++) {
     char salt[33];

@@ -16,8 +16,12 @@
  *
  *     prefixd-tenants 1
  *     tenant NAME SALT_HEX KEY_SHA256_HEX CREATED_MS MAX_DEV MAX_HOST MAX_DISK MAX_CONC MAX_CTX
+ *            [TOKENS_PER_MIN REQUESTS_PER_MIN]
  *     shared NAME SALT_HEX
  *     grant TENANT NAMESPACE
+ *
+ * The two rate limits are written only when one is set, so a registry without them stays readable
+ * by a daemon that predates them.
  *
  * Names: 1 to 63 characters of [A-Za-z0-9._-]. Threads: none; the engine thread owns it.
  */
@@ -33,6 +37,8 @@ typedef struct pd_tenant_limits {
   uint64_t max_blocks[3]; /* per tier; 0 = unlimited */
   uint32_t max_concurrent;
   uint32_t max_context;
+  uint32_t tokens_per_minute;   /* computed tokens (uncached prompt + generated); 0 = no limit */
+  uint32_t requests_per_minute; /* Generate and Warm requests; 0 = no limit */
 } pd_tenant_limits;
 
 typedef struct pd_tenant_rec {

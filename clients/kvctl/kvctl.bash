@@ -30,7 +30,7 @@ _kvctl() {
             --timeout | --tenant | -t | --tier | --sort | -s | --limit | -l | --ttl | --pin-ttl | \
                 --text | --file | -f | --chat | --namespace | --max-tokens | -n | --temperature | \
                 --seed | --count | --max-device-blocks | --max-host-blocks | --max-disk-blocks | \
-                --max-concurrent | --max-context)
+                --max-concurrent | --max-context | --tokens-per-minute | --requests-per-minute)
                 ((i++))
                 continue
                 ;;
@@ -66,7 +66,7 @@ _kvctl() {
         --key | -k | --timeout | --tenant | -t | --limit | -l | --ttl | --pin-ttl | --text | \
             --namespace | --max-tokens | -n | --temperature | --seed | --count | --watch | -w | \
             --max-device-blocks | --max-host-blocks | --max-disk-blocks | --max-concurrent | \
-            --max-context)
+            --max-context | --tokens-per-minute | --requests-per-minute)
             return
             ;;
     esac
@@ -80,7 +80,7 @@ _kvctl() {
         return
     fi
 
-    local flags="" limits="--max-device-blocks --max-host-blocks --max-disk-blocks --max-concurrent --max-context"
+    local flags="" limits="--max-device-blocks --max-host-blocks --max-disk-blocks --max-concurrent --max-context --tokens-per-minute --requests-per-minute"
     case $cmd in
         stats) flags="--watch --count" ;;
         ls | list) flags="--tenant --tree --sort --limit" ;;

@@ -29,6 +29,8 @@ const char kv_help_tenant[] =
     "LIMITS (a number, or 0 or \"unlimited\"):\n"
     "  --max-device-blocks N  --max-host-blocks N  --max-disk-blocks N\n"
     "  --max-concurrent N (requests at once)  --max-context N (tokens per request)\n"
+    "  --tokens-per-minute N (computed: uncached prompt + generated; cached tokens are free)\n"
+    "  --requests-per-minute N (Generate and Warm)\n"
     "\n"
     "Older names still work: list, create, delete, rotate. `kvctl help tenants` explains\n"
     "tenants and namespaces; `kvctl tenant COMMAND --help` each command. --json on every one.\n";
@@ -36,6 +38,7 @@ const char kv_help_tenant[] =
 static const char help_add[] =
     "usage: kvctl tenant add NAME [--max-device-blocks N] [--max-host-blocks N]\n"
     "                            [--max-disk-blocks N] [--max-concurrent N] [--max-context N]\n"
+    "                            [--tokens-per-minute N] [--requests-per-minute N]\n"
     "\n"
     "Creates a tenant and prints its API key, alone on stdout; the daemon keeps only its hash,\n"
     "so this is the only time it is shown. Names are 1 to 63 of A-Z a-z 0-9 . _ -.\n"
@@ -60,6 +63,7 @@ static const char help_rm[] =
 static const char help_limits[] =
     "usage: kvctl tenant limits NAME [--max-device-blocks N] [--max-host-blocks N]\n"
     "                               [--max-disk-blocks N] [--max-concurrent N] [--max-context N]\n"
+    "                               [--tokens-per-minute N] [--requests-per-minute N]\n"
     "\n"
     "Without flags, shows the tenant's limits. With flags, changes those and keeps the others.\n"
     "0 or \"unlimited\" removes a limit.\n"
@@ -88,19 +92,22 @@ static const char help_grant[] =
 
 /* The LIMITS flags: strings until parsed, NULL when not given. */
 typedef struct limit_flags {
-  const char *device, *host, *disk, *concurrent, *context;
+  const char *device, *host, *disk, *concurrent, *context, *tokens_pm, *requests_pm;
 } limit_flags;
 
 #define LIMIT_OPTS(f)                                                                              \
   {"max-device-blocks", 0, KV_OPT_STRING, &(f).device, NULL},                                      \
       {"max-host-blocks", 0, KV_OPT_STRING, &(f).host, NULL},                                      \
       {"max-disk-blocks", 0, KV_OPT_STRING, &(f).disk, NULL},                                      \
-      {"max-concurrent", 0, KV_OPT_STRING, &(f).concurrent, NULL}, {                               \
-    "max-context", 0, KV_OPT_STRING, &(f).context, NULL                                            \
+      {"max-concurrent", 0, KV_OPT_STRING, &(f).concurrent, NULL},                                 \
+      {"max-context", 0, KV_OPT_STRING, &(f).context, NULL},                                       \
+      {"tokens-per-minute", 0, KV_OPT_STRING, &(f).tokens_pm, NULL}, {                             \
+    "requests-per-minute", 0, KV_OPT_STRING, &(f).requests_pm, NULL                                \
   }
 
 static int any_limit(const limit_flags *f) {
-  return f->device || f->host || f->disk || f->concurrent || f->context;
+  return f->device || f->host || f->disk || f->concurrent || f->context || f->tokens_pm ||
+         f->requests_pm;
 }
 
 /* Applies the given flags to l. 0, or KV_EXIT_USAGE after reporting. */
@@ -116,6 +123,8 @@ static int apply_limits(const kv_ctx *ctx, const limit_flags *f, Prefixd__V1__Te
       {"--max-disk-blocks", f->disk, UINT64_MAX / 2, &l->max_blocks->disk, NULL},
       {"--max-concurrent", f->concurrent, UINT32_MAX, NULL, &l->max_concurrent_requests},
       {"--max-context", f->context, UINT32_MAX, NULL, &l->max_context_tokens},
+      {"--tokens-per-minute", f->tokens_pm, UINT32_MAX, NULL, &l->max_tokens_per_minute},
+      {"--requests-per-minute", f->requests_pm, UINT32_MAX, NULL, &l->max_requests_per_minute},
   };
   for (size_t i = 0; i < sizeof items / sizeof *items; i++) {
     if (!items[i].value) continue;
@@ -141,6 +150,8 @@ static void json_limits(kv_json *j, const Prefixd__V1__TenantLimits *l) {
   kv_json_end(j);
   kv_json_uint(j, "max_concurrent_requests", l ? l->max_concurrent_requests : 0);
   kv_json_uint(j, "max_context_tokens", l ? l->max_context_tokens : 0);
+  kv_json_uint(j, "max_tokens_per_minute", l ? l->max_tokens_per_minute : 0);
+  kv_json_uint(j, "max_requests_per_minute", l ? l->max_requests_per_minute : 0);
   kv_json_end(j);
 }
 
@@ -165,15 +176,17 @@ static char *limit_text(char *buf, size_t cap, uint64_t v) {
 }
 
 static void print_limits(const char *name, const Prefixd__V1__TenantLimits *l) {
-  char a[32], b[32], c[32], d[32], e[32], safe[256];
+  char a[32], b[32], c[32], d[32], e[32], tpm[32], rpm[32], safe[256];
   const Prefixd__V1__TierCounts *m = l ? l->max_blocks : NULL;
   kv_one_line(name, 0, safe, sizeof safe);
   printf("%s: max blocks device %s, host %s, disk %s; max concurrent requests %s; max context "
-         "tokens %s  (- = unlimited)\n",
+         "tokens %s; per minute %s tokens, %s requests  (- = unlimited)\n",
          safe, limit_text(a, sizeof a, m ? m->device : 0), limit_text(b, sizeof b, m ? m->host : 0),
          limit_text(c, sizeof c, m ? m->disk : 0),
          limit_text(d, sizeof d, l ? l->max_concurrent_requests : 0),
-         limit_text(e, sizeof e, l ? l->max_context_tokens : 0));
+         limit_text(e, sizeof e, l ? l->max_context_tokens : 0),
+         limit_text(tpm, sizeof tpm, l ? l->max_tokens_per_minute : 0),
+         limit_text(rpm, sizeof rpm, l ? l->max_requests_per_minute : 0));
 }
 
 /* ---- the subcommands ------------------------------------------------------------------------- */
@@ -250,20 +263,21 @@ static int tenant_ls(kv_ctx *ctx, int argc, char **argv) {
     printf("no tenants (without tenants and an admin key, prefixd serves one, \"default\")\n");
   } else {
     static const char *const headers[] = {"NAME",     "CREATED",    "MAX DEVICE", "MAX HOST",
-                                          "MAX DISK", "CONCURRENT", "CONTEXT",    "NAMESPACES"};
-    kv_table *t = kv_table_new(headers, 8);
+                                          "MAX DISK", "CONCURRENT", "CONTEXT",    "TOKENS/MIN",
+                                          "REQS/MIN", "NAMESPACES"};
+    kv_table *t = kv_table_new(headers, 10);
     if (!t) {
       protobuf_c_message_free_unpacked(&r->base, NULL);
       kv_error("out of memory");
       return KV_EXIT_ERROR;
     }
-    for (int col = 2; col < 7; col++) kv_table_align_right(t, col);
-    kv_table_flex(t, 7, 10);
+    for (int col = 2; col < 9; col++) kv_table_align_right(t, col);
+    kv_table_flex(t, 9, 10);
     for (size_t i = 0; i < r->n_tenants; i++) {
       const Prefixd__V1__Tenant *tn = r->tenants[i];
       const Prefixd__V1__TenantLimits *l = tn->limits;
       const Prefixd__V1__TierCounts *m = l ? l->max_blocks : NULL;
-      char when[40], a[32], b[32], c[32], d[32], e[32], grants[1024] = "";
+      char when[40], a[32], b[32], c[32], d[32], e[32], tpm[32], rpm[32], grants[1024] = "";
       kv_table_add(t, KV_CYAN, "%s", tn->name);
       kv_fmt_time(when, sizeof when, tn->created_unix_ms);
       kv_table_add(t, KV_PLAIN, "%.16s", when); /* to the minute */
@@ -272,6 +286,10 @@ static int tenant_ls(kv_ctx *ctx, int argc, char **argv) {
       kv_table_add(t, KV_PLAIN, "%s", limit_text(c, sizeof c, m ? m->disk : 0));
       kv_table_add(t, KV_PLAIN, "%s", limit_text(d, sizeof d, l ? l->max_concurrent_requests : 0));
       kv_table_add(t, KV_PLAIN, "%s", limit_text(e, sizeof e, l ? l->max_context_tokens : 0));
+      kv_table_add(t, KV_PLAIN, "%s",
+                   limit_text(tpm, sizeof tpm, l ? l->max_tokens_per_minute : 0));
+      kv_table_add(t, KV_PLAIN, "%s",
+                   limit_text(rpm, sizeof rpm, l ? l->max_requests_per_minute : 0));
       for (size_t g = 0; g < tn->n_granted_namespaces; g++) {
         strncat(grants, g ? ", " : "", sizeof grants - strlen(grants) - 1);
         strncat(grants, tn->granted_namespaces[g], sizeof grants - strlen(grants) - 1);
@@ -342,6 +360,8 @@ static int tenant_limits(kv_ctx *ctx, int argc, char **argv) {
     if (tn->limits->max_blocks) max_blocks = *tn->limits->max_blocks;
     limits.max_concurrent_requests = tn->limits->max_concurrent_requests;
     limits.max_context_tokens = tn->limits->max_context_tokens;
+    limits.max_tokens_per_minute = tn->limits->max_tokens_per_minute;
+    limits.max_requests_per_minute = tn->limits->max_requests_per_minute;
   }
   limits.max_blocks = &max_blocks;
   protobuf_c_message_free_unpacked(&r->base, NULL);

@@ -541,14 +541,15 @@ def test_gen(daemon, acme):
 
 def test_tenant_commands_json(daemon):
     added = kvj(daemon, "tenant", "add", "acme", "--max-device-blocks", "100",
-                "--max-concurrent", "4", key=ADMIN)
+                "--max-concurrent", "4", "--tokens-per-minute", "60000", key=ADMIN)
     assert set(added) == {"name", "api_key", "tenant"}
     key = added["api_key"]
     assert added["name"] == "acme" and re.fullmatch(r"pfx-[0-9a-f]{48}", key)
     t = added["tenant"]
     assert set(t) == TENANT_FIELDS and t["name"] == "acme" and t["granted_namespaces"] == []
     assert t["limits"] == {"max_blocks": {"device": 100, "host": 0, "disk": 0},
-                           "max_concurrent_requests": 4, "max_context_tokens": 0}
+                           "max_concurrent_requests": 4, "max_context_tokens": 0,
+                           "max_tokens_per_minute": 60000, "max_requests_per_minute": 0}
     assert abs(t["created_unix_ms"] - time.time() * 1000) < 60000
     # the key works, and is printed alone on stdout in the human form
     assert kv(daemon, "ls", key=key)[0] == 0
@@ -565,14 +566,15 @@ def test_tenant_commands_json(daemon):
     assert kvj(daemon, "tenant", "limits", "acme", key=ADMIN) == {"name": "acme",
                                                                   "limits": t["limits"]}
     changed = kvj(daemon, "tenant", "limits", "acme", "--max-context", "512",
-                  "--max-device-blocks", "unlimited", key=ADMIN)
+                  "--max-device-blocks", "unlimited", "--requests-per-minute", "30", key=ADMIN)
     assert changed == {"name": "acme", "limits": {
         "max_blocks": {"device": 0, "host": 0, "disk": 0}, "max_concurrent_requests": 4,
-        "max_context_tokens": 512}}
+        "max_context_tokens": 512, "max_tokens_per_minute": 60000, "max_requests_per_minute": 30}}
     assert kvj(daemon, "tenant", "ls", key=ADMIN)["tenants"][0]["limits"] == changed["limits"]
     rc, out, _ = kv(daemon, "tenant", "limits", "acme", key=ADMIN)
     assert out == ("acme: max blocks device -, host -, disk -; max concurrent requests 4; "
-                   "max context tokens 512  (- = unlimited)\n")
+                   "max context tokens 512; per minute 60,000 tokens, 30 requests  "
+                   "(- = unlimited)\n")
     assert_error(kv(daemon, "tenant", "limits", "nobody", key=ADMIN), 1,
                  r"^kvctl: NOT_FOUND: no tenant 'nobody'$")
 

@@ -9,6 +9,7 @@ import signal
 import socket
 import threading
 import time
+import urllib.request
 
 import grpc
 import openai
@@ -330,6 +331,103 @@ def test_keys_and_tenant_isolation(multi):
     with pytest.raises(openai.BadRequestError) as e:
         sdk(multi, kb).chat.completions.create(model="tiny", messages=msgs, max_tokens=2)
     assert "context limit" in str(e.value)
+
+
+def test_rate_limits_count_computed_tokens_and_say_when_to_retry(tiny_model, data_dir):
+    """A tokens-per-minute limit counts what the daemon computes, so a prompt found in the cache
+    costs only its new tokens. Over the limit gRPC answers RESOURCE_EXHAUSTED and the OpenAI API
+    429 with Retry-After, which OpenAI's SDK waits out before it succeeds; requests per minute
+    count Generate and Warm, not Tokenize."""
+    d = Daemon(tiny_model, data_dir, admin_key=ADMIN,
+               extra=["--openai-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+    try:
+        d.http_port = openai_port(d)
+        metrics_port = logged_port(d, "metrics_port")
+
+        def tenant_metric(name, tenant):
+            body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
+                                          timeout=30).read().decode()
+            m = re.search(rf'^{name}{{tenant="{tenant}"}} (\d+)$', body, re.M)
+            return int(m.group(1))
+
+        def ids(n, first):
+            return pb.Prompt(tokens=pb.TokenIds(ids=[first + (i * 7) % 400 for i in range(n)]))
+
+        admin = d.admin(ADMIN)
+        per_minute = 2400  # 40 tokens a second
+        ka = admin.CreateTenant(pb.CreateTenantRequest(name="alpha", limits=pb.TenantLimits(
+            max_tokens_per_minute=per_minute))).api_key
+        kb = admin.CreateTenant(pb.CreateTenantRequest(name="beta", limits=pb.TenantLimits(
+            max_requests_per_minute=2))).api_key
+        a = d.stub(ka)
+        go_on = pb.SamplingParams(ignore_eos=True)
+        finals = [generate_final(a, ids(300, 10), 8, go_on) for _ in range(2)]
+        costs = [f.usage.prompt_tokens - f.usage.cached_tokens + f.usage.generated_tokens
+                 for f in finals]
+        assert costs[0] == 308 and finals[1].usage.cached_tokens >= 288 and costs[1] <= 20
+        assert tenant_metric("prefixd_tenant_computed_tokens_total", "alpha") == sum(costs)
+        # new prompts until the bucket is overdrawn: then a request waits for the refill
+        refusal, first = None, 50
+        for _ in range(60):
+            try:
+                a.Warm(pb.WarmRequest(prompt=ids(120, first)), timeout=60)
+            except grpc.RpcError as e:
+                refusal = e
+                break
+            first += 1
+        assert refusal is not None and refusal.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "alpha is over its rate limit" in refusal.details()
+        wait = float(re.search(r"retry in ([0-9.]+) s", refusal.details()).group(1))
+        assert 0 < wait <= 121 * 60 / per_minute + 0.1  # at most one Warm's overdraft
+        time.sleep(wait)
+        w = a.Warm(pb.WarmRequest(prompt=ids(120, first)), timeout=60)  # refilled: taken
+        assert w.computed_tokens == 120  # and overdrawn again, by about 120 tokens (3 s)
+        # the OpenAI API: 429, Retry-After; the SDK waits it out and gets its answer
+        conn = http.client.HTTPConnection("127.0.0.1", d.http_port, timeout=60)
+        conn.request("POST", "/v1/completions", body=json.dumps({"prompt": [1, 2, 3],
+                                                                 "max_tokens": 1}),
+                     headers={"Authorization": f"Bearer {ka}"})
+        r = conn.getresponse()
+        answer = json.loads(r.read())
+        conn.close()
+        assert r.status == 429 and "rate limit" in answer["error"]["message"]
+        assert answer["error"]["type"] == "rate_limit_error"
+        retry_ms = int(r.getheader("retry-after-ms"))
+        assert 1000 < retry_ms <= 121 * 60000 / per_minute + 100
+        assert int(r.getheader("Retry-After")) == (retry_ms + 999) // 1000
+        limited = tenant_metric("prefixd_tenant_rate_limited_total", "alpha")
+        patient = openai.OpenAI(base_url=f"http://127.0.0.1:{d.http_port}/v1", api_key=ka,
+                                max_retries=3, timeout=60)
+        t0 = time.monotonic()
+        done = patient.completions.create(model="tiny", prompt=[1, 2, 3], max_tokens=1)
+        assert done.usage.completion_tokens == 1
+        assert time.monotonic() - t0 >= retry_ms / 2000  # it was told to wait, and did
+        assert tenant_metric("prefixd_tenant_rate_limited_total", "alpha") > limited
+        # requests per minute: Generate and Warm count, Tokenize does not
+        b = d.stub(kb)
+        generate_final(b, ids(20, 30), 1, go_on)
+        b.Tokenize(pb.TokenizeRequest(prompt=pb.Prompt(text="free")))
+        b.Warm(pb.WarmRequest(prompt=ids(20, 31)))
+        with pytest.raises(grpc.RpcError) as e:
+            generate_final(b, ids(20, 32), 1, go_on)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "2 requests per minute" in e.value.details()
+        assert tenant_metric("prefixd_tenant_rate_limited_total", "beta") == 1
+        # lifting the limit lets the tenant in at once
+        admin.SetLimits(pb.SetLimitsRequest(name="beta", limits=pb.TenantLimits()))
+        generate_final(b, ids(20, 32), 1, go_on)
+    finally:
+        assert d.stop() == 0
+
+
+def generate_final(stub, prompt, max_tokens, sampling):
+    """The final message of a Generate stream."""
+    final = None
+    for m in stub.Generate(pb.GenerateRequest(prompt=prompt, max_tokens=max_tokens,
+                                              sampling=sampling), timeout=60):
+        if m.finish_reason:
+            final = m
+    return final
 
 
 def test_drain_finishes_the_running_stream_and_refuses_new_requests(default_model, data_dir):

@@ -43,7 +43,7 @@ START_TEST(create_authenticate_reopen) {
   pd_tenantdb db;
   char err[256], ka[PD_API_KEY_LEN + 1], kb[PD_API_KEY_LEN + 1];
   ck_assert_int_eq(pd_tenantdb_open(&db, path, err, sizeof err), 0);
-  pd_tenant_limits lim = {{10, 20, 30}, 4, 512};
+  pd_tenant_limits lim = {{10, 20, 30}, 4, 512, 12000, 60};
   ck_assert_int_eq(pd_tenantdb_create(&db, "alpha", &lim, ka), 0);
   ck_assert_int_eq(pd_tenantdb_create(&db, "beta", NULL, kb), 0);
   ck_assert_int_eq(pd_tenantdb_create(&db, "alpha", NULL, kb), PD_EEXIST);
@@ -66,6 +66,15 @@ START_TEST(create_authenticate_reopen) {
   const char *text = slurp(path);
   ck_assert_ptr_null(strstr(text, ka));
   ck_assert_ptr_null(strstr(text, ka + 4));
+  /* a tenant without rate limits keeps the record's first form (10 fields: older daemons read
+   * it); one with them has 12 */
+  const char *line_b = strstr(text, "tenant beta ");
+  ck_assert_ptr_nonnull(line_b);
+  int fields = 0;
+  for (const char *p = line_b; *p && *p != '\n'; p++)
+    if (*p != ' ' && (p == line_b || p[-1] == ' ')) fields++;
+  ck_assert_int_eq(fields, 10);
+  ck_assert_ptr_nonnull(strstr(text, " 4 512 12000 60\n"));
   pd_tenantdb_close(&db);
   ck_assert_int_eq(pd_tenantdb_open(&db, path, err, sizeof err), 0);
   ck_assert_uint_eq(db.n_recs, 2);
@@ -74,6 +83,9 @@ START_TEST(create_authenticate_reopen) {
   ck_assert_mem_eq(a->salt, salt, 16);
   ck_assert_uint_eq(a->limits.max_blocks[2], 30);
   ck_assert_uint_eq(a->limits.max_context, 512);
+  ck_assert_uint_eq(a->limits.tokens_per_minute, 12000);
+  ck_assert_uint_eq(a->limits.requests_per_minute, 60);
+  ck_assert_uint_eq(pd_tenantdb_find(&db, "beta")->limits.tokens_per_minute, 0);
   ck_assert_uint_eq(a->n_grants, 1);
   ck_assert_ptr_nonnull(pd_tenantdb_find_shared(&db, "team"));
   /* rotation: the old key stops working at once */

@@ -146,19 +146,24 @@ def _tier_counts(v: Union[TierCounts, Mapping[str, int], int, None]) -> Any:
 def limits(value: Optional[TenantLimits] = None, *,
            max_blocks: Union[TierCounts, Mapping[str, int], int, None] = None,
            max_concurrent_requests: Optional[int] = None,
-           max_context_tokens: Optional[int] = None) -> Any:
+           max_context_tokens: Optional[int] = None,
+           max_tokens_per_minute: Optional[int] = None,
+           max_requests_per_minute: Optional[int] = None) -> Any:
     """A ``TenantLimits`` message from a :class:`TenantLimits` and/or keyword overrides.
 
     ``max_blocks`` may be a :class:`TierCounts`, a dict such as ``{"device": 512}``, or an int
     (device blocks).
     """
     base = value or TenantLimits()
+
+    def given(v: Optional[int], default: int) -> int:
+        return v if v is not None else default
     return pb.TenantLimits(
         max_blocks=_tier_counts(max_blocks if max_blocks is not None else base.max_blocks),
-        max_concurrent_requests=(max_concurrent_requests if max_concurrent_requests is not None
-                                 else base.max_concurrent_requests),
-        max_context_tokens=(max_context_tokens if max_context_tokens is not None
-                            else base.max_context_tokens))
+        max_concurrent_requests=given(max_concurrent_requests, base.max_concurrent_requests),
+        max_context_tokens=given(max_context_tokens, base.max_context_tokens),
+        max_tokens_per_minute=given(max_tokens_per_minute, base.max_tokens_per_minute),
+        max_requests_per_minute=given(max_requests_per_minute, base.max_requests_per_minute))
 
 
 def token_list(ids: Sequence[int]) -> List[int]:

@@ -304,11 +304,15 @@ class AsyncAdmin:
                             max_blocks: Union[TierCounts, dict, int, None] = None,
                             max_concurrent_requests: Optional[int] = None,
                             max_context_tokens: Optional[int] = None,
+                            max_tokens_per_minute: Optional[int] = None,
+                            max_requests_per_minute: Optional[int] = None,
                             timeout: Optional[float] = None) -> CreatedTenant:
         r = await self._conn.call(self._stub.CreateTenant, pb.CreateTenantRequest(
             name=name, limits=req.limits(limits, max_blocks=max_blocks,
                                          max_concurrent_requests=max_concurrent_requests,
-                                         max_context_tokens=max_context_tokens)), timeout)
+                                         max_context_tokens=max_context_tokens,
+                                         max_tokens_per_minute=max_tokens_per_minute,
+                                         max_requests_per_minute=max_requests_per_minute)), timeout)
         return CreatedTenant(tenant=Tenant.from_pb(r.tenant), api_key=r.api_key)
 
     async def list_tenants(self, *, timeout: Optional[float] = None) -> List[Tenant]:
@@ -323,11 +327,15 @@ class AsyncAdmin:
                          max_blocks: Union[TierCounts, dict, int, None] = None,
                          max_concurrent_requests: Optional[int] = None,
                          max_context_tokens: Optional[int] = None,
+                         max_tokens_per_minute: Optional[int] = None,
+                         max_requests_per_minute: Optional[int] = None,
                          timeout: Optional[float] = None) -> None:
         await self._conn.call(self._stub.SetLimits, pb.SetLimitsRequest(
             name=name, limits=req.limits(limits, max_blocks=max_blocks,
                                          max_concurrent_requests=max_concurrent_requests,
-                                         max_context_tokens=max_context_tokens)), timeout)
+                                         max_context_tokens=max_context_tokens,
+                                         max_tokens_per_minute=max_tokens_per_minute,
+                                         max_requests_per_minute=max_requests_per_minute)), timeout)
 
     async def rotate_key(self, name: str, *, timeout: Optional[float] = None) -> str:
         r = await self._conn.call(self._stub.RotateKey, pb.RotateKeyRequest(name=name), timeout)

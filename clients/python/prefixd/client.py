@@ -367,12 +367,16 @@ class Admin:
                       max_blocks: Union[TierCounts, dict, int, None] = None,
                       max_concurrent_requests: Optional[int] = None,
                       max_context_tokens: Optional[int] = None,
+                      max_tokens_per_minute: Optional[int] = None,
+                      max_requests_per_minute: Optional[int] = None,
                       timeout: Optional[float] = None) -> CreatedTenant:
         """Creates a tenant; the returned ``api_key`` is shown only this once."""
         r = self._conn.call(self._stub.CreateTenant, pb.CreateTenantRequest(
             name=name, limits=req.limits(limits, max_blocks=max_blocks,
                                          max_concurrent_requests=max_concurrent_requests,
-                                         max_context_tokens=max_context_tokens)), timeout)
+                                         max_context_tokens=max_context_tokens,
+                                         max_tokens_per_minute=max_tokens_per_minute,
+                                         max_requests_per_minute=max_requests_per_minute)), timeout)
         return CreatedTenant(tenant=Tenant.from_pb(r.tenant), api_key=r.api_key)
 
     def list_tenants(self, *, timeout: Optional[float] = None) -> List[Tenant]:
@@ -387,12 +391,16 @@ class Admin:
                    max_blocks: Union[TierCounts, dict, int, None] = None,
                    max_concurrent_requests: Optional[int] = None,
                    max_context_tokens: Optional[int] = None,
+                   max_tokens_per_minute: Optional[int] = None,
+                   max_requests_per_minute: Optional[int] = None,
                    timeout: Optional[float] = None) -> None:
         """Replaces a tenant's limits (fields not given are 0: unlimited)."""
         self._conn.call(self._stub.SetLimits, pb.SetLimitsRequest(
             name=name, limits=req.limits(limits, max_blocks=max_blocks,
                                          max_concurrent_requests=max_concurrent_requests,
-                                         max_context_tokens=max_context_tokens)), timeout)
+                                         max_context_tokens=max_context_tokens,
+                                         max_tokens_per_minute=max_tokens_per_minute,
+                                         max_requests_per_minute=max_requests_per_minute)), timeout)
 
     def rotate_key(self, name: str, *, timeout: Optional[float] = None) -> str:
         """Gives the tenant a new API key; the old one stops working at once."""

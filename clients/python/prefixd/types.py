@@ -321,11 +321,14 @@ class Stats:
 
 @dataclass(frozen=True)
 class TenantLimits:
-    """A tenant's limits; 0 means unlimited."""
+    """A tenant's limits; 0 means unlimited. The per-minute ones are rate limits: tokens count
+    what the daemon computes (prompt tokens not in the cache, and generated tokens)."""
 
     max_blocks: TierCounts = field(default_factory=TierCounts)
     max_concurrent_requests: int = 0
     max_context_tokens: int = 0
+    max_tokens_per_minute: int = 0
+    max_requests_per_minute: int = 0
 
     @classmethod
     def from_pb(cls, m: Any) -> "TenantLimits":
@@ -333,7 +336,9 @@ class TenantLimits:
             return cls()
         return cls(max_blocks=TierCounts.from_pb(m.max_blocks),
                    max_concurrent_requests=m.max_concurrent_requests,
-                   max_context_tokens=m.max_context_tokens)
+                   max_context_tokens=m.max_context_tokens,
+                   max_tokens_per_minute=m.max_tokens_per_minute,
+                   max_requests_per_minute=m.max_requests_per_minute)
 
 
 @dataclass(frozen=True)

@@ -166,8 +166,14 @@ def test_admin_tenants_limits_and_keys(multi: Daemon):
         admin.create_tenant("gamma")
     with pytest.raises(prefixd.InvalidArgument):
         admin.create_tenant("bad name")
-    other = admin.create_tenant("delta", prefixd.TenantLimits(max_concurrent_requests=3))
-    assert other.tenant.limits.max_concurrent_requests == 3
+    other = admin.create_tenant("delta", prefixd.TenantLimits(max_concurrent_requests=3),
+                                max_requests_per_minute=1, max_tokens_per_minute=100_000)
+    assert other.tenant.limits == prefixd.TenantLimits(
+        max_concurrent_requests=3, max_requests_per_minute=1, max_tokens_per_minute=100_000)
+    d = multi.client(key=other.api_key)
+    d.chat([("user", "hi")], max_tokens=1)
+    with pytest.raises(prefixd.ResourceExhausted, match="1 requests per minute"):
+        d.chat([("user", "hi")], max_tokens=1)
     assert sorted(t.name for t in admin.list_tenants()) == ["delta", "gamma"]
 
     g = multi.client(key=created.api_key)
