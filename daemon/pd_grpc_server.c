@@ -98,6 +98,7 @@ struct pd_grpc_call {
   void *cancel_user;
   int status;
   char message[256];
+  int64_t pushback_ms; /* > 0: sent as grpc-retry-pushback-ms */
   ProtobufCMessage *req;
   const ProtobufCMessageDescriptor *req_desc;
 };
@@ -191,6 +192,29 @@ static int grow(uint8_t **p, size_t *cap, size_t need) {
   return PD_OK;
 }
 
+/* The fields that end a call: grpc-status, and grpc-message and grpc-retry-pushback-ms when
+ * there are. They point into sf and the call. */
+typedef struct status_fields {
+  nghttp2_nv nv[3];
+  char status[16], pushback[24];
+} status_fields;
+
+static size_t status_fields_of(pd_grpc_call *call, status_fields *sf) {
+  size_t n = 0;
+  snprintf(sf->status, sizeof sf->status, "%d", call->status);
+  sf->nv[n++] = (nghttp2_nv){(uint8_t *)"grpc-status", (uint8_t *)sf->status, 11,
+                             strlen(sf->status), NGHTTP2_NV_FLAG_NONE};
+  if (call->message[0])
+    sf->nv[n++] = (nghttp2_nv){(uint8_t *)"grpc-message", (uint8_t *)call->message, 12,
+                               strlen(call->message), NGHTTP2_NV_FLAG_NONE};
+  if (call->pushback_ms > 0) {
+    snprintf(sf->pushback, sizeof sf->pushback, "%lld", (long long)call->pushback_ms);
+    sf->nv[n++] = (nghttp2_nv){(uint8_t *)"grpc-retry-pushback-ms", (uint8_t *)sf->pushback, 22,
+                               strlen(sf->pushback), NGHTTP2_NV_FLAG_NONE};
+  }
+  return n;
+}
+
 static ssize_t read_body(nghttp2_session *session, int32_t stream_id, uint8_t *buf, size_t length,
                          uint32_t *data_flags, nghttp2_data_source *source, void *user_data) {
   pd_grpc_call *call = source->ptr;
@@ -201,15 +225,11 @@ static ssize_t read_body(nghttp2_session *session, int32_t stream_id, uint8_t *b
     call->out_pos = call->n_out = 0; /* all sent: reuse the buffer from its start */
     if (!call->finished) return n ? (ssize_t)n : NGHTTP2_ERR_DEFERRED;
     *data_flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
-    char status[16];
-    snprintf(status, sizeof status, "%d", call->status);
-    nghttp2_nv trailers[2] = {
-        {(uint8_t *)"grpc-status", (uint8_t *)status, 11, strlen(status), NGHTTP2_NV_FLAG_NONE},
-        {(uint8_t *)"grpc-message", (uint8_t *)call->message, 12, strlen(call->message),
-         NGHTTP2_NV_FLAG_NONE}};
+    status_fields sf;
+    size_t n_sf = status_fields_of(call, &sf);
     /* no memory for the trailers: nghttp2 resets the stream (INTERNAL_ERROR) rather than leave
      * it open forever */
-    if (nghttp2_submit_trailer(session, stream_id, trailers, call->message[0] ? 2 : 1))
+    if (nghttp2_submit_trailer(session, stream_id, sf.nv, n_sf))
       return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
   }
   return (ssize_t)n;
@@ -241,17 +261,14 @@ static void respond(pd_grpc_call *call) {
   if (call->responded || call->closed) return;
   call->responded = 1;
   nghttp2_session *h2 = call->c->h2;
-  if (call->finished && call->n_out == 0) {
-    char status[16];
-    snprintf(status, sizeof status, "%d", call->status);
-    nghttp2_nv hdrs[4] = {
+  if (call->finished && call->n_out == 0) { /* trailers-only */
+    status_fields sf;
+    size_t n_sf = status_fields_of(call, &sf);
+    nghttp2_nv hdrs[5] = {
         {(uint8_t *)":status", (uint8_t *)"200", 7, 3, NGHTTP2_NV_FLAG_NONE},
-        {(uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16, NGHTTP2_NV_FLAG_NONE},
-        {(uint8_t *)"grpc-status", (uint8_t *)status, 11, strlen(status), NGHTTP2_NV_FLAG_NONE},
-        {(uint8_t *)"grpc-message", (uint8_t *)call->message, 12, strlen(call->message),
-         NGHTTP2_NV_FLAG_NONE}};
-    if (nghttp2_submit_response(h2, call->stream_id, hdrs, call->message[0] ? 4 : 3, NULL))
-      respond_failed(call);
+        {(uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16, NGHTTP2_NV_FLAG_NONE}};
+    memcpy(hdrs + 2, sf.nv, n_sf * sizeof *hdrs);
+    if (nghttp2_submit_response(h2, call->stream_id, hdrs, 2 + n_sf, NULL)) respond_failed(call);
     return;
   }
   nghttp2_nv hdrs[2] = {
@@ -276,6 +293,10 @@ int pd_grpc_call_reply(pd_grpc_call *call, const ProtobufCMessage *msg) {
     flush(call->c);
   }
   return PD_OK;
+}
+
+void pd_grpc_call_set_pushback(pd_grpc_call *c, int64_t ms) {
+  c->pushback_ms = ms;
 }
 
 void pd_grpc_call_finish(pd_grpc_call *call, int status, const char *message) {

@@ -100,5 +100,8 @@ void pd_grpc_call_on_cancel(pd_grpc_call *c, pd_grpc_cancel_fn fn, void *user);
 int pd_grpc_call_reply(pd_grpc_call *c, const ProtobufCMessage *msg);
 /* Ends the call with a status and message (may be NULL); the call is gone afterwards. */
 void pd_grpc_call_finish(pd_grpc_call *c, int status, const char *message);
+/* Before pd_grpc_call_finish: the trailers say when the client may retry
+ * ("grpc-retry-pushback-ms", which gRPC's retry policies honour). ms > 0. */
+void pd_grpc_call_set_pushback(pd_grpc_call *c, int64_t ms);
 
 #endif /* PD_GRPC_SERVER_H */

@@ -152,6 +152,7 @@ void pd_service_output(pd_job *unused, void *user) {
       status = PD_GRPC_RESOURCE_EXHAUSTED;
       message = "out of memory for the reply";
     }
+    if (job->retry_after_ms > 0) pd_grpc_call_set_pushback(call, job->retry_after_ms);
     pd_grpc_call_finish(call, status, message[0] ? message : NULL);
     live_remove(svc, job);
     pd_job_free(job);

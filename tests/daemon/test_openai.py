@@ -335,9 +335,9 @@ def test_keys_and_tenant_isolation(multi):
 
 def test_rate_limits_count_computed_tokens_and_say_when_to_retry(tiny_model, data_dir):
     """A tokens-per-minute limit counts what the daemon computes, so a prompt found in the cache
-    costs only its new tokens. Over the limit gRPC answers RESOURCE_EXHAUSTED and the OpenAI API
-    429 with Retry-After, which OpenAI's SDK waits out before it succeeds; requests per minute
-    count Generate and Warm, not Tokenize."""
+    costs only its new tokens. Over the limit gRPC answers RESOURCE_EXHAUSTED with the
+    grpc-retry-pushback-ms trailer, and the OpenAI API 429 with Retry-After, which OpenAI's SDK
+    waits out before it succeeds; requests per minute count Generate and Warm, not Tokenize."""
     d = Daemon(tiny_model, data_dir, admin_key=ADMIN,
                extra=["--openai-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
     try:
@@ -379,6 +379,9 @@ def test_rate_limits_count_computed_tokens_and_say_when_to_retry(tiny_model, dat
         assert "alpha is over its rate limit" in refusal.details()
         wait = float(re.search(r"retry in ([0-9.]+) s", refusal.details()).group(1))
         assert 0 < wait <= 121 * 60 / per_minute + 0.1  # at most one Warm's overdraft
+        # gRPC's retry policies read the standard pushback trailer
+        pushback = dict(refusal.trailing_metadata())["grpc-retry-pushback-ms"]
+        assert abs(int(pushback) / 1000 - wait) <= 0.1
         time.sleep(wait)
         w = a.Warm(pb.WarmRequest(prompt=ids(120, first)), timeout=60)  # refilled: taken
         assert w.computed_tokens == 120  # and overdrawn again, by about 120 tokens (3 s)
