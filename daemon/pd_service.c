@@ -727,6 +727,8 @@ static void do_stats(pd_engine *e, pd_job *job) {
       s->requests = e->counters[i].requests;
       s->hit_tokens = e->counters[i].hit_tokens;
       s->query_tokens = e->counters[i].query_tokens;
+      s->computed_tokens = e->counters[i].computed_tokens;
+      s->rate_limited = e->counters[i].rate_limited;
     }
     tnp[r->n_tenants++] = s;
   }

@@ -323,6 +323,8 @@ static void stats_json(const Prefixd__V1__StatsResponse *r, int pretty) {
     kv_json_uint(&j, "hit_tokens", t->hit_tokens);
     kv_json_uint(&j, "query_tokens", t->query_tokens);
     json_hit_rate(&j, t->hit_tokens, t->query_tokens);
+    kv_json_uint(&j, "computed_tokens", t->computed_tokens);
+    kv_json_uint(&j, "rate_limited", t->rate_limited);
     json_tier_counts(&j, "blocks", t->blocks);
     kv_json_end(&j);
   }
@@ -361,14 +363,15 @@ static void stats_json(const Prefixd__V1__StatsResponse *r, int pretty) {
 }
 
 static void print_tenants(const Prefixd__V1__StatsResponse *r, int width) {
-  static const char *const headers[] = {"TENANT",       "REQUESTS", "HIT RATE", "HIT TOKENS",
-                                        "ASKED TOKENS", "DEVICE",   "HOST",     "DISK"};
-  kv_table *t = kv_table_new(headers, 8);
+  static const char *const headers[] = {"TENANT",     "REQUESTS",     "HIT RATE",
+                                        "HIT TOKENS", "ASKED TOKENS", "COMPUTED",
+                                        "DEVICE",     "HOST",         "DISK"};
+  kv_table *t = kv_table_new(headers, 9);
   if (!t) return;
-  for (int c = 1; c < 8; c++) kv_table_align_right(t, c);
+  for (int c = 1; c < 9; c++) kv_table_align_right(t, c);
   for (size_t i = 0; i < r->n_tenants; i++) {
     const Prefixd__V1__TenantStats *ts = r->tenants[i];
-    char a[32], b[32], c[32], d[32], e[32], f[32], pct[16];
+    char a[32], b[32], c[32], d[32], e[32], f[32], g[32], pct[16];
     const Prefixd__V1__TierCounts *bl = ts->blocks;
     kv_table_add(t, KV_CYAN, "%s", ts->tenant);
     kv_table_add(t, KV_PLAIN, "%s", kv_fmt_count(a, sizeof a, ts->requests));
@@ -376,6 +379,7 @@ static void print_tenants(const Prefixd__V1__StatsResponse *r, int width) {
                  kv_fmt_percent(pct, sizeof pct, ts->hit_tokens, ts->query_tokens));
     kv_table_add(t, KV_PLAIN, "%s", kv_fmt_count(b, sizeof b, ts->hit_tokens));
     kv_table_add(t, KV_PLAIN, "%s", kv_fmt_count(c, sizeof c, ts->query_tokens));
+    kv_table_add(t, KV_PLAIN, "%s", kv_fmt_count(g, sizeof g, ts->computed_tokens));
     kv_table_add(t, KV_PLAIN, "%s", kv_fmt_count(d, sizeof d, bl ? bl->device : 0));
     kv_table_add(t, KV_PLAIN, "%s", kv_fmt_count(e, sizeof e, bl ? bl->host : 0));
     kv_table_add(t, KV_PLAIN, "%s", kv_fmt_count(f, sizeof f, bl ? bl->disk : 0));

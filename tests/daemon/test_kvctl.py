@@ -292,8 +292,11 @@ def test_status_and_stats_json(daemon, acme):
     assert set(s["storage"]["dropped_blocks"]) == {"device", "host", "disk"}
     assert [t["tenant"] for t in s["tenants"]] == ["acme"]  # a tenant sees itself only
     t = s["tenants"][0]
-    assert set(t) == {"tenant", "requests", "hit_tokens", "query_tokens", "hit_rate", "blocks"}
+    assert set(t) == {"tenant", "requests", "hit_tokens", "query_tokens", "hit_rate",
+                      "computed_tokens", "rate_limited", "blocks"}
     assert t["requests"] == 2 and t["blocks"]["device"] == device["blocks_used"]
+    # computed: every prompt token not found in the cache, and every generated one
+    assert 0 < t["computed_tokens"] and t["rate_limited"] == 0
     assert abs(s["time_unix_ms"] / 1000 - time.time()) < 60
 
     # the human form shows the formula with the model's numbers

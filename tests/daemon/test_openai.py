@@ -416,6 +416,8 @@ def test_rate_limits_count_computed_tokens_and_say_when_to_retry(tiny_model, dat
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "2 requests per minute" in e.value.details()
         assert tenant_metric("prefixd_tenant_rate_limited_total", "beta") == 1
+        (st,) = b.Stats(pb.StatsRequest()).tenants  # the tenant sees its own counts
+        assert st.rate_limited == 1 and st.computed_tokens == 41  # 20 + 1 generated, 20 warmed
         # lifting the limit lets the tenant in at once
         admin.SetLimits(pb.SetLimitsRequest(name="beta", limits=pb.TenantLimits()))
         generate_final(b, ids(20, 32), 1, go_on)

@@ -272,6 +272,8 @@ class TenantStats:
     requests: int
     hit_tokens: int
     query_tokens: int
+    computed_tokens: int = 0  # uncached prompt + generated: what a tokens-per-minute limit counts
+    rate_limited: int = 0     # requests refused by the tenant's rate limits
 
     @property
     def hit_rate(self) -> float:
@@ -280,7 +282,8 @@ class TenantStats:
     @classmethod
     def from_pb(cls, m: Any) -> "TenantStats":
         return cls(tenant=m.tenant, blocks=TierCounts.from_pb(m.blocks), requests=m.requests,
-                   hit_tokens=m.hit_tokens, query_tokens=m.query_tokens)
+                   hit_tokens=m.hit_tokens, query_tokens=m.query_tokens,
+                   computed_tokens=m.computed_tokens, rate_limited=m.rate_limited)
 
 
 @dataclass(frozen=True)
