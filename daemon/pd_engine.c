@@ -392,6 +392,70 @@ int pd_engine_prompt_tokens(const pd_engine *e, const ProtobufCMessage *msg, int
   return PD_OK;
 }
 
+/* ---- the tokenizer thread -------------------------------------------------------------------- */
+
+/* Bytes of text a prompt is tokenized from (chat: its messages'; 0 for token ids). */
+static size_t prompt_text_bytes(const Prefixd__V1__Prompt *p) {
+  if (!p) return 0;
+  if (p->kind_case == PREFIXD__V1__PROMPT__KIND_TEXT) return strlen(p->text);
+  size_t n = 0;
+  if (p->kind_case == PREFIXD__V1__PROMPT__KIND_CHAT && p->chat)
+    for (size_t i = 0; i < p->chat->n_messages; i++) n += strlen(p->chat->messages[i]->content);
+  return n;
+}
+
+/* Engine thread: hands an authenticated Generate or Warm to the tokenizer thread. */
+static void tokenize_elsewhere(pd_engine *e, pd_job *job) {
+  pthread_mutex_lock(&e->mu);
+  e->tokenizing++;
+  pthread_mutex_unlock(&e->mu);
+  pthread_mutex_lock(&e->tk_mu);
+  job->next = NULL;
+  if (e->tk_tail)
+    e->tk_tail->next = job;
+  else
+    e->tk_head = job;
+  e->tk_tail = job;
+  pthread_cond_signal(&e->tk_cv);
+  pthread_mutex_unlock(&e->tk_mu);
+}
+
+/* Tokenizes each job it is handed (the tokenizer, the chat template and the model's vocabulary
+ * size are read-only once loaded) and puts it back in the engine's inbox, marked done. */
+static void *tokenizer_main(void *arg) {
+  pd_engine *e = arg;
+  for (;;) {
+    pthread_mutex_lock(&e->tk_mu);
+    while (!e->tk_stop && !e->tk_head) pthread_cond_wait(&e->tk_cv, &e->tk_mu);
+    pd_job *job = e->tk_head;
+    if (job) {
+      e->tk_head = job->next;
+      if (!e->tk_head) e->tk_tail = NULL;
+    }
+    pthread_mutex_unlock(&e->tk_mu);
+    if (!job) break; /* stopped, and nothing is left */
+    int for_generate = job->kind == PD_JOB_GENERATE;
+    const ProtobufCMessage *prompt =
+        for_generate
+            ? (const ProtobufCMessage *)((const Prefixd__V1__GenerateRequest *)job->req)->prompt
+            : (const ProtobufCMessage *)((const Prefixd__V1__WarmRequest *)job->req)->prompt;
+    job->prompt_rc = pd_engine_prompt_tokens(e, prompt, for_generate, &job->prompt_ids,
+                                             &job->n_prompt_ids, job->message, sizeof job->message);
+    job->prompt_done = 1;
+    pthread_mutex_lock(&e->mu);
+    job->next = NULL;
+    if (e->inbox_tail)
+      e->inbox_tail->next = job;
+    else
+      e->inbox_head = job;
+    e->inbox_tail = job;
+    e->tokenizing--;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+  }
+  return NULL;
+}
+
 /* ---- blocks ---------------------------------------------------------------------------------- */
 
 /* Free device slots the engine keeps ahead of need: demotions run in the background while
@@ -512,6 +576,7 @@ void pd_job_free(pd_job *job) {
   free(job->out_ids);
   free(job->out_text);
   free(job->out_logprobs);
+  free(job->prompt_ids);
   free(job);
 }
 
@@ -879,8 +944,21 @@ static void enqueue(pd_engine *e, pd_job *job) {
              rc == PD_EPERM ? "is not granted to this tenant" : "does not exist");
     goto refuse;
   }
-  if ((rc = pd_engine_prompt_tokens(e, prompt, !s->warm, &s->tokens, &s->n_prompt, err,
-                                    sizeof err))) {
+  if (job->prompt_done) { /* back from the tokenizer thread */
+    rc = job->prompt_rc;
+    s->tokens = job->prompt_ids;
+    s->n_prompt = job->n_prompt_ids;
+    job->prompt_ids = NULL;
+    if (rc) snprintf(err, sizeof err, "%s", job->message);
+  } else if (e->tk_started && !e->draining &&
+             prompt_text_bytes((const Prefixd__V1__Prompt *)prompt) > PD_TOKENIZE_INLINE_BYTES) {
+    seq_free(s);
+    tokenize_elsewhere(e, job);
+    return;
+  } else {
+    rc = pd_engine_prompt_tokens(e, prompt, !s->warm, &s->tokens, &s->n_prompt, err, sizeof err);
+  }
+  if (rc) {
     status = rc == PD_ENOMEM ? PD_GRPC_RESOURCE_EXHAUSTED : PD_GRPC_INVALID_ARGUMENT;
     goto refuse;
   }
@@ -1511,10 +1589,11 @@ static void *engine_main(void *arg) {
 #endif
   for (;;) {
     pthread_mutex_lock(&e->mu);
-    while (!e->stop && !e->inbox_head && !e->running && !e->queue_head &&
+    /* stopping waits for the jobs the tokenizer thread still has */
+    while ((!e->stop || e->tokenizing) && !e->inbox_head && !e->running && !e->queue_head &&
            !pd_tiers_has_completions(e->tiers))
       pthread_cond_wait(&e->cv, &e->mu);
-    if (e->stop && !e->inbox_head && !e->running && !e->queue_head) {
+    if (e->stop && !e->tokenizing && !e->inbox_head && !e->running && !e->queue_head) {
       pthread_mutex_unlock(&e->mu);
       break;
     }
@@ -1697,6 +1776,8 @@ int pd_engine_create(const pd_engine_config *cfg, uv_loop_t *loop, pd_job_output
   rcfg.tier_capacity[0] = e->n_blocks;
   pthread_mutex_init(&e->mu, NULL);
   pthread_cond_init(&e->cv, NULL);
+  pthread_mutex_init(&e->tk_mu, NULL);
+  pthread_cond_init(&e->tk_cv, NULL);
   pd_tiers_config tcfg = {.block_bytes = e->block_bytes,
                           .block_tokens = cfg->block_tokens,
                           .dtype = (uint8_t)cfg->cache_dtype,
@@ -1760,7 +1841,18 @@ fail:
 }
 
 int pd_engine_start(pd_engine *e) {
-  return pthread_create(&e->thread, NULL, engine_main, e) ? PD_ESYS : PD_OK;
+  /* without the tokenizer thread every prompt is tokenized on the engine thread */
+  e->tk_started = pthread_create(&e->tk_thread, NULL, tokenizer_main, e) == 0;
+  if (pthread_create(&e->thread, NULL, engine_main, e) == 0) return PD_OK;
+  if (e->tk_started) {
+    pthread_mutex_lock(&e->tk_mu);
+    e->tk_stop = 1;
+    pthread_cond_signal(&e->tk_cv);
+    pthread_mutex_unlock(&e->tk_mu);
+    pthread_join(e->tk_thread, NULL);
+    e->tk_started = 0;
+  }
+  return PD_ESYS;
 }
 
 static void free_engine(uv_handle_t *h) {
@@ -1772,7 +1864,14 @@ void pd_engine_destroy(pd_engine *e) {
   e->stop = 1;
   pthread_cond_signal(&e->cv);
   pthread_mutex_unlock(&e->mu);
-  pthread_join(e->thread, NULL);
+  pthread_join(e->thread, NULL); /* it waited for every job the tokenizer had */
+  if (e->tk_started) {
+    pthread_mutex_lock(&e->tk_mu);
+    e->tk_stop = 1;
+    pthread_cond_signal(&e->tk_cv);
+    pthread_mutex_unlock(&e->tk_mu);
+    pthread_join(e->tk_thread, NULL);
+  }
   if (e->pins.dirty) save_pins(e);
   pd_tiers_close(e->tiers); /* queued writes are committed first */
   pd_pins_free(&e->pins);
@@ -1790,5 +1889,7 @@ void pd_engine_destroy(pd_engine *e) {
   pd_model_free(e->model);
   pthread_mutex_destroy(&e->mu);
   pthread_cond_destroy(&e->cv);
+  pthread_mutex_destroy(&e->tk_mu);
+  pthread_cond_destroy(&e->tk_cv);
   uv_close((uv_handle_t *)&e->async, free_engine); /* e goes when the loop lets go of it */
 }

@@ -131,8 +131,14 @@ struct pd_job {
   int done, in_outbox, first_sent;
   int reply_failed; /* loop thread: a reply could not be queued (out of memory); the call ends
                        RESOURCE_EXHAUSTED */
-  ProtobufCMessage *final;       /* Generate: the last stream message (usage, timings) */
-  pd_job *next;                  /* inbox / outbox link */
+  ProtobufCMessage *final; /* Generate: the last stream message (usage, timings) */
+  /* A prompt tokenized on the tokenizer thread (a long text or chat prompt: see
+   * PD_TOKENIZE_INLINE_BYTES): prompt_done, then prompt_ids (n_prompt_ids; the job's until the
+   * engine takes them) or prompt_rc with the reason in message. */
+  int prompt_done, prompt_rc;
+  int32_t *prompt_ids;
+  uint32_t n_prompt_ids;
+  pd_job *next;                  /* inbox / outbox / tokenizer queue link */
   pd_job *live_prev, *live_next; /* the service's list of live jobs (loop thread) */
   pd_job *taken_next;            /* the list pd_engine_take_output returned (loop thread) */
   /* A job the daemon makes itself (the metrics endpoint), not a client's: call is NULL, it runs
@@ -246,10 +252,23 @@ struct pd_engine {
   pd_job *outbox_head, *outbox_tail;
   atomic_int queue_depth; /* for Stats and admission from the loop thread */
   int stop, draining;
+  uint32_t tokenizing; /* jobs handed to the tokenizer thread, not yet back in the inbox */
+  /* The tokenizer thread: a Generate or Warm whose text is longer than PD_TOKENIZE_INLINE_BYTES
+   * is tokenized there (after authentication), so a long prompt does not hold up every running
+   * sequence's next step; it comes back through the inbox. Its queue: */
+  pthread_t tk_thread;
+  int tk_started, tk_stop;
+  pthread_mutex_t tk_mu;
+  pthread_cond_t tk_cv;
+  pd_job *tk_head, *tk_tail;
   uv_async_t async;
   pd_job_output_fn on_output;
   void *output_user;
 };
+
+/* A prompt with more bytes of text than this is tokenized on the tokenizer thread (a few
+ * thousand tokens: about a millisecond of the engine thread's time). */
+#define PD_TOKENIZE_INLINE_BYTES 16384
 
 /* Loads the model, sizes the pool and opens the registry. err gets one line. The engine is
  * owned by the caller (pd_engine_destroy). */

@@ -3,6 +3,7 @@ client, tenants and keys, isolation, cancellation and deadlines, bad input, drai
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -34,6 +35,53 @@ def single(tiny_model, data_dir):
     d = Daemon(tiny_model, data_dir)
     yield d
     assert d.stop() == 0
+
+
+def test_long_prompts_are_tokenized_off_the_engine_thread(data_dir):
+    """Text or chat prompts over 16 KiB go to the tokenizer thread and come back: the same tokens
+    as Tokenize (which tokenizes on the engine thread), cached and matched the same way, and an
+    error found after the round trip (over the context) is reported as before."""
+    model = os.path.join(data_dir, "tiny-long.gguf")  # the synthetic shape, a 32k context
+    mkgguf = os.path.join(os.path.dirname(os.environ["PREFIXD_BIN"]), "prefixd-mkgguf")
+    subprocess.run([mkgguf, "-o", model, "--ctx", "32768"], check=True, capture_output=True)
+    os.mkdir(os.path.join(data_dir, "d"))
+    d = Daemon(model, os.path.join(data_dir, "d"), extra=["--kv-cache-mb", "64"])
+    try:
+        s = d.stub()
+        text = "".join(f"line {i}: the shared preamble of a long document. " for i in range(330))
+        assert len(text.encode()) > 16384  # 13,751 tokens (a 512-token byte-level vocabulary)
+        prompt = pb.Prompt(text=text)
+        n = len(s.Tokenize(pb.TokenizeRequest(prompt=prompt)).token_ids)
+        w = s.Warm(pb.WarmRequest(prompt=prompt))
+        assert w.prompt_tokens == n and w.computed_tokens == n
+        _, ids, final = generate(s, prompt, max_tokens=4, sampling=pb.SamplingParams(ignore_eos=True))
+        assert final.usage.prompt_tokens == n and final.usage.cached_tokens == n - 1
+        # the same text as a chat message: the template's tokens around it
+        msgs = chat(("user", text))
+        _, _, cf = generate(s, msgs, max_tokens=2, sampling=pb.SamplingParams(ignore_eos=True))
+        templated = s.Tokenize(pb.TokenizeRequest(prompt=pb.Prompt(
+            chat=pb.ChatMessages(messages=msgs.chat.messages, add_generation_prompt=True))))
+        assert cf.usage.prompt_tokens == len(templated.token_ids) > n
+        # several at once, interleaved with short ones: each gets its own answer
+        results = {}
+
+        def run(k, p):
+            results[k] = generate(s, p, max_tokens=2)[2].usage.prompt_tokens
+        threads = [threading.Thread(target=run, args=(k, pb.Prompt(text=text[k:] if k % 2 else
+                                                                    f"short {k}")))
+                   for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert sorted(results) == list(range(4))
+        for k in range(1, 4, 2):
+            assert results[k] == len(s.Tokenize(pb.TokenizeRequest(
+                prompt=pb.Prompt(text=text[k:]))).token_ids)
+        code, msg = code_of(lambda: s.Warm(pb.WarmRequest(prompt=pb.Prompt(text=text * 12))))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "context limit" in msg
+    finally:
+        assert d.stop() == 0
 
 
 def test_grpc_health_protocol_check_watch_and_drain(tiny_model, data_dir):
