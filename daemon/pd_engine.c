@@ -82,15 +82,21 @@ static uint32_t B(const pd_engine *e) {
 /* ---- outbox (engine -> loop) ----------------------------------------------------------------- */
 
 /* Caller holds e->mu. */
+/* Appends job to a queue linked through job->next (the inbox, the outbox, the tokenizer's),
+ * under the queue's mutex. */
+static void job_append(pd_job **head, pd_job **tail, pd_job *job) {
+  job->next = NULL;
+  if (*tail)
+    (*tail)->next = job;
+  else
+    *head = job;
+  *tail = job;
+}
+
 static void outbox_push_locked(pd_engine *e, pd_job *job) {
   if (job->in_outbox) return;
   job->in_outbox = 1;
-  job->next = NULL;
-  if (e->outbox_tail)
-    e->outbox_tail->next = job;
-  else
-    e->outbox_head = job;
-  e->outbox_tail = job;
+  job_append(&e->outbox_head, &e->outbox_tail, job);
 }
 
 static void job_done(pd_engine *e, pd_job *job, int status, const char *message) {
@@ -410,14 +416,20 @@ static void tokenize_elsewhere(pd_engine *e, pd_job *job) {
   e->tokenizing++;
   pthread_mutex_unlock(&e->mu);
   pthread_mutex_lock(&e->tk_mu);
-  job->next = NULL;
-  if (e->tk_tail)
-    e->tk_tail->next = job;
-  else
-    e->tk_head = job;
-  e->tk_tail = job;
+  job_append(&e->tk_head, &e->tk_tail, job);
   pthread_cond_signal(&e->tk_cv);
   pthread_mutex_unlock(&e->tk_mu);
+}
+
+/* Stops the tokenizer thread once its queue is empty, and waits for it. */
+static void tokenizer_stop(pd_engine *e) {
+  if (!e->tk_started) return;
+  pthread_mutex_lock(&e->tk_mu);
+  e->tk_stop = 1;
+  pthread_cond_signal(&e->tk_cv);
+  pthread_mutex_unlock(&e->tk_mu);
+  pthread_join(e->tk_thread, NULL);
+  e->tk_started = 0;
 }
 
 /* Tokenizes each job it is handed (the tokenizer, the chat template and the model's vocabulary
@@ -443,12 +455,7 @@ static void *tokenizer_main(void *arg) {
                                              &job->n_prompt_ids, job->message, sizeof job->message);
     job->prompt_done = 1;
     pthread_mutex_lock(&e->mu);
-    job->next = NULL;
-    if (e->inbox_tail)
-      e->inbox_tail->next = job;
-    else
-      e->inbox_head = job;
-    e->inbox_tail = job;
+    job_append(&e->inbox_head, &e->inbox_tail, job);
     e->tokenizing--;
     pthread_cond_signal(&e->cv);
     pthread_mutex_unlock(&e->mu);
@@ -1658,12 +1665,7 @@ static void rebuild_progress(void *arg, uint64_t n_done) {
 void pd_engine_submit(pd_engine *e, pd_job *job) {
   if (!job->arrival_ms) job->arrival_ms = pd_grpc_now_ms();
   pthread_mutex_lock(&e->mu);
-  job->next = NULL;
-  if (e->inbox_tail)
-    e->inbox_tail->next = job;
-  else
-    e->inbox_head = job;
-  e->inbox_tail = job;
+  job_append(&e->inbox_head, &e->inbox_tail, job);
   pthread_cond_signal(&e->cv);
   pthread_mutex_unlock(&e->mu);
 }
@@ -1844,14 +1846,7 @@ int pd_engine_start(pd_engine *e) {
   /* without the tokenizer thread every prompt is tokenized on the engine thread */
   e->tk_started = pthread_create(&e->tk_thread, NULL, tokenizer_main, e) == 0;
   if (pthread_create(&e->thread, NULL, engine_main, e) == 0) return PD_OK;
-  if (e->tk_started) {
-    pthread_mutex_lock(&e->tk_mu);
-    e->tk_stop = 1;
-    pthread_cond_signal(&e->tk_cv);
-    pthread_mutex_unlock(&e->tk_mu);
-    pthread_join(e->tk_thread, NULL);
-    e->tk_started = 0;
-  }
+  tokenizer_stop(e);
   return PD_ESYS;
 }
 
@@ -1865,13 +1860,7 @@ void pd_engine_destroy(pd_engine *e) {
   pthread_cond_signal(&e->cv);
   pthread_mutex_unlock(&e->mu);
   pthread_join(e->thread, NULL); /* it waited for every job the tokenizer had */
-  if (e->tk_started) {
-    pthread_mutex_lock(&e->tk_mu);
-    e->tk_stop = 1;
-    pthread_cond_signal(&e->tk_cv);
-    pthread_mutex_unlock(&e->tk_mu);
-    pthread_join(e->tk_thread, NULL);
-  }
+  tokenizer_stop(e);
   if (e->pins.dirty) save_pins(e);
   pd_tiers_close(e->tiers); /* queued writes are committed first */
   pd_pins_free(&e->pins);
