@@ -67,17 +67,17 @@ def test_long_prompts_are_tokenized_off_the_engine_thread(data_dir):
 
         def run(k, p):
             results[k] = generate(s, p, max_tokens=2)[2].usage.prompt_tokens
-        threads = [threading.Thread(target=run, args=(k, pb.Prompt(text=text[k:] if k % 2 else
-                                                                    f"short {k}")))
-                   for k in range(4)]
+        prompts = [text + f" question {k}" if k % 2 else f"short {k}" for k in range(6)]
+        threads = [threading.Thread(target=run, args=(k, pb.Prompt(text=p)))  # long ones cached
+                   for k, p in enumerate(prompts)]
         for t in threads:
             t.start()
         for t in threads:
-            t.join(120)
-        assert sorted(results) == list(range(4))
-        for k in range(1, 4, 2):
+            t.join(300)
+        assert sorted(results) == list(range(6))
+        for k, p in enumerate(prompts):
             assert results[k] == len(s.Tokenize(pb.TokenizeRequest(
-                prompt=pb.Prompt(text=text[k:]))).token_ids)
+                prompt=pb.Prompt(text=p))).token_ids)
         code, msg = code_of(lambda: s.Warm(pb.WarmRequest(prompt=pb.Prompt(text=text * 12))))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "context limit" in msg
     finally:
