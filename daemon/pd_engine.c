@@ -400,6 +400,37 @@ int pd_engine_prompt_tokens(const pd_engine *e, const ProtobufCMessage *msg, int
 
 /* ---- the tokenizer thread -------------------------------------------------------------------- */
 
+/* The prompt a job is tokenized from (NULL: none), and whether it opens the assistant's turn
+ * (Generate's does). */
+static const ProtobufCMessage *job_prompt(const pd_job *job, int *for_generate) {
+  const ProtobufCMessageDescriptor *d = job->req ? job->req->descriptor : NULL;
+  const Prefixd__V1__Prompt *p = NULL;
+  *for_generate = d == &prefixd__v1__generate_request__descriptor;
+  if (*for_generate)
+    p = ((const Prefixd__V1__GenerateRequest *)job->req)->prompt;
+  else if (d == &prefixd__v1__warm_request__descriptor)
+    p = ((const Prefixd__V1__WarmRequest *)job->req)->prompt;
+  else if (d == &prefixd__v1__tokenize_request__descriptor)
+    p = ((const Prefixd__V1__TokenizeRequest *)job->req)->prompt;
+  else if (d == &prefixd__v1__lookup_request__descriptor)
+    p = ((const Prefixd__V1__LookupRequest *)job->req)->prompt;
+  return (const ProtobufCMessage *)p;
+}
+
+int pd_engine_job_prompt_tokens(const pd_engine *e, pd_job *job, int32_t **ids, uint32_t *n,
+                                char *err, size_t errlen) {
+  if (job->prompt_done) { /* the tokenizer thread's work */
+    *ids = job->prompt_ids;
+    *n = job->n_prompt_ids;
+    job->prompt_ids = NULL;
+    if (job->prompt_rc) snprintf(err, errlen, "%s", job->message);
+    return job->prompt_rc;
+  }
+  int for_generate;
+  const ProtobufCMessage *prompt = job_prompt(job, &for_generate);
+  return pd_engine_prompt_tokens(e, prompt, for_generate, ids, n, err, errlen);
+}
+
 /* Bytes of text a prompt is tokenized from (chat: its messages'; 0 for token ids). */
 static size_t prompt_text_bytes(const Prefixd__V1__Prompt *p) {
   if (!p) return 0;
@@ -410,7 +441,16 @@ static size_t prompt_text_bytes(const Prefixd__V1__Prompt *p) {
   return n;
 }
 
-/* Engine thread: hands an authenticated Generate or Warm to the tokenizer thread. */
+/* Engine thread: 1 if an authenticated job's prompt is long enough to be tokenized on the
+ * tokenizer thread (the engine is not draining: then it answers at once). */
+static int tokenize_elsewhere_wanted(const pd_engine *e, const pd_job *job) {
+  int for_generate;
+  const ProtobufCMessage *prompt = job_prompt(job, &for_generate);
+  return e->tk_started && !e->draining && !job->prompt_done && prompt &&
+         prompt_text_bytes((const Prefixd__V1__Prompt *)prompt) > PD_TOKENIZE_INLINE_BYTES;
+}
+
+/* Engine thread: hands an authenticated job to the tokenizer thread. */
 static void tokenize_elsewhere(pd_engine *e, pd_job *job) {
   pthread_mutex_lock(&e->mu);
   e->tokenizing++;
@@ -446,11 +486,8 @@ static void *tokenizer_main(void *arg) {
     }
     pthread_mutex_unlock(&e->tk_mu);
     if (!job) break; /* stopped, and nothing is left */
-    int for_generate = job->kind == PD_JOB_GENERATE;
-    const ProtobufCMessage *prompt =
-        for_generate
-            ? (const ProtobufCMessage *)((const Prefixd__V1__GenerateRequest *)job->req)->prompt
-            : (const ProtobufCMessage *)((const Prefixd__V1__WarmRequest *)job->req)->prompt;
+    int for_generate;
+    const ProtobufCMessage *prompt = job_prompt(job, &for_generate);
     job->prompt_rc = pd_engine_prompt_tokens(e, prompt, for_generate, &job->prompt_ids,
                                              &job->n_prompt_ids, job->message, sizeof job->message);
     job->prompt_done = 1;
@@ -919,16 +956,12 @@ static void enqueue(pd_engine *e, pd_job *job) {
   }
   s->job = job;
   s->warm = job->kind == PD_JOB_WARM;
-  const ProtobufCMessage *prompt;
   const Prefixd__V1__CacheOptions *cache;
   const Prefixd__V1__GenerateRequest *g = NULL;
   if (s->warm) {
-    const Prefixd__V1__WarmRequest *w = (const Prefixd__V1__WarmRequest *)job->req;
-    prompt = (const ProtobufCMessage *)w->prompt;
-    cache = w->cache;
+    cache = ((const Prefixd__V1__WarmRequest *)job->req)->cache;
   } else {
     g = (const Prefixd__V1__GenerateRequest *)job->req;
-    prompt = (const ProtobufCMessage *)g->prompt;
     cache = g->cache;
   }
   if (job->is_admin) {
@@ -951,21 +984,7 @@ static void enqueue(pd_engine *e, pd_job *job) {
              rc == PD_EPERM ? "is not granted to this tenant" : "does not exist");
     goto refuse;
   }
-  if (job->prompt_done) { /* back from the tokenizer thread */
-    rc = job->prompt_rc;
-    s->tokens = job->prompt_ids;
-    s->n_prompt = job->n_prompt_ids;
-    job->prompt_ids = NULL;
-    if (rc) snprintf(err, sizeof err, "%s", job->message);
-  } else if (e->tk_started && !e->draining &&
-             prompt_text_bytes((const Prefixd__V1__Prompt *)prompt) > PD_TOKENIZE_INLINE_BYTES) {
-    seq_free(s);
-    tokenize_elsewhere(e, job);
-    return;
-  } else {
-    rc = pd_engine_prompt_tokens(e, prompt, !s->warm, &s->tokens, &s->n_prompt, err, sizeof err);
-  }
-  if (rc) {
+  if ((rc = pd_engine_job_prompt_tokens(e, job, &s->tokens, &s->n_prompt, err, sizeof err))) {
     status = rc == PD_ENOMEM ? PD_GRPC_RESOURCE_EXHAUSTED : PD_GRPC_INVALID_ARGUMENT;
     goto refuse;
   }
@@ -1614,6 +1633,10 @@ static void *engine_main(void *arg) {
       int status = authenticate(e, j);
       if (status) {
         job_done(e, j, status, j->message);
+        continue;
+      }
+      if (tokenize_elsewhere_wanted(e, j)) { /* back through the inbox when tokenized */
+        tokenize_elsewhere(e, j);
         continue;
       }
       if (j->kind == PD_JOB_CALL)

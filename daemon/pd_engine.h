@@ -253,9 +253,9 @@ struct pd_engine {
   atomic_int queue_depth; /* for Stats and admission from the loop thread */
   int stop, draining;
   uint32_t tokenizing; /* jobs handed to the tokenizer thread, not yet back in the inbox */
-  /* The tokenizer thread: a Generate or Warm whose text is longer than PD_TOKENIZE_INLINE_BYTES
-   * is tokenized there (after authentication), so a long prompt does not hold up every running
-   * sequence's next step; it comes back through the inbox. Its queue: */
+  /* The tokenizer thread: a Generate, Warm, Tokenize or Lookup whose text is longer than
+   * PD_TOKENIZE_INLINE_BYTES is tokenized there (after authentication), so a long prompt does not
+   * hold up every running sequence's next step; it comes back through the inbox. Its queue: */
   pthread_t tk_thread;
   int tk_started, tk_stop;
   pthread_mutex_t tk_mu;
@@ -300,6 +300,11 @@ int pd_engine_resolve_ns(const pd_engine *e, int32_t tenant, const char *name, u
  * gets the reason of a PD_EINVAL / PD_EUNSUPPORTED / PD_ERANGE. */
 int pd_engine_prompt_tokens(const pd_engine *e, const ProtobufCMessage *prompt, int for_generate,
                             int32_t **ids, uint32_t *n, char *err, size_t errlen);
+/* Engine thread: the tokens of the prompt of job (Generate, Warm, Tokenize, Lookup): taken from
+ * the job when the tokenizer thread did the work, else tokenized now. As
+ * pd_engine_prompt_tokens. */
+int pd_engine_job_prompt_tokens(const pd_engine *e, pd_job *job, int32_t **ids, uint32_t *n,
+                                char *err, size_t errlen);
 /* Engine thread: drops every cached block of tenant (or of everyone for -1) from tier (or every
  * tier for -1). Blocks held by running sequences stay. Counts what went per tier. */
 int pd_engine_evict(pd_engine *e, int32_t tenant, int tier, uint64_t counts[PD_TIERS]);

@@ -370,12 +370,10 @@ static char *tokens_text(pd_engine *e, pd_job *job, const int32_t *ids, size_t n
 /* ---- engine thread: RPC bodies --------------------------------------------------------------- */
 
 static void do_tokenize(pd_engine *e, pd_job *job) {
-  const Prefixd__V1__TokenizeRequest *req = (const void *)job->req;
   int32_t *ids;
   uint32_t n;
   char err[256];
-  int rc = pd_engine_prompt_tokens(e, (const ProtobufCMessage *)req->prompt, 0, &ids, &n, err,
-                                   sizeof err);
+  int rc = pd_engine_job_prompt_tokens(e, job, &ids, &n, err, sizeof err);
   if (rc) {
     fail(job, rc == PD_ENOMEM ? PD_GRPC_RESOURCE_EXHAUSTED : PD_GRPC_INVALID_ARGUMENT, "%s", err);
     return;
@@ -433,8 +431,7 @@ static void do_lookup(pd_engine *e, pd_job *job) {
   int32_t *ids;
   uint32_t n, cached = 0, by_tier[PD_TIERS] = {0};
   char err[256];
-  if ((rc = pd_engine_prompt_tokens(e, (const ProtobufCMessage *)req->prompt, 0, &ids, &n, err,
-                                    sizeof err))) {
+  if ((rc = pd_engine_job_prompt_tokens(e, job, &ids, &n, err, sizeof err))) {
     fail(job, rc == PD_ENOMEM ? PD_GRPC_RESOURCE_EXHAUSTED : PD_GRPC_INVALID_ARGUMENT, "%s", err);
     return;
   }

@@ -38,12 +38,19 @@ def single(tiny_model, data_dir):
 
 
 def test_long_prompts_are_tokenized_off_the_engine_thread(data_dir):
-    """Text or chat prompts over 16 KiB go to the tokenizer thread and come back: the same tokens
-    as Tokenize (which tokenizes on the engine thread), cached and matched the same way, and an
-    error found after the round trip (over the context) is reported as before."""
+    """Prompts over 16 KiB of text (Generate, Warm, Tokenize, Lookup; text or chat) go to the
+    tokenizer thread and come back with the very tokens the tokenizer gives in-process
+    (pd_tokenize_tool), cached and matched the same way; several at once beside short ones each
+    get their own; an error found after the round trip (over the context) is reported as
+    before."""
     model = os.path.join(data_dir, "tiny-long.gguf")  # the synthetic shape, a 32k context
     mkgguf = os.path.join(os.path.dirname(os.environ["PREFIXD_BIN"]), "prefixd-mkgguf")
     subprocess.run([mkgguf, "-o", model, "--ctx", "32768"], check=True, capture_output=True)
+
+    def reference(*texts):
+        out = subprocess.run([os.environ["PD_TOKENIZE_TOOL"], model], check=True,
+                             capture_output=True, input="\0".join(texts).encode()).stdout
+        return [[int(x) for x in line.split(",") if x] for line in out.decode().splitlines()]
     os.mkdir(os.path.join(data_dir, "d"))
     d = Daemon(model, os.path.join(data_dir, "d"), extra=["--kv-cache-mb", "64"])
     try:
@@ -51,9 +58,12 @@ def test_long_prompts_are_tokenized_off_the_engine_thread(data_dir):
         text = "".join(f"line {i}: the shared preamble of a long document. " for i in range(330))
         assert len(text.encode()) > 16384  # 13,751 tokens (a 512-token byte-level vocabulary)
         prompt = pb.Prompt(text=text)
-        n = len(s.Tokenize(pb.TokenizeRequest(prompt=prompt)).token_ids)
+        (want,) = reference(text)
+        assert list(s.Tokenize(pb.TokenizeRequest(prompt=prompt)).token_ids) == want
+        n = len(want)
         w = s.Warm(pb.WarmRequest(prompt=prompt))
         assert w.prompt_tokens == n and w.computed_tokens == n
+        assert s.Lookup(pb.LookupRequest(prompt=prompt)).cached_tokens == n
         _, ids, final = generate(s, prompt, max_tokens=4, sampling=pb.SamplingParams(ignore_eos=True))
         assert final.usage.prompt_tokens == n and final.usage.cached_tokens == n - 1
         # the same text as a chat message: the template's tokens around it
@@ -74,10 +84,7 @@ def test_long_prompts_are_tokenized_off_the_engine_thread(data_dir):
             t.start()
         for t in threads:
             t.join(300)
-        assert sorted(results) == list(range(6))
-        for k, p in enumerate(prompts):
-            assert results[k] == len(s.Tokenize(pb.TokenizeRequest(
-                prompt=pb.Prompt(text=p))).token_ids)
+        assert results == {k: len(ids) for k, ids in enumerate(reference(*prompts))}
         code, msg = code_of(lambda: s.Warm(pb.WarmRequest(prompt=pb.Prompt(text=text * 12))))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "context limit" in msg
     finally:
