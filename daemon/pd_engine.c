@@ -447,7 +447,7 @@ static int tokenize_elsewhere_wanted(const pd_engine *e, const pd_job *job) {
   int for_generate;
   const ProtobufCMessage *prompt = job_prompt(job, &for_generate);
   return e->tk_started && !e->draining && !job->prompt_done && prompt &&
-         prompt_text_bytes((const Prefixd__V1__Prompt *)prompt) > PD_TOKENIZE_INLINE_BYTES;
+         prompt_text_bytes((const Prefixd__V1__Prompt *)prompt) > e->cfg.tokenize_thread_bytes;
 }
 
 /* Engine thread: hands an authenticated job to the tokenizer thread. */
@@ -1867,7 +1867,8 @@ fail:
 
 int pd_engine_start(pd_engine *e) {
   /* without the tokenizer thread every prompt is tokenized on the engine thread */
-  e->tk_started = pthread_create(&e->tk_thread, NULL, tokenizer_main, e) == 0;
+  e->tk_started = e->cfg.tokenize_thread_bytes > 0 &&
+                  pthread_create(&e->tk_thread, NULL, tokenizer_main, e) == 0;
   if (pthread_create(&e->thread, NULL, engine_main, e) == 0) return PD_OK;
   tokenizer_stop(e);
   return PD_ESYS;

@@ -79,7 +79,9 @@ typedef struct pd_engine_config {
   const char *admin_key;    /* NULL = no admin */
   int threads;              /* CPU threads for the forward pass; 0 = all */
   enum pd_engine_device device;
-  int zero_reused_kv; /* zero a device block before another tenant's sequence writes
+  size_t tokenize_thread_bytes; /* prompts with more bytes of text are tokenized on the
+                                   tokenizer thread; 0 = no tokenizer thread */
+  int zero_reused_kv;           /* zero a device block before another tenant's sequence writes
                                into it, so no stale KV of one tenant is ever in reach of
                                another's through a bug (default on) */
 } pd_engine_config;
@@ -133,7 +135,7 @@ struct pd_job {
                        RESOURCE_EXHAUSTED */
   ProtobufCMessage *final; /* Generate: the last stream message (usage, timings) */
   /* A prompt tokenized on the tokenizer thread (a long text or chat prompt: see
-   * PD_TOKENIZE_INLINE_BYTES): prompt_done, then prompt_ids (n_prompt_ids; the job's until the
+   * pd_engine_config.tokenize_thread_bytes): prompt_done, then prompt_ids (n_prompt_ids; the job's until the
    * engine takes them) or prompt_rc with the reason in message. */
   int prompt_done, prompt_rc;
   int32_t *prompt_ids;
@@ -254,7 +256,7 @@ struct pd_engine {
   int stop, draining;
   uint32_t tokenizing; /* jobs handed to the tokenizer thread, not yet back in the inbox */
   /* The tokenizer thread: a Generate, Warm, Tokenize or Lookup whose text is longer than
-   * PD_TOKENIZE_INLINE_BYTES is tokenized there (after authentication), so a long prompt does not
+   * cfg.tokenize_thread_bytes is tokenized there (after authentication), so a long prompt does not
    * hold up every running sequence's next step; it comes back through the inbox. Its queue: */
   pthread_t tk_thread;
   int tk_started, tk_stop;
@@ -266,9 +268,9 @@ struct pd_engine {
   void *output_user;
 };
 
-/* A prompt with more bytes of text than this is tokenized on the tokenizer thread (a few
- * thousand tokens: about a millisecond of the engine thread's time). */
-#define PD_TOKENIZE_INLINE_BYTES 16384
+/* The default of pd_engine_config.tokenize_thread_bytes: a few thousand tokens, about a
+ * millisecond of the engine thread's time. */
+#define PD_TOKENIZE_THREAD_BYTES 16384
 
 /* Loads the model, sizes the pool and opens the registry. err gets one line. The engine is
  * owned by the caller (pd_engine_destroy). */

@@ -89,6 +89,10 @@ static void usage(FILE *f) {
       "      --cache-dtype T       f16, bf16, f32 or fp8 (fp8-e4m3, a scale per row; default f16)\n"
       "      --matmul M            fast or exact (default fast)\n"
       "  -t, --threads N           CPU threads (PREFIXD_THREADS; default: all)\n"
+      "      --tokenize-thread-bytes N\n"
+      "                            prompts with more bytes of text are tokenized on a thread\n"
+      "                            of their own, not between two forward passes; 0 = none\n"
+      "                            (PREFIXD_TOKENIZE_THREAD_BYTES; default 16384)\n"
       "      --drain-timeout S     seconds running requests get at shutdown (default 30)\n"
       "      --log-level L         debug, info, warn, error (PREFIXD_LOG_LEVEL; info)\n"
       "      --log-file F          log to F instead of stderr; SIGHUP reopens it\n"
@@ -262,7 +266,7 @@ int main(int argc, char **argv) {
   const char *log_level = env_or("PREFIXD_LOG_LEVEL", "info");
   const char *log_file = env_or("PREFIXD_LOG_FILE", NULL);
   long kv_mb = 1024, host_mb = 1024, disk_mb = 8192, block = 16, batch = 256, running = 64,
-       queue = 1024, ctx = 0, threads = 0, drain = 30;
+       queue = 1024, ctx = 0, threads = 0, drain = 30, tokenize_bytes = PD_TOKENIZE_THREAD_BYTES;
   const char *cache_dtype = "f16", *matmul = "fast";
   const char *disk_dir = env_or("PREFIXD_DISK_DIR", NULL);
   const char *disk_sync = env_or("PREFIXD_DISK_SYNC", "fast");
@@ -279,7 +283,8 @@ int main(int argc, char **argv) {
                   {"PREFIXD_DISK_CACHE_MB", &disk_mb, 0, 1 << 30},
                   {"PREFIXD_MAX_BATCH_TOKENS", &batch, 1, 65536},
                   {"PREFIXD_MAX_RUNNING", &running, 1, 1024},
-                  {"PREFIXD_THREADS", &threads, 0, 1024}};
+                  {"PREFIXD_THREADS", &threads, 0, 1024},
+                  {"PREFIXD_TOKENIZE_THREAD_BYTES", &tokenize_bytes, 0, 1L << 30}};
   for (size_t i = 0; i < sizeof env_ints / sizeof *env_ints; i++) {
     const char *v = getenv(env_ints[i].env);
     if (v && v[0] && parse_int(v, env_ints[i].lo, env_ints[i].hi, env_ints[i].v)) {
@@ -312,6 +317,7 @@ int main(int argc, char **argv) {
     O_LOGFILE,
     O_METRICS,
     O_OPENAI,
+    O_TOKENIZE,
     O_VERSION
   };
   static const struct option opts[] = {{"model", required_argument, 0, 'm'},
@@ -341,6 +347,7 @@ int main(int argc, char **argv) {
                                        {"log-file", required_argument, 0, O_LOGFILE},
                                        {"metrics-listen", required_argument, 0, O_METRICS},
                                        {"openai-listen", required_argument, 0, O_OPENAI},
+                                       {"tokenize-thread-bytes", required_argument, 0, O_TOKENIZE},
                                        {"help", no_argument, 0, 'h'},
                                        {"version", no_argument, 0, O_VERSION},
                                        {0, 0, 0, 0}};
@@ -375,6 +382,7 @@ int main(int argc, char **argv) {
     case O_LOGFILE: log_file = optarg; break;
     case O_METRICS: metrics_listen = optarg; break;
     case O_OPENAI: openai_listen = optarg; break;
+    case O_TOKENIZE: target = &tokenize_bytes, lo = 0, hi = 1L << 30; break;
     case 'h': usage(stdout); return 0;
     case O_VERSION: printf("prefixd %s\n", VERSION); return 0;
     default: usage(stderr); return 2;
@@ -548,7 +556,8 @@ int main(int argc, char **argv) {
                           .mode = strcmp(matmul, "exact") ? PD_MATMUL_FAST : PD_MATMUL_EXACT,
                           .tenants_path = tenants_path,
                           .admin_key = admin_key[0] ? admin_key : NULL,
-                          .threads = (int)threads};
+                          .threads = (int)threads,
+                          .tokenize_thread_bytes = (size_t)tokenize_bytes};
   char err[512];
   int64_t t0 = pd_grpc_now_ms();
   if (access(model, R_OK)) {
