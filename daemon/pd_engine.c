@@ -81,7 +81,6 @@ static uint32_t B(const pd_engine *e) {
 
 /* ---- outbox (engine -> loop) ----------------------------------------------------------------- */
 
-/* Caller holds e->mu. */
 /* Appends job to a queue linked through job->next (the inbox, the outbox, the tokenizer's),
  * under the queue's mutex. */
 static void job_append(pd_job **head, pd_job **tail, pd_job *job) {
@@ -93,6 +92,7 @@ static void job_append(pd_job **head, pd_job **tail, pd_job *job) {
   *tail = job;
 }
 
+/* Caller holds e->mu. */
 static void outbox_push_locked(pd_engine *e, pd_job *job) {
   if (job->in_outbox) return;
   job->in_outbox = 1;
@@ -423,7 +423,7 @@ int pd_engine_job_prompt_tokens(const pd_engine *e, pd_job *job, int32_t **ids, 
     *ids = job->prompt_ids;
     *n = job->n_prompt_ids;
     job->prompt_ids = NULL;
-    if (job->prompt_rc) snprintf(err, errlen, "%s", job->message);
+    if (job->prompt_rc) snprintf(err, errlen, "%s", job->prompt_error);
     return job->prompt_rc;
   }
   int for_generate;
@@ -488,8 +488,9 @@ static void *tokenizer_main(void *arg) {
     if (!job) break; /* stopped, and nothing is left */
     int for_generate;
     const ProtobufCMessage *prompt = job_prompt(job, &for_generate);
-    job->prompt_rc = pd_engine_prompt_tokens(e, prompt, for_generate, &job->prompt_ids,
-                                             &job->n_prompt_ids, job->message, sizeof job->message);
+    job->prompt_rc =
+        pd_engine_prompt_tokens(e, prompt, for_generate, &job->prompt_ids, &job->n_prompt_ids,
+                                job->prompt_error, sizeof job->prompt_error);
     job->prompt_done = 1;
     pthread_mutex_lock(&e->mu);
     job_append(&e->inbox_head, &e->inbox_tail, job);

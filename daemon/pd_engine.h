@@ -135,9 +135,10 @@ struct pd_job {
                        RESOURCE_EXHAUSTED */
   ProtobufCMessage *final; /* Generate: the last stream message (usage, timings) */
   /* A prompt tokenized on the tokenizer thread (a long text or chat prompt: see
-   * pd_engine_config.tokenize_thread_bytes): prompt_done, then prompt_ids (n_prompt_ids; the job's until the
-   * engine takes them) or prompt_rc with the reason in message. */
+   * pd_engine_config.tokenize_thread_bytes): prompt_done, then prompt_ids (n_prompt_ids; the job's
+   * until the engine takes them) or prompt_rc with the reason in prompt_error. */
   int prompt_done, prompt_rc;
+  char prompt_error[256];
   int32_t *prompt_ids;
   uint32_t n_prompt_ids;
   pd_job *next;                  /* inbox / outbox / tokenizer queue link */

@@ -87,6 +87,12 @@ def test_long_prompts_are_tokenized_off_the_engine_thread(data_dir):
         assert results == {k: len(ids) for k, ids in enumerate(reference(*prompts))}
         code, msg = code_of(lambda: s.Warm(pb.WarmRequest(prompt=pb.Prompt(text=text * 12))))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "context limit" in msg
+        # the tokenizer thread's own refusals keep their reasons, for calls and generations
+        bad = chat(("robot", text))
+        for call in (lambda: s.Tokenize(pb.TokenizeRequest(prompt=bad)),
+                     lambda: generate(s, bad, max_tokens=1)):
+            code, msg = code_of(call)
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and "no valid role" in msg, msg
     finally:
         assert d.stop() == 0
 
