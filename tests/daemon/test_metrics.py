@@ -84,7 +84,16 @@ def test_metrics_match_stats_and_move(tiny_model, data_dir):
         generate(b, pb.Prompt(text="beta asks something else " * 3), max_tokens=4,
                  sampling=pb.SamplingParams(ignore_eos=True))
 
-        st = d.stub(ADMIN).Stats(pb.StatsRequest())
+        # the storage worker writes hit blocks to disk in the background (second-use): the
+        # comparison waits until it is done, so Stats and the scrape see the same tiers
+        deadline, st = time.time() + 30, None
+        while True:
+            prev, st = st, d.stub(ADMIN).Stats(pb.StatsRequest())
+            if (prev is not None and st.storage.transfers_in_flight == 0 and
+                    prev.storage == st.storage and list(prev.tiers) == list(st.tiers)):
+                break
+            assert time.time() < deadline, st.storage
+            time.sleep(0.1)
         m, fams = scrape(port)
         # the families are typed and documented
         assert fams["prefixd_cache_hit_tokens"].type == "counter"
