@@ -520,6 +520,19 @@ static void json_tier_counts(kv_json *j, const char *key, const Prefixd__V1__Tie
 
 /* ---- warm ------------------------------------------------------------------------------------ */
 
+/* A prompt command's prompt, read, and its connection: the positional TEXT (pos, n_pos) or
+ * --text, --file or --chat. 0 with *prompt (release with kv_prompt_free) and *c, or an exit
+ * code after reporting. */
+static int prompt_and_connect(kv_ctx *ctx, int n_pos, const char *const *pos, const char *text,
+                              const char *file, const char *chat, int add_generation_prompt,
+                              kv_prompt *prompt, pd_client **c) {
+  if (n_pos == 1 && text) return kv_usage(ctx, "give only one of TEXT, --text, --file, --chat");
+  int rc = kv_prompt_read(ctx, n_pos ? pos[0] : text, file, chat, add_generation_prompt, prompt);
+  if (rc) return rc;
+  if ((rc = kv_connect(ctx, c))) kv_prompt_free(prompt);
+  return rc;
+}
+
 const char kv_help_warm[] =
     "usage: kvctl warm (TEXT | --text T | --file F | --chat F) [--pin-ttl D] [--namespace NS]\n"
     "                  [--json]\n"
@@ -547,14 +560,9 @@ int kv_cmd_warm(kv_ctx *ctx, int argc, char **argv) {
   const char *pos[1];
   int n_pos, rc = kv_parse(ctx, kv_help_warm, argc, argv, opts, pos, 1, &n_pos);
   if (rc) return rc == KV_PARSE_HELP ? KV_EXIT_OK : rc;
-  if (n_pos == 1 && text) return kv_usage(ctx, "give only one of TEXT, --text, --file, --chat");
   kv_prompt prompt;
-  if ((rc = kv_prompt_read(ctx, n_pos ? pos[0] : text, file, chat, 0, &prompt))) return rc;
   pd_client *c;
-  if ((rc = kv_connect(ctx, &c))) {
-    kv_prompt_free(&prompt);
-    return rc;
-  }
+  if ((rc = prompt_and_connect(ctx, n_pos, pos, text, file, chat, 0, &prompt, &c))) return rc;
   Prefixd__V1__CacheOptions cache = PREFIXD__V1__CACHE_OPTIONS__INIT;
   cache.namespace_ = (char *)(ns ? ns : "");
   cache.pin_ttl_seconds = pin_ttl;
@@ -606,14 +614,9 @@ int kv_cmd_lookup(kv_ctx *ctx, int argc, char **argv) {
   const char *pos[1];
   int n_pos, rc = kv_parse(ctx, kv_help_lookup, argc, argv, opts, pos, 1, &n_pos);
   if (rc) return rc == KV_PARSE_HELP ? KV_EXIT_OK : rc;
-  if (n_pos == 1 && text) return kv_usage(ctx, "give only one of TEXT, --text, --file, --chat");
   kv_prompt prompt;
-  if ((rc = kv_prompt_read(ctx, n_pos ? pos[0] : text, file, chat, 0, &prompt))) return rc;
   pd_client *c;
-  if ((rc = kv_connect(ctx, &c))) {
-    kv_prompt_free(&prompt);
-    return rc;
-  }
+  if ((rc = prompt_and_connect(ctx, n_pos, pos, text, file, chat, 0, &prompt, &c))) return rc;
   Prefixd__V1__LookupRequest req = PREFIXD__V1__LOOKUP_REQUEST__INIT;
   req.prompt = &prompt.prompt;
   req.namespace_ = (char *)(ns ? ns : "");
@@ -792,7 +795,6 @@ int kv_cmd_gen(kv_ctx *ctx, int argc, char **argv) {
   const char *pos[1];
   int n_pos, rc = kv_parse(ctx, kv_help_gen, argc, argv, opts, pos, 1, &n_pos);
   if (rc) return rc == KV_PARSE_HELP ? KV_EXIT_OK : rc;
-  if (n_pos == 1 && text) return kv_usage(ctx, "give only one of TEXT, --text, --file, --chat");
   double temp = 0.0;
   if (temperature) {
     char *end;
@@ -801,12 +803,8 @@ int kv_cmd_gen(kv_ctx *ctx, int argc, char **argv) {
       return kv_usage(ctx, "--temperature expects a number >= 0, got '%s'", temperature);
   }
   kv_prompt prompt;
-  if ((rc = kv_prompt_read(ctx, n_pos ? pos[0] : text, file, chat, 1, &prompt))) return rc;
   pd_client *c;
-  if ((rc = kv_connect(ctx, &c))) {
-    kv_prompt_free(&prompt);
-    return rc;
-  }
+  if ((rc = prompt_and_connect(ctx, n_pos, pos, text, file, chat, 1, &prompt, &c))) return rc;
   Prefixd__V1__SamplingParams sampling = PREFIXD__V1__SAMPLING_PARAMS__INIT;
   sampling.temperature = (float)temp;
   sampling.seed = seed;
