@@ -265,7 +265,8 @@ static void feed(pd_http1_conn *c, const char *p, size_t n) {
     size_t chunk = n - off;
     if (!c->headers_done) {
       if (c->head_bytes >= MAX_HEAD) {
-        fail_request(c, 431, "request line and headers are limited to 8 KiB");
+        c->error = 431;
+        fail_parse(c);
         return;
       }
       size_t room = MAX_HEAD - c->head_bytes;

@@ -15,7 +15,7 @@ import grpc
 import openai
 import pytest
 
-from conftest import Daemon, pb, raw, status_of
+from conftest import Daemon, generate, pb, raw, status_of
 
 ADMIN = "admin-key-for-openai-tests-0123456789"
 SYSTEM = "You are the assistant of a bicycle shop in a small town. " * 8
@@ -361,7 +361,7 @@ def test_rate_limits_count_computed_tokens_and_say_when_to_retry(tiny_model, dat
             max_requests_per_minute=2))).api_key
         a = d.stub(ka)
         go_on = pb.SamplingParams(ignore_eos=True)
-        finals = [generate_final(a, ids(300, 10), 8, go_on) for _ in range(2)]
+        finals = [generate(a, ids(300, 10), max_tokens=8, sampling=go_on)[2] for _ in range(2)]
         costs = [f.usage.prompt_tokens - f.usage.cached_tokens + f.usage.generated_tokens
                  for f in finals]
         assert costs[0] == 308 and finals[1].usage.cached_tokens >= 288 and costs[1] <= 20
@@ -408,11 +408,11 @@ def test_rate_limits_count_computed_tokens_and_say_when_to_retry(tiny_model, dat
         assert tenant_metric("prefixd_tenant_rate_limited_total", "alpha") > limited
         # requests per minute: Generate and Warm count, Tokenize does not
         b = d.stub(kb)
-        generate_final(b, ids(20, 30), 1, go_on)
+        generate(b, ids(20, 30), max_tokens=1, sampling=go_on)
         b.Tokenize(pb.TokenizeRequest(prompt=pb.Prompt(text="free")))
         b.Warm(pb.WarmRequest(prompt=ids(20, 31)))
         with pytest.raises(grpc.RpcError) as e:
-            generate_final(b, ids(20, 32), 1, go_on)
+            generate(b, ids(20, 32), max_tokens=1, sampling=go_on)
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "2 requests per minute" in e.value.details()
         assert tenant_metric("prefixd_tenant_rate_limited_total", "beta") == 1
@@ -420,19 +420,9 @@ def test_rate_limits_count_computed_tokens_and_say_when_to_retry(tiny_model, dat
         assert st.rate_limited == 1 and st.computed_tokens == 41  # 20 + 1 generated, 20 warmed
         # lifting the limit lets the tenant in at once
         admin.SetLimits(pb.SetLimitsRequest(name="beta", limits=pb.TenantLimits()))
-        generate_final(b, ids(20, 32), 1, go_on)
+        generate(b, ids(20, 32), max_tokens=1, sampling=go_on)
     finally:
         assert d.stop() == 0
-
-
-def generate_final(stub, prompt, max_tokens, sampling):
-    """The final message of a Generate stream."""
-    final = None
-    for m in stub.Generate(pb.GenerateRequest(prompt=prompt, max_tokens=max_tokens,
-                                              sampling=sampling), timeout=60):
-        if m.finish_reason:
-            final = m
-    return final
 
 
 def test_drain_finishes_the_running_stream_and_refuses_new_requests(default_model, data_dir):
