@@ -1008,16 +1008,25 @@ static void enqueue(pd_engine *e, pd_job *job) {
   if (!s->warm) {
     s->max_new = ctx - s->n_prompt;
     if (g->max_tokens && g->max_tokens < s->max_new) s->max_new = g->max_tokens;
-    pd_sampling_params sp = {0, 0, 1, 0, 1, 64, 0};
+    pd_sampling_params sp = {.top_p = 1, .repeat_penalty = 1, .repeat_last_n = 64};
+    pd_logit_bias bias[PD_LOGIT_BIAS_MAX];
     if (g->sampling) {
-      sp.temperature = g->sampling->temperature;
-      sp.top_k = g->sampling->top_k;
-      sp.top_p = g->sampling->top_p > 0 ? g->sampling->top_p : 1;
-      sp.min_p = g->sampling->min_p;
-      sp.repeat_penalty = g->sampling->repeat_penalty > 0 ? g->sampling->repeat_penalty : 1;
-      sp.repeat_last_n = g->sampling->repeat_last_n > 0 ? g->sampling->repeat_last_n : 64;
-      sp.seed = g->sampling->seed;
-      s->ignore_eos = g->sampling->ignore_eos;
+      const Prefixd__V1__SamplingParams *gs = g->sampling;
+      sp.temperature = gs->temperature;
+      sp.top_k = gs->top_k;
+      sp.top_p = gs->top_p > 0 ? gs->top_p : 1;
+      sp.min_p = gs->min_p;
+      sp.repeat_penalty = gs->repeat_penalty > 0 ? gs->repeat_penalty : 1;
+      sp.repeat_last_n = gs->repeat_last_n > 0 ? gs->repeat_last_n : 64;
+      sp.seed = gs->seed;
+      sp.presence_penalty = gs->presence_penalty;
+      sp.frequency_penalty = gs->frequency_penalty;
+      sp.n_logit_bias =
+          gs->n_logit_bias > PD_LOGIT_BIAS_MAX ? PD_LOGIT_BIAS_MAX + 1 : (int32_t)gs->n_logit_bias;
+      for (int32_t i = 0; i < sp.n_logit_bias && i < PD_LOGIT_BIAS_MAX; i++)
+        bias[i] = (pd_logit_bias){gs->logit_bias[i]->token_id, gs->logit_bias[i]->bias};
+      sp.logit_bias = bias;
+      s->ignore_eos = gs->ignore_eos;
     }
     if (g->top_logprobs > PD_TOP_LOGPROBS_MAX) {
       status = PD_GRPC_INVALID_ARGUMENT;
@@ -1027,12 +1036,10 @@ static void enqueue(pd_engine *e, pd_job *job) {
     }
     s->logprobs = g->logprobs || g->top_logprobs;
     s->top_logprobs = (int)g->top_logprobs;
-    if ((rc = pd_sampler_create(&sp, e->model->n_vocab, &s->smp))) {
+    if ((rc = pd_sampling_check(&sp, e->model->n_vocab, err, sizeof err)) ||
+        (rc = pd_sampler_create(&sp, e->model->n_vocab, &s->smp))) {
       status = rc == PD_ENOMEM ? PD_GRPC_RESOURCE_EXHAUSTED : PD_GRPC_INVALID_ARGUMENT;
-      snprintf(err, sizeof err, "%s",
-               rc == PD_ENOMEM ? "out of memory"
-                               : "invalid sampling parameters (temperature >= 0, top_k >= 0, "
-                                 "top_p in (0, 1], min_p in [0, 1], repeat_penalty > 0)");
+      if (rc == PD_ENOMEM) snprintf(err, sizeof err, "out of memory");
       goto refuse;
     }
     for (size_t i = 0; i < g->n_stop; i++)
@@ -1429,7 +1436,7 @@ static int step(pd_engine *e) {
     for (int i = 0; i < n; i++)
       if (order[i] && lg[i]) {
         picked[i] = e->gpu_picks[want[i]];
-        pd_sampler_accept(order[i]->smp, picked[i]);
+        pd_sampler_record(order[i]->smp, picked[i]);
       }
   } else {
 #pragma omp parallel for schedule(dynamic, 1)

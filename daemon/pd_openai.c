@@ -12,6 +12,7 @@
  */
 #include "pd_openai.h"
 
+#include <errno.h>
 #include <http_parser.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -53,6 +54,8 @@ typedef struct oreq {
   Prefixd__V1__TokenIds token_ids;
   int32_t *ids;
   Prefixd__V1__SamplingParams sampling;
+  Prefixd__V1__LogitBias *bias; /* (sampling.n_logit_bias) */
+  Prefixd__V1__LogitBias **bias_ptrs;
   char *stop[MAX_STOP];
   /* a whole (non-streamed) answer as it accumulates */
   char *text;
@@ -304,14 +307,6 @@ static int refuse_unsupported(json_t *root, int chat, char *err, size_t errlen) 
   if ((v = json_object_get(root, "best_of")) && !json_is_null(v) &&
       (!json_is_integer(v) || json_integer_value(v) != 1))
     BAD("'best_of' must be 1");
-  const char *penalties[] = {"presence_penalty", "frequency_penalty"};
-  for (int i = 0; i < 2; i++)
-    if ((v = json_object_get(root, penalties[i])) && !json_is_null(v) &&
-        (!json_is_number(v) || json_number_value(v) != 0))
-      BAD("'%s' is not supported (use 'repetition_penalty')", penalties[i]);
-  if ((v = json_object_get(root, "logit_bias")) && !json_is_null(v) &&
-      (!json_is_object(v) || json_object_size(v)))
-    BAD("'logit_bias' is not supported");
   const char *tools[] = {"tools", "functions"};
   for (int i = 0; i < 2; i++)
     if ((v = json_object_get(root, tools[i])) && !json_is_null(v) &&
@@ -331,6 +326,39 @@ static int refuse_unsupported(json_t *root, int chat, char *err, size_t errlen) 
   return 0;
 }
 
+/* OpenAI's logit_bias: {"token id": bias, ...}, -100 to 100 each. The engine checks the ids
+ * against the vocabulary and the count. */
+static int parse_logit_bias(oreq *r, json_t *lb, char *err, size_t errlen) {
+  if (!lb || json_is_null(lb)) return 0;
+  if (!json_is_object(lb)) BAD("'logit_bias' must be an object of token ids to biases");
+  size_t n = json_object_size(lb);
+  if (n > PD_LOGIT_BIAS_MAX) BAD("'logit_bias' has %zu entries; at most %d", n, PD_LOGIT_BIAS_MAX);
+  if (!n) return 0;
+  r->bias = calloc(n, sizeof *r->bias);
+  r->bias_ptrs = calloc(n, sizeof *r->bias_ptrs);
+  if (!r->bias || !r->bias_ptrs) BAD("out of memory");
+  const char *key;
+  json_t *v;
+  size_t i = 0;
+  json_object_foreach(lb, key, v) {
+    char *end;
+    errno = 0;
+    long id = strtol(key, &end, 10);
+    if (!*key || *end || errno || id < 0 || id > INT32_MAX)
+      BAD("'logit_bias' keys must be token ids; got '%.32s'", key);
+    if (!json_is_number(v) || json_number_value(v) < -100 || json_number_value(v) > 100)
+      BAD("'logit_bias' values must be numbers from -100 to 100 (token %ld)", id);
+    prefixd__v1__logit_bias__init(&r->bias[i]);
+    r->bias[i].token_id = (int32_t)id;
+    r->bias[i].bias = (float)json_number_value(v);
+    r->bias_ptrs[i] = &r->bias[i];
+    i++;
+  }
+  r->sampling.logit_bias = r->bias_ptrs;
+  r->sampling.n_logit_bias = n;
+  return 0;
+}
+
 static int parse_request(oreq *r, char *err, size_t errlen) {
   json_t *root = r->root;
   if (!json_is_object(root)) BAD("the body must be a JSON object");
@@ -346,7 +374,7 @@ static int parse_request(oreq *r, char *err, size_t errlen) {
     if (parse_prompt(r, p, err, errlen)) return -1;
   }
   json_int_t max_tokens = 0, top_k = 0, seed = 0, top_logprobs = 0;
-  double temperature = 1.0, top_p = 1.0, min_p = 0, rep = 1;
+  double temperature = 1.0, top_p = 1.0, min_p = 0, rep = 1, presence = 0, frequency = 0;
   if (get_int(root, "max_tokens", 0, INT32_MAX, &max_tokens, err, errlen) ||
       get_int(root, "max_completion_tokens", 0, INT32_MAX, &max_tokens, err, errlen) ||
       get_number(root, "temperature", 0, 100, &temperature, err, errlen) ||
@@ -354,6 +382,9 @@ static int parse_request(oreq *r, char *err, size_t errlen) {
       get_int(root, "top_k", 0, INT32_MAX, &top_k, err, errlen) ||
       get_number(root, "min_p", 0, 1, &min_p, err, errlen) ||
       get_number(root, "repetition_penalty", 1e-6, 100, &rep, err, errlen) ||
+      get_number(root, "presence_penalty", -2, 2, &presence, err, errlen) ||
+      get_number(root, "frequency_penalty", -2, 2, &frequency, err, errlen) ||
+      parse_logit_bias(r, json_object_get(root, "logit_bias"), err, errlen) ||
       get_int(root, "seed", INT64_MIN, INT64_MAX, &seed, err, errlen) ||
       get_bool(root, "stream", &r->stream, err, errlen))
     return -1;
@@ -395,6 +426,8 @@ static int parse_request(oreq *r, char *err, size_t errlen) {
   r->sampling.top_k = (int32_t)top_k;
   r->sampling.min_p = (float)min_p;
   r->sampling.repeat_penalty = (float)rep;
+  r->sampling.presence_penalty = (float)presence;
+  r->sampling.frequency_penalty = (float)frequency;
   r->sampling.seed = (uint64_t)seed;
   r->sampling.ignore_eos = ignore_eos;
   r->gen.prompt = &r->prompt;
@@ -431,6 +464,8 @@ static void oreq_free(oreq *r) {
   free(r->messages);
   free(r->message_ptrs);
   free(r->ids);
+  free(r->bias);
+  free(r->bias_ptrs);
   free(r->text);
   pd_job_free(&r->job);
 }

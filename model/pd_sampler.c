@@ -2,6 +2,7 @@
 #include "pd_sampler.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,6 +19,12 @@ struct pd_sampler {
   int32_t *recent; /* ring of the last repeat_last_n tokens */
   int32_t n_recent, head;
   uint64_t rng[4];
+  pd_logit_bias *bias; /* (p.n_logit_bias), p.logit_bias points here */
+  /* with a presence or frequency penalty: how often each token was picked, and the distinct
+   * picked tokens in order of their first pick */
+  uint32_t *picked_count; /* (n_vocab), NULL without those penalties */
+  int32_t *picked_ids;    /* (n_vocab); n_picked_ids of them used */
+  int32_t n_picked_ids;
   cand *c;     /* (n_vocab) scratch */
   float *work; /* (n_vocab) scratch */
 };
@@ -39,11 +46,38 @@ static uint64_t next_u64(uint64_t *s) { /* xoshiro256** */
   return r;
 }
 
+#define BAD(...) return snprintf(err, errlen, __VA_ARGS__), PD_EINVAL
+
+int pd_sampling_check(const pd_sampling_params *p, int32_t n_vocab, char *err, size_t errlen) {
+  if (n_vocab <= 0) BAD("the model has no vocabulary");
+  if (!(p->temperature >= 0) || isinf(p->temperature)) BAD("temperature must be >= 0");
+  if (p->top_k < 0) BAD("top_k must be >= 0");
+  if (!(p->top_p > 0 && p->top_p <= 1)) BAD("top_p must be in (0, 1]");
+  if (!(p->min_p >= 0 && p->min_p <= 1)) BAD("min_p must be in [0, 1]");
+  if (!(p->repeat_penalty > 0) || isinf(p->repeat_penalty)) BAD("repeat_penalty must be > 0");
+  if (p->repeat_last_n < 0) BAD("repeat_last_n must be >= 0");
+  if (!(p->presence_penalty >= -2 && p->presence_penalty <= 2))
+    BAD("presence_penalty must be in [-2, 2]");
+  if (!(p->frequency_penalty >= -2 && p->frequency_penalty <= 2))
+    BAD("frequency_penalty must be in [-2, 2]");
+  if (p->n_logit_bias < 0 || p->n_logit_bias > PD_LOGIT_BIAS_MAX)
+    BAD("logit_bias has %d entries; at most %d", p->n_logit_bias, PD_LOGIT_BIAS_MAX);
+  for (int32_t i = 0; i < p->n_logit_bias; i++) {
+    const pd_logit_bias *b = &p->logit_bias[i];
+    if (b->token < 0 || b->token >= n_vocab)
+      BAD("logit_bias names token %d; the vocabulary has %d tokens", b->token, n_vocab);
+    if (!(b->bias >= -100 && b->bias <= 100))
+      BAD("logit_bias for token %d must be in [-100, 100]", b->token);
+    for (int32_t j = 0; j < i; j++)
+      if (p->logit_bias[j].token == b->token) BAD("logit_bias names token %d twice", b->token);
+  }
+  return PD_OK;
+}
+
 int pd_sampler_create(const pd_sampling_params *p, int32_t n_vocab, pd_sampler **out) {
   *out = NULL;
-  if (n_vocab <= 0 || !(p->temperature >= 0) || p->top_k < 0 || !(p->top_p > 0 && p->top_p <= 1) ||
-      !(p->min_p >= 0 && p->min_p <= 1) || !(p->repeat_penalty > 0) || p->repeat_last_n < 0)
-    return PD_EINVAL;
+  char err[128];
+  if (pd_sampling_check(p, n_vocab, err, sizeof err)) return PD_EINVAL;
   pd_sampler *s = calloc(1, sizeof *s);
   if (!s) return PD_ENOMEM;
   s->p = *p;
@@ -51,7 +85,16 @@ int pd_sampler_create(const pd_sampling_params *p, int32_t n_vocab, pd_sampler *
   s->recent = malloc((size_t)(p->repeat_last_n ? p->repeat_last_n : 1) * sizeof *s->recent);
   s->c = malloc((size_t)n_vocab * sizeof *s->c);
   s->work = malloc((size_t)n_vocab * sizeof *s->work);
-  if (!s->recent || !s->c || !s->work) {
+  int failed = !s->recent || !s->c || !s->work;
+  if (p->n_logit_bias && !failed) {
+    failed = !(s->bias = malloc((size_t)p->n_logit_bias * sizeof *s->bias));
+    if (!failed) memcpy(s->bias, p->logit_bias, (size_t)p->n_logit_bias * sizeof *s->bias);
+  }
+  s->p.logit_bias = s->bias;
+  if ((p->presence_penalty != 0 || p->frequency_penalty != 0) && !failed)
+    failed = !(s->picked_count = calloc((size_t)n_vocab, sizeof *s->picked_count)) ||
+             !(s->picked_ids = malloc((size_t)n_vocab * sizeof *s->picked_ids));
+  if (failed) {
     pd_sampler_free(s);
     return PD_ENOMEM;
   }
@@ -64,13 +107,17 @@ int pd_sampler_create(const pd_sampling_params *p, int32_t n_vocab, pd_sampler *
 void pd_sampler_free(pd_sampler *s) {
   if (!s) return;
   free(s->recent);
+  free(s->bias);
+  free(s->picked_count);
+  free(s->picked_ids);
   free(s->c);
   free(s->work);
   free(s);
 }
 
 int pd_sampler_is_greedy(const pd_sampler *s) {
-  return s->p.temperature <= 0 && s->p.repeat_penalty == 1.0f;
+  return s->p.temperature <= 0 && s->p.repeat_penalty == 1.0f && !s->picked_count &&
+         !s->p.n_logit_bias;
 }
 
 void pd_sampler_accept(pd_sampler *s, int32_t tok) {
@@ -78,6 +125,12 @@ void pd_sampler_accept(pd_sampler *s, int32_t tok) {
   s->recent[s->head] = tok;
   s->head = (s->head + 1) % s->p.repeat_last_n;
   if (s->n_recent < s->p.repeat_last_n) s->n_recent++;
+}
+
+void pd_sampler_record(pd_sampler *s, int32_t tok) {
+  pd_sampler_accept(s, tok);
+  if (s->picked_count && tok >= 0 && tok < s->n_vocab && !s->picked_count[tok]++)
+    s->picked_ids[s->n_picked_ids++] = tok;
 }
 
 /* Descending weight (or scaled logit), then ascending id: a total order, so every selection
@@ -124,6 +177,7 @@ static void select_top(cand *c, int32_t n, int32_t k) {
 int32_t pd_sampler_sample(pd_sampler *s, const float *logits) {
   float *l = s->work;
   memcpy(l, logits, (size_t)s->n_vocab * sizeof *l);
+  for (int32_t i = 0; i < s->p.n_logit_bias; i++) l[s->bias[i].token] += s->bias[i].bias;
   if (s->p.repeat_penalty != 1.0f)
     for (int32_t i = 0; i < s->n_recent; i++) {
       int32_t t = s->recent[i];
@@ -133,6 +187,10 @@ int32_t pd_sampler_sample(pd_sampler *s, const float *logits) {
       for (int32_t j = 0; j < i; j++) seen |= s->recent[j] == t;
       if (!seen) l[t] = l[t] > 0 ? l[t] / s->p.repeat_penalty : l[t] * s->p.repeat_penalty;
     }
+  for (int32_t i = 0; i < s->n_picked_ids; i++) {
+    int32_t t = s->picked_ids[i];
+    l[t] -= s->p.presence_penalty + s->p.frequency_penalty * (float)s->picked_count[t];
+  }
   int32_t pick = 0;
   if (s->p.temperature <= 0) {
     for (int32_t i = 1; i < s->n_vocab; i++)
@@ -193,7 +251,7 @@ int32_t pd_sampler_sample(pd_sampler *s, const float *logits) {
       }
     }
   }
-  pd_sampler_accept(s, pick);
+  pd_sampler_record(s, pick);
   return pick;
 }
 

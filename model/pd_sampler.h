@@ -1,8 +1,11 @@
 /*
  * pd_sampler.h -- choosing the next token from logits.
  *
- * Order of operations: repetition penalty (over the last repeat_last_n accepted tokens: a
- * positive logit is divided by the penalty, a negative one multiplied), then temperature 0 means
+ * Order of operations: logit bias (added to the named tokens' logits), repetition penalty (over
+ * the last repeat_last_n accepted tokens, prompt included: a positive logit is divided by the
+ * penalty, a negative one multiplied), presence and frequency penalties (OpenAI's: over the tokens
+ * this sampler picked, logit -= presence_penalty if picked at all + frequency_penalty x times
+ * picked), then temperature 0 means
  * greedy (argmax, lowest id on ties); otherwise temperature, top-k, softmax, top-p (smallest set
  * with cumulative probability >= top_p), min-p (drop tokens below min_p times the best
  * probability), and a draw from a seeded xoshiro256** generator, so a seed reproduces a run.
@@ -12,7 +15,17 @@
 #ifndef PD_SAMPLER_H
 #define PD_SAMPLER_H
 
+#include <stddef.h>
 #include <stdint.h>
+
+/* A bias added to one token's logit before sampling, greedy included: -100 bans the token in
+ * practice, +100 all but forces it. */
+typedef struct pd_logit_bias {
+  int32_t token;
+  float bias;
+} pd_logit_bias;
+
+#define PD_LOGIT_BIAS_MAX 1024 /* entries one sampler takes */
 
 typedef struct pd_sampling_params {
   float temperature;    /* 0 = greedy */
@@ -22,17 +35,28 @@ typedef struct pd_sampling_params {
   float repeat_penalty; /* 1 = off */
   int32_t repeat_last_n;
   uint64_t seed;
+  float presence_penalty;          /* 0 = off; -2 to 2 */
+  float frequency_penalty;         /* 0 = off; -2 to 2 */
+  const pd_logit_bias *logit_bias; /* (n_logit_bias): copied by pd_sampler_create */
+  int32_t n_logit_bias;            /* 0 to PD_LOGIT_BIAS_MAX, each token at most once */
 } pd_sampling_params;
 
 typedef struct pd_sampler pd_sampler;
 
-/* PD_EINVAL for out-of-range parameters (negative temperature, top_p outside (0, 1], ...). */
+/* PD_EINVAL for out-of-range parameters (negative temperature, top_p outside (0, 1], a penalty
+ * outside [-2, 2], a bias outside [-100, 100] or on a token outside [0, n_vocab) or twice, ...).
+ * pd_sampling_check names the first such parameter in err. */
+int pd_sampling_check(const pd_sampling_params *p, int32_t n_vocab, char *err, size_t errlen);
 int pd_sampler_create(const pd_sampling_params *p, int32_t n_vocab, pd_sampler **out);
 void pd_sampler_free(pd_sampler *s);
-/* Records a token seen (prompt or generated) for the repetition penalty. */
+/* Records a token seen (prompt or generated) for the repetition penalty; the presence and
+ * frequency penalties count only what pd_sampler_sample picked, and pd_sampler_record. */
 void pd_sampler_accept(pd_sampler *s, int32_t tok);
-/* 1 when the pick is the argmax of the raw logits, lowest id on ties (temperature 0 and no
- * repetition penalty): what a device-side argmax computes. */
+/* Records a generated token picked elsewhere (a device argmax): pd_sampler_accept, and counted
+ * for the presence and frequency penalties. */
+void pd_sampler_record(pd_sampler *s, int32_t tok);
+/* 1 when the pick is the argmax of the raw logits, lowest id on ties (temperature 0, no
+ * penalty, no bias): what a device-side argmax computes. */
 int pd_sampler_is_greedy(const pd_sampler *s);
 /* Picks a token from logits (n_vocab, not modified) and accepts it. */
 int32_t pd_sampler_sample(pd_sampler *s, const float *logits);

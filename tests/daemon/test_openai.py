@@ -161,6 +161,54 @@ def test_chat_logprobs_equal_the_grpc_ones(served):
         assert bytes(t.bytes).decode("utf-8", "replace") == t.token
 
 
+def test_penalties_and_logit_bias_follow_openai_formula(served):
+    """Each greedy pick under presence and frequency penalties is the best of the reported
+    top-20 log-probabilities (the raw distribution) once every alternative has lost
+    presence + frequency x its count so far; a logit bias bans or forces a token; gRPC's Generate
+    with the same parameters gives the same tokens."""
+    c = sdk(served)
+    kw = dict(model="tiny", messages=messages("Name some colours"), max_tokens=24, temperature=0,
+              extra_body={"ignore_eos": True})
+    plain = c.chat.completions.create(logprobs=True, **kw)
+    plain_ids = [bytes(t.bytes) for t in plain.choices[0].logprobs.content]
+    r = c.chat.completions.create(presence_penalty=0.7, frequency_penalty=1.3, logprobs=True,
+                                  top_logprobs=20, **kw)
+    content = r.choices[0].logprobs.content
+    assert len(content) == 24
+    counts = {}  # by the token's bytes, which tell the tokens apart
+
+    def penalised(tok):
+        n = counts.get(bytes(tok.bytes), 0)
+        return tok.logprob - (0.7 + 1.3 * n if n else 0)
+
+    for t in content:
+        best = max(penalised(a) for a in t.top_logprobs)
+        assert penalised(t) >= best - 1e-4, (t.token, penalised(t), best)
+        counts[bytes(t.bytes)] = counts.get(bytes(t.bytes), 0) + 1
+    assert len(counts) > len(set(plain_ids))  # the penalties changed the picks
+    # the same through gRPC (token texts above; ids here)
+    _, ids = grpc_chat(served, messages("Name some colours"), max_tokens=24,
+                       sampling=pb.SamplingParams(ignore_eos=True, presence_penalty=0.7,
+                                                  frequency_penalty=1.3))
+    assert "".join(t.token for t in content) == r.choices[0].message.content
+    assert len(ids) == 24 and len(set(ids)) == len(counts)
+    # logit_bias: ban the greedy answer's first token, then force one token everywhere
+    first = served.stub().Tokenize(pb.TokenizeRequest(prompt=pb.Prompt(
+        text=plain.choices[0].logprobs.content[0].token))).token_ids[0]
+    banned = c.chat.completions.create(logit_bias={str(first): -100}, logprobs=True, **kw)
+    assert banned.choices[0].message.content != plain.choices[0].message.content
+    _, ids = grpc_chat(served, messages("Name some colours"), max_tokens=24,
+                       sampling=pb.SamplingParams(ignore_eos=True,
+                                                  logit_bias=[pb.LogitBias(token_id=first,
+                                                                           bias=-100)]))
+    assert first not in ids
+    _, ids = grpc_chat(served, messages("Name some colours"), max_tokens=5,
+                       sampling=pb.SamplingParams(ignore_eos=True, temperature=1.5, seed=3,
+                                                  logit_bias=[pb.LogitBias(token_id=42,
+                                                                           bias=100)]))
+    assert ids == [42] * 5
+
+
 def test_bad_input_is_an_openai_error_and_the_daemon_goes_on(served):
     chat = "/v1/chat/completions"
     ok = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -174,7 +222,12 @@ def test_bad_input_is_an_openai_error_and_the_daemon_goes_on(served):
         (chat, {**ok, "temperature": "hot"}, 400, "'temperature' must be a number"),
         (chat, {**ok, "max_tokens": -1}, 400, "'max_tokens'"),
         (chat, {**ok, "n": 2}, 400, "'n' must be 1"),
-        (chat, {**ok, "presence_penalty": 0.5}, 400, "presence_penalty"),
+        (chat, {**ok, "presence_penalty": 2.5}, 400, "'presence_penalty' is 2.5"),
+        (chat, {**ok, "frequency_penalty": "x"}, 400, "'frequency_penalty' must be a number"),
+        (chat, {**ok, "logit_bias": [1]}, 400, "'logit_bias' must be an object"),
+        (chat, {**ok, "logit_bias": {"ab": 1}}, 400, "keys must be token ids"),
+        (chat, {**ok, "logit_bias": {"5": 101}}, 400, "from -100 to 100"),
+        (chat, {**ok, "logit_bias": {"99999999": 1}}, 400, "vocabulary"),  # the engine's check
         (chat, {**ok, "tools": [{"type": "function"}]}, 400, "tools"),
         (chat, {**ok, "logprobs": True, "top_logprobs": 21}, 400, "top_logprobs"),
         (chat, {**ok, "top_logprobs": 2}, 400, "needs 'logprobs'"),

@@ -272,6 +272,104 @@ START_TEST(sampler_rules) {
 }
 END_TEST
 
+/* Logit bias, presence and frequency penalties: greedy picks that move exactly as OpenAI's
+ * formula says, counts of picked tokens only (not accepted prompt tokens), temperature draws
+ * that follow the penalised softmax, and every out-of-range parameter named. */
+START_TEST(sampler_bias_and_penalties) {
+  enum { V = 6 };
+  const float logits[V] = {1.0f, 3.0f, 2.0f, 3.0f, -1.0f, 0.5f};
+  pd_sampler *s;
+  /* bias: -100 bans the best two, +2.5 lifts token 4 (-1 + 2.5 = 1.5 < 2): token 2 wins */
+  const pd_logit_bias bias[] = {{1, -100}, {3, -100}, {4, 2.5f}};
+  pd_sampling_params p = {.top_p = 1, .repeat_penalty = 1, .logit_bias = bias, .n_logit_bias = 3};
+  ck_assert_int_eq(pd_sampler_create(&p, V, &s), 0);
+  ck_assert(!pd_sampler_is_greedy(s)); /* a device argmax of the raw logits would be wrong */
+  ck_assert_int_eq(pd_sampler_sample(s, logits), 2);
+  pd_sampler_free(s);
+  /* the sampler keeps its own copy of the bias list */
+  pd_logit_bias lifted[] = {{5, 3.0f}};
+  p = (pd_sampling_params){
+      .top_p = 1, .repeat_penalty = 1, .logit_bias = lifted, .n_logit_bias = 1};
+  ck_assert_int_eq(pd_sampler_create(&p, V, &s), 0);
+  lifted[0].token = 0;
+  ck_assert_int_eq(pd_sampler_sample(s, logits), 5); /* 0.5 + 3 = 3.5 */
+  pd_sampler_free(s);
+  /* presence 1.5: 1 is picked (3.0), then 3 (3.0 vs 1.5), then 1 and 3 both at 1.5 lose to 2 */
+  p = (pd_sampling_params){.top_p = 1, .repeat_penalty = 1, .presence_penalty = 1.5f};
+  ck_assert_int_eq(pd_sampler_create(&p, V, &s), 0);
+  ck_assert(!pd_sampler_is_greedy(s));
+  for (int i = 0; i < 8; i++) pd_sampler_accept(s, 1); /* prompt tokens do not count */
+  ck_assert_int_eq(pd_sampler_sample(s, logits), 1);
+  ck_assert_int_eq(pd_sampler_sample(s, logits), 3);
+  ck_assert_int_eq(pd_sampler_sample(s, logits), 2);
+  pd_sampler_free(s);
+  /* frequency 0.4 (with presence -0.1) grows with the count: 40 greedy picks, each checked
+   * against logit - (presence + frequency x count) over the picks so far */
+  p = (pd_sampling_params){
+      .top_p = 1, .repeat_penalty = 1, .frequency_penalty = 0.4f, .presence_penalty = -0.1f};
+  ck_assert_int_eq(pd_sampler_create(&p, V, &s), 0);
+  int count[V] = {0};
+  for (int step = 0; step < 40; step++) {
+    int want = 0;
+    float best = -INFINITY;
+    for (int v = 0; v < V; v++) {
+      float x = logits[v] - (count[v] ? -0.1f + 0.4f * (float)count[v] : 0.0f);
+      if (x > best) best = x, want = v;
+    }
+    int32_t got = pd_sampler_sample(s, logits);
+    ck_assert_int_eq(got, want);
+    count[got]++;
+  }
+  ck_assert(count[0] > 0 && count[5] > 0); /* the penalty spread the picks */
+  pd_sampler_free(s);
+  /* pd_sampler_record counts a pick made elsewhere (the GPU's argmax) like its own */
+  p = (pd_sampling_params){.top_p = 1, .repeat_penalty = 1, .frequency_penalty = 2};
+  ck_assert_int_eq(pd_sampler_create(&p, V, &s), 0);
+  pd_sampler_record(s, 1);
+  ck_assert_int_eq(pd_sampler_sample(s, logits), 3);
+  pd_sampler_free(s);
+  /* at a temperature the draws follow softmax(logits - penalty): after 1 is picked once with
+   * presence 2, token 1's weight is exp(1.0) instead of exp(3.0) */
+  p = (pd_sampling_params){
+      .temperature = 1, .top_p = 1, .repeat_penalty = 1, .presence_penalty = 2, .seed = 5};
+  int ones = 0; /* the first draw after the record, over many seeds */
+  const int N = 4000;
+  for (int j = 0; j < N; j++) {
+    p.seed = (uint64_t)j + 1;
+    ck_assert_int_eq(pd_sampler_create(&p, V, &s), 0);
+    pd_sampler_record(s, 1);
+    ones += pd_sampler_sample(s, logits) == 1;
+    pd_sampler_free(s);
+  }
+  double z = 0;
+  for (int v = 0; v < V; v++) z += exp(logits[v] - (v == 1 ? 2.0 : 0.0));
+  double q = exp(1.0) / z, sd = sqrt(N * q * (1 - q));
+  ck_assert_msg(fabs(ones - N * q) < 5 * sd + 1, "token 1 drawn %d times, expected %.0f", ones,
+                N * q);
+  /* refusals, each named */
+  char err[128];
+  const pd_logit_bias twice[] = {{2, 1}, {2, -1}}, outside[] = {{6, 1}}, big[] = {{0, 101}};
+  const struct {
+    pd_sampling_params p;
+    const char *names;
+  } bad[] = {
+      {{.top_p = 1, .repeat_penalty = 1, .presence_penalty = 2.5f}, "presence_penalty"},
+      {{.top_p = 1, .repeat_penalty = 1, .frequency_penalty = -3}, "frequency_penalty"},
+      {{.top_p = 1, .repeat_penalty = 1, .frequency_penalty = NAN}, "frequency_penalty"},
+      {{.top_p = 1, .repeat_penalty = 1, .logit_bias = twice, .n_logit_bias = 2}, "twice"},
+      {{.top_p = 1, .repeat_penalty = 1, .logit_bias = outside, .n_logit_bias = 1}, "token 6"},
+      {{.top_p = 1, .repeat_penalty = 1, .logit_bias = big, .n_logit_bias = 1}, "[-100, 100]"},
+      {{.top_p = 1, .repeat_penalty = 1, .n_logit_bias = PD_LOGIT_BIAS_MAX + 1}, "at most"},
+      {{.temperature = INFINITY, .top_p = 1, .repeat_penalty = 1}, "temperature"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    ck_assert_int_eq(pd_sampling_check(&bad[i].p, V, err, sizeof err), PD_EINVAL);
+    ck_assert_msg(strstr(err, bad[i].names), "case %zu: '%s'", i, err);
+    ck_assert_int_eq(pd_sampler_create(&bad[i].p, V, &s), PD_EINVAL);
+  }
+}
+END_TEST
+
 /* pd_logprobs against a direct log-softmax in double: the chosen token's value, the top list's
  * order (ties to the lower id), its length capped by the vocabulary, and a large vocabulary with
  * logits far from 0 (the sum is taken relative to the maximum). */
@@ -400,6 +498,7 @@ int main(void) {
   tcase_add_test(tc, detok_never_breaks_utf8);
   tcase_add_test(tc, detok_stop_strings_across_tokens);
   tcase_add_test(tc, sampler_rules);
+  tcase_add_test(tc, sampler_bias_and_penalties);
   tcase_add_test(tc, logprobs_are_the_log_softmax);
   tcase_add_test(tc, sampler_filters_on_a_large_vocabulary);
   suite_add_tcase(s, tc);

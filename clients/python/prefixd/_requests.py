@@ -86,6 +86,8 @@ def generate_request(value: Optional[PromptLike], messages: Optional[Sequence[Me
                      max_tokens: int = 0, temperature: float = 0.0, top_k: int = 0,
                      top_p: float = 0.0, min_p: float = 0.0, repeat_penalty: float = 0.0,
                      repeat_last_n: int = 0, seed: int = 0, ignore_eos: bool = False,
+                     presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+                     logit_bias: Optional[Mapping[int, float]] = None,
                      stop: Union[str, Sequence[str], None] = None,
                      stop_tokens: Optional[Sequence[int]] = None, namespace: str = "",
                      no_cache: bool = False, pin_ttl: int = 0, logprobs: bool = False,
@@ -94,7 +96,11 @@ def generate_request(value: Optional[PromptLike], messages: Optional[Sequence[Me
         stop = [stop]
     sampling = pb.SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                  repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
-                                 seed=seed, ignore_eos=ignore_eos)
+                                 seed=seed, ignore_eos=ignore_eos,
+                                 presence_penalty=presence_penalty,
+                                 frequency_penalty=frequency_penalty,
+                                 logit_bias=[pb.LogitBias(token_id=int(t), bias=float(b))
+                                             for t, b in (logit_bias or {}).items()])
     return pb.GenerateRequest(prompt=prompt(value, messages, add_generation_prompt=True),
                               sampling=sampling, max_tokens=max_tokens or 0,
                               stop=list(stop or ()), stop_tokens=list(stop_tokens or ()),

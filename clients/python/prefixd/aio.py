@@ -18,7 +18,7 @@ built before ``asyncio.run``; it belongs to that loop afterwards.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, AsyncIterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import grpc
 import grpc.aio
@@ -164,6 +164,8 @@ class AsyncClient:
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 0.0,
                  min_p: float = 0.0, repeat_penalty: float = 0.0, repeat_last_n: int = 0,
                  seed: int = 0, ignore_eos: bool = False,
+                 presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+                 logit_bias: Optional[Mapping[int, float]] = None,
                  stop: Union[str, Sequence[str], None] = None,
                  stop_tokens: Optional[Sequence[int]] = None, namespace: str = "",
                  no_cache: bool = False, pin_ttl: int = 0, logprobs: bool = False,
@@ -173,7 +175,9 @@ class AsyncClient:
         request = req.generate_request(
             prompt, messages, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
             top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
-            seed=seed, ignore_eos=ignore_eos, stop=stop, stop_tokens=stop_tokens,
+            seed=seed, ignore_eos=ignore_eos, presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty, logit_bias=logit_bias, stop=stop,
+            stop_tokens=stop_tokens,
             namespace=namespace, no_cache=no_cache, pin_ttl=pin_ttl, logprobs=logprobs,
             top_logprobs=top_logprobs)
         call = self._stub.Generate(request, timeout=self._conn.deadline(timeout),
@@ -184,6 +188,8 @@ class AsyncClient:
                    temperature: float = 0.0, top_k: int = 0, top_p: float = 0.0,
                    min_p: float = 0.0, repeat_penalty: float = 0.0, repeat_last_n: int = 0,
                    seed: int = 0, ignore_eos: bool = False,
+                   presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+                   logit_bias: Optional[Mapping[int, float]] = None,
                    stop: Union[str, Sequence[str], None] = None,
                    stop_tokens: Optional[Sequence[int]] = None, namespace: str = "",
                    no_cache: bool = False, pin_ttl: int = 0, logprobs: bool = False,
@@ -192,7 +198,9 @@ class AsyncClient:
         return await self.generate(
             messages=messages, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
             top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
-            seed=seed, ignore_eos=ignore_eos, stop=stop, stop_tokens=stop_tokens,
+            seed=seed, ignore_eos=ignore_eos, presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty, logit_bias=logit_bias, stop=stop,
+            stop_tokens=stop_tokens,
             namespace=namespace, no_cache=no_cache, pin_ttl=pin_ttl, logprobs=logprobs,
             top_logprobs=top_logprobs, timeout=timeout).collect()
 

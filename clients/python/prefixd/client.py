@@ -16,7 +16,7 @@ is the deadline of each call: the client's default, or the one given to the meth
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import grpc
 
@@ -213,6 +213,8 @@ class Client:
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 0.0,
                  min_p: float = 0.0, repeat_penalty: float = 0.0, repeat_last_n: int = 0,
                  seed: int = 0, ignore_eos: bool = False,
+                 presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+                 logit_bias: Optional[Mapping[int, float]] = None,
                  stop: Union[str, Sequence[str], None] = None,
                  stop_tokens: Optional[Sequence[int]] = None, namespace: str = "",
                  no_cache: bool = False, pin_ttl: int = 0, logprobs: bool = False,
@@ -223,7 +225,9 @@ class Client:
         token ids, or a list of chat messages (rendered with the model's chat template, ending
         with the assistant's turn); or pass the messages as ``messages=``. ``max_tokens`` 0 =
         up to the context limit. ``temperature`` 0 = greedy; ``top_k``/``top_p``/``min_p``/
-        ``repeat_penalty`` 0 = off; same ``seed``, same tokens. ``stop``: strings that end the
+        ``repeat_penalty`` 0 = off; same ``seed``, same tokens. ``presence_penalty`` and
+        ``frequency_penalty`` (-2 to 2) are OpenAI's, over the generated tokens; ``logit_bias``
+        maps token ids to a bias (-100 to 100) added to their logits. ``stop``: strings that end the
         generation (not included). ``namespace``: a shared namespace granted to this tenant
         (default: its private one); ``no_cache``: neither read nor write the cache;
         ``pin_ttl``: pin the prompt's blocks for that many seconds.
@@ -231,7 +235,9 @@ class Client:
         request = req.generate_request(
             prompt, messages, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
             top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
-            seed=seed, ignore_eos=ignore_eos, stop=stop, stop_tokens=stop_tokens,
+            seed=seed, ignore_eos=ignore_eos, presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty, logit_bias=logit_bias, stop=stop,
+            stop_tokens=stop_tokens,
             namespace=namespace, no_cache=no_cache, pin_ttl=pin_ttl, logprobs=logprobs,
             top_logprobs=top_logprobs)
         call = self._stub.Generate(request, timeout=self._conn.deadline(timeout),
@@ -241,7 +247,9 @@ class Client:
     def chat(self, messages: Sequence[MessageLike], *, max_tokens: int = 0,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 0.0, min_p: float = 0.0,
              repeat_penalty: float = 0.0, repeat_last_n: int = 0, seed: int = 0,
-             ignore_eos: bool = False, stop: Union[str, Sequence[str], None] = None,
+             ignore_eos: bool = False, presence_penalty: float = 0.0,
+             frequency_penalty: float = 0.0, logit_bias: Optional[Mapping[int, float]] = None,
+             stop: Union[str, Sequence[str], None] = None,
              stop_tokens: Optional[Sequence[int]] = None, namespace: str = "",
              no_cache: bool = False, pin_ttl: int = 0, logprobs: bool = False,
              top_logprobs: int = 0, timeout: Optional[float] = None) -> ChatCompletion:
@@ -250,7 +258,9 @@ class Client:
         return self.generate(
             messages=messages, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
             top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
-            seed=seed, ignore_eos=ignore_eos, stop=stop, stop_tokens=stop_tokens,
+            seed=seed, ignore_eos=ignore_eos, presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty, logit_bias=logit_bias, stop=stop,
+            stop_tokens=stop_tokens,
             namespace=namespace, no_cache=no_cache, pin_ttl=pin_ttl, logprobs=logprobs,
             top_logprobs=top_logprobs, timeout=timeout).collect()
 

@@ -112,6 +112,24 @@ def test_logprobs_per_token_with_alternatives(client: prefixd.Client):
     assert client.chat(chat_messages("hello"), **kw).logprobs == []
 
 
+def test_logit_bias_and_penalties_steer_the_tokens(client: prefixd.Client):
+    kw = dict(max_tokens=24, ignore_eos=True)
+    greedy = client.chat(chat_messages("hello"), **kw).token_ids
+    banned = greedy[0]
+    steered = client.chat(chat_messages("hello"), logit_bias={banned: -100}, **kw).token_ids
+    assert banned not in steered and len(steered) == 24
+    forced = client.chat(chat_messages("hello"), logit_bias={7: 100.0}, **kw).token_ids
+    assert forced == [7] * 24
+    # the synthetic model repeats itself when greedy; OpenAI's penalties spread the picks
+    spread = client.chat(chat_messages("hello"), frequency_penalty=2.0, presence_penalty=2.0,
+                         **kw).token_ids
+    assert len(set(spread)) > len(set(greedy)), (greedy, spread)
+    with pytest.raises(prefixd.InvalidArgument, match="presence_penalty"):
+        client.chat(chat_messages("hello"), presence_penalty=3.0, **kw)
+    with pytest.raises(prefixd.InvalidArgument, match="vocabulary"):
+        client.chat(chat_messages("hello"), logit_bias={10 ** 7: 1.0}, **kw)
+
+
 def test_stop_string_ends_the_generation(client: prefixd.Client):
     # a hot temperature: the synthetic model's greedy text is a single repeated token
     kw = dict(max_tokens=24, temperature=5.0, seed=5, ignore_eos=True)
