@@ -21,6 +21,7 @@
 
 #include "pd_blockkey.h"
 #include "pd_err.h"
+#include "pd_json_constraint.h"
 #include "pd_log.h"
 #ifdef PD_WITH_CUDA
 #include "pd_llama_cuda.h"
@@ -50,6 +51,7 @@ typedef struct pd_seq {
   uint32_t cached_by_tier[PD_TIERS]; /* of n_cached: where the blocks were when matched */
   uint64_t reserve;                  /* blocks reserved at admission */
   pd_sampler *smp;
+  pd_json_constraint *json; /* response_format JSON_OBJECT; NULL otherwise */
   pd_detok *dt;
   int32_t *stop_tokens; /* (n_stop_tokens) borrowed from the request */
   size_t n_stop_tokens;
@@ -550,6 +552,7 @@ static int ensure_blocks(pd_engine *e, pd_seq *s, uint32_t n) {
 static void seq_free(pd_seq *s) {
   pd_sampler_free(s->smp);
   pd_detok_free(s->dt);
+  pd_json_constraint_free(s->json);
   free(s->tokens);
   free(s->table);
   free(s->held);
@@ -1042,6 +1045,20 @@ static void enqueue(pd_engine *e, pd_job *job) {
       if (rc == PD_ENOMEM) snprintf(err, sizeof err, "out of memory");
       goto refuse;
     }
+    if (g->response_format && g->response_format->type ==
+                                  PREFIXD__V1__RESPONSE_FORMAT__TYPE__RESPONSE_FORMAT_JSON_OBJECT) {
+      if ((!e->trie && pd_token_trie_build(e->tok, &e->trie)) ||
+          pd_json_constraint_create(e->trie, e->tok, 1, &s->json)) {
+        status = PD_GRPC_RESOURCE_EXHAUSTED;
+        snprintf(err, sizeof err, "out of memory");
+        goto refuse;
+      }
+    } else if (g->response_format && g->response_format->type !=
+                                         PREFIXD__V1__RESPONSE_FORMAT__TYPE__RESPONSE_FORMAT_TEXT) {
+      status = PD_GRPC_INVALID_ARGUMENT;
+      snprintf(err, sizeof err, "unknown response_format type %d", (int)g->response_format->type);
+      goto refuse;
+    }
     for (size_t i = 0; i < g->n_stop; i++)
       if (!g->stop[i][0] || strlen(g->stop[i]) > 128) {
         status = PD_GRPC_INVALID_ARGUMENT;
@@ -1159,6 +1176,8 @@ static int seq_emit(pd_engine *e, pd_seq *s, int32_t tok) {
   pd_detok_push(s->dt, tok, text, sizeof text, &n_text, &stopped);
   if (job_stream(e, s->job, tok, s->logprobs ? &s->step_lp : NULL, text, n_text)) return -1;
   if (stopped) return PREFIXD__V1__FINISH_REASON__FINISH_REASON_STOP;
+  if (s->json && pd_json_constraint_done(s->json)) /* the object closed */
+    return PREFIXD__V1__FINISH_REASON__FINISH_REASON_STOP;
   if (s->n_generated >= s->max_new) return PREFIXD__V1__FINISH_REASON__FINISH_REASON_LENGTH;
   s->phase = PHASE_DECODE;
   return 0;
@@ -1267,7 +1286,7 @@ static int forward(pd_engine *e, pd_seq *const *order, int n, int *picked) {
     int greedy = 1;
     for (int i = 0; i < n && greedy; i++)
       if (e->batch[i].want_logits)
-        greedy = pd_sampler_is_greedy(order[i]->smp) && !order[i]->logprobs;
+        greedy = pd_sampler_is_greedy(order[i]->smp) && !order[i]->logprobs && !order[i]->json;
     int rc = greedy
                  ? pd_llama_cuda_forward_ex(e->cuda, e->pool.base, e->batch, n, NULL, e->gpu_picks)
                  : pd_llama_cuda_forward(e->cuda, e->pool.base, e->batch, n, e->logits);
@@ -1443,7 +1462,13 @@ static int step(pd_engine *e) {
     for (int i = 0; i < n; i++)
       if (order[i] && lg[i]) {
         pd_seq *s = order[i];
-        picked[i] = pd_sampler_sample(s->smp, lg[i]);
+        if (s->json) {
+          pd_token_constraint rule = pd_json_constraint_rule(s->json);
+          picked[i] = pd_sampler_sample_constrained(s->smp, lg[i], &rule);
+        } else {
+          picked[i] = pd_sampler_sample(s->smp, lg[i]);
+        }
+        if (picked[i] < 0) continue; /* the constraint allowed nothing */
         if (s->logprobs)
           s->step_lp.n_top =
               pd_logprobs(lg[i], e->model->n_vocab, picked[i], s->top_logprobs, &s->step_lp.logprob,
@@ -1453,6 +1478,12 @@ static int step(pd_engine *e) {
   for (int i = 0; i < n; i++) {
     pd_seq *s = order[i];
     if (!s || !lg[i]) continue;
+    if (s->json && (picked[i] < 0 || pd_json_constraint_accept(s->json, picked[i]))) {
+      running_remove(e, s);
+      seq_finish(e, s, PD_GRPC_INTERNAL, "no token can continue the JSON output",
+                 PREFIXD__V1__FINISH_REASON__FINISH_REASON_ERROR);
+      continue;
+    }
     int reason = seq_emit(e, s, picked[i]);
     if (reason < 0) {
       running_remove(e, s);
@@ -1906,6 +1937,7 @@ void pd_engine_destroy(pd_engine *e) {
   free(e->counters);
   pd_llama_free(&e->llama);
   gpu_free(e);
+  pd_token_trie_free(e->trie);
   pd_tokenizer_free(e->tok);
   pd_model_free(e->model);
   pthread_mutex_destroy(&e->mu);

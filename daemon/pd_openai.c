@@ -54,6 +54,7 @@ typedef struct oreq {
   Prefixd__V1__TokenIds token_ids;
   int32_t *ids;
   Prefixd__V1__SamplingParams sampling;
+  Prefixd__V1__ResponseFormat format;
   Prefixd__V1__LogitBias *bias; /* (sampling.n_logit_bias) */
   Prefixd__V1__LogitBias **bias_ptrs;
   char *stop[MAX_STOP];
@@ -312,11 +313,6 @@ static int refuse_unsupported(json_t *root, int chat, char *err, size_t errlen) 
     if ((v = json_object_get(root, tools[i])) && !json_is_null(v) &&
         (!json_is_array(v) || json_array_size(v)))
       BAD("'%s' are not supported", tools[i]);
-  if ((v = json_object_get(root, "response_format")) && !json_is_null(v)) {
-    json_t *t = json_object_get(v, "type");
-    if (!json_is_string(t) || strcmp(json_string_value(t), "text"))
-      BAD("'response_format' other than {\"type\": \"text\"} is not supported");
-  }
   if (!chat) {
     if ((v = json_object_get(root, "echo")) && json_is_true(v)) BAD("'echo' is not supported");
     if ((v = json_object_get(root, "suffix")) && !json_is_null(v) &&
@@ -359,6 +355,23 @@ static int parse_logit_bias(oreq *r, json_t *lb, char *err, size_t errlen) {
   return 0;
 }
 
+/* response_format: {"type": "text"} or {"type": "json_object"}. */
+static int parse_format(oreq *r, json_t *f, char *err, size_t errlen) {
+  if (!f || json_is_null(f)) return 0;
+  json_t *t = json_object_get(f, "type");
+  const char *type = json_is_string(t) ? json_string_value(t) : NULL;
+  if (!json_is_object(f) || !type)
+    BAD("'response_format' must be an object like {\"type\": \"json_object\"}");
+  if (!strcmp(type, "json_object")) {
+    prefixd__v1__response_format__init(&r->format);
+    r->format.type = PREFIXD__V1__RESPONSE_FORMAT__TYPE__RESPONSE_FORMAT_JSON_OBJECT;
+    r->gen.response_format = &r->format;
+  } else if (strcmp(type, "text")) {
+    BAD("'response_format' type '%.32s' is not supported (\"text\" or \"json_object\")", type);
+  }
+  return 0;
+}
+
 static int parse_request(oreq *r, char *err, size_t errlen) {
   json_t *root = r->root;
   if (!json_is_object(root)) BAD("the body must be a JSON object");
@@ -385,6 +398,7 @@ static int parse_request(oreq *r, char *err, size_t errlen) {
       get_number(root, "presence_penalty", -2, 2, &presence, err, errlen) ||
       get_number(root, "frequency_penalty", -2, 2, &frequency, err, errlen) ||
       parse_logit_bias(r, json_object_get(root, "logit_bias"), err, errlen) ||
+      parse_format(r, json_object_get(root, "response_format"), err, errlen) ||
       get_int(root, "seed", INT64_MIN, INT64_MAX, &seed, err, errlen) ||
       get_bool(root, "stream", &r->stream, err, errlen))
     return -1;

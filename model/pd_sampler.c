@@ -174,7 +174,8 @@ static void select_top(cand *c, int32_t n, int32_t k) {
   qsort(c, (size_t)k, sizeof *c, cmp_cand);
 }
 
-int32_t pd_sampler_sample(pd_sampler *s, const float *logits) {
+/* The logits after the bias and the penalties, into s->work. */
+static float *adjusted(pd_sampler *s, const float *logits) {
   float *l = s->work;
   memcpy(l, logits, (size_t)s->n_vocab * sizeof *l);
   for (int32_t i = 0; i < s->p.n_logit_bias; i++) l[s->bias[i].token] += s->bias[i].bias;
@@ -191,10 +192,21 @@ int32_t pd_sampler_sample(pd_sampler *s, const float *logits) {
     int32_t t = s->picked_ids[i];
     l[t] -= s->p.presence_penalty + s->p.frequency_penalty * (float)s->picked_count[t];
   }
+  return l;
+}
+
+static int32_t argmax(const float *l, int32_t n) {
+  int32_t pick = 0;
+  for (int32_t i = 1; i < n; i++)
+    if (l[i] > l[pick]) pick = i;
+  return pick;
+}
+
+/* A pick from the adjusted logits l (s->work): argmax, or a draw after the filters. */
+static int32_t pick_from(pd_sampler *s, float *l) {
   int32_t pick = 0;
   if (s->p.temperature <= 0) {
-    for (int32_t i = 1; i < s->n_vocab; i++)
-      if (l[i] > l[pick]) pick = i;
+    pick = argmax(l, s->n_vocab);
   } else {
     /* Only tokens within 25 nats of the best can be drawn (the rest hold less than 1e-6 of the
      * mass together, even over a 300k vocabulary). They are sorted only as far as a filter
@@ -251,6 +263,26 @@ int32_t pd_sampler_sample(pd_sampler *s, const float *logits) {
       }
     }
   }
+  return pick;
+}
+
+int32_t pd_sampler_sample(pd_sampler *s, const float *logits) {
+  int32_t pick = pick_from(s, adjusted(s, logits));
+  pd_sampler_record(s, pick);
+  return pick;
+}
+
+int32_t pd_sampler_sample_constrained(pd_sampler *s, const float *logits,
+                                      const pd_token_constraint *c) {
+  if (!c) return pd_sampler_sample(s, logits);
+  float *l = adjusted(s, logits);
+  int32_t pick;
+  if (s->p.temperature <= 0 && c->allows(c->ctx, pick = argmax(l, s->n_vocab))) {
+    pd_sampler_record(s, pick); /* the argmax is allowed: it is the restricted argmax too */
+    return pick;
+  }
+  if (c->mask(c->ctx, l) == 0) return -1;
+  pick = pick_from(s, l);
   pd_sampler_record(s, pick);
   return pick;
 }

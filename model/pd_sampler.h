@@ -58,8 +58,24 @@ void pd_sampler_record(pd_sampler *s, int32_t tok);
 /* 1 when the pick is the argmax of the raw logits, lowest id on ties (temperature 0, no
  * penalty, no bias): what a device-side argmax computes. */
 int pd_sampler_is_greedy(const pd_sampler *s);
-/* Picks a token from logits (n_vocab, not modified) and accepts it. */
+/* Picks a token from logits (n_vocab, not modified) and records it. */
 int32_t pd_sampler_sample(pd_sampler *s, const float *logits);
+
+/* A rule on which tokens may come next (a grammar: pd_json_constraint). */
+typedef struct pd_token_constraint {
+  int (*allows)(void *ctx, int32_t tok); /* may tok come next? */
+  /* sets the logit of every token that may not come next to -INFINITY (logits: n_vocab);
+   * returns how many may */
+  int32_t (*mask)(void *ctx, float *logits);
+  void *ctx;
+} pd_token_constraint;
+
+/* pd_sampler_sample under a constraint, applied after the bias and penalties and before every
+ * filter, so the pick is drawn from the distribution restricted to the allowed tokens. Greedy
+ * asks allows() about the argmax first and masks only when it is refused. Returns -1 (nothing
+ * recorded) when the constraint allows no token. */
+int32_t pd_sampler_sample_constrained(pd_sampler *s, const float *logits,
+                                      const pd_token_constraint *c);
 
 /* The most alternatives pd_logprobs reports. */
 #define PD_TOP_LOGPROBS_MAX 20

@@ -209,6 +209,52 @@ def test_penalties_and_logit_bias_follow_openai_formula(served):
     assert ids == [42] * 5
 
 
+def test_json_object_mode_keeps_the_output_json(served):
+    """response_format json_object on the synthetic model (random weights, so it rambles): every
+    answer opens an object, one that stops parses as a JSON object with nothing after it, the
+    stream is the whole answer, and gRPC's ResponseFormat gives the same tokens. A +100 bias on
+    '}' (refused while the object is not open) makes the shortest object, then the end."""
+    c = sdk(served)
+    stub = served.stub()
+    close_id, quote_id, one_id = (
+        stub.Tokenize(pb.TokenizeRequest(prompt=pb.Prompt(text=t))).token_ids[0]
+        for t in ("}", '"', "1"))
+    fmt = {"type": "json_object"}
+    r = c.chat.completions.create(model="tiny", messages=messages("JSON please"), max_tokens=60,
+                                  temperature=0, response_format=fmt,
+                                  logit_bias={str(close_id): 100})
+    assert r.choices[0].finish_reason == "stop"
+    assert r.choices[0].message.content.strip() == "{}" and json.loads(r.choices[0].message.content) == {}
+    stopped = set()  # biases towards short values and closing, so that some objects end
+    for seed in range(12):
+        kw = dict(model="tiny", messages=messages(f"JSON please {seed}"), max_tokens=80,
+                  temperature=1.0, seed=seed, response_format=fmt,
+                  logit_bias={str(close_id): 12, str(quote_id): 10, str(one_id): 6})
+        whole = c.chat.completions.create(**kw)
+        text = whole.choices[0].message.content
+        assert text.lstrip(" \t\r\n").startswith("{"), text
+        if whole.choices[0].finish_reason == "stop":
+            assert isinstance(json.loads(text), dict), text
+            assert text.rstrip() == text  # the closing brace is the last byte
+            stopped.add(text.strip())
+        else:
+            assert whole.choices[0].finish_reason == "length"
+            assert whole.usage.completion_tokens == 80
+        streamed = "".join(ch.choices[0].delta.content or ""
+                           for ch in c.chat.completions.create(stream=True, **kw) if ch.choices)
+        assert streamed == text
+    assert len(stopped - {"{}"}) >= 2, stopped  # objects with members among them
+    _, ids = grpc_chat(served, messages("JSON please"), max_tokens=60,
+                       sampling=pb.SamplingParams(logit_bias=[pb.LogitBias(token_id=close_id,
+                                                                           bias=100)]),
+                       response_format=pb.ResponseFormat(
+                           type=pb.ResponseFormat.RESPONSE_FORMAT_JSON_OBJECT))
+    assert served.stub().Detokenize(pb.DetokenizeRequest(token_ids=ids)).text.strip() == "{}"
+    with pytest.raises(grpc.RpcError) as e:
+        grpc_chat(served, messages("x"), response_format=pb.ResponseFormat(type=7))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "response_format" in e.value.details()
+
+
 def test_bad_input_is_an_openai_error_and_the_daemon_goes_on(served):
     chat = "/v1/chat/completions"
     ok = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -232,7 +278,9 @@ def test_bad_input_is_an_openai_error_and_the_daemon_goes_on(served):
         (chat, {**ok, "logprobs": True, "top_logprobs": 21}, 400, "top_logprobs"),
         (chat, {**ok, "top_logprobs": 2}, 400, "needs 'logprobs'"),
         (chat, {**ok, "stop": [1]}, 400, "stop[0]"),
-        (chat, {**ok, "response_format": {"type": "json_object"}}, 400, "response_format"),
+        (chat, {**ok, "response_format": {"type": "json_schema", "json_schema": {}}}, 400,
+         "'response_format' type 'json_schema' is not supported"),
+        (chat, {**ok, "response_format": "json"}, 400, "'response_format' must be an object"),
         ("/v1/completions", {"prompt": ["a", "b"]}, 400, "one prompt per request"),
         ("/v1/completions", {"prompt": "a", "echo": True}, 400, "echo"),
         ("/v1/completions", {"max_tokens": 2}, 400, "'prompt' is required"),
@@ -497,4 +545,19 @@ def test_drain_finishes_the_running_stream_and_refuses_new_requests(default_mode
     rest = list(stream)
     assert [ch.choices[0].finish_reason for ch in rest if ch.choices][-1] == "length"
     assert d.proc.wait(600) == 0
+    assert d.stop() == 0
+
+
+def test_json_object_mode_on_the_default_model(default_model, data_dir):
+    """The default model asked for a JSON object, greedy: with response_format json_object the
+    answer is one whole JSON object with the keys asked for, and ends there."""
+    d = Daemon(default_model, data_dir, extra=["--openai-listen", "127.0.0.1:0"])
+    d.http_port = openai_port(d)
+    ask = [{"role": "user", "content": "Describe a fictional person as a JSON object with the "
+                                       "keys name, age and city."}]
+    r = sdk(d).chat.completions.create(model="m", messages=ask, max_tokens=120, temperature=0,
+                                       response_format={"type": "json_object"})
+    assert r.choices[0].finish_reason == "stop", r
+    person = json.loads(r.choices[0].message.content)
+    assert isinstance(person, dict) and {"name", "age", "city"} <= set(person), person
     assert d.stop() == 0

@@ -88,6 +88,7 @@ def generate_request(value: Optional[PromptLike], messages: Optional[Sequence[Me
                      repeat_last_n: int = 0, seed: int = 0, ignore_eos: bool = False,
                      presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
                      logit_bias: Optional[Mapping[int, float]] = None,
+                     response_format: str = "text",
                      stop: Union[str, Sequence[str], None] = None,
                      stop_tokens: Optional[Sequence[int]] = None, namespace: str = "",
                      no_cache: bool = False, pin_ttl: int = 0, logprobs: bool = False,
@@ -101,8 +102,15 @@ def generate_request(value: Optional[PromptLike], messages: Optional[Sequence[Me
                                  frequency_penalty=frequency_penalty,
                                  logit_bias=[pb.LogitBias(token_id=int(t), bias=float(b))
                                              for t, b in (logit_bias or {}).items()])
+    formats = {"text": pb.ResponseFormat.RESPONSE_FORMAT_TEXT,
+               "json_object": pb.ResponseFormat.RESPONSE_FORMAT_JSON_OBJECT}
+    if response_format not in formats:
+        raise ValueError("response_format must be 'text' or 'json_object', "
+                         f"not {response_format!r}")
     return pb.GenerateRequest(prompt=prompt(value, messages, add_generation_prompt=True),
-                              sampling=sampling, max_tokens=max_tokens or 0,
+                              sampling=sampling,
+                              response_format=pb.ResponseFormat(type=formats[response_format]),
+                              max_tokens=max_tokens or 0,
                               stop=list(stop or ()), stop_tokens=list(stop_tokens or ()),
                               cache=cache_options(namespace, no_cache, pin_ttl),
                               logprobs=bool(logprobs), top_logprobs=int(top_logprobs or 0))

@@ -214,7 +214,7 @@ class Client:
                  min_p: float = 0.0, repeat_penalty: float = 0.0, repeat_last_n: int = 0,
                  seed: int = 0, ignore_eos: bool = False,
                  presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
-                 logit_bias: Optional[Mapping[int, float]] = None,
+                 logit_bias: Optional[Mapping[int, float]] = None, response_format: str = "text",
                  stop: Union[str, Sequence[str], None] = None,
                  stop_tokens: Optional[Sequence[int]] = None, namespace: str = "",
                  no_cache: bool = False, pin_ttl: int = 0, logprobs: bool = False,
@@ -227,7 +227,8 @@ class Client:
         up to the context limit. ``temperature`` 0 = greedy; ``top_k``/``top_p``/``min_p``/
         ``repeat_penalty`` 0 = off; same ``seed``, same tokens. ``presence_penalty`` and
         ``frequency_penalty`` (-2 to 2) are OpenAI's, over the generated tokens; ``logit_bias``
-        maps token ids to a bias (-100 to 100) added to their logits. ``stop``: strings that end the
+        maps token ids to a bias (-100 to 100) added to their logits. ``response_format``
+        ``"json_object"`` keeps the output one JSON object, ending at its closing brace. ``stop``: strings that end the
         generation (not included). ``namespace``: a shared namespace granted to this tenant
         (default: its private one); ``no_cache``: neither read nor write the cache;
         ``pin_ttl``: pin the prompt's blocks for that many seconds.
@@ -236,7 +237,8 @@ class Client:
             prompt, messages, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
             top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
             seed=seed, ignore_eos=ignore_eos, presence_penalty=presence_penalty,
-            frequency_penalty=frequency_penalty, logit_bias=logit_bias, stop=stop,
+            frequency_penalty=frequency_penalty, logit_bias=logit_bias,
+            response_format=response_format, stop=stop,
             stop_tokens=stop_tokens,
             namespace=namespace, no_cache=no_cache, pin_ttl=pin_ttl, logprobs=logprobs,
             top_logprobs=top_logprobs)
@@ -249,6 +251,7 @@ class Client:
              repeat_penalty: float = 0.0, repeat_last_n: int = 0, seed: int = 0,
              ignore_eos: bool = False, presence_penalty: float = 0.0,
              frequency_penalty: float = 0.0, logit_bias: Optional[Mapping[int, float]] = None,
+             response_format: str = "text",
              stop: Union[str, Sequence[str], None] = None,
              stop_tokens: Optional[Sequence[int]] = None, namespace: str = "",
              no_cache: bool = False, pin_ttl: int = 0, logprobs: bool = False,
@@ -259,7 +262,8 @@ class Client:
             messages=messages, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
             top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
             seed=seed, ignore_eos=ignore_eos, presence_penalty=presence_penalty,
-            frequency_penalty=frequency_penalty, logit_bias=logit_bias, stop=stop,
+            frequency_penalty=frequency_penalty, logit_bias=logit_bias,
+            response_format=response_format, stop=stop,
             stop_tokens=stop_tokens,
             namespace=namespace, no_cache=no_cache, pin_ttl=pin_ttl, logprobs=logprobs,
             top_logprobs=top_logprobs, timeout=timeout).collect()

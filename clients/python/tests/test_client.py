@@ -130,6 +130,15 @@ def test_logit_bias_and_penalties_steer_the_tokens(client: prefixd.Client):
         client.chat(chat_messages("hello"), logit_bias={10 ** 7: 1.0}, **kw)
 
 
+def test_json_object_response_format(client: prefixd.Client):
+    close = client.tokenize("}")[0]
+    reply = client.chat(chat_messages("JSON please"), max_tokens=60, response_format="json_object",
+                        logit_bias={close: 100.0})
+    assert reply.finish_reason is FinishReason.STOP and reply.text.strip() == "{}"
+    with pytest.raises(ValueError, match="json_object"):
+        client.chat(chat_messages("x"), response_format="yaml")
+
+
 def test_stop_string_ends_the_generation(client: prefixd.Client):
     # a hot temperature: the synthetic model's greedy text is a single repeated token
     kw = dict(max_tokens=24, temperature=5.0, seed=5, ignore_eos=True)

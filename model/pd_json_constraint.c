@@ -1,0 +1,94 @@
+/* pd_json_constraint.c -- see pd_json_constraint.h. */
+#include "pd_json_constraint.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pd_err.h"
+
+struct pd_json_constraint {
+  pd_json_state state;
+  const pd_token_trie *trie;
+  const pd_tokenizer *tok;
+  int32_t n_vocab;
+  uint8_t *allowed;     /* (n_vocab) the mask's scratch: 1 = may come next */
+  pd_json_state *walk; /* (pd_token_trie_max_len + 1) the trie walk's scratch */
+};
+
+int pd_json_constraint_create(const pd_token_trie *trie, const pd_tokenizer *tok, int object_only,
+                              pd_json_constraint **out) {
+  *out = NULL;
+  pd_json_constraint *c = calloc(1, sizeof *c);
+  if (!c) return PD_ENOMEM;
+  pd_json_init(&c->state, object_only);
+  c->trie = trie;
+  c->tok = tok;
+  c->n_vocab = pd_tokenizer_n_vocab(tok);
+  c->allowed = malloc((size_t)c->n_vocab);
+  c->walk = malloc((pd_token_trie_max_len(trie) + 1) * sizeof *c->walk);
+  if (!c->allowed || !c->walk) {
+    pd_json_constraint_free(c);
+    return PD_ENOMEM;
+  }
+  *out = c;
+  return PD_OK;
+}
+
+void pd_json_constraint_free(pd_json_constraint *c) {
+  if (!c) return;
+  free(c->allowed);
+  free(c->walk);
+  free(c);
+}
+
+/* Whether tok may follow state, and the state after it in *next. */
+static int step_token(const pd_json_constraint *c, int32_t tok, pd_json_state *next) {
+  *next = c->state;
+  if (pd_tokenizer_is_special(c->tok, tok))
+    return pd_tokenizer_is_eog(c->tok, tok) && pd_json_complete(&c->state);
+  const char *bytes;
+  size_t len;
+  if (pd_token_piece(c->tok, tok, &bytes, &len) || !len) return 0;
+  return pd_json_feed(next, bytes, len);
+}
+
+static int allows(void *ctx, int32_t tok) {
+  pd_json_state next;
+  return step_token(ctx, tok, &next);
+}
+
+static void mark(void *user, int32_t tok) {
+  ((pd_json_constraint *)user)->allowed[tok] = 1;
+}
+
+static int32_t mask(void *ctx, float *logits) {
+  pd_json_constraint *c = ctx;
+  memset(c->allowed, 0, (size_t)c->n_vocab);
+  int32_t n = pd_token_trie_walk(c->trie, &c->state, sizeof c->state, pd_json_step, c->walk, mark, c);
+  int complete = pd_json_complete(&c->state);
+  for (int32_t i = 0; i < c->n_vocab; i++) {
+    if (c->allowed[i]) continue;
+    if (complete && pd_tokenizer_is_eog(c->tok, i)) {
+      n++;
+      continue;
+    }
+    logits[i] = -INFINITY;
+  }
+  return n;
+}
+
+pd_token_constraint pd_json_constraint_rule(pd_json_constraint *c) {
+  return (pd_token_constraint){allows, mask, c};
+}
+
+int pd_json_constraint_accept(pd_json_constraint *c, int32_t tok) {
+  pd_json_state next;
+  if (!step_token(c, tok, &next)) return PD_EINVAL;
+  c->state = next;
+  return PD_OK;
+}
+
+int pd_json_constraint_done(const pd_json_constraint *c) {
+  return pd_json_done(&c->state);
+}
