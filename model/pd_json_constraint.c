@@ -12,7 +12,7 @@ struct pd_json_constraint {
   const pd_token_trie *trie;
   const pd_tokenizer *tok;
   int32_t n_vocab;
-  uint8_t *allowed;     /* (n_vocab) the mask's scratch: 1 = may come next */
+  uint8_t *allowed;    /* (n_vocab) the mask's scratch: 1 = may come next */
   pd_json_state *walk; /* (pd_token_trie_max_len + 1) the trie walk's scratch */
 };
 
@@ -65,7 +65,8 @@ static void mark(void *user, int32_t tok) {
 static int32_t mask(void *ctx, float *logits) {
   pd_json_constraint *c = ctx;
   memset(c->allowed, 0, (size_t)c->n_vocab);
-  int32_t n = pd_token_trie_walk(c->trie, &c->state, sizeof c->state, pd_json_step, c->walk, mark, c);
+  int32_t n =
+      pd_token_trie_walk(c->trie, &c->state, sizeof c->state, pd_json_step, c->walk, mark, c);
   int complete = pd_json_complete(&c->state);
   for (int32_t i = 0; i < c->n_vocab; i++) {
     if (c->allowed[i]) continue;

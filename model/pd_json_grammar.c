@@ -77,21 +77,13 @@ static void pop(pd_json_state *s) {
 static int value_start(pd_json_state *s, uint8_t b) {
   if (s->mode == M_START && s->object_only && b != '{') return 0;
   switch (b) {
-  case '{':
-    return push(s, 1);
-  case '[':
-    return push(s, 0);
-  case '"':
-    s->mode = M_STRING, s->key = 0, s->utf8_need = 0;
-    return 1;
-  case '-':
-    s->mode = M_NUMBER, s->sub = N_MINUS;
-    return 1;
+  case '{': return push(s, 1);
+  case '[': return push(s, 0);
+  case '"': s->mode = M_STRING, s->key = 0, s->utf8_need = 0; return 1;
+  case '-': s->mode = M_NUMBER, s->sub = N_MINUS; return 1;
   case 't':
   case 'f':
-  case 'n':
-    s->mode = M_LITERAL, s->sub = b == 't' ? 0 : b == 'f' ? 1 : 2, s->pos = 1;
-    return 1;
+  case 'n': s->mode = M_LITERAL, s->sub = b == 't' ? 0 : b == 'f' ? 1 : 2, s->pos = 1; return 1;
   default:
     if (!is_digit(b)) return 0;
     s->mode = M_NUMBER, s->sub = b == '0' ? N_ZERO : N_INT;
@@ -167,16 +159,14 @@ static int number_byte(pd_json_state *s, uint8_t b) {
     if (!is_digit(b)) return 0;
     s->sub = N_EXP_DIGITS;
     return 1;
-  default: /* N_EXP_DIGITS */
-    return is_digit(b) ? 1 : -1;
+  default: /* N_EXP_DIGITS */ return is_digit(b) ? 1 : -1;
   }
 }
 
 int pd_json_step(void *state, uint8_t b) {
   pd_json_state *s = state;
   switch (s->mode) {
-  case M_STRING:
-    return string_byte(s, b);
+  case M_STRING: return string_byte(s, b);
   case M_ESCAPE:
     if (b == 'u') return s->mode = M_HEX, s->sub = 4, 1;
     if (!strchr("\"\\/bfnrt", b) || !b) return 0;
@@ -199,10 +189,8 @@ int pd_json_step(void *state, uint8_t b) {
     if (s->mode == M_DONE) return 0;
     break;
   }
-  case M_DONE:
-    return 0;
-  default:
-    break;
+  case M_DONE: return 0;
+  default: break;
   }
   /* the structural modes: whitespace, then what the mode allows */
   if (is_ws(b)) {
@@ -213,8 +201,7 @@ int pd_json_step(void *state, uint8_t b) {
   s->ws_run = 0;
   switch (s->mode) {
   case M_START:
-  case M_VALUE:
-    return value_start(s, b);
+  case M_VALUE: return value_start(s, b);
   case M_ARRAY_FIRST:
     if (b == ']') return pop(s), 1;
     return value_start(s, b);
@@ -235,8 +222,7 @@ int pd_json_step(void *state, uint8_t b) {
     }
     if (b == (top_is_object(s) ? '}' : ']')) return pop(s), 1;
     return 0;
-  default:
-    return 0;
+  default: return 0;
   }
 }
 

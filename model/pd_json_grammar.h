@@ -27,14 +27,14 @@
 #define PD_JSON_MAX_WS    32
 
 typedef struct pd_json_state {
-  uint64_t stack;      /* bit d set: the container at depth d+1 is an object, else an array */
-  uint8_t mode;        /* what may come next (pd_json_grammar.c's enum) */
-  uint8_t depth;       /* open containers */
-  uint8_t sub;         /* number: its part; literal: which one; \u: hex digits left */
-  uint8_t pos;         /* literal: bytes matched */
-  uint8_t key;         /* the string being read is an object key */
-  uint8_t utf8_need;   /* continuation bytes still owed by a character in a string */
-  uint8_t utf8_lo;     /* the range of the next continuation byte */
+  uint64_t stack;    /* bit d set: the container at depth d+1 is an object, else an array */
+  uint8_t mode;      /* what may come next (pd_json_grammar.c's enum) */
+  uint8_t depth;     /* open containers */
+  uint8_t sub;       /* number: its part; literal: which one; \u: hex digits left */
+  uint8_t pos;       /* literal: bytes matched */
+  uint8_t key;       /* the string being read is an object key */
+  uint8_t utf8_need; /* continuation bytes still owed by a character in a string */
+  uint8_t utf8_lo;   /* the range of the next continuation byte */
   uint8_t utf8_hi;
   uint8_t ws_run;      /* whitespace bytes in a row */
   uint8_t object_only; /* the top-level value must be an object */

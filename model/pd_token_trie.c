@@ -65,7 +65,8 @@ int pd_token_trie_build(const pd_tokenizer *tok, pd_token_trie **out) {
   *out = NULL;
   int32_t n_vocab = pd_tokenizer_n_vocab(tok);
   pd_token_trie *t = calloc(1, sizeof *t);
-  if (!t || grow(t) || !(t->same_next = malloc((size_t)(n_vocab > 0 ? n_vocab : 1) * sizeof(int32_t)))) {
+  if (!t || grow(t) ||
+      !(t->same_next = malloc((size_t)(n_vocab > 0 ? n_vocab : 1) * sizeof(int32_t)))) {
     pd_token_trie_free(t);
     return PD_ENOMEM;
   }
@@ -78,8 +79,7 @@ int pd_token_trie_build(const pd_tokenizer *tok, pd_token_trie **out) {
     t->same_next[id] = -1;
     const char *bytes;
     size_t len;
-    if (pd_tokenizer_is_special(tok, id) || pd_token_piece(tok, id, &bytes, &len) || !len)
-      continue;
+    if (pd_tokenizer_is_special(tok, id) || pd_token_piece(tok, id, &bytes, &len) || !len) continue;
     int32_t node = 0;
     for (size_t i = 0; i < len && node >= 0; i++) node = child(t, node, (uint8_t)bytes[i]);
     if (node < 0) {

@@ -62,14 +62,30 @@ START_TEST(grammar_refuses_at_the_first_bad_byte) {
     const char *text;
     size_t at; /* the refused byte */
   } bad[] = {
-      {"{\"a\":01}", 6},       {"{\"a\" 1}", 5},          {"{,}", 1},
-      {"[1,]", 3},             {"{\"a\":tru}", 8},        {"{\"a\":1,}", 7},
-      {"{\"a\":\"\\x\"}", 7},  {"{\"a\":\"\x01\"}", 6},   {"{\"a\":\"\xc0\x80\"}", 6},
-      {"{\"a\":\"\xed\xa0\x80\"}", 7}, {"{\"a\":\"\xf5\"}", 6}, {"{\"a\":\"\xe2\x28\"}", 7},
-      {"{}x", 2},              {"{} ", 2},                {"{\"a\":1.}", 7},
-      {"{\"a\":1e}", 7},       {"{\"a\":-}", 6},          {"{\"a\":\"\\u12g4\"}", 10},
-      {"{1:2}", 1},            {"[}", 1},                 {"{]", 1},
-      {"{\"a\":[1 2]}", 8},    {"{\"a\":.5}", 5},         {"{\"a\":+1}", 5},
+      {"{\"a\":01}", 6},
+      {"{\"a\" 1}", 5},
+      {"{,}", 1},
+      {"[1,]", 3},
+      {"{\"a\":tru}", 8},
+      {"{\"a\":1,}", 7},
+      {"{\"a\":\"\\x\"}", 7},
+      {"{\"a\":\"\x01\"}", 6},
+      {"{\"a\":\"\xc0\x80\"}", 6},
+      {"{\"a\":\"\xed\xa0\x80\"}", 7},
+      {"{\"a\":\"\xf5\"}", 6},
+      {"{\"a\":\"\xe2\x28\"}", 7},
+      {"{}x", 2},
+      {"{} ", 2},
+      {"{\"a\":1.}", 7},
+      {"{\"a\":1e}", 7},
+      {"{\"a\":-}", 6},
+      {"{\"a\":\"\\u12g4\"}", 10},
+      {"{1:2}", 1},
+      {"[}", 1},
+      {"{]", 1},
+      {"{\"a\":[1 2]}", 8},
+      {"{\"a\":.5}", 5},
+      {"{\"a\":+1}", 5},
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     int complete;
@@ -117,9 +133,23 @@ static void ws(char *buf, size_t *len) {
 /* A random JSON value of nesting at most depth, appended to buf. */
 static void value(char *buf, size_t *len, int depth) {
   static const char *const scalars[] = {
-      "0",     "-0",       "17",      "-3.25",    "6.02e23", "1E-7",  "true",
-      "false", "null",     "\"\"",    "\"abc\"",  "\"q\\\"uote\\n\"", "\"\\u00e9t\\u00e9\"",
-      "\"\xc3\xa9\xe2\x82\xac\"", "\"\xf0\x9f\x98\x80 x\"", "123456789012", "0.5e+2",
+      "0",
+      "-0",
+      "17",
+      "-3.25",
+      "6.02e23",
+      "1E-7",
+      "true",
+      "false",
+      "null",
+      "\"\"",
+      "\"abc\"",
+      "\"q\\\"uote\\n\"",
+      "\"\\u00e9t\\u00e9\"",
+      "\"\xc3\xa9\xe2\x82\xac\"",
+      "\"\xf0\x9f\x98\x80 x\"",
+      "123456789012",
+      "0.5e+2",
   };
   uint32_t kind = depth ? rnd(4) : 3;
   if (kind == 3) {
@@ -247,8 +277,8 @@ START_TEST(trie_walk_equals_trying_every_token) {
         pd_json_state t = s;
         int ok = !pd_tokenizer_is_special(tok, id) && !pd_token_piece(tok, id, &bytes, &len) &&
                  len && pd_json_feed(&t, bytes, len);
-        ck_assert_msg(seen[id] == ok, "vocab %d, cut %zu, token %d: walk %d, one by one %d", v,
-                      cut, id, seen[id], ok);
+        ck_assert_msg(seen[id] == ok, "vocab %d, cut %zu, token %d: walk %d, one by one %d", v, cut,
+                      id, seen[id], ok);
         expect += ok;
       }
       ck_assert_int_eq(n, expect);
@@ -299,8 +329,8 @@ START_TEST(sampler_under_the_constraint_makes_json) {
   float *logits = malloc((size_t)n_vocab * sizeof *logits);
   int done_count = 0;
   for (int run = 0; run < 40; run++) {
-    pd_sampling_params p = {.temperature = run % 4 ? 1.5f : 0, .top_p = 1, .repeat_penalty = 1,
-                            .seed = (uint64_t)run};
+    pd_sampling_params p = {
+        .temperature = run % 4 ? 1.5f : 0, .top_p = 1, .repeat_penalty = 1, .seed = (uint64_t)run};
     pd_sampler *smp;
     ck_assert_int_eq(pd_sampler_create(&p, n_vocab, &smp), 0);
     pd_json_constraint *c;
@@ -323,7 +353,8 @@ START_TEST(sampler_under_the_constraint_makes_json) {
         float masked_best = -INFINITY;
         int32_t best = -1;
         for (int32_t id = 0; id < n_vocab; id++)
-          if (rule.allows(rule.ctx, id) && logits[id] > masked_best) masked_best = logits[id], best = id;
+          if (rule.allows(rule.ctx, id) && logits[id] > masked_best)
+            masked_best = logits[id], best = id;
         ck_assert_int_eq(tok, best);
       }
       ck_assert_int_eq(pd_json_constraint_accept(c, tok), 0);
