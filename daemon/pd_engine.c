@@ -51,7 +51,8 @@ typedef struct pd_seq {
   uint32_t cached_by_tier[PD_TIERS]; /* of n_cached: where the blocks were when matched */
   uint64_t reserve;                  /* blocks reserved at admission */
   pd_sampler *smp;
-  pd_json_constraint *json; /* response_format JSON_OBJECT; NULL otherwise */
+  pd_json_constraint *json; /* response_format JSON_OBJECT or JSON_SCHEMA; NULL otherwise */
+  pd_json_schema *schema;   /* JSON_SCHEMA's, compiled (json reads it) */
   pd_detok *dt;
   int32_t *stop_tokens; /* (n_stop_tokens) borrowed from the request */
   size_t n_stop_tokens;
@@ -553,6 +554,7 @@ static void seq_free(pd_seq *s) {
   pd_sampler_free(s->smp);
   pd_detok_free(s->dt);
   pd_json_constraint_free(s->json);
+  pd_json_schema_free(s->schema);
   free(s->tokens);
   free(s->table);
   free(s->held);
@@ -1045,18 +1047,28 @@ static void enqueue(pd_engine *e, pd_job *job) {
       if (rc == PD_ENOMEM) snprintf(err, sizeof err, "out of memory");
       goto refuse;
     }
-    if (g->response_format && g->response_format->type ==
-                                  PREFIXD__V1__RESPONSE_FORMAT__TYPE__RESPONSE_FORMAT_JSON_OBJECT) {
+    int format = g->response_format ? (int)g->response_format->type : 0;
+    if (format == PREFIXD__V1__RESPONSE_FORMAT__TYPE__RESPONSE_FORMAT_JSON_SCHEMA) {
+      const char *text = g->response_format->json_schema;
+      char why[200];
+      rc = pd_json_schema_compile(text, strlen(text), &s->schema, why, sizeof why);
+      if (rc) {
+        status = rc == PD_ENOMEM ? PD_GRPC_RESOURCE_EXHAUSTED : PD_GRPC_INVALID_ARGUMENT;
+        snprintf(err, sizeof err, "response_format json_schema: %s", why);
+        goto refuse;
+      }
+    }
+    if (format == PREFIXD__V1__RESPONSE_FORMAT__TYPE__RESPONSE_FORMAT_JSON_OBJECT ||
+        format == PREFIXD__V1__RESPONSE_FORMAT__TYPE__RESPONSE_FORMAT_JSON_SCHEMA) {
       if ((!e->trie && pd_token_trie_build(e->tok, &e->trie)) ||
-          pd_json_constraint_create(e->trie, e->tok, 1, &s->json)) {
+          pd_json_constraint_create(e->trie, e->tok, s->schema, &s->json)) {
         status = PD_GRPC_RESOURCE_EXHAUSTED;
         snprintf(err, sizeof err, "out of memory");
         goto refuse;
       }
-    } else if (g->response_format && g->response_format->type !=
-                                         PREFIXD__V1__RESPONSE_FORMAT__TYPE__RESPONSE_FORMAT_TEXT) {
+    } else if (format != PREFIXD__V1__RESPONSE_FORMAT__TYPE__RESPONSE_FORMAT_TEXT) {
       status = PD_GRPC_INVALID_ARGUMENT;
-      snprintf(err, sizeof err, "unknown response_format type %d", (int)g->response_format->type);
+      snprintf(err, sizeof err, "unknown response_format type %d", format);
       goto refuse;
     }
     for (size_t i = 0; i < g->n_stop; i++)
@@ -1480,7 +1492,9 @@ static int step(pd_engine *e) {
     if (!s || !lg[i]) continue;
     if (s->json && (picked[i] < 0 || pd_json_constraint_accept(s->json, picked[i]))) {
       running_remove(e, s);
-      seq_finish(e, s, PD_GRPC_INTERNAL, "no token can continue the JSON output",
+      seq_finish(e, s, PD_GRPC_INTERNAL,
+                 "no token can continue the JSON output (a schema nested deeper than the "
+                 "constraint follows?)",
                  PREFIXD__V1__FINISH_REASON__FINISH_REASON_ERROR);
       continue;
     }

@@ -55,6 +55,7 @@ typedef struct oreq {
   int32_t *ids;
   Prefixd__V1__SamplingParams sampling;
   Prefixd__V1__ResponseFormat format;
+  char *schema_text;            /* format.json_schema (jansson's, freed with free) */
   Prefixd__V1__LogitBias *bias; /* (sampling.n_logit_bias) */
   Prefixd__V1__LogitBias **bias_ptrs;
   char *stop[MAX_STOP];
@@ -355,20 +356,35 @@ static int parse_logit_bias(oreq *r, json_t *lb, char *err, size_t errlen) {
   return 0;
 }
 
-/* response_format: {"type": "text"} or {"type": "json_object"}. */
+/* response_format: {"type": "text"}, {"type": "json_object"} or {"type": "json_schema",
+ * "json_schema": {"name": ..., "schema": {...}, "strict": ...}} (the schema goes on as text; the
+ * engine compiles it and names what it refuses). */
 static int parse_format(oreq *r, json_t *f, char *err, size_t errlen) {
   if (!f || json_is_null(f)) return 0;
   json_t *t = json_object_get(f, "type");
   const char *type = json_is_string(t) ? json_string_value(t) : NULL;
   if (!json_is_object(f) || !type)
     BAD("'response_format' must be an object like {\"type\": \"json_object\"}");
+  prefixd__v1__response_format__init(&r->format);
   if (!strcmp(type, "json_object")) {
-    prefixd__v1__response_format__init(&r->format);
     r->format.type = PREFIXD__V1__RESPONSE_FORMAT__TYPE__RESPONSE_FORMAT_JSON_OBJECT;
-    r->gen.response_format = &r->format;
-  } else if (strcmp(type, "text")) {
-    BAD("'response_format' type '%.32s' is not supported (\"text\" or \"json_object\")", type);
+  } else if (!strcmp(type, "json_schema")) {
+    json_t *schema = json_object_get(json_object_get(f, "json_schema"), "schema");
+    if (!schema)
+      BAD("'response_format' json_schema needs {\"json_schema\": {\"name\": ..., "
+          "\"schema\": {...}}}");
+    if (!(r->schema_text = json_dumps(schema, JSON_COMPACT | JSON_ENCODE_ANY)))
+      BAD("out of memory");
+    r->format.type = PREFIXD__V1__RESPONSE_FORMAT__TYPE__RESPONSE_FORMAT_JSON_SCHEMA;
+    r->format.json_schema = r->schema_text;
+  } else if (!strcmp(type, "text")) {
+    return 0;
+  } else {
+    BAD("'response_format' type '%.32s' is not supported (\"text\", \"json_object\" or "
+        "\"json_schema\")",
+        type);
   }
+  r->gen.response_format = &r->format;
   return 0;
 }
 
@@ -480,6 +496,7 @@ static void oreq_free(oreq *r) {
   free(r->ids);
   free(r->bias);
   free(r->bias_ptrs);
+  free(r->schema_text);
   free(r->text);
   pd_job_free(&r->job);
 }

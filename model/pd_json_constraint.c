@@ -7,21 +7,56 @@
 
 #include "pd_err.h"
 
+/* The grammar's state: plain JSON, or a schema's reading of it. */
+typedef union grammar_state {
+  pd_json_state json;
+  pd_schema_state schema;
+} grammar_state;
+
 struct pd_json_constraint {
-  pd_json_state state;
+  grammar_state state;
+  size_t state_size; /* the bytes of state in use */
+  pd_byte_step step;
+  int (*done)(const grammar_state *st);
+  int (*complete)(const grammar_state *st);
   const pd_token_trie *trie;
   const pd_tokenizer *tok;
   int32_t n_vocab;
   uint8_t *allowed;    /* (n_vocab) the mask's scratch: 1 = may come next */
-  pd_json_state *walk; /* (pd_token_trie_max_len + 1) the trie walk's scratch */
+  grammar_state *walk; /* (pd_token_trie_max_len + 1) the trie walk's scratch */
 };
 
-int pd_json_constraint_create(const pd_token_trie *trie, const pd_tokenizer *tok, int object_only,
-                              pd_json_constraint **out) {
+static int json_done(const grammar_state *st) {
+  return pd_json_done(&st->json);
+}
+static int json_complete(const grammar_state *st) {
+  return pd_json_complete(&st->json);
+}
+static int schema_done(const grammar_state *st) {
+  return pd_schema_done(&st->schema);
+}
+static int schema_complete(const grammar_state *st) {
+  return pd_schema_complete(&st->schema);
+}
+
+int pd_json_constraint_create(const pd_token_trie *trie, const pd_tokenizer *tok,
+                              const pd_json_schema *schema, pd_json_constraint **out) {
   *out = NULL;
   pd_json_constraint *c = calloc(1, sizeof *c);
   if (!c) return PD_ENOMEM;
-  pd_json_init(&c->state, object_only);
+  if (schema) {
+    pd_schema_init(&c->state.schema, schema);
+    c->state_size = sizeof c->state.schema;
+    c->step = pd_schema_step;
+    c->done = schema_done;
+    c->complete = schema_complete;
+  } else {
+    pd_json_init(&c->state.json, 1);
+    c->state_size = sizeof c->state.json;
+    c->step = pd_json_step;
+    c->done = json_done;
+    c->complete = json_complete;
+  }
   c->trie = trie;
   c->tok = tok;
   c->n_vocab = pd_tokenizer_n_vocab(tok);
@@ -43,18 +78,20 @@ void pd_json_constraint_free(pd_json_constraint *c) {
 }
 
 /* Whether tok may follow state, and the state after it in *next. */
-static int step_token(const pd_json_constraint *c, int32_t tok, pd_json_state *next) {
-  *next = c->state;
+static int step_token(const pd_json_constraint *c, int32_t tok, grammar_state *next) {
+  memcpy(next, &c->state, c->state_size);
   if (pd_tokenizer_is_special(c->tok, tok))
-    return pd_tokenizer_is_eog(c->tok, tok) && pd_json_complete(&c->state);
+    return pd_tokenizer_is_eog(c->tok, tok) && c->complete(&c->state);
   const char *bytes;
   size_t len;
   if (pd_token_piece(c->tok, tok, &bytes, &len) || !len) return 0;
-  return pd_json_feed(next, bytes, len);
+  for (size_t i = 0; i < len; i++)
+    if (!c->step(next, (uint8_t)bytes[i])) return 0;
+  return 1;
 }
 
 static int allows(void *ctx, int32_t tok) {
-  pd_json_state next;
+  grammar_state next;
   return step_token(ctx, tok, &next);
 }
 
@@ -65,9 +102,8 @@ static void mark(void *user, int32_t tok) {
 static int32_t mask(void *ctx, float *logits) {
   pd_json_constraint *c = ctx;
   memset(c->allowed, 0, (size_t)c->n_vocab);
-  int32_t n =
-      pd_token_trie_walk(c->trie, &c->state, sizeof c->state, pd_json_step, c->walk, mark, c);
-  int complete = pd_json_complete(&c->state);
+  int32_t n = pd_token_trie_walk(c->trie, &c->state, c->state_size, c->step, c->walk, mark, c);
+  int complete = c->complete(&c->state);
   for (int32_t i = 0; i < c->n_vocab; i++) {
     if (c->allowed[i]) continue;
     if (complete && pd_tokenizer_is_eog(c->tok, i)) {
@@ -84,12 +120,12 @@ pd_token_constraint pd_json_constraint_rule(pd_json_constraint *c) {
 }
 
 int pd_json_constraint_accept(pd_json_constraint *c, int32_t tok) {
-  pd_json_state next;
+  grammar_state next;
   if (!step_token(c, tok, &next)) return PD_EINVAL;
-  c->state = next;
+  memcpy(&c->state, &next, c->state_size);
   return PD_OK;
 }
 
 int pd_json_constraint_done(const pd_json_constraint *c) {
-  return pd_json_done(&c->state);
+  return c->done(&c->state);
 }

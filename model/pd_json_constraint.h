@@ -2,8 +2,9 @@
  * pd_json_constraint.h -- one generation's JSON constraint: the grammar's state after the tokens
  * generated so far, and the sampler's rule (pd_token_constraint) built on it.
  *
- * A token may come next when all of its bytes keep the output a prefix of valid JSON
- * (pd_json_grammar); an end-of-generation token only once the output is a whole JSON text.
+ * A token may come next when all of its bytes keep the output a prefix of a valid JSON object
+ * (pd_json_grammar), or of a JSON text valid for a schema (pd_json_schema); an
+ * end-of-generation token only once the output is whole.
  * Special tokens are never text, so never allowed otherwise. The mask walks the model's token
  * trie (shared, read-only), so sequences on several threads each mask with their own scratch.
  */
@@ -13,16 +14,18 @@
 #include <stdint.h>
 
 #include "pd_json_grammar.h"
+#include "pd_json_schema.h"
 #include "pd_sampler.h"
 #include "pd_token_trie.h"
 #include "pd_tokenizer.h"
 
 typedef struct pd_json_constraint pd_json_constraint;
 
-/* A constraint at the start of the output. trie and tok are borrowed: they must outlive it.
- * *out is owned by the caller (pd_json_constraint_free). */
-int pd_json_constraint_create(const pd_token_trie *trie, const pd_tokenizer *tok, int object_only,
-                              pd_json_constraint **out);
+/* A constraint at the start of the output: any JSON object (schema NULL), or a text valid for
+ * schema. trie, tok and schema are borrowed: they must outlive it. *out is owned by the caller
+ * (pd_json_constraint_free). */
+int pd_json_constraint_create(const pd_token_trie *trie, const pd_tokenizer *tok,
+                              const pd_json_schema *schema, pd_json_constraint **out);
 void pd_json_constraint_free(pd_json_constraint *c);
 
 /* The sampler's view of c (valid while c lives). */

@@ -277,8 +277,15 @@ int32_t pd_sampler_sample_constrained(pd_sampler *s, const float *logits,
   if (!c) return pd_sampler_sample(s, logits);
   float *l = adjusted(s, logits);
   int32_t pick;
-  if (s->p.temperature <= 0 && c->allows(c->ctx, pick = argmax(l, s->n_vocab))) {
-    pd_sampler_record(s, pick); /* the argmax is allowed: it is the restricted argmax too */
+  /* Without top-k, top-p or min-p, a pick from the whole distribution that the constraint allows
+   * may be kept: argmax, or a draw that is kept when allowed and otherwise redrawn from the
+   * restricted distribution, which gives each allowed token p(a) + (1 - p(A)) p(a) / p(A) =
+   * p(a) / p(A), exactly the restricted distribution. The mask (a walk of the vocabulary) is then
+   * only computed when the first pick is refused. The filters depend on the whole distribution,
+   * so with them the mask comes first. */
+  int unfiltered = s->p.temperature <= 0 || (s->p.top_k == 0 && s->p.top_p >= 1 && s->p.min_p <= 0);
+  if (unfiltered && c->allows(c->ctx, pick = pick_from(s, l))) {
+    pd_sampler_record(s, pick);
     return pick;
   }
   if (c->mask(c->ctx, l) == 0) return -1;

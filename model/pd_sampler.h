@@ -71,8 +71,9 @@ typedef struct pd_token_constraint {
 } pd_token_constraint;
 
 /* pd_sampler_sample under a constraint, applied after the bias and penalties and before every
- * filter, so the pick is drawn from the distribution restricted to the allowed tokens. Greedy
- * asks allows() about the argmax first and masks only when it is refused. Returns -1 (nothing
+ * filter, so the pick is drawn from the distribution restricted to the allowed tokens. Without
+ * top-k, top-p or min-p (greedy, or plain temperature) the first pick is checked with allows()
+ * and the mask is computed only when it is refused (exact: see the .c). Returns -1 (nothing
  * recorded) when the constraint allows no token. */
 int32_t pd_sampler_sample_constrained(pd_sampler *s, const float *logits,
                                       const pd_token_constraint *c);

@@ -151,13 +151,18 @@ def summarise(name, results, wall):
             + (f"{sum(cached):,} of {prompt:,}" if cached else "not reported") + " |")
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def server_args(ap):
+    """The options every side-by-side run takes: the two servers, the model, the threads."""
     ap.add_argument("--llama-server", required=True)
     ap.add_argument("--prefixd", default=os.path.join(ROOT, "build/bin/prefixd"))
     ap.add_argument("--model", default=os.path.expanduser(
         "~/.cache/prefixd/SmolLM2-135M-Instruct.Q4_1.gguf"))
     ap.add_argument("--threads", type=int, default=2)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    server_args(ap)
     ap.add_argument("--sessions", type=int, default=16)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--system-tokens", type=int, default=1000)

@@ -16,6 +16,7 @@
 #include "pd_gguf.h"
 #include "pd_json_constraint.h"
 #include "pd_json_grammar.h"
+#include "pd_json_schema.h"
 #include "pd_sampler.h"
 #include "pd_token_trie.h"
 #include "pd_tokenizer.h"
@@ -222,6 +223,218 @@ START_TEST(grammar_agrees_with_jansson) {
 }
 END_TEST
 
+/* ---- JSON Schema --------------------------------------------------------------------------- */
+
+/* The schema the tests read: required and optional properties, an integer, a nullable string
+ * (anyOf), an enum of mixed values, a bounded array, a recursive definition through an Optional
+ * (anyOf of a $ref and null) and a free value. */
+static const char person_schema[] =
+    "{\"type\": \"object\", \"title\": \"Person\", \"properties\": {"
+    "\"name\": {\"type\": \"string\", \"description\": \"full name\"},"
+    "\"age\": {\"type\": \"integer\"},"
+    "\"email\": {\"anyOf\": [{\"type\": \"string\"}, {\"type\": \"null\"}], \"default\": null},"
+    "\"role\": {\"enum\": [\"admin\", \"user\", 7, 75, null]},"
+    "\"tags\": {\"type\": \"array\", \"items\": {\"type\": \"string\"}, \"minItems\": 1, "
+    "\"maxItems\": 3},"
+    "\"home\": {\"$ref\": \"#/$defs/Place\"},"
+    "\"extra\": {}},"
+    "\"required\": [\"name\", \"age\", \"role\", \"tags\"],"
+    "\"$defs\": {\"Place\": {\"type\": \"object\", \"properties\": {"
+    "\"city\": {\"type\": \"string\"},"
+    "\"near\": {\"anyOf\": [{\"$ref\": \"#/$defs/Place\"}, {\"type\": \"null\"}]}},"
+    "\"required\": [\"city\"]}}}";
+
+static pd_json_schema *compile_ok(const char *text) {
+  pd_json_schema *schema;
+  char err[256];
+  ck_assert_msg(pd_json_schema_compile(text, strlen(text), &schema, err, sizeof err) == 0, "%s",
+                err);
+  return schema;
+}
+
+/* Bytes accepted before the first refusal (len if all), and whether the text is then done. */
+static size_t schema_accepted(const pd_json_schema *schema, const char *text, int *done) {
+  pd_schema_state st;
+  pd_schema_init(&st, schema);
+  size_t i = 0, len = strlen(text);
+  while (i < len && pd_schema_step(&st, (uint8_t)text[i])) i++;
+  *done = i == len && pd_schema_done(&st);
+  return i;
+}
+
+START_TEST(schema_reads_what_it_describes) {
+  pd_json_schema *schema = compile_ok(person_schema);
+  const char *ok[] = {
+      "{\"name\": \"Ada\", \"age\": 36, \"role\": \"admin\", \"tags\": [\"x\"]}",
+      "{\"name\":\"\\u00c9mile\",\"age\":-4,\"email\":null,\"role\":7,\"tags\":[\"a\",\"b\",\"c\"]"
+      "}",
+      "{\"name\": \"B\", \"age\": 0, \"email\": \"b@c.d\", \"role\": 75, \"tags\": [\"\"], "
+      "\"home\": {\"city\": \"Oslo\", \"near\": {\"city\": \"Bergen\", \"near\": null}}, "
+      "\"extra\": [1, {\"free\": true}]}",
+      "{\"name\": \"C\", \"age\": 1, \"role\": null, \"tags\": [\"t\"], \"extra\": 2.5e3}",
+  };
+  for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+    int done;
+    size_t n = schema_accepted(schema, ok[i], &done);
+    ck_assert_msg(n == strlen(ok[i]) && done, "'%s': %zu bytes, done %d", ok[i], n, done);
+  }
+  const struct {
+    const char *text;
+    size_t at;
+  } bad[] = {
+      {"[", 0},                                                 /* not an object */
+      {"{}", 1},                                                /* name is required */
+      {"{\"age\"", 2},                                          /* name comes first */
+      {"{\"name\": \"A\", \"nick\"", 15},                       /* age comes next */
+      {"{\"name\": \"A\", \"age\": 1.5", 22},                   /* an integer */
+      {"{\"name\": \"A\", \"age\": \"1\"", 21},                 /* not a string */
+      {"{\"name\": \"A\", \"age\": 1}", 22},                    /* role and tags are required */
+      {"{\"name\": \"A\", \"age\": 1, \"role\": \"root\"", 33}, /* not in the enum */
+      {"{\"name\": \"A\", \"age\": 1, \"role\": 76", 33},       /* 7 and 75 only */
+      {"{\"name\": \"A\", \"age\": 1, \"role\": 7, \"tags\": []", 44}, /* minItems */
+      {"{\"name\": \"A\", \"age\": 1, \"role\": 7, \"tags\": [\"a\",\"b\",\"c\",",
+       55},                                                            /* maxItems */
+      {"{\"name\": \"A\", \"age\": 1, \"role\": 7, \"tags\": [1", 44}, /* strings */
+      {"{\"name\": \"A\", \"age\": 1, \"role\": 7, \"tags\": [\"a\"], \"home\": {}", 59}, /* city */
+      {"{\"name\": \"A\", \"age\": 1, \"email\": 3", 33},                     /* string or null */
+      {"{\"name\": \"A\", \"age\": 1, \"role\": 7, \"tags\": [\"a\"]} ", 49}, /* nothing after */
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    int done;
+    size_t n = schema_accepted(schema, bad[i].text, &done);
+    ck_assert_msg(n == bad[i].at, "'%s': refused at %zu, expected %zu", bad[i].text, n, bad[i].at);
+  }
+  pd_json_schema_free(schema);
+  /* top-level scalars: an enum of numbers ends where no longer value can continue */
+  schema = compile_ok("{\"enum\": [1, 12, \"x\"]}");
+  pd_schema_state st;
+  pd_schema_init(&st, schema);
+  ck_assert(pd_schema_step(&st, '1') && pd_schema_complete(&st) && !pd_schema_done(&st));
+  ck_assert(pd_schema_step(&st, '2') && pd_schema_done(&st));
+  pd_json_schema_free(schema);
+  schema = compile_ok("{\"type\": \"integer\"}");
+  pd_schema_init(&st, schema);
+  ck_assert(pd_schema_step(&st, '4') && pd_schema_complete(&st) && !pd_schema_step(&st, '.'));
+  pd_json_schema_free(schema);
+}
+END_TEST
+
+START_TEST(schema_refusals_name_the_keyword) {
+  const struct {
+    const char *schema, *says;
+  } bad[] = {
+      {"{\"type\": \"string\", \"pattern\": \"^a\"}", "'pattern' is not supported"},
+      {"{\"type\": \"string\", \"format\": \"date\"}", "'format' is not supported"},
+      {"{\"properties\": {\"a\": {\"minimum\": 3}}}",
+       "'minimum' is not supported in a schema (at #/a)"},
+      {"{\"type\": \"strung\"}", "'type' must name JSON types"},
+      {"{\"$ref\": \"#/$defs/X\"}", "not at it"},
+      {"{\"properties\": {\"a\": {\"$ref\": \"#/$defs/Nope\"}}}", "does not name a definition"},
+      {"{\"properties\": {\"a\": {}}, \"required\": [\"b\"]}", "'b', which is not in"},
+      {"{\"anyOf\": [{\"properties\": {\"a\": {}}}, {\"properties\": {\"b\": {}}}]}",
+       "two object schemas"},
+      {"{\"anyOf\": [{\"enum\": [1]}, {\"type\": \"string\"}]}", "mixes 'enum'"},
+      {"{\"type\": \"array\", \"items\": [{}, {}]}", "tuples"},
+      {"{\"type\": \"array\", \"items\": {}, \"minItems\": 3, \"maxItems\": 2}", "over 'maxItems'"},
+      {"{\"properties\": {\"a\\\"b\": {}}}", "needs escaping"},
+      {"{\"oneOf\": []}", "'oneOf' is not supported"},
+      {"[1]", "must be an object or true"},
+      {"{not json", "not valid JSON"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    pd_json_schema *schema;
+    char err[256] = "";
+    ck_assert_int_eq(
+        pd_json_schema_compile(bad[i].schema, strlen(bad[i].schema), &schema, err, sizeof err),
+        PD_EINVAL);
+    ck_assert_msg(strstr(err, bad[i].says), "'%s': '%s'", bad[i].schema, err);
+  }
+}
+END_TEST
+
+/* Random walks through the schema's reading: at every step a random byte among those accepted
+ * (whitespace rarely, closing brackets more as the text grows), until done. Every text produced
+ * parses, and jansson's view of it satisfies the schema (checked by hand below). */
+static int place_ok(json_t *p, int depth) {
+  if (!json_is_object(p) || !json_is_string(json_object_get(p, "city")) || depth > 20) return 0;
+  json_t *near = json_object_get(p, "near");
+  const char *key;
+  json_t *v;
+  json_object_foreach(p, key, v) if (strcmp(key, "city") && strcmp(key, "near")) return 0;
+  return !near || json_is_null(near) || place_ok(near, depth + 1);
+}
+
+static int person_ok(json_t *v) {
+  json_t *role = json_object_get(v, "role"), *tags = json_object_get(v, "tags"),
+         *email = json_object_get(v, "email"), *home = json_object_get(v, "home");
+  if (!json_is_object(v) || !json_is_string(json_object_get(v, "name")) ||
+      !json_is_integer(json_object_get(v, "age")) || !role || !json_is_array(tags))
+    return 0;
+  if (!(json_is_null(role) ||
+        (json_is_string(role) &&
+         (!strcmp(json_string_value(role), "admin") || !strcmp(json_string_value(role), "user"))) ||
+        (json_is_integer(role) &&
+         (json_integer_value(role) == 7 || json_integer_value(role) == 75))))
+    return 0;
+  if (json_array_size(tags) < 1 || json_array_size(tags) > 3) return 0;
+  for (size_t i = 0; i < json_array_size(tags); i++)
+    if (!json_is_string(json_array_get(tags, i))) return 0;
+  if (email && !json_is_null(email) && !json_is_string(email)) return 0;
+  if (home && !place_ok(home, 0)) return 0;
+  const char *known[] = {"name", "age", "email", "role", "tags", "home", "extra"};
+  const char *key;
+  json_t *x;
+  json_object_foreach(v, key, x) {
+    int found = 0;
+    for (int k = 0; k < 7; k++) found |= !strcmp(key, known[k]);
+    if (!found) return 0;
+  }
+  return 1;
+}
+
+START_TEST(schema_random_walks_give_valid_documents) {
+  pd_json_schema *schema = compile_ok(person_schema);
+  static char text[1 << 16];
+  int with_home = 0, with_extra = 0;
+  for (int round = 0; round < 300; round++) {
+    pd_schema_state st;
+    pd_schema_init(&st, schema);
+    size_t len = 0;
+    while (!pd_schema_done(&st)) {
+      ck_assert_uint_lt(len, sizeof text - 1);
+      uint8_t options[256];
+      int n = 0;
+      for (int b = 1; b < 256; b++) {
+        pd_schema_state t = st;
+        if (pd_schema_step(&t, (uint8_t)b)) options[n++] = (uint8_t)b;
+      }
+      ck_assert_msg(n > 0, "stuck after '%.*s'", (int)len, text);
+      /* prefer ending things as the text grows; whitespace and bytes >= 0x80 rarely */
+      uint8_t pick = options[rnd((uint32_t)n)];
+      for (int tries = 0; tries < 3 && (pick <= ' ' || pick >= 0x80); tries++)
+        pick = options[rnd((uint32_t)n)];
+      if (len > 200 || rnd(4) == 0)
+        for (int k = 0; k < n; k++)
+          if (strchr("}]\",", options[k]) && rnd(2)) pick = options[k];
+      ck_assert(pd_schema_step(&st, pick));
+      text[len++] = (char)pick;
+    }
+    text[len] = 0;
+    json_error_t err;
+    json_t *v = json_loadb(text, len, 0, &err);
+    if (!v && (strstr(err.text, "overflow") || strstr(err.text, "too big")))
+      continue; /* a random number beyond a double: jansson's limit, valid JSON */
+    ck_assert_msg(v, "%s: '%s'", err.text, text);
+    ck_assert_msg(person_ok(v), "not valid for the schema: '%s'", text);
+    with_home += json_object_get(v, "home") != NULL;
+    with_extra += json_object_get(v, "extra") != NULL;
+    json_decref(v);
+  }
+  ck_assert(with_home > 10 && with_extra > 10); /* the optional properties come too */
+  pd_json_schema_free(schema);
+}
+END_TEST
+
 /* ---- the trie and the constraint over a real vocabulary --------------------------------------- */
 
 static pd_gguf *g_tiny, *g_wide;
@@ -287,7 +500,7 @@ START_TEST(trie_walk_equals_trying_every_token) {
        * same bytes, so the same state); a cut inside a character is left out */
       size_t n_ids;
       pd_json_constraint *c;
-      ck_assert_int_eq(pd_json_constraint_create(trie, tok, 1, &c), 0);
+      ck_assert_int_eq(pd_json_constraint_create(trie, tok, NULL, &c), 0);
       pd_token_constraint rule = pd_json_constraint_rule(c);
       int whole = (cut == strlen(doc) || ((uint8_t)doc[cut] & 0xC0) != 0x80) &&
                   pd_tokenize(tok, doc, cut, 0, ids, 256, &n_ids) == 0;
@@ -319,6 +532,43 @@ START_TEST(trie_walk_equals_trying_every_token) {
 }
 END_TEST
 
+/* The same agreement under a schema: at every cut of a valid document, the mask (a trie walk of
+ * the schema's state) allows exactly the tokens allows() does (their bytes stepped one by one). */
+START_TEST(schema_constraint_mask_equals_allows) {
+  const char *doc = "{\"name\": \"Ada\", \"age\": 36, \"role\": 75, \"tags\": [\"x\", \"y\"], "
+                    "\"home\": {\"city\": \"Oslo\", \"near\": null}}";
+  pd_json_schema *schema = compile_ok(person_schema);
+  pd_token_trie *trie;
+  ck_assert_int_eq(pd_token_trie_build(wide, &trie), 0);
+  int32_t n_vocab = pd_tokenizer_n_vocab(wide), ids[256];
+  float *logits = malloc((size_t)n_vocab * sizeof *logits);
+  int checked = 0;
+  for (size_t cut = 0; cut < strlen(doc); cut++) {
+    size_t n_ids;
+    if (pd_tokenize(wide, doc, cut, 0, ids, 256, &n_ids)) continue;
+    pd_json_constraint *c;
+    ck_assert_int_eq(pd_json_constraint_create(trie, wide, schema, &c), 0);
+    for (size_t i = 0; i < n_ids; i++) ck_assert_int_eq(pd_json_constraint_accept(c, ids[i]), 0);
+    pd_token_constraint rule = pd_json_constraint_rule(c);
+    for (int32_t id = 0; id < n_vocab; id++) logits[id] = 1.0f;
+    int32_t allowed = rule.mask(rule.ctx, logits), counted = 0;
+    for (int32_t id = 0; id < n_vocab; id++) {
+      int a = rule.allows(rule.ctx, id);
+      ck_assert_msg((logits[id] == 1.0f) == a, "cut %zu, token %d", cut, id);
+      counted += a;
+    }
+    ck_assert_int_eq(allowed, counted);
+    ck_assert_int_gt(allowed, 0);
+    pd_json_constraint_free(c);
+    checked++;
+  }
+  ck_assert_int_gt(checked, 50);
+  free(logits);
+  pd_token_trie_free(trie);
+  pd_json_schema_free(schema);
+}
+END_TEST
+
 /* The sampler under the constraint: greedy picks the best allowed token (asking allows() first
  * is the same as masking), a temperature draws only allowed tokens, and a long constrained
  * generation over random logits is valid JSON all along and parses once done. */
@@ -334,7 +584,7 @@ START_TEST(sampler_under_the_constraint_makes_json) {
     pd_sampler *smp;
     ck_assert_int_eq(pd_sampler_create(&p, n_vocab, &smp), 0);
     pd_json_constraint *c;
-    ck_assert_int_eq(pd_json_constraint_create(trie, tiny, 1, &c), 0);
+    ck_assert_int_eq(pd_json_constraint_create(trie, tiny, NULL, &c), 0);
     pd_token_constraint rule = pd_json_constraint_rule(c);
     char text[8192];
     size_t len = 0;
@@ -383,18 +633,77 @@ START_TEST(sampler_under_the_constraint_makes_json) {
 }
 END_TEST
 
+/* At a temperature without filters the sampler draws first and masks only when the draw is
+ * refused; the picks must still follow softmax restricted to the allowed tokens. Checked after
+ * '{"k": ' (a value: many tokens refused) and inside a string (few refused), against the mask. */
+START_TEST(constrained_draws_follow_the_restricted_softmax) {
+  int32_t n_vocab = pd_tokenizer_n_vocab(tiny);
+  pd_token_trie *trie;
+  ck_assert_int_eq(pd_token_trie_build(tiny, &trie), 0);
+  float *logits = malloc((size_t)n_vocab * sizeof *logits), *masked = malloc((size_t)n_vocab * 4);
+  int *count = calloc((size_t)n_vocab, sizeof *count);
+  const char *prefixes[] = {"{\"k\": ", "{\"k\": \"ab"};
+  for (int p = 0; p < 2; p++) {
+    for (int32_t id = 0; id < n_vocab; id++) logits[id] = (float)rnd(3000) / 1000.0f;
+    int32_t ids[64];
+    size_t n_ids;
+    ck_assert_int_eq(pd_tokenize(tiny, prefixes[p], strlen(prefixes[p]), 0, ids, 64, &n_ids), 0);
+    pd_json_constraint *c;
+    ck_assert_int_eq(pd_json_constraint_create(trie, tiny, NULL, &c), 0);
+    for (size_t i = 0; i < n_ids; i++) ck_assert_int_eq(pd_json_constraint_accept(c, ids[i]), 0);
+    pd_token_constraint rule = pd_json_constraint_rule(c);
+    memcpy(masked, logits, (size_t)n_vocab * sizeof *masked);
+    rule.mask(rule.ctx, masked);
+    double z = 0;
+    for (int32_t id = 0; id < n_vocab; id++) z += isinf(masked[id]) ? 0 : exp(masked[id]);
+    pd_sampling_params sp = {.temperature = 1, .top_p = 1, .repeat_penalty = 1, .seed = 77};
+    pd_sampler *smp;
+    ck_assert_int_eq(pd_sampler_create(&sp, n_vocab, &smp), 0);
+    memset(count, 0, (size_t)n_vocab * sizeof *count);
+    const int N = 30000;
+    for (int j = 0; j < N; j++) {
+      int32_t tok = pd_sampler_sample_constrained(smp, logits, &rule);
+      ck_assert_msg(!isinf(masked[tok]), "token %d is not allowed", tok);
+      count[tok]++;
+    }
+    double chi = 0;
+    int cells = 0;
+    for (int32_t id = 0; id < n_vocab; id++) {
+      if (isinf(masked[id])) continue;
+      double want = N * exp(masked[id]) / z;
+      if (want < 20) continue;
+      chi += (count[id] - want) * (count[id] - want) / want;
+      cells++;
+    }
+    ck_assert_int_gt(cells, 2);
+    /* chi-square with cells-1 degrees of freedom: mean cells-1, sd sqrt(2(cells-1)) */
+    ck_assert_msg(chi < cells - 1 + 6 * sqrt(2.0 * (cells - 1)), "prefix %d: chi2 %.1f over %d", p,
+                  chi, cells);
+    pd_sampler_free(smp);
+    pd_json_constraint_free(c);
+  }
+  free(count), free(masked), free(logits);
+  pd_token_trie_free(trie);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("json");
   TCase *grammar = tcase_create("grammar");
   tcase_add_test(grammar, grammar_accepts_json);
   tcase_add_test(grammar, grammar_refuses_at_the_first_bad_byte);
   tcase_add_test(grammar, grammar_agrees_with_jansson);
+  tcase_add_test(grammar, schema_reads_what_it_describes);
+  tcase_add_test(grammar, schema_refusals_name_the_keyword);
+  tcase_add_test(grammar, schema_random_walks_give_valid_documents);
   suite_add_tcase(s, grammar);
   TCase *tokens = tcase_create("tokens");
   tcase_add_unchecked_fixture(tokens, setup, teardown);
   tcase_set_timeout(tokens, 120);
   tcase_add_test(tokens, trie_walk_equals_trying_every_token);
+  tcase_add_test(tokens, schema_constraint_mask_equals_allows);
   tcase_add_test(tokens, sampler_under_the_constraint_makes_json);
+  tcase_add_test(tokens, constrained_draws_follow_the_restricted_softmax);
   suite_add_tcase(s, tokens);
   return pd_check_run(s, 1);
 }

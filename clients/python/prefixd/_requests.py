@@ -5,6 +5,7 @@ token ids, OpenAI-style message dicts, a tier name) into the ``prefixd.v1`` prot
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -88,7 +89,7 @@ def generate_request(value: Optional[PromptLike], messages: Optional[Sequence[Me
                      repeat_last_n: int = 0, seed: int = 0, ignore_eos: bool = False,
                      presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
                      logit_bias: Optional[Mapping[int, float]] = None,
-                     response_format: str = "text",
+                     response_format: Union[str, Mapping[str, Any]] = "text",
                      stop: Union[str, Sequence[str], None] = None,
                      stop_tokens: Optional[Sequence[int]] = None, namespace: str = "",
                      no_cache: bool = False, pin_ttl: int = 0, logprobs: bool = False,
@@ -104,12 +105,17 @@ def generate_request(value: Optional[PromptLike], messages: Optional[Sequence[Me
                                              for t, b in (logit_bias or {}).items()])
     formats = {"text": pb.ResponseFormat.RESPONSE_FORMAT_TEXT,
                "json_object": pb.ResponseFormat.RESPONSE_FORMAT_JSON_OBJECT}
-    if response_format not in formats:
-        raise ValueError("response_format must be 'text' or 'json_object', "
-                         f"not {response_format!r}")
+    if isinstance(response_format, Mapping):  # a JSON schema
+        fmt = pb.ResponseFormat(type=pb.ResponseFormat.RESPONSE_FORMAT_JSON_SCHEMA,
+                                json_schema=json.dumps(response_format))
+    elif response_format in formats:
+        fmt = pb.ResponseFormat(type=formats[response_format])
+    else:
+        raise ValueError("response_format must be 'text', 'json_object' or a JSON schema (a "
+                         f"dict), not {response_format!r}")
     return pb.GenerateRequest(prompt=prompt(value, messages, add_generation_prompt=True),
                               sampling=sampling,
-                              response_format=pb.ResponseFormat(type=formats[response_format]),
+                              response_format=fmt,
                               max_tokens=max_tokens or 0,
                               stop=list(stop or ()), stop_tokens=list(stop_tokens or ()),
                               cache=cache_options(namespace, no_cache, pin_ttl),

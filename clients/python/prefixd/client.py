@@ -214,7 +214,7 @@ class Client:
                  min_p: float = 0.0, repeat_penalty: float = 0.0, repeat_last_n: int = 0,
                  seed: int = 0, ignore_eos: bool = False,
                  presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
-                 logit_bias: Optional[Mapping[int, float]] = None, response_format: str = "text",
+                 logit_bias: Optional[Mapping[int, float]] = None, response_format: Union[str, Mapping[str, Any]] = "text",
                  stop: Union[str, Sequence[str], None] = None,
                  stop_tokens: Optional[Sequence[int]] = None, namespace: str = "",
                  no_cache: bool = False, pin_ttl: int = 0, logprobs: bool = False,
@@ -228,7 +228,8 @@ class Client:
         ``repeat_penalty`` 0 = off; same ``seed``, same tokens. ``presence_penalty`` and
         ``frequency_penalty`` (-2 to 2) are OpenAI's, over the generated tokens; ``logit_bias``
         maps token ids to a bias (-100 to 100) added to their logits. ``response_format``
-        ``"json_object"`` keeps the output one JSON object, ending at its closing brace. ``stop``: strings that end the
+        ``"json_object"`` keeps the output one JSON object, ending at its closing brace; a dict
+        is a JSON schema the output follows (structured output). ``stop``: strings that end the
         generation (not included). ``namespace``: a shared namespace granted to this tenant
         (default: its private one); ``no_cache``: neither read nor write the cache;
         ``pin_ttl``: pin the prompt's blocks for that many seconds.
@@ -251,7 +252,7 @@ class Client:
              repeat_penalty: float = 0.0, repeat_last_n: int = 0, seed: int = 0,
              ignore_eos: bool = False, presence_penalty: float = 0.0,
              frequency_penalty: float = 0.0, logit_bias: Optional[Mapping[int, float]] = None,
-             response_format: str = "text",
+             response_format: Union[str, Mapping[str, Any]] = "text",
              stop: Union[str, Sequence[str], None] = None,
              stop_tokens: Optional[Sequence[int]] = None, namespace: str = "",
              no_cache: bool = False, pin_ttl: int = 0, logprobs: bool = False,

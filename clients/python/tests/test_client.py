@@ -3,6 +3,7 @@ cache reuse, tokens, the explicit-cache API (warm, lookup, prefixes, evict, pin)
 and the Unix-socket transport."""
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -137,6 +138,15 @@ def test_json_object_response_format(client: prefixd.Client):
     assert reply.finish_reason is FinishReason.STOP and reply.text.strip() == "{}"
     with pytest.raises(ValueError, match="json_object"):
         client.chat(chat_messages("x"), response_format="yaml")
+    # a schema: the key and the enum's letters are forced; a bias on "l" picks the value (200
+    # tokens leave room for the whitespace runs the grammar allows between them)
+    schema = {"type": "object", "properties": {"size": {"enum": ["small", "large"]}},
+              "required": ["size"]}
+    reply = client.chat(chat_messages("size?"), max_tokens=200, response_format=schema,
+                        logit_bias={client.tokenize("l")[0]: 100.0})
+    assert reply.finish_reason is FinishReason.STOP and json.loads(reply.text) == {"size": "large"}
+    with pytest.raises(prefixd.InvalidArgument, match="'minimum' is not supported"):
+        client.chat(chat_messages("x"), response_format={"type": "integer", "minimum": 1})
 
 
 def test_stop_string_ends_the_generation(client: prefixd.Client):

@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""bench/serving/json_mode.py -- JSON output, prefixd beside llama.cpp's llama-server: how often
+the answer is a JSON object, and what the constraint costs in decode speed, on the same model,
+threads and prompts, through the same client (OpenAI's Python SDK, streamed chat completions),
+in one run.
+
+Each server answers every prompt (requests asking for a JSON object of named keys) twice, greedy,
+one request at a time: once as plain text and once with response_format {"type": "json_object"}
+(prefixd: its byte-level grammar over the vocabulary trie; llama-server: its JSON grammar). An
+answer counts as JSON when json.loads takes the whole content and gives an object (as a program
+would use it); "extractable" also allows prose or code fences around the first '{' ... last '}'.
+Decode rate: the tokens after the first, over the time from the first content to the last.
+
+    .venv/bin/python bench/serving/json_mode.py --llama-server PATH [--prefixd PATH]
+        [--model GGUF] [--threads 2] [--max-tokens 200] [--out bench/results/json_mode.md]
+
+prefixd does not build or ship llama.cpp; see bench/serving/run.sh for how to build llama-server.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import httpx
+import openai
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from openai_side_by_side import ROOT, server_args, start_llama, start_prefixd  # noqa: E402
+
+PROMPTS = [
+    "Describe a fictional person as a JSON object with the keys name, age and city.",
+    "Give a JSON object for a book with the keys title, author, year and genres (a list).",
+    "Return the weather in Paris as a JSON object with the keys city, temperature_c and sky.",
+    "Write a JSON object for a product with the keys id, name, price and in_stock.",
+    "Describe a cat as a JSON object with the keys name, color and age.",
+    "Give a JSON object with the keys country and capital for France.",
+    "Make a JSON object for a meeting with the keys title, day, start and attendees (a list).",
+    "Describe a car as a JSON object with the keys make, model, year and electric (true or false).",
+    "Write a JSON object for an address with the keys street, city, zip and country.",
+    "Return a JSON object with the keys movie, director and rating for a famous film.",
+    "Create a JSON object describing a recipe with the keys name, servings and ingredients.",
+    "Give a JSON object for a song with the keys title, artist and duration_seconds.",
+]
+
+
+def parse(content):
+    """(whole, extractable): the content as a JSON object, strictly and loosely."""
+    def obj(text):
+        try:
+            return isinstance(json.loads(text), dict)
+        except ValueError:
+            return False
+    a, b = content.find("{"), content.rfind("}")
+    return obj(content), obj(content) or (a >= 0 and b > a and obj(content[a:b + 1]))
+
+
+def one(client, prompt, max_tokens, json_mode):
+    t0 = time.perf_counter()
+    times, text, finish, usage = [], "", None, None
+    extra = {"response_format": {"type": "json_object"}} if json_mode else {}
+    stream = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
+        temperature=0, stream=True, stream_options={"include_usage": True}, **extra)
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            times.append(time.perf_counter())
+            text += chunk.choices[0].delta.content
+        if chunk.choices and chunk.choices[0].finish_reason:
+            finish = chunk.choices[0].finish_reason
+        if chunk.usage:
+            usage = chunk.usage
+    tokens = usage.completion_tokens if usage else len(times)
+    whole, loose = parse(text)
+    return {"ttft": (times[0] - t0) if times else None, "tokens": tokens, "finish": finish,
+            "decode_s": (times[-1] - times[0]) if len(times) > 1 else 0.0, "whole": whole,
+            "loose": loose, "text": text}
+
+
+def wait_ready(client, deadline=120):
+    t0 = time.time()
+    while True:
+        try:
+            client.models.list()
+            return
+        except Exception:  # not up yet
+            if time.time() - t0 > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def run_server(port, max_tokens):
+    client = openai.OpenAI(
+        base_url=f"http://127.0.0.1:{port}/v1", api_key="bench", max_retries=0, timeout=600,
+        http_client=httpx.Client(limits=httpx.Limits(max_keepalive_connections=0), timeout=600))
+    wait_ready(client)
+    one(client, "Say hello.", 8, False)  # warm-up
+    out = {}
+    for json_mode in (False, True):
+        out[json_mode] = [one(client, p, max_tokens, json_mode) for p in PROMPTS]
+    client.close()
+    return out
+
+
+def row(server, mode, results):
+    n = len(results)
+    whole = sum(r["whole"] for r in results)
+    loose = sum(r["loose"] for r in results)
+    stopped = sum(r["finish"] == "stop" for r in results)
+    tokens = sum(r["tokens"] for r in results)
+    decode_tokens = sum(max(r["tokens"] - 1, 0) for r in results if r["decode_s"] > 0)
+    decode_s = sum(r["decode_s"] for r in results)
+    ttft = statistics.median(r["ttft"] * 1000 for r in results if r["ttft"] is not None)
+    return (f"| {server} | {mode} | {whole}/{n} | {loose}/{n} | {stopped}/{n} | {tokens / n:.1f} | "
+            f"{decode_tokens / decode_s:.1f} | {ttft:.0f} |")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    server_args(ap)
+    ap.add_argument("--max-tokens", type=int, default=200)
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench/results/json_mode.md"))
+    args = ap.parse_args()
+    for path in (args.llama_server, args.prefixd, args.model):
+        if not os.path.exists(path):
+            sys.exit(f"json_mode.py: {path} does not exist")
+    results = {}
+    for name in ("prefixd", "llama-server"):
+        with tempfile.TemporaryDirectory() as data_dir:
+            if name == "prefixd":
+                proc, port = start_prefixd(args.prefixd, args.model, args.threads, data_dir)
+            else:
+                proc, port = start_llama(args.llama_server, args.model, args.threads, 1, 4096,
+                                         data_dir)
+            try:
+                results[name] = run_server(port, args.max_tokens)
+            finally:
+                proc.terminate()
+                proc.wait(60)
+    lines = [
+        "# JSON output: prefixd beside llama-server",
+        "",
+        f"Command: `.venv/bin/python bench/serving/json_mode.py --llama-server PATH "
+        f"--threads {args.threads} --max-tokens {args.max_tokens}`, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, on {os.cpu_count()} cores.",
+        "",
+        f"Model `{os.path.basename(args.model)}`, {len(PROMPTS)} prompts asking for a JSON object "
+        f"with named keys, greedy, at most {args.max_tokens} tokens, one request at a time, "
+        f"streamed through OpenAI's Python SDK; each server started fresh with {args.threads} "
+        "threads (llama-server: one slot, `-c 4096`). `json_object` = `response_format: "
+        "{\"type\": \"json_object\"}`.",
+        "",
+        "| server | response_format | JSON object (whole answer) | JSON object (extractable) | "
+        "finish stop | tokens per answer | decode tok/s | TTFT p50 ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in results:
+        for json_mode in (False, True):
+            lines.append(row(name, "json_object" if json_mode else "text",
+                             results[name][json_mode]))
+    lines += ["", "Answers (first 160 characters):", ""]
+    for name in results:
+        for json_mode in (False, True):
+            for r in results[name][json_mode]:
+                mode = "json_object" if json_mode else "text"
+                lines.append(f"- {name}, {mode}, {r['finish']}, whole={int(r['whole'])}: "
+                             f"`{json.dumps(r['text'][:160])}`")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,773 @@
+/*
+ * pd_json_schema.c -- see pd_json_schema.h.
+ *
+ * Compiling: every schema becomes a node (allowed types as bits, an object's properties as a
+ * contiguous run of the property table, an array's item node, an enum's values as compact JSON
+ * texts in a byte pool). "$ref" returns the referenced definition's node, compiled once, so a
+ * recursive schema is a cycle in the table. Parsing the schema is jansson's job (it is JSON).
+ *
+ * Reading: a stack of frames, one per open object or array the schema describes; keys and enum
+ * values are matched byte by byte against the candidates still possible (a bit each); strings,
+ * numbers, literals and values the schema leaves free are read by an embedded pd_json_state. A
+ * number ends on the first byte that cannot continue it, which is then read again as what follows
+ * the value.
+ */
+#include "pd_json_schema.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pd_err.h"
+
+enum type_bits {
+  T_OBJECT = 1,
+  T_ARRAY = 2,
+  T_STRING = 4,
+  T_NUMBER = 8,
+  T_INTEGER = 16,
+  T_BOOLEAN = 32,
+  T_NULL = 64,
+  T_ALL = 127
+};
+
+typedef struct schema_node {
+  uint8_t types;     /* T_ bits */
+  uint8_t has_props; /* an object with "properties": only those, in order */
+  uint8_t has_items; /* an array with "items" */
+  uint8_t n_props;
+  uint8_t n_enum; /* > 0: one of the values enum[first_enum ..] */
+  uint8_t resolved;
+  uint16_t first_prop, first_enum, items;
+  uint32_t min_items, max_items;
+  uint64_t required; /* bit i: props[first_prop + i] is required */
+} schema_node;
+
+typedef struct prop {
+  uint32_t name; /* offset in pool */
+  uint16_t len, node;
+} prop;
+
+typedef struct enum_value {
+  uint32_t text, len; /* compact JSON, in pool */
+} enum_value;
+
+struct pd_json_schema {
+  schema_node *nodes;
+  prop *props;
+  enum_value *values;
+  char *pool;
+  uint32_t n_nodes, n_props, n_values, cap_nodes, cap_props, cap_values;
+  size_t n_pool, cap_pool;
+};
+
+void pd_json_schema_free(pd_json_schema *s) {
+  if (!s) return;
+  free(s->nodes);
+  free(s->props);
+  free(s->values);
+  free(s->pool);
+  free(s);
+}
+
+/* ---- compiling ------------------------------------------------------------------------------- */
+
+/* An anyOf, merged once the whole schema is compiled (its alternatives may be definitions still
+ * being compiled when it is met: a recursive Optional). */
+typedef struct pending_any_of {
+  int node;
+  int n_alts;
+  int alts[64];
+  char where[96];
+} pending_any_of;
+
+typedef struct compiler {
+  pd_json_schema *s;
+  json_t *root;
+  json_t *defs_names; /* object: definition path -> node index */
+  pending_any_of *pending;
+  int n_pending, cap_pending;
+  char *err;
+  size_t errlen;
+  int oom;
+} compiler;
+
+#define FAIL(...) return snprintf(c->err, c->errlen, __VA_ARGS__), -1
+
+static int grow(void **p, uint32_t *cap, uint32_t need, size_t size) {
+  if (need <= *cap) return 0;
+  uint32_t n = *cap ? *cap * 2 : 16;
+  while (n < need) n *= 2;
+  void *q = realloc(*p, (size_t)n * size);
+  if (!q) return -1;
+  *p = q;
+  *cap = n;
+  return 0;
+}
+
+static int new_node(compiler *c) {
+  pd_json_schema *s = c->s;
+  if (s->n_nodes == PD_SCHEMA_MAX_NODES)
+    FAIL("the schema has more than %d subschemas", PD_SCHEMA_MAX_NODES);
+  if (grow((void **)&s->nodes, &s->cap_nodes, s->n_nodes + 1, sizeof(schema_node))) {
+    c->oom = 1;
+    FAIL("out of memory");
+  }
+  memset(&s->nodes[s->n_nodes], 0, sizeof(schema_node));
+  return (int)s->n_nodes++;
+}
+
+/* Copies n bytes into the pool; their offset, or -1. */
+static int64_t pool_add(compiler *c, const char *bytes, size_t n) {
+  pd_json_schema *s = c->s;
+  if (s->n_pool + n > s->cap_pool) {
+    size_t cap = s->cap_pool ? s->cap_pool * 2 : 1024;
+    while (cap < s->n_pool + n) cap *= 2;
+    char *p = realloc(s->pool, cap);
+    if (!p) return c->oom = 1, -1;
+    s->pool = p;
+    s->cap_pool = cap;
+  }
+  memcpy(s->pool + s->n_pool, bytes, n);
+  s->n_pool += n;
+  return (int64_t)(s->n_pool - n);
+}
+
+static const char *const annotations[] = {"title",
+                                          "description",
+                                          "default",
+                                          "examples",
+                                          "$schema",
+                                          "$id",
+                                          "$comment",
+                                          "deprecated",
+                                          "readOnly",
+                                          "writeOnly",
+                                          "$defs",
+                                          "definitions",
+                                          "additionalProperties"};
+static const char *const supported[] = {"type",     "properties", "required", "items",
+                                        "minItems", "maxItems",   "enum",     "const",
+                                        "anyOf",    "nullable",   "$ref"};
+
+static int in_list(const char *key, const char *const *list, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (!strcmp(key, list[i])) return 1;
+  return 0;
+}
+
+static int compile(compiler *c, json_t *schema, const char *where);
+static int compile_into(compiler *c, json_t *schema, int idx, const char *where);
+
+/* The node "$ref" names: "#" (the root) or a definition, compiled on first use. */
+static int resolve_ref(compiler *c, json_t *ref, const char *where) {
+  const char *r = json_string_value(ref);
+  if (!r) FAIL("'$ref' must be a string (at %s)", where);
+  if (!strcmp(r, "#")) return 0;
+  json_t *known = json_object_get(c->defs_names, r);
+  if (known) return (int)json_integer_value(known);
+  const char *name = NULL;
+  json_t *defs = NULL;
+  if (!strncmp(r, "#/$defs/", 8))
+    name = r + 8, defs = json_object_get(c->root, "$defs");
+  else if (!strncmp(r, "#/definitions/", 14))
+    name = r + 14, defs = json_object_get(c->root, "definitions");
+  json_t *def = name && !strchr(name, '/') ? json_object_get(defs, name) : NULL;
+  if (!def) FAIL("'$ref' '%.80s' does not name a definition of this schema (at %s)", r, where);
+  int idx = new_node(c);
+  if (idx < 0) return -1;
+  json_t *i = json_integer(idx);
+  if (!i || json_object_set_new(c->defs_names, r, i)) {
+    c->oom = 1;
+    FAIL("out of memory");
+  }
+  /* compiled into the node the ref (and any recursion) points to */
+  return compile_into(c, def, idx, r) ? -1 : idx;
+}
+
+static int add_enum(compiler *c, schema_node *n, json_t *values, const char *where) {
+  size_t count = json_array_size(values);
+  if (!json_is_array(values) || !count) FAIL("'enum' must be a non-empty array (at %s)", where);
+  if (count > PD_SCHEMA_MAX_ENUM)
+    FAIL("'enum' has more than %d values (at %s)", PD_SCHEMA_MAX_ENUM, where);
+  pd_json_schema *s = c->s;
+  if (grow((void **)&s->values, &s->cap_values, s->n_values + (uint32_t)count,
+           sizeof(enum_value))) {
+    c->oom = 1;
+    FAIL("out of memory");
+  }
+  n->first_enum = (uint16_t)s->n_values;
+  for (size_t i = 0; i < count; i++) {
+    char *text = json_dumps(json_array_get(values, i), JSON_COMPACT | JSON_ENCODE_ANY);
+    if (!text) {
+      c->oom = 1;
+      FAIL("out of memory");
+    }
+    /* the value must be one the JSON grammar can produce, as it is written */
+    pd_json_state js;
+    pd_json_init(&js, 0);
+    size_t len = strlen(text);
+    int ok = len <= 1024 && pd_json_feed(&js, text, len) && pd_json_complete(&js);
+    int64_t off = ok ? pool_add(c, text, len) : -1;
+    free(text);
+    if (!ok) FAIL("enum value %zu is over 1 KiB or not writable as JSON (at %s)", i, where);
+    if (off < 0) FAIL("out of memory");
+    s->values[s->n_values++] = (enum_value){(uint32_t)off, (uint32_t)len};
+  }
+  n->n_enum = (uint8_t)count;
+  return 0;
+}
+
+static int type_bits(compiler *c, json_t *type, const char *where) {
+  static const char *const names[] = {"object",  "array",   "string", "number",
+                                      "integer", "boolean", "null"};
+  int bits = 0;
+  size_t n = json_is_array(type) ? json_array_size(type) : 1;
+  for (size_t i = 0; i < n; i++) {
+    json_t *t = json_is_array(type) ? json_array_get(type, i) : type;
+    const char *name = json_string_value(t);
+    int found = 0;
+    for (int k = 0; name && k < 7; k++)
+      if (!strcmp(name, names[k])) bits |= 1 << k, found = 1;
+    if (!found) FAIL("'type' must name JSON types (at %s)", where);
+  }
+  if (!bits) FAIL("'type' is an empty list (at %s)", where);
+  return bits;
+}
+
+static int add_properties(compiler *c, int idx, json_t *props, json_t *required,
+                          const char *where) {
+  if (!json_is_object(props)) FAIL("'properties' must be an object (at %s)", where);
+  size_t count = json_object_size(props);
+  if (count > PD_SCHEMA_MAX_PROPS)
+    FAIL("an object has more than %d properties (at %s)", PD_SCHEMA_MAX_PROPS, where);
+  prop local[PD_SCHEMA_MAX_PROPS];
+  const char *key;
+  json_t *sub;
+  size_t i = 0;
+  json_object_foreach(props, key, sub) {
+    size_t len = strlen(key);
+    for (size_t k = 0; k < len; k++)
+      if ((unsigned char)key[k] < 0x20 || key[k] == '"' || key[k] == '\\')
+        FAIL("property name '%.40s' needs escaping, which is not supported (at %s)", key, where);
+    if (len > 256) FAIL("property name '%.40s...' is over 256 bytes (at %s)", key, where);
+    int64_t off = pool_add(c, key, len);
+    if (off < 0) FAIL("out of memory");
+    char path[160];
+    snprintf(path, sizeof path, "%.100s/%.50s", where, key);
+    int child = compile(c, sub, path);
+    if (child < 0) return -1;
+    local[i++] = (prop){(uint32_t)off, (uint16_t)len, (uint16_t)child};
+  }
+  uint64_t req = 0;
+  if (required) {
+    if (!json_is_array(required)) FAIL("'required' must be an array (at %s)", where);
+    for (size_t r = 0; r < json_array_size(required); r++) {
+      const char *name = json_string_value(json_array_get(required, r));
+      if (!name) FAIL("'required' must list strings (at %s)", where);
+      size_t k = 0;
+      while (k < count && (local[k].len != strlen(name) ||
+                           memcmp(c->s->pool + local[k].name, name, local[k].len)))
+        k++;
+      if (k == count)
+        FAIL("'required' names '%.40s', which is not in 'properties' (at %s)", name, where);
+      req |= 1ull << k;
+    }
+  }
+  pd_json_schema *s = c->s;
+  if (grow((void **)&s->props, &s->cap_props, s->n_props + (uint32_t)count, sizeof(prop))) {
+    c->oom = 1;
+    FAIL("out of memory");
+  }
+  memcpy(s->props + s->n_props, local, count * sizeof *local);
+  schema_node *n = &s->nodes[idx];
+  n->first_prop = (uint16_t)s->n_props;
+  n->n_props = (uint8_t)count;
+  n->required = req;
+  n->has_props = 1;
+  s->n_props += (uint32_t)count;
+  return 0;
+}
+
+static int get_count(compiler *c, json_t *schema, const char *key, uint32_t dflt, uint32_t *out,
+                     const char *where) {
+  json_t *v = json_object_get(schema, key);
+  *out = dflt;
+  if (!v) return 0;
+  if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 65535)
+    FAIL("'%s' must be an integer from 0 to 65535 (at %s)", key, where);
+  *out = (uint32_t)json_integer_value(v);
+  return 0;
+}
+
+/* anyOf: its alternatives compiled now, merged later (merge_pending). */
+static int record_any_of(compiler *c, int idx, json_t *alts, const char *where) {
+  size_t count = json_array_size(alts);
+  if (!json_is_array(alts) || !count) FAIL("'anyOf' must be a non-empty array (at %s)", where);
+  if (count > 64) FAIL("'anyOf' has more than 64 alternatives (at %s)", where);
+  if (c->n_pending == c->cap_pending) {
+    int cap = c->cap_pending ? c->cap_pending * 2 : 8;
+    pending_any_of *p = realloc(c->pending, (size_t)cap * sizeof *p);
+    if (!p) {
+      c->oom = 1;
+      FAIL("out of memory");
+    }
+    c->pending = p, c->cap_pending = cap;
+  }
+  int slot = c->n_pending++;
+  c->pending[slot].node = idx;
+  c->pending[slot].n_alts = (int)count;
+  snprintf(c->pending[slot].where, sizeof c->pending[slot].where, "%s", where);
+  for (size_t i = 0; i < count; i++) {
+    char path[160];
+    snprintf(path, sizeof path, "%.100s/anyOf/%zu", where, i);
+    int alt = compile(c, json_array_get(alts, i), path);
+    if (alt < 0) return -1;
+    c->pending[slot].alts[i] = alt; /* c->pending may have moved */
+  }
+  return 0;
+}
+
+/* The alternatives' types together; at most one object with properties and one array with items
+ * among them; enums only with other enums and null. */
+static int merge_any_of(compiler *c, const pending_any_of *p) {
+  const char *where = p->where;
+  int enums = 0, nulls = 0;
+  for (int i = 0; i < p->n_alts; i++) {
+    const schema_node *a = &c->s->nodes[p->alts[i]];
+    enums += a->n_enum > 0;
+    nulls += !a->n_enum && a->types == T_NULL;
+  }
+  schema_node merged = {0};
+  if (enums) {
+    if (enums + nulls != p->n_alts)
+      FAIL("'anyOf' mixes 'enum' with other schemas (only null may join an enum) (at %s)", where);
+    json_t *values = json_array();
+    for (int i = 0; values && i < p->n_alts; i++) {
+      const schema_node *a = &c->s->nodes[p->alts[i]];
+      for (int k = 0; k < a->n_enum; k++) {
+        const enum_value *v = &c->s->values[a->first_enum + k];
+        json_array_append_new(values,
+                              json_loadb(c->s->pool + v->text, v->len, JSON_DECODE_ANY, NULL));
+      }
+      if (!a->n_enum) json_array_append_new(values, json_null());
+    }
+    if (!values) {
+      c->oom = 1;
+      FAIL("out of memory");
+    }
+    int rc = add_enum(c, &merged, values, where);
+    json_decref(values);
+    if (rc) return -1;
+  } else {
+    for (int i = 0; i < p->n_alts; i++) {
+      const schema_node *a = &c->s->nodes[p->alts[i]];
+      if ((merged.types & a->types & T_OBJECT) && (merged.has_props || a->has_props))
+        FAIL("'anyOf' has two object schemas; one at most (at %s)", where);
+      if ((merged.types & a->types & T_ARRAY) && (merged.has_items || a->has_items))
+        FAIL("'anyOf' has two array schemas; one at most (at %s)", where);
+      merged.types |= a->types;
+      if (a->has_props)
+        merged.has_props = 1, merged.first_prop = a->first_prop, merged.n_props = a->n_props,
+        merged.required = a->required;
+      if (a->has_items)
+        merged.has_items = 1, merged.items = a->items, merged.min_items = a->min_items,
+        merged.max_items = a->max_items;
+    }
+  }
+  merged.resolved = 1;
+  merged.types |= c->s->nodes[p->node].types & T_NULL; /* nullable */
+  c->s->nodes[p->node] = merged;
+  return 0;
+}
+
+/* Merges every anyOf whose alternatives are all resolved, until none is left. */
+static int merge_pending(compiler *c) {
+  int left = c->n_pending;
+  while (left) {
+    int progress = 0;
+    for (int i = 0; i < c->n_pending; i++) {
+      pending_any_of *p = &c->pending[i];
+      if (p->node < 0) continue;
+      int ready = 1;
+      for (int k = 0; k < p->n_alts && ready; k++) ready = c->s->nodes[p->alts[k]].resolved;
+      if (!ready) continue;
+      if (merge_any_of(c, p)) return -1;
+      p->node = -1;
+      left--, progress = 1;
+    }
+    if (!progress)
+      FAIL("'anyOf' whose alternative is the anyOf itself (at %s)", c->pending[0].where);
+  }
+  return 0;
+}
+
+/* A schema's node: a new one, or the one "$ref" names. */
+static int compile(compiler *c, json_t *schema, const char *where) {
+  if (json_is_object(schema) && json_object_get(schema, "$ref"))
+    return resolve_ref(c, json_object_get(schema, "$ref"), where);
+  int idx = new_node(c);
+  if (idx < 0) return -1;
+  return compile_into(c, schema, idx, where) ? -1 : idx;
+}
+
+/* Compiles schema into node idx (an anyOf is left unresolved until merge_pending). */
+static int compile_into(compiler *c, json_t *schema, int idx, const char *where) {
+  if (json_is_true(schema)) {
+    c->s->nodes[idx].types = T_ALL, c->s->nodes[idx].resolved = 1;
+    return 0;
+  }
+  if (!json_is_object(schema)) FAIL("a schema must be an object or true (at %s)", where);
+  if (json_object_get(schema, "$ref"))
+    FAIL("'$ref' is supported below the root of the schema, not at it (at %s)", where);
+  const char *key;
+  json_t *v;
+  json_object_foreach(schema, key, v) {
+    if (!in_list(key, supported, sizeof supported / sizeof *supported) &&
+        !in_list(key, annotations, sizeof annotations / sizeof *annotations))
+      FAIL("'%.40s' is not supported in a schema (at %s)", key, where);
+  }
+  json_t *any_of = json_object_get(schema, "anyOf");
+  if (any_of) {
+    const char *alone[] = {"type", "properties", "items", "enum", "const", "required"};
+    for (int k = 0; k < 6; k++)
+      if (json_object_get(schema, alone[k]))
+        FAIL("'anyOf' beside '%s' is not supported: put it in the alternatives (at %s)", alone[k],
+             where);
+    if (record_any_of(c, idx, any_of, where)) return -1;
+    if (json_is_true(json_object_get(schema, "nullable"))) c->s->nodes[idx].types |= T_NULL;
+    return 0; /* resolved when merged */
+  } else if (json_object_get(schema, "enum") || json_object_get(schema, "const")) {
+    json_t *values = json_object_get(schema, "enum");
+    json_t *one = NULL;
+    if (!values) values = one = json_pack("[O]", json_object_get(schema, "const"));
+    schema_node n = {0};
+    int rc = values ? add_enum(c, &n, values, where) : (c->oom = 1, -1);
+    json_decref(one);
+    if (rc) return -1;
+    c->s->nodes[idx] = n;
+  } else {
+    json_t *type = json_object_get(schema, "type"), *props = json_object_get(schema, "properties"),
+           *items = json_object_get(schema, "items");
+    int types = type ? type_bits(c, type, where) : props ? T_OBJECT : items ? T_ARRAY : T_ALL;
+    if (types < 0) return -1;
+    if (json_object_get(schema, "required") && !props)
+      FAIL("'required' without 'properties' is not supported (at %s)", where);
+    if (props && add_properties(c, idx, props, json_object_get(schema, "required"), where))
+      return -1;
+    uint32_t min_items, max_items;
+    if (get_count(c, schema, "minItems", 0, &min_items, where) ||
+        get_count(c, schema, "maxItems", 65535, &max_items, where))
+      return -1;
+    if ((json_object_get(schema, "minItems") || json_object_get(schema, "maxItems")) && !items)
+      FAIL("'minItems'/'maxItems' without 'items' are not supported (at %s)", where);
+    if (min_items > max_items) FAIL("'minItems' is over 'maxItems' (at %s)", where);
+    int item_node = -1;
+    if (items) {
+      char path[160];
+      snprintf(path, sizeof path, "%.100s/items", where);
+      if (!json_is_object(items) && !json_is_true(items))
+        FAIL("'items' must be one schema (tuples are not supported) (at %s)", where);
+      if ((item_node = compile(c, items, path)) < 0) return -1;
+    }
+    schema_node *n = &c->s->nodes[idx];
+    n->types = (uint8_t)types;
+    if (item_node >= 0)
+      n->has_items = 1, n->items = (uint16_t)item_node, n->min_items = min_items,
+      n->max_items = max_items;
+  }
+  schema_node *n = &c->s->nodes[idx];
+  if (json_is_true(json_object_get(schema, "nullable"))) {
+    if (n->n_enum) FAIL("'nullable' beside 'enum' is not supported: add null to it (at %s)", where);
+    n->types |= T_NULL;
+  }
+  if (n->has_props) n->types |= T_OBJECT;
+  n->resolved = 1;
+  return 0;
+}
+
+int pd_json_schema_compile(const char *text, size_t len, pd_json_schema **out, char *err,
+                           size_t errlen) {
+  *out = NULL;
+  json_error_t jerr;
+  json_t *root = json_loadb(text, len, 0, &jerr);
+  if (!root) {
+    snprintf(err, errlen, "the schema is not valid JSON (line %d, column %d): %s", jerr.line,
+             jerr.column, jerr.text);
+    return PD_EINVAL;
+  }
+  compiler c = {.root = root, .err = err, .errlen = errlen};
+  c.s = calloc(1, sizeof *c.s);
+  c.defs_names = json_object();
+  int rc = PD_ENOMEM;
+  if (c.s && c.defs_names) {
+    int idx = new_node(&c); /* the root is node 0, so that "#" can name it */
+    int failed = idx != 0 || compile_into(&c, root, 0, "#") || merge_pending(&c);
+    rc = failed ? (c.oom ? PD_ENOMEM : PD_EINVAL) : PD_OK;
+  }
+  json_decref(c.defs_names);
+  json_decref(root);
+  free(c.pending);
+  if (rc) {
+    if (rc == PD_ENOMEM) snprintf(err, errlen, "out of memory");
+    pd_json_schema_free(c.s);
+    return rc;
+  }
+  *out = c.s;
+  return PD_OK;
+}
+
+#undef FAIL
+
+/* ---- reading --------------------------------------------------------------------------------- */
+
+enum mode {
+  S_VALUE,     /* a value: st->node's */
+  S_LEAF,      /* inside a string, number, literal or free value (st->leaf) */
+  S_ENUM,      /* inside an enum value */
+  S_OBJ_OPEN,  /* after '{': a key or '}' */
+  S_OBJ_NEXT,  /* after ',' in an object: a key */
+  S_KEY,       /* inside a key */
+  S_COLON,     /* after a key */
+  S_OBJ_AFTER, /* after a property's value: ',' or '}' */
+  S_ARR_OPEN,  /* after '[': an item or ']' */
+  S_ARR_AFTER, /* after an item: ',' or ']' */
+  S_DONE
+};
+
+void pd_schema_init(pd_schema_state *st, const pd_json_schema *schema) {
+  memset(st, 0, sizeof *st);
+  st->schema = schema;
+  st->mode = S_VALUE;
+}
+
+static const schema_node *node_at(const pd_schema_state *st, uint16_t i) {
+  return &st->schema->nodes[i];
+}
+
+static pd_schema_frame *top(pd_schema_state *st) {
+  return &st->frames[st->depth - 1];
+}
+
+/* The node of the value that comes next. */
+static uint16_t value_node(pd_schema_state *st) {
+  if (!st->depth) return 0;
+  const pd_schema_frame *f = top(st);
+  const schema_node *n = node_at(st, f->node);
+  return f->object ? st->schema->props[n->first_prop + f->prop].node : n->items;
+}
+
+static void value_end(pd_schema_state *st) {
+  if (!st->depth) {
+    st->mode = S_DONE;
+    return;
+  }
+  pd_schema_frame *f = top(st);
+  if (f->object)
+    f->prop++, st->mode = S_OBJ_AFTER;
+  else
+    f->items++, st->mode = S_ARR_AFTER;
+}
+
+static int push(pd_schema_state *st, uint16_t node, int object) {
+  if (st->depth == PD_SCHEMA_MAX_DEPTH) return 0;
+  st->frames[st->depth++] = (pd_schema_frame){node, 0, 0, (uint8_t)object};
+  st->mode = object ? S_OBJ_OPEN : S_ARR_OPEN;
+  return 1;
+}
+
+static void pop(pd_schema_state *st) {
+  st->depth--;
+  value_end(st);
+}
+
+/* Required properties at or after index i. */
+static uint64_t required_from(const schema_node *n, unsigned i) {
+  return i >= 64 ? 0 : n->required >> i;
+}
+
+/* A byte of a leaf: 1 taken, 0 refused, -1 the leaf (a number) ended before it. */
+static int leaf_byte(pd_schema_state *st, uint8_t b) {
+  if (st->integer && (b == '.' || b == 'e' || b == 'E')) return 0;
+  pd_json_state next = st->leaf;
+  if (pd_json_step(&next, b)) {
+    st->leaf = next;
+    if (pd_json_done(&st->leaf)) value_end(st);
+    return 1;
+  }
+  if (!pd_json_complete(&st->leaf)) return 0;
+  value_end(st);
+  return -1;
+}
+
+/* A byte of an enum value: 1 taken, 0 refused, -1 the value (a number) ended before it. */
+static int enum_byte(pd_schema_state *st, uint8_t b) {
+  const schema_node *n = node_at(st, st->node);
+  const enum_value *values = st->schema->values + n->first_enum;
+  const char *pool = st->schema->pool;
+  uint64_t next = 0, complete = 0;
+  for (int j = 0; j < n->n_enum; j++)
+    if ((st->cand >> j) & 1) {
+      if (st->pos < values[j].len && (uint8_t)pool[values[j].text + st->pos] == b)
+        next |= 1ull << j;
+      if (st->pos == values[j].len) complete = 1;
+    }
+  if (!next) {
+    if (!complete) return 0;
+    value_end(st);
+    return -1;
+  }
+  st->cand = next;
+  st->pos++;
+  int longer = 0;
+  complete = 0;
+  for (int j = 0; j < n->n_enum; j++)
+    if ((next >> j) & 1) {
+      if (values[j].len == st->pos)
+        complete = 1;
+      else
+        longer = 1;
+    }
+  if (complete && !longer) value_end(st);
+  return 1;
+}
+
+static int key_byte(pd_schema_state *st, uint8_t b) {
+  pd_schema_frame *f = top(st);
+  const schema_node *n = node_at(st, f->node);
+  const prop *props = st->schema->props + n->first_prop;
+  const char *pool = st->schema->pool;
+  if (b == '"') {
+    for (int j = 0; j < n->n_props; j++)
+      if (((st->cand >> j) & 1) && props[j].len == st->pos) {
+        f->prop = (uint8_t)j;
+        st->mode = S_COLON;
+        return 1;
+      }
+    return 0;
+  }
+  uint64_t next = 0;
+  for (int j = 0; j < n->n_props; j++)
+    if (((st->cand >> j) & 1) && st->pos < props[j].len &&
+        (uint8_t)pool[props[j].name + st->pos] == b)
+      next |= 1ull << j;
+  if (!next) return 0;
+  st->cand = next;
+  st->pos++;
+  return 1;
+}
+
+/* The first byte of a value of st->node (not whitespace). */
+static int value_start(pd_schema_state *st, uint8_t b) {
+  const schema_node *n = node_at(st, st->node);
+  if (n->n_enum) {
+    st->mode = S_ENUM;
+    st->cand = n->n_enum == 64 ? ~0ull : (1ull << n->n_enum) - 1;
+    st->pos = 0;
+    return enum_byte(st, b) == 1;
+  }
+  int need;
+  switch (b) {
+  case '{':
+    if (!(n->types & T_OBJECT)) return 0;
+    if (n->has_props) return push(st, st->node, 1);
+    need = T_OBJECT;
+    break;
+  case '[':
+    if (!(n->types & T_ARRAY)) return 0;
+    if (n->has_items) return push(st, st->node, 0);
+    need = T_ARRAY;
+    break;
+  case '"': need = T_STRING; break;
+  case 't':
+  case 'f': need = T_BOOLEAN; break;
+  case 'n': need = T_NULL; break;
+  default:
+    if (b != '-' && (b < '0' || b > '9')) return 0;
+    need = T_NUMBER | T_INTEGER;
+    break;
+  }
+  if (!(n->types & need)) return 0;
+  st->integer = need == (T_NUMBER | T_INTEGER) && !(n->types & T_NUMBER);
+  st->mode = S_LEAF;
+  pd_json_init(&st->leaf, 0);
+  return leaf_byte(st, b) == 1;
+}
+
+/* A byte where whitespace may come: after it, what the mode allows. */
+static int structural(pd_schema_state *st, uint8_t b) {
+  if (b == ' ' || b == '\t' || b == '\n' || b == '\r') {
+    if (st->ws_run == PD_JSON_MAX_WS) return 0;
+    st->ws_run++;
+    return 1;
+  }
+  st->ws_run = 0;
+  pd_schema_frame *f = st->depth ? top(st) : NULL;
+  const schema_node *n = f ? node_at(st, f->node) : NULL;
+  switch (st->mode) {
+  case S_VALUE: st->node = value_node(st); return value_start(st, b);
+  case S_OBJ_OPEN:
+  case S_OBJ_NEXT:
+    if (b == '}' && st->mode == S_OBJ_OPEN && !n->required) return pop(st), 1;
+    if (b != '"') return 0;
+    st->cand = 0;
+    for (unsigned j = f->prop; j < n->n_props; j++) { /* up to the next required one */
+      st->cand |= 1ull << j;
+      if ((n->required >> j) & 1) break;
+    }
+    if (!st->cand) return 0;
+    st->pos = 0;
+    st->mode = S_KEY;
+    return 1;
+  case S_COLON:
+    if (b != ':') return 0;
+    st->mode = S_VALUE;
+    return 1;
+  case S_OBJ_AFTER:
+    if (b == ',' && f->prop < n->n_props) return st->mode = S_OBJ_NEXT, 1;
+    if (b == '}' && !required_from(n, f->prop)) return pop(st), 1;
+    return 0;
+  case S_ARR_OPEN:
+    if (b == ']' && n->min_items == 0) return pop(st), 1;
+    if (n->max_items == 0) return 0;
+    st->node = n->items;
+    return value_start(st, b);
+  case S_ARR_AFTER:
+    if (b == ',' && f->items < n->max_items) return st->mode = S_VALUE, 1;
+    if (b == ']' && f->items >= n->min_items) return pop(st), 1;
+    return 0;
+  default: return 0;
+  }
+}
+
+int pd_schema_step(void *state, uint8_t b) {
+  pd_schema_state *st = state;
+  for (;;) {
+    int r;
+    switch (st->mode) {
+    case S_LEAF: r = leaf_byte(st, b); break;
+    case S_ENUM: r = enum_byte(st, b); break;
+    case S_KEY: return key_byte(st, b);
+    case S_DONE: return 0;
+    default: return structural(st, b);
+    }
+    if (r >= 0) return r;
+    /* the number ended: b is what follows it */
+  }
+}
+
+int pd_schema_done(const pd_schema_state *st) {
+  return st->mode == S_DONE;
+}
+
+int pd_schema_complete(const pd_schema_state *st) {
+  if (st->mode == S_DONE) return 1;
+  if (st->depth) return 0;
+  if (st->mode == S_LEAF) return pd_json_complete(&st->leaf);
+  if (st->mode != S_ENUM) return 0;
+  const schema_node *n = node_at(st, st->node);
+  for (int j = 0; j < n->n_enum; j++)
+    if (((st->cand >> j) & 1) && st->schema->values[n->first_enum + j].len == st->pos) return 1;
+  return 0;
+}
