@@ -33,6 +33,18 @@ enum number_part {
 
 static const char *const literals[3] = {"true", "false", "null"};
 
+/* \u escapes and UTF-16 surrogates: a high surrogate (D800-DBFF) must be followed at once by an
+ * escaped low one (DC00-DFFF), and a low one may not come alone (strict parsers refuse both). */
+enum surrogate {
+  U_NONE,       /* not in an escape that matters */
+  U_ANY,        /* \u: any code unit but a lone low surrogate */
+  U_ANY_D,      /* \uD: the next digit decides */
+  U_HIGH,       /* \uD8-\uDB: a high surrogate */
+  U_LOW,        /* the low surrogate after a high one: DC00-DFFF */
+  U_NEED_SLASH, /* after a high surrogate: '\' must come */
+  U_NEED_U      /* after a high surrogate and '\': 'u' must come */
+};
+
 void pd_json_init(pd_json_state *s, int object_only) {
   memset(s, 0, sizeof *s);
   s->mode = M_START;
@@ -91,8 +103,32 @@ static int value_start(pd_json_state *s, uint8_t b) {
   }
 }
 
+/* One hex digit of a \u escape (i: its place, 0 to 3). */
+static int hex_digit(pd_json_state *s, uint8_t b, int i) {
+  if (!is_hex(b)) return 0;
+  int d = b == 'd' || b == 'D';
+  if (i == 0) {
+    if (s->surrogate == U_LOW) return d;
+    if (d) s->surrogate = U_ANY_D;
+  } else if (i == 1) {
+    int v = is_digit(b) ? b - '0' : (b | 0x20) - 'a' + 10;
+    if (s->surrogate == U_LOW) return v >= 0xC;
+    if (s->surrogate == U_ANY_D) {
+      if (v >= 0xC) return 0; /* a low surrogate alone */
+      s->surrogate = v >= 8 ? U_HIGH : U_ANY;
+    }
+  }
+  return 1;
+}
+
 /* A byte inside a string (not after a backslash). */
 static int string_byte(pd_json_state *s, uint8_t b) {
+  if (s->surrogate == U_NEED_SLASH) { /* a high surrogate's low half must follow */
+    if (b != '\\') return 0;
+    s->surrogate = U_NEED_U;
+    s->mode = M_ESCAPE;
+    return 1;
+  }
   if (s->utf8_need) {
     if (b < s->utf8_lo || b > s->utf8_hi) return 0;
     s->utf8_need--, s->utf8_lo = 0x80, s->utf8_hi = 0xBF;
@@ -168,13 +204,19 @@ int pd_json_step(void *state, uint8_t b) {
   switch (s->mode) {
   case M_STRING: return string_byte(s, b);
   case M_ESCAPE:
-    if (b == 'u') return s->mode = M_HEX, s->sub = 4, 1;
-    if (!strchr("\"\\/bfnrt", b) || !b) return 0;
+    if (b == 'u') {
+      s->surrogate = s->surrogate == U_NEED_U ? U_LOW : U_ANY;
+      return s->mode = M_HEX, s->sub = 4, 1;
+    }
+    if (s->surrogate == U_NEED_U || !strchr("\"\\/bfnrt", b) || !b) return 0;
     s->mode = M_STRING;
     return 1;
   case M_HEX:
-    if (!is_hex(b)) return 0;
-    if (!--s->sub) s->mode = M_STRING;
+    if (!hex_digit(s, b, 4 - s->sub)) return 0;
+    if (!--s->sub) {
+      s->mode = M_STRING;
+      s->surrogate = s->surrogate == U_HIGH ? U_NEED_SLASH : U_NONE;
+    }
     return 1;
   case M_LITERAL: {
     const char *lit = literals[s->sub];

@@ -13,7 +13,8 @@
  *   newlines (pretty-printing to a depth of 7 still fits);
  * - at most PD_JSON_MAX_DEPTH nested containers;
  * - strings are valid UTF-8 (no overlong forms, no surrogates, nothing above U+10FFFF), with no
- *   raw control characters; escapes are checked, \u with four hex digits;
+ *   raw control characters; escapes are checked, \u with four hex digits, a high surrogate
+ *   only with the low one right after it and no low one alone (strict parsers refuse both);
  * - nothing after the top-level value, not even whitespace: the value's last byte ends it
  *   (pd_json_done), which is where a generation stops.
  */
@@ -38,6 +39,7 @@ typedef struct pd_json_state {
   uint8_t utf8_hi;
   uint8_t ws_run;      /* whitespace bytes in a row */
   uint8_t object_only; /* the top-level value must be an object */
+  uint8_t surrogate;   /* where a \u escape is in UTF-16's surrogate rules */
 } pd_json_state;
 
 /* A fresh state: nothing read yet. */

@@ -121,6 +121,7 @@ static int new_node(compiler *c) {
 /* Copies n bytes into the pool; their offset, or -1. */
 static int64_t pool_add(compiler *c, const char *bytes, size_t n) {
   pd_json_schema *s = c->s;
+  if (!n) return (int64_t)s->n_pool; /* an empty name */
   if (s->n_pool + n > s->cap_pool) {
     size_t cap = s->cap_pool ? s->cap_pool * 2 : 1024;
     while (cap < s->n_pool + n) cap *= 2;
@@ -280,7 +281,7 @@ static int add_properties(compiler *c, int idx, json_t *props, json_t *required,
     c->oom = 1;
     FAIL("out of memory");
   }
-  memcpy(s->props + s->n_props, local, count * sizeof *local);
+  if (count) memcpy(s->props + s->n_props, local, count * sizeof *local);
   schema_node *n = &s->nodes[idx];
   n->first_prop = (uint16_t)s->n_props;
   n->n_props = (uint8_t)count;

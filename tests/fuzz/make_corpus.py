@@ -552,6 +552,30 @@ def openai_corpus():
     write("openai", "deep", b"\x01" + b"[" * 3000 + b"]" * 3000)
 
 
+def json_schema_corpus():
+    # the schema, a NUL byte, the document (fuzz_json_schema.c)
+    place = {"type": "object", "properties": {"city": {"type": "string"}, "near": {
+        "anyOf": [{"$ref": "#/$defs/Place"}, {"type": "null"}]}}, "required": ["city"]}
+    person = {"type": "object", "properties": {
+        "name": {"type": "string", "title": "Name"}, "age": {"type": "integer"},
+        "role": {"enum": ["admin", "user", 7, None]}, "tags": {"type": "array", "items": {
+            "type": "string"}, "minItems": 1, "maxItems": 3}, "home": {"$ref": "#/$defs/Place"},
+        "extra": {}}, "required": ["name", "age"], "$defs": {"Place": place}}
+    docs = {
+        "person": (person, {"name": "A\u00e9", "age": -3, "role": 7, "tags": ["x"],
+                            "home": {"city": "Oslo", "near": None}, "extra": [1.5e3, True]}),
+        "enum-numbers": ({"enum": [1, 12, 123]}, 12),
+        "integer": ({"type": "integer"}, 42),
+        "nullable-array": ({"type": "array", "items": {"type": ["number", "null"]},
+                            "nullable": True}, [1, None, -0.5]),
+        "free-object": ({"type": "object"}, {"a": {"b": [1, "\n"]}}),
+        "refused": ({"type": "string", "pattern": "^a"}, "a"),
+    }
+    for name, (schema, doc) in docs.items():
+        write("json_schema", name, json.dumps(schema).encode() + b"\x00" + json.dumps(doc).encode())
+    write("json_schema", "plain-only", b'{"k": [true, false, null, "\\u00e9"]}')
+
+
 def main():
     proto_corpus()
     grpc_corpus()
@@ -560,6 +584,7 @@ def main():
     kvstore_corpus()
     radix_corpus()
     openai_corpus()
+    json_schema_corpus()
 
 
 if __name__ == "__main__":

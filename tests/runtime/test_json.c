@@ -87,6 +87,11 @@ START_TEST(grammar_refuses_at_the_first_bad_byte) {
       {"{\"a\":[1 2]}", 8},
       {"{\"a\":.5}", 5},
       {"{\"a\":+1}", 5},
+      {"{\"a\":\"\\uDC00\"}", 9},         /* a low surrogate alone */
+      {"{\"a\":\"\\uD800x\"}", 12},       /* a high one without its low half */
+      {"{\"a\":\"\\uD800\\u0041\"}", 14}, /* ... or with a non-surrogate after it */
+      {"{\"a\":\"\\uD83D\\uDE00\\udbff\\udfff\\ud7ff\\uE000\"",
+       43}, /* pairs, and code units outside the surrogates: accepted */
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     int complete;
@@ -188,7 +193,7 @@ static int jansson_valid(const char *text, size_t len) {
  * by design. (The mutation alphabet has no 'u', so no \u escape is made that jansson and
  * RFC 8259 judge differently: lone surrogates.) */
 START_TEST(grammar_agrees_with_jansson) {
-  static const char alphabet[] = "{}[]\",:0123456789.eE+- tfnrl\\a\n\xc3\xa9\x80";
+  static const char alphabet[] = "{}[]\",:0123456789.eE+- tfnrl\\a\n\xc3\xa9\x80uDdC";
   char doc[8192], mutated[8192];
   int valid_mutants = 0;
   for (int round = 0; round < 3000; round++) {
