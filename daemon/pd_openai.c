@@ -32,14 +32,40 @@
 #define SEND_MS      30000
 #define MAX_STOP     16
 #define MAX_MESSAGES 4096
+#define MAX_CHOICES  16 /* OpenAI's n */
 
-typedef struct oreq {
-  pd_job job;       /* first: pd_job_free frees the whole struct */
+typedef struct oreq oreq;
+
+/* One choice of a request: an engine job of its own (n choices are n jobs over the same prompt,
+ * which the prefix cache computes once: the others wait for its blocks) and its answer as it
+ * accumulates. */
+typedef struct ochoice {
+  pd_job job; /* first: pd_job_free frees the whole struct */
+  oreq *r;
+  int index;
+  Prefixd__V1__GenerateRequest gen;     /* the request's, with its own sampling */
+  Prefixd__V1__SamplingParams sampling; /* the request's, with seed + index */
+  /* a whole (non-streamed) answer as it accumulates */
+  char *text;
+  size_t n_text, cap_text;
+  json_t *lp_list;  /* chat: logprobs.content items; completions: the legacy object */
+  size_t lp_offset; /* completions: bytes of the token pieces so far (text_offset) */
+  int started;      /* streaming: this choice's first event is sent */
+  int lost;         /* its answer could not be kept (out of memory): the request ends in a 500 */
+  int done;
+} ochoice;
+
+struct oreq {
   pd_http1_conn *c; /* NULL once the connection is gone (loop thread only) */
   pd_openai *o;
   json_t *root; /* the request body: the strings below point into it */
   int chat, stream, include_usage;
   int logprobs, top_logprobs; /* as asked (completions: top_logprobs = the legacy integer) */
+  int n_choices;              /* OpenAI's n */
+  int pending;                /* choices whose jobs are in the engine */
+  ochoice *choices[MAX_CHOICES];
+  ochoice *failed; /* the first choice that ended in an error (the others are cancelled) */
+  int head_sent;   /* streaming: the HTTP head is out */
   char id[48];
   int64_t created;
   /* what the GenerateRequest points at */
@@ -59,14 +85,7 @@ typedef struct oreq {
   Prefixd__V1__LogitBias *bias; /* (sampling.n_logit_bias) */
   Prefixd__V1__LogitBias **bias_ptrs;
   char *stop[MAX_STOP];
-  /* a whole (non-streamed) answer as it accumulates */
-  char *text;
-  size_t n_text, cap_text;
-  json_t *lp_list;  /* chat: logprobs.content items; completions: the legacy object */
-  size_t lp_offset; /* completions: bytes of the token pieces so far (text_offset) */
-  int started;      /* streaming: the head and the first event are sent */
-  int lost;         /* a whole answer could not be kept (out of memory): it ends in a 500 */
-} oreq;
+};
 
 struct pd_openai {
   pd_http1 *http; /* the connections; NULL once closed */
@@ -74,7 +93,7 @@ struct pd_openai {
   char model_id[256];
   int64_t started;
   int closing, draining;
-  size_t in_flight; /* requests whose jobs are in the engine */
+  size_t in_flight; /* jobs (choices) in the engine */
   uint64_t next_id;
 };
 
@@ -302,10 +321,6 @@ static int parse_prompt(oreq *r, json_t *p, char *err, size_t errlen) {
 /* Fields prefixd cannot honour: refused by name rather than ignored. */
 static int refuse_unsupported(json_t *root, int chat, char *err, size_t errlen) {
   json_t *v;
-  if ((v = json_object_get(root, "n")) && !json_is_null(v) &&
-      (!json_is_integer(v) || json_integer_value(v) != 1))
-    BAD("'n' must be 1: prefixd returns one choice per request (send several requests; they "
-        "share the cached prompt)");
   if ((v = json_object_get(root, "best_of")) && !json_is_null(v) &&
       (!json_is_integer(v) || json_integer_value(v) != 1))
     BAD("'best_of' must be 1");
@@ -402,7 +417,7 @@ static int parse_request(oreq *r, char *err, size_t errlen) {
     if (!p) BAD("'prompt' is required");
     if (parse_prompt(r, p, err, errlen)) return -1;
   }
-  json_int_t max_tokens = 0, top_k = 0, seed = 0, top_logprobs = 0;
+  json_int_t max_tokens = 0, top_k = 0, seed = 0, top_logprobs = 0, n_choices = 1;
   double temperature = 1.0, top_p = 1.0, min_p = 0, rep = 1, presence = 0, frequency = 0;
   if (get_int(root, "max_tokens", 0, INT32_MAX, &max_tokens, err, errlen) ||
       get_int(root, "max_completion_tokens", 0, INT32_MAX, &max_tokens, err, errlen) ||
@@ -416,8 +431,10 @@ static int parse_request(oreq *r, char *err, size_t errlen) {
       parse_logit_bias(r, json_object_get(root, "logit_bias"), err, errlen) ||
       parse_format(r, json_object_get(root, "response_format"), err, errlen) ||
       get_int(root, "seed", INT64_MIN, INT64_MAX, &seed, err, errlen) ||
-      get_bool(root, "stream", &r->stream, err, errlen))
+      get_bool(root, "stream", &r->stream, err, errlen) ||
+      get_int(root, "n", 1, MAX_CHOICES, &n_choices, err, errlen))
     return -1;
+  r->n_choices = (int)n_choices;
   int ignore_eos = 0;
   if (get_bool(root, "ignore_eos", &ignore_eos, err, errlen)) return -1;
   json_t *so = json_object_get(root, "stream_options");
@@ -486,9 +503,17 @@ static int parse_body(oreq *r, const char *body, size_t n, int chat, char *err, 
   return parse_request(r, err, errlen);
 }
 
+static void choice_free(ochoice *ch) {
+  json_decref(ch->lp_list);
+  free(ch->text);
+  pd_job_free(&ch->job);
+}
+
+/* The request and its choices. */
 static void oreq_free(oreq *r) {
+  for (int i = 0; i < r->n_choices; i++)
+    if (r->choices[i]) choice_free(r->choices[i]);
   json_decref(r->root);
-  json_decref(r->lp_list);
   for (size_t i = 0; i < r->n_owned; i++) free(r->owned[i]);
   free(r->owned);
   free(r->messages);
@@ -497,8 +522,7 @@ static void oreq_free(oreq *r) {
   free(r->bias);
   free(r->bias_ptrs);
   free(r->schema_text);
-  free(r->text);
-  pd_job_free(&r->job);
+  free(r);
 }
 
 /* ---- answering ------------------------------------------------------------------------------- */
@@ -569,7 +593,9 @@ static const char *finish_name(int reason) {
 /* The logprobs of n tokens in the request's format (chat: an array of entries; completions: the
  * legacy object of parallel arrays), for one event or to merge into a whole answer
  * (keep_logprobs). NULL when none were asked for or out of memory. */
-static json_t *logprobs_json(oreq *r, const int32_t *ids, const pd_token_logprob *lps, size_t n) {
+static json_t *logprobs_json(ochoice *ch, const int32_t *ids, const pd_token_logprob *lps,
+                             size_t n) {
+  oreq *r = ch->r;
   if (!r->logprobs || (!lps && n)) return NULL;
   const pd_tokenizer *tok = r->o->engine->tok;
   if (r->chat) {
@@ -607,164 +633,210 @@ static json_t *logprobs_json(oreq *r, const int32_t *ids, const pd_token_logprob
     json_array_append_new(json_object_get(o, "token_logprobs"), json_real(lps[i].logprob));
     json_array_append_new(json_object_get(o, "top_logprobs"), top);
     json_array_append_new(json_object_get(o, "text_offset"),
-                          json_integer((json_int_t)r->lp_offset));
-    r->lp_offset += json_array_size(json_object_get(e, "bytes"));
+                          json_integer((json_int_t)ch->lp_offset));
+    ch->lp_offset += json_array_size(json_object_get(e, "bytes"));
     json_decref(e);
   }
   return o;
 }
 
-static json_t *usage_json(const Prefixd__V1__GenerateResponse *final) {
-  const Prefixd__V1__Usage *u = final ? final->usage : NULL;
-  uint32_t p = u ? u->prompt_tokens : 0, g = u ? u->generated_tokens : 0,
-           cached = u ? u->cached_tokens : 0;
+/* The request's usage: the prompt once (every choice has the same), the completions of all
+ * choices, and the cached tokens every choice had (the least). */
+static json_t *usage_json(const oreq *r) {
+  uint32_t p = 0, g = 0, cached = UINT32_MAX;
+  for (int i = 0; i < r->n_choices; i++) {
+    const Prefixd__V1__GenerateResponse *final =
+        (const Prefixd__V1__GenerateResponse *)r->choices[i]->job.final;
+    const Prefixd__V1__Usage *u = final ? final->usage : NULL;
+    if (!u) continue;
+    p = u->prompt_tokens;
+    g += u->generated_tokens;
+    if (u->cached_tokens < cached) cached = u->cached_tokens;
+  }
+  if (cached == UINT32_MAX) cached = 0;
   return json_pack("{s:i,s:i,s:i,s:{s:i}}", "prompt_tokens", (int)p, "completion_tokens", (int)g,
                    "total_tokens", (int)(p + g), "prompt_tokens_details", "cached_tokens",
                    (int)cached);
 }
 
 /* An answer (chunk 0) or one event of a streamed one (chunk 1): id, object, created, model, the
- * choices (choice, or none when NULL) and usage (left out when NULL); choice and usage are
+ * choices (an array, or none when NULL) and usage (left out when NULL); choices and usage are
  * stolen. NULL when out of memory. */
-static json_t *answer_json(oreq *r, int chunk, json_t *choice, json_t *usage) {
+static json_t *answer_json(oreq *r, int chunk, json_t *choices, json_t *usage) {
   const char *object = !r->chat ? "text_completion"
                        : chunk  ? "chat.completion.chunk"
                                 : "chat.completion";
-  return json_pack("{s:s,s:s,s:I,s:s,s:[o*],s:o*}", "id", r->id, "object", object, "created",
-                   (json_int_t)r->created, "model", r->o->model_id, "choices", choice, "usage",
-                   usage);
+  return json_pack("{s:s,s:s,s:I,s:s,s:o,s:o*}", "id", r->id, "object", object, "created",
+                   (json_int_t)r->created, "model", r->o->model_id, "choices",
+                   choices ? choices : json_array(), "usage", usage);
 }
 
-/* One streamed choice: chat's delta or completions' text. */
-static json_t *stream_chunk(oreq *r, json_t *delta_or_text, const char *finish, json_t *logprobs) {
+/* One streamed event of one choice: chat's delta or completions' text. */
+static json_t *stream_chunk(ochoice *ch, json_t *delta_or_text, const char *finish,
+                            json_t *logprobs) {
+  oreq *r = ch->r;
   json_t *choice =
-      r->chat ? json_pack("{s:i,s:o,s:o?,s:s?}", "index", 0, "delta", delta_or_text, "logprobs",
-                          logprobs ? json_pack("{s:o}", "content", logprobs) : NULL,
+      r->chat ? json_pack("{s:i,s:o,s:o?,s:s?}", "index", ch->index, "delta", delta_or_text,
+                          "logprobs", logprobs ? json_pack("{s:o}", "content", logprobs) : NULL,
                           "finish_reason", finish)
-              : json_pack("{s:i,s:o,s:o?,s:s?}", "index", 0, "text", delta_or_text, "logprobs",
-                          logprobs, "finish_reason", finish);
-  return choice ? answer_json(r, 1, choice, NULL) : NULL;
+              : json_pack("{s:i,s:o,s:o?,s:s?}", "index", ch->index, "text", delta_or_text,
+                          "logprobs", logprobs, "finish_reason", finish);
+  return choice ? answer_json(r, 1, json_pack("[o]", choice), NULL) : NULL;
 }
 
-static int stream_head(pd_http1_conn *c, oreq *r) {
-  if (pd_http1_stream_begin(c, "text/event-stream")) return -1;
-  r->started = 1;
+/* Streaming: the HTTP head once, and a choice's first event (chat: its role). */
+static int stream_head(pd_http1_conn *c, ochoice *ch) {
+  oreq *r = ch->r;
+  if (!r->head_sent && pd_http1_stream_begin(c, "text/event-stream")) return -1;
+  r->head_sent = 1;
+  ch->started = 1;
   if (!r->chat) return 0;
   return send_event_json(
-      c, stream_chunk(r, json_pack("{s:s,s:s}", "role", "assistant", "content", ""), NULL, NULL));
+      c, stream_chunk(ch, json_pack("{s:s,s:s}", "role", "assistant", "content", ""), NULL, NULL));
 }
 
 /* Streaming: the tokens and text of one engine output as an event. */
-static int stream_tokens(pd_http1_conn *c, oreq *r, const int32_t *ids, uint32_t n_ids,
+static int stream_tokens(pd_http1_conn *c, ochoice *ch, const int32_t *ids, uint32_t n_ids,
                          const char *text, const pd_token_logprob *lps) {
-  if (!r->started && stream_head(c, r)) return -1;
-  json_t *lp = logprobs_json(r, ids, lps, n_ids);
+  if (!ch->started && stream_head(c, ch)) return -1;
+  json_t *lp = logprobs_json(ch, ids, lps, n_ids);
   json_t *piece =
-      r->chat ? json_pack("{s:s}", "content", text ? text : "") : json_string(text ? text : "");
-  return send_event_json(c, stream_chunk(r, piece, NULL, lp));
+      ch->r->chat ? json_pack("{s:s}", "content", text ? text : "") : json_string(text ? text : "");
+  return send_event_json(c, stream_chunk(ch, piece, NULL, lp));
 }
 
-static int append_text(oreq *r, const char *text, size_t n) {
-  if (r->n_text + n + 1 > r->cap_text) {
-    size_t cap = r->cap_text ? r->cap_text : 256;
-    while (cap < r->n_text + n + 1) cap *= 2;
-    char *t = realloc(r->text, cap);
+/* Streaming: a choice that ended well, its last event (after its head if nothing came). */
+static int stream_finish(pd_http1_conn *c, ochoice *ch) {
+  if (!ch->started && stream_head(c, ch)) return -1;
+  const Prefixd__V1__GenerateResponse *final = (const Prefixd__V1__GenerateResponse *)ch->job.final;
+  return send_event_json(c, stream_chunk(ch, ch->r->chat ? json_object() : json_string(""),
+                                         finish_name(final->finish_reason), NULL));
+}
+
+static int append_text(ochoice *ch, const char *text, size_t n) {
+  if (ch->n_text + n + 1 > ch->cap_text) {
+    size_t cap = ch->cap_text ? ch->cap_text : 256;
+    while (cap < ch->n_text + n + 1) cap *= 2;
+    char *t = realloc(ch->text, cap);
     if (!t) return -1;
-    r->text = t;
-    r->cap_text = cap;
+    ch->text = t;
+    ch->cap_text = cap;
   }
-  memcpy(r->text + r->n_text, text, n);
-  r->n_text += n;
-  r->text[r->n_text] = 0;
+  memcpy(ch->text + ch->n_text, text, n);
+  ch->n_text += n;
+  ch->text[ch->n_text] = 0;
   return 0;
 }
 
-/* The request is done: the last events, or the whole answer. */
+/* A whole choice of a non-streamed answer; NULL when out of memory. */
+static json_t *choice_json(ochoice *ch) {
+  oreq *r = ch->r;
+  const Prefixd__V1__GenerateResponse *final = (const Prefixd__V1__GenerateResponse *)ch->job.final;
+  if (r->logprobs && !ch->lp_list) /* no token came */
+    ch->lp_list = r->chat ? json_array() : logprobs_json(ch, NULL, NULL, 0);
+  if (r->chat)
+    return json_pack("{s:i,s:{s:s,s:s%},s:o?,s:s}", "index", ch->index, "message", "role",
+                     "assistant", "content", ch->text ? ch->text : "", ch->n_text, "logprobs",
+                     r->logprobs ? json_pack("{s:O}", "content", ch->lp_list) : NULL,
+                     "finish_reason", finish_name(final->finish_reason));
+  return json_pack("{s:i,s:s%,s:O?,s:s}", "index", ch->index, "text", ch->text ? ch->text : "",
+                   ch->n_text, "logprobs", r->logprobs ? ch->lp_list : NULL, "finish_reason",
+                   finish_name(final->finish_reason));
+}
+
+/* Every choice is done: the last events, or the whole answer. */
 static void finish_request(pd_http1_conn *c, oreq *r) {
-  pd_job *job = &r->job;
-  const Prefixd__V1__GenerateResponse *final = (const Prefixd__V1__GenerateResponse *)job->final;
-  int code = http_status_of(job->status);
-  const char *message = job->message[0] ? job->message : pd_http1_reason(code);
-  if ((job->status == PD_GRPC_OK && !final) || r->lost) {
-    code = 500;
-    message = "out of memory for the answer";
+  /* the first failure speaks for the request; a choice with no final answer or a lost one is a
+   * 500 */
+  int code = 200;
+  const char *message = NULL;
+  int64_t retry_after_ms = 0;
+  if (r->failed) {
+    pd_job *job = &r->failed->job;
+    code = http_status_of(job->status);
+    message = job->message[0] ? job->message : pd_http1_reason(code);
+    retry_after_ms = job->retry_after_ms;
   }
-  if (r->stream && r->started) { /* the head is out: an error travels as an event */
+  for (int i = 0; i < r->n_choices && code == 200; i++)
+    if (!r->choices[i]->job.final || r->choices[i]->lost) {
+      code = 500;
+      message = "out of memory for the answer";
+    }
+  if (r->stream && r->head_sent) { /* the head is out: an error travels as an event */
     if (code != 200) {
       char *e = error_json(code, message);
       if (!e) pd_http1_abort(c); /* out of memory: the stream cannot end properly */
       int failed = !e || send_event(c, e, 0);
       free(e);
       if (failed) return;
-    } else {
-      if (send_event_json(c, stream_chunk(r, r->chat ? json_object() : json_string(""),
-                                          finish_name(final->finish_reason), NULL)))
-        return;
-      if (r->include_usage) {
-        json_t *usage = usage_json(final);
-        if (send_event_json(c, usage ? answer_json(r, 1, NULL, usage) : NULL)) return;
-      }
+    } else if (r->include_usage) {
+      json_t *usage = usage_json(r);
+      if (send_event_json(c, usage ? answer_json(r, 1, NULL, usage) : NULL)) return;
     }
     send_event(c, "[DONE]", 1);
     return;
   }
   if (code != 200) {
     char retry[80] = ""; /* a rate limit says when (OpenAI's SDKs wait that long and retry) */
-    if (job->retry_after_ms > 0)
+    if (retry_after_ms > 0)
       snprintf(retry, sizeof retry, "Retry-After: %lld\r\nretry-after-ms: %lld\r\n",
-               (long long)(job->retry_after_ms + 999) / 1000, (long long)job->retry_after_ms);
+               (long long)(retry_after_ms + 999) / 1000, (long long)retry_after_ms);
     respond_error(c, code, message, retry[0] ? retry : NULL);
     return;
   }
-  if (r->stream) { /* nothing was generated: the head, the end, [DONE] */
-    if (!stream_head(c, r)) finish_request(c, r);
+  if (r->stream) { /* nothing was generated: the heads, the ends, [DONE] */
+    for (int i = 0; i < r->n_choices; i++)
+      if (stream_finish(c, r->choices[i])) return;
+    finish_request(c, r);
     return;
   }
-  if (r->logprobs && !r->lp_list) /* no token came */
-    r->lp_list = r->chat ? json_array() : logprobs_json(r, NULL, NULL, 0);
-  json_t *choice;
-  if (r->chat)
-    choice = json_pack("{s:i,s:{s:s,s:s%},s:o?,s:s}", "index", 0, "message", "role", "assistant",
-                       "content", r->text ? r->text : "", r->n_text, "logprobs",
-                       r->logprobs ? json_pack("{s:O}", "content", r->lp_list) : NULL,
-                       "finish_reason", finish_name(final->finish_reason));
-  else
-    choice = json_pack("{s:i,s:s%,s:O?,s:s}", "index", 0, "text", r->text ? r->text : "", r->n_text,
-                       "logprobs", r->logprobs ? r->lp_list : NULL, "finish_reason",
-                       finish_name(final->finish_reason));
-  json_t *usage = usage_json(final);
-  if (!choice || !usage) { /* out of memory: respond_json answers a 500 */
-    json_decref(choice);
+  json_t *choices = json_array(), *usage = usage_json(r);
+  for (int i = 0; choices && i < r->n_choices; i++) {
+    json_t *one = choice_json(r->choices[i]);
+    if (!one || json_array_append_new(choices, one)) {
+      json_decref(choices);
+      choices = NULL;
+    }
+  }
+  if (!choices || !usage) { /* out of memory: respond_json answers a 500 */
+    json_decref(choices);
     json_decref(usage);
     respond_json(c, 200, NULL);
     return;
   }
-  respond_json(c, 200, answer_json(r, 0, choice, usage));
+  respond_json(c, 200, answer_json(r, 0, choices, usage));
 }
 
 /* Merges one output's logprobs into the whole answer's. */
-static int keep_logprobs(oreq *r, const int32_t *ids, const pd_token_logprob *lps, uint32_t n) {
-  json_t *add = logprobs_json(r, ids, lps, n);
-  if (!add) return r->logprobs && lps ? -1 : 0;
-  if (!r->lp_list) {
-    r->lp_list = add;
+static int keep_logprobs(ochoice *ch, const int32_t *ids, const pd_token_logprob *lps, uint32_t n) {
+  json_t *add = logprobs_json(ch, ids, lps, n);
+  if (!add) return ch->r->logprobs && lps ? -1 : 0;
+  if (!ch->lp_list) {
+    ch->lp_list = add;
     return 0;
   }
-  if (r->chat) {
-    json_array_extend(r->lp_list, add);
+  if (ch->r->chat) {
+    json_array_extend(ch->lp_list, add);
   } else {
     const char *keys[] = {"tokens", "token_logprobs", "top_logprobs", "text_offset"};
     for (int k = 0; k < 4; k++)
-      json_array_extend(json_object_get(r->lp_list, keys[k]), json_object_get(add, keys[k]));
+      json_array_extend(json_object_get(ch->lp_list, keys[k]), json_object_get(add, keys[k]));
   }
   json_decref(add);
   return 0;
 }
 
-/* The service's on_output: new tokens, or the end. */
+/* Cancels every choice of r still in the engine (value: PD_JOB_CANCELLED_*, or 1). */
+static void cancel_choices(oreq *r, int value) {
+  for (int i = 0; i < r->n_choices; i++)
+    if (r->choices[i] && !r->choices[i]->done) atomic_store(&r->choices[i]->job.cancelled, value);
+}
+
+/* The service's on_output: new tokens of a choice, or its end. */
 static void on_job_output(pd_job *job, void *user) {
   pd_openai *o = user;
-  oreq *r = (oreq *)job;
+  ochoice *ch = (ochoice *)job;
+  oreq *r = ch->r;
   int32_t *ids;
   uint32_t n_ids;
   char *text;
@@ -773,16 +845,16 @@ static void on_job_output(pd_job *job, void *user) {
   int done;
   pd_engine_take_stream(o->engine, job, &ids, &n_ids, &text, &n_text, &lps, &done);
   pd_http1_conn *c = r->c;
-  if (c && (n_ids || n_text)) {
+  if (c && !r->failed && (n_ids || n_text)) {
     int failed;
     if (r->stream) {
-      failed = stream_tokens(c, r, ids, n_ids, text, lps) != 0;
+      failed = stream_tokens(c, ch, ids, n_ids, text, lps) != 0;
     } else {
       /* job->status is the engine's to write: the loss is kept here */
-      failed = r->lost =
-          append_text(r, text ? text : "", n_text) || keep_logprobs(r, ids, lps, n_ids);
+      failed = ch->lost =
+          append_text(ch, text ? text : "", n_text) || keep_logprobs(ch, ids, lps, n_ids);
     }
-    if (failed) atomic_store(&job->cancelled, 1);
+    if (failed) cancel_choices(r, 1);
     c = r->c; /* a failed send closed the connection */
   }
   free(ids);
@@ -790,6 +862,16 @@ static void on_job_output(pd_job *job, void *user) {
   free(lps);
   if (!done) return;
   o->in_flight--;
+  ch->done = 1;
+  r->pending--;
+  if (job->status != PD_GRPC_OK && !r->failed) { /* the request fails: its other choices stop */
+    r->failed = ch;
+    cancel_choices(r, 1);
+  } else if (c && r->stream && !r->failed && job->final && stream_finish(c, ch)) {
+    cancel_choices(r, 1);
+  }
+  c = r->c;
+  if (r->pending) return;
   if (c) {
     pd_http1_end_work(c); /* r is freed below */
     r->c = NULL;
@@ -800,6 +882,36 @@ static void on_job_output(pd_job *job, void *user) {
 }
 
 /* ---- requests -------------------------------------------------------------------------------- */
+
+/* Choice i's job: the request's GenerateRequest with its own sampling (seed + i, so that the
+ * choices differ and a seed still reproduces them all). PD_ENOMEM, or PD_EINVAL for an
+ * Authorization header that is not a bearer key. */
+static int choice_new(oreq *r, int i, const pd_http1_request *req, ochoice **out) {
+  ochoice *ch = *out = calloc(1, sizeof *ch);
+  if (!ch) return PD_ENOMEM;
+  ch->r = r;
+  ch->index = i;
+  ch->gen = r->gen;
+  ch->sampling = r->sampling;
+  ch->sampling.seed += (uint64_t)i;
+  ch->gen.sampling = &ch->sampling;
+  pd_job *job = &ch->job;
+  job->kind = PD_JOB_GENERATE;
+  job->req = &ch->gen.base;
+  job->arrival_ms = pd_grpc_now_ms();
+  atomic_init(&job->cancelled, 0);
+  job->on_output = on_job_output;
+  job->output_user = r->o;
+  /* OpenAI's clients always send a key; a daemon without keys (single tenant, loopback only)
+   * takes whatever they send */
+  if (req->authorization && !r->o->engine->single_tenant &&
+      pd_job_take_bearer(job, req->authorization, req->n_authorization)) {
+    pd_job_free(job);
+    *out = NULL;
+    return PD_EINVAL;
+  }
+  return PD_OK;
+}
 
 static void start_generation(pd_openai *o, pd_http1_conn *c, const pd_http1_request *req,
                              int chat) {
@@ -818,25 +930,22 @@ static void start_generation(pd_openai *o, pd_http1_conn *c, const pd_http1_requ
   snprintf(r->id, sizeof r->id, "%s-%llx%08llx", chat ? "chatcmpl" : "cmpl",
            (unsigned long long)o->started, (unsigned long long)++o->next_id);
   r->created = (int64_t)time(NULL);
-  pd_job *job = &r->job;
-  job->kind = PD_JOB_GENERATE;
-  job->req = &r->gen.base;
-  job->arrival_ms = pd_grpc_now_ms();
-  atomic_init(&job->cancelled, 0);
-  job->on_output = on_job_output;
-  job->output_user = o;
-  /* OpenAI's clients always send a key; a daemon without keys (single tenant, loopback only)
-   * takes whatever they send */
-  if (req->authorization && !o->engine->single_tenant &&
-      pd_job_take_bearer(job, req->authorization, req->n_authorization)) {
-    oreq_free(r);
-    respond_error(c, 401, "the Authorization header must be 'Bearer <api key>'", NULL);
-    return;
+  for (int i = 0; i < r->n_choices; i++) {
+    int rc = choice_new(r, i, req, &r->choices[i]);
+    if (rc) {
+      oreq_free(r);
+      if (rc == PD_EINVAL)
+        respond_error(c, 401, "the Authorization header must be 'Bearer <api key>'", NULL);
+      else
+        respond_error(c, 503, "out of memory", NULL);
+      return;
+    }
   }
   r->c = c;
   pd_http1_begin_work(c, r);
-  o->in_flight++;
-  pd_engine_submit(o->engine, job);
+  r->pending = r->n_choices;
+  o->in_flight += (size_t)r->n_choices;
+  for (int i = 0; i < r->n_choices; i++) pd_engine_submit(o->engine, &r->choices[i]->job);
 }
 
 static int path_is(const pd_http1_request *req, const char *want) {
@@ -886,7 +995,7 @@ static void on_gone(void *work, void *user) {
   (void)user;
   oreq *r = work;
   r->c = NULL;
-  atomic_store(&r->job.cancelled, 1);
+  cancel_choices(r, 1);
 }
 
 /* ---- the server ------------------------------------------------------------------------------ */
@@ -943,7 +1052,7 @@ size_t pd_openai_in_flight(const pd_openai *o) {
 
 static void cancel_by_server(void *work, void *arg) {
   (void)arg;
-  atomic_store(&((oreq *)work)->job.cancelled, PD_JOB_CANCELLED_BY_SERVER);
+  cancel_choices(work, PD_JOB_CANCELLED_BY_SERVER);
 }
 
 void pd_openai_cancel_all(pd_openai *o) {

@@ -300,6 +300,42 @@ def test_json_schema_mode_gives_valid_documents(served):
     assert valid >= 3
 
 
+def test_n_choices_share_one_prompt(served):
+    """n = 4: four choices, each the answer a single request with seed + index gives, the usage
+    summed over them; the prompt is computed once (the other three take its blocks from the
+    cache: the hit-token counter grows by three prompts' worth of full blocks), and the streamed
+    form carries the same four texts by index, a finish per choice and one usage at the end."""
+    c = sdk(served)
+    msgs = messages("Four different endings, please")
+    kw = dict(model="tiny", max_tokens=8, temperature=5.0, seed=40,
+              extra_body={"ignore_eos": True})
+    hits = metric(served, "prefixd_cache_hit_tokens_total")
+    r = c.chat.completions.create(messages=msgs, n=4, logprobs=True, **kw)
+    prompt = r.usage.prompt_tokens
+    assert [ch.index for ch in r.choices] == [0, 1, 2, 3]
+    assert r.usage.completion_tokens == 32 and r.usage.prompt_tokens_details.cached_tokens == 0
+    assert metric(served, "prefixd_cache_hit_tokens_total") - hits >= 3 * (prompt // 16 * 16)
+    texts = [ch.message.content for ch in r.choices]
+    assert len(set(texts)) > 1  # the seeds differ
+    assert all(len(ch.logprobs.content) == 8 for ch in r.choices)
+    for i in (0, 3):  # choice i is what seed 40 + i gives alone
+        one = c.chat.completions.create(messages=msgs, **{**kw, "seed": 40 + i})
+        assert one.choices[0].message.content == texts[i]
+    streamed, finishes, usage = {}, [], None
+    for chunk in c.chat.completions.create(messages=msgs, n=4, stream=True,
+                                           stream_options={"include_usage": True}, **kw):
+        for ch in chunk.choices:
+            streamed[ch.index] = streamed.get(ch.index, "") + (ch.delta.content or "")
+            if ch.finish_reason:
+                finishes.append(ch.index)
+        usage = chunk.usage or usage
+    assert [streamed[i] for i in range(4)] == texts
+    assert sorted(finishes) == [0, 1, 2, 3] and usage.completion_tokens == 32
+    legacy = c.completions.create(model="tiny", prompt="Once upon a time", n=3, max_tokens=4,
+                                  temperature=5.0, seed=1, extra_body={"ignore_eos": True})
+    assert [ch.index for ch in legacy.choices] == [0, 1, 2]
+
+
 def test_bad_input_is_an_openai_error_and_the_daemon_goes_on(served):
     chat = "/v1/chat/completions"
     ok = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -312,7 +348,8 @@ def test_bad_input_is_an_openai_error_and_the_daemon_goes_on(served):
          "type 'text'"),
         (chat, {**ok, "temperature": "hot"}, 400, "'temperature' must be a number"),
         (chat, {**ok, "max_tokens": -1}, 400, "'max_tokens'"),
-        (chat, {**ok, "n": 2}, 400, "'n' must be 1"),
+        (chat, {**ok, "n": 17}, 400, "'n' is 17; it must be in [1, 16]"),
+        (chat, {**ok, "n": 0}, 400, "'n' is 0"),
         (chat, {**ok, "presence_penalty": 2.5}, 400, "'presence_penalty' is 2.5"),
         (chat, {**ok, "frequency_penalty": "x"}, 400, "'frequency_penalty' must be a number"),
         (chat, {**ok, "logit_bias": [1]}, 400, "'logit_bias' must be an object"),
@@ -358,6 +395,10 @@ def test_bad_input_is_an_openai_error_and_the_daemon_goes_on(served):
     # a prompt beyond the context limit is the engine's refusal, with its message
     got, answer = post(served, "/v1/completions", {"prompt": [7] * 5000, "max_tokens": 1})
     assert got == 400 and "context limit" in answer["error"]["message"]
+    for stream in (False, True):  # with n = 3, the first refusal answers for the request
+        got, answer = post(served, "/v1/completions", {"prompt": [7] * 5000, "max_tokens": 1,
+                                                        "n": 3, "stream": stream})
+        assert got == 400 and "context limit" in answer["error"]["message"], answer
     got, answer = post(served, chat, ok)
     assert got == 200 and answer["choices"][0]["message"]["role"] == "assistant"
 
