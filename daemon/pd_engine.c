@@ -1060,8 +1060,8 @@ static void enqueue(pd_engine *e, pd_job *job) {
     }
     if (format == PREFIXD__V1__RESPONSE_FORMAT__TYPE__RESPONSE_FORMAT_JSON_OBJECT ||
         format == PREFIXD__V1__RESPONSE_FORMAT__TYPE__RESPONSE_FORMAT_JSON_SCHEMA) {
-      if ((!e->trie && pd_token_trie_build(e->tok, &e->trie)) ||
-          pd_json_constraint_create(e->trie, e->tok, s->schema, &s->json)) {
+      if ((!e->json_vocab && pd_json_vocab_build(e->tok, &e->json_vocab)) ||
+          pd_json_constraint_create(e->json_vocab, s->schema, &s->json)) {
         status = PD_GRPC_RESOURCE_EXHAUSTED;
         snprintf(err, sizeof err, "out of memory");
         goto refuse;
@@ -1951,7 +1951,7 @@ void pd_engine_destroy(pd_engine *e) {
   free(e->counters);
   pd_llama_free(&e->llama);
   gpu_free(e);
-  pd_token_trie_free(e->trie);
+  pd_json_vocab_free(e->json_vocab);
   pd_tokenizer_free(e->tok);
   pd_model_free(e->model);
   pthread_mutex_destroy(&e->mu);

@@ -206,7 +206,8 @@ struct pd_engine {
   /* owned by the engine thread after start */
   pd_model *model;
   pd_tokenizer *tok;
-  struct pd_token_trie *trie; /* the vocabulary's trie, built for the first JSON request (owned) */
+  struct pd_json_vocab *json_vocab; /* the vocabulary for JSON output, built at the first such
+                                       request (owned) */
   pd_chat_template chat;
   int have_chat;
   pd_llama llama;

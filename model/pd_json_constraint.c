@@ -19,7 +19,8 @@ struct pd_json_constraint {
   pd_byte_step step;
   int (*done)(const grammar_state *st);
   int (*complete)(const grammar_state *st);
-  const pd_token_trie *trie;
+  int (*plain_string)(const grammar_state *st);
+  const pd_json_vocab *vocab;
   const pd_tokenizer *tok;
   int32_t n_vocab;
   uint8_t *allowed;    /* (n_vocab) the mask's scratch: 1 = may come next */
@@ -38,9 +39,15 @@ static int schema_done(const grammar_state *st) {
 static int schema_complete(const grammar_state *st) {
   return pd_schema_complete(&st->schema);
 }
+static int json_plain_string(const grammar_state *st) {
+  return pd_json_plain_string(&st->json);
+}
+static int schema_plain_string(const grammar_state *st) {
+  return pd_schema_plain_string(&st->schema);
+}
 
-int pd_json_constraint_create(const pd_token_trie *trie, const pd_tokenizer *tok,
-                              const pd_json_schema *schema, pd_json_constraint **out) {
+int pd_json_constraint_create(const pd_json_vocab *vocab, const pd_json_schema *schema,
+                              pd_json_constraint **out) {
   *out = NULL;
   pd_json_constraint *c = calloc(1, sizeof *c);
   if (!c) return PD_ENOMEM;
@@ -50,18 +57,20 @@ int pd_json_constraint_create(const pd_token_trie *trie, const pd_tokenizer *tok
     c->step = pd_schema_step;
     c->done = schema_done;
     c->complete = schema_complete;
+    c->plain_string = schema_plain_string;
   } else {
     pd_json_init(&c->state.json, 1);
     c->state_size = sizeof c->state.json;
     c->step = pd_json_step;
     c->done = json_done;
     c->complete = json_complete;
+    c->plain_string = json_plain_string;
   }
-  c->trie = trie;
-  c->tok = tok;
-  c->n_vocab = pd_tokenizer_n_vocab(tok);
+  c->vocab = vocab;
+  c->tok = vocab->tok;
+  c->n_vocab = pd_tokenizer_n_vocab(c->tok);
   c->allowed = malloc((size_t)c->n_vocab);
-  c->walk = malloc((pd_token_trie_max_len(trie) + 1) * sizeof *c->walk);
+  c->walk = malloc((pd_token_trie_max_len(vocab->all) + 1) * sizeof *c->walk);
   if (!c->allowed || !c->walk) {
     pd_json_constraint_free(c);
     return PD_ENOMEM;
@@ -102,7 +111,14 @@ static void mark(void *user, int32_t tok) {
 static int32_t mask(void *ctx, float *logits) {
   pd_json_constraint *c = ctx;
   memset(c->allowed, 0, (size_t)c->n_vocab);
-  int32_t n = pd_token_trie_walk(c->trie, &c->state, c->state_size, c->step, c->walk, mark, c);
+  int32_t n;
+  if (c->plain_string(&c->state)) { /* plain text as it is, the other tokens walked */
+    for (int32_t i = 0; i < c->vocab->n_plain; i++) c->allowed[c->vocab->plain[i]] = 1;
+    n = c->vocab->n_plain +
+        pd_token_trie_walk(c->vocab->unplain, &c->state, c->state_size, c->step, c->walk, mark, c);
+  } else {
+    n = pd_token_trie_walk(c->vocab->all, &c->state, c->state_size, c->step, c->walk, mark, c);
+  }
   int complete = c->complete(&c->state);
   for (int32_t i = 0; i < c->n_vocab; i++) {
     if (c->allowed[i]) continue;

@@ -6,7 +6,8 @@
  * (pd_json_grammar), or of a JSON text valid for a schema (pd_json_schema); an
  * end-of-generation token only once the output is whole.
  * Special tokens are never text, so never allowed otherwise. The mask walks the model's token
- * trie (shared, read-only), so sequences on several threads each mask with their own scratch.
+ * trie (pd_json_vocab: shared, read-only), so sequences on several threads each mask with their
+ * own scratch; inside a string it takes the plain tokens as they are and walks the others only.
  */
 #ifndef PD_JSON_CONSTRAINT_H
 #define PD_JSON_CONSTRAINT_H
@@ -15,17 +16,16 @@
 
 #include "pd_json_grammar.h"
 #include "pd_json_schema.h"
+#include "pd_json_vocab.h"
 #include "pd_sampler.h"
-#include "pd_token_trie.h"
-#include "pd_tokenizer.h"
 
 typedef struct pd_json_constraint pd_json_constraint;
 
 /* A constraint at the start of the output: any JSON object (schema NULL), or a text valid for
- * schema. trie, tok and schema are borrowed: they must outlive it. *out is owned by the caller
+ * schema. vocab and schema are borrowed: they must outlive it. *out is owned by the caller
  * (pd_json_constraint_free). */
-int pd_json_constraint_create(const pd_token_trie *trie, const pd_tokenizer *tok,
-                              const pd_json_schema *schema, pd_json_constraint **out);
+int pd_json_constraint_create(const pd_json_vocab *vocab, const pd_json_schema *schema,
+                              pd_json_constraint **out);
 void pd_json_constraint_free(pd_json_constraint *c);
 
 /* The sampler's view of c (valid while c lives). */

@@ -284,3 +284,7 @@ int pd_json_complete(const pd_json_state *s) {
   return s->mode == M_NUMBER && s->depth == 0 &&
          (s->sub == N_ZERO || s->sub == N_INT || s->sub == N_FRAC || s->sub == N_EXP_DIGITS);
 }
+
+int pd_json_plain_string(const pd_json_state *s) {
+  return s->mode == M_STRING && !s->utf8_need && s->surrogate == U_NONE;
+}

@@ -58,4 +58,8 @@ int pd_json_done(const pd_json_state *s);
 /* What was read is a whole JSON text: done, or a top-level number that may end here. */
 int pd_json_complete(const pd_json_state *s);
 
+/* Inside a string with no character half read and no surrogate pending: any plain text
+ * (pd_json_plain_text) is accepted here and leaves the state as it is. */
+int pd_json_plain_string(const pd_json_state *s);
+
 #endif /* PD_JSON_GRAMMAR_H */

@@ -772,3 +772,7 @@ int pd_schema_complete(const pd_schema_state *st) {
     if (((st->cand >> j) & 1) && st->schema->values[n->first_enum + j].len == st->pos) return 1;
   return 0;
 }
+
+int pd_schema_plain_string(const pd_schema_state *st) {
+  return st->mode == S_LEAF && pd_json_plain_string(&st->leaf);
+}

@@ -77,4 +77,8 @@ int pd_schema_done(const pd_schema_state *st);
  * here). */
 int pd_schema_complete(const pd_schema_state *st);
 
+/* Inside a string value (not a key or an enum value) where plain text is accepted and changes
+ * nothing (pd_json_plain_string). */
+int pd_schema_plain_string(const pd_schema_state *st);
+
 #endif /* PD_JSON_SCHEMA_H */

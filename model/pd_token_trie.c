@@ -62,6 +62,12 @@ static int32_t child(pd_token_trie *t, int32_t node, uint8_t b) {
 }
 
 int pd_token_trie_build(const pd_tokenizer *tok, pd_token_trie **out) {
+  return pd_token_trie_build_subset(tok, NULL, NULL, out);
+}
+
+int pd_token_trie_build_subset(const pd_tokenizer *tok,
+                               int (*keep)(void *user, int32_t id, const char *bytes, size_t len),
+                               void *user, pd_token_trie **out) {
   *out = NULL;
   int32_t n_vocab = pd_tokenizer_n_vocab(tok);
   pd_token_trie *t = calloc(1, sizeof *t);
@@ -79,7 +85,9 @@ int pd_token_trie_build(const pd_tokenizer *tok, pd_token_trie **out) {
     t->same_next[id] = -1;
     const char *bytes;
     size_t len;
-    if (pd_tokenizer_is_special(tok, id) || pd_token_piece(tok, id, &bytes, &len) || !len) continue;
+    if (pd_tokenizer_is_special(tok, id) || pd_token_piece(tok, id, &bytes, &len) || !len ||
+        (keep && !keep(user, id, bytes, len)))
+      continue;
     int32_t node = 0;
     for (size_t i = 0; i < len && node >= 0; i++) node = child(t, node, (uint8_t)bytes[i]);
     if (node < 0) {

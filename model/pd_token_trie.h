@@ -26,6 +26,10 @@ typedef struct pd_token_trie pd_token_trie;
 
 /* The trie of t's non-special tokens. *out is owned by the caller (pd_token_trie_free). */
 int pd_token_trie_build(const pd_tokenizer *t, pd_token_trie **out);
+/* The same, of those non-special tokens keep(user, id, bytes, len) is 1 for. */
+int pd_token_trie_build_subset(const pd_tokenizer *t,
+                               int (*keep)(void *user, int32_t id, const char *bytes, size_t len),
+                               void *user, pd_token_trie **out);
 void pd_token_trie_free(pd_token_trie *trie);
 
 /* The longest token, in bytes: a walk needs (max_len + 1) states of scratch. */

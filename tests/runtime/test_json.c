@@ -17,6 +17,7 @@
 #include "pd_json_constraint.h"
 #include "pd_json_grammar.h"
 #include "pd_json_schema.h"
+#include "pd_json_vocab.h"
 #include "pd_sampler.h"
 #include "pd_token_trie.h"
 #include "pd_tokenizer.h"
@@ -477,8 +478,9 @@ START_TEST(trie_walk_equals_trying_every_token) {
   for (int v = 0; v < 2; v++) {
     pd_tokenizer *tok = toks[v];
     int32_t n_vocab = pd_tokenizer_n_vocab(tok);
-    pd_token_trie *trie;
-    ck_assert_int_eq(pd_token_trie_build(tok, &trie), 0);
+    pd_json_vocab *vocab;
+    ck_assert_int_eq(pd_json_vocab_build(tok, &vocab), 0);
+    pd_token_trie *trie = vocab->all;
     uint8_t *seen = malloc((size_t)n_vocab);
     float *logits = malloc((size_t)n_vocab * sizeof *logits);
     pd_json_state *scratch = malloc((pd_token_trie_max_len(trie) + 1) * sizeof *scratch);
@@ -505,7 +507,7 @@ START_TEST(trie_walk_equals_trying_every_token) {
        * same bytes, so the same state); a cut inside a character is left out */
       size_t n_ids;
       pd_json_constraint *c;
-      ck_assert_int_eq(pd_json_constraint_create(trie, tok, NULL, &c), 0);
+      ck_assert_int_eq(pd_json_constraint_create(vocab, NULL, &c), 0);
       pd_token_constraint rule = pd_json_constraint_rule(c);
       int whole = (cut == strlen(doc) || ((uint8_t)doc[cut] & 0xC0) != 0x80) &&
                   pd_tokenize(tok, doc, cut, 0, ids, 256, &n_ids) == 0;
@@ -532,7 +534,7 @@ START_TEST(trie_walk_equals_trying_every_token) {
     }
     ck_assert(pd_json_done(&s));
     free(scratch), free(logits), free(seen);
-    pd_token_trie_free(trie);
+    pd_json_vocab_free(vocab);
   }
 }
 END_TEST
@@ -543,8 +545,8 @@ START_TEST(schema_constraint_mask_equals_allows) {
   const char *doc = "{\"name\": \"Ada\", \"age\": 36, \"role\": 75, \"tags\": [\"x\", \"y\"], "
                     "\"home\": {\"city\": \"Oslo\", \"near\": null}}";
   pd_json_schema *schema = compile_ok(person_schema);
-  pd_token_trie *trie;
-  ck_assert_int_eq(pd_token_trie_build(wide, &trie), 0);
+  pd_json_vocab *vocab;
+  ck_assert_int_eq(pd_json_vocab_build(wide, &vocab), 0);
   int32_t n_vocab = pd_tokenizer_n_vocab(wide), ids[256];
   float *logits = malloc((size_t)n_vocab * sizeof *logits);
   int checked = 0;
@@ -552,7 +554,7 @@ START_TEST(schema_constraint_mask_equals_allows) {
     size_t n_ids;
     if (pd_tokenize(wide, doc, cut, 0, ids, 256, &n_ids)) continue;
     pd_json_constraint *c;
-    ck_assert_int_eq(pd_json_constraint_create(trie, wide, schema, &c), 0);
+    ck_assert_int_eq(pd_json_constraint_create(vocab, schema, &c), 0);
     for (size_t i = 0; i < n_ids; i++) ck_assert_int_eq(pd_json_constraint_accept(c, ids[i]), 0);
     pd_token_constraint rule = pd_json_constraint_rule(c);
     for (int32_t id = 0; id < n_vocab; id++) logits[id] = 1.0f;
@@ -569,8 +571,49 @@ START_TEST(schema_constraint_mask_equals_allows) {
   }
   ck_assert_int_gt(checked, 50);
   free(logits);
-  pd_token_trie_free(trie);
+  pd_json_vocab_free(vocab);
   pd_json_schema_free(schema);
+}
+END_TEST
+
+/* The plain tokens: exactly those pd_json_plain_text takes, and each of them, stepped from inside
+ * a string, accepted and leaving the state byte for byte as it was (every token of both
+ * vocabularies); pd_json_plain_text on its edges. */
+START_TEST(plain_tokens_leave_a_string_as_it_was) {
+  pd_tokenizer *toks[2] = {tiny, wide};
+  for (int v = 0; v < 2; v++) {
+    pd_json_vocab *vocab;
+    ck_assert_int_eq(pd_json_vocab_build(toks[v], &vocab), 0);
+    pd_json_state in;
+    pd_json_init(&in, 1);
+    ck_assert(pd_json_feed(&in, "{\"k\": \"ab", 9) && pd_json_plain_string(&in));
+    int32_t n_vocab = pd_tokenizer_n_vocab(toks[v]), k = 0;
+    for (int32_t id = 0; id < n_vocab; id++) {
+      const char *bytes;
+      size_t len;
+      if (pd_tokenizer_is_special(toks[v], id) || pd_token_piece(toks[v], id, &bytes, &len) || !len)
+        continue;
+      pd_json_state t = in;
+      int same = pd_json_feed(&t, bytes, len) && !memcmp(&t, &in, sizeof t);
+      int listed = k < vocab->n_plain && vocab->plain[k] == id;
+      k += listed;
+      /* plain implies accepted and unchanged (not the converse: "\\n" leaves a string as it
+       * was, through an escape) */
+      ck_assert_msg(!listed || same, "vocab %d token %d: plain but not unchanged", v, id);
+      ck_assert_int_eq(listed, pd_json_plain_text(bytes, len));
+    }
+    ck_assert_int_eq(k, vocab->n_plain);
+    ck_assert_int_gt(vocab->n_plain, n_vocab / 2);
+    pd_json_vocab_free(vocab);
+  }
+  ck_assert(pd_json_plain_text("caf\xc3\xa9 \xf0\x9f\x98\x80", 10));
+  ck_assert(!pd_json_plain_text("caf\xc3", 4));      /* a character cut short */
+  ck_assert(!pd_json_plain_text("\xa9", 1));         /* a continuation alone */
+  ck_assert(!pd_json_plain_text("a\"", 2));          /* a quote */
+  ck_assert(!pd_json_plain_text("a\\", 2));          /* a backslash */
+  ck_assert(!pd_json_plain_text("\t", 1));           /* a control character */
+  ck_assert(!pd_json_plain_text("\xed\xa0\x80", 3)); /* a surrogate */
+  ck_assert(!pd_json_plain_text("\xc0\x80", 2));     /* overlong */
 }
 END_TEST
 
@@ -579,8 +622,8 @@ END_TEST
  * generation over random logits is valid JSON all along and parses once done. */
 START_TEST(sampler_under_the_constraint_makes_json) {
   int32_t n_vocab = pd_tokenizer_n_vocab(tiny);
-  pd_token_trie *trie;
-  ck_assert_int_eq(pd_token_trie_build(tiny, &trie), 0);
+  pd_json_vocab *vocab;
+  ck_assert_int_eq(pd_json_vocab_build(tiny, &vocab), 0);
   float *logits = malloc((size_t)n_vocab * sizeof *logits);
   int done_count = 0;
   for (int run = 0; run < 40; run++) {
@@ -589,7 +632,7 @@ START_TEST(sampler_under_the_constraint_makes_json) {
     pd_sampler *smp;
     ck_assert_int_eq(pd_sampler_create(&p, n_vocab, &smp), 0);
     pd_json_constraint *c;
-    ck_assert_int_eq(pd_json_constraint_create(trie, tiny, NULL, &c), 0);
+    ck_assert_int_eq(pd_json_constraint_create(vocab, NULL, &c), 0);
     pd_token_constraint rule = pd_json_constraint_rule(c);
     char text[8192];
     size_t len = 0;
@@ -634,7 +677,7 @@ START_TEST(sampler_under_the_constraint_makes_json) {
   }
   ck_assert_int_gt(done_count, 20);
   free(logits);
-  pd_token_trie_free(trie);
+  pd_json_vocab_free(vocab);
 }
 END_TEST
 
@@ -643,8 +686,8 @@ END_TEST
  * '{"k": ' (a value: many tokens refused) and inside a string (few refused), against the mask. */
 START_TEST(constrained_draws_follow_the_restricted_softmax) {
   int32_t n_vocab = pd_tokenizer_n_vocab(tiny);
-  pd_token_trie *trie;
-  ck_assert_int_eq(pd_token_trie_build(tiny, &trie), 0);
+  pd_json_vocab *vocab;
+  ck_assert_int_eq(pd_json_vocab_build(tiny, &vocab), 0);
   float *logits = malloc((size_t)n_vocab * sizeof *logits), *masked = malloc((size_t)n_vocab * 4);
   int *count = calloc((size_t)n_vocab, sizeof *count);
   const char *prefixes[] = {"{\"k\": ", "{\"k\": \"ab"};
@@ -654,7 +697,7 @@ START_TEST(constrained_draws_follow_the_restricted_softmax) {
     size_t n_ids;
     ck_assert_int_eq(pd_tokenize(tiny, prefixes[p], strlen(prefixes[p]), 0, ids, 64, &n_ids), 0);
     pd_json_constraint *c;
-    ck_assert_int_eq(pd_json_constraint_create(trie, tiny, NULL, &c), 0);
+    ck_assert_int_eq(pd_json_constraint_create(vocab, NULL, &c), 0);
     for (size_t i = 0; i < n_ids; i++) ck_assert_int_eq(pd_json_constraint_accept(c, ids[i]), 0);
     pd_token_constraint rule = pd_json_constraint_rule(c);
     memcpy(masked, logits, (size_t)n_vocab * sizeof *masked);
@@ -688,7 +731,7 @@ START_TEST(constrained_draws_follow_the_restricted_softmax) {
     pd_json_constraint_free(c);
   }
   free(count), free(masked), free(logits);
-  pd_token_trie_free(trie);
+  pd_json_vocab_free(vocab);
 }
 END_TEST
 
@@ -707,6 +750,7 @@ int main(void) {
   tcase_set_timeout(tokens, 120);
   tcase_add_test(tokens, trie_walk_equals_trying_every_token);
   tcase_add_test(tokens, schema_constraint_mask_equals_allows);
+  tcase_add_test(tokens, plain_tokens_leave_a_string_as_it_was);
   tcase_add_test(tokens, sampler_under_the_constraint_makes_json);
   tcase_add_test(tokens, constrained_draws_follow_the_restricted_softmax);
   suite_add_tcase(s, tokens);
