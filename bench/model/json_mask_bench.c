@@ -57,10 +57,11 @@ int main(int argc, char **argv) {
   }
   double t0 = now_ms();
   pd_json_vocab *vocab;
-  const char *schema_text = "{\"type\": \"object\", \"properties\": {\"name\": {\"type\": \"string\"}, "
-                            "\"age\": {\"type\": \"integer\"}, \"tags\": {\"type\": \"array\", "
-                            "\"items\": {\"enum\": [\"red\", \"green\"]}}}, "
-                            "\"required\": [\"name\", \"age\", \"tags\"]}";
+  const char *schema_text =
+      "{\"type\": \"object\", \"properties\": {\"name\": {\"type\": \"string\"}, "
+      "\"age\": {\"type\": \"integer\"}, \"tags\": {\"type\": \"array\", "
+      "\"items\": {\"enum\": [\"red\", \"green\"]}}}, "
+      "\"required\": [\"name\", \"age\", \"tags\"]}";
   pd_json_schema *schema;
   if (pd_json_vocab_build(tok, &vocab) ||
       pd_json_schema_compile(schema_text, strlen(schema_text), &schema, err, sizeof err)) {
@@ -84,9 +85,10 @@ int main(int argc, char **argv) {
   };
   char table[8192];
   size_t len = 0;
-  len += (size_t)snprintf(table + len, sizeof table - len,
-                          "| grammar | where | tokens allowed | mask (ms) | whole-trie walk (ms) |\n"
-                          "| --- | --- | --- | --- | --- |\n");
+  len +=
+      (size_t)snprintf(table + len, sizeof table - len,
+                       "| grammar | where | tokens allowed | mask (ms) | whole-trie walk (ms) |\n"
+                       "| --- | --- | --- | --- | --- |\n");
   for (int k = 0; k < 2; k++)
     for (size_t p = 0; p < sizeof points / sizeof points[0]; p++) {
       pd_json_constraint *c;
@@ -114,7 +116,8 @@ int main(int argc, char **argv) {
         const char *b;
         size_t n;
         pd_token_piece(tok, ids[i], &b, &n);
-        for (size_t j = 0; j < n; j++) k ? pd_schema_step(&ss, (uint8_t)b[j]) : pd_json_step(&js, (uint8_t)b[j]);
+        for (size_t j = 0; j < n; j++)
+          k ? pd_schema_step(&ss, (uint8_t)b[j]) : pd_json_step(&js, (uint8_t)b[j]);
       }
       double w0 = now_ms();
       for (int r = 0; r < reps; r++) {
@@ -139,12 +142,13 @@ int main(int argc, char **argv) {
   time_t now = time(NULL);
   char when[64];
   strftime(when, sizeof when, "%Y-%m-%d %H:%M UTC", gmtime(&now));
-  snprintf(head, sizeof head,
-           "# Constrained JSON: the mask per step\n\nCommand: `build/bench/model/json_mask_bench %s "
-           "--reps %d`, %s. Vocabulary: %d tokens, %d of them plain string text; building the "
-           "tries and the plain list took %.1f ms (once per model, at the first JSON request). "
-           "Mean over %d masks, one thread. The schema: `%s`.\n\n",
-           model, reps, when, n_vocab, vocab->n_plain, build_ms, reps, schema_text);
+  snprintf(
+      head, sizeof head,
+      "# Constrained JSON: the mask per step\n\nCommand: `build/bench/model/json_mask_bench %s "
+      "--reps %d`, %s. Vocabulary: %d tokens, %d of them plain string text; building the "
+      "tries and the plain list took %.1f ms (once per model, at the first JSON request). "
+      "Mean over %d masks, one thread. The schema: `%s`.\n\n",
+      model, reps, when, n_vocab, vocab->n_plain, build_ms, reps, schema_text);
   printf("%s%s", head, table);
   if (out_path) {
     FILE *f = fopen(out_path, "w");

@@ -53,7 +53,7 @@ _kvctl() {
             mapfile -t COMPREPLY < <(compgen -W "hits age size" -- "$cur")
             return
             ;;
-        --file | -f | --chat)
+        --file | -f | --chat | --schema)
             compopt -o filenames 2>/dev/null
             mapfile -t COMPREPLY < <(compgen -f -- "$cur")
             return
@@ -88,7 +88,7 @@ _kvctl() {
         pin) flags="--ttl" ;;
         warm) flags="--text --file --chat --pin-ttl --namespace" ;;
         lookup) flags="--text --file --chat --namespace" ;;
-        gen | generate) flags="--text --file --chat --max-tokens --temperature --seed --namespace --no-cache" ;;
+        gen | generate) flags="--text --file --chat --max-tokens --temperature --seed --json-object --schema --namespace --no-cache" ;;
         help)
             mapfile -t COMPREPLY < <(compgen -W "$commands tiers tenants keys exit-codes json" -- "$cur")
             return

@@ -646,7 +646,8 @@ int kv_cmd_lookup(kv_ctx *ctx, int argc, char **argv) {
 
 const char kv_help_gen[] =
     "usage: kvctl gen (TEXT | --text T | --file F | --chat F) [--max-tokens N]\n"
-    "                 [--temperature X] [--seed N] [--namespace NS] [--no-cache] [--json]\n"
+    "                 [--temperature X] [--seed N] [--json-object | --schema F]\n"
+    "                 [--namespace NS] [--no-cache] [--json]\n"
     "\n"
     "A quick generation: prints the text as it streams in, then the usage (prompt tokens, how\n"
     "many came from the cache and from which tier, generated tokens) and the timings on\n"
@@ -656,6 +657,8 @@ const char kv_help_gen[] =
     "  --max-tokens N    at most N generated tokens (default 128; 0: up to the context limit)\n"
     "  --temperature X   0 (the default) is greedy\n"
     "  --seed N          same seed, prompt and model: same text\n"
+    "  --json-object     the answer is one JSON object (it ends on its closing brace)\n"
+    "  --schema F        the answer is JSON valid for the JSON schema in file F\n"
     "  --namespace NS    a shared namespace the admin granted you\n"
     "  --no-cache        neither read nor write the prefix cache\n"
     "  --json            nothing while streaming, then {\"text\", \"finish_reason\", \"usage\",\n"
@@ -781,14 +784,17 @@ static void gen_json(const gen_state *g) {
 
 int kv_cmd_gen(kv_ctx *ctx, int argc, char **argv) {
   const char *text = NULL, *file = NULL, *chat = NULL, *ns = NULL, *temperature = NULL;
+  const char *schema_path = NULL;
   uint64_t max_tokens = 128, seed = 0;
-  int no_cache = 0;
+  int no_cache = 0, json_object = 0;
   const kv_opt opts[] = {{"text", 0, KV_OPT_STRING, &text, NULL},
                          {"file", 'f', KV_OPT_STRING, &file, NULL},
                          {"chat", 0, KV_OPT_STRING, &chat, NULL},
                          {"max-tokens", 'n', KV_OPT_UINT, &max_tokens, NULL},
                          {"temperature", 't', KV_OPT_STRING, &temperature, NULL},
                          {"seed", 0, KV_OPT_UINT, &seed, NULL},
+                         {"json-object", 0, KV_OPT_FLAG, &json_object, NULL},
+                         {"schema", 0, KV_OPT_STRING, &schema_path, NULL},
                          {"namespace", 0, KV_OPT_STRING, &ns, NULL},
                          {"no-cache", 0, KV_OPT_FLAG, &no_cache, NULL},
                          {0}};
@@ -802,9 +808,22 @@ int kv_cmd_gen(kv_ctx *ctx, int argc, char **argv) {
     if (*end || end == temperature || !(temp >= 0.0 && temp <= 100.0))
       return kv_usage(ctx, "--temperature expects a number >= 0, got '%s'", temperature);
   }
+  if (json_object && schema_path)
+    return kv_usage(ctx, "--json-object and --schema exclude each other");
+  Prefixd__V1__ResponseFormat format = PREFIXD__V1__RESPONSE_FORMAT__INIT;
+  char *schema = NULL; /* the daemon compiles it and says what it refuses */
+  size_t schema_len;
+  if (schema_path && (rc = read_file(ctx, schema_path, &schema, &schema_len))) return rc;
+  format.type = schema        ? PREFIXD__V1__RESPONSE_FORMAT__TYPE__RESPONSE_FORMAT_JSON_SCHEMA
+                : json_object ? PREFIXD__V1__RESPONSE_FORMAT__TYPE__RESPONSE_FORMAT_JSON_OBJECT
+                              : PREFIXD__V1__RESPONSE_FORMAT__TYPE__RESPONSE_FORMAT_TEXT;
+  format.json_schema = schema ? schema : (char *)"";
   kv_prompt prompt;
   pd_client *c;
-  if ((rc = prompt_and_connect(ctx, n_pos, pos, text, file, chat, 1, &prompt, &c))) return rc;
+  if ((rc = prompt_and_connect(ctx, n_pos, pos, text, file, chat, 1, &prompt, &c))) {
+    free(schema);
+    return rc;
+  }
   Prefixd__V1__SamplingParams sampling = PREFIXD__V1__SAMPLING_PARAMS__INIT;
   sampling.temperature = (float)temp;
   sampling.seed = seed;
@@ -816,6 +835,7 @@ int kv_cmd_gen(kv_ctx *ctx, int argc, char **argv) {
   req.sampling = &sampling;
   req.max_tokens = (uint32_t)max_tokens;
   req.cache = &cache;
+  req.response_format = &format;
 
   struct sigaction sa = {0}, old;
   sa.sa_handler = on_gen_sigint;
@@ -826,6 +846,7 @@ int kv_cmd_gen(kv_ctx *ctx, int argc, char **argv) {
   rc = pd_client_generate(c, &req, on_chunk, &g);
   sigaction(SIGINT, &old, NULL);
   kv_prompt_free(&prompt);
+  free(schema);
   if (!g.json && g.tty && !g.ends_with_newline) fputc('\n', stdout);
   fflush(stdout);
   if (rc == 0 && g.oom) {

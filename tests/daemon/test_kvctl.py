@@ -223,6 +223,7 @@ def test_usage_errors_exit_2(daemon, acme):
         (["warm", "--text", "a", "--file", "b"], r"give only one of"),
         (["lookup", "a", "--text", "b"], r"give only one of"),
         (["gen", "hi", "--temperature", "hot"], r"--temperature expects a number"),
+        (["gen", "hi", "--json-object", "--schema", "x"], r"exclude each other"),
         (["stats", "--count", "0"], r"--count must be at least 1"),
         (["stats", "--timeout", "0"], r"--timeout expects a duration"),
         (["tenant"], r"^kvctl: tenant: which one\?"),
@@ -540,6 +541,18 @@ def test_gen(daemon, acme):
     assert chat["usage"]["generated_tokens"] <= 3
     nc = kvj(daemon, "gen", "hello there", "--max-tokens", "2", "--no-cache", key=acme)
     assert nc["usage"]["cached_tokens"] == 0
+    # structured output: a schema whose only choices are forced (one key, one enum value)
+    schema = os.path.join(os.path.dirname(daemon.log_path), "schema.json")
+    with open(schema, "w") as f:
+        json.dump({"type": "object", "properties": {"ok": {"const": True}}, "required": ["ok"]}, f)
+    s = kvj(daemon, "gen", "hello", "--schema", schema, "--max-tokens", "200", key=acme)
+    assert s["finish_reason"] == "stop" and json.loads(s["text"]) == {"ok": True}, s
+    o = kvj(daemon, "gen", "hello", "--json-object", "--max-tokens", "400", key=acme)
+    assert o["text"].lstrip().startswith("{"), o
+    with open(schema, "w") as f:
+        json.dump({"type": "string", "format": "email"}, f)
+    rc, out, err = kv(daemon, "gen", "hello", "--schema", schema, key=acme)
+    assert rc != 0 and "'format' is not supported" in err, err
 
 
 def test_tenant_commands_json(daemon):
