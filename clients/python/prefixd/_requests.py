@@ -105,6 +105,8 @@ def generate_request(value: Optional[PromptLike], messages: Optional[Sequence[Me
                                              for t, b in (logit_bias or {}).items()])
     formats = {"text": pb.ResponseFormat.RESPONSE_FORMAT_TEXT,
                "json_object": pb.ResponseFormat.RESPONSE_FORMAT_JSON_OBJECT}
+    if hasattr(response_format, "model_json_schema"):  # a pydantic model class: its schema
+        response_format = response_format.model_json_schema()
     if isinstance(response_format, Mapping):  # a JSON schema
         fmt = pb.ResponseFormat(type=pb.ResponseFormat.RESPONSE_FORMAT_JSON_SCHEMA,
                                 json_schema=json.dumps(response_format))

@@ -229,7 +229,8 @@ class Client:
         ``frequency_penalty`` (-2 to 2) are OpenAI's, over the generated tokens; ``logit_bias``
         maps token ids to a bias (-100 to 100) added to their logits. ``response_format``
         ``"json_object"`` keeps the output one JSON object, ending at its closing brace; a dict
-        is a JSON schema the output follows (structured output). ``stop``: strings that end the
+        is a JSON schema the output follows (structured output), and so is a pydantic model
+        class (its ``model_json_schema()``). ``stop``: strings that end the
         generation (not included). ``namespace``: a shared namespace granted to this tenant
         (default: its private one); ``no_cache``: neither read nor write the cache;
         ``pin_ttl``: pin the prompt's blocks for that many seconds.

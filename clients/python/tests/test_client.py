@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from typing import Literal
 
 import pytest
 
@@ -145,6 +146,15 @@ def test_json_object_response_format(client: prefixd.Client):
     reply = client.chat(chat_messages("size?"), max_tokens=200, response_format=schema,
                         logit_bias={client.tokenize("l")[0]: 100.0})
     assert reply.finish_reason is FinishReason.STOP and json.loads(reply.text) == {"size": "large"}
+    # a pydantic model class stands for its schema
+    pydantic = pytest.importorskip("pydantic")
+
+    class Size(pydantic.BaseModel):
+        size: Literal["small", "large"]
+
+    reply = client.chat(chat_messages("size?"), max_tokens=200, response_format=Size,
+                        logit_bias={client.tokenize("l")[0]: 100.0})
+    assert Size.model_validate_json(reply.text).size == "large"
     with pytest.raises(prefixd.InvalidArgument, match="'minimum' is not supported"):
         client.chat(chat_messages("x"), response_format={"type": "integer", "minimum": 1})
 
