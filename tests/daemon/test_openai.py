@@ -54,9 +54,9 @@ def metric(d, name):
     return int(m.group(1))
 
 
-def sdk(d, key="unused"):
+def sdk(d, key="unused", timeout=60):
     return openai.OpenAI(base_url=f"http://127.0.0.1:{d.http_port}/v1", api_key=key,
-                         max_retries=0, timeout=60)
+                         max_retries=0, timeout=timeout)
 
 
 def post(d, path, body, headers=None, method="POST"):
@@ -645,8 +645,9 @@ def test_json_object_mode_on_the_default_model(default_model, data_dir):
     d.http_port = openai_port(d)
     ask = [{"role": "user", "content": "Describe a fictional person as a JSON object with the "
                                        "keys name, age and city."}]
-    r = sdk(d).chat.completions.create(model="m", messages=ask, max_tokens=120, temperature=0,
-                                       response_format={"type": "json_object"})
+    r = sdk(d, timeout=600).chat.completions.create(  # the default model is slow under ASan
+        model="m", messages=ask, max_tokens=120, temperature=0,
+        response_format={"type": "json_object"})
     assert r.choices[0].finish_reason == "stop", r
     person = json.loads(r.choices[0].message.content)
     assert isinstance(person, dict) and {"name", "age", "city"} <= set(person), person
@@ -664,7 +665,7 @@ def test_structured_output_through_the_sdk_on_the_default_model(default_model, d
 
     d = Daemon(default_model, data_dir, extra=["--openai-listen", "127.0.0.1:0"])
     d.http_port = openai_port(d)
-    r = sdk(d).beta.chat.completions.parse(
+    r = sdk(d, timeout=600).beta.chat.completions.parse(  # slow under ASan
         model="m", messages=[{"role": "user", "content": "Invent a person: name, age, city and "
                                                          "a few hobbies, as JSON."}],
         max_tokens=150, temperature=0, response_format=Contact)
