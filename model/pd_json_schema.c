@@ -88,6 +88,7 @@ typedef struct compiler {
   json_t *defs_names; /* object: definition path -> node index */
   pending_any_of *pending;
   int n_pending, cap_pending;
+  int too_big; /* names and enum values over PD_SCHEMA_MAX_POOL */
   char *err;
   size_t errlen;
   int oom;
@@ -122,6 +123,10 @@ static int new_node(compiler *c) {
 static int64_t pool_add(compiler *c, const char *bytes, size_t n) {
   pd_json_schema *s = c->s;
   if (!n) return (int64_t)s->n_pool; /* an empty name */
+  if (s->n_pool + n > PD_SCHEMA_MAX_POOL) {
+    c->too_big = 1;
+    return -1;
+  }
   if (s->n_pool + n > s->cap_pool) {
     size_t cap = s->cap_pool ? s->cap_pool * 2 : 1024;
     while (cap < s->n_pool + n) cap *= 2;
@@ -213,6 +218,8 @@ static int add_enum(compiler *c, schema_node *n, json_t *values, const char *whe
     int64_t off = ok ? pool_add(c, text, len) : -1;
     free(text);
     if (!ok) FAIL("enum value %zu is over 1 KiB or not writable as JSON (at %s)", i, where);
+    if (off < 0 && c->too_big)
+      FAIL("the schema's names and enum values exceed %d bytes", PD_SCHEMA_MAX_POOL);
     if (off < 0) FAIL("out of memory");
     s->values[s->n_values++] = (enum_value){(uint32_t)off, (uint32_t)len};
   }
@@ -254,6 +261,8 @@ static int add_properties(compiler *c, int idx, json_t *props, json_t *required,
         FAIL("property name '%.40s' needs escaping, which is not supported (at %s)", key, where);
     if (len > 256) FAIL("property name '%.40s...' is over 256 bytes (at %s)", key, where);
     int64_t off = pool_add(c, key, len);
+    if (off < 0 && c->too_big)
+      FAIL("the schema's names and enum values exceed %d bytes", PD_SCHEMA_MAX_POOL);
     if (off < 0) FAIL("out of memory");
     char path[160];
     snprintf(path, sizeof path, "%.100s/%.50s", where, key);

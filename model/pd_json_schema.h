@@ -29,10 +29,11 @@
 
 #include "pd_json_grammar.h"
 
-#define PD_SCHEMA_MAX_DEPTH 12   /* nested objects and arrays described by the schema */
-#define PD_SCHEMA_MAX_NODES 1024 /* schemas in one compiled schema */
-#define PD_SCHEMA_MAX_PROPS 64   /* properties of one object */
-#define PD_SCHEMA_MAX_ENUM  64   /* values of one enum */
+#define PD_SCHEMA_MAX_DEPTH 12        /* nested objects and arrays described by the schema */
+#define PD_SCHEMA_MAX_NODES 1024      /* schemas in one compiled schema */
+#define PD_SCHEMA_MAX_PROPS 64        /* properties of one object */
+#define PD_SCHEMA_MAX_ENUM  64        /* values of one enum */
+#define PD_SCHEMA_MAX_POOL  (1 << 20) /* bytes of property names and enum values, all told */
 
 typedef struct pd_json_schema pd_json_schema;
 

@@ -347,6 +347,26 @@ START_TEST(schema_refusals_name_the_keyword) {
       {"[1]", "must be an object or true"},
       {"{not json", "not valid JSON"},
   };
+  /* a schema whose enum values add up to more than PD_SCHEMA_MAX_POOL: 20 enums of 64 values
+   * of 1,000 bytes */
+  size_t cap = 2u << 20, n = 0;
+  char *big = malloc(cap);
+  n += (size_t)snprintf(big + n, cap - n, "{\"properties\": {");
+  for (int p = 0; p < 20; p++) {
+    n += (size_t)snprintf(big + n, cap - n, "%s\"p%d\": {\"enum\": [", p ? ", " : "", p);
+    for (int v = 0; v < 64; v++) {
+      n += (size_t)snprintf(big + n, cap - n, "%s\"%d", v ? ", " : "", v);
+      memset(big + n, 'x', 1000), n += 1000;
+      big[n++] = '"';
+    }
+    n += (size_t)snprintf(big + n, cap - n, "]}");
+  }
+  n += (size_t)snprintf(big + n, cap - n, "}}");
+  pd_json_schema *too_big;
+  char why[256] = "";
+  ck_assert_int_eq(pd_json_schema_compile(big, n, &too_big, why, sizeof why), PD_EINVAL);
+  ck_assert_msg(strstr(why, "exceed 1048576 bytes"), "%s", why);
+  free(big);
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     pd_json_schema *schema;
     char err[256] = "";
