@@ -1041,10 +1041,12 @@ static void enqueue(pd_engine *e, pd_job *job) {
     }
     s->logprobs = g->logprobs || g->top_logprobs;
     s->top_logprobs = (int)g->top_logprobs;
-    if ((rc = pd_sampling_check(&sp, e->model->n_vocab, err, sizeof err)) ||
-        (rc = pd_sampler_create(&sp, e->model->n_vocab, &s->smp))) {
+    if ((rc = pd_sampler_create(&sp, e->model->n_vocab, &s->smp))) {
       status = rc == PD_ENOMEM ? PD_GRPC_RESOURCE_EXHAUSTED : PD_GRPC_INVALID_ARGUMENT;
-      if (rc == PD_ENOMEM) snprintf(err, sizeof err, "out of memory");
+      if (rc == PD_ENOMEM) /* else the check again, for the reason only (the sampler checked) */
+        snprintf(err, sizeof err, "out of memory");
+      else
+        pd_sampling_check(&sp, e->model->n_vocab, err, sizeof err);
       goto refuse;
     }
     int format = g->response_format ? (int)g->response_format->type : 0;

@@ -4,38 +4,16 @@
 #include <stdlib.h>
 
 #include "pd_err.h"
+#include "pd_unicode.h"
 
 int pd_json_plain_text(const char *bytes, size_t len) {
   const uint8_t *p = (const uint8_t *)bytes;
-  size_t i = 0;
-  while (i < len) {
-    uint8_t b = p[i];
-    if (b < 0x80) {
-      if (b < 0x20 || b == '"' || b == '\\') return 0;
-      i++;
-      continue;
-    }
-    int need;
-    uint8_t lo = 0x80, hi = 0xBF;
-    if (b >= 0xC2 && b <= 0xDF) {
-      need = 1;
-    } else if (b >= 0xE0 && b <= 0xEF) {
-      need = 2;
-      if (b == 0xE0) lo = 0xA0;
-      if (b == 0xED) hi = 0x9F;
-    } else if (b >= 0xF0 && b <= 0xF4) {
-      need = 3;
-      if (b == 0xF0) lo = 0x90;
-      if (b == 0xF4) hi = 0x8F;
-    } else {
-      return 0;
-    }
-    if (len - i - 1 < (size_t)need) return 0; /* the character does not end in the token */
-    for (int k = 1; k <= need; k++) {
-      if (p[i + k] < lo || p[i + k] > hi) return 0;
-      lo = 0x80, hi = 0xBF;
-    }
-    i += (size_t)need + 1;
+  for (size_t i = 0; i < len;) {
+    uint32_t cp;
+    int n = pd_utf8_decode(p + i, len - i, &cp);
+    if (cp == 0xFFFD && n == 1) return 0; /* not whole, valid UTF-8 */
+    if (cp < 0x20 || cp == '"' || cp == '\\') return 0;
+    i += (size_t)n;
   }
   return 1;
 }
