@@ -49,7 +49,11 @@ typedef struct pd_seq {
   uint32_t anchor; /* the deepest held node, or the namespace root */
   uint32_t n_cached;
   uint32_t cached_by_tier[PD_TIERS]; /* of n_cached: where the blocks were when matched */
-  uint64_t reserve;                  /* blocks reserved at admission */
+  uint64_t reserve;         /* blocks past the hot prefix it may hold: set at admission, grown while
+                       it decodes (PD_ADMIT_INCREMENTAL) */
+  uint64_t arrival;         /* the engine's count of sequences queued before this one */
+  uint32_t n_preempted;     /* times its blocks were taken back; it resumed (or waits to) */
+  uint32_t prompt_computed; /* prompt tokens it had computed when last preempted */
   pd_sampler *smp;
   pd_json_constraint *json; /* response_format JSON_OBJECT or JSON_SCHEMA; NULL otherwise */
   pd_json_schema *schema;   /* JSON_SCHEMA's, compiled (json reads it) */
@@ -733,8 +737,10 @@ static void seq_finish(pd_engine *e, pd_seq *s, int status, const char *message,
   e->reserved_blocks -= s->reserve;
   pd_tenant_counters *c = counters(e, s->tenant);
   if (c && c->active) c->active--;
-  if (c && s->phase != PHASE_QUEUED) { /* what it computed counts against its rate limit */
+  if (c && (s->phase != PHASE_QUEUED || s->n_preempted)) { /* what it computed counts against
+                                                              its rate limit */
     uint32_t past = s->n_past < s->n_prompt ? s->n_past : s->n_prompt;
+    if (past < s->prompt_computed) past = s->prompt_computed;
     uint64_t computed = (past > s->n_cached ? past - s->n_cached : 0) + s->n_generated;
     c->computed_tokens += computed;
     const pd_tenant_rec *rec = tenant_rec(e, s->tenant);
@@ -759,6 +765,21 @@ static void queue_remove(pd_engine *e, pd_seq *prev, pd_seq *s) {
   atomic_store(&e->queue_depth, e->n_queued);
 }
 
+/* Blocks a sequence whose first `hot` blocks are matched device blocks (used in place) holds
+ * beyond them once its table covers n_tokens, with one to spare (a copy-on-write block). */
+static uint64_t owned_blocks(const pd_engine *e, uint32_t hot, uint32_t n_tokens) {
+  return (n_tokens + B(e) - 1) / B(e) + 1 - hot;
+}
+
+/* The tokens a sequence's reservation covers: every token it may reach (PD_ADMIT_FULL), or its
+ * context and a block of new tokens past it (PD_ADMIT_INCREMENTAL). */
+static uint32_t reserve_horizon(const pd_engine *e, const pd_seq *s) {
+  uint32_t max_total = s->n_prompt + s->max_new;
+  if (e->cfg.kv_admission == PD_ADMIT_FULL) return max_total;
+  uint32_t horizon = s->n_tokens + B(e);
+  return horizon < max_total ? horizon : max_total;
+}
+
 /* Device slots that running sequences (and a candidate's hot_slots) hold but that no reservation
  * counts: cached blocks matched at admission, used in place, that no running sequence computed
  * itself. Entries past a sequence's hot prefix are its own (allocated, restored, or a block the
@@ -781,15 +802,27 @@ static uint64_t held_unreserved(pd_engine *e, const uint32_t *hot_slots, uint32_
   return n;
 }
 
-/* Matches the prompt and sets up the table; returns 0, or PD_EFULL if the pool cannot take the
- * sequence now (it stays queued), or another error. The pool must hold every running
- * sequence's reservation, the cached blocks they use in place, and this sequence's: a sequence
- * admitted past that would find the pool full in the middle of its prefill. */
+/* A match the engine does not keep (the pool has no room yet; a resumed sequence matching its own
+ * blocks again) leaves the tree's hit counters as they were: they count admissions, not tries. */
+static void uncount_match(pd_engine *e, const pd_radix_stats *before) {
+  e->tree.stats.matches = before->matches;
+  e->tree.stats.query_tokens = before->query_tokens;
+  e->tree.stats.hit_tokens = before->hit_tokens;
+  memcpy(e->tree.stats.hit_tokens_by_tier, before->hit_tokens_by_tier,
+         sizeof before->hit_tokens_by_tier);
+}
+
+/* Matches the prompt (a resumed sequence: its prompt and the tokens it generated) and sets up
+ * the table; returns 0, PD_EFULL if the pool cannot take the sequence now (it stays queued),
+ * PD_ERANGE if the whole pool could never hold what it may reach, or another error. The pool
+ * must hold every running sequence's reservation, the cached blocks they use in place, and this
+ * sequence's: a sequence admitted past that would find the pool full in its prefill. */
 static int seq_admit(pd_engine *e, pd_seq *s) {
-  uint32_t n_match = s->warm ? s->n_prompt : s->n_prompt - 1;
+  uint32_t n_match = s->warm ? s->n_prompt : s->n_tokens - 1;
   uint32_t cap = n_match / B(e) + 2;
   uint32_t *nodes = NULL;
   pd_match m = {0, 0, -1};
+  const pd_radix_stats counted = e->tree.stats;
   int rc;
   if (!s->no_cache) {
     if ((rc = pd_radix_root(&e->tree, s->tenant, s->ns, &s->anchor))) return rc;
@@ -810,8 +843,14 @@ static int seq_admit(pd_engine *e, pd_seq *s) {
   uint32_t n_restore =
       hot < n_full ? pd_tiers_plan_restore(e->tiers, nodes + hot, n_full - hot) : 0;
   uint32_t max_total = s->n_prompt + s->max_new;
-  uint64_t need = (max_total - hot * B(e) + B(e) - 1) / B(e) + 1;
+  uint64_t need = owned_blocks(e, hot, reserve_horizon(e, s));
   uint32_t *held = NULL;
+  if (hot + owned_blocks(e, hot, max_total) > e->n_blocks) {
+    pd_radix_release(&e->tree, nodes, m.n_nodes);
+    free(nodes);
+    uncount_match(e, &counted);
+    return PD_ERANGE;
+  }
   if (grow((void **)&s->table, &s->cap_table, max_total / B(e) + 2, sizeof *s->table) ||
       !(held = realloc(s->held, s->cap_table * sizeof *s->held))) {
     pd_radix_release(&e->tree, nodes, m.n_nodes);
@@ -820,16 +859,21 @@ static int seq_admit(pd_engine *e, pd_seq *s) {
   }
   s->held = held;
   for (uint32_t i = 0; i < hot; i++) s->table[i] = pd_radix_node(&e->tree, nodes[i])->slot;
-  if (e->reserved_blocks + need + held_unreserved(e, s->table, hot) > e->n_blocks) {
+  /* incremental: room too for each running sequence's next block, so that a sequence admitted
+   * (or resumed) now does not make the next step preempt one */
+  uint64_t headroom = e->cfg.kv_admission == PD_ADMIT_INCREMENTAL ? (uint64_t)e->n_running : 0;
+  if (e->reserved_blocks + need + headroom + held_unreserved(e, s->table, hot) > e->n_blocks) {
     pd_radix_release(&e->tree, nodes, m.n_nodes);
     free(nodes);
+    uncount_match(e, &counted);
     return PD_EFULL;
   }
   uint64_t now = pd_engine_now_ms();
+  uint32_t by_tier[PD_TIERS] = {0}; /* where the cached blocks were */
   for (uint32_t i = 0; i < hot; i++) {
     s->held[i] = nodes[i];
     s->anchor = nodes[i];
-    s->cached_by_tier[0] += B(e);
+    by_tier[0] += B(e);
   }
   s->n_hot = hot;
   uint32_t usable = hot;
@@ -841,7 +885,7 @@ static int seq_admit(pd_engine *e, pd_seq *s) {
     s->held[usable] = node;
     s->table[usable] = slot;
     s->anchor = node;
-    s->cached_by_tier[from] += B(e);
+    by_tier[from] += B(e);
   }
   s->n_held = s->n_table = usable;
   int cow = m.cow >= 0 && usable == n_full && pd_radix_node(&e->tree, nodes[m.cow])->tier == 0 &&
@@ -856,7 +900,7 @@ static int seq_admit(pd_engine *e, pd_seq *s) {
       pd_radix_free_slot(&e->tree, 0, slot); /* the copy failed: recompute the block instead */
     if (!rc) {
       s->table[s->n_table++] = slot;
-      s->cached_by_tier[0] += cached - usable * B(e);
+      by_tier[0] += cached - usable * B(e);
     } else {
       cached = usable * B(e);
     }
@@ -864,7 +908,6 @@ static int seq_admit(pd_engine *e, pd_seq *s) {
   /* references beyond what is used go back (leaf first) */
   if (m.n_nodes > usable) pd_radix_release(&e->tree, nodes + usable, m.n_nodes - usable);
   free(nodes);
-  s->n_cached = cached;
   s->n_past = cached;
   s->reserve = need;
   e->reserved_blocks += need;
@@ -873,6 +916,13 @@ static int seq_admit(pd_engine *e, pd_seq *s) {
   s->phase = PHASE_PREFILL;
   for (uint32_t i = 0; i < s->n_held && s->phase == PHASE_PREFILL; i++)
     if (pd_tiers_pending(e->tiers, s->held[i])) s->phase = PHASE_RESTORE;
+  if (s->n_preempted) { /* resumed: its usage and the hit rate keep the first admission's */
+    uncount_match(e, &counted);
+    e->recomputed_tokens += s->n_tokens - cached;
+    return PD_OK;
+  }
+  s->n_cached = cached;
+  memcpy(s->cached_by_tier, by_tier, sizeof by_tier);
   s->admit_ms = pd_grpc_now_ms();
   pd_tenant_counters *c = counters(e, s->tenant);
   if (c) {
@@ -901,7 +951,11 @@ static int waits_for_leader(pd_engine *e, const pd_seq *s) {
 }
 
 static void admit(pd_engine *e) {
-  for (pd_seq *s = e->queue_head; s; s = s->next) s->deferred = 0;
+  int resuming = 0; /* preempted sequences come back before any new one starts */
+  for (pd_seq *s = e->queue_head; s; s = s->next) {
+    s->deferred = 0;
+    resuming |= s->n_preempted != 0;
+  }
   while (e->queue_head && e->n_running < e->cfg.max_running) {
     /* the first queued sequence of the next tenant after rr_tenant, else the oldest; one that
      * waits for a leader's prefill is passed over this step */
@@ -910,7 +964,8 @@ static void admit(pd_engine *e) {
     for (pd_seq *s = e->queue_head; s; prev = s, s = s->next) {
       uint32_t dist =
           s->tenant > e->rr_tenant ? s->tenant - e->rr_tenant : s->tenant + 65536 - e->rr_tenant;
-      if (!s->deferred && dist < best) best = dist, pick = s, pick_prev = prev;
+      if (!s->deferred && dist < best && (!resuming || s->n_preempted))
+        best = dist, pick = s, pick_prev = prev;
     }
     if (!pick) return;
     if (waits_for_leader(e, pick)) {
@@ -918,8 +973,8 @@ static void admit(pd_engine *e) {
       continue;
     }
     int rc = seq_admit(e, pick);
-    if (rc == PD_EFULL) {
-      if (e->n_running == 0) { /* nothing will ever free room for it */
+    if (rc == PD_EFULL || rc == PD_ERANGE) {
+      if (rc == PD_ERANGE || e->n_running == 0) { /* nothing will ever free room for it */
         queue_remove(e, pick_prev, pick);
         seq_finish(e, pick, PD_GRPC_RESOURCE_EXHAUSTED,
                    "the KV cache cannot hold this request (prompt + max_tokens); lower "
@@ -1143,6 +1198,7 @@ static void enqueue(pd_engine *e, pd_job *job) {
   c->requests++;
   e->requests++;
   s->phase = PHASE_QUEUED;
+  s->arrival = e->next_arrival++;
   if (e->queue_tail)
     e->queue_tail->next = s;
   else
@@ -1214,7 +1270,8 @@ static void reap(pd_engine *e) {
     next = s->next;
     pd_job *j = s->job;
     int gone = atomic_load(&j->cancelled), late = j->deadline_ms && now >= j->deadline_ms;
-    if (gone || late || e->draining) {
+    /* a drain refuses what has not started; a preempted sequence had, and will finish */
+    if (gone || late || (e->draining && !s->n_preempted)) {
       queue_remove(e, prev, s);
       seq_finish(e, s,
                  gone == 1 ? PD_GRPC_CANCELLED
@@ -1254,6 +1311,11 @@ static void seq_truncate(pd_engine *e, pd_seq *s, uint32_t keep) {
   s->n_held = s->n_table = keep;
   s->anchor = keep ? s->held[keep - 1] : s->anchor;
   if (!keep) pd_radix_root(&e->tree, s->tenant, s->ns, &s->anchor);
+  if (s->n_preempted) { /* resumed: what it reported cached stays as first admitted */
+    e->recomputed_tokens += s->n_past - keep * B(e);
+    s->n_past = keep * B(e);
+    return;
+  }
   uint32_t lost = s->n_cached - keep * B(e);
   for (int t = PD_TIERS - 1; t >= 0 && lost; t--) {
     uint32_t take = s->cached_by_tier[t] < lost ? s->cached_by_tier[t] : lost;
@@ -1280,12 +1342,74 @@ static void restores_done(pd_engine *e) {
     }
     if (waiting) continue;
     if (bad_at < s->n_held) seq_truncate(e, s, bad_at);
-    s->restore_ms = (double)(now - s->admit_ms);
+    if (!s->n_preempted) s->restore_ms = (double)(now - s->admit_ms);
     s->phase = PHASE_PREFILL;
     if (s->warm && s->n_past == s->n_prompt) {
       running_remove(e, s);
       seq_finish(e, s, PD_GRPC_OK, NULL, 0);
     }
+  }
+}
+
+/* Takes a running sequence's blocks back: what it computed in full blocks goes into the tree
+ * (so it matches them again when it resumes, as any other prompt would), its slots and
+ * references are given back, and it waits at the head of the queue. Its tokens, sampler, JSON
+ * constraint and stream stay as they are: it resumes where it stopped. */
+static void seq_preempt(pd_engine *e, pd_seq *s) {
+  running_remove(e, s);
+  seq_publish(e, s, s->n_past / B(e) * B(e));
+  seq_release(e, s);
+  e->reserved_blocks -= s->reserve;
+  s->reserve = 0;
+  s->n_hot = 0;
+  uint32_t prompt_past = s->n_past < s->n_prompt ? s->n_past : s->n_prompt;
+  if (prompt_past > s->prompt_computed) s->prompt_computed = prompt_past;
+  s->n_past = 0;
+  s->phase = PHASE_QUEUED;
+  s->n_preempted++;
+  e->preemptions++;
+  s->next = e->queue_head;
+  e->queue_head = s;
+  if (!e->queue_tail) e->queue_tail = s;
+  e->n_queued++;
+  atomic_store(&e->queue_depth, e->n_queued);
+}
+
+static int by_arrival(const void *a, const void *b) {
+  uint64_t x = (*(pd_seq *const *)a)->arrival, y = (*(pd_seq *const *)b)->arrival;
+  return x < y ? -1 : x > y;
+}
+
+/* PD_ADMIT_INCREMENTAL: decoding sequences whose next token needs a block their reservation does
+ * not cover reserve a block's worth more, oldest arrival first. When the pool cannot cover it,
+ * the most recent arrival still running (prefilling or decoding) is preempted, the sequence
+ * itself if it is that one. */
+static void grow_reservations(pd_engine *e) {
+  if (e->cfg.kv_admission != PD_ADMIT_INCREMENTAL) return;
+  pd_seq *grow_list[1024];
+  int n = 0;
+  for (pd_seq *s = e->running; s && n < 1024; s = s->next)
+    if (s->phase == PHASE_DECODE && owned_blocks(e, s->n_hot, s->n_past + 1) > s->reserve)
+      grow_list[n++] = s;
+  if (n == 0) return;
+  qsort(grow_list, (size_t)n, sizeof *grow_list, by_arrival);
+  for (int i = 0; i < n; i++) {
+    pd_seq *s = grow_list[i];
+    if (s->phase != PHASE_DECODE) continue; /* preempted for an older one */
+    uint64_t more = owned_blocks(e, s->n_hot, reserve_horizon(e, s)) - s->reserve;
+    while (e->reserved_blocks + more + held_unreserved(e, NULL, 0) > e->n_blocks) {
+      pd_seq *victim = NULL;
+      for (pd_seq *r = e->running; r; r = r->next)
+        if ((r->phase == PHASE_DECODE || r->phase == PHASE_PREFILL) &&
+            (!victim || r->arrival > victim->arrival))
+          victim = r;
+      if (!victim) break; /* only restores run beside it: it tries its luck with the pool */
+      seq_preempt(e, victim);
+      if (victim == s) break;
+    }
+    if (s->phase != PHASE_DECODE) continue;
+    s->reserve += more;
+    e->reserved_blocks += more;
   }
 }
 
@@ -1360,6 +1484,7 @@ static void gpu_free(pd_engine *e) {
 /* One forward pass over every running sequence. Returns the rows computed. */
 static int step(pd_engine *e) {
   restores_done(e);
+  grow_reservations(e);
   int n = 0, rows = 0, budget = e->cfg.max_batch_tokens;
   pd_seq *order[1024];
   /* decoding sequences: one row each */
@@ -1383,7 +1508,7 @@ static int step(pd_engine *e) {
     if (share < 1) share = 1;
     for (pd_seq *s = e->running; s && share > 0 && n < 1024; s = s->next) {
       if (s->phase != PHASE_PREFILL || s->tenant != tenants[ti]) continue;
-      int left = (int)(s->n_prompt - s->n_past);
+      int left = (int)(s->n_tokens - s->n_past); /* a resumed sequence: its generated tokens too */
       int take = left < share ? left : share;
       if (take <= 0) continue;
       if (!s->prefill_start_ms) s->prefill_start_ms = pd_grpc_now_ms();
@@ -1452,15 +1577,16 @@ static int step(pd_engine *e) {
       want[i] = li;
       lg[i] = e->logits + (size_t)li++ * (size_t)e->model->n_vocab;
     }
-    if (s->phase == PHASE_PREFILL && s->n_past == s->n_prompt) {
-      s->prefill_ms = (double)(now - s->prefill_start_ms);
+    if (s->phase == PHASE_PREFILL && s->n_past == s->n_tokens) {
+      if (s->prefill_ms == 0) /* a resumed sequence keeps its first prefill's */
+        s->prefill_ms = (double)(now - s->prefill_start_ms);
       if (s->warm) {
         running_remove(e, s);
         seq_finish(e, s, PD_GRPC_OK, NULL, 0);
         order[i] = NULL;
         continue;
       }
-      seq_publish(e, s, s->n_prompt / B(e) * B(e)); /* full prompt blocks enter the tree */
+      seq_publish(e, s, s->n_tokens / B(e) * B(e)); /* full prompt blocks enter the tree */
     }
   }
   /* sampling: each sequence has its own sampler, so they run in parallel */

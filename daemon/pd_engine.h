@@ -59,6 +59,17 @@ enum pd_engine_device {
   PD_ENGINE_DEVICE_CUDA = 2, /* a GPU, or an error at start */
 };
 
+/* How much of the device tier a sequence must find room for before it starts.
+ * PD_ADMIT_INCREMENTAL (the default): its context and the next block of new tokens; it reserves
+ * more a block at a time as it grows, and when the pool cannot give it one, the most recent
+ * arrival among the running sequences is preempted: its computed blocks go into the tree, its
+ * slots are given back, and it waits at the head of the queue to resume, matching those blocks
+ * again (whatever of them was demoted meanwhile is restored or recomputed). On the CPU the
+ * resumed sequence's tokens are bit-identical to an uninterrupted run.
+ * PD_ADMIT_FULL: its prompt and every token max_tokens allows, so it never waits for a block
+ * once started, at the price of fewer sequences at once when requests ask for many tokens. */
+enum pd_kv_admission { PD_ADMIT_INCREMENTAL = 0, PD_ADMIT_FULL = 1 };
+
 typedef struct pd_engine_config {
   const char *model_path;
   uint32_t block_tokens;     /* B (default 16) */
@@ -84,6 +95,7 @@ typedef struct pd_engine_config {
   int zero_reused_kv;           /* zero a device block before another tenant's sequence writes
                                into it, so no stale KV of one tenant is ever in reach of
                                another's through a bug (default on) */
+  enum pd_kv_admission kv_admission;
 } pd_engine_config;
 
 enum pd_job_kind { PD_JOB_GENERATE, PD_JOB_WARM, PD_JOB_CALL };
@@ -242,6 +254,9 @@ struct pd_engine {
   int32_t *gpu_picks;       /* (max_running) tokens of a greedy batch, argmax on the GPU */
   pd_llama_seq *batch;      /* (max_running) */
   uint64_t requests, generated_tokens;
+  uint64_t next_arrival;      /* order of Generate/Warm sequences, for preemption's victim */
+  uint64_t preemptions;       /* sequences preempted to give a growing one a block */
+  uint64_t recomputed_tokens; /* tokens resumed sequences computed again (not found cached) */
   pd_engine_stats_window window;
   /* for the metrics endpoint: each finished Generate's queue wait, time to first token and mean
    * time per output token after the first; every client job's final gRPC status */

@@ -224,6 +224,14 @@ int pd_metrics_render(pd_engine *e, char **text, size_t *n_text) {
   sample_u(&b, "prefixd_requests_total", e->requests);
   family(&b, "prefixd_generated_tokens_total", "counter", "Tokens generated.");
   sample_u(&b, "prefixd_generated_tokens_total", e->generated_tokens);
+  family(&b, "prefixd_preemptions_total", "counter",
+         "Running sequences whose KV blocks were taken back for an older one's next block "
+         "(--kv-admission incremental); each resumed from the prefix cache.");
+  sample_u(&b, "prefixd_preemptions_total", e->preemptions);
+  family(&b, "prefixd_recomputed_tokens_total", "counter",
+         "Tokens resumed sequences computed again: a partial last block, and blocks that left "
+         "the cache while they waited.");
+  sample_u(&b, "prefixd_recomputed_tokens_total", e->recomputed_tokens);
   family(&b, "prefixd_queue_depth", "gauge", "Sequences waiting for admission.");
   sample_u(&b, "prefixd_queue_depth", (uint64_t)e->n_queued);
   family(&b, "prefixd_running_sequences", "gauge", "Sequences in the batch.");

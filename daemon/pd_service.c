@@ -735,6 +735,9 @@ static void do_stats(pd_engine *e, pd_job *job) {
   r->query_tokens = e->tree.stats.query_tokens;
   r->requests = e->requests;
   r->queue_depth = (uint32_t)e->n_queued;
+  r->running = (uint32_t)e->n_running;
+  r->preemptions = e->preemptions;
+  r->recomputed_tokens = e->recomputed_tokens;
   int64_t sec = pd_grpc_now_ms() / 1000;
   uint64_t sum = 0;
   for (int i = 0; i < 60; i++)

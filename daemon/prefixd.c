@@ -86,6 +86,12 @@ static void usage(FILE *f) {
       "      --max-running N       sequences batched at once (PREFIXD_MAX_RUNNING; 64)\n"
       "      --max-queue N         waiting requests before RESOURCE_EXHAUSTED (1024)\n"
       "      --max-context N       tokens per sequence (default: the model's)\n"
+      "      --kv-admission A      incremental: a request starts when the KV cache holds its\n"
+      "                            prompt and one more block, grows a block at a time, and\n"
+      "                            the latest arrival is preempted (its blocks kept in the\n"
+      "                            prefix cache, resumed from them) when a block is missing;\n"
+      "                            full: it starts only once the cache can hold its prompt\n"
+      "                            and all of max_tokens (PREFIXD_KV_ADMISSION; incremental)\n"
       "      --cache-dtype T       f16, bf16, f32 or fp8 (fp8-e4m3, a scale per row; default f16)\n"
       "      --matmul M            fast or exact (default fast)\n"
       "  -t, --threads N           CPU threads (PREFIXD_THREADS; default: all)\n"
@@ -274,6 +280,7 @@ int main(int argc, char **argv) {
   const char *disk_foreign = "keep";
   const char *zero_reused = env_or("PREFIXD_ZERO_REUSED_KV", "yes");
   const char *device = env_or("PREFIXD_DEVICE", "auto");
+  const char *kv_admission = env_or("PREFIXD_KV_ADMISSION", "incremental");
   struct {
     const char *env;
     long *v;
@@ -304,6 +311,7 @@ int main(int argc, char **argv) {
     O_DISK_WRITE,
     O_DISK_FOREIGN,
     O_ZERO_REUSED,
+    O_ADMISSION,
     O_DEVICE,
     O_BLOCK,
     O_BATCH,
@@ -333,6 +341,7 @@ int main(int argc, char **argv) {
                                        {"disk-write", required_argument, 0, O_DISK_WRITE},
                                        {"disk-foreign", required_argument, 0, O_DISK_FOREIGN},
                                        {"zero-reused-kv", required_argument, 0, O_ZERO_REUSED},
+                                       {"kv-admission", required_argument, 0, O_ADMISSION},
                                        {"device", required_argument, 0, O_DEVICE},
                                        {"block-tokens", required_argument, 0, O_BLOCK},
                                        {"max-batch-tokens", required_argument, 0, O_BATCH},
@@ -368,6 +377,7 @@ int main(int argc, char **argv) {
     case O_DISK_WRITE: disk_write = optarg; break;
     case O_DISK_FOREIGN: disk_foreign = optarg; break;
     case O_ZERO_REUSED: zero_reused = optarg; break;
+    case O_ADMISSION: kv_admission = optarg; break;
     case O_DEVICE: device = optarg; break;
     case O_BLOCK: target = &block, lo = 1, hi = 256; break;
     case O_BATCH: target = &batch, lo = 1, hi = 65536; break;
@@ -439,6 +449,10 @@ int main(int argc, char **argv) {
     engine_device = PD_ENGINE_DEVICE_CUDA;
   else if (strcmp(device, "auto")) {
     fprintf(stderr, "prefixd: --device must be auto, cpu or cuda\n");
+    return 2;
+  }
+  if (strcmp(kv_admission, "incremental") && strcmp(kv_admission, "full")) {
+    fprintf(stderr, "prefixd: --kv-admission must be incremental or full\n");
     return 2;
   }
   if (strcmp(zero_reused, "yes") && strcmp(zero_reused, "no")) {
@@ -547,6 +561,8 @@ int main(int argc, char **argv) {
                                                                         : PD_KVSTORE_FOREIGN_PURGE,
                           .disk_write_filter = write_filter,
                           .zero_reused_kv = !strcmp(zero_reused, "yes"),
+                          .kv_admission =
+                              strcmp(kv_admission, "full") ? PD_ADMIT_INCREMENTAL : PD_ADMIT_FULL,
                           .device = engine_device,
                           .max_batch_tokens = (int)batch,
                           .max_running = (int)running,

@@ -89,6 +89,9 @@ static void json_counters(kv_json *j, const Prefixd__V1__StatsResponse *r) {
   kv_json_number(j, "uptime_seconds", r->uptime_seconds);
   kv_json_uint(j, "requests", r->requests);
   kv_json_uint(j, "queue_depth", r->queue_depth);
+  kv_json_uint(j, "running", r->running);
+  kv_json_uint(j, "preemptions", r->preemptions);
+  kv_json_uint(j, "recomputed_tokens", r->recomputed_tokens);
   kv_json_number(j, "tokens_per_second", r->tokens_per_second);
   kv_json_uint(j, "hit_tokens", r->hit_tokens);
   kv_json_uint(j, "query_tokens", r->query_tokens);
@@ -189,7 +192,8 @@ const char kv_help_status[] =
     "blocks and bytes. `kvctl stats` has every counter.\n"
     "\n"
     "  --json   {address, serving, model, backend, uptime_seconds, requests, queue_depth,\n"
-    "            tokens_per_second, hit_tokens, query_tokens, hit_rate, tiers: [...]}\n";
+    "            running, preemptions, recomputed_tokens, tokens_per_second, hit_tokens,\n"
+    "            query_tokens, hit_rate, tiers: [...]}\n";
 
 int kv_cmd_status(kv_ctx *ctx, int argc, char **argv) {
   const char *pos[1];
@@ -220,8 +224,8 @@ int kv_cmd_status(kv_ctx *ctx, int argc, char **argv) {
     kv_one_line(r->backend, 0, backend, sizeof backend);
     field("backend", "%s", backend);
     field("uptime", "%s", kv_fmt_duration(up, sizeof up, r->uptime_seconds));
-    field("requests", "%llu, queue %u, %.1f tokens/s over the last minute",
-          (unsigned long long)r->requests, r->queue_depth, r->tokens_per_second);
+    field("requests", "%llu, running %u, queue %u, %.1f tokens/s over the last minute",
+          (unsigned long long)r->requests, r->running, r->queue_depth, r->tokens_per_second);
     field("hit rate", "%s of prompt tokens (%s of %s)",
           kv_fmt_percent(pct, sizeof pct, r->hit_tokens, r->query_tokens),
           kv_fmt_count(hit, sizeof hit, r->hit_tokens),
@@ -479,8 +483,10 @@ static void stats_human(const Prefixd__V1__StatsResponse *r) {
   kv_one_line(r->backend, 0, backend, sizeof backend);
   field("model", "%s", model);
   field("backend", "%s, up %s", backend, kv_fmt_duration(up, sizeof up, r->uptime_seconds));
-  field("requests", "%llu, queue %u, %.1f tokens/s over the last minute",
-        (unsigned long long)r->requests, r->queue_depth, r->tokens_per_second);
+  field("requests", "%llu, running %u, queue %u, %.1f tokens/s over the last minute",
+        (unsigned long long)r->requests, r->running, r->queue_depth, r->tokens_per_second);
+  field("preempted", "%llu sequences, %llu tokens recomputed", (unsigned long long)r->preemptions,
+        (unsigned long long)r->recomputed_tokens);
   field("hit rate", "%s of prompt tokens (%s of %s)",
         kv_fmt_percent(pct, sizeof pct, r->hit_tokens, r->query_tokens),
         kv_fmt_count(hit, sizeof hit, r->hit_tokens),

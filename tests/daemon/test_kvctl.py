@@ -38,7 +38,8 @@ PREFIX_FIELDS = {"id", "tenant", "namespace", "token_count", "blocks", "hits", "
                  "age_seconds", "pinned", "pin_expires_unix_ms", "preview", "parent_id"}
 TIER_FIELDS = {"tier", "blocks_used", "blocks_capacity", "bytes_used", "bytes_capacity",
                "disabled", "disabled_reason"}
-COUNTER_FIELDS = {"model", "backend", "uptime_seconds", "requests", "queue_depth",
+COUNTER_FIELDS = {"model", "backend", "uptime_seconds", "requests", "queue_depth", "running",
+                  "preemptions", "recomputed_tokens",
                   "tokens_per_second", "hit_tokens", "query_tokens", "hit_rate"}
 STORAGE_FIELDS = {"spilled_to_host_blocks", "spilled_to_disk_blocks", "restored_from_host_blocks",
                   "restored_from_disk_blocks", "spill_bytes", "restore_bytes", "dropped_blocks",
@@ -274,7 +275,8 @@ def test_status_and_stats_json(daemon, acme):
     assert set(st) == {"address", "serving", "tiers"} | COUNTER_FIELDS
     assert st["address"] == daemon.target and st["serving"] is True and st["backend"] == "cpu"
     assert st["model"].startswith("llama: 2 layers, d_model 64, 4 heads (2 kv, head_dim 16)")
-    assert st["requests"] == 2 and st["queue_depth"] == 0
+    assert st["requests"] == 2 and st["queue_depth"] == 0 and st["running"] == 0
+    assert st["preemptions"] == 0 and st["recomputed_tokens"] == 0
     assert st["hit_tokens"] > 0 and st["hit_rate"] == st["hit_tokens"] / st["query_tokens"]
     assert [t["tier"] for t in st["tiers"]] == ["device", "host", "disk"]
     assert all(set(t) == TIER_FIELDS for t in st["tiers"])
