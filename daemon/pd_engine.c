@@ -373,19 +373,36 @@ int pd_engine_prompt_tokens(const pd_engine *e, const ProtobufCMessage *msg, int
       snprintf(err, errlen, "chat prompt has no messages");
       return PD_EINVAL;
     }
+    size_t n_calls = 0, n_tools = p->chat->n_tools;
+    for (size_t i = 0; i < k; i++) n_calls += p->chat->messages[i]->n_tool_calls;
     pd_chat_msg *msgs = calloc(k, sizeof *msgs);
-    if (!msgs) {
+    pd_chat_tool_call *calls = calloc(n_calls + 1, sizeof *calls);
+    pd_chat_tool *tools = calloc(n_tools + 1, sizeof *tools);
+    if (!msgs || !calls || !tools) {
+      free(msgs);
+      free(calls);
+      free(tools);
       snprintf(err, errlen, "out of memory");
       return PD_ENOMEM;
     }
-    for (size_t i = 0; i < k; i++) {
-      msgs[i].role = p->chat->messages[i]->role;
-      msgs[i].content = p->chat->messages[i]->content;
+    for (size_t i = 0, c = 0; i < k; i++) {
+      const Prefixd__V1__ChatMessage *m = p->chat->messages[i];
+      msgs[i].role = m->role;
+      msgs[i].content = m->content;
+      msgs[i].tool_calls = calls + c;
+      msgs[i].n_tool_calls = m->n_tool_calls;
+      for (size_t j = 0; j < m->n_tool_calls; j++, c++)
+        calls[c] = (pd_chat_tool_call){m->tool_calls[j]->name, m->tool_calls[j]->arguments};
     }
+    for (size_t i = 0; i < n_tools; i++)
+      tools[i] = (pd_chat_tool){p->chat->tools[i]->name, p->chat->tools[i]->description,
+                                p->chat->tools[i]->parameters};
     /* Generate always opens the assistant's turn; Warm and Lookup take the flag as given. */
     int gen_prompt = for_generate || p->chat->add_generation_prompt;
-    int rc = pd_chat_render(&e->chat, msgs, k, gen_prompt, &text, err, errlen);
+    int rc = pd_chat_render(&e->chat, msgs, k, tools, n_tools, gen_prompt, &text, err, errlen);
     free(msgs);
+    free(calls);
+    free(tools);
     if (rc) return rc;
     src = text;
   } else {

@@ -18,6 +18,7 @@
 #include "pd_err.h"
 #include "pd_http1.h"
 #include "pd_log.h"
+#include "pd_strbuf.h"
 
 #ifndef PD_VERSION
 #define PD_VERSION "unknown"
@@ -25,78 +26,46 @@
 
 /* ---- the exposition text (engine thread) ----------------------------------------------------- */
 
-typedef struct sbuf {
-  char *p;
-  size_t n, cap;
-  int oom;
-} sbuf;
-
-static void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_printf(sbuf *b, const char *fmt, ...) {
-  if (b->oom) return;
-  for (;;) {
-    va_list ap;
-    va_start(ap, fmt);
-    int k = vsnprintf(b->p + b->n, b->cap - b->n, fmt, ap);
-    va_end(ap);
-    if (k < 0) {
-      b->oom = 1;
-      return;
-    }
-    if ((size_t)k < b->cap - b->n) {
-      b->n += (size_t)k;
-      return;
-    }
-    size_t cap = b->cap * 2 + (size_t)k;
-    char *q = realloc(b->p, cap);
-    if (!q) {
-      b->oom = 1;
-      return;
-    }
-    b->p = q;
-    b->cap = cap;
-  }
-}
-
 /* A label value, escaped as the text format wants (backslash, double quote, newline). */
-static void sb_label(sbuf *b, const char *v) {
+static void sb_label(pd_strbuf *b, const char *v) {
   for (const char *run = v;; v++) {
     if (*v && *v != '\\' && *v != '"' && *v != '\n') continue;
-    sb_printf(b, "%.*s", (int)(v - run), run);
+    pd_strbuf_printf(b, "%.*s", (int)(v - run), run);
     if (!*v) return;
-    sb_printf(b, "\\%c", *v == '\n' ? 'n' : *v);
+    pd_strbuf_printf(b, "\\%c", *v == '\n' ? 'n' : *v);
     run = v + 1;
   }
 }
 
-static void family(sbuf *b, const char *name, const char *type, const char *help) {
-  sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+static void family(pd_strbuf *b, const char *name, const char *type, const char *help) {
+  pd_strbuf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-static void sample_u(sbuf *b, const char *name, uint64_t v) {
-  sb_printf(b, "%s %llu\n", name, (unsigned long long)v);
+static void sample_u(pd_strbuf *b, const char *name, uint64_t v) {
+  pd_strbuf_printf(b, "%s %llu\n", name, (unsigned long long)v);
 }
 
-static void sample_f(sbuf *b, const char *name, double v) {
-  sb_printf(b, "%s %.12g\n", name, v);
+static void sample_f(pd_strbuf *b, const char *name, double v) {
+  pd_strbuf_printf(b, "%s %.12g\n", name, v);
 }
 
 static const char *const tier_names[PD_TIERS] = {"device", "host", "disk"};
 
 /* One sample per tier: name{tier="..."} v[t]. */
-static void per_tier(sbuf *b, const char *name, const uint64_t v[PD_TIERS]) {
+static void per_tier(pd_strbuf *b, const char *name, const uint64_t v[PD_TIERS]) {
   for (int t = 0; t < PD_TIERS; t++)
-    sb_printf(b, "%s{tier=\"%s\"} %llu\n", name, tier_names[t], (unsigned long long)v[t]);
+    pd_strbuf_printf(b, "%s{tier=\"%s\"} %llu\n", name, tier_names[t], (unsigned long long)v[t]);
 }
 
-static void histogram(sbuf *b, const char *name, const char *help, const pd_engine_histogram *h) {
+static void histogram(pd_strbuf *b, const char *name, const char *help,
+                      const pd_engine_histogram *h) {
   family(b, name, "histogram", help);
   for (int i = 0; i < PD_HIST_BUCKETS; i++)
-    sb_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, pd_engine_hist_le_ms[i] / 1000.0,
-              (unsigned long long)h->le[i]);
-  sb_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)h->count);
-  sb_printf(b, "%s_sum %.12g\n", name, h->sum_ms / 1000.0);
-  sb_printf(b, "%s_count %llu\n", name, (unsigned long long)h->count);
+    pd_strbuf_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, pd_engine_hist_le_ms[i] / 1000.0,
+                     (unsigned long long)h->le[i]);
+  pd_strbuf_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)h->count);
+  pd_strbuf_printf(b, "%s_sum %.12g\n", name, h->sum_ms / 1000.0);
+  pd_strbuf_printf(b, "%s_count %llu\n", name, (unsigned long long)h->count);
 }
 
 static const char *const status_names[PD_GRPC_STATUSES] = {
@@ -106,16 +75,15 @@ static const char *const status_names[PD_GRPC_STATUSES] = {
     "DATA_LOSS", "UNAUTHENTICATED"};
 
 int pd_metrics_render(pd_engine *e, char **text, size_t *n_text) {
-  sbuf b = {malloc(16384), 0, 16384, 0};
-  if (!b.p) return PD_ENOMEM;
-  b.p[0] = 0;
+  pd_strbuf b = {0};
+  pd_strbuf_puts(&b, ""); /* an empty exposition is still a string */
   int64_t now_ms = pd_grpc_now_ms();
 
   /* process */
   family(&b, "prefixd_build_info", "gauge", "Always 1; the labels name the build and the model.");
-  sb_printf(&b, "prefixd_build_info{version=\"%s\",backend=\"cpu\",model=\"", PD_VERSION);
+  pd_strbuf_printf(&b, "prefixd_build_info{version=\"%s\",backend=\"cpu\",model=\"", PD_VERSION);
   sb_label(&b, e->model_desc);
-  sb_printf(&b, "\"} 1\n");
+  pd_strbuf_printf(&b, "\"} 1\n");
   family(&b, "prefixd_uptime_seconds", "gauge", "Seconds since the engine was created.");
   sample_f(&b, "prefixd_uptime_seconds", (double)(now_ms - e->start_ms) / 1000.0);
   family(&b, "prefixd_start_time_seconds", "gauge", "Unix time the engine was created.");
@@ -123,7 +91,7 @@ int pd_metrics_render(pd_engine *e, char **text, size_t *n_text) {
   clock_gettime(CLOCK_REALTIME, &wall);
   int64_t start_unix_ms =
       (int64_t)wall.tv_sec * 1000 + wall.tv_nsec / 1000000 - (now_ms - e->start_ms);
-  sb_printf(&b, "prefixd_start_time_seconds %.3f\n", (double)start_unix_ms / 1000.0);
+  pd_strbuf_printf(&b, "prefixd_start_time_seconds %.3f\n", (double)start_unix_ms / 1000.0);
 
   /* tiers */
   uint64_t used[PD_TIERS], cap[PD_TIERS], bytes[PD_TIERS], cap_bytes[PD_TIERS], on[PD_TIERS];
@@ -201,9 +169,10 @@ int pd_metrics_render(pd_engine *e, char **text, size_t *n_text) {
       switch (f) {
       case 0:
         for (int k = 0; k < PD_TIERS; k++) {
-          sb_printf(&b, "%s{tenant=\"", tf[f].name);
+          pd_strbuf_printf(&b, "%s{tenant=\"", tf[f].name);
           sb_label(&b, t->name);
-          sb_printf(&b, "\",tier=\"%s\"} %llu\n", tier_names[k], (unsigned long long)t->used[k]);
+          pd_strbuf_printf(&b, "\",tier=\"%s\"} %llu\n", tier_names[k],
+                           (unsigned long long)t->used[k]);
         }
         continue;
       case 1: v = c ? c->requests : 0; break;
@@ -213,9 +182,9 @@ int pd_metrics_render(pd_engine *e, char **text, size_t *n_text) {
       case 5: v = c ? c->rate_limited : 0; break;
       default: v = c ? c->active : 0; break;
       }
-      sb_printf(&b, "%s{tenant=\"", tf[f].name);
+      pd_strbuf_printf(&b, "%s{tenant=\"", tf[f].name);
       sb_label(&b, t->name);
-      sb_printf(&b, "\"} %llu\n", (unsigned long long)v);
+      pd_strbuf_printf(&b, "\"} %llu\n", (unsigned long long)v);
     }
   }
 
@@ -239,8 +208,8 @@ int pd_metrics_render(pd_engine *e, char **text, size_t *n_text) {
   family(&b, "prefixd_rpcs_total", "counter",
          "RPCs the engine answered, by gRPC status (errors: every code but OK).");
   for (int s = 0; s < PD_GRPC_STATUSES; s++)
-    sb_printf(&b, "prefixd_rpcs_total{code=\"%s\"} %llu\n", status_names[s],
-              (unsigned long long)e->rpc_status[s]);
+    pd_strbuf_printf(&b, "prefixd_rpcs_total{code=\"%s\"} %llu\n", status_names[s],
+                     (unsigned long long)e->rpc_status[s]);
   histogram(&b, "prefixd_queue_wait_seconds",
             "Generate requests' wait from arrival to admission into the batch.", &e->hist_queue);
   histogram(&b, "prefixd_time_to_first_token_seconds",
@@ -257,13 +226,13 @@ int pd_metrics_render(pd_engine *e, char **text, size_t *n_text) {
   family(&b, "prefixd_spilled_blocks_total", "counter",
          "Blocks demoted into a tier from a hotter one (host: from device, disk: from host).");
   for (int t = 1; t < PD_TIERS; t++)
-    sb_printf(&b, "prefixd_spilled_blocks_total{tier=\"%s\"} %llu\n", tier_names[t],
-              (unsigned long long)spilled[t]);
+    pd_strbuf_printf(&b, "prefixd_spilled_blocks_total{tier=\"%s\"} %llu\n", tier_names[t],
+                     (unsigned long long)spilled[t]);
   family(&b, "prefixd_restored_blocks_total", "counter",
          "Blocks brought back to the device tier on a hit, by the tier they came from.");
   for (int t = 1; t < PD_TIERS; t++)
-    sb_printf(&b, "prefixd_restored_blocks_total{tier=\"%s\"} %llu\n", tier_names[t],
-              (unsigned long long)c.restored[t]);
+    pd_strbuf_printf(&b, "prefixd_restored_blocks_total{tier=\"%s\"} %llu\n", tier_names[t],
+                     (unsigned long long)c.restored[t]);
   family(&b, "prefixd_spill_bytes_total", "counter", "Bytes moved to colder tiers.");
   sample_u(&b, "prefixd_spill_bytes_total", c.spill_bytes);
   family(&b, "prefixd_restore_bytes_total", "counter", "Bytes restored to the device tier.");
@@ -304,15 +273,15 @@ int pd_metrics_render(pd_engine *e, char **text, size_t *n_text) {
   sample_u(&b, "prefixd_write_filtered_blocks_total", c.write_filtered);
   family(&b, "prefixd_restore_decisions_total", "counter",
          "Cold prefixes restored from a colder tier or recomputed, whichever was faster.");
-  sb_printf(&b, "prefixd_restore_decisions_total{choice=\"restore\"} %llu\n",
-            (unsigned long long)c.restore_chosen);
-  sb_printf(&b, "prefixd_restore_decisions_total{choice=\"recompute\"} %llu\n",
-            (unsigned long long)c.recompute_chosen);
+  pd_strbuf_printf(&b, "prefixd_restore_decisions_total{choice=\"restore\"} %llu\n",
+                   (unsigned long long)c.restore_chosen);
+  pd_strbuf_printf(&b, "prefixd_restore_decisions_total{choice=\"recompute\"} %llu\n",
+                   (unsigned long long)c.recompute_chosen);
   family(&b, "prefixd_restore_rate_bytes_per_second", "gauge",
          "Measured transfer rate into the device tier from a colder tier (moving average).");
   for (int t = 1; t < PD_TIERS; t++)
-    sb_printf(&b, "prefixd_restore_rate_bytes_per_second{tier=\"%s\"} %.12g\n", tier_names[t],
-              c.rate_bps[t]);
+    pd_strbuf_printf(&b, "prefixd_restore_rate_bytes_per_second{tier=\"%s\"} %.12g\n",
+                     tier_names[t], c.rate_bps[t]);
   family(&b, "prefixd_disk_records", "gauge", "Blocks in the disk store.");
   sample_u(&b, "prefixd_disk_records", disk_records);
   family(&b, "prefixd_pin_saves_total", "counter",

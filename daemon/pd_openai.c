@@ -20,10 +20,12 @@
 #include <string.h>
 #include <time.h>
 
+#include "pd_chat.h"
 #include "pd_err.h"
 #include "pd_http1.h"
 #include "pd_unicode.h"
 #include "pd_log.h"
+#include "pd_openai_tools.h"
 #include "prefixd/v1/prefixd.pb-c.h"
 
 #define MAX_CONNS    256
@@ -51,6 +53,7 @@ typedef struct ochoice {
   json_t *lp_list;  /* chat: logprobs.content items; completions: the legacy object */
   size_t lp_offset; /* completions: bytes of the token pieces so far (text_offset) */
   int started;      /* streaming: this choice's first event is sent */
+  size_t sent;      /* streaming with tools: bytes of text sent as content */
   int lost;         /* its answer could not be kept (out of memory): the request ends in a 500 */
   int done;
 } ochoice;
@@ -85,6 +88,7 @@ struct oreq {
   Prefixd__V1__LogitBias *bias; /* (sampling.n_logit_bias) */
   Prefixd__V1__LogitBias **bias_ptrs;
   char *stop[MAX_STOP];
+  pd_openai_tools tools; /* chat: the functions offered, tool_choice */
 };
 
 struct pd_openai {
@@ -268,14 +272,14 @@ static int parse_messages(oreq *r, json_t *msgs, char *err, size_t errlen) {
     if (!json_is_object(m) || !json_is_string(role)) BAD("messages[%zu] needs a string 'role'", i);
     const char *rs = json_string_value(role);
     if (!strcmp(rs, "developer")) rs = "system"; /* OpenAI's newer name for it */
-    if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant"))
-      BAD("messages[%zu].role '%.40s' is not supported (system, developer, user, assistant)", i,
-          rs);
-    if (json_object_get(m, "tool_calls") && !json_is_null(json_object_get(m, "tool_calls")))
-      BAD("messages[%zu]: tool calls are not supported", i);
+    if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant") && strcmp(rs, "tool"))
+      BAD("messages[%zu].role '%.40s' is not supported (system, developer, user, assistant, "
+          "tool)",
+          i, rs);
     prefixd__v1__chat_message__init(&r->messages[i]);
     r->messages[i].role = (char *)rs;
-    if (content_text(r, json_object_get(m, "content"), i, &r->messages[i].content, err, errlen))
+    if (content_text(r, json_object_get(m, "content"), i, &r->messages[i].content, err, errlen) ||
+        pd_openai_tools_message(&r->tools, m, i, &r->messages[i], err, errlen))
       return -1;
     r->message_ptrs[i] = &r->messages[i];
   }
@@ -284,6 +288,8 @@ static int parse_messages(oreq *r, json_t *msgs, char *err, size_t errlen) {
   r->chat_messages.messages = r->message_ptrs;
   r->chat_messages.n_messages = n;
   r->chat_messages.add_generation_prompt = 1;
+  r->chat_messages.tools = r->tools.tool_ptrs;
+  r->chat_messages.n_tools = r->tools.n_tools;
   r->prompt.kind_case = PREFIXD__V1__PROMPT__KIND_CHAT;
   r->prompt.chat = &r->chat_messages;
   return 0;
@@ -324,12 +330,13 @@ static int refuse_unsupported(json_t *root, int chat, char *err, size_t errlen) 
   if ((v = json_object_get(root, "best_of")) && !json_is_null(v) &&
       (!json_is_integer(v) || json_integer_value(v) != 1))
     BAD("'best_of' must be 1");
-  const char *tools[] = {"tools", "functions"};
-  for (int i = 0; i < 2; i++)
-    if ((v = json_object_get(root, tools[i])) && !json_is_null(v) &&
-        (!json_is_array(v) || json_array_size(v)))
-      BAD("'%s' are not supported", tools[i]);
+  if ((v = json_object_get(root, "functions")) && !json_is_null(v) &&
+      (!json_is_array(v) || json_array_size(v)))
+    BAD("'functions' (deprecated by OpenAI) are not supported: send them as 'tools'");
   if (!chat) {
+    if ((v = json_object_get(root, "tools")) && !json_is_null(v) &&
+        (!json_is_array(v) || json_array_size(v)))
+      BAD("'tools' are for /v1/chat/completions");
     if ((v = json_object_get(root, "echo")) && json_is_true(v)) BAD("'echo' is not supported");
     if ((v = json_object_get(root, "suffix")) && !json_is_null(v) &&
         (!json_is_string(v) || json_string_length(v)))
@@ -411,7 +418,11 @@ static int parse_request(oreq *r, char *err, size_t errlen) {
   prefixd__v1__prompt__init(&r->prompt);
   prefixd__v1__sampling_params__init(&r->sampling);
   if (r->chat) {
-    if (parse_messages(r, json_object_get(root, "messages"), err, errlen)) return -1;
+    /* the template family decides how calls are written (pd_openai_parse has no engine) */
+    int family = r->o ? r->o->engine->chat.kind : PD_CHAT_CHATML;
+    if (pd_openai_tools_parse(root, family, &r->tools, err, errlen) ||
+        parse_messages(r, json_object_get(root, "messages"), err, errlen))
+      return -1;
   } else {
     json_t *p = json_object_get(root, "prompt");
     if (!p) BAD("'prompt' is required");
@@ -446,6 +457,16 @@ static int parse_request(oreq *r, char *err, size_t errlen) {
         get_int(root, "top_logprobs", 0, PD_TOP_LOGPROBS_MAX, &top_logprobs, err, errlen))
       return -1;
     if (top_logprobs && !r->logprobs) BAD("'top_logprobs' needs 'logprobs': true");
+    if (r->logprobs && r->tools.choice != PD_TOOL_CHOICE_NONE)
+      BAD("'logprobs' with 'tools' is not supported (unless tool_choice is \"none\")");
+    if (r->tools.choice == PD_TOOL_CHOICE_REQUIRED) { /* the call is constrained to a schema */
+      if (r->gen.response_format)
+        BAD("'response_format' cannot be combined with a tool_choice that forces a call");
+      prefixd__v1__response_format__init(&r->format);
+      r->format.type = PREFIXD__V1__RESPONSE_FORMAT__TYPE__RESPONSE_FORMAT_JSON_SCHEMA;
+      r->format.json_schema = r->tools.schema;
+      r->gen.response_format = &r->format;
+    }
   } else {
     json_t *lp = json_object_get(root, "logprobs");
     if (lp && !json_is_null(lp)) {
@@ -522,6 +543,7 @@ static void oreq_free(oreq *r) {
   free(r->bias);
   free(r->bias_ptrs);
   free(r->schema_text);
+  pd_openai_tools_free(&r->tools);
   free(r);
 }
 
@@ -705,12 +727,75 @@ static int stream_tokens(pd_http1_conn *c, ochoice *ch, const int32_t *ids, uint
   return send_event_json(c, stream_chunk(ch, piece, NULL, lp));
 }
 
+/* 1 when a choice's answer may hold tool calls to read out of it. */
+static int tools_active(const oreq *r) {
+  return r->chat && r->tools.choice != PD_TOOL_CHOICE_NONE;
+}
+
+/* OpenAI's tool_calls array of calls (ids: the request's id, the choice and the call's index);
+ * NULL when out of memory. With stream_form, each call carries its index (a delta's form). */
+static json_t *tool_calls_json(const ochoice *ch, const pd_openai_call *calls, size_t n,
+                               int stream_form) {
+  json_t *list = json_array();
+  for (size_t k = 0; list && k < n; k++) {
+    char id[96];
+    snprintf(id, sizeof id, "call_%s_%d_%zu", strchr(ch->r->id, '-') + 1, ch->index, k);
+    json_t *call = json_pack("{s:s,s:s,s:{s:s,s:s}}", "id", id, "type", "function", "function",
+                             "name", calls[k].name, "arguments", calls[k].arguments);
+    if (call && stream_form) json_object_set_new(call, "index", json_integer((json_int_t)k));
+    if (!call || json_array_append_new(list, call)) {
+      json_decref(list);
+      return NULL;
+    }
+  }
+  return list;
+}
+
+/* Streaming with tools: the content that is certainly content by now (pd_openai_calls_content_safe)
+ * goes out; what may be a call waits for the end. */
+static int stream_content(pd_http1_conn *c, ochoice *ch) {
+  size_t safe = pd_openai_calls_content_safe(&ch->r->tools, ch->text ? ch->text : "", ch->n_text);
+  if (safe <= ch->sent) return 0;
+  if (!ch->started && stream_head(c, ch)) return -1;
+  json_t *piece = json_pack("{s:s%}", "content", ch->text + ch->sent, safe - ch->sent);
+  ch->sent = safe;
+  return send_event_json(c, stream_chunk(ch, piece, NULL, NULL));
+}
+
+/* Streaming with tools, at the end: the rest of the content, then the calls read out of the
+ * answer as one delta (or, if it holds none, the rest of the text). Returns the finish reason
+ * to send, or NULL on a failed send. */
+static const char *stream_calls(pd_http1_conn *c, ochoice *ch, const char *finish) {
+  pd_openai_call *calls;
+  size_t n_calls, content_len;
+  if (pd_openai_calls_read(&ch->r->tools, ch->text ? ch->text : "", ch->n_text, &calls, &n_calls,
+                           &content_len))
+    return NULL;
+  size_t end = n_calls ? content_len : ch->n_text;
+  int failed = 0;
+  if (end > ch->sent) {
+    json_t *piece = json_pack("{s:s%}", "content", ch->text + ch->sent, end - ch->sent);
+    ch->sent = end;
+    failed = send_event_json(c, stream_chunk(ch, piece, NULL, NULL)) != 0;
+  }
+  if (!failed && n_calls) {
+    json_t *list = tool_calls_json(ch, calls, n_calls, 1);
+    failed = !list || send_event_json(c, stream_chunk(ch, json_pack("{s:o}", "tool_calls", list),
+                                                      NULL, NULL)) != 0;
+    finish = "tool_calls";
+  }
+  pd_openai_calls_free(calls, n_calls);
+  return failed ? NULL : finish;
+}
+
 /* Streaming: a choice that ended well, its last event (after its head if nothing came). */
 static int stream_finish(pd_http1_conn *c, ochoice *ch) {
   if (!ch->started && stream_head(c, ch)) return -1;
   const Prefixd__V1__GenerateResponse *final = (const Prefixd__V1__GenerateResponse *)ch->job.final;
-  return send_event_json(c, stream_chunk(ch, ch->r->chat ? json_object() : json_string(""),
-                                         finish_name(final->finish_reason), NULL));
+  const char *finish = finish_name(final->finish_reason);
+  if (tools_active(ch->r) && !(finish = stream_calls(c, ch, finish))) return -1;
+  return send_event_json(
+      c, stream_chunk(ch, ch->r->chat ? json_object() : json_string(""), finish, NULL));
 }
 
 static int append_text(ochoice *ch, const char *text, size_t n) {
@@ -734,6 +819,26 @@ static json_t *choice_json(ochoice *ch) {
   const Prefixd__V1__GenerateResponse *final = (const Prefixd__V1__GenerateResponse *)ch->job.final;
   if (r->logprobs && !ch->lp_list) /* no token came */
     ch->lp_list = r->chat ? json_array() : logprobs_json(ch, NULL, NULL, 0);
+  if (r->chat && tools_active(r)) {
+    pd_openai_call *calls;
+    size_t n_calls, content_len;
+    if (pd_openai_calls_read(&r->tools, ch->text ? ch->text : "", ch->n_text, &calls, &n_calls,
+                             &content_len))
+      return NULL;
+    json_t *list = n_calls ? tool_calls_json(ch, calls, n_calls, 0) : NULL;
+    pd_openai_calls_free(calls, n_calls);
+    if (n_calls && !list) return NULL;
+    json_t *message = json_pack("{s:s,s:s%}", "role", "assistant", "content",
+                                ch->text ? ch->text : "", content_len);
+    if (message && n_calls) {
+      if (!content_len) json_object_set_new(message, "content", json_null());
+      json_object_set_new(message, "tool_calls", list);
+      list = NULL;
+    }
+    json_decref(list);
+    return json_pack("{s:i,s:o,s:n,s:s}", "index", ch->index, "message", message, "logprobs",
+                     "finish_reason", n_calls ? "tool_calls" : finish_name(final->finish_reason));
+  }
   if (r->chat)
     return json_pack("{s:i,s:{s:s,s:s%},s:o?,s:s}", "index", ch->index, "message", "role",
                      "assistant", "content", ch->text ? ch->text : "", ch->n_text, "logprobs",
@@ -847,7 +952,10 @@ static void on_job_output(pd_job *job, void *user) {
   pd_http1_conn *c = r->c;
   if (c && !r->failed && (n_ids || n_text)) {
     int failed;
-    if (r->stream) {
+    if (r->stream && tools_active(r)) { /* what may be a call is held back */
+      failed = ch->lost = append_text(ch, text ? text : "", n_text);
+      failed = failed || stream_content(c, ch) != 0;
+    } else if (r->stream) {
       failed = stream_tokens(c, ch, ids, n_ids, text, lps) != 0;
     } else {
       /* job->status is the engine's to write: the loss is kept here */

@@ -260,7 +260,7 @@ int main(int argc, char **argv) {
   pd_chat_msg history[256];
   char *owned[256]; /* history strings this program allocated (interactive turns) */
   int n_hist = 0, n_owned = 0;
-  if (system_msg) history[n_hist++] = (pd_chat_msg){"system", system_msg};
+  if (system_msg) history[n_hist++] = (pd_chat_msg){.role = "system", .content = system_msg};
   char line[8192];
   int exit_code = 0;
   for (;;) {
@@ -290,13 +290,14 @@ int main(int argc, char **argv) {
         }
         owned[n_owned] = strdup(line);
         if (!owned[n_owned]) break;
-        history[n_hist++] = (pd_chat_msg){"user", owned[n_owned++]};
+        history[n_hist++] = (pd_chat_msg){.role = "user", .content = owned[n_owned++]};
       } else if (chat) {
-        history[n_hist++] = (pd_chat_msg){"user", chat};
+        history[n_hist++] = (pd_chat_msg){.role = "user", .content = chat};
       }
       if (prompt) {
         text = strdup(prompt);
-      } else if ((rc = pd_chat_render(&tpl, history, (size_t)n_hist, 1, &text, err, sizeof err))) {
+      } else if ((rc = pd_chat_render(&tpl, history, (size_t)n_hist, NULL, 0, 1, &text, err,
+                                      sizeof err))) {
         fprintf(stderr, "prefixd-run: %s\n", err);
         return 1;
       }
@@ -365,7 +366,7 @@ int main(int argc, char **argv) {
         if (ans) {
           ans[len] = 0;
           owned[n_owned++] = ans;
-          history[n_hist++] = (pd_chat_msg){"assistant", ans};
+          history[n_hist++] = (pd_chat_msg){.role = "assistant", .content = ans};
         }
       }
     }

@@ -190,9 +190,10 @@ static void use_chat_template(const pd_gguf *g) {
   char err[256];
   if (pd_chat_template_from_gguf(g, &tpl, err, sizeof err) != PD_OK) return;
   FUZZ_CHECK(strlen(tpl.default_system) < sizeof tpl.default_system);
-  pd_chat_msg msgs[2] = {{"user", "hi"}, {"assistant", "hello"}};
+  pd_chat_msg msgs[2] = {{.role = "user", .content = "hi"},
+                         {.role = "assistant", .content = "hello"}};
   char *text;
-  FUZZ_CHECK(pd_chat_render(&tpl, msgs, 2, 1, &text, err, sizeof err) == PD_OK);
+  FUZZ_CHECK(pd_chat_render(&tpl, msgs, 2, NULL, 0, 1, &text, err, sizeof err) == PD_OK);
   free(text);
 }
 

@@ -84,15 +84,115 @@ START_TEST(chatml_rendering) {
   pd_chat_template tpl;
   char err[256];
   ck_assert_int_eq(pd_chat_template_from_gguf(g, &tpl, err, sizeof err), 0);
-  pd_chat_msg msgs[2] = {{"system", "Be brief."}, {"user", "Hi"}};
+  pd_chat_msg msgs[2] = {{.role = "system", .content = "Be brief."},
+                         {.role = "user", .content = "Hi"}};
   char *text;
-  ck_assert_int_eq(pd_chat_render(&tpl, msgs, 2, 1, &text, err, sizeof err), 0);
+  ck_assert_int_eq(pd_chat_render(&tpl, msgs, 2, NULL, 0, 1, &text, err, sizeof err), 0);
   ck_assert_str_eq(text, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
                          "<|im_start|>assistant\n");
   free(text);
-  pd_chat_msg bad = {"wizard", "x"};
-  ck_assert_int_eq(pd_chat_render(&tpl, &bad, 1, 1, &text, err, sizeof err), PD_EINVAL);
+  pd_chat_msg bad = {.role = "wizard", .content = "x"};
+  ck_assert_int_eq(pd_chat_render(&tpl, &bad, 1, NULL, 0, 1, &text, err, sizeof err), PD_EINVAL);
   ck_assert(strstr(err, "role") != NULL);
+}
+END_TEST
+
+#define WEATHER_PARAMS                                                                             \
+  "{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\"}},\"required\":[\"city\"]}"
+#define WEATHER_SIG                                                                                \
+  "{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"description\": \"Weather " \
+  "of a city\", \"parameters\": {\"type\": \"object\", \"properties\": {\"city\": {\"type\": "     \
+  "\"string\"}}, \"required\": [\"city\"]}}}"
+#define CHATML_TOOLS                                                                               \
+  "# Tools\n\nYou can call functions to help with the request. Their signatures, as JSON, are "    \
+  "within <tools></tools> XML tags:\n<tools>\n" WEATHER_SIG                                        \
+  "\n</tools>\n\nTo call a function, answer with a JSON object holding its name and its "          \
+  "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": "                   \
+  "<function-name>, \"arguments\": <args-json-object>}\n</tool_call>"
+
+/* Tool calling in ChatML: the signatures in the system message (the given one, the template's
+ * default one, or one of their own), calls after the assistant's content, results in a row as
+ * one user turn; malformed tools and calls refused. */
+START_TEST(chatml_tool_rendering) {
+  pd_chat_template tpl = {.kind = PD_CHAT_CHATML};
+  char err[256], *text;
+  pd_chat_tool tool = {"get_weather", "Weather of a city", WEATHER_PARAMS};
+  pd_chat_tool_call call = {"get_weather", "{\"city\": \"Paris\"}"};
+  pd_chat_msg msgs[6] = {
+      {.role = "system", .content = "Be brief."},
+      {.role = "user", .content = "Weather in Paris?"},
+      {.role = "assistant", .content = "", .tool_calls = &call, .n_tool_calls = 1},
+      {.role = "tool", .content = "18 C"},
+      {.role = "tool", .content = "sunny"},
+      {.role = "assistant", .content = "18 C, sunny."}};
+  ck_assert_int_eq(pd_chat_render(&tpl, msgs, 6, &tool, 1, 1, &text, err, sizeof err), 0);
+  ck_assert_str_eq(text, "<|im_start|>system\nBe brief.\n\n" CHATML_TOOLS "<|im_end|>\n"
+                         "<|im_start|>user\nWeather in Paris?<|im_end|>\n"
+                         "<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", "
+                         "\"arguments\": {\"city\": \"Paris\"}}\n</tool_call><|im_end|>\n"
+                         "<|im_start|>user\n<tool_response>\n18 C\n</tool_response>\n"
+                         "<tool_response>\nsunny\n</tool_response><|im_end|>\n"
+                         "<|im_start|>assistant\n18 C, sunny.<|im_end|>\n<|im_start|>assistant\n");
+  free(text);
+  /* no system message: the tools make one (after the template's default, if it has one); a
+   * call with content and arguments that are not an object */
+  pd_chat_tool_call odd = {"get_weather", "Paris"};
+  pd_chat_msg two[2] = {
+      {.role = "user", .content = "Hi"},
+      {.role = "assistant", .content = "Let me see.", .tool_calls = &odd, .n_tool_calls = 1}};
+  ck_assert_int_eq(pd_chat_render(&tpl, two, 2, &tool, 1, 0, &text, err, sizeof err), 0);
+  ck_assert_str_eq(text, "<|im_start|>system\n" CHATML_TOOLS "<|im_end|>\n<|im_start|>user\n"
+                         "Hi<|im_end|>\n<|im_start|>assistant\nLet me see.\n<tool_call>\n"
+                         "{\"name\": \"get_weather\", \"arguments\": \"Paris\"}\n</tool_call>"
+                         "<|im_end|>\n");
+  free(text);
+  snprintf(tpl.default_system, sizeof tpl.default_system, "You are kind.");
+  ck_assert_int_eq(pd_chat_render(&tpl, two, 1, &tool, 1, 0, &text, err, sizeof err), 0);
+  ck_assert_str_eq(text, "<|im_start|>system\nYou are kind.\n\n" CHATML_TOOLS "<|im_end|>\n"
+                         "<|im_start|>user\nHi<|im_end|>\n");
+  free(text);
+  /* without tools nothing changes, an empty system message included */
+  pd_chat_msg empty_system[1] = {{.role = "system", .content = ""}};
+  ck_assert_int_eq(pd_chat_render(&tpl, empty_system, 1, NULL, 0, 0, &text, err, sizeof err), 0);
+  ck_assert_str_eq(text, "<|im_start|>system\n<|im_end|>\n");
+  free(text);
+  pd_chat_tool bad = {"f", NULL, "[1, 2]"};
+  ck_assert_int_eq(pd_chat_render(&tpl, two, 1, &bad, 1, 0, &text, err, sizeof err), PD_EINVAL);
+  ck_assert_msg(strstr(err, "tool 0's parameters are not a JSON object") != NULL, "%s", err);
+  pd_chat_tool nameless = {"", NULL, NULL};
+  ck_assert_int_eq(pd_chat_render(&tpl, two, 1, &nameless, 1, 0, &text, err, sizeof err),
+                   PD_EINVAL);
+  pd_chat_tool_call anonymous = {"", "{}"};
+  two[1].tool_calls = &anonymous;
+  ck_assert_int_eq(pd_chat_render(&tpl, two, 2, NULL, 0, 0, &text, err, sizeof err), PD_EINVAL);
+  ck_assert_msg(strstr(err, "tool call 0 has no name") != NULL, "%s", err);
+}
+END_TEST
+
+/* Tool calling in Llama 3's JSON convention: the signatures and how to call at the start of the
+ * first user message, a call as the assistant's content, a result as an ipython turn. */
+START_TEST(llama3_tool_rendering) {
+  pd_chat_template tpl = {.kind = PD_CHAT_LLAMA3};
+  char err[256], *text;
+  pd_chat_tool tool = {"get_weather", "Weather of a city", WEATHER_PARAMS};
+  pd_chat_tool_call call = {"get_weather", "{\"city\": \"Paris\"}"};
+  pd_chat_msg msgs[3] = {
+      {.role = "user", .content = "Weather in Paris?"},
+      {.role = "assistant", .content = "", .tool_calls = &call, .n_tool_calls = 1},
+      {.role = "tool", .content = "18 C"}};
+  ck_assert_int_eq(pd_chat_render(&tpl, msgs, 3, &tool, 1, 1, &text, err, sizeof err), 0);
+  ck_assert_str_eq(text, "<|start_header_id|>user<|end_header_id|>\n\nYou can call the functions "
+                         "below. To call one, answer with nothing but a JSON object of the form "
+                         "{\"name\": function name, \"parameters\": dictionary of argument name "
+                         "and its value}.\n\n" WEATHER_SIG "\n\nWeather in Paris?<|eot_id|>"
+                         "<|start_header_id|>assistant<|end_header_id|>\n\n{\"name\": "
+                         "\"get_weather\", \"parameters\": {\"city\": \"Paris\"}}<|eot_id|>"
+                         "<|start_header_id|>ipython<|end_header_id|>\n\n18 C<|eot_id|>"
+                         "<|start_header_id|>assistant<|end_header_id|>\n\n");
+  free(text);
+  ck_assert_str_eq(pd_chat_arguments_key(&tpl), "parameters");
+  tpl.kind = PD_CHAT_CHATML;
+  ck_assert_str_eq(pd_chat_arguments_key(&tpl), "arguments");
 }
 END_TEST
 
@@ -110,9 +210,10 @@ START_TEST(llama3_conventions) {
   pd_chat_template tpl;
   ck_assert_int_eq(pd_chat_template_from_gguf(g3, &tpl, err, sizeof err), 0);
   ck_assert_int_eq(tpl.kind, PD_CHAT_LLAMA3);
-  pd_chat_msg msgs[2] = {{"system", " Be brief.\n"}, {"user", "Hi"}};
+  pd_chat_msg msgs[2] = {{.role = "system", .content = " Be brief.\n"},
+                         {.role = "user", .content = "Hi"}};
   char *text;
-  ck_assert_int_eq(pd_chat_render(&tpl, msgs, 2, 1, &text, err, sizeof err), 0);
+  ck_assert_int_eq(pd_chat_render(&tpl, msgs, 2, NULL, 0, 1, &text, err, sizeof err), 0);
   ck_assert_str_eq(text, "<|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
                          "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
                          "<|start_header_id|>assistant<|end_header_id|>\n\n");
@@ -494,6 +595,8 @@ int main(void) {
   tcase_add_unchecked_fixture(tc, setup, teardown);
   tcase_add_test(tc, special_tokens_only_when_asked);
   tcase_add_test(tc, chatml_rendering);
+  tcase_add_test(tc, chatml_tool_rendering);
+  tcase_add_test(tc, llama3_tool_rendering);
   tcase_add_test(tc, llama3_conventions);
   tcase_add_test(tc, detok_never_breaks_utf8);
   tcase_add_test(tc, detok_stop_strings_across_tokens);
