@@ -182,6 +182,7 @@ def test_a_drain_finishes_preempted_requests(q51_model, data_dir):
     d.proc.send_signal(signal.SIGTERM)
     for t in threads:
         t.join()
+    assert d.proc.wait(timeout=120) == 0  # the drain's own exit (a second SIGTERM would kill)
     assert d.stop() == 0
     assert len(results) == len(kws)
     # refused: only what had not started (nothing streamed); everything that had, preempted
