@@ -53,22 +53,33 @@ static int find_tool(const pd_openai_tools *t, const char *name) {
   return -1;
 }
 
-/* The schema of a forced call: {"name": the function (or one of them), key: its parameters}. */
-static int forced_schema(pd_openai_tools *t, json_t *params_of_named, char *err, size_t errlen) {
-  json_t *name, *args;
+/* One function's call object: {"name": its name (a constant), key: its parameters}. */
+static json_t *call_schema(const pd_openai_tools *t, const char *name, json_t *params) {
+  json_t *args =
+      params ? json_deep_copy(params) : json_pack("{s:s,s:{}}", "type", "object", "properties");
+  return json_pack("{s:s,s:{s:{s:s},s:o},s:[s,s]}", "type", "object", "properties", "name", "const",
+                   name, arguments_key(t), args, "required", "name", arguments_key(t));
+}
+
+/* The schema of a forced call: the named (or only) function's call object, or with several an
+ * anyOf of theirs, told apart by the name (pd_json_schema's union). tools: the request's. */
+static int forced_schema(pd_openai_tools *t, json_t *tools, char *err, size_t errlen) {
+  json_t *schema = NULL;
   if (t->forced_name || t->n_tools == 1) {
-    name = json_pack("{s:s}", "const", t->forced_name ? t->forced_name : t->tools[0].name);
-    args = params_of_named ? json_deep_copy(params_of_named)
-                           : json_pack("{s:s,s:{}}", "type", "object", "properties");
+    int k = t->forced_name ? find_tool(t, t->forced_name) : 0;
+    json_t *params = json_object_get(json_object_get(json_array_get(tools, (size_t)k), "function"),
+                                     "parameters");
+    schema = call_schema(t, t->tools[k].name, json_is_object(params) ? params : NULL);
   } else {
-    json_t *names = json_array();
-    for (size_t i = 0; names && i < t->n_tools; i++)
-      json_array_append_new(names, json_string(t->tools[i].name));
-    name = json_pack("{s:o}", "enum", names);
-    args = json_pack("{s:s}", "type", "object");
+    json_t *alts = json_array();
+    for (size_t i = 0; alts && i < t->n_tools; i++) {
+      json_t *params =
+          json_object_get(json_object_get(json_array_get(tools, i), "function"), "parameters");
+      json_array_append_new(
+          alts, call_schema(t, t->tools[i].name, json_is_object(params) ? params : NULL));
+    }
+    schema = alts ? json_pack("{s:o}", "anyOf", alts) : NULL;
   }
-  json_t *schema = json_pack("{s:s,s:{s:o,s:o},s:[s,s]}", "type", "object", "properties", "name",
-                             name, arguments_key(t), args, "required", "name", arguments_key(t));
   t->schema = schema ? json_dumps(schema, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
   json_decref(schema);
   if (!t->schema) BAD("out of memory");
@@ -94,7 +105,6 @@ int pd_openai_tools_parse(json_t *root, int family, pd_openai_tools *t, char *er
   t->tools = own(t, calloc(n, sizeof *t->tools));
   t->tool_ptrs = own(t, calloc(n, sizeof *t->tool_ptrs));
   if (!t->tools || !t->tool_ptrs) BAD("out of memory");
-  json_t *named_params = NULL;
   for (size_t i = 0; i < n; i++) {
     json_t *tool = json_array_get(tools, i), *type = json_object_get(tool, "type");
     json_t *fn = json_object_get(tool, "function");
@@ -143,18 +153,10 @@ int pd_openai_tools_parse(json_t *root, int family, pd_openai_tools *t, char *er
     if (k < 0) BAD("'tool_choice' names '%.64s', which is not in 'tools'", json_string_value(name));
     t->forced_name = t->tools[k].name;
     t->choice = PD_TOOL_CHOICE_REQUIRED;
-    named_params = json_object_get(json_object_get(json_array_get(tools, (size_t)k), "function"),
-                                   "parameters");
   } else if (choice && !json_is_null(choice)) {
     BAD("'tool_choice' must be a string or an object");
   }
-  if (t->choice == PD_TOOL_CHOICE_REQUIRED) {
-    if (!t->forced_name && n == 1)
-      named_params =
-          json_object_get(json_object_get(json_array_get(tools, 0), "function"), "parameters");
-    if (forced_schema(t, json_is_object(named_params) ? named_params : NULL, err, errlen))
-      return -1;
-  }
+  if (t->choice == PD_TOOL_CHOICE_REQUIRED && forced_schema(t, tools, err, errlen)) return -1;
   return 0;
 }
 

@@ -11,10 +11,9 @@
  *   "parameters": {...}}, or several such objects separated by ';'), names an offered function
  *   and has object arguments. Anything else is content, as it came;
  * - "required" or a named function: the answer is constrained (a JSON schema, pd_json_schema) to
- *   one call object {"name": ..., "<arguments key>": {...}}: a named function's or a single
- *   offered function's arguments follow its parameters' schema; with several functions the
- *   name is one of theirs and the arguments a JSON object (the schema compiler takes no union
- *   of object schemas);
+ *   one call object {"name": ..., "<arguments key>": {...}} whose arguments follow the named
+ *   function's parameters, or with several functions offered, those of the function its name
+ *   names (an anyOf of call objects told apart by the name);
  * - "none": the functions are still shown; nothing is read as a call.
  * Streaming holds back what may be the start of a call, so content events never carry one.
  */

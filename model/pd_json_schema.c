@@ -39,7 +39,9 @@ typedef struct schema_node {
   uint8_t n_props;
   uint8_t n_enum; /* > 0: one of the values enum[first_enum ..] */
   uint8_t resolved;
-  uint16_t first_prop, first_enum, items;
+  uint8_t n_alts; /* > 1: a union of objects told apart by their first property (its one
+                     property here, an enum of their constants): alts[first_alt ..] */
+  uint16_t first_prop, first_enum, items, first_alt;
   uint32_t min_items, max_items;
   uint64_t required; /* bit i: props[first_prop + i] is required */
 } schema_node;
@@ -57,8 +59,9 @@ struct pd_json_schema {
   schema_node *nodes;
   prop *props;
   enum_value *values;
+  uint16_t *alts; /* unions' alternatives: node indices */
   char *pool;
-  uint32_t n_nodes, n_props, n_values, cap_nodes, cap_props, cap_values;
+  uint32_t n_nodes, n_props, n_values, cap_nodes, cap_props, cap_values, n_alts, cap_alts;
   size_t n_pool, cap_pool;
 };
 
@@ -67,6 +70,7 @@ void pd_json_schema_free(pd_json_schema *s) {
   free(s->nodes);
   free(s->props);
   free(s->values);
+  free(s->alts);
   free(s->pool);
   free(s);
 }
@@ -339,10 +343,84 @@ static int record_any_of(compiler *c, int idx, json_t *alts, const char *where) 
   return 0;
 }
 
+/* An anyOf of object schemas, each with a first required property whose value is a distinct
+ * string constant under the same name (a discriminator, as in {"name": {"const": "f"}, ...}):
+ * node idx becomes an object whose one property is that name with an enum of the constants;
+ * once its value is read, the reader goes on with the alternative it names. */
+static int merge_union(compiler *c, const pending_any_of *p) {
+  const char *where = p->where;
+  pd_json_schema *s = c->s;
+  json_t *consts = json_array();
+  if (!consts) return c->oom = 1, -1;
+  int objs[64], n_objs = 0, nullable = 0, rc = 0;
+  uint32_t name = 0;
+  uint16_t name_len = 0;
+  for (int i = 0; i < p->n_alts && !rc; i++) {
+    const schema_node *a = &s->nodes[p->alts[i]];
+    if (a->types == T_NULL && !a->n_enum) { /* Optional[Union[...]] */
+      nullable = 1;
+      continue;
+    }
+    const prop *d = a->has_props && a->n_props ? &s->props[a->first_prop] : NULL;
+    const schema_node *dn = d ? &s->nodes[d->node] : NULL;
+    if (!d || (a->types & ~T_NULL) != T_OBJECT || !(a->required & 1) || dn->n_enum != 1 ||
+        s->pool[s->values[dn->first_enum].text] != '"' ||
+        (n_objs && (d->len != name_len || memcmp(s->pool + d->name, s->pool + name, d->len)))) {
+      snprintf(c->err, c->errlen,
+               "'anyOf' of object schemas needs each to begin with the same required property "
+               "whose value is a distinct string constant (at %s)",
+               where);
+      rc = -1;
+      break;
+    }
+    name = d->name, name_len = d->len;
+    const enum_value *v = &s->values[dn->first_enum];
+    json_t *value = json_loadb(s->pool + v->text, v->len, JSON_DECODE_ANY, NULL);
+    for (size_t k = 0; value && k < json_array_size(consts) && !rc; k++)
+      if (json_equal(json_array_get(consts, k), value)) {
+        snprintf(c->err, c->errlen,
+                 "'anyOf' has two alternatives whose first property is the same constant (at %s)",
+                 where);
+        rc = -1;
+      }
+    if (!rc && (!value || json_array_append(consts, value))) c->oom = 1, rc = -1;
+    json_decref(value);
+    objs[n_objs++] = p->alts[i];
+  }
+  schema_node merged = {0};
+  if (!rc) rc = add_enum(c, &merged, consts, where); /* the constants, in the alternatives' order */
+  json_decref(consts);
+  if (rc) return -1;
+  int enum_node = new_node(c);
+  if (enum_node < 0) return -1;
+  merged.resolved = 1;
+  s->nodes[enum_node] = merged;
+  if (grow((void **)&s->props, &s->cap_props, s->n_props + 1, sizeof(prop)) ||
+      grow((void **)&s->alts, &s->cap_alts, s->n_alts + (uint32_t)n_objs, sizeof *s->alts))
+    return c->oom = 1, -1;
+  schema_node u = {.types = T_OBJECT,
+                   .has_props = 1,
+                   .n_props = 1,
+                   .required = 1,
+                   .n_alts = (uint8_t)n_objs,
+                   .resolved = 1};
+  u.first_prop = (uint16_t)s->n_props;
+  s->props[s->n_props++] = (prop){name, name_len, (uint16_t)enum_node};
+  u.first_alt = (uint16_t)s->n_alts;
+  for (int i = 0; i < n_objs; i++) s->alts[s->n_alts++] = (uint16_t)objs[i];
+  if (nullable || (s->nodes[p->node].types & T_NULL)) u.types |= T_NULL;
+  s->nodes[p->node] = u;
+  return 0;
+}
+
 /* The alternatives' types together; at most one object with properties and one array with items
- * among them; enums only with other enums and null. */
+ * among them; enums only with other enums and null. Object schemas told apart by a constant
+ * first property make a union (merge_union). */
 static int merge_any_of(compiler *c, const pending_any_of *p) {
   const char *where = p->where;
+  int objects = 0;
+  for (int i = 0; i < p->n_alts; i++) objects += c->s->nodes[p->alts[i]].has_props;
+  if (objects > 1) return merge_union(c, p);
   int enums = 0, nulls = 0;
   for (int i = 0; i < p->n_alts; i++) {
     const schema_node *a = &c->s->nodes[p->alts[i]];
@@ -574,6 +652,15 @@ static void value_end(pd_schema_state *st) {
     return;
   }
   pd_schema_frame *f = top(st);
+  const schema_node *n = node_at(st, f->node);
+  if (f->object && n->n_alts && f->prop == 0) { /* a union's constant: its alternative goes on */
+    const schema_node *e = node_at(st, st->node);
+    for (int j = 0; j < e->n_enum; j++)
+      if (((st->cand >> j) & 1) && st->schema->values[e->first_enum + j].len == st->pos) {
+        f->node = st->schema->alts[n->first_alt + j];
+        break;
+      }
+  }
   if (f->object)
     f->prop++, st->mode = S_OBJ_AFTER;
   else

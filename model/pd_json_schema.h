@@ -7,7 +7,10 @@
  * generated, so "additionalProperties" needs no enforcing), "items" with "minItems"/"maxItems",
  * "enum" and "const" (the value is one of them byte for byte, as compact JSON), "anyOf" of
  * alternatives that differ in type (at most one object with properties and one array with items
- * among them; enums with null), "nullable", and "$ref" to "#", "#/$defs/NAME" or
+ * among them; enums with null) or of objects told apart by a first required property holding a
+ * distinct string constant under the same name (a tagged union, null allowed beside: the
+ * constant, read first, picks the alternative whose other properties follow), "nullable", and
+ * "$ref" to "#", "#/$defs/NAME" or
  * "#/definitions/NAME" (recursion allowed). A schema without constraints ({} or true), an object
  * without "properties" and an array without "items" take any JSON of that type. Annotations are
  * ignored (title, description, default, examples, $schema, $id, $comment, deprecated, readOnly,

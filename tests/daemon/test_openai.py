@@ -327,11 +327,12 @@ def closing_bias(d):
     return bias
 
 
-def check_forced_calls(d, c, tools, choice, want_names, arguments_schema, seeds=8):
+def check_forced_calls(d, c, tools, choice, want_names, seeds=8):
     """Forced tool calls on the synthetic model at a hot temperature: each answer that stops is
-    one call (no content) of a wanted function whose arguments are valid for arguments_schema
-    (jsonschema's validator), the streamed call equals the whole one, and at least a third stop;
-    an answer cut at max_tokens is content and finishes 'length'."""
+    one call (no content) of a wanted function whose arguments are valid for that function's
+    parameters (jsonschema's validator), the streamed call equals the whole one, and at least a
+    third stop; an answer cut at max_tokens is content and finishes 'length'."""
+    params = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
     bias, calls = closing_bias(d), 0
     for seed in range(seeds):
         kw = dict(model="tiny", messages=messages(f"Weather {seed}"), tools=tools,
@@ -346,7 +347,7 @@ def check_forced_calls(d, c, tools, choice, want_names, arguments_schema, seeds=
         call = ch.message.tool_calls[0]
         assert call.type == "function" and call.id.startswith("call_")
         assert call.function.name in want_names
-        jsonschema.validate(json.loads(call.function.arguments), arguments_schema)
+        jsonschema.validate(json.loads(call.function.arguments), params[call.function.name])
         events = [e.choices[0] for e in c.chat.completions.create(stream=True, **kw)
                   if e.choices]
         streamed = [t for e in events for t in (e.delta.tool_calls or [])]
@@ -359,12 +360,11 @@ def check_forced_calls(d, c, tools, choice, want_names, arguments_schema, seeds=
 def test_forced_tool_calls_follow_the_functions_schemas(served):
     c = sdk(served)
     named = {"type": "function", "function": {"name": "get_weather"}}
-    check_forced_calls(served, c, [WEATHER, TIME], named, {"get_weather"},
-                       WEATHER["function"]["parameters"])
-    check_forced_calls(served, c, [TIME], "required", {"get_time"},
-                       TIME["function"]["parameters"])
+    check_forced_calls(served, c, [WEATHER, TIME], named, {"get_weather"})
+    check_forced_calls(served, c, [TIME], "required", {"get_time"})
+    # several functions: the name picks whose parameters the arguments follow
     check_forced_calls(served, c, [WEATHER, TIME], "required", {"get_weather", "get_time"},
-                       {"type": "object"})
+                       seeds=12)
 
 
 def test_tool_conversations_render_calls_and_results(served):
@@ -415,8 +415,7 @@ def test_forced_tool_calls_in_llama3_convention(tiny_model, data_dir):
     d = Daemon(path, data_dir, extra=["--openai-listen", "127.0.0.1:0"])
     try:
         d.http_port = openai_port(d)
-        check_forced_calls(d, sdk(d), [TIME], "required", {"get_time"},
-                           TIME["function"]["parameters"])
+        check_forced_calls(d, sdk(d), [TIME, WEATHER], "required", {"get_time", "get_weather"})
     finally:
         assert d.stop() == 0
 

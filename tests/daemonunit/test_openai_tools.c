@@ -69,13 +69,17 @@ START_TEST(request_choices_and_schemas) {
                    "\"get_time\"},\"parameters\":{\"type\":\"object\",\"properties\":{}}},"
                    "\"required\":[\"name\",\"parameters\"]}");
   pd_openai_tools_free(&t);
-  /* required with several: one of the names, and an object */
+  /* required with several: a union of their call objects, told apart by the name */
   ck_assert_int_eq(parse("{\"tools\": [" WEATHER ", " TIME "], \"tool_choice\": \"required\"}",
                          PD_CHAT_CHATML, &t, err, sizeof err),
                    0);
-  ck_assert_str_eq(t.schema, "{\"type\":\"object\",\"properties\":{\"name\":{\"enum\":["
-                             "\"get_weather\",\"get_time\"]},\"arguments\":{\"type\":\"object\"}},"
-                             "\"required\":[\"name\",\"arguments\"]}");
+  ck_assert_str_eq(t.schema, "{\"anyOf\":[{\"type\":\"object\",\"properties\":{\"name\":{"
+                             "\"const\":\"get_weather\"},\"arguments\":{\"type\":\"object\","
+                             "\"properties\":{\"city\":{\"type\":\"string\"}},\"required\":["
+                             "\"city\"]}},\"required\":[\"name\",\"arguments\"]},{\"type\":"
+                             "\"object\",\"properties\":{\"name\":{\"const\":\"get_time\"},"
+                             "\"arguments\":{\"type\":\"object\",\"properties\":{}}},"
+                             "\"required\":[\"name\",\"arguments\"]}]}");
   pd_openai_tools_free(&t);
   ck_assert_int_eq(parse("{\"tools\": [" WEATHER "], \"tool_choice\": \"none\"}", PD_CHAT_CHATML,
                          &t, err, sizeof err),

@@ -325,6 +325,42 @@ START_TEST(schema_reads_what_it_describes) {
 }
 END_TEST
 
+#define UNION_ALT(name, key)                                                                       \
+  "{\"type\": \"object\", \"properties\": {\"name\": {\"const\": \"" name "\"}, \"" key            \
+  "\": {\"type\": \"integer\"}}, \"required\": [\"name\", \"" key "\"]}"
+
+/* A union of objects told apart by a constant first property (a tool call among several
+ * functions, a tagged union): the constant picks the alternative whose other properties follow;
+ * a null alternative makes it nullable. */
+START_TEST(schema_union_follows_the_alternative_its_constant_names) {
+  pd_json_schema *schema = compile_ok("{\"anyOf\": [" UNION_ALT("get", "x") ", " UNION_ALT(
+      "get_time", "y") ", {\"type\": \"null\"}]}");
+  const char *ok[] = {"{\"name\": \"get\", \"x\": 1}", "{\"name\":\"get_time\",\"y\":-2}", "null"};
+  for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+    int done;
+    size_t n = schema_accepted(schema, ok[i], &done);
+    ck_assert_msg(n == strlen(ok[i]) && done, "'%s': %zu bytes, done %d", ok[i], n, done);
+  }
+  const struct {
+    const char *text;
+    size_t at;
+  } bad[] = {
+      {"{\"x\"", 2},                               /* the constant comes first */
+      {"{\"name\": \"got\"", 11},                  /* one of the constants */
+      {"{\"name\": \"get\", \"y\"", 17},           /* get's property is x */
+      {"{\"name\": \"get_time\", \"x\"", 22},      /* get_time's is y */
+      {"{\"name\": \"get\"}", 14},                 /* x is required */
+      {"{\"name\": \"get\", \"x\": 1, \"y\"", 22}, /* nothing more */
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    int done;
+    size_t n = schema_accepted(schema, bad[i].text, &done);
+    ck_assert_msg(n == bad[i].at, "'%s': refused at %zu, expected %zu", bad[i].text, n, bad[i].at);
+  }
+  pd_json_schema_free(schema);
+}
+END_TEST
+
 START_TEST(schema_refusals_name_the_keyword) {
   const struct {
     const char *schema, *says;
@@ -338,7 +374,11 @@ START_TEST(schema_refusals_name_the_keyword) {
       {"{\"properties\": {\"a\": {\"$ref\": \"#/$defs/Nope\"}}}", "does not name a definition"},
       {"{\"properties\": {\"a\": {}}, \"required\": [\"b\"]}", "'b', which is not in"},
       {"{\"anyOf\": [{\"properties\": {\"a\": {}}}, {\"properties\": {\"b\": {}}}]}",
+       "needs each to begin with the same required property"},
+      {"{\"anyOf\": [{\"properties\": {\"a\": {}}}, {\"type\": \"object\"}]}",
        "two object schemas"},
+      {"{\"anyOf\": [" UNION_ALT("a", "x") ", " UNION_ALT("a", "y") "]}",
+       "whose first property is the same constant"},
       {"{\"anyOf\": [{\"enum\": [1]}, {\"type\": \"string\"}]}", "mixes 'enum'"},
       {"{\"type\": \"array\", \"items\": [{}, {}]}", "tuples"},
       {"{\"type\": \"array\", \"items\": {}, \"minItems\": 3, \"maxItems\": 2}", "over 'maxItems'"},
@@ -763,6 +803,7 @@ int main(void) {
   tcase_add_test(grammar, grammar_agrees_with_jansson);
   tcase_add_test(grammar, schema_reads_what_it_describes);
   tcase_add_test(grammar, schema_refusals_name_the_keyword);
+  tcase_add_test(grammar, schema_union_follows_the_alternative_its_constant_names);
   tcase_add_test(grammar, schema_random_walks_give_valid_documents);
   suite_add_tcase(s, grammar);
   TCase *tokens = tcase_create("tokens");
