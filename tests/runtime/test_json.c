@@ -268,6 +268,27 @@ static size_t schema_accepted(const pd_json_schema *schema, const char *text, in
   return i;
 }
 
+/* A text the reader must refuse, and the byte it refuses it at. */
+typedef struct refused_at {
+  const char *text;
+  size_t at;
+} refused_at;
+
+/* Every ok text is read whole and done; every bad one is refused at its byte. */
+static void expect_reads(const pd_json_schema *schema, const char *const *ok, size_t n_ok,
+                         const refused_at *bad, size_t n_bad) {
+  for (size_t i = 0; i < n_ok; i++) {
+    int done;
+    size_t n = schema_accepted(schema, ok[i], &done);
+    ck_assert_msg(n == strlen(ok[i]) && done, "'%s': %zu bytes, done %d", ok[i], n, done);
+  }
+  for (size_t i = 0; i < n_bad; i++) {
+    int done;
+    size_t n = schema_accepted(schema, bad[i].text, &done);
+    ck_assert_msg(n == bad[i].at, "'%s': refused at %zu, expected %zu", bad[i].text, n, bad[i].at);
+  }
+}
+
 START_TEST(schema_reads_what_it_describes) {
   pd_json_schema *schema = compile_ok(person_schema);
   const char *ok[] = {
@@ -279,15 +300,7 @@ START_TEST(schema_reads_what_it_describes) {
       "\"extra\": [1, {\"free\": true}]}",
       "{\"name\": \"C\", \"age\": 1, \"role\": null, \"tags\": [\"t\"], \"extra\": 2.5e3}",
   };
-  for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
-    int done;
-    size_t n = schema_accepted(schema, ok[i], &done);
-    ck_assert_msg(n == strlen(ok[i]) && done, "'%s': %zu bytes, done %d", ok[i], n, done);
-  }
-  const struct {
-    const char *text;
-    size_t at;
-  } bad[] = {
+  const refused_at bad[] = {
       {"[", 0},                                                 /* not an object */
       {"{}", 1},                                                /* name is required */
       {"{\"age\"", 2},                                          /* name comes first */
@@ -305,11 +318,7 @@ START_TEST(schema_reads_what_it_describes) {
       {"{\"name\": \"A\", \"age\": 1, \"email\": 3", 33},                     /* string or null */
       {"{\"name\": \"A\", \"age\": 1, \"role\": 7, \"tags\": [\"a\"]} ", 49}, /* nothing after */
   };
-  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-    int done;
-    size_t n = schema_accepted(schema, bad[i].text, &done);
-    ck_assert_msg(n == bad[i].at, "'%s': refused at %zu, expected %zu", bad[i].text, n, bad[i].at);
-  }
+  expect_reads(schema, ok, sizeof ok / sizeof ok[0], bad, sizeof bad / sizeof bad[0]);
   pd_json_schema_free(schema);
   /* top-level scalars: an enum of numbers ends where no longer value can continue */
   schema = compile_ok("{\"enum\": [1, 12, \"x\"]}");
@@ -336,15 +345,7 @@ START_TEST(schema_union_follows_the_alternative_its_constant_names) {
   pd_json_schema *schema = compile_ok("{\"anyOf\": [" UNION_ALT("get", "x") ", " UNION_ALT(
       "get_time", "y") ", {\"type\": \"null\"}]}");
   const char *ok[] = {"{\"name\": \"get\", \"x\": 1}", "{\"name\":\"get_time\",\"y\":-2}", "null"};
-  for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
-    int done;
-    size_t n = schema_accepted(schema, ok[i], &done);
-    ck_assert_msg(n == strlen(ok[i]) && done, "'%s': %zu bytes, done %d", ok[i], n, done);
-  }
-  const struct {
-    const char *text;
-    size_t at;
-  } bad[] = {
+  const refused_at bad[] = {
       {"{\"x\"", 2},                               /* the constant comes first */
       {"{\"name\": \"got\"", 11},                  /* one of the constants */
       {"{\"name\": \"get\", \"y\"", 17},           /* get's property is x */
@@ -352,11 +353,7 @@ START_TEST(schema_union_follows_the_alternative_its_constant_names) {
       {"{\"name\": \"get\"}", 14},                 /* x is required */
       {"{\"name\": \"get\", \"x\": 1, \"y\"", 22}, /* nothing more */
   };
-  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-    int done;
-    size_t n = schema_accepted(schema, bad[i].text, &done);
-    ck_assert_msg(n == bad[i].at, "'%s': refused at %zu, expected %zu", bad[i].text, n, bad[i].at);
-  }
+  expect_reads(schema, ok, sizeof ok / sizeof ok[0], bad, sizeof bad / sizeof bad[0]);
   pd_json_schema_free(schema);
 }
 END_TEST
