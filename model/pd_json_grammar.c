@@ -235,12 +235,8 @@ int pd_json_step(void *state, uint8_t b) {
   default: break;
   }
   /* the structural modes: whitespace, then what the mode allows */
-  if (is_ws(b)) {
-    if (s->ws_run == PD_JSON_MAX_WS) return 0;
-    s->ws_run++;
-    return 1;
-  }
-  s->ws_run = 0;
+  if (is_ws(b)) return pd_json_ws_step(&s->ws_run, &s->ws_breaks, b);
+  s->ws_run = s->ws_breaks = 0;
   switch (s->mode) {
   case M_START:
   case M_VALUE: return value_start(s, b);

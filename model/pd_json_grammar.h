@@ -9,8 +9,9 @@
  *
  * Beyond RFC 8259, what a generator needs:
  * - object_only: the top-level value must be an object (OpenAI's json_object mode);
- * - at most PD_JSON_MAX_WS whitespace bytes in a row, so a model cannot spend its budget on
- *   newlines (pretty-printing to a depth of 7 still fits);
+ * - at most PD_JSON_MAX_WS whitespace bytes in a row, holding at most one line break ("\n",
+ *   "\r" or "\r\n"), so a model cannot spend its budget on blank lines (JSON printed compact
+ *   or indented, to a depth of 7 or so, still fits);
  * - at most PD_JSON_MAX_DEPTH nested containers;
  * - strings are valid UTF-8 (no overlong forms, no surrogates, nothing above U+10FFFF), with no
  *   raw control characters; escapes are checked, \u with four hex digits, a high surrogate
@@ -40,10 +41,27 @@ typedef struct pd_json_state {
   uint8_t ws_run;      /* whitespace bytes in a row */
   uint8_t object_only; /* the top-level value must be an object */
   uint8_t surrogate;   /* where a \u escape is in UTF-16's surrogate rules */
+  uint8_t ws_breaks;   /* line breaks in the whitespace run: 1 '\n', 2 '\r' */
 } pd_json_state;
 
 /* A fresh state: nothing read yet. */
 void pd_json_init(pd_json_state *s, int object_only);
+
+/* One whitespace byte between tokens, counted in *run and *breaks (both 0 after any other
+ * byte): 1 if the run may take it (at most PD_JSON_MAX_WS bytes, at most one line break: '\n',
+ * '\r', or '\r' then '\n'), 0 if not. Shared with pd_json_schema's reader. */
+static inline int pd_json_ws_step(uint8_t *run, uint8_t *breaks, uint8_t b) {
+  if (*run == PD_JSON_MAX_WS) return 0;
+  if (b == '\n') {
+    if (*breaks & 1) return 0;
+    *breaks |= 1;
+  } else if (b == '\r') {
+    if (*breaks) return 0;
+    *breaks |= 2;
+  }
+  (*run)++;
+  return 1;
+}
 
 /* One byte: 1 if the text stays a prefix of valid JSON (s advanced), 0 if not (s may have
  * changed: step a copy when the answer matters). The signature is pd_token_trie's step. */

@@ -794,12 +794,9 @@ static int value_start(pd_schema_state *st, uint8_t b) {
 
 /* A byte where whitespace may come: after it, what the mode allows. */
 static int structural(pd_schema_state *st, uint8_t b) {
-  if (b == ' ' || b == '\t' || b == '\n' || b == '\r') {
-    if (st->ws_run == PD_JSON_MAX_WS) return 0;
-    st->ws_run++;
-    return 1;
-  }
-  st->ws_run = 0;
+  if (b == ' ' || b == '\t' || b == '\n' || b == '\r')
+    return pd_json_ws_step(&st->ws_run, &st->ws_breaks, b);
+  st->ws_run = st->ws_breaks = 0;
   pd_schema_frame *f = st->depth ? top(st) : NULL;
   const schema_node *n = f ? node_at(st, f->node) : NULL;
   switch (st->mode) {

@@ -59,12 +59,13 @@ typedef struct pd_schema_state {
   uint64_t cand;                /* key or enum: the candidates still matching */
   pd_json_state leaf;           /* a string, number, literal or free value being read */
   pd_schema_frame frames[PD_SCHEMA_MAX_DEPTH];
-  uint16_t pos;    /* key or enum: bytes matched */
-  uint16_t node;   /* the value being read (leaf or enum) */
-  uint8_t depth;   /* frames in use */
-  uint8_t mode;    /* what may come next (pd_json_schema.c's enum) */
-  uint8_t ws_run;  /* whitespace bytes in a row */
-  uint8_t integer; /* the leaf is a number that must be an integer */
+  uint16_t pos;      /* key or enum: bytes matched */
+  uint16_t node;     /* the value being read (leaf or enum) */
+  uint8_t depth;     /* frames in use */
+  uint8_t mode;      /* what may come next (pd_json_schema.c's enum) */
+  uint8_t ws_run;    /* whitespace bytes in a row */
+  uint8_t ws_breaks; /* line breaks among them (pd_json_ws_step) */
+  uint8_t integer;   /* the leaf is a number that must be an integer */
 } pd_schema_state;
 
 /* A fresh state for schema (which must outlive it): nothing read yet. */
