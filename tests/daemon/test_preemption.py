@@ -25,7 +25,7 @@ from test_metrics import metrics_port, q51_model, scrape, val  # noqa: F401 (a f
 SHARED = [random.Random(99).randrange(5, 500) for _ in range(32)]
 
 
-def request(i, max_tokens=160):
+def request(i, max_tokens=128):
     """The i-th request of the load: greedy, seeded sampling with log-probabilities, or JSON;
     every other prompt begins with the same two blocks (shared, hot blocks in the accounting)."""
     rng = random.Random(i)
@@ -73,7 +73,7 @@ def test_preempted_requests_give_the_tokens_they_give_alone(q51_model, data_dir)
     try:
         s = d.stub()
         alone = [run(s, kw)[0] for kw in kws]
-        assert all(len(a[1]) == 160 for a in alone[::3])  # the greedy ones ran to max_tokens
+        assert all(len(a[1]) == 128 for a in alone[::3])  # the greedy ones ran to max_tokens
         s.Evict(pb.EvictRequest(all=True))
         port = metrics_port(d)
         before, _ = scrape(port)
@@ -91,8 +91,8 @@ def test_preempted_requests_give_the_tokens_they_give_alone(q51_model, data_dir)
             len(kw["prompt"].tokens.ids) - 1 for kw in kws)
         assert st1.hit_tokens - st0.hit_tokens == sum(f.usage.cached_tokens for _, f in together)
         preempted = val(after, "prefixd_preemptions_total")
-        # 12 x 13 blocks to reach: far past 64, so sequences were preempted and resumed
-        assert preempted >= 4, preempted
+        # 12 x 11 blocks or so to reach: past 64, so sequences were preempted and resumed
+        assert preempted >= 2, preempted
         # a resumed sequence matches its published blocks (in the device tier, or restored from
         # the host tier): it computes again only what its last, partial block held
         recomputed = val(after, "prefixd_recomputed_tokens_total")
@@ -138,7 +138,7 @@ def test_a_request_the_cache_could_never_hold_is_refused_at_once(q51_model, data
         s = d.stub()
         # 64 blocks hold 1,024 tokens: 40 + 1,100 could never fit, even alone; it is refused
         # while another request runs, not after it
-        running = threading.Thread(target=run, args=(s, request(0, max_tokens=400)))
+        running = threading.Thread(target=run, args=(s, request(0, max_tokens=200)))
         running.start()
         t0 = time.time()
         with pytest.raises(grpc.RpcError) as e:
@@ -156,8 +156,9 @@ def test_a_request_the_cache_could_never_hold_is_refused_at_once(q51_model, data
 
 def test_a_drain_finishes_preempted_requests(q51_model, data_dir):
     """SIGTERM refuses what has not started; a preempted request had, and must finish."""
-    kws = [request(i, max_tokens=300) for i in range(12)]
-    d = Daemon(q51_model, data_dir, extra=small_cache(["--drain-timeout", "120"]))
+    kws = [request(i, max_tokens=120) for i in range(12)]
+    # under ASan the drain takes minutes: its timeout must not be what ends it
+    d = Daemon(q51_model, data_dir, extra=small_cache(["--drain-timeout", "800"]))
     s = d.stub()
     port = metrics_port(d)
     results = {}
