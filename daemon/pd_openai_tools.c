@@ -277,7 +277,7 @@ static char *arguments_text(const char *s, const char *e, const char *key) {
 static int read_call(const pd_openai_tools *t, const char **p, const char *end,
                      pd_openai_call *out) {
   const char *s = skip_space(*p, end), *e = s < end && *s == '{' ? value_end(s, end) : NULL;
-  if (!e) return 0;
+  if (!e || memchr(s, 0, (size_t)(e - s))) return 0; /* a NUL byte: jansson reads it as the end */
   json_error_t jerr; /* numbers as reals: any size is a number here (the text is kept) */
   json_t *obj =
       json_loadb(s, (size_t)(e - s), JSON_DECODE_INT_AS_REAL | JSON_REJECT_DUPLICATES, &jerr);

@@ -165,6 +165,19 @@ START_TEST(calls_read_out_of_answers) {
     expect_calls(tools, PD_CHAT_CHATML, not_calls[i], 0, strlen(not_calls[i]), NULL, NULL);
   snprintf(text, sizeof text, "<tool_call>%s</tool_call> and more", call);
   expect_calls(tools, PD_CHAT_CHATML, text, 0, strlen(text), NULL, NULL);
+  /* a NUL byte inside the object (a byte token can decode to one): not a call */
+  {
+    pd_openai_tools t;
+    char err[300];
+    ck_assert_int_eq(parse(tools, PD_CHAT_CHATML, &t, err, sizeof err), 0);
+    static const char nul[] = "<tool_call>{\"name\": \"get_time\", \"arguments\": {\"n\": 1\0}}";
+    pd_openai_call *calls;
+    size_t n, content;
+    ck_assert_int_eq(pd_openai_calls_read(&t, nul, sizeof nul - 1, &calls, &n, &content), 0);
+    ck_assert_uint_eq(n, 0);
+    ck_assert_uint_eq(content, sizeof nul - 1);
+    pd_openai_tools_free(&t);
+  }
   /* Llama 3: the answer is the call, or calls separated by ';' */
   expect_calls(tools, PD_CHAT_LLAMA3,
                " {\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}", 1, 0,
