@@ -2,7 +2,7 @@
  * pd_cuda_attention.cu -- paged attention over f32 / f16 / bf16 / fp8-e4m3 KV blocks, and the KV
  * store (pd_cuda_attention.h, pd_cuda_batch.h).
  *
- * Seven kernels. K and V are converted to f32 as they land in shared memory (f16 and bf16
+ * Seven kernels. K and V are converted to f32 as they are read (f16 and bf16
  * exactly; an fp8 row as its e4m3 value times the row's f32 scale, kernels/cpu/pd_attention.h);
  * all arithmetic is f32 or tensor-core products carried to f32 accuracy. Scores are kept in the
  * log2 domain (q . k * scale * log2(e), then exp2), so every partial result (acc, max, sum) that
@@ -18,13 +18,19 @@
  * decode_split -- flash-decoding, one query row per sequence (n_new == 1).
  *   Grid (n_splits, n_kv_heads * group_chunks, n_seqs), 128 threads. A thread block owns one KV
  *   head of one sequence, up to 8 of the query heads that share it (GQA: each K and V row is read
- *   once for the group) and one split of the context. It walks the split in tiles of 32 tokens:
- *   K and V rows go to shared memory with 16-byte loads (a block keeps each head's rows
- *   contiguous, so the loads are coalesced); scores one warp per token with lanes across
- *   head_dim (conflict-free shared reads); online softmax one warp per head; each thread
- *   accumulates its (head, dim) outputs. The split's (acc, max, sum) go to the workspace and
- *   merge_seq combines the splits of each (sequence, head) by log-sum-exp. The split count grows
- *   with the context until the grid has ~2,048 blocks.
+ *   once for the group) and one split of the context. Nothing is staged in shared memory: a lane
+ *   owns 8 elements of head_dim (head_dim / 8 lanes per token, so a warp reads 4 tokens of
+ *   head_dim 64 or 2 of 128 side by side, a whole 16-token block's rows per step), loads the K
+ *   and V rows of U tokens before it converts any (U = 4, 2 for 8 heads: that many bytes in
+ *   flight per lane), sums its partial dot products over the token's lanes by shuffles, and keeps
+ *   its own online softmax state (max, sum, acc[heads][8]) in registers, rescaled once per U
+ *   tokens. At the end the lane groups of a warp merge by shuffles and the 4 warps through shared
+ *   memory (one barrier in all). Registers are sized for 1, 4 or 8 heads (the smallest template
+ *   that holds the group's chunk). The split's (acc, max, sum) go to the workspace and merge_seq
+ *   combines the splits of each (sequence, head) by log-sum-exp. The split count grows with the
+ *   context (128 tokens a split at least) until the grid has DEC_MAX_GRID (1,024) blocks;
+ *   PD_CUDA_DECODE_GRID overrides that for tuning (bench/results/cuda_decode_tuning.md).
+ *   fp8 rows convert with the hardware's e4m3x2 -> f16x2 instruction, then times the row scale.
  *
  * tile_mma (default) and tile_attn (SIMT, pd_cuda_attn_set_tensor_cores(0) or
  *   PD_CUDA_ATTN_SIMT=1) -- flash attention on a tile of 64 (query row, head) pairs x 64 KV
@@ -54,15 +60,17 @@
  *   by shuffles, its scale and elements exactly as pd_kv_store computes them (IEEE division
  *   __fdiv_rn even under --use_fast_math, the integer f32 -> e4m3 rounding of pd_cuda_convert.h).
  *
- * Speed work left (nothing here was timed on a GPU yet when written): cp.async double buffering
- * of the K/V tiles in both tile kernels and decode_split (each block now waits for its loads);
- * ldmatrix for the mma fragments; a 2-mma path (no split of P) if its accuracy is enough;
- * decode_split has 4 block barriers per 32 tokens and reached 31-37% of the copy bandwidth in its
- * f16-only form (bench/results/cuda_attention.md); a larger pair tile for the cascade (the shared
- * K/V tile is read once per 64 (sequence, head) pairs, 3 times for 64 sequences of the default
- * model).
+ * Measured on an H100 (bench/results/cuda_attention.md): decode reads KV at 62% (default model
+ * shape) and 75% (32/8 heads, head_dim 128) of the device copy bandwidth, 2,661 GB/s (88%) over
+ * 4,160-token contexts; PyTorch SDPA on contiguous KV reaches 87-98%. Speed work left: decode_split
+ * over short splits is bound by its prologue and epilogue (a persistent grid, or splits sized to
+ * whole waves, would help); the tile kernels carry products to f32 accuracy with split tf32 (3
+ * mma per product) and reach ~37-46 TFLOP/s, so prefill attention and the cascade's shared
+ * prefix are compute-bound: an f16 / bf16 mma path (one mma, Q and P rounded to 16 bits) with
+ * ldmatrix and cp.async double buffering is the next step, with its own stated tolerance.
  */
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 #include <limits.h>
 #include <math.h>
@@ -80,10 +88,10 @@
 #include "pd_err.h"
 
 #define DEC_THREADS    128
-#define DEC_TILE       32
+#define DEC_TILE       32   /* decode split lengths are a multiple of this */
 #define DEC_GROUP      8    /* query heads per decode thread block */
-#define DEC_MIN_SPLIT  256  /* tokens per decode split, at least */
-#define DEC_MAX_GRID   2048 /* decode splits stop growing past this many thread blocks */
+#define DEC_MIN_SPLIT  128  /* tokens per decode split, at least */
+#define DEC_MAX_GRID   1024 /* decode splits stop growing past this many thread blocks */
 #define TB_M           64   /* (row, head) pairs per tile */
 #define TB_N           64   /* KV positions per tile */
 #define TB_THREADS     256
@@ -226,12 +234,57 @@ struct DecArgs {
   float *ws_acc, *ws_ml;
 };
 
-template <int HD, typename T>
-__global__ void __launch_bounds__(DEC_THREADS) decode_split(DecArgs a) {
+/* 8 consecutive elements of one K or V row as f32 (fp8: times the row's scale). Raw<T> holds the
+ * loaded bytes, so that a thread issues the loads of several tokens before it converts any. */
+template <typename T> struct Raw8 {
+  uint4 u; /* f16 / bf16: one 16-byte load */
+  __device__ __forceinline__ void load(const uint8_t *p, const uint8_t *) { u = *(const uint4 *)p; }
+  __device__ __forceinline__ void to_f32(float *f) const { Elem<T>::to_f32(u, f); }
+};
+template <> struct Raw8<float> {
+  uint4 a, b; /* two 16-byte loads */
+  __device__ __forceinline__ void load(const uint8_t *p, const uint8_t *) {
+    a = *(const uint4 *)p, b = *(const uint4 *)(p + 16);
+  }
+  __device__ __forceinline__ void to_f32(float *f) const {
+    Elem<float>::to_f32(a, f), Elem<float>::to_f32(b, f + 4);
+  }
+};
+template <> struct Raw8<fp8_t> {
+  uint2 u; /* one 8-byte load */
+  float s; /* the row's scale */
+  __device__ __forceinline__ void load(const uint8_t *p, const uint8_t *scale) {
+    u = *(const uint2 *)p, s = *(const float *)scale;
+  }
+  /* the e4m3 values exactly (the hardware's pairwise e4m3 -> f16 conversion; NaN stays NaN),
+   * times the scale: the same product as Elem<fp8_t>'s value * 2^-8 times s * 2^8 */
+  __device__ __forceinline__ void to_f32(float *f) const {
+    const uint32_t w[2] = {u.x, u.y};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      const __half2 h((__half2_raw)__nv_cvt_fp8x2_to_halfraw2(
+          (__nv_fp8x2_storage_t)((w[i / 2] >> (16 * (i % 2))) & 0xffffu), __NV_E4M3));
+      const float2 p = __half22float2(h);
+      f[2 * i] = p.x * s, f[2 * i + 1] = p.y * s;
+    }
+  }
+};
+
+/* decode_split: see the top of the file. G = query heads per thread block the registers are
+ * sized for (1, 4 or 8; a block's chunk of the group has gn <= G of them). */
+template <int HD, typename T, int G>
+__global__ void __launch_bounds__(DEC_THREADS, G == 8 ? 2 : (sizeof(T) == 4 ? 3 : 4))
+    decode_split(DecArgs a) {
+  constexpr int LPT = HD / 8;       /* lanes per token, 8 elements each */
+  constexpr int TPW = 32 / LPT;     /* tokens a warp reads side by side */
+  constexpr int U = G == 8 ? 2 : 4; /* steps whose loads are in flight together */
+  constexpr int NW = DEC_THREADS / 32;
+  constexpr int WARP_SPAN = TPW * U, CHUNK = NW * WARP_SPAN; /* tokens per warp / block step */
   const int split = blockIdx.x, seq = blockIdx.z, tid = threadIdx.x;
+  const int warp = tid / 32, lane = tid % 32, sub = lane / LPT, part = lane % LPT;
   const int gchunks = (a.group + DEC_GROUP - 1) / DEC_GROUP;
   const int kvh = blockIdx.y / gchunks, g0 = (blockIdx.y % gchunks) * DEC_GROUP;
-  const int gn = min(DEC_GROUP, a.group - g0);
+  const int gn = min(G, a.group - g0);
   int ctx, row;
   if (a.ctx_lens) {
     ctx = a.ctx_lens[seq], row = seq;
@@ -240,112 +293,169 @@ __global__ void __launch_bounds__(DEC_THREADS) decode_split(DecArgs a) {
     ctx = a.n_past[seq] + 1, row = a.row_start[seq];
   }
   const int start = a.kv_start + split * a.split_len, end = min(ctx, start + a.split_len);
-  __shared__ float q_s[DEC_GROUP][HD];
-  __shared__ __align__(16) float k_s[DEC_TILE][HD];
-  __shared__ __align__(16) float v_s[DEC_TILE][HD];
-  __shared__ float p_s[DEC_GROUP][DEC_TILE];
-  __shared__ float m_s[DEC_GROUP], l_s[DEC_GROUP], alpha_s[DEC_GROUP];
   const int head0 = kvh * a.group + g0;
-  for (int e = tid; e < gn * HD; e += DEC_THREADS)
-    q_s[e / HD][e % HD] = a.q[((size_t)row * a.n_heads + head0 + e / HD) * HD + e % HD] * a.scale2;
-  if (tid < DEC_GROUP) m_s[tid] = -INFINITY, l_s[tid] = 0.0f;
-  constexpr int PER_THREAD = DEC_GROUP * HD / DEC_THREADS;
-  float acc[PER_THREAD];
+  /* this lane's slice of each query head, scaled into the log2 domain: q[G][8] */
+  float q[G][8];
 #pragma unroll
-  for (int k = 0; k < PER_THREAD; k++) acc[k] = 0.0f;
+  for (int g = 0; g < G; g++) {
+    if (g < gn) {
+      const float4 *src =
+          (const float4 *)(a.q + ((size_t)row * a.n_heads + head0 + g) * HD + part * 8);
+      const float4 x = src[0], y = src[1];
+      q[g][0] = x.x * a.scale2, q[g][1] = x.y * a.scale2, q[g][2] = x.z * a.scale2;
+      q[g][3] = x.w * a.scale2, q[g][4] = y.x * a.scale2, q[g][5] = y.y * a.scale2;
+      q[g][6] = y.z * a.scale2, q[g][7] = y.w * a.scale2;
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; j++) q[g][j] = 0.0f;
+    }
+  }
+  /* this lane group's running softmax state over its tokens: m[G], l[G], acc[G][8] */
+  float m[G], l[G], acc[G][8];
+#pragma unroll
+  for (int g = 0; g < G; g++) {
+    m[g] = -INFINITY, l[g] = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 8; j++) acc[g][j] = 0.0f;
+  }
   const size_t per_head = ((size_t)1 << a.block_shift) * HD;
   const size_t k_off = (((size_t)a.layer * 2 + 0) * a.n_kv + kvh) * per_head;
   const size_t v_off = (((size_t)a.layer * 2 + 1) * a.n_kv + kvh) * per_head;
-  const int32_t *table = a.tables + (size_t)seq * a.max_blocks;
-  const int warp = tid / 32, lane = tid % 32;
-  __syncthreads();
-  for (int t0 = start; t0 < end; t0 += DEC_TILE) {
-    /* 1. K and V tiles to shared memory as f32, 16 bytes per load; rows past end are zero */
-    constexpr int PER = Elem<T>::PER16, CPR = HD / PER, CHUNKS = DEC_TILE * CPR;
-    for (int c = tid; c < 2 * CHUNKS; c += DEC_THREADS) {
-      const int which = c / CHUNKS, cc = c % CHUNKS, t = cc / CPR, part = cc % CPR;
-      float f[PER];
+  const size_t scales = a.block_bytes / (size_t)(HD + 4) * (size_t)HD; /* fp8 only */
+  const int32_t *table = a.tables + (size_t)a.max_blocks * seq;
+  const int row_mask = (1 << a.block_shift) - 1;
+  for (int c0 = start + warp * WARP_SPAN; c0 < end; c0 += CHUNK) {
+    /* 1. the loads of U tokens (K and V rows, this lane's 8 elements) */
+    Raw8<T> kr[U], vr[U];
 #pragma unroll
-      for (int j = 0; j < PER; j++) f[j] = 0.0f;
-      if (t0 + t < end)
-        load_kv16<T>(a.pool, a.block_bytes, table, a.block_shift, which ? v_off : k_off, HD, t0 + t,
-                     part * PER, f);
-      float *dst = (which ? &v_s[t][0] : &k_s[t][0]) + part * PER;
-#pragma unroll
-      for (int j = 0; j < PER; j += 4)
-        *(float4 *)(dst + j) = make_float4(f[j], f[j + 1], f[j + 2], f[j + 3]);
+    for (int u = 0; u < U; u++) {
+      const int tok = c0 + u * TPW + sub;
+      if (tok < end) {
+        const uint8_t *base = a.pool + (size_t)table[tok >> a.block_shift] * a.block_bytes;
+        const int r = tok & row_mask;
+        const size_t ke = k_off + (size_t)r * HD + part * 8, ve = v_off + (size_t)r * HD + part * 8;
+        kr[u].load(base + ke * sizeof(T), base + scales + (k_off / HD + r) * sizeof(float));
+        vr[u].load(base + ve * sizeof(T), base + scales + (v_off / HD + r) * sizeof(float));
+      } else {
+        kr[u] = Raw8<T>{}, vr[u] = Raw8<T>{};
+      }
     }
-    __syncthreads();
-    /* 2. scores (log2 domain): one warp per token, lanes across head_dim */
-    for (int t = warp; t < DEC_TILE; t += DEC_THREADS / 32) {
-      const bool valid = t0 + t < end;
-      float2 kv[HD / 64];
+    /* 2. scores: a partial dot over 8 elements, summed over the token's LPT lanes */
+    float s[U][G];
 #pragma unroll
-      for (int j = 0; j < HD / 64; j++) kv[j] = *(const float2 *)&k_s[t][2 * lane + 64 * j];
-      for (int g = 0; g < gn; g++) {
+    for (int u = 0; u < U; u++) {
+      float kf[8];
+      kr[u].to_f32(kf);
+      const bool valid = c0 + u * TPW + sub < end;
+#pragma unroll
+      for (int g = 0; g < G; g++) {
         float dot = 0.0f;
+        if (g < gn) {
 #pragma unroll
-        for (int j = 0; j < HD / 64; j++)
-          dot += q_s[g][2 * lane + 64 * j] * kv[j].x + q_s[g][2 * lane + 64 * j + 1] * kv[j].y;
-        for (int o = 16; o; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-        if (lane == 0) p_s[g][t] = valid ? dot : -INFINITY;
+          for (int j = 0; j < 8; j++) dot += q[g][j] * kf[j];
+#pragma unroll
+          for (int o = LPT / 2; o; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+        }
+        s[u][g] = valid ? dot : -INFINITY;
       }
     }
-    __syncthreads();
-    /* 3. online softmax, one warp per head, DEC_TILE / 32 tokens per lane */
-    for (int g = warp; g < gn; g += DEC_THREADS / 32) {
-      float sv[DEC_TILE / 32], mx = -INFINITY;
+    /* 3. online softmax of the U tokens: rescale each head's state to the new max, then s
+     * holds the weights p */
 #pragma unroll
-      for (int j = 0; j < DEC_TILE / 32; j++) {
-        sv[j] = p_s[g][lane + 32 * j];
-        mx = fmaxf(mx, sv[j]);
-      }
-      for (int o = 16; o; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-      /* the tile holds at least one valid token (t0 < end), so m_new is finite */
-      const float m_old = m_s[g], m_new = fmaxf(m_old, mx);
-      float sum = 0.0f;
+    for (int g = 0; g < G; g++) {
+      float mx = s[0][g];
 #pragma unroll
-      for (int j = 0; j < DEC_TILE / 32; j++) {
-        float p = exp2f(sv[j] - m_new); /* -inf -> 0 */
-        p_s[g][lane + 32 * j] = p;
-        sum += p;
-      }
-      for (int o = 16; o; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-      __syncwarp();
-      if (lane == 0) {
-        const float alpha = exp2f(m_old - m_new); /* m_old == -inf -> 0 */
-        alpha_s[g] = alpha;
-        l_s[g] = l_s[g] * alpha + sum;
-        m_s[g] = m_new;
+      for (int u = 1; u < U; u++) mx = fmaxf(mx, s[u][g]);
+      const float m_new = fmaxf(m[g], mx);
+      /* m_new == -inf: no valid token seen yet by this lane group, every p is 0 */
+      const float alpha = m_new == -INFINITY ? 1.0f : exp2f(m[g] - m_new); /* m == -inf -> 0 */
+      l[g] *= alpha;
+#pragma unroll
+      for (int j = 0; j < 8; j++) acc[g][j] *= alpha;
+      m[g] = m_new;
+#pragma unroll
+      for (int u = 0; u < U; u++) {
+        const float p = m_new == -INFINITY ? 0.0f : exp2f(s[u][g] - m_new); /* -inf -> 0 */
+        s[u][g] = p;
+        l[g] += p;
       }
     }
-    __syncthreads();
-    /* 4. accumulate V */
+    /* 4. the V accumulation: each V row converted once for all heads */
 #pragma unroll
-    for (int k = 0; k < PER_THREAD; k++) {
-      const int e = tid + k * DEC_THREADS;
-      if (e < gn * HD) {
-        const int g = e / HD, d = e % HD;
-        float acc_k = acc[k] * alpha_s[g];
-#pragma unroll 8
-        for (int t = 0; t < DEC_TILE; t++) acc_k += p_s[g][t] * v_s[t][d];
-        acc[k] = acc_k;
+    for (int u = 0; u < U; u++) {
+      float vf[8];
+      vr[u].to_f32(vf);
+#pragma unroll
+      for (int g = 0; g < G; g++) {
+        if (g >= gn) continue;
+#pragma unroll
+        for (int j = 0; j < 8; j++) acc[g][j] += s[u][g] * vf[j];
       }
-    }
-    __syncthreads();
-  }
-  /* partial result; an empty split writes max -inf, sum 0, acc 0 (the merge skips it) */
-#pragma unroll
-  for (int k = 0; k < PER_THREAD; k++) {
-    const int e = tid + k * DEC_THREADS;
-    if (e < gn * HD) {
-      const int g = e / HD, d = e % HD;
-      const size_t slot =
-          ((size_t)seq * a.n_heads + head0 + g) * a.ws_splits + a.split_base + split;
-      a.ws_acc[slot * HD + d] = acc[k];
-      if (d == 0) a.ws_ml[2 * slot] = m_s[g], a.ws_ml[2 * slot + 1] = l_s[g];
     }
   }
+  /* 5. merge the warp's TPW lane groups (same part, different sub) by log-sum-exp */
+#pragma unroll
+  for (int o = LPT; o < 32; o <<= 1) {
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+      const float mo = __shfl_xor_sync(0xffffffffu, m[g], o);
+      const float lo = __shfl_xor_sync(0xffffffffu, l[g], o);
+      const float M = fmaxf(m[g], mo);
+      const float wa = M == -INFINITY ? 0.0f : exp2f(m[g] - M);
+      const float wb = M == -INFINITY ? 0.0f : exp2f(mo - M);
+      l[g] = l[g] * wa + lo * wb;
+#pragma unroll
+      for (int j = 0; j < 8; j++) {
+        const float ao = __shfl_xor_sync(0xffffffffu, acc[g][j], o);
+        acc[g][j] = acc[g][j] * wa + ao * wb;
+      }
+      m[g] = M;
+    }
+  }
+  /* 6. merge the NW warps through shared memory; the split's (acc, max, sum) to the workspace
+   * (an empty split writes max -inf, sum 0, acc 0: the merge skips it) */
+  __shared__ float m_s[NW][G], l_s[NW][G];
+  __shared__ __align__(16) float acc_s[NW][G][HD];
+  if (sub == 0) {
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+#pragma unroll
+      for (int j = 0; j < 8; j++) acc_s[warp][g][part * 8 + j] = acc[g][j];
+      if (part == 0) m_s[warp][g] = m[g], l_s[warp][g] = l[g];
+    }
+  }
+  __syncthreads();
+  for (int e = tid; e < gn * HD; e += DEC_THREADS) {
+    const int g = e / HD, d = e % HD;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < NW; w++) M = fmaxf(M, m_s[w][g]);
+    float L = 0.0f, A = 0.0f;
+    if (M != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < NW; w++) {
+        const float wt = exp2f(m_s[w][g] - M);
+        L += l_s[w][g] * wt;
+        A += acc_s[w][g][d] * wt;
+      }
+    }
+    const size_t slot = ((size_t)seq * a.n_heads + head0 + g) * a.ws_splits + a.split_base + split;
+    a.ws_acc[slot * HD + d] = A;
+    if (d == 0) a.ws_ml[2 * slot] = M, a.ws_ml[2 * slot + 1] = L;
+  }
+}
+
+/* Launches decode_split with the smallest register tile that holds a chunk of the group. */
+template <int HD, typename T>
+static cudaError_t launch_decode(dim3 grid, cudaStream_t st, const DecArgs &d) {
+  const int gmax = d.group < DEC_GROUP ? d.group : DEC_GROUP;
+  if (gmax == 1)
+    decode_split<HD, T, 1><<<grid, DEC_THREADS, 0, st>>>(d);
+  else if (gmax <= 4)
+    decode_split<HD, T, 4><<<grid, DEC_THREADS, 0, st>>>(d);
+  else
+    decode_split<HD, T, 8><<<grid, DEC_THREADS, 0, st>>>(d);
+  return cudaGetLastError();
 }
 
 /* Merges the ws_splits partials of each (sequence, head) of the decode rows. Grid (n_heads,
@@ -978,9 +1088,23 @@ struct Plan {
   size_t dec_acc, dec_ml, pf_acc, pf_ml, bytes; /* byte offsets into the workspace, total */
 };
 
+/* The thread blocks the decode grid grows to: DEC_MAX_GRID, or PD_CUDA_DECODE_GRID (64 to
+ * 65,536) for tuning; read once. */
+static int64_t decode_grid(void) {
+  static std::atomic<int> cached{0};
+  int v = cached.load();
+  if (!v) {
+    const char *env = getenv("PD_CUDA_DECODE_GRID");
+    long e = env ? strtol(env, NULL, 10) : 0;
+    v = e >= 64 && e <= 65536 ? (int)e : DEC_MAX_GRID;
+    cached.store(v);
+  }
+  return v;
+}
+
 static void plan_decode(int64_t n_seqs, int n_kv, int gchunks, int64_t rest, int *n, int *len) {
   int64_t want = cdiv(rest, DEC_MIN_SPLIT);
-  int64_t cap = DEC_MAX_GRID / (n_seqs * n_kv * gchunks);
+  int64_t cap = decode_grid() / (n_seqs * n_kv * gchunks);
   if (cap < 1) cap = 1;
   int64_t ns = want < cap ? want : cap;
   if (ns < 1) ns = 1;
@@ -1166,10 +1290,8 @@ static int run_attn(const pd_kv_layout *L, const Plan &p, const void *pool, int 
     d.n_past = b->n_past, d.n_new = b->n_new, d.row_start = b->row_start;
     d.kv_start = p.shared_pos, d.split_len = p.dec_len, d.split_base = p.casc_splits;
     d.ws_splits = p.dec_total, d.scale2 = scale2, d.ws_acc = acc, d.ws_ml = ml;
-    decode_split<HD, T>
-        <<<dim3(p.dec_splits, L->n_kv_heads * p.gchunks, b->n_seqs), DEC_THREADS, 0, st>>>(d);
-    if ((e = cudaGetLastError()) != cudaSuccess)
-      return pd_cuda_fail(e, err, errlen, "launching decode attention");
+    e = launch_decode<HD, T>(dim3(p.dec_splits, L->n_kv_heads * p.gchunks, b->n_seqs), st, d);
+    if (e != cudaSuccess) return pd_cuda_fail(e, err, errlen, "launching decode attention");
     MergeSeqArgs m = {n_heads, p.dec_total, NULL, b->n_new, b->row_start, acc, ml, out};
     merge_seq<HD><<<dim3(n_heads, b->n_seqs), HD, 0, st>>>(m);
     if ((e = cudaGetLastError()) != cudaSuccess)
@@ -1264,8 +1386,7 @@ static int run_decode_legacy(const pd_kv_layout *L, const void *pool, int layer,
   d.group = group, d.n_heads = n_heads, d.max_blocks = max_blocks, d.q = q, d.tables = tables;
   d.ctx_lens = ctx_lens, d.kv_start = 0, d.split_len = len, d.split_base = 0;
   d.ws_splits = n_splits, d.scale2 = scale * LOG2E, d.ws_acc = acc, d.ws_ml = ml;
-  decode_split<HD, T><<<dim3(n_splits, L->n_kv_heads * gchunks, n_seqs), DEC_THREADS, 0, st>>>(d);
-  cudaError_t e = cudaGetLastError();
+  cudaError_t e = launch_decode<HD, T>(dim3(n_splits, L->n_kv_heads * gchunks, n_seqs), st, d);
   if (e != cudaSuccess) return pd_cuda_fail(e, err, errlen, "launching decode attention");
   MergeSeqArgs m = {n_heads, n_splits, ctx_lens, NULL, NULL, acc, ml, out};
   merge_seq<HD><<<dim3(n_heads, n_seqs), HD, 0, st>>>(m);

@@ -6,15 +6,17 @@
  * cublasGemmEx(transa = T, transb = N, m = out, n = rows, k = in). alpha and beta are host
  * values (the default pointer mode), read at the call, so a captured graph keeps them.
  *
- * Speed work left: decode at batch 1 is a GEMV per projection; cuBLAS handles it, but a fused
- * f16 GEMV with the RMSNorm / SwiGLU folded into its prologue would save launches and a pass
- * over the activations.
+ * Decode (at most PD_CUDA_GEMV_MAX_ROWS rows, f16 weights) goes to pd_cuda_gemv_f16 instead of
+ * cuBLAS: one launch, f32 activations read as they are (no f16 rounding pass). Speed work left: the
+ * RMSNorm / SwiGLU folded into the GEMV's prologue would save launches and a pass over the
+ * activations.
  */
 #include "pd_cuda_gemm.h"
 
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 #include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -108,6 +110,11 @@ int pd_cuda_gemm_run(pd_cuda_gemm *g, const pd_cuda_weight *w, const void *x, en
     st = cublasGemmEx((cublasHandle_t)g->handle, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, w->data,
                       CUDA_R_32F, k, x, CUDA_R_32F, k, &beta, y, CUDA_R_32F, m,
                       CUBLAS_COMPUTE_32F_PEDANTIC, CUBLAS_GEMM_DEFAULT);
+  } else if (n <= PD_CUDA_GEMV_MAX_ROWS && k % 8 == 0 &&
+             !(((uintptr_t)w->data | (uintptr_t)x) & 15)) {
+    /* decode: cuBLAS's kernels for a handful of rows reach a fraction of the bandwidth and may
+     * add a split-K reduction; a warp per output reads the f32 rows as they are */
+    return pd_cuda_gemv_f16(w->data, x, x_dtype, y, n, k, m, beta, g->stream, err, errlen);
   } else {
     const void *xh = x;
     if (x_dtype == PD_DTYPE_F32) {

@@ -23,6 +23,7 @@
  */
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -401,4 +402,100 @@ extern "C" int pd_cuda_argmax(int32_t *out, const float *x, int64_t rows, int64_
   if (!rows) return PD_OK;
   argmax_kernel<<<(unsigned)rows, ROW_THREADS, 0, (cudaStream_t)stream>>>(out, x, n);
   return launched("argmax", err, errlen);
+}
+
+/* ---- small-batch GEMV on f16 weights: grid (ceil(out / GEMV_WARPS)), a warp per output -------- */
+
+#define GEMV_WARPS 4
+
+/* 8 consecutive activations of row r as f32: x f32 (two 16-byte loads) or f16 (one). */
+template <bool XF32> __device__ __forceinline__ void gemv_x8(const void *x, int64_t i8, float *f) {
+  if (XF32) {
+    const float4 a = __ldg((const float4 *)x + 2 * i8), b = __ldg((const float4 *)x + 2 * i8 + 1);
+    f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+  } else {
+    const uint4 u = __ldg((const uint4 *)x + i8);
+    const __half2 *h = (const __half2 *)&u;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      const float2 p = __half22float2(h[j]);
+      f[2 * j] = p.x, f[2 * j + 1] = p.y;
+    }
+  }
+}
+
+/* y[r][o] = W[o] . x[r] (+ beta * y[r][o]) for R rows; lanes across in_dim, 8 elements a load,
+ * the R rows share each weight load; f32 accumulation, summed over the warp in a fixed order. */
+template <int R, bool XF32>
+__global__ void __launch_bounds__(GEMV_WARPS * 32)
+    gemv_f16_kernel(const __half *__restrict__ w, const void *__restrict__ x, float *y, int in,
+                    int out, float beta) {
+  const int o = blockIdx.x * GEMV_WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (o >= out) return;
+  const uint4 *wr = (const uint4 *)(w + (size_t)o * in);
+  const int n8 = in / 8;
+  float acc[R];
+#pragma unroll
+  for (int r = 0; r < R; r++) acc[r] = 0.0f;
+#pragma unroll 4
+  for (int c = lane; c < n8; c += 32) {
+    const uint4 u = __ldg(wr + c);
+    const __half2 *h = (const __half2 *)&u;
+    float wf[8];
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      const float2 p = __half22float2(h[j]);
+      wf[2 * j] = p.x, wf[2 * j + 1] = p.y;
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      float xf[8];
+      gemv_x8<XF32>(x, (int64_t)r * n8 + c, xf);
+#pragma unroll
+      for (int j = 0; j < 8; j++) acc[r] += wf[j] * xf[j];
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    float v = acc[r];
+    for (int s = 16; s; s >>= 1) v += __shfl_xor_sync(0xffffffffu, v, s);
+    if (lane == 0) {
+      float *yo = y + (size_t)r * out + o;
+      *yo = beta != 0.0f ? v + beta * *yo : v;
+    }
+  }
+}
+
+template <int R>
+static void gemv_launch(const void *w, const void *x, int x_f32, float *y, int in, int out,
+                        float beta, cudaStream_t s) {
+  const unsigned blocks = (unsigned)((out + GEMV_WARPS - 1) / GEMV_WARPS);
+  if (x_f32)
+    gemv_f16_kernel<R, true>
+        <<<blocks, GEMV_WARPS * 32, 0, s>>>((const __half *)w, x, y, in, out, beta);
+  else
+    gemv_f16_kernel<R, false>
+        <<<blocks, GEMV_WARPS * 32, 0, s>>>((const __half *)w, x, y, in, out, beta);
+}
+
+extern "C" int pd_cuda_gemv_f16(const void *w, const void *x, enum pd_dtype x_dtype, float *y,
+                                int64_t rows, int64_t in, int64_t out, float beta, void *stream,
+                                char *err, size_t errlen) {
+  if (rows < 0 || rows > PD_CUDA_GEMV_MAX_ROWS || in <= 0 || in % 8 || in > INT_MAX || out <= 0 ||
+      out > INT_MAX || (x_dtype != PD_DTYPE_F32 && x_dtype != PD_DTYPE_F16) ||
+      ((uintptr_t)w | (uintptr_t)x) & 15)
+    return pd_errf(err, errlen, PD_EINVAL,
+                   "gemv: refused (%lld rows of %lld -> %lld, x %s, or pointers not 16-byte "
+                   "aligned)",
+                   (long long)rows, (long long)in, (long long)out, pd_dtype_name(x_dtype));
+  if (!rows) return PD_OK;
+  cudaStream_t s = (cudaStream_t)stream;
+  const int xf = x_dtype == PD_DTYPE_F32;
+  switch (rows) {
+  case 1: gemv_launch<1>(w, x, xf, y, (int)in, (int)out, beta, s); break;
+  case 2: gemv_launch<2>(w, x, xf, y, (int)in, (int)out, beta, s); break;
+  case 3: gemv_launch<3>(w, x, xf, y, (int)in, (int)out, beta, s); break;
+  default: gemv_launch<4>(w, x, xf, y, (int)in, (int)out, beta, s); break;
+  }
+  return launched("gemv", err, errlen);
 }

@@ -93,6 +93,17 @@ int pd_cuda_add_bias(float *y, const float *bias, int64_t rows, int64_t n, void 
 int pd_cuda_embed(float *out, const void *table, enum pd_dtype table_dtype, const int32_t *ids,
                   int64_t rows, int64_t d, int64_t n_vocab, void *stream, char *err, size_t errlen);
 
+/*
+ * y (rows, out) = x (rows, in) . W^T (+ beta * y), W row-major (out, in) f16: the decode-sized
+ * GEMM (rows <= PD_CUDA_GEMV_MAX_ROWS) that pd_cuda_gemm_run takes instead of cuBLAS, a warp per
+ * output reading its weight row once for all rows; f32 accumulation in a fixed order (the same
+ * bits on every run). y is not read when beta == 0.
+ *   w: (out, in) f16; x: (rows, in) f32 or f16; in a multiple of 8; w and x 16-byte aligned
+ */
+#define PD_CUDA_GEMV_MAX_ROWS 4
+int pd_cuda_gemv_f16(const void *w, const void *x, enum pd_dtype x_dtype, float *y, int64_t rows,
+                     int64_t in, int64_t out, float beta, void *stream, char *err, size_t errlen);
+
 /* out (n) f16 = x (n) f32, rounded to nearest even (pd_f32_to_f16). */
 int pd_cuda_f32_to_f16(void *out, const float *x, int64_t n, void *stream, char *err,
                        size_t errlen);

@@ -28,7 +28,7 @@ static void start_daemon(void) {
   snprintf(sock_path, sizeof sock_path, "%s/sock", data_dir);
   daemon_pid = fork();
   if (daemon_pid == 0) {
-    freopen(log, "w", stderr);
+    if (!freopen(log, "w", stderr)) _exit(126);
     setenv("PREFIXD_ADMIN_KEY", ADMIN, 1);
     execl(getenv("PREFIXD_BIN"), "prefixd", "--model", getenv("PD_TINY_MODEL"), "--listen",
           "127.0.0.1:0", "--unix", sock_path, "--data-dir", data_dir, "--threads", "2",

@@ -422,7 +422,7 @@ END_TEST
 /* ---- weights and GEMM ---------------------------------------------------------------------- */
 
 START_TEST(gemm_matches_pd_matmul) {
-  const int in = 512, out = 67, rows_list[3] = {1, 7, 33};
+  const int in = 512, out = 67, rows_list[4] = {1, 3, 7, 33}; /* 1, 3: the GEMV */
   char err[256] = "";
   pd_cuda_gemm g;
   ck_assert_msg(pd_cuda_gemm_init(&g, NULL, (int64_t)33 * in, err, sizeof err) == 0, "%s", err);
@@ -445,7 +445,7 @@ START_TEST(gemm_matches_pd_matmul) {
       ck_assert_msg(pd_cuda_weight_upload(&w, 0, wq, t, 30, err, sizeof err) == 0, "%s", err);
       ck_assert_msg(pd_cuda_weight_upload(&w, 30, wq + 30 * rb, t, out - 30, err, sizeof err) == 0,
                     "%s", err);
-      for (int ri = 0; ri < 3; ri++) {
+      for (int ri = 0; ri < 4; ri++) {
         int rows = rows_list[ri];
         float *x = frand_vec((size_t)rows * in, 2.0f), *ref = malloc(sizeof(float) * rows * out);
         float *y0 = frand_vec((size_t)rows * out, 1.0f), *got = malloc(sizeof(float) * rows * out);
