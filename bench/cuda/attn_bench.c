@@ -11,12 +11,12 @@
  *    the pool (a shuffled block table).
  * 2. Cascade: 64 sequences sharing a 4,096-token prefix (256 blocks), each with its own 64-token
  *    tail, one decode row each, the default model's shape: pd_cuda_attn with shared_blocks = 256
- *    (prefix on the tensor-core and on the SIMT tile kernel) against the same batch with
+ *    (prefix on the tf32, the SIMT and the f16 tile kernel) against the same batch with
  *    shared_blocks = 0 (per-sequence paged decode). Timed with L2
  *    flushed before every call (a 256 MiB memset outside the timed range: in a forward pass
  *    the weights stream through L2 between two attention calls) and warm (back-to-back calls).
  * 3. Prefill: 4,096 new tokens on the default model's shape (9 / 3 heads, head_dim 64, f16), one
- *    layer's pd_cuda_attn, and that x 30 layers; also after 28,672 cached tokens; tensor-core and
+ *    layer's pd_cuda_attn, and that x 30 layers; also after 28,672 cached tokens; tf32, f16 and
  *    SIMT tile kernels. FLOPs counted:
  *    4 * n_heads * head_dim per (row, visible position).
  * 4. Restore: N scattered blocks of the default model (2 * 30 * 3 * 16 * 64 * 2 = 368,640 bytes)
@@ -264,13 +264,14 @@ static int bench_cascade(char *md, size_t cap, void *flush) {
   for (int s = 0; s < n_seqs; s++) past[s] = prefix + tail, one[s] = 1;
   dbatch d;
   dbatch_make(&d, &L, n_heads, n_seqs, past, one, prefix / 16);
-  double casc_cold[2], casc_warm[2];
-  for (int tc = 0; tc < 2; tc++) {
-    pd_cuda_attn_set_tensor_cores(tc);
-    casc_cold[tc] = time_attn(&d, &L, n_heads, 20, flush);
-    casc_warm[tc] = time_attn(&d, &L, n_heads, 50, NULL);
+  /* the tile kernel over the shared prefix: [PD_CUDA_TILE_SIMT, _TF32, _F16] */
+  double casc_cold[3], casc_warm[3];
+  for (int kind = 0; kind < 3; kind++) {
+    pd_cuda_attn_set_tile_kernel(kind);
+    casc_cold[kind] = time_attn(&d, &L, n_heads, 20, flush);
+    casc_warm[kind] = time_attn(&d, &L, n_heads, 50, NULL);
   }
-  pd_cuda_attn_set_tensor_cores(1);
+  pd_cuda_attn_set_tile_kernel(PD_CUDA_TILE_TF32);
   d.b.shared_blocks = 0;
   double plain_cold = time_attn(&d, &L, n_heads, 20, flush);
   double plain_warm = time_attn(&d, &L, n_heads, 50, NULL);
@@ -279,12 +280,15 @@ static int bench_cascade(char *md, size_t cap, void *flush) {
   return snprintf(
       md, cap,
       "| 64 seqs on a shared 4,096-token prefix (+64-token tails), 9/3 heads, hd 64, f16 | "
-      "cascade, tensor cores | cascade, SIMT | per-sequence decode | speed-up (tensor cores) "
-      "|\n| --- | --- | --- | --- | --- |\n"
-      "| L2 flushed before each call | %.1f us | %.1f us | %.1f us (%.0f GB/s of KV) | %.2fx |\n"
-      "| warm, back to back | %.1f us | %.1f us | %.1f us | %.2fx |\n",
-      casc_cold[1], casc_cold[0], plain_cold, kv / (plain_cold / 1e6) / 1e9,
-      plain_cold / casc_cold[1], casc_warm[1], casc_warm[0], plain_warm, plain_warm / casc_warm[1]);
+      "cascade, tensor cores (tf32 x2) | cascade, SIMT | cascade, tensor cores (f16) | "
+      "per-sequence decode | speed-up (tf32 x2) | speed-up (f16) "
+      "|\n| --- | --- | --- | --- | --- | --- | --- |\n"
+      "| L2 flushed before each call | %.1f us | %.1f us | %.1f us | %.1f us (%.0f GB/s of KV) | "
+      "%.2fx | %.2fx |\n"
+      "| warm, back to back | %.1f us | %.1f us | %.1f us | %.1f us | %.2fx | %.2fx |\n",
+      casc_cold[1], casc_cold[0], casc_cold[2], plain_cold, kv / (plain_cold / 1e6) / 1e9,
+      plain_cold / casc_cold[1], plain_cold / casc_cold[2], casc_warm[1], casc_warm[0],
+      casc_warm[2], plain_warm, plain_warm / casc_warm[1], plain_warm / casc_warm[2]);
 }
 
 /* ---- 3. prefill -------------------------------------------------------------------------------- */
@@ -298,9 +302,11 @@ static int bench_prefill(char *md, size_t cap) {
                "layers | attention FLOP/s |\n| --- | --- | --- | --- | --- |\n");
   const int pasts[2] = {0, 28672};
   for (int i = 0; i < 2; i++)
-    for (int tc = 1; tc >= 0; tc--) {
+    for (int k = 0; k < 3; k++) {
+      static const int kinds[3] = {PD_CUDA_TILE_TF32, PD_CUDA_TILE_F16, PD_CUDA_TILE_SIMT};
+      static const char *names[3] = {"tensor cores (tf32 x2)", "tensor cores (f16)", "SIMT f32"};
       int past = pasts[i], nn = n_new;
-      pd_cuda_attn_set_tensor_cores(tc);
+      pd_cuda_attn_set_tile_kernel(kinds[k]);
       dbatch d;
       dbatch_make(&d, &L, n_heads, 1, &past, &nn, 0);
       double us = time_attn(&d, &L, n_heads, 5, NULL);
@@ -310,10 +316,9 @@ static int bench_prefill(char *md, size_t cap) {
       double flops = 4.0 * n_heads * hd * pos;
       n += snprintf(md + n, cap - (size_t)n,
                     "| after %d cached tokens | %s | %.2f ms | %.1f ms | %.1f TFLOP/s |\n", past,
-                    tc ? "tensor cores (tf32 x2)" : "SIMT f32", us / 1e3, 30 * us / 1e3,
-                    flops / (us / 1e6) / 1e12);
+                    names[k], us / 1e3, 30 * us / 1e3, flops / (us / 1e6) / 1e12);
     }
-  pd_cuda_attn_set_tensor_cores(1);
+  pd_cuda_attn_set_tile_kernel(PD_CUDA_TILE_TF32);
   return n;
 }
 

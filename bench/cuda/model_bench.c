@@ -48,6 +48,12 @@ static int cmp_double(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
+/* The environment switches pd_cuda_attention reads: set, and neither empty nor "0". */
+static int env_on(const char *name) {
+  const char *e = getenv(name);
+  return e && *e && strcmp(e, "0") != 0;
+}
+
 int main(int argc, char **argv) {
   const char *path = NULL, *outp = NULL;
   int graphs = 1;
@@ -176,9 +182,13 @@ int main(int argc, char **argv) {
     fprintf(f, "# CUDA forward pass (model/pd_llama_cuda)\n\n");
     fprintf(f,
             "Device: %s (%d SMs, %.1f GiB). Model: synthetic, %s. Weights f16, KV cache f16, "
-            "block 16 tokens, greedy sampling on the device, CUDA graphs %s.\n\n",
+            "block 16 tokens, greedy sampling on the device, CUDA graphs %s, prefill attention on "
+            "the %s tile kernel.\n\n",
             prop.name, prop.multiProcessorCount, (double)prop.totalGlobalMem / (1 << 30), desc,
-            graphs ? (g.graphs_off ? "asked for but turned off" : "on") : "off");
+            graphs ? (g.graphs_off ? "asked for but turned off" : "on") : "off",
+            env_on("PD_CUDA_ATTN_SIMT")  ? "SIMT f32"
+            : env_on("PD_CUDA_ATTN_F16") ? "f16 (PD_CUDA_ATTN_F16=1)"
+                                         : "tf32 x2");
     fprintf(f,
             "Command: `cuda_model_bench MODEL.gguf --out FILE%s` with MODEL.gguf from "
             "`prefixd-mkgguf -o MODEL.gguf --like smollm2-135m`.\n\n",

@@ -2,7 +2,7 @@
  * pd_cuda_attention.cu -- paged attention over f32 / f16 / bf16 / fp8-e4m3 KV blocks, and the KV
  * store (pd_cuda_attention.h, pd_cuda_batch.h).
  *
- * Seven kernels. K and V are converted to f32 as they are read (f16 and bf16
+ * Eight kernels. K and V are converted to f32 as they are read (f16 and bf16
  * exactly; an fp8 row as its e4m3 value times the row's f32 scale, kernels/cpu/pd_attention.h);
  * all arithmetic is f32 or tensor-core products carried to f32 accuracy. Scores are kept in the
  * log2 domain (q . k * scale * log2(e), then exp2), so every partial result (acc, max, sum) that
@@ -53,6 +53,13 @@
  *   products to ~2^-21 relative: the results
  *   match the SIMT kernel and the CPU within the same tolerance. 70,656 / 119,808 bytes.
  *
+ * tile_f16 (opt-in: pd_cuda_attn_set_tile_kernel(PD_CUDA_TILE_F16) or PD_CUDA_ATTN_F16=1; f16
+ *   pools only) -- the same grid, tiles and outputs with one m16n8k16 f16 mma per product: Q and
+ *   P rounded to f16, f32 sums; K/V tiles copied from the pool by cp.async into two stages (the
+ *   next tile in flight while this one is computed), S's accumulators reused as P's A fragments,
+ *   V's B fragments by a transposing ldmatrix. Written without a GPU at hand: its test pass and
+ *   figures come from the next GPU run (scripts/gpu-check); tf32 x2 stays the default until then.
+ *
  * kv_store -- one thread block per new row, threads across (K|V, kv_head, dim); f32 -> pool
  *   dtype with the integer round-to-nearest-even of common/pd_dtype.h, bit for bit
  *   (pd_cuda_convert.h; the GPU test also compares the stored bytes with pd_kv_store's).
@@ -80,6 +87,7 @@
 #include <string.h>
 
 #include <atomic>
+#include <type_traits>
 
 #include "pd_cuda_attention.h"
 #include "pd_cuda_batch.h"
@@ -596,23 +604,29 @@ __device__ __forceinline__ bool tile_setup(const TileArgs &a, int *sh_seq, int *
   return true;
 }
 
+/* Elements 4 c4 .. 4 c4 + 3 of the tile's pair r of Q, pre-scaled; zeros for a pair that is not
+ * computed. */
+template <int HD, int MODE>
+__device__ __forceinline__ float4 q_tile_elems(const TileArgs &a, const TileCtx &c, int r, int c4) {
+  int row, g, limit, wsi;
+  pair_info<MODE>(a, c.seq, c.p0 + r, c.n_pairs, &row, &g, &limit, &wsi);
+  float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+  if (limit >= 0) {
+    v = *(const float4 *)(a.q + ((size_t)row * a.n_heads + (size_t)blockIdx.y * a.group + g) * HD +
+                          c4 * 4);
+    v.x *= a.scale2, v.y *= a.scale2, v.z *= a.scale2, v.w *= a.scale2;
+  }
+  return v;
+}
+
 /* Q tile (TB_M pairs x HD, pre-scaled) to shared memory with row stride LD; pairs that are not
  * computed get zeros. */
 template <int HD, int MODE, int NTHREADS>
 __device__ __forceinline__ void load_q_tile(const TileArgs &a, const TileCtx &c, float *Qs,
                                             int LD) {
-  const int kvh = blockIdx.y;
   for (int e = threadIdx.x; e < TB_M * (HD / 4); e += NTHREADS) {
     const int r = e / (HD / 4), c4 = e % (HD / 4);
-    int row, g, limit, wsi;
-    pair_info<MODE>(a, c.seq, c.p0 + r, c.n_pairs, &row, &g, &limit, &wsi);
-    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (limit >= 0) {
-      v = *(const float4 *)(a.q + ((size_t)row * a.n_heads + (size_t)kvh * a.group + g) * HD +
-                            c4 * 4);
-      v.x *= a.scale2, v.y *= a.scale2, v.z *= a.scale2, v.w *= a.scale2;
-    }
-    *(float4 *)&Qs[r * LD + c4 * 4] = v;
+    *(float4 *)&Qs[r * LD + c4 * 4] = q_tile_elems<HD, MODE>(a, c, r, c4);
   }
 }
 
@@ -808,6 +822,77 @@ template <int HD> constexpr size_t mma_smem_bytes() {
          sizeof(float);
 }
 
+/* The online softmax step of the mma tile kernels on one warp's S fragments (16 rows by TB_N
+ * positions: row g in s[j][0..1], row g + 8 in s[j][2..3], columns 8 j + 2 t, + 1): masks the
+ * positions at or past hi and past each row's limit, updates the rows' max m and sum l, rescales
+ * O (o[nd], the same layout over dims) and leaves the weights P in s. */
+template <int NT, int ND>
+__device__ __forceinline__ void mma_softmax(float (*s)[4], float (*o)[4], float *m, float *l,
+                                            int kv0, int hi, const int *lim, int t) {
+#pragma unroll
+  for (int h = 0; h < 2; h++) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+      for (int e = 0; e < 2; e++) {
+        const int pos = kv0 + 8 * j + 2 * t + e;
+        if (pos >= hi || pos > lim[h]) s[j][2 * h + e] = -INFINITY;
+        mx = fmaxf(mx, s[j][2 * h + e]);
+      }
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(m[h], mx);
+    const float m_use = m_new == -INFINITY ? 0.0f : m_new; /* a row that sees nothing yet */
+    const float alpha = exp2f(m[h] - m_use);
+    float sum = 0.0f;
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+      for (int e = 0; e < 2; e++) {
+        const float p = exp2f(s[j][2 * h + e] - m_use);
+        s[j][2 * h + e] = p;
+        sum += p;
+      }
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    l[h] = l[h] * alpha + sum;
+    m[h] = m_new;
+#pragma unroll
+    for (int nd = 0; nd < ND; nd++) o[nd][2 * h] *= alpha, o[nd][2 * h + 1] *= alpha;
+  }
+}
+
+/* The mma tile kernels' results, rows g + 8 h of warp w's pairs, dims 8 nd + 2 t, + 1: normalized
+ * into out (direct prefill) or as partials (acc, max, sum) into the workspace. */
+template <int HD, int MODE>
+__device__ __forceinline__ void mma_store(const TileArgs &a, const TileCtx &c, int warp, int g,
+                                          int t, float (*o)[4], const float *m, const float *l) {
+  constexpr int ND = HD / 8;
+  const int kvh = blockIdx.y, split = blockIdx.z;
+#pragma unroll
+  for (int h = 0; h < 2; h++) {
+    int row, gg, limit, wsi;
+    pair_info<MODE>(a, c.seq, c.p0 + 16 * warp + g + 8 * h, c.n_pairs, &row, &gg, &limit, &wsi);
+    if (limit < 0) continue;
+    const int head = kvh * a.group + gg;
+    if (a.direct) {
+      const float inv = 1.0f / l[h];
+      float *dst = a.out + ((size_t)row * a.n_heads + head) * HD + 2 * t;
+#pragma unroll
+      for (int nd = 0; nd < ND; nd++)
+        *(float2 *)(dst + 8 * nd) = make_float2(o[nd][2 * h] * inv, o[nd][2 * h + 1] * inv);
+    } else {
+      const size_t slot = ((size_t)wsi * a.n_heads + head) * a.ws_splits + a.split_base + split;
+      float *dst = a.ws_acc + slot * HD + 2 * t;
+#pragma unroll
+      for (int nd = 0; nd < ND; nd++)
+        *(float2 *)(dst + 8 * nd) = make_float2(o[nd][2 * h], o[nd][2 * h + 1]);
+      if (t == 0) a.ws_ml[2 * slot] = m[h], a.ws_ml[2 * slot + 1] = l[h];
+    }
+  }
+}
+
 /* The same work as tile_attn (same grid, tiles, ranges and outputs), 128 threads: warp w owns the
  * 16 pairs 16 w .. 16 w + 15 of the tile. Per KV tile each warp computes S (16 x 64) with
  * m16n8k8 tf32 mma from shared Q and K (strides chosen so the fragment reads are conflict-free:
@@ -825,7 +910,6 @@ __global__ void __launch_bounds__(MMA_THREADS) tile_mma(TileArgs a) {
   float *Qs = smem, *Ks = Qs + TB_M * LDQ, *Vs = Ks + TB_N * LDK, *Ps = Vs + TB_N * LDV;
   __shared__ int sh_seq, sh_p0;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane >> 2, t = lane & 3;
-  const int kvh = blockIdx.y, split = blockIdx.z;
   TileCtx c;
   if (!tile_setup<MODE>(a, &sh_seq, &sh_p0, &c)) return; /* uniform over the block */
   load_q_tile<HD, MODE, MMA_THREADS>(a, c, Qs, LDQ);
@@ -872,39 +956,7 @@ __global__ void __launch_bounds__(MMA_THREADS) tile_mma(TileArgs a) {
         if (SPLIT_KV) mma_tf32(s[j], ah, bl);
       }
     }
-    /* mask, online softmax of rows g (h = 0: s[j][0..1]) and g + 8 (h = 1: s[j][2..3]) */
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int j = 0; j < NT; j++)
-#pragma unroll
-        for (int e = 0; e < 2; e++) {
-          const int pos = kv0 + 8 * j + 2 * t + e;
-          if (pos >= c.hi || pos > lim[h]) s[j][2 * h + e] = -INFINITY;
-          mx = fmaxf(mx, s[j][2 * h + e]);
-        }
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(m[h], mx);
-      const float m_use = m_new == -INFINITY ? 0.0f : m_new; /* a row that sees nothing yet */
-      const float alpha = exp2f(m[h] - m_use);
-      float sum = 0.0f;
-#pragma unroll
-      for (int j = 0; j < NT; j++)
-#pragma unroll
-        for (int e = 0; e < 2; e++) {
-          const float p = exp2f(s[j][2 * h + e] - m_use);
-          s[j][2 * h + e] = p;
-          sum += p;
-        }
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      l[h] = l[h] * alpha + sum;
-      m[h] = m_new;
-#pragma unroll
-      for (int nd = 0; nd < ND; nd++) o[nd][2 * h] *= alpha, o[nd][2 * h + 1] *= alpha;
-    }
+    mma_softmax<NT, ND>(s, o, m, l, kv0, c.hi, lim, t);
     /* P to this warp's slice of shared memory, then O += P V */
 #pragma unroll
     for (int j = 0; j < NT; j++) {
@@ -937,28 +989,176 @@ __global__ void __launch_bounds__(MMA_THREADS) tile_mma(TileArgs a) {
     }
     __syncwarp(); /* the P slice is read before the next tile rewrites it */
   }
-  /* results: rows g + 8 h, dims 8 nd + 2 t, + 1 */
+  mma_store<HD, MODE>(a, c, warp, g, t, o, m, l);
+}
+
+/* ---- tile_f16: the tile kernel with f16 products, for f16 pools ---------------------------- */
+
+/* Two floats as an f16x2 register, rounded to nearest even: lo in the low half. */
+__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
+  const __half2 h = __floats2half2_rn(lo, hi);
+  return *(const uint32_t *)&h;
+}
+
+/* c (16 x 8 f32) += a (16 x 16 f16) * b (16 x 8 f16), one warp. Fragments as in the PTX ISA,
+ * "Matrix Fragments for mma.m16n8k16 with floating point type" (g = lane / 4, t = lane % 4), each
+ * register two f16 of consecutive k (the lower index in the low half):
+ *   a0 (g, 2t..)  a1 (g + 8, 2t..)  a2 (g, 2t + 8..)  a3 (g + 8, 2t + 8..)   [row, k]
+ *   b0 (2t.., g)  b1 (2t + 8.., g)                                           [k, col]
+ *   c0 (g, 2t) c1 (g, 2t + 1) c2 (g + 8, 2t) c3 (g + 8, 2t + 1)              [row, col] */
+__device__ __forceinline__ void mma_f16(float *c, const uint32_t *a, const uint32_t *b) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+               "{%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+/* 16 bytes global -> shared without passing through registers; src_bytes 0 writes zeros (and
+ * reads nothing). */
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int src_bytes) {
+  const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
+               "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit(void) {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+/* waits until at most N of this thread's committed groups are still in flight */
+template <int N> __device__ __forceinline__ void cp_async_wait(void) {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+/* The B fragment of m16n8k16 for rows k0 .. k0 + 15 of a row-major (k, n) f16 matrix in shared
+ * memory at columns n0 .. n0 + 7: lanes 0-15 give the row addresses (lane i: row k0 + i), the
+ * transposing load hands lane (g, t) the elements (2t, g), (2t + 1, g) and (2t + 8, g), (2t + 9,
+ * g). Rows 16-byte aligned. */
+__device__ __forceinline__ void ldmatrix_b_trans(uint32_t *b, const __half *row_addr) {
+  const unsigned s = (unsigned)__cvta_generic_to_shared(row_addr);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+               : "=r"(b[0]), "=r"(b[1])
+               : "r"(s));
+}
+
+template <int HD> constexpr size_t f16_smem_bytes() {
+  /* Q, then two stages of K and V, all f16 with rows HD + 8 apart */
+  return ((size_t)TB_M + 4 * (size_t)TB_N) * (HD + 8) * sizeof(__half);
+}
+
+/* K and V rows kv0 .. kv0 + TB_N - 1 of an f16 pool into one stage, 16 bytes at a time with
+ * cp.async (issued, not waited for); rows at or past hi are zeros. */
+template <int HD>
+__device__ __forceinline__ void issue_kv_f16(const TileArgs &a, const TileCtx &c, int kv0,
+                                             __half *Ks, __half *Vs) {
+  constexpr int LD = HD + 8, CPR = HD / 8, CHUNKS = TB_N * CPR;
+  const int kvh = blockIdx.y;
+  const size_t per_head = ((size_t)1 << a.block_shift) * HD;
+  const size_t k_off = (((size_t)a.layer * 2 + 0) * a.n_kv + kvh) * per_head;
+  const size_t v_off = (((size_t)a.layer * 2 + 1) * a.n_kv + kvh) * per_head;
+  const int row_mask = (1 << a.block_shift) - 1;
+  for (int e = threadIdx.x; e < 2 * CHUNKS; e += MMA_THREADS) {
+    const int which = e / CHUNKS, cc = e % CHUNKS, t = cc / CPR, part = cc % CPR;
+    const int tok = kv0 + t;
+    const uint8_t *src = a.pool;
+    int bytes = 0;
+    if (tok < c.hi) {
+      const size_t el = (which ? v_off : k_off) + (size_t)(tok & row_mask) * HD + part * 8;
+      src = a.pool + (size_t)c.table[tok >> a.block_shift] * a.block_bytes + el * sizeof(__half);
+      bytes = 16;
+    }
+    cp_async16((which ? Vs : Ks) + t * LD + part * 8, src, bytes);
+  }
+}
+
+/* The same work as tile_mma (same grid, tiles, ranges and outputs; 128 threads, warp w owns the
+ * pairs 16 w .. 16 w + 15) with one f16 mma per product: Q (pre-scaled) and P are rounded to f16,
+ * K and V are the pool's f16 values, sums are f32. K and V tiles come straight from the pool by
+ * cp.async into two stages, the next tile's loads in flight while this one is computed; S's
+ * accumulator fragments are P's A fragments (no trip through shared memory); V's B fragments come
+ * from a transposing ldmatrix. Shared rows are HD + 8 halves apart, so the 32-bit fragment reads
+ * and the ldmatrix rows are free of bank conflicts. 46,080 / 87,040 bytes for head_dim 64 / 128. */
+template <int HD, int MODE> __global__ void __launch_bounds__(MMA_THREADS) tile_f16(TileArgs a) {
+  extern __shared__ __align__(16) __half hsmem[];
+  constexpr int LD = HD + 8, NT = TB_N / 8, ND = HD / 8, NK = HD / 16;
+  __half *Qs = hsmem, *stage0 = Qs + TB_M * LD;
+  __shared__ int sh_seq, sh_p0;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane >> 2, t = lane & 3;
+  TileCtx c;
+  if (!tile_setup<MODE>(a, &sh_seq, &sh_p0, &c)) return; /* uniform over the block */
+  /* the first K/V tile's loads go out before Q is converted */
+  if (c.lo < c.hi) issue_kv_f16<HD>(a, c, c.lo, stage0, stage0 + TB_N * LD);
+  cp_async_commit();
+  for (int e = tid; e < TB_M * (HD / 4); e += MMA_THREADS) {
+    const int r = e / (HD / 4), c4 = e % (HD / 4);
+    const float4 v = q_tile_elems<HD, MODE>(a, c, r, c4);
+    uint2 h;
+    h.x = pack_half2(v.x, v.y), h.y = pack_half2(v.z, v.w);
+    *(uint2 *)&Qs[r * LD + c4 * 4] = h;
+  }
+  __syncthreads();
+  /* this warp's Q as A fragments, k-chunk kk: qa[kk][0..3] */
+  uint32_t qa[NK][4];
+  const __half *Qw = Qs + 16 * warp * LD;
+#pragma unroll
+  for (int kk = 0; kk < NK; kk++) {
+    qa[kk][0] = *(const uint32_t *)&Qw[g * LD + 16 * kk + 2 * t];
+    qa[kk][1] = *(const uint32_t *)&Qw[(g + 8) * LD + 16 * kk + 2 * t];
+    qa[kk][2] = *(const uint32_t *)&Qw[g * LD + 16 * kk + 8 + 2 * t];
+    qa[kk][3] = *(const uint32_t *)&Qw[(g + 8) * LD + 16 * kk + 8 + 2 * t];
+  }
+  int lim[2];
 #pragma unroll
   for (int h = 0; h < 2; h++) {
-    int row, gg, limit, wsi;
-    pair_info<MODE>(a, c.seq, c.p0 + 16 * warp + g + 8 * h, c.n_pairs, &row, &gg, &limit, &wsi);
-    if (limit < 0) continue;
-    const int head = kvh * a.group + gg;
-    if (a.direct) {
-      const float inv = 1.0f / l[h];
-      float *dst = a.out + ((size_t)row * a.n_heads + head) * HD + 2 * t;
-#pragma unroll
-      for (int nd = 0; nd < ND; nd++)
-        *(float2 *)(dst + 8 * nd) = make_float2(o[nd][2 * h] * inv, o[nd][2 * h + 1] * inv);
-    } else {
-      const size_t slot = ((size_t)wsi * a.n_heads + head) * a.ws_splits + a.split_base + split;
-      float *dst = a.ws_acc + slot * HD + 2 * t;
-#pragma unroll
-      for (int nd = 0; nd < ND; nd++)
-        *(float2 *)(dst + 8 * nd) = make_float2(o[nd][2 * h], o[nd][2 * h + 1]);
-      if (t == 0) a.ws_ml[2 * slot] = m[h], a.ws_ml[2 * slot + 1] = l[h];
-    }
+    int row, gg, wsi;
+    pair_info<MODE>(a, c.seq, c.p0 + 16 * warp + g + 8 * h, c.n_pairs, &row, &gg, &lim[h], &wsi);
   }
+  float o[ND][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+#pragma unroll
+  for (int nd = 0; nd < ND; nd++) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.0f;
+  int stage = 0;
+  for (int kv0 = c.lo; kv0 < c.hi; kv0 += TB_N, stage ^= 1) {
+    __half *Ks = stage0 + stage * 2 * TB_N * LD, *Vs = Ks + TB_N * LD;
+    /* the next tile into the other stage, whose readers finished at the previous iteration's
+     * closing barrier; then wait for this tile's group */
+    if (kv0 + TB_N < c.hi) {
+      __half *Kn = stage0 + (stage ^ 1) * 2 * TB_N * LD;
+      issue_kv_f16<HD>(a, c, kv0 + TB_N, Kn, Kn + TB_N * LD);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    /* S = Q K^T: n-tile j holds positions kv0 + 8 j .. + 7 */
+    float s[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+      s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < NK; kk++) {
+        uint32_t b[2];
+        b[0] = *(const uint32_t *)&Ks[(8 * j + g) * LD + 16 * kk + 2 * t];
+        b[1] = *(const uint32_t *)&Ks[(8 * j + g) * LD + 16 * kk + 8 + 2 * t];
+        mma_f16(s[j], qa[kk], b);
+      }
+    }
+    mma_softmax<NT, ND>(s, o, m, l, kv0, c.hi, lim, t);
+    /* O += P V: k-chunk kc is n-tiles 2 kc and 2 kc + 1 of S, already in A's layout */
+#pragma unroll
+    for (int kc = 0; kc < TB_N / 16; kc++) {
+      uint32_t pa[4];
+      pa[0] = pack_half2(s[2 * kc][0], s[2 * kc][1]);
+      pa[1] = pack_half2(s[2 * kc][2], s[2 * kc][3]);
+      pa[2] = pack_half2(s[2 * kc + 1][0], s[2 * kc + 1][1]);
+      pa[3] = pack_half2(s[2 * kc + 1][2], s[2 * kc + 1][3]);
+#pragma unroll
+      for (int nd = 0; nd < ND; nd++) {
+        uint32_t b[2];
+        ldmatrix_b_trans(b, Vs + (16 * kc + (lane & 15)) * LD + 8 * nd);
+        mma_f16(o[nd], pa, b);
+      }
+    }
+    __syncthreads(); /* every warp is done with this stage before it is loaded again */
+  }
+  cp_async_wait<0>(); /* nothing may land after the block exits */
+  mma_store<HD, MODE>(a, c, warp, g, t, o, m, l);
 }
 
 /* Merges the prefill splits of each (row, head) of the sequences with n_new > 1. Grid (n_rows,
@@ -1226,27 +1426,49 @@ template <typename K> static cudaError_t smem_optin(const void *kernel, size_t b
 template <int HD, typename T, int MODE> struct SimtTag {};
 template <int HD, typename T, int MODE> struct MmaTag {};
 
-/* -1: not decided yet (the environment decides: PD_CUDA_ATTN_SIMT=1 picks the SIMT kernel) */
-static std::atomic<int> tensor_cores{-1};
+template <int HD, int MODE> struct F16Tag {};
+
+/* -1: not decided yet (the environment decides: PD_CUDA_ATTN_SIMT=1 picks the SIMT kernel,
+ * PD_CUDA_ATTN_F16=1 the f16 one); else a PD_CUDA_TILE_* value */
+static std::atomic<int> tile_kind{-1};
 
 extern "C" void pd_cuda_attn_set_tensor_cores(int on) {
-  tensor_cores.store(on ? 1 : 0);
+  tile_kind.store(on ? PD_CUDA_TILE_TF32 : PD_CUDA_TILE_SIMT);
 }
 
-static bool use_tensor_cores(void) {
-  int v = tensor_cores.load();
+extern "C" void pd_cuda_attn_set_tile_kernel(int kind) {
+  tile_kind.store(kind == PD_CUDA_TILE_SIMT || kind == PD_CUDA_TILE_F16 ? kind : PD_CUDA_TILE_TF32);
+}
+
+static bool env_on(const char *name) {
+  const char *e = getenv(name);
+  return e && *e && strcmp(e, "0") != 0;
+}
+
+static int current_tile_kind(void) {
+  int v = tile_kind.load();
   if (v < 0) {
-    const char *e = getenv("PD_CUDA_ATTN_SIMT");
-    v = e && *e && strcmp(e, "0") != 0 ? 0 : 1;
-    tensor_cores.store(v);
+    v = env_on("PD_CUDA_ATTN_SIMT")  ? PD_CUDA_TILE_SIMT
+        : env_on("PD_CUDA_ATTN_F16") ? PD_CUDA_TILE_F16
+                                     : PD_CUDA_TILE_TF32;
+    tile_kind.store(v);
   }
-  return v != 0;
+  return v;
 }
 
 template <int HD, typename T, int MODE>
 static cudaError_t launch_tile(dim3 grid, cudaStream_t st, const TileArgs &a) {
   cudaError_t e;
-  if (use_tensor_cores()) {
+  const int kind = current_tile_kind();
+  if constexpr (std::is_same<T, __half>::value) {
+    if (kind == PD_CUDA_TILE_F16) {
+      e = smem_optin<F16Tag<HD, MODE>>((const void *)tile_f16<HD, MODE>, f16_smem_bytes<HD>());
+      if (e != cudaSuccess) return e;
+      tile_f16<HD, MODE><<<grid, MMA_THREADS, f16_smem_bytes<HD>(), st>>>(a);
+      return cudaGetLastError();
+    }
+  }
+  if (kind != PD_CUDA_TILE_SIMT) { /* f16 asked for on another pool dtype: the tf32 kernel */
     e = smem_optin<MmaTag<HD, T, MODE>>((const void *)tile_mma<HD, T, MODE>, mma_smem_bytes<HD>());
     if (e != cudaSuccess) return e;
     tile_mma<HD, T, MODE><<<grid, MMA_THREADS, mma_smem_bytes<HD>(), st>>>(a);

@@ -58,6 +58,17 @@ int pd_cuda_attn_decode(const pd_kv_layout *L, const void *pool, int layer, int 
 void pd_cuda_attn_set_tensor_cores(int on);
 
 /*
+ * The same choice with a third kernel: PD_CUDA_TILE_TF32 (the default), PD_CUDA_TILE_SIMT, or
+ * PD_CUDA_TILE_F16: one f16 mma per product (Q and P rounded to f16, sums in f32), K and V tiles
+ * copied from the pool by cp.async in two stages. F16 applies to f16 pools (others use TF32); its
+ * results differ from the CPU's by the rounding of Q and P (tests/cuda/test_cuda_attention.c
+ * states the tolerance). PD_CUDA_ATTN_F16=1 in the environment makes it the default. Not yet the
+ * default: it has not been timed on a GPU (bench/results/cuda_attention.md).
+ */
+enum { PD_CUDA_TILE_SIMT = 0, PD_CUDA_TILE_TF32 = 1, PD_CUDA_TILE_F16 = 2 };
+void pd_cuda_attn_set_tile_kernel(int kind);
+
+/*
  * How pd_cuda_blocks_to_host / pd_cuda_blocks_from_host move scattered blocks (process-wide; for
  * the bench and the tests, the default AUTO is what the daemon should use). See pd_cuda_blocks.cu.
  */
