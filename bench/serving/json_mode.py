@@ -23,7 +23,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 import httpx
@@ -31,7 +30,7 @@ import jsonschema
 import openai
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from openai_side_by_side import ROOT, server_args, start_llama, start_prefixd  # noqa: E402
+from openai_side_by_side import ROOT, run_each_server, server_args  # noqa: E402
 
 S, I, N, B = {"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"}
 LIST = {"type": "array", "items": S}
@@ -166,19 +165,7 @@ def main():
     for path in (args.llama_server, args.prefixd, args.model):
         if not os.path.exists(path):
             sys.exit(f"json_mode.py: {path} does not exist")
-    results = {}
-    for name in ("prefixd", "llama-server"):
-        with tempfile.TemporaryDirectory() as data_dir:
-            if name == "prefixd":
-                proc, port = start_prefixd(args.prefixd, args.model, args.threads, data_dir)
-            else:
-                proc, port = start_llama(args.llama_server, args.model, args.threads, 1, 4096,
-                                         data_dir)
-            try:
-                results[name] = run_server(name, port, args.max_tokens)
-            finally:
-                proc.terminate()
-                proc.wait(60)
+    results = run_each_server(args, lambda name, port: run_server(name, port, args.max_tokens))
     lines = [
         "# JSON output: prefixd beside llama-server",
         "",

@@ -24,7 +24,6 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,7 +34,7 @@ import httpx
 import openai
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from openai_side_by_side import WORDS, wait_ready  # noqa: E402
+from openai_side_by_side import launch_prefixd, wait_ready  # noqa: E402
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "../.."))
 TOPICS = ("a sourdough starter", "the French revolution", "photosynthesis", "a job interview",
@@ -44,22 +43,12 @@ TOPICS = ("a sourdough starter", "the French revolution", "photosynthesis", "a j
 
 
 def start(args, mode, kv_mb, data_dir):
-    log = os.path.join(data_dir, "prefixd.log")
-    proc = subprocess.Popen([args.prefixd, "--model", args.model, "--listen", "127.0.0.1:0",
-                             "--unix", "none", "--data-dir", data_dir, "--threads",
-                             str(args.threads), "--openai-listen", "127.0.0.1:0",
-                             "--metrics-listen", "127.0.0.1:0", "--kv-cache-mb", str(kv_mb),
-                             "--kv-admission", mode], stderr=open(log, "w"))
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        text = open(log).read()
-        m = re.search(r"device_tier_blocks=(\d+).* metrics_port=(\d+) openai_port=(\d+)", text)
-        if m:
-            return proc, int(m.group(1)), int(m.group(2)), int(m.group(3))
-        if proc.poll() is not None:
-            sys.exit("prefixd did not start: " + text)
-        time.sleep(0.1)
-    sys.exit("prefixd did not start in 120 s")
+    proc, m = launch_prefixd(
+        args.prefixd, args.model, args.threads, data_dir,
+        extra=("--kv-cache-mb", str(kv_mb), "--kv-admission", mode),
+        metrics_listen="127.0.0.1:0",
+        ready=r"device_tier_blocks=(\d+).* metrics_port=(\d+) openai_port=(\d+)")
+    return proc, int(m.group(1)), int(m.group(2)), int(m.group(3))
 
 
 def metric(port, name):

@@ -53,30 +53,61 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_prefixd(binary, model, threads, data_dir):
+def launch_prefixd(binary, model, threads, data_dir, extra=(), metrics_listen="none",
+                   ready=r"openai_port=(\d+)"):
+    """Starts prefixd with its OpenAI listener on a free port and waits for its ready line.
+
+    Returns (the process, the match of `ready` in the log: its groups are the ready line's
+    fields the caller asked for)."""
     log = os.path.join(data_dir, "prefixd.log")
     proc = subprocess.Popen([binary, "--model", model, "--listen", "127.0.0.1:0", "--unix", "none",
-                             "--data-dir", data_dir, "--metrics-listen", "none", "--threads",
-                             str(threads), "--openai-listen", "127.0.0.1:0"],
-                            stderr=open(log, "w"))
+                             "--data-dir", data_dir, "--metrics-listen", metrics_listen,
+                             "--threads", str(threads), "--openai-listen", "127.0.0.1:0",
+                             *extra], stderr=open(log, "w"))
     deadline = time.time() + 120
     while time.time() < deadline:
-        m = re.search(r"openai_port=(\d+)", open(log).read())
+        m = re.search(ready, open(log).read())
         if m:
-            return proc, int(m.group(1))
+            return proc, m
         if proc.poll() is not None:
             sys.exit("prefixd did not start: " + open(log).read())
         time.sleep(0.1)
     sys.exit("prefixd did not start in 120 s")
 
 
-def start_llama(binary, model, threads, slots, ctx, data_dir):
+def start_prefixd(binary, model, threads, data_dir):
+    proc, m = launch_prefixd(binary, model, threads, data_dir)
+    return proc, int(m.group(1))
+
+
+def start_llama(binary, model, threads, slots, ctx, data_dir, extra=()):
     port = free_port()
     proc = subprocess.Popen([binary, "-m", model, "-t", str(threads), "--host", "127.0.0.1",
-                             "--port", str(port), "-np", str(slots), "-c", str(ctx * slots)],
+                             "--port", str(port), "-np", str(slots), "-c", str(ctx * slots),
+                             *extra],
                             stdout=subprocess.DEVNULL,
                             stderr=open(os.path.join(data_dir, "llama.log"), "w"))
     return proc, port
+
+
+def run_each_server(args, run_server, llama_extra=()):
+    """Runs run_server(name, port) against a fresh prefixd, then a fresh llama-server (one slot,
+    4,096 tokens of context, llama_extra added), each in its own data folder and stopped after.
+    Returns {name: what run_server returned}."""
+    results = {}
+    for name in ("prefixd", "llama-server"):
+        with tempfile.TemporaryDirectory() as data_dir:
+            if name == "prefixd":
+                proc, port = start_prefixd(args.prefixd, args.model, args.threads, data_dir)
+            else:
+                proc, port = start_llama(args.llama_server, args.model, args.threads, 1, 4096,
+                                         data_dir, llama_extra)
+            try:
+                results[name] = run_server(name, port)
+            finally:
+                proc.terminate()
+                proc.wait(60)
+    return results
 
 
 async def wait_ready(client, deadline=120):

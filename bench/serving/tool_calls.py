@@ -19,9 +19,7 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
 import httpx
@@ -30,7 +28,7 @@ import openai
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from json_mode import wait_ready  # noqa: E402
-from openai_side_by_side import ROOT, free_port, server_args, start_prefixd  # noqa: E402
+from openai_side_by_side import ROOT, run_each_server, server_args  # noqa: E402
 
 
 def function(name, description, **props):
@@ -65,15 +63,6 @@ QUESTIONS = [
     ("I have 1000 yen; how many dollars is that?", "convert_currency"),
 ]
 MODES = ("auto", "required")
-
-
-def start_llama_jinja(binary, model, threads, data_dir):
-    port = free_port()
-    proc = subprocess.Popen([binary, "-m", model, "-t", str(threads), "--host", "127.0.0.1",
-                             "--port", str(port), "-np", "1", "-c", "4096", "--jinja"],
-                            stdout=subprocess.DEVNULL,
-                            stderr=open(os.path.join(data_dir, "llama.log"), "w"))
-    return proc, port
 
 
 def one(client, question, want, mode, max_tokens):
@@ -135,19 +124,8 @@ def main():
     for path in (args.llama_server, args.prefixd, args.model):
         if not os.path.exists(path):
             sys.exit(f"tool_calls.py: {path} does not exist")
-    results = {}
-    for name in ("prefixd", "llama-server"):
-        with tempfile.TemporaryDirectory() as data_dir:
-            if name == "prefixd":
-                proc, port = start_prefixd(args.prefixd, args.model, args.threads, data_dir)
-            else:
-                proc, port = start_llama_jinja(args.llama_server, args.model, args.threads,
-                                               data_dir)
-            try:
-                results[name] = run_server(port, args.max_tokens)
-            finally:
-                proc.terminate()
-                proc.wait(60)
+    results = run_each_server(args, lambda name, port: run_server(port, args.max_tokens),
+                              llama_extra=("--jinja",))
     lines = [
         "# Tool calling: prefixd beside llama-server",
         "",
