@@ -608,11 +608,12 @@ __device__ __forceinline__ bool tile_setup(const TileArgs &a, int *sh_seq, int *
  * computed. */
 template <int HD, int MODE>
 __device__ __forceinline__ float4 q_tile_elems(const TileArgs &a, const TileCtx &c, int r, int c4) {
+  const int kvh = blockIdx.y;
   int row, g, limit, wsi;
   pair_info<MODE>(a, c.seq, c.p0 + r, c.n_pairs, &row, &g, &limit, &wsi);
   float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
   if (limit >= 0) {
-    v = *(const float4 *)(a.q + ((size_t)row * a.n_heads + (size_t)blockIdx.y * a.group + g) * HD +
+    v = *(const float4 *)(a.q + ((size_t)row * a.n_heads + (size_t)kvh * a.group + g) * HD +
                           c4 * 4);
     v.x *= a.scale2, v.y *= a.scale2, v.z *= a.scale2, v.w *= a.scale2;
   }
