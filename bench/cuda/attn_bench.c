@@ -264,7 +264,7 @@ static int bench_cascade(char *md, size_t cap, void *flush) {
   for (int s = 0; s < n_seqs; s++) past[s] = prefix + tail, one[s] = 1;
   dbatch d;
   dbatch_make(&d, &L, n_heads, n_seqs, past, one, prefix / 16);
-  /* the tile kernel over the shared prefix: [PD_CUDA_TILE_SIMT, _TF32, _F16] */
+  /* the tile kernel over the shared prefix, indexed by PD_CUDA_TILE_* */
   double casc_cold[3], casc_warm[3];
   for (int kind = 0; kind < 3; kind++) {
     pd_cuda_attn_set_tile_kernel(kind);
@@ -286,9 +286,11 @@ static int bench_cascade(char *md, size_t cap, void *flush) {
       "| L2 flushed before each call | %.1f us | %.1f us | %.1f us | %.1f us (%.0f GB/s of KV) | "
       "%.2fx | %.2fx |\n"
       "| warm, back to back | %.1f us | %.1f us | %.1f us | %.1f us | %.2fx | %.2fx |\n",
-      casc_cold[1], casc_cold[0], casc_cold[2], plain_cold, kv / (plain_cold / 1e6) / 1e9,
-      plain_cold / casc_cold[1], plain_cold / casc_cold[2], casc_warm[1], casc_warm[0],
-      casc_warm[2], plain_warm, plain_warm / casc_warm[1], plain_warm / casc_warm[2]);
+      casc_cold[PD_CUDA_TILE_TF32], casc_cold[PD_CUDA_TILE_SIMT], casc_cold[PD_CUDA_TILE_F16],
+      plain_cold, kv / (plain_cold / 1e6) / 1e9, plain_cold / casc_cold[PD_CUDA_TILE_TF32],
+      plain_cold / casc_cold[PD_CUDA_TILE_F16], casc_warm[PD_CUDA_TILE_TF32],
+      casc_warm[PD_CUDA_TILE_SIMT], casc_warm[PD_CUDA_TILE_F16], plain_warm,
+      plain_warm / casc_warm[PD_CUDA_TILE_TF32], plain_warm / casc_warm[PD_CUDA_TILE_F16]);
 }
 
 /* ---- 3. prefill -------------------------------------------------------------------------------- */

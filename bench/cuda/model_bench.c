@@ -19,6 +19,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "pd_cuda_attention.h"
 #include "pd_err.h"
 #include "pd_llama_cuda.h"
 #include "pd_model.h"
@@ -46,12 +47,6 @@ static void die(const char *what, const pd_llama_cuda *g, int rc) {
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return x < y ? -1 : x > y;
-}
-
-/* The environment switches pd_cuda_attention reads: set, and neither empty nor "0". */
-static int env_on(const char *name) {
-  const char *e = getenv(name);
-  return e && *e && strcmp(e, "0") != 0;
 }
 
 int main(int argc, char **argv) {
@@ -186,9 +181,9 @@ int main(int argc, char **argv) {
             "the %s tile kernel.\n\n",
             prop.name, prop.multiProcessorCount, (double)prop.totalGlobalMem / (1 << 30), desc,
             graphs ? (g.graphs_off ? "asked for but turned off" : "on") : "off",
-            env_on("PD_CUDA_ATTN_SIMT")  ? "SIMT f32"
-            : env_on("PD_CUDA_ATTN_F16") ? "f16 (PD_CUDA_ATTN_F16=1)"
-                                         : "tf32 x2");
+            pd_cuda_attn_tile_kernel() == PD_CUDA_TILE_SIMT  ? "SIMT f32"
+            : pd_cuda_attn_tile_kernel() == PD_CUDA_TILE_F16 ? "f16 (PD_CUDA_ATTN_F16=1)"
+                                                             : "tf32 x2");
     fprintf(f,
             "Command: `cuda_model_bench MODEL.gguf --out FILE%s` with MODEL.gguf from "
             "`prefixd-mkgguf -o MODEL.gguf --like smollm2-135m`.\n\n",

@@ -1446,7 +1446,7 @@ static bool env_on(const char *name) {
   return e && *e && strcmp(e, "0") != 0;
 }
 
-static int current_tile_kind(void) {
+extern "C" int pd_cuda_attn_tile_kernel(void) {
   int v = tile_kind.load();
   if (v < 0) {
     v = env_on("PD_CUDA_ATTN_SIMT")  ? PD_CUDA_TILE_SIMT
@@ -1460,7 +1460,7 @@ static int current_tile_kind(void) {
 template <int HD, typename T, int MODE>
 static cudaError_t launch_tile(dim3 grid, cudaStream_t st, const TileArgs &a) {
   cudaError_t e;
-  const int kind = current_tile_kind();
+  const int kind = pd_cuda_attn_tile_kernel();
   if constexpr (std::is_same<T, __half>::value) {
     if (kind == PD_CUDA_TILE_F16) {
       e = smem_optin<F16Tag<HD, MODE>>((const void *)tile_f16<HD, MODE>, f16_smem_bytes<HD>());

@@ -67,6 +67,8 @@ void pd_cuda_attn_set_tensor_cores(int on);
  */
 enum { PD_CUDA_TILE_SIMT = 0, PD_CUDA_TILE_TF32 = 1, PD_CUDA_TILE_F16 = 2 };
 void pd_cuda_attn_set_tile_kernel(int kind);
+/* The tile kernel in use: the last one set, else the environment's choice, else TF32. */
+int pd_cuda_attn_tile_kernel(void);
 
 /*
  * How pd_cuda_blocks_to_host / pd_cuda_blocks_from_host move scattered blocks (process-wide; for

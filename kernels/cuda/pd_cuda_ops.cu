@@ -408,19 +408,23 @@ extern "C" int pd_cuda_argmax(int32_t *out, const float *x, int64_t rows, int64_
 
 #define GEMV_WARPS 4
 
+/* 8 f16 values (one 16-byte load) as f32. */
+__device__ __forceinline__ void half8_to_f32(uint4 u, float *f) {
+  const __half2 *h = (const __half2 *)&u;
+#pragma unroll
+  for (int j = 0; j < 4; j++) {
+    const float2 p = __half22float2(h[j]);
+    f[2 * j] = p.x, f[2 * j + 1] = p.y;
+  }
+}
+
 /* 8 consecutive activations of row r as f32: x f32 (two 16-byte loads) or f16 (one). */
 template <bool XF32> __device__ __forceinline__ void gemv_x8(const void *x, int64_t i8, float *f) {
   if (XF32) {
     const float4 a = __ldg((const float4 *)x + 2 * i8), b = __ldg((const float4 *)x + 2 * i8 + 1);
     f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
   } else {
-    const uint4 u = __ldg((const uint4 *)x + i8);
-    const __half2 *h = (const __half2 *)&u;
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-      const float2 p = __half22float2(h[j]);
-      f[2 * j] = p.x, f[2 * j + 1] = p.y;
-    }
+    half8_to_f32(__ldg((const uint4 *)x + i8), f);
   }
 }
 
@@ -439,14 +443,8 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
   for (int r = 0; r < R; r++) acc[r] = 0.0f;
 #pragma unroll 4
   for (int c = lane; c < n8; c += 32) {
-    const uint4 u = __ldg(wr + c);
-    const __half2 *h = (const __half2 *)&u;
     float wf[8];
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-      const float2 p = __half22float2(h[j]);
-      wf[2 * j] = p.x, wf[2 * j + 1] = p.y;
-    }
+    half8_to_f32(__ldg(wr + c), wf);
 #pragma unroll
     for (int r = 0; r < R; r++) {
       float xf[8];

@@ -262,7 +262,7 @@ static void run_case(const tcase *c) {
       compare(ref, got, qn, n_heads, hd, label);
     if (d_ws) CK(cudaFree(d_ws));
   }
-  pd_cuda_attn_set_tensor_cores(1);
+  pd_cuda_attn_set_tile_kernel(PD_CUDA_TILE_TF32);
   cudaFree(d_pool), cudaFree(d_q), cudaFree(d_k), cudaFree(d_v), cudaFree(d_out);
   cudaFree((void *)b.block_tables), cudaFree((void *)b.n_past), cudaFree((void *)b.n_new);
   cudaFree((void *)b.row_start), cudaFree((void *)b.row_seq);
