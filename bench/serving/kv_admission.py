@@ -34,9 +34,8 @@ import httpx
 import openai
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from openai_side_by_side import launch_prefixd, wait_ready  # noqa: E402
+from openai_side_by_side import ROOT, launch_prefixd, wait_ready  # noqa: E402
 
-ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "../.."))
 TOPICS = ("a sourdough starter", "the French revolution", "photosynthesis", "a job interview",
           "learning the guitar", "compound interest", "the moon landing", "composting",
           "a marathon", "black holes", "a first aid kit", "the printing press")
