@@ -15,9 +15,13 @@
  * checked every call and regrown (after a synchronisation, dropping the graphs, which point at
  * the old buffers).
  *
- * Speed work left: fuse RMSNorm into the following GEMM's input conversion, and the QKV split
- * into the attention kernels; a persistent decode kernel; overlap of the logits copy with the
- * next step.
+ * Decode-sized steps can run each RMSNorm inside the GEMV after it and SwiGLU inside the gate|up
+ * GEMV (fused_gemv, norm_gemm / norm_gemm_swiglu below); larger steps, and f32 weights, always
+ * take the separate kernels and cuBLAS.
+ *
+ * Speed work left: the same fusion for cuBLAS-sized steps (RMSNorm into the f16 conversion), the
+ * QKV split and RoPE into the attention kernels; a persistent decode kernel; overlap of the
+ * logits copy with the next step.
  */
 #include "pd_llama_cuda.h"
 
@@ -82,7 +86,7 @@ static pd_llama_cuda_graph *graph_find(pd_llama_cuda *c, const pd_llama_cuda_gra
     pd_llama_cuda_graph *g = &c->graphs[i];
     if (g->last_use && g->pool == key->pool && g->n_seqs == key->n_seqs &&
         g->max_blocks == key->max_blocks && g->shared_blocks == key->shared_blocks &&
-        g->n_want == key->n_want && g->greedy == key->greedy)
+        g->n_want == key->n_want && g->greedy == key->greedy && g->fused == key->fused)
       return g;
   }
   return NULL;
@@ -351,6 +355,8 @@ int pd_llama_cuda_init(pd_llama_cuda *c, const pd_model *m, int block_tokens,
   c->max_tokens = max_tokens;
   c->max_seqs = max_seqs;
   c->use_graphs = 1;
+  const char *fuse_env = getenv("PD_CUDA_FUSED_GEMV");
+  c->fused_gemv = fuse_env && fuse_env[0] == '1';
   int rc;
   cudaError_t e = cudaGetDevice(&c->device);
   cudaStream_t st = NULL;
@@ -491,6 +497,43 @@ static stage_off stage_layout(int n, int R, int T) {
   return o;
 }
 
+/* Whether the RMSNorm before w (and the SwiGLU after it) run inside one GEMV launch this step:
+ * asked for, a decode-sized step on f16 weights, and the normed rows fit in shared memory. */
+static int fuse_norm(const pd_llama_cuda *c, const pd_cuda_weight *w, int rows) {
+  return c->fused_gemv && w->dtype == PD_DTYPE_F16 && !((uintptr_t)w->data & 15) &&
+         pd_cuda_norm_gemv_ok(rows, w->in_dim, c->act);
+}
+
+/* y (R, w->out_dim) f32 = (rmsnorm(x) * norm_w) . W^T: one launch when fuse_norm allows it,
+ * else the RMSNorm into c->xn and the GEMM; the same bits either way for a GEMV-sized step. */
+static int norm_gemm(pd_llama_cuda *c, const pd_cuda_weight *w, const float *norm_w, int R,
+                     float *y) {
+  const float eps = c->model->rms_eps;
+  char *err = c->err;
+  const size_t el = sizeof c->err;
+  if (fuse_norm(c, w, R))
+    return pd_cuda_norm_gemv_f16(w->data, c->x, NULL, norm_w, eps, c->act, 0, y, R, w->in_dim,
+                                 w->out_dim, c->stream, err, el);
+  int rc =
+      pd_cuda_rmsnorm(c->xn, c->act, c->x, NULL, norm_w, R, w->in_dim, eps, c->stream, err, el);
+  return rc ? rc : pd_cuda_gemm_run(&c->gemm, w, c->xn, c->act, y, R, 0.0f, err, el);
+}
+
+/* ffn (R, f) act = silu(gate) * up, where [gate | up] = (rmsnorm(x) * norm_w) . Wgu^T; one launch
+ * when fuse_norm allows it, else the RMSNorm, the GEMM into c->gu and the SwiGLU. */
+static int norm_gemm_swiglu(pd_llama_cuda *c, const pd_cuda_weight *w_gu, const float *norm_w,
+                            int R) {
+  const int64_t f = w_gu->out_dim / 2;
+  char *err = c->err;
+  const size_t el = sizeof c->err;
+  if (fuse_norm(c, w_gu, R))
+    return pd_cuda_norm_gemv_f16(w_gu->data, c->x, NULL, norm_w, c->model->rms_eps, c->act, 1,
+                                 c->ffn, R, w_gu->in_dim, f, c->stream, err, el);
+  int rc = norm_gemm(c, w_gu, norm_w, R, c->gu);
+  return rc ? rc
+            : pd_cuda_swiglu(c->ffn, c->act, c->gu, c->gu + f, R, f, 2 * f, c->stream, err, el);
+}
+
 /*
  * Enqueues one step on c->stream, from the staging copy to the sampled ids (capturable: only
  * asynchronous calls on the one stream). b: the batch (device arrays inside stage_dev).
@@ -499,7 +542,7 @@ static int enqueue_step(pd_llama_cuda *c, void *pool, const pd_cuda_batch *b, co
                         int n_want, int greedy) {
   const pd_model *m = c->model;
   const int R = b->n_rows, d = m->d_model, H = m->n_heads, Hkv = m->n_kv_heads;
-  const int hd = m->head_dim, f = m->ffn_dim, V = m->n_vocab;
+  const int hd = m->head_dim, V = m->n_vocab;
   const float scale = 1.0f / sqrtf((float)hd);
   void *s = c->stream;
   char *err = c->err;
@@ -512,9 +555,7 @@ static int enqueue_step(pd_llama_cuda *c, void *pool, const pd_cuda_batch *b, co
   int rc = pd_cuda_embed(c->x, c->embd.data, c->embd.dtype, tok, R, d, V, s, err, el);
   for (int l = 0; l < m->n_layers && !rc; l++) {
     const pd_llama_cuda_layer *L = &c->layers[l];
-    if ((rc = pd_cuda_rmsnorm(c->xn, c->act, c->x, NULL, L->attn_norm, R, d, m->rms_eps, s, err,
-                              el)) ||
-        (rc = pd_cuda_gemm_run(&c->gemm, &L->wqkv, c->xn, c->act, c->qkv, R, 0.0f, err, el)) ||
+    if ((rc = norm_gemm(c, &L->wqkv, L->attn_norm, R, c->qkv)) ||
         (rc = pd_cuda_qkv_rope(c->q, c->k, c->v, c->qkv, L->bqkv, R, H, Hkv, hd, m->rot_dim, pos,
                                c->rope_freqs, m->rope_theta, m->rope_neox, s, err, el)) ||
         (rc = pd_cuda_kv_store(&c->kv, pool, l, b, c->k, c->v, s, err, el)) ||
@@ -522,10 +563,7 @@ static int enqueue_step(pd_llama_cuda *c, void *pool, const pd_cuda_batch *b, co
                            s, err, el)) ||
         /* x += att . Wo^T */
         (rc = pd_cuda_gemm_run(&c->gemm, &L->wo, c->att, PD_DTYPE_F32, c->x, R, 1.0f, err, el)) ||
-        (rc = pd_cuda_rmsnorm(c->xn, c->act, c->x, NULL, L->ffn_norm, R, d, m->rms_eps, s, err,
-                              el)) ||
-        (rc = pd_cuda_gemm_run(&c->gemm, &L->w_gu, c->xn, c->act, c->gu, R, 0.0f, err, el)) ||
-        (rc = pd_cuda_swiglu(c->ffn, c->act, c->gu, c->gu + f, R, f, 2 * (int64_t)f, s, err, el)) ||
+        (rc = norm_gemm_swiglu(c, &L->w_gu, L->ffn_norm, R)) ||
         /* x += ffn . Wdown^T */
         (rc = pd_cuda_gemm_run(&c->gemm, &L->w_down, c->ffn, c->act, c->x, R, 1.0f, err, el)))
       break;
@@ -675,7 +713,8 @@ static int forward(pd_llama_cuda *c, void *pool, const pd_llama_seq *seqs, int n
   /* run: replay, capture, or eager */
   int done = 0;
   if (decode && c->use_graphs && !c->graphs_off) {
-    pd_llama_cuda_graph key = {pool, n_seqs, T, shared, n_want, greedy, NULL, 0};
+    pd_llama_cuda_graph key = {pool, n_seqs, T, shared, n_want, greedy, c->fused_gemv != 0,
+                               NULL, 0};
     pd_llama_cuda_graph *g = graph_find(c, &key);
     c->clock++;
     if (!g) { /* first sight: remember the shape, run eagerly */

@@ -14,11 +14,13 @@
  *   qkv (R, Hq + 2 Hkv) = xn . Wqkv^T                         wq, wk, wv stacked at load
  *   q, k, v = split(qkv + bias), RoPE on q and k at each row's position
  *   K, V -> the sequence's blocks; att (R, Hq) = causal paged attention
- *   x += att . Wo^T                                           (cuBLAS beta = 1)
+ *   x += att . Wo^T                                           (beta = 1: accumulated)
  *   xn = rmsnorm(x) * ffn_norm; gu (R, 2f) = xn . Wgu^T       w_gate, w_up stacked at load
  *   x += (silu(gate) * up) . Wdown^T
  * then for the rows that want logits: rmsnorm(x) * out_norm . Wout^T, and optionally the argmax
- * on the device (greedy sampling without copying the logits back).
+ * on the device (greedy sampling without copying the logits back). With fused_gemv, a step of at
+ * most PD_CUDA_GEMV_MAX_ROWS rows computes "rmsnorm, QKV GEMV" and "rmsnorm, gate|up GEMV,
+ * SwiGLU" in one launch each (pd_cuda_norm_gemv_f16), with the same bits.
  *
  * Decode steps as CUDA graphs: a batch of decode steps only (every n_new == 1) is launched with
  * bounds rounded up to a bucket (max_ctx to a power of two >= 256, the block-table stride to
@@ -64,7 +66,7 @@ typedef struct pd_llama_cuda_layer {
 /* One decode shape seen, and its graph once captured. */
 typedef struct pd_llama_cuda_graph {
   const void *pool;
-  int32_t n_seqs, max_blocks, shared_blocks, n_want, greedy;
+  int32_t n_seqs, max_blocks, shared_blocks, n_want, greedy, fused;
   void *exec;        /* cudaGraphExec_t; NULL: seen once, not captured yet */
   uint64_t last_use; /* for least-recently-used replacement */
 } pd_llama_cuda_graph;
@@ -80,9 +82,14 @@ typedef struct pd_llama_cuda {
   int max_tokens, max_seqs;
   int64_t pool_blocks; /* caller-set: if > 0, a block id >= pool_blocks is refused (PD_EINVAL) */
   int use_graphs;      /* 1 (default): capture and replay decode steps; 0: always eager */
-  char err[256];       /* the last error's message */
-  char graph_err[256]; /* why graphs were turned off, if they were */
-  int graphs_off;      /* a capture failed: graphs stay off for this context */
+  /* 1: steps of at most PD_CUDA_GEMV_MAX_ROWS rows on f16 weights run each RMSNorm inside the
+   * GEMV after it, and SwiGLU inside the gate|up GEMV (pd_cuda_norm_gemv_f16): three launches
+   * fewer a layer, the same bits. 0: separate kernels. Default: PD_CUDA_FUSED_GEMV=1 in the
+   * environment at init, else 0 (it waits for its first GPU run); may be changed between calls. */
+  int fused_gemv;
+  char err[256];                           /* the last error's message */
+  char graph_err[256];                     /* why graphs were turned off, if they were */
+  int graphs_off;                          /* a capture failed: graphs stay off for this context */
   uint64_t n_eager, n_captures, n_replays; /* steps run each way (for tests and benchmarks) */
   int last_shared_blocks; /* the shared_blocks the last batch was given (for tests) */
 

@@ -17,6 +17,11 @@
  *     (a table): an ulp of frequency is an angle error that grows with the position.
  *   - RMSNorm's sum of squares is a tree (warp shuffles, then one warp over the warp sums)
  *     instead of the CPU's left-to-right loop: the one place the order differs.
+ *   - The decode GEMV (a warp per output, gemv_warp_dots) also comes fused with the RMSNorm
+ *     before it and the SwiGLU after it (norm_gemv_kernel). The fused kernel calls the same
+ *     device functions as rmsnorm_kernel, gemv_f16_kernel and swiglu_kernel in the same order, so
+ *     the bits are theirs; what it saves is two or three launches and the round trips of the
+ *     normed rows and the gate|up products through global memory.
  * Speed work left: the element-wise kernels are memory-bound and tiny next to the GEMMs; the
  * RoPE kernel computes its cos/sin per row (in double) rather than caching them per position,
  * which matters only for long prefills.
@@ -56,19 +61,24 @@ __device__ __forceinline__ void store_out(__half *p, float v) {
   *p = __float2half_rn(v);
 }
 
+/* v summed over the warp by an xor butterfly, each add rounded: every lane gets the same total. */
+__device__ __forceinline__ float warp_sum_rn(float v) {
+  for (int o = 16; o; o >>= 1) v = __fadd_rn(v, __shfl_xor_sync(FULL_MASK, v, o));
+  return v;
+}
+
 /* The sum of v over the thread block (blockDim.x a multiple of 32, at most 1024); every thread
  * gets the total. Call at most once per kernel (the shared arrays are not re-synchronised). */
 __device__ float block_sum(float v) {
   __shared__ float part[32];
   __shared__ float total;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  for (int o = 16; o; o >>= 1) v = __fadd_rn(v, __shfl_xor_sync(FULL_MASK, v, o));
+  v = warp_sum_rn(v);
   if (lane == 0) part[warp] = v;
   __syncthreads();
   if (warp == 0) {
     const int n_warps = (int)(blockDim.x >> 5);
-    v = lane < n_warps ? part[lane] : 0.0f;
-    for (int o = 16; o; o >>= 1) v = __fadd_rn(v, __shfl_xor_sync(FULL_MASK, v, o));
+    v = warp_sum_rn(lane < n_warps ? part[lane] : 0.0f);
     if (lane == 0) total = v;
   }
   __syncthreads();
@@ -77,6 +87,23 @@ __device__ float block_sum(float v) {
 
 /* ---- RMSNorm: grid (rows), ROW_THREADS threads --------------------------------------------- */
 
+/* The arithmetic of pd_rmsnorm in three steps, shared by rmsnorm_kernel and the fused
+ * norm_gemv_kernel so that both give the same bits. The sum of squares is split as a block of
+ * ROW_THREADS threads splits it: thread t sums elements t, t + ROW_THREADS, ... left to right,
+ * then block_sum adds the thread sums (a butterfly per warp, then one over the warp sums). */
+__device__ __forceinline__ float rms_partial(const float *xr, int64_t n, int t) {
+  float ss = 0.0f;
+  for (int64_t i = t; i < n; i += ROW_THREADS) ss = __fadd_rn(ss, __fmul_rn(xr[i], xr[i]));
+  return ss;
+}
+/* CPU: inv = 1.0f / sqrtf(ss / (float)n + eps) */
+__device__ __forceinline__ float rms_inv(float ss, int64_t n, float eps) {
+  return __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, (float)n), eps)));
+}
+__device__ __forceinline__ float rms_scale(float x, float inv, float w) {
+  return __fmul_rn(__fmul_rn(x, inv), w);
+}
+
 template <typename OutT>
 __global__ void __launch_bounds__(ROW_THREADS)
     rmsnorm_kernel(OutT *out, const float *x, const int32_t *__restrict__ idx,
@@ -84,14 +111,11 @@ __global__ void __launch_bounds__(ROW_THREADS)
   const int64_t r = blockIdx.x;
   const int64_t src = idx ? (int64_t)idx[r] : r;
   const float *xr = x + src * n;
-  float ss = 0.0f;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) ss = __fadd_rn(ss, __fmul_rn(xr[i], xr[i]));
-  ss = block_sum(ss); /* all reads of xr above are done before any write below */
-  /* CPU: inv = 1.0f / sqrtf(ss / (float)n + eps) */
-  const float inv = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, (float)n), eps)));
+  /* all reads of xr in the sum are done before any write below (block_sum synchronises) */
+  const float inv = rms_inv(block_sum(rms_partial(xr, n, threadIdx.x)), n, eps);
   OutT *orow = out + r * n;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
-    store_out(orow + i, __fmul_rn(__fmul_rn(xr[i], inv), w[i]));
+    store_out(orow + i, rms_scale(xr[i], inv, w[i]));
 }
 
 extern "C" int pd_cuda_rmsnorm(void *out, enum pd_dtype out_dtype, const float *x,
@@ -221,6 +245,12 @@ extern "C" int pd_cuda_qkv_rope(float *q, float *k, float *v, const float *qkv, 
 
 /* ---- SwiGLU -------------------------------------------------------------------------------- */
 
+/* CPU: gate / (1.0f + expf(-gate)) * up (also the fused gate|up GEMV's epilogue) */
+__device__ __forceinline__ float silu_mul(float g, float u) {
+  const float ex = (float)exp(-(double)g);
+  return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, ex)), u);
+}
+
 template <typename OutT>
 __global__ void swiglu_kernel(OutT *out, const float *gate, const float *up, int64_t rows,
                               int64_t n, int64_t ld_in) {
@@ -228,10 +258,7 @@ __global__ void swiglu_kernel(OutT *out, const float *gate, const float *up, int
   for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total;
        e += (int64_t)gridDim.x * blockDim.x) {
     const int64_t r = e / n, c = e % n;
-    const float g = gate[r * ld_in + c], u = up[r * ld_in + c];
-    /* CPU: gate / (1.0f + expf(-gate)) * up */
-    const float ex = (float)exp(-(double)g);
-    store_out(out + e, __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, ex)), u));
+    store_out(out + e, silu_mul(gate[r * ld_in + c], up[r * ld_in + c]));
   }
 }
 
@@ -428,6 +455,56 @@ template <bool XF32> __device__ __forceinline__ void gemv_x8(const void *x, int6
   }
 }
 
+/* 8 consecutive activations of row r from shared memory (norm_gemv_kernel's normed rows). */
+template <bool XF32> __device__ __forceinline__ void smem_x8(const void *x, int64_t i8, float *f) {
+  if (XF32) {
+    const float4 a = ((const float4 *)x)[2 * i8], b = ((const float4 *)x)[2 * i8 + 1];
+    f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+  } else {
+    half8_to_f32(((const uint4 *)x)[i8], f);
+  }
+}
+
+/*
+ * The dot products of one warp: acc[k][r] = W row k . x row r for NW weight rows (wr[k], n8
+ * 16-byte chunks each) and R activation rows (X8 loads 8 of them: gemv_x8 or smem_x8). Lanes
+ * stride the chunks; each weight load serves all R rows; f32 fused multiply-adds, then a
+ * butterfly over the warp: the same order, and so the same bits, in every kernel that uses it.
+ * Every lane ends with the totals.
+ */
+template <int NW, int R, bool XF32, bool XSMEM>
+__device__ __forceinline__ void gemv_warp_dots(const uint4 *const *wr, int n8, int lane,
+                                               const void *x, float (*acc)[R]) {
+#pragma unroll
+  for (int k = 0; k < NW; k++)
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[k][r] = 0.0f;
+#pragma unroll 4
+  for (int c = lane; c < n8; c += 32) {
+    float wf[NW][8];
+#pragma unroll
+    for (int k = 0; k < NW; k++) half8_to_f32(__ldg(wr[k] + c), wf[k]);
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      float xf[8];
+      if (XSMEM)
+        smem_x8<XF32>(x, (int64_t)r * n8 + c, xf);
+      else
+        gemv_x8<XF32>(x, (int64_t)r * n8 + c, xf);
+#pragma unroll
+      for (int k = 0; k < NW; k++)
+#pragma unroll
+        for (int j = 0; j < 8; j++) acc[k][r] = fmaf(wf[k][j], xf[j], acc[k][r]);
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < NW; k++)
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+      for (int s = 16; s; s >>= 1) acc[k][r] += __shfl_xor_sync(FULL_MASK, acc[k][r], s);
+}
+
 /* y[r][o] = W[o] . x[r] (+ beta * y[r][o]) for R rows; lanes across in_dim, 8 elements a load,
  * the R rows share each weight load; f32 accumulation, summed over the warp in a fixed order. */
 template <int R, bool XF32>
@@ -436,31 +513,80 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
                     int out, float beta) {
   const int o = blockIdx.x * GEMV_WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (o >= out) return;
-  const uint4 *wr = (const uint4 *)(w + (size_t)o * in);
-  const int n8 = in / 8;
-  float acc[R];
-#pragma unroll
-  for (int r = 0; r < R; r++) acc[r] = 0.0f;
-#pragma unroll 4
-  for (int c = lane; c < n8; c += 32) {
-    float wf[8];
-    half8_to_f32(__ldg(wr + c), wf);
+  const uint4 *wr[1] = {(const uint4 *)(w + (size_t)o * in)};
+  float acc[1][R];
+  gemv_warp_dots<1, R, XF32, false>(wr, in / 8, lane, x, acc);
+  if (lane == 0)
 #pragma unroll
     for (int r = 0; r < R; r++) {
-      float xf[8];
-      gemv_x8<XF32>(x, (int64_t)r * n8 + c, xf);
-#pragma unroll
-      for (int j = 0; j < 8; j++) acc[r] += wf[j] * xf[j];
+      float *yo = y + (size_t)r * out + o;
+      *yo = beta != 0.0f ? acc[0][r] + beta * *yo : acc[0][r];
     }
-  }
+}
+
+/*
+ * The RMSNorm of R rows, then the GEMV on them, in one kernel (pd_cuda_norm_gemv_f16). Every
+ * block first normalises the R rows into shared memory (xs: (R, in) of ActT, rounded as
+ * rmsnorm_kernel stores them), summing the squares exactly as a block of ROW_THREADS threads
+ * does: thread t of this block holds the sums of threads t and t + GEMV_WARPS * 32 of that one,
+ * and each of its warps reduces both, giving the 2 * GEMV_WARPS warp sums block_sum adds. Then
+ * each warp computes its output from xs with gemv_warp_dots.
+ *   SWIGLU = false: y (R, out) f32 = xn . W^T, W (out, in).
+ *   SWIGLU = true:  W stacks gate rows over up rows (2 out, in); y (R, out) of ActT =
+ *                   silu(xn . Wgate[o]) * (xn . Wup[o]), the two rows read by one warp.
+ * Dynamic shared memory: R * in * sizeof(ActT) bytes.
+ */
+template <int R, typename ActT, bool SWIGLU>
+__global__ void __launch_bounds__(GEMV_WARPS * 32)
+    norm_gemv_kernel(const __half *__restrict__ w, const float *__restrict__ x,
+                     const int32_t *__restrict__ idx, const float *__restrict__ norm_w, float eps,
+                     void *y, int in, int out) {
+  static_assert(ROW_THREADS == 2 * GEMV_WARPS * 32, "two RMSNorm threads per thread");
+  static_assert(R <= GEMV_WARPS, "a warp finishes each row's sum");
+  extern __shared__ uint4 xs_mem[];
+  ActT *xs = (ActT *)xs_mem;
+  __shared__ float part[R][ROW_THREADS / 32];
+  __shared__ float inv[R];
+  const int t = threadIdx.x, lane = t % 32, warp = t / 32;
 #pragma unroll
   for (int r = 0; r < R; r++) {
-    float v = acc[r];
-    for (int s = 16; s; s >>= 1) v += __shfl_xor_sync(0xffffffffu, v, s);
-    if (lane == 0) {
-      float *yo = y + (size_t)r * out + o;
-      *yo = beta != 0.0f ? v + beta * *yo : v;
-    }
+    const float *xr = x + (idx ? (int64_t)idx[r] : (int64_t)r) * in;
+    const float lo = warp_sum_rn(rms_partial(xr, in, t));
+    const float hi = warp_sum_rn(rms_partial(xr, in, t + GEMV_WARPS * 32));
+    if (lane == 0) part[r][warp] = lo, part[r][warp + GEMV_WARPS] = hi;
+  }
+  __syncthreads();
+  if (warp < R) {
+    const float ss = warp_sum_rn(lane < ROW_THREADS / 32 ? part[warp][lane] : 0.0f);
+    if (lane == 0) inv[warp] = rms_inv(ss, in, eps);
+  }
+  __syncthreads();
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    const float *xr = x + (idx ? (int64_t)idx[r] : (int64_t)r) * in;
+    for (int i = t; i < in; i += GEMV_WARPS * 32)
+      store_out(xs + (size_t)r * in + i, rms_scale(xr[i], inv[r], norm_w[i]));
+  }
+  __syncthreads();
+  const int o = blockIdx.x * GEMV_WARPS + warp;
+  if (o >= out) return;
+  constexpr bool XF32 = sizeof(ActT) == 4;
+  if (SWIGLU) {
+    const uint4 *wr[2] = {(const uint4 *)(w + (size_t)o * in),
+                          (const uint4 *)(w + ((size_t)out + o) * in)};
+    float acc[2][R];
+    gemv_warp_dots<2, R, XF32, true>(wr, in / 8, lane, xs, acc);
+    if (lane == 0)
+#pragma unroll
+      for (int r = 0; r < R; r++)
+        store_out((ActT *)y + (size_t)r * out + o, silu_mul(acc[0][r], acc[1][r]));
+  } else {
+    const uint4 *wr[1] = {(const uint4 *)(w + (size_t)o * in)};
+    float acc[1][R];
+    gemv_warp_dots<1, R, XF32, true>(wr, in / 8, lane, xs, acc);
+    if (lane == 0)
+#pragma unroll
+      for (int r = 0; r < R; r++) ((float *)y)[(size_t)r * out + o] = acc[0][r];
   }
 }
 
@@ -496,4 +622,61 @@ extern "C" int pd_cuda_gemv_f16(const void *w, const void *x, enum pd_dtype x_dt
   default: gemv_launch<4>(w, x, xf, y, (int)in, (int)out, beta, s); break;
   }
   return launched("gemv", err, errlen);
+}
+
+/* ---- RMSNorm + GEMV (+ SwiGLU) in one kernel ------------------------------------------------ */
+
+template <int R, typename ActT>
+static void norm_gemv_launch(const void *w, const float *x, const int32_t *idx, const float *nw,
+                             float eps, int swiglu, void *y, int in, int out, size_t smem,
+                             cudaStream_t s) {
+  const unsigned blocks = (unsigned)((out + GEMV_WARPS - 1) / GEMV_WARPS);
+  if (swiglu)
+    norm_gemv_kernel<R, ActT, true>
+        <<<blocks, GEMV_WARPS * 32, smem, s>>>((const __half *)w, x, idx, nw, eps, y, in, out);
+  else
+    norm_gemv_kernel<R, ActT, false>
+        <<<blocks, GEMV_WARPS * 32, smem, s>>>((const __half *)w, x, idx, nw, eps, y, in, out);
+}
+
+template <typename ActT>
+static void norm_gemv_rows(int rows, const void *w, const float *x, const int32_t *idx,
+                           const float *nw, float eps, int swiglu, void *y, int in, int out,
+                           size_t smem, cudaStream_t s) {
+  switch (rows) {
+  case 1: norm_gemv_launch<1, ActT>(w, x, idx, nw, eps, swiglu, y, in, out, smem, s); break;
+  case 2: norm_gemv_launch<2, ActT>(w, x, idx, nw, eps, swiglu, y, in, out, smem, s); break;
+  case 3: norm_gemv_launch<3, ActT>(w, x, idx, nw, eps, swiglu, y, in, out, smem, s); break;
+  default: norm_gemv_launch<4, ActT>(w, x, idx, nw, eps, swiglu, y, in, out, smem, s); break;
+  }
+}
+
+extern "C" int pd_cuda_norm_gemv_ok(int64_t rows, int64_t in, enum pd_dtype act_dtype) {
+  if (rows < 0 || rows > PD_CUDA_GEMV_MAX_ROWS || in <= 0 || in % 8 || in > INT_MAX ||
+      (act_dtype != PD_DTYPE_F32 && act_dtype != PD_DTYPE_F16))
+    return 0;
+  return (uint64_t)rows * (uint64_t)in * pd_dtype_size(act_dtype) <= PD_CUDA_NORM_GEMV_MAX_SMEM;
+}
+
+extern "C" int pd_cuda_norm_gemv_f16(const void *w, const float *x, const int32_t *idx,
+                                     const float *norm_w, float eps, enum pd_dtype act_dtype,
+                                     int swiglu, void *y, int64_t rows, int64_t in, int64_t out,
+                                     void *stream, char *err, size_t errlen) {
+  if (!pd_cuda_norm_gemv_ok(rows, in, act_dtype) || out <= 0 ||
+      out > (swiglu ? INT_MAX / 2 : INT_MAX) || ((uintptr_t)w & 15))
+    return pd_errf(err, errlen, PD_EINVAL,
+                   "norm_gemv: refused (%lld rows of %lld -> %lld%s, activations %s, or the "
+                   "weights not 16-byte aligned)",
+                   (long long)rows, (long long)in, (long long)out, swiglu ? " x 2 (swiglu)" : "",
+                   pd_dtype_name(act_dtype));
+  if (!rows) return PD_OK;
+  const size_t smem = (size_t)rows * (size_t)in * pd_dtype_size(act_dtype);
+  cudaStream_t s = (cudaStream_t)stream;
+  if (act_dtype == PD_DTYPE_F32)
+    norm_gemv_rows<float>((int)rows, w, x, idx, norm_w, eps, swiglu ? 1 : 0, y, (int)in, (int)out,
+                          smem, s);
+  else
+    norm_gemv_rows<__half>((int)rows, w, x, idx, norm_w, eps, swiglu ? 1 : 0, y, (int)in, (int)out,
+                           smem, s);
+  return launched("norm_gemv", err, errlen);
 }

@@ -1,7 +1,8 @@
 /*
  * pd_cuda_ops.h -- the small kernels of a Llama layer on the GPU, callable from C: RMSNorm,
  * rotary position embedding (normal and NEOX), SwiGLU, residual add, bias add, embedding gather,
- * f32 -> f16 conversion and greedy argmax.
+ * f32 -> f16 conversion, greedy argmax, and the decode-sized GEMV on f16 weights (alone, or with
+ * the RMSNorm before it and the SwiGLU after it fused in).
  *
  * Each one is the twin of a CPU function (kernels/cpu/pd_ops.h, pd_llama.c, pd_sampler.c) and
  * follows its arithmetic step by step, so the only differences left are the order of the RMSNorm
@@ -103,6 +104,29 @@ int pd_cuda_embed(float *out, const void *table, enum pd_dtype table_dtype, cons
 #define PD_CUDA_GEMV_MAX_ROWS 4
 int pd_cuda_gemv_f16(const void *w, const void *x, enum pd_dtype x_dtype, float *y, int64_t rows,
                      int64_t in, int64_t out, float beta, void *stream, char *err, size_t errlen);
+
+/*
+ * The decode step's RMSNorm and the GEMV after it in one launch (and, with swiglu, the SwiGLU
+ * after that too): the same bits as
+ *   pd_cuda_rmsnorm(xn, act_dtype, x, idx, norm_w, rows, in, eps)
+ *   swiglu = 0: pd_cuda_gemv_f16(w, xn, act_dtype, y, rows, in, out, 0.0f)
+ *   swiglu = 1: pd_cuda_gemv_f16(w, xn, act_dtype, gu, rows, in, 2 * out, 0.0f), then
+ *               pd_cuda_swiglu(y, act_dtype, gu, gu + out, rows, out, 2 * out)
+ * without the intermediate buffers: every thread block normalises the rows into its shared
+ * memory first (rows * in * sizeof(act) bytes, at most PD_CUDA_NORM_GEMV_MAX_SMEM), summing the
+ * squares in rmsnorm's order, and the products and sums are the GEMV's.
+ *   w:      f16, (out, in) row-major; with swiglu (2 out, in): the gate rows over the up rows;
+ *           16-byte aligned
+ *   x:      f32 rows of in elements; row i reads row idx[i] of x, or row i when idx is NULL
+ *   norm_w: (in) f32
+ *   y:      swiglu = 0: (rows, out) f32; swiglu = 1: (rows, out) of act_dtype
+ * pd_cuda_norm_gemv_ok says whether a shape can run (else call the three kernels).
+ */
+#define PD_CUDA_NORM_GEMV_MAX_SMEM 49152
+int pd_cuda_norm_gemv_ok(int64_t rows, int64_t in, enum pd_dtype act_dtype);
+int pd_cuda_norm_gemv_f16(const void *w, const float *x, const int32_t *idx, const float *norm_w,
+                          float eps, enum pd_dtype act_dtype, int swiglu, void *y, int64_t rows,
+                          int64_t in, int64_t out, void *stream, char *err, size_t errlen);
 
 /* out (n) f16 = x (n) f32, rounded to nearest even (pd_f32_to_f16). */
 int pd_cuda_f32_to_f16(void *out, const float *x, int64_t n, void *stream, char *err,

@@ -26,6 +26,8 @@
  *   6. Decode steps replayed from CUDA graphs give the tokens and logits of eager runs (1e-5),
  *      with a shared prefix too; graphs were captured and replayed, and never turned off.
  *   7. Bad input is refused (PD_EINVAL), an impossible init or pool is PD_ENOMEM naming bytes.
+ *   8. Decode steps with the fused norm GEMVs (fused_gemv = 1) give the tokens and logits of the
+ *      separate kernels bit for bit, on both models.
  * Exits 77 (skipped) when there is no GPU.
  */
 #include <check.h>
@@ -317,14 +319,16 @@ END_TEST
 /* ---- 6: graphs ----------------------------------------------------------------------------- */
 
 /* Decodes the three shared-prefix sequences together for n steps (greedy on the device), with
- * graphs on or off; tokens (n, 3) and the last step's logits (3, V) come back. */
-static void decode_three(pd_model *m, int graphs, int n, int32_t *toks, float *last_logits,
-                         pd_llama_cuda *g_out_stats) {
+ * graphs on or off and the fused norm GEMVs on or off; tokens (n, 3) and the last step's logits
+ * (3, V) come back. */
+static void decode_three(pd_model *m, int graphs, int fused, int n, int32_t *toks,
+                         float *last_logits, pd_llama_cuda *g_out_stats) {
   const int V = m->n_vocab;
   pd_llama_cuda g;
   void *pool;
   gpu_init(&g, m, PD_DTYPE_F16, PD_CUDA_WEIGHTS_F16, &pool, 16);
   g.use_graphs = graphs;
+  g.fused_gemv = fused;
   int32_t seq_tok[3][48], tables[3][5];
   int len[3];
   shared_prefix_setup(&g, pool, seq_tok, tables, len);
@@ -344,23 +348,36 @@ static void decode_three(pd_model *m, int graphs, int n, int32_t *toks, float *l
   pd_llama_cuda_free(&g);
 }
 
+#define PAIR_STEPS 24 /* 43 + 24 < 5 blocks of 16 per sequence */
+
+/* decode_three twice, PAIR_STEPS steps each, as run a (graphs, fused) and run b; the greedy
+ * tokens must be equal; the last logits (3, V) of each come back in la, lb (malloc'd, the
+ * caller frees), the counters in sa, sb. */
+static void decode_three_twice(pd_model *m, const int a[2], const int b[2], float **la, float **lb,
+                               pd_llama_cuda *sa, pd_llama_cuda *sb, const char *what) {
+  const int V = m->n_vocab, n = PAIR_STEPS;
+  int32_t ta[PAIR_STEPS * 3], tb[PAIR_STEPS * 3];
+  *la = malloc(sizeof(float) * 3 * V), *lb = malloc(sizeof(float) * 3 * V);
+  decode_three(m, a[0], a[1], n, ta, *la, sa);
+  decode_three(m, b[0], b[1], n, tb, *lb, sb);
+  ck_assert_msg(!sa->graphs_off, "graphs were turned off: %s", sa->graph_err);
+  for (int i = 0; i < 3 * n; i++)
+    ck_assert_msg(ta[i] == tb[i], "%s: step %d seq %d: tokens %d and %d", what, i / 3, i % 3, ta[i],
+                  tb[i]);
+}
+
 START_TEST(graph_replay_equals_eager) {
   load(0);
   pd_model *m = models[0];
-  const int V = m->n_vocab, n = 24; /* 43 + 24 < 5 blocks of 16 per sequence */
-  int32_t ta[24 * 3], tb[24 * 3];
-  float *la = malloc(sizeof(float) * 3 * V), *lb = malloc(sizeof(float) * 3 * V);
+  const int V = m->n_vocab, n = PAIR_STEPS;
+  float *la, *lb;
   pd_llama_cuda on, off;
-  decode_three(m, 1, n, ta, la, &on);
-  decode_three(m, 0, n, tb, lb, &off);
-  ck_assert_msg(!on.graphs_off, "graphs were turned off: %s", on.graph_err);
+  decode_three_twice(m, (const int[2]){1, 0}, (const int[2]){0, 0}, &la, &lb, &on, &off,
+                     "graph vs eager");
   ck_assert_msg(on.n_captures >= 1 && on.n_replays >= (uint64_t)n - 4,
                 "graphs: %llu captures, %llu replays in %d steps",
                 (unsigned long long)on.n_captures, (unsigned long long)on.n_replays, n);
   ck_assert_msg(off.n_captures == 0 && off.n_replays == 0, "graphs ran while off");
-  for (int i = 0; i < 3 * n; i++)
-    ck_assert_msg(ta[i] == tb[i], "step %d seq %d: graph token %d, eager %d", i / 3, i % 3, ta[i],
-                  tb[i]);
   float scale = max_abs(lb, (size_t)3 * V), diff = max_diff(la, lb, (size_t)3 * V, "graph");
   ck_assert_msg(diff <= 1e-5f * scale, "graph vs eager logits: max diff %g (scale %g)", diff,
                 scale);
@@ -368,6 +385,28 @@ START_TEST(graph_replay_equals_eager) {
          (unsigned long long)on.n_captures, (unsigned long long)on.n_replays,
          (unsigned long long)on.n_eager,
          memcmp(la, lb, sizeof(float) * 3 * V) ? "within 1e-5" : "bit for bit");
+  free(la), free(lb);
+}
+END_TEST
+
+/* ---- 8: the fused norm GEMVs ---------------------------------------------------------------- */
+
+/* Decode steps of three sequences (f16 weights, graphs on) with each RMSNorm fused into the GEMV
+ * after it and SwiGLU into the gate|up GEMV give the same tokens and the same logits, bit for
+ * bit, as the separate kernels: the fused kernel repeats their arithmetic in their order. */
+START_TEST(fused_gemv_equals_separate_kernels) {
+  load(_i);
+  pd_model *m = models[_i];
+  const int V = m->n_vocab;
+  float *la, *lb;
+  pd_llama_cuda fused, separate;
+  decode_three_twice(m, (const int[2]){1, 1}, (const int[2]){1, 0}, &la, &lb, &fused, &separate,
+                     "fused vs separate");
+  for (size_t i = 0; i < (size_t)3 * V; i++)
+    ck_assert_msg(!memcmp(&la[i], &lb[i], sizeof(float)),
+                  "logit %zu: fused %.9g, separate %.9g (not the same bits)", i, la[i], lb[i]);
+  printf("ok: %s: fused norm GEMVs: %d steps, tokens and logits bit for bit\n",
+         _i ? "qwen2-like" : "smollm-like", PAIR_STEPS);
   free(la), free(lb);
 }
 END_TEST
@@ -440,6 +479,7 @@ int main(void) {
   tcase_add_test(tc, mixed_batch_equals_alone);
   tcase_add_test(tc, shared_prefix_decode_equals_alone);
   tcase_add_test(tc, graph_replay_equals_eager);
+  tcase_add_loop_test(tc, fused_gemv_equals_separate_kernels, 0, 2);
   tcase_add_test(tc, bad_input_is_refused);
   suite_add_tcase(s, tc);
   int rc = pd_check_run(s, 0);

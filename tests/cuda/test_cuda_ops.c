@@ -13,6 +13,7 @@
  *                                                pos * 6e-8 rad)
  *   swiglu f32             rel 1e-6, abs 1e-30  (exp may differ in the last bit)
  *   add, add_bias, embed, f32_to_f16, argmax, the v part of qkv_rope: bit for bit
+ *   norm_gemv (RMSNorm + GEMV + SwiGLU fused): the bytes of the three kernels it replaces
  *   gemm, f32 weights      1e-5 * sum_k |x_k w_k| (pd_matmul exact: same products, other order)
  *   gemm, f16 weights      4e-3 * sum_k |x_k w_k| (inputs rounded to f16)
  * Exits 77 (skipped) when there is no GPU.
@@ -527,6 +528,77 @@ START_TEST(gemm_matches_pd_matmul) {
 }
 END_TEST
 
+/* ---- RMSNorm + GEMV (+ SwiGLU) fused --------------------------------------------------------- */
+
+/* pd_cuda_norm_gemv_f16 against the kernels it replaces (rmsnorm, the f16 GEMV, swiglu), which
+ * the tests above check against the CPU: the same bytes, for every row count the GEMV takes,
+ * both activation dtypes, with and without SwiGLU and a row gather, and output counts that leave
+ * the last thread block partly empty. */
+START_TEST(norm_gemv_equals_the_three_kernels) {
+  const int shapes[3][2] = {{576, 960}, {264, 7}, {1536, 37}}; /* in, out */
+  const int32_t idx[4] = {5, 0, 3, 3};
+  char err[256] = "";
+  for (int si = 0; si < 3; si++) {
+    const int in = shapes[si][0], out = shapes[si][1], wrows = 2 * out;
+    float *x = frand_vec((size_t)6 * in, 3.0f), *nw = frand_vec((size_t)in, 0.1f);
+    for (int i = 0; i < in; i++) nw[i] += 1.0f;
+    uint16_t *wh = malloc(sizeof(uint16_t) * (size_t)wrows * in);
+    for (size_t i = 0; i < (size_t)wrows * in; i++) wh[i] = pd_f32_to_f16(0.2f * frand());
+    float *dx = dput(x, sizeof(float) * 6 * in), *dnw = dput(nw, sizeof(float) * in);
+    void *dw = dput(wh, sizeof(uint16_t) * (size_t)wrows * in);
+    int32_t *didx = dput(idx, sizeof idx);
+    void *dxn = dpoison(sizeof(float) * 4 * in), *dgu = dpoison(sizeof(float) * 4 * wrows);
+    for (int act = 0; act < 2; act++) {
+      const enum pd_dtype at = act ? PD_DTYPE_F16 : PD_DTYPE_F32;
+      for (int swiglu = 0; swiglu < 2; swiglu++)
+        for (int use_idx = 0; use_idx < 2; use_idx++)
+          for (int rows = 1; rows <= PD_CUDA_GEMV_MAX_ROWS; rows++) {
+            const int32_t *ix = use_idx ? didx : NULL;
+            const size_t ybytes = (size_t)rows * out * (swiglu ? pd_dtype_size(at) : 4);
+            void *dref = dpoison(ybytes), *dgot = dpoison(ybytes);
+            ck_assert_msg(pd_cuda_norm_gemv_ok(rows, in, at), "in %d rows %d %s refused", in, rows,
+                          pd_dtype_name(at));
+            ck_assert_msg(pd_cuda_rmsnorm(dxn, at, dx, ix, dnw, rows, in, 1e-5f, NULL, err,
+                                          sizeof err) == 0 &&
+                              pd_cuda_gemv_f16(dw, dxn, at, swiglu ? dgu : dref, rows, in,
+                                               swiglu ? wrows : out, 0.0f, NULL, err,
+                                               sizeof err) == 0 &&
+                              (!swiglu || pd_cuda_swiglu(dref, at, dgu, (float *)dgu + out, rows,
+                                                         out, wrows, NULL, err, sizeof err) == 0),
+                          "%s", err);
+            ck_assert_msg(pd_cuda_norm_gemv_f16(dw, dx, ix, dnw, 1e-5f, at, swiglu, dgot, rows, in,
+                                                out, NULL, err, sizeof err) == 0,
+                          "%s", err);
+            uint8_t *ref = malloc(ybytes), *got = malloc(ybytes);
+            dget(ref, dref, ybytes);
+            dget(got, dgot, ybytes);
+            ck_assert_msg(!memcmp(ref, got, ybytes),
+                          "norm_gemv in %d out %d rows %d %s swiglu %d idx %d: not the bytes of "
+                          "rmsnorm + gemv%s",
+                          in, out, rows, pd_dtype_name(at), swiglu, use_idx,
+                          swiglu ? " + swiglu" : "");
+            cudaFree(dref), cudaFree(dgot), free(ref), free(got);
+          }
+      printf("ok: norm_gemv in %d out %d, %s activations: rows 1-%d, with and without swiglu and "
+             "a gather, bit for bit\n",
+             in, out, pd_dtype_name(at), PD_CUDA_GEMV_MAX_ROWS);
+    }
+    cudaFree(dx), cudaFree(dnw), cudaFree(dw), cudaFree(didx), cudaFree(dxn), cudaFree(dgu);
+    free(x), free(nw), free(wh);
+  }
+  /* what does not fit is refused with a reason, and the caller runs the three kernels */
+  ck_assert(pd_cuda_norm_gemv_ok(4, 4096, PD_DTYPE_F16));
+  ck_assert(!pd_cuda_norm_gemv_ok(4, 4096, PD_DTYPE_F32)); /* 64 KiB of normed rows */
+  ck_assert(!pd_cuda_norm_gemv_ok(PD_CUDA_GEMV_MAX_ROWS + 1, 64, PD_DTYPE_F16));
+  ck_assert(!pd_cuda_norm_gemv_ok(1, 12, PD_DTYPE_F16));
+  ck_assert(!pd_cuda_norm_gemv_ok(1, 64, PD_DTYPE_BF16));
+  ck_assert_int_eq(pd_cuda_norm_gemv_f16(NULL, NULL, NULL, NULL, 1e-5f, PD_DTYPE_F32, 0, NULL, 4,
+                                         4096, 8, NULL, err, sizeof err),
+                   PD_EINVAL);
+  ck_assert_msg(strstr(err, "norm_gemv") != NULL, "message: %s", err);
+}
+END_TEST
+
 START_TEST(bad_arguments_are_refused) {
   char err[256] = "";
   ck_assert_int_eq(pd_cuda_rope(NULL, 1, 2, 64, 63, NULL, NULL, 1e4f, 0, NULL, err, sizeof err),
@@ -564,6 +636,7 @@ int main(void) {
   tcase_add_test(tc, f32_to_f16_rounds_like_the_cpu);
   tcase_add_test(tc, argmax_matches_greedy_sampling);
   tcase_add_test(tc, gemm_matches_pd_matmul);
+  tcase_add_test(tc, norm_gemv_equals_the_three_kernels);
   tcase_add_test(tc, bad_arguments_are_refused);
   suite_add_tcase(s, tc);
   return pd_check_run(s, 0);
