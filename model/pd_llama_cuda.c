@@ -15,9 +15,10 @@
  * checked every call and regrown (after a synchronisation, dropping the graphs, which point at
  * the old buffers).
  *
- * Decode-sized steps can run each RMSNorm inside the GEMV after it and SwiGLU inside the gate|up
- * GEMV (fused_gemv, norm_gemm / norm_gemm_swiglu below); larger steps, and f32 weights, always
- * take the separate kernels and cuBLAS.
+ * Decode-sized steps can run each RMSNorm inside the GEMV after it, the QKV split and RoPE
+ * inside the QKV GEMV and SwiGLU inside the gate|up GEMV (fused_gemv; norm_qkv_rope and
+ * norm_gemm_swiglu below); larger steps, and f32 weights, always take the separate kernels and
+ * cuBLAS.
  *
  * Speed work left: the same fusion for cuBLAS-sized steps (RMSNorm into the f16 conversion), the
  * QKV split and RoPE into the attention kernels; a persistent decode kernel; overlap of the
@@ -497,7 +498,7 @@ static stage_off stage_layout(int n, int R, int T) {
   return o;
 }
 
-/* Whether the RMSNorm before w (and the SwiGLU after it) run inside one GEMV launch this step:
+/* Whether the RMSNorm before w (and what follows it) run inside one GEMV launch this step:
  * asked for, a decode-sized step on f16 weights, and the normed rows fit in shared memory. */
 static int fuse_norm(const pd_llama_cuda *c, const pd_cuda_weight *w, int rows) {
   return c->fused_gemv && w->dtype == PD_DTYPE_F16 && !((uintptr_t)w->data & 15) &&
@@ -517,6 +518,25 @@ static int norm_gemm(pd_llama_cuda *c, const pd_cuda_weight *w, const float *nor
   int rc =
       pd_cuda_rmsnorm(c->xn, c->act, c->x, NULL, norm_w, R, w->in_dim, eps, c->stream, err, el);
   return rc ? rc : pd_cuda_gemm_run(&c->gemm, w, c->xn, c->act, y, R, 0.0f, err, el);
+}
+
+/* q, k, v = split(rmsnorm(x) * attn_norm . Wqkv^T + bias), RoPE on q and k at pos: one launch
+ * when fuse_norm allows it, else the RMSNorm, the GEMM into c->qkv and the split/RoPE kernel. */
+static int norm_qkv_rope(pd_llama_cuda *c, const pd_llama_cuda_layer *L, int R,
+                         const int32_t *pos) {
+  const pd_model *m = c->model;
+  char *err = c->err;
+  const size_t el = sizeof c->err;
+  if (fuse_norm(c, &L->wqkv, R))
+    return pd_cuda_norm_gemv_qkv_rope_f16(
+        L->wqkv.data, c->x, L->attn_norm, m->rms_eps, c->act, c->q, c->k, c->v, L->bqkv, R,
+        L->wqkv.in_dim, m->n_heads, m->n_kv_heads, m->head_dim, m->rot_dim, pos, c->rope_freqs,
+        m->rope_theta, m->rope_neox, c->stream, err, el);
+  int rc = norm_gemm(c, &L->wqkv, L->attn_norm, R, c->qkv);
+  return rc ? rc
+            : pd_cuda_qkv_rope(c->q, c->k, c->v, c->qkv, L->bqkv, R, m->n_heads, m->n_kv_heads,
+                               m->head_dim, m->rot_dim, pos, c->rope_freqs, m->rope_theta,
+                               m->rope_neox, c->stream, err, el);
 }
 
 /* ffn (R, f) act = silu(gate) * up, where [gate | up] = (rmsnorm(x) * norm_w) . Wgu^T; one launch
@@ -541,7 +561,7 @@ static int norm_gemm_swiglu(pd_llama_cuda *c, const pd_cuda_weight *w_gu, const 
 static int enqueue_step(pd_llama_cuda *c, void *pool, const pd_cuda_batch *b, const stage_off *o,
                         int n_want, int greedy) {
   const pd_model *m = c->model;
-  const int R = b->n_rows, d = m->d_model, H = m->n_heads, Hkv = m->n_kv_heads;
+  const int R = b->n_rows, d = m->d_model, H = m->n_heads;
   const int hd = m->head_dim, V = m->n_vocab;
   const float scale = 1.0f / sqrtf((float)hd);
   void *s = c->stream;
@@ -555,9 +575,7 @@ static int enqueue_step(pd_llama_cuda *c, void *pool, const pd_cuda_batch *b, co
   int rc = pd_cuda_embed(c->x, c->embd.data, c->embd.dtype, tok, R, d, V, s, err, el);
   for (int l = 0; l < m->n_layers && !rc; l++) {
     const pd_llama_cuda_layer *L = &c->layers[l];
-    if ((rc = norm_gemm(c, &L->wqkv, L->attn_norm, R, c->qkv)) ||
-        (rc = pd_cuda_qkv_rope(c->q, c->k, c->v, c->qkv, L->bqkv, R, H, Hkv, hd, m->rot_dim, pos,
-                               c->rope_freqs, m->rope_theta, m->rope_neox, s, err, el)) ||
+    if ((rc = norm_qkv_rope(c, L, R, pos)) ||
         (rc = pd_cuda_kv_store(&c->kv, pool, l, b, c->k, c->v, s, err, el)) ||
         (rc = pd_cuda_attn(&c->kv, pool, l, H, c->q, c->att, b, scale, c->attn_ws, c->attn_ws_bytes,
                            s, err, el)) ||

@@ -19,8 +19,8 @@
  *   x += (silu(gate) * up) . Wdown^T
  * then for the rows that want logits: rmsnorm(x) * out_norm . Wout^T, and optionally the argmax
  * on the device (greedy sampling without copying the logits back). With fused_gemv, a step of at
- * most PD_CUDA_GEMV_MAX_ROWS rows computes "rmsnorm, QKV GEMV" and "rmsnorm, gate|up GEMV,
- * SwiGLU" in one launch each (pd_cuda_norm_gemv_f16), with the same bits.
+ * most PD_CUDA_GEMV_MAX_ROWS rows computes "rmsnorm, QKV GEMV, split + RoPE" and "rmsnorm,
+ * gate|up GEMV, SwiGLU" in one launch each (pd_cuda_ops.h), with the same bits.
  *
  * Decode steps as CUDA graphs: a batch of decode steps only (every n_new == 1) is launched with
  * bounds rounded up to a bucket (max_ctx to a power of two >= 256, the block-table stride to
@@ -83,8 +83,9 @@ typedef struct pd_llama_cuda {
   int64_t pool_blocks; /* caller-set: if > 0, a block id >= pool_blocks is refused (PD_EINVAL) */
   int use_graphs;      /* 1 (default): capture and replay decode steps; 0: always eager */
   /* 1: steps of at most PD_CUDA_GEMV_MAX_ROWS rows on f16 weights run each RMSNorm inside the
-   * GEMV after it, and SwiGLU inside the gate|up GEMV (pd_cuda_norm_gemv_f16): three launches
-   * fewer a layer, the same bits. 0: separate kernels. Default: PD_CUDA_FUSED_GEMV=1 in the
+   * GEMV after it, the QKV split and RoPE inside the QKV GEMV, and SwiGLU inside the gate|up GEMV
+   * (pd_cuda_norm_gemv_f16, pd_cuda_norm_gemv_qkv_rope_f16): four launches fewer a layer (seven
+   * instead of eleven), the same bits. 0: separate kernels. Default: PD_CUDA_FUSED_GEMV=1 in the
    * environment at init, else 0 (it waits for its first GPU run); may be changed between calls. */
   int fused_gemv;
   char err[256];                           /* the last error's message */

@@ -3,7 +3,7 @@
  * the default model's shape (SmolLM2-135M: 30 layers, d 576, 9/3 heads, vocab 49152), with f16
  * weights and an f16 KV cache, greedy sampling on the device:
  *   decode tokens/s at batch 1      one sequence after a 512-token prompt, 256 timed steps, with
- *                                   the separate RMSNorm/SwiGLU kernels and with them fused into
+ *                                   the separate RMSNorm/RoPE/SwiGLU kernels and with them fused into
  *                                   the GEMVs (fused_gemv), alternating, best of 3 rounds each
  *   decode tokens/s at batch 64     64 sequences after 512-token prompts each, 128 timed steps,
  *                                   aggregate (64 tokens per step)
@@ -211,8 +211,8 @@ int main(int argc, char **argv) {
               "| decode, batch 1 (context %d..%d), %s | %.0f tokens/s (%.3f ms/token) | >= "
               "1,000 tokens/s | %s |\n",
               PROMPT + WARM, PROMPT + WARM + STEPS1,
-              fused ? "RMSNorm and SwiGLU fused into the GEMVs (fused_gemv = 1)"
-                    : "separate RMSNorm and SwiGLU kernels",
+              fused ? "RMSNorm, RoPE and SwiGLU fused into the GEMVs (fused_gemv = 1)"
+                    : "separate RMSNorm, RoPE and SwiGLU kernels",
               tps, 1e3 * t_dec1_by[fused] / STEPS1, tps >= 1000 ? "met" : "not met");
     }
     fprintf(f,

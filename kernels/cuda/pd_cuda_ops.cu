@@ -18,10 +18,10 @@
  *   - RMSNorm's sum of squares is a tree (warp shuffles, then one warp over the warp sums)
  *     instead of the CPU's left-to-right loop: the one place the order differs.
  *   - The decode GEMV (a warp per output, gemv_warp_dots) also comes fused with the RMSNorm
- *     before it and the SwiGLU after it (norm_gemv_kernel). The fused kernel calls the same
- *     device functions as rmsnorm_kernel, gemv_f16_kernel and swiglu_kernel in the same order, so
- *     the bits are theirs; what it saves is two or three launches and the round trips of the
- *     normed rows and the gate|up products through global memory.
+ *     before it and the SwiGLU or the QKV split and RoPE after it (norm_gemv_kernel). The fused
+ *     kernel calls the same device functions as rmsnorm_kernel, gemv_f16_kernel, swiglu_kernel
+ *     and rope_kernel in the same order, so the bits are theirs; what it saves is two launches
+ *     each time and the round trips of the normed rows and the products through global memory.
  * Speed work left: the element-wise kernels are memory-bound and tiny next to the GEMMs; the
  * RoPE kernel computes its cos/sin per row (in double) rather than caching them per position,
  * which matters only for long prefills.
@@ -140,6 +140,46 @@ extern "C" int pd_cuda_rmsnorm(void *out, enum pd_dtype out_dtype, const float *
 
 /* ---- RoPE (with the QKV split and bias): grid (rows), ROW_THREADS threads ------------------ */
 
+/* The cos and sin of pair i's angle at position p (pd_rope): the frequency from the host's
+ * table, or pow in double when there is none; the angle rounded as the CPU rounds it.
+ * CPU: freq = powf(theta_base, -2.0f * (float)i / (float)rot_dim); ang = (float)pos * freq */
+__device__ __forceinline__ void rope_cos_sin(float p, int i, int rot, const float *freqs,
+                                             float theta_base, float *c, float *sn) {
+  float freq;
+  if (freqs) {
+    freq = freqs[i];
+  } else {
+    const float e = __fdiv_rn(__fmul_rn(-2.0f, (float)i), (float)rot);
+    freq = (float)pow((double)theta_base, (double)e);
+  }
+  const float ang = __fmul_rn(p, freq);
+  *c = (float)cos((double)ang);
+  *sn = (float)sin((double)ang);
+}
+
+/* (x0, x1) rotated by the angle of cos c and sin sn, each operation rounded as the CPU's. */
+__device__ __forceinline__ void rope_rotate(float x0, float x1, float c, float sn, float *y0,
+                                            float *y1) {
+  *y0 = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, sn));
+  *y1 = __fadd_rn(__fmul_rn(x0, sn), __fmul_rn(x1, c));
+}
+
+/* Item j of a rotated head (per head: rot / 2 pairs, then hd - rot dimensions that pass
+ * through): the dimensions a and b of a pair (pair index *pair = j), or a alone (*pair = -1). */
+__device__ __forceinline__ void rope_item(int j, int rot, int neox, int *a, int *b, int *pair) {
+  const int half = rot / 2;
+  if (j < half) {
+    *a = neox ? j : 2 * j, *b = neox ? j + half : 2 * j + 1, *pair = j;
+  } else {
+    *a = rot + (j - half), *b = *a, *pair = -1;
+  }
+}
+
+/* x + bias[i] when there is a bias (one rounding, as pd_add), else x. */
+__device__ __forceinline__ float plus_bias(float x, const float *bias, int64_t i) {
+  return bias ? __fadd_rn(x, bias[i]) : x;
+}
+
 /*
  * Row r of src holds n_q + n_k + n_v heads of hd elements. Heads 0 .. n_q - 1 go rotated to q
  * (rows of n_q heads), the next n_k rotated to k (rows of n_k heads), the last n_v unrotated to
@@ -156,50 +196,29 @@ __global__ void __launch_bounds__(ROW_THREADS)
   const int64_t r = blockIdx.x;
   const int half = rot / 2;
   const float p = (float)pos[r];
-  for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    /* CPU: freq = powf(theta_base, -2.0f * (float)i / (float)rot_dim); ang = (float)pos * freq */
-    float freq;
-    if (freqs) {
-      freq = freqs[i];
-    } else {
-      const float e = __fdiv_rn(__fmul_rn(-2.0f, (float)i), (float)rot);
-      freq = (float)pow((double)theta_base, (double)e);
-    }
-    const float ang = __fmul_rn(p, freq);
-    cs[i] = (float)cos((double)ang);
-    cs[half + i] = (float)sin((double)ang);
-  }
+  for (int i = threadIdx.x; i < half; i += blockDim.x)
+    rope_cos_sin(p, i, rot, freqs, theta_base, &cs[i], &cs[half + i]);
   __syncthreads();
   const float *row = src + r * ld_src;
-  /* per rotated head: half pairs, then hd - rot dimensions that pass through */
   const int per_head = half + (hd - rot);
   const int n_items = (n_q + n_k) * per_head;
   for (int e = threadIdx.x; e < n_items; e += blockDim.x) {
-    const int h = e / per_head, j = e % per_head;
-    const float *sh = row + (int64_t)h * hd;
-    const float *bh = bias ? bias + (int64_t)h * hd : NULL;
+    const int h = e / per_head;
+    int a, b, pair;
+    rope_item(e % per_head, rot, neox, &a, &b, &pair);
+    const int64_t h0 = (int64_t)h * hd;
     float *dh = h < n_q ? q + (r * n_q + h) * (int64_t)hd : k + (r * n_k + (h - n_q)) * (int64_t)hd;
-    if (j < half) {
-      const int a = neox ? j : 2 * j, b = neox ? j + half : 2 * j + 1;
-      float x0 = sh[a], x1 = sh[b];
-      if (bh) x0 = __fadd_rn(x0, bh[a]), x1 = __fadd_rn(x1, bh[b]);
-      const float c = cs[j], sn = cs[half + j];
-      dh[a] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, sn));
-      dh[b] = __fadd_rn(__fmul_rn(x0, sn), __fmul_rn(x1, c));
+    const float x0 = plus_bias(row[h0 + a], bias, h0 + a);
+    if (pair >= 0) {
+      const float x1 = plus_bias(row[h0 + b], bias, h0 + b);
+      rope_rotate(x0, x1, cs[pair], cs[half + pair], &dh[a], &dh[b]);
     } else {
-      const int d = rot + (j - half);
-      float x0 = sh[d];
-      if (bh) x0 = __fadd_rn(x0, bh[d]);
-      dh[d] = x0;
+      dh[a] = x0;
     }
   }
-  const float *sv = row + (int64_t)(n_q + n_k) * hd;
-  const float *bv = bias ? bias + (int64_t)(n_q + n_k) * hd : NULL;
-  for (int e = threadIdx.x; e < n_v * hd; e += blockDim.x) {
-    float x0 = sv[e];
-    if (bv) x0 = __fadd_rn(x0, bv[e]);
-    v[r * n_v * (int64_t)hd + e] = x0;
-  }
+  const int64_t v0 = (int64_t)(n_q + n_k) * hd;
+  for (int e = threadIdx.x; e < n_v * hd; e += blockDim.x)
+    v[r * n_v * (int64_t)hd + e] = plus_bias(row[v0 + e], bias, v0 + e);
 }
 
 static int rope_shape_ok(int64_t rows, int n_heads, int head_dim, int rot_dim, char *err,
@@ -524,23 +543,58 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
     }
 }
 
+/* What norm_gemv_kernel does with its dot products. */
+enum { EPI_PLAIN = 0, EPI_SWIGLU = 1, EPI_QKV_ROPE = 2 };
+
+/* The QKV epilogue's destinations and RoPE parameters (pd_cuda_qkv_rope's). */
+struct QkvRopeOut {
+  float *q, *k, *v;
+  const float *bias;
+  const int32_t *pos;
+  const float *freqs;
+  float theta_base;
+  int n_q, n_k, n_v, hd, rot, neox;
+};
+
+/* gemv_warp_dots over weight rows rows[0 .. NW) of w (in columns each) and the normed rows in
+ * shared memory. */
+template <int NW, int R, bool XF32>
+__device__ __forceinline__ void rows_dot(const __half *w, const int64_t (&rows)[NW], int in,
+                                         int lane, const void *xs, float (*acc)[R]) {
+  const uint4 *wr[NW];
+#pragma unroll
+  for (int k = 0; k < NW; k++) wr[k] = (const uint4 *)(w + (size_t)rows[k] * in);
+  gemv_warp_dots<NW, R, XF32, true>(wr, in / 8, lane, xs, acc);
+}
+
+/* Head h (q heads, then k heads) of row r in the QKV epilogue's outputs. */
+__device__ __forceinline__ float *qk_head(const QkvRopeOut &ro, int r, int h) {
+  return h < ro.n_q ? ro.q + ((int64_t)r * ro.n_q + h) * ro.hd
+                    : ro.k + ((int64_t)r * ro.n_k + (h - ro.n_q)) * ro.hd;
+}
+
 /*
- * The RMSNorm of R rows, then the GEMV on them, in one kernel (pd_cuda_norm_gemv_f16). Every
- * block first normalises the R rows into shared memory (xs: (R, in) of ActT, rounded as
- * rmsnorm_kernel stores them), summing the squares exactly as a block of ROW_THREADS threads
- * does: thread t of this block holds the sums of threads t and t + GEMV_WARPS * 32 of that one,
- * and each of its warps reduces both, giving the 2 * GEMV_WARPS warp sums block_sum adds. Then
- * each warp computes its output from xs with gemv_warp_dots.
- *   SWIGLU = false: y (R, out) f32 = xn . W^T, W (out, in).
- *   SWIGLU = true:  W stacks gate rows over up rows (2 out, in); y (R, out) of ActT =
- *                   silu(xn . Wgate[o]) * (xn . Wup[o]), the two rows read by one warp.
+ * The RMSNorm of R rows, then the GEMV on them, in one kernel (pd_cuda_norm_gemv_f16 and
+ * pd_cuda_norm_gemv_qkv_rope_f16). Every block first normalises the R rows into shared memory
+ * (xs: (R, in) of ActT, rounded as rmsnorm_kernel stores them), summing the squares exactly as a
+ * block of ROW_THREADS threads does: thread t of this block holds the sums of threads t and
+ * t + GEMV_WARPS * 32 of that one, and each of its warps reduces both, giving the
+ * 2 * GEMV_WARPS warp sums block_sum adds. Then each warp computes its item from xs with
+ * gemv_warp_dots, and lane 0 writes it:
+ *   EPI_PLAIN:    item o < n_items: y (R, n_items) f32 = xn . W[o]; W (n_items, in).
+ *   EPI_SWIGLU:   W stacks gate rows over up rows (2 n_items, in); y (R, n_items) of ActT =
+ *                 silu(xn . Wgate[o]) * (xn . Wup[o]), the two rows read by one warp.
+ *   EPI_QKV_ROPE: W is the fused QKV weight ((n_q + n_k + n_v) hd, in); item o is one of
+ *                 rope_kernel's items (a rotating pair of a q or k head, read by one warp, a
+ *                 dimension that passes through, or a v element), written to q, k, v with the
+ *                 bias and the rotation of rope_kernel (r's position pos[r]).
  * Dynamic shared memory: R * in * sizeof(ActT) bytes.
  */
-template <int R, typename ActT, bool SWIGLU>
+template <int R, typename ActT, int EPI>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
     norm_gemv_kernel(const __half *__restrict__ w, const float *__restrict__ x,
                      const int32_t *__restrict__ idx, const float *__restrict__ norm_w, float eps,
-                     void *y, int in, int out) {
+                     void *y, int in, int n_items, QkvRopeOut ro) {
   static_assert(ROW_THREADS == 2 * GEMV_WARPS * 32, "two RMSNorm threads per thread");
   static_assert(R <= GEMV_WARPS, "a warp finishes each row's sum");
   extern __shared__ uint4 xs_mem[];
@@ -569,24 +623,61 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
   }
   __syncthreads();
   const int o = blockIdx.x * GEMV_WARPS + warp;
-  if (o >= out) return;
+  if (o >= n_items) return;
   constexpr bool XF32 = sizeof(ActT) == 4;
-  if (SWIGLU) {
-    const uint4 *wr[2] = {(const uint4 *)(w + (size_t)o * in),
-                          (const uint4 *)(w + ((size_t)out + o) * in)};
+  if (EPI == EPI_SWIGLU) {
+    const int64_t rows[2] = {o, (int64_t)n_items + o};
     float acc[2][R];
-    gemv_warp_dots<2, R, XF32, true>(wr, in / 8, lane, xs, acc);
+    rows_dot<2, R, XF32>(w, rows, in, lane, xs, acc);
     if (lane == 0)
 #pragma unroll
       for (int r = 0; r < R; r++)
-        store_out((ActT *)y + (size_t)r * out + o, silu_mul(acc[0][r], acc[1][r]));
+        store_out((ActT *)y + (size_t)r * n_items + o, silu_mul(acc[0][r], acc[1][r]));
+  } else if (EPI == EPI_QKV_ROPE) {
+    const int hd = ro.hd, per_head = ro.rot / 2 + (hd - ro.rot);
+    const int qk_items = (ro.n_q + ro.n_k) * per_head;
+    if (o < qk_items) {
+      const int h = o / per_head;
+      int a, b, pair;
+      rope_item(o % per_head, ro.rot, ro.neox, &a, &b, &pair);
+      const int64_t h0 = (int64_t)h * hd;
+      if (pair >= 0) {
+        const int64_t rows[2] = {h0 + a, h0 + b};
+        float acc[2][R];
+        rows_dot<2, R, XF32>(w, rows, in, lane, xs, acc);
+        if (lane == 0)
+#pragma unroll
+          for (int r = 0; r < R; r++) {
+            float c, sn, *dh = qk_head(ro, r, h);
+            rope_cos_sin((float)ro.pos[r], pair, ro.rot, ro.freqs, ro.theta_base, &c, &sn);
+            rope_rotate(plus_bias(acc[0][r], ro.bias, h0 + a),
+                        plus_bias(acc[1][r], ro.bias, h0 + b), c, sn, &dh[a], &dh[b]);
+          }
+      } else {
+        const int64_t rows[1] = {h0 + a};
+        float acc[1][R];
+        rows_dot<1, R, XF32>(w, rows, in, lane, xs, acc);
+        if (lane == 0)
+#pragma unroll
+          for (int r = 0; r < R; r++) qk_head(ro, r, h)[a] = plus_bias(acc[0][r], ro.bias, h0 + a);
+      }
+    } else {
+      const int e = o - qk_items;
+      const int64_t rows[1] = {(int64_t)(ro.n_q + ro.n_k) * hd + e};
+      float acc[1][R];
+      rows_dot<1, R, XF32>(w, rows, in, lane, xs, acc);
+      if (lane == 0)
+#pragma unroll
+        for (int r = 0; r < R; r++)
+          ro.v[(int64_t)r * ro.n_v * hd + e] = plus_bias(acc[0][r], ro.bias, rows[0]);
+    }
   } else {
-    const uint4 *wr[1] = {(const uint4 *)(w + (size_t)o * in)};
+    const int64_t rows[1] = {o};
     float acc[1][R];
-    gemv_warp_dots<1, R, XF32, true>(wr, in / 8, lane, xs, acc);
+    rows_dot<1, R, XF32>(w, rows, in, lane, xs, acc);
     if (lane == 0)
 #pragma unroll
-      for (int r = 0; r < R; r++) ((float *)y)[(size_t)r * out + o] = acc[0][r];
+      for (int r = 0; r < R; r++) ((float *)y)[(size_t)r * n_items + o] = acc[0][r];
   }
 }
 
@@ -628,27 +719,48 @@ extern "C" int pd_cuda_gemv_f16(const void *w, const void *x, enum pd_dtype x_dt
 
 template <int R, typename ActT>
 static void norm_gemv_launch(const void *w, const float *x, const int32_t *idx, const float *nw,
-                             float eps, int swiglu, void *y, int in, int out, size_t smem,
-                             cudaStream_t s) {
-  const unsigned blocks = (unsigned)((out + GEMV_WARPS - 1) / GEMV_WARPS);
-  if (swiglu)
-    norm_gemv_kernel<R, ActT, true>
-        <<<blocks, GEMV_WARPS * 32, smem, s>>>((const __half *)w, x, idx, nw, eps, y, in, out);
+                             float eps, int epi, void *y, int in, int n_items, const QkvRopeOut &ro,
+                             size_t smem, cudaStream_t s) {
+  const unsigned blocks = (unsigned)((n_items + GEMV_WARPS - 1) / GEMV_WARPS);
+  const __half *wh = (const __half *)w;
+  if (epi == EPI_SWIGLU)
+    norm_gemv_kernel<R, ActT, EPI_SWIGLU>
+        <<<blocks, GEMV_WARPS * 32, smem, s>>>(wh, x, idx, nw, eps, y, in, n_items, ro);
+  else if (epi == EPI_QKV_ROPE)
+    norm_gemv_kernel<R, ActT, EPI_QKV_ROPE>
+        <<<blocks, GEMV_WARPS * 32, smem, s>>>(wh, x, idx, nw, eps, y, in, n_items, ro);
   else
-    norm_gemv_kernel<R, ActT, false>
-        <<<blocks, GEMV_WARPS * 32, smem, s>>>((const __half *)w, x, idx, nw, eps, y, in, out);
+    norm_gemv_kernel<R, ActT, EPI_PLAIN>
+        <<<blocks, GEMV_WARPS * 32, smem, s>>>(wh, x, idx, nw, eps, y, in, n_items, ro);
 }
 
 template <typename ActT>
 static void norm_gemv_rows(int rows, const void *w, const float *x, const int32_t *idx,
-                           const float *nw, float eps, int swiglu, void *y, int in, int out,
-                           size_t smem, cudaStream_t s) {
+                           const float *nw, float eps, int epi, void *y, int in, int n_items,
+                           const QkvRopeOut &ro, size_t smem, cudaStream_t s) {
   switch (rows) {
-  case 1: norm_gemv_launch<1, ActT>(w, x, idx, nw, eps, swiglu, y, in, out, smem, s); break;
-  case 2: norm_gemv_launch<2, ActT>(w, x, idx, nw, eps, swiglu, y, in, out, smem, s); break;
-  case 3: norm_gemv_launch<3, ActT>(w, x, idx, nw, eps, swiglu, y, in, out, smem, s); break;
-  default: norm_gemv_launch<4, ActT>(w, x, idx, nw, eps, swiglu, y, in, out, smem, s); break;
+  case 1: norm_gemv_launch<1, ActT>(w, x, idx, nw, eps, epi, y, in, n_items, ro, smem, s); break;
+  case 2: norm_gemv_launch<2, ActT>(w, x, idx, nw, eps, epi, y, in, n_items, ro, smem, s); break;
+  case 3: norm_gemv_launch<3, ActT>(w, x, idx, nw, eps, epi, y, in, n_items, ro, smem, s); break;
+  default: norm_gemv_launch<4, ActT>(w, x, idx, nw, eps, epi, y, in, n_items, ro, smem, s); break;
   }
+}
+
+/* The launch for rows rows and activation dtype act (pd_cuda_norm_gemv_ok has accepted both). */
+static int norm_gemv_run(const void *w, const float *x, const int32_t *idx, const float *nw,
+                         float eps, enum pd_dtype act, int epi, void *y, int64_t rows, int64_t in,
+                         int64_t n_items, const QkvRopeOut &ro, void *stream, char *err,
+                         size_t errlen) {
+  if (!rows) return PD_OK;
+  const size_t smem = (size_t)rows * (size_t)in * pd_dtype_size(act);
+  cudaStream_t s = (cudaStream_t)stream;
+  if (act == PD_DTYPE_F32)
+    norm_gemv_rows<float>((int)rows, w, x, idx, nw, eps, epi, y, (int)in, (int)n_items, ro, smem,
+                          s);
+  else
+    norm_gemv_rows<__half>((int)rows, w, x, idx, nw, eps, epi, y, (int)in, (int)n_items, ro, smem,
+                           s);
+  return launched("norm_gemv", err, errlen);
 }
 
 extern "C" int pd_cuda_norm_gemv_ok(int64_t rows, int64_t in, enum pd_dtype act_dtype) {
@@ -669,14 +781,30 @@ extern "C" int pd_cuda_norm_gemv_f16(const void *w, const float *x, const int32_
                    "weights not 16-byte aligned)",
                    (long long)rows, (long long)in, (long long)out, swiglu ? " x 2 (swiglu)" : "",
                    pd_dtype_name(act_dtype));
-  if (!rows) return PD_OK;
-  const size_t smem = (size_t)rows * (size_t)in * pd_dtype_size(act_dtype);
-  cudaStream_t s = (cudaStream_t)stream;
-  if (act_dtype == PD_DTYPE_F32)
-    norm_gemv_rows<float>((int)rows, w, x, idx, norm_w, eps, swiglu ? 1 : 0, y, (int)in, (int)out,
-                          smem, s);
-  else
-    norm_gemv_rows<__half>((int)rows, w, x, idx, norm_w, eps, swiglu ? 1 : 0, y, (int)in, (int)out,
-                           smem, s);
-  return launched("norm_gemv", err, errlen);
+  return norm_gemv_run(w, x, idx, norm_w, eps, act_dtype, swiglu ? EPI_SWIGLU : EPI_PLAIN, y, rows,
+                       in, out, QkvRopeOut{}, stream, err, errlen);
+}
+
+extern "C" int pd_cuda_norm_gemv_qkv_rope_f16(const void *w, const float *x, const float *norm_w,
+                                              float eps, enum pd_dtype act_dtype, float *q,
+                                              float *k, float *v, const float *bias, int64_t rows,
+                                              int64_t in, int n_heads, int n_kv_heads, int head_dim,
+                                              int rot_dim, const int32_t *pos, const float *freqs,
+                                              float theta_base, int neox, void *stream, char *err,
+                                              size_t errlen) {
+  if (!rope_shape_ok(rows, n_heads + 2 * n_kv_heads, head_dim, rot_dim, err, errlen))
+    return PD_EINVAL;
+  if (n_kv_heads <= 0 || !pd_cuda_norm_gemv_ok(rows, in, act_dtype) || ((uintptr_t)w & 15))
+    return pd_errf(err, errlen, PD_EINVAL,
+                   "norm_gemv_qkv_rope: refused (%lld rows of %lld, %d kv heads, activations %s, "
+                   "or the weights not 16-byte aligned)",
+                   (long long)rows, (long long)in, n_kv_heads, pd_dtype_name(act_dtype));
+  const int per_head = rot_dim / 2 + (head_dim - rot_dim);
+  const int64_t n_items =
+      (int64_t)(n_heads + n_kv_heads) * per_head + (int64_t)n_kv_heads * head_dim;
+  const QkvRopeOut ro = {q,        k,          v,           bias,       pos,
+                         freqs,    theta_base, n_heads,     n_kv_heads, n_kv_heads,
+                         head_dim, rot_dim,    neox ? 1 : 0};
+  return norm_gemv_run(w, x, NULL, norm_w, eps, act_dtype, EPI_QKV_ROPE, NULL, rows, in, n_items,
+                       ro, stream, err, errlen);
 }

@@ -2,7 +2,7 @@
  * pd_cuda_ops.h -- the small kernels of a Llama layer on the GPU, callable from C: RMSNorm,
  * rotary position embedding (normal and NEOX), SwiGLU, residual add, bias add, embedding gather,
  * f32 -> f16 conversion, greedy argmax, and the decode-sized GEMV on f16 weights (alone, or with
- * the RMSNorm before it and the SwiGLU after it fused in).
+ * the RMSNorm before it and the SwiGLU or the QKV split and RoPE after it fused in).
  *
  * Each one is the twin of a CPU function (kernels/cpu/pd_ops.h, pd_llama.c, pd_sampler.c) and
  * follows its arithmetic step by step, so the only differences left are the order of the RMSNorm
@@ -127,6 +127,24 @@ int pd_cuda_norm_gemv_ok(int64_t rows, int64_t in, enum pd_dtype act_dtype);
 int pd_cuda_norm_gemv_f16(const void *w, const float *x, const int32_t *idx, const float *norm_w,
                           float eps, enum pd_dtype act_dtype, int swiglu, void *y, int64_t rows,
                           int64_t in, int64_t out, void *stream, char *err, size_t errlen);
+
+/*
+ * The decode step's first three kernels of a layer in one launch: the same bits as
+ *   pd_cuda_rmsnorm(xn, act_dtype, x, NULL, norm_w, rows, in, eps)
+ *   pd_cuda_gemv_f16(w, xn, act_dtype, qkv, rows, in, (n_heads + 2 n_kv_heads) head_dim, 0.0f)
+ *   pd_cuda_qkv_rope(q, k, v, qkv, bias, rows, n_heads, n_kv_heads, head_dim, rot_dim, pos,
+ *                    freqs, theta_base, neox)
+ * without xn and qkv: a warp computes the two outputs of a rotating pair and rotates them.
+ * w is the stacked QKV weight ((n_heads + 2 n_kv_heads) head_dim, in) f16, 16-byte aligned; the
+ * other arguments are those of the three calls. pd_cuda_norm_gemv_ok(rows, in, act_dtype) must
+ * hold.
+ */
+int pd_cuda_norm_gemv_qkv_rope_f16(const void *w, const float *x, const float *norm_w, float eps,
+                                   enum pd_dtype act_dtype, float *q, float *k, float *v,
+                                   const float *bias, int64_t rows, int64_t in, int n_heads,
+                                   int n_kv_heads, int head_dim, int rot_dim, const int32_t *pos,
+                                   const float *freqs, float theta_base, int neox, void *stream,
+                                   char *err, size_t errlen);
 
 /* out (n) f16 = x (n) f32, rounded to nearest even (pd_f32_to_f16). */
 int pd_cuda_f32_to_f16(void *out, const float *x, int64_t n, void *stream, char *err,

@@ -13,7 +13,8 @@
  *                                                pos * 6e-8 rad)
  *   swiglu f32             rel 1e-6, abs 1e-30  (exp may differ in the last bit)
  *   add, add_bias, embed, f32_to_f16, argmax, the v part of qkv_rope: bit for bit
- *   norm_gemv (RMSNorm + GEMV + SwiGLU fused): the bytes of the three kernels it replaces
+ *   norm_gemv (RMSNorm + GEMV + SwiGLU or QKV split + RoPE, fused): the bytes of the three
+ *                          kernels it replaces
  *   gemm, f32 weights      1e-5 * sum_k |x_k w_k| (pd_matmul exact: same products, other order)
  *   gemm, f16 weights      4e-3 * sum_k |x_k w_k| (inputs rounded to f16)
  * Exits 77 (skipped) when there is no GPU.
@@ -599,6 +600,83 @@ START_TEST(norm_gemv_equals_the_three_kernels) {
 }
 END_TEST
 
+/* pd_cuda_norm_gemv_qkv_rope_f16 against rmsnorm, the f16 GEMV and qkv_rope: the same bytes
+ * of q, k and v, with and without biases, normal and NEOX pairs, a partial rotation (dimensions
+ * that pass through), the host's frequency table and the device's pow. */
+START_TEST(norm_gemv_qkv_rope_equals_the_three_kernels) {
+  /* in, heads, kv heads, head_dim, rot_dim, neox, bias, frequency table */
+  const int cases[3][8] = {
+      {576, 9, 3, 64, 64, 0, 0, 1}, {256, 4, 2, 64, 64, 1, 1, 0}, {264, 2, 1, 128, 32, 1, 1, 1}};
+  char err[256] = "";
+  for (int ci = 0; ci < 3; ci++) {
+    const int in = cases[ci][0], H = cases[ci][1], Hkv = cases[ci][2], hd = cases[ci][3];
+    const int rot = cases[ci][4], neox = cases[ci][5];
+    const int nq = H * hd, nkv = Hkv * hd, out = nq + 2 * nkv;
+    float *x = frand_vec((size_t)4 * in, 3.0f), *nw = frand_vec((size_t)in, 0.1f);
+    float *bias = frand_vec((size_t)out, 0.5f), *freqs = host_freqs(1e4f, rot);
+    for (int i = 0; i < in; i++) nw[i] += 1.0f;
+    uint16_t *wh = malloc(sizeof(uint16_t) * (size_t)out * in);
+    for (size_t i = 0; i < (size_t)out * in; i++) wh[i] = pd_f32_to_f16(0.2f * frand());
+    int32_t pos[4];
+    for (int r = 0; r < 4; r++) pos[r] = irand(4096);
+    float *dx = dput(x, sizeof(float) * 4 * in), *dnw = dput(nw, sizeof(float) * in);
+    float *db = cases[ci][6] ? dput(bias, sizeof(float) * out) : NULL;
+    float *dfr = cases[ci][7] ? dput(freqs, sizeof(float) * (rot / 2 ? rot / 2 : 1)) : NULL;
+    void *dw = dput(wh, sizeof(uint16_t) * (size_t)out * in);
+    int32_t *dpos = dput(pos, sizeof pos);
+    void *dxn = dpoison(sizeof(float) * 4 * in);
+    float *dqkv = dpoison(sizeof(float) * 4 * out);
+    const size_t sizes[3] = {sizeof(float) * 4 * nq, sizeof(float) * 4 * nkv,
+                             sizeof(float) * 4 * nkv};
+    for (int act = 0; act < 2; act++) {
+      const enum pd_dtype at = act ? PD_DTYPE_F16 : PD_DTYPE_F32;
+      for (int rows = 1; rows <= PD_CUDA_GEMV_MAX_ROWS; rows++) {
+        float *ref[3], *got[3];
+        for (int j = 0; j < 3; j++) ref[j] = dpoison(sizes[j]), got[j] = dpoison(sizes[j]);
+        ck_assert_msg(
+            pd_cuda_rmsnorm(dxn, at, dx, NULL, dnw, rows, in, 1e-5f, NULL, err, sizeof err) == 0 &&
+                pd_cuda_gemv_f16(dw, dxn, at, dqkv, rows, in, out, 0.0f, NULL, err, sizeof err) ==
+                    0 &&
+                pd_cuda_qkv_rope(ref[0], ref[1], ref[2], dqkv, db, rows, H, Hkv, hd, rot, dpos, dfr,
+                                 1e4f, neox, NULL, err, sizeof err) == 0,
+            "%s", err);
+        ck_assert_msg(pd_cuda_norm_gemv_qkv_rope_f16(dw, dx, dnw, 1e-5f, at, got[0], got[1], got[2],
+                                                     db, rows, in, H, Hkv, hd, rot, dpos, dfr, 1e4f,
+                                                     neox, NULL, err, sizeof err) == 0,
+                      "%s", err);
+        for (int j = 0; j < 3; j++) {
+          uint8_t *a = malloc(sizes[j]), *b = malloc(sizes[j]);
+          dget(a, ref[j], sizes[j]);
+          dget(b, got[j], sizes[j]);
+          /* only the first rows rows are written; the rest stay poisoned on both sides */
+          ck_assert_msg(!memcmp(a, b, sizes[j]),
+                        "norm_gemv_qkv_rope case %d rows %d %s: %c differs from rmsnorm + gemv + "
+                        "qkv_rope",
+                        ci, rows, pd_dtype_name(at), "qkv"[j]);
+          free(a), free(b);
+          cudaFree(ref[j]), cudaFree(got[j]);
+        }
+      }
+      printf("ok: norm_gemv_qkv_rope %d/%d heads, head_dim %d, rot %d, neox %d, bias %d, table %d, "
+             "%s activations: rows 1-%d bit for bit\n",
+             H, Hkv, hd, rot, neox, cases[ci][6], cases[ci][7], pd_dtype_name(at),
+             PD_CUDA_GEMV_MAX_ROWS);
+    }
+    cudaFree(dx), cudaFree(dnw), cudaFree(db), cudaFree(dfr), cudaFree(dw), cudaFree(dpos);
+    cudaFree(dxn), cudaFree(dqkv);
+    free(x), free(nw), free(bias), free(freqs), free(wh);
+  }
+  ck_assert_int_eq(pd_cuda_norm_gemv_qkv_rope_f16(NULL, NULL, NULL, 1e-5f, PD_DTYPE_F16, NULL, NULL,
+                                                  NULL, NULL, 1, 64, 2, 0, 64, 64, NULL, NULL, 1e4f,
+                                                  0, NULL, err, sizeof err),
+                   PD_EINVAL);
+  ck_assert_int_eq(pd_cuda_norm_gemv_qkv_rope_f16(NULL, NULL, NULL, 1e-5f, PD_DTYPE_F16, NULL, NULL,
+                                                  NULL, NULL, 5, 64, 2, 1, 64, 64, NULL, NULL, 1e4f,
+                                                  0, NULL, err, sizeof err),
+                   PD_EINVAL);
+}
+END_TEST
+
 START_TEST(bad_arguments_are_refused) {
   char err[256] = "";
   ck_assert_int_eq(pd_cuda_rope(NULL, 1, 2, 64, 63, NULL, NULL, 1e4f, 0, NULL, err, sizeof err),
@@ -637,6 +715,7 @@ int main(void) {
   tcase_add_test(tc, argmax_matches_greedy_sampling);
   tcase_add_test(tc, gemm_matches_pd_matmul);
   tcase_add_test(tc, norm_gemv_equals_the_three_kernels);
+  tcase_add_test(tc, norm_gemv_qkv_rope_equals_the_three_kernels);
   tcase_add_test(tc, bad_arguments_are_refused);
   suite_add_tcase(s, tc);
   return pd_check_run(s, 0);
