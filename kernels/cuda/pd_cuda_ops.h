@@ -122,7 +122,9 @@ int pd_cuda_gemv_f16(const void *w, const void *x, enum pd_dtype x_dtype, float 
  *   y:      swiglu = 0: (rows, out) f32; swiglu = 1: (rows, out) of act_dtype
  * pd_cuda_norm_gemv_ok says whether a shape can run (else call the three kernels).
  */
-#define PD_CUDA_NORM_GEMV_MAX_SMEM 49152
+/* 46 KiB: a launch may use 48 KiB of shared memory without opting in, and the kernel's own
+ * static arrays (at most 144 bytes) count against that too */
+#define PD_CUDA_NORM_GEMV_MAX_SMEM 47104
 int pd_cuda_norm_gemv_ok(int64_t rows, int64_t in, enum pd_dtype act_dtype);
 int pd_cuda_norm_gemv_f16(const void *w, const float *x, const int32_t *idx, const float *norm_w,
                           float eps, enum pd_dtype act_dtype, int swiglu, void *y, int64_t rows,

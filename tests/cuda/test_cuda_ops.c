@@ -536,10 +536,11 @@ END_TEST
  * both activation dtypes, with and without SwiGLU and a row gather, and output counts that leave
  * the last thread block partly empty. */
 START_TEST(norm_gemv_equals_the_three_kernels) {
-  const int shapes[3][2] = {{576, 960}, {264, 7}, {1536, 37}}; /* in, out */
+  /* in, out; 4 f32 rows of 2,944 fill PD_CUDA_NORM_GEMV_MAX_SMEM exactly */
+  const int shapes[4][2] = {{576, 960}, {264, 7}, {1536, 37}, {2944, 5}};
   const int32_t idx[4] = {5, 0, 3, 3};
   char err[256] = "";
-  for (int si = 0; si < 3; si++) {
+  for (int si = 0; si < 4; si++) {
     const int in = shapes[si][0], out = shapes[si][1], wrows = 2 * out;
     float *x = frand_vec((size_t)6 * in, 3.0f), *nw = frand_vec((size_t)in, 0.1f);
     for (int i = 0; i < in; i++) nw[i] += 1.0f;
