@@ -512,9 +512,11 @@ static int norm_gemm(pd_llama_cuda *c, const pd_cuda_weight *w, const float *nor
   const float eps = c->model->rms_eps;
   char *err = c->err;
   const size_t el = sizeof c->err;
-  if (fuse_norm(c, w, R))
+  if (fuse_norm(c, w, R)) {
+    c->n_fused_gemv++;
     return pd_cuda_norm_gemv_f16(w->data, c->x, NULL, norm_w, eps, c->act, 0, y, R, w->in_dim,
                                  w->out_dim, c->stream, err, el);
+  }
   int rc =
       pd_cuda_rmsnorm(c->xn, c->act, c->x, NULL, norm_w, R, w->in_dim, eps, c->stream, err, el);
   return rc ? rc : pd_cuda_gemm_run(&c->gemm, w, c->xn, c->act, y, R, 0.0f, err, el);
@@ -527,11 +529,13 @@ static int norm_qkv_rope(pd_llama_cuda *c, const pd_llama_cuda_layer *L, int R,
   const pd_model *m = c->model;
   char *err = c->err;
   const size_t el = sizeof c->err;
-  if (fuse_norm(c, &L->wqkv, R))
+  if (fuse_norm(c, &L->wqkv, R)) {
+    c->n_fused_gemv++;
     return pd_cuda_norm_gemv_qkv_rope_f16(
         L->wqkv.data, c->x, L->attn_norm, m->rms_eps, c->act, c->q, c->k, c->v, L->bqkv, R,
         L->wqkv.in_dim, m->n_heads, m->n_kv_heads, m->head_dim, m->rot_dim, pos, c->rope_freqs,
         m->rope_theta, m->rope_neox, c->stream, err, el);
+  }
   int rc = norm_gemm(c, &L->wqkv, L->attn_norm, R, c->qkv);
   return rc ? rc
             : pd_cuda_qkv_rope(c->q, c->k, c->v, c->qkv, L->bqkv, R, m->n_heads, m->n_kv_heads,
@@ -546,9 +550,11 @@ static int norm_gemm_swiglu(pd_llama_cuda *c, const pd_cuda_weight *w_gu, const 
   const int64_t f = w_gu->out_dim / 2;
   char *err = c->err;
   const size_t el = sizeof c->err;
-  if (fuse_norm(c, w_gu, R))
+  if (fuse_norm(c, w_gu, R)) {
+    c->n_fused_gemv++;
     return pd_cuda_norm_gemv_f16(w_gu->data, c->x, NULL, norm_w, c->model->rms_eps, c->act, 1,
                                  c->ffn, R, w_gu->in_dim, f, c->stream, err, el);
+  }
   int rc = norm_gemm(c, w_gu, norm_w, R, c->gu);
   return rc ? rc
             : pd_cuda_swiglu(c->ffn, c->act, c->gu, c->gu + f, R, f, 2 * f, c->stream, err, el);

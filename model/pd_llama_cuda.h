@@ -92,6 +92,7 @@ typedef struct pd_llama_cuda {
   char graph_err[256];                     /* why graphs were turned off, if they were */
   int graphs_off;                          /* a capture failed: graphs stay off for this context */
   uint64_t n_eager, n_captures, n_replays; /* steps run each way (for tests and benchmarks) */
+  uint64_t n_fused_gemv;  /* fused norm GEMV launches enqueued (captures count once; for tests) */
   int last_shared_blocks; /* the shared_blocks the last batch was given (for tests) */
 
   void *stream; /* cudaStream_t, owned, non-blocking */

@@ -120,7 +120,8 @@ int pd_cuda_gemv_f16(const void *w, const void *x, enum pd_dtype x_dtype, float 
  *   x:      f32 rows of in elements; row i reads row idx[i] of x, or row i when idx is NULL
  *   norm_w: (in) f32
  *   y:      swiglu = 0: (rows, out) f32; swiglu = 1: (rows, out) of act_dtype
- * pd_cuda_norm_gemv_ok says whether a shape can run (else call the three kernels).
+ * pd_cuda_norm_gemv_ok says whether a shape can run (else call the three kernels). y must not
+ * overlap x (other thread blocks still read x while one writes y); the same for q, k, v below.
  */
 /* 46 KiB: a launch may use 48 KiB of shared memory without opting in, and the kernel's own
  * static arrays (at most 144 bytes) count against that too */

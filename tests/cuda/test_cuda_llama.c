@@ -402,6 +402,10 @@ START_TEST(fused_gemv_equals_separate_kernels) {
   pd_llama_cuda fused, separate;
   decode_three_twice(m, (const int[2]){1, 1}, (const int[2]){1, 0}, &la, &lb, &fused, &separate,
                      "fused vs separate");
+  /* two fused launches a layer for every step enqueued (eager or captured) */
+  ck_assert_msg(fused.n_fused_gemv >= (uint64_t)2 * m->n_layers && separate.n_fused_gemv == 0,
+                "fused launches: %llu with fused_gemv, %llu without",
+                (unsigned long long)fused.n_fused_gemv, (unsigned long long)separate.n_fused_gemv);
   for (size_t i = 0; i < (size_t)3 * V; i++)
     ck_assert_msg(!memcmp(&la[i], &lb[i], sizeof(float)),
                   "logit %zu: fused %.9g, separate %.9g (not the same bits)", i, la[i], lb[i]);
