@@ -57,8 +57,10 @@
  *   pools only) -- the same grid, tiles and outputs with one m16n8k16 f16 mma per product: Q and
  *   P rounded to f16, f32 sums; K/V tiles copied from the pool by cp.async into two stages (the
  *   next tile in flight while this one is computed), S's accumulators reused as P's A fragments,
- *   V's B fragments by a transposing ldmatrix. Written without a GPU at hand: its test pass and
- *   figures come from the next GPU run (scripts/gpu-check); tf32 x2 stays the default until then.
+ *   V's B fragments by a transposing ldmatrix. Written without a GPU at hand: its per-lane index
+ *   math, pipeline and masking were simulated in Python against the PTX ISA's fragment layouts
+ *   (they matched numpy), but its test pass and figures come from the next GPU run
+ *   (scripts/gpu-check); tf32 x2 stays the default until then.
  *
  * kv_store -- one thread block per new row, threads across (K|V, kv_head, dim); f32 -> pool
  *   dtype with the integer round-to-nearest-even of common/pd_dtype.h, bit for bit
