@@ -24,7 +24,9 @@
  *    pd_cuda_blocks_from_host in each transfer mode, beside one pinned 64 MiB cudaMemcpyAsync
  *    host-to-device in the same run; and the spill direction (pd_cuda_blocks_to_host).
  *
- * usage: attn_bench [--out results.md]
+ * usage: attn_bench [--out results.md] [--decode-only]
+ *   --decode-only: section 1 alone (for sweeps of PD_CUDA_DECODE_GRID, one process each: the
+ *   kernel reads the variable once)
  */
 #include <cuda_runtime.h>
 #include <math.h>
@@ -395,7 +397,18 @@ static int bench_restore(char *md, size_t cap) {
 }
 
 int main(int argc, char **argv) {
-  const char *outp = argc > 2 && !strcmp(argv[1], "--out") ? argv[2] : NULL;
+  const char *outp = NULL;
+  int decode_only = 0;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--out") && i + 1 < argc) {
+      outp = argv[++i];
+    } else if (!strcmp(argv[i], "--decode-only")) {
+      decode_only = 1;
+    } else {
+      fprintf(stderr, "usage: attn_bench [--out results.md] [--decode-only]\n");
+      return 2;
+    }
+  }
   if (pd_cuda_device_count() == 0) {
     fprintf(stderr, "attn_bench: no CUDA device\n");
     return 1;
@@ -417,6 +430,21 @@ int main(int argc, char **argv) {
       n += snprintf(dec + n, sizeof dec - (size_t)n, "| %s | %s | %.1f us | %.0f GB/s | %.0f%% |\n",
                     shapes[i].name, pd_dtype_name(dts[d]), us, gbps, 100.0 * gbps / copy);
     }
+  const char *grid_env = getenv("PD_CUDA_DECODE_GRID");
+  if (decode_only) { /* the decode grid sweep (scripts/gpu-check bench): section 1 alone */
+    printf("device: %s\nPD_CUDA_DECODE_GRID=%s\n\n%s", p.name, grid_env ? grid_env : "(unset)",
+           dec);
+    FILE *f = outp ? fopen(outp, "w") : NULL;
+    if (outp && !f) return 1;
+    if (f) {
+      fprintf(f,
+              "# Decode attention, PD_CUDA_DECODE_GRID=%s\n\nDevice: %s. Command: "
+              "`PD_CUDA_DECODE_GRID=%s attn_bench --decode-only --out %s`.\n\n%s",
+              grid_env ? grid_env : "(unset)", p.name, grid_env ? grid_env : "", outp, dec);
+      fclose(f);
+    }
+    return 0;
+  }
   void *flush;
   CK(cudaMalloc(&flush, (size_t)256 << 20));
   bench_cascade(casc, sizeof casc, flush);
