@@ -164,8 +164,8 @@ def test_timing_audit_cross_tenant_hits_are_invisible(tiny_model, data_dir):
 def test_scheduling_order_does_not_depend_on_another_tenants_cache(tiny_model, data_dir):
     """--max-running 1. A third tenant's long request runs; meanwhile the victim queues a
     request for prompt P, then the attacker queues one for P and one for Q. The order in which
-    they complete is the same whether the victim had P cached or not."""
-    orders = {}
+    the engine admits them is the same whether the victim had P cached or not."""
+    orders, offsets = {}, {}
     for cached in (False, True):
         os.makedirs(f"{data_dir}/{cached}")
         d = Daemon(tiny_model, f"{data_dir}/{cached}", admin_key=ADMIN,
@@ -181,19 +181,16 @@ def test_scheduling_order_does_not_depend_on_another_tenants_cache(tiny_model, d
                 prompt=ids_prompt(doc("sched-b", 0)), max_tokens=1700,
                 sampling=pb.SamplingParams(ignore_eos=True)), timeout=60)
             next(blocker)
-            done, lock = [], threading.Lock()
+            admitted, lock = {}, threading.Lock()
 
             def run(name, who, ids):
-                # 400 tokens each: one request runs for 25 ms or more (100 tokens took 9 ms
-                # on the tiny model, close enough to the client threads' own jitter to swap two
-                # of them now and then), so the order in which the client threads see them end
-                # is the order the engine ran them
-                generate(d.stub(keys[who]), ids_prompt(ids), max_tokens=400,
-                         sampling=pb.SamplingParams(ignore_eos=True))
+                # 400 tokens each: one request runs alone for 25 ms or more
+                _, _, final = generate(d.stub(keys[who]), ids_prompt(ids), max_tokens=400,
+                                       sampling=pb.SamplingParams(ignore_eos=True))
                 with lock:
-                    done.append(name)
+                    admitted[name] = final.timings.queue_ms / 1e3
             admin = d.stub(ADMIN)
-            threads = []
+            threads, confirmed = [], {}
             for name, who, ids in (("victim-P", "victim", p), ("attacker-P", "attacker", p),
                                    ("attacker-Q", "attacker", q)):
                 t = threading.Thread(target=run, args=(name, who, ids))
@@ -204,13 +201,25 @@ def test_scheduling_order_does_not_depend_on_another_tenants_cache(tiny_model, d
                 while admin.Stats(pb.StatsRequest()).queue_depth < want:
                     assert time.monotonic() < end, "the request was not queued"
                     time.sleep(0.005)
+                confirmed[name] = time.monotonic()
             blocker.cancel()  # all three are queued, in order: let them run
+            released = time.monotonic()
             for t in threads:
                 t.join(60)
-            orders[cached] = done
+            # The order the engine admitted them, on the engine's own clock: a request's
+            # queue_ms runs from its arrival (just before `confirmed`, within one poll) to its
+            # admission, so queue_ms - (released - confirmed) is its admission time after the
+            # release, give or take a poll (~5 ms), against 25 ms or more between two admissions
+            # (each runs 400 tokens alone under --max-running 1). The order in which the client
+            # threads finish reading their streams is not used: a Python client can fall tens of
+            # milliseconds behind a 400-token stream, and two of them then swap.
+            after = {n: admitted[n] - (released - confirmed[n]) for n in admitted}
+            orders[cached] = sorted(after, key=after.get)
+            offsets[cached] = {n: round(v * 1e3, 1) for n, v in after.items()}
         finally:
             assert d.stop() == 0
-    report("scheduling_order", uncached=orders[False], cached=orders[True])
+    report("scheduling_order", uncached=orders[False], cached=orders[True],
+           admitted_ms_after_release={"uncached": offsets[False], "cached": offsets[True]})
     assert len(orders[True]) == 3 and orders[True] == orders[False], orders
 
 
