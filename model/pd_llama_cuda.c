@@ -356,8 +356,7 @@ int pd_llama_cuda_init(pd_llama_cuda *c, const pd_model *m, int block_tokens,
   c->max_tokens = max_tokens;
   c->max_seqs = max_seqs;
   c->use_graphs = 1;
-  const char *fuse_env = getenv("PD_CUDA_FUSED_GEMV");
-  c->fused_gemv = fuse_env && fuse_env[0] == '1';
+  c->fused_gemv = pd_cuda_env_flag("PD_CUDA_FUSED_GEMV");
   int rc;
   cudaError_t e = cudaGetDevice(&c->device);
   cudaStream_t st = NULL;

@@ -85,8 +85,8 @@ typedef struct pd_llama_cuda {
   /* 1: steps of at most PD_CUDA_GEMV_MAX_ROWS rows on f16 weights run each RMSNorm inside the
    * GEMV after it, the QKV split and RoPE inside the QKV GEMV, and SwiGLU inside the gate|up GEMV
    * (pd_cuda_norm_gemv_f16, pd_cuda_norm_gemv_qkv_rope_f16): four launches fewer a layer (seven
-   * instead of eleven), the same bits. 0: separate kernels. Default: PD_CUDA_FUSED_GEMV=1 in the
-   * environment at init, else 0 (it waits for its first GPU run); may be changed between calls. */
+   * instead of eleven), the same bits. 0: separate kernels. Default at init: 1 when PD_CUDA_FUSED_GEMV
+   * is set (pd_cuda_env_flag), else 0 (it waits for its first GPU run); may change between calls. */
   int fused_gemv;
   char err[256];                           /* the last error's message */
   char graph_err[256];                     /* why graphs were turned off, if they were */

@@ -308,7 +308,6 @@ static int bench_prefill(char *md, size_t cap) {
   for (int i = 0; i < 2; i++)
     for (int k = 0; k < 3; k++) {
       static const int kinds[3] = {PD_CUDA_TILE_TF32, PD_CUDA_TILE_F16, PD_CUDA_TILE_SIMT};
-      static const char *names[3] = {"tensor cores (tf32 x2)", "tensor cores (f16)", "SIMT f32"};
       int past = pasts[i], nn = n_new;
       pd_cuda_attn_set_tile_kernel(kinds[k]);
       dbatch d;
@@ -320,7 +319,8 @@ static int bench_prefill(char *md, size_t cap) {
       double flops = 4.0 * n_heads * hd * pos;
       n += snprintf(md + n, cap - (size_t)n,
                     "| after %d cached tokens | %s | %.2f ms | %.1f ms | %.1f TFLOP/s |\n", past,
-                    names[k], us / 1e3, 30 * us / 1e3, flops / (us / 1e6) / 1e12);
+                    pd_cuda_attn_tile_kernel_name(kinds[k]), us / 1e3, 30 * us / 1e3,
+                    flops / (us / 1e6) / 1e12);
     }
   pd_cuda_attn_set_tile_kernel(PD_CUDA_TILE_TF32);
   return n;

@@ -197,9 +197,7 @@ int main(int argc, char **argv) {
             "the %s tile kernel.\n\n",
             prop.name, prop.multiProcessorCount, (double)prop.totalGlobalMem / (1 << 30), desc,
             graphs ? (g.graphs_off ? "asked for but turned off" : "on") : "off",
-            pd_cuda_attn_tile_kernel() == PD_CUDA_TILE_SIMT  ? "SIMT f32"
-            : pd_cuda_attn_tile_kernel() == PD_CUDA_TILE_F16 ? "f16 (PD_CUDA_ATTN_F16=1)"
-                                                             : "tf32 x2");
+            pd_cuda_attn_tile_kernel_name(pd_cuda_attn_tile_kernel()));
     fprintf(f,
             "Command: `cuda_model_bench MODEL.gguf --out FILE%s` with MODEL.gguf from "
             "`prefixd-mkgguf -o MODEL.gguf --like smollm2-135m`.\n\n",

@@ -825,6 +825,22 @@ template <int HD> constexpr size_t mma_smem_bytes() {
          sizeof(float);
 }
 
+/* The mma tile kernels' per-lane state before the first KV tile: the last visible position of
+ * this lane's rows r = 16 warp + g + 8 h (h = 0, 1; -1: not a pair to compute), O (o[nd], the S
+ * fragment layout over dims) zero, the rows' max m -inf and sum l zero. */
+template <int MODE, int ND>
+__device__ __forceinline__ void mma_rows_init(const TileArgs &a, const TileCtx &c, int warp, int g,
+                                              int *lim, float (*o)[4], float *m, float *l) {
+#pragma unroll
+  for (int h = 0; h < 2; h++) {
+    int row, gg, wsi;
+    pair_info<MODE>(a, c.seq, c.p0 + 16 * warp + g + 8 * h, c.n_pairs, &row, &gg, &lim[h], &wsi);
+    m[h] = -INFINITY, l[h] = 0.0f;
+  }
+#pragma unroll
+  for (int nd = 0; nd < ND; nd++) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.0f;
+}
+
 /* The online softmax step of the mma tile kernels on one warp's S fragments (16 rows by TB_N
  * positions: row g in s[j][0..1], row g + 8 in s[j][2..3], columns 8 j + 2 t, + 1): masks the
  * positions at or past hi and past each row's limit, updates the rows' max m and sum l, rescales
@@ -916,16 +932,9 @@ __global__ void __launch_bounds__(MMA_THREADS) tile_mma(TileArgs a) {
   TileCtx c;
   if (!tile_setup<MODE>(a, &sh_seq, &sh_p0, &c)) return; /* uniform over the block */
   load_q_tile<HD, MODE, MMA_THREADS>(a, c, Qs, LDQ);
-  /* this lane's rows of the tile: r = 16 warp + g + 8 h, h = 0, 1 */
   int lim[2];
-#pragma unroll
-  for (int h = 0; h < 2; h++) {
-    int row, gg, wsi;
-    pair_info<MODE>(a, c.seq, c.p0 + 16 * warp + g + 8 * h, c.n_pairs, &row, &gg, &lim[h], &wsi);
-  }
-  float o[ND][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-#pragma unroll
-  for (int nd = 0; nd < ND; nd++) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.0f;
+  float o[ND][4], m[2], l[2];
+  mma_rows_init<MODE, ND>(a, c, warp, g, lim, o, m, l);
   const float *Qw = Qs + 16 * warp * LDQ;
   float *Pw = Ps + 16 * warp * LDP;
   for (int kv0 = c.lo; kv0 < c.hi; kv0 += TB_N) {
@@ -1109,14 +1118,8 @@ template <int HD, int MODE> __global__ void __launch_bounds__(MMA_THREADS) tile_
     qa[kk][3] = *(const uint32_t *)&Qw[(g + 8) * LD + 16 * kk + 8 + 2 * t];
   }
   int lim[2];
-#pragma unroll
-  for (int h = 0; h < 2; h++) {
-    int row, gg, wsi;
-    pair_info<MODE>(a, c.seq, c.p0 + 16 * warp + g + 8 * h, c.n_pairs, &row, &gg, &lim[h], &wsi);
-  }
-  float o[ND][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-#pragma unroll
-  for (int nd = 0; nd < ND; nd++) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.0f;
+  float o[ND][4], m[2], l[2];
+  mma_rows_init<MODE, ND>(a, c, warp, g, lim, o, m, l);
   int stage = 0;
   for (int kv0 = c.lo; kv0 < c.hi; kv0 += TB_N, stage ^= 1) {
     __half *Ks = stage0 + stage * 2 * TB_N * LD, *Vs = Ks + TB_N * LD;
@@ -1443,7 +1446,7 @@ extern "C" void pd_cuda_attn_set_tile_kernel(int kind) {
   tile_kind.store(kind == PD_CUDA_TILE_SIMT || kind == PD_CUDA_TILE_F16 ? kind : PD_CUDA_TILE_TF32);
 }
 
-static bool env_on(const char *name) {
+extern "C" int pd_cuda_env_flag(const char *name) {
   const char *e = getenv(name);
   return e && *e && strcmp(e, "0") != 0;
 }
@@ -1451,12 +1454,16 @@ static bool env_on(const char *name) {
 extern "C" int pd_cuda_attn_tile_kernel(void) {
   int v = tile_kind.load();
   if (v < 0) {
-    v = env_on("PD_CUDA_ATTN_SIMT")  ? PD_CUDA_TILE_SIMT
-        : env_on("PD_CUDA_ATTN_F16") ? PD_CUDA_TILE_F16
-                                     : PD_CUDA_TILE_TF32;
+    v = pd_cuda_env_flag("PD_CUDA_ATTN_SIMT")  ? PD_CUDA_TILE_SIMT
+        : pd_cuda_env_flag("PD_CUDA_ATTN_F16") ? PD_CUDA_TILE_F16
+                                               : PD_CUDA_TILE_TF32;
     tile_kind.store(v);
   }
   return v;
+}
+
+extern "C" const char *pd_cuda_attn_tile_kernel_name(int kind) {
+  return kind == PD_CUDA_TILE_SIMT ? "SIMT f32" : kind == PD_CUDA_TILE_F16 ? "f16" : "tf32 x2";
 }
 
 template <int HD, typename T, int MODE>

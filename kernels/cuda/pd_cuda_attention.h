@@ -69,6 +69,12 @@ enum { PD_CUDA_TILE_SIMT = 0, PD_CUDA_TILE_TF32 = 1, PD_CUDA_TILE_F16 = 2 };
 void pd_cuda_attn_set_tile_kernel(int kind);
 /* The tile kernel in use: the last one set, else the environment's choice, else TF32. */
 int pd_cuda_attn_tile_kernel(void);
+/* A PD_CUDA_TILE_* kind's name for reports ("tf32 x2", "f16", "SIMT f32"); a static string. */
+const char *pd_cuda_attn_tile_kernel_name(int kind);
+
+/* Whether the environment variable name turns a switch on: set, not empty and not "0". The rule
+ * of every PD_CUDA_* switch (PD_CUDA_ATTN_SIMT, PD_CUDA_ATTN_F16, PD_CUDA_FUSED_GEMV). */
+int pd_cuda_env_flag(const char *name);
 
 /*
  * How pd_cuda_blocks_to_host / pd_cuda_blocks_from_host move scattered blocks (process-wide; for

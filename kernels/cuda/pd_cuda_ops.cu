@@ -33,6 +33,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include <type_traits>
+
 #include "pd_cuda_err.h"
 #include "pd_cuda_ops.h"
 #include "pd_err.h"
@@ -464,29 +466,29 @@ __device__ __forceinline__ void half8_to_f32(uint4 u, float *f) {
   }
 }
 
-/* 8 consecutive activations of row r as f32: x f32 (two 16-byte loads) or f16 (one). */
-template <bool XF32> __device__ __forceinline__ void gemv_x8(const void *x, int64_t i8, float *f) {
-  if (XF32) {
-    const float4 a = __ldg((const float4 *)x + 2 * i8), b = __ldg((const float4 *)x + 2 * i8 + 1);
-    f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
-  } else {
-    half8_to_f32(__ldg((const uint4 *)x + i8), f);
-  }
+/* 16 bytes at p: through the read-only cache (NC: global memory the kernel never writes) or a
+ * plain load (shared memory, which __ldg cannot address). */
+template <bool NC, typename V> __device__ __forceinline__ V load16(const V *p) {
+  if (NC) return __ldg(p);
+  return *p;
 }
 
-/* 8 consecutive activations of row r from shared memory (norm_gemv_kernel's normed rows). */
-template <bool XF32> __device__ __forceinline__ void smem_x8(const void *x, int64_t i8, float *f) {
+/* The 8 activations of 16-byte chunk i8 (row r's chunk c is r * n8 + c) as f32: x f32 (two
+ * 16-byte loads) or f16 (one); NC as for load16. */
+template <bool XF32, bool NC>
+__device__ __forceinline__ void x8_to_f32(const void *x, int64_t i8, float *f) {
   if (XF32) {
-    const float4 a = ((const float4 *)x)[2 * i8], b = ((const float4 *)x)[2 * i8 + 1];
+    const float4 a = load16<NC>((const float4 *)x + 2 * i8);
+    const float4 b = load16<NC>((const float4 *)x + 2 * i8 + 1);
     f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
   } else {
-    half8_to_f32(((const uint4 *)x)[i8], f);
+    half8_to_f32(load16<NC>((const uint4 *)x + i8), f);
   }
 }
 
 /*
  * The dot products of one warp: acc[k][r] = W row k . x row r for NW weight rows (wr[k], n8
- * 16-byte chunks each) and R activation rows (X8 loads 8 of them: gemv_x8 or smem_x8). Lanes
+ * 16-byte chunks each) and R activation rows (in shared memory when XSMEM, else global). Lanes
  * stride the chunks; each weight load serves all R rows; f32 fused multiply-adds, then a
  * butterfly over the warp: the same order, and so the same bits, in every kernel that uses it.
  * Every lane ends with the totals.
@@ -506,10 +508,7 @@ __device__ __forceinline__ void gemv_warp_dots(const uint4 *const *wr, int n8, i
 #pragma unroll
     for (int r = 0; r < R; r++) {
       float xf[8];
-      if (XSMEM)
-        smem_x8<XF32>(x, (int64_t)r * n8 + c, xf);
-      else
-        gemv_x8<XF32>(x, (int64_t)r * n8 + c, xf);
+      x8_to_f32<XF32, !XSMEM>(x, (int64_t)r * n8 + c, xf);
 #pragma unroll
       for (int k = 0; k < NW; k++)
 #pragma unroll
@@ -602,11 +601,13 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
   __shared__ float part[R][ROW_THREADS / 32];
   __shared__ float inv[R];
   const int t = threadIdx.x, lane = t % 32, warp = t / 32;
+  const float *xr[R]; /* the source rows */
+#pragma unroll
+  for (int r = 0; r < R; r++) xr[r] = x + (idx ? (int64_t)idx[r] : (int64_t)r) * in;
 #pragma unroll
   for (int r = 0; r < R; r++) {
-    const float *xr = x + (idx ? (int64_t)idx[r] : (int64_t)r) * in;
-    const float lo = warp_sum_rn(rms_partial(xr, in, t));
-    const float hi = warp_sum_rn(rms_partial(xr, in, t + GEMV_WARPS * 32));
+    const float lo = warp_sum_rn(rms_partial(xr[r], in, t));
+    const float hi = warp_sum_rn(rms_partial(xr[r], in, t + GEMV_WARPS * 32));
     if (lane == 0) part[r][warp] = lo, part[r][warp + GEMV_WARPS] = hi;
   }
   __syncthreads();
@@ -616,11 +617,9 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
   }
   __syncthreads();
 #pragma unroll
-  for (int r = 0; r < R; r++) {
-    const float *xr = x + (idx ? (int64_t)idx[r] : (int64_t)r) * in;
+  for (int r = 0; r < R; r++)
     for (int i = t; i < in; i += GEMV_WARPS * 32)
-      store_out(xs + (size_t)r * in + i, rms_scale(xr[i], inv[r], norm_w[i]));
-  }
+      store_out(xs + (size_t)r * in + i, rms_scale(xr[r][i], inv[r], norm_w[i]));
   __syncthreads();
   const int o = blockIdx.x * GEMV_WARPS + warp;
   if (o >= n_items) return;
@@ -681,6 +680,18 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
   }
 }
 
+/* f(std::integral_constant<int, rows>()) for rows 1 .. PD_CUDA_GEMV_MAX_ROWS: the row count
+ * of a GEMV launch as a template argument (the callers have checked the range). */
+template <typename F> static void with_rows(int64_t rows, F f) {
+  static_assert(PD_CUDA_GEMV_MAX_ROWS == 4, "one case per row count");
+  switch (rows) {
+  case 1: f(std::integral_constant<int, 1>()); break;
+  case 2: f(std::integral_constant<int, 2>()); break;
+  case 3: f(std::integral_constant<int, 3>()); break;
+  default: f(std::integral_constant<int, 4>()); break;
+  }
+}
+
 template <int R>
 static void gemv_launch(const void *w, const void *x, int x_f32, float *y, int in, int out,
                         float beta, cudaStream_t s) {
@@ -706,12 +717,7 @@ extern "C" int pd_cuda_gemv_f16(const void *w, const void *x, enum pd_dtype x_dt
   if (!rows) return PD_OK;
   cudaStream_t s = (cudaStream_t)stream;
   const int xf = x_dtype == PD_DTYPE_F32;
-  switch (rows) {
-  case 1: gemv_launch<1>(w, x, xf, y, (int)in, (int)out, beta, s); break;
-  case 2: gemv_launch<2>(w, x, xf, y, (int)in, (int)out, beta, s); break;
-  case 3: gemv_launch<3>(w, x, xf, y, (int)in, (int)out, beta, s); break;
-  default: gemv_launch<4>(w, x, xf, y, (int)in, (int)out, beta, s); break;
-  }
+  with_rows(rows, [&](auto R) { gemv_launch<R.value>(w, x, xf, y, (int)in, (int)out, beta, s); });
   return launched("gemv", err, errlen);
 }
 
@@ -734,18 +740,6 @@ static void norm_gemv_launch(const void *w, const float *x, const int32_t *idx, 
         <<<blocks, GEMV_WARPS * 32, smem, s>>>(wh, x, idx, nw, eps, y, in, n_items, ro);
 }
 
-template <typename ActT>
-static void norm_gemv_rows(int rows, const void *w, const float *x, const int32_t *idx,
-                           const float *nw, float eps, int epi, void *y, int in, int n_items,
-                           const QkvRopeOut &ro, size_t smem, cudaStream_t s) {
-  switch (rows) {
-  case 1: norm_gemv_launch<1, ActT>(w, x, idx, nw, eps, epi, y, in, n_items, ro, smem, s); break;
-  case 2: norm_gemv_launch<2, ActT>(w, x, idx, nw, eps, epi, y, in, n_items, ro, smem, s); break;
-  case 3: norm_gemv_launch<3, ActT>(w, x, idx, nw, eps, epi, y, in, n_items, ro, smem, s); break;
-  default: norm_gemv_launch<4, ActT>(w, x, idx, nw, eps, epi, y, in, n_items, ro, smem, s); break;
-  }
-}
-
 /* The launch for rows rows and activation dtype act (pd_cuda_norm_gemv_ok has accepted both). */
 static int norm_gemv_run(const void *w, const float *x, const int32_t *idx, const float *nw,
                          float eps, enum pd_dtype act, int epi, void *y, int64_t rows, int64_t in,
@@ -754,12 +748,14 @@ static int norm_gemv_run(const void *w, const float *x, const int32_t *idx, cons
   if (!rows) return PD_OK;
   const size_t smem = (size_t)rows * (size_t)in * pd_dtype_size(act);
   cudaStream_t s = (cudaStream_t)stream;
-  if (act == PD_DTYPE_F32)
-    norm_gemv_rows<float>((int)rows, w, x, idx, nw, eps, epi, y, (int)in, (int)n_items, ro, smem,
-                          s);
-  else
-    norm_gemv_rows<__half>((int)rows, w, x, idx, nw, eps, epi, y, (int)in, (int)n_items, ro, smem,
-                           s);
+  with_rows(rows, [&](auto R) {
+    if (act == PD_DTYPE_F32)
+      norm_gemv_launch<R.value, float>(w, x, idx, nw, eps, epi, y, (int)in, (int)n_items, ro, smem,
+                                       s);
+    else
+      norm_gemv_launch<R.value, __half>(w, x, idx, nw, eps, epi, y, (int)in, (int)n_items, ro, smem,
+                                        s);
+  });
   return launched("norm_gemv", err, errlen);
 }
 
