@@ -30,7 +30,7 @@ import jsonschema
 import openai
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from openai_side_by_side import ROOT, run_each_server, server_args  # noqa: E402
+from openai_side_by_side import ROOT, require_files, run_each_server, server_args  # noqa: E402
 
 S, I, N, B = {"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"}
 LIST = {"type": "array", "items": S}
@@ -162,9 +162,7 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=200)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench/results/json_mode.md"))
     args = ap.parse_args()
-    for path in (args.llama_server, args.prefixd, args.model):
-        if not os.path.exists(path):
-            sys.exit(f"json_mode.py: {path} does not exist")
+    require_files(args, "json_mode.py")
     results = run_each_server(args, lambda name, port: run_server(name, port, args.max_tokens))
     lines = [
         "# JSON output: prefixd beside llama-server",

@@ -90,6 +90,14 @@ def start_llama(binary, model, threads, slots, ctx, data_dir, extra=()):
     return proc, port
 
 
+def require_files(args, script):
+    """Exits with one line naming the first of args' llama-server, prefixd and model paths that
+    does not exist."""
+    for path in (args.llama_server, args.prefixd, args.model):
+        if not os.path.exists(path):
+            sys.exit(f"{script}: {path} does not exist")
+
+
 def run_each_server(args, run_server, llama_extra=()):
     """Runs run_server(name, port) against a fresh prefixd, then a fresh llama-server (one slot,
     4,096 tokens of context, llama_extra added), each in its own data folder and stopped after.

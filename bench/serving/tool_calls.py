@@ -28,7 +28,7 @@ import openai
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from json_mode import wait_ready  # noqa: E402
-from openai_side_by_side import ROOT, run_each_server, server_args  # noqa: E402
+from openai_side_by_side import ROOT, require_files, run_each_server, server_args  # noqa: E402
 
 
 def function(name, description, **props):
@@ -121,9 +121,7 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=120)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench/results/tool_calls.md"))
     args = ap.parse_args()
-    for path in (args.llama_server, args.prefixd, args.model):
-        if not os.path.exists(path):
-            sys.exit(f"tool_calls.py: {path} does not exist")
+    require_files(args, "tool_calls.py")
     results = run_each_server(args, lambda name, port: run_server(port, args.max_tokens),
                               llama_extra=("--jinja",))
     lines = [
