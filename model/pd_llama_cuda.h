@@ -30,7 +30,10 @@
  * into a graph and launched; afterwards the graph is replayed. Graphs and eager runs enqueue the
  * same kernels with the same arguments. If a capture fails (a callee that cannot be captured),
  * graphs are turned off for the context and the reason kept in graph_err. use_graphs = 0 turns
- * them off by hand.
+ * them off by hand. With programmatic dependent launch on (pd_cuda_launch.h: pd_cuda_set_pdl or
+ * PD_CUDA_PDL=1, Hopper and later) each kernel of a step is launched while the one before it
+ * finishes, eager or in a graph (a graph is keyed on the switch too); the results are the same
+ * bits.
  *
  * Ownership: the context owns every device buffer, the stream, the cuBLAS handle and the graphs;
  * the model is borrowed (it must outlive the context); the KV pool belongs to the caller
@@ -67,6 +70,7 @@ typedef struct pd_llama_cuda_layer {
 typedef struct pd_llama_cuda_graph {
   const void *pool;
   int32_t n_seqs, max_blocks, shared_blocks, n_want, greedy, fused;
+  int32_t pdl;       /* pd_cuda_pdl() at capture: the graph's kernel edges are programmatic */
   void *exec;        /* cudaGraphExec_t; NULL: seen once, not captured yet */
   uint64_t last_use; /* for least-recently-used replacement */
 } pd_llama_cuda_graph;

@@ -12,12 +12,14 @@
  * 2. Cascade: 64 sequences sharing a 4,096-token prefix (256 blocks), each with its own 64-token
  *    tail, one decode row each, the default model's shape: pd_cuda_attn with shared_blocks = 256
  *    (prefix on the tf32, the SIMT and the f16 tile kernel) against the same batch with
- *    shared_blocks = 0 (per-sequence paged decode). Timed with L2
+ *    shared_blocks = 0 (per-sequence paged decode); and the prefix split coarser than the
+ *    default's 128 positions a thread block (pd_cuda_attn_set_cascade_split). Timed with L2
  *    flushed before every call (a 256 MiB memset outside the timed range: in a forward pass
  *    the weights stream through L2 between two attention calls) and warm (back-to-back calls).
  * 3. Prefill: 4,096 new tokens on the default model's shape (9 / 3 heads, head_dim 64, f16), one
  *    layer's pd_cuda_attn, and that x 30 layers; also after 28,672 cached tokens; tf32, f16 and
- *    SIMT tile kernels. FLOPs counted:
+ *    SIMT tile kernels; and from 0 cached tokens with the causal tiles handed out in launch order
+ *    (pd_cuda_attn_set_prefill_order(0)) instead of longest first. FLOPs counted:
  *    4 * n_heads * head_dim per (row, visible position).
  * 4. Restore: N scattered blocks of the default model (2 * 30 * 3 * 16 * 64 * 2 = 368,640 bytes)
  *    from pinned host slots (shuffled) to pool blocks (shuffled) through
@@ -273,13 +275,25 @@ static int bench_cascade(char *md, size_t cap, void *flush) {
     casc_cold[kind] = time_attn(&d, &L, n_heads, 20, flush);
     casc_warm[kind] = time_attn(&d, &L, n_heads, 50, NULL);
   }
+  /* coarser splits of the prefix (fewer, longer thread blocks; the workspace sized for the
+   * default's 128 covers them), L2 flushed */
+  static const int splits[3] = {256, 512, 1024};
+  double casc_split[3][2];
+  for (int i = 0; i < 3; i++) {
+    pd_cuda_attn_set_cascade_split(splits[i]);
+    for (int k = 0; k < 2; k++) {
+      pd_cuda_attn_set_tile_kernel(k ? PD_CUDA_TILE_F16 : PD_CUDA_TILE_TF32);
+      casc_split[i][k] = time_attn(&d, &L, n_heads, 20, flush);
+    }
+  }
+  pd_cuda_attn_set_cascade_split(0);
   pd_cuda_attn_set_tile_kernel(PD_CUDA_TILE_TF32);
   d.b.shared_blocks = 0;
   double plain_cold = time_attn(&d, &L, n_heads, 20, flush);
   double plain_warm = time_attn(&d, &L, n_heads, 50, NULL);
   dbatch_free(&d);
   double kv = (double)n_seqs * (prefix + tail + 1) * 3 * 64 * 2 * 2;
-  return snprintf(
+  int n = snprintf(
       md, cap,
       "| 64 seqs on a shared 4,096-token prefix (+64-token tails), 9/3 heads, hd 64, f16 | "
       "cascade, tensor cores (tf32 x2) | cascade, SIMT | cascade, tensor cores (f16) | "
@@ -293,6 +307,16 @@ static int bench_cascade(char *md, size_t cap, void *flush) {
       plain_cold / casc_cold[PD_CUDA_TILE_F16], casc_warm[PD_CUDA_TILE_TF32],
       casc_warm[PD_CUDA_TILE_SIMT], casc_warm[PD_CUDA_TILE_F16], plain_warm,
       plain_warm / casc_warm[PD_CUDA_TILE_TF32], plain_warm / casc_warm[PD_CUDA_TILE_F16]);
+  n += snprintf(md + n, cap - (size_t)n,
+                "\n| fewest prefix positions per thread block (L2 flushed) | tf32 x2 | f16 | "
+                "speed-up (f16) |\n| --- | --- | --- | --- |\n| 128 (the default) | %.1f us | "
+                "%.1f us | %.2fx |\n",
+                casc_cold[PD_CUDA_TILE_TF32], casc_cold[PD_CUDA_TILE_F16],
+                plain_cold / casc_cold[PD_CUDA_TILE_F16]);
+  for (int i = 0; i < 3; i++)
+    n += snprintf(md + n, cap - (size_t)n, "| %d | %.1f us | %.1f us | %.2fx |\n", splits[i],
+                  casc_split[i][0], casc_split[i][1], plain_cold / casc_split[i][1]);
+  return n;
 }
 
 /* ---- 3. prefill -------------------------------------------------------------------------------- */
@@ -304,12 +328,15 @@ static int bench_prefill(char *md, size_t cap) {
       snprintf(md, cap,
                "| prefill of 4,096 new tokens, 9/3 heads, hd 64, f16 | kernel | one layer | x 30 "
                "layers | attention FLOP/s |\n| --- | --- | --- | --- | --- |\n");
-  const int pasts[2] = {0, 28672};
-  for (int i = 0; i < 2; i++)
+  /* the last two rows: the tiles handed out in launch order instead of longest first */
+  const int pasts[4] = {0, 28672, 0, 0}, orders[4] = {1, 1, 0, 0};
+  for (int i = 0; i < 4; i++)
     for (int k = 0; k < 3; k++) {
       static const int kinds[3] = {PD_CUDA_TILE_TF32, PD_CUDA_TILE_F16, PD_CUDA_TILE_SIMT};
+      if (!orders[i] && kinds[k] == PD_CUDA_TILE_SIMT) continue;
       int past = pasts[i], nn = n_new;
       pd_cuda_attn_set_tile_kernel(kinds[k]);
+      pd_cuda_attn_set_prefill_order(orders[i]);
       dbatch d;
       dbatch_make(&d, &L, n_heads, 1, &past, &nn, 0);
       double us = time_attn(&d, &L, n_heads, 5, NULL);
@@ -318,10 +345,12 @@ static int bench_prefill(char *md, size_t cap) {
       double pos = (double)n_new * past + (double)n_new * (n_new + 1) / 2;
       double flops = 4.0 * n_heads * hd * pos;
       n += snprintf(md + n, cap - (size_t)n,
-                    "| after %d cached tokens | %s | %.2f ms | %.1f ms | %.1f TFLOP/s |\n", past,
-                    pd_cuda_attn_tile_kernel_name(kinds[k]), us / 1e3, 30 * us / 1e3,
+                    "| after %d cached tokens | %s%s | %.2f ms | %.1f ms | %.1f TFLOP/s |\n", past,
+                    pd_cuda_attn_tile_kernel_name(kinds[k]),
+                    orders[i] ? "" : ", tiles in launch order", us / 1e3, 30 * us / 1e3,
                     flops / (us / 1e6) / 1e12);
     }
+  pd_cuda_attn_set_prefill_order(1);
   pd_cuda_attn_set_tile_kernel(PD_CUDA_TILE_TF32);
   return n;
 }
@@ -418,7 +447,7 @@ int main(int argc, char **argv) {
   double copy = copy_gbps();
   shape shapes[2] = {{"default model: 64 seqs, 9/3 heads, hd 64, 2,048 tokens", 64, 9, 3, 64, 2048},
                      {"16 seqs, 32/8 heads, hd 128, 4,096 tokens", 16, 32, 8, 128, 4096}};
-  static char dec[2048], casc[2048], pre[2048], res[4096];
+  static char dec[2048], casc[4096], pre[4096], res[4096];
   int n = snprintf(dec, sizeof dec,
                    "| shape | cache | time | KV read | vs device copy (%.0f GB/s) |\n"
                    "| --- | --- | --- | --- | --- |\n",

@@ -4,10 +4,13 @@
  * weights and an f16 KV cache, greedy sampling on the device:
  *   decode tokens/s at batch 1      one sequence after a 512-token prompt, 256 timed steps, with
  *                                   the separate RMSNorm/RoPE/SwiGLU kernels and with them fused into
- *                                   the GEMVs (fused_gemv), alternating, best of 3 rounds each
+ *                                   the GEMVs (fused_gemv), each in plain stream order and with
+ *                                   programmatic dependent launch (PDL, pd_cuda_launch.h; where the
+ *                                   GPU has it): four variants, alternating, best of 3 rounds each
  *   decode tokens/s at batch 64     64 sequences after 512-token prompts each, 128 timed steps,
- *                                   aggregate (64 tokens per step)
- *   prefill of 4,096 tokens         one sequence, one call, the median of 5 (after a warm-up)
+ *                                   aggregate (64 tokens per step); without and with PDL
+ *   prefill of 4,096 tokens         one sequence, one call, the median of 5 (after a warm-up);
+ *                                   without and with PDL
  * Each forward call is synchronous, so wall time around the calls is the figure. Decode steps
  * run from CUDA graphs after the first two steps of a shape (pd_llama_cuda.h); --no-graphs turns
  * them off.
@@ -22,6 +25,7 @@
 #include <time.h>
 
 #include "pd_cuda_attention.h"
+#include "pd_cuda_launch.h"
 #include "pd_cuda_ops.h"
 #include "pd_err.h"
 #include "pd_llama_cuda.h"
@@ -113,17 +117,25 @@ int main(int argc, char **argv) {
   for (int i = 0; i < PREFILL; i++) tok[i] = 100 + (i * 7919) % 40000;
   int32_t ids[BATCH];
 
+  /* PDL where the GPU has it (compute capability 9.0 and up); the default comes back after */
+  const int pdl_default = pd_cuda_pdl();
+  pd_cuda_set_pdl(1);
+  const int pdl_ok = pd_cuda_pdl(), n_pdl = pdl_ok ? 2 : 1;
+  pd_cuda_set_pdl(pdl_default);
+
   /* decode at batch 1: sequence 0, its prompt once, then the same positions with the separate
-   * norm kernels and with the fused norm GEMVs (alternating, ROUNDS times each; the best round
-   * of each counts). Both give the same tokens (tests/cuda/test_cuda_llama.c checks the bits). */
+   * norm kernels and with the fused norm GEMVs, each without and with PDL (alternating, ROUNDS
+   * times each; the best round of each counts). All give the same tokens
+   * (tests/cuda/test_cuda_llama.c checks the bits). */
   pd_llama_seq s = {tok, PROMPT, 0, table, per_seq, 1};
   if ((rc = pd_llama_cuda_forward_ex(&g, pool, &s, 1, NULL, ids))) die("prompt", &g, rc);
   const int32_t first = ids[0];
-  double t_dec1_by[2] = {1e30, 1e30}; /* [fused_gemv] seconds for STEPS1 steps */
+  double t_dec1_by[2][2] = {{1e30, 1e30}, {1e30, 1e30}}; /* [pdl][fused_gemv] s for STEPS1 */
   const int fused_default = g.fused_gemv;
-  for (int round = 0; round < 2 * ROUNDS; round++) {
-    const int fused = round % 2;
+  for (int round = 0; round < 2 * n_pdl * ROUNDS; round++) {
+    const int fused = round % 2, pdl = (round / 2) % n_pdl;
     g.fused_gemv = fused;
+    pd_cuda_set_pdl(pdl);
     int32_t cur = first;
     for (int i = 0; i < WARM + STEPS1; i++) {
       if (i == WARM) t0 = now_s();
@@ -132,13 +144,15 @@ int main(int argc, char **argv) {
       cur = ids[0];
     }
     const double t = now_s() - t0;
-    if (t < t_dec1_by[fused]) t_dec1_by[fused] = t;
+    if (t < t_dec1_by[pdl][fused]) t_dec1_by[pdl][fused] = t;
   }
   g.fused_gemv = fused_default;
-  for (int fused = 0; fused < 2; fused++)
-    printf("decode batch 1, %s: %.0f tokens/s (%.3f ms per token)\n",
-           fused ? "fused norm GEMVs" : "separate kernels", STEPS1 / t_dec1_by[fused],
-           1e3 * t_dec1_by[fused] / STEPS1);
+  pd_cuda_set_pdl(pdl_default);
+  for (int pdl = 0; pdl < n_pdl; pdl++)
+    for (int fused = 0; fused < 2; fused++)
+      printf("decode batch 1, %s%s: %.0f tokens/s (%.3f ms per token)\n",
+             fused ? "fused norm GEMVs" : "separate kernels", pdl ? ", PDL" : "",
+             STEPS1 / t_dec1_by[pdl][fused], 1e3 * t_dec1_by[pdl][fused] / STEPS1);
 
   /* decode at batch 64: prompts of 512 tokens each (different per sequence), 8 per call */
   static pd_llama_seq seqs[BATCH];
@@ -153,32 +167,44 @@ int main(int argc, char **argv) {
     if ((rc = pd_llama_cuda_forward_ex(&g, pool, seqs, n, NULL, ids + b0)))
       die("batch prompts", &g, rc);
   }
-  int32_t curs[BATCH];
-  memcpy(curs, ids, sizeof curs);
-  for (int i = 0; i < WARM + STEPS64; i++) {
-    if (i == WARM) t0 = now_s();
-    for (int b = 0; b < BATCH; b++)
-      seqs[b] = (pd_llama_seq){&curs[b], 1, PROMPT + i, table + (size_t)b * per_seq, per_seq, 1};
-    if ((rc = pd_llama_cuda_forward_ex(&g, pool, seqs, BATCH, NULL, curs)))
-      die("decode 64", &g, rc);
+  int32_t start[BATCH];
+  memcpy(start, ids, sizeof start);
+  double dec64_tps_by[2] = {0, 0}, dec64_ms_by[2] = {0, 0}; /* [pdl] */
+  for (int pdl = 0; pdl < n_pdl; pdl++) { /* the same positions again, and the same tokens */
+    pd_cuda_set_pdl(pdl);
+    int32_t curs[BATCH];
+    memcpy(curs, start, sizeof curs);
+    for (int i = 0; i < WARM + STEPS64; i++) {
+      if (i == WARM) t0 = now_s();
+      for (int b = 0; b < BATCH; b++)
+        seqs[b] = (pd_llama_seq){&curs[b], 1, PROMPT + i, table + (size_t)b * per_seq, per_seq, 1};
+      if ((rc = pd_llama_cuda_forward_ex(&g, pool, seqs, BATCH, NULL, curs)))
+        die("decode 64", &g, rc);
+    }
+    const double t = now_s() - t0;
+    dec64_tps_by[pdl] = (double)BATCH * STEPS64 / t, dec64_ms_by[pdl] = 1e3 * t / STEPS64;
+    printf("decode batch 64%s: %.0f tokens/s aggregate (%.3f ms per step)\n", pdl ? ", PDL" : "",
+           dec64_tps_by[pdl], dec64_ms_by[pdl]);
   }
-  const double t_dec64 = now_s() - t0, dec64_tps = (double)BATCH * STEPS64 / t_dec64;
-  printf("decode batch 64: %.0f tokens/s aggregate (%.3f ms per step)\n", dec64_tps,
-         1e3 * t_dec64 / STEPS64);
 
   /* prefill 4,096 tokens in one call, into the blocks after the decoding sequences' */
-  double runs[PREFILL_RUNS];
+  double prefill_ms_by[2] = {0, 0}; /* [pdl] */
   s = (pd_llama_seq){tok, PREFILL, 0, table + (size_t)BATCH * per_seq, prefill_blocks, 1};
-  if ((rc = pd_llama_cuda_forward_ex(&g, pool, &s, 1, NULL, ids))) die("prefill warm-up", &g, rc);
-  for (int r = 0; r < PREFILL_RUNS; r++) {
-    t0 = now_s();
-    if ((rc = pd_llama_cuda_forward_ex(&g, pool, &s, 1, NULL, ids))) die("prefill", &g, rc);
-    runs[r] = now_s() - t0;
+  for (int pdl = 0; pdl < n_pdl; pdl++) {
+    pd_cuda_set_pdl(pdl);
+    double runs[PREFILL_RUNS];
+    if ((rc = pd_llama_cuda_forward_ex(&g, pool, &s, 1, NULL, ids))) die("prefill warm-up", &g, rc);
+    for (int r = 0; r < PREFILL_RUNS; r++) {
+      t0 = now_s();
+      if ((rc = pd_llama_cuda_forward_ex(&g, pool, &s, 1, NULL, ids))) die("prefill", &g, rc);
+      runs[r] = now_s() - t0;
+    }
+    qsort(runs, PREFILL_RUNS, sizeof runs[0], cmp_double);
+    prefill_ms_by[pdl] = 1e3 * runs[PREFILL_RUNS / 2];
+    printf("prefill %d tokens%s: %.2f ms (%.0f tokens/s)\n", PREFILL, pdl ? ", PDL" : "",
+           prefill_ms_by[pdl], PREFILL / (prefill_ms_by[pdl] / 1e3));
   }
-  qsort(runs, PREFILL_RUNS, sizeof runs[0], cmp_double);
-  const double prefill_ms = 1e3 * runs[PREFILL_RUNS / 2];
-  printf("prefill %d tokens: %.2f ms (%.0f tokens/s)\n", PREFILL, prefill_ms,
-         PREFILL / (prefill_ms / 1e3));
+  pd_cuda_set_pdl(pdl_default);
   printf("steps: %llu eager, %llu graph captures, %llu graph replays%s%s\n",
          (unsigned long long)g.n_eager, (unsigned long long)g.n_captures,
          (unsigned long long)g.n_replays, g.graphs_off ? "; graphs turned off: " : "",
@@ -203,30 +229,35 @@ int main(int argc, char **argv) {
             "`prefixd-mkgguf -o MODEL.gguf --like smollm2-135m`.\n\n",
             graphs ? "" : " --no-graphs");
     fprintf(f, "| figure | measured | target | verdict |\n| --- | --- | --- | --- |\n");
-    for (int fused = 0; fused < 2; fused++) {
-      const double tps = STEPS1 / t_dec1_by[fused];
+    for (int pdl = 0; pdl < n_pdl; pdl++)
+      for (int fused = 0; fused < 2; fused++) {
+        const double tps = STEPS1 / t_dec1_by[pdl][fused];
+        fprintf(f,
+                "| decode, batch 1 (context %d..%d), %s%s | %.0f tokens/s (%.3f ms/token) | >= "
+                "1,000 tokens/s | %s |\n",
+                PROMPT + WARM, PROMPT + WARM + STEPS1,
+                fused ? "RMSNorm, RoPE and SwiGLU fused into the GEMVs (fused_gemv = 1)"
+                      : "separate RMSNorm, RoPE and SwiGLU kernels",
+                pdl ? ", PDL" : "", tps, 1e3 * t_dec1_by[pdl][fused] / STEPS1,
+                tps >= 1000 ? "met" : "not met");
+      }
+    for (int pdl = 0; pdl < n_pdl; pdl++)
       fprintf(f,
-              "| decode, batch 1 (context %d..%d), %s | %.0f tokens/s (%.3f ms/token) | >= "
-              "1,000 tokens/s | %s |\n",
-              PROMPT + WARM, PROMPT + WARM + STEPS1,
-              fused ? "RMSNorm, RoPE and SwiGLU fused into the GEMVs (fused_gemv = 1)"
-                    : "separate RMSNorm, RoPE and SwiGLU kernels",
-              tps, 1e3 * t_dec1_by[fused] / STEPS1, tps >= 1000 ? "met" : "not met");
-    }
-    fprintf(f,
-            "| decode, batch 64 (context %d..%d each) | %.0f tokens/s aggregate (%.3f ms/step) "
-            "| >= 20,000 tokens/s | %s |\n",
-            PROMPT + WARM, PROMPT + WARM + STEPS64, dec64_tps, 1e3 * t_dec64 / STEPS64,
-            dec64_tps >= 20000 ? "met" : "not met");
-    fprintf(f,
-            "| prefill, %d tokens in one call (median of %d) | %.2f ms (%.0f tokens/s) | <= 15 "
-            "ms | %s |\n",
-            PREFILL, PREFILL_RUNS, prefill_ms, PREFILL / (prefill_ms / 1e3),
-            prefill_ms <= 15.0 ? "met" : "not met");
+              "| decode, batch 64 (context %d..%d each)%s | %.0f tokens/s aggregate (%.3f "
+              "ms/step) | >= 20,000 tokens/s | %s |\n",
+              PROMPT + WARM, PROMPT + WARM + STEPS64, pdl ? ", PDL" : "", dec64_tps_by[pdl],
+              dec64_ms_by[pdl], dec64_tps_by[pdl] >= 20000 ? "met" : "not met");
+    for (int pdl = 0; pdl < n_pdl; pdl++)
+      fprintf(f,
+              "| prefill, %d tokens in one call (median of %d)%s | %.2f ms (%.0f tokens/s) | <= "
+              "15 ms | %s |\n",
+              PREFILL, PREFILL_RUNS, pdl ? ", PDL" : "", prefill_ms_by[pdl],
+              PREFILL / (prefill_ms_by[pdl] / 1e3), prefill_ms_by[pdl] <= 15.0 ? "met" : "not met");
     fprintf(f,
             "\nBatch 64 and prefill ran with fused_gemv = %d (the fusion applies to steps of at "
-            "most %d rows).\n",
-            fused_default, PD_CUDA_GEMV_MAX_ROWS);
+            "most %d rows). PDL: programmatic dependent launch (pd_cuda_launch.h), %s.\n",
+            fused_default, PD_CUDA_GEMV_MAX_ROWS,
+            pdl_ok ? "measured in the rows marked PDL" : "not supported on this GPU");
     fprintf(f, "\nSteps: %llu eager, %llu graph captures, %llu graph replays.\n",
             (unsigned long long)g.n_eager, (unsigned long long)g.n_captures,
             (unsigned long long)g.n_replays);

@@ -42,7 +42,8 @@
  *   tile's last row + 1) with a causal mask per row. Cascade: pairs are (sequence, head) of every
  *   decoding sequence, the KV range is the shared prefix, read through sequence 0's block table
  *   (equal for all by contract), no mask. Few tiles and long contexts: the KV range is split
- *   across grid.z (each block writes partials; merge_rows or merge_seq combines them).
+ *   across grid.z (each block writes partials; merge_rows or merge_seq combines them). Prefill
+ *   tiles are taken longest first (block 0 gets the last tile; tile_setup explains).
  *   tile_attn: 256 threads, each a 4 x 4 piece of S = Q K^T and 4 rows of O in registers (rows
  *   ty + 16 i, S columns tx + 16 j, O dims tx * 4 + 64 k; row stride HD + 4 makes the float4 reads
  *   conflict-free), online softmax of 4 rows by shuffles over the 16 lanes that share them, P via
@@ -68,6 +69,10 @@
  * kv_store_fp8 -- one thread block per new row, a warp per (K|V, kv_head) row: the row's max |x|
  *   by shuffles, its scale and elements exactly as pd_kv_store computes them (IEEE division
  *   __fdiv_rn even under --use_fast_math, the integer f32 -> e4m3 rounding of pd_cuda_convert.h).
+ *
+ * Every kernel begins with pdl_wait(); pdl_trigger(); and is launched through pd_cuda_launch
+ * (pd_cuda_launch.h): under programmatic dependent launch the next kernel's blocks may already be
+ * resident, and nothing is read or written before the grid before has finished.
  *
  * Measured on an H100 (bench/results/cuda_attention.md): decode reads KV at 62% (default model
  * shape) and 75% (32/8 heads, head_dim 128) of the device copy bandwidth, 2,661 GB/s (88%) over
@@ -95,6 +100,7 @@
 #include "pd_cuda_batch.h"
 #include "pd_cuda_convert.h"
 #include "pd_cuda_err.h"
+#include "pd_cuda_launch.h"
 #include "pd_err.h"
 
 #define DEC_THREADS    128
@@ -108,7 +114,7 @@
 #define MMA_THREADS    128
 #define TB_TARGET      528 /* tile_attn grids below this many blocks split the KV range */
 #define TB_MIN_SPLIT   512
-#define CASC_MIN_SPLIT 128 /* the cascade's prefix: few tiles, so split finer */
+#define CASC_MIN_SPLIT 128 /* the cascade's prefix: few tiles, so split finer (the default) */
 #define LOG2E          1.4426950408889634f
 
 enum { MODE_PREFILL = 0, MODE_CASCADE = 1 };
@@ -285,6 +291,8 @@ template <> struct Raw8<fp8_t> {
 template <int HD, typename T, int G>
 __global__ void __launch_bounds__(DEC_THREADS, G == 8 ? 2 : (sizeof(T) == 4 ? 3 : 4))
     decode_split(DecArgs a) {
+  pdl_wait();
+  pdl_trigger();
   constexpr int LPT = HD / 8;       /* lanes per token, 8 elements each */
   constexpr int TPW = 32 / LPT;     /* tokens a warp reads side by side */
   constexpr int U = G == 8 ? 2 : 4; /* steps whose loads are in flight together */
@@ -459,13 +467,10 @@ __global__ void __launch_bounds__(DEC_THREADS, G == 8 ? 2 : (sizeof(T) == 4 ? 3 
 template <int HD, typename T>
 static cudaError_t launch_decode(dim3 grid, cudaStream_t st, const DecArgs &d) {
   const int gmax = d.group < DEC_GROUP ? d.group : DEC_GROUP;
-  if (gmax == 1)
-    decode_split<HD, T, 1><<<grid, DEC_THREADS, 0, st>>>(d);
-  else if (gmax <= 4)
-    decode_split<HD, T, 4><<<grid, DEC_THREADS, 0, st>>>(d);
-  else
-    decode_split<HD, T, 8><<<grid, DEC_THREADS, 0, st>>>(d);
-  return cudaGetLastError();
+  auto kernel = gmax == 1   ? decode_split<HD, T, 1>
+                : gmax <= 4 ? decode_split<HD, T, 4>
+                            : decode_split<HD, T, 8>;
+  return pd_cuda_launch(kernel, grid, DEC_THREADS, 0, st, d);
 }
 
 /* Merges the ws_splits partials of each (sequence, head) of the decode rows. Grid (n_heads,
@@ -478,6 +483,8 @@ struct MergeSeqArgs {
 };
 
 template <int HD> __global__ void merge_seq(MergeSeqArgs a) {
+  pdl_wait();
+  pdl_trigger();
   const int head = blockIdx.x, seq = blockIdx.y, d = threadIdx.x;
   int row;
   if (a.ctx_lens) {
@@ -509,9 +516,10 @@ struct TileArgs {
   const float *q;
   float *out;
   const int32_t *tables, *n_past, *n_new, *row_start;
-  int kv_end;    /* cascade: end of the shared prefix */
-  int split_len; /* KV positions per grid.z split, a multiple of TB_N */
-  int direct;    /* prefill with one split: normalized rows go straight to out */
+  int kv_end;        /* cascade: end of the shared prefix */
+  int split_len;     /* KV positions per grid.z split, a multiple of TB_N */
+  int direct;        /* prefill with one split: normalized rows go straight to out */
+  int longest_first; /* prefill: blockIdx.x 0 takes the last tile (see tile_setup) */
   int split_base, ws_splits;
   float scale2;
   float *ws_acc, *ws_ml;
@@ -556,10 +564,14 @@ template <int MODE>
 __device__ __forceinline__ bool tile_setup(const TileArgs &a, int *sh_seq, int *sh_p0, TileCtx *c) {
   const int tid = threadIdx.x, split = blockIdx.z, G = a.group;
   if (MODE == MODE_PREFILL) {
-    /* tile blockIdx.x of the sequences with n_new > 1, ceil(n_new * G / TB_M) tiles each: warp 0
-     * scans the sequences 32 at a time */
+    /* tile t of the sequences with n_new > 1, ceil(n_new * G / TB_M) tiles each: warp 0 scans
+     * the sequences 32 at a time. Causal tiles grow with their last row, and the hardware hands
+     * out blocks roughly in blockIdx order, so by default the tiles are taken from the end
+     * (t = gridDim.x - 1 - blockIdx.x): the longest start first and the short ones fill the
+     * tail of the grid, instead of a 4,096-position tile starting last. The spare blocks of the
+     * upper-bound grid then come first and return at once. */
     if (tid < 32) {
-      const int t = blockIdx.x;
+      const int t = a.longest_first ? (int)gridDim.x - 1 - (int)blockIdx.x : (int)blockIdx.x;
       int base = 0, found = -1, fp0 = 0;
       for (int s0 = 0; s0 < a.n_seqs; s0 += 32) {
         const int s = s0 + tid;
@@ -660,6 +672,8 @@ __device__ __forceinline__ void load_kv_tile(const TileArgs &a, const TileCtx &c
 
 template <int HD, typename T, int MODE>
 __global__ void __launch_bounds__(TB_THREADS) tile_attn(TileArgs a) {
+  pdl_wait();
+  pdl_trigger();
   extern __shared__ __align__(16) float smem[];
   constexpr int LD = HD + 4, LDP = TB_N + 4, NK = HD / 64;
   float *Qs = smem, *Ks = Qs + TB_M * LD, *Vs = Ks + TB_N * LD, *Ps = Vs + TB_N * LD;
@@ -922,6 +936,8 @@ __device__ __forceinline__ void mma_store(const TileArgs &a, const TileCtx &c, i
  * for f32 pools (then 3 mma per product instead of 2). */
 template <int HD, typename T, int MODE>
 __global__ void __launch_bounds__(MMA_THREADS) tile_mma(TileArgs a) {
+  pdl_wait();
+  pdl_trigger();
   extern __shared__ __align__(16) float smem[];
   constexpr int LDQ = HD + 4, LDK = HD + 4, LDV = HD + 8, LDP = TB_N + 4;
   constexpr int NT = TB_N / 8, ND = HD / 8;
@@ -1089,6 +1105,8 @@ __device__ __forceinline__ void issue_kv_f16(const TileArgs &a, const TileCtx &c
  * from a transposing ldmatrix. Shared rows are HD + 8 halves apart, so the 32-bit fragment reads
  * and the ldmatrix rows are free of bank conflicts. 46,080 / 87,040 bytes for head_dim 64 / 128. */
 template <int HD, int MODE> __global__ void __launch_bounds__(MMA_THREADS) tile_f16(TileArgs a) {
+  pdl_wait();
+  pdl_trigger();
   extern __shared__ __align__(16) __half hsmem[];
   constexpr int LD = HD + 8, NT = TB_N / 8, ND = HD / 8, NK = HD / 16;
   __half *Qs = hsmem, *stage0 = Qs + TB_M * LD;
@@ -1178,6 +1196,8 @@ struct MergeRowArgs {
 };
 
 template <int HD> __global__ void merge_rows(MergeRowArgs a) {
+  pdl_wait();
+  pdl_trigger();
   const int r = blockIdx.x, head = blockIdx.y, d = threadIdx.x;
   const int s = a.row_seq[r];
   if (a.n_new[s] <= 1) return;
@@ -1219,6 +1239,8 @@ __device__ __forceinline__ uint8_t *store_target(const StoreArgs &a, int r, int 
 }
 
 template <typename T> __global__ void kv_store(StoreArgs a) {
+  pdl_wait();
+  pdl_trigger();
   const int r = blockIdx.x;
   int tok;
   uint8_t *blk = store_target(a, r, &tok);
@@ -1236,6 +1258,8 @@ template <typename T> __global__ void kv_store(StoreArgs a) {
 
 /* fp8: warp w of the block stores rows (K|V, kv_head) w, w + 8, ... of new row r. */
 __global__ void kv_store_fp8(StoreArgs a) {
+  pdl_wait();
+  pdl_trigger();
   const int r = blockIdx.x, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   int tok;
   uint8_t *blk = store_target(a, r, &tok);
@@ -1308,6 +1332,19 @@ static int64_t decode_grid(void) {
   return v;
 }
 
+/* Tuning knobs for the benches (pd_cuda_attn_set_cascade_split, pd_cuda_attn_set_prefill_order);
+ * the defaults are what the daemon runs. */
+static std::atomic<int> casc_min_split{CASC_MIN_SPLIT};
+static std::atomic<int> prefill_longest_first{1};
+
+extern "C" void pd_cuda_attn_set_cascade_split(int min_tokens) {
+  casc_min_split.store(min_tokens >= TB_N ? min_tokens : CASC_MIN_SPLIT);
+}
+
+extern "C" void pd_cuda_attn_set_prefill_order(int longest_first) {
+  prefill_longest_first.store(longest_first ? 1 : 0);
+}
+
 static void plan_decode(int64_t n_seqs, int n_kv, int gchunks, int64_t rest, int *n, int *len) {
   int64_t want = cdiv(rest, DEC_MIN_SPLIT);
   int64_t cap = decode_grid() / (n_seqs * n_kv * gchunks);
@@ -1349,7 +1386,7 @@ static Plan make_plan(const pd_kv_layout *L, int n_heads, const pd_cuda_batch *b
                 &p.dec_len);
     if (p.cascade) {
       p.casc_tiles = (int)cdiv(n_seqs * p.group, TB_M);
-      plan_tiles((int64_t)p.casc_tiles * n_kv, p.shared_pos, CASC_MIN_SPLIT, &p.casc_splits,
+      plan_tiles((int64_t)p.casc_tiles * n_kv, p.shared_pos, casc_min_split.load(), &p.casc_splits,
                  &p.casc_len);
     }
     p.dec_total = p.casc_splits + p.dec_splits;
@@ -1474,21 +1511,17 @@ static cudaError_t launch_tile(dim3 grid, cudaStream_t st, const TileArgs &a) {
     if (kind == PD_CUDA_TILE_F16) {
       e = smem_optin<F16Tag<HD, MODE>>((const void *)tile_f16<HD, MODE>, f16_smem_bytes<HD>());
       if (e != cudaSuccess) return e;
-      tile_f16<HD, MODE><<<grid, MMA_THREADS, f16_smem_bytes<HD>(), st>>>(a);
-      return cudaGetLastError();
+      return pd_cuda_launch(tile_f16<HD, MODE>, grid, MMA_THREADS, f16_smem_bytes<HD>(), st, a);
     }
   }
   if (kind != PD_CUDA_TILE_SIMT) { /* f16 asked for on another pool dtype: the tf32 kernel */
     e = smem_optin<MmaTag<HD, T, MODE>>((const void *)tile_mma<HD, T, MODE>, mma_smem_bytes<HD>());
     if (e != cudaSuccess) return e;
-    tile_mma<HD, T, MODE><<<grid, MMA_THREADS, mma_smem_bytes<HD>(), st>>>(a);
-  } else {
-    e = smem_optin<SimtTag<HD, T, MODE>>((const void *)tile_attn<HD, T, MODE>,
-                                         tile_smem_bytes<HD>());
-    if (e != cudaSuccess) return e;
-    tile_attn<HD, T, MODE><<<grid, TB_THREADS, tile_smem_bytes<HD>(), st>>>(a);
+    return pd_cuda_launch(tile_mma<HD, T, MODE>, grid, MMA_THREADS, mma_smem_bytes<HD>(), st, a);
   }
-  return cudaGetLastError();
+  e = smem_optin<SimtTag<HD, T, MODE>>((const void *)tile_attn<HD, T, MODE>, tile_smem_bytes<HD>());
+  if (e != cudaSuccess) return e;
+  return pd_cuda_launch(tile_attn<HD, T, MODE>, grid, TB_THREADS, tile_smem_bytes<HD>(), st, a);
 }
 
 /* The launches of one batch for one head_dim and pool type. */
@@ -1525,9 +1558,8 @@ static int run_attn(const pd_kv_layout *L, const Plan &p, const void *pool, int 
     e = launch_decode<HD, T>(dim3(p.dec_splits, L->n_kv_heads * p.gchunks, b->n_seqs), st, d);
     if (e != cudaSuccess) return pd_cuda_fail(e, err, errlen, "launching decode attention");
     MergeSeqArgs m = {n_heads, p.dec_total, NULL, b->n_new, b->row_start, acc, ml, out};
-    merge_seq<HD><<<dim3(n_heads, b->n_seqs), HD, 0, st>>>(m);
-    if ((e = cudaGetLastError()) != cudaSuccess)
-      return pd_cuda_fail(e, err, errlen, "launching decode merge");
+    e = pd_cuda_launch(merge_seq<HD>, dim3(n_heads, b->n_seqs), HD, 0, st, m);
+    if (e != cudaSuccess) return pd_cuda_fail(e, err, errlen, "launching decode merge");
   }
   if (p.run_prefill) {
     const bool direct = p.pf_splits == 1;
@@ -1540,15 +1572,14 @@ static int run_attn(const pd_kv_layout *L, const Plan &p, const void *pool, int 
     t.tables = b->block_tables, t.n_past = b->n_past, t.n_new = b->n_new;
     t.row_start = b->row_start, t.kv_end = 0, t.split_len = p.pf_len;
     t.direct = direct, t.split_base = 0, t.ws_splits = p.pf_splits, t.scale2 = scale2;
-    t.ws_acc = acc, t.ws_ml = ml;
+    t.ws_acc = acc, t.ws_ml = ml, t.longest_first = prefill_longest_first.load();
     e = launch_tile<HD, T, MODE_PREFILL>(dim3(p.pf_tiles, L->n_kv_heads, p.pf_splits), st, t);
     if (e != cudaSuccess) return pd_cuda_fail(e, err, errlen, "launching prefill attention");
     if (!direct) {
       MergeRowArgs m = {n_heads,      p.pf_splits, p.pf_len, b->n_past, b->n_new,
                         b->row_start, b->row_seq,  acc,      ml,        out};
-      merge_rows<HD><<<dim3(b->n_rows, n_heads), HD, 0, st>>>(m);
-      if ((e = cudaGetLastError()) != cudaSuccess)
-        return pd_cuda_fail(e, err, errlen, "launching prefill merge");
+      e = pd_cuda_launch(merge_rows<HD>, dim3(b->n_rows, n_heads), HD, 0, st, m);
+      if (e != cudaSuccess) return pd_cuda_fail(e, err, errlen, "launching prefill merge");
     }
   }
   return PD_OK;
@@ -1621,8 +1652,7 @@ static int run_decode_legacy(const pd_kv_layout *L, const void *pool, int layer,
   cudaError_t e = launch_decode<HD, T>(dim3(n_splits, L->n_kv_heads * gchunks, n_seqs), st, d);
   if (e != cudaSuccess) return pd_cuda_fail(e, err, errlen, "launching decode attention");
   MergeSeqArgs m = {n_heads, n_splits, ctx_lens, NULL, NULL, acc, ml, out};
-  merge_seq<HD><<<dim3(n_heads, n_seqs), HD, 0, st>>>(m);
-  e = cudaGetLastError();
+  e = pd_cuda_launch(merge_seq<HD>, dim3(n_heads, n_seqs), HD, 0, st, m);
   return e == cudaSuccess ? PD_OK : pd_cuda_fail(e, err, errlen, "launching decode merge");
 }
 
@@ -1672,13 +1702,10 @@ extern "C" int pd_cuda_kv_store(const pd_kv_layout *L, void *pool, int layer,
   a.n_kv = L->n_kv_heads, a.hd = L->head_dim, a.layer = layer, a.max_blocks = b->max_blocks;
   a.tables = b->block_tables, a.n_past = b->n_past, a.row_start = b->row_start;
   a.row_seq = b->row_seq, a.k = k, a.v = v;
-  cudaStream_t st = (cudaStream_t)stream;
-  switch (L->dtype) {
-  case PD_DTYPE_F32: kv_store<float><<<b->n_rows, 256, 0, st>>>(a); break;
-  case PD_DTYPE_F16: kv_store<__half><<<b->n_rows, 256, 0, st>>>(a); break;
-  case PD_DTYPE_BF16: kv_store<bf16_t><<<b->n_rows, 256, 0, st>>>(a); break;
-  default: kv_store_fp8<<<b->n_rows, 256, 0, st>>>(a); break;
-  }
-  cudaError_t e = cudaGetLastError();
+  auto kernel = L->dtype == PD_DTYPE_F32    ? kv_store<float>
+                : L->dtype == PD_DTYPE_F16  ? kv_store<__half>
+                : L->dtype == PD_DTYPE_BF16 ? kv_store<bf16_t>
+                                            : kv_store_fp8;
+  cudaError_t e = pd_cuda_launch(kernel, dim3(b->n_rows), 256, 0, (cudaStream_t)stream, a);
   return e == cudaSuccess ? PD_OK : pd_cuda_fail(e, err, errlen, "launching kv store");
 }

@@ -72,6 +72,17 @@ int pd_cuda_attn_tile_kernel(void);
 /* A PD_CUDA_TILE_* kind's name for reports ("tf32 x2", "f16", "SIMT f32"); a static string. */
 const char *pd_cuda_attn_tile_kernel_name(int kind);
 
+/*
+ * Tuning knobs for the benches (process-wide; the defaults are what the daemon should run).
+ * pd_cuda_attn_set_cascade_split: the fewest shared-prefix positions one cascade thread block
+ *   walks (default 128, below 64 means the default); larger values mean fewer, longer splits and
+ *   a smaller workspace, so size the workspace after setting it.
+ * pd_cuda_attn_set_prefill_order: 1 (default) hands the causal prefill tiles out longest first,
+ *   0 in launch order (first rows first). The results are the same either way.
+ */
+void pd_cuda_attn_set_cascade_split(int min_tokens);
+void pd_cuda_attn_set_prefill_order(int longest_first);
+
 /* Whether the environment variable name turns a switch on: set, not empty and not "0". The rule
  * of every PD_CUDA_* switch (PD_CUDA_ATTN_SIMT, PD_CUDA_ATTN_F16, PD_CUDA_FUSED_GEMV). */
 int pd_cuda_env_flag(const char *name);

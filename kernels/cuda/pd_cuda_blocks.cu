@@ -34,6 +34,7 @@
 #include "pd_cuda_attention.h"
 #include "pd_cuda_batch.h"
 #include "pd_cuda_err.h"
+#include "pd_cuda_launch.h"
 #include "pd_err.h"
 
 #define LIST_MAX        240 /* pairs per kernel launch: 2 * 240 * 8 bytes + 16 < 4 KiB of params */
@@ -64,6 +65,8 @@ struct CopyList {
 };
 
 __global__ void __launch_bounds__(COPY_THREADS) copy_blocks(const CopyList l) {
+  pdl_wait();
+  pdl_trigger();
   const int i = blockIdx.y;
   const size_t begin = (size_t)blockIdx.x * COPY_CHUNK;
   const size_t end = begin + COPY_CHUNK < l.block_bytes ? begin + COPY_CHUNK : l.block_bytes;
@@ -86,8 +89,8 @@ static int copy_kernel(uint8_t *dst, const uint8_t *src, size_t bb, const int32_
       l.dst_id[j] = dst_ids[i0 + j];
       l.src_id[j] = src_ids ? src_ids[i0 + j] : 0;
     }
-    copy_blocks<<<dim3((unsigned)chunks, (unsigned)m), COPY_THREADS, 0, st>>>(l);
-    cudaError_t e = cudaGetLastError();
+    cudaError_t e =
+        pd_cuda_launch(copy_blocks, dim3((unsigned)chunks, (unsigned)m), COPY_THREADS, 0, st, l);
     if (e != cudaSuccess) return pd_cuda_fail(e, err, errlen, "launching block copy kernel");
   }
   return PD_OK;

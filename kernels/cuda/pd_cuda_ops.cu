@@ -36,6 +36,7 @@
 #include <type_traits>
 
 #include "pd_cuda_err.h"
+#include "pd_cuda_launch.h"
 #include "pd_cuda_ops.h"
 #include "pd_err.h"
 
@@ -44,10 +45,16 @@
 #define EW_MAX_GRID (1 << 20)
 #define FULL_MASK   0xffffffffu
 
-/* The status of the launch just made (and of any earlier asynchronous failure). */
-static int launched(const char *what, char *err, size_t errlen) {
-  cudaError_t e = cudaGetLastError();
+/* The status of a launch (pd_cuda_launch's return, e), and of any earlier asynchronous failure. */
+static int launched(cudaError_t e, const char *what, char *err, size_t errlen) {
+  if (e == cudaSuccess) e = cudaGetLastError();
   return e == cudaSuccess ? PD_OK : pd_cuda_fail(e, err, errlen, what);
+}
+
+/* f(float()) for PD_DTYPE_F32, else f(__half()): a kernel templated on the element type of one of
+ * its buffers, picked by that buffer's dtype (the callers have checked it is one of the two). */
+template <typename F> static cudaError_t by_f32_or_f16(enum pd_dtype dtype, F f) {
+  return dtype == PD_DTYPE_F32 ? f(float()) : f(__half());
 }
 
 /* Blocks for a grid-stride loop over n elements (n > 0). */
@@ -110,6 +117,8 @@ template <typename OutT>
 __global__ void __launch_bounds__(ROW_THREADS)
     rmsnorm_kernel(OutT *out, const float *x, const int32_t *__restrict__ idx,
                    const float *__restrict__ w, int64_t n, float eps) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t r = blockIdx.x;
   const int64_t src = idx ? (int64_t)idx[r] : r;
   const float *xr = x + src * n;
@@ -133,11 +142,12 @@ extern "C" int pd_cuda_rmsnorm(void *out, enum pd_dtype out_dtype, const float *
     return pd_errf(err, errlen, PD_EINVAL, "rmsnorm: in place needs f32 output and no row index");
   if (!rows) return PD_OK;
   cudaStream_t s = (cudaStream_t)stream;
-  if (out_dtype == PD_DTYPE_F32)
-    rmsnorm_kernel<float><<<(unsigned)rows, ROW_THREADS, 0, s>>>((float *)out, x, idx, w, n, eps);
-  else
-    rmsnorm_kernel<__half><<<(unsigned)rows, ROW_THREADS, 0, s>>>((__half *)out, x, idx, w, n, eps);
-  return launched("rmsnorm", err, errlen);
+  const dim3 grid((unsigned)rows);
+  const cudaError_t e = by_f32_or_f16(out_dtype, [&](auto t) {
+    using T = decltype(t);
+    return pd_cuda_launch(rmsnorm_kernel<T>, grid, ROW_THREADS, 0, s, (T *)out, x, idx, w, n, eps);
+  });
+  return launched(e, "rmsnorm", err, errlen);
 }
 
 /* ---- RoPE (with the QKV split and bias): grid (rows), ROW_THREADS threads ------------------ */
@@ -195,6 +205,8 @@ __global__ void __launch_bounds__(ROW_THREADS)
                 const int32_t *__restrict__ pos, const float *__restrict__ freqs, float theta_base,
                 int neox) {
   extern __shared__ float cs[]; /* cos: cs[0 .. half), sin: cs[half .. rot) */
+  pdl_wait();
+  pdl_trigger();
   const int64_t r = blockIdx.x;
   const int half = rot / 2;
   const float p = (float)pos[r];
@@ -241,10 +253,11 @@ extern "C" int pd_cuda_rope(float *x, int64_t rows, int n_heads, int head_dim, i
   if (!rope_shape_ok(rows, n_heads, head_dim, rot_dim, err, errlen)) return PD_EINVAL;
   if (!rows) return PD_OK;
   size_t smem = (size_t)(rot_dim ? rot_dim : 1) * sizeof(float);
-  rope_kernel<<<(unsigned)rows, ROW_THREADS, smem, (cudaStream_t)stream>>>(
-      x, (int64_t)n_heads * head_dim, NULL, x, NULL, NULL, n_heads, 0, 0, head_dim, rot_dim, pos,
-      freqs, theta_base, neox ? 1 : 0);
-  return launched("rope", err, errlen);
+  const cudaError_t e = pd_cuda_launch(
+      rope_kernel, dim3((unsigned)rows), ROW_THREADS, smem, (cudaStream_t)stream, (const float *)x,
+      (int64_t)n_heads * head_dim, (const float *)NULL, x, (float *)NULL, (float *)NULL, n_heads, 0,
+      0, head_dim, rot_dim, pos, freqs, theta_base, neox ? 1 : 0);
+  return launched(e, "rope", err, errlen);
 }
 
 extern "C" int pd_cuda_qkv_rope(float *q, float *k, float *v, const float *qkv, const float *bias,
@@ -258,10 +271,11 @@ extern "C" int pd_cuda_qkv_rope(float *q, float *k, float *v, const float *qkv, 
   if (!rows) return PD_OK;
   size_t smem = (size_t)(rot_dim ? rot_dim : 1) * sizeof(float);
   int64_t ld = (int64_t)(n_heads + 2 * n_kv_heads) * head_dim;
-  rope_kernel<<<(unsigned)rows, ROW_THREADS, smem, (cudaStream_t)stream>>>(
-      qkv, ld, bias, q, k, v, n_heads, n_kv_heads, n_kv_heads, head_dim, rot_dim, pos, freqs,
-      theta_base, neox ? 1 : 0);
-  return launched("qkv_rope", err, errlen);
+  const cudaError_t e =
+      pd_cuda_launch(rope_kernel, dim3((unsigned)rows), ROW_THREADS, smem, (cudaStream_t)stream,
+                     qkv, ld, bias, q, k, v, n_heads, n_kv_heads, n_kv_heads, head_dim, rot_dim,
+                     pos, freqs, theta_base, neox ? 1 : 0);
+  return launched(e, "qkv_rope", err, errlen);
 }
 
 /* ---- SwiGLU -------------------------------------------------------------------------------- */
@@ -275,6 +289,8 @@ __device__ __forceinline__ float silu_mul(float g, float u) {
 template <typename OutT>
 __global__ void swiglu_kernel(OutT *out, const float *gate, const float *up, int64_t rows,
                               int64_t n, int64_t ld_in) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t total = rows * n;
   for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total;
        e += (int64_t)gridDim.x * blockDim.x) {
@@ -297,17 +313,20 @@ extern "C" int pd_cuda_swiglu(void *out, enum pd_dtype out_dtype, const float *g
     return pd_errf(err, errlen, PD_EINVAL, "swiglu: in place needs f32 output and ld_in == n");
   if (!rows) return PD_OK;
   cudaStream_t s = (cudaStream_t)stream;
-  unsigned blocks = ew_blocks(rows * n);
-  if (out_dtype == PD_DTYPE_F32)
-    swiglu_kernel<float><<<blocks, EW_THREADS, 0, s>>>((float *)out, gate, up, rows, n, ld_in);
-  else
-    swiglu_kernel<__half><<<blocks, EW_THREADS, 0, s>>>((__half *)out, gate, up, rows, n, ld_in);
-  return launched("swiglu", err, errlen);
+  const dim3 grid(ew_blocks(rows * n));
+  const cudaError_t e = by_f32_or_f16(out_dtype, [&](auto t) {
+    using T = decltype(t);
+    return pd_cuda_launch(swiglu_kernel<T>, grid, EW_THREADS, 0, s, (T *)out, gate, up, rows, n,
+                          ld_in);
+  });
+  return launched(e, "swiglu", err, errlen);
 }
 
 /* ---- adds ---------------------------------------------------------------------------------- */
 
 __global__ void add_kernel(float *x, const float *y, int64_t n) {
+  pdl_wait();
+  pdl_trigger();
   for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < n;
        e += (int64_t)gridDim.x * blockDim.x)
     x[e] = __fadd_rn(x[e], y[e]);
@@ -315,6 +334,8 @@ __global__ void add_kernel(float *x, const float *y, int64_t n) {
 
 __global__ void add_bias_kernel(float *y, const float *__restrict__ bias, int64_t total,
                                 int64_t n) {
+  pdl_wait();
+  pdl_trigger();
   for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total;
        e += (int64_t)gridDim.x * blockDim.x)
     y[e] = __fadd_rn(y[e], bias[e % n]);
@@ -324,8 +345,9 @@ extern "C" int pd_cuda_add(float *x, const float *y, int64_t n, void *stream, ch
                            size_t errlen) {
   if (n < 0) return pd_errf(err, errlen, PD_EINVAL, "add: %lld elements", (long long)n);
   if (!n) return PD_OK;
-  add_kernel<<<ew_blocks(n), EW_THREADS, 0, (cudaStream_t)stream>>>(x, y, n);
-  return launched("add", err, errlen);
+  return launched(
+      pd_cuda_launch(add_kernel, dim3(ew_blocks(n)), EW_THREADS, 0, (cudaStream_t)stream, x, y, n),
+      "add", err, errlen);
 }
 
 extern "C" int pd_cuda_add_bias(float *y, const float *bias, int64_t rows, int64_t n, void *stream,
@@ -334,9 +356,9 @@ extern "C" int pd_cuda_add_bias(float *y, const float *bias, int64_t rows, int64
     return pd_errf(err, errlen, PD_EINVAL, "add_bias: bad shape (%lld rows of %lld)",
                    (long long)rows, (long long)n);
   if (!rows) return PD_OK;
-  add_bias_kernel<<<ew_blocks(rows * n), EW_THREADS, 0, (cudaStream_t)stream>>>(y, bias, rows * n,
-                                                                                n);
-  return launched("add_bias", err, errlen);
+  return launched(pd_cuda_launch(add_bias_kernel, dim3(ew_blocks(rows * n)), EW_THREADS, 0,
+                                 (cudaStream_t)stream, y, bias, rows * n, n),
+                  "add_bias", err, errlen);
 }
 
 /* ---- embedding gather ---------------------------------------------------------------------- */
@@ -352,6 +374,8 @@ template <typename T>
 __global__ void embed_kernel(float *out, const T *__restrict__ table,
                              const int32_t *__restrict__ ids, int64_t total, int64_t d,
                              int64_t n_vocab) {
+  pdl_wait();
+  pdl_trigger();
   for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total;
        e += (int64_t)gridDim.x * blockDim.x) {
     const int64_t r = e / d, c = e % d;
@@ -371,19 +395,20 @@ extern "C" int pd_cuda_embed(float *out, const void *table, enum pd_dtype table_
                    pd_dtype_name(table_dtype));
   if (!rows) return PD_OK;
   cudaStream_t s = (cudaStream_t)stream;
-  unsigned blocks = ew_blocks(rows * d);
-  if (table_dtype == PD_DTYPE_F32)
-    embed_kernel<float>
-        <<<blocks, EW_THREADS, 0, s>>>(out, (const float *)table, ids, rows * d, d, n_vocab);
-  else
-    embed_kernel<__half>
-        <<<blocks, EW_THREADS, 0, s>>>(out, (const __half *)table, ids, rows * d, d, n_vocab);
-  return launched("embed", err, errlen);
+  const dim3 grid(ew_blocks(rows * d));
+  const cudaError_t e = by_f32_or_f16(table_dtype, [&](auto t) {
+    using T = decltype(t);
+    return pd_cuda_launch(embed_kernel<T>, grid, EW_THREADS, 0, s, out, (const T *)table, ids,
+                          rows * d, d, n_vocab);
+  });
+  return launched(e, "embed", err, errlen);
 }
 
 /* ---- f32 -> f16 ---------------------------------------------------------------------------- */
 
 __global__ void to_f16_kernel(__half *out, const float *x, int64_t n) {
+  pdl_wait();
+  pdl_trigger();
   for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < n;
        e += (int64_t)gridDim.x * blockDim.x)
     out[e] = __float2half_rn(x[e]);
@@ -393,8 +418,9 @@ extern "C" int pd_cuda_f32_to_f16(void *out, const float *x, int64_t n, void *st
                                   size_t errlen) {
   if (n < 0) return pd_errf(err, errlen, PD_EINVAL, "f32_to_f16: %lld elements", (long long)n);
   if (!n) return PD_OK;
-  to_f16_kernel<<<ew_blocks(n), EW_THREADS, 0, (cudaStream_t)stream>>>((__half *)out, x, n);
-  return launched("f32_to_f16", err, errlen);
+  return launched(pd_cuda_launch(to_f16_kernel, dim3(ew_blocks(n)), EW_THREADS, 0,
+                                 (cudaStream_t)stream, (__half *)out, x, n),
+                  "f32_to_f16", err, errlen);
 }
 
 /* ---- argmax: grid (rows), ROW_THREADS threads ---------------------------------------------- */
@@ -410,6 +436,8 @@ __global__ void __launch_bounds__(ROW_THREADS)
     argmax_kernel(int32_t *out, const float *__restrict__ x, int64_t n) {
   __shared__ float part_v[32];
   __shared__ long long part_i[32];
+  pdl_wait();
+  pdl_trigger();
   const float *xr = x + (int64_t)blockIdx.x * n;
   float bv = -INFINITY;
   int64_t bi = NO_INDEX;
@@ -448,8 +476,9 @@ extern "C" int pd_cuda_argmax(int32_t *out, const float *x, int64_t rows, int64_
     return pd_errf(err, errlen, PD_EINVAL, "argmax: bad shape (%lld rows of %lld)", (long long)rows,
                    (long long)n);
   if (!rows) return PD_OK;
-  argmax_kernel<<<(unsigned)rows, ROW_THREADS, 0, (cudaStream_t)stream>>>(out, x, n);
-  return launched("argmax", err, errlen);
+  return launched(pd_cuda_launch(argmax_kernel, dim3((unsigned)rows), ROW_THREADS, 0,
+                                 (cudaStream_t)stream, out, x, n),
+                  "argmax", err, errlen);
 }
 
 /* ---- small-batch GEMV on f16 weights: grid (ceil(out / GEMV_WARPS)), a warp per output -------- */
@@ -530,6 +559,9 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
     gemv_f16_kernel(const __half *__restrict__ w, const void *__restrict__ x, float *y, int in,
                     int out, float beta) {
   const int o = blockIdx.x * GEMV_WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (o < out) prefetch_l2_warp(w + (size_t)o * in, (size_t)in * sizeof(__half), lane);
+  pdl_wait();
+  pdl_trigger();
   if (o >= out) return;
   const uint4 *wr[1] = {(const uint4 *)(w + (size_t)o * in)};
   float acc[1][R];
@@ -572,6 +604,37 @@ __device__ __forceinline__ float *qk_head(const QkvRopeOut &ro, int r, int h) {
                     : ro.k + ((int64_t)r * ro.n_k + (h - ro.n_q)) * ro.hd;
 }
 
+/* The weight rows item o of norm_gemv_kernel reads (rows[0 .. n)), and for EPI_QKV_ROPE where it
+ * goes: a q or k item's head h, its dimensions a and b and its rotating pair (-1: a alone passes
+ * through), or v element v_e (h = -1). */
+struct ItemRows {
+  int n;
+  int64_t rows[2];
+  int h, a, b, pair, v_e;
+};
+
+template <int EPI>
+__device__ __forceinline__ ItemRows item_rows(int o, int n_items, const QkvRopeOut &ro) {
+  ItemRows it = {1, {o, 0}, -1, 0, 0, -1, 0};
+  if (EPI == EPI_SWIGLU) {
+    it.n = 2, it.rows[1] = (int64_t)n_items + o;
+  } else if (EPI == EPI_QKV_ROPE) {
+    const int hd = ro.hd, per_head = ro.rot / 2 + (hd - ro.rot);
+    const int qk_items = (ro.n_q + ro.n_k) * per_head;
+    if (o < qk_items) {
+      it.h = o / per_head;
+      rope_item(o % per_head, ro.rot, ro.neox, &it.a, &it.b, &it.pair);
+      const int64_t h0 = (int64_t)it.h * hd;
+      it.rows[0] = h0 + it.a;
+      if (it.pair >= 0) it.n = 2, it.rows[1] = h0 + it.b;
+    } else {
+      it.v_e = o - qk_items;
+      it.rows[0] = (int64_t)(ro.n_q + ro.n_k) * hd + it.v_e;
+    }
+  }
+  return it;
+}
+
 /*
  * The RMSNorm of R rows, then the GEMV on them, in one kernel (pd_cuda_norm_gemv_f16 and
  * pd_cuda_norm_gemv_qkv_rope_f16). Every block first normalises the R rows into shared memory
@@ -601,6 +664,17 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
   __shared__ float part[R][ROW_THREADS / 32];
   __shared__ float inv[R];
   const int t = threadIdx.x, lane = t % 32, warp = t / 32;
+  /* the warp's weight rows are constant: fetch them towards L2 while the norm is computed (and,
+   * under PDL, while the kernel before still runs) */
+  const int o = blockIdx.x * GEMV_WARPS + warp;
+  const ItemRows it = item_rows<EPI>(o < n_items ? o : 0, n_items, ro);
+  if (o < n_items)
+#pragma unroll
+    for (int k = 0; k < 2; k++)
+      if (k < it.n)
+        prefetch_l2_warp(w + (size_t)it.rows[k] * in, (size_t)in * sizeof(__half), lane);
+  pdl_wait();
+  pdl_trigger();
   const float *xr[R]; /* the source rows */
 #pragma unroll
   for (int r = 0; r < R; r++) xr[r] = x + (idx ? (int64_t)idx[r] : (int64_t)r) * in;
@@ -621,62 +695,38 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
     for (int i = t; i < in; i += GEMV_WARPS * 32)
       store_out(xs + (size_t)r * in + i, rms_scale(xr[r][i], inv[r], norm_w[i]));
   __syncthreads();
-  const int o = blockIdx.x * GEMV_WARPS + warp;
   if (o >= n_items) return;
   constexpr bool XF32 = sizeof(ActT) == 4;
-  if (EPI == EPI_SWIGLU) {
-    const int64_t rows[2] = {o, (int64_t)n_items + o};
+  if (EPI != EPI_PLAIN && it.n == 2) {
+    const int64_t rows[2] = {it.rows[0], it.rows[1]};
     float acc[2][R];
     rows_dot<2, R, XF32>(w, rows, in, lane, xs, acc);
     if (lane == 0)
 #pragma unroll
-      for (int r = 0; r < R; r++)
-        store_out((ActT *)y + (size_t)r * n_items + o, silu_mul(acc[0][r], acc[1][r]));
-  } else if (EPI == EPI_QKV_ROPE) {
-    const int hd = ro.hd, per_head = ro.rot / 2 + (hd - ro.rot);
-    const int qk_items = (ro.n_q + ro.n_k) * per_head;
-    if (o < qk_items) {
-      const int h = o / per_head;
-      int a, b, pair;
-      rope_item(o % per_head, ro.rot, ro.neox, &a, &b, &pair);
-      const int64_t h0 = (int64_t)h * hd;
-      if (pair >= 0) {
-        const int64_t rows[2] = {h0 + a, h0 + b};
-        float acc[2][R];
-        rows_dot<2, R, XF32>(w, rows, in, lane, xs, acc);
-        if (lane == 0)
-#pragma unroll
-          for (int r = 0; r < R; r++) {
-            float c, sn, *dh = qk_head(ro, r, h);
-            rope_cos_sin((float)ro.pos[r], pair, ro.rot, ro.freqs, ro.theta_base, &c, &sn);
-            rope_rotate(plus_bias(acc[0][r], ro.bias, h0 + a),
-                        plus_bias(acc[1][r], ro.bias, h0 + b), c, sn, &dh[a], &dh[b]);
-          }
-      } else {
-        const int64_t rows[1] = {h0 + a};
-        float acc[1][R];
-        rows_dot<1, R, XF32>(w, rows, in, lane, xs, acc);
-        if (lane == 0)
-#pragma unroll
-          for (int r = 0; r < R; r++) qk_head(ro, r, h)[a] = plus_bias(acc[0][r], ro.bias, h0 + a);
+      for (int r = 0; r < R; r++) {
+        if (EPI == EPI_SWIGLU) {
+          store_out((ActT *)y + (size_t)r * n_items + o, silu_mul(acc[0][r], acc[1][r]));
+        } else { /* EPI_QKV_ROPE, a rotating pair */
+          float c, sn, *dh = qk_head(ro, r, it.h);
+          rope_cos_sin((float)ro.pos[r], it.pair, ro.rot, ro.freqs, ro.theta_base, &c, &sn);
+          rope_rotate(plus_bias(acc[0][r], ro.bias, rows[0]),
+                      plus_bias(acc[1][r], ro.bias, rows[1]), c, sn, &dh[it.a], &dh[it.b]);
+        }
       }
-    } else {
-      const int e = o - qk_items;
-      const int64_t rows[1] = {(int64_t)(ro.n_q + ro.n_k) * hd + e};
-      float acc[1][R];
-      rows_dot<1, R, XF32>(w, rows, in, lane, xs, acc);
-      if (lane == 0)
-#pragma unroll
-        for (int r = 0; r < R; r++)
-          ro.v[(int64_t)r * ro.n_v * hd + e] = plus_bias(acc[0][r], ro.bias, rows[0]);
-    }
   } else {
-    const int64_t rows[1] = {o};
+    const int64_t rows[1] = {it.rows[0]};
     float acc[1][R];
     rows_dot<1, R, XF32>(w, rows, in, lane, xs, acc);
     if (lane == 0)
 #pragma unroll
-      for (int r = 0; r < R; r++) ((float *)y)[(size_t)r * n_items + o] = acc[0][r];
+      for (int r = 0; r < R; r++) {
+        if (EPI == EPI_PLAIN)
+          ((float *)y)[(size_t)r * n_items + o] = acc[0][r];
+        else if (it.h >= 0) /* EPI_QKV_ROPE, a q or k dimension that passes through */
+          qk_head(ro, r, it.h)[it.a] = plus_bias(acc[0][r], ro.bias, rows[0]);
+        else /* EPI_QKV_ROPE, a v element */
+          ro.v[(int64_t)r * ro.n_v * ro.hd + it.v_e] = plus_bias(acc[0][r], ro.bias, rows[0]);
+      }
   }
 }
 
@@ -693,15 +743,14 @@ template <typename F> static void with_rows(int64_t rows, F f) {
 }
 
 template <int R>
-static void gemv_launch(const void *w, const void *x, int x_f32, float *y, int in, int out,
-                        float beta, cudaStream_t s) {
-  const unsigned blocks = (unsigned)((out + GEMV_WARPS - 1) / GEMV_WARPS);
-  if (x_f32)
-    gemv_f16_kernel<R, true>
-        <<<blocks, GEMV_WARPS * 32, 0, s>>>((const __half *)w, x, y, in, out, beta);
-  else
-    gemv_f16_kernel<R, false>
-        <<<blocks, GEMV_WARPS * 32, 0, s>>>((const __half *)w, x, y, in, out, beta);
+static cudaError_t gemv_launch(const void *w, const void *x, int x_f32, float *y, int in, int out,
+                               float beta, cudaStream_t s) {
+  const dim3 grid((unsigned)((out + GEMV_WARPS - 1) / GEMV_WARPS));
+  const __half *wh = (const __half *)w;
+  return x_f32 ? pd_cuda_launch(gemv_f16_kernel<R, true>, grid, GEMV_WARPS * 32, 0, s, wh, x, y, in,
+                                out, beta)
+               : pd_cuda_launch(gemv_f16_kernel<R, false>, grid, GEMV_WARPS * 32, 0, s, wh, x, y,
+                                in, out, beta);
 }
 
 extern "C" int pd_cuda_gemv_f16(const void *w, const void *x, enum pd_dtype x_dtype, float *y,
@@ -717,27 +766,26 @@ extern "C" int pd_cuda_gemv_f16(const void *w, const void *x, enum pd_dtype x_dt
   if (!rows) return PD_OK;
   cudaStream_t s = (cudaStream_t)stream;
   const int xf = x_dtype == PD_DTYPE_F32;
-  with_rows(rows, [&](auto R) { gemv_launch<R.value>(w, x, xf, y, (int)in, (int)out, beta, s); });
-  return launched("gemv", err, errlen);
+  cudaError_t e = cudaSuccess;
+  with_rows(rows,
+            [&](auto R) { e = gemv_launch<R.value>(w, x, xf, y, (int)in, (int)out, beta, s); });
+  return launched(e, "gemv", err, errlen);
 }
 
 /* ---- RMSNorm + GEMV (+ SwiGLU) in one kernel ------------------------------------------------ */
 
 template <int R, typename ActT>
-static void norm_gemv_launch(const void *w, const float *x, const int32_t *idx, const float *nw,
-                             float eps, int epi, void *y, int in, int n_items, const QkvRopeOut &ro,
-                             size_t smem, cudaStream_t s) {
-  const unsigned blocks = (unsigned)((n_items + GEMV_WARPS - 1) / GEMV_WARPS);
+static cudaError_t norm_gemv_launch(const void *w, const float *x, const int32_t *idx,
+                                    const float *nw, float eps, int epi, void *y, int in,
+                                    int n_items, const QkvRopeOut &ro, size_t smem,
+                                    cudaStream_t s) {
+  const dim3 grid((unsigned)((n_items + GEMV_WARPS - 1) / GEMV_WARPS));
   const __half *wh = (const __half *)w;
-  if (epi == EPI_SWIGLU)
-    norm_gemv_kernel<R, ActT, EPI_SWIGLU>
-        <<<blocks, GEMV_WARPS * 32, smem, s>>>(wh, x, idx, nw, eps, y, in, n_items, ro);
-  else if (epi == EPI_QKV_ROPE)
-    norm_gemv_kernel<R, ActT, EPI_QKV_ROPE>
-        <<<blocks, GEMV_WARPS * 32, smem, s>>>(wh, x, idx, nw, eps, y, in, n_items, ro);
-  else
-    norm_gemv_kernel<R, ActT, EPI_PLAIN>
-        <<<blocks, GEMV_WARPS * 32, smem, s>>>(wh, x, idx, nw, eps, y, in, n_items, ro);
+  auto kernel = epi == EPI_SWIGLU     ? norm_gemv_kernel<R, ActT, EPI_SWIGLU>
+                : epi == EPI_QKV_ROPE ? norm_gemv_kernel<R, ActT, EPI_QKV_ROPE>
+                                      : norm_gemv_kernel<R, ActT, EPI_PLAIN>;
+  return pd_cuda_launch(kernel, grid, GEMV_WARPS * 32, smem, s, wh, x, idx, nw, eps, y, in, n_items,
+                        ro);
 }
 
 /* The launch for rows rows and activation dtype act (pd_cuda_norm_gemv_ok has accepted both). */
@@ -748,15 +796,14 @@ static int norm_gemv_run(const void *w, const float *x, const int32_t *idx, cons
   if (!rows) return PD_OK;
   const size_t smem = (size_t)rows * (size_t)in * pd_dtype_size(act);
   cudaStream_t s = (cudaStream_t)stream;
+  cudaError_t e = cudaSuccess;
   with_rows(rows, [&](auto R) {
-    if (act == PD_DTYPE_F32)
-      norm_gemv_launch<R.value, float>(w, x, idx, nw, eps, epi, y, (int)in, (int)n_items, ro, smem,
-                                       s);
-    else
-      norm_gemv_launch<R.value, __half>(w, x, idx, nw, eps, epi, y, (int)in, (int)n_items, ro, smem,
-                                        s);
+    e = by_f32_or_f16(act, [&](auto t) {
+      return norm_gemv_launch<R.value, decltype(t)>(w, x, idx, nw, eps, epi, y, (int)in,
+                                                    (int)n_items, ro, smem, s);
+    });
   });
-  return launched("norm_gemv", err, errlen);
+  return launched(e, "norm_gemv", err, errlen);
 }
 
 extern "C" int pd_cuda_norm_gemv_ok(int64_t rows, int64_t in, enum pd_dtype act_dtype) {

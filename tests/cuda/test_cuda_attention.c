@@ -43,6 +43,7 @@
 #include "pd_check.h"
 #include "pd_gpu_gate.h"
 #include "pd_cuda_attention.h"
+#include "pd_cuda_launch.h"
 #include "pd_cuda_batch.h"
 #include "pd_err.h"
 
@@ -410,6 +411,35 @@ START_TEST(cascade_matches_cpu_and_decode) {
 }
 END_TEST
 
+/* ---- the bench's tuning knobs -------------------------------------------------------------- */
+
+/* Prefill tiles in launch order (the default takes them longest first) and cascades with coarser
+ * splits of the shared prefix than the default's 128 positions: the same results. All of it with
+ * the kernels launched under PDL (pd_cuda_launch.h; plain where the GPU has no griddepcontrol):
+ * the chains tile -> merge_rows and tile -> decode_split -> merge_seq stay in order. */
+START_TEST(tuning_knobs_keep_results) {
+  pd_cuda_set_pdl(1);
+  pd_cuda_attn_set_prefill_order(0);
+  int mp[6] = {0, 100, 16, 5, 1000, 33}, mn[6] = {37, 1, 64, 1, 200, 2};
+  tcase c0 = {PD_DTYPE_F16, 64, 3, 3, 16, 6, mp, mn, 0, 1.0f, 1};
+  run_case(&c0);
+  int p1 = 0, n1 = 700;
+  tcase c1 = {PD_DTYPE_BF16, 128, 1, 8, 16, 1, &p1, &n1, 0, 4.0f, 0};
+  run_case(&c1);
+  pd_cuda_attn_set_prefill_order(1);
+  int past[24], one[24];
+  for (int s = 0; s < 24; s++) past[s] = 1024 + irand(200), one[s] = 1;
+  const int splits[3] = {256, 512, 1024};
+  for (int i = 0; i < 3; i++) {
+    pd_cuda_attn_set_cascade_split(splits[i]);
+    tcase c = {PD_DTYPE_F16, 64, 3, 3, 16, 24, past, one, 64, 1.0f, i & 1};
+    run_case(&c);
+  }
+  pd_cuda_attn_set_cascade_split(0);
+  pd_cuda_set_pdl(pd_cuda_env_flag("PD_CUDA_PDL"));
+}
+END_TEST
+
 /* ---- the legacy decode entry point -------------------------------------------------------- */
 
 static void run_legacy(enum pd_dtype dt, int n_kv, int group, int hd, const int *ctx, int n_seqs) {
@@ -719,6 +749,7 @@ int main(void) {
   tcase_add_test(tc, prefill_matches_cpu);
   tcase_add_test(tc, prefill_long);
   tcase_add_test(tc, cascade_matches_cpu_and_decode);
+  tcase_add_test(tc, tuning_knobs_keep_results);
   tcase_add_test(tc, block_moves_byte_exact);
   tcase_add_test(tc, bad_shapes_are_refused);
   suite_add_tcase(s, tc);

@@ -41,6 +41,7 @@
 #include "pd_check.h"
 #include "pd_gpu_gate.h"
 #include "pd_cuda_attention.h"
+#include "pd_cuda_launch.h"
 #include "pd_err.h"
 #include "pd_llama.h"
 #include "pd_llama_cuda.h"
@@ -321,9 +322,11 @@ END_TEST
 /* Decodes the three shared-prefix sequences together for n steps (greedy on the device), with
  * graphs on or off and the fused norm GEMVs on or off; tokens (n, 3) and the last step's logits
  * (3, V) come back. */
-static void decode_three(pd_model *m, int graphs, int fused, int n, int32_t *toks,
+static void decode_three(pd_model *m, int graphs, int fused, int pdl, int n, int32_t *toks,
                          float *last_logits, pd_llama_cuda *g_out_stats) {
   const int V = m->n_vocab;
+  /* pdl: 1 or 0 for this run (the environment's choice is put back at the end), -1 as it is */
+  if (pdl >= 0) pd_cuda_set_pdl(pdl);
   pd_llama_cuda g;
   void *pool;
   gpu_init(&g, m, PD_DTYPE_F16, PD_CUDA_WEIGHTS_F16, &pool, 16);
@@ -346,20 +349,21 @@ static void decode_three(pd_model *m, int graphs, int fused, int n, int32_t *tok
   free(l);
   pd_llama_cuda_pool_free(pool);
   pd_llama_cuda_free(&g);
+  if (pdl >= 0) pd_cuda_set_pdl(pd_cuda_env_flag("PD_CUDA_PDL"));
 }
 
 #define PAIR_STEPS 24 /* 43 + 24 < 5 blocks of 16 per sequence */
 
-/* decode_three twice, PAIR_STEPS steps each, as run a (graphs, fused) and run b; the greedy
+/* decode_three twice, PAIR_STEPS steps each, as run a (graphs, fused, pdl) and run b; the greedy
  * tokens must be equal; the last logits (3, V) of each come back in la, lb (malloc'd, the
  * caller frees), the counters in sa, sb. */
-static void decode_three_twice(pd_model *m, const int a[2], const int b[2], float **la, float **lb,
+static void decode_three_twice(pd_model *m, const int a[3], const int b[3], float **la, float **lb,
                                pd_llama_cuda *sa, pd_llama_cuda *sb, const char *what) {
   const int V = m->n_vocab, n = PAIR_STEPS;
   int32_t ta[PAIR_STEPS * 3], tb[PAIR_STEPS * 3];
   *la = malloc(sizeof(float) * 3 * V), *lb = malloc(sizeof(float) * 3 * V);
-  decode_three(m, a[0], a[1], n, ta, *la, sa);
-  decode_three(m, b[0], b[1], n, tb, *lb, sb);
+  decode_three(m, a[0], a[1], a[2], n, ta, *la, sa);
+  decode_three(m, b[0], b[1], b[2], n, tb, *lb, sb);
   ck_assert_msg(!sa->graphs_off, "graphs were turned off: %s", sa->graph_err);
   for (int i = 0; i < 3 * n; i++)
     ck_assert_msg(ta[i] == tb[i], "%s: step %d seq %d: tokens %d and %d", what, i / 3, i % 3, ta[i],
@@ -372,7 +376,7 @@ START_TEST(graph_replay_equals_eager) {
   const int V = m->n_vocab, n = PAIR_STEPS;
   float *la, *lb;
   pd_llama_cuda on, off;
-  decode_three_twice(m, (const int[2]){1, 0}, (const int[2]){0, 0}, &la, &lb, &on, &off,
+  decode_three_twice(m, (const int[3]){1, 0, -1}, (const int[3]){0, 0, -1}, &la, &lb, &on, &off,
                      "graph vs eager");
   ck_assert_msg(on.n_captures >= 1 && on.n_replays >= (uint64_t)n - 4,
                 "graphs: %llu captures, %llu replays in %d steps",
@@ -400,8 +404,8 @@ START_TEST(fused_gemv_equals_separate_kernels) {
   const int V = m->n_vocab;
   float *la, *lb;
   pd_llama_cuda fused, separate;
-  decode_three_twice(m, (const int[2]){1, 1}, (const int[2]){1, 0}, &la, &lb, &fused, &separate,
-                     "fused vs separate");
+  decode_three_twice(m, (const int[3]){1, 1, -1}, (const int[3]){1, 0, -1}, &la, &lb, &fused,
+                     &separate, "fused vs separate");
   /* two fused launches a layer for every step enqueued (eager or captured) */
   ck_assert_msg(fused.n_fused_gemv >= (uint64_t)2 * m->n_layers && separate.n_fused_gemv == 0,
                 "fused launches: %llu with fused_gemv, %llu without",
@@ -412,6 +416,41 @@ START_TEST(fused_gemv_equals_separate_kernels) {
   printf("ok: %s: fused norm GEMVs: %d steps, tokens and logits bit for bit\n",
          _i ? "qwen2-like" : "smollm-like", PAIR_STEPS);
   free(la), free(lb);
+}
+END_TEST
+
+/* ---- 9: programmatic dependent launch ------------------------------------------------------- */
+
+/* The same decode steps (a shared-prefix prefill, then graphs; fused GEMVs, then the separate
+ * kernels) with every kernel launched under PDL give the same tokens and logits, bit for bit, as
+ * in plain stream order: pdl_wait() comes before each kernel's first dependent access. On a GPU
+ * without griddepcontrol (compute capability < 9.0) both runs are plain and the test says so. */
+START_TEST(pdl_equals_stream_order) {
+  load(0);
+  pd_model *m = models[0];
+  const int V = m->n_vocab;
+  pd_cuda_set_pdl(1);
+  const int active = pd_cuda_pdl();
+  pd_cuda_set_pdl(pd_cuda_env_flag("PD_CUDA_PDL"));
+  int dev = 0, major = 0;
+  ck_assert_int_eq(cudaGetDevice(&dev), cudaSuccess);
+  ck_assert_int_eq(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev),
+                   cudaSuccess);
+  ck_assert_msg(active == (major >= 9), "PDL %s on compute capability %d", active ? "on" : "off",
+                major);
+  for (int fused = 1; fused >= 0; fused--) {
+    float *la, *lb;
+    pd_llama_cuda with, without;
+    decode_three_twice(m, (const int[3]){1, fused, 1}, (const int[3]){1, fused, 0}, &la, &lb, &with,
+                       &without, fused ? "pdl vs plain (fused)" : "pdl vs plain");
+    ck_assert_msg(with.n_replays > 0, "no graph replays with PDL");
+    for (size_t i = 0; i < (size_t)3 * V; i++)
+      ck_assert_msg(!memcmp(&la[i], &lb[i], sizeof(float)),
+                    "logit %zu: with PDL %.9g, without %.9g (not the same bits)", i, la[i], lb[i]);
+    free(la), free(lb);
+  }
+  printf("ok: PDL %s: %d steps twice (fused GEMVs and not), tokens and logits bit for bit\n",
+         active ? "active" : "not supported here (both runs plain)", PAIR_STEPS);
 }
 END_TEST
 
@@ -484,6 +523,7 @@ int main(void) {
   tcase_add_test(tc, shared_prefix_decode_equals_alone);
   tcase_add_test(tc, graph_replay_equals_eager);
   tcase_add_loop_test(tc, fused_gemv_equals_separate_kernels, 0, 2);
+  tcase_add_test(tc, pdl_equals_stream_order);
   tcase_add_test(tc, bad_input_is_refused);
   suite_add_tcase(s, tc);
   int rc = pd_check_run(s, 0);

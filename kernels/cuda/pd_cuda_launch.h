@@ -1,0 +1,95 @@
+/*
+ * pd_cuda_launch.h -- how every kernel of the CUDA backend is launched: programmatic dependent
+ * launch (PDL) on Hopper and later, off by default until a GPU has timed it.
+ *
+ * A decode step at batch 1 is a chain of about 200 small dependent kernels (seven to eleven a
+ * layer): each waits for the one before to finish, drain its memory and then be launched and
+ * ramped up, a gap of a few microseconds that the GPU spends idle. With PDL
+ * (cudaLaunchAttributeProgrammaticStreamSerialization) a kernel may be launched while the one
+ * before it still runs; its blocks become resident, do what does not depend on the earlier
+ * kernel (the GEMVs prefetch their weight rows into L2), and then block in pdl_wait() until the
+ * earlier grid has completed and its writes are visible. The results are those of plain stream
+ * order, bit for bit: only the overlap changes.
+ *
+ * The contract that makes this safe, kept by every kernel in kernels/cuda/:
+ *   - pdl_wait() runs before the kernel's first access to memory another kernel writes or reads
+ *     (activations, the KV pool, workspaces, block tables): before every read that could see an
+ *     earlier kernel's output and before every write that could race an earlier kernel's read.
+ *     Only constant data (model weights) is touched before it, and only to prefetch.
+ *   - pdl_trigger() comes right after pdl_wait(), so at most two grids of a chain are in flight:
+ *     the next kernel is launched once every block of this one has passed its wait.
+ *   - Kernels are launched through pd_cuda_launch(), which sets the attribute when PDL is on.
+ *     A kernel launched without it (PDL off, cuBLAS, a memcpy in between) runs in plain stream
+ *     order, and pdl_wait() then returns at once.
+ * Stream capture keeps the programmatic edges, so the decode-step graphs get them too.
+ *
+ * The switch is process-wide (the kernels' callers pass only a stream): pd_cuda_set_pdl, or
+ * PD_CUDA_PDL=1 in the environment (pd_cuda_env_flag's rule). It applies only on devices of
+ * compute capability 9.0 or more, where griddepcontrol exists.
+ */
+#ifndef PD_CUDA_LAUNCH_H
+#define PD_CUDA_LAUNCH_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* 1: launch with PDL (where the current device supports it), 0: plain stream order. */
+void pd_cuda_set_pdl(int on);
+/* Whether launches use PDL now: the last pd_cuda_set_pdl, else PD_CUDA_PDL from the environment,
+ * and in both cases only on a device of compute capability >= 9.0 (read once per process, from
+ * the device current at the first call). */
+int pd_cuda_pdl(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#ifdef __CUDACC__
+#include <cuda_runtime.h>
+
+/* Waits until every grid this one depends on programmatically has completed and its memory
+ * operations are visible; returns at once when the kernel was launched without PDL. */
+__device__ __forceinline__ void pdl_wait(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+/* Lets the next kernel in the stream be launched once every block of this grid has called this
+ * (or exited). Scheduling only: the next kernel's pdl_wait() still waits for this grid's end. */
+__device__ __forceinline__ void pdl_trigger(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+/* Brings the 128-byte lines of [p, p + bytes) into L2, lane by lane over a warp (constant data
+ * only: see the contract above). */
+__device__ __forceinline__ void prefetch_l2_warp(const void *p, size_t bytes, int lane) {
+  const char *c = (const char *)p;
+  for (size_t off = (size_t)lane * 128; off < bytes; off += 32 * 128)
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(c + off));
+}
+
+/* kernel<<<grid, block, smem, stream>>>(args...) with the PDL attribute when pd_cuda_pdl();
+ * returns the launch's status. */
+template <typename... KArgs, typename... Args>
+static inline cudaError_t pd_cuda_launch(void (*kernel)(KArgs...), dim3 grid, dim3 block,
+                                         size_t smem, cudaStream_t stream, Args... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  const int pdl = pd_cuda_pdl();
+  cfg.attrs = pdl ? attr : NULL;
+  cfg.numAttrs = pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
+#endif /* __CUDACC__ */
+
+#endif /* PD_CUDA_LAUNCH_H */
