@@ -6,6 +6,7 @@
  *    device-to-device of 1 GiB (read + write), on two shapes:
  *      the default model's: 64 sequences, 9 query / 3 KV heads, head_dim 64, 2,048 tokens;
  *      a larger model's:    16 sequences, 32 / 8 heads, head_dim 128, 4,096 tokens.
+ *    The same calls again with programmatic dependent launch (PDL), where the GPU has it.
  *    KV bytes read = n_seqs * ctx * n_kv * 2 (K and V) * (head_dim * 2 bytes (f16), or
  *    head_dim + 4 bytes (fp8 and its row scale)). The blocks of each sequence are scattered over
  *    the pool (a shuffled block table).
@@ -13,7 +14,8 @@
  *    tail, one decode row each, the default model's shape: pd_cuda_attn with shared_blocks = 256
  *    (prefix on the tf32, the SIMT and the f16 tile kernel) against the same batch with
  *    shared_blocks = 0 (per-sequence paged decode); and the prefix split coarser than the
- *    default's 128 positions a thread block (pd_cuda_attn_set_cascade_split). Timed with L2
+ *    default's 128 positions a thread block (pd_cuda_attn_set_cascade_split), with the f16 kernel
+ *    also under programmatic dependent launch (PDL, pd_cuda_launch.h). Timed with L2
  *    flushed before every call (a 256 MiB memset outside the timed range: in a forward pass
  *    the weights stream through L2 between two attention calls) and warm (back-to-back calls).
  * 3. Prefill: 4,096 new tokens on the default model's shape (9 / 3 heads, head_dim 64, f16), one
@@ -39,6 +41,7 @@
 #include "pd_attention.h"
 #include "pd_cuda_attention.h"
 #include "pd_cuda_batch.h"
+#include "pd_cuda_launch.h"
 
 #define CK(x)                                                                                      \
   do {                                                                                             \
@@ -277,15 +280,18 @@ static int bench_cascade(char *md, size_t cap, void *flush) {
   }
   /* coarser splits of the prefix (fewer, longer thread blocks; the workspace sized for the
    * default's 128 covers them), L2 flushed */
-  static const int splits[3] = {256, 512, 1024};
-  double casc_split[3][2];
-  for (int i = 0; i < 3; i++) {
+  static const int splits[4] = {128, 256, 512, 1024};
+  double casc_split[4][3]; /* [split][tf32, f16, f16 with PDL] */
+  const int pdl_default = pd_cuda_pdl();
+  for (int i = 0; i < 4; i++) {
     pd_cuda_attn_set_cascade_split(splits[i]);
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < 3; k++) {
       pd_cuda_attn_set_tile_kernel(k ? PD_CUDA_TILE_F16 : PD_CUDA_TILE_TF32);
+      pd_cuda_set_pdl(k == 2);
       casc_split[i][k] = time_attn(&d, &L, n_heads, 20, flush);
     }
   }
+  pd_cuda_set_pdl(pdl_default);
   pd_cuda_attn_set_cascade_split(0);
   pd_cuda_attn_set_tile_kernel(PD_CUDA_TILE_TF32);
   d.b.shared_blocks = 0;
@@ -307,15 +313,15 @@ static int bench_cascade(char *md, size_t cap, void *flush) {
       plain_cold / casc_cold[PD_CUDA_TILE_F16], casc_warm[PD_CUDA_TILE_TF32],
       casc_warm[PD_CUDA_TILE_SIMT], casc_warm[PD_CUDA_TILE_F16], plain_warm,
       plain_warm / casc_warm[PD_CUDA_TILE_TF32], plain_warm / casc_warm[PD_CUDA_TILE_F16]);
-  n += snprintf(md + n, cap - (size_t)n,
-                "\n| fewest prefix positions per thread block (L2 flushed) | tf32 x2 | f16 | "
-                "speed-up (f16) |\n| --- | --- | --- | --- |\n| 128 (the default) | %.1f us | "
-                "%.1f us | %.2fx |\n",
-                casc_cold[PD_CUDA_TILE_TF32], casc_cold[PD_CUDA_TILE_F16],
-                plain_cold / casc_cold[PD_CUDA_TILE_F16]);
-  for (int i = 0; i < 3; i++)
-    n += snprintf(md + n, cap - (size_t)n, "| %d | %.1f us | %.1f us | %.2fx |\n", splits[i],
-                  casc_split[i][0], casc_split[i][1], plain_cold / casc_split[i][1]);
+  n +=
+      snprintf(md + n, cap - (size_t)n,
+               "\n| fewest prefix positions per thread block (default 128), L2 flushed | tf32 x2 | "
+               "f16 | f16, PDL | speed-up (f16) | speed-up (f16, PDL) |\n| --- | --- | --- | --- | "
+               "--- | --- |\n");
+  for (int i = 0; i < 4; i++)
+    n += snprintf(md + n, cap - (size_t)n, "| %d | %.1f us | %.1f us | %.1f us | %.2fx | %.2fx |\n",
+                  splits[i], casc_split[i][0], casc_split[i][1], casc_split[i][2],
+                  plain_cold / casc_split[i][1], plain_cold / casc_split[i][2]);
   return n;
 }
 
@@ -448,17 +454,33 @@ int main(int argc, char **argv) {
   shape shapes[2] = {{"default model: 64 seqs, 9/3 heads, hd 64, 2,048 tokens", 64, 9, 3, 64, 2048},
                      {"16 seqs, 32/8 heads, hd 128, 4,096 tokens", 16, 32, 8, 128, 4096}};
   static char dec[2048], casc[4096], pre[4096], res[4096];
+  /* the last column: the same calls with programmatic dependent launch (pd_cuda_launch.h), where
+   * the GPU has it */
+  const int pdl_default = pd_cuda_pdl();
+  pd_cuda_set_pdl(1);
+  const int pdl_ok = pd_cuda_pdl();
+  pd_cuda_set_pdl(0);
   int n = snprintf(dec, sizeof dec,
-                   "| shape | cache | time | KV read | vs device copy (%.0f GB/s) |\n"
-                   "| --- | --- | --- | --- | --- |\n",
+                   "| shape | cache | time | KV read | vs device copy (%.0f GB/s) | with PDL |\n"
+                   "| --- | --- | --- | --- | --- | --- |\n",
                    copy);
   const enum pd_dtype dts[2] = {PD_DTYPE_F16, PD_DTYPE_FP8_E4M3};
   for (int i = 0; i < 2; i++)
     for (int d = 0; d < 2; d++) {
-      double us, gbps = run_shape(&shapes[i], dts[d], &us);
-      n += snprintf(dec + n, sizeof dec - (size_t)n, "| %s | %s | %.1f us | %.0f GB/s | %.0f%% |\n",
-                    shapes[i].name, pd_dtype_name(dts[d]), us, gbps, 100.0 * gbps / copy);
+      double us, us_pdl = 0, gbps = run_shape(&shapes[i], dts[d], &us), gbps_pdl = 0;
+      if (pdl_ok) {
+        pd_cuda_set_pdl(1);
+        gbps_pdl = run_shape(&shapes[i], dts[d], &us_pdl);
+        pd_cuda_set_pdl(0);
+      }
+      char pdl_col[64] = "not on this GPU";
+      if (pdl_ok)
+        snprintf(pdl_col, sizeof pdl_col, "%.1f us (%.0f%%)", us_pdl, 100.0 * gbps_pdl / copy);
+      n += snprintf(dec + n, sizeof dec - (size_t)n,
+                    "| %s | %s | %.1f us | %.0f GB/s | %.0f%% | %s |\n", shapes[i].name,
+                    pd_dtype_name(dts[d]), us, gbps, 100.0 * gbps / copy, pdl_col);
     }
+  pd_cuda_set_pdl(pdl_default);
   const char *grid_env = getenv("PD_CUDA_DECODE_GRID");
   if (decode_only) { /* the decode grid sweep (scripts/gpu-check bench): section 1 alone */
     printf("device: %s\nPD_CUDA_DECODE_GRID=%s\n\n%s", p.name, grid_env ? grid_env : "(unset)",

@@ -33,6 +33,10 @@ static int device_supports_pdl(void) {
   return v;
 }
 
+extern "C" void pd_cuda_pdl_refused(void) {
+  pdl_supported.store(0);
+}
+
 extern "C" int pd_cuda_pdl(void) {
   int v = pdl_asked.load();
   if (v < 0) {

@@ -40,6 +40,9 @@ void pd_cuda_set_pdl(int on);
  * and in both cases only on a device of compute capability >= 9.0 (read once per process, from
  * the device current at the first call). */
 int pd_cuda_pdl(void);
+/* Called by pd_cuda_launch when a launch with the attribute failed and the same launch without it
+ * succeeded: PDL stays off for the rest of the process (pd_cuda_pdl() returns 0 from then on). */
+void pd_cuda_pdl_refused(void);
 
 #ifdef __cplusplus
 }
@@ -73,7 +76,8 @@ __device__ __forceinline__ void prefetch_l2_warp(const void *p, size_t bytes, in
 }
 
 /* kernel<<<grid, block, smem, stream>>>(args...) with the PDL attribute when pd_cuda_pdl();
- * returns the launch's status. */
+ * returns the launch's status. Should the runtime refuse the attribute where the launch itself is
+ * fine (a stream or driver without PDL), the launch is made without it and PDL is turned off. */
 template <typename... KArgs, typename... Args>
 static inline cudaError_t pd_cuda_launch(void (*kernel)(KArgs...), dim3 grid, dim3 block,
                                          size_t smem, cudaStream_t stream, Args... args) {
@@ -88,7 +92,14 @@ static inline cudaError_t pd_cuda_launch(void (*kernel)(KArgs...), dim3 grid, di
   const int pdl = pd_cuda_pdl();
   cfg.attrs = pdl ? attr : NULL;
   cfg.numAttrs = pdl ? 1 : 0;
-  return cudaLaunchKernelEx(&cfg, kernel, args...);
+  cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, args...);
+  if (e != cudaSuccess && pdl) {
+    cudaGetLastError();
+    cfg.attrs = NULL, cfg.numAttrs = 0;
+    e = cudaLaunchKernelEx(&cfg, kernel, args...);
+    if (e == cudaSuccess) pd_cuda_pdl_refused();
+  }
+  return e;
 }
 #endif /* __CUDACC__ */
 
