@@ -262,6 +262,19 @@ static double time_attn(dbatch *d, const pd_kv_layout *L, int n_heads, int iters
   return total_ms * 1e3 / iters;
 }
 
+/* What the columns marked PDL measured: asked for PDL where pdl_ok, and pd_cuda_launch turns it
+ * off for good should the runtime refuse it. Call after the last PDL measurement. */
+static const char *pdl_note(int pdl_ok) {
+  if (!pdl_ok) return "PDL (programmatic dependent launch): not supported on this GPU.";
+  const int before = pd_cuda_pdl();
+  pd_cuda_set_pdl(1);
+  const int held = pd_cuda_pdl();
+  pd_cuda_set_pdl(before);
+  return held ? "PDL (programmatic dependent launch, pd_cuda_launch.h): measured in the columns "
+                "marked PDL."
+              : "PDL was REFUSED by the runtime during the run: the columns marked PDL ran plain.";
+}
+
 /* ---- 2. cascade ------------------------------------------------------------------------------- */
 
 static int bench_cascade(char *md, size_t cap, void *flush) {
@@ -483,15 +496,16 @@ int main(int argc, char **argv) {
   pd_cuda_set_pdl(pdl_default);
   const char *grid_env = getenv("PD_CUDA_DECODE_GRID");
   if (decode_only) { /* the decode grid sweep (scripts/gpu-check bench): section 1 alone */
-    printf("device: %s\nPD_CUDA_DECODE_GRID=%s\n\n%s", p.name, grid_env ? grid_env : "(unset)",
-           dec);
+    printf("device: %s\nPD_CUDA_DECODE_GRID=%s\n\n%s\n%s\n", p.name,
+           grid_env ? grid_env : "(unset)", dec, pdl_note(pdl_ok));
     FILE *f = outp ? fopen(outp, "w") : NULL;
     if (outp && !f) return 1;
     if (f) {
       fprintf(f,
               "# Decode attention, PD_CUDA_DECODE_GRID=%s\n\nDevice: %s. Command: "
-              "`PD_CUDA_DECODE_GRID=%s attn_bench --decode-only --out %s`.\n\n%s",
-              grid_env ? grid_env : "(unset)", p.name, grid_env ? grid_env : "", outp, dec);
+              "`PD_CUDA_DECODE_GRID=%s attn_bench --decode-only --out %s`.\n\n%s\n%s\n",
+              grid_env ? grid_env : "(unset)", p.name, grid_env ? grid_env : "", outp, dec,
+              pdl_note(pdl_ok));
       fclose(f);
     }
     return 0;
@@ -502,7 +516,8 @@ int main(int argc, char **argv) {
   cudaFree(flush);
   bench_prefill(pre, sizeof pre);
   bench_restore(res, sizeof res);
-  printf("device: %s\n\n%s\n%s\n%s\n%s", p.name, dec, casc, pre, res);
+  const char *note = pdl_note(pdl_ok);
+  printf("device: %s\n\n%s\n%s\n%s\n%s\n%s\n", p.name, dec, casc, pre, res, note);
   if (outp) {
     FILE *f = fopen(outp, "w");
     if (!f) return 1;
@@ -513,8 +528,8 @@ int main(int argc, char **argv) {
         " (the PyTorch SDPA line comes from `bench/cuda/sdpa_ref.py` in the same run).\n\n"
         "## Decode (pd_cuda_attn_decode, f16 and fp8-e4m3 caches)\n\n%s\n## Cascade: shared "
         "prefix\n\n%s\n"
-        "## Prefill attention\n\n%s\n## Block restore and spill\n\n%s\n",
-        p.name, outp, dec, casc, pre, res);
+        "## Prefill attention\n\n%s\n## Block restore and spill\n\n%s\n%s\n",
+        p.name, outp, dec, casc, pre, res, note);
     fclose(f);
   }
   return 0;

@@ -210,6 +210,13 @@ int main(int argc, char **argv) {
          (unsigned long long)g.n_replays, g.graphs_off ? "; graphs turned off: " : "",
          g.graphs_off ? g.graph_err : "");
 
+  /* pd_cuda_launch turns PDL off for good should the runtime refuse it: then say so */
+  pd_cuda_set_pdl(1);
+  const int pdl_refused = pdl_ok && !pd_cuda_pdl();
+  pd_cuda_set_pdl(pdl_default);
+  if (pdl_refused)
+    printf("PDL was refused by the runtime during the run: the PDL rows ran plain\n");
+
   if (outp) {
     FILE *f = fopen(outp, "w");
     if (!f) {
@@ -257,7 +264,9 @@ int main(int argc, char **argv) {
             "\nBatch 64 and prefill ran with fused_gemv = %d (the fusion applies to steps of at "
             "most %d rows). PDL: programmatic dependent launch (pd_cuda_launch.h), %s.\n",
             fused_default, PD_CUDA_GEMV_MAX_ROWS,
-            pdl_ok ? "measured in the rows marked PDL" : "not supported on this GPU");
+            !pdl_ok       ? "not supported on this GPU"
+            : pdl_refused ? "REFUSED by the runtime during the run: the rows marked PDL ran plain"
+                          : "measured in the rows marked PDL");
     fprintf(f, "\nSteps: %llu eager, %llu graph captures, %llu graph replays.\n",
             (unsigned long long)g.n_eager, (unsigned long long)g.n_captures,
             (unsigned long long)g.n_replays);

@@ -13,20 +13,32 @@
 
 /* -1: not decided yet; else 0 / 1 as asked (pd_cuda_set_pdl or the environment) */
 static std::atomic<int> pdl_asked{-1};
-/* -1: not probed yet; else whether the device current at the first probe has griddepcontrol */
+/* -1: not probed yet; else whether the device current at the first probe has griddepcontrol and
+ * this build's kernels run code that uses it */
 static std::atomic<int> pdl_supported{-1};
+
+/* Compiled like every kernel of the backend (the same CUDA architectures), so that its PTX
+ * version is theirs. */
+__global__ void pdl_probe_kernel(void) {}
 
 extern "C" void pd_cuda_set_pdl(int on) {
   pdl_asked.store(on ? 1 : 0);
 }
 
+/* The device must be of compute capability 9.0 or more, and the code it runs must have been
+ * compiled for one: pdl_wait() is empty below __CUDA_ARCH__ 900, so a build for sm_80 / sm_89 only,
+ * JIT-compiled from that PTX on a Hopper, has kernels without the wait, and launching them with
+ * the attribute would let them read before the kernel before them has finished. The probe
+ * kernel's PTX version tells which code the device runs (90 or more: the wait is in it). */
 static int device_supports_pdl(void) {
   int v = pdl_supported.load();
   if (v < 0) {
     int dev = 0, major = 0;
+    cudaFuncAttributes fa = {};
     v = cudaGetDevice(&dev) == cudaSuccess &&
         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-        major >= 9;
+        major >= 9 && cudaFuncGetAttributes(&fa, pdl_probe_kernel) == cudaSuccess &&
+        fa.ptxVersion >= 90;
     cudaGetLastError(); /* a failed probe is "no", not an error for the next launch to report */
     pdl_supported.store(v);
   }

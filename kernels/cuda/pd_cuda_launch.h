@@ -25,7 +25,8 @@
  *
  * The switch is process-wide (the kernels' callers pass only a stream): pd_cuda_set_pdl, or
  * PD_CUDA_PDL=1 in the environment (pd_cuda_env_flag's rule). It applies only on devices of
- * compute capability 9.0 or more, where griddepcontrol exists.
+ * compute capability 9.0 or more, where griddepcontrol exists, running code compiled for one (a
+ * build for older architectures only, JIT-compiled on a Hopper, has no wait in its kernels).
  */
 #ifndef PD_CUDA_LAUNCH_H
 #define PD_CUDA_LAUNCH_H
@@ -37,8 +38,8 @@ extern "C" {
 /* 1: launch with PDL (where the current device supports it), 0: plain stream order. */
 void pd_cuda_set_pdl(int on);
 /* Whether launches use PDL now: the last pd_cuda_set_pdl, else PD_CUDA_PDL from the environment,
- * and in both cases only on a device of compute capability >= 9.0 (read once per process, from
- * the device current at the first call). */
+ * and in both cases only on a device of compute capability >= 9.0 running code compiled for 9.0
+ * or more (probed once per process, on the device current at the first call). */
 int pd_cuda_pdl(void);
 /* Called by pd_cuda_launch when a launch with the attribute failed and the same launch without it
  * succeeded: PDL stays off for the rest of the process (pd_cuda_pdl() returns 0 from then on). */

@@ -136,6 +136,11 @@ typedef struct tcase {
   int stream;        /* 1: run on a created stream, 0: the NULL stream */
 } tcase;
 
+/* When set, run_case copies its first pass's output (the tensor-core tile kernel's) here, up to
+ * keep_cap floats, and its element count to keep_n: for comparing two runs of one case. */
+static float *keep_out;
+static size_t keep_cap, keep_n;
+
 static void run_case(const tcase *c) {
   const int layers = 2, layer = 1, n_heads = c->n_kv * c->group, hd = c->hd, B = c->B;
   pd_kv_layout L = {layers, c->n_kv, hd, B, c->dt};
@@ -257,6 +262,10 @@ static void run_case(const tcase *c) {
              : !tiles    ? ""
              : pass      ? " (SIMT)"
                          : " (tensor cores)");
+    if (pass == 0 && keep_out) {
+      ck_assert_uint_le(qn, keep_cap);
+      memcpy(keep_out, got, qn * 4), keep_n = qn;
+    }
     if (pass == 3)
       compare_within(ref, got, qn, n_heads, hd, label, TOL_F16_REL, TOL_F16_ABS);
     else
@@ -419,19 +428,45 @@ END_TEST
  * the chains tile -> merge_rows and tile -> decode_split -> merge_seq stay in order. */
 START_TEST(tuning_knobs_keep_results) {
   pd_cuda_set_pdl(1);
-  pd_cuda_attn_set_prefill_order(0);
+  /* each tile's arithmetic does not depend on which block computes it: launch order and longest
+   * first give the same bytes, on the same inputs (the generator restarted from one state) */
   int mp[6] = {0, 100, 16, 5, 1000, 33}, mn[6] = {37, 1, 64, 1, 200, 2};
-  tcase c0 = {PD_DTYPE_F16, 64, 3, 3, 16, 6, mp, mn, 0, 1.0f, 1};
-  run_case(&c0);
   int p1 = 0, n1 = 700;
-  tcase c1 = {PD_DTYPE_BF16, 128, 1, 8, 16, 1, &p1, &n1, 0, 4.0f, 0};
-  run_case(&c1);
+  const tcase cases[2] = {{PD_DTYPE_F16, 64, 3, 3, 16, 6, mp, mn, 0, 1.0f, 1},
+                          {PD_DTYPE_BF16, 128, 1, 8, 16, 1, &p1, &n1, 0, 4.0f, 0}};
+  keep_cap = (size_t)1400 * 8 * 128;
+  float *by_order[2] = {malloc(keep_cap * 4), malloc(keep_cap * 4)};
+  for (int i = 0; i < 2; i++) {
+    const uint64_t seed = rng;
+    size_t n[2];
+    for (int order = 0; order < 2; order++) {
+      rng = seed;
+      pd_cuda_attn_set_prefill_order(order);
+      keep_out = by_order[order];
+      run_case(&cases[i]);
+      n[order] = keep_n;
+    }
+    keep_out = NULL;
+    ck_assert_uint_eq(n[0], n[1]);
+    ck_assert_msg(!memcmp(by_order[0], by_order[1], n[0] * 4),
+                  "case %d: prefill tiles in launch order and longest first differ", i);
+  }
+  free(by_order[0]), free(by_order[1]);
   pd_cuda_attn_set_prefill_order(1);
+  /* coarser cascade splits: fewer partials, so a smaller workspace, and the same results */
   int past[24], one[24];
   for (int s = 0; s < 24; s++) past[s] = 1024 + irand(200), one[s] = 1;
+  pd_kv_layout L = {2, 3, 64, 16, PD_DTYPE_F16};
+  pd_cuda_batch b = {0};
+  b.n_seqs = 24, b.n_rows = 24, b.max_blocks = 80, b.max_new = 1, b.max_ctx = 1224;
+  b.shared_blocks = 64;
+  size_t last = pd_cuda_attn_batch_workspace_bytes(&L, 9, &b);
   const int splits[3] = {256, 512, 1024};
   for (int i = 0; i < 3; i++) {
     pd_cuda_attn_set_cascade_split(splits[i]);
+    const size_t ws = pd_cuda_attn_batch_workspace_bytes(&L, 9, &b);
+    ck_assert_msg(ws < last, "split %d: workspace %zu, not below %zu", splits[i], ws, last);
+    last = ws;
     tcase c = {PD_DTYPE_F16, 64, 3, 3, 16, 24, past, one, 64, 1.0f, i & 1};
     run_case(&c);
   }
