@@ -89,7 +89,7 @@ static pd_llama_cuda_graph *graph_find(pd_llama_cuda *c, const pd_llama_cuda_gra
     if (g->last_use && g->pool == key->pool && g->n_seqs == key->n_seqs &&
         g->max_blocks == key->max_blocks && g->shared_blocks == key->shared_blocks &&
         g->n_want == key->n_want && g->greedy == key->greedy && g->fused == key->fused &&
-        g->pdl == key->pdl)
+        g->pdl == key->pdl && g->cluster == key->cluster)
       return g;
   }
   return NULL;
@@ -738,8 +738,17 @@ static int forward(pd_llama_cuda *c, void *pool, const pd_llama_seq *seqs, int n
   /* run: replay, capture, or eager */
   int done = 0;
   if (decode && c->use_graphs && !c->graphs_off) {
-    pd_llama_cuda_graph key = {pool,          n_seqs, T, shared, n_want, greedy, c->fused_gemv != 0,
-                               pd_cuda_pdl(), NULL,   0};
+    pd_llama_cuda_graph key = {pool,
+                               n_seqs,
+                               T,
+                               shared,
+                               n_want,
+                               greedy,
+                               c->fused_gemv != 0,
+                               pd_cuda_pdl(),
+                               pd_cuda_attn_decode_cluster(),
+                               NULL,
+                               0};
     pd_llama_cuda_graph *g = graph_find(c, &key);
     c->clock++;
     if (!g) { /* first sight: remember the shape, run eagerly */

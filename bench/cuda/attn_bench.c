@@ -6,7 +6,8 @@
  *    device-to-device of 1 GiB (read + write), on two shapes:
  *      the default model's: 64 sequences, 9 query / 3 KV heads, head_dim 64, 2,048 tokens;
  *      a larger model's:    16 sequences, 32 / 8 heads, head_dim 128, 4,096 tokens.
- *    The same calls again with programmatic dependent launch (PDL), where the GPU has it.
+ *    The same calls again with programmatic dependent launch (PDL), with the splits merged in a
+ *    thread-block cluster instead of by merge_seq, and with both, where the GPU has them.
  *    KV bytes read = n_seqs * ctx * n_kv * 2 (K and V) * (head_dim * 2 bytes (f16), or
  *    head_dim + 4 bytes (fp8 and its row scale)). The blocks of each sequence are scattered over
  *    the pool (a shuffled block table).
@@ -15,7 +16,8 @@
  *    (prefix on the tf32, the SIMT and the f16 tile kernel) against the same batch with
  *    shared_blocks = 0 (per-sequence paged decode); and the prefix split coarser than the
  *    default's 128 positions a thread block (pd_cuda_attn_set_cascade_split), with the f16 kernel
- *    also under programmatic dependent launch (PDL, pd_cuda_launch.h). Timed with L2
+ *    also under programmatic dependent launch (PDL, pd_cuda_launch.h), and with that and the
+ *    decode merge in a cluster (pd_cuda_attn_set_decode_cluster). Timed with L2
  *    flushed before every call (a 256 MiB memset outside the timed range: in a forward pass
  *    the weights stream through L2 between two attention calls) and warm (back-to-back calls).
  * 3. Prefill: 4,096 new tokens on the default model's shape (9 / 3 heads, head_dim 64, f16), one
@@ -294,17 +296,19 @@ static int bench_cascade(char *md, size_t cap, void *flush) {
   /* coarser splits of the prefix (fewer, longer thread blocks; the workspace sized for the
    * default's 128 covers them), L2 flushed */
   static const int splits[4] = {128, 256, 512, 1024};
-  double casc_split[4][3]; /* [split][tf32, f16, f16 with PDL] */
-  const int pdl_default = pd_cuda_pdl();
+  double casc_split[4][4]; /* [split][tf32, f16, f16 with PDL, and the merge in a cluster] */
+  const int pdl_default = pd_cuda_pdl(), cluster_default = pd_cuda_attn_decode_cluster();
   for (int i = 0; i < 4; i++) {
     pd_cuda_attn_set_cascade_split(splits[i]);
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < 4; k++) {
       pd_cuda_attn_set_tile_kernel(k ? PD_CUDA_TILE_F16 : PD_CUDA_TILE_TF32);
-      pd_cuda_set_pdl(k == 2);
+      pd_cuda_set_pdl(k >= 2);
+      pd_cuda_attn_set_decode_cluster(k == 3);
       casc_split[i][k] = time_attn(&d, &L, n_heads, 20, flush);
     }
   }
   pd_cuda_set_pdl(pdl_default);
+  pd_cuda_attn_set_decode_cluster(cluster_default);
   pd_cuda_attn_set_cascade_split(0);
   pd_cuda_attn_set_tile_kernel(PD_CUDA_TILE_TF32);
   d.b.shared_blocks = 0;
@@ -329,12 +333,13 @@ static int bench_cascade(char *md, size_t cap, void *flush) {
   n +=
       snprintf(md + n, cap - (size_t)n,
                "\n| fewest prefix positions per thread block (default 128), L2 flushed | tf32 x2 | "
-               "f16 | f16, PDL | speed-up (f16) | speed-up (f16, PDL) |\n| --- | --- | --- | --- | "
-               "--- | --- |\n");
+               "f16 | f16, PDL | f16, PDL, merge in a cluster | speed-up (f16) | speed-up (f16, "
+               "PDL, cluster) |\n| --- | --- | --- | --- | --- | --- | --- |\n");
   for (int i = 0; i < 4; i++)
-    n += snprintf(md + n, cap - (size_t)n, "| %d | %.1f us | %.1f us | %.1f us | %.2fx | %.2fx |\n",
-                  splits[i], casc_split[i][0], casc_split[i][1], casc_split[i][2],
-                  plain_cold / casc_split[i][1], plain_cold / casc_split[i][2]);
+    n += snprintf(md + n, cap - (size_t)n,
+                  "| %d | %.1f us | %.1f us | %.1f us | %.1f us | %.2fx | %.2fx |\n", splits[i],
+                  casc_split[i][0], casc_split[i][1], casc_split[i][2], casc_split[i][3],
+                  plain_cold / casc_split[i][1], plain_cold / casc_split[i][3]);
   return n;
 }
 
@@ -466,33 +471,39 @@ int main(int argc, char **argv) {
   double copy = copy_gbps();
   shape shapes[2] = {{"default model: 64 seqs, 9/3 heads, hd 64, 2,048 tokens", 64, 9, 3, 64, 2048},
                      {"16 seqs, 32/8 heads, hd 128, 4,096 tokens", 16, 32, 8, 128, 4096}};
-  static char dec[2048], casc[4096], pre[4096], res[4096];
-  /* the last column: the same calls with programmatic dependent launch (pd_cuda_launch.h), where
-   * the GPU has it */
-  const int pdl_default = pd_cuda_pdl();
+  static char dec[4096], casc[4096], pre[4096], res[4096];
+  /* the last columns: the same calls with programmatic dependent launch (pd_cuda_launch.h), with
+   * the splits merged in a thread-block cluster (up to 8 splits), and both, where the GPU has
+   * them (Hopper and later) */
+  const int pdl_default = pd_cuda_pdl(), cluster_default = pd_cuda_attn_decode_cluster();
   pd_cuda_set_pdl(1);
-  const int pdl_ok = pd_cuda_pdl();
-  pd_cuda_set_pdl(0);
+  pd_cuda_attn_set_decode_cluster(1);
+  const int pdl_ok = pd_cuda_pdl(), cluster_ok = pd_cuda_attn_decode_cluster();
   int n = snprintf(dec, sizeof dec,
-                   "| shape | cache | time | KV read | vs device copy (%.0f GB/s) | with PDL |\n"
-                   "| --- | --- | --- | --- | --- | --- |\n",
+                   "| shape | cache | time | KV read | vs device copy (%.0f GB/s) | with PDL | "
+                   "merge in a cluster | cluster + PDL |\n"
+                   "| --- | --- | --- | --- | --- | --- | --- | --- |\n",
                    copy);
   const enum pd_dtype dts[2] = {PD_DTYPE_F16, PD_DTYPE_FP8_E4M3};
   for (int i = 0; i < 2; i++)
     for (int d = 0; d < 2; d++) {
-      double us, us_pdl = 0, gbps = run_shape(&shapes[i], dts[d], &us), gbps_pdl = 0;
-      if (pdl_ok) {
-        pd_cuda_set_pdl(1);
-        gbps_pdl = run_shape(&shapes[i], dts[d], &us_pdl);
-        pd_cuda_set_pdl(0);
+      double us[4] = {0, 0, 0, 0}, gbps[4] = {0, 0, 0, 0}; /* [cluster * 2 + pdl] */
+      char col[4][48];
+      for (int v = 0; v < 4; v++) {
+        const int pdl = v & 1, cluster = v >> 1;
+        snprintf(col[v], sizeof col[v], "not on this GPU");
+        if ((pdl && !pdl_ok) || (cluster && !cluster_ok)) continue;
+        pd_cuda_set_pdl(pdl);
+        pd_cuda_attn_set_decode_cluster(cluster);
+        gbps[v] = run_shape(&shapes[i], dts[d], &us[v]);
+        snprintf(col[v], sizeof col[v], "%.1f us (%.0f%%)", us[v], 100.0 * gbps[v] / copy);
       }
-      char pdl_col[64] = "not on this GPU";
-      if (pdl_ok)
-        snprintf(pdl_col, sizeof pdl_col, "%.1f us (%.0f%%)", us_pdl, 100.0 * gbps_pdl / copy);
       n += snprintf(dec + n, sizeof dec - (size_t)n,
-                    "| %s | %s | %.1f us | %.0f GB/s | %.0f%% | %s |\n", shapes[i].name,
-                    pd_dtype_name(dts[d]), us, gbps, 100.0 * gbps / copy, pdl_col);
+                    "| %s | %s | %.1f us | %.0f GB/s | %.0f%% | %s | %s | %s |\n", shapes[i].name,
+                    pd_dtype_name(dts[d]), us[0], gbps[0], 100.0 * gbps[0] / copy, col[1], col[2],
+                    col[3]);
     }
+  pd_cuda_attn_set_decode_cluster(cluster_default);
   pd_cuda_set_pdl(pdl_default);
   const char *grid_env = getenv("PD_CUDA_DECODE_GRID");
   if (decode_only) { /* the decode grid sweep (scripts/gpu-check bench): section 1 alone */

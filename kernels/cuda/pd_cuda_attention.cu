@@ -30,6 +30,11 @@
  *   combines the splits of each (sequence, head) by log-sum-exp. The split count grows with the
  *   context (128 tokens a split at least) until the grid has DEC_MAX_GRID (1,024) blocks;
  *   PD_CUDA_DECODE_GRID overrides that for tuning (bench/results/cuda_decode_tuning.md).
+ *   Opt-in (pd_cuda_attn_set_decode_cluster, PD_CUDA_DECODE_CLUSTER=1; Hopper): a launch of at
+ *   most 8 splits runs decode_split<CLUSTER> with each (sequence, KV head)'s splits as one
+ *   thread-block cluster; block 0 reads the others' results through distributed shared memory
+ *   (with a cascade's prefix partials from the workspace), merges them as merge_seq does and
+ *   writes the rows: one launch instead of two. The plain instantiations' code is unchanged.
  *   fp8 rows convert with the hardware's e4m3x2 -> f16x2 instruction, then times the row scale.
  *
  * tile_mma (default) and tile_attn (SIMT, pd_cuda_attn_set_tensor_cores(0) or
@@ -83,6 +88,7 @@
  * prefix are compute-bound: an f16 / bf16 mma path (one mma, Q and P rounded to 16 bits) with
  * ldmatrix and cp.async double buffering is the next step, with its own stated tolerance.
  */
+#include <cooperative_groups.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
@@ -108,6 +114,7 @@
 #define DEC_GROUP      8    /* query heads per decode thread block */
 #define DEC_MIN_SPLIT  128  /* tokens per decode split, at least */
 #define DEC_MAX_GRID   1024 /* decode splits stop growing past this many thread blocks */
+#define DEC_CLUSTER    8    /* decode merges in a cluster when it has at most this many splits */
 #define TB_M           64   /* (row, head) pairs per tile */
 #define TB_N           64   /* KV positions per tile */
 #define TB_THREADS     256
@@ -250,6 +257,12 @@ struct DecArgs {
   float *ws_acc, *ws_ml;
 };
 
+/* decode_split<CLUSTER = true>'s arguments: the grid's x (the splits) is one thread-block cluster,
+ * whose block 0 merges the splits (and the workspace's slots before split_base) into out. */
+struct DecClusterArgs : DecArgs {
+  float *out;
+};
+
 /* 8 consecutive elements of one K or V row as f32 (fp8: times the row's scale). Raw<T> holds the
  * loaded bytes, so that a thread issues the loads of several tokens before it converts any. */
 template <typename T> struct Raw8 {
@@ -286,11 +299,75 @@ template <> struct Raw8<fp8_t> {
   }
 };
 
+/* The largest max of the n workspace slots from slot0 (ws_ml holds (max, sum) per slot). */
+__device__ __forceinline__ float ws_max(const float *ws_ml, size_t slot0, int n) {
+  float M = -INFINITY;
+  for (int s = 0; s < n; s++) M = fmaxf(M, ws_ml[2 * (slot0 + s)]);
+  return M;
+}
+
+/* Adds the n workspace slots from slot0, each weighted by exp2(its max - M), to *L (sums) and
+ * *acc (element d); slots whose max is -inf (empty splits) are skipped. */
+template <int HD>
+__device__ __forceinline__ void ws_add(const float *ws_acc, const float *ws_ml, size_t slot0, int n,
+                                       int d, float M, float *L, float *acc) {
+  for (int s = 0; s < n; s++) {
+    const float m = ws_ml[2 * (slot0 + s)];
+    if (m == -INFINITY) continue;
+    const float w = exp2f(m - M);
+    *L += ws_ml[2 * (slot0 + s) + 1] * w;
+    *acc += ws_acc[(slot0 + s) * HD + d] * w;
+  }
+}
+
+/*
+ * The end of decode_split<CLUSTER> (its splits form one cluster): every block has put its split's
+ * (acc, max, sum) for its gn heads in part_acc / part_ml; block 0 of the cluster reads
+ * them all through distributed shared memory, together with the workspace's slots before
+ * split_base (a cascade's shared-prefix partials, written by the tile kernel before), merges them
+ * by log-sum-exp in merge_seq's order and arithmetic, and writes the row's output. The second
+ * cluster barrier keeps every block's shared memory alive until block 0 has read it.
+ */
+template <int HD>
+__device__ __forceinline__ void cluster_merge(const DecClusterArgs &a, int seq, int row, int head0,
+                                              int gn, float (*part_acc)[HD], float (*part_ml)[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  cluster.sync();
+  if (cluster.block_rank() == 0) {
+    const int n_ranks = (int)cluster.num_blocks();
+    for (int e = threadIdx.x; e < gn * HD; e += DEC_THREADS) {
+      const int g = e / HD, d = e % HD;
+      const size_t slot0 = ((size_t)seq * a.n_heads + head0 + g) * a.ws_splits;
+      float M = ws_max(a.ws_ml, slot0, a.split_base);
+      for (int r = 0; r < n_ranks; r++) M = fmaxf(M, *cluster.map_shared_rank(&part_ml[g][0], r));
+      float L = 0.0f, acc = 0.0f;
+      ws_add<HD>(a.ws_acc, a.ws_ml, slot0, a.split_base, d, M, &L, &acc);
+      for (int r = 0; r < n_ranks; r++) {
+        const float *ml = cluster.map_shared_rank(&part_ml[g][0], r);
+        const float m = ml[0];
+        if (m == -INFINITY) continue;
+        const float w = exp2f(m - M);
+        L += ml[1] * w;
+        acc += *cluster.map_shared_rank(&part_acc[g][d], r) * w;
+      }
+      a.out[((size_t)row * a.n_heads + head0 + g) * HD + d] = acc / L;
+    }
+  }
+  cluster.sync();
+#else
+  (void)a, (void)seq, (void)row, (void)head0, (void)gn, (void)part_acc, (void)part_ml;
+#endif
+}
+
 /* decode_split: see the top of the file. G = query heads per thread block the registers are
- * sized for (1, 4 or 8; a block's chunk of the group has gn <= G of them). */
-template <int HD, typename T, int G>
+ * sized for (1, 4 or 8; a block's chunk of the group has gn <= G of them). CLUSTER: the splits
+ * are one cluster and merge in it (cluster_merge; a.cluster_out is set), a separate
+ * instantiation so that the plain one's code stays as it was. */
+template <int HD, typename T, int G, bool CLUSTER>
 __global__ void __launch_bounds__(DEC_THREADS, G == 8 ? 2 : (sizeof(T) == 4 ? 3 : 4))
-    decode_split(DecArgs a) {
+    decode_split(std::conditional_t<CLUSTER, DecClusterArgs, DecArgs> a) {
   pdl_wait();
   pdl_trigger();
   constexpr int LPT = HD / 8;       /* lanes per token, 8 elements each */
@@ -443,34 +520,83 @@ __global__ void __launch_bounds__(DEC_THREADS, G == 8 ? 2 : (sizeof(T) == 4 ? 3 
     }
   }
   __syncthreads();
-  for (int e = tid; e < gn * HD; e += DEC_THREADS) {
-    const int g = e / HD, d = e % HD;
-    float M = -INFINITY;
+  /* element (g, d) of the split's result: the NW warps' states merged by log-sum-exp */
+  auto merged = [&](int g, int d, float *M, float *L, float *A) {
+    *M = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < NW; w++) M = fmaxf(M, m_s[w][g]);
-    float L = 0.0f, A = 0.0f;
-    if (M != -INFINITY) {
+    for (int w = 0; w < NW; w++) *M = fmaxf(*M, m_s[w][g]);
+    *L = 0.0f, *A = 0.0f;
+    if (*M != -INFINITY) {
 #pragma unroll
       for (int w = 0; w < NW; w++) {
-        const float wt = exp2f(m_s[w][g] - M);
-        L += l_s[w][g] * wt;
-        A += acc_s[w][g][d] * wt;
+        const float wt = exp2f(m_s[w][g] - *M);
+        *L += l_s[w][g] * wt;
+        *A += acc_s[w][g][d] * wt;
       }
     }
-    const size_t slot = ((size_t)seq * a.n_heads + head0 + g) * a.ws_splits + a.split_base + split;
-    a.ws_acc[slot * HD + d] = A;
-    if (d == 0) a.ws_ml[2 * slot] = M, a.ws_ml[2 * slot + 1] = L;
+  };
+  if constexpr (CLUSTER) {          /* the result stays in shared memory, and the cluster merges */
+    __shared__ float part_ml[G][2]; /* the split's (max, sum) per head */
+    for (int e = tid; e < gn * HD; e += DEC_THREADS) {
+      const int g = e / HD, d = e % HD;
+      float M, L, A;
+      merged(g, d, &M, &L, &A);
+      acc_s[0][g][d] = A; /* element (g, d) of acc_s is read above by this thread only */
+      if (d == 0) part_ml[g][0] = M, part_ml[g][1] = L;
+    }
+    cluster_merge<HD>(a, seq, row, head0, gn, acc_s[0], part_ml);
+  } else {
+    for (int e = tid; e < gn * HD; e += DEC_THREADS) {
+      const int g = e / HD, d = e % HD;
+      float M, L, A;
+      merged(g, d, &M, &L, &A);
+      const size_t slot =
+          ((size_t)seq * a.n_heads + head0 + g) * a.ws_splits + a.split_base + split;
+      a.ws_acc[slot * HD + d] = A;
+      if (d == 0) a.ws_ml[2 * slot] = M, a.ws_ml[2 * slot + 1] = L;
+    }
   }
 }
 
-/* Launches decode_split with the smallest register tile that holds a chunk of the group. */
+/* Launches decode_split with the smallest register tile that holds a chunk of the group; with
+ * cluster_out, the splits (grid.x) as one cluster that writes the merged rows to cluster_out. */
 template <int HD, typename T>
-static cudaError_t launch_decode(dim3 grid, cudaStream_t st, const DecArgs &d) {
+static cudaError_t launch_decode(dim3 grid, cudaStream_t st, const DecArgs &d, float *cluster_out) {
   const int gmax = d.group < DEC_GROUP ? d.group : DEC_GROUP;
-  auto kernel = gmax == 1   ? decode_split<HD, T, 1>
-                : gmax <= 4 ? decode_split<HD, T, 4>
-                            : decode_split<HD, T, 8>;
+  if (cluster_out) {
+    auto kernel = gmax == 1   ? decode_split<HD, T, 1, true>
+                  : gmax <= 4 ? decode_split<HD, T, 4, true>
+                              : decode_split<HD, T, 8, true>;
+    DecClusterArgs c;
+    static_cast<DecArgs &>(c) = d;
+    c.out = cluster_out;
+    return pd_cuda_launch_clusters(kernel, grid, DEC_THREADS, 0, st, grid.x, c);
+  }
+  auto kernel = gmax == 1   ? decode_split<HD, T, 1, false>
+                : gmax <= 4 ? decode_split<HD, T, 4, false>
+                            : decode_split<HD, T, 8, false>;
   return pd_cuda_launch(kernel, grid, DEC_THREADS, 0, st, d);
+}
+
+/* -1: not decided yet (PD_CUDA_DECODE_CLUSTER decides); else 0 / 1 as set */
+static std::atomic<int> cluster_asked{-1};
+
+extern "C" void pd_cuda_attn_set_decode_cluster(int on) {
+  cluster_asked.store(on ? 1 : 0);
+}
+
+extern "C" int pd_cuda_attn_decode_cluster(void) {
+  int v = cluster_asked.load();
+  if (v < 0) {
+    v = pd_cuda_env_flag("PD_CUDA_DECODE_CLUSTER");
+    cluster_asked.store(v);
+  }
+  return v && pd_cuda_sm90_code();
+}
+
+/* Whether a decode launch of n_splits splits merges in a cluster. */
+static int decode_in_cluster(int n_splits) {
+  return n_splits <= DEC_CLUSTER && pd_cuda_attn_decode_cluster();
 }
 
 /* Merges the ws_splits partials of each (sequence, head) of the decode rows. Grid (n_heads,
@@ -494,16 +620,9 @@ template <int HD> __global__ void merge_seq(MergeSeqArgs a) {
     row = a.row_start[seq];
   }
   const size_t slot0 = ((size_t)seq * a.n_heads + head) * a.ws_splits;
-  float M = -INFINITY;
-  for (int s = 0; s < a.ws_splits; s++) M = fmaxf(M, a.ws_ml[2 * (slot0 + s)]);
+  const float M = ws_max(a.ws_ml, slot0, a.ws_splits);
   float L = 0.0f, acc = 0.0f;
-  for (int s = 0; s < a.ws_splits; s++) {
-    const float m = a.ws_ml[2 * (slot0 + s)];
-    if (m == -INFINITY) continue;
-    const float w = exp2f(m - M);
-    L += a.ws_ml[2 * (slot0 + s) + 1] * w;
-    acc += a.ws_acc[(slot0 + s) * HD + d] * w;
-  }
+  ws_add<HD>(a.ws_acc, a.ws_ml, slot0, a.ws_splits, d, M, &L, &acc);
   a.out[((size_t)row * a.n_heads + head) * HD + d] = acc / L;
 }
 
@@ -1555,11 +1674,15 @@ static int run_attn(const pd_kv_layout *L, const Plan &p, const void *pool, int 
     d.n_past = b->n_past, d.n_new = b->n_new, d.row_start = b->row_start;
     d.kv_start = p.shared_pos, d.split_len = p.dec_len, d.split_base = p.casc_splits;
     d.ws_splits = p.dec_total, d.scale2 = scale2, d.ws_acc = acc, d.ws_ml = ml;
-    e = launch_decode<HD, T>(dim3(p.dec_splits, L->n_kv_heads * p.gchunks, b->n_seqs), st, d);
+    const bool in_cluster = decode_in_cluster(p.dec_splits);
+    e = launch_decode<HD, T>(dim3(p.dec_splits, L->n_kv_heads * p.gchunks, b->n_seqs), st, d,
+                             in_cluster ? out : NULL);
     if (e != cudaSuccess) return pd_cuda_fail(e, err, errlen, "launching decode attention");
-    MergeSeqArgs m = {n_heads, p.dec_total, NULL, b->n_new, b->row_start, acc, ml, out};
-    e = pd_cuda_launch(merge_seq<HD>, dim3(n_heads, b->n_seqs), HD, 0, st, m);
-    if (e != cudaSuccess) return pd_cuda_fail(e, err, errlen, "launching decode merge");
+    if (!in_cluster) { /* else block 0 of each cluster has merged */
+      MergeSeqArgs m = {n_heads, p.dec_total, NULL, b->n_new, b->row_start, acc, ml, out};
+      e = pd_cuda_launch(merge_seq<HD>, dim3(n_heads, b->n_seqs), HD, 0, st, m);
+      if (e != cudaSuccess) return pd_cuda_fail(e, err, errlen, "launching decode merge");
+    }
   }
   if (p.run_prefill) {
     const bool direct = p.pf_splits == 1;
@@ -1649,8 +1772,11 @@ static int run_decode_legacy(const pd_kv_layout *L, const void *pool, int layer,
   d.group = group, d.n_heads = n_heads, d.max_blocks = max_blocks, d.q = q, d.tables = tables;
   d.ctx_lens = ctx_lens, d.kv_start = 0, d.split_len = len, d.split_base = 0;
   d.ws_splits = n_splits, d.scale2 = scale * LOG2E, d.ws_acc = acc, d.ws_ml = ml;
-  cudaError_t e = launch_decode<HD, T>(dim3(n_splits, L->n_kv_heads * gchunks, n_seqs), st, d);
+  const bool in_cluster = decode_in_cluster(n_splits);
+  cudaError_t e = launch_decode<HD, T>(dim3(n_splits, L->n_kv_heads * gchunks, n_seqs), st, d,
+                                       in_cluster ? out : NULL);
   if (e != cudaSuccess) return pd_cuda_fail(e, err, errlen, "launching decode attention");
+  if (in_cluster) return PD_OK;
   MergeSeqArgs m = {n_heads, n_splits, ctx_lens, NULL, NULL, acc, ml, out};
   e = pd_cuda_launch(merge_seq<HD>, dim3(n_heads, n_seqs), HD, 0, st, m);
   return e == cudaSuccess ? PD_OK : pd_cuda_fail(e, err, errlen, "launching decode merge");

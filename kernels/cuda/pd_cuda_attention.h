@@ -83,6 +83,17 @@ const char *pd_cuda_attn_tile_kernel_name(int kind);
 void pd_cuda_attn_set_cascade_split(int min_tokens);
 void pd_cuda_attn_set_prefill_order(int longest_first);
 
+/*
+ * Decode's merge in a thread-block cluster (process-wide; opt-in until a GPU has timed it): when a
+ * decode launch has at most 8 splits, they run as one cluster per (sequence, KV head) and block 0
+ * of it merges the splits through distributed shared memory and writes the output, instead of a
+ * second kernel (merge_seq) reading them back from the workspace. Needs pd_cuda_sm90_code()
+ * (pd_cuda_launch.h). pd_cuda_attn_set_decode_cluster, or PD_CUDA_DECODE_CLUSTER=1; the getter
+ * says whether it applies now.
+ */
+void pd_cuda_attn_set_decode_cluster(int on);
+int pd_cuda_attn_decode_cluster(void);
+
 /* Whether the environment variable name turns a switch on: set, not empty and not "0". The rule
  * of every PD_CUDA_* switch (PD_CUDA_ATTN_SIMT, PD_CUDA_ATTN_F16, PD_CUDA_FUSED_GEMV). */
 int pd_cuda_env_flag(const char *name);

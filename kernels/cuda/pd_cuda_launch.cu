@@ -13,40 +13,42 @@
 
 /* -1: not decided yet; else 0 / 1 as asked (pd_cuda_set_pdl or the environment) */
 static std::atomic<int> pdl_asked{-1};
-/* -1: not probed yet; else whether the device current at the first probe has griddepcontrol and
- * this build's kernels run code that uses it */
-static std::atomic<int> pdl_supported{-1};
+/* -1: not probed yet; else pd_cuda_sm90_code()'s answer */
+static std::atomic<int> sm90_code{-1};
+/* 1: the runtime refused a launch with the PDL attribute (pd_cuda_pdl_refused) */
+static std::atomic<int> pdl_refused{0};
 
 /* Compiled like every kernel of the backend (the same CUDA architectures), so that its PTX
  * version is theirs. */
-__global__ void pdl_probe_kernel(void) {}
+__global__ void sm90_probe_kernel(void) {}
 
 extern "C" void pd_cuda_set_pdl(int on) {
   pdl_asked.store(on ? 1 : 0);
 }
 
 /* The device must be of compute capability 9.0 or more, and the code it runs must have been
- * compiled for one: pdl_wait() is empty below __CUDA_ARCH__ 900, so a build for sm_80 / sm_89 only,
- * JIT-compiled from that PTX on a Hopper, has kernels without the wait, and launching them with
- * the attribute would let them read before the kernel before them has finished. The probe
- * kernel's PTX version tells which code the device runs (90 or more: the wait is in it). */
-static int device_supports_pdl(void) {
-  int v = pdl_supported.load();
+ * compiled for one: pdl_wait() (and the decode kernel's cluster merge) are empty below
+ * __CUDA_ARCH__ 900, so a build for sm_80 / sm_89 only, JIT-compiled from that PTX on a Hopper,
+ * has kernels without the wait, and launching them with the attribute would let them read before
+ * the kernel before them has finished. The probe kernel's PTX version tells which code the
+ * device runs (90 or more: the wait is in it). */
+extern "C" int pd_cuda_sm90_code(void) {
+  int v = sm90_code.load();
   if (v < 0) {
     int dev = 0, major = 0;
     cudaFuncAttributes fa = {};
     v = cudaGetDevice(&dev) == cudaSuccess &&
         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-        major >= 9 && cudaFuncGetAttributes(&fa, pdl_probe_kernel) == cudaSuccess &&
+        major >= 9 && cudaFuncGetAttributes(&fa, sm90_probe_kernel) == cudaSuccess &&
         fa.ptxVersion >= 90;
     cudaGetLastError(); /* a failed probe is "no", not an error for the next launch to report */
-    pdl_supported.store(v);
+    sm90_code.store(v);
   }
   return v;
 }
 
 extern "C" void pd_cuda_pdl_refused(void) {
-  pdl_supported.store(0);
+  pdl_refused.store(1);
 }
 
 extern "C" int pd_cuda_pdl(void) {
@@ -56,5 +58,5 @@ extern "C" int pd_cuda_pdl(void) {
     v = e && *e && strcmp(e, "0") != 0;
     pdl_asked.store(v);
   }
-  return v && device_supports_pdl();
+  return v && !pdl_refused.load() && pd_cuda_sm90_code();
 }

@@ -44,6 +44,9 @@ int pd_cuda_pdl(void);
 /* Called by pd_cuda_launch when a launch with the attribute failed and the same launch without it
  * succeeded: PDL stays off for the rest of the process (pd_cuda_pdl() returns 0 from then on). */
 void pd_cuda_pdl_refused(void);
+/* Whether the current device is of compute capability 9.0 or more and runs this build's code
+ * compiled for one (the condition for PDL, and for thread-block clusters); probed once. */
+int pd_cuda_sm90_code(void);
 
 #ifdef __cplusplus
 }
@@ -76,31 +79,53 @@ __device__ __forceinline__ void prefetch_l2_warp(const void *p, size_t bytes, in
     asm volatile("prefetch.global.L2 [%0];" ::"l"(c + off));
 }
 
-/* kernel<<<grid, block, smem, stream>>>(args...) with the PDL attribute when pd_cuda_pdl();
- * returns the launch's status. Should the runtime refuse the attribute where the launch itself is
- * fine (a stream or driver without PDL), the launch is made without it and PDL is turned off. */
+/* kernel<<<grid, block, smem, stream>>>(args...) with the PDL attribute when pd_cuda_pdl(), in
+ * clusters of cluster_x thread blocks along x when cluster_x > 0 (grid.x a multiple of it; 8 at
+ * most, and only where pd_cuda_sm90_code()); returns the launch's status. Should the runtime refuse
+ * the PDL attribute where the launch itself is fine (a stream or driver without PDL), the launch
+ * is made without it and PDL is turned off. */
 template <typename... KArgs, typename... Args>
-static inline cudaError_t pd_cuda_launch(void (*kernel)(KArgs...), dim3 grid, dim3 block,
-                                         size_t smem, cudaStream_t stream, Args... args) {
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
+static inline cudaError_t pd_cuda_launch_clusters(void (*kernel)(KArgs...), dim3 grid, dim3 block,
+                                                  size_t smem, cudaStream_t stream,
+                                                  unsigned cluster_x, Args... args) {
+  cudaLaunchAttribute attr[2];
+  int n = 0;
+  if (cluster_x > 0) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n].val.clusterDim.x = cluster_x;
+    attr[n].val.clusterDim.y = 1;
+    attr[n].val.clusterDim.z = 1;
+    n++;
+  }
+  const int pdl = pd_cuda_pdl();
+  if (pdl) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n].val.programmaticStreamSerializationAllowed = 1;
+    n++;
+  }
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
-  const int pdl = pd_cuda_pdl();
-  cfg.attrs = pdl ? attr : NULL;
-  cfg.numAttrs = pdl ? 1 : 0;
+  cfg.attrs = n ? attr : NULL;
+  cfg.numAttrs = (unsigned)n;
   cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, args...);
-  if (e != cudaSuccess && pdl) {
+  if (e != cudaSuccess && pdl) { /* again without the PDL attribute (the last one) */
     cudaGetLastError();
-    cfg.attrs = NULL, cfg.numAttrs = 0;
+    cfg.numAttrs = (unsigned)(n - 1);
+    cfg.attrs = n - 1 ? attr : NULL;
     e = cudaLaunchKernelEx(&cfg, kernel, args...);
     if (e == cudaSuccess) pd_cuda_pdl_refused();
   }
   return e;
+}
+
+/* pd_cuda_launch_clusters without clusters. */
+template <typename... KArgs, typename... Args>
+static inline cudaError_t pd_cuda_launch(void (*kernel)(KArgs...), dim3 grid, dim3 block,
+                                         size_t smem, cudaStream_t stream, Args... args) {
+  return pd_cuda_launch_clusters(kernel, grid, block, smem, stream, 0u, args...);
 }
 #endif /* __CUDACC__ */
 

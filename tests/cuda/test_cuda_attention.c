@@ -475,6 +475,54 @@ START_TEST(tuning_knobs_keep_results) {
 }
 END_TEST
 
+static void run_legacy(enum pd_dtype dt, int n_kv, int group, int hd, const int *ctx, int n_seqs);
+
+/* Decode merging in a thread-block cluster (pd_cuda_attn_set_decode_cluster): launches of at
+ * most 8 splits run as clusters whose block 0 merges through distributed shared memory, longer
+ * ones keep merge_seq; both, with and without a cascade's prefix partials, against the CPU. On a
+ * GPU before Hopper the switch does not apply (and the cases run the usual way); under
+ * PD_REQUIRE_GPU on a Hopper it must. */
+START_TEST(decode_cluster_merge_matches_cpu) {
+  pd_cuda_attn_set_decode_cluster(1);
+  int dev = 0, major = 0;
+  ck_assert_int_eq(cudaGetDevice(&dev), cudaSuccess);
+  ck_assert_int_eq(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev),
+                   cudaSuccess);
+  const int active = pd_cuda_attn_decode_cluster();
+  ck_assert_msg(!active || major >= 9, "cluster merge on at compute capability %d", major);
+  if (pd_cuda_env_flag("PD_REQUIRE_GPU"))
+    ck_assert_msg(active == (major >= 9), "cluster merge %s on compute capability %d",
+                  active ? "on" : "off", major);
+  const int groups[3] = {1, 3, 8};
+  /* the split count follows the longest context: 8 splits (of 128 positions) for 1,001, so a
+   * cluster of 8; then 24 splits for 3,001 (merge_seq); GQA 1, 3, 8 */
+  int past[2][6] = {{0, 14, 200, 500, 700, 1000}, {0, 14, 200, 700, 1000, 3000}};
+  int one[6] = {1, 1, 1, 1, 1, 1};
+  for (int k = 0; k < 2; k++)
+    for (int di = 0; di < N_DTYPES; di++)
+      for (int gi = 0; gi < 3; gi++) {
+        tcase c = {
+            DTYPES[di], gi == 1 ? 128 : 64, gi == 2 ? 1 : 3, groups[gi], 16, 6, past[k], one, 0,
+            1.0f,       (di + gi + k) & 1};
+        run_case(&c);
+      }
+  /* one sequence (few pairs: up to 8 splits over 1,000 tokens) */
+  int p1 = 999, n1 = 1;
+  tcase c1 = {PD_DTYPE_F16, 64, 3, 3, 16, 1, &p1, &n1, 0, 4.0f, 1};
+  run_case(&c1);
+  /* a cascade: the prefix's partials from the workspace, merged by the cluster's block 0 */
+  int cp[12], co[12];
+  for (int s = 0; s < 12; s++) cp[s] = 512 + irand(300), co[s] = 1;
+  tcase c2 = {PD_DTYPE_BF16, 64, 3, 3, 16, 12, cp, co, 32, 1.0f, 0};
+  run_case(&c2);
+  /* the legacy entry point */
+  int ctx[4] = {1, 17, 640, 1024};
+  run_legacy(PD_DTYPE_F16, 3, 3, 64, ctx, 4);
+  pd_cuda_attn_set_decode_cluster(pd_cuda_env_flag("PD_CUDA_DECODE_CLUSTER"));
+  printf("ok: decode merge in a cluster %s\n", active ? "(active)" : "(not supported here)");
+}
+END_TEST
+
 /* ---- the legacy decode entry point -------------------------------------------------------- */
 
 static void run_legacy(enum pd_dtype dt, int n_kv, int group, int hd, const int *ctx, int n_seqs) {
@@ -785,6 +833,7 @@ int main(void) {
   tcase_add_test(tc, prefill_long);
   tcase_add_test(tc, cascade_matches_cpu_and_decode);
   tcase_add_test(tc, tuning_knobs_keep_results);
+  tcase_add_test(tc, decode_cluster_merge_matches_cpu);
   tcase_add_test(tc, block_moves_byte_exact);
   tcase_add_test(tc, bad_shapes_are_refused);
   suite_add_tcase(s, tc);
