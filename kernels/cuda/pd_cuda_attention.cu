@@ -325,31 +325,38 @@ __device__ __forceinline__ void ws_add(const float *ws_acc, const float *ws_ml, 
  * (acc, max, sum) for its gn heads in part_acc / part_ml; block 0 of the cluster reads
  * them all through distributed shared memory, together with the workspace's slots before
  * split_base (a cascade's shared-prefix partials, written by the tile kernel before), merges them
- * by log-sum-exp in merge_seq's order and arithmetic, and writes the row's output. The second
- * cluster barrier keeps every block's shared memory alive until block 0 has read it.
+ * by log-sum-exp in merge_seq's order and arithmetic, and writes the row's output. Block 0 first
+ * copies every rank's (max, sum) pairs into its own shared memory (ml_all), so that the remote
+ * reads per output element are the acc values alone. The second cluster barrier keeps every
+ * block's shared memory alive until block 0 has read it.
  */
-template <int HD>
+template <int HD, int G>
 __device__ __forceinline__ void cluster_merge(const DecClusterArgs &a, int seq, int row, int head0,
                                               int gn, float (*part_acc)[HD], float (*part_ml)[2]) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   namespace cg = cooperative_groups;
+  __shared__ float ml_all[DEC_CLUSTER][G][2];
   cg::cluster_group cluster = cg::this_cluster();
   cluster.sync();
-  if (cluster.block_rank() == 0) {
+  if (cluster.block_rank() == 0) { /* uniform over the block */
     const int n_ranks = (int)cluster.num_blocks();
+    for (int i = threadIdx.x; i < n_ranks * gn * 2; i += DEC_THREADS) {
+      const int r = i / (gn * 2), g = i / 2 % gn, k = i % 2;
+      ml_all[r][g][k] = *cluster.map_shared_rank(&part_ml[g][k], r);
+    }
+    __syncthreads();
     for (int e = threadIdx.x; e < gn * HD; e += DEC_THREADS) {
       const int g = e / HD, d = e % HD;
       const size_t slot0 = ((size_t)seq * a.n_heads + head0 + g) * a.ws_splits;
       float M = ws_max(a.ws_ml, slot0, a.split_base);
-      for (int r = 0; r < n_ranks; r++) M = fmaxf(M, *cluster.map_shared_rank(&part_ml[g][0], r));
+      for (int r = 0; r < n_ranks; r++) M = fmaxf(M, ml_all[r][g][0]);
       float L = 0.0f, acc = 0.0f;
       ws_add<HD>(a.ws_acc, a.ws_ml, slot0, a.split_base, d, M, &L, &acc);
       for (int r = 0; r < n_ranks; r++) {
-        const float *ml = cluster.map_shared_rank(&part_ml[g][0], r);
-        const float m = ml[0];
+        const float m = ml_all[r][g][0];
         if (m == -INFINITY) continue;
         const float w = exp2f(m - M);
-        L += ml[1] * w;
+        L += ml_all[r][g][1] * w;
         acc += *cluster.map_shared_rank(&part_acc[g][d], r) * w;
       }
       a.out[((size_t)row * a.n_heads + head0 + g) * HD + d] = acc / L;
@@ -544,7 +551,7 @@ __global__ void __launch_bounds__(DEC_THREADS, G == 8 ? 2 : (sizeof(T) == 4 ? 3 
       acc_s[0][g][d] = A; /* element (g, d) of acc_s is read above by this thread only */
       if (d == 0) part_ml[g][0] = M, part_ml[g][1] = L;
     }
-    cluster_merge<HD>(a, seq, row, head0, gn, acc_s[0], part_ml);
+    cluster_merge<HD, G>(a, seq, row, head0, gn, acc_s[0], part_ml);
   } else {
     for (int e = tid; e < gn * HD; e += DEC_THREADS) {
       const int g = e / HD, d = e % HD;
@@ -558,11 +565,18 @@ __global__ void __launch_bounds__(DEC_THREADS, G == 8 ? 2 : (sizeof(T) == 4 ? 3 
   }
 }
 
+/* 1: a cluster launch of decode_split failed; the merge in a cluster stays off for the process */
+static std::atomic<int> cluster_refused{0};
+
 /* Launches decode_split with the smallest register tile that holds a chunk of the group; with
- * cluster_out, the splits (grid.x) as one cluster that writes the merged rows to cluster_out. */
+ * cluster_out, the splits (grid.x) as one cluster that writes the merged rows to cluster_out
+ * (*merged set). Should the runtime refuse the cluster launch, the merge in clusters is turned off
+ * for the process and the plain kernel is launched instead (*merged clear: the caller merges). */
 template <int HD, typename T>
-static cudaError_t launch_decode(dim3 grid, cudaStream_t st, const DecArgs &d, float *cluster_out) {
+static cudaError_t launch_decode(dim3 grid, cudaStream_t st, const DecArgs &d, float *cluster_out,
+                                 bool *merged) {
   const int gmax = d.group < DEC_GROUP ? d.group : DEC_GROUP;
+  *merged = false;
   if (cluster_out) {
     auto kernel = gmax == 1   ? decode_split<HD, T, 1, true>
                   : gmax <= 4 ? decode_split<HD, T, 4, true>
@@ -570,7 +584,13 @@ static cudaError_t launch_decode(dim3 grid, cudaStream_t st, const DecArgs &d, f
     DecClusterArgs c;
     static_cast<DecArgs &>(c) = d;
     c.out = cluster_out;
-    return pd_cuda_launch_clusters(kernel, grid, DEC_THREADS, 0, st, grid.x, c);
+    const cudaError_t e = pd_cuda_launch_clusters(kernel, grid, DEC_THREADS, 0, st, grid.x, c);
+    if (e == cudaSuccess) {
+      *merged = true;
+      return e;
+    }
+    cudaGetLastError();
+    cluster_refused.store(1);
   }
   auto kernel = gmax == 1   ? decode_split<HD, T, 1, false>
                 : gmax <= 4 ? decode_split<HD, T, 4, false>
@@ -591,7 +611,7 @@ extern "C" int pd_cuda_attn_decode_cluster(void) {
     v = pd_cuda_env_flag("PD_CUDA_DECODE_CLUSTER");
     cluster_asked.store(v);
   }
-  return v && pd_cuda_sm90_code();
+  return v && !cluster_refused.load() && pd_cuda_sm90_code();
 }
 
 /* Whether a decode launch of n_splits splits merges in a cluster. */
@@ -1674,11 +1694,11 @@ static int run_attn(const pd_kv_layout *L, const Plan &p, const void *pool, int 
     d.n_past = b->n_past, d.n_new = b->n_new, d.row_start = b->row_start;
     d.kv_start = p.shared_pos, d.split_len = p.dec_len, d.split_base = p.casc_splits;
     d.ws_splits = p.dec_total, d.scale2 = scale2, d.ws_acc = acc, d.ws_ml = ml;
-    const bool in_cluster = decode_in_cluster(p.dec_splits);
+    bool merged_in_cluster;
     e = launch_decode<HD, T>(dim3(p.dec_splits, L->n_kv_heads * p.gchunks, b->n_seqs), st, d,
-                             in_cluster ? out : NULL);
+                             decode_in_cluster(p.dec_splits) ? out : NULL, &merged_in_cluster);
     if (e != cudaSuccess) return pd_cuda_fail(e, err, errlen, "launching decode attention");
-    if (!in_cluster) { /* else block 0 of each cluster has merged */
+    if (!merged_in_cluster) { /* else block 0 of each cluster has merged */
       MergeSeqArgs m = {n_heads, p.dec_total, NULL, b->n_new, b->row_start, acc, ml, out};
       e = pd_cuda_launch(merge_seq<HD>, dim3(n_heads, b->n_seqs), HD, 0, st, m);
       if (e != cudaSuccess) return pd_cuda_fail(e, err, errlen, "launching decode merge");
@@ -1772,11 +1792,12 @@ static int run_decode_legacy(const pd_kv_layout *L, const void *pool, int layer,
   d.group = group, d.n_heads = n_heads, d.max_blocks = max_blocks, d.q = q, d.tables = tables;
   d.ctx_lens = ctx_lens, d.kv_start = 0, d.split_len = len, d.split_base = 0;
   d.ws_splits = n_splits, d.scale2 = scale * LOG2E, d.ws_acc = acc, d.ws_ml = ml;
-  const bool in_cluster = decode_in_cluster(n_splits);
-  cudaError_t e = launch_decode<HD, T>(dim3(n_splits, L->n_kv_heads * gchunks, n_seqs), st, d,
-                                       in_cluster ? out : NULL);
+  bool merged_in_cluster;
+  cudaError_t e =
+      launch_decode<HD, T>(dim3(n_splits, L->n_kv_heads * gchunks, n_seqs), st, d,
+                           decode_in_cluster(n_splits) ? out : NULL, &merged_in_cluster);
   if (e != cudaSuccess) return pd_cuda_fail(e, err, errlen, "launching decode attention");
-  if (in_cluster) return PD_OK;
+  if (merged_in_cluster) return PD_OK;
   MergeSeqArgs m = {n_heads, n_splits, ctx_lens, NULL, NULL, acc, ml, out};
   e = pd_cuda_launch(merge_seq<HD>, dim3(n_heads, n_seqs), HD, 0, st, m);
   return e == cudaSuccess ? PD_OK : pd_cuda_fail(e, err, errlen, "launching decode merge");

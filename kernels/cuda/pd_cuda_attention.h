@@ -89,7 +89,8 @@ void pd_cuda_attn_set_prefill_order(int longest_first);
  * of it merges the splits through distributed shared memory and writes the output, instead of a
  * second kernel (merge_seq) reading them back from the workspace. Needs pd_cuda_sm90_code()
  * (pd_cuda_launch.h). pd_cuda_attn_set_decode_cluster, or PD_CUDA_DECODE_CLUSTER=1; the getter
- * says whether it applies now.
+ * says whether it applies now (0 for good after the runtime refused a cluster launch: that launch
+ * and the later ones take the plain kernel and merge_seq).
  */
 void pd_cuda_attn_set_decode_cluster(int on);
 int pd_cuda_attn_decode_cluster(void);

@@ -510,6 +510,18 @@ START_TEST(decode_cluster_merge_matches_cpu) {
   int p1 = 999, n1 = 1;
   tcase c1 = {PD_DTYPE_F16, 64, 3, 3, 16, 1, &p1, &n1, 0, 4.0f, 1};
   run_case(&c1);
+  /* clusters of one (contexts up to 128 positions); GQA 16 (two head chunks a KV head, block
+   * size 8, 6 splits) */
+  int ps[3] = {5, 60, 100};
+  tcase cs = {PD_DTYPE_F16, 128, 2, 4, 16, 3, ps, one, 0, 1.0f, 0};
+  run_case(&cs);
+  int pg[6] = {0, 14, 200, 500, 700, 640};
+  tcase cg = {PD_DTYPE_BF16, 64, 2, 16, 8, 6, pg, one, 0, 1.0f, 1};
+  run_case(&cg);
+  /* a mixed batch: the prefill sequences' clusters return at once (all their blocks) */
+  int mp[6] = {0, 100, 16, 5, 600, 33}, mn[6] = {37, 1, 64, 1, 200, 2};
+  tcase cm = {PD_DTYPE_F16, 64, 3, 3, 16, 6, mp, mn, 0, 1.0f, 1};
+  run_case(&cm);
   /* a cascade: the prefix's partials from the workspace, merged by the cluster's block 0 */
   int cp[12], co[12];
   for (int s = 0; s < 12; s++) cp[s] = 512 + irand(300), co[s] = 1;
@@ -518,6 +530,8 @@ START_TEST(decode_cluster_merge_matches_cpu) {
   /* the legacy entry point */
   int ctx[4] = {1, 17, 640, 1024};
   run_legacy(PD_DTYPE_F16, 3, 3, 64, ctx, 4);
+  /* a refused cluster launch turns the merge in clusters off (and falls back): it must not be */
+  ck_assert_int_eq(pd_cuda_attn_decode_cluster(), active);
   pd_cuda_attn_set_decode_cluster(pd_cuda_env_flag("PD_CUDA_DECODE_CLUSTER"));
   printf("ok: decode merge in a cluster %s\n", active ? "(active)" : "(not supported here)");
 }
