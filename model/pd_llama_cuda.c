@@ -89,7 +89,7 @@ static pd_llama_cuda_graph *graph_find(pd_llama_cuda *c, const pd_llama_cuda_gra
     if (g->last_use && g->pool == key->pool && g->n_seqs == key->n_seqs &&
         g->max_blocks == key->max_blocks && g->shared_blocks == key->shared_blocks &&
         g->n_want == key->n_want && g->greedy == key->greedy && g->fused == key->fused &&
-        g->pdl == key->pdl && g->cluster == key->cluster)
+        g->pdl == key->pdl && g->cluster == key->cluster && g->lean == key->lean)
       return g;
   }
   return NULL;
@@ -747,6 +747,7 @@ static int forward(pd_llama_cuda *c, void *pool, const pd_llama_seq *seqs, int n
                                c->fused_gemv != 0,
                                pd_cuda_pdl(),
                                pd_cuda_attn_decode_cluster(),
+                               pd_cuda_attn_decode_lean(),
                                NULL,
                                0};
     pd_llama_cuda_graph *g = graph_find(c, &key);

@@ -72,6 +72,7 @@ typedef struct pd_llama_cuda_graph {
   int32_t n_seqs, max_blocks, shared_blocks, n_want, greedy, fused;
   int32_t pdl;       /* pd_cuda_pdl() at capture: the graph's kernel edges are programmatic */
   int32_t cluster;   /* pd_cuda_attn_decode_cluster() at capture: decode merges in clusters */
+  int32_t lean;      /* pd_cuda_attn_decode_lean() at capture: decode runs as one lean wave */
   void *exec;        /* cudaGraphExec_t; NULL: seen once, not captured yet */
   uint64_t last_use; /* for least-recently-used replacement */
 } pd_llama_cuda_graph;

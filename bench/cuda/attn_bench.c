@@ -7,7 +7,8 @@
  *      the default model's: 64 sequences, 9 query / 3 KV heads, head_dim 64, 2,048 tokens;
  *      a larger model's:    16 sequences, 32 / 8 heads, head_dim 128, 4,096 tokens.
  *    The same calls again with programmatic dependent launch (PDL), with the splits merged in a
- *    thread-block cluster instead of by merge_seq, and with both, where the GPU has them.
+ *    thread-block cluster instead of by merge_seq, and with both, where the GPU has them; and as
+ *    one lean wave of thread blocks (pd_cuda_attn_set_decode_lean), plain and with PDL.
  *    KV bytes read = n_seqs * ctx * n_kv * 2 (K and V) * (head_dim * 2 bytes (f16), or
  *    head_dim + 4 bytes (fp8 and its row scale)). The blocks of each sequence are scattered over
  *    the pool (a shuffled block table).
@@ -474,35 +475,42 @@ int main(int argc, char **argv) {
   static char dec[4096], casc[4096], pre[4096], res[4096];
   /* the last columns: the same calls with programmatic dependent launch (pd_cuda_launch.h), with
    * the splits merged in a thread-block cluster (up to 8 splits), and both, where the GPU has
-   * them (Hopper and later) */
+   * them (Hopper and later); then as one lean wave of blocks (pd_cuda_attn_set_decode_lean),
+   * plain and with PDL */
   const int pdl_default = pd_cuda_pdl(), cluster_default = pd_cuda_attn_decode_cluster();
+  const int lean_default = pd_cuda_attn_decode_lean();
   pd_cuda_set_pdl(1);
   pd_cuda_attn_set_decode_cluster(1);
   const int pdl_ok = pd_cuda_pdl(), cluster_ok = pd_cuda_attn_decode_cluster();
   int n = snprintf(dec, sizeof dec,
                    "| shape | cache | time | KV read | vs device copy (%.0f GB/s) | with PDL | "
-                   "merge in a cluster | cluster + PDL |\n"
-                   "| --- | --- | --- | --- | --- | --- | --- | --- |\n",
+                   "merge in a cluster | cluster + PDL | lean | lean + PDL |\n"
+                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
                    copy);
   const enum pd_dtype dts[2] = {PD_DTYPE_F16, PD_DTYPE_FP8_E4M3};
+  /* the variants: {pdl, cluster, lean} */
+  static const int variants[6][3] = {{0, 0, 0}, {1, 0, 0}, {0, 1, 0},
+                                     {1, 1, 0}, {0, 0, 1}, {1, 0, 1}};
   for (int i = 0; i < 2; i++)
     for (int d = 0; d < 2; d++) {
-      double us[4] = {0, 0, 0, 0}, gbps[4] = {0, 0, 0, 0}; /* [cluster * 2 + pdl] */
-      char col[4][48];
-      for (int v = 0; v < 4; v++) {
-        const int pdl = v & 1, cluster = v >> 1;
+      double us[6] = {0}, gbps[6] = {0};
+      char col[6][48];
+      for (int v = 0; v < 6; v++) {
+        const int pdl = variants[v][0], cluster = variants[v][1], lean = variants[v][2];
         snprintf(col[v], sizeof col[v], "not on this GPU");
         if ((pdl && !pdl_ok) || (cluster && !cluster_ok)) continue;
         pd_cuda_set_pdl(pdl);
         pd_cuda_attn_set_decode_cluster(cluster);
+        pd_cuda_attn_set_decode_lean(lean);
         gbps[v] = run_shape(&shapes[i], dts[d], &us[v]);
         snprintf(col[v], sizeof col[v], "%.1f us (%.0f%%)", us[v], 100.0 * gbps[v] / copy);
       }
       n += snprintf(dec + n, sizeof dec - (size_t)n,
-                    "| %s | %s | %.1f us | %.0f GB/s | %.0f%% | %s | %s | %s |\n", shapes[i].name,
-                    pd_dtype_name(dts[d]), us[0], gbps[0], 100.0 * gbps[0] / copy, col[1], col[2],
-                    col[3]);
+                    "| %s | %s | %.1f us | %.0f GB/s | %.0f%% | %s | %s | %s | %s | %s |\n",
+                    shapes[i].name, pd_dtype_name(dts[d]), us[0], gbps[0], 100.0 * gbps[0] / copy,
+                    col[1], col[2], col[3], col[4], col[5]);
     }
+  pd_cuda_attn_set_decode_lean(lean_default);
   pd_cuda_attn_set_decode_cluster(cluster_default);
   pd_cuda_set_pdl(pdl_default);
   const char *grid_env = getenv("PD_CUDA_DECODE_GRID");

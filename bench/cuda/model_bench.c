@@ -227,12 +227,15 @@ int main(int argc, char **argv) {
     fprintf(f,
             "Device: %s (%d SMs, %.1f GiB). Model: synthetic, %s. Weights f16, KV cache f16, "
             "block 16 tokens, greedy sampling on the device, CUDA graphs %s, prefill attention on "
-            "the %s tile kernel, decode splits merged %s.\n\n",
+            "the %s tile kernel, decode %s.\n\n",
             prop.name, prop.multiProcessorCount, (double)prop.totalGlobalMem / (1 << 30), desc,
             graphs ? (g.graphs_off ? "asked for but turned off" : "on") : "off",
             pd_cuda_attn_tile_kernel_name(pd_cuda_attn_tile_kernel()),
-            pd_cuda_attn_decode_cluster() ? "in thread-block clusters (up to 8 splits)"
-                                          : "by a second kernel");
+            pd_cuda_attn_decode_lean() ? "as one lean wave of thread blocks, its parts merged by a "
+                                         "second kernel"
+            : pd_cuda_attn_decode_cluster()
+                ? "splits merged in thread-block clusters (up to 8 splits)"
+                : "splits merged by a second kernel");
     fprintf(f,
             "Command: `cuda_model_bench MODEL.gguf --out FILE%s` with MODEL.gguf from "
             "`prefixd-mkgguf -o MODEL.gguf --like smollm2-135m`.\n\n",

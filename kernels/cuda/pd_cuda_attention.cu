@@ -107,6 +107,7 @@
 #include "pd_cuda_convert.h"
 #include "pd_cuda_err.h"
 #include "pd_cuda_launch.h"
+#include "pd_cuda_lean.h"
 #include "pd_err.h"
 
 #define DEC_THREADS    128
@@ -368,34 +369,35 @@ __device__ __forceinline__ void cluster_merge(const DecClusterArgs &a, int seq, 
 #endif
 }
 
-/* decode_split: see the top of the file. G = query heads per thread block the registers are
- * sized for (1, 4 or 8; a block's chunk of the group has gn <= G of them). CLUSTER: the splits
- * are one cluster and merge in it (cluster_merge; a.cluster_out is set), a separate
- * instantiation so that the plain one's code stays as it was. */
-template <int HD, typename T, int G, bool CLUSTER>
-__global__ void __launch_bounds__(DEC_THREADS, G == 8 ? 2 : (sizeof(T) == 4 ? 3 : 4))
-    decode_split(std::conditional_t<CLUSTER, DecClusterArgs, DecArgs> a) {
-  pdl_wait();
-  pdl_trigger();
+/* A decode thread block's shared memory: each warp's softmax state for G heads after the lane
+ * groups of the warp have merged (m, l: [NW][G]; acc: [NW][G][HD]). */
+template <int HD, int G> struct DecSmem {
+  static constexpr int NW = DEC_THREADS / 32;
+  float m[NW][G], l[NW][G];
+  __align__(16) float acc[NW][G][HD];
+};
+
+/* Registers cap decode_split at this many resident blocks an SM (its __launch_bounds__). */
+template <typename T, int G> constexpr int dec_min_blocks() {
+  return G == 8 ? 2 : (sizeof(T) == 4 ? 3 : 4);
+}
+
+/*
+ * The body of every decode kernel: positions [start, end) of one sequence's context for the gn
+ * query heads head0 .. head0 + gn - 1 (sharing KV head kvh), whose query row is `row`. Every
+ * thread of the block calls it; it ends with the NW warps' states in sh behind a barrier, ready
+ * for dec_merged. start >= end is an empty range (every state max -inf, sum 0).
+ */
+template <int HD, typename T, int G>
+__device__ __forceinline__ void decode_range(const DecArgs &a, int seq, int kvh, int head0, int gn,
+                                             int row, int start, int end, DecSmem<HD, G> &sh) {
   constexpr int LPT = HD / 8;       /* lanes per token, 8 elements each */
   constexpr int TPW = 32 / LPT;     /* tokens a warp reads side by side */
   constexpr int U = G == 8 ? 2 : 4; /* steps whose loads are in flight together */
   constexpr int NW = DEC_THREADS / 32;
   constexpr int WARP_SPAN = TPW * U, CHUNK = NW * WARP_SPAN; /* tokens per warp / block step */
-  const int split = blockIdx.x, seq = blockIdx.z, tid = threadIdx.x;
+  const int tid = threadIdx.x;
   const int warp = tid / 32, lane = tid % 32, sub = lane / LPT, part = lane % LPT;
-  const int gchunks = (a.group + DEC_GROUP - 1) / DEC_GROUP;
-  const int kvh = blockIdx.y / gchunks, g0 = (blockIdx.y % gchunks) * DEC_GROUP;
-  const int gn = min(G, a.group - g0);
-  int ctx, row;
-  if (a.ctx_lens) {
-    ctx = a.ctx_lens[seq], row = seq;
-  } else {
-    if (a.n_new[seq] != 1) return; /* uniform over the block: not a decode sequence */
-    ctx = a.n_past[seq] + 1, row = a.row_start[seq];
-  }
-  const int start = a.kv_start + split * a.split_len, end = min(ctx, start + a.split_len);
-  const int head0 = kvh * a.group + g0;
   /* this lane's slice of each query head, scaled into the log2 domain: q[G][8] */
   float q[G][8];
 #pragma unroll
@@ -514,54 +516,149 @@ __global__ void __launch_bounds__(DEC_THREADS, G == 8 ? 2 : (sizeof(T) == 4 ? 3 
       m[g] = M;
     }
   }
-  /* 6. merge the NW warps through shared memory; the split's (acc, max, sum) to the workspace
-   * (an empty split writes max -inf, sum 0, acc 0: the merge skips it) */
-  __shared__ float m_s[NW][G], l_s[NW][G];
-  __shared__ __align__(16) float acc_s[NW][G][HD];
+  /* 6. the NW warps' states to shared memory (an empty range leaves max -inf, sum 0, acc 0) */
   if (sub == 0) {
 #pragma unroll
     for (int g = 0; g < G; g++) {
 #pragma unroll
-      for (int j = 0; j < 8; j++) acc_s[warp][g][part * 8 + j] = acc[g][j];
-      if (part == 0) m_s[warp][g] = m[g], l_s[warp][g] = l[g];
+      for (int j = 0; j < 8; j++) sh.acc[warp][g][part * 8 + j] = acc[g][j];
+      if (part == 0) sh.m[warp][g] = m[g], sh.l[warp][g] = l[g];
     }
   }
   __syncthreads();
-  /* element (g, d) of the split's result: the NW warps' states merged by log-sum-exp */
-  auto merged = [&](int g, int d, float *M, float *L, float *A) {
-    *M = -INFINITY;
+}
+
+/* Element (g, d) of a decode range's result (decode_range has filled sh): the NW warps' states
+ * merged by log-sum-exp into max *M, sum *L and acc *A. */
+template <int HD, int G>
+__device__ __forceinline__ void dec_merged(const DecSmem<HD, G> &sh, int g, int d, float *M,
+                                           float *L, float *A) {
+  constexpr int NW = DecSmem<HD, G>::NW;
+  *M = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < NW; w++) *M = fmaxf(*M, m_s[w][g]);
-    *L = 0.0f, *A = 0.0f;
-    if (*M != -INFINITY) {
+  for (int w = 0; w < NW; w++) *M = fmaxf(*M, sh.m[w][g]);
+  *L = 0.0f, *A = 0.0f;
+  if (*M != -INFINITY) {
 #pragma unroll
-      for (int w = 0; w < NW; w++) {
-        const float wt = exp2f(m_s[w][g] - *M);
-        *L += l_s[w][g] * wt;
-        *A += acc_s[w][g][d] * wt;
-      }
+    for (int w = 0; w < NW; w++) {
+      const float wt = exp2f(sh.m[w][g] - *M);
+      *L += sh.l[w][g] * wt;
+      *A += sh.acc[w][g][d] * wt;
     }
-  };
+  }
+}
+
+/* decode_split: see the top of the file. G = query heads per thread block the registers are
+ * sized for (1, 4 or 8; a block's chunk of the group has gn <= G of them). CLUSTER: the splits
+ * are one cluster and merge in it (cluster_merge; a.out is set), a separate instantiation so
+ * that the plain one's code stays as it was. */
+template <int HD, typename T, int G, bool CLUSTER>
+__global__ void __launch_bounds__(DEC_THREADS, dec_min_blocks<T, G>())
+    decode_split(std::conditional_t<CLUSTER, DecClusterArgs, DecArgs> a) {
+  pdl_wait();
+  pdl_trigger();
+  const int split = blockIdx.x, seq = blockIdx.z, tid = threadIdx.x;
+  const int gchunks = (a.group + DEC_GROUP - 1) / DEC_GROUP;
+  const int kvh = blockIdx.y / gchunks, g0 = (blockIdx.y % gchunks) * DEC_GROUP;
+  const int gn = min(G, a.group - g0);
+  int ctx, row;
+  if (a.ctx_lens) {
+    ctx = a.ctx_lens[seq], row = seq;
+  } else {
+    if (a.n_new[seq] != 1) return; /* uniform over the block: not a decode sequence */
+    ctx = a.n_past[seq] + 1, row = a.row_start[seq];
+  }
+  const int start = a.kv_start + split * a.split_len, end = min(ctx, start + a.split_len);
+  const int head0 = kvh * a.group + g0;
+  __shared__ DecSmem<HD, G> sh;
+  decode_range<HD, T, G>(a, seq, kvh, head0, gn, row, start, end, sh);
   if constexpr (CLUSTER) {          /* the result stays in shared memory, and the cluster merges */
     __shared__ float part_ml[G][2]; /* the split's (max, sum) per head */
     for (int e = tid; e < gn * HD; e += DEC_THREADS) {
       const int g = e / HD, d = e % HD;
       float M, L, A;
-      merged(g, d, &M, &L, &A);
-      acc_s[0][g][d] = A; /* element (g, d) of acc_s is read above by this thread only */
+      dec_merged(sh, g, d, &M, &L, &A);
+      sh.acc[0][g][d] = A; /* element (g, d) of sh.acc is read above by this thread only */
       if (d == 0) part_ml[g][0] = M, part_ml[g][1] = L;
     }
-    cluster_merge<HD, G>(a, seq, row, head0, gn, acc_s[0], part_ml);
+    cluster_merge<HD, G>(a, seq, row, head0, gn, sh.acc[0], part_ml);
   } else {
     for (int e = tid; e < gn * HD; e += DEC_THREADS) {
       const int g = e / HD, d = e % HD;
       float M, L, A;
-      merged(g, d, &M, &L, &A);
+      dec_merged(sh, g, d, &M, &L, &A);
       const size_t slot =
           ((size_t)seq * a.n_heads + head0 + g) * a.ws_splits + a.split_base + split;
       a.ws_acc[slot * HD + d] = A;
       if (d == 0) a.ws_ml[2 * slot] = M, a.ws_ml[2 * slot + 1] = L;
     }
+  }
+}
+
+/* decode_lean's arguments: the plan of its one wave (pd_cuda_lean.h). Workspace part k of a
+ * (sequence, head) is slot split_base + k; ws_splits - split_base = plan.max_parts. */
+struct DecLeanArgs : DecArgs {
+  pd_lean_plan plan;
+};
+
+/* decode_lean (opt-in, pd_cuda_attn_set_decode_lean): one wave of thread blocks, block b taking
+ * the KV tiles of its run (pd_cuda_lean.h) across (sequence, KV head) boundaries, one
+ * decode_range per segment, each segment's partial to its (pair, part) slot; merge_seq then
+ * combines them as it does decode_split's. Grid (plan.n_blocks), DEC_THREADS threads. */
+template <int HD, typename T, int G>
+__global__ void __launch_bounds__(DEC_THREADS, dec_min_blocks<T, G>()) decode_lean(DecLeanArgs a) {
+  pdl_wait();
+  pdl_trigger();
+  __shared__ DecSmem<HD, G> sh;
+  /* the segment's first tile, for its epilogue: read back from shared memory after
+   * decode_range's barrier, so that the segment's values are derived again there instead of
+   * being held in registers (or spilled) through decode_range's loop */
+  __shared__ int seg_first_tile;
+  const int tid = threadIdx.x, b = blockIdx.x;
+  const int gchunks = (a.group + DEC_GROUP - 1) / DEC_GROUP, pairs_per_seq = a.n_kv * gchunks;
+  /* the segment from tile t of this block's run: its sequence, first query head, head count */
+  auto locate = [&](int t, pd_lean_segment *s, int *seq, int *head0, int *gn) {
+    pd_lean_segment_at(&a.plan, b, pd_lean_block_start(&a.plan, b + 1), t, s);
+    const int y = s->pair % pairs_per_seq, g0 = (y % gchunks) * DEC_GROUP;
+    *seq = s->pair / pairs_per_seq, *head0 = y / gchunks * a.group + g0;
+    *gn = min(G, a.group - g0);
+  };
+  for (int t = pd_lean_block_start(&a.plan, b); t < pd_lean_block_start(&a.plan, b + 1);) {
+    pd_lean_segment s;
+    int seq, head0, gn, ctx, row;
+    locate(t, &s, &seq, &head0, &gn);
+    if (tid == 0) seg_first_tile = t;
+    if (a.ctx_lens) {
+      ctx = a.ctx_lens[seq], row = seq;
+    } else if (a.n_new[seq] != 1) { /* uniform over the block: not a decode sequence */
+      t = s.seg_end;
+      continue;
+    } else {
+      ctx = a.n_past[seq] + 1, row = a.row_start[seq];
+    }
+    const int start = a.kv_start + s.first * DEC_TILE;
+    const int end = min(ctx, a.kv_start + s.last * DEC_TILE);
+    decode_range<HD, T, G>(a, seq, head0 / a.group, head0, gn, row, start, end, sh);
+    locate(seg_first_tile, &s, &seq, &head0, &gn);
+    t = s.seg_end;
+    const size_t slot0 = ((size_t)seq * a.n_heads + head0) * a.ws_splits + a.split_base;
+    for (int e = tid; e < gn * HD; e += DEC_THREADS) {
+      const int g = e / HD, d = e % HD;
+      float M, L, A;
+      dec_merged(sh, g, d, &M, &L, &A);
+      const size_t slot = slot0 + (size_t)g * a.ws_splits + s.part;
+      a.ws_acc[slot * HD + d] = A;
+      if (d == 0) a.ws_ml[2 * slot] = M, a.ws_ml[2 * slot + 1] = L;
+    }
+    /* the pair's last segment: the parts no block has are empty (merge_seq skips them) */
+    if (s.ends_pair) {
+      const int n_parts = a.ws_splits - a.split_base;
+      for (int e = tid; e < gn * (n_parts - 1 - s.part); e += DEC_THREADS) {
+        const size_t slot = slot0 + (size_t)(e % gn) * a.ws_splits + s.part + 1 + e / gn;
+        a.ws_ml[2 * slot] = -INFINITY, a.ws_ml[2 * slot + 1] = 0.0f;
+      }
+    }
+    __syncthreads(); /* the next segment's decode_range writes sh and seg_first_tile again */
   }
 }
 
@@ -612,6 +709,75 @@ extern "C" int pd_cuda_attn_decode_cluster(void) {
     cluster_asked.store(v);
   }
   return v && !cluster_refused.load() && pd_cuda_sm90_code();
+}
+
+/* -1: not decided yet (PD_CUDA_DECODE_LEAN decides); else 0 / 1 as set */
+static std::atomic<int> lean_asked{-1};
+
+extern "C" void pd_cuda_attn_set_decode_lean(int on) {
+  lean_asked.store(on ? 1 : 0);
+}
+
+extern "C" int pd_cuda_attn_decode_lean(void) {
+  int v = lean_asked.load();
+  if (v < 0) {
+    v = pd_cuda_env_flag("PD_CUDA_DECODE_LEAN");
+    lean_asked.store(v);
+  }
+  return v;
+}
+
+/* The thread blocks of decode_lean<HD, T, G> the current device keeps resident at once (its
+ * occupancy times the SMs), or 0 where the runtime cannot say; asked once per instantiation. */
+template <int HD, typename T, int G> static int lean_resident_of(void) {
+  static std::atomic<int> cached{-1};
+  int v = cached.load();
+  if (v < 0) {
+    int dev = 0, sms = 0, per_sm = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, decode_lean<HD, T, G>, DEC_THREADS,
+                                                      0) != cudaSuccess) {
+      cudaGetLastError();
+      sms = per_sm = 0;
+    }
+    v = sms * per_sm;
+    cached.store(v);
+  }
+  return v;
+}
+
+template <int HD, typename T> static int lean_resident_gmax(int group) {
+  const int gmax = group < DEC_GROUP ? group : DEC_GROUP;
+  return gmax == 1   ? lean_resident_of<HD, T, 1>()
+         : gmax <= 4 ? lean_resident_of<HD, T, 4>()
+                     : lean_resident_of<HD, T, 8>();
+}
+
+/* lean_resident_of for the kernel a pool of this dtype and head_dim (64 or 128) and this group
+ * size would run. */
+static int lean_resident(int dtype, int hd, int group) {
+  switch (dtype) {
+  case PD_DTYPE_F32:
+    return hd == 64 ? lean_resident_gmax<64, float>(group) : lean_resident_gmax<128, float>(group);
+  case PD_DTYPE_F16:
+    return hd == 64 ? lean_resident_gmax<64, __half>(group)
+                    : lean_resident_gmax<128, __half>(group);
+  case PD_DTYPE_BF16:
+    return hd == 64 ? lean_resident_gmax<64, bf16_t>(group)
+                    : lean_resident_gmax<128, bf16_t>(group);
+  default:
+    return hd == 64 ? lean_resident_gmax<64, fp8_t>(group) : lean_resident_gmax<128, fp8_t>(group);
+  }
+}
+
+template <int HD, typename T>
+static cudaError_t launch_decode_lean(cudaStream_t st, const DecLeanArgs &d) {
+  const int gmax = d.group < DEC_GROUP ? d.group : DEC_GROUP;
+  auto kernel = gmax == 1   ? decode_lean<HD, T, 1>
+                : gmax <= 4 ? decode_lean<HD, T, 4>
+                            : decode_lean<HD, T, 8>;
+  return pd_cuda_launch(kernel, dim3(d.plan.n_blocks), DEC_THREADS, 0, st, d);
 }
 
 /* Whether a decode launch of n_splits splits merges in a cluster. */
@@ -1451,6 +1617,8 @@ struct Plan {
   int group, gchunks, shared_pos;
   bool run_decode, run_prefill, cascade;
   int dec_splits, dec_len; /* decode_split over [shared_pos, max_ctx) */
+  bool lean;               /* decode_lean instead, dec_splits = lean_plan.max_parts */
+  pd_lean_plan lean_plan;
   int casc_tiles, casc_splits, casc_len;
   int dec_total; /* workspace splits per (seq, head): casc_splits + dec_splits */
   int pf_tiles, pf_splits, pf_len;
@@ -1521,8 +1689,15 @@ static Plan make_plan(const pd_kv_layout *L, int n_heads, const pd_cuda_batch *b
     p.run_decode = n_seqs > 1 && n_rows != n_seqs * b->max_new;
   }
   if (p.run_decode) {
-    plan_decode(n_seqs, n_kv, p.gchunks, (int64_t)b->max_ctx - p.shared_pos, &p.dec_splits,
-                &p.dec_len);
+    const int64_t rest = (int64_t)b->max_ctx - p.shared_pos;
+    plan_decode(n_seqs, n_kv, p.gchunks, rest, &p.dec_splits, &p.dec_len);
+    /* lean: one wave of blocks over tiles of DEC_TILE positions, at least a DEC_MIN_SPLIT each */
+    if (pd_cuda_attn_decode_lean()) {
+      const int resident = lean_resident(L->dtype, hd, p.group);
+      p.lean = resident > 0 && !pd_lean_make(n_seqs * n_kv * p.gchunks, cdiv(rest, DEC_TILE),
+                                             resident, DEC_MIN_SPLIT / DEC_TILE, &p.lean_plan);
+      if (p.lean) p.dec_splits = p.lean_plan.max_parts, p.dec_len = 0;
+    }
     if (p.cascade) {
       p.casc_tiles = (int)cdiv(n_seqs * p.group, TB_M);
       plan_tiles((int64_t)p.casc_tiles * n_kv, p.shared_pos, casc_min_split.load(), &p.casc_splits,
@@ -1589,6 +1764,13 @@ extern "C" size_t pd_cuda_attn_batch_workspace_bytes(const pd_kv_layout *L, int 
       b->n_seqs <= 0 || b->max_new < 1 || b->max_ctx < 1 || log2_exact(L->block_tokens) < 0)
     return 0;
   return make_plan(L, n_heads, b).bytes;
+}
+
+extern "C" int pd_cuda_attn_decode_lean_blocks(const pd_kv_layout *L, int n_heads,
+                                               const pd_cuda_batch *b) {
+  if (!pd_cuda_attn_batch_workspace_bytes(L, n_heads, b)) return 0; /* the same checks */
+  const Plan p = make_plan(L, n_heads, b);
+  return p.run_decode && p.lean ? p.lean_plan.n_blocks : 0;
 }
 
 /* Opts a kernel in to its dynamic shared memory, once per device: K tells the instantiations
@@ -1694,9 +1876,16 @@ static int run_attn(const pd_kv_layout *L, const Plan &p, const void *pool, int 
     d.n_past = b->n_past, d.n_new = b->n_new, d.row_start = b->row_start;
     d.kv_start = p.shared_pos, d.split_len = p.dec_len, d.split_base = p.casc_splits;
     d.ws_splits = p.dec_total, d.scale2 = scale2, d.ws_acc = acc, d.ws_ml = ml;
-    bool merged_in_cluster;
-    e = launch_decode<HD, T>(dim3(p.dec_splits, L->n_kv_heads * p.gchunks, b->n_seqs), st, d,
-                             decode_in_cluster(p.dec_splits) ? out : NULL, &merged_in_cluster);
+    bool merged_in_cluster = false;
+    if (p.lean) {
+      DecLeanArgs dl;
+      static_cast<DecArgs &>(dl) = d;
+      dl.plan = p.lean_plan;
+      e = launch_decode_lean<HD, T>(st, dl);
+    } else {
+      e = launch_decode<HD, T>(dim3(p.dec_splits, L->n_kv_heads * p.gchunks, b->n_seqs), st, d,
+                               decode_in_cluster(p.dec_splits) ? out : NULL, &merged_in_cluster);
+    }
     if (e != cudaSuccess) return pd_cuda_fail(e, err, errlen, "launching decode attention");
     if (!merged_in_cluster) { /* else block 0 of each cluster has merged */
       MergeSeqArgs m = {n_heads, p.dec_total, NULL, b->n_new, b->row_start, acc, ml, out};
@@ -1772,8 +1961,9 @@ extern "C" int pd_cuda_attn(const pd_kv_layout *L, const void *pool, int layer, 
 /* ---- the legacy decode entry point ------------------------------------------------------------ */
 
 extern "C" size_t pd_cuda_attn_workspace_bytes(int n_seqs, int n_heads, int head_dim, int max_ctx) {
-  /* an upper bound of what the capped split count of plan_decode needs */
-  size_t n_splits = (size_t)cdiv(max_ctx > 0 ? max_ctx : 1, DEC_MIN_SPLIT);
+  /* an upper bound of what the capped split count of plan_decode needs, and of a lean plan's
+   * parts (runs of at least DEC_MIN_SPLIT positions meet at most this many of a pair's) */
+  size_t n_splits = (size_t)cdiv(max_ctx > 0 ? max_ctx : 1, DEC_MIN_SPLIT) + 1;
   return (size_t)n_seqs * (size_t)n_heads * n_splits * ((size_t)head_dim + 2) * sizeof(float);
 }
 
@@ -1785,6 +1975,13 @@ static int run_decode_legacy(const pd_kv_layout *L, const void *pool, int layer,
   const int group = n_heads / L->n_kv_heads, gchunks = (group + DEC_GROUP - 1) / DEC_GROUP;
   int n_splits, len;
   plan_decode(n_seqs, L->n_kv_heads, gchunks, max_ctx, &n_splits, &len);
+  pd_lean_plan lp;
+  const bool lean =
+      pd_cuda_attn_decode_lean() &&
+      !pd_lean_make((int64_t)n_seqs * L->n_kv_heads * gchunks, cdiv(max_ctx, DEC_TILE),
+                    lean_resident(L->dtype, HD, group), DEC_MIN_SPLIT / DEC_TILE, &lp) &&
+      lp.max_parts <= cdiv(max_ctx, DEC_MIN_SPLIT) + 1; /* the workspace bound */
+  if (lean) n_splits = lp.max_parts;
   float *acc = ws, *ml = ws + (size_t)n_seqs * n_heads * n_splits * HD;
   DecArgs d = {};
   d.pool = (const uint8_t *)pool, d.block_bytes = pd_kv_block_bytes(L);
@@ -1792,10 +1989,17 @@ static int run_decode_legacy(const pd_kv_layout *L, const void *pool, int layer,
   d.group = group, d.n_heads = n_heads, d.max_blocks = max_blocks, d.q = q, d.tables = tables;
   d.ctx_lens = ctx_lens, d.kv_start = 0, d.split_len = len, d.split_base = 0;
   d.ws_splits = n_splits, d.scale2 = scale * LOG2E, d.ws_acc = acc, d.ws_ml = ml;
-  bool merged_in_cluster;
-  cudaError_t e =
-      launch_decode<HD, T>(dim3(n_splits, L->n_kv_heads * gchunks, n_seqs), st, d,
-                           decode_in_cluster(n_splits) ? out : NULL, &merged_in_cluster);
+  bool merged_in_cluster = false;
+  cudaError_t e;
+  if (lean) {
+    DecLeanArgs dl;
+    static_cast<DecArgs &>(dl) = d;
+    dl.plan = lp;
+    e = launch_decode_lean<HD, T>(st, dl);
+  } else {
+    e = launch_decode<HD, T>(dim3(n_splits, L->n_kv_heads * gchunks, n_seqs), st, d,
+                             decode_in_cluster(n_splits) ? out : NULL, &merged_in_cluster);
+  }
   if (e != cudaSuccess) return pd_cuda_fail(e, err, errlen, "launching decode attention");
   if (merged_in_cluster) return PD_OK;
   MergeSeqArgs m = {n_heads, n_splits, ctx_lens, NULL, NULL, acc, ml, out};

@@ -58,6 +58,11 @@ int pd_cuda_kv_store(const pd_kv_layout *L, void *pool, int layer, const pd_cuda
 size_t pd_cuda_attn_batch_workspace_bytes(const pd_kv_layout *L, int n_heads,
                                           const pd_cuda_batch *b);
 
+/* The thread blocks the lean decode launch of this batch has (its decode rows, under the current
+ * switch), or 0 where the batch decodes the usual way (switch off, no decode rows, bad sizes, a
+ * plan past 32-bit tile counts, or no device to ask for its resident block count). */
+int pd_cuda_attn_decode_lean_blocks(const pd_kv_layout *L, int n_heads, const pd_cuda_batch *b);
+
 /*
  * Causal attention of every row over its sequence's paged KV, one layer (the GPU twin of
  * pd_attn_paged). Row i of sequence s sits at position n_past[s] + i and attends to positions

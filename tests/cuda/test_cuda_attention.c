@@ -537,6 +537,75 @@ START_TEST(decode_cluster_merge_matches_cpu) {
 }
 END_TEST
 
+/* Lean decode (pd_cuda_attn_set_decode_lean): one wave of blocks, each an equal run of 32-position
+ * tiles across (sequence, KV head) boundaries, a partial per segment, the parts a pair does not
+ * have marked empty (the NaN-poisoned workspace makes a slot left unwritten fail). Against the
+ * CPU: runs that start and end inside pairs and span several, pairs of one tile, sequences far
+ * shorter than the longest (empty tiles), GQA 1/3/8/16, every pool dtype, a cascade, and a
+ * mixed prefill/decode batch. It must apply to each batch (pd_cuda_attn_decode_lean_blocks). */
+START_TEST(decode_lean_matches_cpu) {
+  pd_cuda_attn_set_decode_lean(1);
+  pd_kv_layout L = {2, 3, 64, 16, PD_DTYPE_F16};
+  pd_cuda_batch b = {0};
+  b.n_seqs = 64, b.n_rows = 64, b.max_blocks = 128, b.max_new = 1, b.max_ctx = 2048;
+  const int blocks = pd_cuda_attn_decode_lean_blocks(&L, 9, &b);
+  int dev = 0, sms = 0;
+  ck_assert_int_eq(cudaGetDevice(&dev), cudaSuccess);
+  ck_assert_int_eq(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), cudaSuccess);
+  /* the default model's decode shape fills the device: a whole number of blocks per SM */
+  ck_assert_msg(blocks >= sms && blocks % sms == 0, "lean grid %d on %d SMs", blocks, sms);
+  const int groups[4] = {1, 3, 8, 16};
+  int past[40], one[40];
+  for (int k = 0; k < 3; k++)
+    for (int di = 0; di < N_DTYPES; di++)
+      for (int gi = 0; gi < 4; gi++) {
+        /* k 0: equal lengths; 1: from 0 to 3,000 (most tiles of the short ones empty); 2: many
+         * short sequences, so a block's run spans several pairs */
+        const int n = k == 2 ? 40 : 7;
+        for (int s = 0; s < n; s++)
+          past[s] = k == 0 ? 1500 : k == 1 ? irand(3001) : irand(200), one[s] = 1;
+        tcase c = {DTYPES[di],
+                   gi == 1 ? 128 : 64,
+                   gi == 3 ? 2 : 3,
+                   groups[gi],
+                   gi == 2 ? 8 : 16,
+                   n,
+                   past,
+                   one,
+                   0,
+                   1.0f,
+                   (di + gi + k) & 1};
+        pd_kv_layout Lc = {2, c.n_kv, c.hd, c.B, c.dt};
+        pd_cuda_batch bc = {0};
+        bc.n_seqs = n, bc.n_rows = n, bc.max_new = 1, bc.max_ctx = 1;
+        for (int s = 0; s < n; s++)
+          if (past[s] + 1 > bc.max_ctx) bc.max_ctx = past[s] + 1;
+        bc.max_blocks = (bc.max_ctx + c.B - 1) / c.B;
+        ck_assert_int_gt(pd_cuda_attn_decode_lean_blocks(&Lc, c.n_kv * c.group, &bc), 0);
+        run_case(&c);
+      }
+  /* one sequence of one token; one of 4,097 (sharp scores: single positions carry the weight) */
+  int p1 = 0, p2 = 4096, n1 = 1;
+  tcase c1 = {PD_DTYPE_BF16, 64, 3, 3, 16, 1, &p1, &n1, 0, 4.0f, 0};
+  run_case(&c1);
+  tcase c2 = {PD_DTYPE_F16, 128, 1, 8, 16, 1, &p2, &n1, 0, 16.0f, 1};
+  run_case(&c2);
+  /* a cascade: the prefix's partials first in the workspace, the lean parts after them */
+  int cp[24], co[24];
+  for (int s = 0; s < 24; s++) cp[s] = 1024 + irand(400), co[s] = 1;
+  tcase c3 = {PD_DTYPE_F16, 64, 3, 3, 16, 24, cp, co, 64, 1.0f, 1};
+  run_case(&c3);
+  /* a mixed batch: the prefill sequences' segments are skipped */
+  int mp[6] = {0, 100, 16, 5, 600, 33}, mn[6] = {37, 1, 64, 1, 200, 2};
+  tcase cm = {PD_DTYPE_FP8_E4M3, 64, 3, 3, 16, 6, mp, mn, 0, 1.0f, 0};
+  run_case(&cm);
+  pd_cuda_attn_set_decode_lean(0);
+  ck_assert_int_eq(pd_cuda_attn_decode_lean_blocks(&L, 9, &b), 0);
+  pd_cuda_attn_set_decode_lean(pd_cuda_env_flag("PD_CUDA_DECODE_LEAN"));
+  printf("ok: lean decode (%d blocks on the default shape, %d SMs)\n", blocks, sms);
+}
+END_TEST
+
 /* ---- the legacy decode entry point -------------------------------------------------------- */
 
 static void run_legacy(enum pd_dtype dt, int n_kv, int group, int hd, const int *ctx, int n_seqs) {
@@ -848,6 +917,7 @@ int main(void) {
   tcase_add_test(tc, cascade_matches_cpu_and_decode);
   tcase_add_test(tc, tuning_knobs_keep_results);
   tcase_add_test(tc, decode_cluster_merge_matches_cpu);
+  tcase_add_test(tc, decode_lean_matches_cpu);
   tcase_add_test(tc, block_moves_byte_exact);
   tcase_add_test(tc, bad_shapes_are_refused);
   suite_add_tcase(s, tc);
