@@ -2,7 +2,7 @@
  * pd_cuda_attention.cu -- paged attention over f32 / f16 / bf16 / fp8-e4m3 KV blocks, and the KV
  * store (pd_cuda_attention.h, pd_cuda_batch.h).
  *
- * Eight kernels. K and V are converted to f32 as they are read (f16 and bf16
+ * Nine kernels. K and V are converted to f32 as they are read (f16 and bf16
  * exactly; an fp8 row as its e4m3 value times the row's f32 scale, kernels/cpu/pd_attention.h);
  * all arithmetic is f32 or tensor-core products carried to f32 accuracy. Scores are kept in the
  * log2 domain (q . k * scale * log2(e), then exp2), so every partial result (acc, max, sum) that
@@ -36,6 +36,21 @@
  *   (with a cascade's prefix partials from the workspace), merges them as merge_seq does and
  *   writes the rows: one launch instead of two. The plain instantiations' code is unchanged.
  *   fp8 rows convert with the hardware's e4m3x2 -> f16x2 instruction, then times the row scale.
+ *
+ * decode_lean (opt-in: pd_cuda_attn_set_decode_lean, PD_CUDA_DECODE_LEAN=1; before the cluster
+ *   merge) -- the same work as decode_split, cut differently: one wave of as many blocks as the
+ *   device keeps resident (its occupancy times the SMs), block b taking an equal run of the
+ *   batch's DEC_TILE-position tiles, pair after pair ((sequence, KV head, head chunk) pairs of
+ *   ceil((max_ctx - kv_start) / DEC_TILE) tiles each; a shorter sequence's tiles past its end are
+ *   empty), at least DEC_MIN_SPLIT positions a block (pd_cuda_lean.h). It walks its run one
+ *   segment (its part inside one pair) at a time through decode_range, the body both kernels
+ *   share, and writes the segment's partial to the pair's slot split_base + part; the block with
+ *   a pair's last tile marks the pair's parts after its own empty. merge_seq merges as for
+ *   decode_split (plan.max_parts slots a pair). The grid of splits runs the default model's
+ *   shape (192 pairs) as 960 blocks in 1.82 waves of 528, each paying its prologue (the query
+ *   heads, the first table and KV loads, three dependent round trips) and epilogue; lean runs
+ *   528 blocks once. The 4-head variants need a few spilled words at the 128-register cap of
+ *   4 blocks an SM (ptxas: 8 to 32 bytes of stack).
  *
  * tile_mma (default) and tile_attn (SIMT, pd_cuda_attn_set_tensor_cores(0) or
  *   PD_CUDA_ATTN_SIMT=1) -- flash attention on a tile of 64 (query row, head) pairs x 64 KV
