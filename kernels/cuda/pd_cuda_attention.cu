@@ -743,18 +743,19 @@ extern "C" int pd_cuda_attn_decode_lean(void) {
 }
 
 /* The thread blocks of decode_lean<HD, T, G> the current device keeps resident at once (its
- * occupancy times the SMs), or 0 where the runtime cannot say; asked once per instantiation. */
+ * occupancy times the SMs), or 0 where the runtime cannot say (then asked again next time);
+ * an answer is kept for the process, per instantiation. */
 template <int HD, typename T, int G> static int lean_resident_of(void) {
-  static std::atomic<int> cached{-1};
+  static std::atomic<int> cached{0};
   int v = cached.load();
-  if (v < 0) {
+  if (!v) {
     int dev = 0, sms = 0, per_sm = 0;
     if (cudaGetDevice(&dev) != cudaSuccess ||
         cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
         cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, decode_lean<HD, T, G>, DEC_THREADS,
                                                       0) != cudaSuccess) {
-      cudaGetLastError();
-      sms = per_sm = 0;
+      cudaGetLastError(); /* the failed query's own error: not for the next launch to report */
+      return 0;
     }
     v = sms * per_sm;
     cached.store(v);

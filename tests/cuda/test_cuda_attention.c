@@ -599,6 +599,10 @@ START_TEST(decode_lean_matches_cpu) {
   int mp[6] = {0, 100, 16, 5, 600, 33}, mn[6] = {37, 1, 64, 1, 200, 2};
   tcase cm = {PD_DTYPE_FP8_E4M3, 64, 3, 3, 16, 6, mp, mn, 0, 1.0f, 0};
   run_case(&cm);
+  /* the legacy entry point (ctx_lens, one row a sequence), GQA 3 and 8 */
+  int ctx[5] = {1, 17, 640, 1024, 3000};
+  run_legacy(PD_DTYPE_F16, 3, 3, 64, ctx, 5);
+  run_legacy(PD_DTYPE_FP8_E4M3, 2, 8, 128, ctx, 5);
   pd_cuda_attn_set_decode_lean(0);
   ck_assert_int_eq(pd_cuda_attn_decode_lean_blocks(&L, 9, &b), 0);
   pd_cuda_attn_set_decode_lean(pd_cuda_env_flag("PD_CUDA_DECODE_LEAN"));
