@@ -39,18 +39,21 @@
  *
  * decode_lean (opt-in: pd_cuda_attn_set_decode_lean, PD_CUDA_DECODE_LEAN=1; before the cluster
  *   merge) -- the same work as decode_split, cut differently: one wave of as many blocks as the
- *   device keeps resident (its occupancy times the SMs), block b taking an equal run of the
- *   batch's DEC_TILE-position tiles, pair after pair ((sequence, KV head, head chunk) pairs of
- *   ceil((max_ctx - kv_start) / DEC_TILE) tiles each; a shorter sequence's tiles past its end are
- *   empty), at least DEC_MIN_SPLIT positions a block (pd_cuda_lean.h). It walks its run one
+ *   device keeps resident (its occupancy times the SMs). Each block first sums, by a block-wide
+ *   scan, the batch's real tiles: per decoding sequence, its (KV head, head chunk) pairs of
+ *   ceil((ctx - kv_start) / DEC_TILE) tiles. Block b then takes an equal run of them, pair after
+ *   pair, at least DEC_MIN_SPLIT positions a block (pd_cuda_lean.h), so the runs are balanced
+ *   over the real contexts, not over the host's max_ctx (which the model rounds up to a power of
+ *   two for its graphs), and prefill sequences of a mixed batch take none. It walks its run one
  *   segment (its part inside one pair) at a time through decode_range, the body both kernels
  *   share, and writes the segment's partial to the pair's slot split_base + part; the block with
  *   a pair's last tile marks the pair's parts after its own empty. merge_seq merges as for
- *   decode_split (plan.max_parts slots a pair). The grid of splits runs the default model's
- *   shape (192 pairs) as 960 blocks in 1.82 waves of 528, each paying its prologue (the query
- *   heads, the first table and KV loads, three dependent round trips) and epilogue; lean runs
- *   528 blocks once. The 4-head variants need a few spilled words at the 128-register cap of
- *   4 blocks an SM (ptxas: 8 to 32 bytes of stack).
+ *   decode_split, over pd_lean_max_parts slots a pair (17 for a 2,048-position bound). The grid
+ *   of splits runs the default model's shape (192 pairs) as 960 blocks in 1.82 waves of 528,
+ *   each paying its prologue (the query heads, the first table and KV loads, three dependent
+ *   round trips) and epilogue; lean runs 528 blocks once, plus the scan (one load of the
+ *   sequence lengths). The 4-head variants need a few spilled words at the 128-register cap of
+ *   4 blocks an SM (ptxas: STACK below).
  *
  * tile_mma (default) and tile_attn (SIMT, pd_cuda_attn_set_tensor_cores(0) or
  *   PD_CUDA_ATTN_SIMT=1) -- flash attention on a tile of 64 (query row, head) pairs x 64 KV
@@ -131,6 +134,8 @@
 #define DEC_MIN_SPLIT  128  /* tokens per decode split, at least */
 #define DEC_MAX_GRID   1024 /* decode splits stop growing past this many thread blocks */
 #define DEC_CLUSTER    8    /* decode merges in a cluster when it has at most this many splits */
+#define LEAN_MIN_TILES (DEC_MIN_SPLIT / DEC_TILE) /* a lean run's tiles, at least */
+#define LEAN_MAX_SEQS  4096 /* lean decode's batches, at most (its prefix sums in shared memory) */
 #define TB_M           64   /* (row, head) pairs per tile */
 #define TB_N           64   /* KV positions per tile */
 #define TB_THREADS     256
@@ -610,53 +615,95 @@ __global__ void __launch_bounds__(DEC_THREADS, dec_min_blocks<T, G>())
   }
 }
 
-/* decode_lean's arguments: the plan of its one wave (pd_cuda_lean.h). Workspace part k of a
- * (sequence, head) is slot split_base + k; ws_splits - split_base = plan.max_parts. */
+/* decode_lean's arguments. Workspace part k of a (sequence, head) is slot split_base + k;
+ * ws_splits - split_base parts a pair (pd_lean_max_parts of the host's bounds). */
 struct DecLeanArgs : DecArgs {
-  pd_lean_plan plan;
+  int n_seqs;    /* the batch's sequences: (n_seqs + 1) int32 of dynamic shared memory */
+  int min_tiles; /* DEC_TILE-position tiles a run takes at least */
 };
 
-/* decode_lean (opt-in, pd_cuda_attn_set_decode_lean): one wave of thread blocks, block b taking
- * the KV tiles of its run (pd_cuda_lean.h) across (sequence, KV head) boundaries, one
- * decode_range per segment, each segment's partial to its (pair, part) slot; merge_seq then
- * combines them as it does decode_split's. Grid (plan.n_blocks), DEC_THREADS threads. */
+/* Sequence s's tiles per pair for decode_lean: its context past kv_start in DEC_TILE-position
+ * tiles, at least one (so every decoding pair writes part 0 and marks the rest); 0 for a
+ * sequence that is not decoding (merge_seq skips those). */
+__device__ __forceinline__ int lean_tiles(const DecArgs &a, int s) {
+  int ctx;
+  if (a.ctx_lens) {
+    ctx = a.ctx_lens[s];
+  } else {
+    if (a.n_new[s] != 1) return 0;
+    ctx = a.n_past[s] + 1;
+  }
+  const int t = (ctx - a.kv_start + DEC_TILE - 1) / DEC_TILE;
+  return t > 1 ? t : 1;
+}
+
+/* decode_lean: see the top of the file. Grid (the device's resident blocks), DEC_THREADS
+ * threads, (n_seqs + 1) * 4 bytes of dynamic shared memory. */
 template <int HD, typename T, int G>
 __global__ void __launch_bounds__(DEC_THREADS, dec_min_blocks<T, G>()) decode_lean(DecLeanArgs a) {
   pdl_wait();
   pdl_trigger();
+  extern __shared__ int32_t seq_first[]; /* [n_seqs + 1]: first tile of each sequence */
   __shared__ DecSmem<HD, G> sh;
+  __shared__ int32_t warp_sum[DEC_THREADS / 32], carry;
   /* the segment's first tile, for its epilogue: read back from shared memory after
    * decode_range's barrier, so that the segment's values are derived again there instead of
    * being held in registers (or spilled) through decode_range's loop */
-  __shared__ int seg_first_tile;
-  const int tid = threadIdx.x, b = blockIdx.x;
+  __shared__ int32_t seg_first_tile;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, b = blockIdx.x;
   const int gchunks = (a.group + DEC_GROUP - 1) / DEC_GROUP, pairs_per_seq = a.n_kv * gchunks;
-  /* the segment from tile t of this block's run: its sequence, first query head, head count */
-  auto locate = [&](int t, pd_lean_segment *s, int *seq, int *head0, int *gn) {
-    pd_lean_segment_at(&a.plan, b, pd_lean_block_start(&a.plan, b + 1), t, s);
-    const int y = s->pair % pairs_per_seq, g0 = (y % gchunks) * DEC_GROUP;
-    *seq = s->pair / pairs_per_seq, *head0 = y / gchunks * a.group + g0;
+  /* 1. seq_first: the exclusive prefix sum of pairs_per_seq * lean_tiles, 128 sequences a step */
+  if (tid == 0) seq_first[0] = 0, carry = 0;
+  for (int base = 0; base < a.n_seqs; base += DEC_THREADS) {
+    __syncthreads(); /* carry and warp_sum of the step before are read */
+    const int s = base + tid;
+    int v = s < a.n_seqs ? pairs_per_seq * lean_tiles(a, s) : 0;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int n = __shfl_up_sync(0xffffffffu, v, o);
+      if (lane >= o) v += n;
+    }
+    if (lane == 31) warp_sum[warp] = v;
+    __syncthreads();
+    int before = carry;
+    for (int w = 0; w < warp; w++) before += warp_sum[w];
+    if (s < a.n_seqs) seq_first[s + 1] = before + v;
+    __syncthreads();
+    if (tid == DEC_THREADS - 1) carry = before + v;
+  }
+  __syncthreads();
+  if (b >= pd_lean_blocks(seq_first[a.n_seqs], a.min_tiles, (int)gridDim.x) || !seq_first[a.n_seqs])
+    return; /* uniform: no run for this block (or no sequence decodes) */
+  /* 2. the run, one segment at a time. The run's bounds and the segment are derived from
+   * seq_first in shared memory each time they are needed, before and after decode_range's loop,
+   * so that none of them is held in a register (or spilled) through it. */
+  auto run_bound = [&](int blk) {
+    const int n_tiles = seq_first[a.n_seqs];
+    return pd_lean_block_start(n_tiles, pd_lean_blocks(n_tiles, a.min_tiles, (int)gridDim.x), blk);
+  };
+  auto locate = [&](int t, pd_lean_segment *s, int *head0, int *gn) {
+    const int n_tiles = seq_first[a.n_seqs];
+    const int n_blocks = pd_lean_blocks(n_tiles, a.min_tiles, (int)gridDim.x);
+    pd_lean_segment_at(seq_first, a.n_seqs, pairs_per_seq, n_blocks, b,
+                       pd_lean_block_start(n_tiles, n_blocks, b + 1), t, s);
+    const int g0 = (s->pair_in_seq % gchunks) * DEC_GROUP;
+    *head0 = s->pair_in_seq / gchunks * a.group + g0;
     *gn = min(G, a.group - g0);
   };
-  for (int t = pd_lean_block_start(&a.plan, b); t < pd_lean_block_start(&a.plan, b + 1);) {
+  for (int t = run_bound(b); t < run_bound(b + 1);) {
     pd_lean_segment s;
-    int seq, head0, gn, ctx, row;
-    locate(t, &s, &seq, &head0, &gn);
+    int head0, gn;
+    locate(t, &s, &head0, &gn);
     if (tid == 0) seg_first_tile = t;
-    if (a.ctx_lens) {
-      ctx = a.ctx_lens[seq], row = seq;
-    } else if (a.n_new[seq] != 1) { /* uniform over the block: not a decode sequence */
-      t = s.seg_end;
-      continue;
-    } else {
-      ctx = a.n_past[seq] + 1, row = a.row_start[seq];
-    }
+    const int seq = s.seq;
+    const int ctx = a.ctx_lens ? a.ctx_lens[seq] : a.n_past[seq] + 1;
+    const int row = a.ctx_lens ? seq : a.row_start[seq];
     const int start = a.kv_start + s.first * DEC_TILE;
     const int end = min(ctx, a.kv_start + s.last * DEC_TILE);
     decode_range<HD, T, G>(a, seq, head0 / a.group, head0, gn, row, start, end, sh);
-    locate(seg_first_tile, &s, &seq, &head0, &gn);
+    locate(seg_first_tile, &s, &head0, &gn);
     t = s.seg_end;
-    const size_t slot0 = ((size_t)seq * a.n_heads + head0) * a.ws_splits + a.split_base;
+    const size_t slot0 = ((size_t)s.seq * a.n_heads + head0) * a.ws_splits + a.split_base;
     for (int e = tid; e < gn * HD; e += DEC_THREADS) {
       const int g = e / HD, d = e % HD;
       float M, L, A;
@@ -745,6 +792,11 @@ extern "C" int pd_cuda_attn_decode_lean(void) {
 /* The thread blocks of decode_lean<HD, T, G> the current device keeps resident at once (its
  * occupancy times the SMs), or 0 where the runtime cannot say (then asked again next time);
  * an answer is kept for the process, per instantiation. */
+/* decode_lean's dynamic shared memory for a batch of n_seqs sequences */
+static size_t lean_smem_bytes(int n_seqs) {
+  return ((size_t)n_seqs + 1) * sizeof(int32_t);
+}
+
 template <int HD, typename T, int G> static int lean_resident_of(void) {
   static std::atomic<int> cached{0};
   int v = cached.load();
@@ -753,7 +805,8 @@ template <int HD, typename T, int G> static int lean_resident_of(void) {
     if (cudaGetDevice(&dev) != cudaSuccess ||
         cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
         cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, decode_lean<HD, T, G>, DEC_THREADS,
-                                                      0) != cudaSuccess) {
+                                                      lean_smem_bytes(LEAN_MAX_SEQS)) !=
+            cudaSuccess) {
       cudaGetLastError(); /* the failed query's own error: not for the next launch to report */
       return 0;
     }
@@ -788,12 +841,12 @@ static int lean_resident(int dtype, int hd, int group) {
 }
 
 template <int HD, typename T>
-static cudaError_t launch_decode_lean(cudaStream_t st, const DecLeanArgs &d) {
+static cudaError_t launch_decode_lean(cudaStream_t st, const DecLeanArgs &d, int launched) {
   const int gmax = d.group < DEC_GROUP ? d.group : DEC_GROUP;
   auto kernel = gmax == 1   ? decode_lean<HD, T, 1>
                 : gmax <= 4 ? decode_lean<HD, T, 4>
                             : decode_lean<HD, T, 8>;
-  return pd_cuda_launch(kernel, dim3(d.plan.n_blocks), DEC_THREADS, 0, st, d);
+  return pd_cuda_launch(kernel, dim3(launched), DEC_THREADS, lean_smem_bytes(d.n_seqs), st, d);
 }
 
 /* Whether a decode launch of n_splits splits merges in a cluster. */
@@ -1633,8 +1686,8 @@ struct Plan {
   int group, gchunks, shared_pos;
   bool run_decode, run_prefill, cascade;
   int dec_splits, dec_len; /* decode_split over [shared_pos, max_ctx) */
-  bool lean;               /* decode_lean instead, dec_splits = lean_plan.max_parts */
-  pd_lean_plan lean_plan;
+  bool lean;               /* decode_lean instead: dec_splits parts a pair (pd_lean_max_parts) */
+  int lean_grid;           /* its thread blocks: as many as the device keeps resident */
   int casc_tiles, casc_splits, casc_len;
   int dec_total; /* workspace splits per (seq, head): casc_splits + dec_splits */
   int pf_tiles, pf_splits, pf_len;
@@ -1706,13 +1759,17 @@ static Plan make_plan(const pd_kv_layout *L, int n_heads, const pd_cuda_batch *b
   }
   if (p.run_decode) {
     const int64_t rest = (int64_t)b->max_ctx - p.shared_pos;
-    plan_decode(n_seqs, n_kv, p.gchunks, rest, &p.dec_splits, &p.dec_len);
-    /* lean: one wave of blocks over tiles of DEC_TILE positions, at least a DEC_MIN_SPLIT each */
-    if (pd_cuda_attn_decode_lean()) {
+    plan_decode(
+        n_seqs, n_kv, p.gchunks, rest, &p.dec_splits,
+        &p.dec_len); /* lean: one wave of blocks over tiles of DEC_TILE positions, at least a DEC_MIN_SPLIT each */
+    if (pd_cuda_attn_decode_lean() && n_seqs <= LEAN_MAX_SEQS) {
       const int resident = lean_resident(L->dtype, hd, p.group);
-      p.lean = resident > 0 && !pd_lean_make(n_seqs * n_kv * p.gchunks, cdiv(rest, DEC_TILE),
-                                             resident, DEC_MIN_SPLIT / DEC_TILE, &p.lean_plan);
-      if (p.lean) p.dec_splits = p.lean_plan.max_parts, p.dec_len = 0;
+      const int64_t tiles_per_pair = cdiv(rest, DEC_TILE);
+      p.lean = resident > 0 && n_seqs * n_kv * p.gchunks * tiles_per_pair <= PD_LEAN_MAX_TILES;
+      if (p.lean) {
+        p.lean_grid = resident, p.dec_len = 0;
+        p.dec_splits = pd_lean_max_parts(tiles_per_pair, LEAN_MIN_TILES, resident);
+      }
     }
     if (p.cascade) {
       p.casc_tiles = (int)cdiv(n_seqs * p.group, TB_M);
@@ -1786,7 +1843,7 @@ extern "C" int pd_cuda_attn_decode_lean_blocks(const pd_kv_layout *L, int n_head
                                                const pd_cuda_batch *b) {
   if (!pd_cuda_attn_batch_workspace_bytes(L, n_heads, b)) return 0; /* the same checks */
   const Plan p = make_plan(L, n_heads, b);
-  return p.run_decode && p.lean ? p.lean_plan.n_blocks : 0;
+  return p.run_decode && p.lean ? p.lean_grid : 0;
 }
 
 /* Opts a kernel in to its dynamic shared memory, once per device: K tells the instantiations
@@ -1896,8 +1953,8 @@ static int run_attn(const pd_kv_layout *L, const Plan &p, const void *pool, int 
     if (p.lean) {
       DecLeanArgs dl;
       static_cast<DecArgs &>(dl) = d;
-      dl.plan = p.lean_plan;
-      e = launch_decode_lean<HD, T>(st, dl);
+      dl.n_seqs = b->n_seqs, dl.min_tiles = LEAN_MIN_TILES;
+      e = launch_decode_lean<HD, T>(st, dl, p.lean_grid);
     } else {
       e = launch_decode<HD, T>(dim3(p.dec_splits, L->n_kv_heads * p.gchunks, b->n_seqs), st, d,
                                decode_in_cluster(p.dec_splits) ? out : NULL, &merged_in_cluster);
@@ -1991,13 +2048,18 @@ static int run_decode_legacy(const pd_kv_layout *L, const void *pool, int layer,
   const int group = n_heads / L->n_kv_heads, gchunks = (group + DEC_GROUP - 1) / DEC_GROUP;
   int n_splits, len;
   plan_decode(n_seqs, L->n_kv_heads, gchunks, max_ctx, &n_splits, &len);
-  pd_lean_plan lp;
+  /* lean, where it fits: its parts are within the workspace bound, ceil(max_ctx / 128) + 1 */
+  const int resident = pd_cuda_attn_decode_lean() && n_seqs <= LEAN_MAX_SEQS
+                           ? lean_resident(L->dtype, HD, group)
+                           : 0;
+  const int64_t tiles_per_pair = cdiv(max_ctx, DEC_TILE);
+  const int lean_parts =
+      pd_lean_max_parts(tiles_per_pair, LEAN_MIN_TILES, resident > 0 ? resident : 1);
   const bool lean =
-      pd_cuda_attn_decode_lean() &&
-      !pd_lean_make((int64_t)n_seqs * L->n_kv_heads * gchunks, cdiv(max_ctx, DEC_TILE),
-                    lean_resident(L->dtype, HD, group), DEC_MIN_SPLIT / DEC_TILE, &lp) &&
-      lp.max_parts <= cdiv(max_ctx, DEC_MIN_SPLIT) + 1; /* the workspace bound */
-  if (lean) n_splits = lp.max_parts;
+      resident > 0 &&
+      (int64_t)n_seqs * L->n_kv_heads * gchunks * tiles_per_pair <= PD_LEAN_MAX_TILES &&
+      lean_parts <= cdiv(max_ctx, DEC_MIN_SPLIT) + 1;
+  if (lean) n_splits = lean_parts;
   float *acc = ws, *ml = ws + (size_t)n_seqs * n_heads * n_splits * HD;
   DecArgs d = {};
   d.pool = (const uint8_t *)pool, d.block_bytes = pd_kv_block_bytes(L);
@@ -2010,8 +2072,8 @@ static int run_decode_legacy(const pd_kv_layout *L, const void *pool, int layer,
   if (lean) {
     DecLeanArgs dl;
     static_cast<DecArgs &>(dl) = d;
-    dl.plan = lp;
-    e = launch_decode_lean<HD, T>(st, dl);
+    dl.n_seqs = n_seqs, dl.min_tiles = LEAN_MIN_TILES;
+    e = launch_decode_lean<HD, T>(st, dl, resident);
   } else {
     e = launch_decode<HD, T>(dim3(n_splits, L->n_kv_heads * gchunks, n_seqs), st, d,
                              decode_in_cluster(n_splits) ? out : NULL, &merged_in_cluster);

@@ -141,6 +141,10 @@ typedef struct tcase {
 static float *keep_out;
 static size_t keep_cap, keep_n;
 
+/* When above the batch's longest context, run_case passes this as the batch's max_ctx bound (and
+ * block-table stride) instead, as the model does with its power-of-two decode buckets. */
+static int ctx_bound;
+
 static void run_case(const tcase *c) {
   const int layers = 2, layer = 1, n_heads = c->n_kv * c->group, hd = c->hd, B = c->B;
   pd_kv_layout L = {layers, c->n_kv, hd, B, c->dt};
@@ -153,6 +157,10 @@ static void run_case(const tcase *c) {
     max_ctx = ctx > max_ctx ? ctx : max_ctx;
     max_blocks = nb > max_blocks ? nb : max_blocks;
     sum_blocks += nb - c->shared_blocks;
+  }
+  if (ctx_bound > max_ctx) {
+    max_ctx = ctx_bound;
+    if ((ctx_bound + B - 1) / B > max_blocks) max_blocks = (ctx_bound + B - 1) / B;
   }
   max_blocks += 1; /* a row stride longer than any table */
   const int n_blocks = c->shared_blocks + sum_blocks + 3;
@@ -599,6 +607,16 @@ START_TEST(decode_lean_matches_cpu) {
   int mp[6] = {0, 100, 16, 5, 600, 33}, mn[6] = {37, 1, 64, 1, 200, 2};
   tcase cm = {PD_DTYPE_FP8_E4M3, 64, 3, 3, 16, 6, mp, mn, 0, 1.0f, 0};
   run_case(&cm);
+  /* the host's bound far above the real contexts (the model's power-of-two buckets): the runs
+   * follow the real lengths, the parts the bound allows stay within the workspace */
+  int bp[9], bo[9];
+  for (int s = 0; s < 9; s++) bp[s] = 300 + irand(800), bo[s] = 1;
+  ctx_bound = 4096;
+  tcase cb = {PD_DTYPE_F16, 64, 3, 3, 16, 9, bp, bo, 0, 1.0f, 1};
+  run_case(&cb);
+  tcase cb2 = {PD_DTYPE_BF16, 128, 2, 8, 16, 9, bp, bo, 0, 4.0f, 0};
+  run_case(&cb2);
+  ctx_bound = 0;
   /* the legacy entry point (ctx_lens, one row a sequence), GQA 3 and 8 */
   int ctx[5] = {1, 17, 640, 1024, 3000};
   run_legacy(PD_DTYPE_F16, 3, 3, 64, ctx, 5);
