@@ -620,12 +620,15 @@ __global__ void __launch_bounds__(DEC_THREADS, dec_min_blocks<T, G>())
 struct DecLeanArgs : DecArgs {
   int n_seqs;    /* the batch's sequences: (n_seqs + 1) int32 of dynamic shared memory */
   int min_tiles; /* DEC_TILE-position tiles a run takes at least */
+  int max_tiles; /* tiles a pair has at most: the host's bound, which sized the workspace */
 };
 
 /* Sequence s's tiles per pair for decode_lean: its context past kv_start in DEC_TILE-position
- * tiles, at least one (so every decoding pair writes part 0 and marks the rest); 0 for a
+ * tiles, at least one (so every decoding pair writes part 0 and marks the rest) and at most the
+ * host's bound (positions past max_ctx, against the batch's contract, are left out as
+ * decode_split leaves them, instead of taking parts the workspace does not have); 0 for a
  * sequence that is not decoding (merge_seq skips those). */
-__device__ __forceinline__ int lean_tiles(const DecArgs &a, int s) {
+__device__ __forceinline__ int lean_tiles(const DecLeanArgs &a, int s) {
   int ctx;
   if (a.ctx_lens) {
     ctx = a.ctx_lens[s];
@@ -634,7 +637,7 @@ __device__ __forceinline__ int lean_tiles(const DecArgs &a, int s) {
     ctx = a.n_past[s] + 1;
   }
   const int t = (ctx - a.kv_start + DEC_TILE - 1) / DEC_TILE;
-  return t > 1 ? t : 1;
+  return t < 1 ? 1 : t > a.max_tiles ? a.max_tiles : t;
 }
 
 /* decode_lean: see the top of the file. Grid (the device's resident blocks), DEC_THREADS
@@ -789,14 +792,15 @@ extern "C" int pd_cuda_attn_decode_lean(void) {
   return v;
 }
 
-/* The thread blocks of decode_lean<HD, T, G> the current device keeps resident at once (its
- * occupancy times the SMs), or 0 where the runtime cannot say (then asked again next time);
- * an answer is kept for the process, per instantiation. */
 /* decode_lean's dynamic shared memory for a batch of n_seqs sequences */
 static size_t lean_smem_bytes(int n_seqs) {
   return ((size_t)n_seqs + 1) * sizeof(int32_t);
 }
 
+/* The thread blocks of decode_lean<HD, T, G> the current device keeps resident at once (its
+ * occupancy times the SMs, with the shared memory of the largest batch), or 0 where the runtime
+ * cannot say (then asked again next time); an answer is kept for the process, per
+ * instantiation. */
 template <int HD, typename T, int G> static int lean_resident_of(void) {
   static std::atomic<int> cached{0};
   int v = cached.load();
@@ -1759,9 +1763,8 @@ static Plan make_plan(const pd_kv_layout *L, int n_heads, const pd_cuda_batch *b
   }
   if (p.run_decode) {
     const int64_t rest = (int64_t)b->max_ctx - p.shared_pos;
-    plan_decode(
-        n_seqs, n_kv, p.gchunks, rest, &p.dec_splits,
-        &p.dec_len); /* lean: one wave of blocks over tiles of DEC_TILE positions, at least a DEC_MIN_SPLIT each */
+    plan_decode(n_seqs, n_kv, p.gchunks, rest, &p.dec_splits, &p.dec_len);
+    /* lean: one wave of blocks over tiles of DEC_TILE positions, at least a DEC_MIN_SPLIT each */
     if (pd_cuda_attn_decode_lean() && n_seqs <= LEAN_MAX_SEQS) {
       const int resident = lean_resident(L->dtype, hd, p.group);
       const int64_t tiles_per_pair = cdiv(rest, DEC_TILE);
@@ -1954,6 +1957,7 @@ static int run_attn(const pd_kv_layout *L, const Plan &p, const void *pool, int 
       DecLeanArgs dl;
       static_cast<DecArgs &>(dl) = d;
       dl.n_seqs = b->n_seqs, dl.min_tiles = LEAN_MIN_TILES;
+      dl.max_tiles = (int)cdiv((int64_t)b->max_ctx - p.shared_pos, DEC_TILE);
       e = launch_decode_lean<HD, T>(st, dl, p.lean_grid);
     } else {
       e = launch_decode<HD, T>(dim3(p.dec_splits, L->n_kv_heads * p.gchunks, b->n_seqs), st, d,
@@ -2072,7 +2076,7 @@ static int run_decode_legacy(const pd_kv_layout *L, const void *pool, int layer,
   if (lean) {
     DecLeanArgs dl;
     static_cast<DecArgs &>(dl) = d;
-    dl.n_seqs = n_seqs, dl.min_tiles = LEAN_MIN_TILES;
+    dl.n_seqs = n_seqs, dl.min_tiles = LEAN_MIN_TILES, dl.max_tiles = (int)tiles_per_pair;
     e = launch_decode_lean<HD, T>(st, dl, resident);
   } else {
     e = launch_decode<HD, T>(dim3(n_splits, L->n_kv_heads * gchunks, n_seqs), st, d,

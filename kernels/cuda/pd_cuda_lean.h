@@ -60,7 +60,7 @@ PD_LEAN_FN int32_t pd_lean_block_start(int32_t n_tiles, int32_t n_blocks, int32_
 
 /* The block whose run holds tile t: the largest b with b * n_tiles / n_blocks <= t. */
 PD_LEAN_FN int32_t pd_lean_block_of(int32_t n_tiles, int32_t n_blocks, int32_t t) {
-  return (int32_t)(((int64_t)t + 1) * n_blocks - 1) / n_tiles;
+  return (int32_t)((((int64_t)t + 1) * n_blocks - 1) / n_tiles);
 }
 
 /* One segment of a block's run: its sequence, the pair within the sequence (0 ..

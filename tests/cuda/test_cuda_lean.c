@@ -14,7 +14,8 @@
  *   - exactly one segment "ends" each pair, the one holding its last tile, with the pair's
  *     highest part: so the parts it marks empty are exactly the unwritten ones;
  *   - with runs of at least 4 tiles the bound stays within the legacy entry point's workspace.
- * And that the bound is reached where a pair starts 3 tiles into a run of exactly min_tiles.
+ * And that the bound is reached where a pair starts 3 tiles into a run of exactly min_tiles, and
+ * that the block search holds up to the largest launch the host allows.
  */
 #include <check.h>
 #include <stdint.h>
@@ -152,10 +153,47 @@ START_TEST(runs_cover_every_tile_once_and_parts_fit) {
 }
 END_TEST
 
+/* The largest launches the host allows (PD_LEAN_MAX_TILES tiles): a tile index times a block
+ * count passes 2^31, so the block search must divide in 64 bits before it narrows. */
+START_TEST(block_search_holds_at_the_tile_limit) {
+  const int32_t launched[3] = {528, 1056, 65535};
+  for (int li = 0; li < 3; li++) {
+    const int32_t n = PD_LEAN_MAX_TILES, nb = pd_lean_blocks(n, 4, launched[li]);
+    ck_assert_int_eq(nb, launched[li]);
+    ck_assert_int_eq(pd_lean_block_start(n, nb, nb), n);
+    ck_assert_int_eq(pd_lean_block_of(n, nb, n - 1), nb - 1);
+    ck_assert_int_eq(pd_lean_block_of(n, nb, 0), 0);
+    for (int i = 0; i < 100000; i++) {
+      const int32_t t =
+          (int32_t)(((uint64_t)irand(1 << 30) << 1 | (uint64_t)irand(2)) % (uint64_t)n);
+      const int32_t b = pd_lean_block_of(n, nb, t);
+      REQUIRE(b >= 0 && b < nb);
+      REQUIRE(pd_lean_block_start(n, nb, b) <= t && t < pd_lean_block_start(n, nb, b + 1));
+    }
+  }
+  /* 4,096 sequences x 8 pairs of 128 tiles, 528 blocks: the segments' parts stay in the bound */
+  static int32_t seq_first[4097];
+  seq_first[0] = 0;
+  for (int s = 0; s < 4096; s++) seq_first[s + 1] = seq_first[s] + 8 * 128;
+  const int32_t n = seq_first[4096], nb = pd_lean_blocks(n, 4, 528);
+  const int32_t mp = pd_lean_max_parts(128, 4, 528);
+  for (int b = 0; b < nb; b++) {
+    const int32_t hi = pd_lean_block_start(n, nb, b + 1);
+    for (int32_t t = pd_lean_block_start(n, nb, b); t < hi;) {
+      pd_lean_segment s;
+      pd_lean_segment_at(seq_first, 4096, 8, nb, b, hi, t, &s);
+      REQUIRE(s.part >= 0 && s.part < mp);
+      t = s.seg_end;
+    }
+  }
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("cuda_lean");
   TCase *tc = tcase_create("plan");
   tcase_add_test(tc, runs_cover_every_tile_once_and_parts_fit);
+  tcase_add_test(tc, block_search_holds_at_the_tile_limit);
   suite_add_tcase(s, tc);
   return pd_check_run(s, 1);
 }
