@@ -98,9 +98,10 @@ int pd_cuda_attn_decode_cluster(void);
 /*
  * "Lean" decode (process-wide; opt-in until a GPU has timed it): instead of a grid of
  * (splits, KV heads, sequences), one wave of thread blocks -- as many as the device keeps
- * resident -- each taking an equal, contiguous run of the batch's 32-position KV tiles across
- * (sequence, KV head) boundaries (pd_cuda_lean.h), so that no second, partly empty wave and no
- * per-split prologue is paid for short contexts; merge_seq combines the partials as before. Takes
+ * resident -- each taking an equal, contiguous run of the batch's real 32-position KV tiles
+ * (counted on the device from the sequences' lengths) across (sequence, KV head) boundaries
+ * (pd_cuda_lean.h), so that no second, partly empty wave and no per-split prologue is paid for
+ * short contexts; merge_seq combines the partials as before. Takes
  * precedence over the cluster merge. The workspace size follows it
  * (pd_cuda_attn_batch_workspace_bytes), so set it before sizing. pd_cuda_attn_set_decode_lean,
  * or PD_CUDA_DECODE_LEAN=1; pd_cuda_attn_decode_lean_blocks (pd_cuda_batch.h) says whether and

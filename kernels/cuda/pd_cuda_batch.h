@@ -59,8 +59,9 @@ size_t pd_cuda_attn_batch_workspace_bytes(const pd_kv_layout *L, int n_heads,
                                           const pd_cuda_batch *b);
 
 /* The thread blocks the lean decode launch of this batch has (its decode rows, under the current
- * switch), or 0 where the batch decodes the usual way (switch off, no decode rows, bad sizes, a
- * plan past 32-bit tile counts, or no device to ask for its resident block count). */
+ * switch), or 0 where the batch decodes the usual way (switch off, no decode rows, bad sizes,
+ * more than 4,096 sequences or 2^30 tiles of 32 positions, or no device to ask for its resident
+ * block count). */
 int pd_cuda_attn_decode_lean_blocks(const pd_kv_layout *L, int n_heads, const pd_cuda_batch *b);
 
 /*
