@@ -389,6 +389,18 @@ __device__ __forceinline__ void cluster_merge(const DecClusterArgs &a, int seq, 
 #endif
 }
 
+/* Sequence seq's decode row: whether it has one (n_new == 1; every sequence of the legacy entry
+ * point does), its context (the positions it attends to) and its query row. */
+__device__ __forceinline__ bool dec_seq(const DecArgs &a, int seq, int *ctx, int *row) {
+  if (a.ctx_lens) {
+    *ctx = a.ctx_lens[seq], *row = seq;
+    return true;
+  }
+  if (a.n_new[seq] != 1) return false;
+  *ctx = a.n_past[seq] + 1, *row = a.row_start[seq];
+  return true;
+}
+
 /* A decode thread block's shared memory: each warp's softmax state for G heads after the lane
  * groups of the warp have merged (m, l: [NW][G]; acc: [NW][G][HD]). */
 template <int HD, int G> struct DecSmem {
@@ -582,12 +594,7 @@ __global__ void __launch_bounds__(DEC_THREADS, dec_min_blocks<T, G>())
   const int kvh = blockIdx.y / gchunks, g0 = (blockIdx.y % gchunks) * DEC_GROUP;
   const int gn = min(G, a.group - g0);
   int ctx, row;
-  if (a.ctx_lens) {
-    ctx = a.ctx_lens[seq], row = seq;
-  } else {
-    if (a.n_new[seq] != 1) return; /* uniform over the block: not a decode sequence */
-    ctx = a.n_past[seq] + 1, row = a.row_start[seq];
-  }
+  if (!dec_seq(a, seq, &ctx, &row)) return; /* uniform over the block: not a decode sequence */
   const int start = a.kv_start + split * a.split_len, end = min(ctx, start + a.split_len);
   const int head0 = kvh * a.group + g0;
   __shared__ DecSmem<HD, G> sh;
@@ -629,13 +636,8 @@ struct DecLeanArgs : DecArgs {
  * decode_split leaves them, instead of taking parts the workspace does not have); 0 for a
  * sequence that is not decoding (merge_seq skips those). */
 __device__ __forceinline__ int lean_tiles(const DecLeanArgs &a, int s) {
-  int ctx;
-  if (a.ctx_lens) {
-    ctx = a.ctx_lens[s];
-  } else {
-    if (a.n_new[s] != 1) return 0;
-    ctx = a.n_past[s] + 1;
-  }
+  int ctx, row;
+  if (!dec_seq(a, s, &ctx, &row)) return 0;
   const int t = (ctx - a.kv_start + DEC_TILE - 1) / DEC_TILE;
   return t < 1 ? 1 : t > a.max_tiles ? a.max_tiles : t;
 }
@@ -699,8 +701,8 @@ __global__ void __launch_bounds__(DEC_THREADS, dec_min_blocks<T, G>()) decode_le
     locate(t, &s, &head0, &gn);
     if (tid == 0) seg_first_tile = t;
     const int seq = s.seq;
-    const int ctx = a.ctx_lens ? a.ctx_lens[seq] : a.n_past[seq] + 1;
-    const int row = a.ctx_lens ? seq : a.row_start[seq];
+    int ctx, row;
+    dec_seq(a, seq, &ctx, &row); /* a decoding sequence: the others have no tiles */
     const int start = a.kv_start + s.first * DEC_TILE;
     const int end = min(ctx, a.kv_start + s.last * DEC_TILE);
     decode_range<HD, T, G>(a, seq, head0 / a.group, head0, gn, row, start, end, sh);
@@ -844,13 +846,27 @@ static int lean_resident(int dtype, int hd, int group) {
   }
 }
 
+/* How a decode runs lean (plan_lean), if it does. */
+struct LeanPlan {
+  bool on;
+  int grid;      /* thread blocks: as many as the device keeps resident */
+  int max_tiles; /* DEC_TILE-position tiles a pair has at most */
+  int parts;     /* workspace parts a pair may need (pd_lean_max_parts) */
+};
+
+/* Launches decode_lean for the decode described by args (its workspace sized for lp.parts parts
+ * a pair after args.split_base) over a batch of n_seqs sequences. */
 template <int HD, typename T>
-static cudaError_t launch_decode_lean(cudaStream_t st, const DecLeanArgs &d, int launched) {
+static cudaError_t launch_decode_lean(cudaStream_t st, const DecArgs &args, int n_seqs,
+                                      const LeanPlan &lp) {
+  DecLeanArgs d;
+  static_cast<DecArgs &>(d) = args;
+  d.n_seqs = n_seqs, d.min_tiles = LEAN_MIN_TILES, d.max_tiles = lp.max_tiles;
   const int gmax = d.group < DEC_GROUP ? d.group : DEC_GROUP;
   auto kernel = gmax == 1   ? decode_lean<HD, T, 1>
                 : gmax <= 4 ? decode_lean<HD, T, 4>
                             : decode_lean<HD, T, 8>;
-  return pd_cuda_launch(kernel, dim3(launched), DEC_THREADS, lean_smem_bytes(d.n_seqs), st, d);
+  return pd_cuda_launch(kernel, dim3(lp.grid), DEC_THREADS, lean_smem_bytes(n_seqs), st, d);
 }
 
 /* Whether a decode launch of n_splits splits merges in a cluster. */
@@ -1684,14 +1700,28 @@ static size_t align256(size_t v) {
   return (v + 255) & ~(size_t)255;
 }
 
+/* How a decode of n_pairs (sequence, KV head, head chunk) pairs over at most `rest` positions
+ * each runs lean, where it does: when switched on, for at most LEAN_MAX_SEQS sequences and
+ * PD_LEAN_MAX_TILES tiles, on a device that can say its resident blocks. */
+static LeanPlan plan_lean(const pd_kv_layout *L, int group, int64_t n_seqs, int64_t n_pairs,
+                          int64_t rest) {
+  LeanPlan lp = {};
+  if (!pd_cuda_attn_decode_lean() || n_seqs > LEAN_MAX_SEQS) return lp;
+  const int64_t tiles = cdiv(rest, DEC_TILE);
+  const int resident = lean_resident(L->dtype, L->head_dim, group);
+  if (resident <= 0 || n_pairs * tiles > PD_LEAN_MAX_TILES) return lp;
+  lp.on = true, lp.grid = resident, lp.max_tiles = (int)tiles;
+  lp.parts = pd_lean_max_parts(tiles, LEAN_MIN_TILES, resident);
+  return lp;
+}
+
 /* How a batch is cut: decided on the host from the scalar bounds alone, so that
  * pd_cuda_attn_batch_workspace_bytes and pd_cuda_attn agree. */
 struct Plan {
   int group, gchunks, shared_pos;
   bool run_decode, run_prefill, cascade;
   int dec_splits, dec_len; /* decode_split over [shared_pos, max_ctx) */
-  bool lean;               /* decode_lean instead: dec_splits parts a pair (pd_lean_max_parts) */
-  int lean_grid;           /* its thread blocks: as many as the device keeps resident */
+  LeanPlan lean;           /* decode_lean instead where lean.on: dec_splits = lean.parts */
   int casc_tiles, casc_splits, casc_len;
   int dec_total; /* workspace splits per (seq, head): casc_splits + dec_splits */
   int pf_tiles, pf_splits, pf_len;
@@ -1764,16 +1794,8 @@ static Plan make_plan(const pd_kv_layout *L, int n_heads, const pd_cuda_batch *b
   if (p.run_decode) {
     const int64_t rest = (int64_t)b->max_ctx - p.shared_pos;
     plan_decode(n_seqs, n_kv, p.gchunks, rest, &p.dec_splits, &p.dec_len);
-    /* lean: one wave of blocks over tiles of DEC_TILE positions, at least a DEC_MIN_SPLIT each */
-    if (pd_cuda_attn_decode_lean() && n_seqs <= LEAN_MAX_SEQS) {
-      const int resident = lean_resident(L->dtype, hd, p.group);
-      const int64_t tiles_per_pair = cdiv(rest, DEC_TILE);
-      p.lean = resident > 0 && n_seqs * n_kv * p.gchunks * tiles_per_pair <= PD_LEAN_MAX_TILES;
-      if (p.lean) {
-        p.lean_grid = resident, p.dec_len = 0;
-        p.dec_splits = pd_lean_max_parts(tiles_per_pair, LEAN_MIN_TILES, resident);
-      }
-    }
+    p.lean = plan_lean(L, p.group, n_seqs, n_seqs * n_kv * p.gchunks, rest);
+    if (p.lean.on) p.dec_splits = p.lean.parts, p.dec_len = 0;
     if (p.cascade) {
       p.casc_tiles = (int)cdiv(n_seqs * p.group, TB_M);
       plan_tiles((int64_t)p.casc_tiles * n_kv, p.shared_pos, casc_min_split.load(), &p.casc_splits,
@@ -1846,7 +1868,7 @@ extern "C" int pd_cuda_attn_decode_lean_blocks(const pd_kv_layout *L, int n_head
                                                const pd_cuda_batch *b) {
   if (!pd_cuda_attn_batch_workspace_bytes(L, n_heads, b)) return 0; /* the same checks */
   const Plan p = make_plan(L, n_heads, b);
-  return p.run_decode && p.lean ? p.lean_grid : 0;
+  return p.run_decode && p.lean.on ? p.lean.grid : 0;
 }
 
 /* Opts a kernel in to its dynamic shared memory, once per device: K tells the instantiations
@@ -1953,12 +1975,8 @@ static int run_attn(const pd_kv_layout *L, const Plan &p, const void *pool, int 
     d.kv_start = p.shared_pos, d.split_len = p.dec_len, d.split_base = p.casc_splits;
     d.ws_splits = p.dec_total, d.scale2 = scale2, d.ws_acc = acc, d.ws_ml = ml;
     bool merged_in_cluster = false;
-    if (p.lean) {
-      DecLeanArgs dl;
-      static_cast<DecArgs &>(dl) = d;
-      dl.n_seqs = b->n_seqs, dl.min_tiles = LEAN_MIN_TILES;
-      dl.max_tiles = (int)cdiv((int64_t)b->max_ctx - p.shared_pos, DEC_TILE);
-      e = launch_decode_lean<HD, T>(st, dl, p.lean_grid);
+    if (p.lean.on) {
+      e = launch_decode_lean<HD, T>(st, d, b->n_seqs, p.lean);
     } else {
       e = launch_decode<HD, T>(dim3(p.dec_splits, L->n_kv_heads * p.gchunks, b->n_seqs), st, d,
                                decode_in_cluster(p.dec_splits) ? out : NULL, &merged_in_cluster);
@@ -2053,17 +2071,9 @@ static int run_decode_legacy(const pd_kv_layout *L, const void *pool, int layer,
   int n_splits, len;
   plan_decode(n_seqs, L->n_kv_heads, gchunks, max_ctx, &n_splits, &len);
   /* lean, where it fits: its parts are within the workspace bound, ceil(max_ctx / 128) + 1 */
-  const int resident = pd_cuda_attn_decode_lean() && n_seqs <= LEAN_MAX_SEQS
-                           ? lean_resident(L->dtype, HD, group)
-                           : 0;
-  const int64_t tiles_per_pair = cdiv(max_ctx, DEC_TILE);
-  const int lean_parts =
-      pd_lean_max_parts(tiles_per_pair, LEAN_MIN_TILES, resident > 0 ? resident : 1);
-  const bool lean =
-      resident > 0 &&
-      (int64_t)n_seqs * L->n_kv_heads * gchunks * tiles_per_pair <= PD_LEAN_MAX_TILES &&
-      lean_parts <= cdiv(max_ctx, DEC_MIN_SPLIT) + 1;
-  if (lean) n_splits = lean_parts;
+  LeanPlan lean = plan_lean(L, group, n_seqs, (int64_t)n_seqs * L->n_kv_heads * gchunks, max_ctx);
+  lean.on = lean.on && lean.parts <= cdiv(max_ctx, DEC_MIN_SPLIT) + 1;
+  if (lean.on) n_splits = lean.parts;
   float *acc = ws, *ml = ws + (size_t)n_seqs * n_heads * n_splits * HD;
   DecArgs d = {};
   d.pool = (const uint8_t *)pool, d.block_bytes = pd_kv_block_bytes(L);
@@ -2073,11 +2083,8 @@ static int run_decode_legacy(const pd_kv_layout *L, const void *pool, int layer,
   d.ws_splits = n_splits, d.scale2 = scale * LOG2E, d.ws_acc = acc, d.ws_ml = ml;
   bool merged_in_cluster = false;
   cudaError_t e;
-  if (lean) {
-    DecLeanArgs dl;
-    static_cast<DecArgs &>(dl) = d;
-    dl.n_seqs = n_seqs, dl.min_tiles = LEAN_MIN_TILES, dl.max_tiles = (int)tiles_per_pair;
-    e = launch_decode_lean<HD, T>(st, dl, resident);
+  if (lean.on) {
+    e = launch_decode_lean<HD, T>(st, d, n_seqs, lean);
   } else {
     e = launch_decode<HD, T>(dim3(n_splits, L->n_kv_heads * gchunks, n_seqs), st, d,
                              decode_in_cluster(n_splits) ? out : NULL, &merged_in_cluster);
