@@ -96,6 +96,15 @@ int pd_kv_store(const pd_kv_layout *L, void *pool, const pd_attn_seq *s, int lay
 int pd_attn_paged(const pd_kv_layout *L, const void *pool, int layer, int n_heads, const float *q,
                   float *out, const pd_attn_seq *seqs, int n_seqs, float scale);
 
+/*
+ * How many blocks ahead pd_attn_paged asks the memory system for the K and V rows it is about to
+ * convert (the blocks of a sequence lie anywhere in the pool, so the hardware prefetcher does not
+ * see them coming). n < 0 restores the default (4); at most 16; 0 turns it off. Returns the
+ * previous value. A process-wide setting for benchmarks and tuning: not to be changed while
+ * another thread is inside pd_attn_paged. It never changes a result, only its speed.
+ */
+int pd_attn_set_prefetch_blocks(int n);
+
 #ifdef __cplusplus
 }
 #endif

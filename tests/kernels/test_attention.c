@@ -134,17 +134,26 @@ START_TEST(fp8_every_byte_reads_back_exactly) {
 }
 END_TEST
 
-/* (dtype, head_dim, n_heads / n_kv_heads) of each loop iteration */
+/* (dtype, head_dim, n_heads / n_kv_heads, block tokens) of each loop iteration */
 static const struct {
   enum pd_dtype dt;
   int hd, group;
   double tol; /* against the f32 inputs, times the largest |v| */
+  int block_tokens;
 } cases[] = {
-    {PD_DTYPE_F32, 64, 3, 2e-5},         {PD_DTYPE_F16, 64, 1, 2e-3},
-    {PD_DTYPE_BF16, 128, 8, 2e-2},       {PD_DTYPE_FP8_E4M3, 64, 3, 1.5e-1},
-    {PD_DTYPE_FP8_E4M3, 128, 8, 1.5e-1}, {PD_DTYPE_FP8_E4M3, 64, 1, 1.5e-1},
-    {PD_DTYPE_F16, 36, 3, 2e-3}, /* head_dim not a multiple of 8: the portable loops */
-    {PD_DTYPE_F32, 96, 3, 2e-5}, /* 64 + 32 dims of output accumulators */
+    {PD_DTYPE_F32, 64, 3, 2e-5, 16},
+    {PD_DTYPE_F16, 64, 1, 2e-3, 16},
+    {PD_DTYPE_BF16, 128, 8, 2e-2, 16},
+    {PD_DTYPE_FP8_E4M3, 64, 3, 1.5e-1, 16},
+    {PD_DTYPE_FP8_E4M3, 128, 8, 1.5e-1, 16},
+    {PD_DTYPE_FP8_E4M3, 64, 1, 1.5e-1, 16},
+    {PD_DTYPE_F16, 36, 3, 2e-3, 16}, /* head_dim not a multiple of 8: the portable loops */
+    {PD_DTYPE_F32, 96, 3, 2e-5, 16}, /* 64 + 32 dims of output accumulators */
+    /* blocks longer than a key segment (segments start inside a block), and of 32 tokens */
+    {PD_DTYPE_F16, 64, 3, 2e-3, 512},
+    {PD_DTYPE_FP8_E4M3, 64, 3, 1.5e-1, 512},
+    {PD_DTYPE_BF16, 64, 3, 2e-2, 32},
+    {PD_DTYPE_F32, 64, 1, 2e-5, 512},
 };
 
 /* Double-precision causal attention of query row (seq, i, head) over K and V read through
@@ -199,7 +208,8 @@ static double get_pool(void *c, int seq, int kv, int kvh, int pos, int d) {
 }
 
 START_TEST(matches_double_reference) {
-  const int hd = cases[_i].hd, n_kv = 2, n_heads = n_kv * cases[_i].group, B = 16;
+  const int hd = cases[_i].hd, n_kv = 2, n_heads = n_kv * cases[_i].group;
+  const int B = cases[_i].block_tokens;
   world w = {{2, n_kv, hd, B, cases[_i].dt}, NULL, 0, {{0}}, {NULL}, {NULL}};
   w.bb = pd_kv_block_bytes(&w.L);
   /* per sequence: n_past (stored by an earlier call), n_new (stored now, queried now) */
