@@ -11,7 +11,9 @@
  * block is unpacked once per group: about twice the throughput of one dot at a time from 3
  * rows on (prefill, batched decode). Each (weight row, x row) result is still its own sequence of
  * operations: block by block in integer arithmetic, scaled to f32 per block, accumulated in 8
- * float lanes, reduced in a fixed order at the end, whatever group it falls in. pd_matmul_n
+ * float lanes, reduced in a fixed order at the end, whatever group it falls in. With AVX-512 the
+ * micro-kernels do two rows of a group in one 512-bit register, each half what the 256-bit code
+ * does for its row, so a result's bits do not depend on the ISA of the tile either. pd_matmul_n
  * numbers the tiles of several weights one after another, so q, k and v (or gate and up) share
  * one quantized x and one parallel region.
  */
@@ -207,6 +209,29 @@ static inline __m256 dot_u8s8(__m256i u, __m256i s) {
 #endif
 }
 
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) &&                      \
+    defined(__AVX512VNNI__)
+/* With AVX-512 the 32-element formats' tile does two activation rows in one 512-bit register:
+ * row r's 32 bytes in the low half, row r + 1's in the high half (they are adjacent in a
+ * q8_group), against the weight block in both halves. Each half does what the 256-bit code does
+ * for its row (the same integer sums in the same lanes, the same float scale, multiply and fma),
+ * so every result keeps its bits. */
+#define TILE_512 1
+
+/* dot_u8s8 for two rows at once: u (the weights, in both halves) by s (two rows' bytes). */
+static inline __m512 dot_u8s8_pair(__m512i u, __m512i s) {
+  return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), u, s));
+}
+
+/* Lanes 0-7 pick element r, lanes 8-15 element r + 1 (of a q8_group's per-row scales). */
+static inline __m512i pair_lanes(int r) {
+  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(r)), _mm256_set1_epi32(r + 1),
+                            1);
+}
+#else
+#define TILE_512 0
+#endif
+
 static inline float hsum8(__m256 s) {
   __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
   h = _mm_add_ps(h, _mm_movehl_ps(h, h));
@@ -245,6 +270,29 @@ static inline __m256i iq4nl_levels(const uint8_t *qs) {
   return _mm256_shuffle_epi8(levels, unpack_nibbles(qs));
 }
 
+/* A tile's results: y[r * y_stride] = the 8 lanes of row r summed, plus lane r of ext (the
+ * offset terms), for r < RX. */
+static inline __attribute__((always_inline)) void rows_out(int RX, const __m256 *acc, __m128 ext,
+                                                           float *y, int64_t y_stride) {
+  float e[4];
+  _mm_storeu_ps(e, ext);
+#pragma GCC unroll 4
+  for (int r = 0; r < RX; r++) y[r * y_stride] = hsum8(acc[r]) + e[r];
+}
+
+#if TILE_512
+/* The rows done in pairs back to one accumulator a row: row 2 i from lanes 0-7 of acc2[i], row
+ * 2 i + 1 from lanes 8-15. */
+static inline __attribute__((always_inline)) void unpair_rows(int RX, const __m512 *acc2,
+                                                              __m256 *acc) {
+#pragma GCC unroll 2
+  for (int r = 0; r + 2 <= RX; r += 2) {
+    acc[r] = _mm512_castps512_ps256(acc2[r / 2]);
+    acc[r + 1] = _mm512_extractf32x8_ps(acc2[r / 2], 1);
+  }
+}
+#endif
+
 /* The micro-tile for the formats of 32-element blocks: y[r] for one weight row w and the RX rows
  * of one activation group, over nb blocks. Each weight block is unpacked once for all RX rows;
  * every row has its own accumulator and the same operations in the same order whatever RX is
@@ -263,6 +311,10 @@ static inline __attribute__((always_inline)) void q_tile(enum pd_ggml_type WT, i
   __m128 ext = _mm_setzero_ps();
 #pragma GCC unroll 4
   for (int r = 0; r < RX; r++) acc[r] = _mm256_setzero_ps();
+#if TILE_512
+  __m512 acc2[X_GROUP / 2]; /* rows 2 i (lanes 0-7) and 2 i + 1 (lanes 8-15) */
+  acc2[0] = acc2[1] = _mm512_setzero_ps();
+#endif
   for (int64_t b = 0; b < nb; b++) {
     const q8_group *xb = xg + b;
     const uint8_t *p = w + (size_t)(b * bs);
@@ -294,18 +346,34 @@ static inline __attribute__((always_inline)) void q_tile(enum pd_ggml_type WT, i
       wq = _mm256_sign_epi8(wsign, wsign);
     }
     const __m256 dw = _mm256_broadcastss_ps(dm);
+    int r0 = 0; /* the rows done in pairs */
+#if TILE_512
+    if (RX >= 2) {
+      const __m512i wq2 = _mm512_broadcast_i64x4(wq);
+      const __mmask64 neg = _mm512_movepi8_mask(_mm512_broadcast_i64x4(wsign));
+      const __m512 dw2 = _mm512_broadcastss_ps(dm),
+                   dx = _mm512_castps128_ps512(_mm_loadu_ps(xb->d));
+#pragma GCC unroll 2
+      for (; r0 + 2 <= RX; r0 += 2) {
+        __m512i xq = _mm512_loadu_si512((const void *)xb->q[r0]); /* rows r0, r0 + 1 */
+        if (signed_w) xq = _mm512_mask_sub_epi8(xq, neg, _mm512_setzero_si512(), xq);
+        const __m512 scale = _mm512_mul_ps(dw2, _mm512_permutexvar_ps(pair_lanes(r0), dx));
+        acc2[r0 / 2] = _mm512_fmadd_ps(scale, dot_u8s8_pair(wq2, xq), acc2[r0 / 2]);
+      }
+    }
+#endif
 #pragma GCC unroll 4
-    for (int r = 0; r < RX; r++) {
+    for (int r = r0; r < RX; r++) {
       __m256i xq = _mm256_loadu_si256((const __m256i *)xb->q[r]);
       if (signed_w) xq = _mm256_sign_epi8(xq, wsign);
       const __m256 scale = _mm256_mul_ps(dw, _mm256_broadcast_ss(&xb->d[r]));
       acc[r] = _mm256_fmadd_ps(scale, dot_u8s8(wq, xq), acc[r]);
     }
   }
-  float e[4];
-  _mm_storeu_ps(e, ext);
-#pragma GCC unroll 4
-  for (int r = 0; r < RX; r++) y[r * y_stride] = hsum8(acc[r]) + e[r];
+#if TILE_512
+  unpair_rows(RX, acc2, acc);
+#endif
+  rows_out(RX, acc, ext, y, y_stride);
 }
 
 /* The micro-tile for the K formats and IQ4_XS (256-element super-blocks, whose sub-blocks of 32
@@ -325,6 +393,10 @@ static inline __attribute__((always_inline)) void k_tile(enum pd_ggml_type WT, i
   __m128 ext = _mm_setzero_ps();
 #pragma GCC unroll 4
   for (int r = 0; r < RX; r++) acc[r] = _mm256_setzero_ps();
+#if TILE_512
+  __m512 acc2[X_GROUP / 2]; /* rows 2 i (lanes 0-7) and 2 i + 1 (lanes 8-15) */
+  acc2[0] = acc2[1] = _mm512_setzero_ps();
+#endif
   for (int64_t sb = 0; sb < nb / 8; sb++) {
     const uint8_t *p = w + (size_t)(sb * bs);
     float d, dmin = 0;
@@ -379,8 +451,32 @@ static inline __attribute__((always_inline)) void k_tile(enum pd_ggml_type WT, i
         const float dm = dmin * (float)m8[k];
         ext = _mm_sub_ps(ext, _mm_mul_ps(_mm_set1_ps(dm), _mm_loadu_ps(xb->s)));
       }
+      int r0 = 0; /* the rows done in pairs */
+#if TILE_512
+      if (RX >= 2) {
+        const __m512i u2 = _mm512_broadcast_i64x4(u), scales2 = _mm512_broadcast_i64x4(scales);
+        const __m512i mins2 = _mm512_broadcast_i64x4(mins);
+        const __mmask64 neg = _mm512_movepi8_mask(_mm512_broadcast_i64x4(wsign));
+        const __m512 dx4 = _mm512_castps128_ps512(_mm_loadu_ps(xb->d));
+#pragma GCC unroll 2
+        for (; r0 + 2 <= RX; r0 += 2) {
+          __m512i xq = _mm512_loadu_si512((const void *)xb->q[r0]); /* rows r0, r0 + 1 */
+          const __m512 dx = _mm512_permutexvar_ps(pair_lanes(r0), dx4);
+          __m512 *a = &acc2[r0 / 2];
+          if (WT == PD_GGML_Q2_K) {
+            const __m512i msum =
+                _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_set1_epi8(1), xq), mins2);
+            *a = _mm512_fnmadd_ps(_mm512_mul_ps(_mm512_set1_ps(dmin), dx), _mm512_cvtepi32_ps(msum),
+                                  *a);
+          }
+          if (signed_w) xq = _mm512_mask_sub_epi8(xq, neg, _mm512_setzero_si512(), xq);
+          const __m512i isum = _mm512_madd_epi16(_mm512_maddubs_epi16(u2, xq), scales2);
+          *a = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(d), dx), _mm512_cvtepi32_ps(isum), *a);
+        }
+      }
+#endif
 #pragma GCC unroll 4
-      for (int r = 0; r < RX; r++) {
+      for (int r = r0; r < RX; r++) {
         __m256i xq = _mm256_loadu_si256((const __m256i *)xb->q[r]);
         const __m256 dx = _mm256_broadcast_ss(&xb->d[r]);
         if (WT == PD_GGML_Q2_K) { /* minus dmin * dx * sum over the halves of m * x */
@@ -395,10 +491,10 @@ static inline __attribute__((always_inline)) void k_tile(enum pd_ggml_type WT, i
       }
     }
   }
-  float e[4];
-  _mm_storeu_ps(e, ext);
-#pragma GCC unroll 4
-  for (int r = 0; r < RX; r++) y[r * y_stride] = hsum8(acc[r]) + e[r];
+#if TILE_512
+  unpair_rows(RX, acc2, acc);
+#endif
+  rows_out(RX, acc, ext, y, y_stride);
 }
 
 typedef void (*q_tile_fn)(const uint8_t *w, const q8_group *xg, int64_t nb, float *y,
