@@ -197,12 +197,14 @@ static inline int load_u32(const uint8_t *p) { /* 4 bytes as an int, little-endi
   return v;
 }
 
-/* 32 u8 x s8 -> 8 sums of 4 products, as float. With AVX-VNNI one instruction; without, the
+/* 32 u8 x s8 -> 8 sums of 4 products, as float. With VNNI one instruction; without, the
  * 16-bit sums of pairs first: the same integers, since a pair sum here is at most 2 * 128 * 127 <
  * 32767 (u is a weight's magnitude, at most 128; s an activation, at most 127 in magnitude). */
 static inline __m256 dot_u8s8(__m256i u, __m256i s) {
-#ifdef __AVXVNNI__
+#if defined(__AVXVNNI__)
   return _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s));
+#elif defined(__AVX512VNNI__) && defined(__AVX512VL__) /* the same instruction, EVEX-encoded */
+  return _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s));
 #else
   __m256i p16 = _mm256_maddubs_epi16(u, s);
   return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
@@ -293,6 +295,44 @@ static inline __attribute__((always_inline)) void unpair_rows(int RX, const __m5
 }
 #endif
 
+/* One block of a 32-element format at p: the weights' integers as unsigned bytes (wq; signed
+ * formats as |w|, their signed values in wsign, else 0), the f16 scale (and offset) as floats
+ * (dm: lane 0 the scale, lane 1 the offset for Q4_1 and Q5_1), and the offset or bias term of
+ * each of the group's rows added to ext (lane r: row r). Returns 1 for the signed formats. */
+static inline __attribute__((always_inline)) int q_block(enum pd_ggml_type WT, const uint8_t *p,
+                                                         const q8_group *xb, __m256i *wq_out,
+                                                         __m256i *wsign_out, __m128 *dm_out,
+                                                         __m128 *ext) {
+  __m256i wq, wsign = _mm256_setzero_si256();
+  __m128 dm;
+  if (WT == PD_GGML_Q4_1 || WT == PD_GGML_Q5_1) {
+    dm = _mm_cvtph_ps(_mm_cvtsi32_si128(load_u32(p)));
+    if (WT == PD_GGML_Q4_1)
+      wq = unpack_nibbles(p + 4);
+    else
+      wq = _mm256_or_si256(unpack_nibbles(p + 8), fifth_bits((uint32_t)load_u32(p + 4)));
+    *ext = _mm_add_ps(*ext, _mm_mul_ps(_mm_shuffle_ps(dm, dm, 0x55), _mm_loadu_ps(xb->s)));
+  } else if (WT == PD_GGML_Q4_0 || WT == PD_GGML_Q5_0) { /* w = d (q - 8) or d (q - 16) */
+    dm = _mm_cvtph_ps(_mm_cvtsi32_si128(p[0] | p[1] << 8));
+    if (WT == PD_GGML_Q4_0)
+      wq = unpack_nibbles(p + 2);
+    else
+      wq = _mm256_or_si256(unpack_nibbles(p + 6), fifth_bits((uint32_t)load_u32(p + 2)));
+    const __m128 dz = _mm_mul_ss(_mm_set_ss(WT == PD_GGML_Q4_0 ? 8.0f : 16.0f), dm);
+    *ext = _mm_sub_ps(*ext, _mm_mul_ps(_mm_shuffle_ps(dz, dz, 0), _mm_loadu_ps(xb->s)));
+  } else if (WT == PD_GGML_IQ4_NL) { /* the levels looked up by nibble, 16 at a time */
+    dm = _mm_cvtph_ps(_mm_cvtsi32_si128(p[0] | p[1] << 8));
+    wsign = iq4nl_levels(p + 2);
+    wq = _mm256_sign_epi8(wsign, wsign);
+  } else { /* Q8_0 */
+    dm = _mm_cvtph_ps(_mm_cvtsi32_si128(p[0] | p[1] << 8));
+    wsign = _mm256_loadu_si256((const __m256i *)(p + 2));
+    wq = _mm256_sign_epi8(wsign, wsign);
+  }
+  *wq_out = wq, *wsign_out = wsign, *dm_out = dm;
+  return WT == PD_GGML_Q8_0 || WT == PD_GGML_IQ4_NL;
+}
+
 /* The micro-tile for the formats of 32-element blocks: y[r] for one weight row w and the RX rows
  * of one activation group, over nb blocks. Each weight block is unpacked once for all RX rows;
  * every row has its own accumulator and the same operations in the same order whatever RX is
@@ -318,33 +358,9 @@ static inline __attribute__((always_inline)) void q_tile(enum pd_ggml_type WT, i
   for (int64_t b = 0; b < nb; b++) {
     const q8_group *xb = xg + b;
     const uint8_t *p = w + (size_t)(b * bs);
-    __m256i wq, wsign = _mm256_setzero_si256();
+    __m256i wq, wsign;
     __m128 dm; /* lane 0: the block's scale; lane 1: its offset (Q4_1, Q5_1) */
-    const int signed_w = WT == PD_GGML_Q8_0 || WT == PD_GGML_IQ4_NL;
-    if (WT == PD_GGML_Q4_1 || WT == PD_GGML_Q5_1) {
-      dm = _mm_cvtph_ps(_mm_cvtsi32_si128(load_u32(p)));
-      if (WT == PD_GGML_Q4_1)
-        wq = unpack_nibbles(p + 4);
-      else
-        wq = _mm256_or_si256(unpack_nibbles(p + 8), fifth_bits((uint32_t)load_u32(p + 4)));
-      ext = _mm_add_ps(ext, _mm_mul_ps(_mm_shuffle_ps(dm, dm, 0x55), _mm_loadu_ps(xb->s)));
-    } else if (WT == PD_GGML_Q4_0 || WT == PD_GGML_Q5_0) { /* w = d (q - 8) or d (q - 16) */
-      dm = _mm_cvtph_ps(_mm_cvtsi32_si128(p[0] | p[1] << 8));
-      if (WT == PD_GGML_Q4_0)
-        wq = unpack_nibbles(p + 2);
-      else
-        wq = _mm256_or_si256(unpack_nibbles(p + 6), fifth_bits((uint32_t)load_u32(p + 2)));
-      const __m128 dz = _mm_mul_ss(_mm_set_ss(WT == PD_GGML_Q4_0 ? 8.0f : 16.0f), dm);
-      ext = _mm_sub_ps(ext, _mm_mul_ps(_mm_shuffle_ps(dz, dz, 0), _mm_loadu_ps(xb->s)));
-    } else if (WT == PD_GGML_IQ4_NL) { /* the levels looked up by nibble, 16 at a time */
-      dm = _mm_cvtph_ps(_mm_cvtsi32_si128(p[0] | p[1] << 8));
-      wsign = iq4nl_levels(p + 2);
-      wq = _mm256_sign_epi8(wsign, wsign);
-    } else { /* Q8_0 */
-      dm = _mm_cvtph_ps(_mm_cvtsi32_si128(p[0] | p[1] << 8));
-      wsign = _mm256_loadu_si256((const __m256i *)(p + 2));
-      wq = _mm256_sign_epi8(wsign, wsign);
-    }
+    const int signed_w = q_block(WT, p, xb, &wq, &wsign, &dm, &ext);
     const __m256 dw = _mm256_broadcastss_ps(dm);
     int r0 = 0; /* the rows done in pairs */
 #if TILE_512
@@ -554,6 +570,8 @@ int pd_matmul_is_fast(enum pd_ggml_type wt) {
 static void q_rows(enum pd_ggml_type wt, const uint8_t *w, size_t rb, int64_t n_o,
                    const q8_group *xg, int rx, int64_t nb, float *y, int64_t y_stride) {
   const q_tile_fn tile = tiles_of(wt)[rx - 1];
+  /* (Two weight rows a tile for one activation row, in the two halves of a 512-bit register,
+   * measured 35% slower in decode than one at a time: the weights stream from memory.) */
   for (int64_t j = 0; j < n_o; j++) tile(w + (size_t)j * rb, xg, nb, y + j, y_stride);
 }
 #else
