@@ -223,13 +223,14 @@ def test_scheduling_order_does_not_depend_on_another_tenants_cache(tiny_model, d
     assert len(orders[True]) == 3 and orders[True] == orders[False], orders
 
 
-def test_no_waiting_for_another_tenants_prefill(tiny_model, data_dir):
+def test_no_waiting_for_another_tenants_prefill(tiny_long_model, data_dir):
     """A sequence whose prompt another sequence is prefilling waits to reuse its blocks -- but
-    only within a namespace. With prefill chunks of 8 tokens a 768-token prompt takes a while:
-    the victim's second request for it, sent while the first is prefilling, waits and reuses the
+    only within a namespace. With prefill chunks of 8 tokens a long prompt takes a while: the
+    victim's second request for it, sent while the first is prefilling, waits and reuses the
     blocks (the control); the attacker's request for the same prompt at the same moment neither
-    waits nor reuses anything."""
-    d = Daemon(tiny_model, data_dir, admin_key=ADMIN,
+    waits nor reuses anything. The prompt doubles from 768 tokens until its prefill lasts over
+    25 ms (tiny.gguf's shape with a 32,768-token context, so it can grow on a fast machine)."""
+    d = Daemon(tiny_long_model, data_dir, admin_key=ADMIN,
                extra=["--max-running", "4", "--max-batch-tokens", "8"])
     try:
         adm = d.admin(ADMIN)
@@ -237,9 +238,9 @@ def test_no_waiting_for_another_tenants_prefill(tiny_model, data_dir):
                 for n in ("victim", "attacker")}
         figures = {}
         for second in ("victim", "attacker"):
-            # 768 tokens (96 steps); once more with 1,536 if the first prefill was over before
-            # the second request came (a fast, idle machine)
-            for reps in (12, 24):
+            # 768 tokens (96 steps), then twice as many while the first prefill was over before
+            # the second request came (a fast, idle machine), up to 24,576
+            for reps in (12, 24, 48, 96, 192, 384):
                 ids = doc(f"leader-{second}-{reps}", 0) * reps
                 results = {}
 

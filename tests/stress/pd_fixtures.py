@@ -26,6 +26,14 @@ def q51_model():
 
 
 @pytest.fixture
+def tiny_long_model():
+    path = pd_harness.tiny_long_model()
+    if not path or not os.path.exists(path):
+        pytest.skip("tiny-long.gguf not built")
+    return path
+
+
+@pytest.fixture
 def data_dir(request):
     suite = os.path.basename(os.path.dirname(str(request.path)))
     with tempfile.TemporaryDirectory(prefix=f"prefixd-{suite}-") as d:

@@ -45,6 +45,13 @@ def q51_model():
     return tiny and os.path.join(os.path.dirname(tiny), "tiny-q5_1.gguf")
 
 
+def tiny_long_model():
+    """tiny.gguf's shape with a 32,768-token context: a request on it can be made to last (a long
+    generation or prefill) however fast the machine's steps are."""
+    tiny = tiny_model()
+    return tiny and os.path.join(os.path.dirname(tiny), "tiny-long.gguf")
+
+
 class Daemon:
     """One prefixd process. `stub(key)` gives a Prefixd stub sending that API key.
 

@@ -253,7 +253,7 @@ def two_tenants(d):
 
 
 @pytest.mark.parametrize("how", ["cancel", "disconnect"])
-def test_client_leaves_at_every_stage(tiny_model, q51_model, data_dir, how):
+def test_client_leaves_at_every_stage(tiny_long_model, q51_model, data_dir, how):
     """--max-running 1: a request waits in the queue behind another; a long prompt is prefilled
     in chunks of 16 tokens; a sequence decodes; a prefix comes back from disk. The victim's
     client leaves in each stage: the engine gives every block back (the victim's Evict(all)
@@ -261,17 +261,19 @@ def test_client_leaves_at_every_stage(tiny_model, q51_model, data_dir, how):
     connection keeps getting the right tokens all along."""
     figures = {}
     forever = pb.SamplingParams(ignore_eos=True)
-    # queued, prefilling, decoding: tiny.gguf, one sequence at a time, small prefill chunks
+    # queued, prefilling, decoding: tiny.gguf's shape (with a long context, so that the blocker
+    # below lasts seconds however fast the steps are), one sequence at a time, small prefill chunks
     os.makedirs(os.path.join(data_dir, "a"))
-    d = Daemon(tiny_model, os.path.join(data_dir, "a"), admin_key=ADMIN, extra=[
+    d = Daemon(tiny_long_model, os.path.join(data_dir, "a"), admin_key=ADMIN, extra=[
         "--max-running", "1", "--max-batch-tokens", "16"])
     try:
         kv, kb = two_tenants(d)
         s = d.stub(kv)
         by = Bystander(d.stub(kb), doc(1, 40))
-        # queued: the victim's blocker runs; its second request waits (one may run at a time)
+        # queued: the victim's blocker runs; its second request waits (one may run at a time).
+        # 30,000 tokens: at tens of microseconds a step it outlasts the stage; it is cancelled
         blocker = d.stub(kv).Generate(pb.GenerateRequest(prompt=ids_prompt(doc(2, 64)),
-                                                         sampling=forever, max_tokens=1500),
+                                                         sampling=forever, max_tokens=30000),
                                       timeout=120)
         next(blocker)
         depth = []
@@ -286,12 +288,12 @@ def test_client_leaves_at_every_stage(tiny_model, q51_model, data_dir, how):
         figures["queue_depth_while_queued"] = depth[0]
         assert depth[0] >= 1, "the victim was never seen queued"
         assert evict_mine_until_empty(s) == 0, "queued: blocks left"
-        # prefilling: 1,000 tokens in chunks of 16 (63 steps); leave after 30 ms
-        leave(d, kv, how, pb.GenerateRequest(prompt=ids_prompt(doc(4, 1000)), sampling=forever,
+        # prefilling: 8,000 tokens in chunks of 16 (500 steps); leave after 30 ms
+        leave(d, kv, how, pb.GenerateRequest(prompt=ids_prompt(doc(4, 8000)), sampling=forever,
                                              max_tokens=8), 0.03)
         assert evict_mine_until_empty(s) == 0, "prefilling: blocks left"
         # the same prompt to its end, for comparison: its prefill takes longer than 30 ms
-        _, f = greedy(s, doc(4, 1000), n=1)
+        _, f = greedy(s, doc(4, 8000), n=1)
         figures["prefill_ms_of_the_whole_prompt"] = f.timings.prefill_ms
         assert f.timings.prefill_ms > 30, f.timings
         assert evict_mine_until_empty(s) == 0
