@@ -107,6 +107,16 @@ def tiny_model():
 
 
 @pytest.fixture
+def tiny_long_model(tiny_model):
+    """tiny.gguf's shape with a 32,768-token context (tests/runtime): a generation on it lasts
+    long enough, on any machine, for a deadline or a cancel to land in its middle."""
+    path = os.path.join(os.path.dirname(tiny_model), "tiny-long.gguf")
+    if not os.path.exists(path):
+        pytest.skip("tiny-long.gguf not built")
+    return path
+
+
+@pytest.fixture
 def default_model():
     path = os.environ.get("PREFIXD_MODEL")
     if not path or not os.path.exists(path):
