@@ -1808,9 +1808,11 @@ static void run_call(pd_engine *e, pd_job *job) {
 
 static void *engine_main(void *arg) {
   pd_engine *e = arg;
+  int threads = atomic_load(&e->cpu_threads);
 #ifdef _OPENMP
-  if (e->cfg.threads > 0) omp_set_num_threads(e->cfg.threads);
+  omp_set_num_threads(threads);
 #endif
+  atomic_store(&e->cpu_threads, threads);
   for (;;) {
     pthread_mutex_lock(&e->mu);
     /* stopping waits for the jobs the tokenizer thread still has */
@@ -1846,6 +1848,18 @@ static void *engine_main(void *arg) {
     if (e->pins.dirty && pd_engine_now_ms() >= e->pins.last_save_ms + PINS_SAVE_MS) save_pins(e);
     reap(e);
     admit(e);
+    if (e->cfg.threads <= 0 && e->running) { /* --threads auto: what the others leave */
+      const int want = pd_cpu_share_update(&e->cpu_share, (int64_t)pd_engine_now_ms());
+      if (want != threads) {
+        pd_log(PD_LOG_INFO, "CPU threads changed", "threads=%d was=%d allowed=%d others=%.2f", want,
+               threads, e->cpu_share.allowed, e->cpu_share.others);
+        threads = want;
+#ifdef _OPENMP
+        omp_set_num_threads(threads);
+#endif
+        atomic_store(&e->cpu_threads, threads);
+      }
+    }
     int rows = step(e);
     /* keep free device and host slots ahead of need, spilling in the background */
     uint64_t now_ms = pd_engine_now_ms();
@@ -2064,6 +2078,8 @@ fail:
 }
 
 int pd_engine_start(pd_engine *e) {
+  pd_cpu_share_init(&e->cpu_share);
+  atomic_store(&e->cpu_threads, e->cfg.threads > 0 ? e->cfg.threads : e->cpu_share.allowed);
   /* without the tokenizer thread every prompt is tokenized on the engine thread */
   e->tk_started = e->cfg.tokenize_thread_bytes > 0 &&
                   pthread_create(&e->tk_thread, NULL, tokenizer_main, e) == 0;

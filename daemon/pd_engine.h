@@ -41,6 +41,7 @@
 
 #include "kernels.h"
 #include "pd_chat.h"
+#include "pd_cpu_share.h"
 #include "pd_detok.h"
 #include "pd_grpc_server.h"
 #include "pd_llama.h"
@@ -246,6 +247,10 @@ struct pd_engine {
   uint32_t cap_counters;
   struct pd_seq *queue_head, *queue_tail; /* admitted to the engine, waiting for the batch */
   int n_queued;
+  /* --threads auto (cfg.threads 0): the forward pass's thread count follows what the machine's
+   * other work leaves free (pd_cpu_share); cpu_threads is the count in use, for the metrics */
+  pd_cpu_share cpu_share;
+  atomic_int cpu_threads;
   struct pd_seq *running; /* in the batch */
   int n_running;
   uint64_t reserved_blocks; /* sum of the running sequences' reservations */

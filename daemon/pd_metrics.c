@@ -201,6 +201,13 @@ int pd_metrics_render(pd_engine *e, char **text, size_t *n_text) {
          "Tokens resumed sequences computed again: a partial last block, and blocks that left "
          "the cache while they waited.");
   sample_u(&b, "prefixd_recomputed_tokens_total", e->recomputed_tokens);
+  family(&b, "prefixd_cpu_threads", "gauge",
+         "Threads of the CPU forward pass now (--threads auto: fewer while other processes keep "
+         "CPUs busy).");
+  sample_u(&b, "prefixd_cpu_threads", (uint64_t)atomic_load(&e->cpu_threads));
+  family(&b, "prefixd_cpu_threads_allowed", "gauge",
+         "CPUs this process may use: its affinity, capped by a cgroup CPU quota.");
+  sample_u(&b, "prefixd_cpu_threads_allowed", (uint64_t)e->cpu_share.allowed);
   family(&b, "prefixd_queue_depth", "gauge", "Sequences waiting for admission.");
   sample_u(&b, "prefixd_queue_depth", (uint64_t)e->n_queued);
   family(&b, "prefixd_running_sequences", "gauge", "Sequences in the batch.");

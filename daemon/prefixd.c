@@ -94,7 +94,9 @@ static void usage(FILE *f) {
       "                            and all of max_tokens (PREFIXD_KV_ADMISSION; incremental)\n"
       "      --cache-dtype T       f16, bf16, f32 or fp8 (fp8-e4m3, a scale per row; default f16)\n"
       "      --matmul M            fast or exact (default fast)\n"
-      "  -t, --threads N           CPU threads (PREFIXD_THREADS; default: all)\n"
+      "  -t, --threads N           CPU threads (PREFIXD_THREADS; default: auto, the CPUs the\n"
+      "                            process may use (affinity, cgroup CPU quota), fewer while\n"
+      "                            other processes keep some of them busy)\n"
       "      --tokenize-thread-bytes N\n"
       "                            prompts with more bytes of text are tokenized on a thread\n"
       "                            of their own, not between two forward passes; 0 = none\n"
@@ -660,10 +662,8 @@ int main(int argc, char **argv) {
   uv_signal_start(&d.sighup, on_signal, SIGHUP);
   signal(SIGPIPE, SIG_IGN);
 
-  int n_threads = 1;
-#ifdef _OPENMP
-  n_threads = threads > 0 ? (int)threads : omp_get_max_threads();
-#endif
+  /* --threads N, or auto: the CPUs the process may use (fewer while others keep them busy) */
+  int n_threads = threads > 0 ? (int)threads : atomic_load(&d.engine->cpu_threads);
   const pd_engine *e = d.engine;
   char addr_text[300] = "none", metrics_text[300] = "none", openai_text[300] = "none";
   if (want_tcp) snprintf(addr_text, sizeof addr_text, "%s:%d", host, bound);

@@ -4,7 +4,10 @@
  * own 64-token prompt), in both matmul modes with an f16 KV cache; then, in fast mode, the same
  * figures for each KV cache dtype (f32, f16, bf16, fp8-e4m3) beside its bytes per token.
  *
- * usage: model_bench MODEL.gguf [--threads N] [--out results.md] [--quick]
+ * usage: model_bench MODEL.gguf [--threads N|auto] [--out results.md] [--quick]
+ *
+ * --threads auto asks pd_cpu_share before every forward pass, as the daemon's engine does by
+ * default (after one unmeasured run, so that it has sampled the machine).
  *
  * --quick measures fast mode with an f16 KV cache only and prints one line,
  * "prefill P decode0 D0 decode1024 D1 decode8 D8" (tokens/s), for scripts that compare many
@@ -19,6 +22,7 @@
 #include <omp.h>
 #endif
 
+#include "pd_cpu_share.h"
 #include "pd_llama.h"
 #include "pd_model.h"
 
@@ -31,6 +35,18 @@ static double now_s(void) {
 typedef struct figures {
   double prefill_tps, decode0_tps, decode1_tps, decode8_tps;
 } figures;
+
+/* --threads auto: the thread count the daemon's engine would use (pd_cpu_share), asked before
+ * every forward pass as the engine does before every step. */
+static int auto_threads;
+static pd_cpu_share share;
+
+static int forward(pd_llama *ctx, void *pool, pd_llama_seq *seqs, int n, float *logits) {
+#ifdef _OPENMP
+  if (auto_threads) omp_set_num_threads(pd_cpu_share_update(&share, (int64_t)(now_s() * 1e3)));
+#endif
+  return pd_llama_forward(ctx, pool, seqs, n, logits);
+}
 
 static int measure(pd_model *m, enum pd_matmul_mode mode, enum pd_dtype cache, figures *f,
                    size_t *kv_bytes_per_token) {
@@ -52,14 +68,14 @@ static int measure(pd_model *m, enum pd_matmul_mode mode, enum pd_dtype cache, f
   for (int i = 0; i < steps; i++) {
     int32_t t = tok[i];
     pd_llama_seq s = {&t, 1, i, table + blocks_per_seq, blocks_per_seq, 1};
-    if (pd_llama_forward(&ctx, pool, &s, 1, logits)) return 1;
+    if (forward(&ctx, pool, &s, 1, logits)) return 1;
   }
   f->decode0_tps = steps / (now_s() - t0);
   /* prefill 1,024 tokens in chunks of 256 */
   t0 = now_s();
   for (int i = 0; i < prompt; i += 256) {
     pd_llama_seq s = {tok + i, 256, i, table, blocks_per_seq, i + 256 == prompt};
-    if (pd_llama_forward(&ctx, pool, &s, 1, logits)) return 1;
+    if (forward(&ctx, pool, &s, 1, logits)) return 1;
   }
   f->prefill_tps = prompt / (now_s() - t0);
   /* decode at batch 1 after the 1,024-token prompt */
@@ -67,7 +83,7 @@ static int measure(pd_model *m, enum pd_matmul_mode mode, enum pd_dtype cache, f
   for (int i = 0; i < steps; i++) {
     int32_t t = tok[i];
     pd_llama_seq s = {&t, 1, prompt + i, table, blocks_per_seq, 1};
-    if (pd_llama_forward(&ctx, pool, &s, 1, logits)) return 1;
+    if (forward(&ctx, pool, &s, 1, logits)) return 1;
   }
   f->decode1_tps = steps / (now_s() - t0);
   /* decode at batch 8: 8 sequences with 64-token prompts step together */
@@ -75,7 +91,7 @@ static int measure(pd_model *m, enum pd_matmul_mode mode, enum pd_dtype cache, f
   for (int b = 0; b < batch; b++) {
     seqs[b] =
         (pd_llama_seq){tok + b, short_prompt, 0, table + b * blocks_per_seq, blocks_per_seq, 1};
-    if (pd_llama_forward(&ctx, pool, &seqs[b], 1, logits)) return 1;
+    if (forward(&ctx, pool, &seqs[b], 1, logits)) return 1;
   }
   int32_t step_tok[8];
   t0 = now_s();
@@ -85,7 +101,7 @@ static int measure(pd_model *m, enum pd_matmul_mode mode, enum pd_dtype cache, f
       seqs[b] = (pd_llama_seq){&step_tok[b],   1, short_prompt + i, table + b * blocks_per_seq,
                                blocks_per_seq, 1};
     }
-    if (pd_llama_forward(&ctx, pool, seqs, batch, logits)) return 1;
+    if (forward(&ctx, pool, seqs, batch, logits)) return 1;
   }
   f->decode8_tps = (double)steps * batch / (now_s() - t0);
   free(pool), free(table), free(logits), free(tok);
@@ -95,13 +111,15 @@ static int measure(pd_model *m, enum pd_matmul_mode mode, enum pd_dtype cache, f
 
 int main(int argc, char **argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: model_bench MODEL.gguf [--threads N] [--out FILE] [--quick]\n");
+    fprintf(stderr, "usage: model_bench MODEL.gguf [--threads N|auto] [--out FILE] [--quick]\n");
     return 2;
   }
   const char *out = NULL;
   int threads = 0, quick = 0;
   for (int i = 2; i < argc; i++) {
-    if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+    if (!strcmp(argv[i], "--threads") && i + 1 < argc && !strcmp(argv[i + 1], "auto"))
+      auto_threads = 1, i++;
+    else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
       threads = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--out") && i + 1 < argc)
       out = argv[++i];
@@ -125,6 +143,13 @@ int main(int argc, char **argv) {
   pd_model_describe(m, desc, sizeof desc);
   figures fe, ff, fd[4];
   size_t kvb, kvbd[4];
+  if (auto_threads) { /* one run first, so that the sampler has seen the machine (seconds) */
+    pd_cpu_share_init(&share);
+    if (measure(m, PD_MATMUL_FAST, PD_DTYPE_F16, &ff, &kvb)) {
+      fprintf(stderr, "model_bench: run failed\n");
+      return 1;
+    }
+  }
   if (quick) {
     if (measure(m, PD_MATMUL_FAST, PD_DTYPE_F16, &ff, &kvb)) {
       fprintf(stderr, "model_bench: run failed\n");

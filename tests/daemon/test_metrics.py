@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -390,3 +391,40 @@ def test_metrics_listen_none_taken_and_flag_errors(tiny_model, data_dir, monkeyp
             assert p.returncode == rc and "metrics" in p.stderr, (bad, p.stderr)
     finally:
         taken.close()
+
+
+def test_cpu_threads_follow_a_busy_neighbour(tiny_long_model, data_dir):
+    """--threads auto (0): prefixd_cpu_threads starts at the CPUs the process may use
+    (prefixd_cpu_threads_allowed) and, while the engine computes beside a busy process, drops
+    below them (the engine samples /proc once a second; two samples must agree), with a log line
+    saying so."""
+    d = start(tiny_long_model, data_dir, extra=["--threads", "0"])
+    hog, stream = None, None
+    try:
+        port = metrics_port(d)
+        m, fams = scrape(port)
+        assert fams["prefixd_cpu_threads"].type == "gauge"
+        allowed = val(m, "prefixd_cpu_threads_allowed")
+        assert allowed >= 1 and val(m, "prefixd_cpu_threads") == allowed
+        assert f" threads={int(allowed)} " in d.log_text()
+        if allowed < 2:
+            return  # one CPU: nothing to give up
+        hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        stream = d.stub().Generate(pb.GenerateRequest(
+            prompt=pb.Prompt(text="count on and on"), sampling=pb.SamplingParams(ignore_eos=True)),
+            timeout=60)
+        drain = threading.Thread(target=lambda: [None for _ in stream], daemon=True)
+        drain.start()
+        seen, deadline = allowed, time.time() + 20
+        while seen >= allowed and time.time() < deadline:
+            time.sleep(0.25)
+            seen = val(scrape(port)[0], "prefixd_cpu_threads")
+        assert 1 <= seen < allowed, (seen, allowed)
+        assert 'msg="CPU threads changed"' in d.log_text()
+    finally:
+        if stream is not None:
+            stream.cancel()
+        if hog is not None:
+            hog.kill()
+            hog.wait()
+        assert d.stop() == 0
