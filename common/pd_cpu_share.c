@@ -122,8 +122,8 @@ static int read_machine(uint64_t *busy, uint64_t *total) {
   char line[512];
   unsigned long long v[8] = {0};
   if (read_line("/proc/stat", line, sizeof line) ||
-      sscanf(line, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
-             &v[4], &v[5], &v[6], &v[7]) < 4)
+      sscanf(line, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4],
+             &v[5], &v[6], &v[7]) < 4)
     return -1;
   *busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
   *total = *busy + v[3] + v[4];
@@ -136,8 +136,8 @@ static int read_self(uint64_t *ticks) {
   if (read_line("/proc/self/stat", buf, sizeof buf)) return -1;
   const char *p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
   unsigned long long utime, stime;
-  if (!p || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime,
-                   &stime) != 2)
+  if (!p ||
+      sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2)
     return -1;
   *ticks = utime + stime;
   return 0;

@@ -25,10 +25,10 @@ static int64_t now_ms(void) {
 
 START_TEST(choice_follows_the_free_cpus) {
   ck_assert_int_eq(pd_cpu_share_choose(2, 2, 0.0), 2);
-  ck_assert_int_eq(pd_cpu_share_choose(2, 2, 0.2), 2);  /* a little noise keeps both */
-  ck_assert_int_eq(pd_cpu_share_choose(2, 2, 0.5), 1);  /* half a CPU taken: one */
+  ck_assert_int_eq(pd_cpu_share_choose(2, 2, 0.2), 2); /* a little noise keeps both */
+  ck_assert_int_eq(pd_cpu_share_choose(2, 2, 0.5), 1); /* half a CPU taken: one */
   ck_assert_int_eq(pd_cpu_share_choose(2, 2, 1.0), 1);
-  ck_assert_int_eq(pd_cpu_share_choose(2, 2, 5.0), 1);  /* never below one */
+  ck_assert_int_eq(pd_cpu_share_choose(2, 2, 5.0), 1);   /* never below one */
   ck_assert_int_eq(pd_cpu_share_choose(4, 64, 30.0), 4); /* a quota of 4 on a big busy host */
   ck_assert_int_eq(pd_cpu_share_choose(16, 16, 1.0), 15);
   ck_assert_int_eq(pd_cpu_share_choose(16, 16, -1.0), 16);
@@ -55,7 +55,7 @@ START_TEST(a_busy_neighbour_takes_a_thread) {
   ck_assert_int_ge(s.allowed, 1);
   ck_assert_int_eq(s.threads, s.allowed);
   ck_assert_int_eq(pd_cpu_share_update(&s, now_ms()), s.allowed); /* the first read */
-  if (s.allowed < 2) return; /* nothing to drop */
+  if (s.allowed < 2) return;                                      /* nothing to drop */
   pid_t hog = fork();
   ck_assert_int_ge(hog, 0);
   if (hog == 0)
