@@ -117,17 +117,32 @@ int pd_cpu_allowed(void) {
   return q > 0 && q < n ? q : n;
 }
 
-/* /proc/stat's "cpu" line: busy (user, nice, system, irq, softirq, steal) and all jiffies. */
-static int read_machine(uint64_t *busy, uint64_t *total) {
+/* /proc/stat: busy (user, nice, system, irq, softirq, steal) and all jiffies, summed over the
+ * CPUs of the mask (the "cpuN" lines), or of the whole machine (the "cpu" line) without one. */
+static int read_machine(const pd_cpu_share *s, uint64_t *busy, uint64_t *total) {
+  FILE *f = fopen("/proc/stat", "r");
+  if (!f) return -1;
   char line[512];
-  unsigned long long v[8] = {0};
-  if (read_line("/proc/stat", line, sizeof line) ||
-      sscanf(line, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4],
-             &v[5], &v[6], &v[7]) < 4)
-    return -1;
-  *busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
-  *total = *busy + v[3] + v[4];
-  return 0;
+  int found = 0;
+  *busy = *total = 0;
+  while (fgets(line, sizeof line, f) && !strncmp(line, "cpu", 3)) {
+    int cpu = -1, off = 0;
+    if (line[3] == ' ') {
+      if (s->have_mask) continue;
+      off = 3;
+    } else if (sscanf(line, "cpu%d%n", &cpu, &off) != 1 || !s->have_mask || cpu < 0 ||
+               cpu >= CPU_SETSIZE || !CPU_ISSET(cpu, &s->mask)) {
+      continue;
+    }
+    unsigned long long v[8] = {0};
+    if (sscanf(line + off, "%llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+               &v[4], &v[5], &v[6], &v[7]) < 4)
+      continue;
+    const uint64_t b = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+    *busy += b, *total += b + v[3] + v[4], found++;
+  }
+  fclose(f);
+  return found ? 0 : -1;
 }
 
 /* This process's user + system jiffies (/proc/self/stat fields 14 and 15). */
@@ -146,7 +161,8 @@ static int read_self(uint64_t *ticks) {
 int pd_cpu_share_init(pd_cpu_share *s) {
   memset(s, 0, sizeof *s);
   s->allowed = pd_cpu_allowed();
-  s->online = (int)sysconf(_SC_NPROCESSORS_ONLN);
+  s->have_mask = sched_getaffinity(0, sizeof s->mask, &s->mask) == 0 && CPU_COUNT(&s->mask) > 0;
+  s->online = s->have_mask ? CPU_COUNT(&s->mask) : (int)sysconf(_SC_NPROCESSORS_ONLN);
   if (s->online < s->allowed) s->online = s->allowed;
   s->threads = s->allowed;
   s->last_ms = -1;
@@ -156,7 +172,7 @@ int pd_cpu_share_init(pd_cpu_share *s) {
 int pd_cpu_share_update(pd_cpu_share *s, int64_t now_ms) {
   if (s->last_ms >= 0 && now_ms - s->last_ms < SAMPLE_MS) return s->threads;
   uint64_t busy, total, self;
-  if (read_machine(&busy, &total) || read_self(&self)) return s->threads;
+  if (read_machine(s, &busy, &total) || read_self(&self)) return s->threads;
   if (s->last_ms >= 0 && total > s->total && busy >= s->busy && self >= s->self) {
     const double per_cpu = (double)(total - s->total) / s->online; /* jiffies a CPU had */
     const double busy_cpus = (double)(busy - s->busy) / per_cpu;
