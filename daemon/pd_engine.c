@@ -2006,8 +2006,12 @@ int pd_engine_create(const pd_engine_config *cfg, uv_loop_t *loop, pd_job_output
   pd_key128 fp;
   memcpy(&fp, e->model->fingerprint, 16);
   /* and the backend: the GPU's KV agrees with the CPU's only within rounding, and a cached
-   * block must be bit for bit what this daemon would compute */
-  uint32_t shape[3] = {(uint32_t)cfg->cache_dtype, cfg->block_tokens, (uint32_t)e->on_gpu};
+   * block must be bit for bit what this daemon would compute; so does the CPU's attention built
+   * for AVX-512 with the AVX2 build's (in bits 8 and up: the AVX2 build's fingerprint is the one
+   * it had before there was an AVX-512 build) */
+  const uint32_t cpu_variant = e->on_gpu ? 0 : (uint32_t)pd_attn_arith_variant();
+  uint32_t shape[3] = {(uint32_t)cfg->cache_dtype, cfg->block_tokens,
+                       (uint32_t)e->on_gpu | cpu_variant << 8};
   fp = pd_blockkey_next(fp, (const int32_t *)shape, 3);
   memcpy(rcfg.fingerprint, &fp, 16);
   rcfg.tier_capacity[0] = e->n_blocks;

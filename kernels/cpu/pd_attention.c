@@ -216,6 +216,16 @@ static void convert_rows(const pd_kv_layout *L, const uint8_t *block, int layer,
 #define PREFETCH_MAX     16
 static int prefetch_ahead = PREFETCH_DEFAULT;
 
+int pd_attn_arith_variant(void) {
+#if defined(__AVX512F__)
+  return 1;
+#elif defined(__AVX2__)
+  return 0;
+#else
+  return 2;
+#endif
+}
+
 int pd_attn_set_prefetch_blocks(int n) {
   const int previous = prefetch_ahead;
   prefetch_ahead = n < 0 ? PREFETCH_DEFAULT : n > PREFETCH_MAX ? PREFETCH_MAX : n;

@@ -97,6 +97,14 @@ int pd_attn_paged(const pd_kv_layout *L, const void *pool, int layer, int n_head
                   float *out, const pd_attn_seq *seqs, int n_seqs, float scale);
 
 /*
+ * Which arithmetic this build's pd_attn_paged does, for the cache's fingerprint (a cached block
+ * must be bit for bit what this build would compute): 0 for the AVX2 build, 1 for the AVX-512
+ * one (16 lanes: its sums run in another order), 2 for the portable loops. pd_matmul's results
+ * do not depend on the build's ISA.
+ */
+int pd_attn_arith_variant(void);
+
+/*
  * How many blocks ahead pd_attn_paged asks the memory system for the K and V rows it is about to
  * convert (the blocks of a sequence lie anywhere in the pool, so the hardware prefetcher does not
  * see them coming). n < 0 restores the default (4); at most 16; 0 turns it off. Returns the
