@@ -112,7 +112,9 @@ class Load:
             elif op == "warm":
                 r = await stub.Warm(pb.WarmRequest(prompt=self.prompt(rng), cache=self.cache(rng)),
                                     timeout=60, metadata=md)
-                if len(self.prefix_ids) < 4096:
+                # an empty id: not all of the prompt's blocks could be kept (the same block was
+                # moving between these tiny tiers, or a quota), so there is nothing to evict by id
+                if r.prefix_id and len(self.prefix_ids) < 4096:
                     self.prefix_ids.append((i % len(self.keys), r.prefix_id))
             elif op == "lookup":
                 await stub.Lookup(pb.LookupRequest(prompt=self.prompt(rng)), timeout=60,
