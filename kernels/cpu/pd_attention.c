@@ -114,6 +114,20 @@ int pd_kv_store(const pd_kv_layout *L, void *pool, const pd_attn_seq *s, int lay
   return PD_OK;
 }
 
+#if defined(__AVX2__) && defined(__F16C__)
+/* 16 e4m3 bytes (in 16-bit lanes) to the f16 bits of their values times 2^-8, as the CUDA
+ * kernels do (pd_cuda_convert.h): the e4m3 bits moved into an f16 are the value times 2^-8,
+ * exactly (0x7f / 0xff made an f16 NaN); times s * 2^8 is fp8_table[v] * s, bit for bit: both
+ * are exact scalings by powers of two. */
+static inline __m256i e4m3_f16_bits(__m256i b) {
+  const __m256i m7f = _mm256_set1_epi16(0x7f), m80 = _mm256_set1_epi16(0x80);
+  const __m256i mag = _mm256_and_si256(b, m7f);
+  const __m256i h = _mm256_blendv_epi8(_mm256_slli_epi16(mag, 7), _mm256_set1_epi16(0x7e00),
+                                       _mm256_cmpeq_epi16(mag, m7f));
+  return _mm256_or_si256(h, _mm256_slli_epi16(_mm256_and_si256(b, m80), 8));
+}
+#endif
+
 /* Converts rows [r0, r0 + n) of K (kv = 0) or V (kv = 1) of one kv head of one block to f32
  * (dst, shape (n, head_dim)). Those rows are contiguous in the block, and so are their fp8
  * scales, so a span is converted in one pass: per element, the value is the one a row at a time
@@ -134,18 +148,10 @@ static void convert_rows(const pd_kv_layout *L, const uint8_t *block, int layer,
       memcpy(&s, scales + (size_t)r * sizeof s, sizeof s);
       size_t d = 0;
 #if defined(__AVX2__) && defined(__F16C__)
-      /* as the CUDA kernels do (pd_cuda_convert.h): the e4m3 bits moved into an f16 are the
-       * value times 2^-8, exactly (0x7f / 0xff made an f16 NaN); times s * 2^8 is
-       * fp8_table[v] * s, bit for bit: both are exact scalings by powers of two */
       const __m256 unscale = _mm256_set1_ps(s * 256.0f);
-      const __m256i m7f_16 = _mm256_set1_epi16(0x7f), m80_16 = _mm256_set1_epi16(0x80),
-                    nan16_16 = _mm256_set1_epi16(0x7e00);
-      for (; d + 16 <= hd; d += 16) { /* 16 at a time: the bit steps on 16 lanes */
-        __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(src + d)));
-        __m256i mag = _mm256_and_si256(b, m7f_16);
-        __m256i h = _mm256_blendv_epi8(_mm256_slli_epi16(mag, 7), nan16_16,
-                                       _mm256_cmpeq_epi16(mag, m7f_16));
-        h = _mm256_or_si256(h, _mm256_slli_epi16(_mm256_and_si256(b, m80_16), 8));
+      for (; d + 16 <= hd; d += 16) { /* 16 at a time */
+        const __m256i h =
+            e4m3_f16_bits(_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(src + d))));
 #ifdef __AVX512F__
         _mm512_storeu_ps(dst + d, _mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(s * 256.0f)));
 #else
@@ -155,14 +161,11 @@ static void convert_rows(const pd_kv_layout *L, const uint8_t *block, int layer,
                          _mm256_mul_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)), unscale));
 #endif
       }
-      const __m128i m7f = _mm_set1_epi16(0x7f), m80 = _mm_set1_epi16(0x80),
-                    nan16 = _mm_set1_epi16(0x7e00);
-      for (; d + 8 <= hd; d += 8) {
-        __m128i b = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(src + d)));
-        __m128i mag = _mm_and_si128(b, m7f);
-        __m128i h = _mm_blendv_epi8(_mm_slli_epi16(mag, 7), nan16, _mm_cmpeq_epi16(mag, m7f));
-        h = _mm_or_si128(h, _mm_slli_epi16(_mm_and_si128(b, m80), 8));
-        _mm256_storeu_ps(dst + d, _mm256_mul_ps(_mm256_cvtph_ps(h), unscale));
+      for (; d + 8 <= hd; d += 8) { /* 8: the low half of the 16-lane steps */
+        const __m256i h = e4m3_f16_bits(
+            _mm256_zextsi128_si256(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(src + d)))));
+        _mm256_storeu_ps(dst + d,
+                         _mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h)), unscale));
       }
 #endif
       for (; d < hd; d++) dst[d] = fp8_table[src[d]] * s;
