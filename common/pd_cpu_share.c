@@ -107,14 +107,23 @@ static int cgroup_quota(void) {
   return best;
 }
 
-int pd_cpu_allowed(void) {
-  int n = 0;
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof set, &set) == 0) n = CPU_COUNT(&set);
-  if (n < 1) n = (int)sysconf(_SC_NPROCESSORS_ONLN);
-  if (n < 1) n = 1;
+/* The CPUs of the affinity mask (into *mask, with *have_mask), or the online ones without it. */
+static int mask_cpus(cpu_set_t *mask, int *have_mask) {
+  *have_mask = sched_getaffinity(0, sizeof *mask, mask) == 0 && CPU_COUNT(mask) > 0;
+  const int n = *have_mask ? CPU_COUNT(mask) : (int)sysconf(_SC_NPROCESSORS_ONLN);
+  return n < 1 ? 1 : n;
+}
+
+/* n CPUs, capped by the cgroup quota. */
+static int quota_capped(int n) {
   const int q = cgroup_quota();
   return q > 0 && q < n ? q : n;
+}
+
+int pd_cpu_allowed(void) {
+  cpu_set_t mask;
+  int have_mask;
+  return quota_capped(mask_cpus(&mask, &have_mask));
 }
 
 /* /proc/stat: busy (user, nice, system, irq, softirq, steal) and all jiffies, summed over the
@@ -160,10 +169,8 @@ static int read_self(uint64_t *ticks) {
 
 int pd_cpu_share_init(pd_cpu_share *s) {
   memset(s, 0, sizeof *s);
-  s->allowed = pd_cpu_allowed();
-  s->have_mask = sched_getaffinity(0, sizeof s->mask, &s->mask) == 0 && CPU_COUNT(&s->mask) > 0;
-  s->online = s->have_mask ? CPU_COUNT(&s->mask) : (int)sysconf(_SC_NPROCESSORS_ONLN);
-  if (s->online < s->allowed) s->online = s->allowed;
+  s->online = mask_cpus(&s->mask, &s->have_mask);
+  s->allowed = quota_capped(s->online);
   s->threads = s->allowed;
   s->last_ms = -1;
   return 0;

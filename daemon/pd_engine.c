@@ -1808,11 +1808,10 @@ static void run_call(pd_engine *e, pd_job *job) {
 
 static void *engine_main(void *arg) {
   pd_engine *e = arg;
-  int threads = atomic_load(&e->cpu_threads);
+  int threads = atomic_load(&e->cpu_threads); /* set by pd_engine_start */
 #ifdef _OPENMP
   omp_set_num_threads(threads);
 #endif
-  atomic_store(&e->cpu_threads, threads);
   for (;;) {
     pthread_mutex_lock(&e->mu);
     /* stopping waits for the jobs the tokenizer thread still has */

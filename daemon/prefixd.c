@@ -20,9 +20,6 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "pd_engine.h"
 #include "pd_err.h"
@@ -663,7 +660,7 @@ int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
 
   /* --threads N, or auto: the CPUs the process may use (fewer while others keep them busy) */
-  int n_threads = threads > 0 ? (int)threads : atomic_load(&d.engine->cpu_threads);
+  int n_threads = atomic_load(&d.engine->cpu_threads);
   const pd_engine *e = d.engine;
   char addr_text[300] = "none", metrics_text[300] = "none", openai_text[300] = "none";
   if (want_tcp) snprintf(addr_text, sizeof addr_text, "%s:%d", host, bound);
