@@ -3,8 +3,12 @@ the test measures meanwhile shares neither a socket nor an interpreter lock with
 
     python abuse.py MODE PORT SECONDS [JSON-ARGS]
 
-Every mode loops over fresh connections until SECONDS have passed (and at most `max_conns`
-connections), records how each connection ended, and prints one JSON summary line on stdout.
+Every mode loops over fresh connections until SECONDS have passed (at most `max_conns`
+connections, and at most `conn_rate` a second, default 1,000), records how each connection
+ended, and prints one JSON summary line on stdout. The rate is bounded so that an attack offers
+the same load on every machine: unbounded, a ping burst opened 4,000 connections a second on one
+2-core machine and 6,000 on another, which measures the machine's connect rate (a connection
+flood, the OS's accept backlog's job) rather than the daemon's answer to the frames.
 A connection "ends" when the daemon sends GOAWAY (`goaway`, with its error code), closes the
 socket (`closed`), or refuses what was asked (`refused`: RST_STREAM or a gRPC status); one the
 daemon never ended within the mode's own bound is counted as `open` -- the tests require none.
@@ -49,11 +53,28 @@ def ended(w):
     return "closed" if w.closed else None
 
 
+def fresh_connections(secs, args, default_max=1000):
+    """Yields once for each connection an attack loop opens: until `secs` have passed, at most
+    `max_conns` (default `default_max`) in all, at most `conn_rate` a second."""
+    start = time.monotonic()
+    end = start + secs
+    rate = args.get("conn_rate", 1000)
+    opened = 0
+    while opened < args.get("max_conns", default_max):
+        now = time.monotonic()
+        wait = start + opened / rate - now
+        if now + max(wait, 0.0) >= end:
+            return
+        if wait > 0:
+            time.sleep(wait)
+        yield
+        opened += 1
+
+
 def rapid_reset(port, secs, args):
-    end = time.monotonic() + secs
     out = {"connections": 0, "ends": {}, "streams_per_conn": []}
     max_streams = args.get("max_streams", 20000)
-    while time.monotonic() < end and out["connections"] < args.get("max_conns", 1000):
+    for _ in fresh_connections(secs, args):
         w = handshake(port)
         out["connections"] += 1
         n = 0
@@ -75,10 +96,9 @@ def rapid_reset(port, secs, args):
 
 
 def ping_burst(port, secs, args):
-    end = time.monotonic() + secs
     burst = ping_frame() * args.get("burst", 4000)
     out = {"connections": 0, "ends": {}, "pings_per_conn": []}
-    while time.monotonic() < end and out["connections"] < args.get("max_conns", 1000):
+    for _ in fresh_connections(secs, args):
         w = handshake(port)
         out["connections"] += 1
         n = 0
@@ -101,7 +121,7 @@ def ping_paced(port, secs, args):
     frames = ping_frame() * batch
     per_conn = args.get("max_pings", 200_000)
     out = {"connections": 0, "ends": {}, "pings_per_conn": [], "acks": 0}
-    while time.monotonic() < end and out["connections"] < args.get("max_conns", 1000):
+    for _ in fresh_connections(secs, args):
         w = handshake(port)
         out["connections"] += 1
         n = 0
@@ -121,12 +141,11 @@ def ping_paced(port, secs, args):
 
 
 def streams(port, secs, args):
-    end = time.monotonic() + secs
     limit, extra = args.get("limit", 100), args.get("extra", 20)
     ack = args.get("ack_settings", True)
     out = {"connections": 0, "ends": {}, "refused": 0, "advertised": None, "finished_ok": 0}
     health_msg = b""
-    while time.monotonic() < end and out["connections"] < args.get("max_conns", 1000):
+    for _ in fresh_connections(secs, args):
         w = Wire(port)
         if not ack:
             w.settings_ack = lambda: True  # never acknowledge the server's SETTINGS
@@ -182,12 +201,11 @@ def slow_reader(port, secs, args):
 
 
 def oversized(port, secs, args):
-    end = time.monotonic() + secs
     n = args.get("streams", 4)
     big = grpc_body(b"\x0a" + b"\xff" * ((4 << 20) + 1024))  # 4 MiB + 1 KiB message
     declared = b"\x00" + (16 << 20).to_bytes(4, "big") + b"\x0a\x00"  # says 16 MiB, is 2 bytes
     out = {"connections": 0, "ends": {}, "statuses": {}, "requests": 0}
-    while time.monotonic() < end and out["connections"] < args.get("max_conns", 50):
+    for _ in fresh_connections(secs, args, default_max=50):
         w = handshake(port)
         out["connections"] += 1
         sids = []
@@ -247,8 +265,6 @@ MODES = {f.__name__: f for f in (rapid_reset, ping_burst, ping_paced, streams, s
 if __name__ == "__main__":
     mode, port, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     args = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
-    if args.get("nice"):
-        os.nice(args["nice"])
     t0 = time.monotonic()
     result = MODES[mode](port, secs, args)
     result["mode"] = mode

@@ -6,11 +6,11 @@ fresh connections; it must end every connection it opens in a GOAWAY or a refusa
 a gRPC status, the socket closed). Meanwhile this process measures the p50 latency of
 sequential Health (answered by the loop thread, which owns every socket) or Tokenize (a round
 trip through the engine thread) calls on its own channel, against a baseline of the same calls
-taken just before the attack: it must stay within 2x. The baseline is taken while a process
-spins on one core, as the attacker will: on a 2-core machine the attacker's own CPU would
-otherwise be measured as the daemon's weakness (a quiet baseline gave 1.1x to 2.07x for the same
-binary, depending on what else the host ran). The machine may be shared, so a ratio over 2 is
-measured again (a fresh baseline and a fresh attack, three rounds at most) before the test
+taken just before the attack: it must stay within 2x, or within 0.1 ms of it (NOISE_MS). The
+baseline is taken while a process spins on the attacker's core at its niceness, as the attacker
+will: on a 2-core machine the attacker's own CPU would otherwise be measured as the daemon's
+weakness (a quiet baseline gave 1.1x to 2.07x for the same binary, depending on what else the
+host ran). The machine may be shared, so a p50 over that bound is measured again (a fresh baseline and a fresh attack, three rounds at most) before the test
 fails; every round's figures are reported.
 
 Afterwards the daemon must still serve, hold no block (Evict all, then Stats: device tier 0)
@@ -19,8 +19,6 @@ and exit 0 on SIGTERM.
 import os
 import resource
 import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -29,11 +27,21 @@ import pytest
 
 from pd_harness import (CHANNEL_OPTIONS, Daemon, abuse_result, code_of, evict_all_until_empty,
                         generate, p50, pb, pb_grpc, probe_latencies, report, scaled, start_abuse,
-                        wait_started)
+                        start_attacker_load, wait_started)
 
 ATTACK_S = scaled(2.0, 20.0)      # each attack's duration
 BASE_N = scaled(300, 2000)        # baseline calls
 MAX_RATIO = 2.0
+# ... or this much over the baseline, in ms: the noise floor of a p50 of 50 to 150 us calls. With
+# no attack at all, the same probe's p50 was 0.051 ms in one 3 s round and 0.156 ms in the next
+# (beside the same spinning process, by where the scheduler placed the client's threads and the
+# daemon's loop thread); a ping burst's 0.05 -> 0.107 ms read as a 2.1x failure.
+NOISE_MS = 0.1
+
+
+def within_bound(under, base):
+    """Whether the p50 of `under` stays within MAX_RATIO of `base`'s, or within NOISE_MS of it."""
+    return p50(under) <= MAX_RATIO * p50(base) or p50(under) - p50(base) <= NOISE_MS
 
 
 @pytest.fixture(scope="module")
@@ -48,22 +56,31 @@ def daemon(tmp_path_factory):
     assert d.stop() == 0
 
 
+def loaded_baseline(stub, kind, seconds=3.0):
+    """The p50 baseline of `kind` calls taken beside a process spinning on one core: the share of
+    a 2-core machine that an attacker (or the engine generating) takes during the measurement."""
+    hog = start_attacker_load()
+    try:
+        return probe_latencies(stub, kind, n=BASE_N, seconds=seconds)
+    finally:
+        hog.kill()
+        hog.wait()
+
+
 def measured_attack(d, mode, kind="health", seconds=ATTACK_S, started_line=False, attempts=3,
                     **args):
     """Runs an attack while probing; returns (baseline ms list, under-attack ms list, the
-    attack's summary), trying again (up to `attempts` rounds) while the p50 ratio is over
-    MAX_RATIO. The baseline runs beside a process spinning on one core (the attacker's share of
-    the machine)."""
+    attack's summary), trying again (up to `attempts` rounds) while the p50 is out of bound
+    (within_bound). The baseline runs beside a process spinning on one core (the attacker's share of
+    the machine). The attack runs for the whole of `seconds` at abuse.py's connection rate:
+    unless a test bounds it, the count of connections is not (a bound of 1,000 ended a ping
+    burst in 0.17 s on a fast machine, before the probe had made 20 calls)."""
+    args.setdefault("max_conns", 1_000_000)
     stub = d.stub()
     probe_latencies(stub, kind, n=50)  # connect and warm up the channel
     tries = []
     for _ in range(attempts):
-        hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-        try:  # the baseline under the attacker's CPU load, without its attack
-            base = probe_latencies(stub, kind, n=BASE_N, seconds=3.0)
-        finally:
-            hog.kill()
-            hog.wait()
+        base = loaded_baseline(stub, kind)
         proc = start_abuse(mode, d.port, seconds, **args)
         if started_line:
             wait_started(proc)
@@ -75,11 +92,12 @@ def measured_attack(d, mode, kind="health", seconds=ATTACK_S, started_line=False
         ratio = p50(under) / p50(base)
         tries.append({"base_p50_ms": round(p50(base), 4), "under_p50_ms": round(p50(under), 4),
                       "ratio": round(ratio, 3), "n_base": len(base), "n_under": len(under)})
-        if ratio <= MAX_RATIO:
+        if within_bound(under, base):
             break
     report(f"abuse_{mode}", probe=kind, attempts=tries, attack=result)
     assert len(under) >= 20, f"too few calls got through during the attack: {tries}"
-    assert ratio <= MAX_RATIO, f"{kind} p50 {tries} under {mode}: more than {MAX_RATIO}x baseline"
+    assert within_bound(under, base), \
+        f"{kind} p50 {tries} under {mode}: more than {MAX_RATIO}x and {NOISE_MS} ms over baseline"
     return base, under, result
 
 
@@ -108,9 +126,7 @@ def test_ping_burst_is_cut_off(daemon):
 
 
 def test_paced_ping_flood_keeps_latency(daemon):
-    # as many connections as ATTACK_S allows: the daemon ends each one soon, and a bound on the
-    # count would end the attack before the probe starts on a fast machine
-    measured_attack(daemon, "ping_paced", kind="health", batch=200, max_conns=1_000_000)
+    measured_attack(daemon, "ping_paced", kind="health", batch=200)
     still_serving(daemon)
 
 
@@ -143,7 +159,8 @@ def test_streams_over_an_unacknowledged_limit_are_refused(daemon):
 def test_slow_reader_blocks_no_one(daemon):
     """Generate streams (ignore_eos, no max_tokens: up to the 512-token context) on connections
     whose SETTINGS_INITIAL_WINDOW_SIZE is 0 and never updated: the daemon can send them no DATA.
-    Other connections keep their latency while the engine generates for them, the engine
+    Other connections keep their latency while the engine generates for them (against a baseline
+    of as many streams that read what they get, and the same well-behaved client), the engine
     finishes those sequences and gives their blocks back although nothing was delivered, and
     afterwards the engine-thread latency (Tokenize) is back to its baseline while the stalled
     streams are still open."""
@@ -155,22 +172,42 @@ def test_slow_reader_blocks_no_one(daemon):
     stub = d.stub()
     probe_latencies(stub, "tokenize", n=50)
     tok_base = probe_latencies(stub, "tokenize", n=BASE_N, seconds=3.0)
-    health_base = probe_latencies(stub, "health", n=BASE_N, seconds=3.0)
+
+    def health_while_generating(readers):
+        """Health latencies for 1 s while a well-behaved Generate (32 tokens) streams to its end
+        on another connection, and `readers` more streams of `req` that read what they get (the
+        baseline: the same engine work as the stalled streams', delivered)."""
+        other = {}
+
+        def well_behaved():
+            other["r"] = generate(d.stub(), pb.Prompt(text="a normal client"), max_tokens=32,
+                                  sampling=pb.SamplingParams(ignore_eos=True), timeout=60)
+
+        def reader():
+            for _ in d.stub().Generate(req, timeout=60):
+                pass
+        threads = [threading.Thread(target=reader) for _ in range(readers)]
+        threads.append(threading.Thread(target=well_behaved))
+        for t in threads:
+            t.start()
+        lat = probe_latencies(stub, "health", seconds=1.0)
+        for t in threads:
+            t.join(60)
+        assert "r" in other and other["r"][2].usage.generated_tokens == 32
+        return lat
+
+    health_base = health_while_generating(n_conns * n_streams)
     proc = start_abuse("slow_reader", d.port, hold_s, request=req.SerializeToString().hex(),
                        conns=n_conns, streams=n_streams)
     wait_started(proc)
     # while the engine generates for the stalled streams: the loop thread still answers, and a
     # well-behaved Generate on another connection streams to its end
-    other = {}
-
-    def well_behaved():
-        other["r"] = generate(d.stub(), pb.Prompt(text="a normal client"), max_tokens=32,
-                              sampling=pb.SamplingParams(ignore_eos=True), timeout=60)
-    t = threading.Thread(target=well_behaved)
-    t.start()
-    health = probe_latencies(stub, "health", seconds=1.0)
-    t.join(60)
-    assert "r" in other and other["r"][2].usage.generated_tokens == 32
+    health = health_while_generating(0)
+    health_tries = [round(p50(health) / p50(health_base), 3)]
+    if not within_bound(health, health_base):  # a shared machine: once more, the streams still stalled
+        health_base = loaded_baseline(stub, "health", seconds=2.0)
+        health = probe_latencies(stub, "health", seconds=1.0)
+        health_tries.append(round(p50(health) / p50(health_base), 3))
     # the stalled sequences finish in the engine: every block can be evicted
     t0 = time.monotonic()
     assert evict_all_until_empty(stub, timeout=hold_s - 5) == 0, \
@@ -180,7 +217,7 @@ def test_slow_reader_blocks_no_one(daemon):
     for _ in range(2):
         tok_after = probe_latencies(stub, "tokenize", n=BASE_N, seconds=2.0)
         tries.append(round(p50(tok_after) / p50(tok_base), 3))
-        if tries[-1] <= MAX_RATIO:
+        if within_bound(tok_after, tok_base):
             break
         tok_base = probe_latencies(stub, "tokenize", n=BASE_N, seconds=2.0)
     assert proc.poll() is None, "the slow reader should still be holding its streams"
@@ -188,19 +225,17 @@ def test_slow_reader_blocks_no_one(daemon):
     proc.wait()
     report("abuse_slow_reader", streams=n_conns * n_streams,
            health_p50_ms=round(p50(health), 4), health_base_p50_ms=round(p50(health_base), 4),
+           health_ratio=health_tries,
            tokenize_base_p50_ms=round(p50(tok_base), 4), tokenize_after_ratio=tries,
            sequences_done_s=round(finished_s, 2))
-    assert p50(health) <= MAX_RATIO * p50(health_base), (p50(health), p50(health_base))
-    assert tries[-1] <= MAX_RATIO, tries
+    assert within_bound(health, health_base), (health_tries, p50(health), p50(health_base))
+    assert within_bound(tok_after, tok_base), (tries, p50(tok_after), p50(tok_base))
     still_serving(d)
 
 
 def test_oversized_messages_get_resource_exhausted(daemon):
     rss0 = daemon.rss_kb()
-    # connections for the whole of ATTACK_S (10 of them once took that long; on a fast machine
-    # they took 0.12 s, over before the probe began)
-    _, _, r = measured_attack(daemon, "oversized", kind="tokenize", streams=4,
-                              max_conns=1_000_000)
+    _, _, r = measured_attack(daemon, "oversized", kind="tokenize", streams=4)
     assert r["requests"] >= 4 and set(r["statuses"]) == {"8"}, r  # RESOURCE_EXHAUSTED
     assert set(r["ends"]) == {"refused"}, r
     rss1 = daemon.rss_kb()
