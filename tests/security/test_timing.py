@@ -161,14 +161,14 @@ def test_timing_audit_cross_tenant_hits_are_invisible(tiny_model, data_dir):
         assert d.stop() == 0
 
 
-def test_scheduling_order_does_not_depend_on_another_tenants_cache(tiny_model, data_dir):
+def test_scheduling_order_does_not_depend_on_another_tenants_cache(tiny_long_model, data_dir):
     """--max-running 1. A third tenant's long request runs; meanwhile the victim queues a
     request for prompt P, then the attacker queues one for P and one for Q. The order in which
     the engine admits them is the same whether the victim had P cached or not."""
     orders, offsets = {}, {}
     for cached in (False, True):
         os.makedirs(f"{data_dir}/{cached}")
-        d = Daemon(tiny_model, f"{data_dir}/{cached}", admin_key=ADMIN,
+        d = Daemon(tiny_long_model, f"{data_dir}/{cached}", admin_key=ADMIN,
                    extra=["--max-running", "1"])
         try:
             adm = d.admin(ADMIN)
@@ -178,14 +178,15 @@ def test_scheduling_order_does_not_depend_on_another_tenants_cache(tiny_model, d
             if cached:
                 d.stub(keys["victim"]).Warm(pb.WarmRequest(prompt=ids_prompt(p)))
             blocker = d.stub(keys["blocker"]).Generate(pb.GenerateRequest(
-                prompt=ids_prompt(doc("sched-b", 0)), max_tokens=1700,
+                prompt=ids_prompt(doc("sched-b", 0)), max_tokens=30000,
                 sampling=pb.SamplingParams(ignore_eos=True)), timeout=60)
             next(blocker)
             admitted, lock = {}, threading.Lock()
 
             def run(name, who, ids):
-                # 400 tokens each: one request runs alone for 25 ms or more
-                _, _, final = generate(d.stub(keys[who]), ids_prompt(ids), max_tokens=400,
+                # 2,000 tokens each: one request runs alone for 60 ms or more (400 tokens ran
+                # for 10 to 15 ms, within the estimate's noise below: two requests swapped)
+                _, _, final = generate(d.stub(keys[who]), ids_prompt(ids), max_tokens=2000,
                                        sampling=pb.SamplingParams(ignore_eos=True))
                 with lock:
                     admitted[name] = final.timings.queue_ms / 1e3
@@ -209,10 +210,11 @@ def test_scheduling_order_does_not_depend_on_another_tenants_cache(tiny_model, d
             # The order the engine admitted them, on the engine's own clock: a request's
             # queue_ms runs from its arrival (just before `confirmed`, within one poll) to its
             # admission, so queue_ms - (released - confirmed) is its admission time after the
-            # release, give or take a poll (~5 ms), against 25 ms or more between two admissions
-            # (each runs 400 tokens alone under --max-running 1). The order in which the client
-            # threads finish reading their streams is not used: a Python client can fall tens of
-            # milliseconds behind a 400-token stream, and two of them then swap.
+            # release, give or take a poll and the client's scheduling (up to ~15 ms seen on a
+            # 2-core machine), against 60 ms or more between two admissions (each runs 2,000
+            # tokens alone under --max-running 1). The order in which the client threads finish
+            # reading their streams is not used: a Python client can fall tens of milliseconds
+            # behind a long stream, and two of them then swap.
             after = {n: admitted[n] - (released - confirmed[n]) for n in admitted}
             orders[cached] = sorted(after, key=after.get)
             offsets[cached] = {n: round(v * 1e3, 1) for n, v in after.items()}
