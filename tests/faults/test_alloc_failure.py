@@ -163,10 +163,19 @@ class Loop:
         """Disarmed: every channel connected, so the armed round opens no connection (grpcio
         connects lazily, and a channel whose connection the daemon closed waits out a backoff
         before it connects again, failing calls at once meanwhile). The standard health check
-        (an empty request, no key) on each, waiting for it to be ready."""
+        (an empty request, no key) on each, waiting for it to be ready. A check sent on a
+        connection that the daemon is closing at that moment (it closes one whose write failed
+        to allocate: allowed) fails UNAVAILABLE "Socket closed", wait_for_ready or not: it is
+        sent again, on the channel's next connection, a few times at most."""
         for ch in self.d.channels:
-            ch.unary_unary("/grpc.health.v1.Health/Check")(b"", timeout=CALL_TIMEOUT,
-                                                            wait_for_ready=True)
+            check = ch.unary_unary("/grpc.health.v1.Health/Check")
+            for attempt in range(4):
+                try:
+                    check(b"", timeout=CALL_TIMEOUT, wait_for_ready=True)
+                    break
+                except grpc.RpcError as e:
+                    if e.code() != grpc.StatusCode.UNAVAILABLE or attempt == 3:
+                        raise
 
     def live_blocks(self):
         """Live heap blocks with no client connected (each connection holds nghttp2's state,
