@@ -20,7 +20,9 @@ Modes:
   ping_paced    `batch` PINGs per write, reading every ack before the next batch
   streams       open `limit` streams (HEADERS, body never finished), then `extra` more
   slow_reader   SETTINGS_INITIAL_WINDOW_SIZE 0, then `streams` Generate requests (`request`,
-                hex) whose window is never opened; sits for the whole time
+                hex) whose window is never opened; sits for the whole time. With `open_window`
+                the windows are as large as HTTP/2 allows instead, and it reads everything: the
+                same requests from a client that keeps up (the slow reader's baseline)
   oversized     requests whose gRPC message is larger than 4 MiB (a real body of 4 MiB + 1 KiB;
                 a 5-byte prefix declaring 16 MiB) on `streams` streams at once; expects
                 RESOURCE_EXHAUSTED on each
@@ -35,6 +37,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from h2wire import ERR, SET, Wire, grpc_body, ping_frame  # noqa: E402
 
+MAX_WINDOW = (1 << 31) - 1
 HEALTH = "/prefixd.v1.Prefixd/Health"
 GENERATE = "/prefixd.v1.Prefixd/Generate"
 TOKENIZE = "/prefixd.v1.Prefixd/Tokenize"
@@ -178,22 +181,27 @@ def streams(port, secs, args):
 def slow_reader(port, secs, args):
     req = bytes.fromhex(args["request"])
     n_streams = args.get("streams", 4)
+    open_window = args.get("open_window", False)
     conns = []
     out = {"connections": 0, "ends": {}, "data_bytes": 0, "header_frames": 0}
     for _ in range(args.get("conns", 2)):
-        w = handshake(port, settings={int(SET.INITIAL_WINDOW_SIZE): 0})
+        window = MAX_WINDOW if open_window else 0
+        w = handshake(port, settings={int(SET.INITIAL_WINDOW_SIZE): window})
+        if open_window:  # the connection's window too, from its initial 65,535 bytes
+            w.send(w.window_update_frame(0, MAX_WINDOW - 65535))
         out["connections"] += 1
-        for _ in range(n_streams):
-            w.request(GENERATE, req)
+        w.sids = [w.request(GENERATE, req) for _ in range(n_streams)]
         conns.append(w)
     print(json.dumps({"started": True}), flush=True)
     end = time.monotonic() + secs
     while time.monotonic() < end:
         for w in conns:
             w.pump(0.05)
+    out["finished_ok"] = 0
     for w in conns:
         out["data_bytes"] += sum(len(d) for d in w.data.values())
         out["header_frames"] += sum(len(h) for h in w.headers.values())
+        out["finished_ok"] += sum(w.status(sid) == 0 for sid in w.sids)
         how = ended(w) or "open"
         out["ends"][how] = out["ends"].get(how, 0) + 1
         w.close()
