@@ -3,8 +3,8 @@ the test measures meanwhile shares neither a socket nor an interpreter lock with
 
     python abuse.py MODE PORT SECONDS [JSON-ARGS]
 
-Every mode loops over fresh connections until SECONDS have passed (at most `max_conns`
-connections, and at most `conn_rate` a second, default 1,000), records how each connection
+Every mode loops over fresh connections until SECONDS have passed (at most `conn_rate` a second,
+default 1,000, and at most `max_conns` in all when given), records how each connection
 ended, and prints one JSON summary line on stdout. The rate is bounded so that an attack offers
 the same load on every machine: unbounded, a ping burst opened 4,000 connections a second on one
 2-core machine and 6,000 on another, which measures the machine's connect rate (a connection
@@ -56,14 +56,14 @@ def ended(w):
     return "closed" if w.closed else None
 
 
-def fresh_connections(secs, args, default_max=1000):
+def fresh_connections(secs, args):
     """Yields once for each connection an attack loop opens: until `secs` have passed, at most
-    `max_conns` (default `default_max`) in all, at most `conn_rate` a second."""
+    `conn_rate` a second, and at most `max_conns` in all when given."""
     start = time.monotonic()
     end = start + secs
     rate = args.get("conn_rate", 1000)
     opened = 0
-    while opened < args.get("max_conns", default_max):
+    while opened < args.get("max_conns", float("inf")):
         now = time.monotonic()
         wait = start + opened / rate - now
         if now + max(wait, 0.0) >= end:
@@ -213,7 +213,7 @@ def oversized(port, secs, args):
     big = grpc_body(b"\x0a" + b"\xff" * ((4 << 20) + 1024))  # 4 MiB + 1 KiB message
     declared = b"\x00" + (16 << 20).to_bytes(4, "big") + b"\x0a\x00"  # says 16 MiB, is 2 bytes
     out = {"connections": 0, "ends": {}, "statuses": {}, "requests": 0}
-    for _ in fresh_connections(secs, args, default_max=50):
+    for _ in fresh_connections(secs, args):
         w = handshake(port)
         out["connections"] += 1
         sids = []
