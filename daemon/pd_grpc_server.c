@@ -18,8 +18,10 @@
 #include <unistd.h>
 
 #include "pd_err.h"
-#include "pd_tcp.h"
 #include "pd_h2_filter.h"
+#include "pd_log.h"
+#include "pd_tcp.h"
+#include "pd_tls.h"
 
 #define MAX_ROUTES         64
 #define PD_GRPC_READ_BYTES 65536 /* one read from a connection */
@@ -35,6 +37,7 @@ struct pd_grpc_server {
   uv_tcp_t tcp_listener; /* handle data of both listeners points back here */
   uv_pipe_t unix_listener;
   int has_tcp, has_unix;
+  pd_tls_server *tls; /* the TCP listener's TLS (borrowed), or NULL: plaintext */
   uv_loop_t *loop;
   route routes[MAX_ROUTES];
   int n_routes;
@@ -76,6 +79,8 @@ typedef struct conn {
   double ping_tokens; /* PING rate limit: a token bucket */
   int64_t ping_refill_ms;
   pd_h2_filter filter; /* drops grpc-core's RST_STREAM for streams not yet opened */
+  int is_tls;
+  pd_tls_conn tls; /* when is_tls: between the socket and nghttp2 */
 } conn;
 
 struct pd_grpc_call {
@@ -497,6 +502,13 @@ static void on_write(uv_write_t *req, int status) {
   free(w);
 }
 
+/* What can be written at once, without a callback (a TLS alert before the close). */
+static void write_now(conn *c, const uint8_t *data, size_t n) {
+  if (!n) return;
+  uv_buf_t b = uv_buf_init((char *)data, (unsigned)n);
+  uv_try_write(&c->h.stream, &b, 1);
+}
+
 static void flush(conn *c) {
   if (c->closing) return;
   uint8_t *out = NULL;
@@ -518,6 +530,20 @@ static void flush(conn *c) {
     }
     memcpy(out + n, data, (size_t)len);
     n += (size_t)len;
+  }
+  if (c->is_tls) { /* the records of out, and whatever the handshake has to send */
+    uint8_t *cipher;
+    size_t n_cipher;
+    int rc = pd_tls_send(&c->tls, out, n, &cipher, &n_cipher);
+    free(out);
+    out = cipher;
+    n = n_cipher;
+    if (rc) {
+      write_now(c, out, n); /* an alert, if any */
+      free(out);
+      conn_close(c);
+      return;
+    }
   }
   if (n) {
     write_req *w = malloc(sizeof *w);
@@ -552,6 +578,7 @@ static void on_conn_closed(uv_handle_t *h) {
       call_abandon(call);
   }
   if (c->h2) nghttp2_session_del(c->h2);
+  if (c->is_tls) pd_tls_conn_free(&c->tls);
   for (conn **p = &s->conns; *p; p = &(*p)->next)
     if (*p == c) {
       *p = c->next;
@@ -613,6 +640,12 @@ static int session_recv(void *user, const uint8_t *data, size_t len) {
   return nghttp2_session_mem_recv(c->h2, data, len) < 0 ? 1 : 0;
 }
 
+/* Plaintext from the socket (or from TLS) through the RST_STREAM filter into nghttp2. */
+static int filter_feed(void *user, const uint8_t *data, size_t len) {
+  conn *c = user;
+  return pd_h2_filter_feed(&c->filter, data, len, session_recv, c);
+}
+
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   conn *c = (conn *)stream;
   if (nread < 0) {
@@ -622,8 +655,19 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   }
   if (nread > 0 && !c->closing) {
     c->last_read_ms = pd_grpc_now_ms();
-    int rv =
-        pd_h2_filter_feed(&c->filter, (const uint8_t *)buf->base, (size_t)nread, session_recv, c);
+    int rv;
+    if (c->is_tls) {
+      const char *why;
+      rv = pd_tls_recv(&c->tls, (const uint8_t *)buf->base, (size_t)nread, filter_feed, c, &why);
+      if (rv < 0 && why)
+        pd_log(PD_LOG_DEBUG, "grpc: TLS handshake or record refused", "why=\"%s\"", why);
+      if (rv < 0 && !c->closing) { /* send the alert, if the session left one */
+        flush(c);
+        conn_close(c);
+      }
+    } else {
+      rv = filter_feed(c, (const uint8_t *)buf->base, (size_t)nread);
+    }
     release_read(c, buf->base);
     if (rv) {
       conn_close(c);
@@ -691,6 +735,13 @@ static void on_connection(uv_stream_t *listener, int status) {
   if (uv_accept(listener, &c->h.stream) || s->n_conns > s->max_conns) {
     conn_close(c); /* over the connection limit: closed at once, never a slow EMFILE loop */
     return;
+  }
+  if (is_tcp && s->tls) {
+    if (pd_tls_conn_init(&c->tls, s->tls)) {
+      conn_close(c);
+      return;
+    }
+    c->is_tls = 1;
   }
   uv_timer_start(&c->timer, on_conn_timer, PD_GRPC_HANDSHAKE_MS, 0);
   nghttp2_session_callbacks *cbs;
@@ -765,8 +816,10 @@ int pd_grpc_server_route(pd_grpc_server *s, const ProtobufCServiceDescriptor *sv
   return PD_ENOTFOUND;
 }
 
-int pd_grpc_server_listen_tcp(pd_grpc_server *s, const char *host, int port, int *bound_port) {
+int pd_grpc_server_listen_tcp(pd_grpc_server *s, const char *host, int port, pd_tls_server *tls,
+                              int *bound_port) {
   if (s->has_tcp) return PD_EEXIST;
+  s->tls = tls;
   int rc = pd_tcp_listen(s->loop, &s->tcp_listener, host, port, 511, on_connection, bound_port);
   if (rc != PD_EINVAL) { /* the handle is initialised: the server closes it */
     s->tcp_listener.data = s;

@@ -12,6 +12,10 @@
  * message over 4 MiB RESOURCE_EXHAUSTED, a compressed one UNIMPLEMENTED. A malformed HTTP/2
  * frame makes nghttp2 send GOAWAY; the server never crashes on input.
  *
+ * TLS (optional, TCP only): a connection's bytes go through its pd_tls_conn before nghttp2 sees
+ * them and after nghttp2 writes them; the handshake must end, and the first HTTP/2 frame arrive,
+ * within PD_GRPC_HANDSHAKE_MS, as for plaintext.
+ *
  * Ownership: the server owns connections, streams and calls; a pd_grpc_call stays valid until
  * the handler finishes it, or until its cancel callback ran (client reset or disconnect).
  */
@@ -22,6 +26,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
+
+struct pd_tls_server;
 
 #define PD_GRPC_MAX_MESSAGE (4u << 20)
 /* Request body bytes held for unfinished requests, all connections together. */
@@ -73,8 +79,11 @@ int pd_grpc_server_create(uv_loop_t *loop, pd_grpc_server **out);
 /* Routes "/<service>/<method>" to handler. PD_ENOTFOUND if the service has no such method. */
 int pd_grpc_server_route(pd_grpc_server *s, const ProtobufCServiceDescriptor *svc,
                          const char *method, pd_grpc_handler handler, void *user);
-/* Listens on host:port (port 0 picks one; *bound_port gets it). */
-int pd_grpc_server_listen_tcp(pd_grpc_server *s, const char *host, int port, int *bound_port);
+/* Listens on host:port (port 0 picks one; *bound_port gets it). With tls (not NULL; it must
+ * select ALPN "h2" and outlive the server) every connection there is TLS first; the Unix socket
+ * stays plaintext. */
+int pd_grpc_server_listen_tcp(pd_grpc_server *s, const char *host, int port,
+                              struct pd_tls_server *tls, int *bound_port);
 /* Listens on a Unix-domain socket at path (a stale socket file there is replaced). */
 int pd_grpc_server_listen_unix(pd_grpc_server *s, const char *path);
 /* Draining: closes the listeners and sends GOAWAY (shutdown notice); open calls go on. */

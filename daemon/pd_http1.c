@@ -17,6 +17,7 @@
 #include "pd_err.h"
 #include "pd_log.h"
 #include "pd_tcp.h"
+#include "pd_tls.h"
 
 #define MAX_HEAD     8192  /* a request's line and headers */
 #define MAX_URL      1024  /* within MAX_HEAD; longer: 414 */
@@ -55,13 +56,16 @@ struct pd_http1_conn {
   char in[READ_BUF];      /* libuv reads here */
   char pending[READ_BUF]; /* bytes read after the current request (pipelining) */
   size_t n_pending;
+  int is_tls;
+  pd_tls_conn tls; /* when is_tls: between the socket and everything above */
 };
 
 struct pd_http1 {
   uv_tcp_t listener;
   uv_loop_t *loop;
   pd_http1_config cfg;
-  int listening; /* the listener is initialised */
+  pd_tls_server *tls; /* borrowed; NULL: plaintext */
+  int listening;      /* the listener is initialised */
   int closing, draining;
   size_t n_conns;   /* connections not yet freed */
   uint64_t refused; /* connections closed at accept (limit) */
@@ -181,7 +185,7 @@ static int on_header_value(http_parser *p, const char *at, size_t n) {
   return 0;
 }
 
-static int send_bytes(pd_http1_conn *c, const char *data, size_t n, int last);
+static int write_bytes(pd_http1_conn *c, const char *data, size_t n, int last);
 
 static int on_headers_complete(http_parser *p) {
   pd_http1_conn *c = p->data;
@@ -198,7 +202,7 @@ static int on_headers_complete(http_parser *p) {
   }
   /* the client waits for this before it sends the body (or gives up waiting after a while) */
   static const char go_on[] = "HTTP/1.1 100 Continue\r\n\r\n";
-  if (has_body && c->expect_continue && send_bytes(c, go_on, sizeof go_on - 1, 0)) return -1;
+  if (has_body && c->expect_continue && write_bytes(c, go_on, sizeof go_on - 1, 0)) return -1;
   return 0;
 }
 
@@ -311,6 +315,37 @@ static void begin_request(pd_http1_conn *c) {
   }
 }
 
+/* Bytes of the connection's plaintext (at most READ_BUF at a time). Returns nonzero once the
+ * connection is closing (pd_tls_sink). */
+static int on_plaintext(void *user, const uint8_t *data, size_t n) {
+  pd_http1_conn *c = user;
+  const char *p = (const char *)data;
+  switch (c->state) {
+  case S_IDLE:
+  case S_READING: feed(c, p, n); break;
+  case S_RUNNING:
+  case S_SENDING: /* a pipelined request: kept for later, within reason */
+    if (c->n_pending + n > sizeof c->pending) {
+      conn_close(c);
+      break;
+    }
+    memcpy(c->pending + c->n_pending, p, n);
+    c->n_pending += n;
+    break;
+  case S_LINGER:
+    c->linger_bytes += n;
+    if (c->linger_bytes > LINGER_BYTES) conn_close(c);
+    break;
+  default: break;
+  }
+  return c->state == S_CLOSING;
+}
+
+/* What the TLS session has to send by itself (handshake flights, tickets, an alert). */
+static int tls_flush(pd_http1_conn *c) {
+  return write_bytes(c, NULL, 0, 0);
+}
+
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   pd_http1_conn *c = stream->data;
   if (nread == 0) return;
@@ -318,24 +353,17 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     conn_close(c);
     return;
   }
-  switch (c->state) {
-  case S_IDLE:
-  case S_READING: feed(c, buf->base, (size_t)nread); return;
-  case S_RUNNING:
-  case S_SENDING: /* a pipelined request: kept for later, within reason */
-    if (c->n_pending + (size_t)nread > sizeof c->pending) {
-      conn_close(c);
-      return;
-    }
-    memcpy(c->pending + c->n_pending, buf->base, (size_t)nread);
-    c->n_pending += (size_t)nread;
+  if (!c->is_tls || c->state == S_LINGER) { /* lingering counts bytes; it decrypts nothing */
+    on_plaintext(c, (const uint8_t *)buf->base, (size_t)nread);
     return;
-  case S_LINGER:
-    c->linger_bytes += (size_t)nread;
-    if (c->linger_bytes > LINGER_BYTES) conn_close(c);
-    return;
-  default: return;
   }
+  const char *why;
+  int rv = pd_tls_recv(&c->tls, (const uint8_t *)buf->base, (size_t)nread, on_plaintext, c, &why);
+  if (c->state == S_CLOSING) return;
+  if (rv < 0 && why)
+    pd_log(PD_LOG_DEBUG, "http: TLS handshake or record refused", "server=%s why=\"%s\"",
+           c->h->cfg.name, why);
+  if (tls_flush(c) == 0 && rv) conn_close(c); /* an error's alert goes out first */
 }
 
 /* ---- writing --------------------------------------------------------------------------------- */
@@ -345,7 +373,8 @@ typedef struct hwrite {
   pd_http1_conn *c;
   int last;        /* the answer's last bytes: the connection moves on once they are sent */
   int close_after; /* ... by closing */
-  char data[];
+  uint8_t *cipher; /* TLS: the records sent (malloc'd, freed with the request); else NULL */
+  char data[];     /* plaintext: the bytes sent */
 } hwrite;
 
 static void on_shutdown(uv_shutdown_t *req, int status) {
@@ -359,6 +388,15 @@ static void linger(pd_http1_conn *c) {
   c->linger_bytes = 0;
   uv_timer_start(&c->timer, on_close_timeout, LINGER_MS, 0);
   c->shutdown.data = c;
+  if (c->is_tls) { /* close_notify before the FIN, so the client knows the answer is whole */
+    uint8_t *alert;
+    size_t n_alert;
+    if (!pd_tls_close_notify(&c->tls, &alert, &n_alert) && n_alert) {
+      uv_buf_t b = uv_buf_init((char *)alert, (unsigned)n_alert);
+      uv_try_write((uv_stream_t *)&c->tcp, &b, 1); /* best effort: the answer is already out */
+    }
+    free(alert);
+  }
   if (uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, on_shutdown)) {
     conn_close(c);
     return;
@@ -370,6 +408,7 @@ static void on_write(uv_write_t *req, int status) {
   hwrite *w = (hwrite *)req;
   pd_http1_conn *c = w->c;
   int last = w->last, close_after = w->close_after;
+  free(w->cipher);
   free(w);
   if (c->state == S_CLOSING) return;
   if (status < 0)
@@ -384,31 +423,51 @@ static int closes_after(const pd_http1_conn *c) {
   return !c->keep_alive || c->h->draining || c->h->closing;
 }
 
-/* Queues n bytes (copied). last: the answer ends with them. Returns 0, or -1 when the
+/* Queues n bytes (copied; through TLS on a TLS connection, where n may be 0: then only what the
+ * session has to send, if anything). last: the answer ends with them. Returns 0, or -1 when the
  * connection was closed (a write failed, or the client reads too slowly). */
-static int send_bytes(pd_http1_conn *c, const char *data, size_t n, int last) {
+static int write_bytes(pd_http1_conn *c, const char *data, size_t n, int last) {
   if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > MAX_QUEUED) {
     pd_log(PD_LOG_WARN, "http: a client does not read its answer; disconnecting", "server=%s",
            c->h->cfg.name);
     conn_close(c);
     return -1;
   }
-  hwrite *w = malloc(sizeof *w + n);
+  uint8_t *cipher = NULL;
+  size_t n_cipher = 0;
+  if (c->is_tls) {
+    int rc = pd_tls_send(&c->tls, (const uint8_t *)data, n, &cipher, &n_cipher);
+    if (rc && n_cipher) { /* a failed session's alert: sent, and the connection ends */
+      uv_buf_t b = uv_buf_init((char *)cipher, (unsigned)n_cipher);
+      uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    }
+    if (rc) {
+      free(cipher);
+      conn_close(c);
+      return -1;
+    }
+    if (!n_cipher && !last) return 0;
+  }
+  hwrite *w = malloc(sizeof *w + (c->is_tls ? 0 : n));
   if (!w) {
+    free(cipher);
     conn_close(c);
     return -1;
   }
   w->c = c;
   w->last = last;
   w->close_after = last && closes_after(c);
-  memcpy(w->data, data, n);
+  w->cipher = cipher;
+  if (!c->is_tls) memcpy(w->data, data, n);
   if (last) {
     c->state = S_SENDING;
     c->work = NULL; /* answered: whatever the server kept, it is done with the connection */
     uv_timer_start(&c->timer, on_close_timeout, c->h->cfg.send_ms, 0);
   }
-  uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
+  uv_buf_t b = c->is_tls ? uv_buf_init((char *)cipher, (unsigned)n_cipher)
+                         : uv_buf_init(w->data, (unsigned)n);
   if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write)) {
+    free(cipher);
     free(w);
     conn_close(c);
     return -1;
@@ -434,7 +493,7 @@ void pd_http1_respond(pd_http1_conn *c, int code, const char *ctype, const char 
   }
   memcpy(all, head, (size_t)n);
   if (n_body) memcpy(all + n, body, n_body);
-  send_bytes(c, all, (size_t)n + n_body, 1);
+  write_bytes(c, all, (size_t)n + n_body, 1);
   free(all);
 }
 
@@ -452,12 +511,12 @@ int pd_http1_stream_begin(pd_http1_conn *c, const char *ctype) {
     conn_close(c);
     return -1;
   }
-  return send_bytes(c, head, (size_t)n, 0);
+  return write_bytes(c, head, (size_t)n, 0);
 }
 
 int pd_http1_stream_write(pd_http1_conn *c, const char *data, size_t n, int last) {
   if (c->state == S_CLOSING) return -1;
-  if (!c->chunked) return n || last ? send_bytes(c, data, n, last) : 0;
+  if (!c->chunked) return n || last ? write_bytes(c, data, n, last) : 0;
   char *buf = malloc(n + 32);
   if (!buf) {
     conn_close(c);
@@ -474,7 +533,7 @@ int pd_http1_stream_write(pd_http1_conn *c, const char *data, size_t n, int last
     memcpy(buf + k, "0\r\n\r\n", 5);
     k += 5;
   }
-  int rc = k ? send_bytes(c, buf, k, last) : 0;
+  int rc = k ? write_bytes(c, buf, k, last) : 0;
   free(buf);
   return rc;
 }
@@ -507,6 +566,7 @@ static void on_conn_handle_closed(uv_handle_t *handle) {
   pd_http1_conn *c = handle->data;
   if (--c->open_handles > 0) return;
   pd_http1 *h = c->h;
+  if (c->is_tls) pd_tls_conn_free(&c->tls);
   free(c->body);
   free(c);
   h->n_conns--;
@@ -557,6 +617,13 @@ static void on_connection(uv_stream_t *listener, int status) {
     return;
   }
   uv_tcp_nodelay(&c->tcp, 1);
+  if (h->tls) {
+    if (pd_tls_conn_init(&c->tls, h->tls)) {
+      conn_close(c);
+      return;
+    }
+    c->is_tls = 1;
+  }
   begin_request(c);
 }
 
@@ -576,8 +643,9 @@ int pd_http1_create(uv_loop_t *loop, const pd_http1_config *cfg, pd_http1 **out)
   return PD_OK;
 }
 
-int pd_http1_listen(pd_http1 *h, const char *host, int port, int *bound_port) {
+int pd_http1_listen(pd_http1 *h, const char *host, int port, pd_tls_server *tls, int *bound_port) {
   if (h->listening) return PD_EEXIST;
+  h->tls = tls;
   int rc = pd_tcp_listen(h->loop, &h->listener, host, port, 128, on_connection, bound_port);
   if (rc != PD_EINVAL) { /* initialised: pd_http1_close closes it */
     h->listener.data = h;

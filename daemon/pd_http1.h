@@ -34,6 +34,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+struct pd_tls_server;
+
 typedef struct pd_http1 pd_http1;
 typedef struct pd_http1_conn pd_http1_conn;
 
@@ -72,9 +74,12 @@ typedef struct pd_http1_config {
 
 /* The server (not listening yet); *out is freed by pd_http1_close. cfg is copied. PD_ENOMEM. */
 int pd_http1_create(uv_loop_t *loop, const pd_http1_config *cfg, pd_http1 **out);
-/* Listens on host:port (an IPv4 or IPv6 literal; port 0 picks one, *bound_port gets it).
+/* Listens on host:port (an IPv4 or IPv6 literal; port 0 picks one, *bound_port gets it). With
+ * tls (borrowed: it must outlive h, and select ALPN "http/1.1") every connection is TLS: the
+ * handshake runs in the idle state, and bytes are decrypted before the parser sees them.
  * PD_EINVAL for a bad address, PD_EEXIST if it is in use, PD_EPERM, PD_ESYS. */
-int pd_http1_listen(pd_http1 *h, const char *host, int port, int *bound_port);
+int pd_http1_listen(pd_http1 *h, const char *host, int port, struct pd_tls_server *tls,
+                    int *bound_port);
 /* From now on every answer closes its connection (the daemon drains). */
 void pd_http1_drain(pd_http1 *h);
 /* Calls fn for the work of every connection that has some (pd_http1_begin_work). */

@@ -461,7 +461,7 @@ int pd_metrics_create(uv_loop_t *loop, pd_engine *engine, pd_metrics **out) {
 }
 
 int pd_metrics_listen(pd_metrics *m, const char *host, int port, int *bound_port) {
-  return pd_http1_listen(m->http, host, port, bound_port);
+  return pd_http1_listen(m->http, host, port, NULL, bound_port);
 }
 
 void pd_metrics_set_ready(pd_metrics *m, int ready) {

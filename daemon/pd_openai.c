@@ -1144,8 +1144,9 @@ int pd_openai_create(uv_loop_t *loop, pd_engine *engine, const char *model_id, p
   return PD_OK;
 }
 
-int pd_openai_listen(pd_openai *o, const char *host, int port, int *bound_port) {
-  return pd_http1_listen(o->http, host, port, bound_port);
+int pd_openai_listen(pd_openai *o, const char *host, int port, struct pd_tls_server *tls,
+                     int *bound_port) {
+  return pd_http1_listen(o->http, host, port, tls, bound_port);
 }
 
 void pd_openai_drain(pd_openai *o) {

@@ -33,13 +33,17 @@
 
 #include "pd_engine.h"
 
+struct pd_tls_server;
+
 typedef struct pd_openai pd_openai;
 
 /* model_id: the name answers carry (copied). */
 int pd_openai_create(uv_loop_t *loop, pd_engine *engine, const char *model_id, pd_openai **out);
-/* Listens on host:port (port 0 picks one; *bound_port gets it). PD_EEXIST if the address is in
- * use, PD_EPERM if not allowed, PD_EINVAL for a bad address. */
-int pd_openai_listen(pd_openai *o, const char *host, int port, int *bound_port);
+/* Listens on host:port (port 0 picks one; *bound_port gets it), over TLS when tls is not NULL
+ * (it must select ALPN "http/1.1" and outlive o). PD_EEXIST if the address is in use, PD_EPERM
+ * if not allowed, PD_EINVAL for a bad address. */
+int pd_openai_listen(pd_openai *o, const char *host, int port, struct pd_tls_server *tls,
+                     int *bound_port);
 /* Draining: requests from now on get 503; those running go on. */
 void pd_openai_drain(pd_openai *o);
 /* Requests whose jobs are in the engine. */

@@ -27,6 +27,7 @@
 #include "pd_metrics.h"
 #include "pd_openai.h"
 #include "pd_service.h"
+#include "pd_tls.h"
 
 #define VERSION "0.1.0"
 
@@ -54,6 +55,10 @@ static void usage(FILE *f) {
       "                            also serve the OpenAI-compatible HTTP API there\n"
       "                            (/v1/chat/completions, /v1/completions, /v1/models;\n"
       "                            PREFIXD_OPENAI_LISTEN; default none; same API keys)\n"
+      "      --tls-cert FILE       serve TLS on --listen and --openai-listen with this PEM\n"
+      "                            certificate chain (PREFIXD_TLS_CERT; the Unix socket and\n"
+      "                            the metrics endpoint stay plaintext)\n"
+      "      --tls-key FILE        its PEM private key (PREFIXD_TLS_KEY)\n"
       "      --admin-key-file F    file holding the admin key (PREFIXD_ADMIN_KEY_FILE)\n"
       "                            (or the key itself in PREFIXD_ADMIN_KEY)\n"
       "      --kv-cache-mb N       KV cache of the device tier in MiB (PREFIXD_KV_CACHE_MB;\n"
@@ -270,6 +275,8 @@ int main(int argc, char **argv) {
   const char *admin_key_file = env_or("PREFIXD_ADMIN_KEY_FILE", NULL);
   const char *log_level = env_or("PREFIXD_LOG_LEVEL", "info");
   const char *log_file = env_or("PREFIXD_LOG_FILE", NULL);
+  const char *tls_cert = env_or("PREFIXD_TLS_CERT", NULL);
+  const char *tls_key = env_or("PREFIXD_TLS_KEY", NULL);
   long kv_mb = 1024, host_mb = 1024, disk_mb = 8192, block = 16, batch = 256, running = 64,
        queue = 1024, ctx = 0, threads = 0, drain = 30, tokenize_bytes = PD_TOKENIZE_THREAD_BYTES;
   const char *cache_dtype = "f16", *matmul = "fast";
@@ -325,6 +332,8 @@ int main(int argc, char **argv) {
     O_METRICS,
     O_OPENAI,
     O_TOKENIZE,
+    O_TLS_CERT,
+    O_TLS_KEY,
     O_VERSION
   };
   static const struct option opts[] = {{"model", required_argument, 0, 'm'},
@@ -356,6 +365,8 @@ int main(int argc, char **argv) {
                                        {"metrics-listen", required_argument, 0, O_METRICS},
                                        {"openai-listen", required_argument, 0, O_OPENAI},
                                        {"tokenize-thread-bytes", required_argument, 0, O_TOKENIZE},
+                                       {"tls-cert", required_argument, 0, O_TLS_CERT},
+                                       {"tls-key", required_argument, 0, O_TLS_KEY},
                                        {"help", no_argument, 0, 'h'},
                                        {"version", no_argument, 0, O_VERSION},
                                        {0, 0, 0, 0}};
@@ -392,6 +403,8 @@ int main(int argc, char **argv) {
     case O_METRICS: metrics_listen = optarg; break;
     case O_OPENAI: openai_listen = optarg; break;
     case O_TOKENIZE: target = &tokenize_bytes, lo = 0, hi = 1L << 30; break;
+    case O_TLS_CERT: tls_cert = optarg; break;
+    case O_TLS_KEY: tls_key = optarg; break;
     case 'h': usage(stdout); return 0;
     case O_VERSION: printf("prefixd %s\n", VERSION); return 0;
     default: usage(stderr); return 2;
@@ -513,6 +526,28 @@ int main(int argc, char **argv) {
       (want_openai &&
        http_address("openai-listen", openai_listen, openai_host, sizeof openai_host, &openai_port)))
     return 2;
+  /* TLS on the gRPC and OpenAI listeners: both files or neither, checked before the model loads.
+   * Each listener has its own context, for its ALPN protocol; freed after the loop. */
+  pd_tls_server *grpc_tls = NULL, *openai_tls = NULL;
+  if (!tls_cert != !tls_key) {
+    fprintf(stderr, "prefixd: --tls-cert and --tls-key go together (give both, or neither)\n");
+    return 2;
+  }
+  if (tls_cert) {
+    char tls_err[600];
+    if (!want_tcp && !want_openai) {
+      fprintf(stderr, "prefixd: --tls-cert: no TCP listener to serve TLS on (--listen none and "
+                      "no --openai-listen)\n");
+      return 2;
+    }
+    if ((want_tcp &&
+         pd_tls_server_create(tls_cert, tls_key, "h2", &grpc_tls, tls_err, sizeof tls_err)) ||
+        (want_openai && pd_tls_server_create(tls_cert, tls_key, "http/1.1", &openai_tls, tls_err,
+                                             sizeof tls_err))) {
+      fprintf(stderr, "prefixd: %s\n", tls_err);
+      return 2;
+    }
+  }
   char default_unix[4200];
   snprintf(default_unix, sizeof default_unix, "%s/prefixd.sock", data_dir);
   int unix_is_default = !unix_path;
@@ -597,7 +632,7 @@ int main(int argc, char **argv) {
   }
   d.engine->output_user = &d.svc;
   int bound = 0;
-  if (want_tcp && (rc = pd_grpc_server_listen_tcp(d.server, host, (int)port, &bound))) {
+  if (want_tcp && (rc = pd_grpc_server_listen_tcp(d.server, host, (int)port, grpc_tls, &bound))) {
     fprintf(stderr, "prefixd: cannot listen on %s: %s\n", listen,
             rc == PD_EEXIST ? "address in use" : pd_strerror(rc));
     return 1;
@@ -643,7 +678,8 @@ int main(int argc, char **argv) {
     char *ext = strrchr(model_id, '.');
     if (ext && !strcmp(ext, ".gguf")) *ext = 0;
     if ((rc = pd_openai_create(d.loop, d.engine, model_id, &d.openai)) ||
-        (rc = pd_openai_listen(d.openai, openai_host, (int)openai_port, &openai_bound))) {
+        (rc = pd_openai_listen(d.openai, openai_host, (int)openai_port, openai_tls,
+                               &openai_bound))) {
       fprintf(stderr, "prefixd: cannot serve the OpenAI API on %s: %s\n", openai_listen,
               rc == PD_EEXIST ? "address in use" : pd_strerror(rc));
       return 1;
@@ -679,17 +715,19 @@ int main(int argc, char **argv) {
          "host_tier_blocks=%u "
          "host_tier_mib=%ld disk_tier_blocks=%u disk_tier_mib=%ld disk_dir=%s "
          "disk_blocks_indexed=%llu disk_io=%s "
-         "addr=%s unix=%s metrics=%s openai=%s mode=%s tenants=%u load_ms=%lld port=%d "
+         "addr=%s unix=%s metrics=%s openai=%s tls=%s mode=%s tenants=%u load_ms=%lld port=%d "
          "metrics_port=%d openai_port=%d",
          VERSION, e->model_desc, e->backend, n_threads, e->n_blocks,
          (double)e->n_blocks * (double)e->block_bytes / 1048576.0, block, pd_dtype_name(dtype),
          e->block_bytes / (size_t)block, e->tree.cfg.tier_capacity[1], host_mb,
          e->tree.cfg.tier_capacity[2], disk_mb, disk_mb > 0 ? disk_dir : "none",
          (unsigned long long)e->rebuilt_blocks, disk_io, addr_text, unix_path ? unix_path : "none",
-         metrics_text, openai_text,
+         metrics_text, openai_text, tls_cert ? "on" : "off",
          e->single_tenant ? "single-tenant (no API keys, loopback only)" : "multi-tenant",
          e->db.n_recs, (long long)(pd_grpc_now_ms() - t0), bound, metrics_bound, openai_bound);
   uv_run(d.loop, UV_RUN_DEFAULT);
   uv_loop_close(d.loop);
+  pd_tls_server_free(grpc_tls); /* every connection is closed and freed by now */
+  pd_tls_server_free(openai_tls);
   return 0;
 }

@@ -33,7 +33,7 @@ int main(void) {
       pd_grpc_server_route(server, &prefixd__v1__prefixd__descriptor, "Health", health, NULL))
     return 1;
   int port;
-  if (pd_grpc_server_listen_tcp(server, "127.0.0.1", 0, &port)) {
+  if (pd_grpc_server_listen_tcp(server, "127.0.0.1", 0, NULL, &port)) {
     fprintf(stderr, "pd_grpc_test_server: cannot listen\n");
     return 1;
   }

@@ -1,0 +1,224 @@
+"""TLS on the daemon's TCP listeners (--tls-cert, --tls-key), end to end with stock clients:
+grpcio's secure channel for gRPC, OpenAI's Python SDK (httpx) for the HTTP API, Python's ssl
+module for handshakes that must fail. Certificates come from the openssl command at test time: a
+test CA, a server certificate it signed for 127.0.0.1 and localhost, and an unrelated CA.
+
+What must hold: the same greedy tokens over TLS as over the plaintext Unix socket, with the
+prefix cache shared between them; every bad client (plaintext, an untrusted CA, the wrong ALPN,
+garbage, silence) is refused on its own connection while the daemon keeps serving; a bad TLS
+configuration stops the daemon at start with exit code 2 and one line."""
+import http.client
+import os
+import socket
+import ssl
+import subprocess
+import threading
+import time
+
+import grpc
+import httpx
+import openai
+import pytest
+
+from conftest import Daemon, chat, generate, pb, pb_grpc
+
+SYSTEM = "You are the help desk of a public library. Answer in one sentence. " * 6
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """Paths of a test CA, a server chain and key it signed, an unrelated CA and its key."""
+    d = str(tmp_path_factory.mktemp("pki"))
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for ca in ("ca", "other-ca"):
+        openssl("req", "-x509", *ec, "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-days", "2",
+                "-subj", f"/CN=prefixd {ca}", cwd=d)
+    openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost",
+            cwd=d)
+    with open(os.path.join(d, "san.ext"), "w") as f:
+        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.ext", cwd=d)
+    return {name: os.path.join(d, name) for name in
+            ("ca.pem", "server.pem", "server.key", "other-ca.pem", "other-ca.key")}
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+@pytest.fixture
+def served(tiny_model, data_dir, pki):
+    unix = os.path.join(data_dir, "s.sock")
+    d = Daemon(tiny_model, data_dir, unix=unix,
+               extra=["--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"],
+                      "--openai-listen", "127.0.0.1:0", "--metrics-listen", "none"])
+    d.unix = unix
+    d.openai_port = int(d.log_text().split("openai_port=")[1].split()[0])
+    yield d
+    assert d.stop() == 0
+
+
+def tls_channel(d, ca, **kw):
+    ch = grpc.secure_channel(d.target, grpc.ssl_channel_credentials(root_certificates=read(ca)),
+                             **kw)
+    d.channels.append(ch)
+    return ch
+
+
+def tls_stub(d, pki):
+    return pb_grpc_stub(tls_channel(d, pki["ca.pem"]))
+
+
+def pb_grpc_stub(channel):
+    return pb_grpc.PrefixdStub(channel)
+
+
+def test_grpc_over_tls_same_tokens_and_shared_cache(served, pki):
+    assert "tls=on" in served.log_text()
+    stub = tls_stub(served, pki)
+    prompt = chat(("system", SYSTEM), ("user", "When do you open?"))
+    _, ids_tls, final = generate(stub, prompt, max_tokens=24)
+    assert final.usage.cached_tokens == 0
+    plain = pb_grpc_stub(grpc.insecure_channel("unix:" + served.unix))
+    _, ids_plain, final_plain = generate(plain, prompt, max_tokens=24)
+    assert ids_plain == ids_tls
+    # the Unix socket's request reused what the TLS one computed: one cache for both
+    assert final_plain.usage.cached_tokens > 0
+    # a large message in many records each way: a 1.5 MB prompt tokenized and counted
+    text = "the quick brown fox jumps over the lazy dog " * 35000
+    req = pb.TokenizeRequest(prompt=pb.Prompt(text=text))
+    n_tls = len(stub.Tokenize(req, timeout=120).token_ids)
+    n_plain = len(plain.Tokenize(req, timeout=120).token_ids)
+    assert n_tls == n_plain > 100000
+
+
+def test_concurrent_streams_on_one_tls_connection(served, pki):
+    stub = tls_stub(served, pki)
+    results, errors = [None] * 8, []
+
+    def run(i):
+        try:
+            q = f"Question {i}: is the reading room open on Sundays?"
+            results[i] = generate(stub, chat(("system", SYSTEM), ("user", q)), max_tokens=32)[1]
+        except Exception as e:  # noqa: BLE001 -- reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert all(r for r in results)
+
+
+def handshake(port, ca, alpn=None):
+    """A TLS handshake by Python's ssl module; returns the ALPN protocol selected."""
+    ctx = ssl.create_default_context(cafile=ca)
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        with ctx.wrap_socket(s, server_hostname="127.0.0.1") as t:
+            return t.selected_alpn_protocol()
+
+
+def closed_within(port, data, seconds):
+    """Sends data on a fresh connection and reads until the server closes it; the time taken."""
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=seconds) as s:
+        if data:
+            s.sendall(data)
+        try:
+            while s.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass
+    return time.monotonic() - t0
+
+
+def test_bad_clients_are_refused_and_the_daemon_keeps_serving(served, pki):
+    port = served.port
+    # plaintext gRPC to the TLS port
+    with pytest.raises(grpc.RpcError) as e:
+        pb_grpc_stub(grpc.insecure_channel(served.target)).Health(pb.HealthRequest(), timeout=10)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    # a client that trusts another CA
+    with pytest.raises(grpc.RpcError) as e:
+        pb_grpc_stub(tls_channel(served, pki["other-ca.pem"])).Health(pb.HealthRequest(),
+                                                                      timeout=10)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    # ALPN: the gRPC port speaks h2 only, the OpenAI port http/1.1 only; no ALPN is served
+    assert handshake(port, pki["ca.pem"], ["h2"]) == "h2"
+    assert handshake(port, pki["ca.pem"]) is None
+    with pytest.raises(ssl.SSLError, match="NO_APPLICATION_PROTOCOL|no application protocol"):
+        handshake(port, pki["ca.pem"], ["http/1.1"])
+    assert handshake(served.openai_port, pki["ca.pem"], ["h2", "http/1.1"]) == "http/1.1"
+    with pytest.raises(ssl.SSLError):
+        handshake(served.openai_port, pki["ca.pem"], ["h2"])
+    # garbage, a plaintext HTTP/2 preface, and silence: each connection closed, soon
+    assert closed_within(port, os.urandom(4096), 10) < 10
+    assert closed_within(port, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 10) < 10
+    assert closed_within(port, b"", 10) < 10  # the handshake timeout (3 s)
+    assert closed_within(served.openai_port, b"GET /v1/models HTTP/1.1\r\n\r\n", 10) < 10
+    # and the daemon still serves, over TLS
+    resp = tls_stub(served, pki).Health(pb.HealthRequest(), timeout=30)
+    assert resp.status == pb.HealthResponse.STATUS_SERVING
+
+
+def test_openai_api_over_https(served, pki):
+    http_client = httpx.Client(verify=ssl.create_default_context(cafile=pki["ca.pem"]))
+    client = openai.OpenAI(base_url=f"https://127.0.0.1:{served.openai_port}/v1",
+                           api_key="unused", max_retries=0, timeout=60, http_client=http_client)
+    msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Hours?"}]
+    whole = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=16,
+                                           temperature=0)
+    streamed = "".join(c.choices[0].delta.content or ""
+                       for c in client.chat.completions.create(
+                           model="tiny", messages=msgs, max_tokens=16, temperature=0,
+                           stream=True) if c.choices)
+    assert whole.choices[0].message.content == streamed
+    assert whole.usage.completion_tokens > 0
+    # the second identical request was served from the cache the first one filled
+    again = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=16,
+                                           temperature=0)
+    assert again.usage.prompt_tokens_details.cached_tokens > 0
+    http_client.close()
+    # keep-alive, then "Connection: close" (the answer whole before TLS's close_notify)
+    ctx = ssl.create_default_context(cafile=pki["ca.pem"])
+    conn = http.client.HTTPSConnection("127.0.0.1", served.openai_port, context=ctx, timeout=30)
+    for headers in ({}, {"Connection": "close"}):
+        conn.request("GET", "/v1/models", headers=headers)
+        r = conn.getresponse()
+        assert r.status == 200 and b'"object":"list"' in r.read().replace(b" ", b"")
+    conn.close()
+
+
+@pytest.mark.parametrize("case", ["cert_only", "missing", "mismatch", "garbage", "no_listener"])
+def test_bad_tls_configuration_stops_the_start(case, tiny_model, data_dir, pki):
+    garbage = os.path.join(data_dir, "garbage.pem")
+    with open(garbage, "w") as f:
+        f.write("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    args = {
+        "cert_only": ["--tls-cert", pki["server.pem"]],
+        "missing": ["--tls-cert", os.path.join(data_dir, "nope.pem"), "--tls-key",
+                    pki["server.key"]],
+        "mismatch": ["--tls-cert", pki["server.pem"], "--tls-key", pki["other-ca.key"]],
+        "garbage": ["--tls-cert", garbage, "--tls-key", pki["server.key"]],
+        "no_listener": ["--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"],
+                        "--listen", "none", "--unix", os.path.join(data_dir, "s.sock")],
+    }[case]
+    expect = {"cert_only": "go together", "missing": "No such file", "mismatch": "does not match",
+              "garbage": "expected a PEM certificate chain", "no_listener": "no TCP listener"}
+    p = subprocess.run([os.environ["PREFIXD_BIN"], "--model", tiny_model, "--data-dir", data_dir,
+                        "--listen", "127.0.0.1:0", *args], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("prefixd: "), p.stderr
+    assert expect[case] in lines[0], lines[0]
