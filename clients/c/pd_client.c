@@ -4,7 +4,10 @@
  * One nghttp2 client session per connection, driven synchronously: a call submits its request
  * (headers, then the body as one gRPC frame from a data provider), then alternates
  * nghttp2_session_send (our send callback writes to the socket) and a poll()ed recv() fed to
- * nghttp2_session_mem_recv until its stream closes. Response DATA is reassembled into gRPC
+ * nghttp2_session_mem_recv until its stream closes. Over TLS the same, through OpenSSL on the
+ * blocking socket: SSL_write in the send callback, SSL_read after poll (or at once while OpenSSL
+ * holds decrypted bytes), with auto-retry off so that a record carrying no data (a TLS 1.3
+ * session ticket) returns to poll and its deadline instead of blocking. Response DATA is reassembled into gRPC
  * frames (5-byte prefix, then the message), each unpacked and handed to the call's callback.
  * The status comes from the trailers, or from the headers of a trailers-only answer.
  */
@@ -15,8 +18,12 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <nghttp2/nghttp2.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <poll.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -44,6 +51,9 @@ typedef struct call_state {
 
 struct pd_client {
   int fd;
+  SSL_CTX *tls_ctx; /* all three NULL: plaintext */
+  SSL *tls;
+  BIO_METHOD *tls_bio; /* the socket's BIO for tls: send with MSG_NOSIGNAL (no SIGPIPE) */
   nghttp2_session *h2;
   char authority[256];
   char authorization[300];
@@ -60,6 +70,13 @@ static ssize_t send_cb(nghttp2_session *s, const uint8_t *data, size_t len, int 
   pd_client *c = user;
   size_t done = 0;
   while (done < len) {
+    if (c->tls) {
+      size_t chunk = len - done > (1u << 30) ? (1u << 30) : len - done;
+      int w = SSL_write(c->tls, data + done, (int)chunk);
+      if (w <= 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
+      done += (size_t)w;
+      continue;
+    }
     ssize_t n = send(c->fd, data + done, len - done, MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EINTR) continue;
@@ -219,41 +236,152 @@ static int open_socket(const char *address, char *authority, size_t cap) {
   return fd;
 }
 
-int pd_client_connect(const char *address, const char *api_key, pd_client **out) {
+/* The reason of OpenSSL's oldest queued error, or fallback; the queue is cleared. */
+static const char *ssl_reason(const char *fallback) {
+  unsigned long e = ERR_peek_error();
+  const char *r = e ? ERR_reason_error_string(e) : NULL;
+  ERR_clear_error();
+  return r ? r : fallback;
+}
+
+/* A BIO on the blocking socket whose writes never raise SIGPIPE (OpenSSL's socket BIO uses
+ * write(); a library must not change the process's signal dispositions). Its data is the fd. */
+static int sock_bio_write(BIO *b, const char *data, int len) {
+  BIO_clear_retry_flags(b);
+  for (;;) {
+    ssize_t n = send((int)(intptr_t)BIO_get_data(b), data, (size_t)len, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    return n < 0 ? -1 : (int)n;
+  }
+}
+
+static int sock_bio_read(BIO *b, char *out, int len) {
+  BIO_clear_retry_flags(b);
+  for (;;) {
+    ssize_t n = recv((int)(intptr_t)BIO_get_data(b), out, (size_t)len, 0);
+    if (n < 0 && errno == EINTR) continue;
+    return n < 0 ? -1 : (int)n; /* 0: the peer closed */
+  }
+}
+
+static long sock_bio_ctrl(BIO *b, int cmd, long num, void *ptr) {
+  (void)b, (void)num, (void)ptr;
+  return cmd == BIO_CTRL_FLUSH ? 1 : 0; /* every write is already on the socket */
+}
+
+static int sock_bio_create(BIO *b) {
+  BIO_set_init(b, 1);
+  return 1;
+}
+
+/* The TLS handshake on c->fd for address (HOST:PORT, checked by open_socket), verifying the
+ * server's certificate against ca_file (NULL: the system's roots) and the host. */
+static int start_tls(pd_client *c, const char *address, const char *ca_file, char *err,
+                     size_t errlen) {
+  char host[256];
+  const char *colon = strrchr(address, ':');
+  size_t hn = (size_t)(colon - address);
+  memcpy(host, address, hn);
+  host[hn] = 0;
+  if (host[0] == '[') { /* [v6] */
+    memmove(host, host + 1, hn - 2);
+    host[hn - 2] = 0;
+  }
+  ERR_clear_error();
+  c->tls_ctx = SSL_CTX_new(TLS_client_method());
+  if (!c->tls_ctx) return pd_errf(err, errlen, PD_ENOMEM, "cannot create a TLS context");
+  SSL_CTX_set_min_proto_version(c->tls_ctx, TLS1_2_VERSION);
+  SSL_CTX_set_verify(c->tls_ctx, SSL_VERIFY_PEER, NULL);
+  if ((ca_file ? SSL_CTX_load_verify_locations(c->tls_ctx, ca_file, NULL)
+               : SSL_CTX_set_default_verify_paths(c->tls_ctx)) != 1)
+    return pd_errf(err, errlen, PD_EIO, "cannot load the CA certificates %s: %s",
+                   ca_file ? ca_file : "of the system", ssl_reason("unreadable"));
+  static const unsigned char alpn[] = {2, 'h', '2'};
+  c->tls = SSL_new(c->tls_ctx);
+  c->tls_bio = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "prefixd socket");
+  BIO *bio = NULL;
+  if (c->tls_bio && BIO_meth_set_write(c->tls_bio, sock_bio_write) &&
+      BIO_meth_set_read(c->tls_bio, sock_bio_read) &&
+      BIO_meth_set_ctrl(c->tls_bio, sock_bio_ctrl) &&
+      BIO_meth_set_create(c->tls_bio, sock_bio_create))
+    bio = BIO_new(c->tls_bio);
+  if (!c->tls || !bio || SSL_set_alpn_protos(c->tls, alpn, sizeof alpn)) {
+    BIO_free(bio);
+    return pd_errf(err, errlen, PD_ENOMEM, "cannot set up TLS: %s", ssl_reason("out of memory"));
+  }
+  BIO_set_data(bio, (void *)(intptr_t)c->fd);
+  SSL_set_bio(c->tls, bio, bio); /* one BIO both ways: the session owns it */
+  X509_VERIFY_PARAM *param = SSL_get0_param(c->tls);
+  if (!X509_VERIFY_PARAM_set1_ip_asc(param, host)) { /* not an IP address: a name, and SNI */
+    ERR_clear_error();
+    if (!SSL_set1_host(c->tls, host) || !SSL_set_tlsext_host_name(c->tls, host))
+      return pd_errf(err, errlen, PD_EINVAL, "bad host name for TLS: %s", host);
+  }
+  SSL_clear_mode(c->tls, SSL_MODE_AUTO_RETRY);
+  if (SSL_connect(c->tls) != 1) {
+    long verify = SSL_get_verify_result(c->tls);
+    if (verify != X509_V_OK) {
+      ERR_clear_error();
+      return pd_errf(err, errlen, PD_EIO, "TLS: the certificate of %s is not trusted: %s", address,
+                     X509_verify_cert_error_string(verify));
+    }
+    return pd_errf(err, errlen, PD_EIO, "TLS handshake with %s failed: %s", address,
+                   ssl_reason("the connection closed"));
+  }
+  const unsigned char *proto;
+  unsigned n_proto;
+  SSL_get0_alpn_selected(c->tls, &proto, &n_proto);
+  if (n_proto != 2 || memcmp(proto, "h2", 2))
+    return pd_errf(err, errlen, PD_EIO, "TLS: %s did not select HTTP/2 (ALPN h2)", address);
+  return PD_OK;
+}
+
+static int connect_common(const char *address, const char *api_key, int use_tls,
+                          const char *ca_file, char *err, size_t errlen, pd_client **out) {
   *out = NULL;
-  if (!address) return PD_EINVAL;
+  if (!address) return pd_errf(err, errlen, PD_EINVAL, "no address");
+  if (use_tls && !strncmp(address, "unix:", 5))
+    return pd_errf(err, errlen, PD_EINVAL, "TLS is for TCP addresses: a Unix socket is plaintext");
   pd_client *c = calloc(1, sizeof *c);
-  if (!c) return PD_ENOMEM;
+  if (!c) return pd_errf(err, errlen, PD_ENOMEM, "out of memory");
   c->status = -1;
+  c->fd = -1;
   if (api_key) {
     if (strlen(api_key) + 8 > sizeof c->authorization) {
       free(c);
-      return PD_EINVAL;
+      return pd_errf(err, errlen, PD_EINVAL, "the API key is too long");
     }
     snprintf(c->authorization, sizeof c->authorization, "Bearer %s", api_key);
   }
   int fd = open_socket(address, c->authority, sizeof c->authority);
   if (fd < 0) {
     free(c);
-    return fd;
+    return pd_errf(err, errlen, fd, "cannot connect to %s: %s", address,
+                   fd == PD_EINVAL      ? "not an address (HOST:PORT or unix:/path)"
+                   : fd == PD_ENOTFOUND ? "the name does not resolve"
+                                        : "nothing accepts there");
   }
   c->fd = fd;
+  int rc;
+  if (use_tls && (rc = start_tls(c, address, ca_file, err, errlen))) {
+    pd_client_close(c);
+    return rc;
+  }
   nghttp2_session_callbacks *cbs;
   if (nghttp2_session_callbacks_new(&cbs)) {
-    close(fd);
-    free(c);
-    return PD_ENOMEM;
+    pd_client_close(c);
+    return pd_errf(err, errlen, PD_ENOMEM, "out of memory");
   }
   nghttp2_session_callbacks_set_send_callback(cbs, send_cb);
   nghttp2_session_callbacks_set_on_header_callback(cbs, header_cb);
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, data_cb);
   nghttp2_session_callbacks_set_on_stream_close_callback(cbs, stream_close_cb);
-  int rc = nghttp2_session_client_new(&c->h2, cbs, c);
+  rc = nghttp2_session_client_new(&c->h2, cbs, c);
   nghttp2_session_callbacks_del(cbs);
   if (rc) {
-    close(fd);
-    free(c);
-    return PD_ENOMEM;
+    c->h2 = NULL;
+    pd_client_close(c);
+    return pd_errf(err, errlen, PD_ENOMEM, "out of memory");
   }
   /* a large window: streamed tokens never wait for WINDOW_UPDATEs */
   nghttp2_settings_entry iv[1] = {{NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1 << 24}};
@@ -261,15 +389,29 @@ int pd_client_connect(const char *address, const char *api_key, pd_client **out)
   nghttp2_session_set_local_window_size(c->h2, NGHTTP2_FLAG_NONE, 0, 1 << 26);
   if (nghttp2_session_send(c->h2)) {
     pd_client_close(c);
-    return PD_EIO;
+    return pd_errf(err, errlen, PD_EIO, "cannot write to %s", address);
   }
   *out = c;
   return PD_OK;
 }
 
+int pd_client_connect(const char *address, const char *api_key, pd_client **out) {
+  return connect_common(address, api_key, 0, NULL, NULL, 0, out);
+}
+
+int pd_client_connect_tls(const char *address, const char *api_key, const char *ca_file, char *err,
+                          size_t errlen, pd_client **out) {
+  return connect_common(address, api_key, 1, ca_file, err, errlen, out);
+}
+
 void pd_client_close(pd_client *c) {
   if (!c) return;
   if (c->h2) nghttp2_session_del(c->h2);
+  if (c->tls && SSL_is_init_finished(c->tls)) SSL_shutdown(c->tls); /* close_notify, no wait */
+  SSL_free(c->tls);                                                 /* and its BIO */
+  SSL_CTX_free(c->tls_ctx);
+  BIO_meth_free(c->tls_bio);
+  ERR_clear_error();
   if (c->fd >= 0) close(c->fd);
   free(c);
 }
@@ -317,7 +459,7 @@ int pd_client_call(pd_client *c, const char *method, const ProtobufCMessage *req
   snprintf(timeout, sizeof timeout, "%lldm", (long long)c->timeout_ms);
 #define NV(k, v) {(uint8_t *)(k), (uint8_t *)(v), strlen(k), strlen(v), NGHTTP2_NV_FLAG_NONE}
   nghttp2_nv hdrs[8] = {NV(":method", "POST"),
-                        NV(":scheme", "http"),
+                        NV(":scheme", c->tls ? "https" : "http"),
                         NV(":path", method),
                         NV(":authority", c->authority),
                         NV("content-type", "application/grpc"),
@@ -347,14 +489,30 @@ int pd_client_call(pd_client *c, const char *method, const ProtobufCMessage *req
       rc = PD_ETIMEDOUT;
       break;
     }
-    struct pollfd pfd = {c->fd, POLLIN, 0};
-    int pr = poll(&pfd, 1, wait);
-    if (pr < 0 && errno == EINTR) continue;
-    if (pr <= 0) {
-      rc = pr == 0 ? PD_ETIMEDOUT : PD_EIO;
-      break;
+    if (!c->tls || !SSL_pending(c->tls)) { /* decrypted bytes waiting need no poll */
+      struct pollfd pfd = {c->fd, POLLIN, 0};
+      int pr = poll(&pfd, 1, wait);
+      if (pr < 0 && errno == EINTR) continue;
+      if (pr <= 0) {
+        rc = pr == 0 ? PD_ETIMEDOUT : PD_EIO;
+        break;
+      }
     }
-    ssize_t got = recv(c->fd, buf, sizeof buf, 0);
+    ssize_t got;
+    if (c->tls) {
+      ERR_clear_error();
+      int r = SSL_read(c->tls, buf, sizeof buf);
+      int e = r > 0 ? SSL_ERROR_NONE : SSL_get_error(c->tls, r);
+      if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) continue; /* no data yet */
+      got = r > 0 ? r : 0;
+      if (e == SSL_ERROR_SSL) {
+        rc = PD_EIO;
+        snprintf(c->message, sizeof c->message, "TLS: %s", ssl_reason("a bad record"));
+        break;
+      }
+    } else {
+      got = recv(c->fd, buf, sizeof buf, 0);
+    }
     if (got < 0 && errno == EINTR) continue;
     if (got <= 0) {
       rc = PD_EIO;

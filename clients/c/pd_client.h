@@ -1,7 +1,7 @@
 /*
  * pd_client.h -- the C client library of prefixd: a blocking gRPC client (HTTP/2 cleartext with
- * prior knowledge, as gRPC speaks it) over TCP or a Unix socket, on nghttp2 and protobuf-c, the
- * same libraries the daemon uses.
+ * prior knowledge, as gRPC speaks it, or HTTP/2 over TLS) over TCP or a Unix socket, on nghttp2,
+ * protobuf-c and OpenSSL, the same libraries the daemon uses.
  *
  *     pd_client *c;
  *     if (pd_client_connect("127.0.0.1:7878", api_key_or_NULL, &c)) ...
@@ -26,6 +26,7 @@
 #define PD_CLIENT_H
 
 #include <protobuf-c/protobuf-c.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "prefixd/v1/prefixd.pb-c.h"
@@ -39,6 +40,14 @@ typedef struct pd_client pd_client;
  * "authorization: Bearer <key>" on every call; NULL for none. PD_EINVAL for a malformed
  * address, PD_ENOTFOUND if the name does not resolve, PD_EIO if nothing accepts. */
 int pd_client_connect(const char *address, const char *api_key, pd_client **out);
+/* The same over TLS (a daemon started with --tls-cert; TCP addresses only). The server's
+ * certificate must chain to a CA in ca_file (PEM), or to the system's roots when ca_file is NULL,
+ * and name the address's host (a DNS name or an IP address); ALPN must select "h2". On failure
+ * err (errlen bytes, may be NULL) gets one line saying why: PD_EINVAL (a malformed address, a
+ * Unix socket), PD_ENOTFOUND, PD_EIO (nothing accepts, or the handshake or the certificate
+ * failed), PD_ENOMEM. */
+int pd_client_connect_tls(const char *address, const char *api_key, const char *ca_file, char *err,
+                          size_t errlen, pd_client **out);
 void pd_client_close(pd_client *c);
 
 /* Deadline of each following call in ms (sent as grpc-timeout; the client also stops waiting

@@ -14,7 +14,7 @@ _kvctl() {
     cur=${COMP_WORDS[COMP_CWORD]}
     prev=${COMP_WORDS[COMP_CWORD - 1]}
     local commands="status stats health ls show evict pin unpin warm lookup gen tenant help"
-    local global="--addr --key --json --yes --no-color --timeout --help"
+    local global="--addr --key --json --yes --no-color --timeout --tls --tls-ca --help"
 
     # the command, the tenant subcommand, and the connection options typed so far
     local i word cmd="" sub=""
@@ -22,9 +22,13 @@ _kvctl() {
     for ((i = 1; i < COMP_CWORD; i++)); do
         word=${COMP_WORDS[i]}
         case $word in
-            --addr | --address | -a | --key | -k)
+            --addr | --address | -a | --key | -k | --tls-ca)
                 conn+=("$word" "${COMP_WORDS[i + 1]}")
                 ((i++))
+                continue
+                ;;
+            --tls)
+                conn+=("$word")
                 continue
                 ;;
             --timeout | --tenant | -t | --tier | --sort | -s | --limit | -l | --ttl | --pin-ttl | \
@@ -53,7 +57,7 @@ _kvctl() {
             mapfile -t COMPREPLY < <(compgen -W "hits age size" -- "$cur")
             return
             ;;
-        --file | -f | --chat | --schema)
+        --file | -f | --chat | --schema | --tls-ca)
             compopt -o filenames 2>/dev/null
             mapfile -t COMPREPLY < <(compgen -f -- "$cur")
             return

@@ -6,7 +6,8 @@
  *
  * This file holds main and what every command shares: the global options, where the daemon is
  * (an explicit --addr or PREFIXD_ADDR; else the Unix socket the daemon creates by default in
- * its data directory; else TCP 127.0.0.1:7878), the API key (--key, PREFIXD_KEY), the one
+ * its data directory; else TCP 127.0.0.1:7878; TCP over TLS with --tls or --tls-ca), the API
+ * key (--key, PREFIXD_KEY), the one
  * option parser, one-line errors with their exit codes, and the confirmation prompt. The
  * commands themselves are in kvctl_stats.c, kvctl_prefixes.c, kvctl_prompts.c and
  * kvctl_tenant.c; formatting helpers in kvctl_format.c.
@@ -125,6 +126,14 @@ static void default_socket_path(char *out, size_t cap) {
 /* Connects to address; on failure fills why (one phrase). */
 static int try_connect(kv_ctx *ctx, const char *address, char *why, size_t whylen) {
   errno = 0;
+  if (ctx->tls && strncmp(address, "unix:", 5)) { /* the daemon's Unix socket is plaintext */
+    int rc = pd_client_connect_tls(address, ctx->key, ctx->tls_ca, why, whylen, &ctx->client);
+    if (rc == 0) {
+      snprintf(ctx->address, sizeof ctx->address, "%s", address);
+      pd_client_set_timeout_ms(ctx->client, ctx->timeout_ms);
+    }
+    return rc;
+  }
   int rc = pd_client_connect(address, ctx->key, &ctx->client);
   int saved = errno;
   if (rc == 0) {
@@ -190,7 +199,7 @@ int kv_connect(kv_ctx *ctx, pd_client **out) {
 
 /* ---- options --------------------------------------------------------------------------------- */
 
-enum { G_ADDR = 1, G_KEY, G_JSON, G_YES, G_NO_COLOR, G_TIMEOUT, G_HELP };
+enum { G_ADDR = 1, G_KEY, G_JSON, G_YES, G_NO_COLOR, G_TIMEOUT, G_TLS, G_TLS_CA, G_HELP };
 
 static const struct global_opt {
   const char *name;
@@ -199,7 +208,8 @@ static const struct global_opt {
 } global_opts[] = {
     {"addr", 'a', G_ADDR, 1},     {"address", 0, G_ADDR, 1}, {"key", 'k', G_KEY, 1},
     {"json", 'j', G_JSON, 0},     {"yes", 'y', G_YES, 0},    {"no-color", 0, G_NO_COLOR, 0},
-    {"timeout", 0, G_TIMEOUT, 1}, {"help", 'h', G_HELP, 0},  {NULL, 0, 0, 0},
+    {"timeout", 0, G_TIMEOUT, 1}, {"tls", 0, G_TLS, 0},      {"tls-ca", 0, G_TLS_CA, 1},
+    {"help", 'h', G_HELP, 0},     {NULL, 0, 0, 0},
 };
 
 static int apply_global(kv_ctx *ctx, int id, const char *value, const char *help) {
@@ -210,6 +220,11 @@ static int apply_global(kv_ctx *ctx, int id, const char *value, const char *help
   case G_JSON: ctx->json = 1; return 0;
   case G_YES: ctx->yes = 1; return 0;
   case G_NO_COLOR: ctx->no_color = 1; return 0;
+  case G_TLS: ctx->tls = 1; return 0;
+  case G_TLS_CA:
+    ctx->tls = 1;
+    ctx->tls_ca = value;
+    return 0;
   case G_TIMEOUT:
     if (kv_parse_duration(value, &seconds) || seconds == 0)
       return kv_usage(ctx, "--timeout expects a duration like 30s or 10m, got '%s'", value);
@@ -379,6 +394,8 @@ int main(int argc, char **argv) {
   ctx.timeout_ms = 600000;
   ctx.key =
       nonempty_env("PREFIXD_KEY") ? nonempty_env("PREFIXD_KEY") : nonempty_env("PREFIXD_API_KEY");
+  ctx.tls_ca = nonempty_env("PREFIXD_TLS_CA");
+  ctx.tls = ctx.tls_ca != NULL;
   ctx.stdout_tty = isatty(STDOUT_FILENO);
   ctx.stdin_tty = isatty(STDIN_FILENO);
 

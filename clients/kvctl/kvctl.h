@@ -40,6 +40,8 @@ typedef struct kv_ctx {
   int yes;                  /* --yes: no confirmation prompts */
   int no_color;             /* --no-color (main decides colours from the whole line) */
   int64_t timeout_ms;       /* --timeout; deadline of each call */
+  int tls;                  /* --tls or --tls-ca: TCP addresses are reached over TLS */
+  const char *tls_ca;       /* --tls-ca or PREFIXD_TLS_CA: the CAs to trust; NULL: the system's */
   /* derived */
   int stdout_tty, stdin_tty;
   char address[4200];  /* the address in use, once connected (for messages) */

@@ -463,7 +463,8 @@ int kv_cmd_tenant(kv_ctx *ctx, int argc, char **argv) {
       return KV_EXIT_OK;
     }
     int takes_value = !strcmp(a, "--addr") || !strcmp(a, "--address") || !strcmp(a, "-a") ||
-                      !strcmp(a, "--key") || !strcmp(a, "-k") || !strcmp(a, "--timeout");
+                      !strcmp(a, "--key") || !strcmp(a, "-k") || !strcmp(a, "--timeout") ||
+                      !strcmp(a, "--tls-ca");
     first += takes_value ? 2 : 1;
   }
   if (first >= argc) {

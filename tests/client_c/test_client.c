@@ -1,6 +1,7 @@
 /* test_client.c -- the C client library against a real prefixd on loopback (the synthetic
  * model): every kind of call, streaming with cancel, statuses with messages, TCP and Unix
- * sockets, keys, and a server that goes away. */
+ * sockets, keys, a server that goes away, and all of it over TLS (certificates made by the
+ * openssl command: a test CA, a server certificate it signed, an unrelated CA). */
 #include <check.h>
 #include <signal.h>
 #include <stdio.h>
@@ -19,8 +20,9 @@
 static pid_t daemon_pid;
 static char addr[64], sock_path[128], data_dir[64];
 
-/* Starts prefixd (PREFIXD_BIN) on PD_TINY_MODEL with an admin key; waits for its start line. */
-static void start_daemon(void) {
+/* Starts prefixd (PREFIXD_BIN) on PD_TINY_MODEL with an admin key, over TLS with pki's server
+ * certificate when pki is not NULL; waits for its start line. */
+static void start_daemon_tls(const char *pki) {
   snprintf(data_dir, sizeof data_dir, "/tmp/pd_client_XXXXXX");
   ck_assert_ptr_nonnull(mkdtemp(data_dir));
   char log[128];
@@ -30,9 +32,12 @@ static void start_daemon(void) {
   if (daemon_pid == 0) {
     if (!freopen(log, "w", stderr)) _exit(126);
     setenv("PREFIXD_ADMIN_KEY", ADMIN, 1);
+    char cert[160], key[160];
+    snprintf(cert, sizeof cert, "%s/server.pem", pki ? pki : "");
+    snprintf(key, sizeof key, "%s/server.key", pki ? pki : "");
     execl(getenv("PREFIXD_BIN"), "prefixd", "--model", getenv("PD_TINY_MODEL"), "--listen",
           "127.0.0.1:0", "--unix", sock_path, "--data-dir", data_dir, "--threads", "2",
-          (char *)NULL);
+          pki ? "--tls-cert" : (char *)NULL, cert, "--tls-key", key, (char *)NULL);
     _exit(127);
   }
   for (int i = 0; i < 600; i++) {
@@ -50,6 +55,10 @@ static void start_daemon(void) {
     usleep(50000);
   }
   ck_abort_msg("prefixd did not start");
+}
+
+static void start_daemon(void) {
+  start_daemon_tls(NULL);
 }
 
 static int stop_daemon(void) {
@@ -199,6 +208,111 @@ START_TEST(bad_addresses) {
 }
 END_TEST
 
+/* The test certificates in a fresh directory dir (64 bytes): tests/common/pd_pki.py's. */
+static void make_pki(char *dir) {
+  snprintf(dir, 64, "/tmp/pd_client_pki_XXXXXX");
+  ck_assert_ptr_nonnull(mkdtemp(dir));
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd,
+           "cd %s && for ca in ca other-ca; do openssl req -x509 -newkey ec -pkeyopt "
+           "ec_paramgen_curve:prime256v1 -nodes -keyout $ca.key -out $ca.pem -days 2 -subj "
+           "/CN=$ca || exit 1; done && openssl req -newkey ec -pkeyopt "
+           "ec_paramgen_curve:prime256v1 -nodes -keyout server.key -out server.csr -subj "
+           "/CN=localhost && printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > san.ext && "
+           "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out "
+           "server.pem -days 2 -extfile san.ext",
+           dir);
+  ck_assert_msg(system(cmd) == 0, "openssl could not make the test certificates");
+}
+
+START_TEST(tls_calls_refusals_and_no_sigpipe) {
+  char pki[64], ca[128], other_ca[128], err[256];
+  make_pki(pki);
+  snprintf(ca, sizeof ca, "%s/ca.pem", pki);
+  snprintf(other_ca, sizeof other_ca, "%s/other-ca.pem", pki);
+  start_daemon_tls(pki);
+  pd_client *admin, *c;
+  ck_assert_int_eq(pd_client_connect_tls(addr, ADMIN, ca, err, sizeof err, &admin), 0);
+  Prefixd__V1__CreateTenantRequest ct = PREFIXD__V1__CREATE_TENANT_REQUEST__INIT;
+  ct.name = "delta";
+  Prefixd__V1__CreateTenantResponse *ctr;
+  ck_assert_int_eq(pd_client_create_tenant(admin, &ct, &ctr), 0);
+  char key[128];
+  snprintf(key, sizeof key, "%s", ctr->api_key);
+  protobuf_c_message_free_unpacked(&ctr->base, NULL);
+  pd_client_close(admin);
+  /* by name too: the certificate names localhost */
+  char by_name[64];
+  snprintf(by_name, sizeof by_name, "localhost%s", strrchr(addr, ':'));
+  ck_assert_int_eq(pd_client_connect_tls(by_name, key, ca, err, sizeof err, &c), 0);
+  pd_client_close(c);
+  ck_assert_int_eq(pd_client_connect_tls(addr, key, ca, err, sizeof err, &c), 0);
+  /* a generation over TLS, then the same over the Unix socket: the same text, from the cache */
+  Prefixd__V1__Prompt p;
+  Prefixd__V1__GenerateRequest g = PREFIXD__V1__GENERATE_REQUEST__INIT;
+  g.prompt = text_prompt(&p, "a preamble every session of this tenant sends, over TLS or not. "
+                             "a preamble every session of this tenant sends, over TLS or not.");
+  g.max_tokens = 12;
+  char *text_tls, *text_plain;
+  Prefixd__V1__GenerateResponse *fin;
+  ck_assert_int_eq(pd_client_generate_text(c, &g, &text_tls, &fin), 0);
+  protobuf_c_message_free_unpacked(&fin->base, NULL);
+  char unix_addr[160];
+  snprintf(unix_addr, sizeof unix_addr, "unix:%s", sock_path);
+  pd_client *u;
+  ck_assert_int_eq(pd_client_connect(unix_addr, key, &u), 0);
+  ck_assert_int_eq(pd_client_generate_text(u, &g, &text_plain, &fin), 0);
+  ck_assert_str_eq(text_plain, text_tls);
+  ck_assert_uint_gt(fin->usage->cached_tokens, 16);
+  protobuf_c_message_free_unpacked(&fin->base, NULL);
+  free(text_tls);
+  free(text_plain);
+  pd_client_close(u);
+  /* a 1 MiB prompt: many records each way */
+  size_t n_big = 1u << 20;
+  char *big = malloc(n_big + 1);
+  for (size_t i = 0; i < n_big; i++) big[i] = "abcdefgh "[i % 9];
+  big[n_big] = 0;
+  Prefixd__V1__TokenizeRequest tr = PREFIXD__V1__TOKENIZE_REQUEST__INIT;
+  tr.prompt = text_prompt(&p, big);
+  Prefixd__V1__TokenizeResponse *toks;
+  ck_assert_int_eq(pd_client_tokenize(c, &tr, &toks), 0);
+  ck_assert_uint_gt(toks->n_token_ids, 100000);
+  protobuf_c_message_free_unpacked(&toks->base, NULL);
+  free(big);
+  /* refusals, each with its reason */
+  pd_client *bad;
+  ck_assert_int_eq(pd_client_connect_tls(addr, key, other_ca, err, sizeof err, &bad), PD_EIO);
+  ck_assert_msg(strstr(err, "not trusted"), "%s", err);
+  ck_assert_int_eq(pd_client_connect_tls(unix_addr, key, ca, err, sizeof err, &bad), PD_EINVAL);
+  ck_assert_msg(strstr(err, "Unix socket"), "%s", err);
+  ck_assert_ptr_null(bad);
+  /* plaintext to the TLS port: the server ends it at its first bytes, which the connect may
+   * already see (a later write of its preface fails) or the first call does */
+  Prefixd__V1__HealthRequest hr = PREFIXD__V1__HEALTH_REQUEST__INIT;
+  Prefixd__V1__HealthResponse *h;
+  int rc = pd_client_connect(addr, key, &bad);
+  ck_assert(rc == 0 || rc == PD_EIO);
+  if (rc == 0) ck_assert_int_lt(pd_client_health(bad, &hr, &h), 0);
+  pd_client_close(bad);
+  ck_assert_int_eq(pd_client_health(c, &hr, &h), 0); /* the TLS connection still serves */
+  protobuf_c_message_free_unpacked(&h->base, NULL);
+  /* the server goes away; with SIGPIPE's default action a write to the closed socket would
+   * kill this process: the call must fail instead */
+  ck_assert_int_eq(stop_daemon(), 0);
+  signal(SIGPIPE, SIG_DFL);
+  Prefixd__V1__StatsRequest sr = PREFIXD__V1__STATS_REQUEST__INIT;
+  Prefixd__V1__StatsResponse *st;
+  for (int i = 0; i < 3; i++) ck_assert_int_lt(pd_client_stats(c, &sr, &st), 0);
+  pd_client_close(c);
+  signal(SIGPIPE, SIG_IGN);
+  char cmd[160];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", pki);
+  if (system(cmd)) { /* leftovers in /tmp only */
+  }
+}
+END_TEST
+
 int main(void) {
   if (!getenv("PREFIXD_BIN") || !getenv("PD_TINY_MODEL") || access(getenv("PD_TINY_MODEL"), R_OK)) {
     fprintf(stderr, "test_client: PREFIXD_BIN and PD_TINY_MODEL are needed\n");
@@ -210,6 +324,7 @@ int main(void) {
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, calls_streams_statuses_and_keys);
   tcase_add_test(tc, bad_addresses);
+  tcase_add_test(tc, tls_calls_refusals_and_no_sigpipe);
   suite_add_tcase(s, tc);
   return pd_check_run(s, 1);
 }

@@ -66,7 +66,7 @@ def clean_env(extra=None):
     """The environment kvctl runs in: none of the variables it reads, unless given."""
     env = dict(os.environ)
     for name in ("PREFIXD_KEY", "PREFIXD_API_KEY", "PREFIXD_ADDR", "PREFIXD_ADDRESS",
-                 "PREFIXD_DATA_DIR", "NO_COLOR", "COLUMNS", "TERM"):
+                 "PREFIXD_DATA_DIR", "PREFIXD_TLS_CA", "NO_COLOR", "COLUMNS", "TERM"):
         env.pop(name, None)
     env.update(extra or {})
     return env

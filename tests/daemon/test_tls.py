@@ -1,7 +1,7 @@
 """TLS on the daemon's TCP listeners (--tls-cert, --tls-key), end to end with stock clients:
 grpcio's secure channel for gRPC, OpenAI's Python SDK (httpx) for the HTTP API, Python's ssl
-module for handshakes that must fail. Certificates come from the openssl command at test time: a
-test CA, a server certificate it signed for 127.0.0.1 and localhost, and an unrelated CA.
+module for handshakes that must fail. Certificates come from the openssl command at test time
+(tests/common/pd_pki.py): a test CA, a server certificate it signed, and an unrelated CA.
 
 What must hold: the same greedy tokens over TLS as over the plaintext Unix socket, with the
 prefix cache shared between them; every bad client (plaintext, an untrusted CA, the wrong ALPN,
@@ -21,30 +21,14 @@ import openai
 import pytest
 
 from conftest import Daemon, chat, generate, pb, pb_grpc
+from pd_pki import make_pki
 
 SYSTEM = "You are the help desk of a public library. Answer in one sentence. " * 6
 
 
-def openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
-    """Paths of a test CA, a server chain and key it signed, an unrelated CA and its key."""
-    d = str(tmp_path_factory.mktemp("pki"))
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    for ca in ("ca", "other-ca"):
-        openssl("req", "-x509", *ec, "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-days", "2",
-                "-subj", f"/CN=prefixd {ca}", cwd=d)
-    openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost",
-            cwd=d)
-    with open(os.path.join(d, "san.ext"), "w") as f:
-        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.ext", cwd=d)
-    return {name: os.path.join(d, name) for name in
-            ("ca.pem", "server.pem", "server.key", "other-ca.pem", "other-ca.key")}
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def read(path):
@@ -222,3 +206,26 @@ def test_bad_tls_configuration_stops_the_start(case, tiny_model, data_dir, pki):
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("prefixd: "), p.stderr
     assert expect[case] in lines[0], lines[0]
+
+
+def test_kvctl_over_tls(served, pki):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PREFIXD_KEY", "PREFIXD_API_KEY", "PREFIXD_ADDR", "PREFIXD_TLS_CA")}
+    kvctl = [os.environ["KVCTL_BIN"], "--addr", served.target]
+
+    def run(*args, **extra_env):
+        return subprocess.run([*kvctl, *args], capture_output=True, text=True, timeout=60,
+                              env={**env, **extra_env})
+
+    ok = run("--tls-ca", pki["ca.pem"], "health")
+    assert ok.returncode == 0, ok.stderr
+    assert run("health", PREFIXD_TLS_CA=pki["ca.pem"]).returncode == 0
+    plain = run("health")  # plaintext to the TLS port: unreachable, in one line
+    assert plain.returncode == 3 and len(plain.stderr.strip().splitlines()) == 1, plain.stderr
+    untrusted = run("--tls-ca", pki["other-ca.pem"], "health")
+    assert untrusted.returncode == 3, untrusted.stderr
+    assert "not trusted" in untrusted.stderr and len(untrusted.stderr.splitlines()) == 1
+    # the Unix socket stays plaintext, --tls or not
+    sock = subprocess.run([os.environ["KVCTL_BIN"], "--addr", "unix:" + served.unix, "--tls",
+                           "health"], capture_output=True, text=True, timeout=60, env=env)
+    assert sock.returncode == 0, sock.stderr

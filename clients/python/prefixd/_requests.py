@@ -9,6 +9,8 @@ import json
 import os
 from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
+import grpc
+
 from prefixd.types import (Message, MessageLike, Prefix, PromptLike, TenantLimits, Tier,
                            TierCounts, WarmResult)
 from prefixd.v1 import prefixd_pb2 as pb
@@ -33,6 +35,23 @@ def resolve_key(key: Optional[str]) -> Optional[str]:
     if key is None:
         key = os.environ.get("PREFIXD_API_KEY")
     return key or None
+
+
+def resolve_tls(tls: Union[None, bool, str], target: str) -> Optional[grpc.ChannelCredentials]:
+    """The channel's TLS credentials, or None for plaintext. ``tls``: ``True`` (verify the
+    daemon's certificate against the system's roots), a path to a PEM file of CA certificates
+    to verify it against, or ``False``; ``None`` -> ``$PREFIXD_TLS_CA`` (that path) if set,
+    else plaintext. A Unix-socket target is always plaintext (the daemon serves TLS on TCP)."""
+    if tls is None:
+        tls = os.environ.get("PREFIXD_TLS_CA") or False
+    if tls is False:
+        return None
+    if target.startswith("unix:"):
+        raise ValueError("TLS is for TCP targets: the daemon's Unix socket is plaintext")
+    if tls is True:
+        return grpc.ssl_channel_credentials()
+    with open(tls, "rb") as f:
+        return grpc.ssl_channel_credentials(root_certificates=f.read())
 
 
 def call_metadata(key: Optional[str], extra: Sequence[Tuple[str, str]] = ()) -> Metadata:

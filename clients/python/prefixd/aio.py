@@ -39,8 +39,9 @@ class _AsyncConnection:
 
     def __init__(self, target: Optional[str], key: Optional[str], timeout: Optional[float],
                  channel: Optional[grpc.aio.Channel], options: Sequence[Tuple[str, Any]],
-                 metadata: Sequence[Tuple[str, str]]) -> None:
+                 metadata: Sequence[Tuple[str, str]], tls: Union[None, bool, str]) -> None:
         self.target = req.resolve_target(target)
+        self._credentials = None if channel is not None else req.resolve_tls(tls, self.target)
         self.key = req.resolve_key(key)
         self.timeout = timeout
         self.metadata = req.call_metadata(self.key, metadata)
@@ -51,7 +52,11 @@ class _AsyncConnection:
     @property
     def channel(self) -> grpc.aio.Channel:
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.target, options=self._options)
+            if self._credentials is None:
+                self._channel = grpc.aio.insecure_channel(self.target, options=self._options)
+            else:
+                self._channel = grpc.aio.secure_channel(self.target, self._credentials,
+                                                        options=self._options)
         return self._channel
 
     def deadline(self, timeout: Optional[float]) -> Optional[float]:
@@ -127,8 +132,10 @@ class AsyncClient:
                  timeout: Optional[float] = req.DEFAULT_TIMEOUT, *,
                  channel: Optional[grpc.aio.Channel] = None,
                  options: Sequence[Tuple[str, Any]] = (),
-                 metadata: Sequence[Tuple[str, str]] = ()) -> None:
-        self._conn = _AsyncConnection(target, key, timeout, channel, options, metadata)
+                 metadata: Sequence[Tuple[str, str]] = (),
+                 tls: Union[None, bool, str] = None) -> None:
+        self._conn = _AsyncConnection(target, key, timeout, channel, options, metadata,
+                                    tls)
         self._stub_obj: Optional[pb_grpc.PrefixdStub] = None
 
     @property
@@ -290,8 +297,10 @@ class AsyncAdmin:
                  timeout: Optional[float] = req.DEFAULT_TIMEOUT, *,
                  channel: Optional[grpc.aio.Channel] = None,
                  options: Sequence[Tuple[str, Any]] = (),
-                 metadata: Sequence[Tuple[str, str]] = ()) -> None:
-        self._conn = _AsyncConnection(target, key, timeout, channel, options, metadata)
+                 metadata: Sequence[Tuple[str, str]] = (),
+                 tls: Union[None, bool, str] = None) -> None:
+        self._conn = _AsyncConnection(target, key, timeout, channel, options, metadata,
+                                    tls)
         self._stub_obj: Optional[pb_grpc.AdminStub] = None
 
     @property

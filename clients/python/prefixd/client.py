@@ -37,14 +37,17 @@ class _Connection:
 
     def __init__(self, target: Optional[str], key: Optional[str], timeout: Optional[float],
                  channel: Optional[grpc.Channel], options: Sequence[Tuple[str, Any]],
-                 metadata: Sequence[Tuple[str, str]]) -> None:
+                 metadata: Sequence[Tuple[str, str]], tls: Union[None, bool, str]) -> None:
         self.target = req.resolve_target(target)
+        self._credentials = None if channel is not None else req.resolve_tls(tls, self.target)
         self.key = req.resolve_key(key)
         self.timeout = timeout
         self.metadata = req.call_metadata(self.key, metadata)
         self._owns_channel = channel is None
-        self.channel: grpc.Channel = channel or grpc.insecure_channel(
-            self.target, options=[_USER_AGENT, *options])
+        opts = [_USER_AGENT, *options]
+        self.channel: grpc.Channel = channel or (
+            grpc.insecure_channel(self.target, options=opts) if self._credentials is None
+            else grpc.secure_channel(self.target, self._credentials, options=opts))
 
     def deadline(self, timeout: Optional[float]) -> Optional[float]:
         return self.timeout if timeout is None else timeout
@@ -175,16 +178,20 @@ class Client:
     ``authorization: Bearer <key>``; default ``$PREFIXD_API_KEY``; none for a single-tenant
     daemon. ``timeout``: the default deadline of every call in seconds (None = no deadline).
     ``channel``: use this grpc channel instead of opening one (it is then not closed by
-    :meth:`close`). ``options`` go to ``grpc.insecure_channel``; ``metadata`` is sent with every
-    call.
+    :meth:`close`). ``options`` go to grpc's channel; ``metadata`` is sent with every call.
+    ``tls``: talk to a daemon started with ``--tls-cert``: ``True`` verifies its certificate
+    against the system's roots, a path against the CA certificates in that PEM file; default
+    ``$PREFIXD_TLS_CA`` (a path) if set, else plaintext.
     """
 
     def __init__(self, target: Optional[str] = None, key: Optional[str] = None,
                  timeout: Optional[float] = req.DEFAULT_TIMEOUT, *,
                  channel: Optional[grpc.Channel] = None,
                  options: Sequence[Tuple[str, Any]] = (),
-                 metadata: Sequence[Tuple[str, str]] = ()) -> None:
-        self._conn = _Connection(target, key, timeout, channel, options, metadata)
+                 metadata: Sequence[Tuple[str, str]] = (),
+                 tls: Union[None, bool, str] = None) -> None:
+        self._conn = _Connection(target, key, timeout, channel, options, metadata,
+                                    tls)
         self._stub = pb_grpc.PrefixdStub(self._conn.channel)
 
     @property
@@ -366,8 +373,10 @@ class Admin:
                  timeout: Optional[float] = req.DEFAULT_TIMEOUT, *,
                  channel: Optional[grpc.Channel] = None,
                  options: Sequence[Tuple[str, Any]] = (),
-                 metadata: Sequence[Tuple[str, str]] = ()) -> None:
-        self._conn = _Connection(target, key, timeout, channel, options, metadata)
+                 metadata: Sequence[Tuple[str, str]] = (),
+                 tls: Union[None, bool, str] = None) -> None:
+        self._conn = _Connection(target, key, timeout, channel, options, metadata,
+                                    tls)
         self._stub = pb_grpc.AdminStub(self._conn.channel)
 
     def close(self) -> None:
