@@ -829,6 +829,10 @@ int pd_grpc_server_listen_tcp(pd_grpc_server *s, const char *host, int port, pd_
   return rc;
 }
 
+void pd_grpc_server_set_tls(pd_grpc_server *s, pd_tls_server *tls) {
+  if (s->tls) s->tls = tls;
+}
+
 int pd_grpc_server_listen_unix(pd_grpc_server *s, const char *path) {
   if (s->has_unix) return PD_EEXIST;
   if (strlen(path) >= 100) return PD_EINVAL; /* sun_path */

@@ -84,6 +84,9 @@ int pd_grpc_server_route(pd_grpc_server *s, const ProtobufCServiceDescriptor *sv
  * stays plaintext. */
 int pd_grpc_server_listen_tcp(pd_grpc_server *s, const char *host, int port,
                               struct pd_tls_server *tls, int *bound_port);
+/* Connections accepted on the TCP listener from now on use tls (a reloaded certificate; the
+ * listener must have been given one). Open connections keep their sessions. */
+void pd_grpc_server_set_tls(pd_grpc_server *s, struct pd_tls_server *tls);
 /* Listens on a Unix-domain socket at path (a stale socket file there is replaced). */
 int pd_grpc_server_listen_unix(pd_grpc_server *s, const char *path);
 /* Draining: closes the listeners and sends GOAWAY (shutdown notice); open calls go on. */

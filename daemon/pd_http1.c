@@ -654,6 +654,10 @@ int pd_http1_listen(pd_http1 *h, const char *host, int port, pd_tls_server *tls,
   return rc;
 }
 
+void pd_http1_set_tls(pd_http1 *h, pd_tls_server *tls) {
+  if (h->tls) h->tls = tls;
+}
+
 void pd_http1_drain(pd_http1 *h) {
   if (h) h->draining = 1;
 }

@@ -80,6 +80,9 @@ int pd_http1_create(uv_loop_t *loop, const pd_http1_config *cfg, pd_http1 **out)
  * PD_EINVAL for a bad address, PD_EEXIST if it is in use, PD_EPERM, PD_ESYS. */
 int pd_http1_listen(pd_http1 *h, const char *host, int port, struct pd_tls_server *tls,
                     int *bound_port);
+/* Connections accepted from now on use tls (a reloaded certificate; h must be listening with
+ * TLS already). Open connections keep their sessions. */
+void pd_http1_set_tls(pd_http1 *h, struct pd_tls_server *tls);
 /* From now on every answer closes its connection (the daemon drains). */
 void pd_http1_drain(pd_http1 *h);
 /* Calls fn for the work of every connection that has some (pd_http1_begin_work). */

@@ -1149,6 +1149,10 @@ int pd_openai_listen(pd_openai *o, const char *host, int port, struct pd_tls_ser
   return pd_http1_listen(o->http, host, port, tls, bound_port);
 }
 
+void pd_openai_set_tls(pd_openai *o, struct pd_tls_server *tls) {
+  if (o) pd_http1_set_tls(o->http, tls);
+}
+
 void pd_openai_drain(pd_openai *o) {
   if (!o) return;
   o->draining = 1;

@@ -44,6 +44,8 @@ int pd_openai_create(uv_loop_t *loop, pd_engine *engine, const char *model_id, p
  * if not allowed, PD_EINVAL for a bad address. */
 int pd_openai_listen(pd_openai *o, const char *host, int port, struct pd_tls_server *tls,
                      int *bound_port);
+/* Connections from now on use tls (a reloaded certificate; see pd_http1_set_tls). */
+void pd_openai_set_tls(pd_openai *o, struct pd_tls_server *tls);
 /* Draining: requests from now on get 503; those running go on. */
 void pd_openai_drain(pd_openai *o);
 /* Requests whose jobs are in the engine. */

@@ -23,21 +23,24 @@
 #define PLAIN_CHUNK 16384 /* plaintext bytes taken from SSL_read at a time: one record */
 
 struct pd_tls_server {
-  SSL_CTX *ctx;
-  unsigned char alpn[32]; /* the one protocol this listener speaks, its length first */
+  SSL_CTX *ctx; /* one reference; each session holds another, so it outlives this wrapper */
 };
 
-/* The client's ALPN list (length-prefixed names) must name ours; else the handshake fails with
- * the no_application_protocol alert. */
+/* The protocols a listener may speak, as ALPN writes them (length first). Static, so that a
+ * handshake still running on an older context after a reload never reads freed memory. */
+static const unsigned char ALPN_H2[] = "\x02h2", ALPN_HTTP1[] = "\x08http/1.1";
+
+/* The client's ALPN list (length-prefixed names) must name ours (arg); else the handshake
+ * fails with the no_application_protocol alert. */
 static int select_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                        const unsigned char *in, unsigned int inlen, void *arg) {
   (void)ssl;
-  const pd_tls_server *s = arg;
-  unsigned want = s->alpn[0];
+  const unsigned char *ours = arg;
+  unsigned want = ours[0];
   for (unsigned i = 0; i < inlen;) {
     unsigned n = in[i];
     if (i + 1 + n > inlen) break; /* a malformed list */
-    if (n == want && !memcmp(in + i + 1, s->alpn + 1, n)) {
+    if (n == want && !memcmp(in + i + 1, ours + 1, n)) {
       *out = in + i + 1;
       *outlen = (unsigned char)n;
       return SSL_TLSEXT_ERR_OK;
@@ -58,17 +61,16 @@ static const char *ssl_reason(const char *fallback) {
 int pd_tls_server_create(const char *cert_file, const char *key_file, const char *alpn,
                          pd_tls_server **out, char *err, size_t errlen) {
   *out = NULL;
-  size_t n_alpn = strlen(alpn);
-  if (!n_alpn || n_alpn >= sizeof((pd_tls_server *)0)->alpn)
-    return pd_errf(err, errlen, PD_EINVAL, "bad ALPN protocol '%s'", alpn);
+  const unsigned char *wire = !strcmp(alpn, "h2")         ? ALPN_H2
+                              : !strcmp(alpn, "http/1.1") ? ALPN_HTTP1
+                                                          : NULL;
+  if (!wire) return pd_errf(err, errlen, PD_EINVAL, "unknown ALPN protocol '%s'", alpn);
   const char *files[2] = {cert_file, key_file}, *what[2] = {"certificate", "key"};
   for (int i = 0; i < 2; i++) /* the usual mistakes, said in the usual words */
     if (access(files[i], R_OK))
       return pd_errf(err, errlen, PD_EIO, "TLS %s %s: %s", what[i], files[i], strerror(errno));
   pd_tls_server *s = calloc(1, sizeof *s);
   if (!s) return pd_errf(err, errlen, PD_ENOMEM, "out of memory");
-  s->alpn[0] = (unsigned char)n_alpn;
-  memcpy(s->alpn + 1, alpn, n_alpn);
   ERR_clear_error();
   int rc = PD_OK;
   s->ctx = SSL_CTX_new(TLS_server_method());
@@ -106,7 +108,7 @@ int pd_tls_server_create(const char *cert_file, const char *key_file, const char
                  key_file, cert_file, ssl_reason("mismatch"));
     goto fail;
   }
-  SSL_CTX_set_alpn_select_cb(s->ctx, select_alpn, s);
+  SSL_CTX_set_alpn_select_cb(s->ctx, select_alpn, (void *)wire);
   *out = s;
   return PD_OK;
 fail:

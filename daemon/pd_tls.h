@@ -17,10 +17,13 @@
  * HTTP/1.1 servers): a client that offers ALPN without it gets the no_application_protocol
  * alert; a client that offers none is served (curl without --http2, old clients).
  *
- * Ownership: a pd_tls_server is shared by the connections of its listeners and outlives them
- * (freed by the daemon after every server is closed). A pd_tls_conn is embedded in its
- * connection and freed by pd_tls_conn_free in the connection's close callback. Not thread-safe;
- * one loop thread.
+ * Certificates are reloaded by making a new pd_tls_server and handing it to the listener: new
+ * connections use it, and the old one may be freed at once, since each session holds its own
+ * reference to the OpenSSL context it began with.
+ *
+ * Ownership: a pd_tls_server is the daemon's; a listener borrows it until it is given another
+ * or closes. A pd_tls_conn is embedded in its connection and freed by pd_tls_conn_free in the
+ * connection's close callback. Not thread-safe; one loop thread.
  */
 #ifndef PD_TLS_H
 #define PD_TLS_H
@@ -40,12 +43,12 @@ typedef struct pd_tls_conn {
 } pd_tls_conn;
 
 /* Loads cert_file (a PEM chain, the leaf first) and key_file (its PEM private key) for a
- * listener that speaks alpn ("h2" or "http/1.1"). *out is the caller's, freed with
+ * listener that speaks alpn ("h2" or "http/1.1"; another is PD_EINVAL). *out is the caller's, freed with
  * pd_tls_server_free. Returns PD_OK; PD_EIO when a file cannot be read or parsed, PD_EINVAL when
  * the key does not match the certificate, PD_ENOMEM; err gets one line saying which. */
 int pd_tls_server_create(const char *cert_file, const char *key_file, const char *alpn,
                          pd_tls_server **out, char *err, size_t errlen);
-/* NULL is a no-op. Every connection made from it must be freed first. */
+/* NULL is a no-op. Connections made from it may live on: their sessions hold the context. */
 void pd_tls_server_free(pd_tls_server *s);
 
 /* A server-side session of s on conn (zeroed or freed before). PD_OK or PD_ENOMEM. */

@@ -58,7 +58,8 @@ static void usage(FILE *f) {
       "      --tls-cert FILE       serve TLS on --listen and --openai-listen with this PEM\n"
       "                            certificate chain (PREFIXD_TLS_CERT; the Unix socket and\n"
       "                            the metrics endpoint stay plaintext)\n"
-      "      --tls-key FILE        its PEM private key (PREFIXD_TLS_KEY)\n"
+      "      --tls-key FILE        its PEM private key (PREFIXD_TLS_KEY); SIGHUP reloads\n"
+      "                            both for new connections\n"
       "      --admin-key-file F    file holding the admin key (PREFIXD_ADMIN_KEY_FILE)\n"
       "                            (or the key itself in PREFIXD_ADMIN_KEY)\n"
       "      --kv-cache-mb N       KV cache of the device tier in MiB (PREFIXD_KV_CACHE_MB;\n"
@@ -118,6 +119,9 @@ typedef struct daemon_state {
   pd_metrics *metrics; /* NULL when disabled */
   pd_openai *openai;   /* NULL when disabled */
   uv_signal_t sigterm, sigint, sighup;
+  /* TLS (--tls-cert): the files, and each listener's context, replaced on SIGHUP */
+  const char *tls_cert, *tls_key;
+  pd_tls_server *grpc_tls, *openai_tls; /* NULL where that listener is plaintext or off */
   uv_timer_t drain_timer;
   int64_t drain_started, drain_timeout_ms;
   int cancelled, shutting_down;
@@ -153,11 +157,39 @@ static void on_drain_tick(uv_timer_t *t) {
   }
 }
 
+/* SIGHUP: the certificate and key files again (a renewed certificate). New connections get
+ * them; open ones keep theirs. Files that fail to load leave the old ones in use. */
+static void reload_tls(daemon_state *d) {
+  char err[600];
+  pd_tls_server *grpc_tls = NULL, *openai_tls = NULL;
+  if ((d->grpc_tls &&
+       pd_tls_server_create(d->tls_cert, d->tls_key, "h2", &grpc_tls, err, sizeof err)) ||
+      (d->openai_tls &&
+       pd_tls_server_create(d->tls_cert, d->tls_key, "http/1.1", &openai_tls, err, sizeof err))) {
+    pd_tls_server_free(grpc_tls);
+    pd_log(PD_LOG_ERROR, "TLS certificate not reloaded: still serving the one loaded before",
+           "err=\"%s\"", err);
+    return;
+  }
+  if (grpc_tls) {
+    pd_grpc_server_set_tls(d->server, grpc_tls);
+    pd_tls_server_free(d->grpc_tls);
+    d->grpc_tls = grpc_tls;
+  }
+  if (openai_tls) {
+    pd_openai_set_tls(d->openai, openai_tls);
+    pd_tls_server_free(d->openai_tls);
+    d->openai_tls = openai_tls;
+  }
+  pd_log(PD_LOG_INFO, "TLS certificate reloaded", "cert=%s", d->tls_cert);
+}
+
 static void on_signal(uv_signal_t *sig, int signum) {
   daemon_state *d = sig->data;
   if (signum == SIGHUP) {
     pd_log_reopen();
     pd_log(PD_LOG_INFO, "log reopened", NULL);
+    if (d->tls_cert && !d->shutting_down) reload_tls(d);
     return;
   }
   if (d->svc.draining) { /* a second signal: cancel everything now */
@@ -581,7 +613,8 @@ int main(int argc, char **argv) {
     return 1;
   }
 
-  daemon_state d = {0};
+  daemon_state d = {
+      .tls_cert = tls_cert, .tls_key = tls_key, .grpc_tls = grpc_tls, .openai_tls = openai_tls};
   d.loop = uv_default_loop();
   d.drain_timeout_ms = drain * 1000;
   pd_engine_config cfg = {.model_path = model,
@@ -632,7 +665,7 @@ int main(int argc, char **argv) {
   }
   d.engine->output_user = &d.svc;
   int bound = 0;
-  if (want_tcp && (rc = pd_grpc_server_listen_tcp(d.server, host, (int)port, grpc_tls, &bound))) {
+  if (want_tcp && (rc = pd_grpc_server_listen_tcp(d.server, host, (int)port, d.grpc_tls, &bound))) {
     fprintf(stderr, "prefixd: cannot listen on %s: %s\n", listen,
             rc == PD_EEXIST ? "address in use" : pd_strerror(rc));
     return 1;
@@ -678,7 +711,7 @@ int main(int argc, char **argv) {
     char *ext = strrchr(model_id, '.');
     if (ext && !strcmp(ext, ".gguf")) *ext = 0;
     if ((rc = pd_openai_create(d.loop, d.engine, model_id, &d.openai)) ||
-        (rc = pd_openai_listen(d.openai, openai_host, (int)openai_port, openai_tls,
+        (rc = pd_openai_listen(d.openai, openai_host, (int)openai_port, d.openai_tls,
                                &openai_bound))) {
       fprintf(stderr, "prefixd: cannot serve the OpenAI API on %s: %s\n", openai_listen,
               rc == PD_EEXIST ? "address in use" : pd_strerror(rc));
@@ -727,7 +760,7 @@ int main(int argc, char **argv) {
          e->db.n_recs, (long long)(pd_grpc_now_ms() - t0), bound, metrics_bound, openai_bound);
   uv_run(d.loop, UV_RUN_DEFAULT);
   uv_loop_close(d.loop);
-  pd_tls_server_free(grpc_tls); /* every connection is closed and freed by now */
-  pd_tls_server_free(openai_tls);
+  pd_tls_server_free(d.grpc_tls); /* every connection is closed and freed by now */
+  pd_tls_server_free(d.openai_tls);
   return 0;
 }

@@ -1,10 +1,12 @@
 """Test certificates from the openssl command: a CA, a server certificate it signed for
-127.0.0.1 and localhost (ECDSA P-256, two days), and an unrelated CA with its key. Shared by the
-daemon's TLS tests and the Python client's."""
+127.0.0.1 and localhost (ECDSA P-256, two days), and an unrelated CA with its key, which signed
+a second server certificate (the renewal of a reload test). Shared by the daemon's TLS tests and
+the Python client's."""
 import os
 import subprocess
 
-FILES = ("ca.pem", "server.pem", "server.key", "other-ca.pem", "other-ca.key")
+FILES = ("ca.pem", "server.pem", "server.key", "other-ca.pem", "other-ca.key", "server2.pem",
+         "server2.key")
 
 
 def _openssl(*args, cwd):
@@ -18,10 +20,12 @@ def make_pki(directory):
     for ca in ("ca", "other-ca"):
         _openssl("req", "-x509", *ec, "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-days", "2",
                  "-subj", f"/CN=prefixd {ca}", cwd=d)
-    _openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost",
-             cwd=d)
     with open(os.path.join(d, "san.ext"), "w") as f:
         f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-             "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.ext", cwd=d)
+    for server, ca in (("server", "ca"), ("server2", "other-ca")):
+        _openssl("req", *ec, "-keyout", f"{server}.key", "-out", f"{server}.csr", "-subj",
+                 "/CN=localhost", cwd=d)
+        _openssl("x509", "-req", "-in", f"{server}.csr", "-CA", f"{ca}.pem", "-CAkey",
+                 f"{ca}.key", "-CAcreateserial", "-out", f"{server}.pem", "-days", "2",
+                 "-extfile", "san.ext", cwd=d)
     return {name: os.path.join(d, name) for name in FILES}

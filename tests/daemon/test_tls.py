@@ -9,6 +9,7 @@ garbage, silence) is refused on its own connection while the daemon keeps servin
 configuration stops the daemon at start with exit code 2 and one line."""
 import http.client
 import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -229,3 +230,48 @@ def test_kvctl_over_tls(served, pki):
     sock = subprocess.run([os.environ["KVCTL_BIN"], "--addr", "unix:" + served.unix, "--tls",
                            "health"], capture_output=True, text=True, timeout=60, env=env)
     assert sock.returncode == 0, sock.stderr
+
+
+def wait_for_log(d, text, timeout=30):
+    deadline = time.time() + timeout
+    while text not in d.log_text():
+        assert time.time() < deadline, f"no '{text}' in the log: {d.log_text()[-2000:]}"
+        time.sleep(0.05)
+
+
+def test_sighup_reloads_the_certificate(tiny_model, data_dir, pki):
+    """A renewed certificate (here: signed by another CA) is taken on SIGHUP by new
+    connections; a connection made before goes on; files that fail to load are logged and the
+    certificate in use stays."""
+    cert, key = os.path.join(data_dir, "tls.pem"), os.path.join(data_dir, "tls.key")
+    for src, dst in ((pki["server.pem"], cert), (pki["server.key"], key)):
+        with open(dst, "wb") as f:
+            f.write(read(src))
+    d = Daemon(tiny_model, data_dir, extra=["--tls-cert", cert, "--tls-key", key,
+                                            "--openai-listen", "127.0.0.1:0"])
+    try:
+        http_port = int(d.log_text().split("openai_port=")[1].split()[0])
+        before = tls_stub(d, pki)
+        assert before.Health(pb.HealthRequest(), timeout=30).status == \
+            pb.HealthResponse.STATUS_SERVING
+        for src, dst in ((pki["server2.pem"], cert), (pki["server2.key"], key)):
+            with open(dst, "wb") as f:
+                f.write(read(src))
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for_log(d, "TLS certificate reloaded")
+        renewed = pb_grpc_stub(tls_channel(d, pki["other-ca.pem"]))
+        assert renewed.Health(pb.HealthRequest(), timeout=30).status == \
+            pb.HealthResponse.STATUS_SERVING
+        assert handshake(http_port, pki["other-ca.pem"]) is None  # the OpenAI port too
+        with pytest.raises(ssl.SSLError):
+            handshake(d.port, pki["ca.pem"])  # new connections: the old CA no longer fits
+        assert before.Health(pb.HealthRequest(), timeout=30).status == \
+            pb.HealthResponse.STATUS_SERVING  # the old connection goes on
+        # a broken renewal: logged, and the certificate in use stays
+        with open(cert, "w") as f:
+            f.write("-----BEGIN CERTIFICATE-----\ntruncated\n")
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for_log(d, "TLS certificate not reloaded")
+        assert handshake(d.port, pki["other-ca.pem"], ["h2"]) == "h2"
+    finally:
+        assert d.stop() == 0
