@@ -4,6 +4,7 @@
  * percentiles over all calls.
  *
  * usage: rpc_bench ADDRESS CONNECTIONS SECONDS [API_KEY]
+ * With PREFIXD_TLS_CA set (a PEM file of CA certificates) the connections are TLS.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -29,7 +30,10 @@ static double now_s(void) {
 static void *run(void *arg) {
   worker *w = arg;
   pd_client *c;
-  if (pd_client_connect(w->addr, w->key, &c)) {
+  const char *ca = getenv("PREFIXD_TLS_CA");
+  char err[256];
+  if (ca && ca[0] ? pd_client_connect_tls(w->addr, w->key, ca, err, sizeof err, &c)
+                  : pd_client_connect(w->addr, w->key, &c)) {
     w->failed = 1;
     return NULL;
   }
