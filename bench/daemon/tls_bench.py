@@ -7,10 +7,12 @@ side by side in one run, each measurement alternating between them.
   2. the daemon's CPU per new connection: N connections opened, taken through the TLS handshake
      (Python's ssl, ALPN h2) or the HTTP/2 preface, and closed; the daemon's user+system CPU
      time from /proc, divided by N (what one handshake costs the loop thread);
-  3. memory per idle connection: the daemon's RSS growth with IDLE connections held open after
-     their handshake, divided by IDLE;
-  4. streamed tokens: STREAMS Generate streams at once (greedy, ignore_eos), aggregate
-     tokens/s over grpcio's secure and insecure channels.
+  3. memory per idle connection: on each fresh daemon, before anything else, the RSS growth
+     from IDLE/2 to 3*IDLE/2 connections held open after their handshake, divided by IDLE (the
+     slope, so that the first connections' one-time allocations do not count);
+  4. bulk transfer: Tokenize of a prompt of BULK token ids (they come back unchanged, so the
+     call is two ~1.5 MB messages and no model work), over grpcio's secure and insecure
+     channels: MB/s both ways together.
 
     tls_bench.py PREFIXD_BIN MODEL RPC_BENCH [--threads 2] [--out bench/results/tls.md]
 """
@@ -72,9 +74,11 @@ def handshake_cpu(d, tls_ctx, n):
 
 
 def idle_memory(d, tls_ctx, n):
+    conns = [open_conn(d.port, tls_ctx) for _ in range(n // 2)]
+    time.sleep(0.5)
     base = rss_kib(d.proc.pid)
-    conns = [open_conn(d.port, tls_ctx) for _ in range(n)]
-    time.sleep(1.0)
+    conns += [open_conn(d.port, tls_ctx) for _ in range(n)]
+    time.sleep(0.5)
     grown = rss_kib(d.proc.pid) - base
     for c in conns:
         c.close()
@@ -91,23 +95,19 @@ def rpc_rate(rpc_bench, d, ca, conns, seconds):
     return dict(kv.split("=") for kv in out.split())
 
 
-def streams(d, channel, n, tokens):
+def bulk(d, channel, n_ids, calls):
+    """Tokenize of a prompt given as n_ids token ids, which come back unchanged: the bytes of
+    two large messages each way and no model work. Returns MB/s (request plus response)."""
     stub = pb_grpc.PrefixdStub(channel)
-    counts = [0] * n
-
-    def one(i):
-        req = pb.GenerateRequest(prompt=pb.Prompt(text=f"Stream {i}: tell a long story."),
-                                 max_tokens=tokens,
-                                 sampling=pb.SamplingParams(ignore_eos=True))
-        for m in stub.Generate(req, timeout=600):
-            counts[i] += len(m.token_ids)
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    req = pb.TokenizeRequest(prompt=pb.Prompt(tokens=pb.TokenIds(ids=[i % 500 for i in
+                                                                     range(n_ids)])))
+    size = req.ByteSize()
+    stub.Tokenize(req, timeout=120)  # warm-up
     t0 = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(counts) / (time.monotonic() - t0)
+    for _ in range(calls):
+        r = stub.Tokenize(req, timeout=120)
+        assert len(r.token_ids) == n_ids
+    return 2 * size * calls / (time.monotonic() - t0) / 1e6
 
 
 def main():
@@ -120,8 +120,8 @@ def main():
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--handshakes", type=int, default=500)
     ap.add_argument("--idle", type=int, default=1000)
-    ap.add_argument("--streams", type=int, default=16)
-    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--bulk", type=int, default=1000000)
+    ap.add_argument("--bulk-calls", type=int, default=20)
     ap.add_argument("--out", default=os.path.join(HERE, "../results/tls.md"))
     a = ap.parse_args()
     os.environ["PREFIXD_BIN"] = a.prefixd
@@ -142,18 +142,19 @@ def main():
         sides = {"plaintext": (plain, None, None), "TLS": (tls, pki["ca.pem"], tls_ctx)}
         rows = {k: {} for k in sides}
         try:
-            for rnd in range(2):  # each measurement alternates: plaintext, TLS, plaintext, TLS
+            for name, (d, ca, ctx) in sides.items():  # first, on the fresh daemons
+                rows[name]["idle"] = [idle_memory(d, ctx, a.idle)]
+            for rnd in range(3):  # each measurement alternates: plaintext, TLS, plaintext, ...
                 for name, (d, ca, ctx) in sides.items():
                     r = rpc_rate(a.rpc_bench, d, ca, a.connections, a.seconds)
                     rows[name].setdefault("rpc", []).append(r)
                     rows[name].setdefault("hs", []).append(handshake_cpu(d, ctx, a.handshakes))
-                    rows[name].setdefault("idle", []).append(idle_memory(d, ctx, a.idle))
                     ch = (grpc.secure_channel(d.target, grpc.ssl_channel_credentials(
                         open(ca, "rb").read())) if ca else grpc.insecure_channel(d.target))
-                    rows[name].setdefault("tok", []).append(streams(d, ch, a.streams, a.tokens))
+                    rows[name].setdefault("bulk", []).append(bulk(d, ch, a.bulk, a.bulk_calls))
                     ch.close()
                     print(name, rnd, rows[name]["rpc"][-1], rows[name]["hs"][-1],
-                          rows[name]["idle"][-1], rows[name]["tok"][-1], flush=True)
+                          rows[name]["bulk"][-1], flush=True)
         finally:
             plain.stop()
             tls.stop()
@@ -164,23 +165,23 @@ def main():
         "",
         f"Command: `{cmd}` on {when}, {os.cpu_count()} cores. Two daemons on the same binary and "
         f"model ({os.path.basename(a.model)}), one with `--tls-cert` (ECDSA P-256, TLS 1.3), "
-        "measured side by side in one run; each figure is the mean of two rounds that "
-        "alternate between them.",
+        "measured side by side in one run; each figure is the median of three rounds that "
+        "alternate between them (memory: one measurement on each fresh daemon).",
         "",
         f"| transport | Stats calls/s ({a.connections} connections) | Stats p50 | Stats p99 | "
         f"daemon CPU per new connection | new connections/s (one Python client) | "
-        f"RSS per idle connection ({a.idle} held) | tokens/s, {a.streams} streams |",
+        f"RSS per idle connection | bulk Tokenize, {a.bulk:,} ids |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in sides:
         r = rows[name]
-        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+        median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731 -- the middle round
         lines.append(
-            f"| {name} | {mean([float(x['calls_per_s']) for x in r['rpc']]):,.0f} | "
-            f"{mean([float(x['p50_us']) for x in r['rpc']]):.0f} us | "
-            f"{mean([float(x['p99_us']) for x in r['rpc']]):.0f} us | "
-            f"{mean([h[0] for h in r['hs']]):.0f} us | {mean([h[1] for h in r['hs']]):,.0f} | "
-            f"{mean(r['idle']) / 1024:.1f} KiB | {mean(r['tok']):,.0f} |")
+            f"| {name} | {median([float(x['calls_per_s']) for x in r['rpc']]):,.0f} | "
+            f"{median([float(x['p50_us']) for x in r['rpc']]):.0f} us | "
+            f"{median([float(x['p99_us']) for x in r['rpc']]):.0f} us | "
+            f"{median([h[0] for h in r['hs']]):.0f} us | {median([h[1] for h in r['hs']]):,.0f} | "
+            f"{median(r['idle']) / 1024:.1f} KiB | {median(r['bulk']):,.0f} MB/s |")
     with open(a.out, "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
