@@ -9,9 +9,8 @@
  */
 #include "pd_engine.h"
 
-#include <math.h>
-#include <openssl/sha.h>
 #include <stdio.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -27,6 +26,7 @@
 #ifdef PD_WITH_CUDA
 #include "pd_llama_cuda.h"
 #endif
+#include "pd_sha256.h"
 #include "prefixd/v1/prefixd.pb-c.h"
 
 enum { PHASE_QUEUED, PHASE_RESTORE, PHASE_PREFILL, PHASE_DECODE };
@@ -313,7 +313,7 @@ static int authenticate(pd_engine *e, pd_job *job) {
   }
   if (e->has_admin) {
     uint8_t d[32], diff = 0;
-    SHA256((const unsigned char *)key, strlen(key), d);
+    pd_sha256_digest(key, strlen(key), d);
     for (int i = 0; i < 32; i++) diff |= (uint8_t)(d[i] ^ e->admin_sha256[i]);
     if (!diff) {
       job->is_admin = 1;
@@ -2041,7 +2041,7 @@ int pd_engine_create(const pd_engine_config *cfg, uv_loop_t *loop, pd_job_output
   if ((rc = pd_tenantdb_open(&e->db, cfg->tenants_path, err, errlen))) goto fail;
   if (cfg->admin_key && cfg->admin_key[0]) {
     e->has_admin = 1;
-    SHA256((const unsigned char *)cfg->admin_key, strlen(cfg->admin_key), e->admin_sha256);
+    pd_sha256_digest(cfg->admin_key, strlen(cfg->admin_key), e->admin_sha256);
   }
   for (uint32_t i = 0; i < e->db.n_recs; i++)
     if ((rc = pd_engine_add_tenant(e, &e->db.recs[i], err, errlen))) goto fail;

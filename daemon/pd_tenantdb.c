@@ -5,7 +5,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +13,7 @@
 #include <unistd.h>
 
 #include "pd_err.h"
+#include "pd_sha256.h"
 
 int pd_tenantdb_valid_name(const char *name) {
   size_t n = strlen(name);
@@ -75,7 +75,7 @@ static int new_key(char key[PD_API_KEY_LEN + 1], uint8_t digest[32]) {
   if (rc) return rc;
   memcpy(key, "pfx-", 4);
   to_hex(raw, sizeof raw, key + 4);
-  SHA256((const unsigned char *)key, PD_API_KEY_LEN, digest);
+  pd_sha256_digest(key, PD_API_KEY_LEN, digest);
   return PD_OK;
 }
 
@@ -131,7 +131,7 @@ const pd_shared_ns *pd_tenantdb_find_shared(const pd_tenantdb *db, const char *n
 
 pd_tenant_rec *pd_tenantdb_authenticate(const pd_tenantdb *db, const char *key) {
   uint8_t d[32];
-  SHA256((const unsigned char *)key, strlen(key), d);
+  pd_sha256_digest(key, strlen(key), d);
   pd_tenant_rec *found = NULL;
   for (uint32_t i = 0; i < db->n_recs; i++) {
     uint8_t diff = 0;
