@@ -21,6 +21,12 @@
  * connections use it, and the old one may be freed at once, since each session holds its own
  * reference to the OpenSSL context it began with.
  *
+ * A session that fails during its handshake sends its alert (the client learns why: no shared
+ * protocol, a bad record); one that fails after it (in practice: an allocation inside OpenSSL)
+ * sends nothing more, not even the alert, and its connection just closes. What it had begun to
+ * write may be half a record, which a client reads as corruption (grpcio: UNKNOWN "Stream
+ * removed"); a connection that ends is what clients retry (UNAVAILABLE).
+ *
  * Ownership: a pd_tls_server is the daemon's; a listener borrows it until it is given another
  * or closes. A pd_tls_conn is embedded in its connection and freed by pd_tls_conn_free in the
  * connection's close callback. Not thread-safe; one loop thread.
@@ -39,7 +45,9 @@ typedef struct pd_tls_conn {
   struct bio_st *out; /* ciphertext for the socket, owned by ssl */
   uint8_t *pending;   /* plaintext sent before the handshake finished (n_pending bytes) */
   size_t n_pending, cap_pending;
-  int failed; /* a TLS error ended the session: nothing more is read or sent */
+  int failed;      /* a TLS error ended the session: nothing more is read or sent */
+  int established; /* the handshake was seen finished */
+  int quiet;       /* failed once established: its alert is not sent either */
 } pd_tls_conn;
 
 /* Loads cert_file (a PEM chain, the leaf first) and key_file (its PEM private key) for a
@@ -70,8 +78,8 @@ int pd_tls_recv(pd_tls_conn *conn, const uint8_t *data, size_t len, pd_tls_sink 
 /* Encrypts len bytes of plaintext (0 is allowed: then only what the handshake or an alert has
  * to send) and returns in *out the bytes to write to the socket, *n_out of them; *out is NULL
  * when there are none, else malloc'd and the caller's to free. Returns PD_OK; PD_ENOMEM (the
- * connection cannot go on); PD_EINVAL when the session has failed (*out may still carry its
- * alert). */
+ * connection cannot go on); PD_EINVAL when the session has failed (*out may still carry a
+ * failed handshake's alert). */
 int pd_tls_send(pd_tls_conn *conn, const uint8_t *data, size_t len, uint8_t **out, size_t *n_out);
 
 /* Ends the session politely: the close_notify alert, returned as pd_tls_send returns bytes. */

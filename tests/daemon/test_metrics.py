@@ -361,13 +361,19 @@ def test_metrics_listen_none_taken_and_flag_errors(tiny_model, data_dir, monkeyp
         assert "metrics=none" in d.log_text() and "metrics_port=0" in d.log_text()
     finally:
         assert d.stop() == 0
-    # the default address taken (here, or by another prefixd): a warning, and serving goes on
+    # the default address taken: a warning, and serving goes on. The test holds the port
+    # itself: a daemon of a test running beside this one may have it for a while, and could let
+    # it go just before ours starts
     squatter = socket.socket()
-    try:
-        squatter.bind(("127.0.0.1", 9464))
-        squatter.listen(1)
-    except OSError:
-        pass  # someone already has it, which is the same test
+    deadline = time.time() + 120
+    while True:
+        try:
+            squatter.bind(("127.0.0.1", 9464))
+            squatter.listen(1)
+            break
+        except OSError:
+            assert time.time() < deadline, "127.0.0.1:9464 stayed taken for 120 s"
+            time.sleep(0.05)
     try:
         d = Daemon(tiny_model, data_dir)
         try:

@@ -248,7 +248,8 @@ def test_sighup_reloads_the_certificate(tiny_model, data_dir, pki):
         with open(dst, "wb") as f:
             f.write(read(src))
     d = Daemon(tiny_model, data_dir, extra=["--tls-cert", cert, "--tls-key", key,
-                                            "--openai-listen", "127.0.0.1:0"])
+                                            "--openai-listen", "127.0.0.1:0",
+                                            "--metrics-listen", "none"])
     try:
         http_port = int(d.log_text().split("openai_port=")[1].split()[0])
         before = tls_stub(d, pki)

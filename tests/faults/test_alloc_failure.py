@@ -59,12 +59,18 @@ SIZES. Full (PD_STRESS_SCALE=full, label slow): every N. CI (label unit): every 
 fit in PD_FAILALLOC_SECONDS (60 s by default, measured on an unarmed round), else every k-th N
 from a random offset (printed; the run's figures say which N ran), always ending with the round
 past the end of the path. PD_FAILALLOC_ONLY=57,58 runs only those N (to reproduce a failure).
+
+TLS. Both tests run twice: in plaintext, and with the daemon serving TLS (--tls-cert; the
+channels are grpcio's secure ones), where OpenSSL's own allocations (the handshake's, the
+sessions', every record's) are on the path too. A failed one ends its connection (UNAVAILABLE)
+and nothing else; the same rules hold.
 """
 import concurrent.futures
 import math
 import os
 import random
 import re
+import sys
 import time
 import urllib.request
 
@@ -72,6 +78,8 @@ import grpc
 import pytest
 
 import failalloc
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+from pd_pki import make_pki  # noqa: E402
 from pd_harness import (CHANNEL_OPTIONS, FULL, Daemon, Keyed, ids_prompt, pb, pb_grpc, report,
                         tier)
 
@@ -115,10 +123,29 @@ def generate(stub, ids, timeout=CALL_TIMEOUT, wait=False):
     return toks
 
 
+@pytest.fixture(params=["plaintext", "tls"])
+def transport(request, tmp_path_factory):
+    """None (plaintext), or the test certificates (the daemon serves TLS)."""
+    return make_pki(tmp_path_factory.mktemp("pki")) if request.param == "tls" else None
+
+
+def tls_args(pki):
+    return ["--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"]] if pki else []
+
+
+def open_channel(target, pki, options):
+    if not pki:
+        return grpc.insecure_channel(target, options=options)
+    with open(pki["ca.pem"], "rb") as f:
+        creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+    return grpc.secure_channel(target, creds, options=options)
+
+
 class Loop:
     """One daemon under the library, its stubs, the reference outputs and the checks."""
 
-    def __init__(self, model, data_dir, lib):
+    def __init__(self, model, data_dir, lib, pki=None):
+        self.pki = pki
         self.ctl = failalloc.Control(os.path.join(data_dir, "failalloc.ctl"))
         asan = os.environ.get("ASAN_OPTIONS", "")
         env = {"LD_PRELOAD": lib, "PD_FAILALLOC_CTL": self.ctl.path,
@@ -126,12 +153,13 @@ class Loop:
                "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"}
         self.d = Daemon(model, data_dir, admin_key=ADMIN, env=env,
                         extra=["--kv-cache-mb", "1", "--host-cache-mb", "0", "--disk-cache-mb",
-                               "0", "--max-batch-tokens", "16", "--drain-timeout", "5"])
+                               "0", "--max-batch-tokens", "16", "--drain-timeout", "5",
+                               *tls_args(pki)])
         assert self.ctl.loaded(), "libpd_failalloc.so is not loaded in the daemon"
         m = re.search(r"metrics_port=(\d+)", self.d.log_text())
         self.metrics_url = f"http://127.0.0.1:{m.group(1)}/metrics"
         self.sym = failalloc.Symbolizer(self.d.pid)
-        adm = self.d.admin(ADMIN)
+        adm = Keyed(pb_grpc.AdminStub(self.channel()), ADMIN)
         self.keys = (adm.CreateTenant(pb.CreateTenantRequest(name="alpha")).api_key,
                      adm.CreateTenant(pb.CreateTenantRequest(name="beta")).api_key)
         self.reconnect()
@@ -155,7 +183,7 @@ class Loop:
         self.tenants = Keyed(pb_grpc.AdminStub(self.channel()), ADMIN)
 
     def channel(self):
-        ch = grpc.insecure_channel(self.d.target, options=CHANNEL_OPTIONS + KEEPALIVE)
+        ch = open_channel(self.d.target, self.pki, CHANNEL_OPTIONS + KEEPALIVE)
         self.d.channels.append(ch)
         return ch
 
@@ -329,8 +357,9 @@ def plan(count, t_round):
     return list(range(1 + offset, count * 4 + 1000, stride)), stride, offset
 
 
-def test_every_allocation_of_the_request_path_can_fail(q51_model, data_dir, failalloc_lib):
-    L = Loop(q51_model, data_dir, failalloc_lib)
+def test_every_allocation_of_the_request_path_can_fail(q51_model, data_dir, failalloc_lib,
+                                                        transport):
+    L = Loop(q51_model, data_dir, failalloc_lib, transport)
     ctl = L.ctl
     # calibrate: one round armed past its end counts the allocations of the path
     t0 = time.monotonic()
@@ -394,7 +423,7 @@ def test_every_allocation_of_the_request_path_can_fail(q51_model, data_dir, fail
     rc = L.stop()
     log = L.d.log_text()
     m = re.search(r'msg="draining".*in_flight=(\d+)', log)
-    report("failalloc", path_allocations=count, exempt_allocations=exempt, stride=stride,
+    report("failalloc", transport="tls" if transport else "plaintext", path_allocations=count, exempt_allocations=exempt, stride=stride,
            offset=offset, tested=n_tested, fired=n_fired, end_n=end_n, statuses=statuses,
            first_n_by_message=messages, sites=fired_where,
            failure_sites=len(fired_where), live_blocks=[live0, live_end],
@@ -408,20 +437,22 @@ def test_every_allocation_of_the_request_path_can_fail(q51_model, data_dir, fail
     assert rc == 0, f"prefixd exited {rc} (under ASan: a leak report)\n{log[-3000:]}"
 
 
-def test_new_connection_survives_allocation_failure(q51_model, data_dir, failalloc_lib):
+def test_new_connection_survives_allocation_failure(q51_model, data_dir, failalloc_lib,
+                                                    transport):
     """The connection-setup path, which the loop above leaves out: for N = 1, 2, ... a new
     connection's first call (Tokenize) with the N-th allocation failing must end cleanly, and a
     connection opened afterwards must work."""
     ctl = failalloc.Control(os.path.join(data_dir, "failalloc.ctl"))
     asan = os.environ.get("ASAN_OPTIONS", "")
-    d = Daemon(q51_model, data_dir, extra=["--host-cache-mb", "0", "--disk-cache-mb", "0"],
+    d = Daemon(q51_model, data_dir, extra=["--host-cache-mb", "0", "--disk-cache-mb", "0",
+                                           *tls_args(transport)],
                env={"LD_PRELOAD": failalloc_lib, "PD_FAILALLOC_CTL": ctl.path,
                     "PD_FAILALLOC_EXCLUDE": EXCLUDE,
                     "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"})
     req = pb.TokenizeRequest(prompt=pb.Prompt(text=TOKENIZE_TEXT))
 
     def fresh_call(timeout, wait):
-        ch = grpc.insecure_channel(d.target, options=[("grpc.use_local_subchannel_pool", 1)])
+        ch = open_channel(d.target, transport, [("grpc.use_local_subchannel_pool", 1)])
         try:
             return rpc(lambda: list(Keyed(pb_grpc.PrefixdStub(ch), None).Tokenize(
                 req, timeout=timeout, wait_for_ready=wait).token_ids))
@@ -448,7 +479,8 @@ def test_new_connection_survives_allocation_failure(q51_model, data_dir, failall
                                  f"(failed {rec['kind']}({rec['size']}) at {where})"
             if not fired or time.monotonic() > deadline:
                 break
-        report("failalloc_connection", tested=n, statuses=statuses, ended=not fired)
+        report("failalloc_connection", transport="tls" if transport else "plaintext", tested=n,
+               statuses=statuses, ended=not fired)
     finally:
         assert d.stop() == 0
         ctl.close()

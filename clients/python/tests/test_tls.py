@@ -34,7 +34,8 @@ def pki(tmp_path_factory) -> Dict[str, str]:
 def tls_daemon(tiny_model: str, data_dir: str, pki: Dict[str, str]) -> Iterator[Daemon]:
     d = Daemon(tiny_model, data_dir, admin_key=ADMIN_KEY,
                unix=os.path.join(data_dir, "prefixd.sock"),
-               extra=["--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"]])
+               extra=["--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"],
+                      "--metrics-listen", "none"])
     yield d
     assert d.stop() == 0, d.log_text()[-2000:]
 
