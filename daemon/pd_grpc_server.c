@@ -532,8 +532,8 @@ static void flush(conn *c) {
     n += (size_t)len;
   }
   if (c->is_tls) { /* the records of out, and whatever the handshake has to send */
-    uint8_t *cipher;
-    size_t n_cipher;
+    uint8_t *cipher = NULL;
+    size_t n_cipher = 0;
     int rc = pd_tls_send(&c->tls, out, n, &cipher, &n_cipher);
     free(out);
     out = cipher;

@@ -233,6 +233,8 @@ static int write_all(pd_tls_conn *conn, const uint8_t *data, size_t len) {
 }
 
 int pd_tls_send(pd_tls_conn *conn, const uint8_t *data, size_t len, uint8_t **out, size_t *n_out) {
+  *out = NULL; /* on every return, error or not */
+  *n_out = 0;
   int rc = PD_OK;
   if (!conn->failed && len) {
     if (SSL_is_init_finished(conn->ssl) && !conn->n_pending) {
@@ -254,11 +256,7 @@ int pd_tls_send(pd_tls_conn *conn, const uint8_t *data, size_t len, uint8_t **ou
     rc = write_all(conn, conn->pending, conn->n_pending);
     conn->n_pending = 0;
   }
-  if (conn->quiet) { /* failed after the handshake: not a byte more (see pd_tls.h) */
-    *out = NULL;
-    *n_out = 0;
-    return PD_EINVAL;
-  }
+  if (conn->quiet) return PD_EINVAL; /* failed after the handshake: not a byte more (pd_tls.h) */
   int drc = drain(conn, out, n_out); /* a failed handshake's alert still goes out */
   if (drc) return drc;
   return conn->failed ? PD_EINVAL : rc;
