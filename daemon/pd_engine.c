@@ -318,12 +318,14 @@ static int authenticate(pd_engine *e, pd_job *job) {
     if (!diff) {
       job->is_admin = 1;
       job->tenant = -1;
+      snprintf(job->tenant_name, sizeof job->tenant_name, "(admin)");
       return 0;
     }
   }
   const pd_tenant_rec *r = pd_tenantdb_authenticate(&e->db, key);
   if (r) {
     job->tenant = pd_engine_tenant_id(e, r->name);
+    snprintf(job->tenant_name, sizeof job->tenant_name, "%s", r->name);
     if (job->tenant >= 0) return 0;
   }
   snprintf(job->message, sizeof job->message, "invalid API key");

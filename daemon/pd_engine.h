@@ -97,6 +97,7 @@ typedef struct pd_engine_config {
                                into it, so no stale KV of one tenant is ever in reach of
                                another's through a bug (default on) */
   enum pd_kv_admission kv_admission;
+  int log_requests; /* a log line for every finished Generate and Warm (pd_service_log_request) */
 } pd_engine_config;
 
 enum pd_job_kind { PD_JOB_GENERATE, PD_JOB_WARM, PD_JOB_CALL };
@@ -129,7 +130,8 @@ struct pd_job {
                                     * PD_JOB_CANCELLED_BY_SERVER (the drain timed out) */
   /* identity, set by the engine's authentication */
   int is_admin;
-  int32_t tenant; /* tree tenant id; -1 for the admin */
+  int32_t tenant;       /* tree tenant id; -1 for the admin */
+  char tenant_name[64]; /* for logs: the tenant's name, "(admin)", or "" (single tenant) */
   /* results (engine -> loop), under the outbox mutex */
   ProtobufCMessage *resp;
   void **arena; /* (n_arena) blocks of pd_job_alloc, freed with the job */

@@ -787,6 +787,27 @@ static void on_connection(uv_stream_t *listener, int status) {
 
 /* ---- server -------------------------------------------------------------------------------- */
 
+const char *pd_grpc_status_name(int status) {
+  static const char *const names[] = {"OK",
+                                      "CANCELLED",
+                                      "UNKNOWN",
+                                      "INVALID_ARGUMENT",
+                                      "DEADLINE_EXCEEDED",
+                                      "NOT_FOUND",
+                                      "ALREADY_EXISTS",
+                                      "PERMISSION_DENIED",
+                                      "RESOURCE_EXHAUSTED",
+                                      "FAILED_PRECONDITION",
+                                      "ABORTED",
+                                      "OUT_OF_RANGE",
+                                      "UNIMPLEMENTED",
+                                      "INTERNAL",
+                                      "UNAVAILABLE",
+                                      "DATA_LOSS",
+                                      "UNAUTHENTICATED"};
+  return status >= 0 && status < (int)(sizeof names / sizeof *names) ? names[status] : "UNKNOWN";
+}
+
 int pd_grpc_server_create(uv_loop_t *loop, pd_grpc_server **out) {
   pd_grpc_server *s = calloc(1, sizeof *s);
   if (!s) return PD_ENOMEM;

@@ -97,6 +97,10 @@ size_t pd_grpc_server_open_calls(const pd_grpc_server *s);
  * run); the server is freed once the loop has run the close callbacks. */
 void pd_grpc_server_close(pd_grpc_server *s);
 
+/* The canonical name of a gRPC status code ("OK", "RESOURCE_EXHAUSTED"; a static string), or
+ * "UNKNOWN" for a code outside 0..16. */
+const char *pd_grpc_status_name(int status);
+
 /* Monotonic milliseconds, the clock of deadlines. */
 int64_t pd_grpc_now_ms(void);
 

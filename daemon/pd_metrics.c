@@ -68,12 +68,6 @@ static void histogram(pd_strbuf *b, const char *name, const char *help,
   pd_strbuf_printf(b, "%s_count %llu\n", name, (unsigned long long)h->count);
 }
 
-static const char *const status_names[PD_GRPC_STATUSES] = {
-    "OK",        "CANCELLED",      "UNKNOWN",           "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED",
-    "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-    "ABORTED",   "OUT_OF_RANGE",   "UNIMPLEMENTED",     "INTERNAL",           "UNAVAILABLE",
-    "DATA_LOSS", "UNAUTHENTICATED"};
-
 int pd_metrics_render(pd_engine *e, char **text, size_t *n_text) {
   pd_strbuf b = {0};
   pd_strbuf_puts(&b, ""); /* an empty exposition is still a string */
@@ -215,7 +209,7 @@ int pd_metrics_render(pd_engine *e, char **text, size_t *n_text) {
   family(&b, "prefixd_rpcs_total", "counter",
          "RPCs the engine answered, by gRPC status (errors: every code but OK).");
   for (int s = 0; s < PD_GRPC_STATUSES; s++)
-    pd_strbuf_printf(&b, "prefixd_rpcs_total{code=\"%s\"} %llu\n", status_names[s],
+    pd_strbuf_printf(&b, "prefixd_rpcs_total{code=\"%s\"} %llu\n", pd_grpc_status_name(s),
                      (unsigned long long)e->rpc_status[s]);
   histogram(&b, "prefixd_queue_wait_seconds",
             "Generate requests' wait from arrival to admission into the batch.", &e->hist_queue);

@@ -26,6 +26,7 @@
 #include "pd_unicode.h"
 #include "pd_log.h"
 #include "pd_openai_tools.h"
+#include "pd_service.h"
 #include "prefixd/v1/prefixd.pb-c.h"
 
 #define MAX_CONNS    256
@@ -971,6 +972,8 @@ static void on_job_output(pd_job *job, void *user) {
   if (!done) return;
   o->in_flight--;
   ch->done = 1;
+  pd_service_log_request(o->engine, "openai", r->chat ? "chat.completions" : "completions", job,
+                         job->status, job->message);
   r->pending--;
   if (job->status != PD_GRPC_OK && !r->failed) { /* the request fails: its other choices stop */
     r->failed = ch;

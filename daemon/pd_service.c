@@ -153,10 +153,52 @@ void pd_service_output(pd_job *unused, void *user) {
       message = "out of memory for the reply";
     }
     if (job->retry_after_ms > 0) pd_grpc_call_set_pushback(call, job->retry_after_ms);
+    pd_service_log_request(svc->engine, "grpc", job->kind == PD_JOB_WARM ? "Warm" : "Generate", job,
+                           status, message);
     pd_grpc_call_finish(call, status, message[0] ? message : NULL);
     live_remove(svc, job);
     pd_job_free(job);
   }
+}
+
+/* A message as a logfmt value: no quote, backslash or line break; at most cap - 1 bytes. */
+static void log_value(const char *in, char *out, size_t cap) {
+  size_t n = 0;
+  for (; *in && n + 1 < cap; in++) {
+    unsigned char ch = (unsigned char)*in;
+    out[n++] = ch == '"' ? '\'' : ch == '\\' ? '/' : ch < ' ' || ch == 127 ? ' ' : (char)ch;
+  }
+  out[n] = 0;
+}
+
+void pd_service_log_request(const pd_engine *e, const char *api, const char *rpc, const pd_job *job,
+                            int status, const char *message) {
+  if (!e->cfg.log_requests || job->kind == PD_JOB_CALL) return;
+  static const char *const finishes[] = {"-", "stop", "length", "cancelled", "error"};
+  unsigned prompt = 0, cached = 0, generated = 0;
+  double queue_ms = 0, ttft_ms = 0;
+  const char *finish = "-";
+  if (job->kind == PD_JOB_GENERATE && job->final) {
+    const Prefixd__V1__GenerateResponse *f = (const Prefixd__V1__GenerateResponse *)job->final;
+    if (f->usage)
+      prompt = f->usage->prompt_tokens, cached = f->usage->cached_tokens,
+      generated = f->usage->generated_tokens;
+    if (f->timings) queue_ms = f->timings->queue_ms, ttft_ms = f->timings->ttft_ms;
+    if ((unsigned)f->finish_reason < sizeof finishes / sizeof *finishes)
+      finish = finishes[f->finish_reason];
+  } else if (job->kind == PD_JOB_WARM && job->resp) {
+    const Prefixd__V1__WarmResponse *w = (const Prefixd__V1__WarmResponse *)job->resp;
+    prompt = w->prompt_tokens, cached = w->cached_tokens;
+  }
+  char why[200] = "";
+  if (status != PD_GRPC_OK && message && message[0]) log_value(message, why, sizeof why);
+  pd_log(PD_LOG_INFO, "request",
+         "api=%s rpc=%s tenant=%s status=%s prompt_tokens=%u cached_tokens=%u "
+         "generated_tokens=%u finish=%s queue_ms=%.1f ttft_ms=%.1f total_ms=%lld%s%s%s",
+         api, rpc, job->tenant_name[0] ? job->tenant_name : "-", pd_grpc_status_name(status),
+         prompt, cached, generated, finish, queue_ms, ttft_ms,
+         (long long)(pd_grpc_now_ms() - job->arrival_ms), why[0] ? " error=\"" : "", why,
+         why[0] ? "\"" : "");
 }
 
 static void health(pd_grpc_call *call, const ProtobufCMessage *req, void *user) {

@@ -42,5 +42,12 @@ void pd_service_output(pd_job *unused, void *svc);
 void pd_service_drain(pd_service *svc);
 /* Marks every live job cancelled (the drain deadline passed). */
 void pd_service_cancel_all(pd_service *svc);
+/* With the engine's log_requests (--log-requests, on by default): one info line for a finished
+ * Generate or Warm job (other kinds: nothing), an access log with no prompt text in it: api
+ * ("grpc", "openai"), rpc (the method or endpoint), the tenant, the status it ended with
+ * (status, and message when not OK), the token counts, the finish reason, and the queue,
+ * first-token and total times. Loop thread. */
+void pd_service_log_request(const pd_engine *e, const char *api, const char *rpc, const pd_job *job,
+                            int status, const char *message);
 
 #endif /* PD_SERVICE_H */

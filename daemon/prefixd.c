@@ -107,6 +107,9 @@ static void usage(FILE *f) {
       "      --drain-timeout S     seconds running requests get at shutdown (default 30)\n"
       "      --log-level L         debug, info, warn, error (PREFIXD_LOG_LEVEL; info)\n"
       "      --log-file F          log to F instead of stderr; SIGHUP reopens it\n"
+      "      --log-requests B      yes: an info line for every finished generation and warm\n"
+      "                            (tenant, status, token counts, times; never the prompt)\n"
+      "                            (PREFIXD_LOG_REQUESTS; default yes)\n"
       "  -h, --help                this text\n"
       "      --version\n");
 }
@@ -319,6 +322,7 @@ int main(int argc, char **argv) {
   const char *zero_reused = env_or("PREFIXD_ZERO_REUSED_KV", "yes");
   const char *device = env_or("PREFIXD_DEVICE", "auto");
   const char *kv_admission = env_or("PREFIXD_KV_ADMISSION", "incremental");
+  const char *log_requests = env_or("PREFIXD_LOG_REQUESTS", "yes");
   struct {
     const char *env;
     long *v;
@@ -366,6 +370,7 @@ int main(int argc, char **argv) {
     O_TOKENIZE,
     O_TLS_CERT,
     O_TLS_KEY,
+    O_LOG_REQUESTS,
     O_VERSION
   };
   static const struct option opts[] = {{"model", required_argument, 0, 'm'},
@@ -399,6 +404,7 @@ int main(int argc, char **argv) {
                                        {"tokenize-thread-bytes", required_argument, 0, O_TOKENIZE},
                                        {"tls-cert", required_argument, 0, O_TLS_CERT},
                                        {"tls-key", required_argument, 0, O_TLS_KEY},
+                                       {"log-requests", required_argument, 0, O_LOG_REQUESTS},
                                        {"help", no_argument, 0, 'h'},
                                        {"version", no_argument, 0, O_VERSION},
                                        {0, 0, 0, 0}};
@@ -437,6 +443,7 @@ int main(int argc, char **argv) {
     case O_TOKENIZE: target = &tokenize_bytes, lo = 0, hi = 1L << 30; break;
     case O_TLS_CERT: tls_cert = optarg; break;
     case O_TLS_KEY: tls_key = optarg; break;
+    case O_LOG_REQUESTS: log_requests = optarg; break;
     case 'h': usage(stdout); return 0;
     case O_VERSION: printf("prefixd %s\n", VERSION); return 0;
     default: usage(stderr); return 2;
@@ -497,6 +504,10 @@ int main(int argc, char **argv) {
   }
   if (strcmp(kv_admission, "incremental") && strcmp(kv_admission, "full")) {
     fprintf(stderr, "prefixd: --kv-admission must be incremental or full\n");
+    return 2;
+  }
+  if (strcmp(log_requests, "yes") && strcmp(log_requests, "no")) {
+    fprintf(stderr, "prefixd: --log-requests must be yes or no\n");
     return 2;
   }
   if (strcmp(zero_reused, "yes") && strcmp(zero_reused, "no")) {
@@ -640,7 +651,8 @@ int main(int argc, char **argv) {
                           .tenants_path = tenants_path,
                           .admin_key = admin_key[0] ? admin_key : NULL,
                           .threads = (int)threads,
-                          .tokenize_thread_bytes = (size_t)tokenize_bytes};
+                          .tokenize_thread_bytes = (size_t)tokenize_bytes,
+                          .log_requests = !strcmp(log_requests, "yes")};
   char err[512];
   int64_t t0 = pd_grpc_now_ms();
   if (access(model, R_OK)) {

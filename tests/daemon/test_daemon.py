@@ -447,6 +447,69 @@ def test_queue_limit_gives_resource_exhausted(tiny_model, data_dir):
         assert d.stop() == 0
 
 
+def request_lines(d):
+    """The fields of every access-log line (msg="request") in the daemon's log."""
+    import shlex
+    lines = []
+    for line in d.log_text().splitlines():
+        if 'msg="request"' in line:
+            lines.append(dict(kv.split("=", 1) for kv in shlex.split(line)))
+    return lines
+
+
+def test_request_log(tiny_model, data_dir):
+    """One info line per finished generation and warm, over gRPC and the OpenAI API: the tenant,
+    the status (with the error when not OK), token counts and times, never the prompt's text;
+    --log-requests no turns it off."""
+    import http.client
+    import json
+    secret = "the launch code is swordfish-42"
+    d = Daemon(tiny_model, data_dir, admin_key=ADMIN, extra=["--openai-listen", "127.0.0.1:0"])
+    try:
+        key = d.admin(ADMIN).CreateTenant(pb.CreateTenantRequest(name="acme")).api_key
+        s = d.stub(key)
+        generate(s, chat(("system", "Answer briefly."), ("user", secret)), max_tokens=6,
+                 sampling=pb.SamplingParams(ignore_eos=True))
+        s.Warm(pb.WarmRequest(prompt=pb.Prompt(text=secret * 4)))
+        with pytest.raises(grpc.RpcError):
+            s.Generate(pb.GenerateRequest(prompt=pb.Prompt(text="x"), max_tokens=2,
+                                          cache=pb.CacheOptions(namespace="no-such")),
+                       timeout=30).next()
+        port = int(d.log_text().split("openai_port=")[1].split()[0])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("POST", "/v1/completions", body=json.dumps(
+            {"model": "m", "prompt": secret, "max_tokens": 3}),
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        assert conn.getresponse().status == 200
+        conn.close()
+        deadline = time.time() + 30
+        while len(request_lines(d)) < 4 and time.time() < deadline:
+            time.sleep(0.05)
+        gen, warm, bad, oai = request_lines(d)
+    finally:
+        assert d.stop() == 0
+    assert (gen["api"], gen["rpc"], gen["tenant"], gen["status"]) == ("grpc", "Generate", "acme",
+                                                                      "OK")
+    assert gen["generated_tokens"] == "6" and gen["finish"] == "length"
+    assert int(gen["prompt_tokens"]) > 10 and float(gen["ttft_ms"]) >= 0
+    assert int(gen["total_ms"]) >= float(gen["ttft_ms"]) - 1
+    assert (warm["rpc"], warm["status"], warm["generated_tokens"]) == ("Warm", "OK", "0")
+    assert int(warm["prompt_tokens"]) > 20
+    assert bad["status"] == "NOT_FOUND" and "no-such" in bad["error"]
+    assert (oai["api"], oai["rpc"], oai["tenant"], oai["generated_tokens"]) == (
+        "openai", "completions", "acme", "3")
+    assert "swordfish" not in d.log_text()  # counts, never the text
+    # off (a fresh data directory: single-tenant, no keys)
+    off_dir = os.path.join(data_dir, "off")
+    os.mkdir(off_dir)
+    d = Daemon(tiny_model, off_dir, extra=["--log-requests", "no"])
+    try:
+        generate(d.stub(), pb.Prompt(text="hello"), max_tokens=2)
+    finally:
+        assert d.stop() == 0
+    assert not request_lines(d) and 'msg="prefixd ready"' in d.log_text()
+
+
 def test_unix_socket(tiny_model, data_dir):
     path = os.path.join(data_dir, "prefixd.sock")
     d = Daemon(tiny_model, data_dir, unix=path)
