@@ -58,17 +58,19 @@ static const char *ssl_reason(const char *fallback) {
   return r ? r : fallback;
 }
 
-int pd_tls_server_create(const char *cert_file, const char *key_file, const char *alpn,
-                         pd_tls_server **out, char *err, size_t errlen) {
+int pd_tls_server_create(const pd_tls_files *files, const char *alpn, pd_tls_server **out,
+                         char *err, size_t errlen) {
   *out = NULL;
+  const char *cert_file = files->cert, *key_file = files->key, *client_ca = files->client_ca;
   const unsigned char *wire = !strcmp(alpn, "h2")         ? ALPN_H2
                               : !strcmp(alpn, "http/1.1") ? ALPN_HTTP1
                                                           : NULL;
   if (!wire) return pd_errf(err, errlen, PD_EINVAL, "unknown ALPN protocol '%s'", alpn);
-  const char *files[2] = {cert_file, key_file}, *what[2] = {"certificate", "key"};
-  for (int i = 0; i < 2; i++) /* the usual mistakes, said in the usual words */
-    if (access(files[i], R_OK))
-      return pd_errf(err, errlen, PD_EIO, "TLS %s %s: %s", what[i], files[i], strerror(errno));
+  const char *paths[3] = {cert_file, key_file, client_ca};
+  const char *what[3] = {"certificate", "key", "client CA"};
+  for (int i = 0; i < 3; i++) /* the usual mistakes, said in the usual words */
+    if (paths[i] && access(paths[i], R_OK))
+      return pd_errf(err, errlen, PD_EIO, "TLS %s %s: %s", what[i], paths[i], strerror(errno));
   pd_tls_server *s = calloc(1, sizeof *s);
   if (!s) return pd_errf(err, errlen, PD_ENOMEM, "out of memory");
   ERR_clear_error();
@@ -112,6 +114,17 @@ int pd_tls_server_create(const char *cert_file, const char *key_file, const char
     rc = pd_errf(err, errlen, PD_EINVAL, "TLS key %s does not match the certificate %s: %s",
                  key_file, cert_file, ssl_reason("mismatch"));
     goto fail;
+  }
+  if (client_ca) {
+    STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(client_ca);
+    if (!names || SSL_CTX_load_verify_locations(s->ctx, client_ca, NULL) != 1) {
+      sk_X509_NAME_pop_free(names, X509_NAME_free);
+      rc = pd_errf(err, errlen, PD_EIO, "TLS client CA %s: %s (expected PEM certificates)",
+                   client_ca, ssl_reason("no certificate in it"));
+      goto fail;
+    }
+    SSL_CTX_set_client_CA_list(s->ctx, names); /* the context owns the list */
+    SSL_CTX_set_verify(s->ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
   }
   SSL_CTX_set_alpn_select_cb(s->ctx, select_alpn, (void *)wire);
   *out = s;

@@ -39,6 +39,13 @@
 
 typedef struct pd_tls_server pd_tls_server;
 
+/* What a listener's TLS is made of: the paths, borrowed for the call. */
+typedef struct pd_tls_files {
+  const char *cert;      /* a PEM certificate chain, the server's first */
+  const char *key;       /* its unencrypted PEM private key */
+  const char *client_ca; /* PEM CAs a client's certificate must chain to; NULL: none is asked */
+} pd_tls_files;
+
 typedef struct pd_tls_conn {
   struct ssl_st *ssl; /* NULL: not initialised, or freed */
   struct bio_st *in;  /* ciphertext read from the socket, owned by ssl */
@@ -50,12 +57,13 @@ typedef struct pd_tls_conn {
   int quiet;       /* failed once established: its alert is not sent either */
 } pd_tls_conn;
 
-/* Loads cert_file (a PEM chain, the leaf first) and key_file (its PEM private key) for a
- * listener that speaks alpn ("h2" or "http/1.1"; another is PD_EINVAL). *out is the caller's, freed with
+/* Loads files->cert and files->key for a listener that speaks alpn ("h2" or "http/1.1"; another
+ * is PD_EINVAL). With files->client_ca, a client must present a certificate that chains to one of
+ * those CAs, or its handshake fails (certificate_required, or unknown_ca). *out is the caller's, freed with
  * pd_tls_server_free. Returns PD_OK; PD_EIO when a file cannot be read or parsed, PD_EINVAL when
  * the key does not match the certificate, PD_ENOMEM; err gets one line saying which. */
-int pd_tls_server_create(const char *cert_file, const char *key_file, const char *alpn,
-                         pd_tls_server **out, char *err, size_t errlen);
+int pd_tls_server_create(const pd_tls_files *files, const char *alpn, pd_tls_server **out,
+                         char *err, size_t errlen);
 /* NULL is a no-op. Connections made from it may live on: their sessions hold the context. */
 void pd_tls_server_free(pd_tls_server *s);
 

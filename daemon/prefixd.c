@@ -60,6 +60,8 @@ static void usage(FILE *f) {
       "                            the metrics endpoint stay plaintext)\n"
       "      --tls-key FILE        its PEM private key (PREFIXD_TLS_KEY); SIGHUP reloads\n"
       "                            both for new connections\n"
+      "      --tls-client-ca FILE  also require a client certificate signed by one of these\n"
+      "                            PEM CAs (mutual TLS; PREFIXD_TLS_CLIENT_CA)\n"
       "      --admin-key-file F    file holding the admin key (PREFIXD_ADMIN_KEY_FILE)\n"
       "                            (or the key itself in PREFIXD_ADMIN_KEY)\n"
       "      --kv-cache-mb N       KV cache of the device tier in MiB (PREFIXD_KV_CACHE_MB;\n"
@@ -123,7 +125,7 @@ typedef struct daemon_state {
   pd_openai *openai;   /* NULL when disabled */
   uv_signal_t sigterm, sigint, sighup;
   /* TLS (--tls-cert): the files, and each listener's context, replaced on SIGHUP */
-  const char *tls_cert, *tls_key;
+  pd_tls_files tls_files;
   pd_tls_server *grpc_tls, *openai_tls; /* NULL where that listener is plaintext or off */
   uv_timer_t drain_timer;
   int64_t drain_started, drain_timeout_ms;
@@ -165,10 +167,9 @@ static void on_drain_tick(uv_timer_t *t) {
 static void reload_tls(daemon_state *d) {
   char err[600];
   pd_tls_server *grpc_tls = NULL, *openai_tls = NULL;
-  if ((d->grpc_tls &&
-       pd_tls_server_create(d->tls_cert, d->tls_key, "h2", &grpc_tls, err, sizeof err)) ||
+  if ((d->grpc_tls && pd_tls_server_create(&d->tls_files, "h2", &grpc_tls, err, sizeof err)) ||
       (d->openai_tls &&
-       pd_tls_server_create(d->tls_cert, d->tls_key, "http/1.1", &openai_tls, err, sizeof err))) {
+       pd_tls_server_create(&d->tls_files, "http/1.1", &openai_tls, err, sizeof err))) {
     pd_tls_server_free(grpc_tls);
     pd_log(PD_LOG_ERROR, "TLS certificate not reloaded: still serving the one loaded before",
            "err=\"%s\"", err);
@@ -184,7 +185,7 @@ static void reload_tls(daemon_state *d) {
     pd_tls_server_free(d->openai_tls);
     d->openai_tls = openai_tls;
   }
-  pd_log(PD_LOG_INFO, "TLS certificate reloaded", "cert=%s", d->tls_cert);
+  pd_log(PD_LOG_INFO, "TLS certificate reloaded", "cert=%s", d->tls_files.cert);
 }
 
 static void on_signal(uv_signal_t *sig, int signum) {
@@ -192,7 +193,7 @@ static void on_signal(uv_signal_t *sig, int signum) {
   if (signum == SIGHUP) {
     pd_log_reopen();
     pd_log(PD_LOG_INFO, "log reopened", NULL);
-    if (d->tls_cert && !d->shutting_down) reload_tls(d);
+    if (d->tls_files.cert && !d->shutting_down) reload_tls(d);
     return;
   }
   if (d->svc.draining) { /* a second signal: cancel everything now */
@@ -312,6 +313,7 @@ int main(int argc, char **argv) {
   const char *log_file = env_or("PREFIXD_LOG_FILE", NULL);
   const char *tls_cert = env_or("PREFIXD_TLS_CERT", NULL);
   const char *tls_key = env_or("PREFIXD_TLS_KEY", NULL);
+  const char *tls_client_ca = env_or("PREFIXD_TLS_CLIENT_CA", NULL);
   long kv_mb = 1024, host_mb = 1024, disk_mb = 8192, block = 16, batch = 256, running = 64,
        queue = 1024, ctx = 0, threads = 0, drain = 30, tokenize_bytes = PD_TOKENIZE_THREAD_BYTES;
   const char *cache_dtype = "f16", *matmul = "fast";
@@ -371,6 +373,7 @@ int main(int argc, char **argv) {
     O_TLS_CERT,
     O_TLS_KEY,
     O_LOG_REQUESTS,
+    O_TLS_CLIENT_CA,
     O_VERSION
   };
   static const struct option opts[] = {{"model", required_argument, 0, 'm'},
@@ -405,6 +408,7 @@ int main(int argc, char **argv) {
                                        {"tls-cert", required_argument, 0, O_TLS_CERT},
                                        {"tls-key", required_argument, 0, O_TLS_KEY},
                                        {"log-requests", required_argument, 0, O_LOG_REQUESTS},
+                                       {"tls-client-ca", required_argument, 0, O_TLS_CLIENT_CA},
                                        {"help", no_argument, 0, 'h'},
                                        {"version", no_argument, 0, O_VERSION},
                                        {0, 0, 0, 0}};
@@ -444,6 +448,7 @@ int main(int argc, char **argv) {
     case O_TLS_CERT: tls_cert = optarg; break;
     case O_TLS_KEY: tls_key = optarg; break;
     case O_LOG_REQUESTS: log_requests = optarg; break;
+    case O_TLS_CLIENT_CA: tls_client_ca = optarg; break;
     case 'h': usage(stdout); return 0;
     case O_VERSION: printf("prefixd %s\n", VERSION); return 0;
     default: usage(stderr); return 2;
@@ -576,6 +581,11 @@ int main(int argc, char **argv) {
     fprintf(stderr, "prefixd: --tls-cert and --tls-key go together (give both, or neither)\n");
     return 2;
   }
+  if (tls_client_ca && !tls_cert) {
+    fprintf(stderr, "prefixd: --tls-client-ca needs --tls-cert and --tls-key\n");
+    return 2;
+  }
+  pd_tls_files tls_files = {.cert = tls_cert, .key = tls_key, .client_ca = tls_client_ca};
   if (tls_cert) {
     char tls_err[600];
     if (!want_tcp && !want_openai) {
@@ -583,10 +593,9 @@ int main(int argc, char **argv) {
                       "no --openai-listen)\n");
       return 2;
     }
-    if ((want_tcp &&
-         pd_tls_server_create(tls_cert, tls_key, "h2", &grpc_tls, tls_err, sizeof tls_err)) ||
-        (want_openai && pd_tls_server_create(tls_cert, tls_key, "http/1.1", &openai_tls, tls_err,
-                                             sizeof tls_err))) {
+    if ((want_tcp && pd_tls_server_create(&tls_files, "h2", &grpc_tls, tls_err, sizeof tls_err)) ||
+        (want_openai &&
+         pd_tls_server_create(&tls_files, "http/1.1", &openai_tls, tls_err, sizeof tls_err))) {
       fprintf(stderr, "prefixd: %s\n", tls_err);
       return 2;
     }
@@ -624,8 +633,7 @@ int main(int argc, char **argv) {
     return 1;
   }
 
-  daemon_state d = {
-      .tls_cert = tls_cert, .tls_key = tls_key, .grpc_tls = grpc_tls, .openai_tls = openai_tls};
+  daemon_state d = {.tls_files = tls_files, .grpc_tls = grpc_tls, .openai_tls = openai_tls};
   d.loop = uv_default_loop();
   d.drain_timeout_ms = drain * 1000;
   pd_engine_config cfg = {.model_path = model,
@@ -767,7 +775,10 @@ int main(int argc, char **argv) {
          e->block_bytes / (size_t)block, e->tree.cfg.tier_capacity[1], host_mb,
          e->tree.cfg.tier_capacity[2], disk_mb, disk_mb > 0 ? disk_dir : "none",
          (unsigned long long)e->rebuilt_blocks, disk_io, addr_text, unix_path ? unix_path : "none",
-         metrics_text, openai_text, tls_cert ? "on" : "off",
+         metrics_text, openai_text,
+         tls_client_ca ? "mutual"
+         : tls_cert    ? "on"
+                       : "off",
          e->single_tenant ? "single-tenant (no API keys, loopback only)" : "multi-tenant",
          e->db.n_recs, (long long)(pd_grpc_now_ms() - t0), bound, metrics_bound, openai_bound);
   uv_run(d.loop, UV_RUN_DEFAULT);

@@ -32,7 +32,8 @@ static void *run(void *arg) {
   pd_client *c;
   const char *ca = getenv("PREFIXD_TLS_CA");
   char err[256];
-  if (ca && ca[0] ? pd_client_connect_tls(w->addr, w->key, ca, err, sizeof err, &c)
+  pd_client_tls tls = {.ca_file = ca};
+  if (ca && ca[0] ? pd_client_connect_tls(w->addr, w->key, &tls, err, sizeof err, &c)
                   : pd_client_connect(w->addr, w->key, &c)) {
     w->failed = 1;
     return NULL;

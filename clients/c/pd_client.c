@@ -276,8 +276,9 @@ static int sock_bio_create(BIO *b) {
 
 /* The TLS handshake on c->fd for address (HOST:PORT, checked by open_socket), verifying the
  * server's certificate against ca_file (NULL: the system's roots) and the host. */
-static int start_tls(pd_client *c, const char *address, const char *ca_file, char *err,
+static int start_tls(pd_client *c, const char *address, const pd_client_tls *tls, char *err,
                      size_t errlen) {
+  const char *ca_file = tls ? tls->ca_file : NULL;
   char host[256];
   const char *colon = strrchr(address, ':');
   size_t hn = (size_t)(colon - address);
@@ -296,6 +297,14 @@ static int start_tls(pd_client *c, const char *address, const char *ca_file, cha
                : SSL_CTX_set_default_verify_paths(c->tls_ctx)) != 1)
     return pd_errf(err, errlen, PD_EIO, "cannot load the CA certificates %s: %s",
                    ca_file ? ca_file : "of the system", ssl_reason("unreadable"));
+  if (tls && (!tls->cert_file != !tls->key_file))
+    return pd_errf(err, errlen, PD_EINVAL, "TLS: a client certificate and its key go together");
+  if (tls && tls->cert_file &&
+      (SSL_CTX_use_certificate_chain_file(c->tls_ctx, tls->cert_file) != 1 ||
+       SSL_CTX_use_PrivateKey_file(c->tls_ctx, tls->key_file, SSL_FILETYPE_PEM) != 1 ||
+       SSL_CTX_check_private_key(c->tls_ctx) != 1))
+    return pd_errf(err, errlen, PD_EIO, "TLS client certificate %s with key %s: %s", tls->cert_file,
+                   tls->key_file, ssl_reason("cannot load them"));
   static const unsigned char alpn[] = {2, 'h', '2'};
   c->tls = SSL_new(c->tls_ctx);
   c->tls_bio = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "prefixd socket");
@@ -337,7 +346,7 @@ static int start_tls(pd_client *c, const char *address, const char *ca_file, cha
 }
 
 static int connect_common(const char *address, const char *api_key, int use_tls,
-                          const char *ca_file, char *err, size_t errlen, pd_client **out) {
+                          const pd_client_tls *tls, char *err, size_t errlen, pd_client **out) {
   *out = NULL;
   if (!address) return pd_errf(err, errlen, PD_EINVAL, "no address");
   if (use_tls && !strncmp(address, "unix:", 5))
@@ -363,7 +372,7 @@ static int connect_common(const char *address, const char *api_key, int use_tls,
   }
   c->fd = fd;
   int rc;
-  if (use_tls && (rc = start_tls(c, address, ca_file, err, errlen))) {
+  if (use_tls && (rc = start_tls(c, address, tls, err, errlen))) {
     pd_client_close(c);
     return rc;
   }
@@ -399,9 +408,9 @@ int pd_client_connect(const char *address, const char *api_key, pd_client **out)
   return connect_common(address, api_key, 0, NULL, NULL, 0, out);
 }
 
-int pd_client_connect_tls(const char *address, const char *api_key, const char *ca_file, char *err,
-                          size_t errlen, pd_client **out) {
-  return connect_common(address, api_key, 1, ca_file, err, errlen, out);
+int pd_client_connect_tls(const char *address, const char *api_key, const pd_client_tls *tls,
+                          char *err, size_t errlen, pd_client **out) {
+  return connect_common(address, api_key, 1, tls, err, errlen, out);
 }
 
 void pd_client_close(pd_client *c) {

@@ -40,14 +40,22 @@ typedef struct pd_client pd_client;
  * "authorization: Bearer <key>" on every call; NULL for none. PD_EINVAL for a malformed
  * address, PD_ENOTFOUND if the name does not resolve, PD_EIO if nothing accepts. */
 int pd_client_connect(const char *address, const char *api_key, pd_client **out);
+/* TLS settings of pd_client_connect_tls; the paths are read during the call. */
+typedef struct pd_client_tls {
+  const char *ca_file;   /* PEM CAs the server's certificate must chain to; NULL: the system's */
+  const char *cert_file; /* a client certificate chain (PEM) for a daemon that asks for one
+                            (--tls-client-ca); NULL: none */
+  const char *key_file;  /* its unencrypted PEM private key (with cert_file) */
+} pd_client_tls;
+
 /* The same over TLS (a daemon started with --tls-cert; TCP addresses only). The server's
- * certificate must chain to a CA in ca_file (PEM), or to the system's roots when ca_file is NULL,
+ * certificate must chain to tls->ca_file (tls NULL: the system's roots, no client certificate)
  * and name the address's host (a DNS name or an IP address); ALPN must select "h2". On failure
  * err (errlen bytes, may be NULL) gets one line saying why: PD_EINVAL (a malformed address, a
- * Unix socket), PD_ENOTFOUND, PD_EIO (nothing accepts, or the handshake or the certificate
- * failed), PD_ENOMEM. */
-int pd_client_connect_tls(const char *address, const char *api_key, const char *ca_file, char *err,
-                          size_t errlen, pd_client **out);
+ * Unix socket, a key without its certificate), PD_ENOTFOUND, PD_EIO (nothing accepts, a file
+ * cannot be loaded, or the handshake or a certificate failed), PD_ENOMEM. */
+int pd_client_connect_tls(const char *address, const char *api_key, const pd_client_tls *tls,
+                          char *err, size_t errlen, pd_client **out);
 void pd_client_close(pd_client *c);
 
 /* Deadline of each following call in ms (sent as grpc-timeout; the client also stops waiting

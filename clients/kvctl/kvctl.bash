@@ -14,7 +14,8 @@ _kvctl() {
     cur=${COMP_WORDS[COMP_CWORD]}
     prev=${COMP_WORDS[COMP_CWORD - 1]}
     local commands="status stats health ls show evict pin unpin warm lookup gen tenant help"
-    local global="--addr --key --json --yes --no-color --timeout --tls --tls-ca --help"
+    local global="--addr --key --json --yes --no-color --timeout --tls --tls-ca --tls-client-cert
+        --tls-client-key --help"
 
     # the command, the tenant subcommand, and the connection options typed so far
     local i word cmd="" sub=""
@@ -22,7 +23,7 @@ _kvctl() {
     for ((i = 1; i < COMP_CWORD; i++)); do
         word=${COMP_WORDS[i]}
         case $word in
-            --addr | --address | -a | --key | -k | --tls-ca)
+            --addr | --address | -a | --key | -k | --tls-ca | --tls-client-cert | --tls-client-key)
                 conn+=("$word" "${COMP_WORDS[i + 1]}")
                 ((i++))
                 continue
@@ -57,7 +58,7 @@ _kvctl() {
             mapfile -t COMPREPLY < <(compgen -W "hits age size" -- "$cur")
             return
             ;;
-        --file | -f | --chat | --schema | --tls-ca)
+        --file | -f | --chat | --schema | --tls-ca | --tls-client-cert | --tls-client-key)
             compopt -o filenames 2>/dev/null
             mapfile -t COMPREPLY < <(compgen -f -- "$cur")
             return

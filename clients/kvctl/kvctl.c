@@ -127,7 +127,9 @@ static void default_socket_path(char *out, size_t cap) {
 static int try_connect(kv_ctx *ctx, const char *address, char *why, size_t whylen) {
   errno = 0;
   if (ctx->tls && strncmp(address, "unix:", 5)) { /* the daemon's Unix socket is plaintext */
-    int rc = pd_client_connect_tls(address, ctx->key, ctx->tls_ca, why, whylen, &ctx->client);
+    pd_client_tls tls = {
+        .ca_file = ctx->tls_ca, .cert_file = ctx->tls_cert, .key_file = ctx->tls_key};
+    int rc = pd_client_connect_tls(address, ctx->key, &tls, why, whylen, &ctx->client);
     if (rc == 0) {
       snprintf(ctx->address, sizeof ctx->address, "%s", address);
       pd_client_set_timeout_ms(ctx->client, ctx->timeout_ms);
@@ -199,17 +201,38 @@ int kv_connect(kv_ctx *ctx, pd_client **out) {
 
 /* ---- options --------------------------------------------------------------------------------- */
 
-enum { G_ADDR = 1, G_KEY, G_JSON, G_YES, G_NO_COLOR, G_TIMEOUT, G_TLS, G_TLS_CA, G_HELP };
+enum {
+  G_ADDR = 1,
+  G_KEY,
+  G_JSON,
+  G_YES,
+  G_NO_COLOR,
+  G_TIMEOUT,
+  G_TLS,
+  G_TLS_CA,
+  G_TLS_CERT,
+  G_TLS_KEY,
+  G_HELP
+};
 
 static const struct global_opt {
   const char *name;
   char short_name;
   int id, takes_value;
 } global_opts[] = {
-    {"addr", 'a', G_ADDR, 1},     {"address", 0, G_ADDR, 1}, {"key", 'k', G_KEY, 1},
-    {"json", 'j', G_JSON, 0},     {"yes", 'y', G_YES, 0},    {"no-color", 0, G_NO_COLOR, 0},
-    {"timeout", 0, G_TIMEOUT, 1}, {"tls", 0, G_TLS, 0},      {"tls-ca", 0, G_TLS_CA, 1},
-    {"help", 'h', G_HELP, 0},     {NULL, 0, 0, 0},
+    {"addr", 'a', G_ADDR, 1},
+    {"address", 0, G_ADDR, 1},
+    {"key", 'k', G_KEY, 1},
+    {"json", 'j', G_JSON, 0},
+    {"yes", 'y', G_YES, 0},
+    {"no-color", 0, G_NO_COLOR, 0},
+    {"timeout", 0, G_TIMEOUT, 1},
+    {"tls", 0, G_TLS, 0},
+    {"tls-ca", 0, G_TLS_CA, 1},
+    {"tls-client-cert", 0, G_TLS_CERT, 1},
+    {"tls-client-key", 0, G_TLS_KEY, 1},
+    {"help", 'h', G_HELP, 0},
+    {NULL, 0, 0, 0},
 };
 
 static int apply_global(kv_ctx *ctx, int id, const char *value, const char *help) {
@@ -224,6 +247,14 @@ static int apply_global(kv_ctx *ctx, int id, const char *value, const char *help
   case G_TLS_CA:
     ctx->tls = 1;
     ctx->tls_ca = value;
+    return 0;
+  case G_TLS_CERT:
+    ctx->tls = 1;
+    ctx->tls_cert = value;
+    return 0;
+  case G_TLS_KEY:
+    ctx->tls = 1;
+    ctx->tls_key = value;
     return 0;
   case G_TIMEOUT:
     if (kv_parse_duration(value, &seconds) || seconds == 0)
@@ -395,7 +426,9 @@ int main(int argc, char **argv) {
   ctx.key =
       nonempty_env("PREFIXD_KEY") ? nonempty_env("PREFIXD_KEY") : nonempty_env("PREFIXD_API_KEY");
   ctx.tls_ca = nonempty_env("PREFIXD_TLS_CA");
-  ctx.tls = ctx.tls_ca != NULL;
+  ctx.tls_cert = nonempty_env("PREFIXD_TLS_CLIENT_CERT");
+  ctx.tls_key = nonempty_env("PREFIXD_TLS_CLIENT_KEY");
+  ctx.tls = ctx.tls_ca || ctx.tls_cert || ctx.tls_key;
   ctx.stdout_tty = isatty(STDOUT_FILENO);
   ctx.stdin_tty = isatty(STDIN_FILENO);
 

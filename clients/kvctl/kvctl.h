@@ -42,6 +42,7 @@ typedef struct kv_ctx {
   int64_t timeout_ms;       /* --timeout; deadline of each call */
   int tls;                  /* --tls or --tls-ca: TCP addresses are reached over TLS */
   const char *tls_ca;       /* --tls-ca or PREFIXD_TLS_CA: the CAs to trust; NULL: the system's */
+  const char *tls_cert, *tls_key; /* --tls-client-cert, --tls-client-key: for mutual TLS */
   /* derived */
   int stdout_tty, stdin_tty;
   char address[4200];  /* the address in use, once connected (for messages) */

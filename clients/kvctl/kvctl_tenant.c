@@ -464,7 +464,8 @@ int kv_cmd_tenant(kv_ctx *ctx, int argc, char **argv) {
     }
     int takes_value = !strcmp(a, "--addr") || !strcmp(a, "--address") || !strcmp(a, "-a") ||
                       !strcmp(a, "--key") || !strcmp(a, "-k") || !strcmp(a, "--timeout") ||
-                      !strcmp(a, "--tls-ca");
+                      !strcmp(a, "--tls-ca") || !strcmp(a, "--tls-client-cert") ||
+                      !strcmp(a, "--tls-client-key");
     first += takes_value ? 2 : 1;
   }
   if (first >= argc) {

@@ -21,8 +21,9 @@ static pid_t daemon_pid;
 static char addr[64], sock_path[128], data_dir[64];
 
 /* Starts prefixd (PREFIXD_BIN) on PD_TINY_MODEL with an admin key, over TLS with pki's server
- * certificate when pki is not NULL; waits for its start line. */
-static void start_daemon_tls(const char *pki) {
+ * certificate when pki is not NULL (asking clients for a certificate of pki's CA when mutual);
+ * waits for its start line. */
+static void start_daemon_tls(const char *pki, int mutual) {
   snprintf(data_dir, sizeof data_dir, "/tmp/pd_client_XXXXXX");
   ck_assert_ptr_nonnull(mkdtemp(data_dir));
   char log[128];
@@ -32,12 +33,14 @@ static void start_daemon_tls(const char *pki) {
   if (daemon_pid == 0) {
     if (!freopen(log, "w", stderr)) _exit(126);
     setenv("PREFIXD_ADMIN_KEY", ADMIN, 1);
-    char cert[160], key[160];
+    char cert[160], key[160], ca[160];
     snprintf(cert, sizeof cert, "%s/server.pem", pki ? pki : "");
     snprintf(key, sizeof key, "%s/server.key", pki ? pki : "");
+    snprintf(ca, sizeof ca, "%s/ca.pem", pki ? pki : "");
     execl(getenv("PREFIXD_BIN"), "prefixd", "--model", getenv("PD_TINY_MODEL"), "--listen",
           "127.0.0.1:0", "--unix", sock_path, "--data-dir", data_dir, "--threads", "2",
-          pki ? "--tls-cert" : (char *)NULL, cert, "--tls-key", key, (char *)NULL);
+          pki ? "--tls-cert" : (char *)NULL, cert, "--tls-key", key,
+          mutual ? "--tls-client-ca" : (char *)NULL, ca, (char *)NULL);
     _exit(127);
   }
   for (int i = 0; i < 600; i++) {
@@ -58,7 +61,7 @@ static void start_daemon_tls(const char *pki) {
 }
 
 static void start_daemon(void) {
-  start_daemon_tls(NULL);
+  start_daemon_tls(NULL, 0);
 }
 
 static int stop_daemon(void) {
@@ -216,11 +219,11 @@ static void make_pki(char *dir) {
   snprintf(cmd, sizeof cmd,
            "cd %s && for ca in ca other-ca; do openssl req -x509 -newkey ec -pkeyopt "
            "ec_paramgen_curve:prime256v1 -nodes -keyout $ca.key -out $ca.pem -days 2 -subj "
-           "/CN=$ca || exit 1; done && openssl req -newkey ec -pkeyopt "
-           "ec_paramgen_curve:prime256v1 -nodes -keyout server.key -out server.csr -subj "
-           "/CN=localhost && printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > san.ext && "
-           "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out "
-           "server.pem -days 2 -extfile san.ext",
+           "/CN=$ca || exit 1; done && printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > "
+           "san.ext && for who in server client; do openssl req -newkey ec -pkeyopt "
+           "ec_paramgen_curve:prime256v1 -nodes -keyout $who.key -out $who.csr -subj "
+           "/CN=localhost && openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key "
+           "-CAcreateserial -out $who.pem -days 2 -extfile san.ext || exit 1; done",
            dir);
   ck_assert_msg(system(cmd) == 0, "openssl could not make the test certificates");
 }
@@ -230,9 +233,10 @@ START_TEST(tls_calls_refusals_and_no_sigpipe) {
   make_pki(pki);
   snprintf(ca, sizeof ca, "%s/ca.pem", pki);
   snprintf(other_ca, sizeof other_ca, "%s/other-ca.pem", pki);
-  start_daemon_tls(pki);
+  pd_client_tls trust = {.ca_file = ca}, untrusted = {.ca_file = other_ca};
+  start_daemon_tls(pki, 0);
   pd_client *admin, *c;
-  ck_assert_int_eq(pd_client_connect_tls(addr, ADMIN, ca, err, sizeof err, &admin), 0);
+  ck_assert_int_eq(pd_client_connect_tls(addr, ADMIN, &trust, err, sizeof err, &admin), 0);
   Prefixd__V1__CreateTenantRequest ct = PREFIXD__V1__CREATE_TENANT_REQUEST__INIT;
   ct.name = "delta";
   Prefixd__V1__CreateTenantResponse *ctr;
@@ -244,9 +248,9 @@ START_TEST(tls_calls_refusals_and_no_sigpipe) {
   /* by name too: the certificate names localhost */
   char by_name[64];
   snprintf(by_name, sizeof by_name, "localhost%s", strrchr(addr, ':'));
-  ck_assert_int_eq(pd_client_connect_tls(by_name, key, ca, err, sizeof err, &c), 0);
+  ck_assert_int_eq(pd_client_connect_tls(by_name, key, &trust, err, sizeof err, &c), 0);
   pd_client_close(c);
-  ck_assert_int_eq(pd_client_connect_tls(addr, key, ca, err, sizeof err, &c), 0);
+  ck_assert_int_eq(pd_client_connect_tls(addr, key, &trust, err, sizeof err, &c), 0);
   /* a generation over TLS, then the same over the Unix socket: the same text, from the cache */
   Prefixd__V1__Prompt p;
   Prefixd__V1__GenerateRequest g = PREFIXD__V1__GENERATE_REQUEST__INIT;
@@ -282,9 +286,9 @@ START_TEST(tls_calls_refusals_and_no_sigpipe) {
   free(big);
   /* refusals, each with its reason */
   pd_client *bad;
-  ck_assert_int_eq(pd_client_connect_tls(addr, key, other_ca, err, sizeof err, &bad), PD_EIO);
+  ck_assert_int_eq(pd_client_connect_tls(addr, key, &untrusted, err, sizeof err, &bad), PD_EIO);
   ck_assert_msg(strstr(err, "not trusted"), "%s", err);
-  ck_assert_int_eq(pd_client_connect_tls(unix_addr, key, ca, err, sizeof err, &bad), PD_EINVAL);
+  ck_assert_int_eq(pd_client_connect_tls(unix_addr, key, &trust, err, sizeof err, &bad), PD_EINVAL);
   ck_assert_msg(strstr(err, "Unix socket"), "%s", err);
   ck_assert_ptr_null(bad);
   /* plaintext to the TLS port: the server ends it at its first bytes, which the connect may
@@ -313,6 +317,39 @@ START_TEST(tls_calls_refusals_and_no_sigpipe) {
 }
 END_TEST
 
+START_TEST(mutual_tls) {
+  char pki[64], ca[128], cert[128], key[128], err[256];
+  make_pki(pki);
+  snprintf(ca, sizeof ca, "%s/ca.pem", pki);
+  snprintf(cert, sizeof cert, "%s/client.pem", pki);
+  snprintf(key, sizeof key, "%s/client.key", pki);
+  start_daemon_tls(pki, 1);
+  Prefixd__V1__HealthRequest hr = PREFIXD__V1__HEALTH_REQUEST__INIT;
+  Prefixd__V1__HealthResponse *h;
+  pd_client *c;
+  pd_client_tls with = {.ca_file = ca, .cert_file = cert, .key_file = key};
+  ck_assert_int_eq(pd_client_connect_tls(addr, ADMIN, &with, err, sizeof err, &c), 0);
+  ck_assert_int_eq(pd_client_health(c, &hr, &h), 0);
+  protobuf_c_message_free_unpacked(&h->base, NULL);
+  pd_client_close(c);
+  /* no certificate: TLS 1.3 finishes the client's handshake before the server has checked
+   * it, so the refusal comes at the connect or at the first call */
+  pd_client_tls without = {.ca_file = ca};
+  int rc = pd_client_connect_tls(addr, ADMIN, &without, err, sizeof err, &c);
+  ck_assert(rc == 0 || rc == PD_EIO);
+  if (rc == 0) ck_assert_int_lt(pd_client_health(c, &hr, &h), 0);
+  pd_client_close(c);
+  pd_client_tls key_only = {.ca_file = ca, .key_file = key};
+  ck_assert_int_eq(pd_client_connect_tls(addr, ADMIN, &key_only, err, sizeof err, &c), PD_EINVAL);
+  ck_assert_msg(strstr(err, "go together"), "%s", err);
+  ck_assert_int_eq(stop_daemon(), 0);
+  char cmd[160];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", pki);
+  if (system(cmd)) { /* leftovers in /tmp only */
+  }
+}
+END_TEST
+
 int main(void) {
   if (!getenv("PREFIXD_BIN") || !getenv("PD_TINY_MODEL") || access(getenv("PD_TINY_MODEL"), R_OK)) {
     fprintf(stderr, "test_client: PREFIXD_BIN and PD_TINY_MODEL are needed\n");
@@ -325,6 +362,7 @@ int main(void) {
   tcase_add_test(tc, calls_streams_statuses_and_keys);
   tcase_add_test(tc, bad_addresses);
   tcase_add_test(tc, tls_calls_refusals_and_no_sigpipe);
+  tcase_add_test(tc, mutual_tls);
   suite_add_tcase(s, tc);
   return pd_check_run(s, 1);
 }

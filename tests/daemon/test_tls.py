@@ -276,3 +276,64 @@ def test_sighup_reloads_the_certificate(tiny_model, data_dir, pki):
         assert handshake(d.port, pki["other-ca.pem"], ["h2"]) == "h2"
     finally:
         assert d.stop() == 0
+
+
+def test_mutual_tls(tiny_model, data_dir, pki):
+    """--tls-client-ca: a client must present a certificate the given CA signed, on both ports;
+    one without, or with a certificate of another CA, is refused, and the daemon serves on."""
+    d = Daemon(tiny_model, data_dir, unix=os.path.join(data_dir, "s.sock"),
+               extra=["--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"],
+                      "--tls-client-ca", pki["ca.pem"], "--openai-listen", "127.0.0.1:0",
+                      "--metrics-listen", "none"])
+    try:
+        assert "tls=mutual" in d.log_text()
+        http_port = int(d.log_text().split("openai_port=")[1].split()[0])
+
+        def health(cert=None):
+            creds = grpc.ssl_channel_credentials(
+                read(pki["ca.pem"]), *((read(cert[1]), read(cert[0])) if cert else ()))
+            ch = grpc.secure_channel(d.target, creds)
+            d.channels.append(ch)
+            return pb_grpc_stub(ch).Health(pb.HealthRequest(), timeout=10).status
+
+        client, stranger = (pki["client.pem"], pki["client.key"]), (pki["server2.pem"],
+                                                                     pki["server2.key"])
+        assert health(client) == pb.HealthResponse.STATUS_SERVING
+        for cert in (None, stranger):
+            with pytest.raises(grpc.RpcError) as e:
+                health(cert)
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        # the OpenAI port asks too
+        ctx = ssl.create_default_context(cafile=pki["ca.pem"])
+        ctx.load_cert_chain(*client)
+        conn = http.client.HTTPSConnection("127.0.0.1", http_port, context=ctx, timeout=30)
+        conn.request("GET", "/v1/models")
+        assert conn.getresponse().status == 200
+        conn.close()
+        bare = http.client.HTTPSConnection("127.0.0.1", http_port, timeout=30,
+                                           context=ssl.create_default_context(
+                                               cafile=pki["ca.pem"]))
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            bare.request("GET", "/v1/models")
+            bare.getresponse()
+        bare.close()
+        # kvctl
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFIXD_")}
+        kv = [os.environ["KVCTL_BIN"], "--addr", d.target, "--tls-ca", pki["ca.pem"]]
+        ok = subprocess.run([*kv, "--tls-client-cert", client[0], "--tls-client-key", client[1],
+                             "health"], capture_output=True, text=True, timeout=60, env=env)
+        assert ok.returncode == 0, ok.stderr
+        no = subprocess.run([*kv, "health"], capture_output=True, text=True, timeout=60, env=env)
+        assert no.returncode == 3 and len(no.stderr.strip().splitlines()) == 1, no.stderr
+        assert health(client) == pb.HealthResponse.STATUS_SERVING
+    finally:
+        assert d.stop() == 0
+    # a client CA without a certificate of the daemon's own, or one that does not exist
+    for args, expect in ((["--tls-client-ca", pki["ca.pem"]], "needs --tls-cert"),
+                         (["--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"],
+                           "--tls-client-ca", os.path.join(data_dir, "none.pem")], "client CA")):
+        p = subprocess.run([os.environ["PREFIXD_BIN"], "--model", tiny_model, "--data-dir",
+                            data_dir, "--listen", "127.0.0.1:0", *args], capture_output=True,
+                           text=True, timeout=60)
+        assert p.returncode == 2 and expect in p.stderr and len(p.stderr.splitlines()) == 1, \
+            p.stderr

@@ -37,21 +37,38 @@ def resolve_key(key: Optional[str]) -> Optional[str]:
     return key or None
 
 
-def resolve_tls(tls: Union[None, bool, str], target: str) -> Optional[grpc.ChannelCredentials]:
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def resolve_tls(tls: Union[None, bool, str], target: str,
+                client_cert: Optional[Tuple[str, str]] = None
+                ) -> Optional[grpc.ChannelCredentials]:
     """The channel's TLS credentials, or None for plaintext. ``tls``: ``True`` (verify the
     daemon's certificate against the system's roots), a path to a PEM file of CA certificates
     to verify it against, or ``False``; ``None`` -> ``$PREFIXD_TLS_CA`` (that path) if set,
-    else plaintext. A Unix-socket target is always plaintext (the daemon serves TLS on TCP)."""
+    else plaintext. ``client_cert``: (certificate chain, private key) PEM paths for a daemon
+    that asks for one (``--tls-client-ca``); ``None`` -> ``$PREFIXD_TLS_CLIENT_CERT`` and
+    ``$PREFIXD_TLS_CLIENT_KEY`` if set. A client certificate implies TLS. A Unix-socket target
+    is always plaintext (the daemon serves TLS on TCP)."""
+    if client_cert is None and os.environ.get("PREFIXD_TLS_CLIENT_CERT"):
+        client_cert = (os.environ["PREFIXD_TLS_CLIENT_CERT"],
+                       os.environ.get("PREFIXD_TLS_CLIENT_KEY", ""))
     if tls is None:
-        tls = os.environ.get("PREFIXD_TLS_CA") or False
+        tls = os.environ.get("PREFIXD_TLS_CA") or bool(client_cert)
     if tls is False:
+        if client_cert:
+            raise ValueError("a client certificate needs TLS (tls=False was given)")
         return None
     if target.startswith("unix:"):
         raise ValueError("TLS is for TCP targets: the daemon's Unix socket is plaintext")
-    if tls is True:
-        return grpc.ssl_channel_credentials()
-    with open(tls, "rb") as f:
-        return grpc.ssl_channel_credentials(root_certificates=f.read())
+    roots = None if tls is True else _read(tls)
+    if not client_cert:
+        return grpc.ssl_channel_credentials(root_certificates=roots)
+    cert, key = client_cert
+    return grpc.ssl_channel_credentials(root_certificates=roots, private_key=_read(key),
+                                        certificate_chain=_read(cert))
 
 
 def call_metadata(key: Optional[str], extra: Sequence[Tuple[str, str]] = ()) -> Metadata:

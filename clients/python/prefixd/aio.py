@@ -39,9 +39,11 @@ class _AsyncConnection:
 
     def __init__(self, target: Optional[str], key: Optional[str], timeout: Optional[float],
                  channel: Optional[grpc.aio.Channel], options: Sequence[Tuple[str, Any]],
-                 metadata: Sequence[Tuple[str, str]], tls: Union[None, bool, str]) -> None:
+                 metadata: Sequence[Tuple[str, str]], tls: Union[None, bool, str],
+                 client_cert: Optional[Tuple[str, str]]) -> None:
         self.target = req.resolve_target(target)
-        self._credentials = None if channel is not None else req.resolve_tls(tls, self.target)
+        self._credentials = (None if channel is not None
+                             else req.resolve_tls(tls, self.target, client_cert))
         self.key = req.resolve_key(key)
         self.timeout = timeout
         self.metadata = req.call_metadata(self.key, metadata)
@@ -133,9 +135,10 @@ class AsyncClient:
                  channel: Optional[grpc.aio.Channel] = None,
                  options: Sequence[Tuple[str, Any]] = (),
                  metadata: Sequence[Tuple[str, str]] = (),
-                 tls: Union[None, bool, str] = None) -> None:
+                 tls: Union[None, bool, str] = None,
+                 tls_client_cert: Optional[Tuple[str, str]] = None) -> None:
         self._conn = _AsyncConnection(target, key, timeout, channel, options, metadata,
-                                    tls)
+                                    tls, tls_client_cert)
         self._stub_obj: Optional[pb_grpc.PrefixdStub] = None
 
     @property
@@ -298,9 +301,10 @@ class AsyncAdmin:
                  channel: Optional[grpc.aio.Channel] = None,
                  options: Sequence[Tuple[str, Any]] = (),
                  metadata: Sequence[Tuple[str, str]] = (),
-                 tls: Union[None, bool, str] = None) -> None:
+                 tls: Union[None, bool, str] = None,
+                 tls_client_cert: Optional[Tuple[str, str]] = None) -> None:
         self._conn = _AsyncConnection(target, key, timeout, channel, options, metadata,
-                                    tls)
+                                    tls, tls_client_cert)
         self._stub_obj: Optional[pb_grpc.AdminStub] = None
 
     @property

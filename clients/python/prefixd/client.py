@@ -37,9 +37,11 @@ class _Connection:
 
     def __init__(self, target: Optional[str], key: Optional[str], timeout: Optional[float],
                  channel: Optional[grpc.Channel], options: Sequence[Tuple[str, Any]],
-                 metadata: Sequence[Tuple[str, str]], tls: Union[None, bool, str]) -> None:
+                 metadata: Sequence[Tuple[str, str]], tls: Union[None, bool, str],
+                 client_cert: Optional[Tuple[str, str]]) -> None:
         self.target = req.resolve_target(target)
-        self._credentials = None if channel is not None else req.resolve_tls(tls, self.target)
+        self._credentials = (None if channel is not None
+                             else req.resolve_tls(tls, self.target, client_cert))
         self.key = req.resolve_key(key)
         self.timeout = timeout
         self.metadata = req.call_metadata(self.key, metadata)
@@ -181,7 +183,9 @@ class Client:
     :meth:`close`). ``options`` go to grpc's channel; ``metadata`` is sent with every call.
     ``tls``: talk to a daemon started with ``--tls-cert``: ``True`` verifies its certificate
     against the system's roots, a path against the CA certificates in that PEM file; default
-    ``$PREFIXD_TLS_CA`` (a path) if set, else plaintext.
+    ``$PREFIXD_TLS_CA`` (a path) if set, else plaintext. ``tls_client_cert``: (certificate
+    chain, key) PEM paths, for a daemon started with ``--tls-client-ca``; default
+    ``$PREFIXD_TLS_CLIENT_CERT`` and ``$PREFIXD_TLS_CLIENT_KEY``.
     """
 
     def __init__(self, target: Optional[str] = None, key: Optional[str] = None,
@@ -189,9 +193,10 @@ class Client:
                  channel: Optional[grpc.Channel] = None,
                  options: Sequence[Tuple[str, Any]] = (),
                  metadata: Sequence[Tuple[str, str]] = (),
-                 tls: Union[None, bool, str] = None) -> None:
+                 tls: Union[None, bool, str] = None,
+                 tls_client_cert: Optional[Tuple[str, str]] = None) -> None:
         self._conn = _Connection(target, key, timeout, channel, options, metadata,
-                                    tls)
+                                    tls, tls_client_cert)
         self._stub = pb_grpc.PrefixdStub(self._conn.channel)
 
     @property
@@ -374,9 +379,10 @@ class Admin:
                  channel: Optional[grpc.Channel] = None,
                  options: Sequence[Tuple[str, Any]] = (),
                  metadata: Sequence[Tuple[str, str]] = (),
-                 tls: Union[None, bool, str] = None) -> None:
+                 tls: Union[None, bool, str] = None,
+                 tls_client_cert: Optional[Tuple[str, str]] = None) -> None:
         self._conn = _Connection(target, key, timeout, channel, options, metadata,
-                                    tls)
+                                    tls, tls_client_cert)
         self._stub = pb_grpc.AdminStub(self._conn.channel)
 
     def close(self) -> None:

@@ -81,3 +81,26 @@ def test_tls_mistakes_are_clear_errors(tls_daemon: Daemon, pki: Dict[str, str]):
         prefixd.Client(tls_daemon.target, tls=os.path.join(os.path.dirname(pki["ca.pem"]), "x"))
     # the daemon is still serving
     assert tls_daemon.client(tls=pki["ca.pem"]).health() is prefixd.HealthStatus.SERVING
+
+
+def test_client_certificate(tiny_model: str, data_dir: str, pki: Dict[str, str],
+                            monkeypatch: pytest.MonkeyPatch):
+    """A daemon started with --tls-client-ca: tls_client_cert (or $PREFIXD_TLS_CLIENT_CERT and
+    $PREFIXD_TLS_CLIENT_KEY) gets in, nothing else does."""
+    d = Daemon(tiny_model, data_dir, extra=["--tls-cert", pki["server.pem"], "--tls-key",
+                                            pki["server.key"], "--tls-client-ca", pki["ca.pem"],
+                                            "--metrics-listen", "none"])
+    try:
+        cert = (pki["client.pem"], pki["client.key"])
+        assert d.client(tls=pki["ca.pem"], tls_client_cert=cert).health() is \
+            prefixd.HealthStatus.SERVING
+        with pytest.raises(prefixd.errors.Unavailable):
+            d.client(tls=pki["ca.pem"], timeout=10).health()
+        with pytest.raises(ValueError, match="needs TLS"):
+            prefixd.Client(d.target, tls=False, tls_client_cert=cert)
+        monkeypatch.setenv("PREFIXD_TLS_CA", pki["ca.pem"])
+        monkeypatch.setenv("PREFIXD_TLS_CLIENT_CERT", cert[0])
+        monkeypatch.setenv("PREFIXD_TLS_CLIENT_KEY", cert[1])
+        assert d.client().health() is prefixd.HealthStatus.SERVING
+    finally:
+        assert d.stop() == 0, d.log_text()[-2000:]
