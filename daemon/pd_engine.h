@@ -132,6 +132,7 @@ struct pd_job {
   int is_admin;
   int32_t tenant;       /* tree tenant id; -1 for the admin */
   char tenant_name[64]; /* for logs: the tenant's name, "(admin)", or "" (single tenant) */
+  char request_id[48];  /* set by the front end: the id its client sees (x-request-id), or "" */
   /* results (engine -> loop), under the outbox mutex */
   ProtobufCMessage *resp;
   void **arena; /* (n_arena) blocks of pd_job_alloc, freed with the job */

@@ -104,6 +104,7 @@ struct pd_grpc_call {
   int status;
   char message[256];
   int64_t pushback_ms; /* > 0: sent as grpc-retry-pushback-ms */
+  char request_id[48]; /* "" or sent as x-request-id */
   ProtobufCMessage *req;
   const ProtobufCMessageDescriptor *req_desc;
 };
@@ -266,21 +267,22 @@ static void respond(pd_grpc_call *call) {
   if (call->responded || call->closed) return;
   call->responded = 1;
   nghttp2_session *h2 = call->c->h2;
+  nghttp2_nv hdrs[6] = {
+      {(uint8_t *)":status", (uint8_t *)"200", 7, 3, NGHTTP2_NV_FLAG_NONE},
+      {(uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16, NGHTTP2_NV_FLAG_NONE}};
+  size_t n = 2;
+  if (call->request_id[0])
+    hdrs[n++] = (nghttp2_nv){(uint8_t *)"x-request-id", (uint8_t *)call->request_id, 12,
+                             strlen(call->request_id), NGHTTP2_NV_FLAG_NONE};
   if (call->finished && call->n_out == 0) { /* trailers-only */
     status_fields sf;
     size_t n_sf = status_fields_of(call, &sf);
-    nghttp2_nv hdrs[5] = {
-        {(uint8_t *)":status", (uint8_t *)"200", 7, 3, NGHTTP2_NV_FLAG_NONE},
-        {(uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16, NGHTTP2_NV_FLAG_NONE}};
-    memcpy(hdrs + 2, sf.nv, n_sf * sizeof *hdrs);
-    if (nghttp2_submit_response(h2, call->stream_id, hdrs, 2 + n_sf, NULL)) respond_failed(call);
+    memcpy(hdrs + n, sf.nv, n_sf * sizeof *hdrs);
+    if (nghttp2_submit_response(h2, call->stream_id, hdrs, n + n_sf, NULL)) respond_failed(call);
     return;
   }
-  nghttp2_nv hdrs[2] = {
-      {(uint8_t *)":status", (uint8_t *)"200", 7, 3, NGHTTP2_NV_FLAG_NONE},
-      {(uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16, NGHTTP2_NV_FLAG_NONE}};
   nghttp2_data_provider prd = {.source = {.ptr = call}, .read_callback = read_body};
-  if (nghttp2_submit_response(h2, call->stream_id, hdrs, 2, &prd)) respond_failed(call);
+  if (nghttp2_submit_response(h2, call->stream_id, hdrs, n, &prd)) respond_failed(call);
 }
 
 int pd_grpc_call_reply(pd_grpc_call *call, const ProtobufCMessage *msg) {
@@ -786,6 +788,10 @@ static void on_connection(uv_stream_t *listener, int status) {
 }
 
 /* ---- server -------------------------------------------------------------------------------- */
+
+void pd_grpc_call_set_request_id(pd_grpc_call *c, const char *id) {
+  snprintf(c->request_id, sizeof c->request_id, "%s", id);
+}
 
 const char *pd_grpc_status_name(int status) {
   static const char *const names[] = {"OK",

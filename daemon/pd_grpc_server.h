@@ -116,6 +116,9 @@ void pd_grpc_call_on_cancel(pd_grpc_call *c, pd_grpc_cancel_fn fn, void *user);
 int pd_grpc_call_reply(pd_grpc_call *c, const ProtobufCMessage *msg);
 /* Ends the call with a status and message (may be NULL); the call is gone afterwards. */
 void pd_grpc_call_finish(pd_grpc_call *c, int status, const char *message);
+/* The call's id, sent as the "x-request-id" header (in the trailers of a trailers-only answer):
+ * what the access log names it by. Copied (at most 47 bytes); before the first reply. */
+void pd_grpc_call_set_request_id(pd_grpc_call *c, const char *id);
 /* Before pd_grpc_call_finish: the trailers say when the client may retry
  * ("grpc-retry-pushback-ms", which gRPC's retry policies honour). ms > 0. */
 void pd_grpc_call_set_pushback(pd_grpc_call *c, int64_t ms);

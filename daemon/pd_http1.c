@@ -497,16 +497,16 @@ void pd_http1_respond(pd_http1_conn *c, int code, const char *ctype, const char 
   free(all);
 }
 
-int pd_http1_stream_begin(pd_http1_conn *c, const char *ctype) {
+int pd_http1_stream_begin(pd_http1_conn *c, const char *ctype, const char *extra_headers) {
   if (c->state == S_CLOSING) return -1;
   c->chunked = c->parser.http_major > 1 || c->parser.http_minor >= 1;
   if (!c->chunked) c->keep_alive = 0; /* HTTP/1.0: the body ends with the connection */
-  char head[256];
+  char head[512];
   int n = snprintf(head, sizeof head,
-                   "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nCache-Control: no-cache\r\n%s"
+                   "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nCache-Control: no-cache\r\n%s%s"
                    "Connection: %s\r\n\r\n",
                    ctype, c->chunked ? "Transfer-Encoding: chunked\r\n" : "",
-                   closes_after(c) ? "close" : "keep-alive");
+                   extra_headers ? extra_headers : "", closes_after(c) ? "close" : "keep-alive");
   if (n < 0 || (size_t)n >= sizeof head) {
     conn_close(c);
     return -1;

@@ -105,9 +105,10 @@ void pd_http1_abort(pd_http1_conn *c);
  * On a write failure the connection closes. */
 void pd_http1_respond(pd_http1_conn *c, int code, const char *ctype, const char *extra_headers,
                       const char *body, size_t n_body);
-/* A streamed 200 answer of type ctype: chunked to an HTTP/1.1 client, else ended by the close.
- * Returns 0, or -1 when the connection closed (a write failed). */
-int pd_http1_stream_begin(pd_http1_conn *c, const char *ctype);
+/* A streamed 200 answer of type ctype with extra_headers (whole lines with their CRLF, or NULL):
+ * chunked to an HTTP/1.1 client, else ended by the close. Returns 0, or -1 when the connection
+ * closed (a write failed). */
+int pd_http1_stream_begin(pd_http1_conn *c, const char *ctype, const char *extra_headers);
 /* n bytes of the stream (copied); last ends it. Returns 0, or -1 when the connection closed
  * (a write failed, or the client reads too slowly). */
 int pd_http1_stream_write(pd_http1_conn *c, const char *data, size_t n, int last);

@@ -710,7 +710,9 @@ static json_t *stream_chunk(ochoice *ch, json_t *delta_or_text, const char *fini
 /* Streaming: the HTTP head once, and a choice's first event (chat: its role). */
 static int stream_head(pd_http1_conn *c, ochoice *ch) {
   oreq *r = ch->r;
-  if (!r->head_sent && pd_http1_stream_begin(c, "text/event-stream")) return -1;
+  char id_header[80];
+  snprintf(id_header, sizeof id_header, "x-request-id: %s\r\n", r->id);
+  if (!r->head_sent && pd_http1_stream_begin(c, "text/event-stream", id_header)) return -1;
   r->head_sent = 1;
   ch->started = 1;
   if (!r->chat) return 0;
@@ -882,12 +884,14 @@ static void finish_request(pd_http1_conn *c, oreq *r) {
     send_event(c, "[DONE]", 1);
     return;
   }
+  char headers[160]; /* the request's id (OpenAI's SDKs keep it as _request_id) */
+  int n_headers = snprintf(headers, sizeof headers, "x-request-id: %s\r\n", r->id);
   if (code != 200) {
-    char retry[80] = ""; /* a rate limit says when (OpenAI's SDKs wait that long and retry) */
-    if (retry_after_ms > 0)
-      snprintf(retry, sizeof retry, "Retry-After: %lld\r\nretry-after-ms: %lld\r\n",
+    if (retry_after_ms > 0) /* a rate limit says when (OpenAI's SDKs wait that long, retry) */
+      snprintf(headers + n_headers, sizeof headers - (size_t)n_headers,
+               "Retry-After: %lld\r\nretry-after-ms: %lld\r\n",
                (long long)(retry_after_ms + 999) / 1000, (long long)retry_after_ms);
-    respond_error(c, code, message, retry[0] ? retry : NULL);
+    respond_error(c, code, message, headers);
     return;
   }
   if (r->stream) { /* nothing was generated: the heads, the ends, [DONE] */
@@ -910,7 +914,11 @@ static void finish_request(pd_http1_conn *c, oreq *r) {
     respond_json(c, 200, NULL);
     return;
   }
-  respond_json(c, 200, answer_json(r, 0, choices, usage));
+  json_t *answer = answer_json(r, 0, choices, usage);
+  char *s = answer ? json_dumps(answer, JSON_COMPACT) : NULL;
+  json_decref(answer);
+  respond_text(c, 200, s, headers);
+  free(s);
 }
 
 /* Merges one output's logprobs into the whole answer's. */
@@ -1001,6 +1009,7 @@ static int choice_new(oreq *r, int i, const pd_http1_request *req, ochoice **out
   ochoice *ch = *out = calloc(1, sizeof *ch);
   if (!ch) return PD_ENOMEM;
   ch->r = r;
+  snprintf(ch->job.request_id, sizeof ch->job.request_id, "%s", r->id);
   ch->index = i;
   ch->gen = r->gen;
   ch->sampling = r->sampling;

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "pd_err.h"
 #include "pd_log.h"
@@ -64,6 +65,11 @@ static void submit(pd_service *svc, pd_grpc_call *call, const ProtobufCMessage *
     }
   }
   job->kind = kind;
+  if (kind != PD_JOB_CALL) { /* the generations and warms: named in the access log */
+    snprintf(job->request_id, sizeof job->request_id, "req-%08x%08llx", svc->id_prefix,
+             (unsigned long long)++svc->next_id);
+    pd_grpc_call_set_request_id(call, job->request_id);
+  }
   job->call = call;
   job->req = req;
   job->run = run;
@@ -193,12 +199,12 @@ void pd_service_log_request(const pd_engine *e, const char *api, const char *rpc
   char why[200] = "";
   if (status != PD_GRPC_OK && message && message[0]) log_value(message, why, sizeof why);
   pd_log(PD_LOG_INFO, "request",
-         "api=%s rpc=%s tenant=%s status=%s prompt_tokens=%u cached_tokens=%u "
+         "api=%s rpc=%s id=%s tenant=%s status=%s prompt_tokens=%u cached_tokens=%u "
          "generated_tokens=%u finish=%s queue_ms=%.1f ttft_ms=%.1f total_ms=%lld%s%s%s",
-         api, rpc, job->tenant_name[0] ? job->tenant_name : "-", pd_grpc_status_name(status),
-         prompt, cached, generated, finish, queue_ms, ttft_ms,
-         (long long)(pd_grpc_now_ms() - job->arrival_ms), why[0] ? " error=\"" : "", why,
-         why[0] ? "\"" : "");
+         api, rpc, job->request_id[0] ? job->request_id : "-",
+         job->tenant_name[0] ? job->tenant_name : "-", pd_grpc_status_name(status), prompt, cached,
+         generated, finish, queue_ms, ttft_ms, (long long)(pd_grpc_now_ms() - job->arrival_ms),
+         why[0] ? " error=\"" : "", why, why[0] ? "\"" : "");
 }
 
 static void health(pd_grpc_call *call, const ProtobufCMessage *req, void *user) {
@@ -1034,6 +1040,8 @@ int pd_service_register(pd_service *svc, pd_grpc_server *server, pd_engine *engi
   memset(svc, 0, sizeof *svc);
   svc->engine = engine;
   svc->server = server;
+  /* request ids differ between runs of the daemon: the start time and the pid in the prefix */
+  svc->id_prefix = (uint32_t)time(NULL) * 2654435761u ^ (uint32_t)getpid();
   const ProtobufCServiceDescriptor *P = &prefixd__v1__prefixd__descriptor,
                                    *A = &prefixd__v1__admin__descriptor,
                                    *G = &grpc__health__v1__health__descriptor;

@@ -31,6 +31,8 @@ typedef struct pd_service {
   pd_job *live;             /* every submitted job not yet finished (linked through live_next) */
   pd_health_watch *watches; /* open grpc.health.v1 Watch calls; each frees itself when its
                                client goes (cancel callback, also when the server closes) */
+  uint32_t id_prefix;       /* request ids: "req-" this (random at start) and a counter */
+  uint64_t next_id;
 } pd_service;
 
 /* Routes every method of both services to svc. */
@@ -44,7 +46,7 @@ void pd_service_drain(pd_service *svc);
 void pd_service_cancel_all(pd_service *svc);
 /* With the engine's log_requests (--log-requests, on by default): one info line for a finished
  * Generate or Warm job (other kinds: nothing), an access log with no prompt text in it: api
- * ("grpc", "openai"), rpc (the method or endpoint), the tenant, the status it ended with
+ * ("grpc", "openai"), rpc (the method or endpoint), id (the job's request_id), the tenant, the status it ended with
  * (status, and message when not OK), the token counts, the finish reason, and the queue,
  * first-token and total times. Loop thread. */
 void pd_service_log_request(const pd_engine *e, const char *api, const char *rpc, const pd_job *job,

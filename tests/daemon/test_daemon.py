@@ -11,7 +11,7 @@ import time
 import grpc
 import pytest
 
-from conftest import Daemon, chat, generate, pb
+from conftest import Daemon, chat, generate, pb, pb_grpc
 from pd_stubs import generate_stubs
 
 health_pb, health_grpc = generate_stubs("grpc/health/v1/health.proto")
@@ -458,9 +458,9 @@ def request_lines(d):
 
 
 def test_request_log(tiny_model, data_dir):
-    """One info line per finished generation and warm, over gRPC and the OpenAI API: the tenant,
-    the status (with the error when not OK), token counts and times, never the prompt's text;
-    --log-requests no turns it off."""
+    """One info line per finished generation and warm, over gRPC and the OpenAI API: its id (the
+    x-request-id the client got), the tenant, the status (with the error when not OK), token
+    counts and times, never the prompt's text; --log-requests no turns it off."""
     import http.client
     import json
     secret = "the launch code is swordfish-42"
@@ -468,28 +468,46 @@ def test_request_log(tiny_model, data_dir):
     try:
         key = d.admin(ADMIN).CreateTenant(pb.CreateTenantRequest(name="acme")).api_key
         s = d.stub(key)
-        generate(s, chat(("system", "Answer briefly."), ("user", secret)), max_tokens=6,
-                 sampling=pb.SamplingParams(ignore_eos=True))
-        s.Warm(pb.WarmRequest(prompt=pb.Prompt(text=secret * 4)))
-        with pytest.raises(grpc.RpcError):
+        stream = s.Generate(pb.GenerateRequest(
+            prompt=chat(("system", "Answer briefly."), ("user", secret)), max_tokens=6,
+            sampling=pb.SamplingParams(ignore_eos=True)), timeout=120)
+        assert sum(len(m.token_ids) for m in stream) == 6
+        gen_id = dict(stream.initial_metadata())["x-request-id"]
+        raw = pb_grpc.PrefixdStub(d.channel())
+        _, warm_call = raw.Warm.with_call(pb.WarmRequest(prompt=pb.Prompt(text=secret * 4)),
+                                          metadata=[("authorization", f"Bearer {key}")])
+        warm_id = dict(warm_call.initial_metadata())["x-request-id"]
+        with pytest.raises(grpc.RpcError) as refused:
             s.Generate(pb.GenerateRequest(prompt=pb.Prompt(text="x"), max_tokens=2,
                                           cache=pb.CacheOptions(namespace="no-such")),
                        timeout=30).next()
+        bad_id = dict(refused.value.trailing_metadata())["x-request-id"]  # trailers-only
         port = int(d.log_text().split("openai_port=")[1].split()[0])
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         conn.request("POST", "/v1/completions", body=json.dumps(
             {"model": "m", "prompt": secret, "max_tokens": 3}),
             headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
-        assert conn.getresponse().status == 200
+        answer = conn.getresponse()
+        assert answer.status == 200
+        oai_id = json.loads(answer.read())["id"]
+        assert answer.getheader("x-request-id") == oai_id
+        conn.request("POST", "/v1/completions", body=json.dumps(
+            {"model": "m", "prompt": "hi", "max_tokens": 2, "stream": True}),
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        streamed = conn.getresponse()
+        first = json.loads(streamed.read().split(b"\n")[0][len(b"data: "):])
+        assert streamed.getheader("x-request-id") == first["id"] != oai_id
         conn.close()
         deadline = time.time() + 30
-        while len(request_lines(d)) < 4 and time.time() < deadline:
+        while len(request_lines(d)) < 5 and time.time() < deadline:
             time.sleep(0.05)
-        gen, warm, bad, oai = request_lines(d)
+        gen, warm, bad, oai, _ = request_lines(d)
     finally:
         assert d.stop() == 0
     assert (gen["api"], gen["rpc"], gen["tenant"], gen["status"]) == ("grpc", "Generate", "acme",
                                                                       "OK")
+    assert [x["id"] for x in (gen, warm, bad, oai)] == [gen_id, warm_id, bad_id, oai_id]
+    assert len({gen_id, warm_id, bad_id}) == 3 and gen_id.startswith("req-")
     assert gen["generated_tokens"] == "6" and gen["finish"] == "length"
     assert int(gen["prompt_tokens"]) > 10 and float(gen["ttft_ms"]) >= 0
     assert int(gen["total_ms"]) >= float(gen["ttft_ms"]) - 1
