@@ -106,6 +106,8 @@ class AsyncGenerateStream(StreamResult):
             if self.final is None:
                 raise Unknown("the stream ended without a final message")
             raise StopAsyncIteration
+        if not self.request_id:
+            self._keep_request_id(await self._call.initial_metadata())
         return self._take(message)
 
     def cancel(self) -> None:

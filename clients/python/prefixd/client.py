@@ -77,6 +77,13 @@ class StreamResult:
         self._logprobs: List[TokenLogprob] = []
         self._ended = False
         self.final: Optional[GenerateChunk] = None
+        # the daemon's id of this call (x-request-id; its access-log line), once headers came
+        self.request_id = ""
+
+    def _keep_request_id(self, metadata: Any) -> None:
+        for k, v in metadata or ():
+            if k == "x-request-id":
+                self.request_id = v
 
     def _take(self, message: Any) -> GenerateChunk:
         """One message of the stream, kept and returned as a chunk."""
@@ -90,7 +97,7 @@ class StreamResult:
 
     def _completion(self) -> ChatCompletion:
         """The whole reply, once the stream has been read to its end."""
-        return completion_of(self.text, self._ids, self.final, self._logprobs)
+        return completion_of(self.text, self._ids, self.final, self._logprobs, self.request_id)
 
     @property
     def text(self) -> str:
@@ -143,6 +150,8 @@ class GenerateStream(StreamResult, Iterator[GenerateChunk]):
         except grpc.RpcError as e:
             self._ended = True
             raise from_rpc_error(e) from e
+        if not self.request_id:
+            self._keep_request_id(self._call.initial_metadata())
         return self._take(message)
 
     def cancel(self) -> None:
@@ -164,12 +173,12 @@ class GenerateStream(StreamResult, Iterator[GenerateChunk]):
 
 
 def completion_of(text: str, ids: List[int], final: Optional[GenerateChunk],
-                  logprobs: Sequence[TokenLogprob] = ()) -> ChatCompletion:
+                  logprobs: Sequence[TokenLogprob] = (), request_id: str = "") -> ChatCompletion:
     if final is None:
         raise Unknown("the stream ended without a final message")
     return ChatCompletion(text=text, token_ids=list(ids), finish_reason=final.finish_reason,
                           usage=final.usage or Usage(), timings=final.timings or Timings(),
-                          logprobs=list(logprobs))
+                          logprobs=list(logprobs), request_id=request_id)
 
 
 class Client:

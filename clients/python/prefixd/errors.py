@@ -26,6 +26,7 @@ class PrefixdError(Exception):
         if code is not None:
             self.code = code
         self.message = message
+        self.request_id = ""  # the daemon's id of a failed Generate or Warm (its access log)
         super().__init__(message)
 
     def __str__(self) -> str:
@@ -157,6 +158,15 @@ def from_rpc_error(err: grpc.RpcError) -> PrefixdError:
     if not isinstance(code, grpc.StatusCode):
         code = grpc.StatusCode.UNKNOWN
     exc = error_class(code)(details or "", code)
+    for name in ("trailing_metadata", "initial_metadata"):  # trailers-only answers: the former
+        fn = getattr(err, name, None)
+        try:
+            md = fn() if callable(fn) else None
+        except Exception:  # noqa: BLE001 -- a call object that cannot say: no id
+            md = None
+        for k, v in md or ():
+            if k == "x-request-id" and not exc.request_id:
+                exc.request_id = v
     exc.__cause__ = err
     return exc
 

@@ -186,6 +186,7 @@ class ChatCompletion:
     usage: Usage
     timings: Timings
     logprobs: List[TokenLogprob] = field(default_factory=list)  # one per token id, if asked for
+    request_id: str = ""  # the daemon's id of the call (x-request-id): its access-log line
 
     @property
     def message(self) -> Message:

@@ -40,6 +40,8 @@ def test_async_generate_streams_then_final(daemon: Daemon):
             again = await c.chat(msgs, max_tokens=8, ignore_eos=True, top_logprobs=2)
             assert again.usage.cached_tokens == n_prompt - 1
             assert again.token_ids == stream.token_ids
+            assert again.request_id.startswith("req-") and stream.request_id.startswith("req-")
+            assert again.request_id != stream.request_id
             assert [lp.token_id for lp in again.logprobs] == again.token_ids
             assert all(len(lp.top) == 2 for lp in again.logprobs)
     run(main())

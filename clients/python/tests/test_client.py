@@ -392,3 +392,22 @@ def test_bad_arguments_are_caught_before_sending(client: prefixd.Client):
         client.evict("0" * 32, all=True)
     with pytest.raises(TypeError):
         client.tokenize([{"content": "no role"}, 1])
+
+
+def test_request_ids_match_the_access_log(daemon: Daemon):
+    """Each generation's request_id (the daemon's x-request-id) names its access-log line; a
+    failed one's error carries it too."""
+    c = daemon.client()
+    reply = c.chat([{"role": "user", "content": "hi"}], max_tokens=3, ignore_eos=True)
+    stream = c.generate("once upon a time", max_tokens=2, ignore_eos=True)
+    chunks = list(stream)
+    with pytest.raises(prefixd.errors.NotFound) as failed:
+        c.chat([{"role": "user", "content": "x"}], max_tokens=2, namespace="no-such-namespace")
+    ids = [reply.request_id, stream.request_id, failed.value.request_id]
+    assert chunks and all(i.startswith("req-") for i in ids) and len(set(ids)) == 3, ids
+    deadline = time.time() + 30
+    while not all(f"id={i} " in daemon.log_text() for i in ids) and time.time() < deadline:
+        time.sleep(0.05)
+    for i, status in zip(ids, ("OK", "OK", "NOT_FOUND")):
+        line = next(x for x in daemon.log_text().splitlines() if f"id={i} " in x)
+        assert f"status={status}" in line, line
