@@ -341,7 +341,7 @@ static int on_plaintext(void *user, const uint8_t *data, size_t n) {
   return c->state == S_CLOSING;
 }
 
-/* What the TLS session has to send by itself (handshake flights, tickets, an alert). */
+/* What the TLS session has to send by itself (handshake flights, an alert). */
 static int tls_flush(pd_http1_conn *c) {
   return write_bytes(c, NULL, 0, 0);
 }

@@ -562,11 +562,11 @@ static void respond_text(pd_http1_conn *c, int code, const char *s, const char *
   pd_http1_respond(c, code, "application/json", extra_headers, s, strlen(s));
 }
 
-/* obj (taken) as the answer. */
-static void respond_json(pd_http1_conn *c, int code, json_t *obj) {
+/* obj (taken) as the answer, with extra_headers (whole lines, or NULL). */
+static void respond_json(pd_http1_conn *c, int code, json_t *obj, const char *extra_headers) {
   char *s = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
   json_decref(obj);
-  respond_text(c, code, s, NULL);
+  respond_text(c, code, s, extra_headers);
   free(s);
 }
 
@@ -707,12 +707,18 @@ static json_t *stream_chunk(ochoice *ch, json_t *delta_or_text, const char *fini
   return choice ? answer_json(r, 1, json_pack("[o]", choice), NULL) : NULL;
 }
 
+/* The request's "x-request-id" header line (OpenAI's SDKs keep it as _request_id) into buf;
+ * returns its length. */
+static int id_header(const oreq *r, char *buf, size_t cap) {
+  return snprintf(buf, cap, "x-request-id: %s\r\n", r->id);
+}
+
 /* Streaming: the HTTP head once, and a choice's first event (chat: its role). */
 static int stream_head(pd_http1_conn *c, ochoice *ch) {
   oreq *r = ch->r;
-  char id_header[80];
-  snprintf(id_header, sizeof id_header, "x-request-id: %s\r\n", r->id);
-  if (!r->head_sent && pd_http1_stream_begin(c, "text/event-stream", id_header)) return -1;
+  char header[80];
+  id_header(r, header, sizeof header);
+  if (!r->head_sent && pd_http1_stream_begin(c, "text/event-stream", header)) return -1;
   r->head_sent = 1;
   ch->started = 1;
   if (!r->chat) return 0;
@@ -884,8 +890,8 @@ static void finish_request(pd_http1_conn *c, oreq *r) {
     send_event(c, "[DONE]", 1);
     return;
   }
-  char headers[160]; /* the request's id (OpenAI's SDKs keep it as _request_id) */
-  int n_headers = snprintf(headers, sizeof headers, "x-request-id: %s\r\n", r->id);
+  char headers[160];
+  int n_headers = id_header(r, headers, sizeof headers);
   if (code != 200) {
     if (retry_after_ms > 0) /* a rate limit says when (OpenAI's SDKs wait that long, retry) */
       snprintf(headers + n_headers, sizeof headers - (size_t)n_headers,
@@ -911,14 +917,10 @@ static void finish_request(pd_http1_conn *c, oreq *r) {
   if (!choices || !usage) { /* out of memory: respond_json answers a 500 */
     json_decref(choices);
     json_decref(usage);
-    respond_json(c, 200, NULL);
+    respond_json(c, 200, NULL, NULL);
     return;
   }
-  json_t *answer = answer_json(r, 0, choices, usage);
-  char *s = answer ? json_dumps(answer, JSON_COMPACT) : NULL;
-  json_decref(answer);
-  respond_text(c, 200, s, headers);
-  free(s);
+  respond_json(c, 200, answer_json(r, 0, choices, usage), headers);
 }
 
 /* Merges one output's logprobs into the whole answer's. */
@@ -1092,7 +1094,8 @@ static void on_request(pd_http1_conn *c, const pd_http1_request *req, void *user
     respond_json(c, 200,
                  json_pack("{s:s,s:[{s:s,s:s,s:I,s:s}]}", "object", "list", "data", "id",
                            o->model_id, "object", "model", "created", (json_int_t)o->started,
-                           "owned_by", "prefixd"));
+                           "owned_by", "prefixd"),
+                 NULL);
     return;
   }
   char msg[160];

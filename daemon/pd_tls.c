@@ -3,8 +3,8 @@
  *
  * Each session reads its ciphertext from a memory BIO (`in`, told to report "retry" when empty,
  * not EOF) and writes to another (`out`), so OpenSSL never touches a socket. SSL_read drives the
- * handshake as well as the records; whatever it wants sent (its flights, alerts, TLS 1.3 session
- * tickets) waits in `out` until the next pd_tls_send drains it.
+ * handshake as well as the records; whatever it wants sent (its flights and alerts) waits in `out`
+ * until the next pd_tls_send drains it.
  */
 #include "pd_tls.h"
 

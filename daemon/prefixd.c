@@ -162,15 +162,28 @@ static void on_drain_tick(uv_timer_t *t) {
   }
 }
 
+/* Each TLS listener's context from files, for its ALPN protocol: the gRPC listener's (h2) when
+ * want_grpc, the OpenAI API's (http/1.1) when want_openai. At start and on every reload. Returns
+ * 0; or nonzero with err set and neither context kept. */
+static int tls_contexts(const pd_tls_files *files, int want_grpc, int want_openai,
+                        pd_tls_server **grpc, pd_tls_server **openai, char *err, size_t errlen) {
+  *grpc = *openai = NULL;
+  if ((want_grpc && pd_tls_server_create(files, "h2", grpc, err, errlen)) ||
+      (want_openai && pd_tls_server_create(files, "http/1.1", openai, err, errlen))) {
+    pd_tls_server_free(*grpc);
+    *grpc = NULL;
+    return -1;
+  }
+  return 0;
+}
+
 /* SIGHUP: the certificate and key files again (a renewed certificate). New connections get
  * them; open ones keep theirs. Files that fail to load leave the old ones in use. */
 static void reload_tls(daemon_state *d) {
   char err[600];
-  pd_tls_server *grpc_tls = NULL, *openai_tls = NULL;
-  if ((d->grpc_tls && pd_tls_server_create(&d->tls_files, "h2", &grpc_tls, err, sizeof err)) ||
-      (d->openai_tls &&
-       pd_tls_server_create(&d->tls_files, "http/1.1", &openai_tls, err, sizeof err))) {
-    pd_tls_server_free(grpc_tls);
+  pd_tls_server *grpc_tls, *openai_tls;
+  if (tls_contexts(&d->tls_files, d->grpc_tls != NULL, d->openai_tls != NULL, &grpc_tls,
+                   &openai_tls, err, sizeof err)) {
     pd_log(PD_LOG_ERROR, "TLS certificate not reloaded: still serving the one loaded before",
            "err=\"%s\"", err);
     return;
@@ -593,9 +606,8 @@ int main(int argc, char **argv) {
                       "no --openai-listen)\n");
       return 2;
     }
-    if ((want_tcp && pd_tls_server_create(&tls_files, "h2", &grpc_tls, tls_err, sizeof tls_err)) ||
-        (want_openai &&
-         pd_tls_server_create(&tls_files, "http/1.1", &openai_tls, tls_err, sizeof tls_err))) {
+    if (tls_contexts(&tls_files, want_tcp, want_openai, &grpc_tls, &openai_tls, tls_err,
+                     sizeof tls_err)) {
       fprintf(stderr, "prefixd: %s\n", tls_err);
       return 2;
     }

@@ -188,7 +188,11 @@ static ssize_t body_cb(nghttp2_session *s, int32_t stream_id, uint8_t *buf, size
 
 /* ---- connection ------------------------------------------------------------------------------ */
 
-static int open_socket(const char *address, char *authority, size_t cap) {
+/* Connects to address; the :authority to send goes to authority (cap bytes), the host name or IP
+ * address a TCP address names (without an IPv6 literal's brackets; "" for a Unix socket) to host
+ * (256 bytes). Returns the socket, or a PD_E* code. */
+static int open_socket(const char *address, char *authority, size_t cap, char host[256]) {
+  host[0] = 0;
   if (!strncmp(address, "unix:", 5)) {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     if (strlen(address + 5) == 0 || strlen(address + 5) >= sizeof sa.sun_path) return PD_EINVAL;
@@ -204,9 +208,9 @@ static int open_socket(const char *address, char *authority, size_t cap) {
   }
   const char *colon = strrchr(address, ':');
   if (!colon || colon == address || !colon[1]) return PD_EINVAL;
-  char host[256], port[16];
+  char port[16];
   size_t hn = (size_t)(colon - address);
-  if (hn >= sizeof host || strlen(colon + 1) >= sizeof port) return PD_EINVAL;
+  if (hn >= 256 || strlen(colon + 1) >= sizeof port) return PD_EINVAL;
   memcpy(host, address, hn);
   host[hn] = 0;
   snprintf(port, sizeof port, "%s", colon + 1);
@@ -274,20 +278,12 @@ static int sock_bio_create(BIO *b) {
   return 1;
 }
 
-/* The TLS handshake on c->fd for address (HOST:PORT, checked by open_socket), verifying the
- * server's certificate against ca_file (NULL: the system's roots) and the host. */
-static int start_tls(pd_client *c, const char *address, const pd_client_tls *tls, char *err,
-                     size_t errlen) {
+/* The TLS handshake on c->fd, connected to host (open_socket's) for address (named in errors):
+ * the server's certificate is checked against tls's CA file (NULL: the system's roots) and host,
+ * and tls's client certificate, if any, is presented. */
+static int start_tls(pd_client *c, const char *address, const char *host, const pd_client_tls *tls,
+                     char *err, size_t errlen) {
   const char *ca_file = tls ? tls->ca_file : NULL;
-  char host[256];
-  const char *colon = strrchr(address, ':');
-  size_t hn = (size_t)(colon - address);
-  memcpy(host, address, hn);
-  host[hn] = 0;
-  if (host[0] == '[') { /* [v6] */
-    memmove(host, host + 1, hn - 2);
-    host[hn - 2] = 0;
-  }
   ERR_clear_error();
   c->tls_ctx = SSL_CTX_new(TLS_client_method());
   if (!c->tls_ctx) return pd_errf(err, errlen, PD_ENOMEM, "cannot create a TLS context");
@@ -362,7 +358,8 @@ static int connect_common(const char *address, const char *api_key, int use_tls,
     }
     snprintf(c->authorization, sizeof c->authorization, "Bearer %s", api_key);
   }
-  int fd = open_socket(address, c->authority, sizeof c->authority);
+  char host[256];
+  int fd = open_socket(address, c->authority, sizeof c->authority, host);
   if (fd < 0) {
     free(c);
     return pd_errf(err, errlen, fd, "cannot connect to %s: %s", address,
@@ -372,7 +369,7 @@ static int connect_common(const char *address, const char *api_key, int use_tls,
   }
   c->fd = fd;
   int rc;
-  if (use_tls && (rc = start_tls(c, address, tls, err, errlen))) {
+  if (use_tls && (rc = start_tls(c, address, host, tls, err, errlen))) {
     pd_client_close(c);
     return rc;
   }

@@ -57,11 +57,7 @@ def tls_channel(d, ca, **kw):
 
 
 def tls_stub(d, pki):
-    return pb_grpc_stub(tls_channel(d, pki["ca.pem"]))
-
-
-def pb_grpc_stub(channel):
-    return pb_grpc.PrefixdStub(channel)
+    return pb_grpc.PrefixdStub(tls_channel(d, pki["ca.pem"]))
 
 
 def test_grpc_over_tls_same_tokens_and_shared_cache(served, pki):
@@ -70,7 +66,7 @@ def test_grpc_over_tls_same_tokens_and_shared_cache(served, pki):
     prompt = chat(("system", SYSTEM), ("user", "When do you open?"))
     _, ids_tls, final = generate(stub, prompt, max_tokens=24)
     assert final.usage.cached_tokens == 0
-    plain = pb_grpc_stub(grpc.insecure_channel("unix:" + served.unix))
+    plain = pb_grpc.PrefixdStub(grpc.insecure_channel("unix:" + served.unix))
     _, ids_plain, final_plain = generate(plain, prompt, max_tokens=24)
     assert ids_plain == ids_tls
     # the Unix socket's request reused what the TLS one computed: one cache for both
@@ -131,11 +127,12 @@ def test_bad_clients_are_refused_and_the_daemon_keeps_serving(served, pki):
     port = served.port
     # plaintext gRPC to the TLS port
     with pytest.raises(grpc.RpcError) as e:
-        pb_grpc_stub(grpc.insecure_channel(served.target)).Health(pb.HealthRequest(), timeout=10)
+        plain = pb_grpc.PrefixdStub(grpc.insecure_channel(served.target))
+        plain.Health(pb.HealthRequest(), timeout=10)
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
     # a client that trusts another CA
     with pytest.raises(grpc.RpcError) as e:
-        pb_grpc_stub(tls_channel(served, pki["other-ca.pem"])).Health(pb.HealthRequest(),
+        pb_grpc.PrefixdStub(tls_channel(served, pki["other-ca.pem"])).Health(pb.HealthRequest(),
                                                                       timeout=10)
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
     # ALPN: the gRPC port speaks h2 only, the OpenAI port http/1.1 only; no ALPN is served
@@ -260,7 +257,7 @@ def test_sighup_reloads_the_certificate(tiny_model, data_dir, pki):
                 f.write(read(src))
         d.proc.send_signal(signal.SIGHUP)
         wait_for_log(d, "TLS certificate reloaded")
-        renewed = pb_grpc_stub(tls_channel(d, pki["other-ca.pem"]))
+        renewed = pb_grpc.PrefixdStub(tls_channel(d, pki["other-ca.pem"]))
         assert renewed.Health(pb.HealthRequest(), timeout=30).status == \
             pb.HealthResponse.STATUS_SERVING
         assert handshake(http_port, pki["other-ca.pem"]) is None  # the OpenAI port too
@@ -294,7 +291,7 @@ def test_mutual_tls(tiny_model, data_dir, pki):
                 read(pki["ca.pem"]), *((read(cert[1]), read(cert[0])) if cert else ()))
             ch = grpc.secure_channel(d.target, creds)
             d.channels.append(ch)
-            return pb_grpc_stub(ch).Health(pb.HealthRequest(), timeout=10).status
+            return pb_grpc.PrefixdStub(ch).Health(pb.HealthRequest(), timeout=10).status
 
         client, stranger = (pki["client.pem"], pki["client.key"]), (pki["server2.pem"],
                                                                      pki["server2.key"])
