@@ -126,23 +126,18 @@ static void default_socket_path(char *out, size_t cap) {
 /* Connects to address; on failure fills why (one phrase). */
 static int try_connect(kv_ctx *ctx, const char *address, char *why, size_t whylen) {
   errno = 0;
-  if (ctx->tls && strncmp(address, "unix:", 5)) { /* the daemon's Unix socket is plaintext */
-    pd_client_tls tls = {
-        .ca_file = ctx->tls_ca, .cert_file = ctx->tls_cert, .key_file = ctx->tls_key};
-    int rc = pd_client_connect_tls(address, ctx->key, &tls, why, whylen, &ctx->client);
-    if (rc == 0) {
-      snprintf(ctx->address, sizeof ctx->address, "%s", address);
-      pd_client_set_timeout_ms(ctx->client, ctx->timeout_ms);
-    }
-    return rc;
-  }
-  int rc = pd_client_connect(address, ctx->key, &ctx->client);
+  int use_tls = ctx->tls && strncmp(address, "unix:", 5); /* the Unix socket is plaintext */
+  pd_client_tls tls = {
+      .ca_file = ctx->tls_ca, .cert_file = ctx->tls_cert, .key_file = ctx->tls_key};
+  int rc = use_tls ? pd_client_connect_tls(address, ctx->key, &tls, why, whylen, &ctx->client)
+                   : pd_client_connect(address, ctx->key, &ctx->client);
   int saved = errno;
   if (rc == 0) {
     snprintf(ctx->address, sizeof ctx->address, "%s", address);
     pd_client_set_timeout_ms(ctx->client, ctx->timeout_ms);
     return 0;
   }
+  if (use_tls) return rc; /* why: the TLS connect's own line */
   if (rc == PD_EINVAL)
     snprintf(why, whylen, "not an address (HOST:PORT or unix:/path)");
   else if (rc == PD_ENOTFOUND)
