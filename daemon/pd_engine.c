@@ -27,6 +27,7 @@
 #include "pd_llama_cuda.h"
 #endif
 #include "pd_sha256.h"
+#include "pd_speculate.h"
 #include "prefixd/v1/prefixd.pb-c.h"
 
 enum { PHASE_QUEUED, PHASE_RESTORE, PHASE_PREFILL, PHASE_DECODE };
@@ -66,9 +67,18 @@ typedef struct pd_seq {
   int rows;     /* rows in the current batch */
   int deferred; /* passed over by this step's admission */
   int ignore_eos;
-  int logprobs;             /* GenerateRequest.logprobs (or top_logprobs > 0) */
-  int top_logprobs;         /* alternatives per token, 0..PD_TOP_LOGPROBS_MAX */
-  pd_token_logprob step_lp; /* this step's, computed beside the sampling */
+  int logprobs;     /* GenerateRequest.logprobs (or top_logprobs > 0) */
+  int top_logprobs; /* alternatives per token, 0..PD_TOP_LOGPROBS_MAX */
+  /* speculative decoding (pd_speculate.h): this step's draft, fed after the last sampled token
+   * (its copy in tokens[n_tokens..] is what the forward pass reads), and the tokens sampled from
+   * the verify rows, each with its log-probabilities */
+  int n_draft;
+  int32_t draft[PD_SPEC_DRAFT_MAX];
+  pd_spec_seq spec;
+  int n_picks;
+  int pick_failed; /* the JSON constraint allowed no token, or refused the pick, after n_picks */
+  int32_t picks[PD_SPEC_DRAFT_MAX + 1];
+  pd_token_logprob step_lp[PD_SPEC_DRAFT_MAX + 1];
   struct pd_seq *next;
 } pd_seq;
 
@@ -1050,6 +1060,7 @@ static void enqueue(pd_engine *e, pd_job *job) {
     goto refuse;
   }
   s->tenant = (uint32_t)job->tenant;
+  pd_spec_seq_init(&s->spec);
   s->no_cache = cache && cache->no_cache;
   s->pin_ttl_s = cache ? cache->pin_ttl_seconds : 0;
   if (s->warm && s->no_cache) {
@@ -1249,9 +1260,11 @@ static void window_add(pd_engine *e, uint64_t n) {
   e->window.tokens[i] += n;
 }
 
-/* A token was sampled. Returns 0 to go on, the finish reason, or -1 if the token could not be
- * queued for the client (out of memory): the stream would have a hole, so the sequence ends. */
-static int seq_emit(pd_engine *e, pd_seq *s, int32_t tok) {
+/* A token was sampled; json_closed: the JSON output is whole with it. Returns 0 to go on, the
+ * finish reason, or -1 if the token could not be queued for the client (out of memory): the
+ * stream would have a hole, so the sequence ends. */
+static int seq_emit(pd_engine *e, pd_seq *s, int32_t tok, const pd_token_logprob *lp,
+                    int json_closed) {
   if (!s->first_token_ms) s->first_token_ms = pd_grpc_now_ms();
   if ((pd_tokenizer_is_eog(e->tok, tok) && !s->ignore_eos) || is_stop_token(s, tok))
     return PREFIXD__V1__FINISH_REASON__FINISH_REASON_STOP;
@@ -1263,10 +1276,9 @@ static int seq_emit(pd_engine *e, pd_seq *s, int32_t tok) {
   size_t n_text = 0;
   int stopped = 0;
   pd_detok_push(s->dt, tok, text, sizeof text, &n_text, &stopped);
-  if (job_stream(e, s->job, tok, s->logprobs ? &s->step_lp : NULL, text, n_text)) return -1;
+  if (job_stream(e, s->job, tok, s->logprobs ? lp : NULL, text, n_text)) return -1;
   if (stopped) return PREFIXD__V1__FINISH_REASON__FINISH_REASON_STOP;
-  if (s->json && pd_json_constraint_done(s->json)) /* the object closed */
-    return PREFIXD__V1__FINISH_REASON__FINISH_REASON_STOP;
+  if (json_closed) return PREFIXD__V1__FINISH_REASON__FINISH_REASON_STOP;
   if (s->n_generated >= s->max_new) return PREFIXD__V1__FINISH_REASON__FINISH_REASON_LENGTH;
   s->phase = PHASE_DECODE;
   return 0;
@@ -1500,6 +1512,84 @@ static void gpu_free(pd_engine *e) {
   e->cuda = NULL;
 }
 
+/* The most draft rows one pass verifies, over all its sequences (each wants its logits: the
+ * logits buffer has this many rows beyond max_running). */
+#define SPEC_ROWS_MAX 64
+
+/* Speculative decoding (pd_speculate.h), on the CPU: gives the decoding sequences among order[0,
+ * n) a draft where one is worth its rows, within the pass's row budget, the draft-row cap, the
+ * tokens the sequence may still generate and (incremental admission) its block reservation. The
+ * draft goes after the sequence's last token, s->rows grows by its length; *rows too. */
+static void choose_drafts(pd_engine *e, pd_seq *const *order, int n, int *rows, int budget) {
+  for (int i = 0; i < n; i++) order[i]->n_draft = 0;
+  if (e->cfg.speculate <= 0 || e->on_gpu) return;
+  const double ratio = pd_spec_cost_row_ratio(&e->spec_cost);
+  double tokens = 0, time = 1.0 + ratio * *rows; /* per pass, in units of its fixed cost */
+  for (int i = 0; i < n; i++) tokens += order[i]->phase == PHASE_DECODE;
+  int spec_rows = 0;
+  for (int i = 0; i < n; i++) {
+    pd_seq *s = order[i];
+    if (s->phase != PHASE_DECODE || s->warm) continue;
+    int max_k = e->cfg.speculate;
+    if (max_k > budget - *rows) max_k = budget - *rows;
+    if (max_k > SPEC_ROWS_MAX - spec_rows) max_k = SPEC_ROWS_MAX - spec_rows;
+    if ((int64_t)max_k > (int64_t)s->max_new - s->n_generated - 1)
+      max_k = (int)s->max_new - (int)s->n_generated - 1;
+    while (max_k > 0 && e->cfg.kv_admission == PD_ADMIT_INCREMENTAL &&
+           owned_blocks(e, s->n_hot, s->n_past + 1 + (uint32_t)max_k) > s->reserve)
+      max_k--;
+    if (max_k <= 0) continue;
+    int n_draft = pd_spec_draft(s->tokens, s->n_tokens, max_k, s->draft);
+    if (n_draft == 0) continue;
+    double rate = pd_spec_seq_rate(&s->spec);
+    int k = e->cfg.speculate_always ? n_draft : pd_spec_choose(rate, n_draft, tokens, time, ratio);
+    if (k == 0) {
+      pd_spec_seq_skip(&s->spec);
+      continue;
+    }
+    memcpy(s->tokens + s->n_tokens, s->draft, (size_t)k * sizeof *s->tokens); /* < cap_tokens */
+    s->n_draft = k;
+    s->rows += k;
+    *rows += k;
+    spec_rows += k;
+    tokens += pd_spec_expected(rate, k) - 1.0;
+    time += ratio * k;
+  }
+}
+
+/* Samples a sequence's tokens from its logits rows (lg: 1 + n_draft rows of n_vocab): row 0's
+ * as any step's, then row j + 1's while row j's token equals draft token j and does not end the
+ * sequence. The JSON constraint advances with every pick. Runs on a worker thread: it touches
+ * only the sequence. */
+static void seq_sample(const pd_engine *e, pd_seq *s, const float *lg) {
+  const int32_t V = e->model->n_vocab;
+  s->n_picks = 0;
+  s->pick_failed = 0;
+  for (int j = 0; j <= s->n_draft; j++) {
+    const float *row = lg + (size_t)j * (size_t)V;
+    int32_t tok;
+    if (s->json) {
+      pd_token_constraint rule = pd_json_constraint_rule(s->json);
+      tok = pd_sampler_sample_constrained(s->smp, row, &rule);
+      if (tok < 0 || pd_json_constraint_accept(s->json, tok)) { /* nothing may follow */
+        s->pick_failed = 1;
+        return;
+      }
+    } else {
+      tok = pd_sampler_sample(s->smp, row);
+    }
+    if (s->logprobs)
+      s->step_lp[j].n_top = pd_logprobs(row, V, tok, s->top_logprobs, &s->step_lp[j].logprob,
+                                        s->step_lp[j].top_ids, s->step_lp[j].top_logprobs);
+    s->picks[s->n_picks++] = tok;
+    if (j == s->n_draft || tok != s->draft[j]) return;
+    if ((pd_tokenizer_is_eog(e->tok, tok) && !s->ignore_eos) || is_stop_token(s, tok) ||
+        (s->json && pd_json_constraint_done(s->json)) ||
+        s->n_generated + (uint32_t)s->n_picks >= s->max_new)
+      return; /* it ends here: the rest of the draft is moot */
+  }
+}
+
 /* One forward pass over every running sequence. Returns the rows computed. */
 static int step(pd_engine *e) {
   restores_done(e);
@@ -1538,6 +1628,7 @@ static int step(pd_engine *e) {
     }
   }
   if (n == 0) return 0;
+  choose_drafts(e, order, n, &rows, budget);
   /* blocks for the new rows */
   int m = 0;
   for (int i = 0; i < n; i++) {
@@ -1554,27 +1645,30 @@ static int step(pd_engine *e) {
   n = m;
   for (int i = 0; i < n; i++) {
     pd_seq *s = order[i];
-    int want = !s->warm && s->n_past + (uint32_t)s->rows == s->n_prompt + s->n_generated;
+    /* the rows up to its last token, and a draft after it, want logits */
+    int want = !s->warm && s->n_past + (uint32_t)s->rows == s->n_tokens + (uint32_t)s->n_draft
+                   ? 1 + s->n_draft
+                   : 0;
     e->batch[i] = (pd_llama_seq){s->tokens + s->n_past, s->rows,
                                  (int32_t)s->n_past,    (const int32_t *)s->table,
                                  (int32_t)s->n_table,   want};
   }
   if (n == 0) return 0;
-  int n_decode = 0;
+  int decode_rows = 0; /* a decoding sequence's row, and its draft's */
   rows = 0;
   for (int i = 0; i < n; i++) {
     rows += order[i]->rows;
-    n_decode += order[i]->phase == PHASE_DECODE;
+    if (order[i]->phase == PHASE_DECODE) decode_rows += order[i]->rows;
   }
   struct timespec f0, f1;
   clock_gettime(CLOCK_MONOTONIC, &f0);
   int gpu_picked;
   int rc = forward(e, order, n, &gpu_picked);
   clock_gettime(CLOCK_MONOTONIC, &f1);
-  if (!rc && rows > n_decode) /* the prefill rate, for restore-or-recompute */
-    pd_tiers_note_prefill(e->tiers, (uint64_t)rows,
-                          (double)(f1.tv_sec - f0.tv_sec) +
-                              (double)(f1.tv_nsec - f0.tv_nsec) * 1e-9);
+  const double pass_s = (double)(f1.tv_sec - f0.tv_sec) + (double)(f1.tv_nsec - f0.tv_nsec) * 1e-9;
+  if (!rc && rows > decode_rows) /* the prefill rate, for restore-or-recompute */
+    pd_tiers_note_prefill(e->tiers, (uint64_t)rows, pass_s);
+  if (!rc) pd_spec_cost_note(&e->spec_cost, rows, pass_s);
   int64_t now = pd_grpc_now_ms();
   int li = 0;
   const float *lg[1024];
@@ -1591,10 +1685,11 @@ static int step(pd_engine *e) {
       order[i] = NULL;
       continue;
     }
-    s->n_past += (uint32_t)s->rows;
+    s->n_past += (uint32_t)(s->rows - s->n_draft); /* a draft's KV counts once it is kept */
     if (e->batch[i].want_logits) {
       want[i] = li;
-      lg[i] = e->logits + (size_t)li++ * (size_t)e->model->n_vocab;
+      lg[i] = e->logits + (size_t)li * (size_t)e->model->n_vocab;
+      li += e->batch[i].want_logits;
     }
     if (s->phase == PHASE_PREFILL && s->n_past == s->n_tokens) {
       if (s->prefill_ms == 0) /* a resumed sequence keeps its first prefill's */
@@ -1609,43 +1704,35 @@ static int step(pd_engine *e) {
     }
   }
   /* sampling: each sequence has its own sampler, so they run in parallel */
-  int32_t picked[1024];
   if (gpu_picked) { /* the argmax ran on the GPU: the token, recorded as a sample would be */
     for (int i = 0; i < n; i++)
       if (order[i] && lg[i]) {
-        picked[i] = e->gpu_picks[want[i]];
-        pd_sampler_record(order[i]->smp, picked[i]);
+        order[i]->picks[0] = e->gpu_picks[want[i]];
+        order[i]->n_picks = 1;
+        order[i]->pick_failed = 0;
+        pd_sampler_record(order[i]->smp, order[i]->picks[0]);
       }
   } else {
 #pragma omp parallel for schedule(dynamic, 1)
     for (int i = 0; i < n; i++)
-      if (order[i] && lg[i]) {
-        pd_seq *s = order[i];
-        if (s->json) {
-          pd_token_constraint rule = pd_json_constraint_rule(s->json);
-          picked[i] = pd_sampler_sample_constrained(s->smp, lg[i], &rule);
-        } else {
-          picked[i] = pd_sampler_sample(s->smp, lg[i]);
-        }
-        if (picked[i] < 0) continue; /* the constraint allowed nothing */
-        if (s->logprobs)
-          s->step_lp.n_top =
-              pd_logprobs(lg[i], e->model->n_vocab, picked[i], s->top_logprobs, &s->step_lp.logprob,
-                          s->step_lp.top_ids, s->step_lp.top_logprobs);
-      }
+      if (order[i] && lg[i]) seq_sample(e, order[i], lg[i]);
   }
+  /* the tokens go out in order; each kept draft token's KV joins the context first */
   for (int i = 0; i < n; i++) {
     pd_seq *s = order[i];
     if (!s || !lg[i]) continue;
-    if (s->json && (picked[i] < 0 || pd_json_constraint_accept(s->json, picked[i]))) {
-      running_remove(e, s);
-      seq_finish(e, s, PD_GRPC_INTERNAL,
-                 "no token can continue the JSON output (a schema nested deeper than the "
-                 "constraint follows?)",
-                 PREFIXD__V1__FINISH_REASON__FINISH_REASON_ERROR);
-      continue;
+    int reason = 0, kept = 0;
+    for (int j = 0; j < s->n_picks && !reason; j++) {
+      if (j > 0) s->n_past++, kept++; /* draft token j - 1 was the token sampled: its KV stands */
+      /* the JSON state is the one after the last pick (a pick that closes it ends the chain) */
+      int closed = j == s->n_picks - 1 && s->json && pd_json_constraint_done(s->json);
+      reason = seq_emit(e, s, s->picks[j], &s->step_lp[j], closed);
     }
-    int reason = seq_emit(e, s, picked[i]);
+    if (s->n_draft) {
+      e->spec_draft_tokens += (uint64_t)s->n_draft;
+      e->spec_accepted_tokens += (uint64_t)kept;
+      if (!reason && !s->pick_failed) pd_spec_seq_note(&s->spec, s->n_draft, kept);
+    }
     if (reason < 0) {
       running_remove(e, s);
       seq_finish(e, s, PD_GRPC_RESOURCE_EXHAUSTED, "out of memory for the output",
@@ -1653,6 +1740,12 @@ static int step(pd_engine *e) {
     } else if (reason) {
       running_remove(e, s);
       seq_finish(e, s, PD_GRPC_OK, NULL, reason);
+    } else if (s->pick_failed) {
+      running_remove(e, s);
+      seq_finish(e, s, PD_GRPC_INTERNAL,
+                 "no token can continue the JSON output (a schema nested deeper than the "
+                 "constraint follows?)",
+                 PREFIXD__V1__FINISH_REASON__FINISH_REASON_ERROR);
     }
   }
   return rows;
@@ -1920,6 +2013,10 @@ static void on_async(uv_async_t *h) {
 
 int pd_engine_create(const pd_engine_config *cfg, uv_loop_t *loop, pd_job_output_fn on_output,
                      void *user, pd_engine **out, char *err, size_t errlen) {
+  if (cfg->speculate < 0 || cfg->speculate > PD_SPEC_DRAFT_MAX) {
+    snprintf(err, errlen, "speculate %d is outside [0, %d]", cfg->speculate, PD_SPEC_DRAFT_MAX);
+    return PD_EINVAL;
+  }
   pd_engine *e = calloc(1, sizeof *e);
   if (!e) return PD_ENOMEM;
   e->cfg = *cfg;
@@ -1986,7 +2083,8 @@ int pd_engine_create(const pd_engine_config *cfg, uv_loop_t *loop, pd_job_output
 #endif
   e->slot_owner = calloc(n_blocks, sizeof *e->slot_owner);
   e->slot_stamp = calloc(n_blocks, sizeof *e->slot_stamp);
-  const size_t logits_bytes = (size_t)cfg->max_running * (size_t)e->model->n_vocab * sizeof(float);
+  const size_t logits_rows = (size_t)cfg->max_running + (cfg->speculate > 0 ? SPEC_ROWS_MAX : 0);
+  const size_t logits_bytes = logits_rows * (size_t)e->model->n_vocab * sizeof(float);
 #ifdef PD_WITH_CUDA
   if (e->on_gpu && (rc = pd_llama_cuda_host_alloc(logits_bytes, (void **)&e->logits, err, errlen)))
     goto fail;

@@ -49,6 +49,7 @@
 #include "pd_model.h"
 #include "pd_radix.h"
 #include "pd_sampler.h"
+#include "pd_speculate.h"
 #include "pd_tenantdb.h"
 #include "pd_tiers.h"
 #include "pd_tokenizer.h"
@@ -98,6 +99,10 @@ typedef struct pd_engine_config {
                                another's through a bug (default on) */
   enum pd_kv_admission kv_admission;
   int log_requests; /* a log line for every finished Generate and Warm (pd_service_log_request) */
+  int speculate;    /* draft tokens a decoding sequence may verify per pass (prompt lookup,
+                       pd_speculate.h), 0..PD_SPEC_DRAFT_MAX; 0: off. The CPU backend's. */
+  int speculate_always; /* verify every draft found, whatever the cost model says (tests, and
+                           measuring what rejected drafts cost) */
 } pd_engine_config;
 
 enum pd_job_kind { PD_JOB_GENERATE, PD_JOB_WARM, PD_JOB_CALL };
@@ -258,13 +263,16 @@ struct pd_engine {
   int n_running;
   uint64_t reserved_blocks; /* sum of the running sequences' reservations */
   uint32_t rr_tenant;       /* round-robin cursor for admission */
-  float *logits;            /* (max_running, n_vocab); pinned host memory on the GPU */
+  float *logits;            /* (max_running + draft rows, n_vocab); pinned host memory on the GPU */
   int32_t *gpu_picks;       /* (max_running) tokens of a greedy batch, argmax on the GPU */
   pd_llama_seq *batch;      /* (max_running) */
   uint64_t requests, generated_tokens;
-  uint64_t next_arrival;      /* order of Generate/Warm sequences, for preemption's victim */
-  uint64_t preemptions;       /* sequences preempted to give a growing one a block */
-  uint64_t recomputed_tokens; /* tokens resumed sequences computed again (not found cached) */
+  uint64_t next_arrival;         /* order of Generate/Warm sequences, for preemption's victim */
+  uint64_t preemptions;          /* sequences preempted to give a growing one a block */
+  uint64_t recomputed_tokens;    /* tokens resumed sequences computed again (not found cached) */
+  pd_spec_cost spec_cost;        /* the forward pass's time against its rows, for drafts */
+  uint64_t spec_draft_tokens;    /* draft tokens verified */
+  uint64_t spec_accepted_tokens; /* of those, kept: tokens that cost no pass of their own */
   pd_engine_stats_window window;
   /* for the metrics endpoint: each finished Generate's queue wait, time to first token and mean
    * time per output token after the first; every client job's final gRPC status */

@@ -98,6 +98,10 @@ static void usage(FILE *f) {
       "                            full: it starts only once the cache can hold its prompt\n"
       "                            and all of max_tokens (PREFIXD_KV_ADMISSION; incremental)\n"
       "      --cache-dtype T       f16, bf16, f32 or fp8 (fp8-e4m3, a scale per row; default f16)\n"
+      "      --speculate N         draft tokens a decoding request may verify per forward pass,\n"
+      "                            drafted from its own prompt and output (prompt lookup);\n"
+      "                            the tokens are the same, fewer passes compute them where the\n"
+      "                            text repeats; 0 = off; CPU backend (PREFIXD_SPECULATE; 8)\n"
       "      --matmul M            fast or exact (default fast)\n"
       "  -t, --threads N           CPU threads (PREFIXD_THREADS; default: auto, the CPUs the\n"
       "                            process may use (affinity, cgroup CPU quota), fewer while\n"
@@ -328,7 +332,8 @@ int main(int argc, char **argv) {
   const char *tls_key = env_or("PREFIXD_TLS_KEY", NULL);
   const char *tls_client_ca = env_or("PREFIXD_TLS_CLIENT_CA", NULL);
   long kv_mb = 1024, host_mb = 1024, disk_mb = 8192, block = 16, batch = 256, running = 64,
-       queue = 1024, ctx = 0, threads = 0, drain = 30, tokenize_bytes = PD_TOKENIZE_THREAD_BYTES;
+       queue = 1024, ctx = 0, threads = 0, drain = 30, tokenize_bytes = PD_TOKENIZE_THREAD_BYTES,
+       speculate = PD_SPEC_DEFAULT;
   const char *cache_dtype = "f16", *matmul = "fast";
   const char *disk_dir = env_or("PREFIXD_DISK_DIR", NULL);
   const char *disk_sync = env_or("PREFIXD_DISK_SYNC", "fast");
@@ -348,7 +353,8 @@ int main(int argc, char **argv) {
                   {"PREFIXD_MAX_BATCH_TOKENS", &batch, 1, 65536},
                   {"PREFIXD_MAX_RUNNING", &running, 1, 1024},
                   {"PREFIXD_THREADS", &threads, 0, 1024},
-                  {"PREFIXD_TOKENIZE_THREAD_BYTES", &tokenize_bytes, 0, 1L << 30}};
+                  {"PREFIXD_TOKENIZE_THREAD_BYTES", &tokenize_bytes, 0, 1L << 30},
+                  {"PREFIXD_SPECULATE", &speculate, 0, PD_SPEC_DRAFT_MAX}};
   for (size_t i = 0; i < sizeof env_ints / sizeof *env_ints; i++) {
     const char *v = getenv(env_ints[i].env);
     if (v && v[0] && parse_int(v, env_ints[i].lo, env_ints[i].hi, env_ints[i].v)) {
@@ -387,6 +393,7 @@ int main(int argc, char **argv) {
     O_TLS_KEY,
     O_LOG_REQUESTS,
     O_TLS_CLIENT_CA,
+    O_SPECULATE,
     O_VERSION
   };
   static const struct option opts[] = {{"model", required_argument, 0, 'm'},
@@ -421,6 +428,7 @@ int main(int argc, char **argv) {
                                        {"tls-cert", required_argument, 0, O_TLS_CERT},
                                        {"tls-key", required_argument, 0, O_TLS_KEY},
                                        {"log-requests", required_argument, 0, O_LOG_REQUESTS},
+                                       {"speculate", required_argument, 0, O_SPECULATE},
                                        {"tls-client-ca", required_argument, 0, O_TLS_CLIENT_CA},
                                        {"help", no_argument, 0, 'h'},
                                        {"version", no_argument, 0, O_VERSION},
@@ -458,6 +466,7 @@ int main(int argc, char **argv) {
     case O_METRICS: metrics_listen = optarg; break;
     case O_OPENAI: openai_listen = optarg; break;
     case O_TOKENIZE: target = &tokenize_bytes, lo = 0, hi = 1L << 30; break;
+    case O_SPECULATE: target = &speculate, lo = 0, hi = PD_SPEC_DRAFT_MAX; break;
     case O_TLS_CERT: tls_cert = optarg; break;
     case O_TLS_KEY: tls_key = optarg; break;
     case O_LOG_REQUESTS: log_requests = optarg; break;
@@ -672,7 +681,10 @@ int main(int argc, char **argv) {
                           .admin_key = admin_key[0] ? admin_key : NULL,
                           .threads = (int)threads,
                           .tokenize_thread_bytes = (size_t)tokenize_bytes,
-                          .log_requests = !strcmp(log_requests, "yes")};
+                          .log_requests = !strcmp(log_requests, "yes"),
+                          .speculate = (int)speculate,
+                          .speculate_always = getenv("PREFIXD_SPECULATE_ALWAYS") &&
+                                              !strcmp(getenv("PREFIXD_SPECULATE_ALWAYS"), "1")};
   char err[512];
   int64_t t0 = pd_grpc_now_ms();
   if (access(model, R_OK)) {

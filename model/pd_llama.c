@@ -46,7 +46,7 @@ int pd_llama_init(pd_llama *c, const pd_model *m, int block_tokens, enum pd_dtyp
   c->ffn_gate = malloc(R * f * 4);
   c->ffn_up = malloc(R * f * 4);
   c->tmp = malloc(R * d * 4);
-  c->last = malloc((size_t)max_seqs * d * 4);
+  c->last = malloc(R * d * 4);
   if (!c->x || !c->xn || !c->q || !c->k || !c->v || !c->att || !c->ffn_gate || !c->ffn_up ||
       !c->tmp || !c->last) {
     pd_llama_free(c);
@@ -82,7 +82,9 @@ int pd_llama_forward(pd_llama *c, void *pool, const pd_llama_seq *seqs, int n_se
   int rc = PD_OK;
   for (int s = 0; s < n_seqs && !rc; s++) {
     const pd_llama_seq *sq = &seqs[s];
-    if (sq->n_new <= 0 || sq->n_past < 0 || R + sq->n_new > c->max_tokens) rc = PD_EINVAL;
+    if (sq->n_new <= 0 || sq->n_past < 0 || R + sq->n_new > c->max_tokens || sq->want_logits < 0 ||
+        sq->want_logits > sq->n_new)
+      rc = PD_EINVAL;
     as[s] = (pd_attn_seq){sq->block_table, sq->n_blocks, sq->n_past, sq->n_new, R};
     for (int i = 0; i < sq->n_new && !rc; i++) {
       int32_t tok = sq->tokens[i];
@@ -99,7 +101,7 @@ int pd_llama_forward(pd_llama *c, void *pool, const pd_llama_seq *seqs, int n_se
     if (!rc && (int64_t)sq->n_blocks * c->kv.block_tokens < (int64_t)sq->n_past + sq->n_new)
       rc = PD_EINVAL;
     R += sq->n_new;
-    n_want += sq->want_logits ? 1 : 0;
+    n_want += sq->want_logits;
   }
   float scale = 1.0f / sqrtf((float)hd);
   for (int l = 0; l < m->n_layers && !rc; l++) {
@@ -142,12 +144,10 @@ int pd_llama_forward(pd_llama *c, void *pool, const pd_llama_seq *seqs, int n_se
   }
   if (!rc && n_want) {
     int w = 0;
-    for (int s = 0; s < n_seqs; s++) {
-      if (!seqs[s].want_logits) continue;
-      int last = as[s].row + as[s].n_new - 1;
-      pd_rmsnorm(c->last + (size_t)w * d, c->x + (size_t)last * d, m->out_norm.data, d, m->rms_eps);
-      w++;
-    }
+    for (int s = 0; s < n_seqs; s++)
+      for (int r = as[s].row + as[s].n_new - seqs[s].want_logits; r < as[s].row + as[s].n_new; r++)
+        pd_rmsnorm(c->last + (size_t)w++ * d, c->x + (size_t)r * d, m->out_norm.data, d,
+                   m->rms_eps);
     rc = pd_matmul(m->output.data, m->output.type, d, m->n_vocab, c->last, logits, n_want, c->mode);
   }
   free(as);

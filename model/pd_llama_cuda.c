@@ -653,6 +653,10 @@ static int forward(pd_llama_cuda *c, void *pool, const pd_llama_seq *seqs, int n
       return pd_errf(c->err, sizeof c->err, PD_EINVAL,
                      "seq %d: n_new %d, n_past %d, or the batch exceeds %d rows", s, sq->n_new,
                      sq->n_past, c->max_tokens);
+    if (sq->want_logits < 0 || sq->want_logits > 1) /* speculation's verify rows: CPU only */
+      return pd_errf(c->err, sizeof c->err, PD_EINVAL,
+                     "seq %d: want_logits %d (the GPU returns the last row's logits only)", s,
+                     sq->want_logits);
     int64_t end = (int64_t)sq->n_past + sq->n_new, need = (end + B - 1) / B;
     if (need > sq->n_blocks)
       return pd_errf(c->err, sizeof c->err, PD_EINVAL, "seq %d: %d blocks cannot hold %lld tokens",

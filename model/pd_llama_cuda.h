@@ -158,7 +158,8 @@ void pd_llama_cuda_free(pd_llama_cuda *ctx);
  * (pd_kv_block_bytes(&ctx->kv) bytes each). logits: host (number of seqs with want_logits,
  * n_vocab) f32, in the order of those seqs (NULL: not copied). Synchronous: when it returns the
  * KV is stored and the logits are in place. Returns 0, PD_EINVAL (too many rows or sequences, a
- * token id out of range, a short block table, a negative block id or one >= pool_blocks),
+ * token id out of range, a short block table, a negative block id or one >= pool_blocks,
+ * want_logits other than 0 or 1: the rows to verify speculated tokens are the CPU's for now),
  * PD_ENOMEM, PD_EDEVICE; ctx->err holds the message.
  */
 int pd_llama_cuda_forward(pd_llama_cuda *ctx, void *pool, const pd_llama_seq *seqs, int n_seqs,
