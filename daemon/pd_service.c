@@ -786,6 +786,9 @@ static void do_stats(pd_engine *e, pd_job *job) {
   r->running = (uint32_t)e->n_running;
   r->preemptions = e->preemptions;
   r->recomputed_tokens = e->recomputed_tokens;
+  r->generated_tokens = e->generated_tokens;
+  r->spec_draft_tokens = e->spec_draft_tokens;
+  r->spec_accepted_tokens = e->spec_accepted_tokens;
   int64_t sec = pd_grpc_now_ms() / 1000;
   uint64_t sum = 0;
   for (int i = 0; i < 60; i++)

@@ -39,7 +39,8 @@ PREFIX_FIELDS = {"id", "tenant", "namespace", "token_count", "blocks", "hits", "
 TIER_FIELDS = {"tier", "blocks_used", "blocks_capacity", "bytes_used", "bytes_capacity",
                "disabled", "disabled_reason"}
 COUNTER_FIELDS = {"model", "backend", "uptime_seconds", "requests", "queue_depth", "running",
-                  "preemptions", "recomputed_tokens",
+                  "preemptions", "recomputed_tokens", "generated_tokens", "spec_draft_tokens",
+                  "spec_accepted_tokens",
                   "tokens_per_second", "hit_tokens", "query_tokens", "hit_rate"}
 STORAGE_FIELDS = {"spilled_to_host_blocks", "spilled_to_disk_blocks", "restored_from_host_blocks",
                   "restored_from_disk_blocks", "spill_bytes", "restore_bytes", "dropped_blocks",

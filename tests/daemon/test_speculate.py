@@ -61,10 +61,14 @@ def request(i, max_tokens=96, closers=()):
 
 
 def spec_counts(d):
+    """The counters from /metrics, checked against Stats."""
     samples, _ = scrape(metrics_port(d))
-    return (val(samples, "prefixd_spec_draft_tokens_total"),
-            val(samples, "prefixd_spec_accepted_tokens_total"),
-            val(samples, "prefixd_generated_tokens_total"))
+    counts = (val(samples, "prefixd_spec_draft_tokens_total"),
+              val(samples, "prefixd_spec_accepted_tokens_total"),
+              val(samples, "prefixd_generated_tokens_total"))
+    st = d.stub().Stats(pb.StatsRequest())
+    assert (st.spec_draft_tokens, st.spec_accepted_tokens, st.generated_tokens) == counts
+    return counts
 
 
 def closers(model, data_dir):
