@@ -1,6 +1,8 @@
 """prefixd on the default model (SmolLM2-135M-Instruct): what a newcomer sees. Two sessions
 sharing a system prompt (the second reports the cached tokens and a lower time to first token),
-a multi-turn chat that reuses its earlier turns, and a deadline that cancels a real generation."""
+a multi-turn chat that reuses its earlier turns, a deadline that cancels a real generation, and
+speculative decoding that keeps the model's own tokens."""
+import os
 import time
 
 import grpc
@@ -63,3 +65,48 @@ def test_deadline_cancels_a_real_generation(daemon):
             break
         time.sleep(0.05)
     assert dev.blocks_used == 0
+
+
+PASSAGE = ("The river Vecht flows north from Utrecht to Muiden, where it meets the IJmeer. Along "
+           "its banks stand dozens of country houses built by Amsterdam merchants in the "
+           "seventeenth and eighteenth centuries.")
+
+
+def test_speculation_keeps_the_real_models_tokens(default_model, data_dir):
+    """Speculative decoding on real text: a quote (drafts mostly kept), free writing (mostly
+    rejected), greedy and seeded sampling, with log-probabilities: every draft verified
+    (PREFIXD_SPECULATE_ALWAYS=1) gives exactly the tokens and log-probabilities of
+    --speculate 0."""
+    reqs = [(chat(("user", f"Repeat this text exactly:\n\n{PASSAGE}")), {}),
+            (chat(("user", "Write a short poem about rain.")), {}),
+            (chat(("user", f"Summarize:\n\n{PASSAGE}")),
+             {"sampling": pb.SamplingParams(temperature=0.7, top_p=0.9, seed=3)})]
+
+    def run(speculate):
+        os.environ["PREFIXD_SPECULATE_ALWAYS"] = "1"
+        try:
+            d = Daemon(default_model, data_dir, extra=["--speculate", str(speculate)])
+        finally:
+            del os.environ["PREFIXD_SPECULATE_ALWAYS"]
+        try:
+            s = d.stub()
+            out = []
+            for prompt, kw in reqs:
+                lps, ids = [], []
+                req = pb.GenerateRequest(prompt=prompt, max_tokens=64, top_logprobs=2,
+                                         cache=pb.CacheOptions(no_cache=True), **kw)
+                for m in s.Generate(req, timeout=300):
+                    ids += list(m.token_ids)
+                    lps += [(lp.logprob, tuple(lp.top_ids)) for lp in m.logprobs]
+                out.append((ids, lps))
+            st = s.Stats(pb.StatsRequest())
+            return out, st.spec_draft_tokens, st.spec_accepted_tokens
+        finally:
+            assert d.stop() == 0
+
+    off, drafted_off, _ = run(0)
+    on, drafted, kept = run(8)
+    assert drafted_off == 0
+    for i in range(len(reqs)):
+        assert on[i] == off[i], f"request {i}"
+    assert kept > 0 and drafted > kept, (drafted, kept)
