@@ -73,8 +73,9 @@ typedef struct pd_seq {
    * (its copy in tokens[n_tokens..] is what the forward pass reads), and the tokens sampled from
    * the verify rows, each with its log-probabilities */
   int n_draft;
+  int draft_source; /* PD_SPEC_FROM_TEXT or PD_SPEC_FROM_CACHE */
   int32_t draft[PD_SPEC_DRAFT_MAX];
-  pd_spec_seq spec;
+  pd_spec_seq spec[PD_SPEC_SOURCES]; /* acceptance, per source */
   int n_picks;
   int pick_failed; /* the JSON constraint allowed no token, or refused the pick, after n_picks */
   int32_t picks[PD_SPEC_DRAFT_MAX + 1];
@@ -1060,7 +1061,7 @@ static void enqueue(pd_engine *e, pd_job *job) {
     goto refuse;
   }
   s->tenant = (uint32_t)job->tenant;
-  pd_spec_seq_init(&s->spec);
+  for (int i = 0; i < PD_SPEC_SOURCES; i++) pd_spec_seq_init(&s->spec[i]);
   s->no_cache = cache && cache->no_cache;
   s->pin_ttl_s = cache ? cache->pin_ttl_seconds : 0;
   if (s->warm && s->no_cache) {
@@ -1539,12 +1540,19 @@ static void choose_drafts(pd_engine *e, pd_seq *const *order, int n, int *rows, 
            owned_blocks(e, s->n_hot, s->n_past + 1 + (uint32_t)max_k) > s->reserve)
       max_k--;
     if (max_k <= 0) continue;
-    int n_draft = pd_spec_draft(s->tokens, s->n_tokens, max_k, s->draft);
+    /* what followed this very context before (the prefix cache), else the sequence's own text */
+    uint32_t n_cached = 0;
+    if (!s->no_cache && pd_radix_continuation(&e->tree, s->tenant, s->ns, s->tokens, s->n_tokens,
+                                              s->draft, (uint32_t)max_k, &n_cached) != PD_OK)
+      n_cached = 0;
+    s->draft_source = n_cached ? PD_SPEC_FROM_CACHE : PD_SPEC_FROM_TEXT;
+    int n_draft = n_cached ? (int)n_cached : pd_spec_draft(s->tokens, s->n_tokens, max_k, s->draft);
     if (n_draft == 0) continue;
-    double rate = pd_spec_seq_rate(&s->spec);
+    pd_spec_seq *record = &s->spec[s->draft_source];
+    double rate = pd_spec_seq_rate(record);
     int k = e->cfg.speculate_always ? n_draft : pd_spec_choose(rate, n_draft, tokens, time, ratio);
     if (k == 0) {
-      pd_spec_seq_skip(&s->spec);
+      pd_spec_seq_skip(record);
       continue;
     }
     memcpy(s->tokens + s->n_tokens, s->draft, (size_t)k * sizeof *s->tokens); /* < cap_tokens */
@@ -1729,9 +1737,9 @@ static int step(pd_engine *e) {
       reason = seq_emit(e, s, s->picks[j], &s->step_lp[j], closed);
     }
     if (s->n_draft) {
-      e->spec_draft_tokens += (uint64_t)s->n_draft;
-      e->spec_accepted_tokens += (uint64_t)kept;
-      if (!reason && !s->pick_failed) pd_spec_seq_note(&s->spec, s->n_draft, kept);
+      e->spec_draft_tokens[s->draft_source] += (uint64_t)s->n_draft;
+      e->spec_accepted_tokens[s->draft_source] += (uint64_t)kept;
+      if (!reason && !s->pick_failed) pd_spec_seq_note(&s->spec[s->draft_source], s->n_draft, kept);
     }
     if (reason < 0) {
       running_remove(e, s);

@@ -267,12 +267,13 @@ struct pd_engine {
   int32_t *gpu_picks;       /* (max_running) tokens of a greedy batch, argmax on the GPU */
   pd_llama_seq *batch;      /* (max_running) */
   uint64_t requests, generated_tokens;
-  uint64_t next_arrival;         /* order of Generate/Warm sequences, for preemption's victim */
-  uint64_t preemptions;          /* sequences preempted to give a growing one a block */
-  uint64_t recomputed_tokens;    /* tokens resumed sequences computed again (not found cached) */
-  pd_spec_cost spec_cost;        /* the forward pass's time against its rows, for drafts */
-  uint64_t spec_draft_tokens;    /* draft tokens verified */
-  uint64_t spec_accepted_tokens; /* of those, kept: tokens that cost no pass of their own */
+  uint64_t next_arrival;      /* order of Generate/Warm sequences, for preemption's victim */
+  uint64_t preemptions;       /* sequences preempted to give a growing one a block */
+  uint64_t recomputed_tokens; /* tokens resumed sequences computed again (not found cached) */
+  pd_spec_cost spec_cost;     /* the forward pass's time against its rows, for drafts */
+  uint64_t spec_draft_tokens[PD_SPEC_SOURCES];    /* draft tokens verified, by source */
+  uint64_t spec_accepted_tokens[PD_SPEC_SOURCES]; /* of those, kept: tokens that cost no pass of
+                                                     their own */
   pd_engine_stats_window window;
   /* for the metrics endpoint: each finished Generate's queue wait, time to first token and mean
    * time per output token after the first; every client job's final gRPC status */

@@ -191,13 +191,19 @@ int pd_metrics_render(pd_engine *e, char **text, size_t *n_text) {
          "Running sequences whose KV blocks were taken back for an older one's next block "
          "(--kv-admission incremental); each resumed from the prefix cache.");
   sample_u(&b, "prefixd_preemptions_total", e->preemptions);
+  static const char *const spec_sources[PD_SPEC_SOURCES] = {"text", "cache"};
   family(&b, "prefixd_spec_draft_tokens_total", "counter",
-         "Draft tokens verified by speculative decoding (--speculate): drafted from a request's "
-         "own prompt and output, checked in the pass that computed its next token.");
-  sample_u(&b, "prefixd_spec_draft_tokens_total", e->spec_draft_tokens);
+         "Draft tokens verified by speculative decoding (--speculate), checked in the pass that "
+         "computed the request's next token; source: text (the request's own prompt and "
+         "output) or cache (what followed the same context in the prefix cache).");
+  for (int i = 0; i < PD_SPEC_SOURCES; i++)
+    pd_strbuf_printf(&b, "prefixd_spec_draft_tokens_total{source=\"%s\"} %llu\n", spec_sources[i],
+                     (unsigned long long)e->spec_draft_tokens[i]);
   family(&b, "prefixd_spec_accepted_tokens_total", "counter",
          "Draft tokens kept: generated tokens that cost no forward pass of their own.");
-  sample_u(&b, "prefixd_spec_accepted_tokens_total", e->spec_accepted_tokens);
+  for (int i = 0; i < PD_SPEC_SOURCES; i++)
+    pd_strbuf_printf(&b, "prefixd_spec_accepted_tokens_total{source=\"%s\"} %llu\n",
+                     spec_sources[i], (unsigned long long)e->spec_accepted_tokens[i]);
   family(&b, "prefixd_recomputed_tokens_total", "counter",
          "Tokens resumed sequences computed again: a partial last block, and blocks that left "
          "the cache while they waited.");

@@ -787,8 +787,11 @@ static void do_stats(pd_engine *e, pd_job *job) {
   r->preemptions = e->preemptions;
   r->recomputed_tokens = e->recomputed_tokens;
   r->generated_tokens = e->generated_tokens;
-  r->spec_draft_tokens = e->spec_draft_tokens;
-  r->spec_accepted_tokens = e->spec_accepted_tokens;
+  for (int i = 0; i < PD_SPEC_SOURCES; i++) {
+    r->spec_draft_tokens += e->spec_draft_tokens[i];
+    r->spec_accepted_tokens += e->spec_accepted_tokens[i];
+  }
+  r->spec_cache_accepted_tokens = e->spec_accepted_tokens[PD_SPEC_FROM_CACHE];
   int64_t sec = pd_grpc_now_ms() / 1000;
   uint64_t sum = 0;
   for (int i = 0; i < 60; i++)

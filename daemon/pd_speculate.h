@@ -3,10 +3,15 @@
  * tokens from its own text, and the engine verifies the draft in the same forward pass as the
  * token it had to compute anyway.
  *
- * DRAFT. When the last few tokens of a sequence (an n-gram of PD_SPEC_NGRAM_MAX down to
- * PD_SPEC_NGRAM_MIN tokens) occurred earlier in its prompt or its output, the tokens that followed
- * the most recent such occurrence are the draft (pd_spec_draft). A document the model quotes, code
- * it edits, a JSON value it copies out of the prompt and a loop it fell into all draft well.
+ * DRAFT. First from the prefix cache: when the sequence's whole context -- prompt and output so
+ * far -- is a path of the tree (its tenant's namespace), because the same conversation was
+ * generated before and its answer published, the tokens that followed there are the draft
+ * (pd_radix_continuation): a question many users ask over the same system prompt, a regenerated
+ * answer, the same request retried. Else from its own text: when the last few tokens (an n-gram
+ * of PD_SPEC_NGRAM_MAX down to PD_SPEC_NGRAM_MIN tokens) occurred earlier in its prompt or its
+ * output, the tokens that followed the most recent such occurrence (pd_spec_draft). A document
+ * the model quotes, code it edits, a JSON value it copies out of the prompt and a loop it fell
+ * into all draft well. Each source keeps its own acceptance record.
  *
  * VERIFY. The engine feeds the last sampled token and the draft d_0..d_k-1 as k+1 rows of one
  * sequence; row j's logits predict the token after d_j-1. It samples row 0 exactly as a plain
@@ -35,6 +40,11 @@
 #define PD_SPEC_DRAFT_MAX 16    /* --speculate's upper bound */
 #define PD_SPEC_DEFAULT   8     /* --speculate's default */
 #define PD_SPEC_WINDOW    32768 /* tokens searched back from the end */
+
+/* Where a draft came from: the sequence's own prompt and output (pd_spec_draft), or the prefix
+ * cache -- what followed the very same context when it was generated before
+ * (pd_radix_continuation). */
+enum { PD_SPEC_FROM_TEXT = 0, PD_SPEC_FROM_CACHE = 1, PD_SPEC_SOURCES = 2 };
 
 /*
  * Writes up to max_draft tokens that follow the most recent earlier occurrence of the last

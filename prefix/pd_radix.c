@@ -370,6 +370,45 @@ int pd_radix_peek(const pd_radix *t, uint32_t tenant, uint32_t ns, const int32_t
   return PD_OK;
 }
 
+int pd_radix_continuation(const pd_radix *t, uint32_t tenant, uint32_t ns, const int32_t *tokens,
+                          uint32_t n, int32_t *out, uint32_t cap, uint32_t *n_out) {
+  *n_out = 0;
+  if (cap == 0) return PD_OK;
+  uint32_t root;
+  int rc = ns_root(t, tenant, ns, &root);
+  if (rc == PD_ENOTFOUND) return PD_OK;
+  if (rc) return rc;
+  uint32_t path_cap = n / B(t) + 1, np = 0;
+  uint32_t stack_path[64];
+  uint32_t *path = path_cap <= 64 ? stack_path : malloc(path_cap * sizeof *path);
+  if (!path) return PD_ENOMEM;
+  int cow;
+  uint32_t got = walk(t, root, tokens, n, path, path_cap, &np, &cow, NULL);
+  uint32_t node = np ? path[np - 1] : root, off = np ? got - (np - 1) * B(t) : 0;
+  if (path != stack_path) free(path);
+  if (got < n) return PD_OK; /* this context was never seen to its end */
+  while (*n_out < cap) {
+    const pd_node *nd = &t->nodes[node];
+    if (off < nd->n_tokens) {
+      uint32_t take = nd->n_tokens - off < cap - *n_out ? nd->n_tokens - off : cap - *n_out;
+      memcpy(out + *n_out, toks(t, node) + off, take * sizeof *out);
+      *n_out += take;
+      off += take;
+      continue;
+    }
+    if (nd->n_tokens < B(t) && nd->tier != PD_TIER_ROOT) break; /* a partial tail ends a path */
+    uint32_t next = NIL, seen = 0;
+    for (uint32_t c = nd->first_child; c != NIL && seen < PARTIAL_SCAN_LIMIT;
+         c = t->nodes[c].next_sibling, seen++)
+      if (matchable(&t->nodes[c]) &&
+          (next == NIL || t->nodes[c].last_use > t->nodes[next].last_use))
+        next = c;
+    if (next == NIL) break;
+    node = next, off = 0;
+  }
+  return PD_OK;
+}
+
 void pd_radix_release(pd_radix *t, const uint32_t *nodes, uint32_t n) {
   for (uint32_t i = n; i-- > 0;) {
     pd_node *nd = &t->nodes[nodes[i]];

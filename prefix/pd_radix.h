@@ -162,6 +162,17 @@ int pd_radix_match(pd_radix *t, uint32_t tenant, uint32_t ns, const int32_t *tok
 int pd_radix_peek(const pd_radix *t, uint32_t tenant, uint32_t ns, const int32_t *tokens,
                   uint32_t n, uint32_t *n_tokens, uint32_t by_tier[PD_TIERS]);
 
+/*
+ * What the tree holds after tokens (n) in namespace ns: when the whole of tokens is cached there
+ * (to a block boundary or into a block), the tokens that follow it -- the rest of that block,
+ * then down the most recently used child, block after block -- up to cap of them into out, their
+ * count into *n_out (0 when tokens is not cached to its end, or nothing follows). Read-only, like
+ * pd_radix_peek: speculative decoding's drafts from earlier answers to the same context. Returns
+ * 0, PD_EPERM if the tenant may not use ns, PD_ENOMEM.
+ */
+int pd_radix_continuation(const pd_radix *t, uint32_t tenant, uint32_t ns, const int32_t *tokens,
+                          uint32_t n, int32_t *out, uint32_t cap, uint32_t *n_out);
+
 /* Gives back references, leaf first (pass the array in path order). */
 void pd_radix_release(pd_radix *t, const uint32_t *nodes, uint32_t n);
 

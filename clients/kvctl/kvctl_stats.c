@@ -95,6 +95,7 @@ static void json_counters(kv_json *j, const Prefixd__V1__StatsResponse *r) {
   kv_json_uint(j, "generated_tokens", r->generated_tokens);
   kv_json_uint(j, "spec_draft_tokens", r->spec_draft_tokens);
   kv_json_uint(j, "spec_accepted_tokens", r->spec_accepted_tokens);
+  kv_json_uint(j, "spec_cache_accepted_tokens", r->spec_cache_accepted_tokens);
   kv_json_number(j, "tokens_per_second", r->tokens_per_second);
   kv_json_uint(j, "hit_tokens", r->hit_tokens);
   kv_json_uint(j, "query_tokens", r->query_tokens);
@@ -196,7 +197,8 @@ const char kv_help_status[] =
     "\n"
     "  --json   {address, serving, model, backend, uptime_seconds, requests, queue_depth,\n"
     "            running, preemptions, recomputed_tokens, generated_tokens, spec_draft_tokens,\n"
-    "            spec_accepted_tokens, tokens_per_second, hit_tokens,\n"
+    "            spec_accepted_tokens, spec_cache_accepted_tokens, tokens_per_second,\n"
+    "            hit_tokens,\n"
     "            query_tokens, hit_rate, tiers: [...]}\n";
 
 int kv_cmd_status(kv_ctx *ctx, int argc, char **argv) {
@@ -491,12 +493,14 @@ static void stats_human(const Prefixd__V1__StatsResponse *r) {
         (unsigned long long)r->requests, r->running, r->queue_depth, r->tokens_per_second);
   field("preempted", "%llu sequences, %llu tokens recomputed", (unsigned long long)r->preemptions,
         (unsigned long long)r->recomputed_tokens);
-  char kept[32], gen[32], drafted[32], share[16];
-  field("drafts", "%s of %s generated tokens came from kept drafts (%s of %s verified)",
+  char kept[32], gen[32], drafted[32], share[16], cached[32];
+  field("drafts",
+        "%s of %s generated tokens came from kept drafts (%s of %s verified, %s from the cache)",
         kv_fmt_percent(share, sizeof share, r->spec_accepted_tokens, r->generated_tokens),
         kv_fmt_count(gen, sizeof gen, r->generated_tokens),
         kv_fmt_count(kept, sizeof kept, r->spec_accepted_tokens),
-        kv_fmt_count(drafted, sizeof drafted, r->spec_draft_tokens));
+        kv_fmt_count(drafted, sizeof drafted, r->spec_draft_tokens),
+        kv_fmt_count(cached, sizeof cached, r->spec_cache_accepted_tokens));
   field("hit rate", "%s of prompt tokens (%s of %s)",
         kv_fmt_percent(pct, sizeof pct, r->hit_tokens, r->query_tokens),
         kv_fmt_count(hit, sizeof hit, r->hit_tokens),

@@ -40,7 +40,7 @@ TIER_FIELDS = {"tier", "blocks_used", "blocks_capacity", "bytes_used", "bytes_ca
                "disabled", "disabled_reason"}
 COUNTER_FIELDS = {"model", "backend", "uptime_seconds", "requests", "queue_depth", "running",
                   "preemptions", "recomputed_tokens", "generated_tokens", "spec_draft_tokens",
-                  "spec_accepted_tokens",
+                  "spec_accepted_tokens", "spec_cache_accepted_tokens",
                   "tokens_per_second", "hit_tokens", "query_tokens", "hit_rate"}
 STORAGE_FIELDS = {"spilled_to_host_blocks", "spilled_to_disk_blocks", "restored_from_host_blocks",
                   "restored_from_disk_blocks", "spill_bytes", "restore_bytes", "dropped_blocks",

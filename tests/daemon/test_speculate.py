@@ -63,12 +63,14 @@ def request(i, max_tokens=96, closers=()):
 def spec_counts(d):
     """The counters from /metrics, checked against Stats."""
     samples, _ = scrape(metrics_port(d))
-    counts = (val(samples, "prefixd_spec_draft_tokens_total"),
-              val(samples, "prefixd_spec_accepted_tokens_total"),
+    by = {name: [val(samples, f"prefixd_spec_{name}_tokens_total", source=src)
+                 for src in ("text", "cache")] for name in ("draft", "accepted")}
+    counts = (sum(by["draft"]), sum(by["accepted"]),
               val(samples, "prefixd_generated_tokens_total"))
     st = d.stub().Stats(pb.StatsRequest())
     assert (st.spec_draft_tokens, st.spec_accepted_tokens, st.generated_tokens) == counts
-    return counts
+    assert st.spec_cache_accepted_tokens == by["accepted"][1]
+    return counts + (by["accepted"][1],)
 
 
 def closers(model, data_dir):
@@ -119,7 +121,7 @@ def test_speculation_gives_the_tokens_of_plain_decoding(model, always, tiny_mode
         assert on_alone[i] == off_alone[i], f"request {i} alone"
         assert on_together[i] == off_alone[i], f"request {i} in a batch"
     assert off_together == off_alone
-    drafted, accepted, generated = on_counts
+    drafted, accepted, generated, _ = on_counts
     assert generated == off_counts[2]
     # the loops were drafted and many of their tokens came without a pass of their own
     assert accepted > 0.2 * generated, on_counts
@@ -146,11 +148,42 @@ def test_speculation_under_preemption(q51_model, data_dir):
         together = [r[0] for r in concurrently(s, kws)]
         samples, _ = scrape(metrics_port(d))
         assert val(samples, "prefixd_preemptions_total") > 0
-        assert val(samples, "prefixd_spec_accepted_tokens_total") > 0
+        assert sum(val(samples, "prefixd_spec_accepted_tokens_total", source=src)
+                   for src in ("text", "cache")) > 0
     finally:
         d.stop()
     for i in range(len(kws)):
         assert together[i] == alone[i], f"request {i}"
+
+
+def test_an_answer_given_before_is_drafted_from_the_cache(q51_model, data_dir):
+    """The same requests twice with the prefix cache on: the first answers are published into the
+    tree at their end, so the second time each context's continuation is there and drafts from
+    the cache carry most of the answer -- for seeded sampling too, whose same seed gives the
+    same tokens. A third request with another seed diverges: its drafts are rejected where it
+    does, and its tokens are still its own (those of --speculate 0)."""
+    kws = [request(i, max_tokens=64) for i in (0, 1, 3)]
+    other = dict(kws[1], sampling=pb.SamplingParams(temperature=0.8, top_k=40, seed=999,
+                                                    ignore_eos=True))
+    d = Daemon(q51_model, data_dir, extra=["--speculate", "0"])
+    try:
+        plain = [run(d.stub(), kw)[0] for kw in kws + [other]]
+    finally:
+        d.stop()
+    d = Daemon(q51_model, data_dir, extra=["--speculate", "8", "--metrics-listen", "127.0.0.1:0",
+                                           "--disk-cache-mb", "0"])
+    try:
+        s = d.stub()
+        first = [run(s, kw)[0] for kw in kws]
+        _, _, gen0, cache0 = spec_counts(d)
+        again = [run(s, kw)[0] for kw in kws]
+        _, _, gen1, cache1 = spec_counts(d)
+        diverging = run(s, other)[0]
+    finally:
+        d.stop()
+    assert first == plain[:3] and again == plain[:3] and diverging == plain[3]
+    assert cache0 == 0  # nothing had been generated before
+    assert cache1 - cache0 > 0.5 * (gen1 - gen0), (cache1 - cache0, gen1 - gen0)
 
 
 @pytest.mark.parametrize("flag,value", [("--speculate", "17"), ("--speculate", "-1"),

@@ -470,6 +470,58 @@ START_TEST(extend_below_a_matched_prefix) {
 }
 END_TEST
 
+/* pd_radix_continuation: what follows a context cached to its end, read-only. */
+START_TEST(continuation_of_a_cached_context) {
+  pd_radix t;
+  init_tree(&t, 64, 0, 0, 0);
+  uint32_t a = add_tenant(&t, "a"), b = add_tenant(&t, "b"), ns = private_ns(&t, a);
+  int32_t tok[64], out[64];
+  seq(tok, 64, 1);
+  ck_assert_uint_eq(insert(&t, a, ns, tok, 40, 0, 1, 0), 3); /* 16 + 16 + 8 (partial) */
+  pd_radix_stats before = t.stats;
+  uint32_t n = 99;
+  /* into a block: the rest of it, then the next block, then the partial tail's 8 */
+  ck_assert_int_eq(pd_radix_continuation(&t, a, ns, tok, 10, out, 64, &n), 0);
+  ck_assert_uint_eq(n, 30);
+  ck_assert_mem_eq(out, tok + 10, 30 * sizeof *out);
+  /* at a block boundary; capped */
+  ck_assert_int_eq(pd_radix_continuation(&t, a, ns, tok, 16, out, 5, &n), 0);
+  ck_assert_uint_eq(n, 5);
+  ck_assert_mem_eq(out, tok + 16, 5 * sizeof *out);
+  /* the empty context: the whole path; the end of the path: nothing */
+  ck_assert_int_eq(pd_radix_continuation(&t, a, ns, tok, 0, out, 64, &n), 0);
+  ck_assert_uint_eq(n, 40);
+  ck_assert_int_eq(pd_radix_continuation(&t, a, ns, tok, 40, out, 64, &n), 0);
+  ck_assert_uint_eq(n, 0);
+  /* a context that diverges, or runs past what is cached: nothing */
+  int32_t other[64];
+  memcpy(other, tok, sizeof other);
+  other[20] = 9999;
+  ck_assert_int_eq(pd_radix_continuation(&t, a, ns, other, 24, out, 64, &n), 0);
+  ck_assert_uint_eq(n, 0);
+  ck_assert_int_eq(pd_radix_continuation(&t, a, ns, tok, 48, out, 64, &n), 0);
+  ck_assert_uint_eq(n, 0);
+  ck_assert_mem_eq(&t.stats, &before, sizeof before);
+  /* two continuations of the first block: the most recently used one */
+  other[0] = tok[0];
+  for (int i = 16; i < 32; i++) other[i] = 5000 + i;
+  ck_assert_uint_eq(insert(&t, a, ns, other, 32, 0, 7, 0), 2); /* the first deduplicated */
+  before = t.stats;
+  ck_assert_int_eq(pd_radix_continuation(&t, a, ns, tok, 16, out, 16, &n), 0);
+  ck_assert_uint_eq(n, 16);
+  ck_assert_mem_eq(out, other + 16, 16 * sizeof *out);
+  /* read-only: no hit or match counted */
+  ck_assert_mem_eq(&t.stats, &before, sizeof before);
+  /* tenants: another's namespace is refused; b's own has nothing */
+  ck_assert_int_eq(pd_radix_continuation(&t, b, ns, tok, 16, out, 16, &n), PD_EPERM);
+  ck_assert_uint_eq(n, 0);
+  ck_assert_int_eq(pd_radix_continuation(&t, b, private_ns(&t, b), tok, 16, out, 16, &n), 0);
+  ck_assert_uint_eq(n, 0);
+  check_ok(&t);
+  pd_radix_free(&t);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("prefix");
   TCase *tc = tcase_create("core");
@@ -484,6 +536,7 @@ int main(void) {
   tcase_add_test(tc, tenants_are_isolated_and_limited);
   tcase_add_test(tc, introspection_lists_prefixes);
   tcase_add_test(tc, extend_below_a_matched_prefix);
+  tcase_add_test(tc, continuation_of_a_cached_context);
   suite_add_tcase(s, tc);
   int rc = pd_check_run(s, 1);
   return rc;
