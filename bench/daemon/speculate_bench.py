@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""What speculative decoding by prompt lookup (--speculate) does to decode speed: the same
+"""What speculative decoding (--speculate) does to decode speed: the same
 daemon binary and model with --speculate 0 ("off"), with drafts chosen by the cost model ("on")
 and with every draft verified whatever it costs ("always", PREFIXD_SPECULATE_ALWAYS=1: what the
 cost model saves), measured side by side in one run, the daemons alternating round by round (only
@@ -179,11 +179,12 @@ def main():
     cmd = (f"bench/daemon/speculate_bench.py {args.binary} {args.model} --threads "
            f"{args.threads} --rounds {args.rounds} --speculate {args.speculate}")
     lines = [
-        "# Speculative decoding by prompt lookup: --speculate 0 beside --speculate "
+        "# Speculative decoding: --speculate 0 beside --speculate "
         f"{args.speculate}", "",
         f"Command: `{cmd}`, {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, "
         f"{os.cpu_count()} cores.", "",
-        f"Model `{os.path.basename(args.model)}`, greedy, no prefix cache; {args.rounds} rounds, "
+        f"Model `{os.path.basename(args.model)}`, greedy, no prefix cache (but for again, asked "
+        f"a second time with the cache on); {args.rounds} rounds, "
         "the three daemons alternating (one at a time). off = `--speculate 0`; on = "
         f"`--speculate {args.speculate}`, the cost model choosing each draft's length; always = "
         "the same with `PREFIXD_SPECULATE_ALWAYS=1`, every draft found verified in full. Decode "
