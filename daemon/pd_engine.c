@@ -1061,7 +1061,8 @@ static void enqueue(pd_engine *e, pd_job *job) {
     goto refuse;
   }
   s->tenant = (uint32_t)job->tenant;
-  for (int i = 0; i < PD_SPEC_SOURCES; i++) pd_spec_seq_init(&s->spec[i]);
+  pd_spec_seq_init(&s->spec[PD_SPEC_FROM_TEXT], PD_SPEC_PRIOR_TEXT);
+  pd_spec_seq_init(&s->spec[PD_SPEC_FROM_CACHE], PD_SPEC_PRIOR_CACHE);
   s->no_cache = cache && cache->no_cache;
   s->pin_ttl_s = cache ? cache->pin_ttl_seconds : 0;
   if (s->warm && s->no_cache) {
@@ -1540,6 +1541,14 @@ static void choose_drafts(pd_engine *e, pd_seq *const *order, int n, int *rows, 
            owned_blocks(e, s->n_hot, s->n_past + 1 + (uint32_t)max_k) > s->reserve)
       max_k--;
     if (max_k <= 0) continue;
+    /* no lookup where even the better source's draft would not pay (a large batch) */
+    double best_rate = pd_spec_seq_rate(&s->spec[PD_SPEC_FROM_TEXT]);
+    if (pd_spec_seq_rate(&s->spec[PD_SPEC_FROM_CACHE]) > best_rate)
+      best_rate = pd_spec_seq_rate(&s->spec[PD_SPEC_FROM_CACHE]);
+    if (!e->cfg.speculate_always && pd_spec_choose(best_rate, max_k, tokens, time, ratio) == 0) {
+      for (int src = 0; src < PD_SPEC_SOURCES; src++) pd_spec_seq_skip(&s->spec[src]);
+      continue;
+    }
     /* what followed this very context before (the prefix cache), else the sequence's own text */
     uint32_t n_cached = 0;
     if (!s->no_cache && pd_radix_continuation(&e->tree, s->tenant, s->ns, s->tokens, s->n_tokens,

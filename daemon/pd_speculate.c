@@ -35,9 +35,9 @@ int pd_spec_draft(const int32_t *t, uint32_t n, int max_draft, int32_t *draft) {
 #define SEQ_MEMORY 0.9  /* each verification weighs the earlier ones by this */
 #define SEQ_RELAX  0.97 /* each skipped draft moves the record this much back to the prior */
 
-void pd_spec_seq_init(pd_spec_seq *s) {
-  s->accepted = 1.0;
-  s->rejected = 1.0;
+void pd_spec_seq_init(pd_spec_seq *s, double prior_rate) {
+  s->accepted = s->prior_accepted = 2.0 * prior_rate;
+  s->rejected = s->prior_rejected = 2.0 * (1.0 - prior_rate);
 }
 
 double pd_spec_seq_rate(const pd_spec_seq *s) {
@@ -47,12 +47,12 @@ double pd_spec_seq_rate(const pd_spec_seq *s) {
 void pd_spec_seq_note(pd_spec_seq *s, int n_draft, int n_accepted) {
   s->accepted = s->accepted * SEQ_MEMORY + n_accepted;
   s->rejected = s->rejected * SEQ_MEMORY + (n_accepted < n_draft ? 1.0 : 0.0);
-  if (s->accepted + s->rejected < 1e-6) pd_spec_seq_init(s);
+  if (s->accepted + s->rejected < 1e-6) s->accepted = s->prior_accepted, s->rejected = 1.0;
 }
 
 void pd_spec_seq_skip(pd_spec_seq *s) {
-  s->accepted = 1.0 + (s->accepted - 1.0) * SEQ_RELAX;
-  s->rejected = 1.0 + (s->rejected - 1.0) * SEQ_RELAX;
+  s->accepted = s->prior_accepted + (s->accepted - s->prior_accepted) * SEQ_RELAX;
+  s->rejected = s->prior_rejected + (s->rejected - s->prior_rejected) * SEQ_RELAX;
 }
 
 /* ---- cost ------------------------------------------------------------------------------------ */

@@ -54,18 +54,26 @@ enum { PD_SPEC_FROM_TEXT = 0, PD_SPEC_FROM_CACHE = 1, PD_SPEC_SOURCES = 2 };
  */
 int pd_spec_draft(const int32_t *tokens, uint32_t n_tokens, int max_draft, int32_t *draft);
 
-/* A sequence's acceptance record: accepted draft tokens and rejections (a verification that
- * stopped before the end of its draft), with a prior of one of each. */
+/* A sequence's acceptance record for one source: accepted draft tokens and rejections (a
+ * verification that stopped before the end of its draft), starting from a prior worth two
+ * verifications. */
 typedef struct pd_spec_seq {
   double accepted, rejected;
+  double prior_accepted, prior_rejected;
 } pd_spec_seq;
 
-void pd_spec_seq_init(pd_spec_seq *s);
+/* The prior rates of each source: drafts from the sequence's own text are right about half the
+ * time; a continuation from the cache, the same context answered before, far more often. */
+#define PD_SPEC_PRIOR_TEXT  0.5
+#define PD_SPEC_PRIOR_CACHE 0.8
+
+void pd_spec_seq_init(pd_spec_seq *s, double prior_rate);
 /* The estimated probability that the next draft token is accepted. */
 double pd_spec_seq_rate(const pd_spec_seq *s);
 /* A verification of n_draft tokens kept n_accepted of them. */
 void pd_spec_seq_note(pd_spec_seq *s, int n_draft, int n_accepted);
-/* A draft was available and not used: the record relaxes a little towards the prior. */
+/* No draft was verified (the cost model said none would pay): the record relaxes a little towards
+ * its prior, so that a sequence that stopped drafting is tried again later. */
 void pd_spec_seq_skip(pd_spec_seq *s);
 
 /* The step time model: exponentially weighted least squares of seconds over rows. */

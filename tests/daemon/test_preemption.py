@@ -63,8 +63,11 @@ def concurrently(stub, kws):
 
 
 def small_cache(extra=()):
+    """Flags of a daemon whose device tier is too small for the load. Without speculative
+    decoding (test_speculate.py preempts with it), whose many tokens a pass make the requests
+    overlap less: the preemptions asserted here need them to."""
     return ["--kv-cache-mb", "1", "--host-cache-mb", "4", "--disk-cache-mb", "0",
-            "--metrics-listen", "127.0.0.1:0", *extra]
+            "--metrics-listen", "127.0.0.1:0", "--speculate", "0", *extra]
 
 
 def test_preempted_requests_give_the_tokens_they_give_alone(q51_model, data_dir):

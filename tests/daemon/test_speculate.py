@@ -144,16 +144,21 @@ def test_speculation_under_preemption(q51_model, data_dir):
         del os.environ["PREFIXD_SPECULATE_ALWAYS"]
     try:
         s = d.stub()
-        s.Evict(pb.EvictRequest(all=True))
-        together = [r[0] for r in concurrently(s, kws)]
-        samples, _ = scrape(metrics_port(d))
+        # the requests overlap enough to preempt only if they arrive together: on a loaded
+        # machine the first may finish before the last is sent, so up to three rounds
+        for _ in range(3):
+            s.Evict(pb.EvictRequest(all=True))
+            together = [r[0] for r in concurrently(s, kws)]
+            for i in range(len(kws)):
+                assert together[i] == alone[i], f"request {i}"
+            samples, _ = scrape(metrics_port(d))
+            if val(samples, "prefixd_preemptions_total") > 0:
+                break
         assert val(samples, "prefixd_preemptions_total") > 0
         assert sum(val(samples, "prefixd_spec_accepted_tokens_total", source=src)
                    for src in ("text", "cache")) > 0
     finally:
         d.stop()
-    for i in range(len(kws)):
-        assert together[i] == alone[i], f"request {i}"
 
 
 def test_an_answer_given_before_is_drafted_from_the_cache(q51_model, data_dir):

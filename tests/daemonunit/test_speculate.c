@@ -86,9 +86,16 @@ START_TEST(search_stays_in_its_window) {
 END_TEST
 
 START_TEST(acceptance_record) {
-  pd_spec_seq s;
-  pd_spec_seq_init(&s);
+  pd_spec_seq s, c;
+  pd_spec_seq_init(&s, 0.5);
+  pd_spec_seq_init(&c, 0.8);
   ck_assert(fabs(pd_spec_seq_rate(&s) - 0.5) < 1e-12);
+  ck_assert(fabs(pd_spec_seq_rate(&c) - 0.8) < 1e-12);
+  /* an all-rejecting record relaxes back towards its own prior */
+  for (int i = 0; i < 60; i++) pd_spec_seq_note(&c, 4, 0);
+  ck_assert(pd_spec_seq_rate(&c) < 0.1);
+  for (int i = 0; i < 1000; i++) pd_spec_seq_skip(&c);
+  ck_assert(pd_spec_seq_rate(&c) > 0.75 && pd_spec_seq_rate(&c) <= 0.8 + 1e-9);
   for (int i = 0; i < 20; i++) pd_spec_seq_note(&s, 8, 8);
   ck_assert(pd_spec_seq_rate(&s) > 0.95);
   for (int i = 0; i < 60; i++) pd_spec_seq_note(&s, 4, 0);
