@@ -385,8 +385,16 @@ int pd_radix_continuation(const pd_radix *t, uint32_t tenant, uint32_t ns, const
   int cow;
   uint32_t got = walk(t, root, tokens, n, path, path_cap, &np, &cow, NULL);
   uint32_t node = np ? path[np - 1] : root, off = np ? got - (np - 1) * B(t) : 0;
+  uint32_t parent = np >= 2 ? path[np - 2] : root;
   if (path != stack_path) free(path);
   if (got < n) return PD_OK; /* this context was never seen to its end */
+  if (np && t->nodes[node].n_tokens == B(t)) {
+    /* the walk's partial last step may end in an unmapped twin of a mapped full block; what
+     * follows is below the twin a match of the whole block would reach */
+    uint32_t canon = find_child(t, parent, child_key(t, t->nodes[parent].key, toks(t, node), B(t)),
+                                toks(t, node), B(t), NULL);
+    if (canon != NIL) node = canon;
+  }
   while (*n_out < cap) {
     const pd_node *nd = &t->nodes[node];
     if (off < nd->n_tokens) {
@@ -397,12 +405,18 @@ int pd_radix_continuation(const pd_radix *t, uint32_t tenant, uint32_t ns, const
       continue;
     }
     if (nd->n_tokens < B(t) && nd->tier != PD_TIER_ROOT) break; /* a partial tail ends a path */
+    /* a child a match would reach: a full block is the one its key finds (an unmapped twin of a
+     * mapped block is not), a partial tail any matchable one */
     uint32_t next = NIL, seen = 0;
     for (uint32_t c = nd->first_child; c != NIL && seen < PARTIAL_SCAN_LIMIT;
-         c = t->nodes[c].next_sibling, seen++)
-      if (matchable(&t->nodes[c]) &&
-          (next == NIL || t->nodes[c].last_use > t->nodes[next].last_use))
-        next = c;
+         c = t->nodes[c].next_sibling, seen++) {
+      const pd_node *cn = &t->nodes[c];
+      if (!matchable(cn) || (next != NIL && cn->last_use <= t->nodes[next].last_use)) continue;
+      if (cn->n_tokens == B(t) &&
+          find_child(t, node, child_key(t, nd->key, toks(t, c), B(t)), toks(t, c), B(t), NULL) != c)
+        continue;
+      next = c;
+    }
     if (next == NIL) break;
     node = next, off = 0;
   }

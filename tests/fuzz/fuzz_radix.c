@@ -14,15 +14,17 @@
  *           bytes 1-3: capacities of tiers 0, 1, 2 (small: eviction is frequent; tier 1 may be
  *           absent). Three tenants, each with a private namespace, and a shared namespace granted
  *           to the first two.
- *   ops     one byte picks the operation, the next bytes its arguments: match (with peek before
- *           it), insert, extend (below a held full block or a root), release (the last k nodes of
- *           a sequence: leaf first), evict, place (a detached node or any node, into a tier),
- *           drop, pin (until a time or forever), unpin, expire pins, advance the clock, set a
- *           tenant's limit, grant or revoke the shared namespace, walk the prefix listing; and
- *           the tier manager's calls: evict keeping the victims' slots (pd_radix_evict_ex), move
- *           handing back the old slot (pd_radix_move) -- the harness gives those slots back
- *           within the operation -- and a hold on one node (pd_radix_hold / pd_radix_unhold),
- *           as a transfer in flight takes it.
+ *   ops     one byte picks the operation, the next bytes its arguments: match (with peek and
+ *           continuation before it: a continuation is read-only, and the prompt with it is a
+ *           path a peek matches to its end), insert, extend (below a held full block or a
+ *           root), release (the last k nodes of a sequence: leaf first), evict, place (a
+ *           detached node or any node, into a tier), drop, pin (until a time or forever),
+ *           unpin, expire pins, advance the clock, set a tenant's limit, grant or revoke the
+ *           shared namespace, walk the prefix listing; and the tier manager's calls: evict
+ *           keeping the victims' slots (pd_radix_evict_ex), move handing back the old slot
+ *           (pd_radix_move) -- the harness gives those slots back within the operation -- and
+ *           a hold on one node (pd_radix_hold / pd_radix_unhold), as a transfer in flight
+ *           takes it.
  *   prompts a family (4 base sequences sharing 3 blocks, 1.5 blocks or nothing with the first),
  *           a length up to 6 blocks and a bit, and one optionally changed token.
  *
@@ -225,9 +227,24 @@ static void op_match(harness *h, reader *r) {
   uint32_t ti = who % N_TENANTS, ns = pick_ns(h, ti, who >> 2);
   int32_t tok[64];
   uint32_t n = read_prompt(h, r, tok);
+  /* what follows the prompt in the tree (read-only: no counter moves) */
+  int32_t ext[64 + 64];
+  uint32_t n_cont = UINT32_MAX;
+  const pd_radix_stats before = h->tree.stats;
+  int crc = pd_radix_continuation(&h->tree, h->tenant[ti], ns, tok, n, ext + n, 64, &n_cont);
+  FUZZ_CHECK(!memcmp(&before, &h->tree.stats, sizeof before) && n_cont <= 64);
   uint32_t peeked = 0, by_tier[PD_TIERS];
   int prc = pd_radix_peek(&h->tree, h->tenant[ti], ns, tok, n, &peeked, by_tier);
   FUZZ_CHECK(prc == PD_OK || prc == PD_EPERM);
+  FUZZ_CHECK(crc == prc);
+  if (!prc && peeked < n) FUZZ_CHECK(n_cont == 0); /* a context not cached to its end */
+  if (!prc && n_cont) { /* the prompt and its continuation are a cached path */
+    uint32_t ext_peeked = 0;
+    memcpy(ext, tok, n * sizeof *tok);
+    FUZZ_CHECK(pd_radix_peek(&h->tree, h->tenant[ti], ns, ext, n + n_cont, &ext_peeked, NULL) ==
+               PD_OK);
+    FUZZ_CHECK(ext_peeked == n + n_cont);
+  }
   uint32_t nodes[MAX_BLOCKS];
   pd_match m;
   int rc = pd_radix_match(&h->tree, h->tenant[ti], ns, tok, n, h->now, nodes, MAX_BLOCKS, &m);
