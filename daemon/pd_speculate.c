@@ -60,7 +60,7 @@ void pd_spec_seq_skip(pd_spec_seq *s) {
 #define COST_MEMORY        0.98 /* each pass weighs the earlier ones by this */
 #define COST_DEFAULT_RATIO 0.5
 #define COST_MIN_RATIO     0.01
-#define COST_MAX_RATIO     4.0
+#define COST_MAX_RATIO     1.5 /* a row costing more than 1.5 passes' fixed part: timing noise */
 
 void pd_spec_cost_init(pd_spec_cost *c) {
   c->w = c->r = c->rr = c->t = c->rt = 0.0;

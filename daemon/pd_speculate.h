@@ -84,7 +84,7 @@ typedef struct pd_spec_cost {
 void pd_spec_cost_init(pd_spec_cost *c);
 /* A forward pass of rows rows took seconds. */
 void pd_spec_cost_note(pd_spec_cost *c, int rows, double seconds);
-/* The model's per-row cost as a fraction of its fixed cost (clamped to [0.01, 4]); a default
+/* The model's per-row cost as a fraction of its fixed cost (clamped to [0.01, 1.5]); a default
  * until passes of different sizes have been seen. */
 double pd_spec_cost_row_ratio(const pd_spec_cost *c);
 

@@ -83,15 +83,21 @@ def closers(model, data_dir):
         d.stop()
 
 
-def outputs(model, data_dir, speculate, kws, extra=(), always=False):
-    """Each request alone, then all at once (no cache: each computes its prompt), and the
-    speculation counters. always: every draft found is verified (PREFIXD_SPECULATE_ALWAYS)."""
+def start(model, data_dir, extra, always):
+    """A daemon; always: every draft found is verified (PREFIXD_SPECULATE_ALWAYS), so that what
+    is drafted does not depend on this machine's timing, as the cost model's choice does."""
     os.environ["PREFIXD_SPECULATE_ALWAYS"] = "1" if always else "0"
     try:
-        d = Daemon(model, data_dir, extra=["--speculate", str(speculate), "--metrics-listen",
-                                           "127.0.0.1:0", *extra])
+        return Daemon(model, data_dir, extra=extra)
     finally:
         del os.environ["PREFIXD_SPECULATE_ALWAYS"]
+
+
+def outputs(model, data_dir, speculate, kws, extra=(), always=False):
+    """Each request alone, then all at once (no cache: each computes its prompt), and the
+    speculation counters."""
+    d = start(model, data_dir, ["--speculate", str(speculate), "--metrics-listen", "127.0.0.1:0",
+                                *extra], always)
     try:
         s = d.stub()
         alone = [run(s, kw)[0] for kw in kws]
@@ -123,9 +129,10 @@ def test_speculation_gives_the_tokens_of_plain_decoding(model, always, tiny_mode
     assert off_together == off_alone
     drafted, accepted, generated, _ = on_counts
     assert generated == off_counts[2]
-    # the loops were drafted and many of their tokens came without a pass of their own
-    assert accepted > 0.2 * generated, on_counts
-    assert drafted > accepted  # and some drafts were rejected
+    if always:  # (the cost model's drafts depend on the timing: equal tokens is what it owes)
+        # the loops were drafted and many of their tokens came without a pass of their own
+        assert accepted > 0.2 * generated, on_counts
+        assert drafted > accepted  # and some drafts were rejected
 
 
 def test_speculation_under_preemption(q51_model, data_dir):
@@ -137,11 +144,7 @@ def test_speculation_under_preemption(q51_model, data_dir):
         alone = [run(d.stub(), kw)[0] for kw in kws]
     finally:
         d.stop()
-    os.environ["PREFIXD_SPECULATE_ALWAYS"] = "1"
-    try:
-        d = Daemon(q51_model, data_dir, extra=small_cache(["--speculate", "6"]))
-    finally:
-        del os.environ["PREFIXD_SPECULATE_ALWAYS"]
+    d = start(q51_model, data_dir, small_cache(["--speculate", "6"]), always=True)
     try:
         s = d.stub()
         # the requests overlap enough to preempt only if they arrive together: on a loaded
@@ -166,7 +169,8 @@ def test_an_answer_given_before_is_drafted_from_the_cache(q51_model, data_dir):
     tree at their end, so the second time each context's continuation is there and drafts from
     the cache carry most of the answer -- for seeded sampling too, whose same seed gives the
     same tokens. A third request with another seed diverges: its drafts are rejected where it
-    does, and its tokens are still its own (those of --speculate 0)."""
+    does, and its tokens are still its own (those of --speculate 0). Every draft is verified:
+    how many the cost model would take depends on the timing."""
     kws = [request(i, max_tokens=64) for i in (0, 1, 3)]
     other = dict(kws[1], sampling=pb.SamplingParams(temperature=0.8, top_k=40, seed=999,
                                                     ignore_eos=True))
@@ -175,8 +179,8 @@ def test_an_answer_given_before_is_drafted_from_the_cache(q51_model, data_dir):
         plain = [run(d.stub(), kw)[0] for kw in kws + [other]]
     finally:
         d.stop()
-    d = Daemon(q51_model, data_dir, extra=["--speculate", "8", "--metrics-listen", "127.0.0.1:0",
-                                           "--disk-cache-mb", "0"])
+    d = start(q51_model, data_dir, ["--speculate", "8", "--metrics-listen", "127.0.0.1:0",
+                                    "--disk-cache-mb", "0"], always=True)
     try:
         s = d.stub()
         first = [run(s, kw)[0] for kw in kws]
