@@ -1252,6 +1252,12 @@ static int is_stop_token(const pd_seq *s, int32_t tok) {
   return 0;
 }
 
+/* The token ends the sequence and is not part of its output: an end-of-generation token (unless
+ * ignore_eos) or one of its stop tokens. */
+static int is_end_token(const pd_engine *e, const pd_seq *s, int32_t tok) {
+  return (pd_tokenizer_is_eog(e->tok, tok) && !s->ignore_eos) || is_stop_token(s, tok);
+}
+
 static void window_add(pd_engine *e, uint64_t n) {
   int64_t sec = pd_grpc_now_ms() / 1000;
   int i = (int)(sec % 60);
@@ -1268,8 +1274,7 @@ static void window_add(pd_engine *e, uint64_t n) {
 static int seq_emit(pd_engine *e, pd_seq *s, int32_t tok, const pd_token_logprob *lp,
                     int json_closed) {
   if (!s->first_token_ms) s->first_token_ms = pd_grpc_now_ms();
-  if ((pd_tokenizer_is_eog(e->tok, tok) && !s->ignore_eos) || is_stop_token(s, tok))
-    return PREFIXD__V1__FINISH_REASON__FINISH_REASON_STOP;
+  if (is_end_token(e, s, tok)) return PREFIXD__V1__FINISH_REASON__FINISH_REASON_STOP;
   s->tokens[s->n_tokens++] = tok;
   s->n_generated++;
   e->generated_tokens++;
@@ -1600,8 +1605,7 @@ static void seq_sample(const pd_engine *e, pd_seq *s, const float *lg) {
                                         s->step_lp[j].top_ids, s->step_lp[j].top_logprobs);
     s->picks[s->n_picks++] = tok;
     if (j == s->n_draft || tok != s->draft[j]) return;
-    if ((pd_tokenizer_is_eog(e->tok, tok) && !s->ignore_eos) || is_stop_token(s, tok) ||
-        (s->json && pd_json_constraint_done(s->json)) ||
+    if (is_end_token(e, s, tok) || (s->json && pd_json_constraint_done(s->json)) ||
         s->n_generated + (uint32_t)s->n_picks >= s->max_new)
       return; /* it ends here: the rest of the draft is moot */
   }

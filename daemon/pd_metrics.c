@@ -50,11 +50,18 @@ static void sample_f(pd_strbuf *b, const char *name, double v) {
 }
 
 static const char *const tier_names[PD_TIERS] = {"device", "host", "disk"};
+static const char *const spec_sources[PD_SPEC_SOURCES] = {"text", "cache"};
+
+/* One sample per value of a label: name{label="values[i]"} v[i], i < n. */
+static void per_label(pd_strbuf *b, const char *name, const char *label, const char *const *values,
+                      const uint64_t *v, int n) {
+  for (int i = 0; i < n; i++)
+    pd_strbuf_printf(b, "%s{%s=\"%s\"} %llu\n", name, label, values[i], (unsigned long long)v[i]);
+}
 
 /* One sample per tier: name{tier="..."} v[t]. */
 static void per_tier(pd_strbuf *b, const char *name, const uint64_t v[PD_TIERS]) {
-  for (int t = 0; t < PD_TIERS; t++)
-    pd_strbuf_printf(b, "%s{tier=\"%s\"} %llu\n", name, tier_names[t], (unsigned long long)v[t]);
+  per_label(b, name, "tier", tier_names, v, PD_TIERS);
 }
 
 static void histogram(pd_strbuf *b, const char *name, const char *help,
@@ -191,19 +198,16 @@ int pd_metrics_render(pd_engine *e, char **text, size_t *n_text) {
          "Running sequences whose KV blocks were taken back for an older one's next block "
          "(--kv-admission incremental); each resumed from the prefix cache.");
   sample_u(&b, "prefixd_preemptions_total", e->preemptions);
-  static const char *const spec_sources[PD_SPEC_SOURCES] = {"text", "cache"};
   family(&b, "prefixd_spec_draft_tokens_total", "counter",
          "Draft tokens verified by speculative decoding (--speculate), checked in the pass that "
          "computed the request's next token; source: text (the request's own prompt and "
          "output) or cache (what followed the same context in the prefix cache).");
-  for (int i = 0; i < PD_SPEC_SOURCES; i++)
-    pd_strbuf_printf(&b, "prefixd_spec_draft_tokens_total{source=\"%s\"} %llu\n", spec_sources[i],
-                     (unsigned long long)e->spec_draft_tokens[i]);
+  per_label(&b, "prefixd_spec_draft_tokens_total", "source", spec_sources, e->spec_draft_tokens,
+            PD_SPEC_SOURCES);
   family(&b, "prefixd_spec_accepted_tokens_total", "counter",
          "Draft tokens kept: generated tokens that cost no forward pass of their own.");
-  for (int i = 0; i < PD_SPEC_SOURCES; i++)
-    pd_strbuf_printf(&b, "prefixd_spec_accepted_tokens_total{source=\"%s\"} %llu\n",
-                     spec_sources[i], (unsigned long long)e->spec_accepted_tokens[i]);
+  per_label(&b, "prefixd_spec_accepted_tokens_total", "source", spec_sources,
+            e->spec_accepted_tokens, PD_SPEC_SOURCES);
   family(&b, "prefixd_recomputed_tokens_total", "counter",
          "Tokens resumed sequences computed again: a partial last block, and blocks that left "
          "the cache while they waited.");

@@ -99,9 +99,10 @@ static void usage(FILE *f) {
       "                            and all of max_tokens (PREFIXD_KV_ADMISSION; incremental)\n"
       "      --cache-dtype T       f16, bf16, f32 or fp8 (fp8-e4m3, a scale per row; default f16)\n"
       "      --speculate N         draft tokens a decoding request may verify per forward pass,\n"
-      "                            drafted from its own prompt and output (prompt lookup);\n"
-      "                            the tokens are the same, fewer passes compute them where the\n"
-      "                            text repeats; 0 = off; CPU backend (PREFIXD_SPECULATE; 8)\n"
+      "                            drafted from the prefix cache (the same conversation answered\n"
+      "                            before) or its own prompt and output; the tokens are the\n"
+      "                            same, fewer passes compute them where text repeats; 0 = off;\n"
+      "                            CPU backend (PREFIXD_SPECULATE; 8)\n"
       "      --matmul M            fast or exact (default fast)\n"
       "  -t, --threads N           CPU threads (PREFIXD_THREADS; default: auto, the CPUs the\n"
       "                            process may use (affinity, cgroup CPU quota), fewer while\n"
@@ -343,6 +344,7 @@ int main(int argc, char **argv) {
   const char *device = env_or("PREFIXD_DEVICE", "auto");
   const char *kv_admission = env_or("PREFIXD_KV_ADMISSION", "incremental");
   const char *log_requests = env_or("PREFIXD_LOG_REQUESTS", "yes");
+  const char *speculate_always = env_or("PREFIXD_SPECULATE_ALWAYS", "0"); /* tests, benchmarks */
   struct {
     const char *env;
     long *v;
@@ -683,8 +685,7 @@ int main(int argc, char **argv) {
                           .tokenize_thread_bytes = (size_t)tokenize_bytes,
                           .log_requests = !strcmp(log_requests, "yes"),
                           .speculate = (int)speculate,
-                          .speculate_always = getenv("PREFIXD_SPECULATE_ALWAYS") &&
-                                              !strcmp(getenv("PREFIXD_SPECULATE_ALWAYS"), "1")};
+                          .speculate_always = !strcmp(speculate_always, "1")};
   char err[512];
   int64_t t0 = pd_grpc_now_ms();
   if (access(model, R_OK)) {

@@ -5,7 +5,8 @@
  * (one new token) alike. Each sequence brings its new tokens, how many tokens of it are already
  * in the KV pool (n_past), and its block table. The pass writes the new tokens' K and V into
  * their blocks (pd_kv_store) and returns logits for the last new tokens of every sequence that
- * asks (the last one for a decode step; several to verify speculated tokens in one pass). Rows never influence each other except through the KV they read, and every kernel is
+ * asks (the last one for a decode step; several to verify speculated tokens in one pass). Rows
+ * never influence each other except through the KV they read, and every kernel is
  * batch-invariant (pd_matmul.h, pd_attention.h), so a sequence computes the same logits whether
  * its prefix's KV came from the cache or from this very batch.
  *
@@ -48,10 +49,9 @@ void pd_llama_free(pd_llama *ctx);
 
 /*
  * Runs one batch. pool: the KV blocks (pd_kv_block_bytes(&ctx->kv) bytes each). logits:
- * (sum of the seqs' want_logits, n_vocab): the seqs in order, each one's rows in position order. Returns 0,
- * PD_EINVAL (too many rows or sequences, a token id out of range, a short block table, more
- * logits than new tokens) or
- * PD_ENOMEM.
+ * (sum of the seqs' want_logits, n_vocab): the seqs in order, each one's rows in position order.
+ * Returns 0, PD_EINVAL (too many rows or sequences, a token id out of range, a short block table,
+ * more logits than new tokens) or PD_ENOMEM.
  */
 int pd_llama_forward(pd_llama *ctx, void *pool, const pd_llama_seq *seqs, int n_seqs,
                      float *logits);

@@ -370,6 +370,13 @@ int pd_radix_peek(const pd_radix *t, uint32_t tenant, uint32_t ns, const int32_t
   return PD_OK;
 }
 
+/* The full block below parent that a match of id's tokens reaches: id itself, or a mapped twin of
+ * it (NIL when neither is matchable). */
+static uint32_t reached_block(const pd_radix *t, uint32_t parent, uint32_t id) {
+  return find_child(t, parent, child_key(t, t->nodes[parent].key, toks(t, id), B(t)), toks(t, id),
+                    B(t), NULL);
+}
+
 int pd_radix_continuation(const pd_radix *t, uint32_t tenant, uint32_t ns, const int32_t *tokens,
                           uint32_t n, int32_t *out, uint32_t cap, uint32_t *n_out) {
   *n_out = 0;
@@ -391,8 +398,7 @@ int pd_radix_continuation(const pd_radix *t, uint32_t tenant, uint32_t ns, const
   if (np && t->nodes[node].n_tokens == B(t)) {
     /* the walk's partial last step may end in an unmapped twin of a mapped full block; what
      * follows is below the twin a match of the whole block would reach */
-    uint32_t canon = find_child(t, parent, child_key(t, t->nodes[parent].key, toks(t, node), B(t)),
-                                toks(t, node), B(t), NULL);
+    uint32_t canon = reached_block(t, parent, node);
     if (canon != NIL) node = canon;
   }
   while (*n_out < cap) {
@@ -412,9 +418,7 @@ int pd_radix_continuation(const pd_radix *t, uint32_t tenant, uint32_t ns, const
          c = t->nodes[c].next_sibling, seen++) {
       const pd_node *cn = &t->nodes[c];
       if (!matchable(cn) || (next != NIL && cn->last_use <= t->nodes[next].last_use)) continue;
-      if (cn->n_tokens == B(t) &&
-          find_child(t, node, child_key(t, nd->key, toks(t, c), B(t)), toks(t, c), B(t), NULL) != c)
-        continue;
+      if (cn->n_tokens == B(t) && reached_block(t, node, c) != c) continue;
       next = c;
     }
     if (next == NIL) break;

@@ -116,10 +116,10 @@ def counters(port):
 def measure(binary, model, threads, speculate, always, data_dir):
     """{workload: (texts, generated tokens, decode seconds, accepted share)} for one round."""
     os.environ["PREFIXD_BIN"] = binary
-    os.environ["PREFIXD_SPECULATE_ALWAYS"] = "1" if always else "0"
     d = Daemon(model, data_dir, extra=["--threads", str(threads), "--speculate", str(speculate),
                                        "--metrics-listen", "127.0.0.1:0", "--disk-cache-mb", "0",
-                                       "--log-requests", "no"])
+                                       "--log-requests", "no"],
+               env={"PREFIXD_SPECULATE_ALWAYS": "1" if always else "0"})
     try:
         port = int(re.search(r"metrics_port=(\d+)", d.log_text()).group(1))
         stub = d.stub()

@@ -25,20 +25,22 @@ pb, pb_grpc = generate_stubs()
 
 
 class Daemon:
-    """One prefixd process. `stub(key)` gives a Prefixd stub sending that API key."""
+    """One prefixd process. `stub(key)` gives a Prefixd stub sending that API key. env: variables
+    set for it on top of this process's environment."""
 
-    def __init__(self, model, data_dir, extra=(), admin_key=None, unix=None):
+    def __init__(self, model, data_dir, extra=(), admin_key=None, unix=None, env=None):
         self.log_path = os.path.join(data_dir, "prefixd.log")
         args = [os.environ["PREFIXD_BIN"], "--model", model, "--listen", "127.0.0.1:0",
                 "--data-dir", data_dir, "--threads", "2", *extra]
         if unix:
             args += ["--unix", unix]
-        env = dict(os.environ)
-        env.pop("PREFIXD_ADMIN_KEY", None)
+        child_env = dict(os.environ)
+        child_env.pop("PREFIXD_ADMIN_KEY", None)
         if admin_key:
-            env["PREFIXD_ADMIN_KEY"] = admin_key
+            child_env["PREFIXD_ADMIN_KEY"] = admin_key
+        child_env.update(env or {})
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(args, stderr=self.log, env=env)
+        self.proc = subprocess.Popen(args, stderr=self.log, env=child_env)
         deadline = time.time() + 60
         while True:
             text = open(self.log_path).read()

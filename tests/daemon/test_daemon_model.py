@@ -2,7 +2,6 @@
 sharing a system prompt (the second reports the cached tokens and a lower time to first token),
 a multi-turn chat that reuses its earlier turns, a deadline that cancels a real generation, and
 speculative decoding that keeps the model's own tokens."""
-import os
 import time
 
 import grpc
@@ -83,11 +82,8 @@ def test_speculation_keeps_the_real_models_tokens(default_model, data_dir):
              {"sampling": pb.SamplingParams(temperature=0.7, top_p=0.9, seed=3)})]
 
     def run(speculate):
-        os.environ["PREFIXD_SPECULATE_ALWAYS"] = "1"
-        try:
-            d = Daemon(default_model, data_dir, extra=["--speculate", str(speculate)])
-        finally:
-            del os.environ["PREFIXD_SPECULATE_ALWAYS"]
+        d = Daemon(default_model, data_dir, extra=["--speculate", str(speculate)],
+                   env={"PREFIXD_SPECULATE_ALWAYS": "1"})
         try:
             s = d.stub()
             out = []

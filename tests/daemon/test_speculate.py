@@ -86,11 +86,8 @@ def closers(model, data_dir):
 def start(model, data_dir, extra, always):
     """A daemon; always: every draft found is verified (PREFIXD_SPECULATE_ALWAYS), so that what
     is drafted does not depend on this machine's timing, as the cost model's choice does."""
-    os.environ["PREFIXD_SPECULATE_ALWAYS"] = "1" if always else "0"
-    try:
-        return Daemon(model, data_dir, extra=extra)
-    finally:
-        del os.environ["PREFIXD_SPECULATE_ALWAYS"]
+    return Daemon(model, data_dir, extra=extra,
+                  env={"PREFIXD_SPECULATE_ALWAYS": "1" if always else "0"})
 
 
 def outputs(model, data_dir, speculate, kws, extra=(), always=False):
