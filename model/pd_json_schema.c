@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "pd_err.h"
+#include "pd_regex.h"
 
 enum type_bits {
   T_OBJECT = 1,
@@ -42,6 +43,8 @@ typedef struct schema_node {
   uint8_t n_alts; /* > 1: a union of objects told apart by their first property (its one
                      property here, an enum of their constants): alts[first_alt ..] */
   uint16_t first_prop, first_enum, items, first_alt;
+  uint16_t string_rule; /* > 0: strings match regexes[string_rule - 1] (pattern, format, length) */
+  uint16_t number_rule; /* > 0: numbers lie within bounds[number_rule - 1] */
   uint32_t min_items, max_items;
   uint64_t required; /* bit i: props[first_prop + i] is required */
 } schema_node;
@@ -61,7 +64,10 @@ struct pd_json_schema {
   enum_value *values;
   uint16_t *alts; /* unions' alternatives: node indices */
   char *pool;
+  pd_regex **regexes;    /* (n_regexes) owned: the constrained strings' automata */
+  pd_num_bounds *bounds; /* (n_bounds) the bounded numbers' bounds */
   uint32_t n_nodes, n_props, n_values, cap_nodes, cap_props, cap_values, n_alts, cap_alts;
+  uint32_t n_regexes, cap_regexes, n_bounds, cap_bounds;
   size_t n_pool, cap_pool;
 };
 
@@ -72,6 +78,9 @@ void pd_json_schema_free(pd_json_schema *s) {
   free(s->values);
   free(s->alts);
   free(s->pool);
+  for (uint32_t i = 0; i < s->n_regexes; i++) pd_regex_free(s->regexes[i]);
+  free(s->regexes);
+  free(s->bounds);
   free(s);
 }
 
@@ -160,6 +169,11 @@ static const char *const annotations[] = {"title",
 static const char *const supported[] = {"type",     "properties", "required", "items",
                                         "minItems", "maxItems",   "enum",     "const",
                                         "anyOf",    "nullable",   "$ref"};
+/* The keywords that constrain a string or a number (a node's string_rule, number_rule). */
+static const char *const leaf_keywords[] = {"pattern",          "format",          "minLength",
+                                            "maxLength",        "minimum",         "maximum",
+                                            "exclusiveMinimum", "exclusiveMaximum"};
+#define COUNT(list) (sizeof list / sizeof *list)
 
 static int in_list(const char *key, const char *const *list, size_t n) {
   for (size_t i = 0; i < n; i++)
@@ -449,8 +463,13 @@ static int merge_any_of(compiler *c, const pending_any_of *p) {
     json_decref(values);
     if (rc) return -1;
   } else {
+    int strings = 0, numbers = 0; /* alternatives that take them */
     for (int i = 0; i < p->n_alts; i++) {
       const schema_node *a = &c->s->nodes[p->alts[i]];
+      strings += (a->types & T_STRING) != 0;
+      numbers += (a->types & (T_NUMBER | T_INTEGER)) != 0;
+      if (a->types & T_STRING && a->string_rule) merged.string_rule = a->string_rule;
+      if (a->types & (T_NUMBER | T_INTEGER) && a->number_rule) merged.number_rule = a->number_rule;
       if ((merged.types & a->types & T_OBJECT) && (merged.has_props || a->has_props))
         FAIL("'anyOf' has two object schemas; one at most (at %s)", where);
       if ((merged.types & a->types & T_ARRAY) && (merged.has_items || a->has_items))
@@ -463,6 +482,12 @@ static int merge_any_of(compiler *c, const pending_any_of *p) {
         merged.has_items = 1, merged.items = a->items, merged.min_items = a->min_items,
         merged.max_items = a->max_items;
     }
+    if (strings > 1 && merged.string_rule)
+      FAIL("'anyOf' has a string schema with a pattern, format or length beside another string "
+           "schema (at %s)",
+           where);
+    if (numbers > 1 && merged.number_rule)
+      FAIL("'anyOf' has a number schema with bounds beside another number schema (at %s)", where);
   }
   merged.resolved = 1;
   merged.types |= c->s->nodes[p->node].types & T_NULL; /* nullable */
@@ -491,6 +516,167 @@ static int merge_pending(compiler *c) {
   return 0;
 }
 
+/* ---- strings and numbers with constraints ---------------------------------------------------- */
+
+/* The formats a string may have, each a pattern (anchored) and a length its standard sets. The
+ * patterns describe the common written form of each (RFC 3339's date-time with an upper-case T
+ * and Z and an offset, at most 6 fraction digits; a dot-atom e-mail address of at most 63
+ * characters before the '@' on a host name whose last label is letters; host names whose labels
+ * have no two hyphens in a row (IDNA reserves "ab--" for punycode) and at most 63 characters; a
+ * URI of a scheme, "://",
+ * a host name whose last label begins with a letter, then a path, query or fragment), which
+ * every validator accepts (Python's jsonschema and rfc3339-validator, pydantic with
+ * email-validator, WHATWG URL parsers):
+ * generating a subset of the valid strings is safe, generating an invalid one is not. */
+#define FMT_YEAR "(?:[1-9]\\d{3}|0[1-9]\\d{2}|00[1-9]\\d|000[1-9])"
+#define FMT_DATE                                                                                   \
+  "(?:" FMT_YEAR "-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12]\\d|3[01])|(?:0[469]|11)-(?:0[1-9]|[12]"    \
+  "\\d|30)|02-(?:0[1-9]|1\\d|2[0-8]))|(?:\\d{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468]"  \
+  "[048]|[13579][26])00)-02-29)"
+#define FMT_TIME                                                                                   \
+  "(?:[01]\\d|2[0-3]):[0-5]\\d:[0-5]\\d(?:\\.\\d{1,6})?(?:Z|[+-](?:[01]\\d|2[0-3]):[0-5]\\d)"
+#define FMT_DURATION_TIME                                                                          \
+  "T(?:\\d+H(?:\\d+M)?(?:\\d+(?:\\.\\d+)?S)?|\\d+M(?:\\d+(?:\\.\\d+)?S)?|\\d+(?:\\.\\d+)?S)"
+#define FMT_LABEL    "[A-Za-z0-9](?:-?[A-Za-z0-9]){0,31}"
+#define FMT_ATOM     "[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+#define FMT_OCTET    "(?:25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)"
+#define FMT_HEX4     "[0-9a-fA-F]{1,4}"
+#define FMT_URI_CHAR "(?:[A-Za-z0-9._~:/?#\\[\\]@!$&'()*+,;=-]|%[0-9A-Fa-f]{2})"
+
+static const struct string_format {
+  const char *name, *pattern;
+  uint32_t max_len;
+} formats[] = {
+    {"date-time", "^" FMT_DATE "T" FMT_TIME "$", PD_REGEX_NO_MAX},
+    {"date", "^" FMT_DATE "$", PD_REGEX_NO_MAX},
+    {"time", "^" FMT_TIME "$", PD_REGEX_NO_MAX},
+    {"duration",
+     "^P(?:(?:\\d+Y(?:\\d+M)?(?:\\d+D)?|\\d+M(?:\\d+D)?|\\d+D)(?:" FMT_DURATION_TIME
+     ")?|\\d+W|" FMT_DURATION_TIME ")$",
+     PD_REGEX_NO_MAX},
+    {"email", "^" FMT_ATOM "(?:\\.?" FMT_ATOM "){0,31}@(?:" FMT_LABEL "\\.)+[A-Za-z]{2,63}$", 254},
+    {"hostname", "^" FMT_LABEL "(?:\\." FMT_LABEL ")*$", 253},
+    {"ipv4", "^(?:" FMT_OCTET "\\.){3}" FMT_OCTET "$", PD_REGEX_NO_MAX},
+    {"ipv6",
+     "^(?:(?:" FMT_HEX4 ":){7}" FMT_HEX4 "|(?:" FMT_HEX4 ":){1,7}:|(?:" FMT_HEX4 ":){1,6}:" FMT_HEX4
+     "|(?:" FMT_HEX4 ":){1,5}(?::" FMT_HEX4 "){1,2}|(?:" FMT_HEX4 ":){1,4}(?::" FMT_HEX4
+     "){1,3}|(?:" FMT_HEX4 ":){1,3}(?::" FMT_HEX4 "){1,4}|(?:" FMT_HEX4 ":){1,2}(?::" FMT_HEX4
+     "){1,5}|" FMT_HEX4 ":(?::" FMT_HEX4 "){1,6}|:(?:(?::" FMT_HEX4 "){1,7}|:))$",
+     PD_REGEX_NO_MAX},
+    {"uuid", "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+     PD_REGEX_NO_MAX},
+    {"uri",
+     "^[A-Za-z][A-Za-z0-9+.-]*://(?:" FMT_LABEL "\\.)*[A-Za-z](?:-?[A-Za-z0-9]){0,31}"
+     "(?:[/?#]" FMT_URI_CHAR "*)?$",
+     PD_REGEX_NO_MAX},
+};
+
+/* A string's pattern, format and length (minLength, maxLength) as one automaton: node idx's
+ * string_rule. Nothing to do when the schema has none of them. */
+static int add_string_rule(compiler *c, json_t *schema, int idx, const char *where) {
+  json_t *pattern = json_object_get(schema, "pattern"), *format = json_object_get(schema, "format");
+  uint32_t min_len, max_len;
+  if (get_count(c, schema, "minLength", 0, &min_len, where) ||
+      get_count(c, schema, "maxLength", PD_REGEX_NO_MAX, &max_len, where))
+    return -1;
+  if (!pattern && !format && !json_object_get(schema, "minLength") &&
+      !json_object_get(schema, "maxLength"))
+    return 0;
+  if (pattern && format) FAIL("'pattern' beside 'format' is not supported (at %s)", where);
+  if (min_len > max_len) FAIL("'minLength' is over 'maxLength' (at %s)", where);
+  const char *text = "";
+  size_t len = 0;
+  if (pattern) {
+    if (!json_is_string(pattern)) FAIL("'pattern' must be a string (at %s)", where);
+    text = json_string_value(pattern), len = json_string_length(pattern);
+  } else if (format) {
+    const char *name = json_string_value(format);
+    size_t k = 0, n = COUNT(formats);
+    while (name && k < n && strcmp(name, formats[k].name)) k++;
+    if (k == n)
+      FAIL("'format' '%.40s' is not supported (date-time, date, time, duration, email, hostname, "
+           "ipv4, ipv6, uuid and uri are) (at %s)",
+           name ? name : "(not a string)", where);
+    text = formats[k].pattern, len = strlen(text);
+    if (formats[k].max_len < max_len) max_len = formats[k].max_len;
+  }
+  pd_json_schema *s = c->s;
+  if (s->n_regexes == PD_SCHEMA_MAX_PATTERNS)
+    FAIL("the schema has more than %d strings with a pattern, format or length",
+         PD_SCHEMA_MAX_PATTERNS);
+  if (grow((void **)&s->regexes, &s->cap_regexes, s->n_regexes + 1, sizeof *s->regexes)) {
+    c->oom = 1;
+    FAIL("out of memory");
+  }
+  char why[200];
+  int rc =
+      pd_regex_compile(text, len, min_len, max_len, &s->regexes[s->n_regexes], why, sizeof why);
+  if (rc == PD_ENOMEM) c->oom = 1;
+  if (rc)
+    FAIL("'%s': %s (at %s)", pattern ? "pattern" : format ? "format" : "maxLength", why, where);
+  s->nodes[idx].string_rule = (uint16_t)++s->n_regexes;
+  return 0;
+}
+
+/* A bound as decimal text for pd_num_bounds_set: the shortest that reads back as the same double
+ * (so 0.1 is "0.1", not its binary value), or an integer's digits. NULL if v is not a number. */
+static const char *bound_text(json_t *v, char *buf, size_t len) {
+  if (json_is_integer(v)) {
+    snprintf(buf, len, "%lld", (long long)json_integer_value(v));
+    return buf;
+  }
+  if (!json_is_real(v)) return NULL;
+  double x = json_real_value(v);
+  for (int digits = 1; digits <= 17; digits++) {
+    snprintf(buf, len, "%.*e", digits - 1, x);
+    if (strtod(buf, NULL) == x) break;
+  }
+  return buf;
+}
+
+/* minimum, maximum, exclusiveMinimum, exclusiveMaximum: node idx's number_rule (integer: only
+ * whole numbers). A boolean exclusiveMinimum/exclusiveMaximum makes minimum/maximum exclusive
+ * (draft 4's form); a number is a bound of its own (draft 6 on), the tighter one counting. */
+static int add_number_rule(compiler *c, json_t *schema, int idx, int integer, const char *where) {
+  static const char *const names[4] = {"minimum", "exclusiveMinimum", "maximum",
+                                       "exclusiveMaximum"};
+  json_t *v[4];
+  int any = 0;
+  for (int i = 0; i < 4; i++) any |= (v[i] = json_object_get(schema, names[i])) != NULL;
+  if (!any) return 0;
+  pd_num_bounds bounds, tighter;
+  char err[160];
+  pd_num_bounds_set(&bounds, NULL, 0, NULL, 0, integer, NULL, 0); /* every number */
+  for (int upper = 0; upper < 2; upper++) {
+    json_t *inclusive = v[2 * upper], *exclusive = v[2 * upper + 1];
+    int flag = json_is_boolean(exclusive) && json_is_true(exclusive);
+    if (json_is_boolean(exclusive)) exclusive = NULL;
+    for (int e = 0; e < 2; e++) { /* the inclusive bound, then the exclusive one */
+      json_t *b = e ? exclusive : inclusive;
+      char text[48];
+      if (!b) continue;
+      if (!bound_text(b, text, sizeof text))
+        FAIL("'%s' must be a number (at %s)", names[2 * upper + e], where);
+      int rc = pd_num_bounds_set(&tighter, upper ? NULL : text, e || flag, upper ? text : NULL,
+                                 e || flag, integer, err, sizeof err);
+      if (rc) FAIL("'%s': %s (at %s)", names[2 * upper + e], err, where);
+      if (tighter.lo > bounds.lo) bounds.lo = tighter.lo;
+      if (tighter.hi < bounds.hi) bounds.hi = tighter.hi;
+    }
+  }
+  if (bounds.lo > bounds.hi)
+    FAIL("no %s satisfies both 'minimum' and 'maximum' (at %s)", integer ? "integer" : "number",
+         where);
+  pd_json_schema *s = c->s;
+  if (grow((void **)&s->bounds, &s->cap_bounds, s->n_bounds + 1, sizeof *s->bounds)) {
+    c->oom = 1;
+    FAIL("out of memory");
+  }
+  s->bounds[s->n_bounds] = bounds;
+  s->nodes[idx].number_rule = (uint16_t)++s->n_bounds;
+  return 0;
+}
+
 /* A schema's node: a new one, or the one "$ref" names. */
 static int compile(compiler *c, json_t *schema, const char *where) {
   if (json_is_object(schema) && json_object_get(schema, "$ref"))
@@ -512,21 +698,28 @@ static int compile_into(compiler *c, json_t *schema, int idx, const char *where)
   const char *key;
   json_t *v;
   json_object_foreach(schema, key, v) {
-    if (!in_list(key, supported, sizeof supported / sizeof *supported) &&
-        !in_list(key, annotations, sizeof annotations / sizeof *annotations))
+    if (!in_list(key, supported, COUNT(supported)) &&
+        !in_list(key, leaf_keywords, COUNT(leaf_keywords)) &&
+        !in_list(key, annotations, COUNT(annotations)))
       FAIL("'%.40s' is not supported in a schema (at %s)", key, where);
   }
   json_t *any_of = json_object_get(schema, "anyOf");
   if (any_of) {
     const char *alone[] = {"type", "properties", "items", "enum", "const", "required"};
-    for (int k = 0; k < 6; k++)
-      if (json_object_get(schema, alone[k]))
-        FAIL("'anyOf' beside '%s' is not supported: put it in the alternatives (at %s)", alone[k],
+    for (size_t k = 0; k < COUNT(alone) + COUNT(leaf_keywords); k++) {
+      const char *name = k < COUNT(alone) ? alone[k] : leaf_keywords[k - COUNT(alone)];
+      if (json_object_get(schema, name))
+        FAIL("'anyOf' beside '%s' is not supported: put it in the alternatives (at %s)", name,
              where);
+    }
     if (record_any_of(c, idx, any_of, where)) return -1;
     if (json_is_true(json_object_get(schema, "nullable"))) c->s->nodes[idx].types |= T_NULL;
     return 0; /* resolved when merged */
   } else if (json_object_get(schema, "enum") || json_object_get(schema, "const")) {
+    for (size_t k = 0; k < COUNT(leaf_keywords); k++)
+      if (json_object_get(schema, leaf_keywords[k]))
+        FAIL("'%s' beside '%s' is not supported (at %s)", leaf_keywords[k],
+             json_object_get(schema, "enum") ? "enum" : "const", where);
     json_t *values = json_object_get(schema, "enum");
     json_t *one = NULL;
     if (!values) values = one = json_pack("[O]", json_object_get(schema, "const"));
@@ -559,6 +752,9 @@ static int compile_into(compiler *c, json_t *schema, int idx, const char *where)
         FAIL("'items' must be one schema (tuples are not supported) (at %s)", where);
       if ((item_node = compile(c, items, path)) < 0) return -1;
     }
+    int integer = (types & T_INTEGER) && !(types & T_NUMBER);
+    if (add_string_rule(c, schema, idx, where) || add_number_rule(c, schema, idx, integer, where))
+      return -1;
     schema_node *n = &c->s->nodes[idx];
     n->types = (uint8_t)types;
     if (item_node >= 0)
@@ -613,6 +809,8 @@ int pd_json_schema_compile(const char *text, size_t len, pd_json_schema **out, c
 enum mode {
   S_VALUE,     /* a value: st->node's */
   S_LEAF,      /* inside a string, number, literal or free value (st->leaf) */
+  S_STRING,    /* inside a string with a pattern, format or length (st->string) */
+  S_NUMBER,    /* inside a number with bounds (st->number) */
   S_ENUM,      /* inside an enum value */
   S_OBJ_OPEN,  /* after '{': a key or '}' */
   S_OBJ_NEXT,  /* after ',' in an object: a key */
@@ -755,6 +953,112 @@ static int key_byte(pd_schema_state *st, uint8_t b) {
   return 1;
 }
 
+/* ---- constrained strings and bounded numbers ---------------------------------------------------- */
+
+static const pd_regex *string_regex(const pd_schema_state *st) {
+  return st->schema->regexes[node_at(st, st->node)->string_rule - 1];
+}
+
+/* Some code point in [lo, hi], less the surrogates, may come next. */
+static int string_may_be(const pd_schema_state *st, uint32_t lo, uint32_t hi) {
+  const pd_regex *re = string_regex(st);
+  const pd_schema_string *s = &st->string;
+  if (hi > 0x10FFFF) hi = 0x10FFFF;
+  if (lo < 0xD800 && pd_regex_any(re, s->regex, s->count, lo, hi < 0xD800 ? hi : 0xD7FF)) return 1;
+  return hi > 0xDFFF && pd_regex_any(re, s->regex, s->count, lo > 0xE000 ? lo : 0xE000, hi);
+}
+
+/* The character cp comes: 1 if the pattern and the length allow it (st advanced). */
+static int string_char(pd_schema_state *st, uint32_t cp) {
+  pd_schema_string *s = &st->string;
+  int32_t next = pd_regex_next(string_regex(st), s->regex, s->count, cp);
+  if (next < 0) return 0;
+  s->regex = (uint32_t)next;
+  if (s->count < UINT32_MAX) s->count++;
+  return 1;
+}
+
+/* A half-written UTF-8 character may still become an allowed one. */
+static int utf8_may_be(const pd_schema_state *st) {
+  static const uint32_t least[5] = {0, 0, 0x80, 0x800, 0x10000},
+                        most[5] = {0, 0, 0x7FF, 0xFFFF, 0x10FFFF};
+  const pd_schema_string *s = &st->string;
+  uint32_t span = 1u << (6 * s->need), lo = s->cp * span, hi = lo + span - 1;
+  if (lo < least[s->utf8]) lo = least[s->utf8]; /* an overlong form is empty here */
+  if (hi > most[s->utf8]) hi = most[s->utf8];
+  return lo <= hi && string_may_be(st, lo, hi);
+}
+
+static int hex_value(uint8_t b) {
+  if (b >= '0' && b <= '9') return b - '0';
+  if ((b | 0x20) >= 'a' && (b | 0x20) <= 'f') return (b | 0x20) - 'a' + 10;
+  return -1;
+}
+
+/* A byte of a constrained string, after its opening quote: 1 taken, 0 refused. */
+static int string_byte(pd_schema_state *st, uint8_t b) {
+  pd_schema_string *s = &st->string;
+  if (s->escape == 1) {
+    static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
+    if (b == 'u') {
+      s->escape = 2, s->need = 4, s->cp = 0;
+      return string_may_be(st, 0, 0xFFFF);
+    }
+    const char *at = b ? strchr(from, b) : NULL;
+    if (!at) return 0;
+    s->escape = 0;
+    return string_char(st, (uint8_t)to[at - from]);
+  }
+  if (s->escape == 2) {
+    int v = hex_value(b);
+    if (v < 0) return 0;
+    s->cp = s->cp * 16 + (uint32_t)v;
+    if (--s->need) {
+      uint32_t span = 1u << (4 * s->need);
+      return string_may_be(st, s->cp * span, s->cp * span + span - 1);
+    }
+    s->escape = 0;
+    return (s->cp < 0xD800 || s->cp > 0xDFFF) && string_char(st, s->cp);
+  }
+  if (s->need) {
+    if ((b & 0xC0) != 0x80) return 0;
+    s->cp = s->cp << 6 | (b & 0x3F);
+    if (--s->need) return utf8_may_be(st);
+    return string_char(st, s->cp);
+  }
+  if (b == '"') {
+    if (!pd_regex_accepting(string_regex(st), s->regex, s->count)) return 0;
+    value_end(st);
+    return 1;
+  }
+  if (b == '\\') {
+    s->escape = 1;
+    return string_may_be(st, 0, 0xFFFF); /* any of these may be written as \u */
+  }
+  if (b < 0x20) return 0;
+  if (b < 0x80) return string_char(st, b);
+  if (b >= 0xC2 && b <= 0xDF)
+    s->utf8 = 2;
+  else if (b >= 0xE0 && b <= 0xEF)
+    s->utf8 = 3;
+  else if (b >= 0xF0 && b <= 0xF4)
+    s->utf8 = 4;
+  else
+    return 0;
+  s->need = s->utf8 - 1;
+  s->cp = b & (0x7Fu >> s->utf8);
+  return utf8_may_be(st);
+}
+
+/* A byte of a bounded number: 1 taken, 0 refused, -1 the number ended before it. */
+static int number_byte(pd_schema_state *st, uint8_t b) {
+  const pd_num_bounds *bounds = &st->schema->bounds[node_at(st, st->node)->number_rule - 1];
+  if (pd_num_step(bounds, &st->number, b)) return 1;
+  if (!pd_num_complete(bounds, &st->number)) return 0;
+  value_end(st);
+  return -1;
+}
+
 /* The first byte of a value of st->node (not whitespace). */
 static int value_start(pd_schema_state *st, uint8_t b) {
   const schema_node *n = node_at(st, st->node);
@@ -786,6 +1090,17 @@ static int value_start(pd_schema_state *st, uint8_t b) {
     break;
   }
   if (!(n->types & need)) return 0;
+  if (need == T_STRING && n->string_rule) {
+    st->mode = S_STRING;
+    memset(&st->string, 0, sizeof st->string);
+    st->string.regex = pd_regex_start(st->schema->regexes[n->string_rule - 1]);
+    return 1;
+  }
+  if (need == (T_NUMBER | T_INTEGER) && n->number_rule) {
+    st->mode = S_NUMBER;
+    pd_num_init(&st->number);
+    return number_byte(st, b) == 1;
+  }
   st->integer = need == (T_NUMBER | T_INTEGER) && !(n->types & T_NUMBER);
   st->mode = S_LEAF;
   pd_json_init(&st->leaf, 0);
@@ -841,6 +1156,8 @@ int pd_schema_step(void *state, uint8_t b) {
     int r;
     switch (st->mode) {
     case S_LEAF: r = leaf_byte(st, b); break;
+    case S_STRING: return string_byte(st, b);
+    case S_NUMBER: r = number_byte(st, b); break;
     case S_ENUM: r = enum_byte(st, b); break;
     case S_KEY: return key_byte(st, b);
     case S_DONE: return 0;
@@ -859,6 +1176,9 @@ int pd_schema_complete(const pd_schema_state *st) {
   if (st->mode == S_DONE) return 1;
   if (st->depth) return 0;
   if (st->mode == S_LEAF) return pd_json_complete(&st->leaf);
+  if (st->mode == S_NUMBER)
+    return pd_num_complete(&st->schema->bounds[node_at(st, st->node)->number_rule - 1],
+                           &st->number);
   if (st->mode != S_ENUM) return 0;
   const schema_node *n = node_at(st, st->node);
   for (int j = 0; j < n->n_enum; j++)

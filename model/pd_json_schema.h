@@ -11,15 +11,24 @@
  * distinct string constant under the same name (a tagged union, null allowed beside: the
  * constant, read first, picks the alternative whose other properties follow), "nullable", and
  * "$ref" to "#", "#/$defs/NAME" or
- * "#/definitions/NAME" (recursion allowed). A schema without constraints ({} or true), an object
+ * "#/definitions/NAME" (recursion allowed). For strings: "pattern" (an ECMA-262 regular
+ * expression, pd_regex), "format" (date-time, date, time, duration, email, hostname, ipv4, ipv6,
+ * uuid and uri, each as a pattern of its own), "minLength" and "maxLength" (code points); for
+ * numbers and integers: "minimum", "maximum", "exclusiveMinimum" and "exclusiveMaximum"
+ * (pd_json_bounds: such a number is written without an exponent, with at most 15 fraction
+ * digits). A schema without constraints ({} or true), an object
  * without "properties" and an array without "items" take any JSON of that type. Annotations are
  * ignored (title, description, default, examples, $schema, $id, $comment, deprecated, readOnly,
- * writeOnly, additionalProperties, $defs, definitions). Every other keyword ("pattern",
- * "format", "minLength", "minimum", "oneOf", ...) is refused by name at compile time: what cannot
- * be enforced is not silently ignored.
+ * writeOnly, additionalProperties, $defs, definitions). Every other keyword ("multipleOf",
+ * "oneOf", "uniqueItems", ...) is refused by name at compile time: what cannot be enforced is
+ * not silently ignored.
  *
  * Strings, numbers and the literals are read by pd_json_grammar (embedded in the state), so they
- * follow the same rules as JSON output; an "integer" refuses '.', 'e' and 'E'. The recognizer has
+ * follow the same rules as JSON output; an "integer" refuses '.', 'e' and 'E'. A string with a
+ * pattern, format or length is read by this file's own string reader, which decodes each
+ * character (raw UTF-8, or an escape: \" \\ \/ \b \f \n \r \t and \u of a code point of
+ * the BMP other than a surrogate) and steps the pattern's automaton with it; a bounded number by
+ * pd_json_bounds. The recognizer has
  * the grammar's property: it never accepts a byte after which no text valid for the schema could
  * follow, except where the schema's own nesting exceeds PD_SCHEMA_MAX_DEPTH (then no byte may
  * come, and the generation ends with an error).
@@ -30,13 +39,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "pd_json_bounds.h"
 #include "pd_json_grammar.h"
 
-#define PD_SCHEMA_MAX_DEPTH 12        /* nested objects and arrays described by the schema */
-#define PD_SCHEMA_MAX_NODES 1024      /* schemas in one compiled schema */
-#define PD_SCHEMA_MAX_PROPS 64        /* properties of one object */
-#define PD_SCHEMA_MAX_ENUM  64        /* values of one enum */
-#define PD_SCHEMA_MAX_POOL  (1 << 20) /* bytes of property names and enum values, all told */
+#define PD_SCHEMA_MAX_DEPTH    12        /* nested objects and arrays described by the schema */
+#define PD_SCHEMA_MAX_NODES    1024      /* schemas in one compiled schema */
+#define PD_SCHEMA_MAX_PROPS    64        /* properties of one object */
+#define PD_SCHEMA_MAX_ENUM     64        /* values of one enum */
+#define PD_SCHEMA_MAX_POOL     (1 << 20) /* bytes of property names and enum values, all told */
+#define PD_SCHEMA_MAX_PATTERNS 64        /* strings with a pattern, format or length */
 
 typedef struct pd_json_schema pd_json_schema;
 
@@ -54,10 +65,24 @@ typedef struct pd_schema_frame {
   uint8_t object; /* 1: an object, 0: an array */
 } pd_schema_frame;
 
+/* A string with a pattern, format or length, being read. */
+typedef struct pd_schema_string {
+  uint32_t count; /* code points so far */
+  uint32_t cp;    /* the character being read: its bits so far (UTF-8) or hex value (\u) */
+  uint32_t regex; /* the pattern automaton's state */
+  uint8_t need;   /* UTF-8 continuation bytes, or \u hex digits, still to come */
+  uint8_t utf8;   /* the UTF-8 sequence's length */
+  uint8_t escape; /* 0: none, 1: after a backslash, 2: in a \u escape */
+} pd_schema_string;
+
 typedef struct pd_schema_state {
   const pd_json_schema *schema; /* borrowed */
   uint64_t cand;                /* key or enum: the candidates still matching */
-  pd_json_state leaf;           /* a string, number, literal or free value being read */
+  union {                       /* the leaf being read (mode S_LEAF, S_STRING, S_NUMBER) */
+    pd_json_state leaf;         /* a string, number, literal or free value */
+    pd_schema_string string;    /* a constrained string */
+    pd_num_state number;        /* a bounded number */
+  };
   pd_schema_frame frames[PD_SCHEMA_MAX_DEPTH];
   uint16_t pos;      /* key or enum: bytes matched */
   uint16_t node;     /* the value being read (leaf or enum) */

@@ -67,6 +67,56 @@ PROMPTS = [
     ("Give a JSON object for a song with the keys title, artist and duration_seconds.",
      obj(title=S, artist=S, duration_seconds=I)),
 ]
+
+def text(**kw):
+    return {"type": "string", **kw}
+
+
+def integer(lo, hi):
+    return {"type": "integer", "minimum": lo, "maximum": hi}
+
+
+# --suite constraints: schemas whose strings carry a pattern, a format or a length and whose
+# numbers carry bounds (what pydantic writes for constr, EmailStr, date, datetime, UUID, IP
+# addresses, URLs, conint and confloat)
+CONSTRAINED = [
+    ("Create a user signup as a JSON object with the keys username (3 to 16 lowercase letters, "
+     "digits or underscores), email and age.",
+     obj(username=text(pattern="^[a-z0-9_]{3,16}$"), email=text(format="email"),
+         age=integer(13, 120))),
+    ("Give a JSON object for a calendar event with the keys title, date (YYYY-MM-DD) and start "
+     "(an RFC 3339 date-time).",
+     obj(title=text(maxLength=60), date=text(format="date"), start=text(format="date-time"))),
+    ("Describe a web server as a JSON object with the keys hostname, ipv4 and port.",
+     obj(hostname=text(format="hostname"), ipv4=text(format="ipv4"), port=integer(1, 65535))),
+    ("Write a JSON object for a product with the keys sku (two capital letters, a dash and four "
+     "digits), name and price.",
+     obj(sku=text(pattern="^[A-Z]{2}-\\d{4}$"), name=S,
+         price={"type": "number", "exclusiveMinimum": 0, "maximum": 10000})),
+    ("Rate a restaurant as a JSON object with the keys name, stars (1 to 5) and summary (one "
+     "short sentence).",
+     obj(name=S, stars=integer(1, 5), summary=text(minLength=10, maxLength=80))),
+    ("Return a JSON object for a color with the keys name and hex (like #FF8800).",
+     obj(name=S, hex=text(pattern="^#[0-9A-Fa-f]{6}$"))),
+    ("Give a JSON object for a contact with the keys name, phone (international format, like "
+     "+14155552671) and email.",
+     obj(name=S, phone=text(pattern="^\\+[1-9]\\d{6,14}$"), email=text(format="email"))),
+    ("Make a JSON object for an order with the keys order_id (a UUID), quantity and total.",
+     obj(order_id=text(format="uuid"), quantity=integer(1, 100),
+         total={"type": "number", "minimum": 0})),
+    ("Create a JSON object for a website with the keys title and url.",
+     obj(title=S, url=text(format="uri", minLength=1, maxLength=2083))),
+    ("Give a JSON object for a flight with the keys flight (two capital letters and 3 or 4 "
+     "digits), from and to (airport codes) and departure (an RFC 3339 date-time).",
+     obj(flight=text(pattern="^[A-Z]{2}\\d{3,4}$"), **{"from": text(pattern="^[A-Z]{3}$")},
+         to=text(pattern="^[A-Z]{3}$"), departure=text(format="date-time"))),
+    ("Return a temperature reading as a JSON object with the keys sensor, celsius and time "
+     "(HH:MM:SS with a time zone).",
+     obj(sensor=S, celsius={"type": "number", "minimum": -50, "maximum": 60},
+         time=text(format="time"))),
+    ("Write a JSON object for a book with the keys title, isbn (13 digits) and year.",
+     obj(title=S, isbn=text(pattern="^\\d{13}$"), year=integer(1450, 2025))),
+]
 MODES = ("text", "json_object", "json_schema")
 
 
@@ -82,7 +132,8 @@ def parse(content, schema):
     a, b = content.find("{"), content.rfind("}")
     whole = load(content)
     loose = whole is not None or (a >= 0 and b > a and load(content[a:b + 1]) is not None)
-    valid = whole is not None and jsonschema.Draft202012Validator(schema).is_valid(whole)
+    valid = whole is not None and jsonschema.Draft202012Validator(
+        schema, format_checker=jsonschema.FormatChecker()).is_valid(whole)
     return whole is not None, loose, valid
 
 
@@ -129,7 +180,7 @@ def wait_ready(client, deadline=120):
             time.sleep(0.2)
 
 
-def run_server(name, port, max_tokens):
+def run_server(name, port, max_tokens, prompts):
     client = openai.OpenAI(
         base_url=f"http://127.0.0.1:{port}/v1", api_key="bench", max_retries=0, timeout=600,
         http_client=httpx.Client(limits=httpx.Limits(max_keepalive_connections=0), timeout=600))
@@ -137,7 +188,7 @@ def run_server(name, port, max_tokens):
     one(client, "Say hello.", {}, 8, "text")  # warm-up
     out = {}
     for mode in MODES:
-        out[mode] = [one(client, p, schema, max_tokens, mode, name) for p, schema in PROMPTS]
+        out[mode] = [one(client, p, schema, max_tokens, mode, name) for p, schema in prompts]
     client.close()
     return out
 
@@ -160,24 +211,37 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     server_args(ap)
     ap.add_argument("--max-tokens", type=int, default=200)
-    ap.add_argument("--out", default=os.path.join(ROOT, "bench/results/json_mode.md"))
+    ap.add_argument("--suite", choices=("keys", "constraints"), default="keys",
+                    help="keys: objects of named, typed keys; constraints: strings with a "
+                    "pattern, format or length and numbers with bounds")
+    ap.add_argument("--out")
     args = ap.parse_args()
     require_files(args, "json_mode.py")
-    results = run_each_server(args, lambda name, port: run_server(name, port, args.max_tokens))
+    prompts = PROMPTS if args.suite == "keys" else CONSTRAINED
+    out = args.out or os.path.join(
+        ROOT, "bench/results", "json_mode.md" if args.suite == "keys" else "json_constraints.md")
+    results = run_each_server(args, lambda name, port: run_server(name, port, args.max_tokens,
+                                                                  prompts))
+    what = ("asking for a JSON object with named keys" if args.suite == "keys" else
+            "asking for a JSON object whose strings have a pattern, a format (email, date, "
+            "date-time, time, hostname, ipv4, uuid, uri) or a length and whose numbers have "
+            "bounds")
     lines = [
-        "# JSON output: prefixd beside llama-server",
+        "# JSON output: prefixd beside llama-server" +
+        ("" if args.suite == "keys" else ", schemas with constraints on values"),
         "",
         f"Command: `.venv/bin/python bench/serving/json_mode.py --llama-server PATH "
-        f"--threads {args.threads} --max-tokens {args.max_tokens}`, "
+        f"--threads {args.threads} --max-tokens {args.max_tokens} --suite {args.suite}`, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, on {os.cpu_count()} cores.",
         "",
-        f"Model `{os.path.basename(args.model)}`, {len(PROMPTS)} prompts asking for a JSON object "
-        f"with named keys, greedy, at most {args.max_tokens} tokens, one request at a time, "
+        f"Model `{os.path.basename(args.model)}`, {len(prompts)} prompts {what}, "
+        f"greedy, at most {args.max_tokens} tokens, one request at a time, "
         f"streamed through OpenAI's Python SDK; each server started fresh with {args.threads} "
         "threads (llama-server: one slot, `-c 4096`). `json_object` = `response_format: "
         "{\"type\": \"json_object\"}`; `json_schema` = the prompt's schema (the keys it names, "
         "typed, all required) as `{\"type\": \"json_schema\", ...}`. \"valid\": the whole "
-        "answer is an object valid for that schema (jsonschema's validator), whatever the mode. "
+        "answer is an object valid for that schema (jsonschema's validator with its format "
+        "checker), whatever the mode. "
         "llama-server gets its schema as `{\"type\": \"json_object\", \"schema\": ...}`: the build "
         "measured ignores OpenAI's `json_schema` form (its parser assigns the schema to a "
         "shadowing local variable), which would have made it plain text.",
@@ -197,8 +261,8 @@ def main():
                              f"valid={int(r['valid'])}: `{json.dumps(r['text'][:160])}`")
     text = "\n".join(lines) + "\n"
     print(text)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
         f.write(text)
 
 

@@ -569,7 +569,17 @@ def json_schema_corpus():
         "nullable-array": ({"type": "array", "items": {"type": ["number", "null"]},
                             "nullable": True}, [1, None, -0.5]),
         "free-object": ({"type": "object"}, {"a": {"b": [1, "\n"]}}),
-        "refused": ({"type": "string", "pattern": "^a"}, "a"),
+        "refused": ({"type": "string", "pattern": "(?=a)"}, "a"),
+        "pattern": ({"type": "object", "properties": {
+            "code": {"type": "string", "pattern": "^[A-Z]{2}-\\d{4}(x|y)*$", "maxLength": 9},
+            "any": {"type": "string", "pattern": "\u00e9+", "minLength": 2}}},
+            {"code": "AB-1234x", "any": "\u00e9\u00e9\n"}),
+        "formats": ({"type": "array", "items": {"anyOf": [
+            {"type": "string", "format": "date-time"}, {"type": "null"}]}},
+            ["2024-02-29T23:59:59.5+01:00", None]),
+        "bounds": ({"type": "object", "properties": {
+            "p": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+            "n": {"type": "integer", "minimum": -3, "maximum": 120}}}, {"p": 0.25, "n": -2}),
     }
     for name, (schema, doc) in docs.items():
         write("json_schema", name, json.dumps(schema).encode() + b"\x00" + json.dumps(doc).encode())

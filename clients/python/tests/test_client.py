@@ -155,8 +155,8 @@ def test_json_object_response_format(client: prefixd.Client):
     reply = client.chat(chat_messages("size?"), max_tokens=200, response_format=Size,
                         logit_bias={client.tokenize("l")[0]: 100.0})
     assert Size.model_validate_json(reply.text).size == "large"
-    with pytest.raises(prefixd.InvalidArgument, match="'minimum' is not supported"):
-        client.chat(chat_messages("x"), response_format={"type": "integer", "minimum": 1})
+    with pytest.raises(prefixd.InvalidArgument, match="'multipleOf' is not supported"):
+        client.chat(chat_messages("x"), response_format={"type": "integer", "multipleOf": 2})
 
 
 def test_stop_string_ends_the_generation(client: prefixd.Client):
