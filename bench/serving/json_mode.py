@@ -133,7 +133,7 @@ def parse(content, schema):
     whole = load(content)
     loose = whole is not None or (a >= 0 and b > a and load(content[a:b + 1]) is not None)
     valid = whole is not None and jsonschema.Draft202012Validator(
-        schema, format_checker=jsonschema.FormatChecker()).is_valid(whole)
+        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER).is_valid(whole)
     return whole is not None, loose, valid
 
 
