@@ -73,7 +73,7 @@ typedef struct pd_seq {
    * (its copy in tokens[n_tokens..] is what the forward pass reads), and the tokens sampled from
    * the verify rows, each with its log-probabilities */
   int n_draft;
-  int draft_source; /* PD_SPEC_FROM_TEXT or PD_SPEC_FROM_CACHE */
+  int draft_source; /* PD_SPEC_FROM_TEXT, _CACHE or _GRAMMAR */
   int32_t draft[PD_SPEC_DRAFT_MAX];
   pd_spec_seq spec[PD_SPEC_SOURCES]; /* acceptance, per source */
   int n_picks;
@@ -1063,6 +1063,7 @@ static void enqueue(pd_engine *e, pd_job *job) {
   s->tenant = (uint32_t)job->tenant;
   pd_spec_seq_init(&s->spec[PD_SPEC_FROM_TEXT], PD_SPEC_PRIOR_TEXT);
   pd_spec_seq_init(&s->spec[PD_SPEC_FROM_CACHE], PD_SPEC_PRIOR_CACHE);
+  pd_spec_seq_init(&s->spec[PD_SPEC_FROM_GRAMMAR], PD_SPEC_PRIOR_GRAMMAR);
   s->no_cache = cache && cache->no_cache;
   s->pin_ttl_s = cache ? cache->pin_ttl_seconds : 0;
   if (s->warm && s->no_cache) {
@@ -1523,6 +1524,19 @@ static void gpu_free(pd_engine *e) {
  * logits buffer has this many rows beyond max_running). */
 #define SPEC_ROWS_MAX 64
 
+/* The tokens of what s's JSON constraint forces next (pd_json_constraint_forced), at most max_k,
+ * into s->draft; 0 when nothing is forced. */
+static int grammar_draft(const pd_engine *e, pd_seq *s, int max_k) {
+  char bytes[64];
+  size_t n = pd_json_constraint_forced(s->json, bytes, sizeof bytes);
+  int32_t ids[sizeof bytes]; /* a token has one byte at least */
+  size_t got = 0;
+  if (!n || pd_tokenize(e->tok, bytes, n, 0, ids, sizeof bytes, &got)) return 0;
+  int k = got < (size_t)max_k ? (int)got : max_k;
+  memcpy(s->draft, ids, (size_t)k * sizeof *ids);
+  return k;
+}
+
 /* Speculative decoding (pd_speculate.h), on the CPU: gives the decoding sequences among order[0,
  * n) a draft where one is worth its rows, within the pass's row budget, the draft-row cap, the
  * tokens the sequence may still generate and (incremental admission) its block reservation. The
@@ -1546,21 +1560,27 @@ static void choose_drafts(pd_engine *e, pd_seq *const *order, int n, int *rows, 
            owned_blocks(e, s->n_hot, s->n_past + 1 + (uint32_t)max_k) > s->reserve)
       max_k--;
     if (max_k <= 0) continue;
-    /* no lookup where even the better source's draft would not pay (a large batch) */
-    double best_rate = pd_spec_seq_rate(&s->spec[PD_SPEC_FROM_TEXT]);
-    if (pd_spec_seq_rate(&s->spec[PD_SPEC_FROM_CACHE]) > best_rate)
-      best_rate = pd_spec_seq_rate(&s->spec[PD_SPEC_FROM_CACHE]);
+    /* no lookup where even the best source's draft would not pay (a large batch) */
+    double best_rate = 0;
+    for (int src = 0; src < PD_SPEC_SOURCES; src++)
+      if ((src != PD_SPEC_FROM_GRAMMAR || s->json) && pd_spec_seq_rate(&s->spec[src]) > best_rate)
+        best_rate = pd_spec_seq_rate(&s->spec[src]);
     if (!e->cfg.speculate_always && pd_spec_choose(best_rate, max_k, tokens, time, ratio) == 0) {
       for (int src = 0; src < PD_SPEC_SOURCES; src++) pd_spec_seq_skip(&s->spec[src]);
       continue;
     }
-    /* what followed this very context before (the prefix cache), else the sequence's own text */
-    uint32_t n_cached = 0;
-    if (!s->no_cache && pd_radix_continuation(&e->tree, s->tenant, s->ns, s->tokens, s->n_tokens,
-                                              s->draft, (uint32_t)max_k, &n_cached) != PD_OK)
-      n_cached = 0;
-    s->draft_source = n_cached ? PD_SPEC_FROM_CACHE : PD_SPEC_FROM_TEXT;
-    int n_draft = n_cached ? (int)n_cached : pd_spec_draft(s->tokens, s->n_tokens, max_k, s->draft);
+    /* what the JSON grammar forces next; else what followed this very context before (the
+     * prefix cache); else the sequence's own text */
+    int n_draft = s->json ? grammar_draft(e, s, max_k) : 0;
+    s->draft_source = PD_SPEC_FROM_GRAMMAR;
+    if (!n_draft) {
+      uint32_t n_cached = 0;
+      if (!s->no_cache && pd_radix_continuation(&e->tree, s->tenant, s->ns, s->tokens, s->n_tokens,
+                                                s->draft, (uint32_t)max_k, &n_cached) != PD_OK)
+        n_cached = 0;
+      s->draft_source = n_cached ? PD_SPEC_FROM_CACHE : PD_SPEC_FROM_TEXT;
+      n_draft = n_cached ? (int)n_cached : pd_spec_draft(s->tokens, s->n_tokens, max_k, s->draft);
+    }
     if (n_draft == 0) continue;
     pd_spec_seq *record = &s->spec[s->draft_source];
     double rate = pd_spec_seq_rate(record);

@@ -50,7 +50,7 @@ static void sample_f(pd_strbuf *b, const char *name, double v) {
 }
 
 static const char *const tier_names[PD_TIERS] = {"device", "host", "disk"};
-static const char *const spec_sources[PD_SPEC_SOURCES] = {"text", "cache"};
+static const char *const spec_sources[PD_SPEC_SOURCES] = {"text", "cache", "grammar"};
 
 /* One sample per value of a label: name{label="values[i]"} v[i], i < n. */
 static void per_label(pd_strbuf *b, const char *name, const char *label, const char *const *values,

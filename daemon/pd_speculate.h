@@ -11,7 +11,11 @@
  * of PD_SPEC_NGRAM_MAX down to PD_SPEC_NGRAM_MIN tokens) occurred earlier in its prompt or its
  * output, the tokens that followed the most recent such occurrence (pd_spec_draft). A document
  * the model quotes, code it edits, a JSON value it copies out of the prompt and a loop it fell
- * into all draft well. Each source keeps its own acceptance record.
+ * into all draft well. Under a JSON constraint, first of all from the grammar: the bytes every
+ * valid continuation begins with (a property name the schema puts next, the rest of an enum
+ * value or a literal, the '-' and ':' of a date-time; pd_json_constraint_forced), tokenized --
+ * the jump-forward of constrained decoding, verified like any draft, so the model's own choice
+ * of tokens is kept. Each source keeps its own acceptance record.
  *
  * VERIFY. The engine feeds the last sampled token and the draft d_0..d_k-1 as k+1 rows of one
  * sequence; row j's logits predict the token after d_j-1. It samples row 0 exactly as a plain
@@ -41,10 +45,15 @@
 #define PD_SPEC_DEFAULT   8     /* --speculate's default */
 #define PD_SPEC_WINDOW    32768 /* tokens searched back from the end */
 
-/* Where a draft came from: the sequence's own prompt and output (pd_spec_draft), or the prefix
+/* Where a draft came from: the sequence's own prompt and output (pd_spec_draft), the prefix
  * cache -- what followed the very same context when it was generated before
- * (pd_radix_continuation). */
-enum { PD_SPEC_FROM_TEXT = 0, PD_SPEC_FROM_CACHE = 1, PD_SPEC_SOURCES = 2 };
+ * (pd_radix_continuation) -- or the JSON grammar (what it forces next). */
+enum {
+  PD_SPEC_FROM_TEXT = 0,
+  PD_SPEC_FROM_CACHE = 1,
+  PD_SPEC_FROM_GRAMMAR = 2,
+  PD_SPEC_SOURCES = 3
+};
 
 /*
  * Writes up to max_draft tokens that follow the most recent earlier occurrence of the last
@@ -63,9 +72,11 @@ typedef struct pd_spec_seq {
 } pd_spec_seq;
 
 /* The prior rates of each source: drafts from the sequence's own text are right about half the
- * time; a continuation from the cache, the same context answered before, far more often. */
-#define PD_SPEC_PRIOR_TEXT  0.5
-#define PD_SPEC_PRIOR_CACHE 0.8
+ * time; a continuation from the cache, the same context answered before, far more often; the
+ * grammar's bytes are certain, only their cut into tokens may differ from the model's. */
+#define PD_SPEC_PRIOR_TEXT    0.5
+#define PD_SPEC_PRIOR_CACHE   0.8
+#define PD_SPEC_PRIOR_GRAMMAR 0.9
 
 void pd_spec_seq_init(pd_spec_seq *s, double prior_rate);
 /* The estimated probability that the next draft token is accepted. */

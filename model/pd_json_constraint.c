@@ -145,3 +145,22 @@ int pd_json_constraint_accept(pd_json_constraint *c, int32_t tok) {
 int pd_json_constraint_done(const pd_json_constraint *c) {
   return c->done(&c->state);
 }
+
+size_t pd_json_constraint_forced(const pd_json_constraint *c, char *out, size_t cap) {
+  grammar_state st, next;
+  memcpy(&st, &c->state, c->state_size);
+  size_t n = 0;
+  while (n < cap && !c->done(&st) && !c->complete(&st)) {
+    int only = -1;
+    for (int b = 1; b < 256; b++) {
+      memcpy(&next, &st, c->state_size);
+      if (!c->step(&next, (uint8_t)b)) continue;
+      if (only >= 0) return n; /* a choice: nothing more is forced */
+      only = b;
+    }
+    if (only < 0) break;
+    c->step(&st, (uint8_t)only);
+    out[n++] = (char)only;
+  }
+  return n;
+}

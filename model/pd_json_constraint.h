@@ -38,4 +38,10 @@ int pd_json_constraint_accept(pd_json_constraint *c, int32_t tok);
 /* The top-level value is closed: the generation is over. */
 int pd_json_constraint_done(const pd_json_constraint *c);
 
+/* The bytes every valid continuation of the output begins with: written into out while exactly
+ * one byte may come next (at most cap of them; none once the text is done or may end, as a
+ * number or an enum value may). Returns their count. What a grammar forces costs the model no
+ * choice: these bytes are speculative decoding's surest draft. */
+size_t pd_json_constraint_forced(const pd_json_constraint *c, char *out, size_t cap);
+
 #endif /* PD_JSON_CONSTRAINT_H */

@@ -91,6 +91,7 @@ void pd_json_schema_free(pd_json_schema *s) {
 typedef struct pending_any_of {
   int node;
   int n_alts;
+  const char *keyword; /* "anyOf", or "oneOf": then the alternatives must not overlap */
   int alts[64];
   char where[96];
 } pending_any_of;
@@ -165,10 +166,11 @@ static const char *const annotations[] = {"title",
                                           "writeOnly",
                                           "$defs",
                                           "definitions",
-                                          "additionalProperties"};
+                                          "additionalProperties",
+                                          "discriminator"};
 static const char *const supported[] = {"type",     "properties", "required", "items",
                                         "minItems", "maxItems",   "enum",     "const",
-                                        "anyOf",    "nullable",   "$ref"};
+                                        "anyOf",    "oneOf",      "nullable", "$ref"};
 /* The keywords that constrain a string or a number (a node's string_rule, number_rule). */
 static const char *const leaf_keywords[] = {"pattern",          "format",          "minLength",
                                             "maxLength",        "minimum",         "maximum",
@@ -330,10 +332,12 @@ static int get_count(compiler *c, json_t *schema, const char *key, uint32_t dflt
 }
 
 /* anyOf: its alternatives compiled now, merged later (merge_pending). */
-static int record_any_of(compiler *c, int idx, json_t *alts, const char *where) {
+static int record_any_of(compiler *c, int idx, const char *keyword, json_t *alts,
+                         const char *where) {
   size_t count = json_array_size(alts);
-  if (!json_is_array(alts) || !count) FAIL("'anyOf' must be a non-empty array (at %s)", where);
-  if (count > 64) FAIL("'anyOf' has more than 64 alternatives (at %s)", where);
+  if (!json_is_array(alts) || !count)
+    FAIL("'%s' must be a non-empty array (at %s)", keyword, where);
+  if (count > 64) FAIL("'%s' has more than 64 alternatives (at %s)", keyword, where);
   if (c->n_pending == c->cap_pending) {
     int cap = c->cap_pending ? c->cap_pending * 2 : 8;
     pending_any_of *p = realloc(c->pending, (size_t)cap * sizeof *p);
@@ -346,10 +350,11 @@ static int record_any_of(compiler *c, int idx, json_t *alts, const char *where) 
   int slot = c->n_pending++;
   c->pending[slot].node = idx;
   c->pending[slot].n_alts = (int)count;
+  c->pending[slot].keyword = keyword;
   snprintf(c->pending[slot].where, sizeof c->pending[slot].where, "%s", where);
   for (size_t i = 0; i < count; i++) {
     char path[160];
-    snprintf(path, sizeof path, "%.100s/anyOf/%zu", where, i);
+    snprintf(path, sizeof path, "%.100s/%s/%zu", where, keyword, i);
     int alt = compile(c, json_array_get(alts, i), path);
     if (alt < 0) return -1;
     c->pending[slot].alts[i] = alt; /* c->pending may have moved */
@@ -357,49 +362,108 @@ static int record_any_of(compiler *c, int idx, json_t *alts, const char *where) 
   return 0;
 }
 
-/* An anyOf of object schemas, each with a first required property whose value is a distinct
- * string constant under the same name (a discriminator, as in {"name": {"const": "f"}, ...}):
- * node idx becomes an object whose one property is that name with an enum of the constants;
- * once its value is read, the reader goes on with the alternative it names. */
+/* The index of object node a's required property named name (len bytes in the pool) whose value
+ * is one string constant; -1 if it has none. */
+static int constant_prop(const pd_json_schema *s, const schema_node *a, uint32_t name,
+                         uint16_t len) {
+  if ((a->types & ~T_NULL) != T_OBJECT || !a->has_props) return -1;
+  for (int j = 0; j < a->n_props; j++) {
+    const prop *d = &s->props[a->first_prop + j];
+    const schema_node *dn = &s->nodes[d->node];
+    if (d->len == len && !memcmp(s->pool + d->name, s->pool + name, len) &&
+        ((a->required >> j) & 1) && dn->n_enum == 1 &&
+        s->pool[s->values[dn->first_enum].text] == '"')
+      return j;
+  }
+  return -1;
+}
+
+/* The discriminator of a union: the first property of the first object alternative that every
+ * object alternative has, required, holding a string constant. 0 and *name set, or -1. */
+static int find_discriminator(const pd_json_schema *s, const pending_any_of *p, uint32_t *name,
+                              uint16_t *len) {
+  const schema_node *first = NULL;
+  for (int i = 0; i < p->n_alts && !first; i++)
+    if (s->nodes[p->alts[i]].types != T_NULL || s->nodes[p->alts[i]].n_enum)
+      first = &s->nodes[p->alts[i]];
+  for (int j = 0; first && first->has_props && j < first->n_props; j++) {
+    const prop *d = &s->props[first->first_prop + j];
+    int everywhere = 1;
+    for (int i = 0; i < p->n_alts && everywhere; i++) {
+      const schema_node *a = &s->nodes[p->alts[i]];
+      if (a->types == T_NULL && !a->n_enum) continue;
+      everywhere = constant_prop(s, a, d->name, d->len) >= 0;
+    }
+    if (everywhere) return *name = d->name, *len = d->len, 0;
+  }
+  return -1;
+}
+
+/* Node alt with its property k moved to the front (the others in their order, required bits
+ * following them): alt itself when k is 0, else a new node. -1 on failure. */
+static int hoisted(compiler *c, int alt, int k) {
+  if (k == 0) return alt;
+  pd_json_schema *s = c->s;
+  int idx = new_node(c);
+  if (idx < 0) return -1;
+  schema_node n = s->nodes[alt];
+  if (grow((void **)&s->props, &s->cap_props, s->n_props + n.n_props, sizeof(prop))) {
+    c->oom = 1;
+    FAIL("out of memory");
+  }
+  uint32_t at = s->n_props;
+  uint64_t required = (n.required >> k) & 1;
+  s->props[at] = s->props[n.first_prop + k];
+  for (int j = 0, to = 1; j < n.n_props; j++) {
+    if (j == k) continue;
+    s->props[at + to] = s->props[n.first_prop + j];
+    required |= ((n.required >> j) & 1) << to++;
+  }
+  s->n_props += n.n_props;
+  n.first_prop = (uint16_t)at;
+  n.required = required;
+  s->nodes[idx] = n;
+  return idx;
+}
+
+/* An anyOf (or oneOf) of object schemas that all have a required property of the same name
+ * holding a distinct string constant (a discriminator: pydantic's tagged unions, a tool call
+ * among several functions): node idx becomes an object whose one property is that name with an
+ * enum of the constants; once its value is read, the reader goes on with the alternative it
+ * names, whose other properties follow in their order (the discriminator is generated first
+ * wherever the alternative lists it: the order of an object's members carries no meaning). */
 static int merge_union(compiler *c, const pending_any_of *p) {
   const char *where = p->where;
   pd_json_schema *s = c->s;
+  uint32_t name = 0;
+  uint16_t name_len = 0;
+  if (find_discriminator(s, p, &name, &name_len))
+    FAIL("'%s' of object schemas needs a required property of the same name in each whose value "
+         "is a distinct string constant (at %s)",
+         p->keyword, where);
   json_t *consts = json_array();
   if (!consts) return c->oom = 1, -1;
   int objs[64], n_objs = 0, nullable = 0, rc = 0;
-  uint32_t name = 0;
-  uint16_t name_len = 0;
   for (int i = 0; i < p->n_alts && !rc; i++) {
     const schema_node *a = &s->nodes[p->alts[i]];
     if (a->types == T_NULL && !a->n_enum) { /* Optional[Union[...]] */
       nullable = 1;
       continue;
     }
-    const prop *d = a->has_props && a->n_props ? &s->props[a->first_prop] : NULL;
-    const schema_node *dn = d ? &s->nodes[d->node] : NULL;
-    if (!d || (a->types & ~T_NULL) != T_OBJECT || !(a->required & 1) || dn->n_enum != 1 ||
-        s->pool[s->values[dn->first_enum].text] != '"' ||
-        (n_objs && (d->len != name_len || memcmp(s->pool + d->name, s->pool + name, d->len)))) {
-      snprintf(c->err, c->errlen,
-               "'anyOf' of object schemas needs each to begin with the same required property "
-               "whose value is a distinct string constant (at %s)",
-               where);
-      rc = -1;
-      break;
-    }
-    name = d->name, name_len = d->len;
+    int k = constant_prop(s, a, name, name_len);
+    const schema_node *dn = &s->nodes[s->props[a->first_prop + k].node];
     const enum_value *v = &s->values[dn->first_enum];
     json_t *value = json_loadb(s->pool + v->text, v->len, JSON_DECODE_ANY, NULL);
-    for (size_t k = 0; value && k < json_array_size(consts) && !rc; k++)
-      if (json_equal(json_array_get(consts, k), value)) {
+    for (size_t j = 0; value && j < json_array_size(consts) && !rc; j++)
+      if (json_equal(json_array_get(consts, j), value)) {
         snprintf(c->err, c->errlen,
-                 "'anyOf' has two alternatives whose first property is the same constant (at %s)",
-                 where);
+                 "'%s' has two alternatives whose '%.*s' is the same constant (at %s)", p->keyword,
+                 (int)name_len, s->pool + name, where);
         rc = -1;
       }
     if (!rc && (!value || json_array_append(consts, value))) c->oom = 1, rc = -1;
     json_decref(value);
-    objs[n_objs++] = p->alts[i];
+    if (!rc && (objs[n_objs++] = hoisted(c, p->alts[i], k)) < 0) rc = -1;
   }
   schema_node merged = {0};
   if (!rc) rc = add_enum(c, &merged, consts, where); /* the constants, in the alternatives' order */
@@ -431,7 +495,8 @@ static int merge_union(compiler *c, const pending_any_of *p) {
  * among them; enums only with other enums and null. Object schemas told apart by a constant
  * first property make a union (merge_union). */
 static int merge_any_of(compiler *c, const pending_any_of *p) {
-  const char *where = p->where;
+  const char *where = p->where, *kw = p->keyword;
+  int exclusive = kw[0] == 'o'; /* oneOf: exactly one alternative may match */
   int objects = 0;
   for (int i = 0; i < p->n_alts; i++) objects += c->s->nodes[p->alts[i]].has_props;
   if (objects > 1) return merge_union(c, p);
@@ -444,7 +509,7 @@ static int merge_any_of(compiler *c, const pending_any_of *p) {
   schema_node merged = {0};
   if (enums) {
     if (enums + nulls != p->n_alts)
-      FAIL("'anyOf' mixes 'enum' with other schemas (only null may join an enum) (at %s)", where);
+      FAIL("'%s' mixes 'enum' with other schemas (only null may join an enum) (at %s)", kw, where);
     json_t *values = json_array();
     for (int i = 0; values && i < p->n_alts; i++) {
       const schema_node *a = &c->s->nodes[p->alts[i]];
@@ -459,6 +524,12 @@ static int merge_any_of(compiler *c, const pending_any_of *p) {
       c->oom = 1;
       FAIL("out of memory");
     }
+    for (size_t i = 0; exclusive && values && i < json_array_size(values); i++)
+      for (size_t j = 0; j < i; j++)
+        if (json_equal(json_array_get(values, i), json_array_get(values, j))) {
+          json_decref(values);
+          FAIL("'oneOf' alternatives overlap: a value is in two of them (at %s)", where);
+        }
     int rc = add_enum(c, &merged, values, where);
     json_decref(values);
     if (rc) return -1;
@@ -470,10 +541,14 @@ static int merge_any_of(compiler *c, const pending_any_of *p) {
       numbers += (a->types & (T_NUMBER | T_INTEGER)) != 0;
       if (a->types & T_STRING && a->string_rule) merged.string_rule = a->string_rule;
       if (a->types & (T_NUMBER | T_INTEGER) && a->number_rule) merged.number_rule = a->number_rule;
+      int numeric = T_NUMBER | T_INTEGER; /* an integer is a number too */
+      if (exclusive &&
+          ((merged.types & a->types) || ((merged.types & numeric) && (a->types & numeric))))
+        FAIL("'oneOf' alternatives overlap: two of them take the same type (at %s)", where);
       if ((merged.types & a->types & T_OBJECT) && (merged.has_props || a->has_props))
-        FAIL("'anyOf' has two object schemas; one at most (at %s)", where);
+        FAIL("'%s' has two object schemas; one at most (at %s)", kw, where);
       if ((merged.types & a->types & T_ARRAY) && (merged.has_items || a->has_items))
-        FAIL("'anyOf' has two array schemas; one at most (at %s)", where);
+        FAIL("'%s' has two array schemas; one at most (at %s)", kw, where);
       merged.types |= a->types;
       if (a->has_props)
         merged.has_props = 1, merged.first_prop = a->first_prop, merged.n_props = a->n_props,
@@ -483,11 +558,11 @@ static int merge_any_of(compiler *c, const pending_any_of *p) {
         merged.max_items = a->max_items;
     }
     if (strings > 1 && merged.string_rule)
-      FAIL("'anyOf' has a string schema with a pattern, format or length beside another string "
+      FAIL("'%s' has a string schema with a pattern, format or length beside another string "
            "schema (at %s)",
-           where);
+           kw, where);
     if (numbers > 1 && merged.number_rule)
-      FAIL("'anyOf' has a number schema with bounds beside another number schema (at %s)", where);
+      FAIL("'%s' has a number schema with bounds beside another number schema (at %s)", kw, where);
   }
   merged.resolved = 1;
   merged.types |= c->s->nodes[p->node].types & T_NULL; /* nullable */
@@ -511,7 +586,8 @@ static int merge_pending(compiler *c) {
       left--, progress = 1;
     }
     if (!progress)
-      FAIL("'anyOf' whose alternative is the anyOf itself (at %s)", c->pending[0].where);
+      FAIL("'%s' whose alternative is the %s itself (at %s)", c->pending[0].keyword,
+           c->pending[0].keyword, c->pending[0].where);
   }
   return 0;
 }
@@ -703,16 +779,18 @@ static int compile_into(compiler *c, json_t *schema, int idx, const char *where)
         !in_list(key, annotations, COUNT(annotations)))
       FAIL("'%.40s' is not supported in a schema (at %s)", key, where);
   }
-  json_t *any_of = json_object_get(schema, "anyOf");
-  if (any_of) {
+  json_t *any_of = json_object_get(schema, "anyOf"), *one_of = json_object_get(schema, "oneOf");
+  if (any_of && one_of) FAIL("'anyOf' beside 'oneOf' is not supported (at %s)", where);
+  if (any_of || one_of) {
+    const char *kw = any_of ? "anyOf" : "oneOf";
     const char *alone[] = {"type", "properties", "items", "enum", "const", "required"};
     for (size_t k = 0; k < COUNT(alone) + COUNT(leaf_keywords); k++) {
       const char *name = k < COUNT(alone) ? alone[k] : leaf_keywords[k - COUNT(alone)];
       if (json_object_get(schema, name))
-        FAIL("'anyOf' beside '%s' is not supported: put it in the alternatives (at %s)", name,
+        FAIL("'%s' beside '%s' is not supported: put it in the alternatives (at %s)", kw, name,
              where);
     }
-    if (record_any_of(c, idx, any_of, where)) return -1;
+    if (record_any_of(c, idx, kw, any_of ? any_of : one_of, where)) return -1;
     if (json_is_true(json_object_get(schema, "nullable"))) c->s->nodes[idx].types |= T_NULL;
     return 0; /* resolved when merged */
   } else if (json_object_get(schema, "enum") || json_object_get(schema, "const")) {

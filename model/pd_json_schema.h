@@ -7,9 +7,11 @@
  * generated, so "additionalProperties" needs no enforcing), "items" with "minItems"/"maxItems",
  * "enum" and "const" (the value is one of them byte for byte, as compact JSON), "anyOf" of
  * alternatives that differ in type (at most one object with properties and one array with items
- * among them; enums with null) or of objects told apart by a first required property holding a
+ * among them; enums with null) or of objects told apart by a required property holding a
  * distinct string constant under the same name (a tagged union, null allowed beside: the
- * constant, read first, picks the alternative whose other properties follow), "nullable", and
+ * constant, generated first wherever the alternative lists it, picks the alternative whose other
+ * properties follow), "oneOf" as "anyOf" where its alternatives cannot overlap ("discriminator"
+ * is an annotation: the tag is found by the rule above), "nullable", and
  * "$ref" to "#", "#/$defs/NAME" or
  * "#/definitions/NAME" (recursion allowed). For strings: "pattern" (an ECMA-262 regular
  * expression, pd_regex), "format" (date-time, date, time, duration, email, hostname, ipv4, ipv6,
@@ -19,8 +21,8 @@
  * digits). A schema without constraints ({} or true), an object
  * without "properties" and an array without "items" take any JSON of that type. Annotations are
  * ignored (title, description, default, examples, $schema, $id, $comment, deprecated, readOnly,
- * writeOnly, additionalProperties, $defs, definitions). Every other keyword ("multipleOf",
- * "oneOf", "uniqueItems", ...) is refused by name at compile time: what cannot be enforced is
+ * writeOnly, additionalProperties, $defs, definitions, discriminator). Every other keyword
+ * ("multipleOf", "uniqueItems", "allOf", ...) is refused by name at compile time: what cannot be enforced is
  * not silently ignored.
  *
  * Strings, numbers and the literals are read by pd_json_grammar (embedded in the state), so they

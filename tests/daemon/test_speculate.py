@@ -60,11 +60,14 @@ def request(i, max_tokens=96, closers=()):
     return kw
 
 
+SOURCES = ("text", "cache", "grammar")
+
+
 def spec_counts(d):
     """The counters from /metrics, checked against Stats."""
     samples, _ = scrape(metrics_port(d))
     by = {name: [val(samples, f"prefixd_spec_{name}_tokens_total", source=src)
-                 for src in ("text", "cache")] for name in ("draft", "accepted")}
+                 for src in SOURCES] for name in ("draft", "accepted")}
     counts = (sum(by["draft"]), sum(by["accepted"]),
               val(samples, "prefixd_generated_tokens_total"))
     st = d.stub().Stats(pb.StatsRequest())
@@ -156,7 +159,7 @@ def test_speculation_under_preemption(q51_model, data_dir):
                 break
         assert val(samples, "prefixd_preemptions_total") > 0
         assert sum(val(samples, "prefixd_spec_accepted_tokens_total", source=src)
-                   for src in ("text", "cache")) > 0
+                   for src in SOURCES) > 0
     finally:
         d.stop()
 
@@ -190,6 +193,41 @@ def test_an_answer_given_before_is_drafted_from_the_cache(q51_model, data_dir):
     assert first == plain[:3] and again == plain[:3] and diverging == plain[3]
     assert cache0 == 0  # nothing had been generated before
     assert cache1 - cache0 > 0.5 * (gen1 - gen0), (cache1 - cache0, gen1 - gen0)
+
+
+SCHEMA = ('{"type": "object", "properties": {"kind": {"enum": ["alpha", "beta"]}, '
+          '"when": {"type": "string", "format": "date-time"}, "done": {"type": "boolean"}, '
+          '"code": {"type": "string", "pattern": "^[A-Z]{2}-[0-9]{2}$"}}, '
+          '"required": ["kind", "when", "done", "code"]}')
+
+
+def test_the_grammar_drafts_what_it_forces(tiny_model, data_dir):
+    """json_schema requests, sampled (seeded): what the schema forces next (property names in its
+    order, the rest of an enum value or of true/false, a date-time's '-', 'T' and ':', a
+    pattern's '-') is drafted from the grammar, and the answers are exactly those of
+    --speculate 0, alone and batched."""
+    ids = closers(tiny_model, data_dir)
+    kws = [dict(prompt=pb.Prompt(tokens=pb.TokenIds(ids=prompt_ids(i))), max_tokens=300,
+                response_format=pb.ResponseFormat(
+                    type=pb.ResponseFormat.RESPONSE_FORMAT_JSON_SCHEMA, json_schema=SCHEMA),
+                sampling=pb.SamplingParams(temperature=5.0, seed=i,
+                                           logit_bias=[pb.LogitBias(token_id=t, bias=b) for t, b
+                                                       in zip(ids, (15, 20, 10, -100, -100))]),
+                cache=pb.CacheOptions(no_cache=True))
+           for i in range(8)]
+    off_alone, _, _ = outputs(tiny_model, data_dir, 0, kws)
+    on_alone, on_together, _ = outputs(tiny_model, data_dir, 8, kws, always=True)
+    assert on_alone == off_alone and on_together == off_alone
+    assert sum(a[2] == pb.FINISH_REASON_STOP for a in off_alone) >= 4  # documents closed
+    d = start(tiny_model, data_dir, ["--metrics-listen", "127.0.0.1:0"], always=True)
+    try:
+        run(d.stub(), kws[0])
+        samples, _ = scrape(metrics_port(d))
+        drafted = val(samples, "prefixd_spec_draft_tokens_total", source="grammar")
+        accepted = val(samples, "prefixd_spec_accepted_tokens_total", source="grammar")
+    finally:
+        d.stop()
+    assert drafted > 0 and accepted > 0.5 * drafted, (drafted, accepted)
 
 
 @pytest.mark.parametrize("flag,value", [("--speculate", "17"), ("--speculate", "-1"),

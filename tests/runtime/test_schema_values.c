@@ -257,6 +257,38 @@ START_TEST(numbers_follow_their_bounds) {
 }
 END_TEST
 
+/* pydantic's discriminated union: oneOf over $refs whose discriminator is not their first
+ * property (and a plain Union, anyOf): the discriminator is generated first, then the
+ * alternative it names, its other properties in their order. */
+#define PET_DEFS                                                                                   \
+  "\"$defs\": {\"Cat\": {\"type\": \"object\", \"properties\": {\"name\": {\"type\": "             \
+  "\"string\"}, "                                                                                  \
+  "\"pet_type\": {\"const\": \"cat\", \"type\": \"string\"}, \"lives\": {\"type\": \"integer\", "  \
+  "\"maximum\": 9}}, \"required\": [\"name\", \"pet_type\", \"lives\"]}, \"Dog\": {\"type\": "     \
+  "\"object\", \"properties\": {\"pet_type\": {\"const\": \"dog\", \"type\": \"string\"}, "        \
+  "\"barks\": "                                                                                    \
+  "{\"type\": \"boolean\"}}, \"required\": [\"pet_type\", \"barks\"]}}"
+
+START_TEST(unions_are_told_apart_by_their_discriminator_wherever_it_is) {
+  const reading pets[] = {
+      {"{\"pet_type\": \"cat\", \"name\": \"Tom\", \"lives\": 9}", WHOLE},
+      {"{\"pet_type\": \"dog\", \"barks\": true}", WHOLE},
+      {"{\"name\"", 2},                          /* the discriminator comes first */
+      {"{\"pet_type\": \"cat\", \"barks\"", 21}, /* a cat's properties follow */
+      {"{\"pet_type\": \"cat\", \"name\": \"a\", \"lives\": 10", 43}, /* and its bounds */
+  };
+  expect("{\"oneOf\": [{\"$ref\": \"#/$defs/Cat\"}, {\"$ref\": \"#/$defs/Dog\"}], "
+         "\"discriminator\": {\"propertyName\": \"pet_type\"}, " PET_DEFS "}",
+         pets, 5);
+  expect("{\"anyOf\": [{\"$ref\": \"#/$defs/Cat\"}, {\"$ref\": \"#/$defs/Dog\"}], " PET_DEFS "}",
+         pets, 5);
+  /* oneOf of types that cannot overlap */
+  const reading one[] = {{"\"x\"", WHOLE}, {"3", WHOLE}, {"null", WHOLE}, {"[", 0}};
+  expect("{\"oneOf\": [{\"type\": \"string\"}, {\"type\": \"integer\"}, {\"type\": \"null\"}]}",
+         one, 4);
+}
+END_TEST
+
 START_TEST(constraints_that_cannot_be_kept_are_refused_by_name) {
   const struct {
     const char *schema, *says;
@@ -277,6 +309,12 @@ START_TEST(constraints_that_cannot_be_kept_are_refused_by_name) {
        "beside another string schema"},
       {"{\"anyOf\": [{\"type\": \"number\", \"minimum\": 1}, {\"type\": \"integer\"}]}",
        "beside another number schema"},
+      {"{\"oneOf\": [{\"type\": \"number\"}, {\"type\": \"integer\"}]}",
+       "'oneOf' alternatives overlap"},
+      {"{\"oneOf\": [{\"enum\": [1, 2]}, {\"enum\": [2]}]}", "a value is in two of them"},
+      {"{\"oneOf\": [{\"type\": \"string\"}], \"anyOf\": [{}]}", "'anyOf' beside 'oneOf'"},
+      {"{\"oneOf\": [{\"properties\": {\"a\": {}}}, {\"properties\": {\"b\": {}}}]}",
+       "'oneOf' of object schemas needs a required property of the same name"},
   };
   for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
     expect_refused(bad[i].schema, bad[i].says);
@@ -392,6 +430,7 @@ int main(void) {
   tcase_add_test(t, bounds_refuse_what_nothing_satisfies);
   tcase_add_test(t, strings_follow_pattern_format_and_length);
   tcase_add_test(t, numbers_follow_their_bounds);
+  tcase_add_test(t, unions_are_told_apart_by_their_discriminator_wherever_it_is);
   tcase_add_test(t, constraints_that_cannot_be_kept_are_refused_by_name);
   tcase_add_test(t, random_walks_keep_every_constraint);
   suite_add_tcase(s, t);
