@@ -37,12 +37,13 @@ typedef struct schema_node {
   uint8_t types;     /* T_ bits */
   uint8_t has_props; /* an object with "properties": only those, in order */
   uint8_t has_items; /* an array with "items" */
+  uint8_t has_map;   /* an object without "properties" whose values are map_value's */
   uint8_t n_props;
   uint8_t n_enum; /* > 0: one of the values enum[first_enum ..] */
   uint8_t resolved;
   uint8_t n_alts; /* > 1: a union of objects told apart by their first property (its one
                      property here, an enum of their constants): alts[first_alt ..] */
-  uint16_t first_prop, first_enum, items, first_alt;
+  uint16_t first_prop, first_enum, items, first_alt, map_value;
   uint16_t string_rule; /* > 0: strings match regexes[string_rule - 1] (pattern, format, length) */
   uint16_t number_rule; /* > 0: numbers lie within bounds[number_rule - 1] */
   uint32_t min_items, max_items;
@@ -545,7 +546,8 @@ static int merge_any_of(compiler *c, const pending_any_of *p) {
       if (exclusive &&
           ((merged.types & a->types) || ((merged.types & numeric) && (a->types & numeric))))
         FAIL("'oneOf' alternatives overlap: two of them take the same type (at %s)", where);
-      if ((merged.types & a->types & T_OBJECT) && (merged.has_props || a->has_props))
+      if ((merged.types & a->types & T_OBJECT) &&
+          (merged.has_props || a->has_props || merged.has_map || a->has_map))
         FAIL("'%s' has two object schemas; one at most (at %s)", kw, where);
       if ((merged.types & a->types & T_ARRAY) && (merged.has_items || a->has_items))
         FAIL("'%s' has two array schemas; one at most (at %s)", kw, where);
@@ -553,6 +555,7 @@ static int merge_any_of(compiler *c, const pending_any_of *p) {
       if (a->has_props)
         merged.has_props = 1, merged.first_prop = a->first_prop, merged.n_props = a->n_props,
         merged.required = a->required;
+      if (a->has_map) merged.has_map = 1, merged.map_value = a->map_value;
       if (a->has_items)
         merged.has_items = 1, merged.items = a->items, merged.min_items = a->min_items,
         merged.max_items = a->max_items;
@@ -815,6 +818,20 @@ static int compile_into(compiler *c, json_t *schema, int idx, const char *where)
       FAIL("'required' without 'properties' is not supported (at %s)", where);
     if (props && add_properties(c, idx, props, json_object_get(schema, "required"), where))
       return -1;
+    /* beside "properties", additionalProperties needs no enforcing: no other property is ever
+     * generated; without them, false allows only {} and a schema makes a map */
+    json_t *more = json_object_get(schema, "additionalProperties");
+    if (!props && json_is_false(more)) {
+      c->s->nodes[idx].has_props = 1; /* and none of them */
+    } else if (!props && json_is_object(more)) {
+      char path[160];
+      snprintf(path, sizeof path, "%.100s/additionalProperties", where);
+      int value = compile(c, more, path);
+      if (value < 0) return -1;
+      c->s->nodes[idx].has_map = 1, c->s->nodes[idx].map_value = (uint16_t)value;
+    } else if (more && !json_is_boolean(more) && !json_is_object(more)) {
+      FAIL("'additionalProperties' must be a boolean or a schema (at %s)", where);
+    }
     uint32_t min_items, max_items;
     if (get_count(c, schema, "minItems", 0, &min_items, where) ||
         get_count(c, schema, "maxItems", 65535, &max_items, where))
@@ -844,7 +861,7 @@ static int compile_into(compiler *c, json_t *schema, int idx, const char *where)
     if (n->n_enum) FAIL("'nullable' beside 'enum' is not supported: add null to it (at %s)", where);
     n->types |= T_NULL;
   }
-  if (n->has_props) n->types |= T_OBJECT;
+  if (n->has_props || n->has_map) n->types |= T_OBJECT;
   n->resolved = 1;
   return 0;
 }
@@ -893,6 +910,7 @@ enum mode {
   S_OBJ_OPEN,  /* after '{': a key or '}' */
   S_OBJ_NEXT,  /* after ',' in an object: a key */
   S_KEY,       /* inside a key */
+  S_MAP_KEY,   /* inside a map's key: any string (st->leaf) */
   S_COLON,     /* after a key */
   S_OBJ_AFTER, /* after a property's value: ',' or '}' */
   S_ARR_OPEN,  /* after '[': an item or ']' */
@@ -919,6 +937,7 @@ static uint16_t value_node(pd_schema_state *st) {
   if (!st->depth) return 0;
   const pd_schema_frame *f = top(st);
   const schema_node *n = node_at(st, f->node);
+  if (f->object == 2) return n->map_value;
   return f->object ? st->schema->props[n->first_prop + f->prop].node : n->items;
 }
 
@@ -938,7 +957,7 @@ static void value_end(pd_schema_state *st) {
       }
   }
   if (f->object)
-    f->prop++, st->mode = S_OBJ_AFTER;
+    f->prop += f->object == 1, st->mode = S_OBJ_AFTER; /* a map's keys are not counted */
   else
     f->items++, st->mode = S_ARR_AFTER;
 }
@@ -1137,6 +1156,15 @@ static int number_byte(pd_schema_state *st, uint8_t b) {
   return -1;
 }
 
+/* A byte of a map's key, a string read by the JSON grammar: after its closing quote, a ':'. */
+static int map_key_byte(pd_schema_state *st, uint8_t b) {
+  pd_json_state next = st->leaf;
+  if (!pd_json_step(&next, b)) return 0;
+  st->leaf = next;
+  if (pd_json_done(&st->leaf)) st->mode = S_COLON;
+  return 1;
+}
+
 /* The first byte of a value of st->node (not whitespace). */
 static int value_start(pd_schema_state *st, uint8_t b) {
   const schema_node *n = node_at(st, st->node);
@@ -1151,6 +1179,7 @@ static int value_start(pd_schema_state *st, uint8_t b) {
   case '{':
     if (!(n->types & T_OBJECT)) return 0;
     if (n->has_props) return push(st, st->node, 1);
+    if (n->has_map) return push(st, st->node, 2);
     need = T_OBJECT;
     break;
   case '[':
@@ -1198,6 +1227,11 @@ static int structural(pd_schema_state *st, uint8_t b) {
   case S_OBJ_NEXT:
     if (b == '}' && st->mode == S_OBJ_OPEN && !n->required) return pop(st), 1;
     if (b != '"') return 0;
+    if (f->object == 2) { /* a map: any key */
+      pd_json_init(&st->leaf, 0);
+      st->mode = S_MAP_KEY;
+      return pd_json_step(&st->leaf, b);
+    }
     st->cand = 0;
     for (unsigned j = f->prop; j < n->n_props; j++) { /* up to the next required one */
       st->cand |= 1ull << j;
@@ -1212,7 +1246,7 @@ static int structural(pd_schema_state *st, uint8_t b) {
     st->mode = S_VALUE;
     return 1;
   case S_OBJ_AFTER:
-    if (b == ',' && f->prop < n->n_props) return st->mode = S_OBJ_NEXT, 1;
+    if (b == ',' && (f->object == 2 || f->prop < n->n_props)) return st->mode = S_OBJ_NEXT, 1;
     if (b == '}' && !required_from(n, f->prop)) return pop(st), 1;
     return 0;
   case S_ARR_OPEN:
@@ -1238,6 +1272,7 @@ int pd_schema_step(void *state, uint8_t b) {
     case S_NUMBER: r = number_byte(st, b); break;
     case S_ENUM: r = enum_byte(st, b); break;
     case S_KEY: return key_byte(st, b);
+    case S_MAP_KEY: return map_key_byte(st, b);
     case S_DONE: return 0;
     default: return structural(st, b);
     }

@@ -13,7 +13,9 @@
  * properties follow), "oneOf" as "anyOf" where its alternatives cannot overlap ("discriminator"
  * is an annotation: the tag is found by the rule above), "nullable", and
  * "$ref" to "#", "#/$defs/NAME" or
- * "#/definitions/NAME" (recursion allowed). For strings: "pattern" (an ECMA-262 regular
+ * "#/definitions/NAME" (recursion allowed). An object without "properties" takes
+ * "additionalProperties": false (only {}) or a schema (a map: any string keys, each value valid
+ * for it: pydantic's Dict[str, X]). For strings: "pattern" (an ECMA-262 regular
  * expression, pd_regex), "format" (date-time, date, time, duration, email, hostname, ipv4, ipv6,
  * uuid and uri, each as a pattern of its own), "minLength" and "maxLength" (code points); for
  * numbers and integers: "minimum", "maximum", "exclusiveMinimum" and "exclusiveMaximum"
@@ -64,7 +66,7 @@ typedef struct pd_schema_frame {
   uint16_t node;  /* the object or array being read */
   uint16_t items; /* array: items so far */
   uint8_t prop;   /* object: the property being read, then the first that may come next */
-  uint8_t object; /* 1: an object, 0: an array */
+  uint8_t object; /* 1: an object with properties, 2: a map, 0: an array */
 } pd_schema_frame;
 
 /* A string with a pattern, format or length, being read. */

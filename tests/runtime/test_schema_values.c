@@ -289,6 +289,36 @@ START_TEST(unions_are_told_apart_by_their_discriminator_wherever_it_is) {
 }
 END_TEST
 
+/* An object without properties whose additionalProperties is a schema is a map (pydantic's
+ * Dict[str, X]): any keys, each value valid for it; false allows only {}. */
+START_TEST(maps_keep_their_values_schema) {
+  const reading counts[] = {
+      {"{\"a\": 1, \"b c\\u00e9\": 20}", WHOLE},
+      {"{}", WHOLE},
+      {"{\"a\": \"x\"", 6},   /* an integer */
+      {"{\"a\": 1.5", 7},     /* an integer */
+      {"{\"a\": 120", 8},     /* at most 99 */
+      {"{\"a\": 1 \"b\"", 8}, /* a comma first */
+      {"{\"a\"}", 4},         /* a value first */
+  };
+  expect("{\"type\": \"object\", \"additionalProperties\": {\"type\": \"integer\", "
+         "\"maximum\": 99}}",
+         counts, 7);
+  const reading nested[] = {{"{\"k\": {\"x\": [true]}, \"j\": {}}", WHOLE},
+                            {"{\"k\": {\"x\": [1", 13}};
+  expect("{\"additionalProperties\": {\"additionalProperties\": {\"type\": \"array\", "
+         "\"items\": {\"type\": \"boolean\"}}}}",
+         nested, 2);
+  const reading empty[] = {{"{}", WHOLE}, {"{\"", 1}, {"{ }", WHOLE}};
+  expect("{\"type\": \"object\", \"additionalProperties\": false}", empty, 3);
+  /* beside properties it needs no enforcing: nothing else is generated */
+  const reading beside[] = {{"{\"a\": 1}", WHOLE}, {"{\"b\"", 2}};
+  expect("{\"properties\": {\"a\": {\"type\": \"integer\"}}, \"additionalProperties\": "
+         "{\"type\": \"string\"}}",
+         beside, 2);
+}
+END_TEST
+
 START_TEST(constraints_that_cannot_be_kept_are_refused_by_name) {
   const struct {
     const char *schema, *says;
@@ -313,6 +343,9 @@ START_TEST(constraints_that_cannot_be_kept_are_refused_by_name) {
        "'oneOf' alternatives overlap"},
       {"{\"oneOf\": [{\"enum\": [1, 2]}, {\"enum\": [2]}]}", "a value is in two of them"},
       {"{\"oneOf\": [{\"type\": \"string\"}], \"anyOf\": [{}]}", "'anyOf' beside 'oneOf'"},
+      {"{\"additionalProperties\": 3}", "must be a boolean or a schema"},
+      {"{\"additionalProperties\": {\"format\": \"x\"}}", "(at #/additionalProperties)"},
+      {"{\"anyOf\": [{\"additionalProperties\": {}}, {\"properties\": {}}]}", "two object schemas"},
       {"{\"oneOf\": [{\"properties\": {\"a\": {}}}, {\"properties\": {\"b\": {}}}]}",
        "'oneOf' of object schemas needs a required property of the same name"},
   };
@@ -336,9 +369,11 @@ static const char walk_schema[] =
     "\"id\": {\"type\": \"string\", \"format\": \"uuid\"},"
     "\"score\": {\"type\": \"number\", \"minimum\": -1.5, \"exclusiveMaximum\": 2},"
     "\"age\": {\"anyOf\": [{\"type\": \"integer\", \"minimum\": 18, \"maximum\": 99}, "
-    "{\"type\": \"null\"}]}},"
+    "{\"type\": \"null\"}]},"
+    "\"counts\": {\"type\": \"object\", \"additionalProperties\": {\"type\": \"integer\", "
+    "\"minimum\": 0, \"maximum\": 9}}},"
     "\"required\": [\"code\", \"word\", \"short\", \"day\", \"when\", \"v4\", \"v6\", \"id\", "
-    "\"score\", \"age\"]}";
+    "\"score\", \"age\", \"counts\"]}";
 
 static size_t code_points(const char *s) {
   size_t n = 0;
@@ -399,6 +434,13 @@ static void judge(json_t *doc, const char *text) {
   ck_assert_msg(json_is_null(age) || (json_is_integer(age) && json_integer_value(age) >= 18 &&
                                       json_integer_value(age) <= 99),
                 "age: %s", text);
+  json_t *counts = json_object_get(doc, "counts"), *v;
+  const char *key;
+  ck_assert_msg(json_is_object(counts), "counts: %s", text);
+  json_object_foreach(counts, key, v) {
+    ck_assert_msg(json_is_integer(v) && json_integer_value(v) >= 0 && json_integer_value(v) <= 9,
+                  "counts: %s", text);
+  }
 }
 
 /* Random walks through the schema's reading, a random accepted byte at each step (whitespace and
@@ -431,6 +473,7 @@ int main(void) {
   tcase_add_test(t, strings_follow_pattern_format_and_length);
   tcase_add_test(t, numbers_follow_their_bounds);
   tcase_add_test(t, unions_are_told_apart_by_their_discriminator_wherever_it_is);
+  tcase_add_test(t, maps_keep_their_values_schema);
   tcase_add_test(t, constraints_that_cannot_be_kept_are_refused_by_name);
   tcase_add_test(t, random_walks_keep_every_constraint);
   suite_add_tcase(s, t);
