@@ -13,7 +13,8 @@
  * the model quotes, code it edits, a JSON value it copies out of the prompt and a loop it fell
  * into all draft well. Under a JSON constraint, first of all from the grammar: the bytes every
  * valid continuation begins with (a property name the schema puts next, the rest of an enum
- * value or a literal, the '-' and ':' of a date-time; pd_json_constraint_forced), tokenized --
+ * value or a literal; never inside a string, where any character may also be written as an
+ * escape; pd_json_constraint_forced), tokenized --
  * the jump-forward of constrained decoding, verified like any draft, so the model's own choice
  * of tokens is kept. Each source keeps its own acceptance record.
  *

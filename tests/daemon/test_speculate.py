@@ -202,10 +202,10 @@ SCHEMA = ('{"type": "object", "properties": {"kind": {"enum": ["alpha", "beta"]}
 
 
 def test_the_grammar_drafts_what_it_forces(tiny_model, data_dir):
-    """json_schema requests, sampled (seeded): what the schema forces next (property names in its
-    order, the rest of an enum value or of true/false, a date-time's '-', 'T' and ':', a
-    pattern's '-') is drafted from the grammar, and the answers are exactly those of
-    --speculate 0, alone and batched."""
+    """json_schema requests, sampled (seeded), whose strings have a format and a pattern: what
+    the schema forces next (property names in its order, the rest of an enum value or of
+    true/false) is drafted from the grammar, and the answers are exactly those of --speculate 0,
+    alone and batched."""
     ids = closers(tiny_model, data_dir)
     kws = [dict(prompt=pb.Prompt(tokens=pb.TokenIds(ids=prompt_ids(i))), max_tokens=300,
                 response_format=pb.ResponseFormat(
